@@ -1,0 +1,401 @@
+"""The ``dicomhub`` command: parse, call a service, print. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from dicomhub import __version__
+from dicomhub.config import Settings, load_settings
+from dicomhub.errors import ConfigurationError, DicomhubError
+from dicomhub.model.caller import Caller
+from dicomhub.model.identifiers import Level
+from dicomhub.model.query import Query
+from dicomhub.services.ingest import StoreOutcome
+
+__all__ = ["main"]
+
+LOGGER = logging.getLogger("dicomhub")
+
+_LS_KEYS: dict[Level, tuple[str, ...]] = {
+    Level.PATIENT: (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedSeries",
+        "NumberOfPatientRelatedInstances",
+    ),
+    Level.STUDY: (
+        "PatientID",
+        "PatientName",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyDescription",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    ),
+    Level.SERIES: (
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "NumberOfSeriesRelatedInstances",
+    ),
+}
+_INTEGER_KEYS = {k for keys in _LS_KEYS.values() for k in keys if k.startswith("NumberOf")}
+_INTEGER_KEYS.add("SeriesNumber")
+
+
+def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="data directory (default ./dicomhub-data)")
+    p.add_argument("--database-url", help="index database URL (default: SQLite in the data dir)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--duplicate-policy",
+        choices=["keep", "overwrite", "reject"],
+        help="what to do with a second copy of a SOP Instance UID (default keep)",
+    )
+    if not server:
+        return
+    p.add_argument("--aet", help="our AE title (default DICOMHUB)")
+    p.add_argument("--dimse-port", type=int, help="DIMSE port (default 11112)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--remote-ae",
+        action="append",
+        default=[],
+        metavar="AET=HOST:PORT",
+        help="a remote AE dicomhub may open associations to (repeatable)",
+    )
+    p.add_argument(
+        "--known-aes-only",
+        action="store_true",
+        default=None,
+        help="accept associations only from the configured remote AEs",
+    )
+    p.add_argument("--max-associations", type=int, help="concurrent associations (default 64)")
+    p.add_argument("--acse-timeout", type=float, help="seconds (default 30)")
+    p.add_argument("--dimse-timeout", type=float, help="seconds (default 60)")
+    p.add_argument("--network-timeout", type=float, help="seconds (default 120)")
+    p.add_argument("--workers", type=int, help="DIMSE worker processes (default: one per core)")
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    keys = (
+        "data_dir",
+        "database_url",
+        "log_level",
+        "duplicate_policy",
+        "aet",
+        "dimse_port",
+        "http_port",
+        "host",
+        "known_aes_only",
+        "max_associations",
+        "acse_timeout",
+        "dimse_timeout",
+        "network_timeout",
+        "workers",
+    )
+    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
+    overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
+    return load_settings(overrides, config_file=args.config)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomhub", description="A DICOM archive server.")
+    parser.add_argument("--version", action="version", version=f"dicomhub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the DIMSE and HTTP server")
+    _settings_args(serve, server=True)
+
+    imp = sub.add_parser("import", help="import DICOM files and folders (recursive)")
+    _settings_args(imp)
+    imp.add_argument("paths", nargs="+", help="files or folders")
+    imp.add_argument("--jobs", type=int, default=4, help="parallel files (default 4)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("ls", help="list what the archive holds")
+    _settings_args(ls)
+    ls.add_argument("--level", choices=["patient", "study", "series"], default="study")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    db = sub.add_parser("db", help="index database operations")
+    _settings_args(db)
+    db.add_argument("action", choices=["upgrade"], help="upgrade: apply migrations")
+
+    conflicts = sub.add_parser("conflicts", help="list refused copies kept in quarantine")
+    _settings_args(conflicts)
+    conflicts.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _load(args)
+    except ConfigurationError as exc:
+        print(f"dicomhub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from dicomhub.bootstrap import configure_logging
+
+    configure_logging(settings.log_level if args.command == "serve" else "WARNING")
+    try:
+        if args.command == "serve":
+            return _serve(settings)
+        if args.command == "import":
+            return _import(settings, args)
+        if args.command == "ls":
+            return _ls(settings, args)
+        if args.command == "db":
+            return _db(settings)
+        if args.command == "conflicts":
+            return _conflicts(settings, args)
+    except DicomhubError as exc:
+        print(f"dicomhub: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2  # pragma: no cover - argparse requires a command
+
+
+# ------------------------------------------------------------------ serve
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.dimse.server import DimseWorkers, bind_listener
+    from dicomhub.web.app import create_app
+
+    archive = open_archive(settings)  # migrates the index before any worker starts
+    try:
+        listener = bind_listener(settings.host, settings.dimse_port)
+    except OSError as exc:
+        print(
+            f"dicomhub: cannot listen on {settings.host}:{settings.dimse_port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    workers = DimseWorkers(settings, listener)
+    workers.start()
+    stop = threading.Event()
+    threading.Thread(
+        target=archive.headers.run_worker, args=(stop,), name="header-worker", daemon=True
+    ).start()
+    app = create_app(archive, dimse_alive=workers.alive)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    dimse_port = listener.getsockname()[1]
+    print(
+        f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}"
+        f" ({settings.worker_count} workers), HTTP on http://{settings.host}:{settings.http_port}"
+        f" (/healthz), data in {settings.data_dir.resolve()}",
+        flush=True,
+    )
+    try:
+        server.run()
+    finally:
+        stop.set()
+        workers.stop()
+        listener.close()
+        archive.close()
+    if not server.started:
+        print(f"dicomhub: cannot serve HTTP on port {settings.http_port}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ import
+
+
+def _walk(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    yield Path(dirpath) / name
+        else:
+            yield path
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    console = Console(stderr=True)
+    files = list(_walk(args.paths))
+    missing = [p for p in files if not p.exists()]
+    counts: Counter[str] = Counter()
+    rejected: list[tuple[str, str]] = [(str(p), "no such file or folder") for p in missing]
+    caller = Caller.cli()
+
+    def one(path: Path) -> tuple[str, str]:
+        if path.name.upper() == "DICOMDIR":
+            return "skipped", "DICOMDIR (a media directory, not an object)"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return "rejected", f"cannot read: {exc.strerror}"
+        try:
+            result = archive.ingest.store_part10(data, caller)
+        except DicomhubError as exc:
+            return "rejected", str(exc)
+        if result.outcome is StoreOutcome.ALREADY_PRESENT:
+            return "already present", ""
+        return result.outcome.value, ""
+
+    existing = [p for p in files if p.exists()]
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.quiet or not console.is_terminal,
+    ) as progress:
+        task = progress.add_task("importing", total=len(existing))
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for path, (outcome, reason) in zip(existing, pool.map(one, existing), strict=True):
+                counts[outcome] += 1
+                if outcome == "rejected":
+                    rejected.append((str(path), reason))
+                progress.advance(task)
+    archive.close()
+    counts["rejected"] += len(missing)
+    out = Console()
+    table = Table(title="dicomhub import")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    for outcome in ("stored", "replaced", "already present", "skipped", "rejected"):
+        if counts[outcome] or outcome in ("stored", "already present", "rejected"):
+            table.add_row(outcome, str(counts[outcome]))
+    out.print(table)
+    for path, reason in rejected:
+        out.print(f"rejected: {path}: {reason}", markup=False, highlight=False)
+    return 1 if rejected else 0
+
+
+# ------------------------------------------------------------------ ls
+
+
+def _ls(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    level = Level.parse(args.level)
+    keys = _LS_KEYS[level]
+    query = Query(level=level, return_keys=keys)
+    rows: list[dict[str, Any]] = []
+    for ds in archive.search.search(query, Caller.cli()):
+        row: dict[str, Any] = {}
+        for key in keys:
+            value = ds.get(key)
+            if key == "ModalitiesInStudy":
+                row[key] = (
+                    list(value)
+                    if isinstance(value, (list, tuple))
+                    or hasattr(value, "__iter__")
+                    and not isinstance(value, str)
+                    else ([value] if value else [])
+                )
+            elif key in _INTEGER_KEYS:
+                row[key] = int(value) if value not in (None, "") else None
+            else:
+                row[key] = str(value) if value is not None else ""
+        rows.append(row)
+    archive.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"dicomhub: {len(rows)} {level.value.lower()} entries")
+    for key in keys:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(
+            *(
+                "\\".join(v) if isinstance(v, list) else ("" if v is None else str(v))
+                for v in row.values()
+            )
+        )
+    Console().print(table)
+    return 0
+
+
+# ------------------------------------------------------------------ db, conflicts
+
+
+def _db(settings: Settings) -> int:
+    from dicomhub.bootstrap import open_archive
+
+    open_archive(settings, upgrade=True).close()
+    print("dicomhub: index schema is up to date")
+    return 0
+
+
+def _conflicts(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    rows = archive.index.conflicts()
+    archive.close()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = Table(title=f"dicomhub: {len(rows)} refused copies")
+    for col in ("at", "kind", "sop_instance_uid", "source_ae_title", "blob_key", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["at"]),
+            r["kind"],
+            r["sop_instance_uid"],
+            r["source_ae_title"] or "",
+            r["blob_key"],
+            r["detail"],
+        )
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.exit(main())

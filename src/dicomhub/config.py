@@ -1,0 +1,170 @@
+"""Settings: one frozen value built once from flags, DICOMHUB_* variables and a TOML file.
+
+Precedence, highest first: command-line flag, environment variable, config
+file, default. Nothing else in dicomhub reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dicomhub.errors import ConfigurationError
+from dicomhub.services.ingest import DuplicatePolicy
+
+__all__ = ["RemoteAE", "Settings", "load_settings", "parse_remote_ae"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """An application entity dicomhub may open associations to."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one dicomhub process."""
+
+    data_dir: Path = Path("./dicomhub-data")
+    aet: str = "DICOMHUB"
+    dimse_port: int = 11112
+    http_port: int = 8042
+    host: str = "127.0.0.1"
+    remote_aes: tuple[RemoteAE, ...] = ()
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
+    known_aes_only: bool = False
+    max_associations: int = 64
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    maximum_pdu_size: int = 262144
+    workers: int = 0  # 0: one DIMSE worker process per CPU core
+    database_url: str = ""  # empty: SQLite in the data dir
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def index_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def remote_ae(self, ae_title: str) -> RemoteAE | None:
+        for remote in self.remote_aes:
+            if remote.ae_title == ae_title.strip():
+                return remote
+        return None
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else max(1, os.cpu_count() or 1)
+
+
+def parse_remote_ae(text: str) -> RemoteAE:
+    """Parse ``AET=HOST:PORT``."""
+    try:
+        aet, address = text.split("=", 1)
+        host, port = address.rsplit(":", 1)
+        remote = RemoteAE(aet.strip(), host.strip().strip("[]"), int(port))
+    except ValueError as exc:
+        raise ConfigurationError(f"remote AE {text!r} is not of the form AET=HOST:PORT") from exc
+    if not remote.ae_title or len(remote.ae_title) > 16 or not 0 < remote.port < 65536:
+        raise ConfigurationError(
+            f"remote AE {text!r}: AE title of 1-16 characters and a valid port"
+        )
+    return remote
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = Settings.__dataclass_fields__[name].default
+    try:
+        if name == "remote_aes":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(
+                parse_remote_ae(i)
+                if isinstance(i, str)
+                else parse_remote_ae(f"{i['aet']}={i['host']}:{i['port']}")
+                for i in items
+                if i
+            )
+        if name == "data_dir":
+            return Path(value)
+        if name == "duplicate_policy":
+            return DuplicatePolicy(str(value).lower())
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            return str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigurationError(f"invalid value for {name}: {value!r}") from exc
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file, ``DICOMHUB_*`` variables and flags.
+
+    Raises
+    ------
+    ConfigurationError
+        For an unreadable file, an unknown key or an invalid value.
+    """
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(Settings)} - {"extra"}
+    values: dict[str, Any] = {}
+    config_file = config_file or environ.get("DICOMHUB_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
+        section = data.get("dicomhub", data)
+        for key, value in section.items():
+            name = key.replace("-", "_")
+            if name == "remote_ae":
+                name = "remote_aes"
+            if name not in names:
+                raise ConfigurationError(f"unknown setting {key!r} in {config_file}")
+            values[name] = _coerce(name, value)
+    for name in names:
+        env = environ.get("DICOMHUB_" + name.upper())
+        if env is None and name == "remote_aes":
+            env = environ.get("DICOMHUB_REMOTE_AE")
+        if env is not None and env != "":
+            values[name] = _coerce(name, env)
+    for name, value in (overrides or {}).items():
+        if value is None or (name == "remote_aes" and not value):
+            continue
+        values[name] = _coerce(name, value)
+    settings = replace(Settings(), **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if not s.aet or len(s.aet) > 16:
+        raise ConfigurationError("the AE title must have 1 to 16 characters")
+    for port in (s.dimse_port, s.http_port):
+        if not 0 <= port < 65536:
+            raise ConfigurationError(f"invalid port {port}")
+    if s.max_associations < 1:
+        raise ConfigurationError("max_associations must be at least 1")

@@ -1,0 +1,1 @@
+"""DIMSE networking: pynetdicom handlers and the Storage/Verification fast path."""

@@ -1,0 +1,72 @@
+"""What dicomhub negotiates as SCP: SOP classes and transfer syntaxes.
+
+Storage accepts every storage SOP class pynetdicom knows, in every transfer
+syntax below, each kept as received.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+__all__ = [
+    "QUERY_RETRIEVE_FIND",
+    "QUERY_RETRIEVE_GET",
+    "QUERY_RETRIEVE_MOVE",
+    "STORAGE_SOP_CLASSES",
+    "STORAGE_TRANSFER_SYNTAXES",
+    "UNCOMPRESSED_TRANSFER_SYNTAXES",
+    "VERIFICATION",
+]
+
+VERIFICATION: Final = "1.2.840.10008.1.1"
+
+UNCOMPRESSED_TRANSFER_SYNTAXES: Final = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+)
+
+STORAGE_TRANSFER_SYNTAXES: Final = (
+    *UNCOMPRESSED_TRANSFER_SYNTAXES,
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless (Process 14)
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component Lossless
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.101",  # MPEG2 MP@HL
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 HP@L4.1
+    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible HP@L4.1
+    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 HP@L4.2 2D
+    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 HP@L4.2 3D
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo HP@L4.2
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile
+    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile
+)
+
+STORAGE_SOP_CLASSES: Final = tuple(sorted(set(_STORAGE_CLASSES.values())))
+
+QUERY_RETRIEVE_FIND: Final = (
+    "1.2.840.10008.5.1.4.1.2.1.1",  # Patient Root Q/R - FIND
+    "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root Q/R - FIND
+)
+QUERY_RETRIEVE_MOVE: Final = (
+    "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root Q/R - MOVE
+    "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root Q/R - MOVE
+)
+QUERY_RETRIEVE_GET: Final = (
+    "1.2.840.10008.5.1.4.1.2.1.3",  # Patient Root Q/R - GET
+    "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root Q/R - GET
+)

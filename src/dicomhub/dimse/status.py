@@ -1,0 +1,98 @@
+"""Errors -> DIMSE status codes, in one table per service.
+
+References
+----------
+PS3.4 Table B.2-1 (Storage), C.4.1.1.4 (C-FIND), C.4.2.1.5 (C-MOVE),
+C.4.3.1.4 (C-GET); PS3.7 Annex C (general statuses).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from dicomhub.errors import (
+    Conflict,
+    DuplicateInstance,
+    IndexUnavailable,
+    InvalidIdentifier,
+    InvalidRequest,
+    PatientMismatch,
+    StorageError,
+    UnknownDestination,
+)
+
+__all__ = [
+    "CANCEL",
+    "PENDING",
+    "SUCCESS",
+    "find_status",
+    "retrieve_status",
+    "store_status",
+]
+
+SUCCESS: Final = 0x0000
+PENDING: Final = 0xFF00
+CANCEL: Final = 0xFE00
+
+# Storage (PS3.4 B.2.3). The Cxxx "Cannot understand" range is the one the
+# standard leaves to the SCP for its own refusals; dicomhub's are below.
+STORE_OUT_OF_RESOURCES: Final = 0xA700
+STORE_INDEX_UNAVAILABLE: Final = 0xA701
+STORE_DATASET_DOES_NOT_MATCH: Final = 0xA900
+STORE_CANNOT_UNDERSTAND: Final = 0xC000
+STORE_DUPLICATE_REFUSED: Final = 0xC401
+STORE_PATIENT_MISMATCH: Final = 0xC402
+STORE_CONFLICT: Final = 0xC403
+STORE_PROCESSING_FAILURE: Final = 0xC210
+
+# Query/Retrieve (PS3.4 C.4).
+QR_OUT_OF_RESOURCES: Final = 0xA700
+QR_SUBOPS_OUT_OF_RESOURCES: Final = 0xA702
+QR_UNKNOWN_DESTINATION: Final = 0xA801
+QR_IDENTIFIER_DOES_NOT_MATCH: Final = 0xA900
+QR_UNABLE_TO_PROCESS: Final = 0xC000
+QR_SUBOPS_FAILED_OR_WARNING: Final = 0xB000
+
+_STORE: tuple[tuple[type[Exception], int], ...] = (
+    (DuplicateInstance, STORE_DUPLICATE_REFUSED),
+    (PatientMismatch, STORE_PATIENT_MISMATCH),
+    (Conflict, STORE_CONFLICT),
+    (InvalidIdentifier, STORE_DATASET_DOES_NOT_MATCH),
+    (InvalidRequest, STORE_CANNOT_UNDERSTAND),
+    (StorageError, STORE_OUT_OF_RESOURCES),
+    (IndexUnavailable, STORE_INDEX_UNAVAILABLE),
+)
+
+_FIND: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidRequest, QR_IDENTIFIER_DOES_NOT_MATCH),
+    (IndexUnavailable, QR_OUT_OF_RESOURCES),
+)
+
+_RETRIEVE: tuple[tuple[type[Exception], int], ...] = (
+    (UnknownDestination, QR_UNKNOWN_DESTINATION),
+    (InvalidRequest, QR_IDENTIFIER_DOES_NOT_MATCH),
+    (IndexUnavailable, QR_OUT_OF_RESOURCES),
+    (StorageError, QR_SUBOPS_OUT_OF_RESOURCES),
+)
+
+
+def _lookup(table: tuple[tuple[type[Exception], int], ...], exc: Exception, default: int) -> int:
+    for cls, status in table:
+        if isinstance(exc, cls):
+            return status
+    return default
+
+
+def store_status(exc: Exception) -> int:
+    """The C-STORE status for an error raised by the ingest service."""
+    return _lookup(_STORE, exc, STORE_PROCESSING_FAILURE)
+
+
+def find_status(exc: Exception) -> int:
+    """The C-FIND status for an error raised by the search service."""
+    return _lookup(_FIND, exc, QR_UNABLE_TO_PROCESS)
+
+
+def retrieve_status(exc: Exception) -> int:
+    """The C-GET/C-MOVE status for an error raised while retrieving."""
+    return _lookup(_RETRIEVE, exc, QR_UNABLE_TO_PROCESS)

@@ -1,0 +1,89 @@
+"""The dicomhub exception tree.
+
+Services raise these; each adapter (DIMSE, HTTP, CLI) maps them to its own
+transport codes in one table, so no transport status appears here::
+
+    DicomhubError
+    ├── InvalidRequest            bad identifier / query parameter / body
+    │   └── InvalidIdentifier     a data set that lacks or breaks a required UID
+    ├── NotFound                  unknown resource or move destination
+    │   └── UnknownDestination
+    ├── Conflict                  policy refusal on store
+    │   ├── DuplicateInstance     same SOP Instance UID already held
+    │   └── PatientMismatch       study already held under another PatientID
+    ├── StorageError              blob write/read failure
+    │   ├── BlobMissing
+    │   └── ChecksumMismatch
+    ├── IndexUnavailable
+    └── ConfigurationError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlobMissing",
+    "ChecksumMismatch",
+    "ConfigurationError",
+    "Conflict",
+    "DicomhubError",
+    "DuplicateInstance",
+    "IndexUnavailable",
+    "InvalidIdentifier",
+    "InvalidRequest",
+    "NotFound",
+    "PatientMismatch",
+    "StorageError",
+    "UnknownDestination",
+]
+
+
+class DicomhubError(Exception):
+    """Base of every error dicomhub raises on purpose."""
+
+
+class InvalidRequest(DicomhubError):
+    """The request (identifier, query parameter, body) is malformed."""
+
+
+class InvalidIdentifier(InvalidRequest):
+    """A data set lacks a required UID or carries an invalid one."""
+
+
+class NotFound(DicomhubError):
+    """An unknown resource."""
+
+
+class UnknownDestination(NotFound):
+    """A C-MOVE destination that is not a configured remote AE."""
+
+
+class Conflict(DicomhubError):
+    """A store refused by policy; the refused copy is kept in quarantine."""
+
+
+class DuplicateInstance(Conflict):
+    """The SOP Instance UID is already held and the policy refuses the copy."""
+
+
+class PatientMismatch(Conflict):
+    """The study is already held under another PatientID."""
+
+
+class StorageError(DicomhubError):
+    """The blob store could not write or read."""
+
+
+class BlobMissing(StorageError):
+    """An indexed blob is not in the blob store."""
+
+
+class ChecksumMismatch(StorageError):
+    """A blob's bytes no longer match the recorded SHA-256."""
+
+
+class IndexUnavailable(DicomhubError):
+    """The index database cannot be reached or written."""
+
+
+class ConfigurationError(DicomhubError):
+    """The configuration is invalid."""

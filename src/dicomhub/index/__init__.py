@@ -1,0 +1,1 @@
+"""The Patient > Study > Series > Instance index (SQLAlchemy 2 Core)."""

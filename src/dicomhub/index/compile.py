@@ -1,0 +1,202 @@
+"""Query -> SQL: the one place where matching rules become SQL.
+
+Conditions on indexed columns become WHERE clauses; conditions on any other
+attribute are returned as *residual* conditions, applied by the caller to the
+stored header (see :func:`dicomhub.model.query.matches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, FromClause, Select, and_, func, literal, or_, select
+from sqlalchemy.sql.elements import ColumnClause
+
+from dicomhub.index.schema import instance, patient, series, study
+from dicomhub.model.attributes import BY_KEYWORD, Attribute
+from dicomhub.model.identifiers import Level
+from dicomhub.model.query import (
+    Condition,
+    Query,
+    Range,
+    Single,
+    UidList,
+    ValueList,
+    Wildcard,
+    range_bounds,
+)
+
+__all__ = ["CompiledQuery", "compile_query", "like_pattern"]
+
+_TABLE = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
+_PN_KEY = {
+    "patient_name": "patient_name_key",
+    "referring_physician_name": "referring_physician_name_key",
+}
+_ESCAPE = "!"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledQuery:
+    """The SQL of a query plus the conditions SQL could not express."""
+
+    statement: Select[tuple[object, ...]]
+    residual: tuple[Condition, ...]
+
+
+def like_pattern(wildcard: str) -> str:
+    """Translate a DICOM wildcard (``*``, ``?``) into a LIKE pattern escaped with ``!``."""
+    out = []
+    for ch in wildcard:
+        if ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        elif ch in "%_!":
+            out.append(_ESCAPE + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _from_clause(level: Level) -> FromClause:
+    joined: FromClause = patient
+    if level.depth >= 1:
+        joined = joined.join(study, study.c.patient_pk == patient.c.pk)
+    if level.depth >= 2:
+        joined = joined.join(series, series.c.study_pk == study.c.pk)
+    if level.depth >= 3:
+        joined = joined.join(instance, instance.c.series_pk == series.c.pk)
+    return joined
+
+
+def _column_clause(attr: Attribute, cond: Condition) -> ColumnElement[bool] | None:
+    table = _TABLE[attr.level]
+    column: ColumnClause[object] = table.c[attr.column]  # type: ignore[assignment]
+    folded = attr.column in _PN_KEY
+    if folded:
+        column = table.c[_PN_KEY[attr.column]]  # type: ignore[assignment]
+    m = cond.matcher
+
+    def norm(value: str) -> object:
+        if attr.integer:
+            return int(value)
+        return value.upper() if folded else value
+
+    try:
+        if isinstance(m, Single):
+            return column == norm(m.value)
+        if isinstance(m, (UidList, ValueList)):
+            return column.in_([norm(v) for v in m.values])
+        if isinstance(m, Wildcard):
+            if attr.integer:
+                return None
+            pattern = like_pattern(m.pattern.upper() if folded else m.pattern)
+            return column.like(pattern, escape=_ESCAPE)
+        if isinstance(m, Range):
+            lower, upper = range_bounds(attr.vr, m)
+            parts: list[ColumnElement[bool]] = []
+            if lower is not None:
+                parts.append(column >= lower)
+            if upper is not None:
+                parts.append(column <= upper)
+            return and_(*parts)
+    except ValueError:
+        # A non-numeric value for an IS key can match nothing.
+        return literal(False)
+    return None
+
+
+def _modalities_clause(cond: Condition) -> ColumnElement[bool] | None:
+    m = cond.matcher
+    if isinstance(m, Single):
+        values: Sequence[str] = (m.value,)
+    elif isinstance(m, (ValueList, UidList)):
+        values = m.values
+    elif isinstance(m, Wildcard):
+        wrapped = "\\" + like_pattern(m.pattern) + "\\"
+        return (literal("\\") + study.c.modalities_in_study + literal("\\")).like(
+            "%" + wrapped + "%", escape=_ESCAPE
+        )
+    else:
+        return None
+    # Stored as "CT\MR": match a whole value between separators.
+    boxed = literal("\\") + study.c.modalities_in_study + literal("\\")
+    return or_(*(boxed.like("%\\" + like_pattern(v) + "\\%", escape=_ESCAPE) for v in values))
+
+
+def compile_query(
+    query: Query,
+    columns: Sequence[ColumnElement[object] | FromClause] | None = None,
+    scope: ColumnElement[bool] | None = None,
+) -> CompiledQuery:
+    """Compile ``query`` into a SELECT over the hierarchy down to its level.
+
+    Parameters
+    ----------
+    query : Query
+        The protocol-neutral query.
+    columns : sequence, optional
+        What to select; by default every column of every joined level.
+    scope : ColumnElement, optional
+        An access-control predicate of the caller, AND-ed inside the query so
+        that counts, limits and offsets only ever see permitted rows.
+    """
+    level = query.level
+    where: list[ColumnElement[bool]] = []
+    residual: list[Condition] = []
+    for cond in query.conditions:
+        attr = BY_KEYWORD.get(cond.keyword)
+        if cond.keyword == "ModalitiesInStudy" and level.depth >= Level.STUDY.depth:
+            clause = _modalities_clause(cond)
+        elif attr is not None and attr.level.depth <= level.depth:
+            clause = _column_clause(attr, cond)
+        elif attr is not None:
+            # A key of a lower level than the query's: not a matching key here.
+            continue
+        else:
+            clause = None
+        if clause is None:
+            residual.append(cond)
+        else:
+            where.append(clause)
+    if scope is not None:
+        where.append(scope)
+    if columns is None:
+        cols: list[object] = [patient]
+        if level.depth >= 1:
+            cols.append(study)
+        if level.depth >= 2:
+            cols.append(series)
+        if level.depth >= 3:
+            cols.append(instance)
+        columns = cols  # type: ignore[assignment]
+    table = _TABLE[level]
+    stmt = select(*columns).select_from(_from_clause(level))  # type: ignore[arg-type]
+    if where:
+        stmt = stmt.where(and_(*where))
+    stmt = stmt.order_by(table.c.pk)
+    if not residual:
+        if query.limit is not None:
+            stmt = stmt.limit(query.limit)
+        if query.offset:
+            stmt = stmt.offset(query.offset)
+    return CompiledQuery(statement=stmt, residual=tuple(residual))
+
+
+def patient_counts() -> dict[str, ColumnElement[object]]:
+    """Scalar subqueries for the Number of Patient Related ... attributes."""
+    return {
+        "NumberOfPatientRelatedStudies": select(func.count(study.c.pk))
+        .where(study.c.patient_pk == patient.c.pk)
+        .scalar_subquery(),
+        "NumberOfPatientRelatedSeries": select(func.coalesce(func.sum(study.c.number_of_series), 0))
+        .where(study.c.patient_pk == patient.c.pk)
+        .scalar_subquery(),
+        "NumberOfPatientRelatedInstances": select(
+            func.coalesce(func.sum(study.c.number_of_instances), 0)
+        )
+        .where(study.c.patient_pk == patient.c.pk)
+        .scalar_subquery(),
+    }

@@ -1,0 +1,498 @@
+"""SQL for the use cases: add an instance, search, list for retrieval.
+
+The repository speaks in model terms (InstanceHeader, Query, Level) and hides
+SQLAlchemy; exceptions from the driver are translated here or in
+:mod:`dicomhub.index.engine`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, RowMapping, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
+from dicomhub.index import engine as engines
+from dicomhub.index.compile import compile_query, patient_counts
+from dicomhub.index.schema import change, conflict, instance, patient, series, study
+from dicomhub.model.attributes import INDEXED
+from dicomhub.model.identifiers import Level
+from dicomhub.model.query import Condition, Query
+from dicomhub.model.records import InstanceHeader
+from dicomhub.storage.base import BlobInfo
+
+__all__ = ["AddOutcome", "AddResult", "IndexRepository", "InstanceRow", "SearchRow"]
+
+_ATTEMPTS = 5
+
+
+class AddResult(enum.Enum):
+    CREATED = "created"
+    EXISTS = "exists"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """An indexed instance as retrieval and duplicate checks need it."""
+
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AddOutcome:
+    result: AddResult
+    existing: InstanceRow | None = None
+    replaced_blob_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRow:
+    """One match: column values by name, plus keys to reach its header."""
+
+    values: dict[str, Any]
+    representative_blob_key: str | None
+    representative_pk: int | None
+
+
+def _result_columns(level: Level) -> list[Any]:
+    """The attribute columns of ``level`` and every level above it, plus aggregates."""
+    tables = {
+        Level.PATIENT: patient,
+        Level.STUDY: study,
+        Level.SERIES: series,
+        Level.IMAGE: instance,
+    }
+    cols: list[Any] = []
+    for attr in INDEXED:
+        if attr.level.depth <= level.depth:
+            cols.append(tables[attr.level].c[attr.column])
+    if level.depth >= Level.STUDY.depth:
+        cols += [
+            study.c.modalities_in_study,
+            study.c.number_of_series,
+            study.c.number_of_instances.label("study_number_of_instances"),
+        ]
+    if level.depth >= Level.SERIES.depth:
+        cols.append(series.c.number_of_instances.label("series_number_of_instances"))
+    if level is Level.IMAGE:
+        cols += [instance.c.transfer_syntax_uid, instance.c.size]
+    return cols
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _row(r: RowMapping) -> InstanceRow:
+    return InstanceRow(
+        pk=r["pk"],
+        sop_instance_uid=r["sop_instance_uid"],
+        sop_class_uid=r["sop_class_uid"],
+        transfer_syntax_uid=r["transfer_syntax_uid"],
+        blob_key=r["blob_key"],
+        size=r["size"],
+        sha256=r["sha256"],
+        study_instance_uid=r.get("study_instance_uid", "") or "",
+        series_instance_uid=r.get("series_instance_uid", "") or "",
+    )
+
+
+class IndexRepository:
+    """The index of one archive, on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------ ingest
+
+    def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
+        with engines.read(self.engine) as conn:
+            return self._get_instance(conn, sop_instance_uid)
+
+    def _get_instance(self, conn: Connection, sop_instance_uid: str) -> InstanceRow | None:
+        r = (
+            conn.execute(
+                select(
+                    instance.c.pk,
+                    instance.c.sop_instance_uid,
+                    instance.c.sop_class_uid,
+                    instance.c.transfer_syntax_uid,
+                    instance.c.blob_key,
+                    instance.c.size,
+                    instance.c.sha256,
+                ).where(instance.c.sop_instance_uid == sop_instance_uid)
+            )
+            .mappings()
+            .first()
+        )
+        return _row(r) if r is not None else None
+
+    def add_instance(
+        self,
+        header: InstanceHeader,
+        blob: BlobInfo,
+        source_ae_title: str | None,
+        overwrite: bool,
+    ) -> AddOutcome:
+        """Index an instance whose blob is already durable, in one transaction.
+
+        Returns EXISTS (with the existing row) when the SOP Instance UID is
+        already indexed and ``overwrite`` is false or the bytes are the same.
+
+        Raises
+        ------
+        PatientMismatch
+            The study is indexed under another PatientID.
+        Conflict
+            The series is indexed under another study.
+        """
+        for attempt in range(_ATTEMPTS):
+            try:
+                with engines.write(self.engine) as conn:
+                    existing = self._get_instance(conn, header.sop_instance_uid)
+                    if existing is not None:
+                        if existing.sha256 == blob.sha256 or not overwrite:
+                            return AddOutcome(AddResult.EXISTS, existing)
+                        self._remove_instance(conn, existing.pk)
+                        self._insert(conn, header, blob, source_ae_title)
+                        return AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
+                    self._insert(conn, header, blob, source_ae_title)
+                    return AddOutcome(AddResult.CREATED)
+            except IntegrityError as exc:
+                # Another writer (another node on PostgreSQL) created the same
+                # patient, study, series or instance between our read and
+                # our insert: retry, and the reads will now see it.
+                if attempt == _ATTEMPTS - 1:
+                    raise IndexUnavailable(f"index write kept conflicting: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _insert(
+        self, conn: Connection, h: InstanceHeader, blob: BlobInfo, source_ae_title: str | None
+    ) -> None:
+        now = _now()
+        changes: list[tuple[str, Level, str]] = []
+        patient_pk = conn.execute(
+            select(patient.c.pk).where(patient.c.patient_id == h.patient_id)
+        ).scalar()
+        if patient_pk is None:
+            patient_pk = conn.execute(
+                insert(patient).values(**h.patient, created_at=now).returning(patient.c.pk)
+            ).scalar_one()
+            changes.append(("created", Level.PATIENT, h.patient_id[:64]))
+        st = conn.execute(
+            select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
+                study.c.study_instance_uid == h.study_instance_uid
+            )
+        ).first()
+        if st is None:
+            study_pk = conn.execute(
+                insert(study)
+                .values(
+                    **h.study,
+                    patient_pk=patient_pk,
+                    modalities_in_study="",
+                    number_of_series=0,
+                    number_of_instances=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(study.c.pk)
+            ).scalar_one()
+            modalities = ""
+            changes.append(("created", Level.STUDY, h.study_instance_uid))
+        else:
+            study_pk, study_patient_pk, modalities = st
+            if study_patient_pk != patient_pk:
+                owner = conn.execute(
+                    select(patient.c.patient_id).where(patient.c.pk == study_patient_pk)
+                ).scalar()
+                raise PatientMismatch(
+                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, "
+                    f"not {h.patient_id!r}"
+                )
+        se = conn.execute(
+            select(series.c.pk, series.c.study_pk).where(
+                series.c.series_instance_uid == h.series_instance_uid
+            )
+        ).first()
+        if se is None:
+            series_pk = conn.execute(
+                insert(series)
+                .values(**h.series, study_pk=study_pk, number_of_instances=0, created_at=now)
+                .returning(series.c.pk)
+            ).scalar_one()
+            modality = h.series.get("modality") or ""
+            mods = [m for m in (modalities or "").split("\\") if m]
+            new_mods = mods if not modality or modality in mods else sorted([*mods, modality])
+            conn.execute(
+                update(study)
+                .where(study.c.pk == study_pk)
+                .values(
+                    number_of_series=study.c.number_of_series + 1,
+                    modalities_in_study="\\".join(new_mods),
+                )
+            )
+            changes.append(("created", Level.SERIES, h.series_instance_uid))
+        else:
+            series_pk, series_study_pk = se
+            if series_study_pk != study_pk:
+                raise Conflict(f"series {h.series_instance_uid} is held under another study")
+        conn.execute(
+            insert(instance).values(
+                **h.instance,
+                series_pk=series_pk,
+                transfer_syntax_uid=h.transfer_syntax_uid,
+                blob_key=blob.key,
+                size=blob.size,
+                sha256=blob.sha256,
+                source_ae_title=(source_ae_title or "")[:16] or None,
+                received_at=now,
+            )
+        )
+        conn.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(number_of_instances=series.c.number_of_instances + 1)
+        )
+        conn.execute(
+            update(study)
+            .where(study.c.pk == study_pk)
+            .values(number_of_instances=study.c.number_of_instances + 1, updated_at=now)
+        )
+        changes.append(("created", Level.IMAGE, h.sop_instance_uid))
+        conn.execute(
+            insert(change),
+            [
+                {"change_type": t, "level": lv.value, "uid": uid, "at": now}
+                for t, lv, uid in changes
+            ],
+        )
+
+    def _remove_instance(self, conn: Connection, instance_pk: int) -> None:
+        """Delete one instance row and keep the counts and empty parents right."""
+        now = _now()
+        r = conn.execute(
+            select(instance.c.sop_instance_uid, instance.c.series_pk, series.c.study_pk)
+            .join(series, series.c.pk == instance.c.series_pk)
+            .where(instance.c.pk == instance_pk)
+        ).one()
+        uid, series_pk, study_pk = r
+        conn.execute(delete(instance).where(instance.c.pk == instance_pk))
+        conn.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(number_of_instances=series.c.number_of_instances - 1)
+        )
+        conn.execute(
+            update(study)
+            .where(study.c.pk == study_pk)
+            .values(number_of_instances=study.c.number_of_instances - 1, updated_at=now)
+        )
+        conn.execute(
+            insert(change).values(change_type="deleted", level=Level.IMAGE.value, uid=uid, at=now)
+        )
+
+    def record_conflict(
+        self,
+        kind: str,
+        header: InstanceHeader | None,
+        sop_instance_uid: str,
+        blob: BlobInfo,
+        source_ae_title: str | None,
+        detail: str,
+    ) -> None:
+        """Record a refused copy; its blob stays in the store (quarantine)."""
+        now = _now()
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                insert(conflict).values(
+                    kind=kind,
+                    sop_instance_uid=sop_instance_uid[:64],
+                    study_instance_uid=header.study_instance_uid if header else None,
+                    patient_id=header.patient_id[:64] if header else None,
+                    blob_key=blob.key,
+                    size=blob.size,
+                    sha256=blob.sha256,
+                    source_ae_title=(source_ae_title or "")[:16] or None,
+                    detail=detail,
+                    at=now,
+                )
+            )
+            conn.execute(
+                insert(change).values(
+                    change_type="conflict",
+                    level=Level.IMAGE.value,
+                    uid=sop_instance_uid[:64],
+                    at=now,
+                )
+            )
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(select(conflict).order_by(conflict.c.pk)).mappings().all()
+            return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------ search
+
+    def search(
+        self, query: Query, residual_ok: bool = True
+    ) -> tuple[list[SearchRow], tuple[Condition, ...]]:
+        """Run ``query``; return the rows and the conditions left to apply.
+
+        When residual conditions remain, limit and offset have not been
+        applied: the caller filters, then pages.
+        """
+        level = query.level
+        extra: list[Any] = []
+        if level is Level.PATIENT:
+            extra = [v.label(k) for k, v in patient_counts().items()]
+        compiled = compile_query(query, columns=_result_columns(level))
+        stmt = compiled.statement
+        rep_cols = self._representative_columns(level)
+        stmt = stmt.add_columns(*extra, *rep_cols)
+        try:
+            with engines.read(self.engine) as conn:
+                result = conn.execute(stmt).mappings().all()
+        except SQLAlchemyError as exc:  # pragma: no cover - translated in read()
+            raise IndexUnavailable(str(exc)) from exc
+        rows = [
+            SearchRow(
+                values=dict(r),
+                representative_blob_key=r.get("rep_blob_key"),
+                representative_pk=r.get("rep_pk"),
+            )
+            for r in result
+        ]
+        return rows, compiled.residual
+
+    def _representative_columns(self, level: Level) -> list[Any]:
+        """The first instance below each match, whose header answers non-indexed keys."""
+        if level is Level.IMAGE:
+            return [instance.c.blob_key.label("rep_blob_key"), instance.c.pk.label("rep_pk")]
+        if level is Level.SERIES:
+            first = select(func.min(instance.c.pk)).where(instance.c.series_pk == series.c.pk)
+        elif level is Level.STUDY:
+            first = (
+                select(func.min(instance.c.pk))
+                .join(series, series.c.pk == instance.c.series_pk)
+                .where(series.c.study_pk == study.c.pk)
+            )
+        else:
+            first = (
+                select(func.min(instance.c.pk))
+                .join(series, series.c.pk == instance.c.series_pk)
+                .join(study, study.c.pk == series.c.study_pk)
+                .where(study.c.patient_pk == patient.c.pk)
+            )
+        return [first.scalar_subquery().label("rep_pk")]
+
+    def instances_matching(
+        self, query: Query
+    ) -> tuple[list[tuple[InstanceRow, int]], tuple[Condition, ...]]:
+        """Instances below the matches of ``query`` (for C-GET/C-MOVE), with their pks."""
+        image_query = Query(level=Level.IMAGE, conditions=query.conditions)
+        compiled = compile_query(
+            image_query,
+            columns=[
+                instance.c.pk,
+                instance.c.sop_instance_uid,
+                instance.c.sop_class_uid,
+                instance.c.transfer_syntax_uid,
+                instance.c.blob_key,
+                instance.c.size,
+                instance.c.sha256,
+                study.c.study_instance_uid,
+                series.c.series_instance_uid,
+            ],
+        )
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(compiled.statement).mappings().all()
+        return [(_row(r), r["pk"]) for r in rows], compiled.residual
+
+    def header_json(self, instance_pks: Sequence[int]) -> dict[int, tuple[str | None, str]]:
+        """Stored header JSON (or None) and blob key, by instance pk."""
+        if not instance_pks:
+            return {}
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(instance.c.pk, instance.c.header_json, instance.c.blob_key).where(
+                    instance.c.pk.in_(list(instance_pks))
+                )
+            ).all()
+        return {pk: (js, key) for pk, js, key in rows}
+
+    def pending_headers(self, limit: int) -> list[tuple[int, str]]:
+        """Instances whose header JSON is not prepared yet: (pk, blob_key)."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(instance.c.pk, instance.c.blob_key)
+                .where(instance.c.header_json.is_(None))
+                .order_by(instance.c.pk)
+                .limit(limit)
+            ).all()
+        return [(pk, key) for pk, key in rows]
+
+    def set_header_json(self, values: Sequence[tuple[int, str]]) -> None:
+        if not values:
+            return
+        with engines.write(self.engine) as conn:
+            for pk, text in values:
+                conn.execute(
+                    update(instance)
+                    .where(instance.c.pk == pk, instance.c.header_json.is_(None))
+                    .values(header_json=text)
+                )
+
+    # ------------------------------------------------------------ operations
+
+    def changes(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = (
+                conn.execute(
+                    select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            return [dict(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with engines.read(self.engine) as conn:
+            return {
+                name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                for name, t in (
+                    ("patients", patient),
+                    ("studies", study),
+                    ("series", series),
+                    ("instances", instance),
+                )
+            }
+
+    def all_blob_keys(self) -> Iterator[str]:
+        with engines.read(self.engine) as conn:
+            for (key,) in conn.execute(select(instance.c.blob_key)):
+                yield key
+            for (key,) in conn.execute(select(conflict.c.blob_key)):
+                yield key
+
+    def usable(self) -> bool:
+        try:
+            with engines.read(self.engine) as conn:
+                conn.execute(select(func.count()).select_from(change).where(change.c.seq < 0))
+            return True
+        except (IndexUnavailable, SQLAlchemyError):
+            return False

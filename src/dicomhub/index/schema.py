@@ -1,0 +1,129 @@
+"""Tables of the index. Generic SQLAlchemy types only, so that the same schema
+runs on SQLite (embedded default) and PostgreSQL.
+
+Integer surrogate keys link the levels; UIDs are unique columns. The
+``change`` table is the change log (a monotonic ``seq`` per create, update or
+delete); ``conflict`` keeps every refused copy, with the key of its quarantined
+blob, so that a refusal never loses data.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["change", "conflict", "instance", "metadata", "patient", "series", "study"]
+
+metadata = MetaData()
+
+_PK = BigInteger().with_variant(Integer(), "sqlite")  # SQLite only autoincrements INTEGER
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False, unique=True),
+    Column("patient_name", String(324)),
+    Column("patient_name_key", String(324), index=True),
+    Column("patient_birth_date", String(18)),
+    Column("patient_sex", String(16)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+study = Table(
+    "study",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("patient_pk", _PK, ForeignKey("patient.pk"), nullable=False, index=True),
+    Column("study_instance_uid", String(64), nullable=False, unique=True),
+    Column("study_date", String(18), index=True),
+    Column("study_time", String(28)),
+    Column("accession_number", String(16), index=True),
+    Column("study_id", String(16)),
+    Column("study_description", String(64)),
+    Column("referring_physician_name", String(324)),
+    Column("referring_physician_name_key", String(324)),
+    Column("modalities_in_study", String(256), nullable=False, default=""),
+    Column("number_of_series", Integer, nullable=False, default=0),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("study_pk", _PK, ForeignKey("study.pk"), nullable=False, index=True),
+    Column("series_instance_uid", String(64), nullable=False, unique=True),
+    Column("modality", String(16), index=True),
+    Column("series_number", Integer),
+    Column("series_description", String(64)),
+    Column("body_part_examined", String(16)),
+    Column("series_date", String(18)),
+    Column("series_time", String(28)),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("series_pk", _PK, ForeignKey("series.pk"), nullable=False, index=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", Integer),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", String(64), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_ae_title", String(16)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # The rest of the header as DICOM JSON (PS3.18 F.2), bulk data left out.
+    # Filled after the acknowledgement by the header worker, or on first use.
+    Column("header_json", Text),
+)
+
+change = Table(
+    "change",
+    metadata,
+    Column("seq", _PK, primary_key=True, autoincrement=True),
+    Column("change_type", String(32), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("uid", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+conflict = Table(
+    "conflict",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False, index=True),
+    Column("study_instance_uid", String(64)),
+    Column("patient_id", String(64)),
+    Column("blob_key", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("source_ae_title", String(16)),
+    Column("detail", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+Index(
+    "ix_instance_header_pending",
+    instance.c.pk,
+    sqlite_where=instance.c.header_json.is_(None),
+    postgresql_where=instance.c.header_json.is_(None),
+)

@@ -1,0 +1,1 @@
+"""Pure domain model: identifiers, indexed attributes, records and queries (no I/O)."""

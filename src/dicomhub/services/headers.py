@@ -1,0 +1,103 @@
+"""Header metadata as DICOM JSON, prepared once per instance.
+
+Converting a whole header to DICOM JSON costs several milliseconds, more than
+the rest of the store path, so it is not done before the acknowledgement: a
+background worker fills ``instance.header_json`` shortly after ingest, and
+any reader that gets there first computes and saves it itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from dicomhub.errors import DicomhubError
+from dicomhub.index.repository import IndexRepository
+from dicomhub.model.extract import read_header
+from dicomhub.storage.base import BlobStore
+
+__all__ = ["HeaderService", "header_to_json"]
+
+LOGGER = logging.getLogger("dicomhub.headers")
+
+# Values larger than this (binary VRs) are bulk data: not kept in the index.
+BULK_DATA_THRESHOLD = 1024
+
+
+def _bulk(elem: DataElement) -> str:
+    return f"bulkdata:{elem.tag:08X}"
+
+
+def _no_bulk(_tag: str, _vr: str, _uri: str) -> bytes:
+    # Bulk data is not part of the indexed header; readers get an empty value.
+    return b""
+
+
+def header_to_json(ds: Dataset) -> str:
+    """The header of ``ds`` (no File Meta, no pixel data) as compact DICOM JSON."""
+    body = ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=_bulk)
+    return json.dumps(body, separators=(",", ":"))
+
+
+class HeaderService:
+    """Reads instance headers from the index's JSON, or from the blob once."""
+
+    def __init__(self, index: IndexRepository, blobs: BlobStore) -> None:
+        self.index = index
+        self.blobs = blobs
+        self._wake = threading.Event()
+
+    def headers(self, instance_pks: Sequence[int]) -> dict[int, Dataset]:
+        """Header data sets by instance pk (missing instances are left out)."""
+        stored = self.index.header_json(instance_pks)
+        out: dict[int, Dataset] = {}
+        computed: list[tuple[int, str]] = []
+        for pk, (text, key) in stored.items():
+            if text is None:
+                try:
+                    ds = read_header(self.blobs.read(key))
+                except DicomhubError:
+                    LOGGER.exception("cannot read header of instance %s", pk)
+                    continue
+                text = header_to_json(ds)
+                computed.append((pk, text))
+            out[pk] = Dataset.from_json(text, bulk_data_uri_handler=_no_bulk)
+        if computed:
+            self.index.set_header_json(computed)
+        return out
+
+    def notify(self) -> None:
+        """Tell the worker that new instances wait for their JSON."""
+        self._wake.set()
+
+    def prepare_pending(self, batch: int = 200) -> int:
+        """Compute the JSON of up to ``batch`` instances that lack it."""
+        pending = self.index.pending_headers(batch)
+        values: list[tuple[int, str]] = []
+        for pk, key in pending:
+            try:
+                values.append((pk, header_to_json(read_header(self.blobs.read(key)))))
+            except DicomhubError:
+                LOGGER.exception("cannot prepare header of instance %s", pk)
+                values.append((pk, "{}"))
+        self.index.set_header_json(values)
+        return len(pending)
+
+    def run_worker(self, stop: threading.Event, idle: float = 2.0) -> None:
+        """Loop until ``stop``: prepare pending headers, then wait to be woken."""
+        while not stop.is_set():
+            try:
+                done = self.prepare_pending()
+            except DicomhubError:
+                LOGGER.exception("header worker failed; retrying")
+                done = 0
+            if done == 0:
+                self._wake.wait(idle)
+                self._wake.clear()
+                # Let a burst of stores finish before competing with it.
+                stop.wait(0.5)

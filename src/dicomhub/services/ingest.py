@@ -1,0 +1,213 @@
+"""The one store path: C-STORE, ``dicomhub import``, STOW-RS and migration.
+
+Order of work, so that a success is never a lie and a crash never leaves a
+visible half object:
+
+1. parse the header only and validate the minimum (identifying UIDs);
+2. write the bytes as received under a fresh opaque key and fsync them;
+3. index them in one committed transaction;
+4. only then report success.
+
+A blob written in step 2 whose step 3 never happened is an orphan that
+``dicomhub check`` finds; a row without its blob cannot exist.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dicomhub.errors import (
+    Conflict,
+    DuplicateInstance,
+    InvalidIdentifier,
+    InvalidRequest,
+    PatientMismatch,
+)
+from dicomhub.index.repository import AddResult, IndexRepository
+from dicomhub.model.caller import Caller
+from dicomhub.model.extract import extract_header, read_header
+from dicomhub.model.identifiers import require_uid
+from dicomhub.model.part10 import file_meta_header, has_part10_header
+from dicomhub.model.records import InstanceHeader
+from dicomhub.storage.base import BlobInfo, BlobStore, new_blob_key
+
+__all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
+
+LOGGER = logging.getLogger("dicomhub.ingest")
+
+
+class DuplicatePolicy(enum.Enum):
+    """What to do with a second object under an already held SOP Instance UID."""
+
+    KEEP = "keep"  # same bytes: success; different bytes: refused, quarantined
+    OVERWRITE = "overwrite"  # the new copy replaces the old
+    REJECT = "reject"  # any second copy is refused
+
+
+class StoreOutcome(enum.Enum):
+    STORED = "stored"
+    ALREADY_PRESENT = "already-present"
+    REPLACED = "replaced"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    outcome: StoreOutcome
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    size: int
+
+
+class IngestService:
+    """Stores objects durably and indexes them, under a duplicate policy."""
+
+    def __init__(
+        self,
+        index: IndexRepository,
+        blobs: BlobStore,
+        policy: DuplicatePolicy = DuplicatePolicy.KEEP,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.policy = policy
+        self._on_stored = on_stored
+
+    def store_received(
+        self,
+        dataset: bytes,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        caller: Caller,
+    ) -> StoreResult:
+        """Store a data set received over the network (no File Meta yet).
+
+        The command's Affected SOP Class/Instance UIDs go into the File Meta
+        header, so they are validated like the data set's own.
+        """
+        require_uid(sop_class_uid, "Affected SOP Class UID")
+        require_uid(sop_instance_uid, "Affected SOP Instance UID")
+        data = (
+            file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title)
+            + dataset
+        )
+        return self._store(data, caller, expect_instance_uid=sop_instance_uid)
+
+    def store_part10(self, data: bytes, caller: Caller) -> StoreResult:
+        """Store a Part 10 file (import, STOW-RS, migration)."""
+        if not has_part10_header(data):
+            raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
+        return self._store(data, caller)
+
+    def _store(
+        self, data: bytes, caller: Caller, expect_instance_uid: str | None = None
+    ) -> StoreResult:
+        ds = read_header(data)
+        header = extract_header(ds)
+        if not header.transfer_syntax_uid:
+            raise InvalidRequest("the File Meta Information has no Transfer Syntax UID")
+        if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
+            raise InvalidIdentifier(
+                "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        existing = self.index.get_instance(header.sop_instance_uid)
+        if existing is not None:
+            if existing.sha256 == digest:
+                if self.policy is DuplicatePolicy.REJECT:
+                    raise DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                    )
+                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
+            if self.policy is not DuplicatePolicy.OVERWRITE:
+                self._quarantine(data, digest, header, caller, "duplicate-different-content")
+        blob = self.blobs.put(new_blob_key(), data, digest)
+        try:
+            added = self.index.add_instance(
+                header, blob, caller.ae_title, overwrite=self.policy is DuplicatePolicy.OVERWRITE
+            )
+        except (PatientMismatch, Conflict) as exc:
+            self._record(exc, blob, header, caller)
+            raise
+        except BaseException:
+            # Not indexed: the blob must not linger as an orphan.
+            self._discard(blob.key)
+            raise
+        if added.result is AddResult.EXISTS:
+            # Another association stored the same UID between our check and
+            # our transaction.
+            if added.existing is not None and added.existing.sha256 == digest:
+                self._discard(blob.key)
+                if self.policy is DuplicatePolicy.REJECT:
+                    raise DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                    )
+                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
+            exc = DuplicateInstance(
+                f"SOP Instance {header.sop_instance_uid} is already stored with other content"
+            )
+            self._record(exc, blob, header, caller, "duplicate-different-content")
+            raise exc
+        if added.replaced_blob_key:
+            self._discard(added.replaced_blob_key)
+        if self._on_stored is not None:
+            self._on_stored()
+        outcome = (
+            StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
+        )
+        return self._result(outcome, header, len(data))
+
+    def _quarantine(
+        self, data: bytes, digest: str, header: InstanceHeader, caller: Caller, kind: str
+    ) -> None:
+        blob = self.blobs.put(new_blob_key(), data, digest)
+        exc = DuplicateInstance(
+            f"SOP Instance {header.sop_instance_uid} is already stored with other content"
+            if kind == "duplicate-different-content"
+            else f"SOP Instance {header.sop_instance_uid} is already stored"
+        )
+        self._record(exc, blob, header, caller, kind)
+        raise exc
+
+    def _record(
+        self,
+        exc: Exception,
+        blob: BlobInfo,
+        header: InstanceHeader,
+        caller: Caller,
+        kind: str | None = None,
+    ) -> None:
+        kind = kind or ("patient-mismatch" if isinstance(exc, PatientMismatch) else "conflict")
+        LOGGER.warning(
+            "refused %s from %s (%s): %s; copy kept as blob %s",
+            header.sop_instance_uid,
+            caller.name or caller.channel.value,
+            kind,
+            exc,
+            blob.key,
+        )
+        self.index.record_conflict(
+            kind, header, header.sop_instance_uid, blob, caller.ae_title, str(exc)
+        )
+
+    def _discard(self, key: str) -> None:
+        try:
+            self.blobs.delete(key)
+        except Exception:  # best effort: an orphan is found by `dicomhub check`
+            LOGGER.exception("could not remove blob %s", key)
+
+    @staticmethod
+    def _result(outcome: StoreOutcome, header: InstanceHeader, size: int) -> StoreResult:
+        return StoreResult(
+            outcome=outcome,
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            size=size,
+        )

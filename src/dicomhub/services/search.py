@@ -1,0 +1,136 @@
+"""Search: a :class:`Query` in, identifiers (pydicom data sets) out.
+
+Shared by C-FIND and (later) QIDO-RS. Indexed attributes come from columns;
+computed ones (counts, ModalitiesInStudy) from aggregates; anything else
+from the header of the first instance below each match. Conditions on
+attributes that are not indexed are applied here, in Python, to that header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicomhub.index.repository import IndexRepository, InstanceRow, SearchRow
+from dicomhub.model.attributes import BY_KEYWORD
+from dicomhub.model.caller import Caller
+from dicomhub.model.identifiers import Level
+from dicomhub.model.query import Condition, Query, SequenceMatch, matches
+from dicomhub.services.headers import HeaderService
+
+__all__ = ["SearchService"]
+
+_COUNT_COLUMNS = {
+    "NumberOfPatientRelatedStudies": "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries": "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances": "NumberOfPatientRelatedInstances",
+    "NumberOfStudyRelatedSeries": "number_of_series",
+    "NumberOfStudyRelatedInstances": "study_number_of_instances",
+    "NumberOfSeriesRelatedInstances": "series_number_of_instances",
+}
+
+
+def _items(value: object) -> list[dict[str, object]]:
+    if not isinstance(value, DicomSequence):
+        return []
+    return [{e.keyword: e.value for e in item if e.keyword} for item in value]
+
+
+class SearchService:
+    """Answers queries from the index."""
+
+    def __init__(self, index: IndexRepository, headers: HeaderService) -> None:
+        self.index = index
+        self.headers = headers
+
+    def search(self, query: Query, caller: Caller) -> Iterator[Dataset]:
+        """Yield one identifier per match, with every return key of ``query``.
+
+        ``caller`` is the seam for access control: the index will filter by
+        its grants inside the query itself.
+        """
+        rows, residual = self.index.search(query)
+        need_headers = bool(residual) or any(
+            k not in BY_KEYWORD and k not in _COUNT_COLUMNS and k != "ModalitiesInStudy"
+            for k in query.return_keys
+        )
+        if residual:
+            rows = list(self._filter(rows, residual))
+            rows = rows[query.offset :]
+            if query.limit is not None:
+                rows = rows[: query.limit]
+        for chunk_start in range(0, len(rows), 500):
+            chunk = rows[chunk_start : chunk_start + 500]
+            headers: dict[int, Dataset] = {}
+            if need_headers:
+                headers = self.headers.headers(
+                    [r.representative_pk for r in chunk if r.representative_pk]
+                )
+            for row in chunk:
+                yield self._identifier(query, row, headers.get(row.representative_pk or -1))
+
+    def _filter(
+        self, rows: list[SearchRow], residual: tuple[Condition, ...]
+    ) -> Iterator[SearchRow]:
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            headers = self.headers.headers(
+                [r.representative_pk for r in chunk if r.representative_pk]
+            )
+            for row in chunk:
+                ds = headers.get(row.representative_pk or -1)
+                if ds is None:
+                    continue
+                if all(self._matches(cond, ds) for cond in residual):
+                    yield row
+
+    @staticmethod
+    def _matches(cond: Condition, ds: Dataset) -> bool:
+        elem = ds.get(cond.keyword)
+        value = None if elem is None else elem.value
+        if isinstance(cond.matcher, SequenceMatch):
+            return matches(cond, None, _items(value))
+        return matches(cond, value)
+
+    def _identifier(self, query: Query, row: SearchRow, header: Dataset | None) -> Dataset:
+        ds = Dataset()
+        values = row.values
+        for keyword in query.return_keys:
+            attr = BY_KEYWORD.get(keyword)
+            value: Any = None
+            if attr is not None and attr.level.depth <= query.level.depth:
+                value = values.get(attr.column)
+                if value is not None and attr.integer:
+                    value = str(value)
+            elif keyword == "ModalitiesInStudy" and query.level.depth >= Level.STUDY.depth:
+                value = [m for m in (values.get("modalities_in_study") or "").split("\\") if m]
+            elif keyword in _COUNT_COLUMNS and _COUNT_COLUMNS[keyword] in values:
+                value = str(values[_COUNT_COLUMNS[keyword]])
+            elif header is not None and keyword in header and attr is None:
+                ds[keyword] = header[keyword]
+                continue
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                continue
+            vr = dictionary_VR(tag)
+            if vr == "SQ":
+                ds.add_new(tag, vr, DicomSequence([]))
+            else:
+                ds.add_new(tag, vr, value if value not in (None, "") else None)
+        return ds
+
+    def instances(self, query: Query, caller: Caller) -> list[InstanceRow]:
+        """The instances below the matches of a retrieve identifier (C-GET/C-MOVE)."""
+        pairs, residual = self.index.instances_matching(query)
+        if not residual:
+            return [row for row, _pk in pairs]
+        headers = self.headers.headers([pk for _row, pk in pairs])
+        return [
+            row
+            for row, pk in pairs
+            if pk in headers and all(self._matches(c, headers[pk]) for c in residual)
+        ]

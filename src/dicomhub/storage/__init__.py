@@ -1,0 +1,1 @@
+"""DICOM-agnostic blob storage under opaque keys."""

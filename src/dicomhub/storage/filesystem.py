@@ -1,0 +1,118 @@
+"""Blobs as files under a data directory, fan-out by key prefix.
+
+A blob is written to a temporary name, fsync'ed, renamed to its key and the
+directory fsync'ed, so a crash leaves either the whole blob or a ``.tmp``
+file that :meth:`FileSystemBlobStore.iter_keys` ignores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from dicomhub.errors import BlobMissing, StorageError
+from dicomhub.storage.base import BlobInfo, valid_blob_key
+
+__all__ = ["FileSystemBlobStore"]
+
+
+class FileSystemBlobStore:
+    """A :class:`~dicomhub.storage.base.BlobStore` on a local folder."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        if not valid_blob_key(key):
+            # Keys come from new_blob_key(); anything else is a programming
+            # error or tampering, and must never reach the filesystem.
+            raise StorageError(f"invalid blob key {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    def _ensure_dir(self, directory: Path) -> None:
+        name = str(directory)
+        if name in self._known_dirs:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._fsync:
+            # The new directory entries must survive a crash too.
+            for d in (directory, directory.parent, self.root):
+                _fsync_dir(d)
+        with self._lock:
+            self._known_dirs.add(name)
+
+    def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
+        path = self._path(key)
+        self._ensure_dir(path.parent)
+        tmp = path.with_name(key + ".tmp")
+        digest = sha256 or hashlib.sha256(data).hexdigest()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                if self._fsync:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            if self._fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+        return BlobInfo(key=key, size=len(data), sha256=digest)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {key} is missing") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read blob {key}: {exc.strerror or exc}") from exc
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def local_path(self, key: str) -> str | None:
+        return str(self._path(key))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete blob {key}: {exc.strerror or exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def iter_keys(self) -> Iterator[str]:
+        for _dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if valid_blob_key(name):
+                    yield name
+
+    def usable(self) -> bool:
+        return self.root.is_dir() and os.access(self.root, os.W_OK)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

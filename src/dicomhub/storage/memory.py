@@ -1,0 +1,52 @@
+"""An in-memory blob store: the fake used by service tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from dicomhub.errors import BlobMissing
+from dicomhub.storage.base import BlobInfo
+
+__all__ = ["MemoryBlobStore"]
+
+
+class MemoryBlobStore:
+    """A :class:`~dicomhub.storage.base.BlobStore` in a dict."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
+        with self._lock:
+            self._blobs[key] = bytes(data)
+        return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self.read(key))
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._blobs[key]
+        except KeyError as exc:
+            raise BlobMissing(f"blob {key} is missing") from exc
+
+    def local_path(self, key: str) -> str | None:
+        return None
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def exists(self, key: str) -> bool:
+        return key in self._blobs
+
+    def iter_keys(self) -> Iterator[str]:
+        return iter(list(self._blobs))
+
+    def usable(self) -> bool:
+        return True

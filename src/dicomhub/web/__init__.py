@@ -1,0 +1,1 @@
+"""The HTTP side: health now, DICOMweb under /dicomweb later."""
