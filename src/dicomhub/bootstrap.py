@@ -17,7 +17,7 @@ from dicomhub.services.search import SearchService
 from dicomhub.storage.base import BlobStore
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
-__all__ = ["Archive", "configure_logging", "open_archive"]
+__all__ = ["Archive", "configure_logging", "configure_pydicom", "open_archive"]
 
 
 @dataclass
@@ -40,8 +40,21 @@ class Archive:
         self.engine.dispose()
 
 
+def configure_pydicom() -> None:
+    """Set pydicom's globals for an archive.
+
+    Received values are kept as they are and validated by dicomhub where it
+    matters (identifying UIDs); pydicom must not warn about every odd value of
+    every received object, nor change them.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
 def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     """Open (and by default migrate) the archive described by ``settings``."""
+    configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = connect_engine(settings.index_url)
     if upgrade:

@@ -89,10 +89,7 @@ def _extract(ds: Dataset) -> InstanceHeader:
     meta = getattr(ds, "file_meta", None)
     uids: dict[str, str] = {}
     for keyword in _REQUIRED_UIDS:
-        raw = ds.get(keyword)
-        if raw is None and meta is not None and keyword in ("SOPClassUID", "SOPInstanceUID"):
-            raw = meta.get("MediaStorage" + keyword)
-        uids[keyword] = require_uid(raw, keyword)
+        uids[keyword] = require_uid(ds.get(keyword), keyword)
     ts = ""
     if meta is not None and "TransferSyntaxUID" in meta:
         ts = str(meta.TransferSyntaxUID)

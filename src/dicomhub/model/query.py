@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomhub.errors import InvalidIdentifier
@@ -135,13 +136,8 @@ def parse_matcher(vr: str, value: object) -> Matcher:
     """
     if value is None:
         return Universal()
-    if (
-        isinstance(value, (list, tuple))
-        or hasattr(value, "__iter__")
-        and not isinstance(value, (str, bytes))
-    ):
-        parts = [str(v) for v in value]  # type: ignore[union-attr]
-        text = "\\".join(parts)
+    if isinstance(value, (list, tuple, MultiValue)):
+        text = "\\".join(str(v) for v in value)
     else:
         text = str(value)
     text = text.strip(" \x00")

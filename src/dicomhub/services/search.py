@@ -90,8 +90,7 @@ class SearchService:
 
     @staticmethod
     def _matches(cond: Condition, ds: Dataset) -> bool:
-        elem = ds.get(cond.keyword)
-        value = None if elem is None else elem.value
+        value = ds.get(cond.keyword)
         if isinstance(cond.matcher, SequenceMatch):
             return matches(cond, None, _items(value))
         return matches(cond, value)

@@ -1,0 +1,37 @@
+# dicomhub: the two set-up commands of the README.
+#   make run   install dicomhub in .venv and start the server on the embedded default
+#   make test  install everything the tests need (Python packages, DCMTK) and run them
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run install test test-deps lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+run: install
+	$(BIN)/dicomhub serve
+
+test-deps: $(BIN)/python
+	bash scripts/install-test-deps.sh
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+test: test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: test-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+bench: test-deps
+	$(BIN)/python benchmarks/dimse_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite drives: DCMTK (echoscu, storescu,
+# findscu, getscu, movescu, storescp). Debian/Ubuntu; uses sudo when not root.
+set -euo pipefail
+
+need=()
+for tool in echoscu storescu findscu getscu movescu storescp dcmdump; do
+  [ -x "/usr/bin/$tool" ] || need=(dcmtk)
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+echo "installing ${need[*]} (apt-get)"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

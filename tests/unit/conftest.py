@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from dicomhub.bootstrap import configure_pydicom
+
+configure_pydicom()

@@ -1,0 +1,236 @@
+"""The ingest and search services on a real SQLite index and an in-memory blob store."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomhub.errors import DuplicateInstance, InvalidIdentifier, InvalidRequest, PatientMismatch
+from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.repository import IndexRepository
+from dicomhub.model.caller import Caller
+from dicomhub.model.identifiers import Level
+from dicomhub.model.query import Query, query_from_identifier
+from dicomhub.services.headers import HeaderService
+from dicomhub.services.ingest import DuplicatePolicy, IngestService, StoreOutcome
+from dicomhub.services.search import SearchService
+from dicomhub.storage.memory import MemoryBlobStore
+from tests import datagen
+
+CLI = Caller.cli()
+
+
+def encode(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    implicit = ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    ds.save_as(buf, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+    return buf.getvalue()
+
+
+class Archive:
+    def __init__(self, tmp: Path, policy: DuplicatePolicy = DuplicatePolicy.KEEP) -> None:
+        engine = connect_engine(f"sqlite:///{tmp / 'index.sqlite'}")
+        migrate(engine, lock_dir=tmp)
+        self.index = IndexRepository(engine)
+        self.blobs = MemoryBlobStore()
+        self.headers = HeaderService(self.index, self.blobs)
+        self.ingest = IngestService(self.index, self.blobs, policy)
+        self.search = SearchService(self.index, self.headers)
+
+    def find(self, level: str, **keys: object) -> list[Dataset]:
+        ident = Dataset()
+        for k, v in keys.items():
+            setattr(ident, k, v)
+        return list(self.search.search(query_from_identifier(ident, level), CLI))
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    return Archive(tmp_path)
+
+
+def test_store_then_find_at_every_level(archive: Archive) -> None:
+    study = datagen.uid()
+    series = datagen.uid()
+    for n in range(3):
+        ds = datagen.make_dataset(study_uid=study, series_uid=series, instance_number=n + 1)
+        result = archive.ingest.store_part10(encode(ds), CLI)
+        assert result.outcome is StoreOutcome.STORED
+    other = datagen.make_dataset(modality="MR", study_uid=study, patient_id="PID0001")
+    archive.ingest.store_part10(encode(other), CLI)
+
+    (patient,) = archive.find("PATIENT", PatientID="PID0001", NumberOfPatientRelatedInstances="")
+    assert patient.NumberOfPatientRelatedInstances == 4
+    (st,) = archive.find(
+        "STUDY",
+        StudyInstanceUID=study,
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances="",
+    )
+    assert list(st.ModalitiesInStudy) == ["CT", "MR"]
+    assert st.NumberOfStudyRelatedSeries == 2
+    assert st.NumberOfStudyRelatedInstances == 4
+    series_rows = archive.find("SERIES", StudyInstanceUID=study, Modality="CT", SeriesInstanceUID="")
+    assert [s.SeriesInstanceUID for s in series_rows] == [series]
+    images = archive.find("IMAGE", SeriesInstanceUID=series, SOPInstanceUID="", InstanceNumber="")
+    assert sorted(int(i.InstanceNumber) for i in images) == [1, 2, 3]
+
+
+def test_matching_rules_in_sql(archive: Archive) -> None:
+    rows = [
+        ("P1", "Doe^John", "20200110", "101500", "ACC1", "CT"),
+        ("P2", "Dow^Jane", "20210310", "143000", "ACC2", "MR"),
+        ("P3", "Smith^Anna", "20221231", "235959", "acc3", "CT"),
+    ]
+    studies = {}
+    for pid, name, date, time, acc, mod in rows:
+        ds = datagen.make_dataset(
+            patient_id=pid,
+            patient_name=name,
+            study_date=date,
+            study_time=time,
+            accession=acc,
+            modality=mod,
+        )
+        archive.ingest.store_part10(encode(ds), CLI)
+        studies[pid] = ds.StudyInstanceUID
+
+    def pids(**keys: object) -> set[str]:
+        return {str(d.PatientID) for d in archive.find("STUDY", PatientID="", **keys)}
+
+    assert pids(PatientName="Do*") == {"P1", "P2"}
+    assert pids(PatientName="do?^j*") == {"P1", "P2"}
+    assert pids(PatientName="DOE^JOHN") == {"P1"}
+    assert pids(StudyDate="20200101-20211231") == {"P1", "P2"}
+    assert pids(StudyDate="-20200110") == {"P1"}
+    assert pids(StudyDate="20210101-") == {"P2", "P3"}
+    assert pids(StudyTime="1000-1500") == {"P1", "P2"}
+    assert pids(AccessionNumber="ACC*") == {"P1", "P2"}  # case-sensitive outside PN
+    assert pids(StudyInstanceUID=f"{studies['P1']}\\{studies['P3']}") == {"P1", "P3"}
+    assert pids(ModalitiesInStudy="MR") == {"P2"}
+    assert pids(ModalitiesInStudy="CT\\MR") == {"P1", "P2", "P3"}
+    assert pids(PatientName="*") == {"P1", "P2", "P3"}
+    assert pids(PatientName="50%_!x") == set()  # LIKE metacharacters are literal
+
+
+def test_duplicate_same_bytes_is_success_and_changes_nothing(archive: Archive) -> None:
+    data = encode(datagen.make_dataset())
+    assert archive.ingest.store_part10(data, CLI).outcome is StoreOutcome.STORED
+    assert archive.ingest.store_part10(data, CLI).outcome is StoreOutcome.ALREADY_PRESENT
+    assert archive.index.counts()["instances"] == 1
+    assert len(list(archive.blobs.iter_keys())) == 1
+
+
+def test_duplicate_different_bytes_is_refused_and_kept(archive: Archive) -> None:
+    ds = datagen.make_dataset()
+    first = encode(ds)
+    ds.StudyDescription = "changed"
+    second = encode(ds)
+    archive.ingest.store_part10(first, CLI)
+    with pytest.raises(DuplicateInstance):
+        archive.ingest.store_part10(second, CLI)
+    (row,) = archive.index.conflicts()
+    assert row["kind"] == "duplicate-different-content"
+    assert archive.blobs.read(row["blob_key"]) == second  # quarantined, not lost
+    kept = archive.index.get_instance(ds.SOPInstanceUID)
+    assert kept is not None and archive.blobs.read(kept.blob_key) == first
+
+
+def test_overwrite_policy_replaces(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, DuplicatePolicy.OVERWRITE)
+    ds = datagen.make_dataset()
+    archive.ingest.store_part10(encode(ds), CLI)
+    ds.StudyDescription = "second"
+    second = encode(ds)
+    assert archive.ingest.store_part10(second, CLI).outcome is StoreOutcome.REPLACED
+    row = archive.index.get_instance(ds.SOPInstanceUID)
+    assert row is not None and archive.blobs.read(row.blob_key) == second
+    assert len(list(archive.blobs.iter_keys())) == 1
+    assert archive.index.counts()["instances"] == 1
+
+
+def test_reject_policy_refuses_any_duplicate(tmp_path: Path) -> None:
+    archive = Archive(tmp_path, DuplicatePolicy.REJECT)
+    data = encode(datagen.make_dataset())
+    archive.ingest.store_part10(data, CLI)
+    with pytest.raises(DuplicateInstance):
+        archive.ingest.store_part10(data, CLI)
+
+
+def test_study_under_another_patient_is_refused(archive: Archive) -> None:
+    study = datagen.uid()
+    archive.ingest.store_part10(encode(datagen.make_dataset(study_uid=study, patient_id="A")), CLI)
+    stray = datagen.make_dataset(study_uid=study, patient_id="B")
+    with pytest.raises(PatientMismatch):
+        archive.ingest.store_part10(encode(stray), CLI)
+    (st,) = archive.find("STUDY", StudyInstanceUID=study, PatientID="", NumberOfStudyRelatedInstances="")
+    assert st.PatientID == "A" and st.NumberOfStudyRelatedInstances == 1
+    assert archive.find("PATIENT", PatientID="B") == []  # the new patient row rolled back
+    assert archive.index.conflicts()[0]["kind"] == "patient-mismatch"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda ds: delattr(ds, "SOPInstanceUID"),
+        lambda ds: delattr(ds, "StudyInstanceUID"),
+        lambda ds: delattr(ds, "SeriesInstanceUID"),
+        lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3/../../etc"),
+        lambda ds: setattr(ds, "SOPInstanceUID", "1.2." + "3" * 70),
+    ],
+)
+def test_invalid_identifiers_are_refused(archive: Archive, bad: object) -> None:
+    ds = datagen.make_dataset()
+    with datagen.no_validation():
+        bad(ds)  # type: ignore[operator]
+        data = encode(ds)
+    with pytest.raises(InvalidIdentifier):
+        archive.ingest.store_part10(data, CLI)
+    assert archive.index.counts()["instances"] == 0
+    assert list(archive.blobs.iter_keys()) == []
+
+
+def test_garbage_is_refused(archive: Archive) -> None:
+    with pytest.raises(InvalidRequest):
+        archive.ingest.store_part10(b"\0" * 128 + b"DICM" + b"\xff" * 300, CLI)
+
+
+def test_concurrent_same_instance_gives_one_row(archive: Archive) -> None:
+    data = encode(datagen.make_dataset())
+    outcomes: list[StoreOutcome] = []
+    barrier = threading.Barrier(6)
+
+    def send() -> None:
+        barrier.wait()
+        outcomes.append(archive.ingest.store_part10(data, CLI).outcome)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o.value for o in outcomes) == ["already-present"] * 5 + ["stored"]
+    assert archive.index.counts()["instances"] == 1
+    assert len(list(archive.blobs.iter_keys())) == 1
+
+
+def test_non_indexed_keys_come_from_the_header(archive: Archive) -> None:
+    ds = datagen.make_dataset(extra={"InstitutionName": "General Hospital"})
+    archive.ingest.store_part10(encode(ds), CLI)
+    (st,) = archive.find("STUDY", InstitutionName="General*")
+    assert st.InstitutionName == "General Hospital"
+    assert archive.find("STUDY", InstitutionName="Other*") == []
+    # The worker prepares the JSON the search computed on demand anyway.
+    assert archive.headers.prepare_pending() == 0
+
+
+def test_limit_and_offset(archive: Archive) -> None:
+    for i in range(5):
+        archive.ingest.store_part10(encode(datagen.make_dataset(patient_id=f"P{i}")), CLI)
+    q = Query(level=Level.PATIENT, return_keys=("PatientID",), limit=2, offset=1)
+    assert [d.PatientID for d in archive.search.search(q, CLI)] == ["P1", "P2"]
