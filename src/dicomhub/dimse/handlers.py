@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from io import BytesIO
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.presentation import build_context
@@ -185,15 +187,9 @@ def handle_get(event: evt.Event, archive: Archive) -> Iterator[Any]:
         yield status.PENDING, _sendable(archive, row)
 
 
-def _sendable(archive: Archive, row: Any) -> Any:
-    # pynetdicom sends a file path without decoding the data set.
-    path = archive.retrieve.local_path(row)
-    if path is not None:
-        return path
-    from io import BytesIO
-
-    import pydicom
-
+def _sendable(archive: Archive, row: Any) -> Dataset:
+    # pynetdicom's C-GET/C-MOVE service classes only take a Dataset. Read it
+    # lazily: unmodified raw elements are written back as they were stored.
     return pydicom.dcmread(BytesIO(archive.retrieve.read(row)))
 
 

@@ -16,11 +16,12 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicomhub.errors import InvalidIdentifier, InvalidRequest
-from dicomhub.model.attributes import INDEXED
+from dicomhub.model.attributes import INDEXED, Attribute
 from dicomhub.model.identifiers import Level, require_uid
 from dicomhub.model.records import InstanceHeader
+from dicomhub.model.structure import check_part10_complete, dataset_offset, scan_part10
 
-__all__ = ["extract_header", "person_name_key", "read_header"]
+__all__ = ["extract_header", "extract_part10", "person_name_key", "read_header"]
 
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -86,22 +87,20 @@ def extract_header(ds: Dataset) -> InstanceHeader:
 
 
 def _extract(ds: Dataset) -> InstanceHeader:
+    values: dict[str, Any] = {}
+    for attr in INDEXED:
+        values[attr.keyword] = _integer(ds, attr.keyword) if attr.integer else _text(ds, attr.keyword)
     meta = getattr(ds, "file_meta", None)
-    uids: dict[str, str] = {}
+    ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else ""
+    return _build(values, ts, _text(ds, "SpecificCharacterSet") or "")
+
+
+def _build(values: dict[str, Any], ts: str, charset: str) -> InstanceHeader:
     for keyword in _REQUIRED_UIDS:
-        uids[keyword] = require_uid(ds.get(keyword), keyword)
-    ts = ""
-    if meta is not None and "TransferSyntaxUID" in meta:
-        ts = str(meta.TransferSyntaxUID)
+        values[keyword] = require_uid(values.get(keyword), keyword)
     by_level: dict[Level, dict[str, Any]] = {level: {} for level in Level}
     for attr in INDEXED:
-        if attr.keyword in uids:
-            value: Any = uids[attr.keyword]
-        elif attr.integer:
-            value = _integer(ds, attr.keyword)
-        else:
-            value = _text(ds, attr.keyword)
-        by_level[attr.level][attr.column] = value
+        by_level[attr.level][attr.column] = values.get(attr.keyword)
     patient = by_level[Level.PATIENT]
     patient["patient_id"] = patient["patient_id"] or ""
     patient["patient_name_key"] = person_name_key(patient["patient_name"])
@@ -113,5 +112,88 @@ def _extract(ds: Dataset) -> InstanceHeader:
         series=by_level[Level.SERIES],
         instance=by_level[Level.IMAGE],
         transfer_syntax_uid=ts,
-        specific_character_set=_text(ds, "SpecificCharacterSet") or "",
+        specific_character_set=charset,
     )
+
+
+# ----------------------------------------------------------------- fast path
+
+_CHARSET_TAG = 0x00080005
+_WANTED = frozenset({a.tag for a in INDEXED} | {_CHARSET_TAG})
+_BY_TAG: dict[int, Attribute] = {a.tag: a for a in INDEXED}
+_FAST_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+) | frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202, 203))
+
+
+class _NeedsPydicom(Exception):
+    """A value the fast reader leaves to pydicom (non-ASCII text)."""
+
+
+def _meta_transfer_syntax(data: bytes) -> str:
+    pos, end = 132, dataset_offset(data)
+    while pos + 8 <= end:
+        group, elem, vr = struct.unpack_from("<HH2s", data, pos)
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if (group, elem) == (0x0002, 0x0010):
+            return data[start : start + length].decode("ascii", "replace").rstrip("\x00 ")
+        pos = start + length
+    return ""
+
+
+def _decode(raw: bytes, attr: Attribute | None) -> Any:
+    if not raw.isascii():
+        raise _NeedsPydicom
+    text = raw.decode("ascii").strip("\x00 ")
+    if attr is not None and attr.integer:
+        try:
+            return int(text) if text else None
+        except ValueError:
+            return None
+    return text
+
+
+def extract_part10(data: bytes) -> InstanceHeader:
+    """Index values of a Part 10 object, checking that no element is truncated.
+
+    Common syntaxes are read by walking the element framing once (tens of
+    microseconds); anything else (deflated data sets, non-ASCII text) goes
+    through pydicom.
+
+    Raises
+    ------
+    InvalidIdentifier
+        For missing or invalid identifying UIDs.
+    InvalidRequest
+        For a truncated or unreadable object.
+    """
+    try:
+        ts = _meta_transfer_syntax(data)
+    except (struct.error, InvalidRequest) as exc:
+        raise InvalidRequest("not a readable DICOM object: bad File Meta Information") from exc
+    if ts in _FAST_SYNTAXES:
+        found = scan_part10(data, ts, _WANTED)
+        try:
+            values: dict[str, Any] = {a.keyword: None for a in INDEXED}
+            for tag, (_vr, offset, length) in found.items():
+                attr = _BY_TAG.get(tag)
+                value = _decode(data[offset : offset + length], attr)
+                if attr is not None:
+                    values[attr.keyword] = value
+            charset = ""
+            if _CHARSET_TAG in found:
+                _vr, offset, length = found[_CHARSET_TAG]
+                charset = data[offset : offset + length].decode("ascii", "replace").strip("\x00 ")
+            return _build(values, ts, charset)
+        except _NeedsPydicom:
+            pass
+    header = extract_header(read_header(data))
+    if not header.transfer_syntax_uid:
+        raise InvalidRequest("the File Meta Information has no Transfer Syntax UID")
+    check_part10_complete(data, header.transfer_syntax_uid)
+    return header

@@ -29,7 +29,7 @@ from dicomhub.errors import (
 )
 from dicomhub.index.repository import AddResult, IndexRepository
 from dicomhub.model.caller import Caller
-from dicomhub.model.extract import extract_header, read_header
+from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.records import InstanceHeader
@@ -108,10 +108,7 @@ class IngestService:
     def _store(
         self, data: bytes, caller: Caller, expect_instance_uid: str | None = None
     ) -> StoreResult:
-        ds = read_header(data)
-        header = extract_header(ds)
-        if not header.transfer_syntax_uid:
-            raise InvalidRequest("the File Meta Information has no Transfer Syntax UID")
+        header = extract_part10(data)
         if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
             raise InvalidIdentifier(
                 "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"

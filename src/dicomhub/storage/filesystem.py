@@ -35,7 +35,9 @@ class FileSystemBlobStore:
             # Keys come from new_blob_key(); anything else is a programming
             # error or tampering, and must never reach the filesystem.
             raise StorageError(f"invalid blob key {key!r}")
-        return self.root / key[:2] / key[2:4] / key
+        # 256 x 16 folders: enough to keep folders small at 100M blobs, few
+        # enough that they all exist (and need no fsync) after warm-up.
+        return self.root / key[:2] / key[2] / key
 
     def _ensure_dir(self, directory: Path) -> None:
         name = str(directory)
