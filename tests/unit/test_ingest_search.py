@@ -234,3 +234,24 @@ def test_limit_and_offset(archive: Archive) -> None:
         archive.ingest.store_part10(encode(datagen.make_dataset(patient_id=f"P{i}")), CLI)
     q = Query(level=Level.PATIENT, return_keys=("PatientID",), limit=2, offset=1)
     assert [d.PatientID for d in archive.search.search(q, CLI)] == ["P1", "P2"]
+
+
+def test_same_data_set_from_two_senders_is_one_instance(archive: Archive) -> None:
+    ds = datagen.make_dataset()
+    data = encode(ds)
+    from dicomhub.model.caller import Channel
+    from dicomhub.model.structure import dataset_offset
+
+    body = data[dataset_offset(data) :]
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    first = archive.ingest.store_received(
+        body, ts, ds.SOPClassUID, ds.SOPInstanceUID, Caller(Channel.DIMSE, "AE_ONE")
+    )
+    again = archive.ingest.store_received(
+        body, ts, ds.SOPClassUID, ds.SOPInstanceUID, Caller(Channel.DIMSE, "AE_TWO")
+    )
+    imported = archive.ingest.store_part10(data, CLI)
+    assert first.outcome is StoreOutcome.STORED
+    assert again.outcome is StoreOutcome.ALREADY_PRESENT
+    assert imported.outcome is StoreOutcome.ALREADY_PRESENT
+    assert archive.index.conflicts() == []

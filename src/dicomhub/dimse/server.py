@@ -251,9 +251,36 @@ class _Worker:
         return fastpath.StoreOutcome(code, comment)
 
 
+def _die_with_parent() -> None:
+    """End this worker when the server process ends, even by ``kill -9``.
+
+    An orphaned worker would keep accepting on the shared socket with no
+    supervisor, and a restarted server could not take the port back.
+    """
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    if os.getppid() != parent:
+        os._exit(0)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _worker_main(
     settings: Settings, listener: socket.socket, index: int, load: SynchronizedArray[int]
 ) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     configure_logging(settings.log_level)
     configure_pynetdicom()

@@ -48,6 +48,7 @@ class InstanceRow:
     blob_key: str
     size: int
     sha256: str
+    content_sha256: str = ""
     study_instance_uid: str = ""
     series_instance_uid: str = ""
 
@@ -104,6 +105,7 @@ _SELECT_INSTANCE = select(
     instance.c.blob_key,
     instance.c.size,
     instance.c.sha256,
+    instance.c.content_sha256,
 ).where(instance.c.sop_instance_uid == bindparam("b_uid"))
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
@@ -154,6 +156,7 @@ def _row(r: RowMapping) -> InstanceRow:
         blob_key=r["blob_key"],
         size=r["size"],
         sha256=r["sha256"],
+        content_sha256=r.get("content_sha256", "") or "",
         study_instance_uid=r.get("study_instance_uid", "") or "",
         series_instance_uid=r.get("series_instance_uid", "") or "",
     )
@@ -179,6 +182,7 @@ class IndexRepository:
         self,
         header: InstanceHeader,
         blob: BlobInfo,
+        content_sha256: str,
         source_ae_title: str | None,
         overwrite: bool,
     ) -> AddOutcome:
@@ -199,12 +203,12 @@ class IndexRepository:
                 with engines.write(self.engine) as conn:
                     existing = self._get_instance(conn, header.sop_instance_uid)
                     if existing is not None:
-                        if existing.sha256 == blob.sha256 or not overwrite:
+                        if existing.content_sha256 == content_sha256 or not overwrite:
                             return AddOutcome(AddResult.EXISTS, existing)
                         self._remove_instance(conn, existing.pk)
-                        self._insert(conn, header, blob, source_ae_title)
+                        self._insert(conn, header, blob, content_sha256, source_ae_title)
                         return AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
-                    self._insert(conn, header, blob, source_ae_title)
+                    self._insert(conn, header, blob, content_sha256, source_ae_title)
                     return AddOutcome(AddResult.CREATED)
             except IntegrityError as exc:
                 # Another writer (another node on PostgreSQL) created the same
@@ -215,7 +219,12 @@ class IndexRepository:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _insert(
-        self, conn: Connection, h: InstanceHeader, blob: BlobInfo, source_ae_title: str | None
+        self,
+        conn: Connection,
+        h: InstanceHeader,
+        blob: BlobInfo,
+        content_sha256: str,
+        source_ae_title: str | None,
     ) -> None:
         now = _now()
         changes: list[dict[str, Any]] = []
@@ -274,6 +283,7 @@ class IndexRepository:
                 "blob_key": blob.key,
                 "size": blob.size,
                 "sha256": blob.sha256,
+                "content_sha256": content_sha256,
                 "source_ae_title": (source_ae_title or "")[:16] or None,
                 "received_at": now,
                 "header_json": None,
@@ -407,6 +417,7 @@ class IndexRepository:
                 instance.c.blob_key,
                 instance.c.size,
                 instance.c.sha256,
+                instance.c.content_sha256,
                 study.c.study_instance_uid,
                 series.c.series_instance_uid,
             ],

@@ -88,6 +88,9 @@ instance = Table(
     Column("blob_key", String(64), nullable=False, unique=True),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
+    # SHA-256 of the data set alone (no File Meta): the same object received
+    # from two AEs or tools has the same content digest, whatever its header.
+    Column("content_sha256", String(64), nullable=False),
     Column("source_ae_title", String(16)),
     Column("received_at", DateTime(timezone=True), nullable=False),
     # The rest of the header as DICOM JSON (PS3.18 F.2), bulk data left out.

@@ -33,6 +33,7 @@ from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.records import InstanceHeader
+from dicomhub.model.structure import dataset_offset
 from dicomhub.storage.base import BlobInfo, BlobStore, new_blob_key
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
@@ -113,21 +114,27 @@ class IngestService:
             raise InvalidIdentifier(
                 "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
             )
-        digest = hashlib.sha256(data).hexdigest()
+        # Duplicates are judged on the data set alone: the File Meta differs
+        # between senders (Source AE Title, implementation UIDs) for the same object.
+        content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
         existing = self.index.get_instance(header.sop_instance_uid)
         if existing is not None:
-            if existing.sha256 == digest:
+            if existing.content_sha256 == content:
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
-                self._quarantine(data, digest, header, caller, "duplicate-different-content")
-        blob = self.blobs.put(new_blob_key(), data, digest)
+                self._quarantine(data, header, caller, "duplicate-different-content")
+        blob = self.blobs.put(new_blob_key(), data)
         try:
             added = self.index.add_instance(
-                header, blob, caller.ae_title, overwrite=self.policy is DuplicatePolicy.OVERWRITE
+                header,
+                blob,
+                content,
+                caller.ae_title,
+                overwrite=self.policy is DuplicatePolicy.OVERWRITE,
             )
         except (PatientMismatch, Conflict) as exc:
             self._record(exc, blob, header, caller)
@@ -139,7 +146,7 @@ class IngestService:
         if added.result is AddResult.EXISTS:
             # Another association stored the same UID between our check and
             # our transaction.
-            if added.existing is not None and added.existing.sha256 == digest:
+            if added.existing is not None and added.existing.content_sha256 == content:
                 self._discard(blob.key)
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
@@ -160,10 +167,8 @@ class IngestService:
         )
         return self._result(outcome, header, len(data))
 
-    def _quarantine(
-        self, data: bytes, digest: str, header: InstanceHeader, caller: Caller, kind: str
-    ) -> None:
-        blob = self.blobs.put(new_blob_key(), data, digest)
+    def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
+        blob = self.blobs.put(new_blob_key(), data)
         exc = DuplicateInstance(
             f"SOP Instance {header.sop_instance_uid} is already stored with other content"
             if kind == "duplicate-different-content"

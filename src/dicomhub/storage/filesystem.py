@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,35 +24,35 @@ class FileSystemBlobStore:
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
-        self._known_dirs: set[str] = set()
-        self._lock = threading.Lock()
+        self._prepare_folders()
 
     def _path(self, key: str) -> Path:
         if not valid_blob_key(key):
             # Keys come from new_blob_key(); anything else is a programming
             # error or tampering, and must never reach the filesystem.
             raise StorageError(f"invalid blob key {key!r}")
-        # 256 x 16 folders: enough to keep folders small at 100M blobs, few
-        # enough that they all exist (and need no fsync) after warm-up.
+        # 256 x 16 folders: small enough folders at 100M blobs, and all made
+        # once up front so that a store never creates (and fsyncs) a folder.
         return self.root / key[:2] / key[2] / key
 
-    def _ensure_dir(self, directory: Path) -> None:
-        name = str(directory)
-        if name in self._known_dirs:
+    def _prepare_folders(self) -> None:
+        if (self.root / "ff" / "f").is_dir():
             return
-        directory.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for a in range(256):
+            top = self.root / f"{a:02x}"
+            for b in range(16):
+                (top / f"{b:x}").mkdir(parents=True, exist_ok=True)
+            if self._fsync:
+                _fsync_dir(top)
         if self._fsync:
-            # The new directory entries must survive a crash too.
-            for d in (directory, directory.parent, self.root):
-                _fsync_dir(d)
-        with self._lock:
-            self._known_dirs.add(name)
+            os.sync()  # the new folders' entries, once
 
     def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
         path = self._path(key)
-        self._ensure_dir(path.parent)
+        if not path.parent.is_dir():  # a folder removed by hand since start-up
+            self._prepare_folders_again(path.parent)
         tmp = path.with_name(key + ".tmp")
         digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
@@ -77,6 +76,12 @@ class FileSystemBlobStore:
                 pass
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
         return BlobInfo(key=key, size=len(data), sha256=digest)
+
+    def _prepare_folders_again(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._fsync:
+            _fsync_dir(folder.parent)
+            _fsync_dir(folder.parent.parent)
 
     def open(self, key: str) -> BinaryIO:
         try:

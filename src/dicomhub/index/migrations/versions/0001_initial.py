@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("blob_key", sa.String(64), nullable=False, unique=True),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("content_sha256", sa.String(64), nullable=False),
         sa.Column("source_ae_title", sa.String(16)),
         sa.Column("received_at", _TS, nullable=False),
         sa.Column("header_json", sa.Text),

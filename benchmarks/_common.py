@@ -1,0 +1,341 @@
+"""Process and server helpers for the DIMSE benchmark (Orthanc, dicomhub, storescp)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+HOST = "127.0.0.1"
+SCU_AET = "BENCHSCU"
+MOVE_AET = "BENCHSCP"
+ORTHANC_BIN = "/usr/sbin/Orthanc"
+
+_START = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.monotonic() - _START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Environment for every DCMTK process (both servers alike)."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - localhost only
+            return 200 <= r.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def http_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - localhost only
+        return json.loads(r.read())
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, name: str, grace: float = 15.0) -> None:
+    """terminate -> wait -> kill, on the process group the process leads (started by us)."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log(f"{name} did not stop after SIGTERM, killing")
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def spawn(
+    cmd: list[str], logfile: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen[Any], IO[Any]]:
+    fh = open(logfile, "ab")  # noqa: SIM115 - closed by the owner
+    proc = subprocess.Popen(
+        cmd,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return proc, fh
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """A DIMSE server under test.  Managed servers can be restarted with an empty archive."""
+
+    key: str  # "subject" or "orthanc"
+    label: str  # column title
+    host: str = HOST
+    port: int = 0
+    aet: str = ""
+    managed: bool = False
+    move_port: int = 0  # where the server must send C-MOVE sub-operations (BENCHSCP)
+    workdir: Path | None = None
+    proc: subprocess.Popen[Any] | None = field(default=None, repr=False)
+    _logfh: IO[Any] | None = field(default=None, repr=False)
+    generation: int = 0
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def stop(self) -> None:
+        stop_process(self.proc, self.label)
+        self.proc = None
+        if self._logfh:
+            self._logfh.close()
+            self._logfh = None
+
+    def restart_empty(self) -> None:
+        """Stop and start again with a fresh (empty) storage directory."""
+        if not self.managed:
+            raise RuntimeError("cannot empty an external server")
+        self.stop()
+        self.start()
+
+    def describe(self) -> str:
+        return f"{self.label} {self.aet}@{self.host}:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def logfile(self) -> Path | None:
+        return None
+
+
+@dataclass
+class ExternalServer(Server):
+    def start(self) -> None:
+        if not port_open(self.host, self.port, timeout=3):
+            raise RuntimeError(f"target {self.host}:{self.port} is not reachable")
+
+
+@dataclass
+class OrthancServer(Server):
+    binary: str = ORTHANC_BIN
+    http_port: int = 0
+    version_str: str = "?"
+
+    def logfile(self) -> Path | None:
+        assert self.workdir
+        return self.workdir / f"orthanc-{self.key}.log"
+
+    def start(self) -> None:
+        assert self.workdir is not None
+        self.generation += 1
+        gen = self.workdir / f"{self.key}-orthanc-{self.generation}"
+        gen.mkdir(parents=True)
+        self.port, self.http_port = free_port(), free_port()
+        config = {
+            "Name": f"dimse-bench-{self.key}",
+            "StorageDirectory": str(gen / "storage"),
+            "IndexDirectory": str(gen / "index"),
+            "StorageCompression": False,
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomModalities": {
+                MOVE_AET: [MOVE_AET, HOST, self.move_port],
+                SCU_AET: [SCU_AET, HOST, 104],  # calling AE of our SCUs (never contacted)
+            },
+            "Plugins": [],
+            "LuaScripts": [],
+        }
+        cfg = gen / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=1))
+        log(f"starting Orthanc ({self.key}) DICOM {self.port} HTTP {self.http_port}")
+        self.proc, self._logfh = spawn(
+            [self.binary, str(cfg)], self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen
+        )
+        deadline = time.monotonic() + 60
+        url = f"http://{HOST}:{self.http_port}/system"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{tail(self.logfile())}")
+            if http_ok(url) and port_open(HOST, self.port):
+                self.version_str = self.version()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not become ready:\n{tail(self.logfile())}")
+
+    def statistics(self) -> dict[str, Any]:
+        return dict(http_json(f"http://{HOST}:{self.http_port}/statistics"))
+
+    def version(self) -> str:
+        try:
+            return str(http_json(f"http://{HOST}:{self.http_port}/system").get("Version", "?"))
+        except Exception:  # noqa: BLE001
+            return "?"
+
+
+def find_dicomhub(cmd_override: str | None) -> list[str]:
+    if cmd_override:
+        return shlex.split(cmd_override)
+    cand = Path(sys.executable).parent / "dicomhub"
+    if cand.exists():
+        return [str(cand)]
+    found = shutil.which("dicomhub")
+    if found:
+        return [found]
+    raise RuntimeError(
+        "dicomhub executable not found next to the interpreter or on PATH "
+        "(use --dicomhub-cmd, --target host:port:AET or --no-dicomhub)"
+    )
+
+
+@dataclass
+class DicomhubServer(Server):
+    command: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    http_port: int = 0
+
+    def logfile(self) -> Path | None:
+        assert self.workdir
+        return self.workdir / f"dicomhub-{self.key}.log"
+
+    def start(self) -> None:
+        assert self.workdir is not None
+        self.generation += 1
+        gen = self.workdir / f"{self.key}-dicomhub-{self.generation}"
+        data = gen / "data"
+        data.mkdir(parents=True)
+        self.port, self.http_port = free_port(), free_port()
+        cmd = [
+            *self.command,
+            "serve",
+            "--data-dir",
+            str(data),
+            "--aet",
+            self.aet,
+            "--dimse-port",
+            str(self.port),
+            "--http-port",
+            str(self.http_port),
+            "--host",
+            HOST,
+            "--remote-ae",
+            f"{MOVE_AET}={HOST}:{self.move_port}",
+            *self.extra_args,
+        ]
+        log(f"starting dicomhub: {shlex.join(cmd)}")
+        self.proc, self._logfh = spawn(cmd, self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen)
+        deadline = time.monotonic() + 90
+        url = f"http://{HOST}:{self.http_port}/healthz"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dicomhub exited with {self.proc.returncode}:\n{tail(self.logfile())}")
+            if http_ok(url) and port_open(HOST, self.port):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"dicomhub did not become ready:\n{tail(self.logfile())}")
+
+
+@dataclass
+class StoreSCP:
+    """DCMTK storescp acting as the C-MOVE destination BENCHSCP for one server."""
+
+    name: str
+    outdir: Path
+    logpath: Path
+    port: int = 0
+    proc: subprocess.Popen[Any] | None = None
+    _fh: IO[Any] | None = None
+
+    def start(self) -> None:
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        cmd = [
+            "storescp",
+            "-aet",
+            MOVE_AET,
+            "-od",
+            str(self.outdir),
+            "-ta",
+            "30",
+            "-td",
+            "60",
+            str(self.port),
+        ]
+        self.proc, self._fh = spawn(cmd, self.logpath, env=dcmtk_env())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"storescp exited: {tail(self.logpath)}")
+            if port_open(HOST, self.port):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("storescp did not start listening")
+
+    def clear(self) -> None:
+        for p in self.outdir.iterdir():
+            if p.is_file():
+                p.unlink()
+
+    def count(self) -> int:
+        return sum(1 for p in self.outdir.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def stop(self) -> None:
+        stop_process(self.proc, f"storescp ({self.name})", grace=5)
+        self.proc = None
+        if self._fh:
+            self._fh.close()
+            self._fh = None
