@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.compile import compile_query, patient_counts
+from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.schema import change, conflict, instance, patient, series, study
 from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
@@ -167,6 +168,7 @@ class IndexRepository:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._writer = GroupCommitter(engine)
 
     # ------------------------------------------------------------ ingest
 
@@ -198,18 +200,20 @@ class IndexRepository:
         Conflict
             The series is indexed under another study.
         """
+        def job(conn: Connection) -> AddOutcome:
+            existing = self._get_instance(conn, header.sop_instance_uid)
+            if existing is not None:
+                if existing.content_sha256 == content_sha256 or not overwrite:
+                    return AddOutcome(AddResult.EXISTS, existing)
+                self._remove_instance(conn, existing.pk)
+                self._insert(conn, header, blob, content_sha256, source_ae_title)
+                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
+            self._insert(conn, header, blob, content_sha256, source_ae_title)
+            return AddOutcome(AddResult.CREATED)
+
         for attempt in range(_ATTEMPTS):
             try:
-                with engines.write(self.engine) as conn:
-                    existing = self._get_instance(conn, header.sop_instance_uid)
-                    if existing is not None:
-                        if existing.content_sha256 == content_sha256 or not overwrite:
-                            return AddOutcome(AddResult.EXISTS, existing)
-                        self._remove_instance(conn, existing.pk)
-                        self._insert(conn, header, blob, content_sha256, source_ae_title)
-                        return AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
-                    self._insert(conn, header, blob, content_sha256, source_ae_title)
-                    return AddOutcome(AddResult.CREATED)
+                return self._writer.run(job)
             except IntegrityError as exc:
                 # Another writer (another node on PostgreSQL) created the same
                 # patient, study, series or instance between our read and

@@ -1,0 +1,111 @@
+"""Group commit: concurrent writers share one transaction and one fsync.
+
+Every acknowledged store needs a committed index transaction, and with
+``synchronous=FULL`` each commit waits for the disk. When several
+associations store at once, the first writer to arrive leads: it takes every
+job queued so far, runs each in its own savepoint (so one job's failure does
+not undo the others), commits once and wakes the followers. A lone writer
+leads its own batch of one, with no thread hand-off.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from dicomhub.index import engine as engines
+
+__all__ = ["GroupCommitter"]
+
+T = TypeVar("T")
+
+_MAX_BATCH = 64
+
+
+class _Job(Generic[T]):
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[Connection], T]) -> None:
+        self.fn = fn
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class GroupCommitter:
+    """Runs write jobs in shared transactions on ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[_Job[object]] = []
+        self._leading = False
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` inside a write transaction; return once it is committed.
+
+        Raises whatever ``fn`` raised (its savepoint is rolled back), or the
+        commit's error.
+        """
+        job: _Job[object] = _Job(fn)  # type: ignore[arg-type]
+        with self._cond:
+            self._queue.append(job)
+            while not job.done and self._leading:
+                self._cond.wait()
+            if job.done:
+                return self._outcome(job)
+            self._leading = True
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+        try:
+            self._commit(batch)
+        finally:
+            with self._cond:
+                for j in batch:
+                    j.done = True
+                self._leading = False
+                self._cond.notify_all()
+        return self._outcome(job)
+
+    @staticmethod
+    def _outcome(job: _Job[object]) -> T:
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _commit(self, batch: list[_Job[object]]) -> None:
+        try:
+            with engines.write(self._engine) as conn:
+                if len(batch) == 1:
+                    self._run_one(conn, batch[0])
+                else:
+                    for job in batch:
+                        savepoint = conn.begin_nested()
+                        if self._run_one(conn, job):
+                            savepoint.commit()
+                        else:
+                            savepoint.rollback()
+                if len(batch) == 1 and batch[0].error is not None:
+                    # Let the single job's exception roll the transaction back.
+                    raise _Rollback
+        except _Rollback:
+            pass
+        except BaseException as exc:
+            for job in batch:
+                if job.error is None:
+                    job.error = exc
+
+    @staticmethod
+    def _run_one(conn: Connection, job: _Job[object]) -> bool:
+        try:
+            job.result = job.fn(conn)
+            return True
+        except BaseException as exc:
+            job.error = exc
+            return False
+
+
+class _Rollback(Exception):
+    """Internal: abandon a one-job transaction whose job failed."""
