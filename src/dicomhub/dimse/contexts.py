@@ -1,7 +1,8 @@
-"""What dicomhub negotiates as SCP: SOP classes and transfer syntaxes.
+"""What dicomhub accepts for Storage: SOP classes and transfer syntaxes.
 
-Storage accepts every storage SOP class pynetdicom knows, in every transfer
-syntax below, each kept as received.
+Every storage SOP class pynetdicom knows, in every transfer syntax below,
+each kept as received. (Verification and the Query/Retrieve models are
+negotiated by :mod:`dicomhub.dimse.fastpath` itself.)
 """
 
 from __future__ import annotations
@@ -11,16 +12,10 @@ from typing import Final
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 __all__ = [
-    "QUERY_RETRIEVE_FIND",
-    "QUERY_RETRIEVE_GET",
-    "QUERY_RETRIEVE_MOVE",
     "STORAGE_SOP_CLASSES",
     "STORAGE_TRANSFER_SYNTAXES",
     "UNCOMPRESSED_TRANSFER_SYNTAXES",
-    "VERIFICATION",
 ]
-
-VERIFICATION: Final = "1.2.840.10008.1.1"
 
 UNCOMPRESSED_TRANSFER_SYNTAXES: Final = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
@@ -57,16 +52,3 @@ STORAGE_TRANSFER_SYNTAXES: Final = (
 )
 
 STORAGE_SOP_CLASSES: Final = tuple(sorted(set(_STORAGE_CLASSES.values())))
-
-QUERY_RETRIEVE_FIND: Final = (
-    "1.2.840.10008.5.1.4.1.2.1.1",  # Patient Root Q/R - FIND
-    "1.2.840.10008.5.1.4.1.2.2.1",  # Study Root Q/R - FIND
-)
-QUERY_RETRIEVE_MOVE: Final = (
-    "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root Q/R - MOVE
-    "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root Q/R - MOVE
-)
-QUERY_RETRIEVE_GET: Final = (
-    "1.2.840.10008.5.1.4.1.2.1.3",  # Patient Root Q/R - GET
-    "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root Q/R - GET
-)

@@ -1,4 +1,4 @@
-"""An event-free, low-latency DIMSE receive path for Storage and Verification.
+"""An event-free, low-latency DIMSE path for Storage, Verification and Query/Retrieve.
 
 pynetdicom's DUL reactor polls its socket with 1 ms sleeps and never sets
 ``TCP_NODELAY``; every C-STORE therefore costs a few milliseconds of pure
@@ -20,13 +20,23 @@ What is hand-rolled (hot path, once per message): PDU framing, P-DATA-TF
 PDV parsing, the group 0000 command set (always implicit VR little endian,
 PS3.7 6.3.1) and the C-STORE-RSP / C-ECHO-RSP encoding.
 
+With ``FastPathConfig.query_retrieve`` the same loop also serves Patient and
+Study Root C-FIND, C-GET and C-MOVE through two callbacks that know nothing of
+pynetdicom (:class:`QueryRequest` in; match identifiers or a
+:class:`RetrievePlan` of :class:`Sendable` out).  C-GET sub-operations go out
+on the same association, C-MOVE ones on a :class:`~dicomhub.dimse.scu.StoreAssociation`;
+data sets are sent as memoryview slices with ``sendmsg`` (no copy), C-CANCEL
+is honoured between responses/sub-operations.  Only synchronous operations
+(no asynchronous operations window): one Q/R operation at a time.
+
 The routing decision (fast path or pynetdicom) is made by the listener with
 :func:`peek_associate_request` and :func:`is_fast_path_request`; the fast path
 itself is :func:`serve_association`.
 
 References
 ----------
-PS3.7 Sections 9.1.1 (C-STORE), 9.1.5 (C-ECHO), E (command dictionary);
+PS3.7 Sections 9.1.1 (C-STORE), 9.1.2-9.1.5 (C-FIND, C-GET, C-MOVE, C-ECHO),
+9.3.2.3 (C-CANCEL), E (command dictionary); PS3.4 Annex C (Query/Retrieve);
 PS3.8 Sections 9.3 (PDU structure) and 9.3.5.1 / E.2 (PDV message control
 header).
 """
@@ -36,13 +46,17 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import struct
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Final
 
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -54,9 +68,16 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicomhub.dimse import pdu as P
+from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
+
 __all__ = [
     "AssociationInfo",
     "FastPathConfig",
+    "QUERY_RETRIEVE_SOP_CLASSES",
+    "QueryRequest",
+    "RetrievePlan",
+    "Sendable",
     "StoreOutcome",
     "StoreRequest",
     "VERIFICATION_SOP_CLASS",
@@ -88,54 +109,51 @@ _LINGER_SECONDS: Final = 2.0
 _LINGER_MAX_BYTES: Final = 1 << 20
 _ABORT_SEND_TIMEOUT: Final = 5.0
 
-# PDU types (PS3.8 Table 9-1).
-_A_ASSOCIATE_RQ: Final = 0x01
-_A_ASSOCIATE_AC: Final = 0x02
-_A_ASSOCIATE_RJ: Final = 0x03
-_P_DATA_TF: Final = 0x04
-_A_RELEASE_RQ: Final = 0x05
-_A_RELEASE_RP: Final = 0x06
-_A_ABORT: Final = 0x07
+_EXPLICIT_VR_BE: Final = "1.2.840.10008.1.2.2"
+_UNCOMPRESSED: Final = (_EXPLICIT_VR_LE, _IMPLICIT_VR_LE, _EXPLICIT_VR_BE)
 
-# A-ABORT provider reasons (PS3.8 Table 9-26, source 2 = service provider).
-_REASON_NOT_SPECIFIED: Final = 0x00
-_REASON_UNRECOGNISED_PDU: Final = 0x01
-_REASON_UNEXPECTED_PDU: Final = 0x02
-_REASON_INVALID_PARAMETER: Final = 0x06
+_FIND_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+_MOVE_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
+_GET_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
+#: The Patient Root and Study Root FIND/MOVE/GET information models.
+QUERY_RETRIEVE_SOP_CLASSES: Final = _FIND_MODELS | _MOVE_MODELS | _GET_MODELS
+# A C-MOVE's sub-association proposes one context per (SOP class, transfer syntax).
+_MAX_MOVE_CONTEXTS: Final = 128
 
-# DIMSE command fields and statuses used here (PS3.7 Annex E / C).
-_C_STORE_RQ: Final = 0x0001
-_C_STORE_RSP: Final = 0x8001
-_C_ECHO_RQ: Final = 0x0030
-_C_ECHO_RSP: Final = 0x8030
-_NO_DATA_SET: Final = 0x0101
+# PDU types, reasons, command fields, elements: see dicomhub.dimse.pdu.
+_A_ASSOCIATE_RQ: Final = P.A_ASSOCIATE_RQ
+_A_ASSOCIATE_AC: Final = P.A_ASSOCIATE_AC
+_A_ASSOCIATE_RJ: Final = P.A_ASSOCIATE_RJ
+_P_DATA_TF: Final = P.P_DATA_TF
+_A_RELEASE_RQ: Final = P.A_RELEASE_RQ
+_A_RELEASE_RP: Final = P.A_RELEASE_RP
+_A_ABORT: Final = P.A_ABORT
+_REASON_NOT_SPECIFIED: Final = P.REASON_NOT_SPECIFIED
+_REASON_UNRECOGNISED_PDU: Final = P.REASON_UNRECOGNISED_PDU
+_REASON_UNEXPECTED_PDU: Final = P.REASON_UNEXPECTED_PDU
+_REASON_INVALID_PARAMETER: Final = P.REASON_INVALID_PARAMETER
+_C_STORE_RQ: Final = P.C_STORE_RQ
+_C_STORE_RSP: Final = P.C_STORE_RSP
+_C_ECHO_RQ: Final = P.C_ECHO_RQ
+_C_ECHO_RSP: Final = P.C_ECHO_RSP
+
 _STATUS_SUCCESS: Final = 0x0000
 _STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 _STATUS_PROCESSING_FAILURE: Final = 0xC210
+_STATUS_PENDING: Final = 0xFF00
+_STATUS_PENDING_WARNING: Final = 0xFF01
+_STATUS_CANCEL: Final = 0xFE00
+_STATUS_UNABLE_TO_PROCESS: Final = 0xC000
+_STATUS_BAD_IDENTIFIER: Final = 0xA900
+_STATUS_UNKNOWN_DESTINATION: Final = 0xA801
+_STATUS_SUBOPS_FAILED: Final = 0xA702
+_STATUS_SUBOPS_WARNING: Final = 0xB000
 
-# Command set element numbers (group 0000).
-_E_GROUP_LENGTH: Final = 0x0000
-_E_AFFECTED_SOP_CLASS: Final = 0x0002
-_E_COMMAND_FIELD: Final = 0x0100
-_E_MESSAGE_ID: Final = 0x0110
-_E_MESSAGE_ID_RSP: Final = 0x0120
-_E_DATA_SET_TYPE: Final = 0x0800
-_E_STATUS: Final = 0x0900
-_E_ERROR_COMMENT: Final = 0x0902
-_E_AFFECTED_SOP_INSTANCE: Final = 0x1000
-_E_MOVE_ORIGINATOR_AE: Final = 0x1030
-_E_MOVE_ORIGINATOR_ID: Final = 0x1031
-
-_PDU_HEADER = struct.Struct(">BBI")
-_PDV_HEADER = struct.Struct(">IBB")
-_UINT4_BE = struct.Struct(">I")
-_UINT2_BE = struct.Struct(">H")
-_ELEMENT_HEADER = struct.Struct("<HHI")
-_UINT2_LE = struct.Struct("<H")
-_US_ELEMENT = struct.Struct("<HHIH")
-_UL_ELEMENT = struct.Struct("<HHII")
-
-_RELEASE_RP_PDU: Final = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+_PDU_HEADER = P.PDU_HEADER
+_PDV_HEADER = P.PDV_HEADER
+_UINT4_BE = P.UINT4_BE
+_UINT2_BE = P.UINT2_BE
+_RELEASE_RP_PDU: Final = P.RELEASE_RP_PDU
 
 
 # --------------------------------------------------------------------------
@@ -205,6 +223,97 @@ class AssociationInfo:
     peer_port: int
 
 
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """One C-FIND, C-GET or C-MOVE request, for the Q/R callbacks.
+
+    Attributes
+    ----------
+    calling_ae_title, called_ae_title : str
+        AE titles from the A-ASSOCIATE-RQ (stripped).
+    peer_host : str
+        IP address of the requestor.
+    message_id : int
+        *Message ID* of the request.
+    sop_class_uid : str
+        The information model (*Affected SOP Class UID*), e.g. Study Root
+        Q/R - FIND ``1.2.840.10008.5.1.4.1.2.2.1``.
+    identifier : pydicom.dataset.Dataset
+        The request's identifier, decoded in the context's transfer syntax.
+    move_destination : str or None
+        *Move Destination* (stripped); C-MOVE only.
+    is_cancelled : callable
+        Returns ``True`` once a C-CANCEL-RQ for this message arrived (checks
+        the socket without blocking; cheap enough to call per match).
+    """
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    message_id: int
+    sop_class_uid: str
+    identifier: Dataset
+    move_destination: str | None
+    is_cancelled: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Sendable:
+    """One instance to send as a C-STORE sub-operation.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid : str
+    transfer_syntax_uid : str
+        The transfer syntax `read` returns the data set in; a sub-operation
+        needs an accepted context for exactly this (SOP class, syntax) pair.
+    read : callable
+        Returns the data set bytes *without* File Meta; may raise (the
+        sub-operation then fails).  Called once, just before sending.
+    alternatives : tuple of str
+        Other transfer syntaxes the instance can be sent in (proposed after
+        the stored one for C-MOVE, looked up after it for C-GET).
+    convert : callable or None
+        Returns the data set bytes in one of `alternatives`; may raise.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    read: Callable[[], bytes | memoryview]
+    alternatives: tuple[str, ...] = ()
+    convert: Callable[[str], bytes | memoryview] | None = None
+
+    def syntaxes(self) -> tuple[str, ...]:
+        """The stored syntax first, then the alternatives."""
+        return (self.transfer_syntax_uid, *self.alternatives)
+
+    def data_in(self, transfer_syntax_uid: str) -> bytes | memoryview:
+        """The data set in `transfer_syntax_uid` (the stored one or an alternative)."""
+        if transfer_syntax_uid == self.transfer_syntax_uid or self.convert is None:
+            return self.read()
+        return self.convert(transfer_syntax_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievePlan:
+    """What a C-GET or C-MOVE sends.
+
+    Attributes
+    ----------
+    instances : sequence of Sendable
+    destination : tuple of (str, int, str) or None
+        C-MOVE only: host, port and AE title of the move destination.
+    """
+
+    instances: Sequence[Sendable]
+    destination: tuple[str, int, str] | None = None
+
+
+FindCallback = Callable[[QueryRequest], Iterator[tuple[int, "Dataset | None"]]]
+RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | None]"]
+
+
 @dataclass(frozen=True)
 class FastPathConfig:
     """Static configuration of the fast path.
@@ -231,6 +340,18 @@ class FastPathConfig:
         Seconds of idleness (no message in progress) before we abort.
     require_called_ae_title : bool
         Reject an A-ASSOCIATE-RQ whose called AE title is not `ae_title`.
+    query_retrieve : bool
+        Accept the Patient/Study Root FIND, GET and MOVE models with the
+        uncompressed transfer syntaxes, and offer the SCU role (for C-GET
+        sub-operations) on every storage context.  Needs the `on_find` and
+        `on_retrieve` callbacks of :func:`serve_association`; requests
+        arriving without them are answered 0x0122.
+    fallback_abstract_syntaxes : collection of str or None
+        The abstract syntaxes the other stack (pynetdicom) would serve.  With
+        ``None`` (default) any abstract syntax the fast path does not serve
+        sends the association to the other stack; otherwise only those in
+        this collection do, and the rest are simply rejected on the fast path
+        (as the other stack would reject them too).
     """
 
     ae_title: str
@@ -243,6 +364,8 @@ class FastPathConfig:
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
     require_called_ae_title: bool = False
+    query_retrieve: bool = False
+    fallback_abstract_syntaxes: Collection[str] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -264,20 +387,28 @@ def is_fast_path_request(rq: A_ASSOCIATE, config: FastPathConfig) -> bool:
     -------
     bool
         ``True`` when at least one presentation context is proposed and every
-        proposed abstract syntax is Verification (if ``config.verification``)
-        or a storage SOP class in ``config.storage_contexts``.
+        proposed abstract syntax is Verification (if ``config.verification``),
+        a storage SOP class in ``config.storage_contexts``, one of the six
+        Q/R models (if ``config.query_retrieve``), or one the other stack
+        does not serve either (see ``config.fallback_abstract_syntaxes``).
     """
     contexts = rq.presentation_context_definition_list
     if not contexts:
         return False
+    fallback = config.fallback_abstract_syntaxes
     for context in contexts:
         uid = context.abstract_syntax
         if uid is None:
             return False
-        if uid == VERIFICATION_SOP_CLASS:
-            if not config.verification:
-                return False
-        elif str(uid) not in config.storage_contexts:
+        text = str(uid)
+        if text == VERIFICATION_SOP_CLASS:
+            if config.verification:
+                continue
+        elif text in config.storage_contexts:
+            continue
+        elif config.query_retrieve and text in QUERY_RETRIEVE_SOP_CLASSES:
+            continue
+        if fallback is None or text in fallback:
             return False
     return True
 
@@ -462,9 +593,15 @@ def _acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
         contexts[VERIFICATION_SOP_CLASS] = _context(
             VERIFICATION_SOP_CLASS, [_IMPLICIT_VR_LE, _EXPLICIT_VR_LE]
         )
+    # With Q/R, C-GET needs us as SCU of the storage classes too (the
+    # requestor proposes role selection; without it we stay SCP only).
+    roles = config.query_retrieve
     for abstract_syntax, transfer_syntaxes in config.storage_contexts.items():
         if transfer_syntaxes:
-            contexts[abstract_syntax] = _context(abstract_syntax, transfer_syntaxes)
+            contexts[abstract_syntax] = _context(abstract_syntax, transfer_syntaxes, roles)
+    if config.query_retrieve:
+        for model in sorted(QUERY_RETRIEVE_SOP_CLASSES):
+            contexts[model] = _context(model, _UNCOMPRESSED)
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:
         if len(_CONTEXT_CACHE) >= 16:
@@ -473,10 +610,15 @@ def _acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
     return result
 
 
-def _context(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> PresentationContext:
+def _context(
+    abstract_syntax: str, transfer_syntaxes: Sequence[str], roles: bool = False
+) -> PresentationContext:
     context = PresentationContext()
     context.abstract_syntax = UID(abstract_syntax)
     context.transfer_syntax = [UID(uid) for uid in transfer_syntaxes]
+    if roles:
+        context.scu_role = True
+        context.scp_role = True
     return context
 
 
@@ -485,117 +627,15 @@ def _context(abstract_syntax: str, transfer_syntaxes: Sequence[str]) -> Presenta
 # --------------------------------------------------------------------------
 
 
-class _ProtocolError(Exception):
-    """The peer broke the protocol; the association is aborted."""
-
-    def __init__(self, message: str, reason: int = _REASON_INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _PeerGone(Exception):
-    """The transport closed or failed; nothing more can be sent."""
+_ProtocolError = P.ProtocolError
+_PeerGone = P.PeerGone
+_Command = P.Command
+_parse_command = P.parse_command
+_encode_response = P.encode_response
 
 
-@dataclass(slots=True)
-class _Command:
-    """The fields of a request command set this module acts on."""
-
-    command_field: int
-    message_id: int | None
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    has_data_set: bool
-    move_originator_ae_title: str | None
-    move_originator_message_id: int | None
-
-
-def _parse_command(data: bytes) -> _Command:
-    """Parse a command set.
-
-    Raises
-    ------
-    _ProtocolError
-        If it is not a well-formed group 0000 element list or lacks the
-        Command Field.
-    """
-    values: dict[int, bytes] = {}
-    unpack = _ELEMENT_HEADER.unpack_from
-    pos, end = 0, len(data)
-    while pos < end:
-        if end - pos < 8:
-            raise _ProtocolError("truncated command element")
-        group, element, length = unpack(data, pos)
-        pos += 8
-        if group != 0 or pos + length > end:
-            raise _ProtocolError(f"invalid command element ({group:04X},{element:04X})")
-        values[element] = data[pos : pos + length]
-        pos += length
-
-    def us(element: int) -> int | None:
-        raw = values.get(element)
-        if raw is None:
-            return None
-        if len(raw) != 2:
-            raise _ProtocolError(f"(0000,{element:04X}) is not a US value")
-        return int(_UINT2_LE.unpack(raw)[0])
-
-    def text(element: int) -> str | None:
-        raw = values.get(element)
-        if raw is None:
-            return None
-        # UI is padded with NUL, AE with spaces; both are ASCII-only.
-        return raw.decode("ascii", "replace").rstrip("\x00 ").lstrip(" ") or None
-
-    command_field = us(_E_COMMAND_FIELD)
-    if command_field is None:
-        raise _ProtocolError("command set without Command Field")
-    data_set_type = us(_E_DATA_SET_TYPE)
-    return _Command(
-        command_field=command_field,
-        message_id=us(_E_MESSAGE_ID),
-        sop_class_uid=text(_E_AFFECTED_SOP_CLASS),
-        sop_instance_uid=text(_E_AFFECTED_SOP_INSTANCE),
-        # PS3.7 E.1: 0x0101 means "no data set", any other value means one follows.
-        has_data_set=data_set_type is not None and data_set_type != _NO_DATA_SET,
-        move_originator_ae_title=text(_E_MOVE_ORIGINATOR_AE),
-        move_originator_message_id=us(_E_MOVE_ORIGINATOR_ID),
-    )
-
-
-def _text_element(element: int, value: bytes, pad: bytes) -> bytes:
-    if len(value) & 1:
-        value += pad
-    return _ELEMENT_HEADER.pack(0, element, len(value)) + value
-
-
-def _encode_response(
-    command_field: int,
-    message_id: int,
-    sop_class_uid: str,
-    sop_instance_uid: str | None,
-    status: int,
-    error_comment: str | None = None,
-) -> bytes:
-    """Encode a response command set (elements in ascending tag order)."""
-    parts = [
-        _text_element(_E_AFFECTED_SOP_CLASS, sop_class_uid.encode("ascii", "replace"), b"\x00"),
-        _US_ELEMENT.pack(0, _E_COMMAND_FIELD, 2, command_field),
-        _US_ELEMENT.pack(0, _E_MESSAGE_ID_RSP, 2, message_id),
-        _US_ELEMENT.pack(0, _E_DATA_SET_TYPE, 2, _NO_DATA_SET),
-        _US_ELEMENT.pack(0, _E_STATUS, 2, status),
-    ]
-    if error_comment and status != _STATUS_SUCCESS:
-        comment = error_comment[:64].encode("ascii", "replace")
-        parts.append(_text_element(_E_ERROR_COMMENT, comment, b" "))
-    if sop_instance_uid:
-        parts.append(
-            _text_element(
-                _E_AFFECTED_SOP_INSTANCE, sop_instance_uid.encode("ascii", "replace"), b"\x00"
-            )
-        )
-    rest = b"".join(parts)
-    return _UL_ELEMENT.pack(0, _E_GROUP_LENGTH, 4, len(rest)) + rest
+class _PeerAborted(Exception):
+    """The peer sent A-ABORT."""
 
 
 # --------------------------------------------------------------------------
@@ -616,6 +656,18 @@ class _Association:
         "on_store",
         "accept_association",
         "on_event",
+        "on_find",
+        "on_retrieve",
+        "allowed_commands",
+        "scu_contexts",
+        "deferred",
+        "in_operation",
+        "cancelled",
+        "store_responses",
+        "transport_error",
+        "poller",
+        "next_message_id",
+        "operations",
         "calling_ae",
         "called_ae",
         "contexts",
@@ -641,6 +693,8 @@ class _Association:
         on_store: Callable[[StoreRequest], StoreOutcome],
         accept_association: Callable[[AssociationInfo], str | None],
         on_event: Callable[[str, dict[str, object]], None] | None,
+        on_find: FindCallback | None = None,
+        on_retrieve: RetrieveCallback | None = None,
     ) -> None:
         self.sock = sock
         self.host = str(address[0]) if address else ""
@@ -649,6 +703,23 @@ class _Association:
         self.on_store = on_store
         self.accept_association = accept_association
         self.on_event = on_event
+        self.on_find = on_find
+        self.on_retrieve = on_retrieve
+        allowed = {_C_STORE_RQ, _C_ECHO_RQ}
+        if config.query_retrieve:
+            allowed |= {P.C_FIND_RQ, P.C_GET_RQ, P.C_MOVE_RQ, P.C_CANCEL_RQ, P.C_STORE_RSP}
+        self.allowed_commands = frozenset(allowed)
+        # (SOP class, transfer syntax) -> context ID where we may act as SCU
+        self.scu_contexts: dict[tuple[str, str], int] = {}
+        # A complete Q/R request waiting to be served by run().
+        self.deferred: tuple[_Command, int, list[memoryview]] | None = None
+        self.in_operation = False
+        self.cancelled: set[int] = set()
+        self.store_responses: dict[int, tuple[int, str | None]] = {}
+        self.transport_error: BaseException | None = None
+        self.poller: select.poll | None = None
+        self.next_message_id = 0
+        self.operations = 0
         self.calling_ae = ""
         self.called_ae = ""
         # context ID -> (abstract syntax, transfer syntax) of accepted contexts
@@ -696,19 +767,7 @@ class _Association:
         TimeoutError
             When the current timeout expires.
         """
-        recv_into = self.sock.recv_into
-        size = len(view)
-        pos = 0
-        try:
-            while pos < size:
-                got = recv_into(view[pos:], size - pos)
-                if not got:
-                    raise _PeerGone("connection closed by peer")
-                pos += got
-        except TimeoutError:
-            raise
-        except OSError as exc:
-            raise _PeerGone(str(exc)) from exc
+        P.recv_exact(self.sock, view)
 
     def send(self, data: bytes) -> None:
         try:
@@ -717,6 +776,12 @@ class _Association:
             raise _PeerGone("timed out sending") from exc
         except OSError as exc:
             raise _PeerGone(str(exc)) from exc
+
+    def send_message(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
+    ) -> None:
+        """Send a command (and data set) within the peer's maximum PDU length."""
+        P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
 
     def send_abort(self, reason: int) -> None:
         """Send A-ABORT (source 2 = service provider); best effort."""
@@ -759,9 +824,7 @@ class _Association:
         try:
             self.recv_exact(memoryview(header))
         except (TimeoutError, _PeerGone):
-            LOGGER.info(
-                "connection from %s:%s closed before an A-ASSOCIATE-RQ", self.host, self.port
-            )
+            LOGGER.info("connection from %s:%s closed before an A-ASSOCIATE-RQ", self.host, self.port)
             return False
         pdu_type = header[0]
         length = _UINT4_BE.unpack_from(header, 2)[0]
@@ -823,8 +886,7 @@ class _Association:
             return False
 
         LOGGER.info(
-            "association accepted: %s -> %s from %s:%s, %d of %d contexts accepted, "
-            "peer max PDU %d",
+            "association accepted: %s -> %s from %s:%s, %d of %d contexts accepted, peer max PDU %d",
             self.calling_ae,
             self.called_ae,
             self.host,
@@ -864,10 +926,10 @@ class _Association:
         )
         for context in results:
             if context.result == 0x00 and context.context_id is not None:
-                self.contexts[context.context_id] = (
-                    str(context.abstract_syntax),
-                    str(context.transfer_syntax[0]),
-                )
+                pair = (str(context.abstract_syntax), str(context.transfer_syntax[0]))
+                self.contexts[context.context_id] = pair
+                if context.as_scu:
+                    self.scu_contexts.setdefault(pair, context.context_id)
 
         ac = A_ASSOCIATE()
         ac.application_context_name = UID(_APPLICATION_CONTEXT_NAME)
@@ -931,45 +993,13 @@ class _Association:
     def run(self) -> None:
         """Serve the established association until release, abort or error."""
         config = self.config
-        header = bytearray(6)
-        header_view = memoryview(header)
-        unpack_header = _PDU_HEADER.unpack_from
         try:
             while True:
-                self.set_timeout(
-                    config.network_timeout if self.state == _IDLE else config.dimse_timeout
-                )
-                self.recv_exact(header_view)
-                pdu_type, _, length = unpack_header(header)
-                if pdu_type == _P_DATA_TF:
-                    if length > self.pdu_limit:
-                        raise _ProtocolError(
-                            f"P-DATA-TF of {length} bytes exceeds our maximum "
-                            f"{config.maximum_pdu_size}"
-                        )
-                    body = bytearray(length)
-                    self.set_timeout(config.dimse_timeout)
-                    self.recv_exact(memoryview(body))
-                    self.bytes_received += length
-                    self.handle_p_data(body)
-                elif pdu_type == _A_RELEASE_RQ:
-                    if length > 1024:
-                        raise _ProtocolError("oversized A-RELEASE-RQ")
-                    self.set_timeout(config.dimse_timeout)
-                    self.recv_exact(memoryview(bytearray(length)))
-                    self.release()
+                self.set_timeout(config.network_timeout if self.state == _IDLE else config.dimse_timeout)
+                if not self.receive_pdu():
                     return
-                elif pdu_type == _A_ABORT:
-                    self.finish_aborted("A-ABORT from peer", by="peer")
-                    return
-                elif pdu_type in (_A_ASSOCIATE_RQ, _A_ASSOCIATE_AC, _A_ASSOCIATE_RJ, _A_RELEASE_RP):
-                    raise _ProtocolError(
-                        f"unexpected PDU type 0x{pdu_type:02X}", _REASON_UNEXPECTED_PDU
-                    )
-                else:
-                    raise _ProtocolError(
-                        f"unknown PDU type 0x{pdu_type:02X}", _REASON_UNRECOGNISED_PDU
-                    )
+                while self.deferred is not None:
+                    self.run_operation()
         except _ProtocolError as exc:
             self.send_abort(exc.reason)
             self.linger_close()
@@ -977,10 +1007,54 @@ class _Association:
         except TimeoutError:
             self.send_abort(_REASON_NOT_SPECIFIED)
             self.linger_close()
-            what = "DIMSE timeout" if self.state != _IDLE else "network (idle) timeout"
+            what = "DIMSE timeout" if self.state != _IDLE or self.in_operation else "network (idle) timeout"
             self.finish_aborted(what, by="local")
+        except _PeerAborted:
+            self.finish_aborted("A-ABORT from peer", by="peer")
         except _PeerGone as exc:
             self.finish_aborted(f"transport closed ({exc})", by="peer")
+
+    def receive_pdu(self) -> bool:
+        """Read one PDU and act on it (with the socket's current timeout).
+
+        Returns
+        -------
+        bool
+            ``False`` when the association was released.
+
+        Raises
+        ------
+        _ProtocolError, _PeerAborted, _PeerGone, TimeoutError
+        """
+        config = self.config
+        header = bytearray(6)
+        self.recv_exact(memoryview(header))
+        pdu_type, _, length = _PDU_HEADER.unpack_from(header)
+        if pdu_type == _P_DATA_TF:
+            if length > self.pdu_limit:
+                raise _ProtocolError(
+                    f"P-DATA-TF of {length} bytes exceeds our maximum {config.maximum_pdu_size}"
+                )
+            body = bytearray(length)
+            self.set_timeout(config.dimse_timeout)
+            self.recv_exact(memoryview(body))
+            self.bytes_received += length
+            self.handle_p_data(body)
+            return True
+        if pdu_type == _A_RELEASE_RQ:
+            if self.in_operation:
+                raise _ProtocolError("A-RELEASE-RQ in the middle of a Q/R operation", _REASON_UNEXPECTED_PDU)
+            if length > 1024:
+                raise _ProtocolError("oversized A-RELEASE-RQ")
+            self.set_timeout(config.dimse_timeout)
+            self.recv_exact(memoryview(bytearray(length)))
+            self.release()
+            return False
+        if pdu_type == _A_ABORT:
+            raise _PeerAborted()
+        if pdu_type in (_A_ASSOCIATE_RQ, _A_ASSOCIATE_AC, _A_ASSOCIATE_RJ, _A_RELEASE_RP):
+            raise _ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}", _REASON_UNEXPECTED_PDU)
+        raise _ProtocolError(f"unknown PDU type 0x{pdu_type:02X}", _REASON_UNRECOGNISED_PDU)
 
     def handle_p_data(self, body: bytearray) -> None:
         """Split a P-DATA-TF body into PDVs and feed them to the message state."""
@@ -1012,9 +1086,7 @@ class _Association:
                     self.command_complete()
             else:
                 if self.state != _DATA or context_id != self.message_context:
-                    raise _ProtocolError(
-                        f"data set fragment on context {context_id} without a command"
-                    )
+                    raise _ProtocolError(f"data set fragment on context {context_id} without a command")
                 self.data_fragments.append(fragment)
                 if control & 0x02:
                     self.dispatch()
@@ -1025,12 +1097,15 @@ class _Association:
         self.command_fragments = []
         command = _parse_command(raw)
         self.command = command
-        if command.command_field not in (_C_STORE_RQ, _C_ECHO_RQ):
+        if command.command_field not in self.allowed_commands:
             raise _ProtocolError(
-                f"command 0x{command.command_field:04X} is not served on the storage fast path",
+                f"command 0x{command.command_field:04X} is not served on this fast path",
                 _REASON_UNEXPECTED_PDU,
             )
-        if command.message_id is None:
+        if command.command_field & 0x8000 or command.command_field == P.C_CANCEL_RQ:
+            if command.message_id_responded_to is None:
+                raise _ProtocolError("response/cancel without Message ID Being Responded To")
+        elif command.message_id is None:
             raise _ProtocolError("command without Message ID")
         if command.has_data_set:
             self.state = _DATA
@@ -1047,10 +1122,34 @@ class _Association:
         self.command = None
         fragments = self.data_fragments
         self.data_fragments = []
-        if command.command_field == _C_ECHO_RQ:
-            self.handle_echo(command, context_id)
-        else:
+        field = command.command_field
+        if field == _C_STORE_RQ and not self.in_operation:
             self.handle_store(command, context_id, fragments)
+        elif field == P.C_CANCEL_RQ:
+            # Only meaningful for the operation in progress (or about to start).
+            if self.in_operation or self.deferred is not None:
+                assert command.message_id_responded_to is not None
+                self.cancelled.add(command.message_id_responded_to)
+            else:
+                LOGGER.debug("C-CANCEL-RQ from %s with no operation running", self.calling_ae)
+        elif field == _C_STORE_RSP:
+            if not self.in_operation:
+                raise _ProtocolError("C-STORE-RSP without a C-STORE-RQ", _REASON_UNEXPECTED_PDU)
+            assert command.message_id_responded_to is not None
+            self.store_responses[command.message_id_responded_to] = (
+                command.status if command.status is not None else _STATUS_PROCESSING_FAILURE,
+                command.error_comment,
+            )
+        elif self.in_operation or self.deferred is not None:
+            raise _ProtocolError(
+                "a new request while a Q/R operation is running (asynchronous operations are not negotiated)",
+                _REASON_UNEXPECTED_PDU,
+            )
+        elif field == _C_ECHO_RQ:
+            self.handle_echo(command, context_id)
+        else:  # C-FIND/C-GET/C-MOVE: served by run() once this PDU is handled
+            self.cancelled.clear()
+            self.deferred = (command, context_id, fragments)
 
     def handle_echo(self, command: _Command, context_id: int) -> None:
         if command.has_data_set:
@@ -1118,9 +1217,7 @@ class _Association:
                 error_comment = "processing failure"
         self.send_response(
             context_id,
-            _encode_response(
-                _C_STORE_RSP, message_id, sop_class, sop_instance, status, error_comment
-            ),
+            _encode_response(_C_STORE_RSP, message_id, sop_class, sop_instance, status, error_comment),
         )
         self.stores += 1
         elapsed = time.perf_counter() - started
@@ -1148,26 +1245,416 @@ class _Association:
 
     def send_response(self, context_id: int, command: bytes) -> None:
         """Send a command set as P-DATA-TF PDU(s) within the peer's maximum."""
-        # The peer's Maximum Length Received bounds the PDU's variable field,
-        # i.e. PDV item headers (6 bytes) plus fragment.
-        limit = self.peer_max_pdu - 6 if self.peer_max_pdu else 0
-        if limit <= 0 or len(command) <= limit:
-            self.send(
-                _PDU_HEADER.pack(_P_DATA_TF, 0, len(command) + 6)
-                + _PDV_HEADER.pack(len(command) + 2, context_id, 0x03)
-                + command
+        self.send_message(context_id, command)
+
+    # -- Query/Retrieve ------------------------------------------------------
+
+    def run_operation(self) -> None:
+        """Serve the deferred C-FIND/C-GET/C-MOVE request to its final response."""
+        assert self.deferred is not None
+        command, context_id, fragments = self.deferred
+        self.deferred = None
+        self.in_operation = True
+        try:
+            if command.command_field == P.C_FIND_RQ:
+                self.handle_find(command, context_id, fragments)
+            else:
+                self.handle_retrieve(command, context_id, fragments)
+            self.raise_transport_error()
+        finally:
+            self.in_operation = False
+            self.cancelled.clear()
+            self.store_responses.clear()
+        self.operations += 1
+
+    def raise_transport_error(self) -> None:
+        """Re-raise a transport failure noticed while polling for C-CANCEL."""
+        error = self.transport_error
+        if error is not None:
+            self.transport_error = None
+            raise error
+
+    def poll(self) -> None:
+        """Act on whatever PDUs are already queued on the socket; never blocks long."""
+        poller = self.poller
+        if poller is None:
+            poller = self.poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+        while poller.poll(0):
+            self.set_timeout(self.config.dimse_timeout)
+            self.receive_pdu()
+
+    def cancel_requested(self, message_id: int) -> bool:
+        """Whether a C-CANCEL-RQ for `message_id` arrived (checks the socket).
+
+        A transport failure met on the way is kept for
+        :meth:`raise_transport_error` and reported as a cancellation, so that
+        callbacks calling this stop early and cannot swallow it.
+        """
+        if message_id in self.cancelled or self.transport_error is not None:
+            return True
+        try:
+            self.poll()
+        except (_ProtocolError, _PeerGone, _PeerAborted, TimeoutError) as exc:
+            self.transport_error = exc
+            return True
+        return message_id in self.cancelled
+
+    def qr_request(
+        self, command: _Command, context_id: int, fragments: list[memoryview], models: frozenset[str]
+    ) -> tuple[QueryRequest | None, int, str | None, str]:
+        """Check the context and decode the identifier.
+
+        Returns
+        -------
+        tuple
+            (request or None, refusal status, error comment, transfer syntax).
+        """
+        assert command.message_id is not None
+        message_id = command.message_id
+        context = self.contexts.get(context_id)
+        model = command.sop_class_uid or ""
+        transfer_syntax = context[1] if context else _IMPLICIT_VR_LE
+        if context is None or context[0] != model or model not in models:
+            return None, _STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted", transfer_syntax
+        if not command.has_data_set:
+            return None, _STATUS_BAD_IDENTIFIER, "request without an identifier", transfer_syntax
+        try:
+            identifier = _decode_dataset(fragments, transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - garbage from the peer
+            LOGGER.warning("undecodable identifier from %s: %r", self.calling_ae, exc)
+            return None, _STATUS_BAD_IDENTIFIER, "cannot decode the identifier", transfer_syntax
+        request = QueryRequest(
+            calling_ae_title=self.calling_ae,
+            called_ae_title=self.called_ae,
+            peer_host=self.host,
+            message_id=message_id,
+            sop_class_uid=model,
+            identifier=identifier,
+            move_destination=command.move_destination,
+            is_cancelled=lambda: self.cancel_requested(message_id),
+        )
+        return request, 0, None, transfer_syntax
+
+    def handle_find(self, command: _Command, context_id: int, fragments: list[memoryview]) -> None:
+        started = time.perf_counter()
+        message_id = command.message_id
+        assert message_id is not None
+        model = command.sop_class_uid or ""
+        request, final, comment, transfer_syntax = self.qr_request(
+            command, context_id, fragments, _FIND_MODELS
+        )
+        fragments.clear()
+        matches = 0
+        if request is not None and self.on_find is None:
+            final, comment = _STATUS_SOP_CLASS_NOT_SUPPORTED, "C-FIND is not configured"
+        elif request is not None:
+            final, comment = _STATUS_SUCCESS, None
+            iterator: Iterator[tuple[int, Dataset | None]] | None = None
+            try:
+                assert self.on_find is not None
+                iterator = iter(self.on_find(request))
+                while True:
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        break
+                    if self.cancel_requested(message_id):
+                        final = _STATUS_CANCEL
+                        break
+                    status, identifier = int(item[0]), item[1]
+                    if status not in (_STATUS_PENDING, _STATUS_PENDING_WARNING):
+                        final = status
+                        break
+                    if identifier is None:
+                        LOGGER.warning("on_find yielded a pending status without identifier")
+                        continue
+                    data = _encode_dataset(identifier, transfer_syntax)
+                    self.raise_transport_error()
+                    self.send_message(
+                        context_id,
+                        P.encode_response(P.C_FIND_RSP, message_id, model, None, status, has_data_set=True),
+                        data,
+                    )
+                    matches += 1
+            except (_ProtocolError, _PeerGone, _PeerAborted):
+                raise
+            except Exception:  # noqa: BLE001 - a failing query must not kill the association
+                LOGGER.exception("C-FIND from %s failed; answering 0xC000", self.calling_ae)
+                final, comment = _STATUS_UNABLE_TO_PROCESS, "unable to process"
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001
+                        LOGGER.exception("closing the on_find iterator failed")
+            if final == _STATUS_SUCCESS and self.cancel_requested(message_id):
+                final = _STATUS_CANCEL
+        self.raise_transport_error()
+        self.send_message(
+            context_id, P.encode_response(P.C_FIND_RSP, message_id, model, None, final, comment)
+        )
+        elapsed = time.perf_counter() - started
+        LOGGER.info(
+            "C-FIND from %s: %d matches, status 0x%04X in %.1f ms",
+            self.calling_ae,
+            matches,
+            final,
+            elapsed * 1000,
+        )
+        self.emit(
+            "find",
+            {
+                "calling_ae_title": self.calling_ae,
+                "sop_class_uid": model,
+                "status": final,
+                "matches": matches,
+                "seconds": elapsed,
+            },
+        )
+
+    def handle_retrieve(self, command: _Command, context_id: int, fragments: list[memoryview]) -> None:
+        started = time.perf_counter()
+        is_get = command.command_field == P.C_GET_RQ
+        name = "C-GET" if is_get else "C-MOVE"
+        rsp_field = P.C_GET_RSP if is_get else P.C_MOVE_RSP
+        message_id = command.message_id
+        assert message_id is not None
+        model = command.sop_class_uid or ""
+        request, refusal, comment, transfer_syntax = self.qr_request(
+            command, context_id, fragments, _GET_MODELS if is_get else _MOVE_MODELS
+        )
+        fragments.clear()
+
+        def respond(
+            status: int,
+            counts: tuple[int | None, int, int, int] | None,
+            comment: str | None = None,
+            failed_uids: Sequence[str] = (),
+        ) -> None:
+            data = None
+            if failed_uids:
+                data = _failed_uid_list(failed_uids, transfer_syntax)
+            self.raise_transport_error()
+            self.send_message(
+                context_id,
+                P.encode_response(
+                    rsp_field,
+                    message_id,
+                    model,
+                    None,
+                    status,
+                    comment,
+                    has_data_set=data is not None,
+                    suboperations=counts,
+                ),
+                data,
             )
+
+        def refuse(status: int, comment: str | None) -> None:
+            LOGGER.info("%s from %s refused: 0x%04X %s", name, self.calling_ae, status, comment or "")
+            respond(status, None, comment)
+            self.emit(
+                name[2:].lower(),
+                {
+                    "calling_ae_title": self.calling_ae,
+                    "status": status,
+                    "completed": 0,
+                    "failed": 0,
+                    "warning": 0,
+                    "seconds": time.perf_counter() - started,
+                },
+            )
+
+        if request is None:
+            refuse(refusal, comment)
             return
-        pdus = []
-        for start in range(0, len(command), limit):
-            fragment = command[start : start + limit]
-            control = 0x03 if start + limit >= len(command) else 0x01
-            pdus.append(
-                _PDU_HEADER.pack(_P_DATA_TF, 0, len(fragment) + 6)
-                + _PDV_HEADER.pack(len(fragment) + 2, context_id, control)
-                + fragment
+        if self.on_retrieve is None:
+            refuse(_STATUS_SOP_CLASS_NOT_SUPPORTED, f"{name} is not configured")
+            return
+        if not is_get and not request.move_destination:
+            refuse(_STATUS_UNKNOWN_DESTINATION, "no Move Destination")
+            return
+        try:
+            plan = self.on_retrieve(request)
+            if isinstance(plan, tuple):
+                status, comment = plan
+                refuse(int(status), comment)
+                return
+            instances = list(plan.instances)
+        except (_ProtocolError, _PeerGone, _PeerAborted):
+            raise
+        except Exception:  # noqa: BLE001
+            LOGGER.exception("on_retrieve for %s from %s failed", name, self.calling_ae)
+            refuse(_STATUS_UNABLE_TO_PROCESS, "unable to process")
+            return
+        total = len(instances)
+
+        store: StoreAssociation | None = None
+        if not is_get and total:
+            destination = plan.destination
+            if destination is None:
+                refuse(_STATUS_UNKNOWN_DESTINATION, "move destination unknown")
+                return
+            host, port, ae_title = destination
+            proposals: dict[tuple[str, str], tuple[str, ...]] = {}
+            for i in instances:
+                key = (i.sop_class_uid, i.transfer_syntax_uid)
+                proposals[key] = tuple(dict.fromkeys((*proposals.get(key, ()), *i.syntaxes())))
+            pairs = list(proposals)
+            if len(pairs) > _MAX_MOVE_CONTEXTS:
+                LOGGER.warning(
+                    "C-MOVE to %s needs %d presentation contexts; only %d proposed",
+                    ae_title,
+                    len(pairs),
+                    _MAX_MOVE_CONTEXTS,
+                )
+            try:
+                store = StoreAssociation.open(
+                    host,
+                    port,
+                    ae_title,
+                    self.config.ae_title,
+                    [(sop, list(proposals[(sop, ts)])) for sop, ts in pairs[:_MAX_MOVE_CONTEXTS]],
+                    connect_timeout=self.config.acse_timeout,
+                    acse_timeout=self.config.acse_timeout,
+                    dimse_timeout=self.config.dimse_timeout,
+                    maximum_pdu_size=self.config.maximum_pdu_size,
+                    implementation_class_uid=self.config.implementation_class_uid,
+                    implementation_version_name=self.config.implementation_version_name,
+                )
+            except (StoreAssociationError, ValueError, OSError) as exc:
+                LOGGER.warning(
+                    "C-MOVE from %s: cannot associate with %s at %s:%s: %s",
+                    self.calling_ae,
+                    ae_title,
+                    host,
+                    port,
+                    exc,
+                )
+                refuse(_STATUS_UNKNOWN_DESTINATION, f"cannot associate with {ae_title}")
+                return
+
+        completed = failed = warning = 0
+        failed_uids: list[str] = []
+        cancelled = False
+        done = 0
+        try:
+            for instance in instances:
+                if self.cancel_requested(message_id):
+                    cancelled = True
+                    break
+                if is_get:
+                    outcome = self.get_sub_operation(instance)
+                else:
+                    assert store is not None
+                    outcome = _move_sub_operation(
+                        store, instance, self.sub_message_id(), self.calling_ae, message_id
+                    )
+                done += 1
+                if outcome == _STATUS_SUCCESS:
+                    completed += 1
+                elif outcome is not None and outcome & 0xF000 == 0xB000:
+                    warning += 1
+                else:
+                    failed += 1
+                    failed_uids.append(instance.sop_instance_uid)
+                    if store is not None and not store.is_open:
+                        # The destination went away: the rest fail too.
+                        rest = instances[done:]
+                        failed += len(rest)
+                        failed_uids.extend(i.sop_instance_uid for i in rest)
+                        done = total
+                        respond(_STATUS_PENDING, (0, completed, failed, warning))
+                        break
+                respond(_STATUS_PENDING, (total - done, completed, failed, warning))
+        finally:
+            if store is not None:
+                store.release()
+        if cancelled:
+            final = _STATUS_CANCEL
+            counts: tuple[int | None, int, int, int] = (total - done, completed, failed, warning)
+        else:
+            counts = (None, completed, failed, warning)
+            if failed == 0 and warning == 0:
+                final = _STATUS_SUCCESS
+            elif completed == 0 and warning == 0:
+                final = _STATUS_SUBOPS_FAILED
+            else:
+                final = _STATUS_SUBOPS_WARNING
+        respond(final, counts, None, failed_uids)
+        elapsed = time.perf_counter() - started
+        LOGGER.info(
+            "%s from %s%s: %d completed, %d failed, %d warning of %d; status 0x%04X in %.2f s",
+            name,
+            self.calling_ae,
+            "" if is_get else f" to {request.move_destination}",
+            completed,
+            failed,
+            warning,
+            total,
+            final,
+            elapsed,
+        )
+        self.emit(
+            name[2:].lower(),
+            {
+                "calling_ae_title": self.calling_ae,
+                "status": final,
+                "completed": completed,
+                "failed": failed,
+                "warning": warning,
+                "seconds": elapsed,
+            },
+        )
+
+    def sub_message_id(self) -> int:
+        self.next_message_id = self.next_message_id % 0xFFFF + 1
+        return self.next_message_id
+
+    def get_sub_operation(self, instance: Sendable) -> int | None:
+        """Send one C-STORE-RQ on this association; return its status (None = failed here)."""
+        context_id = None
+        for syntax in instance.syntaxes():
+            context_id = self.scu_contexts.get((instance.sop_class_uid, syntax))
+            if context_id is not None:
+                break
+        if context_id is None:
+            LOGGER.warning(
+                "C-GET from %s: no accepted context with SCU role for %s in %s; %s not sent",
+                self.calling_ae,
+                instance.sop_class_uid,
+                " or ".join(instance.syntaxes()),
+                instance.sop_instance_uid,
             )
-        self.send(b"".join(pdus))
+            return None
+        try:
+            data = instance.data_in(syntax)
+        except Exception:  # noqa: BLE001
+            LOGGER.exception("reading %s failed", instance.sop_instance_uid)
+            return None
+        message_id = self.sub_message_id()
+        self.raise_transport_error()
+        self.send_message(
+            context_id,
+            P.encode_store_rq(message_id, instance.sop_class_uid, instance.sop_instance_uid),
+            data,
+        )
+        del data
+        self.set_timeout(self.config.dimse_timeout)
+        while message_id not in self.store_responses:
+            self.receive_pdu()
+        status, comment = self.store_responses.pop(message_id)
+        if status != _STATUS_SUCCESS:
+            LOGGER.warning(
+                "C-GET sub-operation %s to %s: status 0x%04X %s",
+                instance.sop_instance_uid,
+                self.calling_ae,
+                status,
+                comment or "",
+            )
+        return status
 
     # -- the end -----------------------------------------------------------
 
@@ -1177,6 +1664,7 @@ class _Association:
             "peer_host": self.host,
             "stores": self.stores,
             "echoes": self.echoes,
+            "operations": self.operations,
             "bytes": self.bytes_received,
             "seconds": time.monotonic() - self.started,
         }
@@ -1222,6 +1710,93 @@ class _Association:
         self.emit("aborted", counts)
 
 
+def _move_sub_operation(
+    store: StoreAssociation,
+    instance: Sendable,
+    message_id: int,
+    originator_ae_title: str,
+    originator_message_id: int,
+) -> int | None:
+    """Send one instance on the C-MOVE sub-association; return its status (None = failed)."""
+    context_id = None
+    for syntax in instance.syntaxes():
+        context_id = store.accepted(instance.sop_class_uid, syntax)
+        if context_id is not None:
+            break
+    if context_id is None:
+        LOGGER.warning(
+            "C-MOVE to %s: %s in %s not accepted; %s not sent",
+            store.called_ae_title,
+            instance.sop_class_uid,
+            " or ".join(instance.syntaxes()),
+            instance.sop_instance_uid,
+        )
+        return None
+    try:
+        data = instance.data_in(syntax)
+    except Exception:  # noqa: BLE001
+        LOGGER.exception("reading %s failed", instance.sop_instance_uid)
+        return None
+    try:
+        status, comment = store.send_c_store(
+            context_id,
+            instance.sop_class_uid,
+            instance.sop_instance_uid,
+            data,
+            message_id,
+            originator_ae_title,
+            originator_message_id,
+        )
+    except StoreAssociationError as exc:
+        LOGGER.warning("C-MOVE to %s broke down: %s", store.called_ae_title, exc)
+        return None
+    if status != _STATUS_SUCCESS:
+        LOGGER.warning(
+            "C-MOVE sub-operation %s to %s: status 0x%04X %s",
+            instance.sop_instance_uid,
+            store.called_ae_title,
+            status,
+            comment or "",
+        )
+    return status
+
+
+def _syntax_flags(transfer_syntax: str) -> tuple[bool, bool]:
+    """(is_implicit_VR, is_little_endian) of an uncompressed transfer syntax."""
+    return transfer_syntax == _IMPLICIT_VR_LE, transfer_syntax != _EXPLICIT_VR_BE
+
+
+def _decode_dataset(fragments: list[memoryview], transfer_syntax: str) -> Dataset:
+    """Decode an identifier completely (so that errors surface here)."""
+    raw = bytes(fragments[0]) if len(fragments) == 1 else b"".join(fragments)
+    implicit, little = _syntax_flags(transfer_syntax)
+    dataset = read_dataset(BytesIO(raw), implicit, little)
+    for _ in dataset:  # converts every raw element; raises on garbage
+        pass
+    return dataset
+
+
+def _encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = _syntax_flags(transfer_syntax)
+    write_dataset(fp, dataset)
+    return fp.getvalue()
+
+
+def _failed_uid_list(uids: Sequence[str], transfer_syntax: str) -> bytes:
+    """The *Failed SOP Instance UID List* identifier (kept under the 64 KiB value limit)."""
+    kept: list[str] = []
+    size = 0
+    for uid in uids:
+        size += len(uid) + 1
+        if size > 65000:
+            break
+        kept.append(uid)
+    identifier = Dataset()
+    identifier.FailedSOPInstanceUIDList = kept
+    return _encode_dataset(identifier, transfer_syntax)
+
+
 def serve_association(
     sock: socket.socket,
     address: tuple[str, int],
@@ -1229,6 +1804,9 @@ def serve_association(
     on_store: Callable[[StoreRequest], StoreOutcome],
     accept_association: Callable[[AssociationInfo], str | None] = lambda info: None,
     on_event: Callable[[str, dict[str, object]], None] | None = None,
+    *,
+    on_find: FindCallback | None = None,
+    on_retrieve: RetrieveCallback | None = None,
 ) -> None:
     """Run one whole association on the calling thread and close the socket.
 
@@ -1251,8 +1829,29 @@ def serve_association(
         ``None`` to accept it.
     on_event : callable, optional
         Statistics hook called with ``"associated"``, ``"rejected"``,
-        ``"released"``, ``"aborted"``, ``"store"`` or ``"echo"`` and a dict
-        of details; exceptions from it are logged and ignored.
+        ``"released"``, ``"aborted"``, ``"store"``, ``"echo"``, ``"find"``,
+        ``"get"`` or ``"move"`` and a dict of details; exceptions from it are
+        logged and ignored.
+    on_find : callable, optional
+        C-FIND (needs ``config.query_retrieve``): called with the
+        :class:`QueryRequest`; returns an iterator of ``(0xFF00, identifier)``
+        per match, then optionally a final ``(status, None)`` (default
+        success).  Identifiers are encoded in the context's transfer syntax.
+        Between matches a C-CANCEL-RQ is looked for (answered 0xFE00 and the
+        iterator closed).  An exception is logged and answered 0xC000.
+    on_retrieve : callable, optional
+        C-GET and C-MOVE: called with the :class:`QueryRequest`; returns a
+        :class:`RetrievePlan` (for C-MOVE with its destination), or a
+        ``(status, error comment)`` tuple to refuse (e.g. 0xA801 unknown
+        destination, 0xA900 bad identifier).  Every :class:`Sendable` is a
+        C-STORE sub-operation (on this association for C-GET, where the peer
+        must have accepted the SCP role for its SOP class and transfer
+        syntax; on a new association to the destination for C-MOVE); a
+        pending response follows each one, then the final response: 0x0000,
+        0xB000 (some failed or warned), 0xA702 (all failed), 0xFE00
+        (cancelled), with the *Failed SOP Instance UID List* when any failed;
+        0xA801 when the destination cannot be associated.  An exception from
+        the callback is answered 0xC000.
 
     Notes
     -----
@@ -1265,7 +1864,9 @@ def serve_association(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not a TCP socket (e.g. a socketpair in tests)
-        association = _Association(sock, address, config, on_store, accept_association, on_event)
+        association = _Association(
+            sock, address, config, on_store, accept_association, on_event, on_find, on_retrieve
+        )
         if association.establish():
             association.run()
     except Exception:  # noqa: BLE001 - last line of defence for the listener thread

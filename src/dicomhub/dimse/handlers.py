@@ -1,32 +1,35 @@
-"""pynetdicom event handlers: DIMSE requests -> service calls -> statuses.
+"""DIMSE requests -> service calls -> statuses.
 
-One ``handle_<service>`` per event. Each translates errors through
-:mod:`dicomhub.dimse.status` and never lets an exception reach pynetdicom
-(which would answer with its own generic code).
+One ``handle_<service>`` per DIMSE service, called by the association code in
+:mod:`dicomhub.dimse.fastpath` on the association's thread. Each translates
+errors through :mod:`dicomhub.dimse.status`; none lets an exception escape.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from io import BytesIO
-from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.presentation import build_context
 
 from dicomhub.bootstrap import Archive
 from dicomhub.dimse import status
-from dicomhub.dimse.contexts import QUERY_RETRIEVE_FIND
+from dicomhub.dimse.fastpath import (
+    QueryRequest,
+    RetrievePlan,
+    Sendable,
+    StoreOutcome,
+    StoreRequest,
+)
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
+from dicomhub.index.repository import InstanceRow
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
-from dicomhub.services.ingest import StoreResult
+from dicomhub.model.structure import dataset_offset
 
-__all__ = ["event_handlers", "store_received"]
+__all__ = ["handle_find", "handle_retrieve", "handle_store"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -35,74 +38,50 @@ _STUDY_ROOT = {
     "1.2.840.10008.5.1.4.1.2.2.2",
     "1.2.840.10008.5.1.4.1.2.2.3",
 }
+_GET_MODELS = {"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"}
 _UNIQUE_KEY = {
     Level.PATIENT: "PatientID",
     Level.STUDY: "StudyInstanceUID",
     Level.SERIES: "SeriesInstanceUID",
     Level.IMAGE: "SOPInstanceUID",
 }
-_MAX_MOVE_CONTEXTS = 128
 
 
-def _caller(event: evt.Event) -> Caller:
-    requestor = event.assoc.requestor
-    return Caller(Channel.DIMSE, requestor.ae_title.strip(), requestor.address)
+def _caller(ae_title: str, host: str) -> Caller:
+    return Caller(Channel.DIMSE, ae_title, host)
 
 
-def store_received(
-    archive: Archive,
-    dataset: bytes,
-    transfer_syntax_uid: str,
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    caller: Caller,
-) -> tuple[int, str | None]:
-    """Store one received data set; return (status, error comment)."""
+def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
+    """C-STORE: the one ingest path; the status says what happened."""
+    caller = _caller(req.calling_ae_title, req.peer_host)
     try:
-        result: StoreResult = archive.ingest.store_received(
-            dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, caller
+        result = archive.ingest.store_received(
+            req.dataset,
+            req.transfer_syntax_uid,
+            req.sop_class_uid,
+            req.sop_instance_uid,
+            caller,
         )
     except DicomhubError as exc:
         code = status.store_status(exc)
         LOGGER.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",
-            sop_instance_uid[:80],
+            req.sop_instance_uid[:80],
             caller.name,
             code,
             exc,
         )
-        return code, str(exc)[:64]
+        return StoreOutcome(code, str(exc)[:64])
     except Exception as exc:
-        LOGGER.exception("C-STORE of %s from %s failed", sop_instance_uid[:80], caller.name)
-        return status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64]
+        LOGGER.exception("C-STORE of %s from %s failed", req.sop_instance_uid[:80], caller.name)
+        return StoreOutcome(
+            status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64]
+        )
     LOGGER.debug("stored %s (%s)", result.sop_instance_uid, result.outcome.value)
-    return status.SUCCESS, None
+    return StoreOutcome(status.SUCCESS)
 
 
-def handle_store(event: evt.Event, archive: Archive) -> Dataset | int:
-    """C-STORE on a pynetdicom association (those that also ask for Q/R)."""
-    req = event.request
-    raw = req.DataSet.getvalue() if req.DataSet is not None else b""
-    code, comment = store_received(
-        archive,
-        raw,
-        str(event.context.transfer_syntax),
-        str(req.AffectedSOPClassUID or ""),
-        str(req.AffectedSOPInstanceUID or ""),
-        _caller(event),
-    )
-    rsp = Dataset()
-    rsp.Status = code
-    if comment and code != status.SUCCESS:
-        rsp.ErrorComment = comment
-    return rsp
-
-
-def _decode_request(event: evt.Event, model: str) -> Query:
-    try:
-        identifier = event.identifier
-    except Exception as exc:
-        raise InvalidIdentifier(f"cannot decode the identifier: {exc}") from exc
+def _query(identifier: Dataset, model: str) -> Query:
     level_text = str(identifier.get("QueryRetrieveLevel", "") or "")
     if not level_text:
         raise InvalidIdentifier("Query/Retrieve Level is missing")
@@ -112,15 +91,14 @@ def _decode_request(event: evt.Event, model: str) -> Query:
     return query_from_identifier(identifier, level)
 
 
-def handle_find(event: evt.Event, archive: Archive) -> Iterator[tuple[int, Dataset | None]]:
-    """C-FIND: stream one pending response per match; honour C-CANCEL."""
-    caller = _caller(event)
+def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Dataset | None]]:
+    """C-FIND: one pending response per match, then the final status."""
+    caller = _caller(req.calling_ae_title, req.peer_host)
+    count = 0
     try:
-        query = _decode_request(event, str(event.request.AffectedSOPClassUID))
-        matches = archive.search.search(query, caller)
-        count = 0
-        for identifier in matches:
-            if event.is_cancelled:
+        query = _query(req.identifier, req.sop_class_uid)
+        for identifier in archive.search.search(query, caller):
+            if req.is_cancelled():
                 yield status.CANCEL, None
                 return
             identifier.QueryRetrieveLevel = query.level.value
@@ -136,10 +114,6 @@ def handle_find(event: evt.Event, archive: Archive) -> Iterator[tuple[int, Datas
         LOGGER.warning("C-FIND from %s failed (0x%04X): %s", caller.name, code, exc)
         yield code, None
         return
-    except Exception:
-        LOGGER.exception("C-FIND from %s failed", caller.name)
-        yield status.QR_UNABLE_TO_PROCESS, None
-        return
     LOGGER.info("C-FIND %s from %s: %d matches", query.level.value, caller.name, count)
     yield status.SUCCESS, None
 
@@ -153,8 +127,8 @@ def _set_character_set(ds: Dataset) -> None:
             return
 
 
-def _retrieve_query(event: evt.Event) -> Query:
-    query = _decode_request(event, str(event.request.AffectedSOPClassUID))
+def _retrieve_query(identifier: Dataset, model: str) -> Query:
+    query = _query(identifier, model)
     # PS3.4 C.4.2.2.1 / C.4.3.2.1: a retrieve names the entities by their
     # unique keys; an identifier without the level's unique key would
     # otherwise retrieve the whole archive.
@@ -165,82 +139,50 @@ def _retrieve_query(event: evt.Event) -> Query:
     return query
 
 
-def handle_get(event: evt.Event, archive: Archive) -> Iterator[Any]:
-    """C-GET: send the matches as C-STORE sub-operations on this association."""
-    caller = _caller(event)
+def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
+    def read() -> memoryview:
+        raw = archive.retrieve.read(row)
+        return memoryview(raw)[dataset_offset(raw) :]
+
+    def convert(transfer_syntax_uid: str) -> bytes:
+        return reencode(archive.retrieve.read(row), transfer_syntax_uid)
+
+    return Sendable(
+        row.sop_class_uid,
+        row.sop_instance_uid,
+        row.transfer_syntax_uid,
+        read,
+        alternatives=little_endian_alternatives(row.transfer_syntax_uid),
+        convert=convert,
+    )
+
+
+def handle_retrieve(archive: Archive, req: QueryRequest) -> RetrievePlan | tuple[int, str | None]:
+    """C-GET and C-MOVE: what to send, and where (C-MOVE only to configured AEs)."""
+    caller = _caller(req.calling_ae_title, req.peer_host)
+    is_get = req.sop_class_uid in _GET_MODELS
+    verb = "C-GET" if is_get else "C-MOVE"
     try:
-        query = _retrieve_query(event)
+        destination = None
+        if not is_get:
+            remote = archive.settings.remote_ae(req.move_destination or "")
+            if remote is None:
+                raise UnknownDestination(
+                    f"move destination {req.move_destination!r} is not configured"
+                )
+            destination = (remote.host, remote.port, remote.ae_title)
+        query = _retrieve_query(req.identifier, req.sop_class_uid)
         rows = archive.retrieve.instances(query, caller)
     except DicomhubError as exc:
         code = status.retrieve_status(exc)
-        LOGGER.warning("C-GET from %s failed (0x%04X): %s", caller.name, code, exc)
-        # pynetdicom takes a final status only after a sub-operation count.
-        yield 1
-        yield code, None
-        return
-    LOGGER.info("C-GET %s from %s: %d instances", query.level.value, caller.name, len(rows))
-    yield len(rows)
-    for row in rows:
-        if event.is_cancelled:
-            yield status.CANCEL, None
-            return
-        yield status.PENDING, _sendable(archive, row)
-
-
-def _sendable(archive: Archive, row: Any) -> Dataset:
-    # pynetdicom's C-GET/C-MOVE service classes only take a Dataset. Read it
-    # lazily: unmodified raw elements are written back as they were stored.
-    return pydicom.dcmread(BytesIO(archive.retrieve.read(row)))
-
-
-def handle_move(event: evt.Event, archive: Archive) -> Iterator[Any]:
-    """C-MOVE: open an association to a configured destination and send the matches."""
-    caller = _caller(event)
-    destination = str(event.move_destination or "").strip()
-    remote = archive.settings.remote_ae(destination)
-    try:
-        if remote is None:
-            raise UnknownDestination(f"move destination {destination!r} is not configured")
-        query = _retrieve_query(event)
-        rows = archive.retrieve.instances(query, caller)
-    except UnknownDestination as exc:
-        LOGGER.warning("C-MOVE from %s refused: %s", caller.name, exc)
-        yield None, None
-        return
-    except DicomhubError as exc:
-        code = status.retrieve_status(exc)
-        LOGGER.warning("C-MOVE from %s failed (0x%04X): %s", caller.name, code, exc)
-        # pynetdicom takes a final status only after the destination and a
-        # sub-operation count.
-        yield remote.host, remote.port  # type: ignore[union-attr]
-        yield 1
-        yield code, None
-        return
-    pairs = sorted({(r.sop_class_uid, r.transfer_syntax_uid) for r in rows})
-    contexts = [build_context(sop, ts) for sop, ts in pairs[:_MAX_MOVE_CONTEXTS]]
-    if not contexts:
-        contexts = [build_context(QUERY_RETRIEVE_FIND[0])]
+        LOGGER.warning("%s from %s refused (0x%04X): %s", verb, caller.name, code, exc)
+        return code, str(exc)[:64]
     LOGGER.info(
-        "C-MOVE %s from %s to %s: %d instances",
+        "%s %s from %s%s: %d instances",
+        verb,
         query.level.value,
         caller.name,
-        destination,
+        f" to {req.move_destination}" if destination else "",
         len(rows),
     )
-    yield remote.host, remote.port, {"contexts": contexts, "ae_title": remote.ae_title}
-    yield len(rows)
-    for row in rows:
-        if event.is_cancelled:
-            yield status.CANCEL, None
-            return
-        yield status.PENDING, _sendable(archive, row)
-
-
-def event_handlers(archive: Archive) -> list[tuple[Any, Any, list[Any]]]:
-    """The (event, handler, args) bindings for a pynetdicom server."""
-    return [
-        (evt.EVT_C_STORE, handle_store, [archive]),
-        (evt.EVT_C_FIND, handle_find, [archive]),
-        (evt.EVT_C_GET, handle_get, [archive]),
-        (evt.EVT_C_MOVE, handle_move, [archive]),
-    ]
+    return RetrievePlan([_sendable(archive, row) for row in rows], destination)

@@ -324,11 +324,11 @@ def message_buffers(
         if size == 0:
             out.append(pack(P_DATA_TF, 0, 6, 2, context_id, 0x02))
         for start in range(0, size, limit):
-            fragment = view[start : start + limit]
+            piece = view[start : start + limit]
             control = 0x02 if start + limit >= size else 0x00
-            n = len(fragment)
+            n = len(piece)
             out.append(pack(P_DATA_TF, 0, n + 6, n + 2, context_id, control))
-            out.append(fragment)
+            out.append(piece)
     return out
 
 

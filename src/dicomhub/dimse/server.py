@@ -1,17 +1,13 @@
-"""The DIMSE listener: worker processes, routing, and the pynetdicom AE.
+"""The DIMSE listener: worker processes sharing one socket, a thread per association.
 
 One Python process uses one core, so ``dicomhub serve`` runs the DIMSE side
 in several worker processes that share one listening socket. Each worker
 accepts connections (deferring to a less busy sibling, so that parallel
-associations spread over the cores), runs one thread per association, and
-routes each association by what it proposes:
-
-* only Storage and/or Verification -> :mod:`dicomhub.dimse.fastpath`, a
-  blocking, low-latency receive path;
-* anything else (Query/Retrieve, mixed) -> pynetdicom, whose service classes
-  implement C-FIND/C-GET/C-MOVE with pending responses and C-CANCEL.
-
-The request is peeked, not read, so either stack reads it itself.
+associations spread over the cores) and runs each association on its own
+thread with :mod:`dicomhub.dimse.fastpath`: Verification, Storage and
+Query/Retrieve (FIND, GET, MOVE) on a blocking socket, built on pynetdicom's
+PDU classes and negotiation. pynetdicom's own reactor polls its socket with
+1 ms sleeps, which capped a store at a few hundred instances per second.
 """
 
 from __future__ import annotations
@@ -28,26 +24,17 @@ from collections.abc import Sequence
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
-
 from dicomhub.bootstrap import Archive, configure_logging, open_archive
 from dicomhub.config import Settings
 from dicomhub.dimse import fastpath
 from dicomhub.dimse.contexts import (
-    QUERY_RETRIEVE_FIND,
-    QUERY_RETRIEVE_GET,
-    QUERY_RETRIEVE_MOVE,
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
-    UNCOMPRESSED_TRANSFER_SYNTAXES,
-    VERIFICATION,
 )
-from dicomhub.dimse.handlers import event_handlers, store_received
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.dimse.handlers import handle_find, handle_retrieve, handle_store
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-__all__ = ["DimseWorkers", "bind_listener", "configure_pynetdicom"]
+__all__ = ["DimseWorkers", "bind_listener"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -66,81 +53,6 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def configure_pynetdicom() -> None:
-    """Set pynetdicom's globals once per process.
-
-    pynetdicom never sets TCP_NODELAY, so every small PDU it sends (a C-STORE
-    sub-operation's command, a C-FIND response) waits for Nagle's timer on
-    the outbound associations it opens for C-MOVE. Patch its socket factory.
-    """
-    original = AssociationSocket._create_socket
-    if getattr(original, "_dicomhub", False):
-        return
-
-    def _create_socket(self: AssociationSocket, address: Any) -> socket.socket:
-        sock = original(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    _create_socket._dicomhub = True  # type: ignore[attr-defined]
-    AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
-
-
-class _RoutedServer(AssociationServer):
-    """An AssociationServer that never listens: connections are handed to it."""
-
-    def server_bind(self) -> None:  # the workers own the real listening socket
-        pass
-
-    def server_activate(self) -> None:
-        pass
-
-
-class _JoiningRequestHandler(RequestHandler):
-    """Runs a pynetdicom association on the routing thread until it ends."""
-
-    def handle(self) -> None:
-        assoc = self._create_association()
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        assoc.join()
-
-
-def _build_ae(archive: Archive) -> tuple[AE, _RoutedServer]:
-    s = archive.settings
-    ae = AE(ae_title=s.aet)
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.maximum_associations = s.max_associations
-    ae.maximum_pdu_size = s.maximum_pdu_size
-    ae.acse_timeout = s.acse_timeout
-    ae.dimse_timeout = s.dimse_timeout
-    ae.network_timeout = s.network_timeout
-    ae.connection_timeout = s.acse_timeout
-    ae.require_called_aet = False
-    if s.known_aes_only:
-        ae.require_calling_aet = [r.ae_title for r in s.remote_aes]
-    ae.add_supported_context(VERIFICATION, list(UNCOMPRESSED_TRANSFER_SYNTAXES[:2]))
-    for sop_class in (*QUERY_RETRIEVE_FIND, *QUERY_RETRIEVE_MOVE, *QUERY_RETRIEVE_GET):
-        ae.add_supported_context(sop_class, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
-    for sop_class in STORAGE_SOP_CLASSES:
-        # SCP role for C-STORE, and SCU role accepted for C-GET's sub-operations.
-        ae.add_supported_context(
-            sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
-        )
-    server = _RoutedServer(
-        ae,
-        (s.host, s.dimse_port),
-        s.aet,
-        ae.supported_contexts,
-        evt_handlers=event_handlers(archive),
-        request_handler=_JoiningRequestHandler,
-    )
-    if server.socket is not None:
-        server.socket.close()
-    return ae, server
-
-
 class _Worker:
     """One DIMSE worker process: accept loop plus a thread per association."""
 
@@ -153,11 +65,13 @@ class _Worker:
         self.index = index
         self.load = load
         self.stop = threading.Event()
-        self.ae, self.pyn_server = _build_ae(archive)
         self.fast_config = fastpath.FastPathConfig(
             ae_title=self.settings.aet,
             storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES},
             verification=True,
+            query_retrieve=True,
+            # Nothing is handed to another stack: what is not served here is rejected.
+            fallback_abstract_syntaxes=frozenset(),
             maximum_pdu_size=self.settings.maximum_pdu_size,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -204,23 +118,15 @@ class _Worker:
     def _serve_connection(self, conn: socket.socket, address: tuple[str, int]) -> None:
         try:
             conn.setblocking(True)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            rq = fastpath.peek_associate_request(conn, self.settings.acse_timeout)
-            if rq is None:
-                LOGGER.warning("connection from %s:%s sent no association request", *address[:2])
-                conn.close()
-                return
-            if fastpath.is_fast_path_request(rq, self.fast_config):
-                fastpath.serve_association(
-                    conn,
-                    address,
-                    self.fast_config,
-                    self._on_store,
-                    accept_association=self._accept_association,
-                )
-            else:
-                conn.settimeout(None)
-                self.pyn_server.process_request(conn, address)
+            fastpath.serve_association(
+                conn,
+                address,
+                self.fast_config,
+                lambda req: handle_store(self.archive, req),
+                accept_association=self._accept_association,
+                on_find=lambda req: handle_find(self.archive, req),
+                on_retrieve=lambda req: handle_retrieve(self.archive, req),
+            )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])
             try:
@@ -237,18 +143,6 @@ class _Worker:
         if sum(self.load) > self.settings.max_associations:
             return "too many concurrent associations"
         return None
-
-    def _on_store(self, req: fastpath.StoreRequest) -> fastpath.StoreOutcome:
-        caller = Caller(Channel.DIMSE, req.calling_ae_title, req.peer_host)
-        code, comment = store_received(
-            self.archive,
-            req.dataset,
-            req.transfer_syntax_uid,
-            req.sop_class_uid,
-            req.sop_instance_uid,
-            caller,
-        )
-        return fastpath.StoreOutcome(code, comment)
 
 
 def _die_with_parent() -> None:
@@ -283,7 +177,6 @@ def _worker_main(
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     configure_logging(settings.log_level)
-    configure_pynetdicom()
     archive = open_archive(settings, upgrade=False)
     worker = _Worker(archive, listener, index, load)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())

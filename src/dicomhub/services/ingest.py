@@ -34,7 +34,7 @@ from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.records import InstanceHeader
 from dicomhub.model.structure import dataset_offset
-from dicomhub.storage.base import BlobInfo, BlobStore, new_blob_key
+from dicomhub.storage.base import BlobInfo, BlobStore
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
 
@@ -127,7 +127,7 @@ class IngestService:
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
                 self._quarantine(data, header, caller, "duplicate-different-content")
-        blob = self.blobs.put(new_blob_key(), data)
+        blob = self.blobs.put(self.blobs.new_key(), data)
         try:
             added = self.index.add_instance(
                 header,
@@ -168,7 +168,7 @@ class IngestService:
         return self._result(outcome, header, len(data))
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
-        blob = self.blobs.put(new_blob_key(), data)
+        blob = self.blobs.put(self.blobs.new_key(), data)
         exc = DuplicateInstance(
             f"SOP Instance {header.sop_instance_uid} is already stored with other content"
             if kind == "duplicate-different-content"

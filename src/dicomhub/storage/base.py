@@ -36,6 +36,10 @@ def valid_blob_key(key: str) -> bool:
 class BlobStore(Protocol):
     """Where object bytes live. Implementations must be safe across threads."""
 
+    def new_key(self) -> str:
+        """A fresh opaque key to :meth:`put` a new blob under."""
+        ...
+
     def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
         """Write ``data`` durably under ``key`` (a new key) and return its info.
 

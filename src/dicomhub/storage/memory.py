@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing
-from dicomhub.storage.base import BlobInfo
+from dicomhub.storage.base import BlobInfo, new_blob_key
 
 __all__ = ["MemoryBlobStore"]
 
@@ -20,6 +20,9 @@ class MemoryBlobStore:
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
+
+    def new_key(self) -> str:
+        return new_blob_key()
 
     def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
         with self._lock:
