@@ -304,7 +304,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
             table.add_row(outcome, str(counts[outcome]))
     out.print(table)
     for path, reason in rejected:
-        out.print(f"rejected: {path}: {reason}", markup=False, highlight=False)
+        print(f"rejected: {path}: {reason}")  # one line each, unwrapped: grep-able
     return 1 if rejected else 0
 
 
@@ -322,18 +322,12 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
     keys = _LS_KEYS[level]
     query = Query(level=level, return_keys=keys)
     rows: list[dict[str, Any]] = []
-    for ds in archive.search.search(query, Caller.cli()):
+    for match in archive.search.search(query, Caller.cli()):
         row: dict[str, Any] = {}
         for key in keys:
-            value = ds.get(key)
+            value = match.get(key)
             if key == "ModalitiesInStudy":
-                row[key] = (
-                    list(value)
-                    if isinstance(value, (list, tuple))
-                    or hasattr(value, "__iter__")
-                    and not isinstance(value, str)
-                    else ([value] if value else [])
-                )
+                row[key] = list(value or [])
             elif key in _INTEGER_KEYS:
                 row[key] = int(value) if value not in (None, "") else None
             else:

@@ -45,7 +45,7 @@ class Archive:
         ident = Dataset()
         for k, v in keys.items():
             setattr(ident, k, v)
-        return list(self.search.search(query_from_identifier(ident, level), CLI))
+        return [m.to_dataset() for m in self.search.search(query_from_identifier(ident, level), CLI)]
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def test_limit_and_offset(archive: Archive) -> None:
     for i in range(5):
         archive.ingest.store_part10(encode(datagen.make_dataset(patient_id=f"P{i}")), CLI)
     q = Query(level=Level.PATIENT, return_keys=("PatientID",), limit=2, offset=1)
-    assert [d.PatientID for d in archive.search.search(q, CLI)] == ["P1", "P2"]
+    assert [m.get("PatientID") for m in archive.search.search(q, CLI)] == ["P1", "P2"]
 
 
 def test_same_data_set_from_two_senders_is_one_instance(archive: Archive) -> None:

@@ -74,6 +74,7 @@ from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
 __all__ = [
     "AssociationInfo",
     "FastPathConfig",
+    "Identifier",
     "QUERY_RETRIEVE_SOP_CLASSES",
     "QueryRequest",
     "RetrievePlan",
@@ -310,7 +311,10 @@ class RetrievePlan:
     destination: tuple[str, int, str] | None = None
 
 
-FindCallback = Callable[[QueryRequest], Iterator[tuple[int, "Dataset | None"]]]
+# A C-FIND response identifier: a Dataset, or a function that encodes it in
+# the given transfer syntax (lets the caller skip building Datasets).
+Identifier = Dataset | Callable[[str], bytes]
+FindCallback = Callable[[QueryRequest], Iterator[tuple[int, "Identifier | None"]]]
 RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | None]"]
 
 
@@ -1350,7 +1354,7 @@ class _Association:
             final, comment = _STATUS_SOP_CLASS_NOT_SUPPORTED, "C-FIND is not configured"
         elif request is not None:
             final, comment = _STATUS_SUCCESS, None
-            iterator: Iterator[tuple[int, Dataset | None]] | None = None
+            iterator: Iterator[tuple[int, Identifier | None]] | None = None
             try:
                 assert self.on_find is not None
                 iterator = iter(self.on_find(request))
@@ -1776,7 +1780,9 @@ def _decode_dataset(fragments: list[memoryview], transfer_syntax: str) -> Datase
     return dataset
 
 
-def _encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+def _encode_dataset(dataset: Identifier, transfer_syntax: str) -> bytes:
+    if not isinstance(dataset, Dataset):
+        return dataset(transfer_syntax)
     fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = _syntax_flags(transfer_syntax)
     write_dataset(fp, dataset)

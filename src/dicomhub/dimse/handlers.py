@@ -7,25 +7,30 @@ errors through :mod:`dicomhub.dimse.status`; none lets an exception escape.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from dicomhub.bootstrap import Archive
 from dicomhub.dimse import status
 from dicomhub.dimse.fastpath import (
+    Identifier,
     QueryRequest,
     RetrievePlan,
     Sendable,
     StoreOutcome,
     StoreRequest,
 )
+from dicomhub.dimse.identifiers import encode_match
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.index.repository import InstanceRow
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
+from dicomhub.model.match import Match
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.structure import dataset_offset
 
@@ -91,24 +96,21 @@ def _query(identifier: Dataset, model: str) -> Query:
     return query_from_identifier(identifier, level)
 
 
-def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Identifier | None]]:
     """C-FIND: one pending response per match, then the final status."""
     caller = _caller(req.calling_ae_title, req.peer_host)
     count = 0
     try:
         query = _query(req.identifier, req.sop_class_uid)
-        for identifier in archive.search.search(query, caller):
-            if req.is_cancelled():
-                yield status.CANCEL, None
-                return
-            identifier.QueryRetrieveLevel = query.level.value
+        for match in archive.search.search(query, caller):
+            match.set("QueryRetrieveLevel", query.level.value)
             if "RetrieveAETitle" in query.return_keys:
-                identifier.RetrieveAETitle = archive.settings.aet
+                match.set("RetrieveAETitle", archive.settings.aet)
             if "InstanceAvailability" in query.return_keys:
-                identifier.InstanceAvailability = "ONLINE"
-            _set_character_set(identifier)
+                match.set("InstanceAvailability", "ONLINE")
+            _set_character_set(match)
             count += 1
-            yield status.PENDING, identifier
+            yield status.PENDING, functools.partial(encode_match, match)
     except DicomhubError as exc:
         code = status.find_status(exc)
         LOGGER.warning("C-FIND from %s failed (0x%04X): %s", caller.name, code, exc)
@@ -118,12 +120,15 @@ def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Data
     yield status.SUCCESS, None
 
 
-def _set_character_set(ds: Dataset) -> None:
-    # Values come from the index as Python str: send them as UTF-8 when
-    # anything is outside ASCII, so nothing is mangled on the way.
-    for elem in ds:
-        if isinstance(elem.value, str) and not elem.value.isascii():
-            ds.SpecificCharacterSet = "ISO_IR 192"
+def _set_character_set(match: Match) -> None:
+    # Values come from the index as Python str: they are sent as UTF-8, and
+    # announced as such whenever anything is outside ASCII.
+    for _vr, value in match.values.values():
+        if isinstance(value, DataElement):
+            value = value.value
+        texts = value if isinstance(value, list) else (value,)
+        if any(t is not None and not str(t).isascii() for t in texts):
+            match.set("SpecificCharacterSet", "ISO_IR 192")
             return
 
 

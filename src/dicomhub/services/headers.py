@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Sequence
 
@@ -89,7 +90,16 @@ class HeaderService:
         return len(pending)
 
     def run_worker(self, stop: threading.Event, idle: float = 2.0) -> None:
-        """Loop until ``stop``: prepare pending headers, then wait to be woken."""
+        """Loop until ``stop``: prepare pending headers, then wait to be woken.
+
+        The thread lowers its own scheduling priority (Linux schedules
+        threads individually), so that preparing metadata never takes CPU
+        from associations that are storing.
+        """
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
         while not stop.is_set():
             try:
                 done = self.prepare_pending()

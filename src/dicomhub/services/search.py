@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -19,6 +18,7 @@ from dicomhub.index.repository import IndexRepository, InstanceRow, SearchRow
 from dicomhub.model.attributes import BY_KEYWORD
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
+from dicomhub.model.match import Match
 from dicomhub.model.query import Condition, Query, SequenceMatch, matches
 from dicomhub.services.headers import HeaderService
 
@@ -47,8 +47,8 @@ class SearchService:
         self.index = index
         self.headers = headers
 
-    def search(self, query: Query, caller: Caller) -> Iterator[Dataset]:
-        """Yield one identifier per match, with every return key of ``query``.
+    def search(self, query: Query, caller: Caller) -> Iterator[Match]:
+        """Yield one :class:`Match` per matching entity, with every return key of ``query``.
 
         ``caller`` is the seam for access control: the index will filter by
         its grants inside the query itself.
@@ -95,8 +95,8 @@ class SearchService:
             return matches(cond, None, _items(value))
         return matches(cond, value)
 
-    def _identifier(self, query: Query, row: SearchRow, header: Dataset | None) -> Dataset:
-        ds = Dataset()
+    def _identifier(self, query: Query, row: SearchRow, header: Dataset | None) -> Match:
+        match = Match()
         values = row.values
         for keyword in query.return_keys:
             attr = BY_KEYWORD.get(keyword)
@@ -109,18 +109,10 @@ class SearchService:
                 value = [m for m in (values.get("modalities_in_study") or "").split("\\") if m]
             elif keyword in _COUNT_COLUMNS and _COUNT_COLUMNS[keyword] in values:
                 value = str(values[_COUNT_COLUMNS[keyword]])
-            elif header is not None and keyword in header and attr is None:
-                ds[keyword] = header[keyword]
-                continue
-            tag = tag_for_keyword(keyword)
-            if tag is None:
-                continue
-            vr = dictionary_VR(tag)
-            if vr == "SQ":
-                ds.add_new(tag, vr, DicomSequence([]))
-            else:
-                ds.add_new(tag, vr, value if value not in (None, "") else None)
-        return ds
+            elif header is not None and attr is None and keyword in header:
+                value = header[keyword]
+            match.set(keyword, value)
+        return match
 
     def instances(self, query: Query, caller: Caller) -> list[InstanceRow]:
         """The instances below the matches of a retrieve identifier (C-GET/C-MOVE)."""
