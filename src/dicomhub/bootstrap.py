@@ -69,7 +69,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         index=index,
         blobs=blobs,
         headers=headers,
-        ingest=IngestService(index, blobs, settings.duplicate_policy, on_stored=headers.notify),
+        ingest=IngestService(index, blobs, settings.duplicate_policy),
         search=search,
         retrieve=RetrieveService(search, blobs),
     )

@@ -37,3 +37,39 @@ def test_sigterm_stops_server(servers: ServerPool) -> None:
     rc = srv.stop(timeout=15)
     assert rc is not None and not srv.is_running()
     assert rc in (0, -15, 143), f"unexpected exit code after SIGTERM: {rc}\n{srv.log_tail()}"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_workers_end_with_a_killed_server(servers: ServerPool) -> None:
+    """kill -9 of the server process alone must not leave workers serving the port."""
+    import os
+    import signal
+    import time
+
+    srv = servers.start()
+    assert srv.proc is not None
+    workers = _children(srv.proc.pid)
+    assert workers, "dicomhub serve runs its DIMSE side in worker processes"
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.1)
+    alive = [p for p in workers if Path(f"/proc/{p}").exists()]
+    assert not alive, f"workers {alive} outlived the server"
+    # The port is free again: a new server on the same data dir and port starts.
+    srv.start()
+    rc, out = echo(srv)
+    assert rc == 0, out

@@ -145,13 +145,14 @@ class _Worker:
         return None
 
 
-def _die_with_parent() -> None:
-    """End this worker when the server process ends, even by ``kill -9``.
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the server process ``parent`` ends, even by ``kill -9``.
 
     An orphaned worker would keep accepting on the shared socket with no
-    supervisor, and a restarted server could not take the port back.
+    supervisor, and a restarted server could not take the port back. The
+    parent's pid comes from the parent itself: the parent may already be gone
+    by the time this runs.
     """
-    parent = os.getppid()
     try:
         import ctypes
 
@@ -172,9 +173,13 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(
-    settings: Settings, listener: socket.socket, index: int, load: SynchronizedArray[int]
+    settings: Settings,
+    listener: socket.socket,
+    index: int,
+    load: SynchronizedArray[int],
+    parent: int,
 ) -> None:
-    _die_with_parent()
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     configure_logging(settings.log_level)
     archive = open_archive(settings, upgrade=False)
@@ -201,7 +206,7 @@ class DimseWorkers:
     def _spawn(self, index: int) -> None:
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, self.listener, index, self.load),
+            args=(self.settings, self.listener, index, self.load, os.getpid()),
             name=f"dicomhub-dimse-{index}",
             daemon=True,
         )

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, RowMapping, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -163,12 +165,54 @@ def _row(r: RowMapping) -> InstanceRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Parents:
+    patient_id: str
+    study_uid: str
+    study_pk: int
+    series_pk: int
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
 class IndexRepository:
     """The index of one archive, on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = GroupCommitter(engine)
+        # Series UID -> keys of its parents, for the stores that fill a
+        # series one instance at a time (most of them).
+        self._parents: _LRU[str, _Parents] = _LRU(4096)
 
     # ------------------------------------------------------------ ingest
 
@@ -200,21 +244,28 @@ class IndexRepository:
         Conflict
             The series is indexed under another study.
         """
-        def job(conn: Connection) -> AddOutcome:
+        def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
             existing = self._get_instance(conn, header.sop_instance_uid)
             if existing is not None:
                 if existing.content_sha256 == content_sha256 or not overwrite:
-                    return AddOutcome(AddResult.EXISTS, existing)
+                    return AddOutcome(AddResult.EXISTS, existing), None
                 self._remove_instance(conn, existing.pk)
-                self._insert(conn, header, blob, content_sha256, source_ae_title)
-                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
-            self._insert(conn, header, blob, content_sha256, source_ae_title)
-            return AddOutcome(AddResult.CREATED)
+                parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
+                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key), parents
+            parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
+            return AddOutcome(AddResult.CREATED), parents
 
         for attempt in range(_ATTEMPTS):
             try:
-                return self._writer.run(job)
+                outcome, parents = self._writer.run(job)
+                if parents is not None:
+                    # Remembered only once committed: keys of a rolled-back
+                    # transaction must never be reused from here.
+                    self._parents.put(header.series_instance_uid, parents)
+                return outcome
             except IntegrityError as exc:
+                # A remembered parent may have been deleted meanwhile.
+                self._parents.clear()
                 # Another writer (another node on PostgreSQL) created the same
                 # patient, study, series or instance between our read and
                 # our insert: retry, and the reads will now see it.
@@ -229,9 +280,26 @@ class IndexRepository:
         blob: BlobInfo,
         content_sha256: str,
         source_ae_title: str | None,
-    ) -> None:
+    ) -> _Parents:
+        """Index one instance under its (found or created) parents."""
         now = _now()
         changes: list[dict[str, Any]] = []
+        known = self._parents.get(h.series_instance_uid)
+        if known is not None and known.study_uid == h.study_instance_uid and (
+            known.patient_id == h.patient_id
+        ):
+            series_pk, study_pk = known.series_pk, known.study_pk
+        else:
+            series_pk, study_pk = self._insert_parents(conn, h, now, changes)
+        self._insert_instance(conn, h, blob, content_sha256, source_ae_title, now, series_pk, study_pk)
+        changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
+        conn.execute(_INSERT_CHANGE, changes)
+        return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
+
+    def _insert_parents(
+        self, conn: Connection, h: InstanceHeader, now: dt.datetime, changes: list[dict[str, Any]]
+    ) -> tuple[int, int]:
+        """Find or create the patient, study and series of ``h``; return (series, study) keys."""
         patient_pk = conn.execute(_SELECT_PATIENT, {"b_pid": h.patient_id}).scalar()
         if patient_pk is None:
             patient_pk = conn.execute(_INSERT_PATIENT, {**h.patient, "created_at": now}).scalar_one()
@@ -278,6 +346,19 @@ class IndexRepository:
             series_pk, series_study_pk = se
             if series_study_pk != study_pk:
                 raise Conflict(f"series {h.series_instance_uid} is held under another study")
+        return int(series_pk), int(study_pk)
+
+    def _insert_instance(
+        self,
+        conn: Connection,
+        h: InstanceHeader,
+        blob: BlobInfo,
+        content_sha256: str,
+        source_ae_title: str | None,
+        now: dt.datetime,
+        series_pk: int,
+        study_pk: int,
+    ) -> None:
         conn.execute(
             _INSERT_INSTANCE,
             {
@@ -295,8 +376,6 @@ class IndexRepository:
         )
         conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})
         conn.execute(_STUDY_BUMP, {"b_pk": study_pk, "b_n": 1, "b_now": now})
-        changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
-        conn.execute(_INSERT_CHANGE, changes)
 
     def _remove_instance(self, conn: Connection, instance_pk: int) -> None:
         """Delete one instance row and keep the counts and empty parents right."""
@@ -465,6 +544,11 @@ class IndexRepository:
                 )
 
     # ------------------------------------------------------------ operations
+
+    def last_change(self) -> int:
+        """The newest change log sequence number (0 for an empty archive)."""
+        with engines.read(self.engine) as conn:
+            return int(conn.execute(select(func.max(change.c.seq))).scalar() or 0)
 
     def changes(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with engines.read(self.engine) as conn:

@@ -1,7 +1,9 @@
 """Tables of the index. Generic SQLAlchemy types only, so that the same schema
 runs on SQLite (embedded default) and PostgreSQL.
 
-Integer surrogate keys link the levels; UIDs are unique columns. The
+Integer surrogate keys link the levels; UIDs are unique columns. Keys are
+never reused (AUTOINCREMENT on SQLite, sequences on PostgreSQL), so a key
+remembered by a process can go stale but never point at another entity. The
 ``change`` table is the change log (a monotonic ``seq`` per create, update or
 delete); ``conflict`` keeps every refused copy, with the key of its quarantined
 blob, so that a refusal never loses data.
@@ -38,6 +40,7 @@ patient = Table(
     Column("patient_birth_date", String(18)),
     Column("patient_sex", String(16)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 study = Table(
@@ -58,6 +61,7 @@ study = Table(
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 series = Table(
@@ -74,6 +78,7 @@ series = Table(
     Column("series_time", String(28)),
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
 )
 
 instance = Table(
@@ -96,6 +101,7 @@ instance = Table(
     # The rest of the header as DICOM JSON (PS3.18 F.2), bulk data left out.
     # Filled after the acknowledgement by the header worker, or on first use.
     Column("header_json", Text),
+    sqlite_autoincrement=True,
 )
 
 change = Table(

@@ -51,7 +51,6 @@ class HeaderService:
     def __init__(self, index: IndexRepository, blobs: BlobStore) -> None:
         self.index = index
         self.blobs = blobs
-        self._wake = threading.Event()
 
     def headers(self, instance_pks: Sequence[int]) -> dict[int, Dataset]:
         """Header data sets by instance pk (missing instances are left out)."""
@@ -72,10 +71,6 @@ class HeaderService:
             self.index.set_header_json(computed)
         return out
 
-    def notify(self) -> None:
-        """Tell the worker that new instances wait for their JSON."""
-        self._wake.set()
-
     def prepare_pending(self, batch: int = 200) -> int:
         """Compute the JSON of up to ``batch`` instances that lack it."""
         pending = self.index.pending_headers(batch)
@@ -89,25 +84,33 @@ class HeaderService:
         self.index.set_header_json(values)
         return len(pending)
 
-    def run_worker(self, stop: threading.Event, idle: float = 2.0) -> None:
-        """Loop until ``stop``: prepare pending headers, then wait to be woken.
+    def run_worker(self, stop: threading.Event, idle: float = 1.0, patience: float = 30.0) -> None:
+        """Loop until ``stop``: prepare pending headers while the archive is quiet.
 
-        The thread lowers its own scheduling priority (Linux schedules
-        threads individually), so that preparing metadata never takes CPU
-        from associations that are storing.
+        Metadata is derived data that readers can compute on demand, so the
+        worker stays out of the way of storing: it runs at the lowest
+        scheduling priority (Linux schedules threads individually) and,
+        while the change log is still growing, waits up to ``patience``
+        seconds for a quiet moment before doing a batch anyway.
         """
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except (OSError, AttributeError):
             pass
-        while not stop.is_set():
+        last_seq = -1
+        waited = 0.0
+        while not stop.wait(idle):
             try:
-                done = self.prepare_pending()
+                seq = self.index.last_change()
+                busy = seq != last_seq and last_seq != -1
+                last_seq = seq
+                if busy and waited < patience:
+                    waited += idle
+                    continue
+                waited = 0.0
+                while not stop.is_set() and self.prepare_pending() and (
+                    self.index.last_change() == last_seq
+                ):
+                    pass
             except DicomhubError:
                 LOGGER.exception("header worker failed; retrying")
-                done = 0
-            if done == 0:
-                self._wake.wait(idle)
-                self._wake.clear()
-                # Let a burst of stores finish before competing with it.
-                stop.wait(0.5)

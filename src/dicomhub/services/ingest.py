@@ -17,7 +17,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.errors import (
@@ -72,12 +71,10 @@ class IngestService:
         index: IndexRepository,
         blobs: BlobStore,
         policy: DuplicatePolicy = DuplicatePolicy.KEEP,
-        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.index = index
         self.blobs = blobs
         self.policy = policy
-        self._on_stored = on_stored
 
     def store_received(
         self,
@@ -160,8 +157,6 @@ class IngestService:
             raise exc
         if added.replaced_blob_key:
             self._discard(added.replaced_blob_key)
-        if self._on_stored is not None:
-            self._on_stored()
         outcome = (
             StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         )

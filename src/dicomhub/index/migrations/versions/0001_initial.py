@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("patient_birth_date", sa.String(18)),
         sa.Column("patient_sex", sa.String(16)),
         sa.Column("created_at", _TS, nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_patient_patient_name_key", "patient", ["patient_name_key"])
     op.create_table(
@@ -48,6 +49,7 @@ def upgrade() -> None:
         sa.Column("number_of_instances", sa.Integer, nullable=False),
         sa.Column("created_at", _TS, nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_study_patient_pk", "study", ["patient_pk"])
     op.create_index("ix_study_study_date", "study", ["study_date"])
@@ -65,6 +67,7 @@ def upgrade() -> None:
         sa.Column("series_time", sa.String(28)),
         sa.Column("number_of_instances", sa.Integer, nullable=False),
         sa.Column("created_at", _TS, nullable=False),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_series_study_pk", "series", ["study_pk"])
     op.create_index("ix_series_modality", "series", ["modality"])
@@ -83,6 +86,7 @@ def upgrade() -> None:
         sa.Column("source_ae_title", sa.String(16)),
         sa.Column("received_at", _TS, nullable=False),
         sa.Column("header_json", sa.Text),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_instance_series_pk", "instance", ["series_pk"])
     op.create_index(
