@@ -24,10 +24,14 @@ test-deps: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 test: test-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy src
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/mypy src
 
 bench: test-deps

@@ -3,41 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
-from sqlalchemy import Engine
+import socket
+from typing import Any
 
 from dicomhub.config import Settings
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.archive import Archive
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
-from dicomhub.storage.base import BlobStore
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
-__all__ = ["Archive", "configure_logging", "configure_pydicom", "open_archive"]
-
-
-@dataclass
-class Archive:
-    """The services of one archive, wired to one index and one blob store."""
-
-    settings: Settings
-    engine: Engine
-    index: IndexRepository
-    blobs: BlobStore
-    headers: HeaderService
-    ingest: IngestService
-    search: SearchService
-    retrieve: RetrieveService
-
-    def usable(self) -> bool:
-        return self.index.usable() and self.blobs.usable()
-
-    def close(self) -> None:
-        self.engine.dispose()
+__all__ = ["configure_logging", "configure_pydicom", "open_archive", "run_dimse_worker"]
 
 
 def configure_pydicom() -> None:
@@ -64,14 +43,13 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     headers = HeaderService(index, blobs)
     search = SearchService(index, headers)
     return Archive(
-        settings=settings,
-        engine=engine,
         index=index,
         blobs=blobs,
         headers=headers,
         ingest=IngestService(index, blobs, settings.duplicate_policy),
         search=search,
         retrieve=RetrieveService(search, blobs),
+        close=engine.dispose,
     )
 
 
@@ -83,3 +61,22 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO; keep it at WARNING unless debugging.
     if level.upper() != "DEBUG":
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def run_dimse_worker(
+    settings: Settings,
+    listener: socket.socket,
+    index: int,
+    load: Any,
+    parent: int,
+) -> None:
+    """Entry point of a DIMSE worker process (see :class:`dicomhub.dimse.server.DimseWorkers`)."""
+    from dicomhub.dimse import server
+
+    server.die_with_parent(parent)
+    configure_logging(settings.log_level)
+    archive = open_archive(settings, upgrade=False)
+    try:
+        server.serve_worker(archive, settings, listener, index, load)
+    finally:
+        archive.close()

@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from dicomhub.bootstrap import open_archive
+    from dicomhub.bootstrap import open_archive, run_dimse_worker
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
@@ -196,7 +196,7 @@ def _serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    workers = DimseWorkers(settings, listener)
+    workers = DimseWorkers(settings, listener, run_dimse_worker)
     workers.start()
     stop = threading.Event()
     threading.Thread(
@@ -303,8 +303,8 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         if counts[outcome] or outcome in ("stored", "already present", "rejected"):
             table.add_row(outcome, str(counts[outcome]))
     out.print(table)
-    for path, reason in rejected:
-        print(f"rejected: {path}: {reason}")  # one line each, unwrapped: grep-able
+    for name, reason in rejected:
+        print(f"rejected: {name}: {reason}")  # one line each, unwrapped: grep-able
     return 1 if rejected else 0
 
 

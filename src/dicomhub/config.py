@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomhub.errors import ConfigurationError
-from dicomhub.services.ingest import DuplicatePolicy
+from dicomhub.model.policy import DuplicatePolicy
 
 __all__ = ["RemoteAE", "Settings", "load_settings", "parse_remote_ae"]
 

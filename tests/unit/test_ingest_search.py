@@ -14,9 +14,10 @@ from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
+from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.query import Query, query_from_identifier
 from dicomhub.services.headers import HeaderService
-from dicomhub.services.ingest import DuplicatePolicy, IngestService, StoreOutcome
+from dicomhub.services.ingest import IngestService, StoreOutcome
 from dicomhub.services.search import SearchService
 from dicomhub.storage.memory import MemoryBlobStore
 from tests import datagen

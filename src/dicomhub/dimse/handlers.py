@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomhub.bootstrap import Archive
+from dicomhub.config import Settings
 from dicomhub.dimse import status
 from dicomhub.dimse.fastpath import (
     Identifier,
@@ -26,13 +26,14 @@ from dicomhub.dimse.fastpath import (
 )
 from dicomhub.dimse.identifiers import encode_match
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
-from dicomhub.index.repository import InstanceRow
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
+from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
+from dicomhub.services.archive import Archive
 
 __all__ = ["handle_find", "handle_retrieve", "handle_store"]
 
@@ -79,9 +80,7 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
         return StoreOutcome(code, str(exc)[:64])
     except Exception as exc:
         LOGGER.exception("C-STORE of %s from %s failed", req.sop_instance_uid[:80], caller.name)
-        return StoreOutcome(
-            status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64]
-        )
+        return StoreOutcome(status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64])
     LOGGER.debug("stored %s (%s)", result.sop_instance_uid, result.outcome.value)
     return StoreOutcome(status.SUCCESS)
 
@@ -96,7 +95,9 @@ def _query(identifier: Dataset, model: str) -> Query:
     return query_from_identifier(identifier, level)
 
 
-def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Identifier | None]]:
+def handle_find(
+    archive: Archive, settings: Settings, req: QueryRequest
+) -> Iterator[tuple[int, Identifier | None]]:
     """C-FIND: one pending response per match, then the final status."""
     caller = _caller(req.calling_ae_title, req.peer_host)
     count = 0
@@ -105,7 +106,7 @@ def handle_find(archive: Archive, req: QueryRequest) -> Iterator[tuple[int, Iden
         for match in archive.search.search(query, caller):
             match.set("QueryRetrieveLevel", query.level.value)
             if "RetrieveAETitle" in query.return_keys:
-                match.set("RetrieveAETitle", archive.settings.aet)
+                match.set("RetrieveAETitle", settings.aet)
             if "InstanceAvailability" in query.return_keys:
                 match.set("InstanceAvailability", "ONLINE")
             _set_character_set(match)
@@ -162,7 +163,9 @@ def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
     )
 
 
-def handle_retrieve(archive: Archive, req: QueryRequest) -> RetrievePlan | tuple[int, str | None]:
+def handle_retrieve(
+    archive: Archive, settings: Settings, req: QueryRequest
+) -> RetrievePlan | tuple[int, str | None]:
     """C-GET and C-MOVE: what to send, and where (C-MOVE only to configured AEs)."""
     caller = _caller(req.calling_ae_title, req.peer_host)
     is_get = req.sop_class_uid in _GET_MODELS
@@ -170,11 +173,9 @@ def handle_retrieve(archive: Archive, req: QueryRequest) -> RetrievePlan | tuple
     try:
         destination = None
         if not is_get:
-            remote = archive.settings.remote_ae(req.move_destination or "")
+            remote = settings.remote_ae(req.move_destination or "")
             if remote is None:
-                raise UnknownDestination(
-                    f"move destination {req.move_destination!r} is not configured"
-                )
+                raise UnknownDestination(f"move destination {req.move_destination!r} is not configured")
             destination = (remote.host, remote.port, remote.ae_title)
         query = _retrieve_query(req.identifier, req.sop_class_uid)
         rows = archive.retrieve.instances(query, caller)

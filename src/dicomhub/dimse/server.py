@@ -20,11 +20,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
-from dicomhub.bootstrap import Archive, configure_logging, open_archive
 from dicomhub.config import Settings
 from dicomhub.dimse import fastpath
 from dicomhub.dimse.contexts import (
@@ -33,6 +32,7 @@ from dicomhub.dimse.contexts import (
 )
 from dicomhub.dimse.handlers import handle_find, handle_retrieve, handle_store
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomhub.services.archive import Archive
 
 __all__ = ["DimseWorkers", "bind_listener"]
 
@@ -57,10 +57,15 @@ class _Worker:
     """One DIMSE worker process: accept loop plus a thread per association."""
 
     def __init__(
-        self, archive: Archive, listener: socket.socket, index: int, load: SynchronizedArray[int]
+        self,
+        archive: Archive,
+        settings: Settings,
+        listener: socket.socket,
+        index: int,
+        load: SynchronizedArray[int],
     ) -> None:
         self.archive = archive
-        self.settings = archive.settings
+        self.settings = settings
         self.listener = listener
         self.index = index
         self.load = load
@@ -82,7 +87,7 @@ class _Worker:
         self._known = {r.ae_title for r in self.settings.remote_aes}
 
     def _busier_than_a_sibling(self) -> bool:
-        loads = list(self.load)
+        loads = [int(n) for n in self.load[:]]
         return loads[self.index] > min(loads)
 
     def serve_forever(self) -> None:
@@ -124,8 +129,8 @@ class _Worker:
                 self.fast_config,
                 lambda req: handle_store(self.archive, req),
                 accept_association=self._accept_association,
-                on_find=lambda req: handle_find(self.archive, req),
-                on_retrieve=lambda req: handle_retrieve(self.archive, req),
+                on_find=lambda req: handle_find(self.archive, self.settings, req),
+                on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req),
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])
@@ -140,12 +145,12 @@ class _Worker:
     def _accept_association(self, info: fastpath.AssociationInfo) -> str | None:
         if self.settings.known_aes_only and info.calling_ae_title not in self._known:
             return f"calling AE title {info.calling_ae_title!r} is not a known AE"
-        if sum(self.load) > self.settings.max_associations:
+        if sum(int(n) for n in self.load[:]) > self.settings.max_associations:
             return "too many concurrent associations"
         return None
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """End this worker when the server process ``parent`` ends, even by ``kill -9``.
 
     An orphaned worker would keep accepting on the shared socket with no
@@ -172,32 +177,30 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker_main(
+def serve_worker(
+    archive: Archive,
     settings: Settings,
     listener: socket.socket,
     index: int,
     load: SynchronizedArray[int],
-    parent: int,
 ) -> None:
-    _die_with_parent(parent)
+    """Serve associations in this worker process until SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    configure_logging(settings.log_level)
-    archive = open_archive(settings, upgrade=False)
-    worker = _Worker(archive, listener, index, load)
+    worker = _Worker(archive, settings, listener, index, load)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     LOGGER.debug("DIMSE worker %d (pid %d) ready", index, os.getpid())
-    try:
-        worker.serve_forever()
-    finally:
-        archive.close()
+    worker.serve_forever()
 
 
 class DimseWorkers:
     """Starts, watches and stops the DIMSE worker processes."""
 
-    def __init__(self, settings: Settings, listener: socket.socket) -> None:
+    def __init__(self, settings: Settings, listener: socket.socket, worker_main: Callable[..., None]) -> None:
+        """``worker_main(settings, listener, index, load, parent_pid)`` runs one worker
+        (the composition root provides it: :func:`dicomhub.bootstrap.run_dimse_worker`)."""
         self.settings = settings
         self.listener = listener
+        self._worker_main = worker_main
         self._ctx = multiprocessing.get_context("spawn")
         self.load = self._ctx.Array("i", settings.worker_count)
         self.processes: list[Any] = [None] * settings.worker_count
@@ -205,7 +208,7 @@ class DimseWorkers:
 
     def _spawn(self, index: int) -> None:
         proc = self._ctx.Process(
-            target=_worker_main,
+            target=self._worker_main,
             args=(self.settings, self.listener, index, self.load, os.getpid()),
             name=f"dicomhub-dimse-{index}",
             daemon=True,

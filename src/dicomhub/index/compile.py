@@ -73,10 +73,10 @@ def _from_clause(level: Level) -> FromClause:
 
 def _column_clause(attr: Attribute, cond: Condition) -> ColumnElement[bool] | None:
     table = _TABLE[attr.level]
-    column: ColumnClause[object] = table.c[attr.column]  # type: ignore[assignment]
+    column: ColumnClause[object] = table.c[attr.column]
     folded = attr.column in _PN_KEY
     if folded:
-        column = table.c[_PN_KEY[attr.column]]  # type: ignore[assignment]
+        column = table.c[_PN_KEY[attr.column]]
     m = cond.matcher
 
     def norm(value: str) -> object:
@@ -164,16 +164,9 @@ def compile_query(
     if scope is not None:
         where.append(scope)
     if columns is None:
-        cols: list[object] = [patient]
-        if level.depth >= 1:
-            cols.append(study)
-        if level.depth >= 2:
-            cols.append(series)
-        if level.depth >= 3:
-            cols.append(instance)
-        columns = cols  # type: ignore[assignment]
+        columns = [patient, study, series, instance][: level.depth + 1]
     table = _TABLE[level]
-    stmt = select(*columns).select_from(_from_clause(level))  # type: ignore[arg-type]
+    stmt: Select[tuple[object, ...]] = select(*columns).select_from(_from_clause(level))
     if where:
         stmt = stmt.where(and_(*where))
     stmt = stmt.order_by(table.c.pk)

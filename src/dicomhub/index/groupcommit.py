@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -41,7 +41,7 @@ class GroupCommitter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._cond = threading.Condition()
-        self._queue: list[_Job[object]] = []
+        self._queue: list[_Job[Any]] = []
         self._leading = False
 
     def run(self, fn: Callable[[Connection], T]) -> T:
@@ -50,7 +50,7 @@ class GroupCommitter:
         Raises whatever ``fn`` raised (its savepoint is rolled back), or the
         commit's error.
         """
-        job: _Job[object] = _Job(fn)  # type: ignore[arg-type]
+        job: _Job[T] = _Job(fn)
         with self._cond:
             self._queue.append(job)
             while not job.done and self._leading:
@@ -70,12 +70,12 @@ class GroupCommitter:
         return self._outcome(job)
 
     @staticmethod
-    def _outcome(job: _Job[object]) -> T:
+    def _outcome(job: _Job[T]) -> T:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def _commit(self, batch: list[_Job[object]]) -> None:
+    def _commit(self, batch: list[_Job[Any]]) -> None:
         try:
             with engines.write(self._engine) as conn:
                 if len(batch) == 1:
@@ -98,7 +98,7 @@ class GroupCommitter:
                     job.error = exc
 
     @staticmethod
-    def _run_one(conn: Connection, job: _Job[object]) -> bool:
+    def _run_one(conn: Connection, job: _Job[Any]) -> bool:
         try:
             job.result = job.fn(conn)
             return True

@@ -13,7 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, RowMapping, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -26,10 +26,9 @@ from dicomhub.index.schema import change, conflict, instance, patient, series, s
 from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Condition, Query
-from dicomhub.model.records import InstanceHeader
-from dicomhub.storage.base import BlobInfo
+from dicomhub.model.records import InstanceHeader, InstanceRow
 
-__all__ = ["AddOutcome", "AddResult", "IndexRepository", "InstanceRow", "SearchRow"]
+__all__ = ["AddOutcome", "AddResult", "IndexRepository", "SearchRow", "StoredBlob"]
 
 _ATTEMPTS = 5
 
@@ -38,22 +37,6 @@ class AddResult(enum.Enum):
     CREATED = "created"
     EXISTS = "exists"
     REPLACED = "replaced"
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    """An indexed instance as retrieval and duplicate checks need it."""
-
-    pk: int
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    blob_key: str
-    size: int
-    sha256: str
-    content_sha256: str = ""
-    study_instance_uid: str = ""
-    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +148,17 @@ def _row(r: RowMapping) -> InstanceRow:
     )
 
 
+class StoredBlob(Protocol):
+    """What the index records of a blob (the index never imports the blob store)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Parents:
     patient_id: str
@@ -227,7 +221,7 @@ class IndexRepository:
     def add_instance(
         self,
         header: InstanceHeader,
-        blob: BlobInfo,
+        blob: StoredBlob,
         content_sha256: str,
         source_ae_title: str | None,
         overwrite: bool,
@@ -277,7 +271,7 @@ class IndexRepository:
         self,
         conn: Connection,
         h: InstanceHeader,
-        blob: BlobInfo,
+        blob: StoredBlob,
         content_sha256: str,
         source_ae_title: str | None,
     ) -> _Parents:
@@ -352,7 +346,7 @@ class IndexRepository:
         self,
         conn: Connection,
         h: InstanceHeader,
-        blob: BlobInfo,
+        blob: StoredBlob,
         content_sha256: str,
         source_ae_title: str | None,
         now: dt.datetime,
@@ -396,7 +390,7 @@ class IndexRepository:
         kind: str,
         header: InstanceHeader | None,
         sop_instance_uid: str,
-        blob: BlobInfo,
+        blob: StoredBlob,
         source_ae_title: str | None,
         detail: str,
     ) -> None:

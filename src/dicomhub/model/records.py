@@ -5,7 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["InstanceHeader"]
+__all__ = ["InstanceHeader", "InstanceRow"]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """An indexed instance as retrieval and duplicate checks need it."""
+
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    content_sha256: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

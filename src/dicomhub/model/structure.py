@@ -47,7 +47,7 @@ def dataset_offset(data: bytes) -> int:
             pos = _skip_explicit(data, pos, "<")
         raise InvalidRequest("truncated File Meta Information")
     (group_length,) = struct.unpack_from("<I", data, 140)
-    return 144 + group_length
+    return 144 + int(group_length)
 
 
 def _skip_explicit(data: bytes, pos: int, endian: str) -> int:
@@ -56,9 +56,9 @@ def _skip_explicit(data: bytes, pos: int, endian: str) -> int:
         if pos + 12 > len(data):
             raise InvalidRequest("truncated element header")
         (length,) = struct.unpack_from(endian + "I", data, pos + 8)
-        return pos + 12 + length
+        return pos + 12 + int(length)
     (length,) = struct.unpack_from(endian + "H", data, pos + 6)
-    return pos + 8 + length
+    return pos + 8 + int(length)
 
 
 def check_part10_complete(data: bytes, transfer_syntax_uid: str) -> None:
@@ -101,7 +101,7 @@ def scan_part10(data: bytes, transfer_syntax_uid: str, wanted: frozenset[int]) -
 
 def _tag(data: bytes, pos: int, endian: str) -> int:
     group, elem = struct.unpack_from(endian + "HH", data, pos)
-    return (group << 16) | elem
+    return (int(group) << 16) | int(elem)
 
 
 def _walk(

@@ -31,6 +31,7 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
+from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.records import InstanceHeader
 from dicomhub.model.structure import dataset_offset
 from dicomhub.storage.base import BlobInfo, BlobStore
@@ -38,14 +39,6 @@ from dicomhub.storage.base import BlobInfo, BlobStore
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
 
 LOGGER = logging.getLogger("dicomhub.ingest")
-
-
-class DuplicatePolicy(enum.Enum):
-    """What to do with a second object under an already held SOP Instance UID."""
-
-    KEEP = "keep"  # same bytes: success; different bytes: refused, quarantined
-    OVERWRITE = "overwrite"  # the new copy replaces the old
-    REJECT = "reject"  # any second copy is refused
 
 
 class StoreOutcome(enum.Enum):
@@ -150,11 +143,11 @@ class IngestService:
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
-            exc = DuplicateInstance(
+            refusal = DuplicateInstance(
                 f"SOP Instance {header.sop_instance_uid} is already stored with other content"
             )
-            self._record(exc, blob, header, caller, "duplicate-different-content")
-            raise exc
+            self._record(refusal, blob, header, caller, "duplicate-different-content")
+            raise refusal
         if added.replaced_blob_key:
             self._discard(added.replaced_blob_key)
         outcome = (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dicomhub.index.repository import InstanceRow
 from dicomhub.model.caller import Caller
 from dicomhub.model.query import Query
+from dicomhub.model.records import InstanceRow
 from dicomhub.services.search import SearchService
 from dicomhub.storage.base import BlobStore
 

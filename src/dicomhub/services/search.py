@@ -14,12 +14,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from dicomhub.index.repository import IndexRepository, InstanceRow, SearchRow
+from dicomhub.index.repository import IndexRepository, SearchRow
 from dicomhub.model.attributes import BY_KEYWORD
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
 from dicomhub.model.query import Condition, Query, SequenceMatch, matches
+from dicomhub.model.records import InstanceRow
 from dicomhub.services.headers import HeaderService
 
 __all__ = ["SearchService"]

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from dicomhub import __version__
-from dicomhub.bootstrap import Archive
+from dicomhub.services.archive import Archive
 
 __all__ = ["create_app"]
 

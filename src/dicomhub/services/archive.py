@@ -1,0 +1,32 @@
+"""The services of one archive, as one value the adapters receive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dicomhub.index.repository import IndexRepository
+from dicomhub.services.headers import HeaderService
+from dicomhub.services.ingest import IngestService
+from dicomhub.services.retrieve import RetrieveService
+from dicomhub.services.search import SearchService
+from dicomhub.storage.base import BlobStore
+
+__all__ = ["Archive"]
+
+
+@dataclass
+class Archive:
+    """The use cases of one archive, wired to one index and one blob store."""
+
+    index: IndexRepository
+    blobs: BlobStore
+    headers: HeaderService
+    ingest: IngestService
+    search: SearchService
+    retrieve: RetrieveService
+    close: Callable[[], None]
+
+    def usable(self) -> bool:
+        """True when the index and the blob store can be used now."""
+        return self.index.usable() and self.blobs.usable()
