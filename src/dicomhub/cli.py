@@ -202,7 +202,7 @@ def _serve(settings: Settings) -> int:
     threading.Thread(
         target=archive.headers.run_worker, args=(stop,), name="header-worker", daemon=True
     ).start()
-    app = create_app(archive, dimse_alive=workers.alive)
+    app = create_app(archive, settings, dimse_alive=workers.alive)
     config = uvicorn.Config(
         app,
         host=settings.host,

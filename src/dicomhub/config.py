@@ -46,6 +46,9 @@ class Settings:
     network_timeout: float = 120.0
     maximum_pdu_size: int = 262144
     workers: int = 0  # 0: one DIMSE worker process per CPU core
+    qido_default_limit: int = 1000  # QIDO-RS results when no limit is asked for
+    qido_max_limit: int = 10000  # the largest limit a QIDO-RS request may ask for
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the HTTP API ("*" for any)
     database_url: str = ""  # empty: SQLite in the data dir
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -100,6 +103,9 @@ def _coerce(name: str, value: Any) -> Any:
             )
         if name == "data_dir":
             return Path(value)
+        if name == "cors_origins":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(i).strip() for i in items if str(i).strip())
         if name == "duplicate_policy":
             return DuplicatePolicy(str(value).lower())
         if isinstance(default, bool):

@@ -1,21 +1,29 @@
-"""The Starlette application: ``create_app(archive)``."""
+"""The Starlette application: ``create_app(archive, settings)``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from dicomhub import __version__
+from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
+from dicomhub.web import dicomweb
+from dicomhub.web.errors import EXCEPTION_HANDLERS
 
 __all__ = ["create_app"]
 
 
-def create_app(archive: Archive, dimse_alive: Callable[[], bool] = lambda: True) -> Starlette:
+def create_app(
+    archive: Archive, settings: Settings, dimse_alive: Callable[[], bool] = lambda: True
+) -> Starlette:
     """Build the HTTP application on ``archive``.
 
     ``dimse_alive`` reports whether the DIMSE workers run, so that the health
@@ -36,4 +44,23 @@ def create_app(archive: Archive, dimse_alive: Callable[[], bool] = lambda: True)
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz, methods=["GET"])])
+    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
+    if settings.cors_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["ETag", "Content-Type", "Content-Length", "Warning"],
+            ),
+        )
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
+        ],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )

@@ -1,0 +1,56 @@
+"""Errors -> HTTP responses, in one table (Starlette looks handlers up along the MRO)."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dicomhub.errors import (
+    Conflict,
+    DicomhubError,
+    IndexUnavailable,
+    InvalidRequest,
+    NotFound,
+    StorageError,
+)
+
+__all__ = ["EXCEPTION_HANDLERS", "NotAcceptable", "UnsupportedMediaType", "error_response"]
+
+LOGGER = logging.getLogger("dicomhub.web")
+
+
+class NotAcceptable(InvalidRequest):
+    """No representation the client accepts can be produced (HTTP 406)."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The request body's media type is not one the resource takes (HTTP 415)."""
+
+
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (NotAcceptable, 406),
+    (UnsupportedMediaType, 415),
+    (InvalidRequest, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (IndexUnavailable, 503),
+    (StorageError, 503),
+)
+
+
+def error_response(exc: Exception) -> Response:
+    """The HTTP response for a dicomhub error: status from the table, reason in the body."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return JSONResponse({"error": str(exc), "status": status}, status_code=status)
+    LOGGER.error("unexpected error: %s", exc, exc_info=exc)
+    return JSONResponse({"error": "internal error", "status": 500}, status_code=500)
+
+
+async def _handle(_request: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+EXCEPTION_HANDLERS = {DicomhubError: _handle}
