@@ -1619,25 +1619,14 @@ class _Association:
 
     def get_sub_operation(self, instance: Sendable) -> int | None:
         """Send one C-STORE-RQ on this association; return its status (None = failed here)."""
-        context_id = None
-        for syntax in instance.syntaxes():
-            context_id = self.scu_contexts.get((instance.sop_class_uid, syntax))
-            if context_id is not None:
-                break
-        if context_id is None:
-            LOGGER.warning(
-                "C-GET from %s: no accepted context with SCU role for %s in %s; %s not sent",
-                self.calling_ae,
-                instance.sop_class_uid,
-                " or ".join(instance.syntaxes()),
-                instance.sop_instance_uid,
-            )
+        picked = _context_and_data(
+            instance,
+            lambda sop, ts: self.scu_contexts.get((sop, ts)),
+            f"C-GET from {self.calling_ae}: no accepted context with SCU role",
+        )
+        if picked is None:
             return None
-        try:
-            data = instance.data_in(syntax)
-        except Exception:  # noqa: BLE001
-            LOGGER.exception("reading %s failed", instance.sop_instance_uid)
-            return None
+        context_id, data = picked
         message_id = self.sub_message_id()
         self.raise_transport_error()
         self.send_message(
@@ -1714,6 +1703,34 @@ class _Association:
         self.emit("aborted", counts)
 
 
+def _context_and_data(
+    instance: Sendable, lookup: Callable[[str, str], int | None], refusal: str
+) -> tuple[int, bytes | memoryview] | None:
+    """The first accepted context for the instance's syntaxes, and its data in that syntax.
+
+    None (logged) when no syntax was accepted or the data cannot be read: the
+    sub-operation then counts as failed.
+    """
+    for syntax in instance.syntaxes():
+        context_id = lookup(instance.sop_class_uid, syntax)
+        if context_id is not None:
+            break
+    else:
+        LOGGER.warning(
+            "%s for %s in %s; %s not sent",
+            refusal,
+            instance.sop_class_uid,
+            " or ".join(instance.syntaxes()),
+            instance.sop_instance_uid,
+        )
+        return None
+    try:
+        return context_id, instance.data_in(syntax)
+    except Exception:  # noqa: BLE001 - a failed read fails this sub-operation only
+        LOGGER.exception("reading %s failed", instance.sop_instance_uid)
+        return None
+
+
 def _move_sub_operation(
     store: StoreAssociation,
     instance: Sendable,
@@ -1722,25 +1739,12 @@ def _move_sub_operation(
     originator_message_id: int,
 ) -> int | None:
     """Send one instance on the C-MOVE sub-association; return its status (None = failed)."""
-    context_id = None
-    for syntax in instance.syntaxes():
-        context_id = store.accepted(instance.sop_class_uid, syntax)
-        if context_id is not None:
-            break
-    if context_id is None:
-        LOGGER.warning(
-            "C-MOVE to %s: %s in %s not accepted; %s not sent",
-            store.called_ae_title,
-            instance.sop_class_uid,
-            " or ".join(instance.syntaxes()),
-            instance.sop_instance_uid,
-        )
+    picked = _context_and_data(
+        instance, store.accepted, f"C-MOVE to {store.called_ae_title}: not accepted"
+    )
+    if picked is None:
         return None
-    try:
-        data = instance.data_in(syntax)
-    except Exception:  # noqa: BLE001
-        LOGGER.exception("reading %s failed", instance.sop_instance_uid)
-        return None
+    context_id, data = picked
     try:
         status, comment = store.send_c_store(
             context_id,

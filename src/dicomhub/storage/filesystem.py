@@ -98,16 +98,7 @@ class FileSystemBlobStore:
         tmp = path.with_name(key + ".tmp")
         digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self._fsync:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), data)
             os.rename(tmp, path)
             if self._fsync:
                 _fsync_dir(path.parent)
@@ -122,20 +113,23 @@ class FileSystemBlobStore:
     def _fill(self, path: Path, key: str, data: bytes, sha256: str | None) -> BlobInfo:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self._fsync:
-                    # Also makes the new size durable: the data is reachable.
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            self._write(os.open(path, os.O_WRONLY), data)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
         return BlobInfo(key=key, size=len(data), sha256=digest)
+
+    def _write(self, fd: int, data: bytes) -> None:
+        """Write all of ``data`` to ``fd``, make it durable, close ``fd``."""
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self._fsync:
+                # Also makes the new size durable: the data is reachable.
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _prepare_folders_again(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
