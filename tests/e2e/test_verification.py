@@ -73,3 +73,23 @@ def test_workers_end_with_a_killed_server(servers: ServerPool) -> None:
     srv.start()
     rc, out = echo(srv)
     assert rc == 0, out
+
+
+def test_association_limit_rejects_transiently(servers: ServerPool) -> None:
+    """Past --max-associations a peer is told to come back later (transient, local limit)."""
+    from pynetdicom import AE
+
+    srv = servers.start(args=["--max-associations", "1", "--workers", "1"])
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = ae.associate("127.0.0.1", srv.dimse_port, ae_title=srv.aet)
+    try:
+        assert held.is_established
+        rc, out = echo(srv)
+        assert rc != 0, out
+        assert "Local Limit Exceeded" in out or "local-limit-exceeded" in out.lower(), out
+        assert "Transient" in out or "transient" in out, out
+    finally:
+        held.release()
+    rc, out = echo(srv)
+    assert rc == 0, out

@@ -77,6 +77,7 @@ __all__ = [
     "Identifier",
     "QUERY_RETRIEVE_SOP_CLASSES",
     "QueryRequest",
+    "Rejection",
     "RetrievePlan",
     "Sendable",
     "StoreOutcome",
@@ -212,6 +213,25 @@ class StoreOutcome:
 
     status: int
     error_comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ other than "calling AE title not recognised" (PS3.8 Table 9-21).
+
+    ``accept_association`` returns a plain reason string for the permanent
+    calling-AE refusal, or one of these, e.g. ``Rejection.local_limit_exceeded()``.
+    """
+
+    reason: str
+    result: int = 1  # 1 permanent, 2 transient
+    source: int = 1  # 1 service user, 2 ACSE provider, 3 presentation provider
+    diagnostic: int = 1
+
+    @classmethod
+    def local_limit_exceeded(cls, reason: str) -> Rejection:
+        """Transient: too many associations; the peer may try again later."""
+        return cls(reason, result=2, source=3, diagnostic=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,7 +715,7 @@ class _Association:
         address: tuple[str, int],
         config: FastPathConfig,
         on_store: Callable[[StoreRequest], StoreOutcome],
-        accept_association: Callable[[AssociationInfo], str | None],
+        accept_association: Callable[[AssociationInfo], str | Rejection | None],
         on_event: Callable[[str, dict[str, object]], None] | None,
         on_find: FindCallback | None = None,
         on_retrieve: RetrieveCallback | None = None,
@@ -871,7 +891,10 @@ class _Association:
             except Exception:  # noqa: BLE001 - a broken policy refuses, it does not crash
                 LOGGER.exception("accept_association failed; rejecting")
                 refusal = "association policy failed"
-            if refusal is not None:
+            if isinstance(refusal, Rejection):
+                rejection = (refusal.result, refusal.source, refusal.diagnostic)
+                reason_text = refusal.reason
+            elif refusal is not None:
                 rejection, reason_text = (1, 1, 3), refusal
         if rejection is not None:
             self.reject(rejection, reason_text)
@@ -1812,7 +1835,7 @@ def serve_association(
     address: tuple[str, int],
     config: FastPathConfig,
     on_store: Callable[[StoreRequest], StoreOutcome],
-    accept_association: Callable[[AssociationInfo], str | None] = lambda info: None,
+    accept_association: Callable[[AssociationInfo], str | Rejection | None] = lambda info: None,
     on_event: Callable[[str, dict[str, object]], None] | None = None,
     *,
     on_find: FindCallback | None = None,

@@ -142,11 +142,11 @@ class _Worker:
             with self.load.get_lock():
                 self.load[self.index] -= 1
 
-    def _accept_association(self, info: fastpath.AssociationInfo) -> str | None:
+    def _accept_association(self, info: fastpath.AssociationInfo) -> str | fastpath.Rejection | None:
         if self.settings.known_aes_only and info.calling_ae_title not in self._known:
             return f"calling AE title {info.calling_ae_title!r} is not a known AE"
         if sum(int(n) for n in self.load[:]) > self.settings.max_associations:
-            return "too many concurrent associations"
+            return fastpath.Rejection.local_limit_exceeded("too many concurrent associations")
         return None
 
 
