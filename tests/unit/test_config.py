@@ -41,7 +41,9 @@ def test_remote_aes_from_environment() -> None:
     assert [r.ae_title for r in s.remote_aes] == ["A", "B"]
 
 
-@pytest.mark.parametrize("text", ["NOPORT", "A=host", "A=host:x", "=host:1", "WAYTOOLONGAETITLE1=h:1", "A=h:0"])
+@pytest.mark.parametrize(
+    "text", ["NOPORT", "A=host", "A=host:x", "=host:1", "WAYTOOLONGAETITLE1=h:1", "A=h:0"]
+)
 def test_bad_remote_ae(text: str) -> None:
     with pytest.raises(ConfigurationError):
         parse_remote_ae(text)
