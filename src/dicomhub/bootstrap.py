@@ -10,10 +10,12 @@ from dicomhub.config import Settings
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.archive import Archive
+from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.wado import WadoService
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
 __all__ = ["configure_logging", "configure_pydicom", "open_archive", "run_dimse_worker"]
@@ -49,6 +51,8 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         ingest=IngestService(index, blobs, settings.duplicate_policy),
         search=search,
         retrieve=RetrieveService(search, blobs),
+        delete=DeleteService(index, blobs),
+        wado=WadoService(index, search, blobs),
         close=engine.dispose,
     )
 

@@ -7,6 +7,7 @@ stored header (see :func:`dicomhub.model.query.matches`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from dicomhub.model.query import (
     range_bounds,
 )
 
-__all__ = ["CompiledQuery", "compile_query", "like_pattern"]
+__all__ = ["CompiledQuery", "compile_query", "fuzzy_words", "like_pattern"]
 
 _TABLE = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
 _PN_KEY = {
@@ -35,6 +36,7 @@ _PN_KEY = {
     "referring_physician_name": "referring_physician_name_key",
 }
 _ESCAPE = "!"
+_FUZZY_SPLIT = re.compile(r"[\s,^=]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +73,46 @@ def _from_clause(level: Level) -> FromClause:
     return joined
 
 
-def _column_clause(attr: Attribute, cond: Condition) -> ColumnElement[bool] | None:
+def fuzzy_words(value: str) -> list[str]:
+    """The words of a fuzzy person name query value, upper-cased.
+
+    Words are separated by spaces, commas and the PN delimiters ``^`` and ``=``.
+    """
+    return [w for w in _FUZZY_SPLIT.split(value.upper()) if w and w != "*"]
+
+
+def _fuzzy_clause(column: ColumnClause[object], value: str) -> ColumnElement[bool] | None:
+    # PS3.18 8.3.4.2 leaves fuzzy matching to the origin server. dicomhub's
+    # rule: every word of the value must match the start of a name component
+    # (or of a word inside one), case-insensitively, in any order. The stored
+    # key is the upper-cased PN value, so a component starts at the beginning
+    # or after "^", "=" or a space.
+    words = fuzzy_words(value)
+    if not words:
+        return None
+    parts: list[ColumnElement[bool]] = []
+    for word in words:
+        pattern = like_pattern(word) + "%"
+        parts.append(
+            or_(
+                column.like(pattern, escape=_ESCAPE),
+                *(column.like("%" + sep + pattern, escape=_ESCAPE) for sep in ("^", "=", " ")),
+            )
+        )
+    return and_(*parts)
+
+
+def _column_clause(
+    attr: Attribute, cond: Condition, fuzzy: bool = False
+) -> ColumnElement[bool] | None:
     table = _TABLE[attr.level]
     column: ColumnClause[object] = table.c[attr.column]
     folded = attr.column in _PN_KEY
     if folded:
         column = table.c[_PN_KEY[attr.column]]
     m = cond.matcher
+    if fuzzy and folded and isinstance(m, (Single, Wildcard)):
+        return _fuzzy_clause(column, m.value if isinstance(m, Single) else m.pattern)
 
     def norm(value: str) -> object:
         if attr.integer:
@@ -151,7 +186,7 @@ def compile_query(
         if cond.keyword == "ModalitiesInStudy" and level.depth >= Level.STUDY.depth:
             clause = _modalities_clause(cond)
         elif attr is not None and attr.level.depth <= level.depth:
-            clause = _column_clause(attr, cond)
+            clause = _column_clause(attr, cond, fuzzy=query.fuzzy_person_names)
         elif attr is not None:
             # A key of a lower level than the query's: not a matching key here.
             continue

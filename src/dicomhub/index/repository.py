@@ -83,7 +83,7 @@ def _result_columns(level: Level) -> list[Any]:
 # Statements built once: SQLAlchemy compiles and caches a constant statement
 # object cheaply, while a statement built per call costs ~50 us to key and
 # compile. The ingest path runs about ten of them per instance.
-_SELECT_INSTANCE = select(
+_INSTANCE_COLUMNS = (
     instance.c.pk,
     instance.c.sop_instance_uid,
     instance.c.sop_class_uid,
@@ -92,7 +92,10 @@ _SELECT_INSTANCE = select(
     instance.c.size,
     instance.c.sha256,
     instance.c.content_sha256,
-).where(instance.c.sop_instance_uid == bindparam("b_uid"))
+)
+_SELECT_INSTANCE = select(*_INSTANCE_COLUMNS).where(
+    instance.c.sop_instance_uid == bindparam("b_uid")
+)
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
 _SELECT_STUDY = select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
@@ -487,14 +490,7 @@ class IndexRepository:
         compiled = compile_query(
             image_query,
             columns=[
-                instance.c.pk,
-                instance.c.sop_instance_uid,
-                instance.c.sop_class_uid,
-                instance.c.transfer_syntax_uid,
-                instance.c.blob_key,
-                instance.c.size,
-                instance.c.sha256,
-                instance.c.content_sha256,
+                *_INSTANCE_COLUMNS,
                 study.c.study_instance_uid,
                 series.c.series_instance_uid,
             ],
@@ -581,3 +577,158 @@ class IndexRepository:
             return True
         except (IndexUnavailable, SQLAlchemyError):
             return False
+
+    def instances_with_header_json(
+        self, query: Query
+    ) -> tuple[list[tuple[InstanceRow, str | None]], tuple[Condition, ...]]:
+        """Instances below the matches of ``query`` with their stored header JSON, in one query.
+
+        For WADO-RS metadata: the JSON text (None when not prepared yet) comes
+        with the row, so a series' metadata reads no blob.
+        """
+        image_query = Query(level=Level.IMAGE, conditions=query.conditions)
+        compiled = compile_query(
+            image_query,
+            columns=[
+                instance.c.pk,
+                instance.c.sop_instance_uid,
+                instance.c.sop_class_uid,
+                instance.c.transfer_syntax_uid,
+                instance.c.blob_key,
+                instance.c.size,
+                instance.c.sha256,
+                instance.c.content_sha256,
+                study.c.study_instance_uid,
+                series.c.series_instance_uid,
+                instance.c.header_json,
+            ],
+        )
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(compiled.statement).mappings().all()
+        return [(_row(r), r["header_json"]) for r in rows], compiled.residual
+
+    # ------------------------------------------------------------ delete
+
+    def delete_entity(
+        self,
+        level: Level,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> dict[str, list[str]]:
+        """Remove a study, series or instance and everything below it, in one transaction.
+
+        Counts and ModalitiesInStudy of the parents are recomputed, parents
+        left empty are removed, and a ``deleted`` change row is appended per
+        removed instance, series, study and patient. The blobs are not
+        touched: the caller deletes them once this has committed.
+
+        Returns
+        -------
+        dict
+            ``blob_keys``, ``instances``, ``series``, ``studies`` and
+            ``patients``: the blob keys and UIDs (PatientIDs) removed.
+
+        Raises
+        ------
+        NotFound
+            No such study, no such series in the study, or no such instance
+            in the series.
+        """
+        from dicomhub.errors import NotFound
+
+        def job(conn: Connection) -> dict[str, list[str]]:
+            now = _now()
+            removed: dict[str, list[str]] = {
+                "blob_keys": [], "instances": [], "series": [], "studies": [], "patients": [],
+            }  # fmt: skip
+            changes: list[dict[str, Any]] = []
+            st = conn.execute(
+                select(study.c.pk, study.c.patient_pk).where(
+                    study.c.study_instance_uid == study_instance_uid
+                )
+            ).first()
+            if st is None:
+                raise NotFound(f"study {study_instance_uid} not found")
+            study_pk, patient_pk = int(st[0]), int(st[1])
+            series_stmt = select(series.c.pk, series.c.series_instance_uid).where(
+                series.c.study_pk == study_pk
+            )
+            if level is not Level.STUDY:
+                series_stmt = series_stmt.where(series.c.series_instance_uid == series_instance_uid)
+            series_rows = [(int(pk), str(uid)) for pk, uid in conn.execute(series_stmt).all()]
+            if level is not Level.STUDY and not series_rows:
+                raise NotFound(f"series {series_instance_uid} not found in study {study_instance_uid}")
+            series_pks = [pk for pk, _uid in series_rows]
+            inst_stmt = select(
+                instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key
+            ).where(instance.c.series_pk.in_(series_pks))
+            if level is Level.IMAGE:
+                inst_stmt = inst_stmt.where(instance.c.sop_instance_uid == sop_instance_uid)
+            inst_rows = conn.execute(inst_stmt).all()
+            if level is Level.IMAGE and not inst_rows:
+                raise NotFound(
+                    f"instance {sop_instance_uid} not found in series {series_instance_uid}"
+                )
+            inst_pks = [int(r[0]) for r in inst_rows]
+            for start in range(0, len(inst_pks), 500):
+                conn.execute(delete(instance).where(instance.c.pk.in_(inst_pks[start : start + 500])))
+            for _pk, uid, key in inst_rows:
+                removed["instances"].append(str(uid))
+                removed["blob_keys"].append(str(key))
+                changes.append(_change("deleted", Level.IMAGE, str(uid), now))
+            for se_pk, se_uid in series_rows:
+                remaining = int(
+                    conn.execute(
+                        select(func.count()).select_from(instance).where(instance.c.series_pk == se_pk)
+                    ).scalar_one()
+                )
+                if remaining:
+                    conn.execute(
+                        update(series).where(series.c.pk == se_pk).values(number_of_instances=remaining)
+                    )
+                    continue
+                conn.execute(delete(series).where(series.c.pk == se_pk))
+                removed["series"].append(se_uid)
+                changes.append(_change("deleted", Level.SERIES, se_uid, now))
+            left = conn.execute(
+                select(series.c.modality, series.c.number_of_instances).where(
+                    series.c.study_pk == study_pk
+                )
+            ).all()
+            if left:
+                mods = sorted({str(m) for m, _n in left if m})
+                conn.execute(
+                    update(study)
+                    .where(study.c.pk == study_pk)
+                    .values(
+                        number_of_series=len(left),
+                        number_of_instances=sum(int(n) for _m, n in left),
+                        modalities_in_study="\\".join(mods),
+                        updated_at=now,
+                    )
+                )
+            else:
+                conn.execute(delete(study).where(study.c.pk == study_pk))
+                removed["studies"].append(study_instance_uid)
+                changes.append(_change("deleted", Level.STUDY, study_instance_uid, now))
+                others = conn.execute(
+                    select(func.count()).select_from(study).where(study.c.patient_pk == patient_pk)
+                ).scalar_one()
+                if not others:
+                    pid = conn.execute(
+                        select(patient.c.patient_id).where(patient.c.pk == patient_pk)
+                    ).scalar_one()
+                    conn.execute(delete(patient).where(patient.c.pk == patient_pk))
+                    removed["patients"].append(str(pid))
+                    changes.append(_change("deleted", Level.PATIENT, str(pid)[:64], now))
+            if changes:
+                conn.execute(_INSERT_CHANGE, changes)
+            return removed
+
+        try:
+            return self._writer.run(job)
+        finally:
+            # Keys remembered for the removed series and study are stale now;
+            # other processes find out through a foreign-key failure and retry.
+            self._parents.clear()

@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["Archive"]
@@ -25,6 +27,8 @@ class Archive:
     ingest: IngestService
     search: SearchService
     retrieve: RetrieveService
+    delete: DeleteService
+    wado: WadoService
     close: Callable[[], None]
 
     def usable(self) -> bool:

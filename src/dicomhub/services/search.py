@@ -126,3 +126,17 @@ class SearchService:
             for row, pk in pairs
             if pk in headers and all(self._matches(c, headers[pk]) for c in residual)
         ]
+
+    def instances_with_header_json(
+        self, query: Query, caller: Caller
+    ) -> list[tuple[InstanceRow, str | None]]:
+        """Instances below the matches of ``query`` with their stored header JSON (or None)."""
+        pairs, residual = self.index.instances_with_header_json(query)
+        if not residual:
+            return pairs
+        headers = self.headers.headers([row.pk for row, _text in pairs])
+        return [
+            (row, text)
+            for row, text in pairs
+            if row.pk in headers and all(self._matches(c, headers[row.pk]) for c in residual)
+        ]

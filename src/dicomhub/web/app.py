@@ -7,7 +7,7 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -44,7 +44,22 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    middleware = [Middleware(GZipMiddleware, minimum_size=1024)]
+    # gzip is for JSON and XML: DICOM objects, frames and bulk data are large,
+    # often already compressed, and would cost a core to compress per download.
+    middleware = [
+        Middleware(
+            GZipMiddleware,
+            minimum_size=1024,
+            compresslevel=6,
+            exclude_content_types=(
+                *DEFAULT_EXCLUDED_CONTENT_TYPES,
+                "multipart/related",
+                "application/dicom",
+                "application/octet-stream",
+                "image/*",
+            ),
+        )
+    ]
     if settings.cors_origins:
         middleware.insert(
             0,

@@ -1,14 +1,566 @@
-"""DICOMweb: wado (being written)."""
+"""DICOMweb retrieve: WADO-RS (instances, metadata, frames, bulk data, rendered) and WADO-URI.
+
+Media type negotiation follows PS3.18 8.7: the ``Accept`` ranges are tried
+best first; ``*/*`` (or no ``Accept``) gives the stored representation.
+
+- Instances: ``multipart/related; type="application/dicom"``, one part per
+  instance streamed from storage. ``transfer-syntax=*`` is the stored
+  syntax; a named syntax is the stored one or the other uncompressed
+  little-endian one (re-encoded); no ``transfer-syntax`` means Explicit VR
+  Little Endian (PS3.18 8.7.3.5.2) for uncompressed objects and, until
+  transcoding exists, the stored syntax for compressed ones. Anything else is
+  406 with the reason.
+- Metadata: ``application/dicom+json``, spliced from the header JSON the index
+  holds (BulkDataURIs made absolute, Pixel Data's added), with an ``ETag``.
+- Frames: native pixel data as ``application/octet-stream`` parts;
+  encapsulated pixel data as the stored bit stream in its image media type
+  (PS3.18 Table 8.7.3-5). A frame number out of range is 404 (PS3.18 allows
+  400 or 404: the resource does not exist).
+- Bulk data: ``/bulk/{tag}`` (8 hex digits: the top-level element, else the
+  first one nested in a sequence). Single-part ``application/octet-stream``
+  honours ``Range``.
+- Rendered/thumbnail: JPEG (default) or PNG of the first frame of an
+  instance, of a frame, or of the middle instance of a series.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from functools import wraps
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
 from dicomhub.config import Settings
+from dicomhub.errors import InvalidRequest
+from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
+from dicomhub.services.wado import (
+    NATIVE_SYNTAXES,
+    PIXEL_DATA,
+    CannotDecode,
+    CannotEncode,
+    PixelLayout,
+    WadoService,
+)
+from dicomhub.web.dicomweb.multipart import (
+    MediaRange,
+    Part,
+    multipart_body,
+    multipart_content_type,
+    new_boundary,
+    parse_accept,
+)
+from dicomhub.web.dicomweb.render import (
+    RENDERED_TYPES,
+    Viewport,
+    Window,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render,
+    to_display,
+)
+from dicomhub.web.errors import NotAcceptable
 
-__all__ = ["routes"]
+__all__ = ["FRAME_MEDIA_TYPES", "routes"]
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+OCTET_STREAM = "application/octet-stream"
+DICOM = "application/dicom"
+
+#: PS3.18 Table 8.7.3-5: media types of compressed frames by transfer syntax.
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_LITTLE_ENDIAN_NATIVE = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+_THUMBNAIL = Viewport(128, 128)
+_FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+Endpoint = Callable[[Request], Response]
+
+
+def _negotiation(endpoint: Endpoint) -> Endpoint:
+    """Report what cannot be encoded or decoded yet as 406 Not Acceptable."""
+
+    @wraps(endpoint)
+    def wrapper(request: Request) -> Response:
+        try:
+            return endpoint(request)
+        except (CannotEncode, CannotDecode) as exc:
+            raise NotAcceptable(str(exc)) from exc
+
+    return wrapper
+
+
+def _caller(request: Request) -> Caller:
+    return Caller(Channel.HTTP, "", request.client.host if request.client else "")
+
+
+def _accept(request: Request) -> list[MediaRange]:
+    return parse_accept(request.headers.get("accept"))
+
+
+def _uids(request: Request) -> tuple[str, str | None, str | None]:
+    p = request.path_params
+    return p["study"], p.get("series"), p.get("instance")
+
+
+def _base(request: Request) -> str:
+    """``{scheme}://{host}{mount}`` of this request, for absolute URIs."""
+    return str(request.url).split("?", 1)[0].split("/studies/", 1)[0]
+
+
+class _Wado:
+    """The endpoints, bound to one :class:`WadoService`."""
+
+    def __init__(self, wado: WadoService) -> None:
+        self.wado = wado
+
+    # ------------------------------------------------------------ instances
+
+    @staticmethod
+    def _syntax_for(row: InstanceRow, ranges: list[MediaRange]) -> str | None:
+        """The transfer syntax to send ``row`` in, or None when no range can be met."""
+        for r in ranges:
+            if r.media_type in ("*/*", "multipart/*"):
+                return row.transfer_syntax_uid
+            if r.media_type != "multipart/related":
+                continue
+            part_type = r.part_type or DICOM
+            if part_type != DICOM and not r.part_matches(DICOM):
+                continue
+            wanted = r.params.get("transfer-syntax")
+            if wanted == "*" or (wanted is None and part_type != DICOM):
+                return row.transfer_syntax_uid
+            if wanted is None:
+                # PS3.18 default; compressed objects stay as stored until transcoding exists.
+                if WadoService.can_encode(row, EXPLICIT_VR_LE):
+                    return EXPLICIT_VR_LE
+                return row.transfer_syntax_uid
+            if WadoService.can_encode(row, wanted):
+                return wanted
+        return None
+
+    def retrieve(self, request: Request) -> Response:
+        """WADO-RS retrieve study / series / instance (PS3.18 10.4.1.1.1)."""
+        study, series, instance = _uids(request)
+        rows = self.wado.instances(_caller(request), study, series, instance)
+        ranges = _accept(request)
+        plan: list[tuple[InstanceRow, str]] = []
+        for row in rows:
+            ts = self._syntax_for(row, ranges)
+            if ts is None:
+                raise NotAcceptable(
+                    f"instance {row.sop_instance_uid} is stored in {row.transfer_syntax_uid}; "
+                    f"none of the accepted representations ({request.headers.get('accept')}) "
+                    "can be produced from it (transcoding of compressed data is not available yet)"
+                )
+            plan.append((row, ts))
+        boundary = new_boundary()
+
+        def parts() -> Iterator[Part]:
+            for row, ts in plan:
+                yield Part({"Content-Type": f"{DICOM}; transfer-syntax={ts}"}, self.wado.encoded(row, ts))
+
+        return StreamingResponse(
+            multipart_body(parts(), boundary),
+            headers={"Content-Type": multipart_content_type(DICOM, boundary)},
+        )
+
+    # ------------------------------------------------------------ metadata
+
+    def metadata(self, request: Request) -> Response:
+        """WADO-RS retrieve metadata (PS3.18 10.4.1.1.2) as DICOM JSON."""
+        ranges = _accept(request)
+        if not any(r.matches("application/dicom+json") or r.media_type == "application/json" for r in ranges):
+            raise NotAcceptable("metadata is available as application/dicom+json only")
+        study, series, instance = _uids(request)
+        pairs = self.wado.metadata(_caller(request), study, series, instance)
+        base = _base(request)
+        digest = hashlib.blake2b(base.encode(), digest_size=16)
+        for row, text in pairs:
+            digest.update(f"\0{row.pk}\0{row.transfer_syntax_uid}\0".encode())
+            digest.update(text.encode())
+        etag = f'"{digest.hexdigest()}"'
+        if _not_modified(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers={"ETag": etag})
+        body = "[" + ",".join(_splice(row, text, base) for row, text in pairs) + "]"
+        return Response(
+            body.encode("utf-8"),
+            media_type="application/dicom+json",
+            headers={"ETag": etag, "Cache-Control": "no-cache"},
+        )
+
+    # ------------------------------------------------------------ frames
+
+    def frames(self, request: Request) -> Response:
+        """WADO-RS retrieve frames (PS3.18 10.4.1.1.3)."""
+        numbers = _frame_numbers(request.path_params["frames"])
+        row = self._instance(request)
+        layout, data = self.wado.frames(row, numbers)
+        return _pixel_response(row, layout, data, _accept(request))
+
+    def _instance(self, request: Request) -> InstanceRow:
+        study, series, instance = _uids(request)
+        return self.wado.instances(_caller(request), study, series, instance)[0]
+
+    # ------------------------------------------------------------ bulk data
+
+    def bulk(self, request: Request) -> Response:
+        """Bulk data of one instance: ``/bulk/{tag}`` (the URIs metadata hands out)."""
+        text = request.path_params["tag"]
+        if not _TAG.match(text):
+            raise InvalidRequest(f"bulk data tag must be 8 hex digits, not {text!r}")
+        tag = int(text, 16)
+        row = self._instance(request)
+        ranges = _accept(request)
+        if tag == PIXEL_DATA:
+            layout, _ds = self.wado.pixel_layout(row)
+            if layout.encapsulated is not None:
+                _layout, data = self.wado.frames(row, range(1, layout.number_of_frames + 1))
+                return _pixel_response(row, layout, data, ranges)
+            length, offset, inline = layout.value_length, layout.value_offset, None
+        else:
+            value = self.wado.bulk(row, tag)
+            length, offset, inline = value.length, value.offset, value.data
+        single = _single_octet_stream(ranges)
+        if single is None:
+            raise NotAcceptable(f"bulk data is available as {OCTET_STREAM} (single or multipart) only")
+        if not single:
+            boundary = new_boundary()
+            content = [inline] if inline is not None else self.wado.stream_range(row, offset, length)
+            part = Part({"Content-Type": OCTET_STREAM}, content)
+            return StreamingResponse(
+                multipart_body([part], boundary),
+                headers={"Content-Type": multipart_content_type(OCTET_STREAM, boundary)},
+            )
+        start, end = 0, length - 1
+        status = 200
+        headers = {"Accept-Ranges": "bytes"}
+        requested = _byte_range(request.headers.get("range"), length)
+        if requested is not None:
+            start, end = requested
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{length}"
+        size = max(0, end - start + 1)
+        headers["Content-Length"] = str(size)
+        if inline is not None:
+            return Response(
+                inline[start : end + 1], status_code=status, media_type=OCTET_STREAM, headers=headers
+            )
+        return StreamingResponse(
+            self.wado.stream_range(row, offset + start, size),
+            status_code=status,
+            media_type=OCTET_STREAM,
+            headers=headers,
+        )
+
+    # ------------------------------------------------------------ rendered
+
+    def rendered(self, request: Request, *, thumbnail: bool = False) -> Response:
+        """Rendered instance, frame or series (middle instance), or its thumbnail (PS3.18 10.4.1.1.4)."""
+        media_type = _rendered_type(_accept(request))
+        q = request.query_params
+        window = parse_window(q.get("window"))
+        viewport = parse_viewport(q.get("viewport")) or (_THUMBNAIL if thumbnail else None)
+        quality = parse_quality(q.get("quality"))
+        study, series, instance = _uids(request)
+        rows = self.wado.instances(_caller(request), study, series, instance)
+        # A series is shown by its middle instance (index order).
+        row = rows[len(rows) // 2] if instance is None else rows[0]
+        frame = 1
+        if "frames" in request.path_params:
+            numbers = _frame_numbers(request.path_params["frames"])
+            if len(numbers) != 1:
+                raise InvalidRequest("rendered frames are served one frame at a time")
+            frame = numbers[0]
+        return Response(
+            self._render(row, frame, media_type, window, viewport, quality), media_type=media_type
+        )
+
+    def thumbnail(self, request: Request) -> Response:
+        return self.rendered(request, thumbnail=True)
+
+    def _render(
+        self,
+        row: InstanceRow,
+        frame: int,
+        media_type: str,
+        window: Window | None,
+        viewport: Viewport | None,
+        quality: int | None,
+    ) -> bytes:
+        src = self.wado.render_source(row, frame)
+        default = None
+        if src.window_center is not None and src.window_width is not None and src.window_width >= 1:
+            default = Window(src.window_center, src.window_width)
+        display = to_display(
+            src.pixels,
+            src.photometric_interpretation,
+            rescale_slope=src.rescale_slope,
+            rescale_intercept=src.rescale_intercept,
+            window=window,
+            default_window=default,
+            bits_stored=src.bits_stored,
+        )
+        return render(display, media_type, viewport=viewport, quality=quality)
+
+    # ------------------------------------------------------------ WADO-URI
+
+    def wado_uri(self, request: Request) -> Response:
+        """WADO-URI (PS3.18 9): ``?requestType=WADO&studyUID=&seriesUID=&objectUID=``."""
+        q = request.query_params
+        if q.get("requestType") != "WADO":
+            raise InvalidRequest("requestType must be WADO")
+        uids = [q.get(name) for name in ("studyUID", "seriesUID", "objectUID")]
+        study, series, instance = (u or "" for u in uids)
+        wanted = [t.strip().split(";", 1)[0].strip().lower() for t in q.get("contentType", "").split(",")]
+        wanted = [t for t in wanted if t] or ["image/jpeg"]
+        content_type = next(
+            (t for t in wanted if t in (DICOM, *RENDERED_TYPES) or t in ("image/*", "*/*")), None
+        )
+        if content_type is None:
+            raise NotAcceptable(
+                f"contentType {q.get('contentType')!r}: offered are {DICOM}, image/jpeg, image/png"
+            )
+        if content_type in ("image/*", "*/*"):
+            content_type = "image/jpeg"
+        # UIDs are checked (400) before the lookup (404).
+        WadoService.query(study, series, instance)
+        row = self.wado.instances(_caller(request), study, series, instance)[0]
+        if content_type == DICOM:
+            ts = q.get("transferSyntax") or row.transfer_syntax_uid
+            return StreamingResponse(
+                self.wado.encoded(row, ts),
+                media_type=DICOM,
+                headers={"Content-Disposition": f'attachment; filename="{row.sop_instance_uid}.dcm"'},
+            )
+        center, width = q.get("windowCenter"), q.get("windowWidth")
+        if (center is None) != (width is None):
+            raise InvalidRequest("windowCenter and windowWidth go together")
+        window = parse_window(f"{center},{width}") if center is not None else None
+        columns, rows_ = _positive(q.get("columns"), "columns"), _positive(q.get("rows"), "rows")
+        viewport = Viewport(columns, rows_) if columns or rows_ else None
+        frame = _positive(q.get("frameNumber"), "frameNumber") or 1
+        quality = parse_quality(q.get("imageQuality"))
+        return Response(
+            self._render(row, frame, content_type, window, viewport, quality), media_type=content_type
+        )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _not_modified(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+def _splice(row: InstanceRow, text: str, base: str) -> str:
+    """One instance's stored header JSON with absolute BulkDataURIs and Pixel Data's added."""
+    prefix = (
+        f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+        f"/instances/{row.sop_instance_uid}"
+    )
+    out = text.replace('"BulkDataURI":"bulkdata:', f'"BulkDataURI":"{prefix}/bulk/')
+    # Pixel Data is not in the header JSON (stop_before_pixels): add its URI
+    # when the header describes an image. Only two top-level values are read.
+    try:
+        top = json.loads(text)
+    except ValueError:
+        return out
+    if not isinstance(top, dict) or "00280010" not in top:
+        return out
+    bits = (top.get("00280100") or {}).get("Value") or [16]
+    vr = "OW" if row.transfer_syntax_uid in NATIVE_SYNTAXES and int(bits[0]) > 8 else "OB"
+    entry = f'"7FE00010":{{"vr":"{vr}","BulkDataURI":"{prefix}/bulk/7FE00010"}}'
+    body = out.rstrip()
+    if body == "{}" or not body.endswith("}"):
+        return "{" + entry + "}"
+    return body[:-1] + "," + entry + "}"
+
+
+def _frame_numbers(text: str) -> list[int]:
+    if not _FRAME_LIST.match(text):
+        raise InvalidRequest(f"frame list must be comma-separated positive integers, not {text!r}")
+    numbers = [int(n) for n in text.split(",")]
+    if any(n < 1 for n in numbers):
+        raise InvalidRequest("frame numbers start at 1")
+    return numbers
+
+
+def _positive(text: str | None, name: str) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a positive integer") from exc
+    if value < 1:
+        raise InvalidRequest(f"{name} must be a positive integer")
+    return value
+
+
+def _pixel_response(
+    row: InstanceRow, layout: PixelLayout, data: list[bytes], ranges: list[MediaRange]
+) -> Response:
+    """Frames as stored: native as octet-stream, compressed in its image media type."""
+    ts = layout.transfer_syntax_uid
+    native = layout.encapsulated is None
+    if native:
+        if ts not in _LITTLE_ENDIAN_NATIVE:
+            raise NotAcceptable(f"frames of {ts} objects are not available yet")
+        media, part_ts = OCTET_STREAM, EXPLICIT_VR_LE
+    else:
+        media, part_ts = FRAME_MEDIA_TYPES.get(ts, OCTET_STREAM), ts
+    multipart: bool | None = None
+    for r in ranges:
+        if r.media_type in ("*/*", "multipart/*"):
+            multipart = True
+        elif r.media_type == "multipart/related":
+            if r.part_type is not None and not r.part_matches(media):
+                continue
+            wanted = r.params.get("transfer-syntax")
+            if wanted not in (None, "*", part_ts) and not (native and wanted in _LITTLE_ENDIAN_NATIVE):
+                continue
+            multipart = True
+        elif r.media_type == media and len(data) == 1:
+            multipart = False
+        else:
+            continue
+        break
+    if multipart is None:
+        raise NotAcceptable(
+            f"the frames of instance {row.sop_instance_uid} are stored in {ts} and can be given as "
+            f'multipart/related; type="{media}" only (transcoding comes later)'
+        )
+    content_type = f"{media}; transfer-syntax={part_ts}"
+    if not multipart:
+        return Response(data[0], headers={"Content-Type": content_type})
+    boundary = new_boundary()
+    parts = [Part({"Content-Type": content_type}, [frame]) for frame in data]
+    return StreamingResponse(
+        multipart_body(parts, boundary),
+        headers={"Content-Type": multipart_content_type(media, boundary)},
+    )
+
+
+def _single_octet_stream(ranges: list[MediaRange]) -> bool | None:
+    """True for single-part octet-stream, False for multipart, None when neither is accepted."""
+    for r in ranges:
+        if r.media_type == OCTET_STREAM:
+            return True
+        if r.media_type in ("*/*", "multipart/*"):
+            return False
+        if r.media_type == "multipart/related" and (r.part_type is None or r.part_matches(OCTET_STREAM)):
+            return False
+    return None
+
+
+def _byte_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """The (first, last) byte of a single ``Range: bytes=...``; None to send everything.
+
+    Raises
+    ------
+    _RangeNotSatisfiable
+        When the range lies outside the value.
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None:
+        return None  # several ranges or another unit: RFC 9110 lets us ignore it
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0 or length == 0:
+            raise _RangeNotSatisfiable(length)
+        return max(0, length - n), length - 1
+    start = int(first)
+    end = min(int(last), length - 1) if last else length - 1
+    if start >= length or (last and int(last) < start):
+        raise _RangeNotSatisfiable(length)
+    return start, end
+
+
+class _RangeNotSatisfiable(Exception):
+    def __init__(self, length: int) -> None:
+        super().__init__(f"range not satisfiable (value of {length} bytes)")
+        self.length = length
+
+
+def _rendered_type(ranges: list[MediaRange]) -> str:
+    for r in ranges:
+        for media_type in RENDERED_TYPES:
+            if r.matches(media_type):
+                return media_type
+    raise NotAcceptable(f"rendered images are available as {' or '.join(RENDERED_TYPES)}")
+
+
+def _ranges_checked(endpoint: Endpoint) -> Endpoint:
+    @wraps(endpoint)
+    def wrapper(request: Request) -> Response:
+        try:
+            return endpoint(request)
+        except _RangeNotSatisfiable as exc:
+            return Response(
+                str(exc).encode(),
+                status_code=416,
+                media_type="text/plain",
+                headers={"Content-Range": f"bytes */{exc.length}"},
+            )
+
+    return wrapper
 
 
 def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
-    return []
+    """The WADO-RS and WADO-URI routes, relative to the ``/dicomweb`` mount."""
+    w = _Wado(archive.wado)
+    study = "/studies/{study}"
+    series = study + "/series/{series}"
+    instance = series + "/instances/{instance}"
+    frames = instance + "/frames/{frames}"
+    table: list[tuple[str, Endpoint]] = [
+        (study, w.retrieve),
+        (study + "/metadata", w.metadata),
+        (series, w.retrieve),
+        (series + "/metadata", w.metadata),
+        (series + "/rendered", w.rendered),
+        (series + "/thumbnail", w.thumbnail),
+        (instance, w.retrieve),
+        (instance + "/metadata", w.metadata),
+        (instance + "/rendered", w.rendered),
+        (instance + "/thumbnail", w.thumbnail),
+        (instance + "/bulk/{tag}", _ranges_checked(w.bulk)),
+        (frames, w.frames),
+        (frames + "/rendered", w.rendered),
+        (frames + "/thumbnail", w.thumbnail),
+        ("/wado", w.wado_uri),
+    ]
+    return [Route(path, _negotiation(endpoint), methods=["GET"]) for path, endpoint in table]

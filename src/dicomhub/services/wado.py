@@ -1,0 +1,445 @@
+"""Retrieve for WADO: instances, metadata, frames, bulk data and pixels to render.
+
+Protocol-neutral: the web adapter (``web/dicomweb/wado.py``) negotiates media
+types and frames the multipart bodies; this service finds the instances,
+reads their bytes (streamed, or by byte range) and locates values inside the
+stored Part 10 objects.
+
+Values are located with a deferred header parse (``pydicom.dcmread`` with
+``defer_size``): elements larger than the threshold are not read, only their
+position in the blob is recorded, so a frame or a bulk data value is one
+seek and one read of the stored file.
+
+References
+----------
+PS3.18 Section 10.4 (WADO-RS retrieve), 8.7.3 (media types of bulk data and
+pixel data), PS3.5 A.4 (encapsulated pixel data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.multival import MultiValue
+from pydicom.pixels.utils import pixel_array
+from pydicom.sequence import Sequence as DicomSequence
+
+from dicomhub.errors import DicomhubError, InvalidRequest, NotFound
+from dicomhub.index.repository import IndexRepository
+from dicomhub.model.caller import Caller
+from dicomhub.model.encoding import little_endian_alternatives, reencode
+from dicomhub.model.extract import read_header
+from dicomhub.model.identifiers import Level, require_uid
+from dicomhub.model.part10 import file_meta_header
+from dicomhub.model.query import Condition, Query, Single
+from dicomhub.model.records import InstanceRow
+from dicomhub.services.headers import header_to_json
+from dicomhub.services.search import SearchService
+from dicomhub.storage.base import BlobStore
+
+__all__ = [
+    "NATIVE_SYNTAXES",
+    "PIXEL_DATA",
+    "BulkValue",
+    "CannotDecode",
+    "CannotEncode",
+    "PixelLayout",
+    "RenderSource",
+    "WadoService",
+]
+
+LOGGER = logging.getLogger("dicomhub.wado")
+
+PIXEL_DATA = 0x7FE00010
+# Elements above this many bytes are located, not read, by the header parse.
+_DEFER = 1024
+_CHUNK = 256 * 1024
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+#: Transfer syntaxes whose pixel data is native (not encapsulated).
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED})
+
+
+class CannotEncode(InvalidRequest):
+    """The object cannot be given in the requested transfer syntax (no transcoder yet)."""
+
+
+class CannotDecode(InvalidRequest):
+    """The pixel data cannot be decoded (compressed syntax without a codec, odd layout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PixelLayout:
+    """Where the frames of one instance are.
+
+    For native pixel data, frame ``n`` (1-based) is the ``frame_size`` bytes at
+    ``value_offset + (n - 1) * frame_size`` of the blob. For encapsulated pixel
+    data, ``encapsulated`` holds the whole (small enough to parse) value.
+    """
+
+    transfer_syntax_uid: str
+    number_of_frames: int
+    value_offset: int
+    value_length: int
+    frame_size: int
+    bits_allocated: int
+    encapsulated: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkValue:
+    """A bulk data value: either in memory, or a byte range of the blob."""
+
+    length: int
+    data: bytes | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSource:
+    """One decoded frame and the header values that rendering needs."""
+
+    pixels: np.ndarray[Any, Any]
+    photometric_interpretation: str
+    rescale_slope: float
+    rescale_intercept: float
+    window_center: float | None
+    window_width: float | None
+    bits_stored: int
+    pixel_representation: int
+
+
+def _first_float(value: object) -> float | None:
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword)
+        return default if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class WadoService:
+    """The retrieve side of DICOMweb (WADO-RS, WADO-URI)."""
+
+    def __init__(self, index: IndexRepository, search: SearchService, blobs: BlobStore) -> None:
+        self.index = index
+        self.search = search
+        self.blobs = blobs
+
+    # ------------------------------------------------------------ finding
+
+    @staticmethod
+    def query(study: str, series: str | None = None, instance: str | None = None) -> Query:
+        """An IMAGE-level query for the instances below the given UIDs.
+
+        Raises
+        ------
+        InvalidIdentifier
+            When a UID is malformed.
+        """
+        conditions = [Condition("StudyInstanceUID", "UI", Single(require_uid(study, "StudyInstanceUID")))]
+        if series is not None:
+            conditions.append(
+                Condition("SeriesInstanceUID", "UI", Single(require_uid(series, "SeriesInstanceUID")))
+            )
+        if instance is not None:
+            conditions.append(
+                Condition("SOPInstanceUID", "UI", Single(require_uid(instance, "SOPInstanceUID")))
+            )
+        return Query(level=Level.IMAGE, conditions=tuple(conditions))
+
+    def instances(
+        self, caller: Caller, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[InstanceRow]:
+        """The instances of a study, series or instance; :class:`NotFound` when there are none."""
+        rows = self.search.instances(self.query(study, series, instance), caller)
+        if not rows:
+            raise NotFound(_what(study, series, instance))
+        return rows
+
+    def metadata(
+        self, caller: Caller, study: str, series: str | None = None, instance: str | None = None
+    ) -> list[tuple[InstanceRow, str]]:
+        """Instances and their header as DICOM JSON text (``bulkdata:GGGGEEEE`` placeholders).
+
+        The JSON comes from the index in the same query as the rows; headers
+        not prepared yet are computed from the blob and saved.
+        """
+        pairs = self.search.instances_with_header_json(self.query(study, series, instance), caller)
+        if not pairs:
+            raise NotFound(_what(study, series, instance))
+        out: list[tuple[InstanceRow, str]] = []
+        computed: list[tuple[int, str]] = []
+        for row, text in pairs:
+            if text is None:
+                try:
+                    text = header_to_json(read_header(self.blobs.read(row.blob_key)))
+                except DicomhubError:
+                    LOGGER.exception("cannot read header of instance %s", row.pk)
+                    text = "{}"
+                else:
+                    computed.append((row.pk, text))
+            out.append((row, text))
+        if computed:
+            self.index.set_header_json(computed)
+        return out
+
+    # ------------------------------------------------------------ bytes
+
+    def stream(self, row: InstanceRow, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        """The stored Part 10 bytes of ``row``, in chunks (never the whole object at once)."""
+        with self.blobs.open(row.blob_key) as fp:
+            while True:
+                chunk = fp.read(chunk_size)
+                if not chunk:
+                    return
+                yield chunk
+
+    def stream_range(
+        self, row: InstanceRow, offset: int, length: int, chunk_size: int = _CHUNK
+    ) -> Iterator[bytes]:
+        """``length`` bytes of the blob of ``row`` from ``offset``, in chunks."""
+        with self.blobs.open(row.blob_key) as fp:
+            fp.seek(offset)
+            left = length
+            while left > 0:
+                chunk = fp.read(min(chunk_size, left))
+                if not chunk:
+                    LOGGER.error("instance %s: blob ends before the value", row.sop_instance_uid)
+                    return
+                left -= len(chunk)
+                yield chunk
+
+    def read_range(self, row: InstanceRow, offset: int, length: int) -> bytes:
+        """``length`` bytes of the blob of ``row`` from ``offset``."""
+        with self.blobs.open(row.blob_key) as fp:
+            fp.seek(offset)
+            data = fp.read(length)
+        if len(data) != length:
+            raise InvalidRequest(f"instance {row.sop_instance_uid}: stored object is shorter than expected")
+        return data
+
+    @staticmethod
+    def can_encode(row: InstanceRow, transfer_syntax_uid: str) -> bool:
+        """True when ``row`` can be given in ``transfer_syntax_uid`` (stored, or the other LE)."""
+        return transfer_syntax_uid == row.transfer_syntax_uid or transfer_syntax_uid in (
+            little_endian_alternatives(row.transfer_syntax_uid)
+        )
+
+    def encoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
+        """The Part 10 object of ``row`` in ``transfer_syntax_uid``, in chunks.
+
+        Raises
+        ------
+        CannotEncode
+            When the stored syntax cannot be converted (compressed syntaxes
+            need the codec layer, which does not exist yet).
+        """
+        if transfer_syntax_uid == row.transfer_syntax_uid:
+            return self.stream(row)
+        if not self.can_encode(row, transfer_syntax_uid):
+            raise CannotEncode(
+                f"instance {row.sop_instance_uid} is stored in {row.transfer_syntax_uid} and "
+                f"cannot be transcoded to {transfer_syntax_uid}"
+            )
+        return self._reencoded(row, transfer_syntax_uid)
+
+    def _reencoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
+        # One instance in memory at a time: re-encoding needs a full parse.
+        body = reencode(self.blobs.read(row.blob_key), transfer_syntax_uid)
+        yield file_meta_header(row.sop_class_uid, row.sop_instance_uid, transfer_syntax_uid)
+        for start in range(0, len(body), _CHUNK):
+            yield body[start : start + _CHUNK]
+
+    # ------------------------------------------------------------ values
+
+    def _header(self, row: InstanceRow) -> Dataset:
+        """The data set of ``row`` with large values deferred (located, not read)."""
+        try:
+            with self.blobs.open(row.blob_key) as fp:
+                return pydicom.dcmread(fp, defer_size=_DEFER, force=True)
+        except DicomhubError:
+            raise
+        except Exception as exc:  # pydicom raises a wide variety on broken input
+            raise CannotDecode(f"instance {row.sop_instance_uid} cannot be parsed: {exc}") from exc
+
+    def pixel_layout(self, row: InstanceRow) -> tuple[PixelLayout, Dataset]:
+        """Where the frames of ``row`` are, and its (deferred) header.
+
+        Raises
+        ------
+        NotFound
+            When the instance has no Pixel Data.
+        CannotDecode
+            When native frames are not byte-aligned or not located.
+        """
+        ds = self._header(row)
+        elem = ds.get_item(PIXEL_DATA, keep_deferred=True)
+        if elem is None:
+            raise NotFound(f"instance {row.sop_instance_uid} has no pixel data")
+        frames = max(1, _int(ds, "NumberOfFrames", 1))
+        bits = _int(ds, "BitsAllocated", 16)
+        ts = row.transfer_syntax_uid
+        if ts not in NATIVE_SYNTAXES:
+            value = elem.value
+            if not isinstance(value, bytes):
+                raise CannotDecode(f"instance {row.sop_instance_uid}: encapsulated pixel data not read")
+            return PixelLayout(ts, frames, 0, len(value), 0, bits, encapsulated=value), ds
+        if ts == DEFLATED:
+            raise CannotDecode("frames of deflated objects are not supported yet")
+        rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
+        spp = _int(ds, "SamplesPerPixel", 1)
+        bits_frame = rows * cols * spp * bits
+        if bits_frame % 8:
+            raise CannotDecode("frames that do not end on a byte boundary are not supported")
+        if not isinstance(elem, RawDataElement):
+            raise CannotDecode("pixel data not located")
+        # Deferred (value None) or small enough to have been read: the raw
+        # element knows where its value starts either way.
+        return PixelLayout(ts, frames, elem.value_tell, elem.length, bits_frame // 8, bits), ds
+
+    def frames(self, row: InstanceRow, numbers: Sequence[int]) -> tuple[PixelLayout, list[bytes]]:
+        """The bytes of frames ``numbers`` (1-based) as stored: native or compressed.
+
+        Raises
+        ------
+        NotFound
+            When a frame number is out of range (or there is no pixel data).
+        """
+        layout, _ds = self.pixel_layout(row)
+        for n in numbers:
+            if not 1 <= n <= layout.number_of_frames:
+                raise NotFound(
+                    f"frame {n} is out of range: instance {row.sop_instance_uid} has "
+                    f"{layout.number_of_frames} frame(s)"
+                )
+        if layout.encapsulated is not None:
+            out: list[bytes] = []
+            for n in numbers:
+                try:
+                    out.append(
+                        get_frame(layout.encapsulated, n - 1, number_of_frames=layout.number_of_frames)
+                    )
+                except (ValueError, KeyError, IndexError) as exc:
+                    raise CannotDecode(f"frame {n} cannot be located: {exc}") from exc
+            return layout, out
+        if layout.frame_size * layout.number_of_frames > layout.value_length:
+            raise CannotDecode(f"instance {row.sop_instance_uid}: pixel data shorter than its frames")
+        with self.blobs.open(row.blob_key) as fp:
+            out = []
+            for n in numbers:
+                fp.seek(layout.value_offset + (n - 1) * layout.frame_size)
+                out.append(fp.read(layout.frame_size))
+        return layout, out
+
+    def bulk(self, row: InstanceRow, tag: int) -> BulkValue:
+        """A bulk data value of ``row``: the top-level element ``tag``, else the first nested one.
+
+        Raises
+        ------
+        NotFound
+            When the element is absent.
+        """
+        ds = self._header(row)
+        found = _find(ds, tag)
+        if found is None:
+            raise NotFound(
+                f"instance {row.sop_instance_uid} has no element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+            )
+        if isinstance(found, RawDataElement) and found.value is None:
+            return BulkValue(length=found.length, offset=found.value_tell)
+        value = found.value
+        if isinstance(value, (bytes, bytearray)):
+            return BulkValue(length=len(value), data=bytes(value))
+        raise NotFound(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
+
+    def render_source(self, row: InstanceRow, frame: int = 1) -> RenderSource:
+        """Frame ``frame`` (1-based) of ``row`` decoded, with the values rendering needs.
+
+        Raises
+        ------
+        NotFound
+            When the frame is out of range.
+        CannotDecode
+            When the pixel data cannot be decoded (e.g. no codec for its syntax).
+        """
+        layout, ds = self.pixel_layout(row)
+        if not 1 <= frame <= layout.number_of_frames:
+            raise NotFound(
+                f"frame {frame} is out of range: instance {row.sop_instance_uid} has "
+                f"{layout.number_of_frames} frame(s)"
+            )
+        try:
+            with self.blobs.open(row.blob_key) as fp:
+                pixels = pixel_array(fp, index=frame - 1)
+        except DicomhubError:
+            raise
+        except Exception as exc:  # codecs raise anything from RuntimeError to ImportError
+            raise CannotDecode(
+                f"the pixel data of instance {row.sop_instance_uid} ({row.transfer_syntax_uid}) "
+                f"cannot be decoded: {exc}"
+            ) from exc
+        return RenderSource(
+            pixels=pixels,
+            photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
+            rescale_slope=_first_float(ds.get("RescaleSlope")) or 1.0,
+            rescale_intercept=_first_float(ds.get("RescaleIntercept")) or 0.0,
+            window_center=_first_float(ds.get("WindowCenter")),
+            window_width=_first_float(ds.get("WindowWidth")),
+            bits_stored=_int(ds, "BitsStored", layout.bits_allocated),
+            pixel_representation=_int(ds, "PixelRepresentation", 0),
+        )
+
+
+def _what(study: str, series: str | None, instance: str | None) -> str:
+    if instance is not None:
+        return f"no instance {instance} in series {series} of study {study}"
+    if series is not None:
+        return f"no series {series} in study {study}"
+    return f"no study {study}"
+
+
+def _find(ds: Dataset, tag: int) -> DataElement | RawDataElement | None:
+    """Element ``tag`` at the top level of ``ds``, else depth-first in its sequences."""
+    elem = ds.get_item(tag, keep_deferred=True)
+    if elem is not None:
+        return elem
+    for key in list(ds.keys()):
+        raw = ds.get_item(key, keep_deferred=True)
+        if raw is None or (isinstance(raw, RawDataElement) and raw.value is None):
+            continue
+        try:
+            is_sequence = raw.VR == "SQ" or (raw.VR is None and dictionary_VR(key) == "SQ")
+        except KeyError:
+            is_sequence = False
+        if not is_sequence:
+            continue
+        value = ds[key].value
+        if isinstance(value, DicomSequence):
+            for item in value:
+                hit = _find(item, tag)
+                if hit is not None:
+                    return hit
+    return None
