@@ -266,11 +266,9 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         if path.name.upper() == "DICOMDIR":
             return "skipped", "DICOMDIR (a media directory, not an object)"
         try:
-            data = path.read_bytes()
+            result = archive.ingest.store_part10_file(path, caller)
         except OSError as exc:
             return "rejected", f"cannot read: {exc.strerror}"
-        try:
-            result = archive.ingest.store_part10(data, caller)
         except DicomhubError as exc:
             return "rejected", str(exc)
         if result.outcome is StoreOutcome.ALREADY_PRESENT:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import mmap
+import os
 from dataclasses import dataclass
+from typing import cast
 
 from dicomhub.errors import (
     Conflict,
@@ -54,6 +57,7 @@ class StoreResult:
     sop_instance_uid: str
     study_instance_uid: str
     size: int
+    series_instance_uid: str = ""
 
 
 class IngestService:
@@ -90,19 +94,67 @@ class IngestService:
         )
         return self._store(data, caller, expect_instance_uid=sop_instance_uid)
 
-    def store_part10(self, data: bytes, caller: Caller) -> StoreResult:
-        """Store a Part 10 file (import, STOW-RS, migration)."""
+    def store_part10(
+        self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
+    ) -> StoreResult:
+        """Store a Part 10 file (import, STOW-RS, migration).
+
+        With ``study_instance_uid``, an object of any other study is refused
+        (:class:`InvalidIdentifier`) before anything is written.
+        """
         if not has_part10_header(data):
             raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
-        return self._store(data, caller)
+        return self._store(data, caller, expect_study_uid=study_instance_uid)
+
+    def store_part10_file(
+        self,
+        path: str | os.PathLike[str],
+        caller: Caller,
+        *,
+        study_instance_uid: str | None = None,
+    ) -> StoreResult:
+        """Store the Part 10 file at ``path`` without reading it into memory.
+
+        The file is memory-mapped: the header scan, the SHA-256 and the blob
+        write only slice, hash and ``write`` the buffer, all of which an
+        ``mmap`` supports as ``bytes`` does, so the pages come from the page
+        cache (reclaimable) rather than from a copy on the heap. The file is
+        left in place.
+        """
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise InvalidRequest("not a DICOM Part 10 file (empty)")
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            # Read-only mapping of a file nobody else writes: bytes in all but type.
+            return self.store_part10(
+                cast(bytes, mapped), caller, study_instance_uid=study_instance_uid
+            )
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                # A view is still referenced (by a traceback in flight); the
+                # mapping goes when that is collected.
+                pass
 
     def _store(
-        self, data: bytes, caller: Caller, expect_instance_uid: str | None = None
+        self,
+        data: bytes,
+        caller: Caller,
+        expect_instance_uid: str | None = None,
+        expect_study_uid: str | None = None,
     ) -> StoreResult:
         header = extract_part10(data)
         if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
             raise InvalidIdentifier(
                 "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
+            )
+        if expect_study_uid is not None and header.study_instance_uid != expect_study_uid:
+            raise InvalidIdentifier(
+                f"SOP Instance {header.sop_instance_uid} belongs to study "
+                f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
             )
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
@@ -200,4 +252,5 @@ class IngestService:
             sop_instance_uid=header.sop_instance_uid,
             study_instance_uid=header.study_instance_uid,
             size=size,
+            series_instance_uid=header.series_instance_uid,
         )
