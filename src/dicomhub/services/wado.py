@@ -62,7 +62,7 @@ LOGGER = logging.getLogger("dicomhub.wado")
 PIXEL_DATA = 0x7FE00010
 # Elements above this many bytes are located, not read, by the header parse.
 _DEFER = 1024
-_CHUNK = 256 * 1024
+_CHUNK = 1024 * 1024
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
