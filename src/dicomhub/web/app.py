@@ -17,6 +17,7 @@ from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
 from dicomhub.web import dicomweb
 from dicomhub.web.errors import EXCEPTION_HANDLERS
+from dicomhub.web.openapi import openapi_endpoint
 
 __all__ = ["create_app"]
 
@@ -74,6 +75,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
         ],
         middleware=middleware,

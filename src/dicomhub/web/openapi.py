@@ -1,0 +1,681 @@
+"""The OpenAPI 3.1 description of the HTTP routes, served at ``GET /openapi.json``.
+
+Every route whose request and response are single-part is described:
+``/healthz``, the QIDO-RS searches, WADO-RS metadata, rendered and thumbnail
+images, single-part bulk data, WADO-URI and the delete routes. STOW-RS is
+described by its response (the request body is ``multipart/related``, which
+OpenAPI can only name). Left out are the retrieve routes whose answer is
+multipart only: instances of a study, series or instance and frames.
+
+The paths use the route templates of the code (``{study}``, ``{series}``,
+``{instance}``, ``{frames}``, ``{tag}``) so that the document and the route
+tables can be compared one to one (tests/e2e/test_openapi.py does).
+
+References
+----------
+OpenAPI Specification 3.1.0; PS3.18 8.3.4 (QIDO-RS query parameters),
+8.3.5.1 (rendered parameters), 9 (WADO-URI), 10.4-10.6, F.2 (DICOM JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from dicomhub import __version__
+
+__all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
+
+OPENAPI_VERSION = "3.1.0"
+
+Json = dict[str, Any]
+
+_DICOM_JSON = "application/dicom+json"
+_DICOM_XML = "application/dicom+xml"
+_OCTET_STREAM = "application/octet-stream"
+_IMAGE_TYPES = ("image/jpeg", "image/png")
+
+_STUDY = "/dicomweb/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+_FRAMES = _INSTANCE + "/frames/{frames}"
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _ref(kind: str, name: str) -> Json:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _path_param(name: str, description: str, pattern: str | None = None) -> Json:
+    schema: Json = {"type": "string"}
+    if pattern is not None:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def _query_param(name: str, schema: Json, description: str, *, required: bool = False) -> Json:
+    param: Json = {"name": name, "in": "query", "description": description, "schema": schema}
+    if required:
+        param["required"] = True
+    return param
+
+
+def _error(description: str) -> Json:
+    return {"description": description, "content": {"application/json": {"schema": _ref("schemas", "Error")}}}
+
+
+def _binary(*media_types: str) -> Json:
+    # OpenAPI 3.1 4.8.14.3: binary content is described by its media type alone.
+    return {media_type: {} for media_type in media_types}
+
+
+_UID_PARAMS = {
+    "study": "StudyInstanceUID",
+    "series": "SeriesInstanceUID",
+    "instance": "SOPInstanceUID",
+}
+
+
+def _uid_params(*names: str) -> list[Json]:
+    return [_ref("parameters", _UID_PARAMS[name]) for name in names]
+
+
+def _scope(path: str) -> list[str]:
+    return [name for name in ("study", "series", "instance") if "{" + name + "}" in path]
+
+
+# ---------------------------------------------------------------- components
+
+
+def _schemas() -> Json:
+    return {
+        "DicomAttribute": {
+            "type": "object",
+            "description": "One attribute of a DICOM JSON data set (PS3.18 F.2.2).",
+            "required": ["vr"],
+            "properties": {
+                "vr": {"type": "string", "pattern": "^[A-Z]{2}$", "description": "Value Representation"},
+                "Value": {
+                    "type": "array",
+                    "description": (
+                        "The values: strings, numbers, person name objects "
+                        "(Alphabetic/Ideographic/Phonetic) or, for SQ, nested data sets."
+                    ),
+                    "items": {},
+                },
+                "BulkDataURI": {"type": "string", "format": "uri-reference"},
+                "InlineBinary": {"type": "string", "contentEncoding": "base64"},
+            },
+            "additionalProperties": False,
+        },
+        "DicomJson": {
+            "type": "object",
+            "description": "A DICOM JSON data set: attributes keyed by their tag as 8 hex digits.",
+            "propertyNames": {"pattern": "^[0-9A-Fa-f]{8}$"},
+            "additionalProperties": _ref("schemas", "DicomAttribute"),
+        },
+        "DicomJsonArray": {
+            "type": "array",
+            "items": _ref("schemas", "DicomJson"),
+        },
+        "StoreResponse": {
+            "allOf": [_ref("schemas", "DicomJson")],
+            "description": (
+                "STOW-RS response (PS3.18 10.5.3): RetrieveURL (00081190), "
+                "FailedSOPSequence (00081198) with ReferencedSOPClassUID, "
+                "ReferencedSOPInstanceUID and FailureReason (00081197), "
+                "ReferencedSOPSequence (00081199) with RetrieveURL and, when present, "
+                "WarningReason (00081196)."
+            ),
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error", "status"],
+            "properties": {
+                "error": {"type": "string", "description": "Why the request failed."},
+                "status": {"type": "integer", "description": "The HTTP status code."},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "index", "storage", "dimse", "version"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                "index": {"type": "boolean"},
+                "storage": {"type": "boolean"},
+                "dimse": {"type": "boolean"},
+                "version": {"type": "string"},
+            },
+        },
+    }
+
+
+def _parameters() -> Json:
+    uid = "^[0-9]+(\\.[0-9]+)*$"
+    return {
+        "StudyInstanceUID": _path_param("study", "Study Instance UID", uid),
+        "SeriesInstanceUID": _path_param("series", "Series Instance UID", uid),
+        "SOPInstanceUID": _path_param("instance", "SOP Instance UID", uid),
+        "Frame": _path_param("frames", "One frame number (from 1).", "^[0-9]+$"),
+        "window": _query_param(
+            "window",
+            {"type": "string"},
+            "VOI window `center,width[,function]` (PS3.18 8.3.5.1.4); "
+            "the function is LINEAR (default), LINEAR_EXACT or SIGMOID. "
+            "Default: the window stored in the instance, else the full range.",
+        ),
+        "viewport": _query_param(
+            "viewport",
+            {"type": "string"},
+            "`vw,vh` or `vw,vh,sx,sy,sw,sh` (PS3.18 8.3.5.1.3): output size "
+            "(1-8192) and optional source region.",
+        ),
+        "quality": _query_param(
+            "quality",
+            {"type": "integer", "minimum": 1, "maximum": 100},
+            "JPEG quality (PS3.18 8.3.5.1.5).",
+        ),
+        "AcceptRendered": {
+            "name": "Accept",
+            "in": "header",
+            "description": "image/jpeg (the default) or image/png.",
+            "schema": {"type": "string"},
+        },
+    }
+
+
+def _headers() -> Json:
+    return {
+        "Warning": {
+            "description": '`299 dicomhub "..."` warnings (limit exceeded, more results).',
+            "schema": {"type": "string"},
+        },
+        "ETag": {"description": "Entity tag of the metadata.", "schema": {"type": "string"}},
+    }
+
+
+def _common_responses() -> Json:
+    return {
+        "BadRequest": _error("Malformed UID, parameter or value."),
+        "NotFound": _error("The study, series, instance, frame or element is not held."),
+        "NotAcceptable": _error("None of the accepted media types can be produced."),
+        "Unavailable": _error("The index or the storage is unavailable."),
+    }
+
+
+# ---------------------------------------------------------------- QIDO-RS
+
+
+_QIDO = (
+    ("/dicomweb/studies", "searchStudies", "Search for studies"),
+    ("/dicomweb/series", "searchSeries", "Search for series"),
+    ("/dicomweb/instances", "searchInstances", "Search for instances"),
+    (_STUDY + "/series", "searchStudySeries", "Search for the series of a study"),
+    (_STUDY + "/instances", "searchStudyInstances", "Search for the instances of a study"),
+    (_SERIES + "/instances", "searchSeriesInstances", "Search for the instances of a series"),
+)
+
+
+def _qido_parameters() -> list[Json]:
+    return [
+        {
+            "name": "attributes",
+            "in": "query",
+            "style": "form",
+            "explode": True,
+            "description": (
+                "Attribute matching (PS3.18 8.3.4.1): any number of `{attributeID}={value}` "
+                "parameters, where attributeID is a DICOM keyword (`PatientName`), a tag of "
+                "8 hex digits (`00100010`) or one level of sequence matching "
+                "(`RequestAttributesSequence.RequestedProcedureID`). Values: single value, "
+                "wildcards `*` and `?`, UID lists (comma or backslash), DA/TM/DT ranges "
+                "(`20200101-20201231`); an empty value is universal matching (the attribute "
+                "is returned). The parameter name `attributes` itself is not sent."
+            ),
+            "schema": {
+                "type": "object",
+                "propertyNames": {"pattern": "^([A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8})(\\.[A-Za-z0-9]+)?$"},
+                "additionalProperties": {"type": "string"},
+            },
+        },
+        {
+            "name": "includefield",
+            "in": "query",
+            "style": "form",
+            "explode": True,
+            "description": (
+                "Additional attributes to return: keywords or tags, comma-separated or "
+                "repeated, or `all` for every attribute of the level."
+            ),
+            "schema": {"type": "array", "items": {"type": "string"}},
+        },
+        _query_param(
+            "limit",
+            {"type": "integer", "minimum": 1},
+            "Maximum number of results; larger values are capped to the server maximum "
+            "(with a Warning header).",
+        ),
+        _query_param("offset", {"type": "integer", "minimum": 0}, "Number of results to skip."),
+        _query_param(
+            "fuzzymatching",
+            {"type": "boolean"},
+            "Fuzzy (case-insensitive, word) matching of person names.",
+        ),
+    ]
+
+
+def _qido_operation(path: str, operation_id: str, summary: str) -> Json:
+    return {
+        "get": {
+            "tags": ["QIDO-RS"],
+            "operationId": operation_id,
+            "summary": summary,
+            "description": (
+                'PS3.18 10.6. The multipart/related; type="application/dicom+xml" '
+                "representation is also offered (Accept header) but not described here."
+            ),
+            "parameters": [*_uid_params(*_scope(path)), *_qido_parameters()],
+            "responses": {
+                "200": {
+                    "description": "The matches.",
+                    "headers": {"Warning": _ref("headers", "Warning")},
+                    "content": {_DICOM_JSON: {"schema": _ref("schemas", "DicomJsonArray")}},
+                },
+                "204": {
+                    "description": "No match.",
+                    "headers": {"Warning": _ref("headers", "Warning")},
+                },
+                "400": _ref("responses", "BadRequest"),
+                "406": _ref("responses", "NotAcceptable"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+# ---------------------------------------------------------------- WADO-RS
+
+
+def _metadata_operation(path: str, operation_id: str, what: str) -> Json:
+    return {
+        "get": {
+            "tags": ["WADO-RS"],
+            "operationId": operation_id,
+            "summary": f"Retrieve the metadata of {what}",
+            "description": (
+                "PS3.18 10.4.1.1.2. One DICOM JSON data set per instance; BulkDataURIs are "
+                "absolute and point at the bulk data route."
+            ),
+            "parameters": [
+                *_uid_params(*_scope(path)),
+                {
+                    "name": "If-None-Match",
+                    "in": "header",
+                    "description": "An ETag from an earlier response.",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The metadata.",
+                    "headers": {"ETag": _ref("headers", "ETag")},
+                    "content": {_DICOM_JSON: {"schema": _ref("schemas", "DicomJsonArray")}},
+                },
+                "304": {
+                    "description": "Not modified (If-None-Match matched).",
+                    "headers": {"ETag": _ref("headers", "ETag")},
+                },
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "406": _ref("responses", "NotAcceptable"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail: bool) -> Json:
+    params = [*_uid_params(*_scope(path))]
+    if "{frames}" in path:
+        params.append(_ref("parameters", "Frame"))
+    params += [
+        _ref("parameters", "window"),
+        _ref("parameters", "viewport"),
+        _ref("parameters", "quality"),
+        _ref("parameters", "AcceptRendered"),
+    ]
+    description = "PS3.18 10.4.1.1.4. The first frame of an instance, or the middle instance of a series."
+    if thumbnail:
+        description += " Without a viewport the image fits in 128x128."
+    return {
+        "get": {
+            "tags": ["WADO-RS"],
+            "operationId": operation_id,
+            "summary": summary,
+            "description": description,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "The rendered image.", "content": _binary(*_IMAGE_TYPES)},
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "406": _ref("responses", "NotAcceptable"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+def _bulk_operation() -> Json:
+    range_header = {"description": "`bytes first-last/length`", "schema": {"type": "string"}}
+    return {
+        "get": {
+            "tags": ["WADO-RS"],
+            "operationId": "retrieveBulkData",
+            "summary": "Retrieve the bulk data of one element",
+            "description": (
+                "The BulkDataURIs of the metadata. `Accept: application/octet-stream` gives the "
+                "value as a single part and honours a single `Range`; other Accept values give "
+                "multipart/related (not described here). Pixel Data of a compressed object is "
+                "given as its frames."
+            ),
+            "parameters": [
+                *_uid_params("study", "series", "instance"),
+                _path_param(
+                    "tag",
+                    "The element's tag as 8 hex digits (top level, else the first nested one).",
+                    "^[0-9A-Fa-f]{8}$",
+                ),
+                {
+                    "name": "Accept",
+                    "in": "header",
+                    "required": True,
+                    "description": "application/octet-stream for the single-part representation.",
+                    "schema": {"type": "string", "const": _OCTET_STREAM},
+                },
+                {
+                    "name": "Range",
+                    "in": "header",
+                    "description": "One byte range, `bytes=first-[last]` or `bytes=-suffix`.",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The whole value.",
+                    "headers": {"Accept-Ranges": {"schema": {"type": "string", "const": "bytes"}}},
+                    "content": _binary(_OCTET_STREAM),
+                },
+                "206": {
+                    "description": "The requested byte range.",
+                    "headers": {"Content-Range": range_header},
+                    "content": _binary(_OCTET_STREAM),
+                },
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "406": _ref("responses", "NotAcceptable"),
+                "416": {
+                    "description": "The range lies outside the value.",
+                    "headers": {
+                        "Content-Range": {"description": "`bytes */length`", "schema": {"type": "string"}}
+                    },
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+def _wado_uri_operation() -> Json:
+    uid = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"}
+    positive = {"type": "integer", "minimum": 1}
+    return {
+        "get": {
+            "tags": ["WADO-URI"],
+            "operationId": "wadoUri",
+            "summary": "WADO-URI retrieve of one instance",
+            "description": "PS3.18 9: the instance as application/dicom, or rendered.",
+            "parameters": [
+                _query_param(
+                    "requestType", {"type": "string", "const": "WADO"}, "Always WADO.", required=True
+                ),
+                _query_param("studyUID", uid, "Study Instance UID", required=True),
+                _query_param("seriesUID", uid, "Series Instance UID", required=True),
+                _query_param("objectUID", uid, "SOP Instance UID", required=True),
+                _query_param(
+                    "contentType",
+                    {"type": "string"},
+                    "application/dicom, image/jpeg (default) or image/png (comma-separated "
+                    "preferences; image/* and */* give image/jpeg).",
+                ),
+                _query_param(
+                    "transferSyntax",
+                    {"type": "string"},
+                    "Transfer syntax UID of an application/dicom answer (default: as stored).",
+                ),
+                _query_param("windowCenter", {"type": "number"}, "Window center (with windowWidth)."),
+                _query_param(
+                    "windowWidth", {"type": "number", "minimum": 1}, "Window width (with windowCenter)."
+                ),
+                _query_param("rows", positive, "Output height."),
+                _query_param("columns", positive, "Output width."),
+                _query_param("frameNumber", positive, "The frame to render (default 1)."),
+                _query_param(
+                    "imageQuality", {"type": "integer", "minimum": 1, "maximum": 100}, "JPEG quality."
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "The instance or its rendered image.",
+                    "headers": {
+                        "Content-Disposition": {
+                            "description": '`attachment; filename="{SOPInstanceUID}.dcm"`',
+                            "schema": {"type": "string"},
+                        }
+                    },
+                    "content": _binary("application/dicom", *_IMAGE_TYPES),
+                },
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "406": _ref("responses", "NotAcceptable"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+# ---------------------------------------------------------------- STOW-RS and delete
+
+
+def _stow_operation(path: str, operation_id: str, summary: str) -> Json:
+    store_response = {
+        _DICOM_JSON: {"schema": _ref("schemas", "StoreResponse")},
+        _DICOM_XML: {"schema": {"type": "string", "description": "PS3.19 Native DICOM Model."}},
+    }
+    warning = {"Warning": _ref("headers", "Warning")}
+    return {
+        "post": {
+            "tags": ["STOW-RS"],
+            "operationId": operation_id,
+            "summary": summary,
+            "description": (
+                'PS3.18 10.5. The body is multipart/related; type="application/dicom" with one '
+                "Part 10 instance per part (JSON/XML metadata with bulk data is not supported). "
+                "The response is DICOM JSON unless Accept prefers application/dicom+xml."
+            ),
+            "parameters": _uid_params(*_scope(path)),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/related": {
+                        "schema": {
+                            "type": "string",
+                            "description": (
+                                "Parts of application/dicom; the Content-Type has "
+                                'type="application/dicom" (or no type) and a boundary.'
+                            ),
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Every instance was stored.",
+                    "headers": warning,
+                    "content": store_response,
+                },
+                "202": {
+                    "description": "Some instances were stored, others failed or have warnings.",
+                    "headers": warning,
+                    "content": store_response,
+                },
+                "400": _ref("responses", "BadRequest"),
+                "406": _ref("responses", "NotAcceptable"),
+                "409": {
+                    "description": "No instance was stored (see FailedSOPSequence).",
+                    "headers": warning,
+                    "content": store_response,
+                },
+                "415": _error("The body is not multipart/related of application/dicom parts."),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+def _delete_operation(path: str, operation_id: str, what: str) -> Json:
+    return {
+        "delete": {
+            "tags": ["Delete"],
+            "operationId": operation_id,
+            "summary": f"Delete {what} and everything below it",
+            "parameters": _uid_params(*_scope(path)),
+            "responses": {
+                "204": {"description": "Deleted."},
+                "400": _ref("responses", "BadRequest"),
+                "404": _ref("responses", "NotFound"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    }
+
+
+# ---------------------------------------------------------------- document
+
+
+def _merge(paths: Json, path: str, operations: Json) -> None:
+    paths.setdefault(path, {}).update(operations)
+
+
+def _paths() -> Json:
+    paths: Json = {
+        "/healthz": {
+            "get": {
+                "tags": ["Server"],
+                "operationId": "healthz",
+                "summary": "Health of the index, the storage and the DIMSE workers",
+                "responses": {
+                    "200": {
+                        "description": "Everything works.",
+                        "content": {"application/json": {"schema": _ref("schemas", "Health")}},
+                    },
+                    "503": {
+                        "description": "A part is unavailable.",
+                        "content": {"application/json": {"schema": _ref("schemas", "Health")}},
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["Server"],
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "The OpenAPI description.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+    for path, operation_id, summary in _QIDO:
+        _merge(paths, path, _qido_operation(path, operation_id, summary))
+    for path, operation_id, what in (
+        (_STUDY + "/metadata", "retrieveStudyMetadata", "a study"),
+        (_SERIES + "/metadata", "retrieveSeriesMetadata", "a series"),
+        (_INSTANCE + "/metadata", "retrieveInstanceMetadata", "an instance"),
+    ):
+        _merge(paths, path, _metadata_operation(path, operation_id, what))
+    for base, name, what in (
+        (_SERIES, "Series", "a series (its middle instance)"),
+        (_INSTANCE, "Instance", "an instance (its first frame)"),
+        (_FRAMES, "Frame", "one frame"),
+    ):
+        _merge(
+            paths,
+            base + "/rendered",
+            _rendered_operation(
+                base + "/rendered", f"retrieveRendered{name}", f"Render {what}", thumbnail=False
+            ),
+        )
+        _merge(
+            paths,
+            base + "/thumbnail",
+            _rendered_operation(
+                base + "/thumbnail", f"retrieve{name}Thumbnail", f"Thumbnail of {what}", thumbnail=True
+            ),
+        )
+    _merge(paths, _INSTANCE + "/bulk/{tag}", _bulk_operation())
+    _merge(paths, "/dicomweb/wado", _wado_uri_operation())
+    _merge(
+        paths, "/dicomweb/studies", _stow_operation("/dicomweb/studies", "storeInstances", "Store instances")
+    )
+    _merge(paths, _STUDY, _stow_operation(_STUDY, "storeStudyInstances", "Store instances of one study"))
+    _merge(paths, _STUDY, _delete_operation(_STUDY, "deleteStudy", "a study"))
+    _merge(paths, _SERIES, _delete_operation(_SERIES, "deleteSeries", "a series"))
+    _merge(paths, _INSTANCE, _delete_operation(_INSTANCE, "deleteInstance", "an instance"))
+    return paths
+
+
+def openapi_document() -> Json:
+    """The OpenAPI 3.1 document (a fresh dict on every call)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "dicomhub",
+            "version": __version__,
+            "description": (
+                "DICOMweb (PS3.18) routes of dicomhub that are not multipart: QIDO-RS, WADO-RS "
+                "metadata, rendered images and bulk data, WADO-URI, delete, and the STOW-RS "
+                "response. The multipart retrieve routes (studies, series, instances, frames) "
+                "are not described."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "tags": [
+            {"name": "Server"},
+            {"name": "QIDO-RS", "description": "Search (PS3.18 10.6)"},
+            {"name": "WADO-RS", "description": "Retrieve (PS3.18 10.4)"},
+            {"name": "WADO-URI", "description": "URI retrieve (PS3.18 9)"},
+            {"name": "STOW-RS", "description": "Store (PS3.18 10.5)"},
+            {"name": "Delete", "description": "Delete (dcm4chee/Orthanc dialect)"},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(),
+            "headers": _headers(),
+            "responses": _common_responses(),
+        },
+    }
+
+
+def openapi_endpoint(_request: Request) -> JSONResponse:
+    """``GET /openapi.json``."""
+    return JSONResponse(openapi_document())
