@@ -46,10 +46,8 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 from typing import Final
 
@@ -58,7 +56,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -69,6 +67,31 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse.negotiation import (
+    MAX_ASSOCIATE_RQ,
+    acceptor_contexts,
+    decode_associate_rq,
+    is_fast_path_request,
+    peek_associate_request,
+)
+from dicomhub.dimse.requests import (
+    FIND_MODELS,
+    GET_MODELS,
+    MOVE_MODELS,
+    QUERY_RETRIEVE_SOP_CLASSES,
+    VERIFICATION_SOP_CLASS,
+    AssociationInfo,
+    FastPathConfig,
+    FindCallback,
+    Identifier,
+    QueryRequest,
+    Rejection,
+    RetrieveCallback,
+    RetrievePlan,
+    Sendable,
+    StoreOutcome,
+    StoreRequest,
+)
 from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
 
 __all__ = [
@@ -90,14 +113,10 @@ __all__ = [
 
 LOGGER = logging.getLogger("dicomhub.dimse.fastpath")
 
-VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 _APPLICATION_CONTEXT_NAME: Final = "1.2.840.10008.3.1.1.1"
 _IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 _EXPLICIT_VR_LE: Final = "1.2.840.10008.1.2.1"
 
-# A-ASSOCIATE-RQs are a few kB even with 128 contexts; anything bigger than
-# this is garbage or an attack, and must not make us allocate or wait for it.
-_MAX_ASSOCIATE_RQ: Final = 1 << 20
 # Peers occasionally round their PDU size up (or count the PDU header in it);
 # tolerate that instead of aborting a transfer that would otherwise succeed.
 _PDU_SLACK: Final = 64 << 10
@@ -114,11 +133,6 @@ _ABORT_SEND_TIMEOUT: Final = 5.0
 _EXPLICIT_VR_BE: Final = "1.2.840.10008.1.2.2"
 _UNCOMPRESSED: Final = (_EXPLICIT_VR_LE, _IMPLICIT_VR_LE, _EXPLICIT_VR_BE)
 
-_FIND_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
-_MOVE_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
-_GET_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
-#: The Patient Root and Study Root FIND/MOVE/GET information models.
-QUERY_RETRIEVE_SOP_CLASSES: Final = _FIND_MODELS | _MOVE_MODELS | _GET_MODELS
 # A C-MOVE's sub-association proposes one context per (SOP class, transfer syntax).
 _MAX_MOVE_CONTEXTS: Final = 128
 
@@ -156,494 +170,6 @@ _PDV_HEADER = P.PDV_HEADER
 _UINT4_BE = P.UINT4_BE
 _UINT2_BE = P.UINT2_BE
 _RELEASE_RP_PDU: Final = P.RELEASE_RP_PDU
-
-
-# --------------------------------------------------------------------------
-# Public data types
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
-    """One received C-STORE-RQ with its data set.
-
-    Attributes
-    ----------
-    calling_ae_title, called_ae_title : str
-        AE titles from the A-ASSOCIATE-RQ (stripped).
-    peer_host : str
-        IP address of the requestor.
-    message_id : int
-        *Message ID* (0000,0110) of the request.
-    sop_class_uid, sop_instance_uid : str
-        *Affected SOP Class/Instance UID* from the command set.
-    transfer_syntax_uid : str
-        Transfer syntax of the accepted presentation context the data set
-        was sent on.
-    dataset : bytes
-        The data set exactly as received (no File Meta), all fragments joined.
-    move_originator_ae_title, move_originator_message_id : str or None, int or None
-        Set when the store is a C-MOVE sub-operation.
-    """
-
-    calling_ae_title: str
-    called_ae_title: str
-    peer_host: str
-    message_id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    dataset: bytes
-    move_originator_ae_title: str | None
-    move_originator_message_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    """What to answer a C-STORE-RQ with.
-
-    Attributes
-    ----------
-    status : int
-        DIMSE status of the C-STORE-RSP.
-    error_comment : str or None
-        *Error Comment* (0000,0902); sent only for a non-success status and
-        truncated to the 64 characters LO allows.
-    """
-
-    status: int
-    error_comment: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An A-ASSOCIATE-RJ other than "calling AE title not recognised" (PS3.8 Table 9-21).
-
-    ``accept_association`` returns a plain reason string for the permanent
-    calling-AE refusal, or one of these, e.g. ``Rejection.local_limit_exceeded()``.
-    """
-
-    reason: str
-    result: int = 1  # 1 permanent, 2 transient
-    source: int = 1  # 1 service user, 2 ACSE provider, 3 presentation provider
-    diagnostic: int = 1
-
-    @classmethod
-    def local_limit_exceeded(cls, reason: str) -> Rejection:
-        """Transient: too many associations; the peer may try again later."""
-        return cls(reason, result=2, source=3, diagnostic=2)
-
-
-@dataclass(frozen=True, slots=True)
-class AssociationInfo:
-    """Who is asking for an association (passed to the policy and logged)."""
-
-    calling_ae_title: str
-    called_ae_title: str
-    peer_host: str
-    peer_port: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueryRequest:
-    """One C-FIND, C-GET or C-MOVE request, for the Q/R callbacks.
-
-    Attributes
-    ----------
-    calling_ae_title, called_ae_title : str
-        AE titles from the A-ASSOCIATE-RQ (stripped).
-    peer_host : str
-        IP address of the requestor.
-    message_id : int
-        *Message ID* of the request.
-    sop_class_uid : str
-        The information model (*Affected SOP Class UID*), e.g. Study Root
-        Q/R - FIND ``1.2.840.10008.5.1.4.1.2.2.1``.
-    identifier : pydicom.dataset.Dataset
-        The request's identifier, decoded in the context's transfer syntax.
-    move_destination : str or None
-        *Move Destination* (stripped); C-MOVE only.
-    is_cancelled : callable
-        Returns ``True`` once a C-CANCEL-RQ for this message arrived (checks
-        the socket without blocking; cheap enough to call per match).
-    """
-
-    calling_ae_title: str
-    called_ae_title: str
-    peer_host: str
-    message_id: int
-    sop_class_uid: str
-    identifier: Dataset
-    move_destination: str | None
-    is_cancelled: Callable[[], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Sendable:
-    """One instance to send as a C-STORE sub-operation.
-
-    Attributes
-    ----------
-    sop_class_uid, sop_instance_uid : str
-    transfer_syntax_uid : str
-        The transfer syntax `read` returns the data set in; a sub-operation
-        needs an accepted context for exactly this (SOP class, syntax) pair.
-    read : callable
-        Returns the data set bytes *without* File Meta; may raise (the
-        sub-operation then fails).  Called once, just before sending.
-    alternatives : tuple of str
-        Other transfer syntaxes the instance can be sent in (proposed after
-        the stored one for C-MOVE, looked up after it for C-GET).
-    convert : callable or None
-        Returns the data set bytes in one of `alternatives`; may raise.
-    """
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    read: Callable[[], bytes | memoryview]
-    alternatives: tuple[str, ...] = ()
-    convert: Callable[[str], bytes | memoryview] | None = None
-
-    def syntaxes(self) -> tuple[str, ...]:
-        """The stored syntax first, then the alternatives."""
-        return (self.transfer_syntax_uid, *self.alternatives)
-
-    def data_in(self, transfer_syntax_uid: str) -> bytes | memoryview:
-        """The data set in `transfer_syntax_uid` (the stored one or an alternative)."""
-        if transfer_syntax_uid == self.transfer_syntax_uid or self.convert is None:
-            return self.read()
-        return self.convert(transfer_syntax_uid)
-
-
-@dataclass(frozen=True, slots=True)
-class RetrievePlan:
-    """What a C-GET or C-MOVE sends.
-
-    Attributes
-    ----------
-    instances : sequence of Sendable
-    destination : tuple of (str, int, str) or None
-        C-MOVE only: host, port and AE title of the move destination.
-    """
-
-    instances: Sequence[Sendable]
-    destination: tuple[str, int, str] | None = None
-
-
-# A C-FIND response identifier: a Dataset, or a function that encodes it in
-# the given transfer syntax (lets the caller skip building Datasets).
-Identifier = Dataset | Callable[[str], bytes]
-FindCallback = Callable[[QueryRequest], Iterator[tuple[int, "Identifier | None"]]]
-RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | None]"]
-
-
-@dataclass(frozen=True)
-class FastPathConfig:
-    """Static configuration of the fast path.
-
-    Attributes
-    ----------
-    ae_title : str
-        Our AE title (checked only with `require_called_ae_title`).
-    storage_contexts : Mapping[str, Sequence[str]]
-        Storage abstract syntax UID -> accepted transfer syntax UIDs, in our
-        order of preference.
-    verification : bool
-        Accept Verification with implicit/explicit VR little endian.
-    maximum_pdu_size : int
-        Our *Maximum Length Received*, sent in the A-ASSOCIATE-AC
-        (0 = unlimited).
-    implementation_class_uid, implementation_version_name : str
-        Sent in the A-ASSOCIATE-AC.
-    acse_timeout : float
-        Seconds to wait for the A-ASSOCIATE-RQ.
-    dimse_timeout : float
-        Seconds to wait between PDUs of one message once it started.
-    network_timeout : float
-        Seconds of idleness (no message in progress) before we abort.
-    require_called_ae_title : bool
-        Reject an A-ASSOCIATE-RQ whose called AE title is not `ae_title`.
-    query_retrieve : bool
-        Accept the Patient/Study Root FIND, GET and MOVE models with the
-        uncompressed transfer syntaxes, and offer the SCU role (for C-GET
-        sub-operations) on every storage context.  Needs the `on_find` and
-        `on_retrieve` callbacks of :func:`serve_association`; requests
-        arriving without them are answered 0x0122.
-    fallback_abstract_syntaxes : collection of str or None
-        The abstract syntaxes the other stack (pynetdicom) would serve.  With
-        ``None`` (default) any abstract syntax the fast path does not serve
-        sends the association to the other stack; otherwise only those in
-        this collection do, and the rest are simply rejected on the fast path
-        (as the other stack would reject them too).
-    """
-
-    ae_title: str
-    storage_contexts: Mapping[str, Sequence[str]]
-    verification: bool = True
-    maximum_pdu_size: int = 262144
-    implementation_class_uid: str = "1.2.826.0.1.3680043.10.1419.1"
-    implementation_version_name: str = "DICOMHUB_010"
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 30.0
-    network_timeout: float = 60.0
-    require_called_ae_title: bool = False
-    query_retrieve: bool = False
-    fallback_abstract_syntaxes: Collection[str] | None = None
-
-
-# --------------------------------------------------------------------------
-# Routing helpers
-# --------------------------------------------------------------------------
-
-
-def is_fast_path_request(rq: A_ASSOCIATE, config: FastPathConfig) -> bool:
-    """Return whether the fast path can serve this association request.
-
-    Parameters
-    ----------
-    rq : pynetdicom.pdu_primitives.A_ASSOCIATE
-        The decoded A-ASSOCIATE-RQ (see :func:`peek_associate_request`).
-    config : FastPathConfig
-        The fast path configuration.
-
-    Returns
-    -------
-    bool
-        ``True`` when at least one presentation context is proposed and every
-        proposed abstract syntax is Verification (if ``config.verification``),
-        a storage SOP class in ``config.storage_contexts``, one of the six
-        Q/R models (if ``config.query_retrieve``), or one the other stack
-        does not serve either (see ``config.fallback_abstract_syntaxes``).
-    """
-    contexts = rq.presentation_context_definition_list
-    if not contexts:
-        return False
-    fallback = config.fallback_abstract_syntaxes
-    for context in contexts:
-        uid = context.abstract_syntax
-        if uid is None:
-            return False
-        text = str(uid)
-        if text == VERIFICATION_SOP_CLASS:
-            if config.verification:
-                continue
-        elif text in config.storage_contexts:
-            continue
-        elif config.query_retrieve and text in QUERY_RETRIEVE_SOP_CLASSES:
-            continue
-        if fallback is None or text in fallback:
-            return False
-    return True
-
-
-def peek_associate_request(sock: socket.socket, timeout: float) -> A_ASSOCIATE | None:
-    """Decode the first PDU on `sock` as an A-ASSOCIATE-RQ without consuming it.
-
-    The bytes are read with ``MSG_PEEK`` so they stay in the socket's receive
-    queue: whichever stack the connection is routed to afterwards (this
-    module or pynetdicom) reads the request itself.
-
-    Parameters
-    ----------
-    sock : socket.socket
-        A freshly accepted connection.
-    timeout : float
-        Seconds to wait for the complete PDU.
-
-    Returns
-    -------
-    pynetdicom.pdu_primitives.A_ASSOCIATE or None
-        The request primitive, or ``None`` when the peer sent something else,
-        garbage, a PDU larger than 1 MiB, closed the connection, or did not
-        send a complete PDU within `timeout`.
-    """
-    previous_timeout = sock.gettimeout()
-    deadline = time.monotonic() + timeout
-    try:
-        header = _peek_exact(sock, 6, deadline)
-        if header is None or header[0] != _A_ASSOCIATE_RQ:
-            return None
-        length = _UINT4_BE.unpack_from(header, 2)[0]
-        if length < 68 or length > _MAX_ASSOCIATE_RQ:
-            return None
-        pdu = _peek_exact(sock, 6 + length, deadline)
-        if pdu is None:
-            return None
-        return _decode_associate_rq(memoryview(pdu)[6:])[0]
-    except Exception:  # noqa: BLE001 - garbage must never escape the listener
-        LOGGER.debug("peek of A-ASSOCIATE-RQ failed", exc_info=True)
-        return None
-    finally:
-        try:
-            sock.settimeout(previous_timeout)
-        except OSError:
-            pass
-
-
-def _peek_exact(sock: socket.socket, size: int, deadline: float) -> bytes | None:
-    """Wait until `size` bytes are queued on `sock` and return them, unconsumed.
-
-    ``MSG_PEEK | MSG_WAITALL`` does not wait on a socket with a timeout (it is
-    non-blocking underneath), so a short PDU tail is waited for with a small
-    back-off; the common case (whole PDU in one segment) never sleeps.
-    """
-    delay = 0.0005
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(size, socket.MSG_PEEK)
-        except (TimeoutError, BlockingIOError):
-            return None
-        if not data:
-            return None  # closed before sending anything
-        if len(data) >= size:
-            return data
-        if _peer_hung_up(sock):
-            return None
-        time.sleep(min(delay, max(remaining, 0.0)))
-        delay = min(delay * 2, 0.05)
-
-
-def _peer_hung_up(sock: socket.socket) -> bool:
-    """Return whether the peer closed its side (only detectable with poll)."""
-    rdhup = getattr(select, "POLLRDHUP", 0)
-    if not rdhup or not hasattr(select, "poll"):
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | rdhup)
-    for _, mask in poller.poll(0):
-        if mask & (rdhup | select.POLLHUP | select.POLLERR):
-            return True
-    return False
-
-
-_KNOWN_USER_SUB_ITEMS: Final = frozenset(range(0x51, 0x5A))
-
-
-def _sanitise_associate_rq(body: memoryview) -> bytes:
-    """Drop unknown variable items and user information sub-items.
-
-    PS3.8 9.3.1 tells the acceptor to ignore items it does not know, but
-    pynetdicom's decoder raises ``KeyError`` on them; rebuild the PDU without
-    them before handing it over.
-
-    Parameters
-    ----------
-    body : memoryview
-        The A-ASSOCIATE-RQ after its 6-byte PDU header.
-
-    Returns
-    -------
-    bytes
-        A complete A-ASSOCIATE-RQ PDU (header included).
-
-    Raises
-    ------
-    ValueError
-        If an item overruns the PDU.
-    """
-    if len(body) < 68:
-        raise ValueError("A-ASSOCIATE-RQ too short")
-    items: list[bytes] = []
-    pos, end = 68, len(body)
-    while pos < end:
-        if end - pos < 4:
-            raise ValueError("truncated variable item")
-        item_type = body[pos]
-        item_end = pos + 4 + _UINT2_BE.unpack_from(body, pos + 2)[0]
-        if item_end > end:
-            raise ValueError("variable item overruns the PDU")
-        if item_type in (0x10, 0x20):
-            items.append(bytes(body[pos:item_end]))
-        elif item_type == 0x50:
-            subs: list[bytes] = []
-            sub = pos + 4
-            while sub < item_end:
-                if item_end - sub < 4:
-                    raise ValueError("truncated user information sub-item")
-                sub_end = sub + 4 + _UINT2_BE.unpack_from(body, sub + 2)[0]
-                if sub_end > item_end:
-                    raise ValueError("user information sub-item overruns its item")
-                if body[sub] in _KNOWN_USER_SUB_ITEMS:
-                    subs.append(bytes(body[sub:sub_end]))
-                sub = sub_end
-            content = b"".join(subs)
-            items.append(b"\x50\x00" + _UINT2_BE.pack(len(content)) + content)
-        pos = item_end
-    variable = b"".join(items)
-    return _PDU_HEADER.pack(_A_ASSOCIATE_RQ, 0, 68 + len(variable)) + bytes(body[:68]) + variable
-
-
-def _decode_associate_rq(body: memoryview) -> tuple[A_ASSOCIATE, int]:
-    """Decode an A-ASSOCIATE-RQ body (after the PDU header) with pynetdicom.
-
-    Returns
-    -------
-    tuple of (A_ASSOCIATE, int)
-        The request primitive and the PDU's protocol version (the primitive
-        has no field for the latter).
-    """
-    pdu = A_ASSOCIATE_RQ()
-    pdu.decode(_sanitise_associate_rq(body))
-    return pdu.to_primitive(), int(pdu.protocol_version)
-
-
-# --------------------------------------------------------------------------
-# Acceptor contexts (built once per configuration)
-# --------------------------------------------------------------------------
-
-_CONTEXT_CACHE: dict[int, tuple[FastPathConfig, list[PresentationContext]]] = {}
-_CONTEXT_CACHE_LOCK = threading.Lock()
-
-
-def _acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
-    """Return the supported presentation contexts for `config`.
-
-    Building ~150 :class:`PresentationContext` objects validates every UID and
-    costs milliseconds, so it is cached per configuration object (keyed by
-    ``id`` and checked by identity; the config is not hashable because of its
-    mapping field).
-    """
-    key = id(config)
-    cached = _CONTEXT_CACHE.get(key)
-    if cached is not None and cached[0] is config:
-        return cached[1]
-    contexts: dict[str, PresentationContext] = {}
-    if config.verification:
-        contexts[VERIFICATION_SOP_CLASS] = _context(
-            VERIFICATION_SOP_CLASS, [_IMPLICIT_VR_LE, _EXPLICIT_VR_LE]
-        )
-    # With Q/R, C-GET needs us as SCU of the storage classes too (the
-    # requestor proposes role selection; without it we stay SCP only).
-    roles = config.query_retrieve
-    for abstract_syntax, transfer_syntaxes in config.storage_contexts.items():
-        if transfer_syntaxes:
-            contexts[abstract_syntax] = _context(abstract_syntax, transfer_syntaxes, roles)
-    if config.query_retrieve:
-        for model in sorted(QUERY_RETRIEVE_SOP_CLASSES):
-            contexts[model] = _context(model, _UNCOMPRESSED)
-    result = list(contexts.values())
-    with _CONTEXT_CACHE_LOCK:
-        if len(_CONTEXT_CACHE) >= 16:
-            _CONTEXT_CACHE.clear()
-        _CONTEXT_CACHE[key] = (config, result)
-    return result
-
-
-def _context(
-    abstract_syntax: str, transfer_syntaxes: Sequence[str], roles: bool = False
-) -> PresentationContext:
-    context = PresentationContext()
-    context.abstract_syntax = UID(abstract_syntax)
-    context.transfer_syntax = [UID(uid) for uid in transfer_syntaxes]
-    if roles:
-        context.scu_role = True
-        context.scp_role = True
-    return context
 
 
 # --------------------------------------------------------------------------
@@ -856,7 +382,7 @@ class _Association:
             reason = _REASON_UNEXPECTED_PDU if pdu_type <= _A_ABORT else _REASON_UNRECOGNISED_PDU
             self.refuse_garbage(f"PDU type 0x{pdu_type:02X} instead of A-ASSOCIATE-RQ", reason)
             return False
-        if length > _MAX_ASSOCIATE_RQ or length < 68:
+        if length > MAX_ASSOCIATE_RQ or length < 68:
             self.refuse_garbage(f"A-ASSOCIATE-RQ with length {length}", _REASON_INVALID_PARAMETER)
             return False
         body = bytearray(length)
@@ -866,7 +392,7 @@ class _Association:
             LOGGER.info("truncated A-ASSOCIATE-RQ from %s:%s", self.host, self.port)
             return False
         try:
-            rq, protocol_version = _decode_associate_rq(memoryview(body))
+            rq, protocol_version = decode_associate_rq(memoryview(body))
         except Exception as exc:  # noqa: BLE001 - pynetdicom raises anything on garbage
             self.refuse_garbage(f"undecodable A-ASSOCIATE-RQ ({exc!r})", _REASON_INVALID_PARAMETER)
             return False
@@ -949,7 +475,7 @@ class _Association:
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
         }
         results, role_items = negotiate_as_acceptor(
-            rq.presentation_context_definition_list, _acceptor_contexts(config), roles
+            rq.presentation_context_definition_list, acceptor_contexts(config), roles
         )
         for context in results:
             if context.result == 0x00 and context.context_id is not None:
@@ -1369,7 +895,7 @@ class _Association:
         assert message_id is not None
         model = command.sop_class_uid or ""
         request, final, comment, transfer_syntax = self.qr_request(
-            command, context_id, fragments, _FIND_MODELS
+            command, context_id, fragments, FIND_MODELS
         )
         fragments.clear()
         matches = 0
@@ -1450,7 +976,7 @@ class _Association:
         assert message_id is not None
         model = command.sop_class_uid or ""
         request, refusal, comment, transfer_syntax = self.qr_request(
-            command, context_id, fragments, _GET_MODELS if is_get else _MOVE_MODELS
+            command, context_id, fragments, GET_MODELS if is_get else MOVE_MODELS
         )
         fragments.clear()
 

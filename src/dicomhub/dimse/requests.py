@@ -1,0 +1,266 @@
+"""What the DIMSE association loop and its callers exchange: requests, outcomes, plans.
+
+These value types are the contract between :mod:`dicomhub.dimse.fastpath`
+(the association loop, which knows the protocol) and the handlers in
+:mod:`dicomhub.dimse.handlers` (which know the archive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "QUERY_RETRIEVE_SOP_CLASSES",
+    "VERIFICATION_SOP_CLASS",
+    "AssociationInfo",
+    "FastPathConfig",
+    "FindCallback",
+    "Identifier",
+    "QueryRequest",
+    "Rejection",
+    "RetrieveCallback",
+    "RetrievePlan",
+    "Sendable",
+    "StoreOutcome",
+    "StoreRequest",
+]
+
+VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
+FIND_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})
+MOVE_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2"})
+GET_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})
+#: The Patient Root and Study Root FIND/MOVE/GET information models.
+QUERY_RETRIEVE_SOP_CLASSES: Final = FIND_MODELS | MOVE_MODELS | GET_MODELS
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """One received C-STORE-RQ with its data set.
+
+    Attributes
+    ----------
+    calling_ae_title, called_ae_title : str
+        AE titles from the A-ASSOCIATE-RQ (stripped).
+    peer_host : str
+        IP address of the requestor.
+    message_id : int
+        *Message ID* (0000,0110) of the request.
+    sop_class_uid, sop_instance_uid : str
+        *Affected SOP Class/Instance UID* from the command set.
+    transfer_syntax_uid : str
+        Transfer syntax of the accepted presentation context the data set
+        was sent on.
+    dataset : bytes
+        The data set exactly as received (no File Meta), all fragments joined.
+    move_originator_ae_title, move_originator_message_id : str or None, int or None
+        Set when the store is a C-MOVE sub-operation.
+    """
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset: bytes
+    move_originator_ae_title: str | None
+    move_originator_message_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """What to answer a C-STORE-RQ with.
+
+    Attributes
+    ----------
+    status : int
+        DIMSE status of the C-STORE-RSP.
+    error_comment : str or None
+        *Error Comment* (0000,0902); sent only for a non-success status and
+        truncated to the 64 characters LO allows.
+    """
+
+    status: int
+    error_comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ other than "calling AE title not recognised" (PS3.8 Table 9-21).
+
+    ``accept_association`` returns a plain reason string for the permanent
+    calling-AE refusal, or one of these, e.g. ``Rejection.local_limit_exceeded()``.
+    """
+
+    reason: str
+    result: int = 1  # 1 permanent, 2 transient
+    source: int = 1  # 1 service user, 2 ACSE provider, 3 presentation provider
+    diagnostic: int = 1
+
+    @classmethod
+    def local_limit_exceeded(cls, reason: str) -> Rejection:
+        """Transient: too many associations; the peer may try again later."""
+        return cls(reason, result=2, source=3, diagnostic=2)
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationInfo:
+    """Who is asking for an association (passed to the policy and logged)."""
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    peer_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """One C-FIND, C-GET or C-MOVE request, for the Q/R callbacks.
+
+    Attributes
+    ----------
+    calling_ae_title, called_ae_title : str
+        AE titles from the A-ASSOCIATE-RQ (stripped).
+    peer_host : str
+        IP address of the requestor.
+    message_id : int
+        *Message ID* of the request.
+    sop_class_uid : str
+        The information model (*Affected SOP Class UID*), e.g. Study Root
+        Q/R - FIND ``1.2.840.10008.5.1.4.1.2.2.1``.
+    identifier : pydicom.dataset.Dataset
+        The request's identifier, decoded in the context's transfer syntax.
+    move_destination : str or None
+        *Move Destination* (stripped); C-MOVE only.
+    is_cancelled : callable
+        Returns ``True`` once a C-CANCEL-RQ for this message arrived (checks
+        the socket without blocking; cheap enough to call per match).
+    """
+
+    calling_ae_title: str
+    called_ae_title: str
+    peer_host: str
+    message_id: int
+    sop_class_uid: str
+    identifier: Dataset
+    move_destination: str | None
+    is_cancelled: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Sendable:
+    """One instance to send as a C-STORE sub-operation.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid : str
+    transfer_syntax_uid : str
+        The transfer syntax `read` returns the data set in; a sub-operation
+        needs an accepted context for exactly this (SOP class, syntax) pair.
+    read : callable
+        Returns the data set bytes *without* File Meta; may raise (the
+        sub-operation then fails).  Called once, just before sending.
+    alternatives : tuple of str
+        Other transfer syntaxes the instance can be sent in (proposed after
+        the stored one for C-MOVE, looked up after it for C-GET).
+    convert : callable or None
+        Returns the data set bytes in one of `alternatives`; may raise.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    read: Callable[[], bytes | memoryview]
+    alternatives: tuple[str, ...] = ()
+    convert: Callable[[str], bytes | memoryview] | None = None
+
+    def syntaxes(self) -> tuple[str, ...]:
+        """The stored syntax first, then the alternatives."""
+        return (self.transfer_syntax_uid, *self.alternatives)
+
+    def data_in(self, transfer_syntax_uid: str) -> bytes | memoryview:
+        """The data set in `transfer_syntax_uid` (the stored one or an alternative)."""
+        if transfer_syntax_uid == self.transfer_syntax_uid or self.convert is None:
+            return self.read()
+        return self.convert(transfer_syntax_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievePlan:
+    """What a C-GET or C-MOVE sends.
+
+    Attributes
+    ----------
+    instances : sequence of Sendable
+    destination : tuple of (str, int, str) or None
+        C-MOVE only: host, port and AE title of the move destination.
+    """
+
+    instances: Sequence[Sendable]
+    destination: tuple[str, int, str] | None = None
+
+
+# A C-FIND response identifier: a Dataset, or a function that encodes it in
+# the given transfer syntax (lets the caller skip building Datasets).
+Identifier = Dataset | Callable[[str], bytes]
+FindCallback = Callable[[QueryRequest], Iterator[tuple[int, "Identifier | None"]]]
+RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | None]"]
+
+
+@dataclass(frozen=True)
+class FastPathConfig:
+    """Static configuration of the fast path.
+
+    Attributes
+    ----------
+    ae_title : str
+        Our AE title (checked only with `require_called_ae_title`).
+    storage_contexts : Mapping[str, Sequence[str]]
+        Storage abstract syntax UID -> accepted transfer syntax UIDs, in our
+        order of preference.
+    verification : bool
+        Accept Verification with implicit/explicit VR little endian.
+    maximum_pdu_size : int
+        Our *Maximum Length Received*, sent in the A-ASSOCIATE-AC
+        (0 = unlimited).
+    implementation_class_uid, implementation_version_name : str
+        Sent in the A-ASSOCIATE-AC.
+    acse_timeout : float
+        Seconds to wait for the A-ASSOCIATE-RQ.
+    dimse_timeout : float
+        Seconds to wait between PDUs of one message once it started.
+    network_timeout : float
+        Seconds of idleness (no message in progress) before we abort.
+    require_called_ae_title : bool
+        Reject an A-ASSOCIATE-RQ whose called AE title is not `ae_title`.
+    query_retrieve : bool
+        Accept the Patient/Study Root FIND, GET and MOVE models with the
+        uncompressed transfer syntaxes, and offer the SCU role (for C-GET
+        sub-operations) on every storage context.  Needs the `on_find` and
+        `on_retrieve` callbacks of :func:`serve_association`; requests
+        arriving without them are answered 0x0122.
+    fallback_abstract_syntaxes : collection of str or None
+        The abstract syntaxes the other stack (pynetdicom) would serve.  With
+        ``None`` (default) any abstract syntax the fast path does not serve
+        sends the association to the other stack; otherwise only those in
+        this collection do, and the rest are simply rejected on the fast path
+        (as the other stack would reject them too).
+    """
+
+    ae_title: str
+    storage_contexts: Mapping[str, Sequence[str]]
+    verification: bool = True
+    maximum_pdu_size: int = 262144
+    implementation_class_uid: str = "1.2.826.0.1.3680043.10.1419.1"
+    implementation_version_name: str = "DICOMHUB_010"
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    require_called_ae_title: bool = False
+    query_retrieve: bool = False
+    fallback_abstract_syntaxes: Collection[str] | None = None
