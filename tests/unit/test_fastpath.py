@@ -575,7 +575,11 @@ def test_pynetdicom_rejected_by_policy_and_called_ae(listen: Callable[..., Liste
     ae = AE(ae_title="GOODGUY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", strict.port, ae_title="SOMEONE")
+    # Once, our FIN right after the A-ASSOCIATE-RJ made pynetdicom end this
+    # attempt as neither rejected nor established; we now wait for the
+    # requestor to close (PS3.8 Sta13).
     assert assoc.is_rejected
+    strict.wait_for_event("rejected")
     assoc = ae.associate("127.0.0.1", strict.port, ae_title="DICOMHUB")
     assert assoc.is_established
     assoc.release()

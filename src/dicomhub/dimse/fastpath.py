@@ -343,10 +343,15 @@ class _Association:
             pass
 
     def linger_close(self) -> None:
-        """Half-close and wait (briefly) for the peer to close, then close."""
+        """Wait (briefly, the ARTIM timer) for the peer to close, then close.
+
+        PS3.8 Sta13: after A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT it is the
+        requestor that closes the connection. Sending our FIN at once made
+        pynetdicom's requestor sometimes see the end of the stream before the
+        PDU that preceded it.
+        """
         sock = self.sock
         try:
-            sock.shutdown(socket.SHUT_WR)
             sock.settimeout(_LINGER_SECONDS)
             deadline = time.monotonic() + _LINGER_SECONDS
             drained = 0
