@@ -51,8 +51,10 @@ from dicomhub.services.wado import (
 from dicomhub.web.dicomweb.multipart import (
     MediaRange,
     Part,
+    in_batches,
     multipart_body,
     multipart_content_type,
+    multipart_length,
     new_boundary,
     parse_accept,
 )
@@ -180,14 +182,19 @@ class _Wado:
             plan.append((row, ts))
         boundary = new_boundary()
 
+        def part_headers(ts: str) -> dict[str, str]:
+            return {"Content-Type": f"{DICOM}; transfer-syntax={ts}"}
+
         def parts() -> Iterator[Part]:
             for row, ts in plan:
-                yield Part({"Content-Type": f"{DICOM}; transfer-syntax={ts}"}, self.wado.encoded(row, ts))
+                yield Part(part_headers(ts), self.wado.encoded(row, ts))
 
-        return StreamingResponse(
-            multipart_body(parts(), boundary),
-            headers={"Content-Type": multipart_content_type(DICOM, boundary)},
-        )
+        headers = {"Content-Type": multipart_content_type(DICOM, boundary)}
+        if all(ts == row.transfer_syntax_uid for row, ts in plan):
+            # Objects go out as stored: every size is known up front.
+            sizes = ((part_headers(ts), row.size) for row, ts in plan)
+            headers["Content-Length"] = str(multipart_length(sizes, boundary))
+        return StreamingResponse(in_batches(multipart_body(parts(), boundary)), headers=headers)
 
     # ------------------------------------------------------------ metadata
 
