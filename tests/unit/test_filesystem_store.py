@@ -41,3 +41,12 @@ def test_missing_blob(tmp_path: Path) -> None:
     store = FileSystemBlobStore(tmp_path / "blobs")
     with pytest.raises(BlobMissing):
         store.read(new_blob_key())
+
+
+def test_deferred_durability_then_one_sync(tmp_path: Path) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs")
+    keys = [store.new_key() for _ in range(5)]
+    for i, key in enumerate(keys):
+        store.put(key, bytes([i]) * 1000, durable=False)
+    store.sync()
+    assert [store.read(k) for k in keys] == [bytes([i]) * 1000 for i in range(5)]

@@ -256,3 +256,23 @@ def test_same_data_set_from_two_senders_is_one_instance(archive: Archive) -> Non
     assert again.outcome is StoreOutcome.ALREADY_PRESENT
     assert imported.outcome is StoreOutcome.ALREADY_PRESENT
     assert archive.index.conflicts() == []
+
+
+def test_store_many_shares_durability_and_keeps_per_item_outcomes(archive: Archive) -> None:
+    study = datagen.uid()
+    good = [encode(datagen.make_dataset(study_uid=study, instance_number=i)) for i in range(3)]
+    other_study = encode(datagen.make_dataset())
+    same_twice = encode(datagen.make_dataset(study_uid=study))
+    results = archive.ingest.store_many(
+        [*good, b"not dicom", other_study, same_twice, same_twice],
+        CLI,
+        study_instance_uid=study,
+    )
+    outcomes = [r.outcome if not isinstance(r, Exception) else type(r).__name__ for r in results]
+    assert outcomes[:3] == [StoreOutcome.STORED] * 3
+    assert outcomes[3] == "InvalidRequest"
+    assert outcomes[4] == "InvalidIdentifier"  # another study than the target
+    # The same object twice in one batch: stored once, then already present.
+    assert outcomes[5:] == [StoreOutcome.STORED, StoreOutcome.ALREADY_PRESENT]
+    assert archive.index.counts()["instances"] == 4
+    assert len(list(archive.blobs.iter_keys())) == 4

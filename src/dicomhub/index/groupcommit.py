@@ -11,7 +11,7 @@ leads its own batch of one, with no thread hand-off.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -50,24 +50,33 @@ class GroupCommitter:
         Raises whatever ``fn`` raised (its savepoint is rolled back), or the
         commit's error.
         """
-        job: _Job[T] = _Job(fn)
-        with self._cond:
-            self._queue.append(job)
-            while not job.done and self._leading:
-                self._cond.wait()
-            if job.done:
-                return self._outcome(job)
-            self._leading = True
-            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
-        try:
-            self._commit(batch)
-        finally:
-            with self._cond:
-                for j in batch:
-                    j.done = True
-                self._leading = False
-                self._cond.notify_all()
+        (job,) = self._run_jobs([_Job(fn)])
         return self._outcome(job)
+
+    def run_all(self, fns: Sequence[Callable[[Connection], T]]) -> list[T | BaseException]:
+        """Run every job of ``fns`` in shared transactions; each gets its result or error."""
+        jobs = self._run_jobs([_Job(fn) for fn in fns])
+        return [job.error if job.error is not None else job.result for job in jobs]  # type: ignore[misc]
+
+    def _run_jobs(self, jobs: list[_Job[T]]) -> list[_Job[T]]:
+        with self._cond:
+            self._queue.extend(jobs)
+            while True:
+                while self._leading and not all(j.done for j in jobs):
+                    self._cond.wait()
+                if all(j.done for j in jobs):
+                    return jobs
+                self._leading = True
+                batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+                self._cond.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._cond.acquire()
+                    for j in batch:
+                        j.done = True
+                    self._leading = False
+                    self._cond.notify_all()
 
     @staticmethod
     def _outcome(job: _Job[T]) -> T:

@@ -11,7 +11,7 @@ import datetime as dt
 import enum
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -241,17 +241,7 @@ class IndexRepository:
         Conflict
             The series is indexed under another study.
         """
-        def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
-            existing = self._get_instance(conn, header.sop_instance_uid)
-            if existing is not None:
-                if existing.content_sha256 == content_sha256 or not overwrite:
-                    return AddOutcome(AddResult.EXISTS, existing), None
-                self._remove_instance(conn, existing.pk)
-                parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
-                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key), parents
-            parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
-            return AddOutcome(AddResult.CREATED), parents
-
+        job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite)
         for attempt in range(_ATTEMPTS):
             try:
                 outcome, parents = self._writer.run(job)
@@ -269,6 +259,54 @@ class IndexRepository:
                 if attempt == _ATTEMPTS - 1:
                     raise IndexUnavailable(f"index write kept conflicting: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def add_instances(
+        self,
+        items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]],
+        overwrite: bool,
+    ) -> list[AddOutcome | BaseException]:
+        """Index several instances (header, blob, content digest, source AE) in shared
+        transactions; each item gets its outcome or its error, as from :meth:`add_instance`."""
+        jobs = [self._add_job(h, b, c, ae, overwrite) for h, b, c, ae in items]
+        results = self._writer.run_all(jobs)
+        out: list[AddOutcome | BaseException] = []
+        for (header, blob, content, ae), result in zip(items, results, strict=True):
+            if isinstance(result, IntegrityError):
+                # Lost a race with another writer: the one-by-one path retries.
+                self._parents.clear()
+                try:
+                    out.append(self.add_instance(header, blob, content, ae, overwrite))
+                except BaseException as exc:
+                    out.append(exc)
+            elif isinstance(result, BaseException):
+                out.append(result)
+            else:
+                outcome, parents = result
+                if parents is not None:
+                    self._parents.put(header.series_instance_uid, parents)
+                out.append(outcome)
+        return out
+
+    def _add_job(
+        self,
+        header: InstanceHeader,
+        blob: StoredBlob,
+        content_sha256: str,
+        source_ae_title: str | None,
+        overwrite: bool,
+    ) -> Callable[[Connection], tuple[AddOutcome, _Parents | None]]:
+        def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
+            existing = self._get_instance(conn, header.sop_instance_uid)
+            if existing is not None:
+                if existing.content_sha256 == content_sha256 or not overwrite:
+                    return AddOutcome(AddResult.EXISTS, existing), None
+                self._remove_instance(conn, existing.pk)
+                parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
+                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key), parents
+            parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
+            return AddOutcome(AddResult.CREATED), parents
+
+        return job
 
     def _insert(
         self,

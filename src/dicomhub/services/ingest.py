@@ -19,17 +19,19 @@ import hashlib
 import logging
 import mmap
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from dicomhub.errors import (
     Conflict,
+    DicomhubError,
     DuplicateInstance,
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
 )
-from dicomhub.index.repository import AddResult, IndexRepository
+from dicomhub.index.repository import AddOutcome, AddResult, IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
@@ -58,6 +60,15 @@ class StoreResult:
     study_instance_uid: str
     size: int
     series_instance_uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An object that passed validation and the duplicate check, not yet written."""
+
+    data: bytes
+    header: InstanceHeader
+    content_sha256: str
 
 
 class IngestService:
@@ -146,6 +157,88 @@ class IngestService:
         expect_instance_uid: str | None = None,
         expect_study_uid: str | None = None,
     ) -> StoreResult:
+        prepared = self._prepare(data, caller, expect_instance_uid, expect_study_uid)
+        if isinstance(prepared, StoreResult):
+            return prepared
+        blob = self.blobs.put(self.blobs.new_key(), data)
+        try:
+            added: AddOutcome | BaseException = self.index.add_instance(
+                prepared.header,
+                blob,
+                prepared.content_sha256,
+                caller.ae_title,
+                overwrite=self.policy is DuplicatePolicy.OVERWRITE,
+            )
+        except BaseException as exc:
+            added = exc
+        return self._finish(prepared, blob, added, caller)
+
+    def store_many(
+        self,
+        items: Sequence[bytes],
+        caller: Caller,
+        *,
+        study_instance_uid: str | None = None,
+    ) -> list[StoreResult | DicomhubError]:
+        """Store several Part 10 objects that are acknowledged together (STOW-RS).
+
+        Same rules and outcomes as :meth:`store_part10`, item by item, but the
+        durability work is shared: the blobs are written, then flushed to
+        disk at once, then indexed in one transaction. Nothing is reported
+        stored before all of that has happened.
+        """
+        results: list[StoreResult | DicomhubError | None] = [None] * len(items)
+        pending: list[tuple[int, _Prepared]] = []
+        for i, data in enumerate(items):
+            try:
+                if not has_part10_header(data):
+                    raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
+                prepared = self._prepare(data, caller, expect_study_uid=study_instance_uid)
+            except DicomhubError as exc:
+                results[i] = exc
+                continue
+            if isinstance(prepared, StoreResult):
+                results[i] = prepared
+            else:
+                pending.append((i, prepared))
+        written: list[tuple[int, _Prepared, BlobInfo]] = []
+        for i, prepared in pending:
+            try:
+                blob = self.blobs.put(self.blobs.new_key(), prepared.data, durable=False)
+            except DicomhubError as exc:
+                results[i] = exc
+                continue
+            written.append((i, prepared, blob))
+        if written:
+            try:
+                self.blobs.sync()
+            except DicomhubError as exc:
+                for i, _prepared, blob in written:
+                    self._discard(blob.key)
+                    results[i] = exc
+                written = []
+        outcomes = self.index.add_instances(
+            [
+                (p.header, blob, p.content_sha256, caller.ae_title)
+                for _i, p, blob in written
+            ],
+            overwrite=self.policy is DuplicatePolicy.OVERWRITE,
+        )
+        for (i, prepared, blob), added in zip(written, outcomes, strict=True):
+            try:
+                results[i] = self._finish(prepared, blob, added, caller)
+            except DicomhubError as exc:
+                results[i] = exc
+        return [r if r is not None else InvalidRequest("not processed") for r in results]
+
+    def _prepare(
+        self,
+        data: bytes,
+        caller: Caller,
+        expect_instance_uid: str | None = None,
+        expect_study_uid: str | None = None,
+    ) -> _Prepared | StoreResult:
+        """Validate, digest and check for duplicates: what to store, or the answer already."""
         header = extract_part10(data)
         if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
             raise InvalidIdentifier(
@@ -169,32 +262,34 @@ class IngestService:
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
                 self._quarantine(data, header, caller, "duplicate-different-content")
-        blob = self.blobs.put(self.blobs.new_key(), data)
-        try:
-            added = self.index.add_instance(
-                header,
-                blob,
-                content,
-                caller.ae_title,
-                overwrite=self.policy is DuplicatePolicy.OVERWRITE,
-            )
-        except (PatientMismatch, Conflict) as exc:
-            self._record(exc, blob, header, caller)
-            raise
-        except BaseException:
+        return _Prepared(data, header, content)
+
+    def _finish(
+        self,
+        prepared: _Prepared,
+        blob: BlobInfo,
+        added: AddOutcome | BaseException,
+        caller: Caller,
+    ) -> StoreResult:
+        """Turn the index's answer for a written blob into the store's outcome (or refusal)."""
+        header, content = prepared.header, prepared.content_sha256
+        if isinstance(added, (PatientMismatch, Conflict)):
+            self._record(added, blob, header, caller)
+            raise added
+        if isinstance(added, BaseException):
             # Not indexed: the blob must not linger as an orphan.
             self._discard(blob.key)
-            raise
+            raise added
         if added.result is AddResult.EXISTS:
-            # Another association stored the same UID between our check and
-            # our transaction.
+            # Another association (or an earlier part of the same request)
+            # stored the same UID between our check and our transaction.
             if added.existing is not None and added.existing.content_sha256 == content:
                 self._discard(blob.key)
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
-                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
+                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(prepared.data))
             refusal = DuplicateInstance(
                 f"SOP Instance {header.sop_instance_uid} is already stored with other content"
             )
@@ -205,7 +300,7 @@ class IngestService:
         outcome = (
             StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         )
-        return self._result(outcome, header, len(data))
+        return self._result(outcome, header, len(prepared.data))
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
         blob = self.blobs.put(self.blobs.new_key(), data)

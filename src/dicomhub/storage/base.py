@@ -40,12 +40,20 @@ class BlobStore(Protocol):
         """A fresh opaque key to :meth:`put` a new blob under."""
         ...
 
-    def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
-        """Write ``data`` durably under ``key`` (a new key) and return its info.
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
+        """Write ``data`` under ``key`` (a new key) and return its info.
 
-        Returns only once the bytes are on stable storage. ``sha256`` may be
-        passed when the caller already computed it.
+        Returns only once the bytes are on stable storage, unless ``durable``
+        is false: then the caller must call :meth:`sync` before relying on
+        them (several writes then share one flush). ``sha256`` may be passed
+        when the caller already computed it.
         """
+        ...
+
+    def sync(self) -> None:
+        """Make every blob written with ``durable=False`` so far durable."""
         ...
 
     def open(self, key: str) -> BinaryIO:

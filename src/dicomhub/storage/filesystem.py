@@ -14,6 +14,8 @@ renamed and its folder fsync'ed.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import threading
@@ -27,7 +29,17 @@ from dicomhub.storage.base import BlobInfo, valid_blob_key
 
 __all__ = ["FileSystemBlobStore"]
 
-_POOL_BATCH = 64
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+_POOL_BATCH = 256
 
 
 class FileSystemBlobStore:
@@ -86,13 +98,16 @@ class FileSystemBlobStore:
         if self._fsync:
             os.sync()  # the new folders' entries, once
 
-    def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         path = self._path(key)
         with self._pool_lock:
             pooled = key in self._pooled
             self._pooled.discard(key)
         if pooled:
-            return self._fill(path, key, data, sha256)
+            return self._fill(path, key, data, sha256, durable)
+        # A key from elsewhere needs a new directory entry: always made durable here.
         if not path.parent.is_dir():  # a folder removed by hand since start-up
             self._prepare_folders_again(path.parent)
         tmp = path.with_name(key + ".tmp")
@@ -110,24 +125,42 @@ class FileSystemBlobStore:
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
         return BlobInfo(key=key, size=len(data), sha256=digest)
 
-    def _fill(self, path: Path, key: str, data: bytes, sha256: str | None) -> BlobInfo:
+    def _fill(
+        self, path: Path, key: str, data: bytes, sha256: str | None, durable: bool
+    ) -> BlobInfo:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
-            self._write(os.open(path, os.O_WRONLY), data)
+            self._write(os.open(path, os.O_WRONLY), data, durable)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
         return BlobInfo(key=key, size=len(data), sha256=digest)
 
-    def _write(self, fd: int, data: bytes) -> None:
-        """Write all of ``data`` to ``fd``, make it durable, close ``fd``."""
+    def _write(self, fd: int, data: bytes, durable: bool = True) -> None:
+        """Write all of ``data`` to ``fd``, make it durable (unless told not to), close ``fd``."""
         try:
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            if self._fsync:
+            if self._fsync and durable:
                 # Also makes the new size durable: the data is reachable.
                 os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Flush everything written with ``durable=False``: one ``syncfs`` of the store's
+        file system instead of one flush per blob."""
+        if not self._fsync:
+            return
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except OSError as exc:
+            raise StorageError(f"cannot flush blobs: {exc.strerror or exc}") from exc
+        try:
+            if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+                return
+            os.sync()  # no syncfs (or it failed): flush everything
         finally:
             os.close(fd)
 

@@ -24,10 +24,15 @@ class MemoryBlobStore:
     def new_key(self) -> str:
         return new_blob_key()
 
-    def put(self, key: str, data: bytes, sha256: str | None = None) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         with self._lock:
             self._blobs[key] = bytes(data)
         return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
+
+    def sync(self) -> None:
+        return None
 
     def open(self, key: str) -> BinaryIO:
         return io.BytesIO(self.read(key))
