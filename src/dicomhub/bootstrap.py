@@ -18,7 +18,13 @@ from dicomhub.services.search import SearchService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
-__all__ = ["configure_logging", "configure_pydicom", "open_archive", "run_dimse_worker"]
+__all__ = [
+    "configure_logging",
+    "configure_pydicom",
+    "open_archive",
+    "run_background_worker",
+    "run_dimse_worker",
+]
 
 
 def configure_pydicom() -> None:
@@ -82,5 +88,29 @@ def run_dimse_worker(
     archive = open_archive(settings, upgrade=False)
     try:
         server.serve_worker(archive, settings, listener, index, load)
+    finally:
+        archive.close()
+
+
+def run_background_worker(settings: Settings, parent: int) -> None:
+    """Entry point of the background process: header metadata for stored instances.
+
+    A process of its own, because the work is pure Python: as a thread of the
+    HTTP process it held the GIL for milliseconds at a time and QIDO-RS
+    answers waited for it.
+    """
+    import signal
+    import threading
+
+    from dicomhub.dimse import server
+
+    server.die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    configure_logging(settings.log_level)
+    archive = open_archive(settings, upgrade=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        archive.headers.run_worker(stop)
     finally:
         archive.close()

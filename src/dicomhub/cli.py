@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from dicomhub.bootstrap import open_archive, run_dimse_worker
+    from dicomhub.bootstrap import open_archive, run_background_worker, run_dimse_worker
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
@@ -198,10 +198,13 @@ def _serve(settings: Settings) -> int:
         return 1
     workers = DimseWorkers(settings, listener, run_dimse_worker)
     workers.start()
-    stop = threading.Event()
-    threading.Thread(
-        target=archive.headers.run_worker, args=(stop,), name="header-worker", daemon=True
-    ).start()
+    background = multiprocessing.get_context("spawn").Process(
+        target=run_background_worker,
+        args=(settings, os.getpid()),
+        name="dicomhub-background",
+        daemon=True,
+    )
+    background.start()
     app = create_app(archive, settings, dimse_alive=workers.alive)
     config = uvicorn.Config(
         app,
@@ -222,8 +225,9 @@ def _serve(settings: Settings) -> int:
     try:
         server.run()
     finally:
-        stop.set()
+        background.terminate()
         workers.stop()
+        background.join(5)
         listener.close()
         archive.close()
     if not server.started:

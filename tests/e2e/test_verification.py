@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import datagen
@@ -82,7 +83,13 @@ def test_association_limit_rejects_transiently(servers: ServerPool) -> None:
     srv = servers.start(args=["--max-associations", "1", "--workers", "1"])
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context("1.2.840.10008.1.1")
+    # The harness's readiness probe (a bare connect) counts against the
+    # limit until its thread has noticed the close: wait for that slot.
+    deadline = time.monotonic() + 10
     held = ae.associate("127.0.0.1", srv.dimse_port, ae_title=srv.aet)
+    while not held.is_established and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = ae.associate("127.0.0.1", srv.dimse_port, ae_title=srv.aet)
     try:
         assert held.is_established
         rc, out = echo(srv)
