@@ -175,7 +175,29 @@ class OrthancServer(Server):
         gen = self.workdir / f"{self.key}-orthanc-{self.generation}"
         gen.mkdir(parents=True)
         self.port, self.http_port = free_port(), free_port()
-        config = {
+        config = self.config(gen)
+        cfg = gen / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=1))
+        log(f"starting {self.product} ({self.key}) DICOM {self.port} HTTP {self.http_port}")
+        self.proc, self._logfh = spawn(
+            [self.binary, str(cfg)], self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen
+        )
+        deadline = time.monotonic() + 60
+        url = f"http://{HOST}:{self.http_port}/system"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{tail(self.logfile())}")
+            if http_ok(url) and port_open(HOST, self.port):
+                self.version_str = self.version()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not become ready:\n{tail(self.logfile())}")
+
+    product = "Orthanc"
+
+    def config(self, gen: Path) -> dict[str, Any]:
+        """The Orthanc configuration for a fresh storage generation ``gen``."""
+        return {
             "Name": f"dimse-bench-{self.key}",
             "StorageDirectory": str(gen / "storage"),
             "IndexDirectory": str(gen / "index"),
@@ -200,22 +222,6 @@ class OrthancServer(Server):
             "Plugins": [],
             "LuaScripts": [],
         }
-        cfg = gen / "orthanc.json"
-        cfg.write_text(json.dumps(config, indent=1))
-        log(f"starting Orthanc ({self.key}) DICOM {self.port} HTTP {self.http_port}")
-        self.proc, self._logfh = spawn(
-            [self.binary, str(cfg)], self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen
-        )
-        deadline = time.monotonic() + 60
-        url = f"http://{HOST}:{self.http_port}/system"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{tail(self.logfile())}")
-            if http_ok(url) and port_open(HOST, self.port):
-                self.version_str = self.version()
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"Orthanc did not become ready:\n{tail(self.logfile())}")
 
     def statistics(self) -> dict[str, Any]:
         return dict(http_json(f"http://{HOST}:{self.http_port}/statistics"))

@@ -45,12 +45,8 @@ from _common import (  # noqa: E402
     Server,
     dcmtk_env,
     find_dicomhub,
-    http_json,
-    http_ok,
+    free_port,
     log,
-    port_open,
-    spawn,
-    tail,
 )
 from datasets import ensure_datasets  # noqa: E402
 from pydicom import dcmread  # noqa: E402
@@ -65,53 +61,16 @@ MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=
 class OrthancWeb(OrthancServer):
     """Orthanc with the DICOMweb plugin under ``/dicom-web/``."""
 
-    def start(self) -> None:
-        assert self.workdir is not None
-        self.generation += 1
-        gen = self.workdir / f"{self.key}-orthanc-{self.generation}"
-        gen.mkdir(parents=True)
-        self.port, self.http_port = _free_port(), _free_port()
-        config = {
+    product = "Orthanc+DICOMweb"
+
+    def config(self, gen: Path) -> dict[str, Any]:
+        return {
+            **super().config(gen),
             "Name": f"dicomweb-bench-{self.key}",
-            "StorageDirectory": str(gen / "storage"),
-            "IndexDirectory": str(gen / "index"),
-            "StorageCompression": False,
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomServerEnabled": True,
-            "DicomAet": self.aet,
-            "DicomPort": self.port,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "DicomModalities": {SCU_AET: [SCU_AET, HOST, 104]},
+            "DicomModalities": {SCU_AET: [SCU_AET, HOST, 104]},  # no move destination here
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "LuaScripts": [],
         }
-        cfg = gen / "orthanc.json"
-        cfg.write_text(json.dumps(config, indent=1))
-        log(f"starting Orthanc+DICOMweb DICOM {self.port} HTTP {self.http_port}")
-        self.proc, self._logfh = spawn(
-            [self.binary, str(cfg)], self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{tail(self.logfile())}")
-            if http_ok(f"http://{HOST}:{self.http_port}/system") and port_open(HOST, self.port):
-                self.version_str = str(http_json(f"http://{HOST}:{self.http_port}/system").get("Version"))
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"Orthanc did not become ready:\n{tail(self.logfile())}")
-
-
-def _free_port() -> int:
-    from _common import free_port
-
-    return free_port()
 
 
 def dicomweb_root(server: Server) -> str:
@@ -412,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 managed=True,
                 command=find_dicomhub(a.dicomhub_cmd),
                 extra_args=list(a.dicomhub_arg or []),
-                move_port=_free_port(),
+                move_port=free_port(),
             )
         )
     if not a.no_orthanc:

@@ -628,14 +628,7 @@ class IndexRepository:
         compiled = compile_query(
             image_query,
             columns=[
-                instance.c.pk,
-                instance.c.sop_instance_uid,
-                instance.c.sop_class_uid,
-                instance.c.transfer_syntax_uid,
-                instance.c.blob_key,
-                instance.c.size,
-                instance.c.sha256,
-                instance.c.content_sha256,
+                *_INSTANCE_COLUMNS,
                 study.c.study_instance_uid,
                 series.c.series_instance_uid,
                 instance.c.header_json,
