@@ -25,9 +25,16 @@ Study Root C-FIND, C-GET and C-MOVE through two callbacks that know nothing of
 pynetdicom (:class:`QueryRequest` in; match identifiers or a
 :class:`RetrievePlan` of :class:`Sendable` out).  C-GET sub-operations go out
 on the same association, C-MOVE ones on a :class:`~dicomhub.dimse.scu.StoreAssociation`;
-data sets are sent as memoryview slices with ``sendmsg`` (no copy), C-CANCEL
-is honoured between responses/sub-operations.  Only synchronous operations
+data sets are sent as memoryview slices with ``sendmsg`` (no copy), or from
+a file with ``sendfile`` when the callback hands a :class:`FileRegion`;
+C-CANCEL is honoured between responses/sub-operations.  Only synchronous operations
 (no asynchronous operations window): one Q/R operation at a time.
+
+Large objects never sit in memory whole: a C-STORE data set that grows past
+``FastPathConfig.spool_threshold`` is written to a spool file as its PDUs
+arrive and handed to ``on_store`` as :attr:`StoreRequest.dataset_path`; the
+file is deleted when ``on_store`` returns, and whenever the message or the
+association ends early.
 
 The routing decision (fast path or pynetdicom) is made by the listener with
 :func:`peek_associate_request` and :func:`is_fast_path_request`; the fast path
@@ -44,8 +51,11 @@ header).
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
@@ -81,7 +91,9 @@ from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
     AssociationInfo,
+    EncodedDataSet,
     FastPathConfig,
+    FileRegion,
     FindCallback,
     Identifier,
     QueryRequest,
@@ -97,6 +109,7 @@ from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
 __all__ = [
     "AssociationInfo",
     "FastPathConfig",
+    "FileRegion",
     "Identifier",
     "QUERY_RETRIEVE_SOP_CLASSES",
     "QueryRequest",
@@ -164,6 +177,10 @@ _STATUS_BAD_IDENTIFIER: Final = 0xA900
 _STATUS_UNKNOWN_DESTINATION: Final = 0xA801
 _STATUS_SUBOPS_FAILED: Final = 0xA702
 _STATUS_SUBOPS_WARNING: Final = 0xB000
+_STATUS_OUT_OF_RESOURCES: Final = 0xA700
+
+# data_limit for messages whose data set is never spooled (not a C-STORE-RQ).
+_NO_SPOOL: Final = sys.maxsize
 
 _PDU_HEADER = P.PDU_HEADER
 _PDV_HEADER = P.PDV_HEADER
@@ -229,6 +246,13 @@ class _Association:
         "command_fragments",
         "command",
         "data_fragments",
+        "data_size",
+        "data_limit",
+        "spool_threshold",
+        "spooling",
+        "spool_fd",
+        "spool_path",
+        "spool_failed",
         "stores",
         "echoes",
         "bytes_received",
@@ -285,6 +309,16 @@ class _Association:
         self.command_fragments: list[memoryview] = []
         self.command: _Command | None = None
         self.data_fragments: list[memoryview] = []
+        # Bytes of the current data set so far, and past how many it goes to
+        # a spool file instead of data_fragments.
+        self.data_size = 0
+        self.data_limit = _NO_SPOOL
+        self.spool_threshold = max(0, config.spool_threshold)
+        # True from the spool's creation (or failure) to the message's end.
+        self.spooling = False
+        self.spool_fd = -1
+        self.spool_path: str | None = None
+        self.spool_failed = False
         self.stores = 0
         self.echoes = 0
         self.bytes_received = 0
@@ -552,6 +586,14 @@ class _Association:
         """Serve the established association until release, abort or error."""
         config = self.config
         try:
+            self.serve(config)
+        finally:
+            # A message cut short (abort, timeout, protocol error, release)
+            # must not leave its spool file behind.
+            self.discard_spool()
+
+    def serve(self, config: FastPathConfig) -> None:
+        try:
             while True:
                 self.set_timeout(config.network_timeout if self.state == _IDLE else config.dimse_timeout)
                 if not self.receive_pdu():
@@ -645,7 +687,13 @@ class _Association:
             else:
                 if self.state != _DATA or context_id != self.message_context:
                     raise _ProtocolError(f"data set fragment on context {context_id} without a command")
-                self.data_fragments.append(fragment)
+                if self.spooling:
+                    self.spool_write(fragment)
+                else:
+                    self.data_fragments.append(fragment)
+                    self.data_size += len(fragment)
+                    if self.data_size > self.data_limit:
+                        self.start_spool()
                 if control & 0x02:
                     self.dispatch()
 
@@ -668,6 +716,10 @@ class _Association:
         if command.has_data_set:
             self.state = _DATA
             self.data_fragments = []
+            self.data_size = 0
+            # Only C-STORE data sets can be large; identifiers and response
+            # data sets stay in memory.
+            self.data_limit = self.spool_threshold if command.command_field == _C_STORE_RQ else _NO_SPOOL
         else:
             self.dispatch()
 
@@ -709,6 +761,77 @@ class _Association:
             self.cancelled.clear()
             self.deferred = (command, context_id, fragments)
 
+    # -- spooling large data sets -----------------------------------------------
+
+    def start_spool(self) -> None:
+        """Move the data set received so far to a new spool file; the rest follows it."""
+        self.spooling = True
+        fragments = self.data_fragments
+        self.data_fragments = []
+        try:
+            fd, path = tempfile.mkstemp(
+                prefix="dicomhub-spool-", suffix=".part", dir=self.config.spool_dir
+            )
+        except OSError as exc:
+            self.spool_failure(exc)
+            return
+        self.spool_fd, self.spool_path = fd, path
+        LOGGER.debug("spooling a data set from %s to %s", self.calling_ae, path)
+        for fragment in fragments:
+            if self.spool_failed:
+                break
+            self.write_spool(fragment)
+        fragments.clear()
+
+    def spool_write(self, fragment: memoryview) -> None:
+        """Append one data set fragment to the spool file (or drop it after a failure)."""
+        self.data_size += len(fragment)
+        if not self.spool_failed:
+            self.write_spool(fragment)
+
+    def write_spool(self, fragment: memoryview) -> None:
+        fd = self.spool_fd
+        try:
+            while fragment:
+                fragment = fragment[os.write(fd, fragment) :]
+        except OSError as exc:
+            self.spool_failure(exc)
+
+    def spool_failure(self, exc: OSError) -> None:
+        """Keep reading the message (the peer is mid-PDU), answer Out of Resources at its end."""
+        LOGGER.error(
+            "cannot spool a data set from %s in %s: %s",
+            self.calling_ae,
+            self.config.spool_dir or tempfile.gettempdir(),
+            exc,
+        )
+        self.discard_spool()
+        self.spooling = True
+        self.spool_failed = True
+
+    def close_spool(self) -> None:
+        fd = self.spool_fd
+        if fd >= 0:
+            self.spool_fd = -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def discard_spool(self) -> None:
+        """Close and delete the spool file, if any; reset the spool state."""
+        self.close_spool()
+        path = self.spool_path
+        self.spooling = self.spool_failed = False
+        if path is not None:
+            self.spool_path = None
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                LOGGER.warning("cannot delete spool file %s", path, exc_info=True)
+
     def handle_echo(self, command: _Command, context_id: int) -> None:
         if command.has_data_set:
             raise _ProtocolError("C-ECHO-RQ with a data set")
@@ -737,14 +860,23 @@ class _Association:
         context = self.contexts.get(context_id)
         error_comment: str | None = None
         size = 0
+        spool_path = self.spool_path
         if context is None or context[0] != sop_class:
             status = _STATUS_SOP_CLASS_NOT_SUPPORTED
             error_comment = "SOP class not accepted on this presentation context"
+        elif self.spool_failed:
+            status = _STATUS_OUT_OF_RESOURCES
+            error_comment = "out of resources: cannot spool the data set"
         else:
-            dataset = bytes(fragments[0]) if len(fragments) == 1 else b"".join(fragments)
-            # Release the PDU buffers now rather than when this frame ends.
-            fragments.clear()
-            size = len(dataset)
+            if spool_path is None:
+                dataset = bytes(fragments[0]) if len(fragments) == 1 else b"".join(fragments)
+                # Release the PDU buffers now rather than when this frame ends.
+                fragments.clear()
+                size = len(dataset)
+            else:
+                self.close_spool()  # unbuffered writes: the file is complete
+                dataset = b""
+                size = self.data_size
             request = StoreRequest(
                 calling_ae_title=self.calling_ae,
                 called_ae_title=self.called_ae,
@@ -756,6 +888,7 @@ class _Association:
                 dataset=dataset,
                 move_originator_ae_title=command.move_originator_ae_title,
                 move_originator_message_id=command.move_originator_message_id,
+                dataset_path=spool_path,
             )
             del dataset
             try:
@@ -773,6 +906,8 @@ class _Association:
                 )
                 status = _STATUS_PROCESSING_FAILURE
                 error_comment = "processing failure"
+        if self.spooling:
+            self.discard_spool()
         self.send_response(
             context_id,
             _encode_response(_C_STORE_RSP, message_id, sop_class, sop_instance, status, error_comment),
@@ -1182,13 +1317,17 @@ class _Association:
             return None
         context_id, data = picked
         message_id = self.sub_message_id()
-        self.raise_transport_error()
-        self.send_message(
-            context_id,
-            P.encode_store_rq(message_id, instance.sop_class_uid, instance.sop_instance_uid),
-            data,
-        )
-        del data
+        command = P.encode_store_rq(message_id, instance.sop_class_uid, instance.sop_instance_uid)
+        try:
+            if isinstance(data, FileRegion):
+                if not self.send_region(context_id, command, instance, data):
+                    return None
+            else:
+                self.raise_transport_error()
+                self.send_message(context_id, command, data)
+        finally:
+            P.release_region(data)
+            del data
         self.set_timeout(self.config.dimse_timeout)
         while message_id not in self.store_responses:
             self.receive_pdu()
@@ -1202,6 +1341,21 @@ class _Association:
                 comment or "",
             )
         return status
+
+    def send_region(self, context_id: int, command: bytes, instance: Sendable, region: FileRegion) -> bool:
+        """Send a C-STORE-RQ whose data set lies in a file; False (logged) if it cannot be opened."""
+        try:
+            fd = P.open_region(region)
+        except OSError as exc:
+            LOGGER.warning("reading %s failed: %s", instance.sop_instance_uid, exc)
+            return False
+        try:
+            self.raise_transport_error()
+            self.set_timeout(self.config.dimse_timeout)
+            P.send_file_message(self.sock, context_id, command, fd, region, self.peer_max_pdu)
+        finally:
+            os.close(fd)
+        return True
 
     # -- the end -----------------------------------------------------------
 
@@ -1259,7 +1413,7 @@ class _Association:
 
 def _context_and_data(
     instance: Sendable, lookup: Callable[[str, str], int | None], refusal: str
-) -> tuple[int, bytes | memoryview] | None:
+) -> tuple[int, EncodedDataSet] | None:
     """The first accepted context for the instance's syntaxes, and its data in that syntax.
 
     None (logged) when no syntax was accepted or the data cannot be read: the
@@ -1311,6 +1465,9 @@ def _move_sub_operation(
         )
     except StoreAssociationError as exc:
         LOGGER.warning("C-MOVE to %s broke down: %s", store.called_ae_title, exc)
+        return None
+    except OSError as exc:  # a FileRegion that cannot be opened; nothing was sent
+        LOGGER.warning("reading %s failed: %s", instance.sop_instance_uid, exc)
         return None
     if status != _STATUS_SUCCESS:
         LOGGER.warning(

@@ -8,16 +8,26 @@ pynetdicom's PDU classes.
 
 Sending is zero-copy for data sets: a message is a list of buffers (one
 12-byte PDU + PDV header per fragment followed by a memoryview slice of the
-data set) written with :meth:`socket.socket.sendmsg`.
+data set) written with :meth:`socket.socket.sendmsg`.  A data set that lies
+in a file (:class:`~dicomhub.dimse.requests.FileRegion`) goes out with
+:func:`send_file_message`: each PDU's header, then its fragment straight from
+the page cache with ``os.sendfile``; the object is never in memory as a whole.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import select
 import socket
+import ssl
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from dicomhub.dimse.requests import FileRegion
 
 __all__ = [
     "Command",
@@ -27,10 +37,15 @@ __all__ = [
     "encode_response",
     "encode_store_rq",
     "message_buffers",
+    "open_region",
     "parse_command",
     "recv_exact",
+    "release_region",
     "send_buffers",
+    "send_file_message",
 ]
+
+LOGGER = logging.getLogger("dicomhub.dimse")
 
 # PDU types (PS3.8 Table 9-1).
 A_ASSOCIATE_RQ: Final = 0x01
@@ -100,6 +115,14 @@ RELEASE_RP_PDU: Final = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 UNLIMITED_FRAGMENT: Final = 4 << 20
 # sendmsg() takes at most IOV_MAX (1024 on Linux) buffers per call.
 _IOV_BATCH: Final = 512
+# Holds a PDU header back until its fragment follows (one segment, not two,
+# despite TCP_NODELAY).  Linux only; elsewhere 0 (no flag).
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+# os.sendfile() errors that mean "not on this kind of file/socket": fall back
+# to pread + send for the rest of the region.
+_NO_SENDFILE: Final = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTSOCK}
+)
 
 
 class ProtocolError(Exception):
@@ -387,3 +410,185 @@ def recv_exact(sock: socket.socket, view: memoryview) -> None:
         raise
     except OSError as exc:
         raise PeerGone(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------
+# Data sets that lie in files
+# --------------------------------------------------------------------------
+
+
+def open_region(region: FileRegion) -> int:
+    """Open the file of `region` for :func:`send_file_message`; the caller closes the fd.
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened or is shorter than the region (checked
+        here so that a bad region fails before anything is sent, leaving
+        the association usable).
+    """
+    if region.offset < 0 or region.length < 0:
+        raise OSError(errno.EINVAL, f"invalid region {region.offset}+{region.length}", region.path)
+    fd = os.open(region.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if region.offset + region.length > size:
+            raise OSError(
+                errno.EINVAL,
+                f"file of {size} bytes has no region {region.offset}+{region.length}",
+                region.path,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def send_file_message(
+    sock: socket.socket,
+    context_id: int,
+    command: bytes,
+    fd: int,
+    region: FileRegion,
+    peer_max_pdu: int,
+) -> None:
+    """Send a command and a data set that lies in a file, never holding the data set.
+
+    The command goes out as :func:`message_buffers` frames it; then each
+    P-DATA-TF PDU of at most `peer_max_pdu` bytes is its 12-byte header
+    followed by its fragment sent with ``os.sendfile`` (zero copy), or read
+    with ``os.preadv`` into one reusable buffer where ``sendfile`` cannot be
+    used (TLS sockets, exotic file systems).  Neither closes `fd` nor
+    deletes the file (see :func:`release_region`).
+
+    Parameters
+    ----------
+    sock : socket.socket
+        Blocking, optionally with a timeout (which then bounds every wait
+        for the peer to drain its window).
+    context_id : int
+        Presentation context of the message.
+    command : bytes
+        The encoded command set (a data set follows).
+    fd : int
+        The region's file, from :func:`open_region`.
+    region : FileRegion
+        Where the data set lies.
+    peer_max_pdu : int
+        The peer's *Maximum Length Received* (0 = unlimited).
+
+    Raises
+    ------
+    PeerGone
+        On a socket error or send timeout.
+    ProtocolError
+        The file could not be read to the end of the region after sending
+        began: PDU lengths were announced that cannot be honoured, so the
+        association must be aborted.
+    """
+    send_buffers(sock, message_buffers(context_id, command, None, peer_max_pdu))
+    _send_region(sock, fd, region.offset, region.length, context_id, peer_max_pdu)
+
+
+def release_region(data: object) -> None:
+    """Unlink the file of a :class:`FileRegion` marked ``delete_after``; else nothing.
+
+    Never raises: a file already gone is what we wanted, and failing to
+    delete a temporary file must not fail the transfer.
+    """
+    if isinstance(data, FileRegion) and data.delete_after:
+        try:
+            os.unlink(data.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            LOGGER.warning("cannot delete %s", data.path, exc_info=True)
+
+
+def _send_region(
+    sock: socket.socket, fd: int, offset: int, length: int, context_id: int, peer_max_pdu: int
+) -> None:
+    limit = peer_max_pdu - 6 if peer_max_pdu > 6 else UNLIMITED_FRAGMENT
+    pack = P_DATA_HEADERS.pack
+    # A TLS socket's fd carries records, not plain bytes: sendfile would
+    # bypass the encryption.
+    use_sendfile = not isinstance(sock, ssl.SSLSocket)
+    buffer: memoryview | None = None
+    poller: select.poll | None = None
+    timeout = sock.gettimeout()
+    try:
+        if length == 0:
+            sock.sendall(pack(P_DATA_TF, 0, 6, 2, context_id, 0x02))
+            return
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(limit, end - pos)
+            control = 0x02 if pos + n >= end else 0x00
+            header = pack(P_DATA_TF, 0, n + 6, n + 2, context_id, control)
+            done = 0
+            if use_sendfile:
+                sock.sendall(header, _MSG_MORE)
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(sock, select.POLLOUT)
+                done = _sendfile(sock, fd, pos, n, poller, timeout)
+                use_sendfile = done == n
+                header = b""
+            if done < n:
+                if buffer is None:
+                    buffer = memoryview(bytearray(12 + min(limit, length)))
+                # Header and fragment in one buffer: one send per PDU.
+                start = 12 - len(header)
+                buffer[start:12] = header
+                rest = n - done
+                _pread_exact(fd, buffer[12 : 12 + rest], pos + done)
+                sock.sendall(buffer[start : 12 + rest])
+            pos += n
+    except (ProtocolError, PeerGone):
+        raise
+    except TimeoutError as exc:
+        raise PeerGone("timed out sending") from exc
+    except OSError as exc:
+        raise PeerGone(str(exc)) from exc
+
+
+def _sendfile(
+    sock: socket.socket, fd: int, offset: int, count: int, poller: select.poll, timeout: float | None
+) -> int:
+    """Send `count` bytes of `fd` from `offset` with ``os.sendfile``; return how many went.
+
+    Less than `count` only when ``sendfile`` is not supported for this file
+    or socket: the caller sends the rest another way.  A socket with a
+    timeout is non-blocking underneath: wait for room with ``poll`` (at most
+    `timeout` each time) when the send buffer is full.
+    """
+    out = sock.fileno()
+    sent_total = 0
+    wait_ms = -1 if timeout is None else max(0, int(timeout * 1000))
+    while sent_total < count:
+        try:
+            sent = os.sendfile(out, fd, offset + sent_total, count - sent_total)
+        except BlockingIOError:
+            if not poller.poll(wait_ms):
+                raise TimeoutError("timed out sending") from None
+            continue
+        except OSError as exc:
+            if exc.errno in _NO_SENDFILE:
+                return sent_total
+            raise
+        if sent == 0:
+            raise ProtocolError("data set file ended before its announced length", REASON_NOT_SPECIFIED)
+        sent_total += sent
+    return sent_total
+
+
+def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
+    pos, size = 0, len(view)
+    try:
+        while pos < size:
+            got = os.preadv(fd, [view[pos:]], offset + pos)
+            if not got:
+                raise ProtocolError("data set file ended before its announced length", REASON_NOT_SPECIFIED)
+            pos += got
+    except OSError as exc:
+        raise ProtocolError(f"cannot read the data set file: {exc}", REASON_NOT_SPECIFIED) from exc

@@ -17,7 +17,9 @@ __all__ = [
     "QUERY_RETRIEVE_SOP_CLASSES",
     "VERIFICATION_SOP_CLASS",
     "AssociationInfo",
+    "EncodedDataSet",
     "FastPathConfig",
+    "FileRegion",
     "FindCallback",
     "Identifier",
     "QueryRequest",
@@ -55,9 +57,16 @@ class StoreRequest:
         Transfer syntax of the accepted presentation context the data set
         was sent on.
     dataset : bytes
-        The data set exactly as received (no File Meta), all fragments joined.
+        The data set exactly as received (no File Meta), all fragments
+        joined; ``b""`` when `dataset_path` is set.
     move_originator_ae_title, move_originator_message_id : str or None, int or None
         Set when the store is a C-MOVE sub-operation.
+    dataset_path : str or None
+        Set for a data set larger than ``FastPathConfig.spool_threshold``:
+        a temporary file whose whole content is the data set exactly as
+        received (no File Meta).  It belongs to the association loop, which
+        deletes it as soon as ``on_store`` returns or raises; the callback
+        must have copied (or hard-linked) what it keeps by then.
     """
 
     calling_ae_title: str
@@ -70,6 +79,36 @@ class StoreRequest:
     dataset: bytes
     move_originator_ae_title: str | None
     move_originator_message_id: int | None
+    dataset_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRegion:
+    """A data set to send that lies in a file: `length` bytes from `offset`.
+
+    Sent in P-DATA-TF PDUs straight from the file (``os.sendfile``), never
+    read into memory as a whole.
+
+    Attributes
+    ----------
+    path : str
+        The file; opened just before the C-STORE-RQ goes out.
+    offset, length : int
+        Where the data set (no File Meta) starts in the file, and its size.
+    delete_after : bool
+        The file is a temporary one (e.g. a transcoded copy): it is unlinked
+        once sent, and also when sending fails or is not attempted after
+        the region was handed over.
+    """
+
+    path: str
+    offset: int
+    length: int
+    delete_after: bool = False
+
+
+#: A data set to send: in memory, or a region of a file.
+EncodedDataSet = bytes | memoryview | FileRegion
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,27 +202,30 @@ class Sendable:
         The transfer syntax `read` returns the data set in; a sub-operation
         needs an accepted context for exactly this (SOP class, syntax) pair.
     read : callable
-        Returns the data set bytes *without* File Meta; may raise (the
-        sub-operation then fails).  Called once, just before sending.
+        Returns the data set *without* File Meta, as bytes, a memoryview or
+        a :class:`FileRegion` (large objects: sent from the file); may
+        raise (the sub-operation then fails).  Called once, just before
+        sending.
     alternatives : tuple of str
         Other transfer syntaxes the instance can be sent in (proposed after
         the stored one for C-MOVE, looked up after it for C-GET).
     convert : callable or None
-        Returns the data set bytes in one of `alternatives`; may raise.
+        Returns the data set in one of `alternatives` (same types as
+        `read`); may raise.
     """
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    read: Callable[[], bytes | memoryview]
+    read: Callable[[], EncodedDataSet]
     alternatives: tuple[str, ...] = ()
-    convert: Callable[[str], bytes | memoryview] | None = None
+    convert: Callable[[str], EncodedDataSet] | None = None
 
     def syntaxes(self) -> tuple[str, ...]:
         """The stored syntax first, then the alternatives."""
         return (self.transfer_syntax_uid, *self.alternatives)
 
-    def data_in(self, transfer_syntax_uid: str) -> bytes | memoryview:
+    def data_in(self, transfer_syntax_uid: str) -> EncodedDataSet:
         """The data set in `transfer_syntax_uid` (the stored one or an alternative)."""
         if transfer_syntax_uid == self.transfer_syntax_uid or self.convert is None:
             return self.read()
@@ -250,6 +292,14 @@ class FastPathConfig:
         sends the association to the other stack; otherwise only those in
         this collection do, and the rest are simply rejected on the fast path
         (as the other stack would reject them too).
+    spool_threshold : int
+        A C-STORE data set that grows past this many bytes is written to a
+        spool file as it arrives instead of being kept in memory, and handed
+        to ``on_store`` as ``StoreRequest.dataset_path``.
+    spool_dir : str or None
+        Folder for those spool files (``None``: :func:`tempfile.gettempdir`).
+        Best on the blob store's file system, so that the ingest side can
+        move or link instead of copying.
     """
 
     ae_title: str
@@ -264,3 +314,5 @@ class FastPathConfig:
     require_called_ae_title: bool = False
     query_retrieve: bool = False
     fallback_abstract_syntaxes: Collection[str] | None = None
+    spool_threshold: int = 16 << 20
+    spool_dir: str | None = None

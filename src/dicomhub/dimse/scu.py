@@ -3,7 +3,8 @@
 One socket, no threads, no event loop: :meth:`StoreAssociation.open`
 negotiates (A-ASSOCIATE-RQ/-AC encoded and decoded with pynetdicom's PDU
 classes), :meth:`StoreAssociation.send_c_store` sends one C-STORE-RQ plus its
-data set (zero-copy, fragmented to the peer's maximum PDU length) and waits
+data set (zero-copy, fragmented to the peer's maximum PDU length; from a file
+with ``sendfile`` for a :class:`~dicomhub.dimse.requests.FileRegion`) and waits
 for the C-STORE-RSP; :meth:`~StoreAssociation.release` /
 :meth:`~StoreAssociation.abort` end it.  ``TCP_NODELAY`` is always on.
 
@@ -19,6 +20,7 @@ Example
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -35,6 +37,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse.requests import FileRegion
 
 __all__ = [
     "AssociationAborted",
@@ -255,7 +258,7 @@ class StoreAssociation:
         context_id: int,
         sop_class_uid: str,
         sop_instance_uid: str,
-        dataset: bytes | memoryview,
+        dataset: bytes | memoryview | FileRegion,
         message_id: int,
         move_originator_ae_title: str | None = None,
         move_originator_message_id: int | None = None,
@@ -264,9 +267,12 @@ class StoreAssociation:
 
         Parameters
         ----------
-        dataset : bytes or memoryview
+        dataset : bytes, memoryview or FileRegion
             The encoded data set (no File Meta) in the context's transfer
-            syntax; sent without copying.
+            syntax; sent without copying, and for a :class:`FileRegion`
+            straight from the file (never read whole).  A region marked
+            ``delete_after`` is unlinked before this returns or raises,
+            whatever happened.
 
         Returns
         -------
@@ -278,19 +284,50 @@ class StoreAssociation:
         AssociationAborted
             When the peer aborts, closes, times out or breaks the protocol;
             the association is then closed (an A-ABORT is sent when possible).
+        OSError
+            The region's file cannot be opened or is shorter than the region:
+            nothing was sent and the association is still usable.
         """
-        if not self._open:
-            raise AssociationAborted("the association is closed")
-        command = P.encode_store_rq(
-            message_id,
-            sop_class_uid,
-            sop_instance_uid,
-            move_originator_ae_title,
-            move_originator_message_id,
-        )
+        try:
+            if not self._open:
+                raise AssociationAborted("the association is closed")
+            # Opened before anything is sent: a missing file fails this
+            # store only, not the association.
+            fd = P.open_region(dataset) if isinstance(dataset, FileRegion) else -1
+            try:
+                return self._c_store(
+                    context_id,
+                    P.encode_store_rq(
+                        message_id,
+                        sop_class_uid,
+                        sop_instance_uid,
+                        move_originator_ae_title,
+                        move_originator_message_id,
+                    ),
+                    dataset,
+                    fd,
+                    message_id,
+                )
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        finally:
+            P.release_region(dataset)
+
+    def _c_store(
+        self,
+        context_id: int,
+        command: bytes,
+        dataset: bytes | memoryview | FileRegion,
+        fd: int,
+        message_id: int,
+    ) -> tuple[int, str | None]:
         try:
             self.sock.settimeout(self.dimse_timeout)
-            P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
+            if isinstance(dataset, FileRegion):
+                P.send_file_message(self.sock, context_id, command, fd, dataset, self.peer_max_pdu)
+            else:
+                P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
             while True:
                 rsp = self._read_command()
                 if rsp.command_field != P.C_STORE_RSP:

@@ -7,7 +7,7 @@ received string, so nothing from the wire can become a path.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -52,6 +52,38 @@ class BlobStore(Protocol):
         """
         ...
 
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+    ) -> BlobInfo:
+        """Write the concatenation of `chunks` under `key` (a new key), computing size and SHA-256 as it goes.
+
+        For objects too large to hold in memory: one chunk is in hand at a
+        time.  Same durability rules as :meth:`put`.  An exception raised by
+        the `chunks` iterator propagates as is, and no blob is left under
+        `key`.
+
+        Parameters
+        ----------
+        key : str
+            A new key (from :meth:`new_key` or :func:`new_blob_key`).
+        chunks : iterable of bytes or memoryview
+            The blob's content, in order; e.g. a File Meta header followed
+            by blocks read from a spool file.
+        durable : bool
+            As for :meth:`put`.
+
+        Returns
+        -------
+        BlobInfo
+            Key, total size and SHA-256 of the concatenation.
+
+        Raises
+        ------
+        StorageError
+            When the blob cannot be written.
+        """
+        ...
+
     def sync(self) -> None:
         """Make every blob written with ``durable=False`` so far durable."""
         ...
@@ -62,6 +94,10 @@ class BlobStore(Protocol):
 
     def read(self, key: str) -> bytes:
         """Read the whole blob."""
+        ...
+
+    def open_range(self, key: str, offset: int, length: int) -> bytes:
+        """Read `length` bytes from `offset` (fewer at the blob's end); BlobMissing when absent."""
         ...
 
     def local_path(self, key: str) -> str | None:

@@ -9,6 +9,10 @@ folder fsync. A crash leaves at worst an unindexed file (an orphan for
 
 A blob under any other key is written to a temporary name, fsync'ed,
 renamed and its folder fsync'ed.
+
+:meth:`FileSystemBlobStore.put` (bytes in hand) and
+:meth:`FileSystemBlobStore.put_stream` (chunks, for objects too large for
+memory) share one write path: they differ only in how many buffers come in.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -101,52 +105,104 @@ class FileSystemBlobStore:
     def put(
         self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
     ) -> BlobInfo:
+        return self._store(key, (data,), sha256, durable)
+
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+    ) -> BlobInfo:
+        return self._store(key, chunks, None, durable)
+
+    def _store(
+        self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None, durable: bool
+    ) -> BlobInfo:
         path = self._path(key)
         with self._pool_lock:
             pooled = key in self._pooled
             self._pooled.discard(key)
         if pooled:
-            return self._fill(path, key, data, sha256, durable)
+            return self._fill(path, key, chunks, sha256, durable)
         # A key from elsewhere needs a new directory entry: always made durable here.
         if not path.parent.is_dir():  # a folder removed by hand since start-up
             self._prepare_folders_again(path.parent)
         tmp = path.with_name(key + ".tmp")
-        digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
-            self._write(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), data)
+            size, digest = self._write(
+                os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), chunks, sha256
+            )
             os.rename(tmp, path)
             if self._fsync:
                 _fsync_dir(path.parent)
-        except OSError as exc:
+        except BaseException as exc:
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
-        return BlobInfo(key=key, size=len(data), sha256=digest)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+            raise
+        return BlobInfo(key=key, size=size, sha256=digest)
 
     def _fill(
-        self, path: Path, key: str, data: bytes, sha256: str | None, durable: bool
+        self,
+        path: Path,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        sha256: str | None,
+        durable: bool,
     ) -> BlobInfo:
-        digest = sha256 or hashlib.sha256(data).hexdigest()
         try:
-            self._write(os.open(path, os.O_WRONLY), data, durable)
+            fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
-        return BlobInfo(key=key, size=len(data), sha256=digest)
-
-    def _write(self, fd: int, data: bytes, durable: bool = True) -> None:
-        """Write all of ``data`` to ``fd``, make it durable (unless told not to), close ``fd``."""
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            size, digest = self._write(fd, chunks, sha256, durable, truncate_on_error=True)
+        except OSError as exc:
+            raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+        return BlobInfo(key=key, size=size, sha256=digest)
+
+    def _write(
+        self,
+        fd: int,
+        chunks: Iterable[bytes | memoryview],
+        sha256: str | None,
+        durable: bool = True,
+        *,
+        truncate_on_error: bool = False,
+    ) -> tuple[int, str]:
+        """Write every chunk to ``fd``, make it durable (unless told not to), close ``fd``.
+
+        Returns the size and the SHA-256 (``sha256`` when given, else computed
+        on the way: each chunk is hashed and written while in hand).  With
+        `truncate_on_error` a failure (also one raised by the `chunks`
+        iterator) empties the file again: a pooled key's file must never
+        hold a partial blob.
+        """
+        hasher = None if sha256 else hashlib.sha256()
+        size = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                if view.ndim != 1 or view.itemsize != 1:
+                    view = view.cast("B")
+                if hasher is not None:
+                    hasher.update(view)
+                size += len(view)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             if self._fsync and durable:
                 # Also makes the new size durable: the data is reachable.
                 os.fdatasync(fd)
+        except BaseException:
+            if truncate_on_error:
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+            raise
         finally:
             os.close(fd)
+        return size, sha256 or (hasher.hexdigest() if hasher is not None else "")
 
     def sync(self) -> None:
         """Flush everything written with ``durable=False``: one ``syncfs`` of the store's
@@ -181,6 +237,15 @@ class FileSystemBlobStore:
     def read(self, key: str) -> bytes:
         with self.open(key) as fh:
             return fh.read()
+
+    def open_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range {offset}+{length}")
+        with self.open(key) as fh:
+            try:
+                return os.pread(fh.fileno(), length, offset)
+            except OSError as exc:
+                raise StorageError(f"cannot read blob {key}: {exc.strerror or exc}") from exc
 
     def local_path(self, key: str) -> str | None:
         return str(self._path(key))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing
@@ -31,6 +31,19 @@ class MemoryBlobStore:
             self._blobs[key] = bytes(data)
         return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+    ) -> BlobInfo:
+        digest = hashlib.sha256()
+        parts: list[bytes] = []
+        for chunk in chunks:
+            digest.update(chunk)
+            parts.append(bytes(chunk))
+        data = b"".join(parts)
+        with self._lock:
+            self._blobs[key] = data
+        return BlobInfo(key, len(data), digest.hexdigest())
+
     def sync(self) -> None:
         return None
 
@@ -42,6 +55,11 @@ class MemoryBlobStore:
             return self._blobs[key]
         except KeyError as exc:
             raise BlobMissing(f"blob {key} is missing") from exc
+
+    def open_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"invalid range {offset}+{length}")
+        return self.read(key)[offset : offset + length]
 
     def local_path(self, key: str) -> str | None:
         return None
