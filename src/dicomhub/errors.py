@@ -15,6 +15,7 @@ transport codes in one table, so no transport status appears here::
     │   ├── BlobMissing
     │   └── ChecksumMismatch
     ├── IndexUnavailable
+    ├── TranscodeError            pixel data cannot be decoded / encoded as asked
     └── ConfigurationError
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "NotFound",
     "PatientMismatch",
     "StorageError",
+    "TranscodeError",
     "UnknownDestination",
 ]
 
@@ -83,6 +85,10 @@ class ChecksumMismatch(StorageError):
 
 class IndexUnavailable(DicomhubError):
     """The index database cannot be reached or written."""
+
+
+class TranscodeError(DicomhubError):
+    """Pixel data cannot be decoded, or cannot be encoded in the requested transfer syntax."""
 
 
 class ConfigurationError(DicomhubError):

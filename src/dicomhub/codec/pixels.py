@@ -1,0 +1,210 @@
+"""Frame-at-a-time decoding and encoding on top of ``pydicom.pixels``.
+
+Decoding reads from the open file (:class:`~dicomhub.codec.source.Source`), one
+frame at a time; encoding turns one decoded frame into one codestream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.pixels.utils import as_pixel_options
+from pydicom.uid import UID
+
+from dicomhub.errors import TranscodeError
+
+from . import jpeg_baseline
+from .source import Source
+from .syntaxes import (
+    DEFLATED,
+    EXPLICIT_LE,
+    J2K,
+    J2K_LOSSLESS,
+    JPEG_10918_UIDS,
+    JPEG_BASELINE,
+    JPEG_LS_LOSSLESS,
+    JPEG_LS_NEAR,
+    RLE,
+)
+
+__all__ = ["EncodedFrame", "LOSSY_METHODS", "decoded_frames", "encode_frame", "frame_nbytes"]
+
+Array = NDArray[Any]
+
+#: PS3.3 C.7.6.1.1.5.1: (0028,2114) Lossy Image Compression Method defined terms.
+LOSSY_METHODS = {JPEG_BASELINE: "ISO_10918_1", JPEG_LS_NEAR: "ISO_14495_1", J2K: "ISO_15444_1"}
+# The default lossy settings: visually lossless for diagnostic images.
+J2K_COMPRESSION_RATIO = 10.0
+JLS_NEAR_ERROR = 2
+
+_ENCODABLE = frozenset({RLE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR, J2K_LOSSLESS, J2K, JPEG_BASELINE})
+
+
+def decoder_options(source: Source) -> dict[str, Any]:
+    """The keyword options for pydicom's decoders, from the source header."""
+    if source.pixel is None:
+        raise TranscodeError("the object has no pixel data")
+    opts = as_pixel_options(source.ds)
+    # A deflated source was inflated to Explicit VR Little Endian by open_source().
+    ts = EXPLICIT_LE if source.transfer_syntax_uid == DEFLATED else source.transfer_syntax_uid
+    opts["transfer_syntax_uid"] = UID(ts)
+    opts["pixel_keyword"] = source.pixel.keyword
+    if source.pixel.vr is not None:
+        opts["pixel_vr"] = source.pixel.vr
+    # The JPEG (ISO 10918) codecs undo the YCbCr transform themselves, so their
+    # YBR_FULL(_422) output is RGB.  Elsewhere YBR_FULL is kept: converting it would lose bits.
+    opts["as_rgb"] = ts in JPEG_10918_UIDS
+    return opts
+
+
+def decoded_frames(
+    source: Source, indices: Iterable[int] | None = None
+) -> Iterator[tuple[Array, dict[str, Any]]]:
+    """Yield ``(array, pixel properties)`` for each frame (or the 0-based `indices`).
+
+    The array is ``(rows, columns[, samples])`` with PlanarConfiguration 0; the
+    properties are pydicom's (photometric_interpretation after decoding, etc.).
+
+    Raises
+    ------
+    dicomhub.errors.TranscodeError
+        When the pixel data cannot be decoded.
+    """
+    opts = decoder_options(source)
+    ts = str(opts["transfer_syntax_uid"])
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise TranscodeError(f"no decoder for transfer syntax {ts}") from exc
+    if not decoder.is_available:
+        raise TranscodeError(f"pixel data in {decoder.UID.name} cannot be decoded in this install")
+    assert source.pixel is not None  # checked by decoder_options
+    wanted = list(indices) if indices is not None else None
+    expected = len(wanted) if wanted is not None else source.number_of_frames
+    count = 0
+    source.fh.seek(source.pixel.value_offset)
+    try:
+        for arr, props in decoder.iter_array(source.fh, indices=wanted, raw=False, **opts):
+            if count == expected:
+                break  # JPEG may yield more frames than NumberOfFrames
+            count += 1
+            yield arr, dict(props)
+    except TranscodeError:
+        raise
+    except Exception as exc:
+        raise TranscodeError(f"cannot decode the pixel data ({decoder.UID.name}): {_short(exc)}") from exc
+    if count < expected:
+        raise TranscodeError(f"the pixel data holds {count} frames, NumberOfFrames says {expected}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in text[:3]) or type(exc).__name__
+
+
+def frame_nbytes(props: dict[str, Any]) -> int:
+    """Bytes of one native frame with these pixel properties."""
+    pixels = int(props["rows"]) * int(props["columns"]) * int(props["samples_per_pixel"])
+    return (pixels * int(props["bits_allocated"]) + 7) // 8
+
+
+@dataclass(slots=True)
+class EncodedFrame:
+    """One encoded frame and the pixel module values that describe it."""
+
+    data: bytes
+    photometric_interpretation: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_encodable(target_uid: str) -> None:
+    """Raise TranscodeError unless pixel data can be encoded in `target_uid` here."""
+    from .syntaxes import can_encode
+
+    if target_uid not in _ENCODABLE or not can_encode(target_uid):
+        from pydicom.uid import UID
+
+        raise TranscodeError(f"pixel data cannot be encoded as {UID(target_uid).name} in this install")
+
+
+def encode_frame(arr: Array, props: dict[str, Any], target_uid: str) -> EncodedFrame:
+    """Encode one decoded frame in the encapsulated syntax `target_uid`.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        As yielded by :func:`decoded_frames`.
+    props : dict
+        Its pixel properties.
+    target_uid : str
+        RLE, JPEG-LS (lossless, near-lossless), JPEG 2000 (lossless, lossy) or JPEG baseline.
+
+    Returns
+    -------
+    EncodedFrame
+
+    Raises
+    ------
+    dicomhub.errors.TranscodeError
+        When the pixel data does not suit the target (bit depth, colour space, sign).
+    """
+    pi = str(props["photometric_interpretation"])
+    bits_stored = int(props.get("bits_stored", props["bits_allocated"]))
+    pixel_representation = int(props.get("pixel_representation", 0))
+    if target_uid == JPEG_BASELINE:
+        data, out_pi = jpeg_baseline.encode_frame(
+            arr, pi, bits_stored=bits_stored, pixel_representation=pixel_representation
+        )
+        return EncodedFrame(data, out_pi)
+    opts: dict[str, Any] = {
+        "rows": int(props["rows"]),
+        "columns": int(props["columns"]),
+        "samples_per_pixel": int(props["samples_per_pixel"]),
+        "bits_allocated": int(props["bits_allocated"]),
+        "bits_stored": bits_stored,
+        "pixel_representation": pixel_representation,
+        "photometric_interpretation": pi,
+        "number_of_frames": 1,
+        "planar_configuration": 0,
+    }
+    out_pi = pi
+    if target_uid in (J2K_LOSSLESS, J2K):
+        if pi == "RGB":
+            # The reversible / irreversible colour transform (PS3.5 8.2.4) compresses better.
+            out_pi = "YBR_RCT" if target_uid == J2K_LOSSLESS else "YBR_ICT"
+            opts["photometric_interpretation"] = out_pi
+        opts["use_mct"] = out_pi in ("YBR_RCT", "YBR_ICT")
+        if target_uid == J2K:
+            if pi == "PALETTE COLOR":
+                raise TranscodeError("lossy JPEG 2000 cannot encode PALETTE COLOR indices")
+            opts["j2k_cr"] = [J2K_COMPRESSION_RATIO]
+    elif target_uid == JPEG_LS_NEAR:
+        if pi == "PALETTE COLOR":
+            raise TranscodeError("near-lossless JPEG-LS cannot encode PALETTE COLOR indices")
+        opts["jls_error"] = JLS_NEAR_ERROR
+    try:
+        data = get_encoder(target_uid).encode(arr, **opts)
+    except Exception as exc:
+        raise TranscodeError(f"cannot encode the pixel data as {_name(target_uid)}: {_short(exc)}") from exc
+    return EncodedFrame(bytes(data), out_pi)
+
+
+def _name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return str(UID(uid).name)
+
+
+def native_bytes(arr: Array, little_endian: bool) -> bytes:
+    """The frame as native bytes in the given byte order."""
+    if arr.dtype.itemsize == 1:
+        return arr.tobytes()
+    if little_endian:
+        return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder(">")).tobytes()
