@@ -6,15 +6,19 @@ import logging
 import socket
 from typing import Any
 
+from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
+from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.archive import Archive
+from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
@@ -50,15 +54,19 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     blobs = FileSystemBlobStore(settings.blob_dir)
     headers = HeaderService(index, blobs)
     search = SearchService(index, headers)
+    transcode = TranscodeService(blobs, settings.spool_dir)
+    compression = [(rule, transfer_syntax(rule.transfer_syntax).uid) for rule in settings.compress]
     return Archive(
         index=index,
         blobs=blobs,
         headers=headers,
-        ingest=IngestService(index, blobs, settings.duplicate_policy),
+        ingest=IngestService(index, blobs, settings.duplicate_policy, compression),
         search=search,
         retrieve=RetrieveService(search, blobs),
         delete=DeleteService(index, blobs),
-        wado=WadoService(index, search, blobs),
+        wado=WadoService(index, search, blobs, transcode),
+        transcode=transcode,
+        decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
         close=engine.dispose,
     )
 
@@ -93,7 +101,7 @@ def run_dimse_worker(
 
 
 def run_background_worker(settings: Settings, parent: int) -> None:
-    """Entry point of the background process: header metadata for stored instances.
+    """Entry point of the background process: header metadata and the decode check.
 
     A process of its own, because the work is pure Python: as a thread of the
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
@@ -110,7 +118,13 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     archive = open_archive(settings, upgrade=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    checker = threading.Thread(
+        target=archive.decode_check.run_worker, args=(stop,), name="decode-check", daemon=True
+    )
+    checker.start()
     try:
         archive.headers.run_worker(stop)
     finally:
+        stop.set()
+        checker.join(timeout=5)
         archive.close()

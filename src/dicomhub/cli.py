@@ -95,6 +95,26 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     p.add_argument("--dimse-timeout", type=float, help="seconds (default 60)")
     p.add_argument("--network-timeout", type=float, help="seconds (default 120)")
     p.add_argument("--workers", type=int, help="DIMSE worker processes (default: one per core)")
+    p.add_argument(
+        "--compress",
+        action="append",
+        default=[],
+        metavar="KEY=SYNTAX",
+        help="store objects compressed at rest: KEY is a Modality, a SOP Class UID or *, "
+        "SYNTAX a name from `dicomhub codecs` or a UID (repeatable; first match wins)",
+    )
+    p.add_argument(
+        "--allow-lossy-compression",
+        action="store_true",
+        default=None,
+        help="allow --compress rules with a lossy transfer syntax",
+    )
+    p.add_argument(
+        "--decode-check",
+        choices=["off", "sample", "always"],
+        help="decode stored pixel data once after ingest: the first objects of each "
+        "syntax (sample, default), every object (always), or none (off)",
+    )
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -113,9 +133,12 @@ def _load(args: argparse.Namespace) -> Settings:
         "dimse_timeout",
         "network_timeout",
         "workers",
+        "allow_lossy_compression",
+        "decode_check",
     )
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
+    overrides["compress"] = getattr(args, "compress", None) or None
     return load_settings(overrides, config_file=args.config)
 
 
@@ -145,11 +168,22 @@ def _parser() -> argparse.ArgumentParser:
     conflicts = sub.add_parser("conflicts", help="list refused copies kept in quarantine")
     _settings_args(conflicts)
     conflicts.add_argument("--json", action="store_true")
+
+    codecs = sub.add_parser("codecs", help="transfer syntaxes this install decodes and encodes")
+    codecs.add_argument("--json", action="store_true")
+
+    check = sub.add_parser(
+        "check", help="report stored objects that need attention (exit 1 when there are any)"
+    )
+    _settings_args(check)
+    check.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "codecs":
+        return _codecs(args)
     try:
         settings = _load(args)
     except ConfigurationError as exc:
@@ -169,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _db(settings)
         if args.command == "conflicts":
             return _conflicts(settings, args)
+        if args.command == "check":
+            return _check(settings, args)
     except DicomhubError as exc:
         print(f"dicomhub: {exc}", file=sys.stderr)
         return 1
@@ -390,6 +426,60 @@ def _conflicts(settings: Settings, args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return 0
+
+
+# ------------------------------------------------------------------ codecs, check
+
+
+def _codecs(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.codec import transfer_syntaxes
+
+    syntaxes = transfer_syntaxes()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(ts) for ts in syntaxes], indent=2))
+        return 0
+    table = Table(title="dicomhub: transfer syntaxes in this install")
+    for col in ("name", "UID", "title", "lossy", "decode", "encode"):
+        table.add_column(col, overflow="fold")
+    for ts in syntaxes:
+        table.add_row(
+            ts.name,
+            ts.uid,
+            ts.title,
+            "lossy" if ts.lossy else "",
+            "yes" if ts.can_decode else "no",
+            "yes" if ts.can_encode else "no",
+        )
+    Console().print(table)
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    try:
+        failures = archive.decode_check.failures()
+    finally:
+        archive.close()
+    if args.json:
+        print(json.dumps({"decode_failures": failures}, indent=2))
+    else:
+        table = Table(title=f"dicomhub: {len(failures)} stored objects whose pixel data does not decode")
+        for col in ("checked_at", "sop_instance_uid", "transfer_syntax_uid", "reason"):
+            table.add_column(col, overflow="fold")
+        for f in failures:
+            table.add_row(f["checked_at"], f["sop_instance_uid"], f["transfer_syntax_uid"], f["reason"] or "")
+        Console().print(table)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from dicomhub.errors import ConfigurationError
-from dicomhub.model.policy import DuplicatePolicy
+from dicomhub.model.policy import (
+    CompressionRule,
+    DecodeCheckMode,
+    DuplicatePolicy,
+    parse_compression_rule,
+)
 
 __all__ = ["RemoteAE", "Settings", "load_settings", "parse_remote_ae"]
 
@@ -50,6 +55,10 @@ class Settings:
     qido_max_limit: int = 10000  # the largest limit a QIDO-RS request may ask for
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the HTTP API ("*" for any)
     database_url: str = ""  # empty: SQLite in the data dir
+    # Compression at rest: the first matching rule decides (none: keep as received).
+    compress: tuple[CompressionRule, ...] = ()
+    allow_lossy_compression: bool = False  # a lossy `compress` rule needs this
+    decode_check: DecodeCheckMode = DecodeCheckMode.SAMPLE
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -62,6 +71,11 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Temporary files (large received objects, transcoded copies), beside the blobs."""
+        return self.data_dir / "tmp"
 
     def remote_ae(self, ae_title: str) -> RemoteAE | None:
         for remote in self.remote_aes:
@@ -108,6 +122,15 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(str(i).strip() for i in items if str(i).strip())
         if name == "duplicate_policy":
             return DuplicatePolicy(str(value).lower())
+        if name == "decode_check":
+            return DecodeCheckMode(str(value).lower())
+        if name == "compress":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(
+                i if isinstance(i, CompressionRule) else parse_compression_rule(str(i))
+                for i in items
+                if str(i).strip()
+            )
         if isinstance(default, bool):
             if isinstance(value, bool):
                 return value
@@ -174,3 +197,26 @@ def _validate(s: Settings) -> None:
             raise ConfigurationError(f"invalid port {port}")
     if s.max_associations < 1:
         raise ConfigurationError("max_associations must be at least 1")
+    _validate_compression(s)
+
+
+def _validate_compression(s: Settings) -> None:
+    # Resolved here so that a typo or a lossy rule stops `serve` at start-up,
+    # not at the first matching object.
+    from dicomhub.codec import transfer_syntax
+    from dicomhub.errors import DicomhubError
+
+    for rule in s.compress:
+        try:
+            syntax = transfer_syntax(rule.transfer_syntax)
+        except DicomhubError as exc:
+            raise ConfigurationError(f"compression rule {rule}: {exc}") from exc
+        if not syntax.can_encode:
+            raise ConfigurationError(
+                f"compression rule {rule}: {syntax.title} cannot be encoded in this install"
+            )
+        if syntax.lossy and not s.allow_lossy_compression:
+            raise ConfigurationError(
+                f"compression rule {rule}: {syntax.title} is lossy; "
+                "set allow_lossy_compression (--allow-lossy-compression) to store lossy copies"
+            )

@@ -1,7 +1,9 @@
 """What dicomhub accepts for Storage: SOP classes and transfer syntaxes.
 
 Every storage SOP class pynetdicom knows, in every transfer syntax below,
-each kept as received. (Verification and the Query/Retrieve models are
+each kept as received: an archive must take what a modality sends even when
+this install cannot decode it (the decode check reports those), and
+retrieval transcodes where a receiver needs another syntax. (Verification and the Query/Retrieve models are
 negotiated by :mod:`dicomhub.dimse.fastpath` itself.)
 """
 
@@ -49,6 +51,11 @@ STORAGE_TRANSFER_SYNTAXES: Final = (
     "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo HP@L4.2
     "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile
     "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile
+    "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
+    "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG Recompression
+    "1.2.840.10008.1.2.4.112",  # JPEG XL
+    "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
+    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 )
 
 STORAGE_SOP_CLASSES: Final = tuple(sorted(set(_STORAGE_CLASSES.values())))

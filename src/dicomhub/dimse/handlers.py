@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from dicomhub.config import Settings
 from dicomhub.dimse import status
 from dicomhub.dimse.fastpath import (
+    FileRegion,
     Identifier,
     QueryRequest,
     RetrievePlan,
@@ -38,6 +39,11 @@ from dicomhub.services.archive import Archive
 __all__ = ["handle_find", "handle_retrieve", "handle_store"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
+
+# Objects above this are sent from their file rather than read into memory.
+_SEND_FROM_FILE = 16 << 20
+# Enough to hold any File Meta group.
+_HEAD = 64 * 1024
 
 _STUDY_ROOT = {
     "1.2.840.10008.5.1.4.1.2.2.1",
@@ -61,13 +67,23 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
     """C-STORE: the one ingest path; the status says what happened."""
     caller = _caller(req.calling_ae_title, req.peer_host)
     try:
-        result = archive.ingest.store_received(
-            req.dataset,
-            req.transfer_syntax_uid,
-            req.sop_class_uid,
-            req.sop_instance_uid,
-            caller,
-        )
+        if req.dataset_path is not None:
+            # A large data set, spooled to disk while it arrived.
+            result = archive.ingest.store_received_file(
+                req.dataset_path,
+                req.transfer_syntax_uid,
+                req.sop_class_uid,
+                req.sop_instance_uid,
+                caller,
+            )
+        else:
+            result = archive.ingest.store_received(
+                req.dataset,
+                req.transfer_syntax_uid,
+                req.sop_class_uid,
+                req.sop_instance_uid,
+                caller,
+            )
     except DicomhubError as exc:
         code = status.store_status(exc)
         LOGGER.warning(
@@ -146,19 +162,36 @@ def _retrieve_query(identifier: Dataset, model: str) -> Query:
 
 
 def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
-    def read() -> memoryview:
+    """One C-GET/C-MOVE sub-operation: the stored data set, or a transcoded copy.
+
+    Small objects are read whole (the fastest path for the common case);
+    large ones are sent from their file. Transcoded copies are temporary
+    files that the sender removes once sent.
+    """
+
+    def read() -> memoryview | FileRegion:
+        path = archive.retrieve.local_path(row)
+        if path is not None and row.size > _SEND_FROM_FILE:
+            with open(path, "rb") as fh:
+                offset = dataset_offset(fh.read(_HEAD))
+            return FileRegion(path, offset, row.size - offset)
         raw = archive.retrieve.read(row)
         return memoryview(raw)[dataset_offset(raw) :]
 
-    def convert(transfer_syntax_uid: str) -> bytes:
-        return reencode(archive.retrieve.read(row), transfer_syntax_uid)
+    def convert(transfer_syntax_uid: str) -> bytes | FileRegion:
+        if transfer_syntax_uid in little_endian_alternatives(row.transfer_syntax_uid) and (
+            row.size <= _SEND_FROM_FILE
+        ):
+            return reencode(archive.retrieve.read(row), transfer_syntax_uid)
+        copy = archive.transcode.transcode(row, transfer_syntax_uid)
+        return FileRegion(copy.path, copy.dataset_offset, copy.size - copy.dataset_offset, delete_after=True)
 
     return Sendable(
         row.sop_class_uid,
         row.sop_instance_uid,
         row.transfer_syntax_uid,
         read,
-        alternatives=little_endian_alternatives(row.transfer_syntax_uid),
+        alternatives=archive.transcode.alternatives(row.transfer_syntax_uid),
         convert=convert,
     )
 

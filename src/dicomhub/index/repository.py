@@ -407,6 +407,8 @@ class IndexRepository:
                 "source_ae_title": (source_ae_title or "")[:16] or None,
                 "received_at": now,
                 "header_json": None,
+                "original_transfer_syntax_uid": h.extra.get("original_transfer_syntax_uid"),
+                "original_sha256": h.extra.get("original_sha256"),
             },
         )
         conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -24,7 +25,17 @@ from sqlalchemy import (
     Text,
 )
 
-__all__ = ["change", "conflict", "instance", "metadata", "patient", "series", "study"]
+__all__ = [
+    "change",
+    "conflict",
+    "decode_check",
+    "instance",
+    "metadata",
+    "patient",
+    "series",
+    "study",
+    "worker_cursor",
+]
 
 metadata = MetaData()
 
@@ -101,6 +112,10 @@ instance = Table(
     # The rest of the header as DICOM JSON (PS3.18 F.2), bulk data left out.
     # Filled after the acknowledgement by the header worker, or on first use.
     Column("header_json", Text),
+    # Set when the object is stored in another syntax than it arrived in
+    # (compression at rest): what arrived, and the SHA-256 of the file as received.
+    Column("original_transfer_syntax_uid", String(64)),
+    Column("original_sha256", String(64)),
     sqlite_autoincrement=True,
 )
 
@@ -128,6 +143,28 @@ conflict = Table(
     Column("source_ae_title", String(16)),
     Column("detail", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per instance whose pixel data was decoded once after ingest (the
+# decode check); `ok` false rows are what `dicomhub check` reports.
+decode_check = Table(
+    "decode_check",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("reason", Text),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+    Index("ix_decode_check_syntax", "transfer_syntax_uid", "sop_class_uid", "ok"),
+)
+
+# Where a background job is in a stream it follows (e.g. instance pks).
+worker_cursor = Table(
+    "worker_cursor",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("position", BigInteger, nullable=False),
 )
 
 Index(

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
 
@@ -29,6 +31,8 @@ class Archive:
     retrieve: RetrieveService
     delete: DeleteService
     wado: WadoService
+    transcode: TranscodeService
+    decode_check: DecodeCheckService
     close: Callable[[], None]
 
     def usable(self) -> bool:

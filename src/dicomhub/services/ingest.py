@@ -14,15 +14,17 @@ A blob written in step 2 whose step 3 never happened is an orphan that
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from dicomhub import codec
 from dicomhub.errors import (
     Conflict,
     DicomhubError,
@@ -30,18 +32,21 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    TranscodeError,
 )
 from dicomhub.index.repository import AddOutcome, AddResult, IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
-from dicomhub.model.policy import DuplicatePolicy
+from dicomhub.model.policy import CompressionRule, DuplicatePolicy
 from dicomhub.model.records import InstanceHeader
 from dicomhub.model.structure import dataset_offset
 from dicomhub.storage.base import BlobInfo, BlobStore
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
+
+_CHUNK = 4 << 20
 
 LOGGER = logging.getLogger("dicomhub.ingest")
 
@@ -69,6 +74,7 @@ class _Prepared:
     data: bytes
     header: InstanceHeader
     content_sha256: str
+    size: int  # of the object as received
 
 
 class IngestService:
@@ -79,10 +85,19 @@ class IngestService:
         index: IndexRepository,
         blobs: BlobStore,
         policy: DuplicatePolicy = DuplicatePolicy.KEEP,
+        compression: Sequence[tuple[CompressionRule, str]] = (),
     ) -> None:
+        """
+        Parameters
+        ----------
+        compression : sequence of (CompressionRule, str)
+            Compression at rest: each rule with the transfer syntax UID it
+            resolves to; the first rule matching an object decides.
+        """
         self.index = index
         self.blobs = blobs
         self.policy = policy
+        self.compression = tuple(compression)
 
     def store_received(
         self,
@@ -104,6 +119,88 @@ class IngestService:
             + dataset
         )
         return self._store(data, caller, expect_instance_uid=sop_instance_uid)
+
+    def store_received_file(
+        self,
+        path: str | os.PathLike[str],
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        caller: Caller,
+    ) -> StoreResult:
+        """Store a large data set received over the network and spooled to ``path``.
+
+        Like :meth:`store_received`, but the data set is never held in
+        memory: the blob is written from the file in chunks (File Meta in
+        front, both digests computed on the way), then only its header is
+        read back for indexing. Objects this large are kept as received
+        (no compression at rest: encoding hundreds of MB before answering
+        would outlast the sender's DIMSE timeout). The spool file is left
+        for the caller to remove.
+        """
+        require_uid(sop_class_uid, "Affected SOP Class UID")
+        require_uid(sop_instance_uid, "Affected SOP Instance UID")
+        meta = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title)
+        content = hashlib.sha256()
+
+        def chunks() -> Iterator[bytes | memoryview]:
+            yield meta
+            with open(path, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    content.update(chunk)
+                    yield chunk
+
+        blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
+        try:
+            header = self._header_of_blob(blob.key)
+            if header.sop_instance_uid != sop_instance_uid:
+                raise InvalidIdentifier(
+                    "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
+                )
+            digest = content.hexdigest()
+            existing = self.index.get_instance(header.sop_instance_uid)
+            if existing is not None and existing.content_sha256 == digest:
+                self._discard(blob.key)
+                if self.policy is DuplicatePolicy.REJECT:
+                    raise DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                    )
+                return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size)
+            if existing is not None and self.policy is not DuplicatePolicy.OVERWRITE:
+                refusal = DuplicateInstance(
+                    f"SOP Instance {header.sop_instance_uid} is already stored with other content"
+                )
+                self._record(refusal, blob, header, caller, "duplicate-different-content")
+                raise refusal
+        except DicomhubError as exc:
+            if not isinstance(exc, Conflict):
+                self._discard(blob.key)
+            raise
+        prepared = _Prepared(b"", header, digest, blob.size)
+        try:
+            added: AddOutcome | BaseException = self.index.add_instance(
+                header, blob, digest, caller.ae_title, overwrite=self.policy is DuplicatePolicy.OVERWRITE
+            )
+        except BaseException as exc:
+            added = exc
+        return self._finish(prepared, blob, added, caller)
+
+    def _header_of_blob(self, key: str) -> InstanceHeader:
+        """Index values of a written blob, reading only its header pages."""
+        with self.blobs.open(key) as fh:
+            try:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, AttributeError):
+                return extract_part10(fh.read())
+        try:
+            # The one-pass scan reads element headers and skips values by
+            # their length, so a large Pixel Data is never paged in.
+            return extract_part10(cast(bytes, mapped))
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass
 
     def store_part10(
         self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
@@ -160,7 +257,7 @@ class IngestService:
         prepared = self._prepare(data, caller, expect_instance_uid, expect_study_uid)
         if isinstance(prepared, StoreResult):
             return prepared
-        blob = self.blobs.put(self.blobs.new_key(), data)
+        blob = self.blobs.put(self.blobs.new_key(), prepared.data)
         try:
             added: AddOutcome | BaseException = self.index.add_instance(
                 prepared.header,
@@ -262,7 +359,49 @@ class IngestService:
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
                 self._quarantine(data, header, caller, "duplicate-different-content")
-        return _Prepared(data, header, content)
+        return self._compressed(_Prepared(data, header, content, len(data)))
+
+    def _compressed(self, prepared: _Prepared) -> _Prepared:
+        """The object to write: as received, or compressed at rest when a rule says so.
+
+        The index keeps the received object's syntax and SHA-256, and its
+        content digest stays the received data set's, so the same object
+        sent again is recognised as already present. When the object cannot
+        be compressed (unsupported pixel data, an encoder error) it is kept
+        as received: compression must never cost an object.
+        """
+        header = prepared.header
+        target = self._compression_target(header)
+        if target is None or target == header.transfer_syntax_uid:
+            return prepared
+        try:
+            data = codec.transcode_bytes(prepared.data, target)
+            stored = extract_part10(data)
+        except (TranscodeError, InvalidRequest) as exc:
+            LOGGER.warning(
+                "%s kept as received (%s): not compressed to %s: %s",
+                header.sop_instance_uid,
+                header.transfer_syntax_uid,
+                target,
+                exc,
+            )
+            return prepared
+        extra = {
+            **stored.extra,
+            "original_transfer_syntax_uid": header.transfer_syntax_uid,
+            "original_sha256": hashlib.sha256(prepared.data).hexdigest(),
+        }
+        header = dataclasses.replace(stored, extra=extra)
+        return _Prepared(data, header, prepared.content_sha256, prepared.size)
+
+    def _compression_target(self, header: InstanceHeader) -> str | None:
+        if not self.compression:
+            return None
+        modality = header.series.get("modality")
+        for rule, uid in self.compression:
+            if rule.matches(modality, header.sop_class_uid):
+                return uid
+        return None
 
     def _finish(
         self,
@@ -289,7 +428,7 @@ class IngestService:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
-                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(prepared.data))
+                return self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
             refusal = DuplicateInstance(
                 f"SOP Instance {header.sop_instance_uid} is already stored with other content"
             )
@@ -300,7 +439,7 @@ class IngestService:
         outcome = (
             StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         )
-        return self._result(outcome, header, len(prepared.data))
+        return self._result(outcome, header, prepared.size)
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
         blob = self.blobs.put(self.blobs.new_key(), data)

@@ -33,7 +33,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.utils import pixel_array
 from pydicom.sequence import Sequence as DicomSequence
 
-from dicomhub.errors import DicomhubError, InvalidRequest, NotFound
+from dicomhub.errors import DicomhubError, InvalidRequest, NotFound, TranscodeError
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.encoding import little_endian_alternatives, reencode
@@ -44,6 +44,7 @@ from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.headers import header_to_json
 from dicomhub.services.search import SearchService
+from dicomhub.services.transcode import TranscodeService
 from dicomhub.storage.base import BlobStore
 
 __all__ = [
@@ -63,6 +64,8 @@ PIXEL_DATA = 0x7FE00010
 # Elements above this many bytes are located, not read, by the header parse.
 _DEFER = 1024
 _CHUNK = 1024 * 1024
+# Larger objects go through the codec layer's frame-by-frame path instead.
+_REENCODE_IN_MEMORY = 64 * 1024 * 1024
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -143,10 +146,17 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
 class WadoService:
     """The retrieve side of DICOMweb (WADO-RS, WADO-URI)."""
 
-    def __init__(self, index: IndexRepository, search: SearchService, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        index: IndexRepository,
+        search: SearchService,
+        blobs: BlobStore,
+        transcode: TranscodeService,
+    ) -> None:
         self.index = index
         self.search = search
         self.blobs = blobs
+        self.transcode = transcode
 
     # ------------------------------------------------------------ finding
 
@@ -241,30 +251,70 @@ class WadoService:
             raise InvalidRequest(f"instance {row.sop_instance_uid}: stored object is shorter than expected")
         return data
 
-    @staticmethod
-    def can_encode(row: InstanceRow, transfer_syntax_uid: str) -> bool:
-        """True when ``row`` can be given in ``transfer_syntax_uid`` (stored, or the other LE)."""
-        return transfer_syntax_uid == row.transfer_syntax_uid or transfer_syntax_uid in (
-            little_endian_alternatives(row.transfer_syntax_uid)
-        )
+    def can_encode(self, row: InstanceRow, transfer_syntax_uid: str) -> bool:
+        """True when ``row`` can be given in ``transfer_syntax_uid``.
+
+        A lossy syntax counts only because the client named it: WADO-RS
+        never picks one on its own.
+        """
+        return self.transcode.can_produce(row, transfer_syntax_uid, allow_lossy=True)
 
     def encoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
         """The Part 10 object of ``row`` in ``transfer_syntax_uid``, in chunks.
 
+        Transcoding happens when the first chunk is asked for, into a
+        temporary file that is streamed and removed.
+
         Raises
         ------
         CannotEncode
-            When the stored syntax cannot be converted (compressed syntaxes
-            need the codec layer, which does not exist yet).
+            When the stored object cannot be given in that syntax.
         """
         if transfer_syntax_uid == row.transfer_syntax_uid:
             return self.stream(row)
         if not self.can_encode(row, transfer_syntax_uid):
             raise CannotEncode(
                 f"instance {row.sop_instance_uid} is stored in {row.transfer_syntax_uid} and "
-                f"cannot be transcoded to {transfer_syntax_uid}"
+                f"cannot be transcoded to {transfer_syntax_uid} in this install"
             )
-        return self._reencoded(row, transfer_syntax_uid)
+        if transfer_syntax_uid in little_endian_alternatives(row.transfer_syntax_uid) and (
+            row.size <= _REENCODE_IN_MEMORY
+        ):
+            return self._reencoded(row, transfer_syntax_uid)
+        return self._transcoded(row, transfer_syntax_uid)
+
+    def _transcoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
+        try:
+            result = self.transcode.transcode(row, transfer_syntax_uid, allow_lossy=True)
+        except TranscodeError as exc:
+            # Parts already sent cannot be taken back; the multipart body ends
+            # short and the client sees a broken stream rather than a wrong object.
+            raise CannotEncode(str(exc)) from exc
+        yield from result.chunks()
+
+    def frames_in(
+        self, row: InstanceRow, numbers: Sequence[int], transfer_syntax_uid: str
+    ) -> list[bytes]:
+        """Frames ``numbers`` (1-based) decoded and, for a compressed target, re-encoded.
+
+        Raises
+        ------
+        NotFound
+            For a frame number out of range.
+        CannotEncode
+            When the frames cannot be given in that syntax.
+        """
+        layout, _ds = self.pixel_layout(row)
+        for n in numbers:
+            if not 1 <= n <= layout.number_of_frames:
+                raise NotFound(
+                    f"frame {n} is out of range: instance {row.sop_instance_uid} has "
+                    f"{layout.number_of_frames} frame(s)"
+                )
+        try:
+            return self.transcode.frames(row, list(numbers), transfer_syntax_uid)
+        except TranscodeError as exc:
+            raise CannotEncode(str(exc)) from exc
 
     def _reencoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
         # One instance in memory at a time: re-encoding needs a full parse.

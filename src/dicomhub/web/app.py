@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import dicomweb
+from dicomhub.web import admin, dicomweb
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.openapi import openapi_endpoint
 
@@ -77,6 +77,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
+            Mount("/admin", routes=admin.routes(archive)),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

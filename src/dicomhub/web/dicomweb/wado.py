@@ -5,17 +5,18 @@ best first; ``*/*`` (or no ``Accept``) gives the stored representation.
 
 - Instances: ``multipart/related; type="application/dicom"``, one part per
   instance streamed from storage. ``transfer-syntax=*`` is the stored
-  syntax; a named syntax is the stored one or the other uncompressed
-  little-endian one (re-encoded); no ``transfer-syntax`` means Explicit VR
-  Little Endian (PS3.18 8.7.3.5.2) for uncompressed objects and, until
-  transcoding exists, the stored syntax for compressed ones. Anything else is
-  406 with the reason.
+  syntax; a named syntax is transcoded to when it is not the stored one
+  (:mod:`dicomhub.services.transcode`; lossy only because the client named
+  it); no ``transfer-syntax`` means Explicit VR Little Endian (PS3.18
+  8.7.3.5.2). What this install cannot produce is 406 with the reason.
 - Metadata: ``application/dicom+json``, spliced from the header JSON the index
   holds (BulkDataURIs made absolute, Pixel Data's added), with an ``ETag``.
-- Frames: native pixel data as ``application/octet-stream`` parts;
-  encapsulated pixel data as the stored bit stream in its image media type
-  (PS3.18 Table 8.7.3-5). A frame number out of range is 404 (PS3.18 allows
-  400 or 404: the resource does not exist).
+- Frames: ``*/*`` gives them as stored (native pixel data as
+  ``application/octet-stream``, encapsulated as the stored bit stream in its
+  image media type, PS3.18 Table 8.7.3-5); a named media type (with its
+  default or a named ``transfer-syntax``) gives them decoded or re-encoded.
+  A frame number out of range is 404 (PS3.18 allows 400 or 404: the
+  resource does not exist).
 - Bulk data: ``/bulk/{tag}`` (8 hex digits: the top-level element, else the
   first one nested in a sequence). Single-part ``application/octet-stream``
   honours ``Range``.
@@ -35,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from dicomhub import codec
 from dicomhub.config import Settings
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.caller import Caller, Channel
@@ -45,7 +47,6 @@ from dicomhub.services.wado import (
     PIXEL_DATA,
     CannotDecode,
     CannotEncode,
-    PixelLayout,
     WadoService,
 )
 from dicomhub.web.dicomweb.multipart import (
@@ -142,8 +143,7 @@ class _Wado:
 
     # ------------------------------------------------------------ instances
 
-    @staticmethod
-    def _syntax_for(row: InstanceRow, ranges: list[MediaRange]) -> str | None:
+    def _syntax_for(self, row: InstanceRow, ranges: list[MediaRange]) -> str | None:
         """The transfer syntax to send ``row`` in, or None when no range can be met."""
         for r in ranges:
             if r.media_type in ("*/*", "multipart/*"):
@@ -156,12 +156,9 @@ class _Wado:
             wanted = r.params.get("transfer-syntax")
             if wanted == "*" or (wanted is None and part_type != DICOM):
                 return row.transfer_syntax_uid
-            if wanted is None:
-                # PS3.18 default; compressed objects stay as stored until transcoding exists.
-                if WadoService.can_encode(row, EXPLICIT_VR_LE):
-                    return EXPLICIT_VR_LE
-                return row.transfer_syntax_uid
-            if WadoService.can_encode(row, wanted):
+            # PS3.18 8.7.3.5.2: no transfer-syntax parameter means Explicit VR Little Endian.
+            wanted = wanted or EXPLICIT_VR_LE
+            if self.wado.can_encode(row, wanted):
                 return wanted
         return None
 
@@ -177,7 +174,8 @@ class _Wado:
                 raise NotAcceptable(
                     f"instance {row.sop_instance_uid} is stored in {row.transfer_syntax_uid}; "
                     f"none of the accepted representations ({request.headers.get('accept')}) "
-                    "can be produced from it (transcoding of compressed data is not available yet)"
+                    "can be produced from it in this install (see GET /admin/codecs); "
+                    "transfer-syntax=* gives it as stored"
                 )
             plan.append((row, ts))
         boundary = new_boundary()
@@ -226,8 +224,16 @@ class _Wado:
         """WADO-RS retrieve frames (PS3.18 10.4.1.1.3)."""
         numbers = _frame_numbers(request.path_params["frames"])
         row = self._instance(request)
-        layout, data = self.wado.frames(row, numbers)
-        return _pixel_response(row, layout, data, _accept(request))
+        layout, _ds = self.wado.pixel_layout(row)
+        stored_ts = layout.transfer_syntax_uid
+        media, target, multipart = _frame_representation(
+            row, stored_ts, layout.encapsulated is None, len(numbers), _accept(request), self.wado
+        )
+        if target == stored_ts or (target in _LITTLE_ENDIAN_NATIVE and stored_ts in _LITTLE_ENDIAN_NATIVE):
+            _layout, data = self.wado.frames(row, numbers)
+        else:
+            data = self.wado.frames_in(row, numbers, target)
+        return _frames_response(data, media, target, multipart)
 
     def _instance(self, request: Request) -> InstanceRow:
         study, series, instance = _uids(request)
@@ -246,8 +252,15 @@ class _Wado:
         if tag == PIXEL_DATA:
             layout, _ds = self.wado.pixel_layout(row)
             if layout.encapsulated is not None:
-                _layout, data = self.wado.frames(row, range(1, layout.number_of_frames + 1))
-                return _pixel_response(row, layout, data, ranges)
+                every = list(range(1, layout.number_of_frames + 1))
+                media, target, multipart = _frame_representation(
+                    row, layout.transfer_syntax_uid, False, len(every), ranges, self.wado
+                )
+                if target == layout.transfer_syntax_uid:
+                    _layout, data = self.wado.frames(row, every)
+                else:
+                    data = self.wado.frames_in(row, every, target)
+                return _frames_response(data, media, target, multipart)
             length, offset, inline = layout.value_length, layout.value_offset, None
         else:
             value = self.wado.bulk(row, tag)
@@ -358,7 +371,11 @@ class _Wado:
         WadoService.query(study, series, instance)
         row = self.wado.instances(_caller(request), study, series, instance)[0]
         if content_type == DICOM:
-            ts = q.get("transferSyntax") or row.transfer_syntax_uid
+            ts = q.get("transferSyntax")
+            if not ts:
+                # PS3.18 9: Explicit VR Little Endian unless asked otherwise; an
+                # object that cannot be decoded goes out as stored rather than not at all.
+                ts = EXPLICIT_VR_LE if self.wado.can_encode(row, EXPLICIT_VR_LE) else row.transfer_syntax_uid
             return StreamingResponse(
                 self.wado.encoded(row, ts),
                 media_type=DICOM,
@@ -432,40 +449,75 @@ def _positive(text: str | None, name: str) -> int | None:
     return value
 
 
-def _pixel_response(
-    row: InstanceRow, layout: PixelLayout, data: list[bytes], ranges: list[MediaRange]
-) -> Response:
-    """Frames as stored: native as octet-stream, compressed in its image media type."""
-    ts = layout.transfer_syntax_uid
-    native = layout.encapsulated is None
-    if native:
-        if ts not in _LITTLE_ENDIAN_NATIVE:
-            raise NotAcceptable(f"frames of {ts} objects are not available yet")
-        media, part_ts = OCTET_STREAM, EXPLICIT_VR_LE
-    else:
-        media, part_ts = FRAME_MEDIA_TYPES.get(ts, OCTET_STREAM), ts
-    multipart: bool | None = None
+#: PS3.18 Table 8.7.3-5: the transfer syntax an image media type means when none is named.
+_DEFAULT_FRAME_SYNTAX = {
+    OCTET_STREAM: EXPLICIT_VR_LE,
+    "image/jpeg": "1.2.840.10008.1.2.4.70",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
+
+
+def _frame_representation(
+    row: InstanceRow,
+    stored_ts: str,
+    native: bool,
+    count: int,
+    ranges: list[MediaRange],
+    wado: WadoService,
+) -> tuple[str, str, bool]:
+    """(media type, transfer syntax, multipart) for frames, from the ``Accept`` ranges.
+
+    ``*/*`` and ``transfer-syntax=*`` give the frames as stored; a media type
+    with a named (or the default) transfer syntax gives them transcoded when
+    the stored pixel data is not already in it.
+    """
+    stored_media = OCTET_STREAM if native else FRAME_MEDIA_TYPES.get(stored_ts, OCTET_STREAM)
+    # Native frames are sent as little endian octets whatever the stored framing.
+    stored_as = EXPLICIT_VR_LE if native else stored_ts
     for r in ranges:
         if r.media_type in ("*/*", "multipart/*"):
+            return stored_media, stored_as, True
+        if r.media_type == "multipart/related":
+            media = (r.part_type or stored_media).lower()
             multipart = True
-        elif r.media_type == "multipart/related":
-            if r.part_type is not None and not r.part_matches(media):
-                continue
-            wanted = r.params.get("transfer-syntax")
-            if wanted not in (None, "*", part_ts) and not (native and wanted in _LITTLE_ENDIAN_NATIVE):
-                continue
-            multipart = True
-        elif r.media_type == media and len(data) == 1:
-            multipart = False
+        elif r.media_type in _DEFAULT_FRAME_SYNTAX and count == 1:
+            media, multipart = r.media_type, False
         else:
             continue
-        break
-    if multipart is None:
-        raise NotAcceptable(
-            f"the frames of instance {row.sop_instance_uid} are stored in {ts} and can be given as "
-            f'multipart/related; type="{media}" only (transcoding comes later)'
-        )
-    content_type = f"{media}; transfer-syntax={part_ts}"
+        if media in ("*/*", "image/*"):
+            return stored_media, stored_as, multipart
+        wanted = r.params.get("transfer-syntax")
+        if wanted == "*":
+            if media == stored_media:
+                return stored_media, stored_as, multipart
+            continue
+        if media not in _DEFAULT_FRAME_SYNTAX:
+            continue
+        target = wanted or _DEFAULT_FRAME_SYNTAX[media]
+        if media != (OCTET_STREAM if target in _NATIVE_TARGETS else FRAME_MEDIA_TYPES.get(target)):
+            continue
+        if target == stored_as or (native and target in _LITTLE_ENDIAN_NATIVE):
+            return media, target, multipart
+        if target in _NATIVE_TARGETS and codec.can_decode(stored_ts):
+            return media, target, multipart
+        if wado.can_encode(row, target):
+            return media, target, multipart
+    raise NotAcceptable(
+        f"the frames of instance {row.sop_instance_uid} (stored in {stored_ts}) cannot be given in "
+        f"any of the accepted media types in this install; as stored they are "
+        f'multipart/related; type="{stored_media}"'
+    )
+
+
+_NATIVE_TARGETS = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+
+
+def _frames_response(data: list[bytes], media: str, ts: str, multipart: bool) -> Response:
+    content_type = f"{media}; transfer-syntax={ts}"
     if not multipart:
         return Response(data[0], headers={"Content-Type": content_type})
     boundary = new_boundary()

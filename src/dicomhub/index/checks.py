@@ -1,0 +1,154 @@
+"""SQL of the decode check: which stored objects were decoded once, and with what result.
+
+Kept apart from :mod:`dicomhub.index.repository` (the store and query path):
+this is operations data, written by the background process and read by
+``dicomhub check`` and the admin endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, insert, select, update
+
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import decode_check, instance, series, study, worker_cursor
+
+__all__ = ["DecodeCheckRepository", "DecodeResult", "PendingInstance"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingInstance:
+    """An instance the decode check has not looked at yet."""
+
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    ok: bool
+    reason: str | None
+
+
+class DecodeCheckRepository:
+    """Decode check results and the cursor of the worker that produces them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def cursor(self, name: str) -> int:
+        """Position of the named worker (0 when it never ran)."""
+        with engines.read(self.engine) as conn:
+            value = conn.execute(
+                select(worker_cursor.c.position).where(worker_cursor.c.name == name)
+            ).scalar()
+        return int(value or 0)
+
+    def instances_after(self, pk: int, limit: int) -> list[PendingInstance]:
+        """Instances with a pk above ``pk``, oldest first (pks are never reused)."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(
+                    instance.c.pk,
+                    instance.c.sop_instance_uid,
+                    instance.c.sop_class_uid,
+                    instance.c.transfer_syntax_uid,
+                    instance.c.blob_key,
+                )
+                .where(instance.c.pk > pk)
+                .order_by(instance.c.pk)
+                .limit(limit)
+            ).all()
+        return [PendingInstance(*r) for r in rows]
+
+    def verified_pairs(self) -> set[tuple[str, str]]:
+        """(transfer syntax, SOP class) pairs of which some object decoded."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(decode_check.c.transfer_syntax_uid, decode_check.c.sop_class_uid)
+                .where(decode_check.c.ok.is_(True))
+                .distinct()
+            ).all()
+        return {(ts, sop) for ts, sop in rows}
+
+    def record(self, results: Sequence[DecodeResult], cursor_name: str, position: int) -> None:
+        """Save results and move the cursor to ``position``, in one transaction."""
+        now = dt.datetime.now(dt.UTC)
+        with engines.write(self.engine) as conn:
+            uids = [r.sop_instance_uid for r in results]
+            if uids:
+                conn.execute(delete(decode_check).where(decode_check.c.sop_instance_uid.in_(uids)))
+                conn.execute(
+                    insert(decode_check),
+                    [
+                        {
+                            "sop_instance_uid": r.sop_instance_uid,
+                            "sop_class_uid": r.sop_class_uid,
+                            "transfer_syntax_uid": r.transfer_syntax_uid,
+                            "ok": r.ok,
+                            "reason": r.reason,
+                            "checked_at": now,
+                        }
+                        for r in results
+                    ],
+                )
+            moved = conn.execute(
+                update(worker_cursor).where(worker_cursor.c.name == cursor_name).values(position=position)
+            ).rowcount
+            if not moved:
+                conn.execute(insert(worker_cursor).values(name=cursor_name, position=position))
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Stored instances whose pixel data did not decode, newest check first."""
+        with engines.read(self.engine) as conn:
+            rows = (
+                conn.execute(
+                    select(
+                        decode_check.c.sop_instance_uid,
+                        series.c.series_instance_uid,
+                        study.c.study_instance_uid,
+                        decode_check.c.sop_class_uid,
+                        decode_check.c.transfer_syntax_uid,
+                        decode_check.c.reason,
+                        decode_check.c.checked_at,
+                    )
+                    .select_from(
+                        decode_check.join(
+                            instance,
+                            and_(
+                                instance.c.sop_instance_uid == decode_check.c.sop_instance_uid,
+                                # A result about a copy since replaced in another syntax is stale.
+                                instance.c.transfer_syntax_uid == decode_check.c.transfer_syntax_uid,
+                            ),
+                        )
+                        .join(series, series.c.pk == instance.c.series_pk)
+                        .join(study, study.c.pk == series.c.study_pk)
+                    )
+                    .where(decode_check.c.ok.is_(False))
+                    .order_by(decode_check.c.checked_at.desc())
+                )
+                .mappings()
+                .all()
+            )
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["checked_at"] = _iso(item["checked_at"])
+            out.append(item)
+        return out
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:  # SQLite hands back naive datetimes
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat()
