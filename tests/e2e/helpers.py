@@ -720,3 +720,96 @@ def pyn_associate(
             assoc.release()
         ae.shutdown()
     return established, accepted, why
+
+
+# --------------------------------------------------------------------------- processes, polling, multipart
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM (peak resident set size, KiB) of a live process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in children.read_text().split()]
+    return sorted(set(out))
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Children, grandchildren, ... of ``pid``."""
+    seen: list[int] = []
+    todo = child_pids(pid)
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.append(p)
+            todo += child_pids(p)
+    return sorted(seen)
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f[9])
+    return inodes
+
+
+def listening_pids(port: int, candidates: Iterable[int]) -> list[int]:
+    """Those of ``candidates`` holding a socket that listens on ``port``."""
+    wanted = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    found: list[int] = []
+    for pid in candidates:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        found.append(pid)
+                        break
+    return found
+
+
+def wait_until(
+    predicate: object, timeout: float = 20.0, interval: float = 0.25, what: str = "condition"
+) -> object:
+    """Call ``predicate()`` until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()  # type: ignore[operator]
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached after {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """Parts of a multipart body as (lower-cased headers, content)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert m, f"no boundary in {content_type!r}"
+    delim = b"--" + m.group(1).encode()
+    parts: list[tuple[dict[str, str], bytes]] = []
+    for chunk in body.split(delim)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk
+        head, _, content = chunk.partition(b"\r\n\r\n")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        parts.append((headers, content))
+    return parts
