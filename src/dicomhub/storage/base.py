@@ -59,8 +59,8 @@ class BlobStore(Protocol):
 
         For objects too large to hold in memory: one chunk is in hand at a
         time.  Same durability rules as :meth:`put`.  An exception raised by
-        the `chunks` iterator propagates as is, and no blob is left under
-        `key`.
+        the `chunks` iterator (the source) propagates as it is, and no
+        partial blob is left under `key`.
 
         Parameters
         ----------

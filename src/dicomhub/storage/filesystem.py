@@ -126,19 +126,23 @@ class FileSystemBlobStore:
             self._prepare_folders_again(path.parent)
         tmp = path.with_name(key + ".tmp")
         try:
-            size, digest = self._write(
-                os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), chunks, sha256
-            )
-            os.rename(tmp, path)
-            if self._fsync:
-                _fsync_dir(path.parent)
-        except BaseException as exc:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except OSError as exc:
+                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+            size, digest = self._write(fd, chunks, sha256)
+            try:
+                os.rename(tmp, path)
+                if self._fsync:
+                    _fsync_dir(path.parent)
+            except OSError as exc:
+                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+        except BaseException:
+            # Also when the chunks' source failed: no temporary file stays.
             try:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
             raise
         return BlobInfo(key=key, size=size, sha256=digest)
 
@@ -154,10 +158,7 @@ class FileSystemBlobStore:
             fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
             raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
-        try:
-            size, digest = self._write(fd, chunks, sha256, durable, truncate_on_error=True)
-        except OSError as exc:
-            raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+        size, digest = self._write(fd, chunks, sha256, durable, truncate_on_error=True)
         return BlobInfo(key=key, size=size, sha256=digest)
 
     def _write(
@@ -172,10 +173,11 @@ class FileSystemBlobStore:
         """Write every chunk to ``fd``, make it durable (unless told not to), close ``fd``.
 
         Returns the size and the SHA-256 (``sha256`` when given, else computed
-        on the way: each chunk is hashed and written while in hand).  With
-        `truncate_on_error` a failure (also one raised by the `chunks`
-        iterator) empties the file again: a pooled key's file must never
-        hold a partial blob.
+        on the way: each chunk is hashed and written while in hand).  Write
+        failures raise StorageError; an exception from the `chunks` iterator
+        (the source) propagates as it is.  With `truncate_on_error` either
+        empties the file again: a pooled key's file must never hold a
+        partial blob.
         """
         hasher = None if sha256 else hashlib.sha256()
         size = 0
@@ -187,12 +189,18 @@ class FileSystemBlobStore:
                 if hasher is not None:
                     hasher.update(view)
                 size += len(view)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                try:
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                except OSError as exc:
+                    raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
             if self._fsync and durable:
-                # Also makes the new size durable: the data is reachable.
-                os.fdatasync(fd)
+                try:
+                    # Also makes the new size durable: the data is reachable.
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
         except BaseException:
             if truncate_on_error:
                 try:
