@@ -43,7 +43,9 @@ def ct(**kwargs: object) -> bytes:
 
 
 class Parts:
-    def __init__(self, tmp: Path, rules: list[str] = (), mode: DecodeCheckMode = DecodeCheckMode.ALWAYS) -> None:  # type: ignore[assignment]
+    def __init__(
+        self, tmp: Path, rules: list[str] = (), mode: DecodeCheckMode = DecodeCheckMode.ALWAYS
+    ) -> None:  # type: ignore[assignment]
         engine = connect_engine(f"sqlite:///{tmp / 'index.sqlite'}")
         migrate(engine, lock_dir=tmp)
         self.index = IndexRepository(engine)
@@ -83,7 +85,9 @@ def test_settings_refuse_lossy_rules_without_permission_and_unknown_syntaxes() -
     assert allowed.compress[0].transfer_syntax == "j2k"
     with pytest.raises(ConfigurationError, match="no-such-codec"):
         load_settings({"compress": ["CT=no-such-codec"]}, environ={})
-    env = load_settings(environ={"DICOMHUB_COMPRESS": "CT=rle,MR=j2k-lossless", "DICOMHUB_DECODE_CHECK": "off"})
+    env = load_settings(
+        environ={"DICOMHUB_COMPRESS": "CT=rle,MR=j2k-lossless", "DICOMHUB_DECODE_CHECK": "off"}
+    )
     assert [str(r) for r in env.compress] == ["CT=rle", "MR=j2k-lossless"]
     assert env.decode_check is DecodeCheckMode.OFF
 

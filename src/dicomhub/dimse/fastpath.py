@@ -1191,16 +1191,12 @@ class _Association:
                 refuse(_STATUS_UNKNOWN_DESTINATION, "move destination unknown")
                 return
             host, port, ae_title = destination
-            proposals: dict[tuple[str, str], tuple[str, ...]] = {}
-            for i in instances:
-                key = (i.sop_class_uid, i.transfer_syntax_uid)
-                proposals[key] = tuple(dict.fromkeys((*proposals.get(key, ()), *i.syntaxes())))
-            pairs = list(proposals)
-            if len(pairs) > _MAX_MOVE_CONTEXTS:
+            proposals = _move_proposals(instances)
+            if len(proposals) > _MAX_MOVE_CONTEXTS:
                 LOGGER.warning(
                     "C-MOVE to %s needs %d presentation contexts; only %d proposed",
                     ae_title,
-                    len(pairs),
+                    len(proposals),
                     _MAX_MOVE_CONTEXTS,
                 )
             try:
@@ -1209,7 +1205,7 @@ class _Association:
                     port,
                     ae_title,
                     self.config.ae_title,
-                    [(sop, list(proposals[(sop, ts)])) for sop, ts in pairs[:_MAX_MOVE_CONTEXTS]],
+                    proposals[:_MAX_MOVE_CONTEXTS],
                     connect_timeout=self.config.acse_timeout,
                     acse_timeout=self.config.acse_timeout,
                     dimse_timeout=self.config.dimse_timeout,
@@ -1437,6 +1433,37 @@ def _context_and_data(
     except Exception:  # noqa: BLE001 - a failed read fails this sub-operation only
         LOGGER.exception("reading %s failed", instance.sop_instance_uid)
         return None
+
+
+def _move_proposals(instances: Sequence[Sendable]) -> list[tuple[str, list[str]]]:
+    """Presentation contexts for a C-MOVE sub-association.
+
+    Each stored (SOP class, transfer syntax) pair gets a context of its own,
+    so a peer that takes the stored syntax gets the bytes as stored; each
+    SOP class also gets one context with the uncompressed little-endian
+    syntaxes its instances can be transcoded to, which every Storage SCP
+    accepts (PS3.5 10.1). Fallback contexts come first, so that the cap of
+    128 contexts drops a direct path rather than the only path.
+    """
+    stored: dict[tuple[str, str], None] = {}
+    fallbacks: dict[str, dict[str, None]] = {}
+    for i in instances:
+        stored[(i.sop_class_uid, i.transfer_syntax_uid)] = None
+        usable = fallbacks.setdefault(i.sop_class_uid, {})
+        for ts in i.syntaxes():
+            if ts in _UNCOMPRESSED_FALLBACKS:
+                usable[ts] = None
+    contexts: list[tuple[str, list[str]]] = []
+    for sop, usable in fallbacks.items():
+        # A syntax already proposed alone for this class needs no second context.
+        rest: list[str] = [ts for ts in _UNCOMPRESSED_FALLBACKS if ts in usable and (sop, ts) not in stored]
+        if rest:
+            contexts.append((sop, rest))
+    contexts.extend((sop, [ts]) for sop, ts in stored)
+    return contexts
+
+
+_UNCOMPRESSED_FALLBACKS: Final = (_EXPLICIT_VR_LE, _IMPLICIT_VR_LE)
 
 
 def _move_sub_operation(

@@ -83,6 +83,8 @@ class _Worker:
             acse_timeout=self.settings.acse_timeout,
             dimse_timeout=self.settings.dimse_timeout,
             network_timeout=self.settings.network_timeout,
+            # Large data sets are spooled beside the blobs, on the same file system.
+            spool_dir=str(self.settings.spool_dir),
         )
         self._known = {r.ae_title for r in self.settings.remote_aes}
 

@@ -50,11 +50,12 @@ class DecodeCheckService:
         pending = self.checks.instances_after(position, batch)
         if not pending:
             return 0
-        verified = self.checks.verified_pairs() if self.mode is DecodeCheckMode.SAMPLE else set()
+        sample = self.mode is DecodeCheckMode.SAMPLE
+        verified = self.checks.verified_pairs() if sample else set()
         results: list[DecodeResult] = []
         for item in pending:
             pair = (item.transfer_syntax_uid, item.sop_class_uid)
-            if pair in verified:
+            if sample and pair in verified:
                 continue
             result = self.check(item)
             results.append(result)
