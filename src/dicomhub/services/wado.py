@@ -262,8 +262,8 @@ class WadoService:
     def encoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
         """The Part 10 object of ``row`` in ``transfer_syntax_uid``, in chunks.
 
-        Transcoding happens when the first chunk is asked for, into a
-        temporary file that is streamed and removed.
+        Transcoding happens in this call, into a temporary file that the
+        returned iterator streams and then removes.
 
         Raises
         ------
@@ -284,13 +284,14 @@ class WadoService:
         return self._transcoded(row, transfer_syntax_uid)
 
     def _transcoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
+        # Transcoded now rather than when the first chunk is pulled, so that a
+        # caller asking before it starts a response can still answer 406.
+        # Later in a multipart body the client sees a broken stream, never a wrong object.
         try:
             result = self.transcode.transcode(row, transfer_syntax_uid, allow_lossy=True)
         except TranscodeError as exc:
-            # Parts already sent cannot be taken back; the multipart body ends
-            # short and the client sees a broken stream rather than a wrong object.
             raise CannotEncode(str(exc)) from exc
-        yield from result.chunks()
+        return result.chunks()
 
     def frames_in(
         self, row: InstanceRow, numbers: Sequence[int], transfer_syntax_uid: str

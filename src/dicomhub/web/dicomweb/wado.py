@@ -183,9 +183,14 @@ class _Wado:
         def part_headers(ts: str) -> dict[str, str]:
             return {"Content-Type": f"{DICOM}; transfer-syntax={ts}"}
 
+        # The first part is prepared before the response starts: when it cannot
+        # be produced (e.g. an image too small for the encoder) the answer is a
+        # 406, not a broken stream.
+        first = self.wado.encoded(*plan[0])
+
         def parts() -> Iterator[Part]:
-            for row, ts in plan:
-                yield Part(part_headers(ts), self.wado.encoded(row, ts))
+            for i, (row, ts) in enumerate(plan):
+                yield Part(part_headers(ts), first if i == 0 else self.wado.encoded(row, ts))
 
         headers = {"Content-Type": multipart_content_type(DICOM, boundary)}
         if all(ts == row.transfer_syntax_uid for row, ts in plan):
