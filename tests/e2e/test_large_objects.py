@@ -128,7 +128,7 @@ def test_large_object_store_get_wado(servers: ServerPool, tmp_path: Path) -> Non
     out = tmp_path / "got"
     out.mkdir()
     rc, output = run_dcmtk(
-        "getscu", "-S", "-v", "-od", out, "-aet", "BIGGET", "-aec", srv.aet,
+        "getscu", "-S", "-v", "+B", "-od", out, "-aet", "BIGGET", "-aec", srv.aet,
         "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={big.dataset.StudyInstanceUID}",
         "-k", f"SeriesInstanceUID={big.dataset.SeriesInstanceUID}",
         "-k", f"SOPInstanceUID={big.dataset.SOPInstanceUID}",
