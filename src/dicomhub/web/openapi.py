@@ -151,6 +151,40 @@ def _schemas() -> Json:
                 "version": {"type": "string"},
             },
         },
+        "TransferSyntax": {
+            "type": "object",
+            "required": ["uid", "name", "title", "lossy", "encapsulated", "can_decode", "can_encode"],
+            "properties": {
+                "uid": {"type": "string"},
+                "name": {"type": "string", "description": "the name `--compress` rules may use"},
+                "title": {"type": "string"},
+                "lossy": {"type": "boolean"},
+                "encapsulated": {"type": "boolean"},
+                "can_decode": {"type": "boolean", "description": "in this install"},
+                "can_encode": {"type": "boolean", "description": "in this install"},
+            },
+        },
+        "DecodeFailure": {
+            "type": "object",
+            "required": [
+                "sop_instance_uid",
+                "series_instance_uid",
+                "study_instance_uid",
+                "sop_class_uid",
+                "transfer_syntax_uid",
+                "reason",
+                "checked_at",
+            ],
+            "properties": {
+                "sop_instance_uid": {"type": "string"},
+                "series_instance_uid": {"type": "string"},
+                "study_instance_uid": {"type": "string"},
+                "sop_class_uid": {"type": "string"},
+                "transfer_syntax_uid": {"type": "string"},
+                "reason": {"type": ["string", "null"]},
+                "checked_at": {"type": "string", "format": "date-time"},
+            },
+        },
     }
 
 
@@ -604,6 +638,32 @@ def _paths() -> Json:
             }
         },
     }
+    for path, operation_id, summary, schema in (
+        ("/admin/codecs", "listCodecs", "Transfer syntaxes this install reads and writes", "TransferSyntax"),
+        (
+            "/admin/decode-failures",
+            "listDecodeFailures",
+            "Stored instances whose pixel data did not decode (the decode check)",
+            "DecodeFailure",
+        ),
+    ):
+        paths[path] = {
+            "get": {
+                "tags": ["Admin"],
+                "operationId": operation_id,
+                "summary": summary,
+                "responses": {
+                    "200": {
+                        "description": summary + ".",
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "array", "items": _ref("schemas", schema)}
+                            }
+                        },
+                    }
+                },
+            }
+        }
     for path, operation_id, summary in _QIDO:
         _merge(paths, path, _qido_operation(path, operation_id, summary))
     for path, operation_id, what in (
@@ -665,6 +725,7 @@ def openapi_document() -> Json:
             {"name": "WADO-URI", "description": "URI retrieve (PS3.18 9)"},
             {"name": "STOW-RS", "description": "Store (PS3.18 10.5)"},
             {"name": "Delete", "description": "Delete (dcm4chee/Orthanc dialect)"},
+            {"name": "Admin", "description": "Operations: codecs, decode check"},
         ],
         "paths": _paths(),
         "components": {
