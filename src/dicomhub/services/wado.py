@@ -28,7 +28,6 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import pixel_array
 from pydicom.sequence import Sequence as DicomSequence
@@ -88,8 +87,8 @@ class PixelLayout:
     """Where the frames of one instance are.
 
     For native pixel data, frame ``n`` (1-based) is the ``frame_size`` bytes at
-    ``value_offset + (n - 1) * frame_size`` of the blob. For encapsulated pixel
-    data, ``encapsulated`` holds the whole (small enough to parse) value.
+    ``value_offset + (n - 1) * frame_size`` of the blob. Encapsulated pixel
+    data (``encapsulated``) is read frame by frame by the codec layer.
     """
 
     transfer_syntax_uid: str
@@ -98,7 +97,7 @@ class PixelLayout:
     value_length: int
     frame_size: int
     bits_allocated: int
-    encapsulated: bytes | None = None
+    encapsulated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,10 +353,8 @@ class WadoService:
         bits = _int(ds, "BitsAllocated", 16)
         ts = row.transfer_syntax_uid
         if ts not in NATIVE_SYNTAXES:
-            value = elem.value
-            if not isinstance(value, bytes):
-                raise CannotDecode(f"instance {row.sop_instance_uid}: encapsulated pixel data not read")
-            return PixelLayout(ts, frames, 0, len(value), 0, bits, encapsulated=value), ds
+            # Not read here: a multi-frame value can be hundreds of MB.
+            return PixelLayout(ts, frames, 0, 0, 0, bits, encapsulated=True), ds
         if ts == DEFLATED:
             raise CannotDecode("frames of deflated objects are not supported yet")
         rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
@@ -386,16 +383,11 @@ class WadoService:
                     f"frame {n} is out of range: instance {row.sop_instance_uid} has "
                     f"{layout.number_of_frames} frame(s)"
                 )
-        if layout.encapsulated is not None:
-            out: list[bytes] = []
-            for n in numbers:
-                try:
-                    out.append(
-                        get_frame(layout.encapsulated, n - 1, number_of_frames=layout.number_of_frames)
-                    )
-                except (ValueError, KeyError, IndexError) as exc:
-                    raise CannotDecode(f"frame {n} cannot be located: {exc}") from exc
-            return layout, out
+        if layout.encapsulated:
+            try:
+                return layout, self.transcode.frames(row, list(numbers), None)
+            except TranscodeError as exc:
+                raise CannotDecode(f"instance {row.sop_instance_uid}: {exc}") from exc
         if layout.frame_size * layout.number_of_frames > layout.value_length:
             raise CannotDecode(f"instance {row.sop_instance_uid}: pixel data shorter than its frames")
         with self.blobs.open(row.blob_key) as fp:

@@ -232,7 +232,7 @@ class _Wado:
         layout, _ds = self.wado.pixel_layout(row)
         stored_ts = layout.transfer_syntax_uid
         media, target, multipart = _frame_representation(
-            row, stored_ts, layout.encapsulated is None, len(numbers), _accept(request), self.wado
+            row, stored_ts, not layout.encapsulated, len(numbers), _accept(request), self.wado
         )
         if target == stored_ts or (target in _LITTLE_ENDIAN_NATIVE and stored_ts in _LITTLE_ENDIAN_NATIVE):
             _layout, data = self.wado.frames(row, numbers)
@@ -256,7 +256,7 @@ class _Wado:
         ranges = _accept(request)
         if tag == PIXEL_DATA:
             layout, _ds = self.wado.pixel_layout(row)
-            if layout.encapsulated is not None:
+            if layout.encapsulated:
                 every = list(range(1, layout.number_of_frames + 1))
                 media, target, multipart = _frame_representation(
                     row, layout.transfer_syntax_uid, False, len(every), ranges, self.wado
