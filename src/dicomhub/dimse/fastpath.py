@@ -516,6 +516,7 @@ class _Association:
         results, role_items = negotiate_as_acceptor(
             rq.presentation_context_definition_list, acceptor_contexts(config), roles
         )
+        _prefer_requestor_syntax(results, rq.presentation_context_definition_list, config)
         for context in results:
             if context.result == 0x00 and context.context_id is not None:
                 pair = (str(context.abstract_syntax), str(context.transfer_syntax[0]))
@@ -1433,6 +1434,32 @@ def _context_and_data(
     except Exception:  # noqa: BLE001 - a failed read fails this sub-operation only
         LOGGER.exception("reading %s failed", instance.sop_instance_uid)
         return None
+
+
+def _prefer_requestor_syntax(
+    results: list[PresentationContext],
+    proposed: Sequence[PresentationContext],
+    config: FastPathConfig,
+) -> None:
+    """Accept storage contexts in the requestor's first supported transfer syntax.
+
+    pynetdicom picks the acceptor's first preference. An archive keeps what it
+    receives, so the sender's own order is the better choice: a modality that
+    proposes JPEG 2000 first sends what it holds instead of decompressing it,
+    and a C-GET requestor that asks for the stored syntax first (``getscu
+    +xv``) gets the objects without a transcode.
+    """
+    by_id = {cx.context_id: cx.transfer_syntax for cx in proposed}
+    for context in results:
+        if context.result != 0x00:
+            continue
+        ours = config.storage_contexts.get(str(context.abstract_syntax))
+        if not ours:
+            continue
+        for ts in by_id.get(context.context_id, ()):
+            if ts in ours:
+                context.transfer_syntax = [ts]
+                break
 
 
 def _move_proposals(instances: Sequence[Sendable]) -> list[tuple[str, list[str]]]:
