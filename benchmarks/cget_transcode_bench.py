@@ -80,10 +80,23 @@ def main() -> int:
         server.start()
         log(f"storing {len(files)} JPEG 2000 lossless slices ...")
         stored = run(
-            ["storescu", "-aet", SCU_AET, "-aec", server.aet, HOST, str(server.port), *map(str, files)], 600
+            [
+                "storescu",
+                "-xv",
+                "-aet",
+                SCU_AET,
+                "-aec",
+                server.aet,
+                HOST,
+                str(server.port),
+                *map(str, files),
+            ],
+            600,
         )
         if stored.returncode != 0:
-            raise RuntimeError(f"storescu failed: {stored.stdout.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"storescu failed: {(stored.stdout + stored.stderr).decode(errors='replace')[-2000:]}"
+            )
         ct = manifest["ct"]
         keys = [
             "-S",
