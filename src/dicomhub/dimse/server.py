@@ -34,7 +34,7 @@ from dicomhub.dimse.handlers import handle_find, handle_retrieve, handle_store
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
 
-__all__ = ["DimseWorkers", "bind_listener"]
+__all__ = ["DimseWorkers", "bind_listener", "fast_path_config"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -51,6 +51,30 @@ def bind_listener(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def fast_path_config(settings: Settings) -> fastpath.FastPathConfig:
+    """The association loop's configuration for ``settings``: what every worker negotiates.
+
+    The conformance statement (:mod:`dicomhub.conformance`) is generated from
+    this same value, so it describes exactly what the server accepts.
+    """
+    return fastpath.FastPathConfig(
+        ae_title=settings.aet,
+        storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES},
+        verification=True,
+        query_retrieve=True,
+        # Nothing is handed to another stack: what is not served here is rejected.
+        fallback_abstract_syntaxes=frozenset(),
+        maximum_pdu_size=settings.maximum_pdu_size,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        acse_timeout=settings.acse_timeout,
+        dimse_timeout=settings.dimse_timeout,
+        network_timeout=settings.network_timeout,
+        # Large data sets are spooled beside the blobs, on the same file system.
+        spool_dir=str(settings.spool_dir),
+    )
 
 
 class _Worker:
@@ -70,22 +94,7 @@ class _Worker:
         self.index = index
         self.load = load
         self.stop = threading.Event()
-        self.fast_config = fastpath.FastPathConfig(
-            ae_title=self.settings.aet,
-            storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES},
-            verification=True,
-            query_retrieve=True,
-            # Nothing is handed to another stack: what is not served here is rejected.
-            fallback_abstract_syntaxes=frozenset(),
-            maximum_pdu_size=self.settings.maximum_pdu_size,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            acse_timeout=self.settings.acse_timeout,
-            dimse_timeout=self.settings.dimse_timeout,
-            network_timeout=self.settings.network_timeout,
-            # Large data sets are spooled beside the blobs, on the same file system.
-            spool_dir=str(self.settings.spool_dir),
-        )
+        self.fast_config = fast_path_config(settings)
         self._known = {r.ae_title for r in self.settings.remote_aes}
 
     def _busier_than_a_sibling(self) -> bool:
