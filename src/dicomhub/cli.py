@@ -172,6 +172,13 @@ def _parser() -> argparse.ArgumentParser:
     codecs = sub.add_parser("codecs", help="transfer syntaxes this install decodes and encodes")
     codecs.add_argument("--json", action="store_true")
 
+    conformance = sub.add_parser(
+        "conformance", help="the DICOM conformance statement of the configuration `serve` would run with"
+    )
+    _settings_args(conformance, server=True)
+    conformance.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    conformance.add_argument("--output", help="write to FILE instead of standard output")
+
     check = sub.add_parser(
         "check", help="report stored objects that need attention (exit 1 when there are any)"
     )
@@ -205,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _conflicts(settings, args)
         if args.command == "check":
             return _check(settings, args)
+        if args.command == "conformance":
+            return _conformance(settings, args)
     except DicomhubError as exc:
         print(f"dicomhub: {exc}", file=sys.stderr)
         return 1
@@ -220,6 +229,7 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from dicomhub.bootstrap import open_archive, run_background_worker, run_dimse_worker
+    from dicomhub.conformance import conformance_renderer, http_routes_of
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
@@ -241,7 +251,9 @@ def _serve(settings: Settings) -> int:
         daemon=True,
     )
     background.start()
-    app = create_app(archive, settings, dimse_alive=workers.alive)
+    # The statement lists the app's own routes: built on the first request, when `app` exists.
+    conformance = conformance_renderer(settings, lambda: http_routes_of(app.routes))
+    app = create_app(archive, settings, dimse_alive=workers.alive, conformance=conformance)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -425,6 +437,34 @@ def _conflicts(settings: Settings, args: argparse.Namespace) -> int:
             r["detail"],
         )
     Console().print(table)
+    return 0
+
+
+# ------------------------------------------------------------------ conformance
+
+
+def _conformance(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.conformance import build_statement, http_routes_of, render
+    from dicomhub.web.app import create_app
+
+    # The HTTP routes are those of the app `serve` builds; an empty throw-away
+    # archive stands in for the data dir, which is neither needed nor touched.
+    with tempfile.TemporaryDirectory(prefix="dicomhub-conformance-") as tmp:
+        scratch = dataclasses.replace(settings, data_dir=Path(tmp), database_url="")
+        archive = open_archive(scratch)
+        try:
+            routes = http_routes_of(create_app(archive, scratch).routes)
+        finally:
+            archive.close()
+    text = render(build_statement(settings, routes), args.format)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from dicomhub import __version__
@@ -23,13 +23,37 @@ __all__ = ["create_app"]
 
 
 def create_app(
-    archive: Archive, settings: Settings, dimse_alive: Callable[[], bool] = lambda: True
+    archive: Archive,
+    settings: Settings,
+    dimse_alive: Callable[[], bool] = lambda: True,
+    conformance: Callable[[str], str] | None = None,
 ) -> Starlette:
     """Build the HTTP application on ``archive``.
 
     ``dimse_alive`` reports whether the DIMSE workers run, so that the health
-    check covers the whole server and not only this process.
+    check covers the whole server and not only this process. ``conformance``
+    gives the DICOM conformance statement of the server in a format
+    (``"markdown"`` or ``"html"``), served at ``GET /conformance`` (404
+    without it); the composition root injects it, since the statement is
+    generated from the DIMSE and web layers together.
     """
+
+    def conformance_statement(request: Request) -> Response:
+        if conformance is None:
+            return JSONResponse(
+                {"error": "no conformance statement is configured", "status": 404}, status_code=404
+            )
+        fmt = request.query_params.get("format")
+        if fmt is None:
+            accept = request.headers.get("accept", "")
+            fmt = "markdown" if "text/markdown" in accept and "text/html" not in accept else "html"
+        if fmt == "markdown":
+            return PlainTextResponse(conformance("markdown"), media_type="text/markdown; charset=utf-8")
+        if fmt == "html":
+            return HTMLResponse(conformance("html"))
+        return JSONResponse(
+            {"error": f"unknown format {fmt!r} (markdown or html)", "status": 400}, status_code=400
+        )
 
     def healthz(_request: Request) -> JSONResponse:
         index_ok = archive.index.usable()
@@ -76,6 +100,7 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            Route("/conformance", conformance_statement, methods=["GET"]),
             Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
             Mount("/admin", routes=admin.routes(archive)),
         ],

@@ -637,6 +637,31 @@ def _paths() -> Json:
                 },
             }
         },
+        "/conformance": {
+            "get": {
+                "tags": ["Server"],
+                "operationId": "conformanceStatement",
+                "summary": "The DICOM conformance statement (PS3.2) of this server, from its configuration",
+                "parameters": [
+                    _query_param(
+                        "format",
+                        {"type": "string", "enum": ["html", "markdown"]},
+                        "`html` (default) or `markdown`; without it, `Accept: text/markdown` gives Markdown.",
+                    )
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The conformance statement.",
+                        "content": {
+                            "text/html": {"schema": {"type": "string"}},
+                            "text/markdown": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "400": _ref("responses", "BadRequest"),
+                    "404": _error("The server was started without a conformance statement."),
+                },
+            }
+        },
     }
     for path, operation_id, summary, schema in (
         ("/admin/codecs", "listCodecs", "Transfer syntaxes this install reads and writes", "TransferSyntax"),
