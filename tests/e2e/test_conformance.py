@@ -19,10 +19,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from pynetdicom import AE, build_role
+from pynetdicom.presentation import PresentationContext
 
 from dicomhub.bootstrap import open_archive
 from dicomhub.codec import transfer_syntaxes
@@ -63,7 +65,9 @@ def statement(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) 
     return build_statement(settings, routes)
 
 
-def _associate(server: DicomhubServer, proposals: Sequence[Proposal]) -> list[tuple[Proposal, object]]:
+def _associate(
+    server: DicomhubServer, proposals: Sequence[Proposal]
+) -> list[tuple[Proposal, PresentationContext | None]]:
     """Propose one context per item; return each with its negotiated context (None if rejected)."""
     assert 0 < len(proposals) <= _MAX_CONTEXTS
     ae = AE(ae_title="CONFSCU")
@@ -72,7 +76,7 @@ def _associate(server: DicomhubServer, proposals: Sequence[Proposal]) -> list[tu
     for abstract, ts, _roles in proposals:
         ae.add_requested_context(abstract, [ts])
     roles = sorted({abstract for abstract, _ts, with_roles in proposals if with_roles})
-    ext = [build_role(uid, scu_role=True, scp_role=True) for uid in roles]
+    ext: list[Any] = [build_role(uid, scu_role=True, scp_role=True) for uid in roles]
     assoc = ae.associate(HOST, server.dimse_port, ae_title=server.aet, ext_neg=ext or None)
     try:
         assert assoc.is_established, f"association not established (rejected={assoc.is_rejected})"
@@ -112,12 +116,12 @@ def test_every_claimed_context_is_accepted(server: DicomhubServer, statement: Co
             if cx is None:
                 failures.append(f"{abstract} in {ts}: rejected")
                 continue
-            if str(cx.transfer_syntax[0]) != ts:  # type: ignore[attr-defined]
-                failures.append(f"{abstract}: accepted in {cx.transfer_syntax[0]}, not {ts}")  # type: ignore[attr-defined]
+            if str(cx.transfer_syntax[0]) != ts:
+                failures.append(f"{abstract}: accepted in {cx.transfer_syntax[0]}, not {ts}")
             # Requestor's view: as_scu means the server is SCP; as_scp means the server may be SCU.
-            if not cx.as_scu:  # type: ignore[attr-defined]
+            if not cx.as_scu:
                 failures.append(f"{abstract} in {ts}: server not SCP")
-            if scu_offered and not cx.as_scp:  # type: ignore[attr-defined]
+            if scu_offered and not cx.as_scp:
                 failures.append(f"{abstract} in {ts}: SCU role not given with role selection")
     assert failures == [], f"{len(failures)} claimed contexts not accepted as stated: {failures[:20]}"
 
@@ -129,7 +133,7 @@ def test_query_retrieve_models_accepted_as_scp(
     assert len(models) == 6
     proposals = [(uid, _EXPLICIT_LE, False) for uid in models]
     for (abstract, _ts, _), cx in _associate(server, proposals):
-        assert cx is not None and cx.as_scu and not cx.as_scp, abstract  # type: ignore[attr-defined]
+        assert cx is not None and cx.as_scu and not cx.as_scp, abstract
 
 
 def test_what_is_not_listed_is_rejected(server: DicomhubServer, statement: ConformanceStatement) -> None:
