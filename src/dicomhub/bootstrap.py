@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
+from dicomhub.errors import ConfigurationError
 from dicomhub.index.checks import DecodeCheckRepository
+from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
+from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.archive import Archive
+from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
@@ -67,6 +72,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         wado=WadoService(index, search, blobs, transcode),
         transcode=transcode,
         decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
+        commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         close=engine.dispose,
     )
 
@@ -118,13 +124,40 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     archive = open_archive(settings, upgrade=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    checker = threading.Thread(
-        target=archive.decode_check.run_worker, args=(stop,), name="decode-check", daemon=True
-    )
-    checker.start()
+    threads = [
+        threading.Thread(
+            target=archive.decode_check.run_worker, args=(stop,), name="decode-check", daemon=True
+        ),
+        threading.Thread(
+            target=archive.commitment.run_delivery,
+            args=(stop, commitment_deliverer(settings)),
+            name="commitment-delivery",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         archive.headers.run_worker(stop)
     finally:
         stop.set()
-        checker.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)
         archive.close()
+
+
+def commitment_deliverer(settings: Settings) -> Callable[[str, CommitmentResult], None]:
+    """Sends Storage Commitment reports on new associations to the configured remote AEs."""
+    from dicomhub.dimse.commitment import send_report
+
+    def deliver(ae_title: str, result: CommitmentResult) -> None:
+        remote = settings.remote_ae(ae_title)
+        if remote is None:
+            raise ConfigurationError(
+                f"{ae_title} is not a configured remote AE (--remote-ae), so the report cannot be sent"
+            )
+        send_report(
+            remote.host, remote.port, remote.ae_title, settings.aet, result, timeout=settings.acse_timeout
+        )
+
+    return deliver

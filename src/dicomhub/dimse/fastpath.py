@@ -96,6 +96,8 @@ from dicomhub.dimse.requests import (
     FileRegion,
     FindCallback,
     Identifier,
+    NActionOutcome,
+    NActionRequest,
     QueryRequest,
     Rejection,
     RetrieveCallback,
@@ -105,12 +107,15 @@ from dicomhub.dimse.requests import (
     StoreRequest,
 )
 from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
+from dicomhub.model.commitment import STORAGE_COMMITMENT_INSTANCE, STORAGE_COMMITMENT_PUSH_MODEL
 
 __all__ = [
     "AssociationInfo",
     "FastPathConfig",
     "FileRegion",
     "Identifier",
+    "NActionOutcome",
+    "NActionRequest",
     "QUERY_RETRIEVE_SOP_CLASSES",
     "QueryRequest",
     "Rejection",
@@ -178,6 +183,11 @@ _STATUS_UNKNOWN_DESTINATION: Final = 0xA801
 _STATUS_SUBOPS_FAILED: Final = 0xA702
 _STATUS_SUBOPS_WARNING: Final = 0xB000
 _STATUS_OUT_OF_RESOURCES: Final = 0xA700
+# DIMSE-N statuses (PS3.7 C.4.2 / Annex C).
+_STATUS_NO_SUCH_OBJECT_INSTANCE: Final = 0x0112
+_STATUS_NO_SUCH_ACTION: Final = 0x0123
+_STATUS_MISSING_ATTRIBUTE: Final = 0x0120
+_STATUS_PROCESSING_FAILURE_N: Final = 0x0110
 
 # data_limit for messages whose data set is never spooled (not a C-STORE-RQ).
 _NO_SPOOL: Final = sys.maxsize
@@ -225,6 +235,8 @@ class _Association:
         "on_event",
         "on_find",
         "on_retrieve",
+        "on_n_action",
+        "pending_reports",
         "allowed_commands",
         "scu_contexts",
         "deferred",
@@ -269,6 +281,7 @@ class _Association:
         on_event: Callable[[str, dict[str, object]], None] | None,
         on_find: FindCallback | None = None,
         on_retrieve: RetrieveCallback | None = None,
+        on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
     ) -> None:
         self.sock = sock
         self.host = str(address[0]) if address else ""
@@ -282,7 +295,12 @@ class _Association:
         allowed = {_C_STORE_RQ, _C_ECHO_RQ}
         if config.query_retrieve:
             allowed |= {P.C_FIND_RQ, P.C_GET_RQ, P.C_MOVE_RQ, P.C_CANCEL_RQ, P.C_STORE_RSP}
+        if config.storage_commitment:
+            allowed |= {P.N_ACTION_RQ, P.N_EVENT_REPORT_RSP}
         self.allowed_commands = frozenset(allowed)
+        self.on_n_action = on_n_action
+        # Message ID of an N-EVENT-REPORT-RQ we sent -> what to call on success.
+        self.pending_reports: dict[int, Callable[[], None] | None] = {}
         # (SOP class, transfer syntax) -> context ID where we may act as SCU
         self.scu_contexts: dict[tuple[str, str], int] = {}
         # A complete Q/R request waiting to be served by run().
@@ -743,6 +761,11 @@ class _Association:
                 self.cancelled.add(command.message_id_responded_to)
             else:
                 LOGGER.debug("C-CANCEL-RQ from %s with no operation running", self.calling_ae)
+        elif field == P.N_EVENT_REPORT_RSP:
+            assert command.message_id_responded_to is not None
+            self.report_answered(command)
+        elif field == P.N_ACTION_RQ and not self.in_operation and self.deferred is None:
+            self.handle_n_action(command, context_id, fragments)
         elif field == _C_STORE_RSP:
             if not self.in_operation:
                 raise _ProtocolError("C-STORE-RSP without a C-STORE-RQ", _REASON_UNEXPECTED_PDU)
@@ -832,6 +855,89 @@ class _Association:
                 pass
             except OSError:
                 LOGGER.warning("cannot delete spool file %s", path, exc_info=True)
+
+    # -- Storage Commitment --------------------------------------------------
+
+    def handle_n_action(self, command: _Command, context_id: int, fragments: list[memoryview]) -> None:
+        """N-ACTION-RQ: answer it, then send the N-EVENT-REPORT on this association."""
+        assert command.message_id is not None
+        context = self.contexts.get(context_id)
+        status = _STATUS_SUCCESS
+        outcome: NActionOutcome | None = None
+        action_type = command.action_type_id if command.action_type_id is not None else 0
+        if (
+            context is None
+            or context[0] != STORAGE_COMMITMENT_PUSH_MODEL
+            or command.requested_sop_class_uid != STORAGE_COMMITMENT_PUSH_MODEL
+            or self.on_n_action is None
+        ):
+            status = _STATUS_SOP_CLASS_NOT_SUPPORTED
+        elif command.requested_sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+            status = _STATUS_NO_SUCH_OBJECT_INSTANCE
+        elif action_type != 1:
+            status = _STATUS_NO_SUCH_ACTION
+        elif not command.has_data_set:
+            status = _STATUS_MISSING_ATTRIBUTE
+        else:
+            try:
+                dataset = _decode_dataset(fragments, context[1])
+                outcome = self.on_n_action(
+                    NActionRequest(
+                        self.calling_ae, self.host, command.message_id, context[1], action_type, dataset
+                    )
+                )
+                status = outcome.status
+            except Exception:  # noqa: BLE001 - a failing request must not kill the association
+                LOGGER.exception("N-ACTION from %s failed", self.calling_ae)
+                status = _STATUS_PROCESSING_FAILURE_N
+                outcome = None
+        self.send_response(
+            context_id,
+            P.encode_n_action_rsp(
+                command.message_id,
+                STORAGE_COMMITMENT_PUSH_MODEL,
+                STORAGE_COMMITMENT_INSTANCE,
+                status,
+                action_type,
+            ),
+        )
+        LOGGER.info("N-ACTION (storage commitment) from %s: status 0x%04X", self.calling_ae, status)
+        if outcome is None or outcome.report is None or status != _STATUS_SUCCESS or context is None:
+            return
+        try:
+            event_type, information = outcome.report()
+        except Exception:  # noqa: BLE001 - the report goes out later, on a new association
+            LOGGER.exception("storage commitment report for %s not prepared", self.calling_ae)
+            return
+        message_id = self.sub_message_id()
+        self.pending_reports[message_id] = outcome.delivered
+        # Not waited for: the requestor may release at once, and then the
+        # background process delivers the report on an association of its own.
+        self.send_message(
+            context_id,
+            P.encode_n_event_report_rq(
+                message_id, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, event_type
+            ),
+            _encode_dataset(information, context[1]),
+        )
+
+    def report_answered(self, command: _Command) -> None:
+        assert command.message_id_responded_to is not None
+        if command.message_id_responded_to not in self.pending_reports:
+            raise _ProtocolError("N-EVENT-REPORT-RSP for no report of ours", _REASON_UNEXPECTED_PDU)
+        delivered = self.pending_reports.pop(command.message_id_responded_to)
+        if command.status == _STATUS_SUCCESS:
+            if delivered is not None:
+                try:
+                    delivered()
+                except Exception:  # noqa: BLE001 - then it is delivered again later
+                    LOGGER.exception("recording a delivered storage commitment report failed")
+        else:
+            LOGGER.warning(
+                "%s answered the storage commitment report with 0x%04X; it will be sent again",
+                self.calling_ae,
+                command.status if command.status is not None else -1,
+            )
 
     def handle_echo(self, command: _Command, context_id: int) -> None:
         if command.has_data_set:
@@ -1582,6 +1688,7 @@ def serve_association(
     *,
     on_find: FindCallback | None = None,
     on_retrieve: RetrieveCallback | None = None,
+    on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
 ) -> None:
     """Run one whole association on the calling thread and close the socket.
 
@@ -1627,6 +1734,10 @@ def serve_association(
         (cancelled), with the *Failed SOP Instance UID List* when any failed;
         0xA801 when the destination cannot be associated.  An exception from
         the callback is answered 0xC000.
+    on_n_action : callable, optional
+        Storage Commitment (needs ``config.storage_commitment``): called with
+        the :class:`NActionRequest`; its :class:`NActionOutcome` gives the
+        N-ACTION-RSP status and the N-EVENT-REPORT sent right after it.
 
     Notes
     -----
@@ -1640,7 +1751,7 @@ def serve_association(
         except OSError:
             pass  # not a TCP socket (e.g. a socketpair in tests)
         association = _Association(
-            sock, address, config, on_store, accept_association, on_event, on_find, on_retrieve
+            sock, address, config, on_store, accept_association, on_event, on_find, on_retrieve, on_n_action
         )
         if association.establish():
             association.run()

@@ -16,9 +16,12 @@ from pydicom.dataset import Dataset
 
 from dicomhub.config import Settings
 from dicomhub.dimse import status
+from dicomhub.dimse.commitment import report_dataset
 from dicomhub.dimse.fastpath import (
     FileRegion,
     Identifier,
+    NActionOutcome,
+    NActionRequest,
     QueryRequest,
     RetrievePlan,
     Sendable,
@@ -28,6 +31,7 @@ from dicomhub.dimse.fastpath import (
 from dicomhub.dimse.identifiers import encode_match
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
@@ -36,7 +40,7 @@ from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
 
-__all__ = ["handle_find", "handle_retrieve", "handle_store"]
+__all__ = ["handle_find", "handle_n_action", "handle_retrieve", "handle_store"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -225,3 +229,38 @@ def handle_retrieve(
         len(rows),
     )
     return RetrievePlan([_sendable(archive, row) for row in rows], destination)
+
+
+def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:
+    """Storage Commitment request: record it durably, then report on this association."""
+    try:
+        items = tuple(
+            CommitmentItem(
+                str(i.get("ReferencedSOPClassUID", "")), str(i.get("ReferencedSOPInstanceUID", ""))
+            )
+            for i in req.dataset.get("ReferencedSOPSequence", [])
+        )
+        request = CommitmentRequest(
+            str(req.dataset.get("TransactionUID", "")), items, req.calling_ae_title, req.peer_host
+        )
+        archive.commitment.request(request)
+    except DicomhubError as exc:
+        LOGGER.warning("storage commitment request from %s refused: %s", req.calling_ae_title, exc)
+        # PS3.4 J.3.2.1.2 / PS3.7 C.4.2: invalid or missing Action Information.
+        code = status.N_INVALID_ARGUMENT_VALUE if items_ok(req) else status.N_MISSING_ATTRIBUTE
+        return NActionOutcome(code)
+    result: list[CommitmentResult] = []
+
+    def report() -> tuple[int, Dataset]:
+        result.append(archive.commitment.evaluate(request.transaction_uid))
+        return report_dataset(result[0])
+
+    def delivered() -> None:
+        archive.commitment.delivered(result[0])
+
+    return NActionOutcome(status.SUCCESS, report=report, delivered=delivered)
+
+
+def items_ok(req: NActionRequest) -> bool:
+    """True when the Action Information has its two required attributes (values aside)."""
+    return "TransactionUID" in req.dataset and "ReferencedSOPSequence" in req.dataset

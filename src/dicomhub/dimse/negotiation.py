@@ -25,6 +25,7 @@ from dicomhub.dimse.requests import (
     VERIFICATION_SOP_CLASS,
     FastPathConfig,
 )
+from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 
 __all__ = [
     "acceptor_contexts",
@@ -82,6 +83,8 @@ def is_fast_path_request(rq: A_ASSOCIATE, config: FastPathConfig) -> bool:
         elif text in config.storage_contexts:
             continue
         elif config.query_retrieve and text in QUERY_RETRIEVE_SOP_CLASSES:
+            continue
+        elif config.storage_commitment and text == STORAGE_COMMITMENT_PUSH_MODEL:
             continue
         if fallback is None or text in fallback:
             return False
@@ -277,6 +280,12 @@ def acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
     if config.query_retrieve:
         for model in sorted(QUERY_RETRIEVE_SOP_CLASSES):
             contexts[model] = _context(model, _UNCOMPRESSED)
+    if config.storage_commitment:
+        # Both roles: a requestor that proposes role selection (to receive the
+        # report later on an association we open) gets what it asks for.
+        contexts[STORAGE_COMMITMENT_PUSH_MODEL] = _context(
+            STORAGE_COMMITMENT_PUSH_MODEL, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE], roles=True
+        )
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:
         if len(_CONTEXT_CACHE) >= 16:

@@ -74,12 +74,17 @@ C_MOVE_RSP: Final = 0x8021
 C_ECHO_RQ: Final = 0x0030
 C_ECHO_RSP: Final = 0x8030
 C_CANCEL_RQ: Final = 0x0FFF
+N_EVENT_REPORT_RQ: Final = 0x0100
+N_EVENT_REPORT_RSP: Final = 0x8100
+N_ACTION_RQ: Final = 0x0130
+N_ACTION_RSP: Final = 0x8130
 NO_DATA_SET: Final = 0x0101
 DATA_SET_PRESENT: Final = 0x0001
 
 # Command set element numbers (group 0000).
 E_GROUP_LENGTH: Final = 0x0000
 E_AFFECTED_SOP_CLASS: Final = 0x0002
+E_REQUESTED_SOP_CLASS: Final = 0x0003
 E_COMMAND_FIELD: Final = 0x0100
 E_MESSAGE_ID: Final = 0x0110
 E_MESSAGE_ID_RSP: Final = 0x0120
@@ -89,6 +94,9 @@ E_DATA_SET_TYPE: Final = 0x0800
 E_STATUS: Final = 0x0900
 E_ERROR_COMMENT: Final = 0x0902
 E_AFFECTED_SOP_INSTANCE: Final = 0x1000
+E_REQUESTED_SOP_INSTANCE: Final = 0x1001
+E_EVENT_TYPE_ID: Final = 0x1002
+E_ACTION_TYPE_ID: Final = 0x1008
 E_REMAINING: Final = 0x1020
 E_COMPLETED: Final = 0x1021
 E_FAILED: Final = 0x1022
@@ -157,6 +165,12 @@ class Command:
     status: int | None = None
     error_comment: str | None = None
     move_destination: str | None = None
+    # N-ACTION-RQ: Requested SOP Class/Instance UID and Action Type ID;
+    # N-EVENT-REPORT: Event Type ID.
+    requested_sop_class_uid: str | None = None
+    requested_sop_instance_uid: str | None = None
+    action_type_id: int | None = None
+    event_type_id: int | None = None
 
 
 def parse_command(data: bytes) -> Command:
@@ -216,6 +230,12 @@ def parse_command(data: bytes) -> Command:
         command.error_comment = text(E_ERROR_COMMENT)
     elif command_field == C_MOVE_RQ:
         command.move_destination = text(E_MOVE_DESTINATION)
+    elif command_field == N_ACTION_RQ:
+        command.requested_sop_class_uid = text(E_REQUESTED_SOP_CLASS)
+        command.requested_sop_instance_uid = text(E_REQUESTED_SOP_INSTANCE)
+        command.action_type_id = us(E_ACTION_TYPE_ID)
+    if command_field in (N_EVENT_REPORT_RQ, N_EVENT_REPORT_RSP):
+        command.event_type_id = us(E_EVENT_TYPE_ID)
     return command
 
 
@@ -279,6 +299,39 @@ def encode_response(
             US_ELEMENT.pack(0, E_WARNING, 2, min(warning, 0xFFFF)),
         ]
     return encode_command(parts)
+
+
+def encode_n_action_rsp(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int, action_type_id: int
+) -> bytes:
+    """Encode an N-ACTION-RSP command set without a data set (PS3.7 10.3.4)."""
+    return encode_command(
+        [
+            _uid(E_AFFECTED_SOP_CLASS, sop_class_uid),
+            US_ELEMENT.pack(0, E_COMMAND_FIELD, 2, N_ACTION_RSP),
+            US_ELEMENT.pack(0, E_MESSAGE_ID_RSP, 2, message_id),
+            US_ELEMENT.pack(0, E_DATA_SET_TYPE, 2, NO_DATA_SET),
+            US_ELEMENT.pack(0, E_STATUS, 2, status),
+            _uid(E_AFFECTED_SOP_INSTANCE, sop_instance_uid),
+            US_ELEMENT.pack(0, E_ACTION_TYPE_ID, 2, action_type_id),
+        ]
+    )
+
+
+def encode_n_event_report_rq(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type_id: int
+) -> bytes:
+    """Encode an N-EVENT-REPORT-RQ command set; a data set follows (PS3.7 10.3.1)."""
+    return encode_command(
+        [
+            _uid(E_AFFECTED_SOP_CLASS, sop_class_uid),
+            US_ELEMENT.pack(0, E_COMMAND_FIELD, 2, N_EVENT_REPORT_RQ),
+            US_ELEMENT.pack(0, E_MESSAGE_ID, 2, message_id & 0xFFFF),
+            US_ELEMENT.pack(0, E_DATA_SET_TYPE, 2, DATA_SET_PRESENT),
+            _uid(E_AFFECTED_SOP_INSTANCE, sop_instance_uid),
+            US_ELEMENT.pack(0, E_EVENT_TYPE_ID, 2, event_type_id),
+        ]
+    )
 
 
 def encode_store_rq(

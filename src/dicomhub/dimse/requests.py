@@ -26,6 +26,8 @@ __all__ = [
     "Rejection",
     "RetrieveCallback",
     "RetrievePlan",
+    "NActionOutcome",
+    "NActionRequest",
     "Sendable",
     "StoreOutcome",
     "StoreRequest",
@@ -109,6 +111,50 @@ class FileRegion:
 
 #: A data set to send: in memory, or a region of a file.
 EncodedDataSet = bytes | memoryview | FileRegion
+
+
+@dataclass(frozen=True, slots=True)
+class NActionRequest:
+    """An N-ACTION-RQ (Storage Commitment: Request Storage Commitment) with its data set.
+
+    Attributes
+    ----------
+    calling_ae_title, peer_host : str
+    message_id : int
+    transfer_syntax_uid : str
+        Of the presentation context it came on (the report goes out in it too).
+    action_type_id : int
+        1 for Request Storage Commitment.
+    dataset : Dataset
+        The Action Information (Transaction UID, Referenced SOP Sequence).
+    """
+
+    calling_ae_title: str
+    peer_host: str
+    message_id: int
+    transfer_syntax_uid: str
+    action_type_id: int
+    dataset: Dataset
+
+
+@dataclass(frozen=True, slots=True)
+class NActionOutcome:
+    """What to answer an N-ACTION-RQ with, and what to send after it.
+
+    Attributes
+    ----------
+    status : int
+        Of the N-ACTION-RSP.
+    report : callable or None
+        Called once the N-ACTION-RSP is sent; returns the N-EVENT-REPORT
+        (Event Type ID, Event Information) to send on the same association.
+    delivered : callable or None
+        Called when the requestor answers that N-EVENT-REPORT-RQ with success.
+    """
+
+    status: int
+    report: Callable[[], tuple[int, Dataset]] | None = None
+    delivered: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +332,9 @@ class FastPathConfig:
         sub-operations) on every storage context.  Needs the `on_find` and
         `on_retrieve` callbacks of :func:`serve_association`; requests
         arriving without them are answered 0x0122.
+    storage_commitment : bool
+        Accept the Storage Commitment Push Model (N-ACTION in, N-EVENT-REPORT
+        out on the same association); needs the `on_n_action` callback.
     fallback_abstract_syntaxes : collection of str or None
         The abstract syntaxes the other stack (pynetdicom) would serve.  With
         ``None`` (default) any abstract syntax the fast path does not serve
@@ -313,6 +362,7 @@ class FastPathConfig:
     network_timeout: float = 60.0
     require_called_ae_title: bool = False
     query_retrieve: bool = False
+    storage_commitment: bool = False
     fallback_abstract_syntaxes: Collection[str] | None = None
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None

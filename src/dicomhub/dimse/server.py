@@ -30,7 +30,7 @@ from dicomhub.dimse.contexts import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
 )
-from dicomhub.dimse.handlers import handle_find, handle_retrieve, handle_store
+from dicomhub.dimse.handlers import handle_find, handle_n_action, handle_retrieve, handle_store
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
 
@@ -64,6 +64,7 @@ def fast_path_config(settings: Settings) -> fastpath.FastPathConfig:
         storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES},
         verification=True,
         query_retrieve=True,
+        storage_commitment=True,
         # Nothing is handed to another stack: what is not served here is rejected.
         fallback_abstract_syntaxes=frozenset(),
         maximum_pdu_size=settings.maximum_pdu_size,
@@ -142,6 +143,7 @@ class _Worker:
                 accept_association=self._accept_association,
                 on_find=lambda req: handle_find(self.archive, self.settings, req),
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req),
+                on_n_action=lambda req: handle_n_action(self.archive, req),
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])

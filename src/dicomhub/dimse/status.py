@@ -53,6 +53,11 @@ QR_IDENTIFIER_DOES_NOT_MATCH: Final = 0xA900
 QR_UNABLE_TO_PROCESS: Final = 0xC000
 QR_SUBOPS_FAILED_OR_WARNING: Final = 0xB000
 
+# DIMSE-N (PS3.7 Annex C): N-ACTION of Storage Commitment.
+N_PROCESSING_FAILURE: Final = 0x0110
+N_MISSING_ATTRIBUTE: Final = 0x0120
+N_INVALID_ARGUMENT_VALUE: Final = 0x0115
+
 _STORE: tuple[tuple[type[Exception], int], ...] = (
     (DuplicateInstance, STORE_DUPLICATE_REFUSED),
     (PatientMismatch, STORE_PATIENT_MISMATCH),

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
@@ -33,6 +34,7 @@ class Archive:
     wado: WadoService
     transcode: TranscodeService
     decode_check: DecodeCheckService
+    commitment: CommitmentService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -23,7 +23,16 @@ def routes(archive: Archive) -> list[BaseRoute]:
         """Stored instances whose pixel data did not decode (the decode check)."""
         return JSONResponse(archive.decode_check.failures())
 
+    def storage_commitments(request: Request) -> JSONResponse:
+        """Storage Commitment transactions, newest first, with their delivery state."""
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "100")), 10000))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        return JSONResponse(archive.commitment.transactions(limit))
+
     return [
         Route("/codecs", codecs, methods=["GET"]),
         Route("/decode-failures", decode_failures, methods=["GET"]),
+        Route("/storage-commitments", storage_commitments, methods=["GET"]),
     ]

@@ -164,6 +164,26 @@ def _schemas() -> Json:
                 "can_encode": {"type": "boolean", "description": "in this install"},
             },
         },
+        "StorageCommitment": {
+            "type": "object",
+            "required": ["transaction_uid", "calling_ae_title", "state", "attempts", "items", "created_at"],
+            "properties": {
+                "transaction_uid": {"type": "string"},
+                "calling_ae_title": {"type": "string"},
+                "peer_host": {"type": ["string", "null"]},
+                "state": {"type": "string", "enum": ["pending", "delivered", "gave-up"]},
+                "attempts": {"type": "integer"},
+                "items": {"type": "integer", "description": "instances referenced by the request"},
+                "next_attempt_at": {"type": "string", "format": "date-time"},
+                "last_error": {"type": ["string", "null"]},
+                "result": {
+                    "type": ["object", "null"],
+                    "description": "committed and failed [class, instance(, reason)] lists, once delivered",
+                },
+                "created_at": {"type": "string", "format": "date-time"},
+                "delivered_at": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
         "DecodeFailure": {
             "type": "object",
             "required": [
@@ -670,6 +690,12 @@ def _paths() -> Json:
             "listDecodeFailures",
             "Stored instances whose pixel data did not decode (the decode check)",
             "DecodeFailure",
+        ),
+        (
+            "/admin/storage-commitments",
+            "listStorageCommitments",
+            "Storage Commitment transactions, newest first, with their delivery state",
+            "StorageCommitment",
         ),
     ):
         paths[path] = {
