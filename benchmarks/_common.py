@@ -63,9 +63,29 @@ def http_json(url: str, timeout: float = 10.0) -> Any:
         return json.loads(r.read())
 
 
+def describe_exit(returncode: int | None) -> str:
+    """``exit code 0`` / ``killed by SIGTERM (-15)`` / ``running``."""
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name} ({returncode})"
+    return f"exit code {returncode}"
+
+
 def stop_process(proc: subprocess.Popen[Any] | None, name: str, grace: float = 15.0) -> None:
-    """terminate -> wait -> kill, on the process group the process leads (started by us)."""
-    if proc is None or proc.poll() is not None:
+    """terminate -> wait -> kill, on the process group the process leads (started by us).
+
+    A process that had already ended on its own is reported with its exit
+    status (a server that dies during a run must not go unnoticed).
+    """
+    if proc is None:
+        return
+    if proc.poll() is not None:
+        log(f"{name} had already ended: {describe_exit(proc.returncode)}")
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -124,11 +144,14 @@ class Server:
     proc: subprocess.Popen[Any] | None = field(default=None, repr=False)
     _logfh: IO[Any] | None = field(default=None, repr=False)
     generation: int = 0
+    exit_status: str | None = None  # set when the process is found dead (see died())
 
     def start(self) -> None:  # pragma: no cover - overridden
         pass
 
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.died()
         stop_process(self.proc, self.label)
         self.proc = None
         if self._logfh:
@@ -147,6 +170,21 @@ class Server:
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
+
+    def died(self, when: str = "") -> str | None:
+        """If the managed process has ended on its own: log how (exit status, signal,
+        last log lines) once and return the description; else None."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        status = describe_exit(self.proc.returncode)
+        if self.exit_status is None:
+            self.exit_status = status
+            logfile = self.logfile() if self.workdir else None
+            log(
+                f"{self.label} (pid {self.proc.pid}) DIED{' ' + when if when else ''}: {status}"
+                + (f"; last lines of {logfile}:\n{tail(logfile)}" if logfile else "")
+            )
+        return self.exit_status
 
     def logfile(self) -> Path | None:
         return None
@@ -283,7 +321,11 @@ class DicomhubServer(Server):
             *self.extra_args,
         ]
         log(f"starting dicomhub: {shlex.join(cmd)}")
-        self.proc, self._logfh = spawn(cmd, self.logfile() or gen / "log", env=dcmtk_env(), cwd=gen)
+        # A fatal signal in native code (SIGSEGV, SIGABRT, SIGBUS ...) then leaves
+        # the Python stacks of every thread in the log instead of nothing.
+        env = {**dcmtk_env(), "PYTHONFAULTHANDLER": "1"}
+        self.exit_status = None
+        self.proc, self._logfh = spawn(cmd, self.logfile() or gen / "log", env=env, cwd=gen)
         deadline = time.monotonic() + 90
         url = f"http://{HOST}:{self.http_port}/healthz"
         while time.monotonic() < deadline:

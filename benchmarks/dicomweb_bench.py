@@ -245,18 +245,28 @@ def load(server: Server, dirs: list[Path], logdir: Path) -> None:
     log(f"loaded {server.label} in {time.monotonic() - t0:.1f} s")
 
 
+PHASES = ("qido", "wrk", "metadata", "wado", "stow")
+
+
 def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     root = dicomweb_root(server)
     q = manifest["query"]
     ct = manifest["ct"]
     out: dict[str, Any] = {}
+    phases = a.phases
+
+    def check(phase: str) -> None:
+        status = server.died(f"during {phase}")
+        if status is not None:
+            out.setdefault("died", f"during {phase}: {status}")
+
     with httpx.Client(timeout=300) as client:
         queries = {
             "pid": f"PatientID={q['patient_id']}",
             "limit": "limit=100",
             "name": "PatientName=A*",
         }
-        for key, query in queries.items():
+        for key, query in queries.items() if "qido" in phases else ():
             out[f"qido_{key}_ms"] = attempt(
                 f"{server.label} QIDO {query}",
                 lambda query=query: median_ms(qido(client, root, query), a.repeat),
@@ -264,11 +274,13 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
             out[f"qido_{key}_count"] = attempt(
                 f"{server.label} count {query}", lambda query=query: qido_count(client, root, query)
             )
-        for key in ("pid", "limit"):
+        check("qido")
+        for key in ("pid", "limit") if "wrk" in phases else ():
             url = f"{root}/studies?{queries[key]}"
             out[f"qido_{key}_rps"] = attempt(
                 f"{server.label} wrk {url}", lambda url=url: wrk_rps(url, a.wrk_seconds)
             )
+            check(f"wrk {queries[key]}")
         series = f"{root}/studies/{ct['study_uid']}/series/{ct['series_uid']}"
 
         def metadata() -> None:
@@ -278,15 +290,20 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
             if len(r.json()) != ct["count"]:
                 raise RuntimeError("wrong number of instances in the series metadata")
 
-        out["metadata_ms"] = attempt(
-            f"{server.label} metadata", lambda: median_ms(metadata, a.metadata_repeat)
-        )
-        out["wado_mbps"] = attempt(
-            f"{server.label} WADO-RS", lambda: wado_series_mbps(client, series, a.wado_repeat)
-        )
+        if "metadata" in phases:
+            out["metadata_ms"] = attempt(
+                f"{server.label} metadata", lambda: median_ms(metadata, a.metadata_repeat)
+            )
+            check("metadata")
+        if "wado" in phases:
+            out["wado_mbps"] = attempt(
+                f"{server.label} WADO-RS", lambda: wado_series_mbps(client, series, a.wado_repeat)
+            )
+            check("WADO-RS")
         ct_files = sorted((cache / ct["dir"]).rglob("*.dcm"))[:100]
         small_files = sorted((cache / manifest["small"]["B"]["dir"]).rglob("*.dcm"))
-        for key, files in (("stow_ct_ips", ct_files), ("stow_small_ips", small_files[:100])):
+        stow_sets = (("stow_ct_ips", ct_files), ("stow_small_ips", small_files[:100]))
+        for key, files in stow_sets if "stow" in phases else ():
             rates = []
             for _ in range(a.stow_repeat):
                 batch = renamed_copies(files)
@@ -294,6 +311,8 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
                 if rate is not None:
                     rates.append(rate)
             out[key] = statistics.median(rates) if rates else None
+            out[key.replace("_ips", "_all")] = rates
+            check("STOW-RS")
     return out
 
 
@@ -352,7 +371,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--json", metavar="FILE", help="write all figures to FILE")
     ap.add_argument("--workdir", help="parent directory for the temporary work dir")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, storage)")
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--only",
+        metavar="PHASES",
+        help=f"comma-separated phases to measure, of {','.join(PHASES)} (default: all); "
+        "with only stow the servers are not loaded",
+    )
+    a = ap.parse_args(argv)
+    a.phases = set(PHASES) if not a.only else {p.strip() for p in a.only.split(",") if p.strip()}
+    unknown = a.phases - set(PHASES)
+    if unknown:
+        ap.error(f"unknown phase(s) {', '.join(sorted(unknown))}; choose from {', '.join(PHASES)}")
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,22 +412,36 @@ def main(argv: list[str] | None = None) -> int:
         for s in servers:
             s.workdir = workdir
             s.start()
+        if a.phases - {"stow"}:  # STOW-RS needs nothing stored beforehand
+            for s in servers:
+                load(
+                    s,
+                    [cache / manifest["ct"]["dir"], *sorted(p for p in small.iterdir() if p.is_dir())],
+                    logdir,
+                )
+                for other in servers:
+                    other.died(f"while loading {s.label}")
         for s in servers:
-            load(
-                s, [cache / manifest["ct"]["dir"], *sorted(p for p in small.iterdir() if p.is_dir())], logdir
-            )
-        for s in servers:
+            for other in servers:
+                other.died(f"before measuring {s.label}")
             log(f"measuring {s.label}")
             results[s.key] = measure(s, cache, manifest, a)
+            for other in servers:
+                other.died(f"while measuring {s.label}")
     finally:
         for s in servers:
             s.stop()
+            if s.exit_status is not None:
+                results.setdefault(s.key, {})["died"] = s.exit_status
         if a.keep:
             log(f"work dir kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     table = rows(results)
     report(table, results)
+    dead = [f"{s.label}: {s.exit_status}" for s in servers if s.exit_status is not None]
+    if dead:
+        print("SERVER DIED DURING THE RUN: " + "; ".join(dead))
     if a.json:
         Path(a.json).write_text(
             json.dumps(
@@ -418,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                 indent=1,
             )
         )
-    return 0
+    return 1 if dead else 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
-"""The streaming multipart/related parser and spooler behind STOW-RS, and mmap ingest."""
+"""The streaming multipart/related parser and reader of STOW-RS, its body pipe, streamed and mmap ingest."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
-from collections.abc import AsyncIterator, Sequence
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -14,6 +19,7 @@ from dicomhub.errors import InvalidIdentifier, InvalidRequest
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.structure import dataset_offset
 from dicomhub.services.ingest import IngestService, StoreOutcome
 from dicomhub.storage.filesystem import FileSystemBlobStore
 from dicomhub.web.dicomweb.stow import (
@@ -23,12 +29,15 @@ from dicomhub.web.dicomweb.stow import (
     _response_media_type,
 )
 from dicomhub.web.dicomweb.upload import (
+    CHUNK_BYTES,
+    BodyInterrupted,
+    BodyPipe,
     MultipartParser,
+    MultipartReader,
     PartBegin,
     PartData,
     PartEnd,
     parse_media_type,
-    receive_parts,
 )
 from dicomhub.web.errors import NotAcceptable, UnsupportedMediaType
 from tests import datagen
@@ -193,54 +202,222 @@ def test_response_media_type() -> None:
         _response_media_type("text/html")
 
 
-# ------------------------------------------------------------------ spooling
+# ------------------------------------------------------------------ streamed parts
 
 
-async def _chunks(raw: bytes, size: int) -> AsyncIterator[bytes]:
-    for i in range(0, len(raw), size):
-        yield raw[i : i + size]
+def _read_all(raw: bytes, size: int, read: Sequence[int] | None = None) -> list[tuple[str, bytes]]:
+    """(content type, content) of each part read with MultipartReader from chunks of ``size``."""
+    chunks = [raw[i : i + size] for i in range(0, len(raw), size)]
+    out = []
+    for part in MultipartReader(chunks, BOUNDARY.decode()):
+        if read is None or part.index in read:
+            out.append((part.content_type, b"".join(bytes(c) for c in part.chunks())))
+        else:
+            out.append((part.content_type, b"<skipped>"))
+    return out
 
 
-def test_receive_parts_spools_large_parts_to_files(tmp_path: Path) -> None:
-    small, large = b"s" * 100, bytes(range(256)) * 1000
-    raw = body((DICOM_HEADER, small), (DICOM_HEADER, large), (DICOM_HEADER, small))
-    spool = tmp_path / "tmp"
-    received = asyncio.run(
-        receive_parts(_chunks(raw, 1000), BOUNDARY.decode(), lambda: spool, part_memory_limit=10_000)
+@pytest.mark.parametrize("size", [1, 7, 100, 1000, 65536, 10**7])
+def test_reader_streams_parts(size: int) -> None:
+    small, large = b"s" * 100, bytes(range(256)) * 4000 + b"\r\n--" + BOUNDARY[:-1]
+    raw = body((DICOM_HEADER, small), (DICOM_HEADER, large), ("Content-Type: image/jpeg\r\n", small))
+    assert _read_all(raw, size) == [
+        ("application/dicom", small),
+        ("application/dicom", large),
+        ("image/jpeg", small),
+    ]
+    # Parts not read are skipped.
+    assert _read_all(raw, size, read=[1]) == [
+        ("application/dicom", b"<skipped>"),
+        ("application/dicom", large),
+        ("image/jpeg", b"<skipped>"),
+    ]
+
+
+def test_reader_hands_out_large_chunks() -> None:
+    content = bytes(range(256)) * (3 * CHUNK_BYTES // 256)
+    raw = body((DICOM_HEADER, content))
+    chunks = [raw[i : i + 65536] for i in range(0, len(raw), 65536)]
+    [sizes] = list(_parts_with_sizes(chunks))
+    assert sum(sizes) == len(content)
+    # A few large chunks (of about CHUNK_BYTES), not one per piece received.
+    assert len(sizes) == 3
+    assert all(CHUNK_BYTES <= n < CHUNK_BYTES + 65536 for n in sizes[:-1])
+
+
+def _parts_with_sizes(chunks: list[bytes]) -> Iterator[list[int]]:
+    for part in MultipartReader(chunks, BOUNDARY.decode()):
+        yield [len(c) for c in part.chunks()]
+
+
+def test_parser_content_at_random_splits() -> None:
+    rng = random.Random(7)
+    contents = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 3000))) for _ in range(6)]
+    contents += TRICKY
+    raw = body(*[(DICOM_HEADER, c) for c in contents])
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(raw)), 12))
+        chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        assert [c for _h, c in parse(chunks)] == contents
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (body((DICOM_HEADER, b"y" * 5000))[:-10], "ends before its close delimiter"),
+        (b"--" + BOUNDARY + b"--", "holds no part"),
+        (b"junk", "no boundary delimiter"),
+    ],
+)
+def test_reader_refuses_bad_bodies(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        _read_all(raw, 100)
+
+
+def _consume(pipe: BodyPipe, out: list[bytes], errors: list[BaseException], delay: float = 0.0) -> None:
+    try:
+        for chunk in pipe:
+            time.sleep(delay)
+            out.append(chunk)
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        pipe.abandon()
+
+
+def test_body_pipe_carries_chunks_in_order_within_its_limit() -> None:
+    chunks = [bytes([n]) * 1000 for n in range(50)]
+    out: list[bytes] = []
+    errors: list[BaseException] = []
+    pipe = BodyPipe(limit=3000)
+    peak = 0
+
+    async def produce() -> None:
+        nonlocal peak
+        consumer = threading.Thread(target=_consume, args=(pipe, out, errors, 0.001))
+        consumer.start()
+        for chunk in chunks:
+            assert await pipe.put(chunk)
+            peak = max(peak, pipe._size)
+        pipe.close()
+        await asyncio.to_thread(consumer.join)
+
+    asyncio.run(produce())
+    assert out == chunks and not errors
+    assert peak <= 3000 + 1000
+
+
+def test_body_pipe_interrupted_and_abandoned() -> None:
+    out: list[bytes] = []
+    errors: list[BaseException] = []
+    pipe = BodyPipe(limit=10)
+
+    async def interrupted() -> None:
+        consumer = threading.Thread(target=_consume, args=(pipe, out, errors))
+        consumer.start()
+        await pipe.put(b"x" * 5)
+        pipe.fail(ConnectionResetError("client went away"))
+        await asyncio.to_thread(consumer.join)
+
+    asyncio.run(interrupted())
+    assert len(errors) == 1 and isinstance(errors[0], BodyInterrupted)
+
+    # A consumer that stops: the producer is released, not left waiting.
+    pipe = BodyPipe(limit=10)
+
+    async def abandoned() -> bool:
+        pipe.abandon()
+        return await pipe.put(b"y" * 100)
+
+    assert asyncio.run(abandoned()) is False
+
+
+# ------------------------------------------------------------------ streamed ingest
+
+
+def _ingest(tmp_path: Path) -> tuple[IngestService, FileSystemBlobStore, IndexRepository]:
+    engine = connect_engine(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    migrate(engine, lock_dir=tmp_path)
+    blobs = FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+    index = IndexRepository(engine)
+    return IngestService(index, blobs), blobs, index
+
+
+def _blob_files(blobs: FileSystemBlobStore) -> list[Path]:
+    """Blob files holding bytes (pooled keys are empty files)."""
+    return [p for p in blobs.root.rglob("*") if p.is_file() and p.stat().st_size]
+
+
+def _in_chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def test_store_many_streams_items_into_their_blobs(tmp_path: Path) -> None:
+    ingest, blobs, index = _ingest(tmp_path)
+    caller = Caller(Channel.HTTP, "", "127.0.0.1")
+    study = datagen.uid()
+    data = [
+        _encode(datagen.make_dataset(study_uid=study, instance_number=n, rows=128, cols=128))
+        for n in range(3)
+    ]
+    other_study = _encode(datagen.make_dataset())
+    results = ingest.store_many(
+        [
+            _in_chunks(data[0], 1000),
+            _in_chunks(data[1], 7),
+            iter([b"not DICOM" * 100]),
+            _in_chunks(other_study, 4096),
+            _in_chunks(data[2], 10**6),
+            iter(()),
+        ],
+        caller,
+        study_instance_uid=study,
     )
-    assert [p.read() for p in received] == [small, large, small]
-    assert [p.path is not None for p in received] == [False, True, False]
-    assert [p.size for p in received] == [100, 256_000, 100]
-    assert received.parts[1].content_type == "application/dicom"
-    assert list(spool.iterdir())  # the request's folder
-    received.discard()
-    assert not list(spool.iterdir())
+    kinds = [r.outcome if not isinstance(r, Exception) else type(r).__name__ for r in results]
+    assert kinds == [
+        StoreOutcome.STORED,
+        StoreOutcome.STORED,
+        "InvalidRequest",
+        "InvalidIdentifier",
+        StoreOutcome.STORED,
+        "InvalidRequest",
+    ]
+    assert "DICM" in str(results[2])
+    for d in data:  # the exact bytes, and the data set digest of the whole-object path
+        row = index.get_instance(datagen_uid(d))
+        assert row is not None
+        assert blobs.read(row.blob_key) == d
+        assert row.content_sha256 == hashlib.sha256(d[dataset_offset(d) :]).hexdigest()
+    assert len(_blob_files(blobs)) == 3  # refused items left no blob behind
+    # The same objects again, whole or in chunks: already present, no new blob.
+    again = ingest.store_many([data[0], _in_chunks(data[1], 333)], caller)
+    assert [r.outcome for r in again if not isinstance(r, Exception)] == [StoreOutcome.ALREADY_PRESENT] * 2
+    assert len(_blob_files(blobs)) == 3
 
 
-def test_receive_parts_request_memory_limit(tmp_path: Path) -> None:
-    raw = body(*[(DICOM_HEADER, b"x" * 300)] * 5)
-    received = asyncio.run(
-        receive_parts(
-            _chunks(raw, 64),
-            BOUNDARY.decode(),
-            lambda: tmp_path,
-            part_memory_limit=1000,
-            request_memory_limit=1000,
-        )
-    )
-    assert [p.path is not None for p in received] == [False, False, False, True, True]
-    assert all(p.read() == b"x" * 300 for p in received)
-    received.discard()
-    assert not list(tmp_path.iterdir())
+def datagen_uid(data: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
 
 
-@pytest.mark.parametrize("raw", [body((DICOM_HEADER, b"y" * 5000))[:-10], b"--" + BOUNDARY + b"--", b"junk"])
-def test_receive_parts_leaves_nothing_behind_on_error(tmp_path: Path, raw: bytes) -> None:
-    with pytest.raises(InvalidRequest):
-        asyncio.run(
-            receive_parts(_chunks(raw, 100), BOUNDARY.decode(), lambda: tmp_path, part_memory_limit=10)
-        )
-    assert not list(tmp_path.iterdir())
+def test_store_many_stores_nothing_when_the_source_fails(tmp_path: Path) -> None:
+    ingest, blobs, index = _ingest(tmp_path)
+    caller = Caller(Channel.HTTP, "", "127.0.0.1")
+    first = _encode(datagen.make_dataset(rows=128, cols=128))
+    second = _encode(datagen.make_dataset(rows=128, cols=128))
+
+    def failing() -> Iterator[bytes]:
+        yield second[:5000]
+        raise InvalidRequest("the multipart body ends before its close delimiter")
+
+    def items() -> Iterator[Iterator[bytes]]:
+        yield _in_chunks(first, 1000)
+        yield failing()
+
+    with pytest.raises(InvalidRequest, match="close delimiter"):
+        ingest.store_many(items(), caller)
+    assert index.counts()["instances"] == 0
+    assert _blob_files(blobs) == []
 
 
 # ------------------------------------------------------------------ ingest from a mapped file

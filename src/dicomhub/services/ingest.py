@@ -14,13 +14,15 @@ A blob written in step 2 whose step 3 never happened is an orphan that
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -32,6 +34,7 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    StorageError,
     TranscodeError,
 )
 from dicomhub.index.repository import AddOutcome, AddResult, IndexRepository
@@ -75,6 +78,105 @@ class _Prepared:
     header: InstanceHeader
     content_sha256: str
     size: int  # of the object as received
+
+
+@dataclass(slots=True)
+class _Written:
+    """An object written to its blob: the blob, the object's first bytes (for the
+    Part 10 prefix check), its data set's SHA-256 when it was had on the way (else
+    "") and, once read, its header."""
+
+    blob: BlobInfo
+    head: bytes
+    content_sha256: str
+    header: InstanceHeader | None = None
+
+
+# Objects indexed per index transaction by store_many.
+_STORE_BATCH = 64
+# Objects of one store_many whose headers are read while the next arrives (and
+# kept until they are indexed); the headers of any further ones are read then.
+_EARLY_CHECKS = 1024
+# How far into an object its File Meta group is looked for while it streams in;
+# a larger group (never seen in practice) gets its digest from the blob afterwards.
+_META_SEARCH = 16 * 1024
+
+
+class _ContentDigest:
+    """SHA-256 of the bytes after the File Meta group, fed the whole object in chunks.
+
+    The object's first bytes are kept until the end of its File Meta group is
+    known (:func:`dataset_offset`, usually from the first chunk); from then on
+    each chunk is hashed from where the data set starts.
+    """
+
+    __slots__ = ("_hash", "_head", "_lost", "_offset", "_pos")
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        self._offset: int | None = None
+        self._pos = 0  # bytes seen
+        self._lost = False
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
+        if self._offset is None:
+            if self._lost:
+                return
+            take = view[: _META_SEARCH - len(self._head)]
+            self._head += take
+            self._pos += len(take)
+            view = view[len(take) :]
+            self._offset = self._locate()
+            if self._offset is None:
+                self._lost = bool(view)  # searched as far as allowed
+                return
+            if self._offset < len(self._head):
+                self._hash.update(memoryview(self._head)[self._offset :])
+        start = self._offset - self._pos
+        if start <= 0:
+            self._hash.update(view)
+        elif start < len(view):
+            self._hash.update(view[start:])
+        self._pos += len(view)
+
+    def _locate(self) -> int | None:
+        if len(self._head) < 144:
+            return None
+        try:
+            return dataset_offset(bytes(self._head))
+        except (InvalidRequest, struct.error, IndexError, ValueError):
+            return None  # not there yet (or not DICOM: refused later)
+
+    def head(self) -> bytes:
+        """The object's first 132 bytes (preamble and prefix), or all of a shorter one."""
+        return bytes(self._head[:132])
+
+    def hexdigest(self) -> str:
+        """The data set's digest, or "" when its start was not found on the way."""
+        if self._offset is None or self._offset > self._pos:
+            return ""
+        return self._hash.hexdigest()
+
+
+@contextlib.contextmanager
+def _mapped_blob(blobs: BlobStore, key: str) -> Iterator[bytes]:
+    """A blob's bytes, memory-mapped when the store has it in a file."""
+    with blobs.open(key) as fh:
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, AttributeError):
+            yield fh.read()
+            return
+    try:
+        # Read-only mapping of a file nobody else writes: bytes in all but type.
+        yield cast(bytes, mapped)
+    finally:
+        try:
+            mapped.close()
+        except BufferError:
+            pass  # a view is still referenced (a traceback in flight)
 
 
 class IngestService:
@@ -272,61 +374,213 @@ class IngestService:
 
     def store_many(
         self,
-        items: Sequence[bytes],
+        items: Iterable[bytes | Iterator[bytes | memoryview]],
         caller: Caller,
         *,
         study_instance_uid: str | None = None,
-    ) -> list[StoreResult | DicomhubError]:
+    ) -> list[StoreResult | Exception]:
         """Store several Part 10 objects that are acknowledged together (STOW-RS).
 
-        Same rules and outcomes as :meth:`store_part10`, item by item, but the
-        durability work is shared: the blobs are written, then flushed to
-        disk at once, then indexed in one transaction. Nothing is reported
-        stored before all of that has happened.
+        Same rules and outcomes as :meth:`store_part10`, item by item, in the
+        order of ``items``. An item is an object's bytes or an iterator of its
+        chunks; chunks are written to the object's blob as they are pulled
+        (STOW-RS streams the parts of a request body this way), and each byte
+        is hashed for both digests (blob and data set) and written while it
+        is in hand: nothing is held in memory, spooled or copied again.
+
+        Every item is written first (not yet durable) and its header read
+        back and checked while the next one arrives; then one flush makes
+        all of them durable; then they are indexed in batches of one
+        transaction each. Nothing is reported stored before its flush and its
+        transaction, and an item that is refused leaves no blob behind
+        (unless it is kept in quarantine as a conflict).
+
+        Raises
+        ------
+        Exception
+            Whatever ``items`` or an item's chunks raise (a malformed or
+            interrupted request body): every blob written so far is removed
+            first, so then nothing at all is stored.
         """
-        results: list[StoreResult | DicomhubError | None] = [None] * len(items)
-        pending: list[tuple[int, _Prepared]] = []
-        for i, data in enumerate(items):
+        written: list[_Written | DicomhubError] = []
+        try:
+            for item in items:
+                chunks = item if isinstance(item, Iterator) else iter((item,))
+                try:
+                    done = self._write_streamed(chunks)
+                except StorageError as exc:  # the store failed; the item's rest is skipped
+                    written.append(exc)
+                    continue
+                if len(written) < _EARLY_CHECKS:
+                    # Read its header now, while the next item is on its way.
+                    try:
+                        done.header = self._check_written(done, study_instance_uid)
+                    except DicomhubError as exc:
+                        self._discard(done.blob.key)
+                        written.append(exc)
+                        continue
+                written.append(done)
+        except BaseException:
+            for w in written:
+                if isinstance(w, _Written):
+                    self._discard(w.blob.key)
+            raise
+        unprocessed = InvalidRequest("not processed")  # replaced below for every written item
+        results: list[StoreResult | Exception] = [
+            w if isinstance(w, DicomhubError) else unprocessed for w in written
+        ]
+        live = [(i, w) for i, w in enumerate(written) if isinstance(w, _Written)]
+        if live:
             try:
-                if not has_part10_header(data):
-                    raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
-                prepared = self._prepare(data, caller, expect_study_uid=study_instance_uid)
+                self.blobs.sync()
             except DicomhubError as exc:
+                for i, w in live:
+                    self._discard(w.blob.key)
+                    results[i] = exc
+                live = []
+        for start in range(0, len(live), _STORE_BATCH):
+            self._store_written(live[start : start + _STORE_BATCH], results, caller, study_instance_uid)
+        return results
+
+    def _write_streamed(self, chunks: Iterator[bytes | memoryview]) -> _Written:
+        """Write one object's chunks to a new blob (not durable yet), with both digests:
+        the store hashes each chunk for the blob's, and it is hashed here for the
+        data set's, while it is in hand."""
+        key = self.blobs.new_key()
+        content = _ContentDigest()
+
+        def hashed() -> Iterator[bytes | memoryview]:
+            for chunk in chunks:
+                content.update(chunk)
+                yield chunk
+
+        try:
+            blob = self.blobs.put_stream(key, hashed(), durable=False)
+        except BaseException:
+            self._discard(key)
+            raise
+        return _Written(blob, content.head(), content.hexdigest())
+
+    def _check_written(self, written: _Written, expect_study_uid: str | None) -> InstanceHeader:
+        """The header of a written object, when it is a Part 10 object of the expected study."""
+        if not has_part10_header(written.head):
+            raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
+        header = self._header_of_blob(written.blob.key)
+        if expect_study_uid is not None and header.study_instance_uid != expect_study_uid:
+            raise InvalidIdentifier(
+                f"SOP Instance {header.sop_instance_uid} belongs to study "
+                f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
+            )
+        return header
+
+    def _store_written(
+        self,
+        batch: Sequence[tuple[int, _Written]],
+        results: list[StoreResult | Exception],
+        caller: Caller,
+        study_instance_uid: str | None,
+    ) -> None:
+        """Check and index a batch of written, durable blobs (one index transaction)."""
+        pending: list[tuple[int, _Prepared, BlobInfo]] = []
+        unsynced = False
+        for i, w in batch:
+            try:
+                prepared, blob, fresh = self._prepare_written(w, caller, study_instance_uid)
+            except DicomhubError as exc:
+                results[i] = exc
+                continue
+            except Exception as exc:  # a bug: this item fails, the others go on
+                LOGGER.exception("STOW: unexpected failure while checking a stored object")
+                self._discard(w.blob.key)
                 results[i] = exc
                 continue
             if isinstance(prepared, StoreResult):
                 results[i] = prepared
-            else:
-                pending.append((i, prepared))
-        written: list[tuple[int, _Prepared, BlobInfo]] = []
-        for i, prepared in pending:
-            try:
-                blob = self.blobs.put(self.blobs.new_key(), prepared.data, durable=False)
-            except DicomhubError as exc:
-                results[i] = exc
                 continue
-            written.append((i, prepared, blob))
-        if written:
+            unsynced |= fresh
+            pending.append((i, prepared, blob))
+        if unsynced:  # compressed copies were written after the shared flush
             try:
                 self.blobs.sync()
             except DicomhubError as exc:
-                for i, _prepared, blob in written:
+                for i, _prepared, blob in pending:
                     self._discard(blob.key)
                     results[i] = exc
-                written = []
-        outcomes = self.index.add_instances(
-            [
-                (p.header, blob, p.content_sha256, caller.ae_title)
-                for _i, p, blob in written
-            ],
-            overwrite=self.policy is DuplicatePolicy.OVERWRITE,
-        )
-        for (i, prepared, blob), added in zip(written, outcomes, strict=True):
+                return
+        if not pending:
+            return
+        items = [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending]
+        try:
+            outcomes = self.index.add_instances(items, overwrite=self.policy is DuplicatePolicy.OVERWRITE)
+        except Exception as exc:
+            outcomes = [exc] * len(pending)
+        for (i, prepared, blob), added in zip(pending, outcomes, strict=True):
             try:
                 results[i] = self._finish(prepared, blob, added, caller)
-            except DicomhubError as exc:
+            except Exception as exc:
                 results[i] = exc
-        return [r if r is not None else InvalidRequest("not processed") for r in results]
+
+    def _prepare_written(
+        self, written: _Written, caller: Caller, expect_study_uid: str | None
+    ) -> tuple[_Prepared | StoreResult, BlobInfo, bool]:
+        """As :meth:`_prepare`, for an object already in its (durable) blob.
+
+        Returns what to index (or the answer already), the blob to index, and
+        whether that blob was written after the shared flush (a copy
+        compressed at rest). A refused object's blob is removed, unless it is
+        kept in quarantine.
+        """
+        blob = written.blob
+        kept = False  # in quarantine: the blob stays
+        try:
+            header = written.header or self._check_written(written, expect_study_uid)
+            content = written.content_sha256 or self._content_digest_of_blob(blob.key)
+            target = self._compression_target(header)
+            if target == header.transfer_syntax_uid:
+                target = None
+            # Without compression the index transaction itself finds a
+            # duplicate (see _finish): no lookup of its own is needed. With
+            # it, a duplicate is found before it is encoded for nothing.
+            existing = self.index.get_instance(header.sop_instance_uid) if target else None
+            if existing is not None:
+                if existing.content_sha256 == content:
+                    if self.policy is DuplicatePolicy.REJECT:
+                        raise DuplicateInstance(
+                            f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                        )
+                    self._discard(blob.key)
+                    return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size), blob, False
+                if self.policy is not DuplicatePolicy.OVERWRITE:
+                    refusal = DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored with other content"
+                    )
+                    # The blob is durable already: it is the quarantined copy.
+                    self._record(refusal, blob, header, caller, "duplicate-different-content")
+                    kept = True
+                    raise refusal
+        except DicomhubError:
+            if not kept:
+                self._discard(blob.key)
+            raise
+        prepared = _Prepared(b"", header, content, blob.size)
+        if target is None:
+            return prepared, blob, False
+        with _mapped_blob(self.blobs, blob.key) as data:
+            compressed = self._compressed(_Prepared(data, header, content, blob.size))
+            if compressed.data is data:  # kept as received
+                return prepared, blob, False
+        try:
+            stored = self.blobs.put(self.blobs.new_key(), compressed.data, durable=False)
+        except DicomhubError:
+            LOGGER.warning("%s kept as received: cannot write its compressed copy", header.sop_instance_uid)
+            return prepared, blob, False
+        self._discard(blob.key)
+        return _Prepared(b"", compressed.header, content, blob.size), stored, True
+
+    def _content_digest_of_blob(self, key: str) -> str:
+        """SHA-256 of a written object's data set (when it could not be had on the way)."""
+        with _mapped_blob(self.blobs, key) as data:
+            return hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
 
     def _prepare(
         self,

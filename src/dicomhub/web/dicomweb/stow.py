@@ -1,12 +1,17 @@
 """DICOMweb STOW-RS: ``POST /studies`` and ``POST /studies/{study}``.
 
-The request body (``multipart/related; type="application/dicom"``) is read as
-a stream into parts (see :mod:`.upload`: memory while small, temporary files
-under ``<data_dir>/tmp`` otherwise) and checked to be complete before
-anything is stored: a malformed or truncated body stores nothing. Each part
-then goes through the one ingest path in a worker thread, a few at a time so
-that concurrent stores share index commits; large parts are memory-mapped
-rather than read.
+The request body (``multipart/related; type="application/dicom"``) is
+streamed: the event loop receives it and hands it through a bounded
+:class:`~.upload.BodyPipe` to a worker thread, which parses it
+(:class:`~.upload.MultipartReader`) and passes each part, chunk by chunk, to
+the one ingest path (``IngestService.store_many``). That writes each part
+straight into its blob as it arrives, computing both digests on the way, and
+reads its header back while the next part arrives; once the body is complete
+and well formed, one flush makes every blob durable and the parts are indexed
+a batch per transaction. A malformed or truncated body stores nothing: the
+blobs written for it are removed. Memory stays at a few megabytes whatever
+the size of the parts, plus a few kB per part (its first bytes, kept to name
+it should it fail, and the outcome).
 
 Response status (PS3.18 10.5.3): 200 when every instance was stored without
 warning, 202 when some were stored and others failed or were stored with
@@ -50,18 +55,16 @@ PS3.18 Section 10.5 (Store Transaction), 8.6 (multipart payloads), F.2
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import logging
-import mmap
-import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
 import pydicom
@@ -83,9 +86,10 @@ from dicomhub.errors import (
 )
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import is_valid_uid, require_uid
+from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
 from dicomhub.services.ingest import StoreResult
-from dicomhub.web.dicomweb.upload import ReceivedPart, parse_media_type, receive_parts
+from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
 from dicomhub.web.errors import NotAcceptable, UnsupportedMediaType
 
 __all__ = [
@@ -123,11 +127,8 @@ _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
     (IndexUnavailable, OUT_OF_RESOURCES),
 )
 
-# Parts ingested at the same time: enough for concurrent stores to share
-# group commits, few enough not to map many large parts at once.
-# Parts acknowledged together share one flush and one index transaction.
-_BATCH_PARTS = 64
-_BATCH_BYTES = 32 << 20  # mapped pages count in the process RSS: keep them few
+# Body bytes received but not yet parsed and written (the worker thread's backlog).
+_PIPE_BYTES = 8 << 20
 # Failure texts sent back as Warning headers (the rest are only logged).
 _WARNING_HEADERS = 10
 
@@ -329,60 +330,83 @@ def _header_text(text: str) -> str:
 # ------------------------------------------------------------------ the service
 
 
-def _sop_uids(part: ReceivedPart) -> tuple[str, str]:
-    """SOP Class and Instance UID of a part that failed, when its header says (else "")."""
-    source: str | io.BytesIO = str(part.path) if part.path is not None else io.BytesIO(part.read())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                source,
-                stop_before_pixels=True,
-                force=True,
-                specific_tags=[0x00080016, 0x00080018],
-            )
-            meta = getattr(ds, "file_meta", None) or {}
-            sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
-            sop_instance = ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")
-    except Exception:  # anything unreadable: the item just carries no UIDs
-        return "", ""
+def _sop_uids(head: bytes) -> tuple[str, str]:
+    """SOP Class and Instance UID of a part that failed, when its first bytes say (else "")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = _read_head(head, specific_tags=[0x00080016, 0x00080018])
+        except Exception:  # a head cut inside an element: its File Meta may still say
+            try:
+                ds = _read_head(head[: dataset_offset(head)])
+            except Exception:  # anything unreadable: the item just carries no UIDs
+                return "", ""
+        meta = getattr(ds, "file_meta", None) or {}
+        sop_class = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        sop_instance = ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID")
     return (
         str(sop_class) if is_valid_uid(str(sop_class or "")) else "",
         str(sop_instance) if is_valid_uid(str(sop_instance or "")) else "",
     )
 
 
+def _read_head(data: bytes, specific_tags: list[int] | None = None) -> pydicom.Dataset:
+    return pydicom.dcmread(
+        io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=specific_tags
+    )
+
+
 _PREAMBLE = b"\x00" * 128 + b"DICM"
 _META_GROUP_START = b"\x02\x00"  # (0002,xxxx) in explicit VR little endian
+# The first bytes of each part are kept until the request is answered, to name
+# the SOP Class and Instance of a part that fails (they sit in its File Meta
+# group and at the start of its data set).
+_HEAD_BYTES = 2048
 
 
-def _add_missing_preamble(part: ReceivedPart) -> None:
-    """Give a part that starts with its File Meta group the preamble and ``DICM`` prefix.
+@dataclass(slots=True)
+class _Part:
+    """What the response needs of one part: its place, media type and first bytes."""
+
+    index: int
+    content_type: str
+    head: bytes = b""
+
+
+def _dicom_chunks(chunks: Iterator[bytes | memoryview], part: _Part) -> Iterator[bytes | memoryview]:
+    """A part's content, with the preamble and ``DICM`` added when it starts with its File Meta.
 
     pydicom 3's ``dcmwrite`` (used by dicomweb-client's ``store_instances``)
     writes no preamble for a data set read or built without one. The File Meta
     group is what identifies the object; the 132 bytes in front of it carry
-    nothing, so they are added rather than the part refused.
+    nothing, so they are added rather than the part refused. The part's first
+    bytes are kept in ``part.head``.
     """
-    if part.memory is not None:
-        head = bytes(part.memory[:132])
-        if head[128:132] != b"DICM" and head.startswith(_META_GROUP_START):
-            part.memory[:0] = _PREAMBLE
-            part.size += len(_PREAMBLE)
-        return
-    if part.path is None:
-        return
-    with open(part.path, "rb") as src:
-        head = src.read(132)
-        if head[128:132] == b"DICM" or not head.startswith(_META_GROUP_START):
-            return
-        fixed = part.path.with_name(part.path.name + ".p10")
-        with open(fixed, "wb") as dst:
-            dst.write(_PREAMBLE)
-            src.seek(0)
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-    fixed.replace(part.path)
-    part.size += len(_PREAMBLE)
+    first: list[bytes | memoryview] = []
+    size = 0
+    for chunk in chunks:
+        first.append(chunk)
+        size += len(chunk)
+        if size >= _HEAD_BYTES:
+            break
+    start: bytes | memoryview = b"".join(first) if len(first) > 1 else (first[0] if first else b"")
+    if bytes(start[128:132]) != b"DICM" and bytes(start[:2]) == _META_GROUP_START:
+        part.head = _PREAMBLE + bytes(start[: _HEAD_BYTES - len(_PREAMBLE)])
+        yield _PREAMBLE
+    else:
+        part.head = bytes(start[:_HEAD_BYTES])
+    if start:
+        yield start
+    yield from chunks
+
+
+def _head_of(chunks: Iterator[bytes | memoryview]) -> bytes:
+    """The first bytes of a part that is not stored; the rest is skipped."""
+    head = bytearray()
+    for chunk in chunks:
+        if len(head) < _HEAD_BYTES:
+            head += chunk[: _HEAD_BYTES - len(head)]
+    return bytes(head)
 
 
 class StowService:
@@ -393,14 +417,11 @@ class StowService:
         self.spool_root = settings.data_dir / "tmp"
 
     def remove_leftovers(self) -> None:
-        """Remove spool folders a previous (killed) server left behind."""
+        """Remove spool folders that servers of earlier versions left behind."""
         if not self.spool_root.is_dir():
             return
         for leftover in self.spool_root.glob("stow-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-
-    def _spool_dir(self) -> Path:
-        return self.spool_root
 
     async def store_instances(self, request: Request) -> Response:
         """``POST /studies``: store the instances of any studies."""
@@ -415,15 +436,24 @@ class StowService:
         boundary = _boundary(request.headers.get("content-type", ""))
         media_type = _response_media_type(request.headers.get("accept", ""))
         caller = Caller(Channel.HTTP, "", request.client.host if request.client else "")
-        body = await receive_parts(request.stream(), boundary, self._spool_dir)
+        # The event loop receives the body; a worker thread parses it and writes
+        # each part into its blob as it arrives (hashing on the way), then
+        # flushes and indexes them all. Receiving overlaps with hashing and writing.
+        pipe = BodyPipe(_PIPE_BYTES)
+        worker = asyncio.ensure_future(
+            run_in_threadpool(self._ingest_body, pipe, boundary, caller, study_instance_uid)
+        )
         try:
-            outcomes: list[InstanceOutcome] = []
-            for batch in _batches(body.parts):
-                outcomes += await run_in_threadpool(
-                    self._ingest_batch, batch, caller, study_instance_uid
-                )
-        finally:
-            body.discard()
+            async for chunk in request.stream():
+                if chunk and not await pipe.put(chunk):
+                    break  # the worker stopped reading (a malformed body): it answers
+        except BaseException as exc:
+            pipe.fail(exc)
+            with contextlib.suppress(BaseException):
+                await worker  # it removes what it wrote
+            raise
+        pipe.close()
+        outcomes = await worker
         base = _dicomweb_base(request)
         if media_type == DICOM_XML:
             content = store_response_xml(outcomes, base, study_instance_uid)
@@ -445,95 +475,72 @@ class StowService:
             )
         return Response(content, status_code=_http_status(outcomes), media_type=media_type, headers=headers)
 
-    def _ingest_batch(
-        self, parts: Sequence[ReceivedPart], caller: Caller, study_instance_uid: str | None
+    def _ingest_body(
+        self, pipe: BodyPipe, boundary: str, caller: Caller, study_instance_uid: str | None
     ) -> list[InstanceOutcome]:
-        """Store a batch of parts (in a worker thread) with one shared flush; never raises.
+        """Read the body from ``pipe`` and store its parts (in a worker thread).
 
-        Every part is acknowledged only after the whole batch is durable, so
-        the blobs share one file-system flush and the index one transaction.
+        Every part is acknowledged only after all of them are durable: the
+        blobs share one file-system flush and the index a few transactions.
+
+        Raises
+        ------
+        InvalidRequest
+            For a malformed or truncated body: then nothing is stored.
+        BodyInterrupted
+            When the body stopped arriving: nothing is stored either.
         """
-        outcomes: dict[int, InstanceOutcome] = {}
-        accepted: list[ReceivedPart] = []
-        with contextlib.ExitStack() as stack:
-            data: list[bytes] = []
-            for part in parts:
-                if part.content_type not in ("", DICOM):
-                    outcomes[part.index] = self._failed(
+        parts: list[_Part] = []
+
+        def dicom_parts() -> Iterator[Iterator[bytes | memoryview]]:
+            for streamed in MultipartReader(pipe, boundary):
+                part = _Part(streamed.index, streamed.content_type)
+                parts.append(part)
+                if part.content_type in ("", DICOM):
+                    yield _dicom_chunks(streamed.chunks(), part)
+                else:
+                    part.head = _head_of(streamed.chunks())
+
+        try:
+            results: list[StoreResult | Exception] = self.archive.ingest.store_many(
+                dicom_parts(), caller, study_instance_uid=study_instance_uid
+            )
+        except (InvalidRequest, BodyInterrupted):
+            raise
+        except Exception as exc:  # nothing was stored (store_many removed what it wrote)
+            LOGGER.exception("STOW-RS: unexpected failure")
+            results = [exc] * sum(1 for p in parts if p.content_type in ("", DICOM))
+        finally:
+            pipe.abandon()
+        outcomes: list[InstanceOutcome] = []
+        stored = iter(results)
+        for part in parts:
+            if part.content_type not in ("", DICOM):
+                outcomes.append(
+                    _failed(
                         part,
                         CANNOT_UNDERSTAND,
                         f"part {part.index + 1}: media type {part.content_type} is not {DICOM}",
                     )
-                    continue
-                try:
-                    _add_missing_preamble(part)
-                    data.append(_open_part(part, stack))
-                except (OSError, ValueError) as exc:
-                    outcomes[part.index] = self._failed(
-                        part, CANNOT_UNDERSTAND, f"part {part.index + 1}: unreadable: {exc}"
-                    )
-                    continue
-                accepted.append(part)
-            try:
-                results = self.archive.ingest.store_many(
-                    data, caller, study_instance_uid=study_instance_uid
                 )
-            except Exception as exc:
-                LOGGER.exception("STOW-RS: unexpected failure")
-                results = [exc] * len(accepted)  # type: ignore[list-item]
-            for part, result in zip(accepted, results, strict=True):
-                if isinstance(result, DicomhubError):
-                    reason = failure_reason(result)
-                    LOGGER.warning(
-                        "STOW-RS part %d refused (0x%04X): %s", part.index + 1, reason, result
-                    )
-                    outcomes[part.index] = self._failed(part, reason, f"part {part.index + 1}: {result}")
-                elif isinstance(result, BaseException):
-                    outcomes[part.index] = self._failed(
-                        part, PROCESSING_FAILURE, f"part {part.index + 1}: internal error {result}"
-                    )
-                else:
-                    outcomes[part.index] = _stored(result)
-        return [outcomes[part.index] for part in parts]
-
-    @staticmethod
-    def _failed(part: ReceivedPart, reason: int, message: str) -> InstanceOutcome:
-        sop_class, sop_instance = _sop_uids(part)
-        return InstanceOutcome(sop_class, sop_instance, False, reason, message=message)
+                continue
+            result = next(stored)
+            if isinstance(result, StoreResult):
+                outcomes.append(_stored(result))
+            elif isinstance(result, DicomhubError):
+                reason = failure_reason(result)
+                LOGGER.warning("STOW-RS part %d refused (0x%04X): %s", part.index + 1, reason, result)
+                outcomes.append(_failed(part, reason, f"part {part.index + 1}: {result}"))
+            else:
+                outcomes.append(
+                    _failed(part, PROCESSING_FAILURE, f"part {part.index + 1}: internal error {result}")
+                )
+        return outcomes
 
 
-def _open_part(part: ReceivedPart, stack: contextlib.ExitStack) -> bytes:
-    """The part's bytes: memory-mapped from its spool file, or as received."""
-    if part.path is None:
-        return part.read()
-    fh = stack.enter_context(open(part.path, "rb"))
-    if os.fstat(fh.fileno()).st_size == 0:
-        return b""
-    mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    stack.callback(_close_map, mapped)
-    # A read-only mapping of a file nobody else writes: bytes in all but type.
-    return cast(bytes, mapped)
-
-
-def _close_map(mapped: mmap.mmap) -> None:
-    try:
-        mapped.close()
-    except BufferError:
-        pass  # a view is still referenced (a traceback in flight); it goes with it
-
-
-def _batches(parts: Sequence[ReceivedPart]) -> Iterator[list[ReceivedPart]]:
-    """Parts in groups that share one flush: bounded in count and in bytes."""
-    batch: list[ReceivedPart] = []
-    size = 0
-    for part in parts:
-        batch.append(part)
-        size += part.size
-        if len(batch) >= _BATCH_PARTS or size >= _BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def _failed(part: _Part, reason: int, message: str) -> InstanceOutcome:
+    sop_class, sop_instance = _sop_uids(part.head)
+    return InstanceOutcome(sop_class, sop_instance, False, reason, message=message)
 
 
 def _stored(result: StoreResult) -> InstanceOutcome:

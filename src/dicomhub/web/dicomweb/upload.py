@@ -1,11 +1,15 @@
 """Streaming ``multipart/related`` request bodies (STOW-RS uploads).
 
-The body is never held in memory as a whole: :class:`MultipartParser` is a
+The body is never held in memory as a whole. :class:`MultipartParser` is a
 push parser that turns arbitrary chunks of the body into events (part
 headers, part data, part end) while keeping at most one boundary's worth of
-bytes back, and :func:`receive_parts` writes each part's data to memory while
-it is small and to a temporary file under a spool folder once it is not, so
-a 2 GB upload costs a 2 GB file and a few megabytes of memory.
+bytes back; part data comes out as views of the received chunks, not copies.
+:class:`MultipartReader` turns the same events into parts whose content is
+pulled chunk by chunk, so a consumer (the ingest service) can write each
+part where it belongs while the body is still arriving. :class:`BodyPipe`
+carries the chunks from the event loop, where the server receives them, to
+the thread that consumes them, holding at most a few megabytes: a 2 GB
+upload costs a few megabytes of memory.
 
 ``python-multipart`` is not used: it accepts no preamble before the first
 boundary (RFC 2046 allows one) and does not detect a body that ends before
@@ -19,36 +23,34 @@ RFC 2046 Section 5.1.1 (common syntax of multipart bodies), RFC 2387
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import AsyncIterable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+import asyncio
+import collections
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from email.message import Message
-from pathlib import Path
-from typing import BinaryIO
 
 from dicomhub.errors import InvalidRequest
 
 __all__ = [
+    "CHUNK_BYTES",
     "MAX_HEADER_BYTES",
+    "BodyInterrupted",
+    "BodyPipe",
     "MultipartParser",
+    "MultipartReader",
     "PartBegin",
     "PartData",
     "PartEnd",
-    "ReceivedPart",
-    "discard_parts",
+    "StreamedPart",
     "parse_media_type",
-    "receive_parts",
 ]
 
 # A part's header block larger than this is not a DICOMweb part.
 MAX_HEADER_BYTES = 64 * 1024
-# Parts up to this size stay in memory ...
-PART_MEMORY_LIMIT = 1024 * 1024
-# ... as long as the request holds no more than this in memory altogether.
-REQUEST_MEMORY_LIMIT = 32 * 1024 * 1024
 _MAX_BOUNDARY = 70  # RFC 2046 5.1.1
+# Size of the content chunks :class:`StreamedPart` hands out (but the last of a part).
+CHUNK_BYTES = 2 << 20
 _BCHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
@@ -61,9 +63,9 @@ class PartBegin:
 
 @dataclass(frozen=True, slots=True)
 class PartData:
-    """Some of the current part's content, in order."""
+    """Some of the current part's content, in order: bytes, or a view of a chunk fed."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,11 +113,22 @@ class MultipartParser:
         return self._parts
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """Parse the next ``chunk`` of the body; return the events it completes."""
+        """Parse the next ``chunk`` of the body; return the events it completes.
+
+        Part data inside a large chunk comes out as ``memoryview`` slices of
+        ``chunk`` (no copy): ``chunk`` must not be changed afterwards.
+        """
         events: list[Event] = []
         if self._state == _EPILOGUE:
             return events
-        self._buffer += chunk
+        if (
+            self._state == _DATA
+            and len(self._buffer) < len(self._delimiter)
+            and len(chunk) >= 2 * len(self._delimiter)
+        ):
+            self._buffer += self._data_in_chunk(chunk, events)
+        else:
+            self._buffer += chunk
         while True:
             if self._state == _PREAMBLE:
                 if not self._skip_to_delimiter():
@@ -197,6 +210,41 @@ class MultipartParser:
         self._state = _DATA
         return True
 
+    def _data_in_chunk(self, chunk: bytes, events: list[Event]) -> memoryview:
+        """Part data straight from a large ``chunk``: the buffer holds less than a delimiter.
+
+        Emits the data up to the next delimiter (or all but a possible partial
+        delimiter at the end) as views of ``chunk`` and returns the rest of
+        ``chunk``, for the buffer and the state machine.
+        """
+        view = memoryview(chunk)
+        delimiter = self._delimiter
+        buf = self._buffer
+        held = len(buf)
+        if held:
+            # A delimiter that starts in the buffer ends in the chunk's first bytes.
+            window = bytes(buf) + chunk[: len(delimiter) - 1]
+            at = window.find(delimiter)
+            if at >= 0:  # then at < held: the chunk's own start holds no whole delimiter
+                if at:
+                    events.append(PartData(window[:at]))
+                events.append(PartEnd())
+                buf.clear()
+                self._state = _AFTER_DELIMITER
+                return view[at + len(delimiter) - held :]
+            events.append(PartData(bytes(buf)))
+            buf.clear()
+        at = chunk.find(delimiter)
+        if at < 0:
+            safe = len(chunk) - (len(delimiter) - 1)
+            events.append(PartData(view[:safe]))
+            return view[safe:]
+        if at:
+            events.append(PartData(view[:at]))
+        events.append(PartEnd())
+        self._state = _AFTER_DELIMITER
+        return view[at + len(delimiter) :]
+
     def _data(self, events: list[Event]) -> bool:
         buf = self._buffer
         at = buf.find(self._delimiter)
@@ -253,161 +301,186 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     return media_type, params
 
 
-@dataclass
-class ReceivedPart:
-    """One part of a received body: its headers and where its content is.
+class BodyInterrupted(Exception):
+    """The request body stopped arriving (the client went away): nothing is stored."""
 
-    The content is in memory (``memory``) while small and in a file
-    (``path``) otherwise; :meth:`discard` removes the file.
+
+class BodyPipe:
+    """Hands the chunks of a request body from the event loop to one consumer thread.
+
+    The event loop passes chunks to :meth:`put` as the server receives them;
+    the thread iterates over the pipe. At most about ``limit`` bytes wait in
+    between: past that, :meth:`put` waits for the thread to catch up, which
+    in turn stops the server reading from the socket. The consumer calls
+    :meth:`abandon` when it stops (finished or failed), so that the producer
+    never waits for nobody.
     """
 
-    index: int
-    headers: Mapping[str, str]
-    size: int = 0
-    memory: bytearray | None = field(default_factory=bytearray)
-    path: Path | None = None
+    def __init__(self, limit: int = 8 << 20) -> None:
+        self._limit = limit
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._space: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def put(self, chunk: bytes) -> bool:
+        """Queue ``chunk`` (waiting while the pipe is full); False once the consumer has stopped."""
+        with self._cond:
+            if self._abandoned:
+                return False
+            self._chunks.append(chunk)
+            self._size += len(chunk)
+            self._cond.notify()
+            if self._size <= self._limit:
+                return True
+            space = self._space = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        await space.wait()
+        return not self._abandoned
+
+    def close(self) -> None:
+        """The body is complete."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def fail(self, exc: BaseException) -> None:
+        """The body will not complete: the consumer gets :class:`BodyInterrupted`."""
+        with self._cond:
+            self._error = exc
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        """The consumer has stopped: drop what waits, release a waiting producer."""
+        with self._cond:
+            self._abandoned = True
+            self._chunks.clear()
+            self._size = 0
+            self._wake_producer()
+
+    def _wake_producer(self) -> None:
+        if self._space is not None and self._loop is not None:
+            space, self._space = self._space, None
+            try:
+                self._loop.call_soon_threadsafe(space.set)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The chunks, in order, as they come (blocking); raises :class:`BodyInterrupted`."""
+        while True:
+            with self._cond:
+                while not self._chunks and not self._closed and self._error is None:
+                    self._cond.wait()
+                if self._error is not None:
+                    raise BodyInterrupted(f"the request body was interrupted: {self._error!r}")
+                if not self._chunks:
+                    return
+                # Take everything waiting at once: one hand-off for many chunks.
+                batch = list(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+                self._wake_producer()
+            yield from batch
+
+
+class StreamedPart:
+    """One part of a body being read by :class:`MultipartReader`.
+
+    Its content is pulled with :meth:`chunks` while the body arrives; moving
+    on to the next part skips whatever of it was not read.
+    """
+
+    def __init__(self, reader: MultipartReader, index: int, headers: Mapping[str, str]) -> None:
+        self.index = index
+        self.headers = headers
+        self._reader = reader
+        self.ended = False
 
     @property
     def content_type(self) -> str:
         """The part's media type (lower case, no parameters; "" when absent)."""
         return parse_media_type(self.headers.get("content-type", ""))[0]
 
-    @property
-    def content_type_params(self) -> dict[str, str]:
-        return parse_media_type(self.headers.get("content-type", ""))[1]
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The part's content up to its end, in chunks of about ``CHUNK_BYTES`` (the last
+        one shorter).
 
-    def read(self) -> bytes:
-        """The whole content (for small parts and tests)."""
-        if self.memory is not None:
-            return bytes(self.memory)
-        return self.path.read_bytes() if self.path is not None else b""
+        The server receives the body in pieces of a few hundred kB; the
+        consumer hashes and writes each chunk with the GIL released, and
+        every re-acquisition may wait for the event loop's thread, so fewer,
+        larger chunks are much faster than many small ones.
+        """
+        pending: list[bytes | memoryview] = []
+        size = 0
+        while not self.ended:
+            event = self._reader.next_event()
+            if isinstance(event, PartData):
+                if event.data:
+                    pending.append(event.data)
+                    size += len(event.data)
+                    if size < CHUNK_BYTES:
+                        continue
+            else:  # PartEnd (the parser raises before a body ends inside a part)
+                self.ended = True
+            if pending:
+                yield pending[0] if len(pending) == 1 else b"".join(pending)
+                pending, size = [], 0
 
-    def discard(self) -> None:
-        """Forget the content (remove its file)."""
-        self.memory = None
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-
-
-class _Spool:
-    """Where the parts of one request go: memory up to the limits, then files."""
-
-    def __init__(self, spool_dir: Callable[[], Path], part_limit: int, request_limit: int) -> None:
-        self._spool_dir = spool_dir
-        self._dir: Path | None = None
-        self._part_limit = part_limit
-        self._request_limit = request_limit
-        self._in_memory = 0
-        self.parts: list[ReceivedPart] = []
-        self._file: BinaryIO | None = None
-
-    def begin(self, headers: Mapping[str, str]) -> None:
-        self.parts.append(ReceivedPart(len(self.parts), headers))
-
-    def write(self, data: bytes) -> None:
-        part = self.parts[-1]
-        part.size += len(data)
-        if part.memory is not None:
-            if (
-                len(part.memory) + len(data) <= self._part_limit
-                and self._in_memory + len(data) <= self._request_limit
-            ):
-                part.memory += data
-                self._in_memory += len(data)
-                return
-            self._roll_over(part, part.memory)
-        if self._file is not None:
-            self._file.write(data)
-
-    def _roll_over(self, part: ReceivedPart, memory: bytearray) -> None:
-        if self._dir is None:
-            root = self._spool_dir()
-            root.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="stow-", dir=root))
-        fd, name = tempfile.mkstemp(prefix=f"part{part.index:05d}-", dir=self._dir)
-        self._file = os.fdopen(fd, "wb", buffering=1024 * 1024)
-        part.path = Path(name)
-        self._in_memory -= len(memory)
-        self._file.write(memory)
-        part.memory = None
-
-    def end(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def discard(self) -> None:
-        self.end()
-        discard_parts(self.parts, self._dir)
-
-    @property
-    def directory(self) -> Path | None:
-        return self._dir
+    def skip(self) -> None:
+        for _chunk in self.chunks():
+            pass
 
 
-def discard_parts(parts: list[ReceivedPart], directory: Path | None) -> None:
-    """Remove the parts' files and their spool folder."""
-    for part in parts:
-        part.discard()
-    if directory is not None:
-        with contextlib.suppress(OSError):
-            directory.rmdir()
+class MultipartReader:
+    """Iterate over the parts of a ``multipart/related`` body read from ``source``.
 
-
-@dataclass
-class ReceivedBody:
-    """Every part of a request body, and the spool folder that holds the large ones."""
-
-    parts: list[ReceivedPart]
-    directory: Path | None
-
-    def discard(self) -> None:
-        discard_parts(self.parts, self.directory)
-
-    def __iter__(self) -> Iterator[ReceivedPart]:
-        return iter(self.parts)
-
-
-async def receive_parts(
-    chunks: AsyncIterable[bytes],
-    boundary: str,
-    spool_dir: Callable[[], Path],
-    *,
-    part_memory_limit: int = PART_MEMORY_LIMIT,
-    request_memory_limit: int = REQUEST_MEMORY_LIMIT,
-) -> ReceivedBody:
-    """Read a whole ``multipart/related`` body from ``chunks`` into parts.
-
-    Parts stay in memory up to ``part_memory_limit`` bytes each and
-    ``request_memory_limit`` bytes for the request; larger ones are written
-    to temporary files in a folder made under ``spool_dir()`` on first need.
-    Writes go to the page cache (no fsync): the files live for one request.
+    A blocking pull interface over :class:`MultipartParser`: each
+    :class:`StreamedPart` yields its content as it is read from ``source``.
 
     Raises
     ------
     InvalidRequest
-        For a malformed or truncated body, or one without any part; nothing
-        is left on disk then.
+        For a malformed or truncated body (when the reading reaches the
+        fault), or one without any part (at the end).
     """
-    parser = MultipartParser(boundary.encode("latin-1"))
-    spool = _Spool(spool_dir, part_memory_limit, request_memory_limit)
-    try:
-        async for chunk in chunks:
-            if not chunk:
-                continue
-            for event in parser.feed(chunk):
-                if isinstance(event, PartData):
-                    spool.write(event.data)
-                elif isinstance(event, PartBegin):
-                    spool.begin(event.headers)
-                else:
-                    spool.end()
-        parser.close()
-        spool.end()
-        if not spool.parts:
+
+    def __init__(self, source: Iterable[bytes], boundary: str) -> None:
+        self._parser = MultipartParser(boundary.encode("latin-1"))
+        self._source = iter(source)
+        self._events: collections.deque[Event] = collections.deque()
+        self._done = False
+
+    def next_event(self) -> Event | None:
+        """The next parser event, reading on as needed; None at the end of the body."""
+        while not self._events:
+            if self._done:
+                return None
+            chunk = next(self._source, None)
+            if chunk is None:
+                self._done = True
+                self._parser.close()
+                return None
+            if chunk:
+                self._events.extend(self._parser.feed(chunk))
+        return self._events.popleft()
+
+    def __iter__(self) -> Iterator[StreamedPart]:
+        part: StreamedPart | None = None
+        count = 0
+        while True:
+            if part is not None:
+                part.skip()
+            event = self.next_event()
+            if event is None:
+                break
+            if isinstance(event, PartBegin):
+                part = StreamedPart(self, count, event.headers)
+                count += 1
+                yield part
+        if count == 0:
             raise InvalidRequest("the multipart body holds no part")
-    except BaseException:
-        spool.discard()
-        raise
-    return ReceivedBody(spool.parts, spool.directory)
