@@ -34,6 +34,8 @@ __all__ = [
     "patient",
     "series",
     "study",
+    "validation_finding",
+    "validation_instance",
     "worker_cursor",
 ]
 
@@ -172,4 +174,31 @@ Index(
     instance.c.pk,
     sqlite_where=instance.c.header_json.is_(None),
     postgresql_where=instance.c.header_json.is_(None),
+)
+
+# IOD validation: one row per checked object (its source and counts), and its
+# findings. Rows of objects refused by the reject policy have `rejected` set
+# (there is no instance row for them).
+validation_instance = Table(
+    "validation_instance",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("source_ae_title", String(16), index=True),
+    Column("errors", Integer, nullable=False),
+    Column("warnings", Integer, nullable=False),
+    Column("rejected", Boolean, nullable=False, default=False),
+    Column("checked_at", DateTime(timezone=True), nullable=False),
+)
+
+validation_finding = Table(
+    "validation_finding",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", String(64), nullable=False, index=True),
+    Column("severity", String(8), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("module", String(96), nullable=False),
+    Column("attribute", String(256), nullable=False),
+    Column("message", Text, nullable=False),
 )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["CompressionRule", "DecodeCheckMode", "DuplicatePolicy", "parse_compression_rule"]
+__all__ = [
+    "CompressionRule",
+    "DecodeCheckMode",
+    "DuplicatePolicy",
+    "ValidationPolicy",
+    "parse_compression_rule",
+]
 
 
 class DuplicatePolicy(enum.Enum):
@@ -62,3 +68,11 @@ def parse_compression_rule(text: str) -> CompressionRule:
     if not sep or not key or not syntax:
         raise ValueError(f"compression rule {text!r} is not of the form KEY=SYNTAX")
     return CompressionRule(key, syntax)
+
+
+class ValidationPolicy(enum.Enum):
+    """What the store path does with an object that fails its IOD check."""
+
+    RECORD = "record"  # accept; the background check records the findings
+    WARN = "warn"  # accept with a warning status; findings recorded at once
+    REJECT = "reject"  # refuse objects with error findings
