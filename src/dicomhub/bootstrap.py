@@ -10,6 +10,7 @@ from typing import Any
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError
+from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.engine import connect_engine, migrate
@@ -23,6 +24,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.filesystem import FileSystemBlobStore
@@ -73,6 +75,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         transcode=transcode,
         decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
+        statistics=StatisticsService(AssociationLogRepository(engine), index),
         close=engine.dispose,
     )
 

@@ -169,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     _settings_args(conflicts)
     conflicts.add_argument("--json", action="store_true")
 
+    assoc = sub.add_parser(
+        "associations", help="recent DIMSE associations and totals per calling AE (statistics)"
+    )
+    _settings_args(assoc)
+    assoc.add_argument("--json", action="store_true")
+    assoc.add_argument("--limit", type=int, default=50, help="recent associations to list (default 50)")
+    assoc.add_argument("--ae", help="only this calling AE title")
+
     codecs = sub.add_parser("codecs", help="transfer syntaxes this install decodes and encodes")
     codecs.add_argument("--json", action="store_true")
 
@@ -212,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _conflicts(settings, args)
         if args.command == "check":
             return _check(settings, args)
+        if args.command == "associations":
+            return _associations(settings, args)
         if args.command == "conformance":
             return _conformance(settings, args)
     except DicomhubError as exc:
@@ -468,7 +478,59 @@ def _conformance(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------ codecs, check
+# ------------------------------------------------------------------ codecs, check, associations
+
+
+def _associations(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    try:
+        recent = archive.statistics.recent(max(1, args.limit), args.ae)
+        totals = archive.statistics.totals()
+    finally:
+        archive.close()
+    if args.json:
+        print(json.dumps({"recent": recent, "totals": totals}, indent=2))
+        return 0
+    console = Console()
+    per_ae = Table(title="dicomhub: associations per calling AE")
+    for col in ("calling AE", "outcome", "associations", "refused contexts", "bytes received"):
+        per_ae.add_column(col, overflow="fold")
+    for row in totals["associations"]:
+        per_ae.add_row(
+            row["calling_ae_title"],
+            row["outcome"],
+            str(row["associations"]),
+            str(row["rejected_contexts"]),
+            str(row["bytes_received"]),
+        )
+    console.print(per_ae)
+    ops = Table(title="DIMSE operations")
+    for col in ("calling AE", "operation", "status", "count"):
+        ops.add_column(col)
+    for row in totals["operations"]:
+        ops.add_row(row["calling_ae_title"], row["operation"], row["status"], str(row["count"]))
+    console.print(ops)
+    last = Table(title=f"last {len(recent)} associations")
+    for col in ("started", "calling -> called", "from", "outcome", "contexts ok/refused", "operations"):
+        last.add_column(col, overflow="fold")
+    for r in recent:
+        refused = [c[0] for c in (r["contexts"] or []) if c[1] != 0]
+        last.add_row(
+            r["started_at"],
+            f"{r['calling_ae_title']} -> {r['called_ae_title']}",
+            r["peer_host"],
+            r["outcome"] + (f" ({r['reason']})" if r["reason"] else ""),
+            f"{r['accepted_contexts']}/{r['rejected_contexts']}"
+            + (f" refused: {', '.join(refused[:5])}" if refused else ""),
+            ", ".join(f"{k} {v}" for k, v in sorted(r["operations"].items())),
+        )
+    console.print(last)
+    return 0
 
 
 def _codecs(args: argparse.Namespace) -> int:

@@ -505,17 +505,24 @@ class _Association:
             len(results),
             self.peer_max_pdu,
         )
-        self.emit(
-            "associated",
-            {
-                "calling_ae_title": self.calling_ae,
-                "called_ae_title": self.called_ae,
-                "peer_host": self.host,
-                "peer_port": self.port,
-                "accepted_contexts": len(self.contexts),
-                "rejected_contexts": len(results) - len(self.contexts),
-            },
-        )
+        if self.on_event is not None:
+            proposed = {cx.context_id: cx for cx in rq.presentation_context_definition_list}
+            self.emit(
+                "associated",
+                {
+                    "calling_ae_title": self.calling_ae,
+                    "called_ae_title": self.called_ae,
+                    "peer_host": self.host,
+                    "peer_port": self.port,
+                    "accepted_contexts": len(self.contexts),
+                    "rejected_contexts": len(results) - len(self.contexts),
+                    # What was proposed and what became of it (PS3.8 Table 9-18
+                    # results): the syntaxes offered are kept for refused contexts only.
+                    "contexts": [
+                        _context_outcome(r, proposed.get(r.context_id)) for r in results
+                    ],
+                },
+            )
         return True
 
     def negotiate(self, rq: A_ASSOCIATE) -> tuple[bytes, list[PresentationContext]]:
@@ -1540,6 +1547,18 @@ def _context_and_data(
     except Exception:  # noqa: BLE001 - a failed read fails this sub-operation only
         LOGGER.exception("reading %s failed", instance.sop_instance_uid)
         return None
+
+
+def _context_outcome(
+    result: PresentationContext, proposal: PresentationContext | None
+) -> tuple[str, int, str | None, list[str] | None]:
+    """(abstract syntax, result, accepted transfer syntax, proposed syntaxes if refused)."""
+    code = int(result.result) if result.result is not None else 2
+    accepted = str(result.transfer_syntax[0]) if code == 0 and result.transfer_syntax else None
+    offered = None
+    if code != 0 and proposal is not None:
+        offered = [str(ts) for ts in proposal.transfer_syntax]
+    return str(result.abstract_syntax or ""), code, accepted, offered
 
 
 def _prefer_requestor_syntax(

@@ -31,6 +31,7 @@ from dicomhub.dimse.contexts import (
     STORAGE_TRANSFER_SYNTAXES,
 )
 from dicomhub.dimse.handlers import handle_find, handle_n_action, handle_retrieve, handle_store
+from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
 
@@ -96,6 +97,7 @@ class _Worker:
         self.load = load
         self.stop = threading.Event()
         self.fast_config = fast_path_config(settings)
+        self.recorder = AssociationRecorder(archive.statistics.record)
         self._known = {r.ae_title for r in self.settings.remote_aes}
 
     def _busier_than_a_sibling(self) -> bool:
@@ -144,6 +146,7 @@ class _Worker:
                 on_find=lambda req: handle_find(self.archive, self.settings, req),
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req),
                 on_n_action=lambda req: handle_n_action(self.archive, req),
+                on_event=self.recorder.on_event,
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])
@@ -202,7 +205,11 @@ def serve_worker(
     worker = _Worker(archive, settings, listener, index, load)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     LOGGER.debug("DIMSE worker %d (pid %d) ready", index, os.getpid())
-    worker.serve_forever()
+    worker.recorder.start()
+    try:
+        worker.serve_forever()
+    finally:
+        worker.recorder.stop()
 
 
 class DimseWorkers:

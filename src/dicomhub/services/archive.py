@@ -13,6 +13,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
@@ -35,6 +36,7 @@ class Archive:
     transcode: TranscodeService
     decode_check: DecodeCheckService
     commitment: CommitmentService
+    statistics: StatisticsService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -31,7 +31,17 @@ def routes(archive: Archive) -> list[BaseRoute]:
             return JSONResponse({"error": "limit must be an integer"}, status_code=400)
         return JSONResponse(archive.commitment.transactions(limit))
 
+    def associations(request: Request) -> JSONResponse:
+        """Recent DIMSE associations (newest first): who, what was proposed, what became of it."""
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "100")), 10000))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        calling = request.query_params.get("calling_ae") or None
+        return JSONResponse(archive.statistics.recent(limit, calling))
+
     return [
+        Route("/associations", associations, methods=["GET"]),
         Route("/codecs", codecs, methods=["GET"]),
         Route("/decode-failures", decode_failures, methods=["GET"]),
         Route("/storage-commitments", storage_commitments, methods=["GET"]),

@@ -17,6 +17,7 @@ from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
 from dicomhub.web import admin, dicomweb
 from dicomhub.web.errors import EXCEPTION_HANDLERS
+from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.openapi import openapi_endpoint
 
 __all__ = ["create_app"]
@@ -101,6 +102,7 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/conformance", conformance_statement, methods=["GET"]),
+            Route("/metrics", metrics_endpoint(archive), methods=["GET"]),
             Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
             Mount("/admin", routes=admin.routes(archive)),
         ],

@@ -164,6 +164,44 @@ def _schemas() -> Json:
                 "can_encode": {"type": "boolean", "description": "in this install"},
             },
         },
+        "Association": {
+            "type": "object",
+            "required": [
+                "calling_ae_title",
+                "called_ae_title",
+                "peer_host",
+                "outcome",
+                "started_at",
+                "milliseconds",
+                "accepted_contexts",
+                "rejected_contexts",
+                "operations",
+                "bytes_received",
+            ],
+            "properties": {
+                "pk": {"type": "integer"},
+                "calling_ae_title": {"type": "string"},
+                "called_ae_title": {"type": "string"},
+                "peer_host": {"type": "string"},
+                "outcome": {"type": "string", "enum": ["released", "aborted", "rejected"]},
+                "reason": {"type": ["string", "null"]},
+                "started_at": {"type": "string", "format": "date-time"},
+                "milliseconds": {"type": "integer"},
+                "accepted_contexts": {"type": "integer"},
+                "rejected_contexts": {"type": "integer"},
+                "contexts": {
+                    "type": ["array", "null"],
+                    "description": "[abstract syntax, result (PS3.8 Table 9-18), accepted transfer "
+                    "syntax, transfer syntaxes proposed (refused contexts only)]",
+                },
+                "operations": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "operation:status class -> count, e.g. store:success",
+                },
+                "bytes_received": {"type": "integer"},
+            },
+        },
         "StorageCommitment": {
             "type": "object",
             "required": ["transaction_uid", "calling_ae_title", "state", "attempts", "items", "created_at"],
@@ -644,6 +682,19 @@ def _paths() -> Json:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "tags": ["Server"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics: associations, DIMSE operations, archive gauges",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "tags": ["Server"],
@@ -690,6 +741,12 @@ def _paths() -> Json:
             "listDecodeFailures",
             "Stored instances whose pixel data did not decode (the decode check)",
             "DecodeFailure",
+        ),
+        (
+            "/admin/associations",
+            "listAssociations",
+            "Recent DIMSE associations: calling AE, proposed contexts and their results, operations",
+            "Association",
         ),
         (
             "/admin/storage-commitments",

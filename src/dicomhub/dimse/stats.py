@@ -1,0 +1,121 @@
+"""Association statistics: the fast path's events, folded into one record per
+association and written to the association log in batches.
+
+Each association runs on its own thread, so the record being built lives in
+a thread-local; a flusher thread writes finished records once a second, so
+that a burst of short associations costs one transaction, not one each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from dicomhub.model.associations import AssociationRecord
+
+__all__ = ["AssociationRecorder"]
+
+LOGGER = logging.getLogger("dicomhub.dimse.stats")
+
+_OPERATIONS = ("store", "echo", "find", "get", "move")
+
+
+def _status_class(status: object) -> str:
+    code = int(status) if isinstance(status, int) else -1
+    if code == 0x0000:
+        return "success"
+    if code in (0xB000, 0xB006, 0xB007) or (code & 0xF000) == 0xB000:
+        return "warning"
+    if code == 0xFE00:
+        return "cancel"
+    return "failure"
+
+
+class AssociationRecorder:
+    """``on_event`` hook of :func:`dicomhub.dimse.fastpath.serve_association`."""
+
+    def __init__(self, write: Callable[[Sequence[AssociationRecord]], None], interval: float = 1.0) -> None:
+        self._write = write
+        self._interval = interval
+        self._local = threading.local()
+        self._done: list[AssociationRecord] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AssociationRecorder:
+        self._thread = threading.Thread(target=self._run, name="association-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.flush()
+
+    def on_event(self, name: str, details: dict[str, object]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        if name == "associated":
+            self._local.record = AssociationRecord(
+                calling_ae_title=str(details.get("calling_ae_title", "")),
+                called_ae_title=str(details.get("called_ae_title", "")),
+                peer_host=str(details.get("peer_host", "")),
+                started_at=now,
+                accepted_contexts=int(details.get("accepted_contexts", 0) or 0),  # type: ignore[call-overload]
+                rejected_contexts=int(details.get("rejected_contexts", 0) or 0),  # type: ignore[call-overload]
+                contexts=details.get("contexts"),  # type: ignore[arg-type]
+            )
+            self._local.started = time.monotonic()
+            return
+        if name == "rejected":
+            self._finish(
+                AssociationRecord(
+                    calling_ae_title=str(details.get("calling_ae_title", "")),
+                    called_ae_title=str(details.get("called_ae_title", "")),
+                    peer_host=str(details.get("peer_host", "")),
+                    started_at=now,
+                    outcome="rejected",
+                    reason=str(details.get("reason", "")) or None,
+                )
+            )
+            return
+        record: AssociationRecord | None = getattr(self._local, "record", None)
+        if name in _OPERATIONS:
+            if record is not None:
+                key = f"{name}:{_status_class(details.get('status'))}"
+                record.operations[key] = record.operations.get(key, 0) + 1
+            return
+        if name in ("released", "aborted"):
+            if record is None:
+                # Garbage before any association (e.g. not DICOM at all).
+                record = AssociationRecord("", "", str(details.get("peer_host", "")), now)
+            else:
+                record.seconds = time.monotonic() - getattr(self._local, "started", time.monotonic())
+            record.outcome = name
+            if name == "aborted":
+                record.reason = f"{details.get('reason', '')} ({details.get('by', 'peer')})".strip()
+            record.bytes_received = int(details.get("bytes", 0) or 0)  # type: ignore[call-overload]
+            self._local.record = None
+            self._finish(record)
+
+    def _finish(self, record: AssociationRecord) -> None:
+        with self._lock:
+            self._done.append(record)
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._done = self._done, []
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except Exception:  # noqa: BLE001 - statistics must never disturb the service
+            LOGGER.exception("could not write %d association log rows", len(batch))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
