@@ -13,6 +13,7 @@ from dicomhub.errors import ConfigurationError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
+from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.commitment import CommitmentResult
@@ -26,6 +27,7 @@ from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.filesystem import FileSystemBlobStore
 
@@ -76,6 +78,9 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
+        validation=ValidationService(
+            ValidationRepository(engine), blobs, settings.validation_policy, dict(settings.validation_ae)
+        ),
         close=engine.dispose,
     )
 
@@ -110,7 +115,8 @@ def run_dimse_worker(
 
 
 def run_background_worker(settings: Settings, parent: int) -> None:
-    """Entry point of the background process: header metadata and the decode check.
+    """Entry point of the background process: header metadata, the decode check, IOD
+    validation and the delivery of Storage Commitment reports.
 
     A process of its own, because the work is pure Python: as a thread of the
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
@@ -130,6 +136,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     threads = [
         threading.Thread(
             target=archive.decode_check.run_worker, args=(stop,), name="decode-check", daemon=True
+        ),
+        threading.Thread(
+            target=archive.validation.run_worker, args=(stop,), name="validation", daemon=True
         ),
         threading.Thread(
             target=archive.commitment.run_delivery,

@@ -110,6 +110,19 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         help="allow --compress rules with a lossy transfer syntax",
     )
     p.add_argument(
+        "--validation-policy",
+        choices=["record", "warn", "reject"],
+        help="objects that break their IOD: record the findings (default), answer with a "
+        "warning status, or refuse them",
+    )
+    p.add_argument(
+        "--validation-ae",
+        action="append",
+        default=[],
+        metavar="AET=POLICY",
+        help="validation policy for one calling AE (repeatable)",
+    )
+    p.add_argument(
         "--decode-check",
         choices=["off", "sample", "always"],
         help="decode stored pixel data once after ingest: the first objects of each "
@@ -135,10 +148,12 @@ def _load(args: argparse.Namespace) -> Settings:
         "workers",
         "allow_lossy_compression",
         "decode_check",
+        "validation_policy",
     )
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
     overrides["compress"] = getattr(args, "compress", None) or None
+    overrides["validation_ae"] = getattr(args, "validation_ae", None) or None
     return load_settings(overrides, config_file=args.config)
 
 
@@ -176,6 +191,14 @@ def _parser() -> argparse.ArgumentParser:
     assoc.add_argument("--json", action="store_true")
     assoc.add_argument("--limit", type=int, default=50, help="recent associations to list (default 50)")
     assoc.add_argument("--ae", help="only this calling AE title")
+
+    validate = sub.add_parser(
+        "validate", help="IOD validation findings of stored objects, and a summary per source AE"
+    )
+    _settings_args(validate)
+    validate.add_argument("--json", action="store_true")
+    validate.add_argument("--source", help="only objects from this calling AE title")
+    validate.add_argument("--limit", type=int, default=1000)
 
     codecs = sub.add_parser("codecs", help="transfer syntaxes this install decodes and encodes")
     codecs.add_argument("--json", action="store_true")
@@ -222,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(settings, args)
         if args.command == "associations":
             return _associations(settings, args)
+        if args.command == "validate":
+            return _validate(settings, args)
         if args.command == "conformance":
             return _conformance(settings, args)
     except DicomhubError as exc:
@@ -479,6 +504,50 @@ def _conformance(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ codecs, check, associations
+
+
+def _validate(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomhub.bootstrap import open_archive
+
+    archive = open_archive(settings)
+    try:
+        findings = archive.validation.findings(args.source, max(1, args.limit))
+        summary = archive.validation.summary()
+    finally:
+        archive.close()
+    if args.source:
+        summary = [s for s in summary if s["source_ae_title"] == args.source]
+    if args.json:
+        print(json.dumps({"summary": summary, "findings": findings}, indent=2, default=str))
+        return 0
+    console = Console()
+    table = Table(title="dicomhub: IOD validation per source")
+    for col in ("source AE", "checked", "with errors", "with warnings", "rejected", "most frequent"):
+        table.add_column(col, overflow="fold")
+    for s in summary:
+        top = "; ".join(f"{t['attribute']} ({t['code']}) x{t['instances']}" for t in s["top_findings"][:3])
+        table.add_row(
+            str(s["source_ae_title"] or "(not DIMSE)"),
+            str(s["instances_checked"]),
+            str(s["instances_with_errors"]),
+            str(s["instances_with_warnings"]),
+            str(s["instances_rejected"]),
+            top,
+        )
+    console.print(table)
+    detail = Table(title=f"{len(findings)} findings")
+    for col in ("severity", "sop_instance_uid", "source", "module", "attribute", "message"):
+        detail.add_column(col, overflow="fold")
+    for f in findings:
+        detail.add_row(
+            f["severity"], f["sop_instance_uid"], f["source_ae_title"] or "", f["module"] or "",
+            f["attribute"] or "", f["message"],
+        )  # fmt: skip
+    console.print(detail)
+    return 0
 
 
 def _associations(settings: Settings, args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from dicomhub.model.policy import (
     CompressionRule,
     DecodeCheckMode,
     DuplicatePolicy,
+    ValidationPolicy,
     parse_compression_rule,
 )
 
@@ -59,6 +60,10 @@ class Settings:
     compress: tuple[CompressionRule, ...] = ()
     allow_lossy_compression: bool = False  # a lossy `compress` rule needs this
     decode_check: DecodeCheckMode = DecodeCheckMode.SAMPLE
+    # IOD validation of incoming objects: record findings (default), answer with
+    # a warning status, or refuse; per calling AE overrides (AET, policy).
+    validation_policy: ValidationPolicy = ValidationPolicy.RECORD
+    validation_ae: tuple[tuple[str, ValidationPolicy], ...] = ()
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -124,6 +129,20 @@ def _coerce(name: str, value: Any) -> Any:
             return DuplicatePolicy(str(value).lower())
         if name == "decode_check":
             return DecodeCheckMode(str(value).lower())
+        if name == "validation_policy":
+            return ValidationPolicy(str(value).lower())
+        if name == "validation_ae":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            pairs = []
+            for item in items:
+                if isinstance(item, tuple):
+                    pairs.append(item)
+                    continue
+                aet, sep, policy = str(item).partition("=")
+                if not sep or not aet.strip() or len(aet.strip()) > 16:
+                    raise ValueError(f"{item!r} is not AET=POLICY")
+                pairs.append((aet.strip(), ValidationPolicy(policy.strip().lower())))
+            return tuple(pairs)
         if name == "compress":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(

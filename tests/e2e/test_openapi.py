@@ -239,7 +239,7 @@ def test_every_documented_get_answers_as_documented(
         _check_response(doc, operation, r, f"GET {path}")
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
-    assert checked == 25  # 21 DICOMweb and server routes (/conformance, /metrics), 4 admin routes
+    assert checked == 27  # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
 
@@ -37,6 +38,7 @@ class Archive:
     decode_check: DecodeCheckService
     commitment: CommitmentService
     statistics: StatisticsService
+    validation: ValidationService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -40,8 +40,22 @@ def routes(archive: Archive) -> list[BaseRoute]:
         calling = request.query_params.get("calling_ae") or None
         return JSONResponse(archive.statistics.recent(limit, calling))
 
+    def validation(request: Request) -> JSONResponse:
+        """IOD validation findings, newest first (``?source=AET``, ``?limit=``)."""
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "1000")), 100000))
+        except ValueError:
+            return JSONResponse({"error": "limit must be an integer"}, status_code=400)
+        return JSONResponse(archive.validation.findings(request.query_params.get("source") or None, limit))
+
+    def validation_summary(_request: Request) -> JSONResponse:
+        """Per source AE: instances checked, with errors, with warnings, rejected; top findings."""
+        return JSONResponse(archive.validation.summary())
+
     return [
         Route("/associations", associations, methods=["GET"]),
+        Route("/validation", validation, methods=["GET"]),
+        Route("/validation/summary", validation_summary, methods=["GET"]),
         Route("/codecs", codecs, methods=["GET"]),
         Route("/decode-failures", decode_failures, methods=["GET"]),
         Route("/storage-commitments", storage_commitments, methods=["GET"]),
