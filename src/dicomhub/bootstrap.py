@@ -13,9 +13,9 @@ from dicomhub.errors import ConfigurationError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
-from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
+from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.archive import Archive
 from dicomhub.services.commitment import CommitmentService
