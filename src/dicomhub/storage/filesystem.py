@@ -45,6 +45,7 @@ _LIBC = _libc()
 
 _POOL_BATCH = 256
 _POOL_LOW = 192  # refill in the background below this many pooled keys
+_POOL_FIRST = 16  # made at once when the pool is empty (the rest in the background)
 
 
 class FileSystemBlobStore:
@@ -68,7 +69,8 @@ class FileSystemBlobStore:
         """
         with self._pool_lock:
             if not self._pool:
-                self._add_to_pool(self._make_keys())
+                # A few now (the caller waits for them), the rest in the background.
+                self._add_to_pool(self._make_keys(_POOL_FIRST))
             key = self._pool.popleft()
             if len(self._pool) < _POOL_LOW and not self._refilling:
                 self._refilling = True
@@ -88,13 +90,13 @@ class FileSystemBlobStore:
         self._pool.extend(keys)
         self._pooled.update(keys)
 
-    def _make_keys(self) -> list[str]:
-        """Create a batch of empty blob files in one folder, durably (one folder fsync)."""
+    def _make_keys(self, count: int = _POOL_BATCH) -> list[str]:
+        """Create ``count`` empty blob files in one folder, durably (one folder fsync)."""
         prefix = uuid.uuid4().hex[:3]
         folder = self.root / prefix[:2] / prefix[2]
         folder.mkdir(parents=True, exist_ok=True)
         keys = []
-        for _ in range(_POOL_BATCH):
+        for _ in range(count):
             key = prefix + uuid.uuid4().hex[3:]
             try:
                 os.close(os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
