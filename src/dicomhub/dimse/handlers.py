@@ -30,15 +30,18 @@ from dicomhub.dimse.fastpath import (
 )
 from dicomhub.dimse.identifiers import encode_match
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
+from dicomhub.iod import Finding
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
+from dicomhub.model.policy import ValidationPolicy
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
+from dicomhub.services.validation import has_errors
 
 __all__ = ["handle_find", "handle_n_action", "handle_retrieve", "handle_store"]
 
@@ -68,8 +71,31 @@ def _caller(ae_title: str, host: str) -> Caller:
 
 
 def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
-    """C-STORE: the one ingest path; the status says what happened."""
+    """C-STORE: the one ingest path; the status says what happened.
+
+    Under the ``warn`` and ``reject`` validation policies the data set is
+    checked against its IOD before it is stored (``record``, the default,
+    leaves that to the background worker): ``reject`` refuses an object with
+    errors (0xA900, nothing stored), ``warn`` stores it and answers 0xB007.
+    Spooled large data sets are checked in the background only.
+    """
     caller = _caller(req.calling_ae_title, req.peer_host)
+    policy = archive.validation.policy_for(req.calling_ae_title)
+    findings: list[Finding] | None = None
+    if policy is not ValidationPolicy.RECORD and req.dataset_path is None:
+        findings = archive.validation.validate_bytes(req.dataset, req.transfer_syntax_uid)
+        if policy is ValidationPolicy.REJECT and has_errors(findings):
+            archive.validation.record(
+                req.sop_instance_uid, req.sop_class_uid, caller.ae_title, findings, rejected=True
+            )
+            first = next(f for f in findings if f.is_error)
+            LOGGER.warning(
+                "C-STORE of %s from %s refused by IOD validation: %s",
+                req.sop_instance_uid[:80],
+                caller.name,
+                first.message,
+            )
+            return StoreOutcome(status.STORE_DATASET_DOES_NOT_MATCH, f"IOD: {first.message}"[:64])
     try:
         if req.dataset_path is not None:
             # A large data set, spooled to disk while it arrived.
@@ -102,6 +128,11 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
         LOGGER.exception("C-STORE of %s from %s failed", req.sop_instance_uid[:80], caller.name)
         return StoreOutcome(status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64])
     LOGGER.debug("stored %s (%s)", result.sop_instance_uid, result.outcome.value)
+    if findings is not None:
+        archive.validation.record(result.sop_instance_uid, result.sop_class_uid, caller.ae_title, findings)
+        if has_errors(findings):
+            first = next(f for f in findings if f.is_error)
+            return StoreOutcome(status.STORE_DOES_NOT_MATCH_SOP_CLASS, f"IOD: {first.message}"[:64])
     return StoreOutcome(status.SUCCESS)
 
 

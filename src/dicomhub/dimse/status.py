@@ -44,6 +44,8 @@ STORE_DUPLICATE_REFUSED: Final = 0xC401
 STORE_PATIENT_MISMATCH: Final = 0xC402
 STORE_CONFLICT: Final = 0xC403
 STORE_PROCESSING_FAILURE: Final = 0xC210
+# Warning: stored, but the data set does not match its SOP Class (PS3.4 B.2.3).
+STORE_DOES_NOT_MATCH_SOP_CLASS: Final = 0xB007
 
 # Query/Retrieve (PS3.4 C.4).
 QR_OUT_OF_RESOURCES: Final = 0xA700
