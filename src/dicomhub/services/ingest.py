@@ -90,6 +90,7 @@ class _Written:
     head: bytes
     content_sha256: str
     header: InstanceHeader | None = None
+    data: bytes | memoryview | None = None  # the object, while in hand (one chunk)
 
 
 # Objects indexed per index transaction by store_many.
@@ -419,6 +420,7 @@ class IngestService:
                         self._discard(done.blob.key)
                         written.append(exc)
                         continue
+                done.data = None  # later ones are read back from their blob
                 written.append(done)
         except BaseException:
             for w in written:
@@ -448,10 +450,13 @@ class IngestService:
         data set's, while it is in hand."""
         key = self.blobs.new_key()
         content = _ContentDigest()
+        seen: list[bytes | memoryview] = []
 
         def hashed() -> Iterator[bytes | memoryview]:
             for chunk in chunks:
                 content.update(chunk)
+                if len(seen) < 2:
+                    seen.append(chunk)
                 yield chunk
 
         try:
@@ -459,13 +464,20 @@ class IngestService:
         except BaseException:
             self._discard(key)
             raise
-        return _Written(blob, content.head(), content.hexdigest())
+        written = _Written(blob, content.head(), content.hexdigest())
+        if len(seen) == 1:  # the whole object came in one piece: its header is read from it
+            written.data = seen[0]
+        return written
 
     def _check_written(self, written: _Written, expect_study_uid: str | None) -> InstanceHeader:
         """The header of a written object, when it is a Part 10 object of the expected study."""
+        data, written.data = written.data, None
         if not has_part10_header(written.head):
             raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
-        header = self._header_of_blob(written.blob.key)
+        if data is None:
+            header = self._header_of_blob(written.blob.key)
+        else:
+            header = extract_part10(data if isinstance(data, bytes) else bytes(data))
         if expect_study_uid is not None and header.study_instance_uid != expect_study_uid:
             raise InvalidIdentifier(
                 f"SOP Instance {header.sop_instance_uid} belongs to study "
