@@ -310,6 +310,8 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
                 rate = attempt(f"{server.label} STOW-RS", lambda batch=batch: stow_rate(client, root, batch))
                 if rate is not None:
                     rates.append(rate)
+                elif server.died("during STOW-RS") is not None:
+                    break
             out[key] = statistics.median(rates) if rates else None
             out[key.replace("_ips", "_all")] = rates
             check("STOW-RS")
