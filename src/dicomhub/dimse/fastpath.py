@@ -1566,13 +1566,17 @@ def _prefer_requestor_syntax(
     proposed: Sequence[PresentationContext],
     config: FastPathConfig,
 ) -> None:
-    """Accept storage contexts in the requestor's first supported transfer syntax.
+    """Accept a storage context in the requestor's first supported syntax when it is compressed.
 
-    pynetdicom picks the acceptor's first preference. An archive keeps what it
-    receives, so the sender's own order is the better choice: a modality that
-    proposes JPEG 2000 first sends what it holds instead of decompressing it,
-    and a C-GET requestor that asks for the stored syntax first (``getscu
-    +xv``) gets the objects without a transcode.
+    pynetdicom picks the acceptor's first preference, which puts the
+    uncompressed syntaxes first. An archive keeps what it receives, so when
+    the requestor puts a compressed syntax first, that is the better choice:
+    a modality that proposes JPEG 2000 first sends what it holds instead of
+    decompressing it, and a C-GET requestor that asks for it first (``getscu
+    +xv``) gets JPEG 2000 objects without a transcode. Among the uncompressed
+    syntaxes our own order stays (explicit, implicit, then big endian): DCMTK
+    tools offer ``[big endian, implicit]`` as a secondary context and must get
+    implicit VR little endian there, not big endian.
     """
     by_id = {cx.context_id: cx.transfer_syntax for cx in proposed}
     for context in results:
@@ -1581,10 +1585,9 @@ def _prefer_requestor_syntax(
         ours = config.storage_contexts.get(str(context.abstract_syntax))
         if not ours:
             continue
-        for ts in by_id.get(context.context_id, ()):
-            if ts in ours:
-                context.transfer_syntax = [ts]
-                break
+        first = next((str(ts) for ts in by_id.get(context.context_id, ()) if ts in ours), None)
+        if first is not None and first not in _UNCOMPRESSED:
+            context.transfer_syntax = [UID(first)]
 
 
 def _move_proposals(instances: Sequence[Sendable]) -> list[tuple[str, list[str]]]:
