@@ -65,11 +65,14 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     search = SearchService(index, headers)
     transcode = TranscodeService(blobs, settings.spool_dir)
     compression = [(rule, transfer_syntax(rule.transfer_syntax).uid) for rule in settings.compress]
+    validation = ValidationService(
+        ValidationRepository(engine), blobs, settings.validation_policy, dict(settings.validation_ae)
+    )
     return Archive(
         index=index,
         blobs=blobs,
         headers=headers,
-        ingest=IngestService(index, blobs, settings.duplicate_policy, compression),
+        ingest=IngestService(index, blobs, settings.duplicate_policy, compression, validation),
         search=search,
         retrieve=RetrieveService(search, blobs),
         delete=DeleteService(index, blobs),
@@ -78,9 +81,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
-        validation=ValidationService(
-            ValidationRepository(engine), blobs, settings.validation_policy, dict(settings.validation_ae)
-        ),
+        validation=validation,
         close=engine.dispose,
     )
 

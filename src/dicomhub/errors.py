@@ -5,7 +5,8 @@ transport codes in one table, so no transport status appears here::
 
     DicomhubError
     ├── InvalidRequest            bad identifier / query parameter / body
-    │   └── InvalidIdentifier     a data set that lacks or breaks a required UID
+    │   ├── InvalidIdentifier     a data set that lacks or breaks a required UID
+    │   └── DoesNotMatchIOD       refused by IOD validation (policy reject)
     ├── NotFound                  unknown resource or move destination
     │   └── UnknownDestination
     ├── Conflict                  policy refusal on store
@@ -29,6 +30,7 @@ __all__ = [
     "DicomhubError",
     "DuplicateInstance",
     "IndexUnavailable",
+    "DoesNotMatchIOD",
     "InvalidIdentifier",
     "InvalidRequest",
     "NotFound",
@@ -45,6 +47,10 @@ class DicomhubError(Exception):
 
 class InvalidRequest(DicomhubError):
     """The request (identifier, query parameter, body) is malformed."""
+
+
+class DoesNotMatchIOD(InvalidRequest):
+    """Refused under the ``reject`` validation policy: the data set breaks its IOD."""
 
 
 class InvalidIdentifier(InvalidRequest):

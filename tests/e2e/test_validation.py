@@ -104,3 +104,40 @@ def test_record_stores_and_the_background_check_reports_per_source(
     assert {f["sop_instance_uid"] for f in report["findings"]} == {str(broken_ds.SOPInstanceUID)}
     rc, out, _ = run_cli_split("validate", "--data-dir", str(hub.data_dir))
     assert rc == 0 and "DEFAULTAE" in out
+
+
+def test_stow_applies_the_default_policy(servers: ServerPool, tmp_path: Path) -> None:
+    """STOW-RS has no calling AE: the server-wide policy applies (here reject, then warn)."""
+    import httpx
+    from dicomweb_client.api import DICOMwebClient
+
+    for policy, expected in (("reject", 409), ("warn", 202)):
+        server = servers.start(name=f"stow-{policy}", args=["--validation-policy", policy])
+        good, broken, broken_ds = objects(tmp_path, f"stow-{policy}")
+        client = DICOMwebClient(url=server.base_url + "/dicomweb")
+        ok = client.store_instances([pydicom.dcmread(good)])
+        assert "FailedSOPSequence" not in ok
+        body = b"--B\r\nContent-Type: application/dicom\r\n\r\n" + broken.read_bytes() + b"\r\n--B--\r\n"
+        r = httpx.post(
+            server.base_url + "/dicomweb/studies",
+            content=body,
+            headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B',
+                     "Accept": "application/dicom+json"},
+        )  # fmt: skip
+        assert r.status_code == expected, r.text
+        response = r.json()
+        if policy == "reject":
+            (failed,) = response["00081198"]["Value"]
+            assert failed["00081197"]["Value"] == [0xA900]
+            assert str(broken_ds.SeriesInstanceUID) in {
+                s["SeriesInstanceUID"] for s in ls_json(server.data_dir, "series")
+            }  # the good one's series, holding the good one only
+            (series,) = [
+                s
+                for s in ls_json(server.data_dir, "series")
+                if s["SeriesInstanceUID"] == broken_ds.SeriesInstanceUID
+            ]
+            assert series["NumberOfSeriesRelatedInstances"] == 1
+        else:
+            (stored,) = response["00081199"]["Value"]
+            assert stored["00081196"]["Value"] == [0xB007]

@@ -12,6 +12,7 @@ from typing import Final
 
 from dicomhub.errors import (
     Conflict,
+    DoesNotMatchIOD,
     DuplicateInstance,
     IndexUnavailable,
     InvalidIdentifier,
@@ -65,6 +66,7 @@ _STORE: tuple[tuple[type[Exception], int], ...] = (
     (PatientMismatch, STORE_PATIENT_MISMATCH),
     (Conflict, STORE_CONFLICT),
     (InvalidIdentifier, STORE_DATASET_DOES_NOT_MATCH),
+    (DoesNotMatchIOD, STORE_DATASET_DOES_NOT_MATCH),
     (InvalidRequest, STORE_CANNOT_UNDERSTAND),
     (StorageError, STORE_OUT_OF_RESOURCES),
     (IndexUnavailable, STORE_INDEX_UNAVAILABLE),

@@ -30,6 +30,7 @@ from dicomhub import codec
 from dicomhub.errors import (
     Conflict,
     DicomhubError,
+    DoesNotMatchIOD,
     DuplicateInstance,
     InvalidIdentifier,
     InvalidRequest,
@@ -42,9 +43,11 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
-from dicomhub.model.policy import CompressionRule, DuplicatePolicy
+from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
 from dicomhub.model.records import InstanceHeader
 from dicomhub.model.structure import dataset_offset
+from dicomhub.services.blobfiles import blob_as_file
+from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
@@ -68,6 +71,8 @@ class StoreResult:
     study_instance_uid: str
     size: int
     series_instance_uid: str = ""
+    # Stored, but IOD validation found errors (policy warn): the first one.
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class _Prepared:
     header: InstanceHeader
     content_sha256: str
     size: int  # of the object as received
+    warning: str | None = None  # IOD validation (policy warn)
 
 
 @dataclass(slots=True)
@@ -189,6 +195,7 @@ class IngestService:
         blobs: BlobStore,
         policy: DuplicatePolicy = DuplicatePolicy.KEEP,
         compression: Sequence[tuple[CompressionRule, str]] = (),
+        validation: ValidationService | None = None,
     ) -> None:
         """
         Parameters
@@ -196,11 +203,15 @@ class IngestService:
         compression : sequence of (CompressionRule, str)
             Compression at rest: each rule with the transfer syntax UID it
             resolves to; the first rule matching an object decides.
+        validation : ValidationService, optional
+            IOD validation of STOW-RS parts under the ``warn`` and ``reject``
+            policies (C-STORE applies them in its handler, before ingest).
         """
         self.index = index
         self.blobs = blobs
         self.policy = policy
         self.compression = tuple(compression)
+        self.validation = validation
 
     def store_received(
         self,
@@ -574,7 +585,7 @@ class IngestService:
             if not kept:
                 self._discard(blob.key)
             raise
-        prepared = _Prepared(b"", header, content, blob.size)
+        prepared = _Prepared(b"", header, content, blob.size, self._validated(blob.key, header, caller))
         if target is None:
             return prepared, blob, False
         with _mapped_blob(self.blobs, blob.key) as data:
@@ -587,7 +598,34 @@ class IngestService:
             LOGGER.warning("%s kept as received: cannot write its compressed copy", header.sop_instance_uid)
             return prepared, blob, False
         self._discard(blob.key)
-        return _Prepared(b"", compressed.header, content, blob.size), stored, True
+        return _Prepared(b"", compressed.header, content, blob.size, prepared.warning), stored, True
+
+    def _validated(self, key: str, header: InstanceHeader, caller: Caller) -> str | None:
+        """IOD validation of a written object under ``warn``/``reject``: the warning to
+        report, or None.
+
+        Raises
+        ------
+        DoesNotMatchIOD
+            Under ``reject``, for an object with errors (its blob is then removed).
+        """
+        if self.validation is None:
+            return None
+        policy = self.validation.policy_for(caller.ae_title or None)
+        if policy is ValidationPolicy.RECORD:
+            return None
+        with blob_as_file(self.blobs, key) as path:
+            findings = self.validation.validate_file(path)
+        errors = [f for f in findings if f.is_error]
+        rejected = policy is ValidationPolicy.REJECT and bool(errors)
+        source = caller.ae_title or None
+        self.validation.record(
+            header.sop_instance_uid, header.sop_class_uid, source, findings, rejected=rejected
+        )
+        if rejected:
+            self._discard(key)
+            raise DoesNotMatchIOD(f"{header.sop_instance_uid} does not match its IOD: {errors[0].message}")
+        return errors[0].message if errors else None
 
     def _content_digest_of_blob(self, key: str) -> str:
         """SHA-256 of a written object's data set (when it could not be had on the way)."""
@@ -705,7 +743,7 @@ class IngestService:
         outcome = (
             StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         )
-        return self._result(outcome, header, prepared.size)
+        return self._result(outcome, header, prepared.size, prepared.warning)
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
         blob = self.blobs.put(self.blobs.new_key(), data)
@@ -745,7 +783,9 @@ class IngestService:
             LOGGER.exception("could not remove blob %s", key)
 
     @staticmethod
-    def _result(outcome: StoreOutcome, header: InstanceHeader, size: int) -> StoreResult:
+    def _result(
+        outcome: StoreOutcome, header: InstanceHeader, size: int, warning: str | None = None
+    ) -> StoreResult:
         return StoreResult(
             outcome=outcome,
             sop_class_uid=header.sop_class_uid,
@@ -753,4 +793,5 @@ class IngestService:
             study_instance_uid=header.study_instance_uid,
             size=size,
             series_instance_uid=header.series_instance_uid,
+            warning=warning,
         )

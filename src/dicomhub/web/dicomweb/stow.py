@@ -77,6 +77,7 @@ from dicomhub.config import Settings
 from dicomhub.errors import (
     Conflict,
     DicomhubError,
+    DoesNotMatchIOD,
     DuplicateInstance,
     IndexUnavailable,
     InvalidIdentifier,
@@ -122,6 +123,7 @@ _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
     (PatientMismatch, DATASET_DOES_NOT_MATCH),
     (Conflict, DUPLICATE_SOP_INSTANCE),
     (InvalidIdentifier, DATASET_DOES_NOT_MATCH),
+    (DoesNotMatchIOD, DATASET_DOES_NOT_MATCH),
     (InvalidRequest, CANNOT_UNDERSTAND),
     (StorageError, OUT_OF_RESOURCES),
     (IndexUnavailable, OUT_OF_RESOURCES),
@@ -544,14 +546,19 @@ def _failed(part: _Part, reason: int, message: str) -> InstanceOutcome:
 
 
 def _stored(result: StoreResult) -> InstanceOutcome:
+    # 0xB007: stored, but the data set does not match its SOP Class (IOD validation, policy warn).
     return InstanceOutcome(
         result.sop_class_uid,
         result.sop_instance_uid,
         True,
-        None,
+        _DOES_NOT_MATCH_SOP_CLASS if result.warning else None,
         result.study_instance_uid,
         result.series_instance_uid,
+        message=result.warning or "",
     )
+
+
+_DOES_NOT_MATCH_SOP_CLASS: Final = 0xB007
 
 
 def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
