@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import multiprocessing
@@ -297,7 +298,16 @@ def _serve(settings: Settings) -> int:
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        # uvicorn stops quietly on a signal; an operator (and a benchmark that
+        # sees the process gone) must be able to tell who ended it.
+        def handle_exit(self, sig: int, frame: object) -> None:
+            LOGGER.warning("signal %s received: shutting down", signal.Signals(sig).name)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    # A crash in native code (a codec, the SQLite driver) leaves Python stacks in the log.
+    faulthandler.enable()
+    server = _Server(config)
     dimse_port = listener.getsockname()[1]
     print(
         f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}"
