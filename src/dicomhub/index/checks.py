@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Engine, and_, delete, insert, select
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import decode_check, instance, series, study, worker_cursor
+from dicomhub.index.cursors import move_cursor, read_cursor
+from dicomhub.index.schema import decode_check, instance, series, study
 
 __all__ = ["DecodeCheckRepository", "DecodeResult", "PendingInstance"]
 
@@ -48,11 +49,7 @@ class DecodeCheckRepository:
 
     def cursor(self, name: str) -> int:
         """Position of the named worker (0 when it never ran)."""
-        with engines.read(self.engine) as conn:
-            value = conn.execute(
-                select(worker_cursor.c.position).where(worker_cursor.c.name == name)
-            ).scalar()
-        return int(value or 0)
+        return read_cursor(self.engine, name)
 
     def instances_after(self, pk: int, limit: int) -> list[PendingInstance]:
         """Instances with a pk above ``pk``, oldest first (pks are never reused)."""
@@ -102,11 +99,7 @@ class DecodeCheckRepository:
                         for r in results
                     ],
                 )
-            moved = conn.execute(
-                update(worker_cursor).where(worker_cursor.c.name == cursor_name).values(position=position)
-            ).rowcount
-            if not moved:
-                conn.execute(insert(worker_cursor).values(name=cursor_name, position=position))
+            move_cursor(conn, cursor_name, position)
 
     def failures(self) -> list[dict[str, Any]]:
         """Stored instances whose pixel data did not decode, newest check first."""

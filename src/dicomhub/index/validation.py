@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, case, delete, func, insert, or_, select
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import instance, validation_finding, validation_instance, worker_cursor
+from dicomhub.index.cursors import move_cursor, read_cursor
+from dicomhub.index.schema import instance, validation_finding, validation_instance
 
 __all__ = ["FindingRow", "PendingValidation", "ValidationRecord", "ValidationRepository"]
 
@@ -108,22 +109,13 @@ class ValidationRepository:
                 if rows:
                     conn.execute(insert(validation_finding), rows)
             if cursor is not None:
-                name, position = cursor
-                moved = conn.execute(
-                    update(worker_cursor).where(worker_cursor.c.name == name).values(position=position)
-                ).rowcount
-                if not moved:
-                    conn.execute(insert(worker_cursor).values(name=name, position=position))
+                move_cursor(conn, *cursor)
 
     # -------------------------------------------------------------- the worker's stream
 
     def cursor(self, name: str) -> int:
         """Position of the named worker (0 when it never ran)."""
-        with engines.read(self.engine) as conn:
-            value = conn.execute(
-                select(worker_cursor.c.position).where(worker_cursor.c.name == name)
-            ).scalar()
-        return int(value or 0)
+        return read_cursor(self.engine, name)
 
     def instances_after(self, pk: int, limit: int) -> list[PendingValidation]:
         """Instances with a pk above ``pk``, oldest first, with whether this copy was checked already."""

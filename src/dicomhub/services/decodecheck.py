@@ -12,7 +12,6 @@ that this install cannot read a syntax a modality started to send.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -20,6 +19,7 @@ from dicomhub import codec
 from dicomhub.errors import DicomhubError
 from dicomhub.index.checks import DecodeCheckRepository, DecodeResult, PendingInstance
 from dicomhub.model.policy import DecodeCheckMode
+from dicomhub.services.background import run_until_stopped
 from dicomhub.services.blobfiles import blob_as_file
 from dicomhub.storage.base import BlobStore
 
@@ -86,15 +86,5 @@ class DecodeCheckService:
 
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
-        if self.mode is DecodeCheckMode.OFF:
-            return
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
-        while not stop.wait(idle):
-            try:
-                while not stop.is_set() and self.run_pending():
-                    pass
-            except DicomhubError:
-                LOGGER.exception("decode check failed; retrying")
+        if self.mode is not DecodeCheckMode.OFF:
+            run_until_stopped(stop, self.run_pending, "decode check", LOGGER, idle)

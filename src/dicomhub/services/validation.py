@@ -21,6 +21,7 @@ from dicomhub.errors import DicomhubError
 from dicomhub.index.validation import FindingRow, PendingValidation, ValidationRecord, ValidationRepository
 from dicomhub.iod.validate import Finding, Severity, validate_encoded, validate_part10
 from dicomhub.model.policy import ValidationPolicy
+from dicomhub.services.background import run_until_stopped
 from dicomhub.services.blobfiles import blob_as_file
 from dicomhub.storage.base import BlobStore
 
@@ -135,16 +136,7 @@ class ValidationService:
 
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
-        while not stop.wait(idle):
-            try:
-                while not stop.is_set() and self.run_pending():
-                    pass
-            except DicomhubError:
-                LOGGER.exception("validation failed; retrying")
+        run_until_stopped(stop, self.run_pending, "validation", LOGGER, idle)
 
     # -------------------------------------------------------------- reports
 

@@ -305,12 +305,7 @@ class WadoService:
             When the frames cannot be given in that syntax.
         """
         layout, _ds = self.pixel_layout(row)
-        for n in numbers:
-            if not 1 <= n <= layout.number_of_frames:
-                raise NotFound(
-                    f"frame {n} is out of range: instance {row.sop_instance_uid} has "
-                    f"{layout.number_of_frames} frame(s)"
-                )
+        _check_frame_numbers(row, layout, numbers)
         try:
             return self.transcode.frames(row, list(numbers), transfer_syntax_uid)
         except TranscodeError as exc:
@@ -377,12 +372,7 @@ class WadoService:
             When a frame number is out of range (or there is no pixel data).
         """
         layout, _ds = self.pixel_layout(row)
-        for n in numbers:
-            if not 1 <= n <= layout.number_of_frames:
-                raise NotFound(
-                    f"frame {n} is out of range: instance {row.sop_instance_uid} has "
-                    f"{layout.number_of_frames} frame(s)"
-                )
+        _check_frame_numbers(row, layout, numbers)
         if layout.encapsulated:
             try:
                 return layout, self.transcode.frames(row, list(numbers), None)
@@ -454,6 +444,15 @@ class WadoService:
             bits_stored=_int(ds, "BitsStored", layout.bits_allocated),
             pixel_representation=_int(ds, "PixelRepresentation", 0),
         )
+
+
+def _check_frame_numbers(row: InstanceRow, layout: PixelLayout, numbers: Sequence[int]) -> None:
+    for n in numbers:
+        if not 1 <= n <= layout.number_of_frames:
+            raise NotFound(
+                f"frame {n} is out of range: instance {row.sop_instance_uid} has "
+                f"{layout.number_of_frames} frame(s)"
+            )
 
 
 def _what(study: str, series: str | None, instance: str | None) -> str:
