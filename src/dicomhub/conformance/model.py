@@ -267,7 +267,7 @@ def _retrieve_syntaxes(stored_syntaxes: Iterable[str]) -> tuple[RetrieveSyntaxRo
             read=bytes,
             alternatives=TranscodeService.alternatives(stored),
         )
-        proposals = fastpath._move_proposals([instance])  # the function the C-MOVE path calls
+        proposals = fastpath.move_proposals([instance])  # the function the C-MOVE path calls
         rows.append(
             RetrieveSyntaxRow(
                 stored,
@@ -287,9 +287,9 @@ def _statuses() -> tuple[StatusRow, ...]:
         ),
     ]
     tables = (
-        ("Storage", status._STORE, status.STORE_PROCESSING_FAILURE),
-        ("Query/Retrieve FIND", status._FIND, status.QR_UNABLE_TO_PROCESS),
-        ("Query/Retrieve GET/MOVE", status._RETRIEVE, status.QR_UNABLE_TO_PROCESS),
+        ("Storage", status.STORE_STATUSES, status.STORE_PROCESSING_FAILURE),
+        ("Query/Retrieve FIND", status.FIND_STATUSES, status.QR_UNABLE_TO_PROCESS),
+        ("Query/Retrieve GET/MOVE", status.RETRIEVE_STATUSES, status.QR_UNABLE_TO_PROCESS),
     )
     for service, table, default in tables:
         for exc, code in table:

@@ -115,6 +115,7 @@ __all__ = [
     "FileRegion",
     "Identifier",
     "NActionOutcome",
+    "move_proposals",
     "NActionRequest",
     "QUERY_RETRIEVE_SOP_CLASSES",
     "QueryRequest",
@@ -1305,7 +1306,7 @@ class _Association:
                 refuse(_STATUS_UNKNOWN_DESTINATION, "move destination unknown")
                 return
             host, port, ae_title = destination
-            proposals = _move_proposals(instances)
+            proposals = move_proposals(instances)
             if len(proposals) > _MAX_MOVE_CONTEXTS:
                 LOGGER.warning(
                     "C-MOVE to %s needs %d presentation contexts; only %d proposed",
@@ -1590,7 +1591,7 @@ def _prefer_requestor_syntax(
             context.transfer_syntax = [UID(first)]
 
 
-def _move_proposals(instances: Sequence[Sendable]) -> list[tuple[str, list[str]]]:
+def move_proposals(instances: Sequence[Sendable]) -> list[tuple[str, list[str]]]:
     """Presentation contexts for a C-MOVE sub-association.
 
     Each stored (SOP class, transfer syntax) pair gets a context of its own,

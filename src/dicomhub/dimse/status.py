@@ -61,7 +61,8 @@ N_PROCESSING_FAILURE: Final = 0x0110
 N_MISSING_ATTRIBUTE: Final = 0x0120
 N_INVALID_ARGUMENT_VALUE: Final = 0x0115
 
-_STORE: tuple[tuple[type[Exception], int], ...] = (
+# Error -> status tables (most specific first); the conformance statement lists them too.
+STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (DuplicateInstance, STORE_DUPLICATE_REFUSED),
     (PatientMismatch, STORE_PATIENT_MISMATCH),
     (Conflict, STORE_CONFLICT),
@@ -72,12 +73,12 @@ _STORE: tuple[tuple[type[Exception], int], ...] = (
     (IndexUnavailable, STORE_INDEX_UNAVAILABLE),
 )
 
-_FIND: tuple[tuple[type[Exception], int], ...] = (
+FIND_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (InvalidRequest, QR_IDENTIFIER_DOES_NOT_MATCH),
     (IndexUnavailable, QR_OUT_OF_RESOURCES),
 )
 
-_RETRIEVE: tuple[tuple[type[Exception], int], ...] = (
+RETRIEVE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (UnknownDestination, QR_UNKNOWN_DESTINATION),
     (InvalidRequest, QR_IDENTIFIER_DOES_NOT_MATCH),
     (IndexUnavailable, QR_OUT_OF_RESOURCES),
@@ -94,14 +95,14 @@ def _lookup(table: tuple[tuple[type[Exception], int], ...], exc: Exception, defa
 
 def store_status(exc: Exception) -> int:
     """The C-STORE status for an error raised by the ingest service."""
-    return _lookup(_STORE, exc, STORE_PROCESSING_FAILURE)
+    return _lookup(STORE_STATUSES, exc, STORE_PROCESSING_FAILURE)
 
 
 def find_status(exc: Exception) -> int:
     """The C-FIND status for an error raised by the search service."""
-    return _lookup(_FIND, exc, QR_UNABLE_TO_PROCESS)
+    return _lookup(FIND_STATUSES, exc, QR_UNABLE_TO_PROCESS)
 
 
 def retrieve_status(exc: Exception) -> int:
     """The C-GET/C-MOVE status for an error raised while retrieving."""
-    return _lookup(_RETRIEVE, exc, QR_UNABLE_TO_PROCESS)
+    return _lookup(RETRIEVE_STATUSES, exc, QR_UNABLE_TO_PROCESS)
