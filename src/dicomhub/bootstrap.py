@@ -66,7 +66,11 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     transcode = TranscodeService(blobs, settings.spool_dir)
     compression = [(rule, transfer_syntax(rule.transfer_syntax).uid) for rule in settings.compress]
     validation = ValidationService(
-        ValidationRepository(engine), blobs, settings.validation_policy, dict(settings.validation_ae)
+        ValidationRepository(engine),
+        blobs,
+        settings.validation_policy,
+        dict(settings.validation_ae),
+        last_change=index.last_change,
     )
     return Archive(
         index=index,
@@ -78,7 +82,9 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         delete=DeleteService(index, blobs),
         wado=WadoService(index, search, blobs, transcode),
         transcode=transcode,
-        decode_check=DecodeCheckService(DecodeCheckRepository(engine), blobs, settings.decode_check),
+        decode_check=DecodeCheckService(
+            DecodeCheckRepository(engine), blobs, settings.decode_check, last_change=index.last_change
+        ),
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
         validation=validation,

@@ -13,20 +13,40 @@ __all__ = ["run_until_stopped"]
 
 
 def run_until_stopped(
-    stop: threading.Event, step: Callable[[], int], name: str, logger: logging.Logger, idle: float = 0.5
+    stop: threading.Event,
+    step: Callable[[], int],
+    name: str,
+    logger: logging.Logger,
+    idle: float = 0.5,
+    *,
+    last_change: Callable[[], int] | None = None,
+    patience: float = 30.0,
 ) -> None:
     """Call ``step`` until it returns 0, then wait ``idle`` seconds; until ``stop``.
 
     The thread runs at the lowest scheduling priority (Linux schedules threads
     individually): this is derived work that must not slow storing or
-    answering. An index failure is logged and retried after ``idle``.
+    answering. With ``last_change`` (the change log's newest sequence number)
+    it also waits, up to ``patience`` seconds, while the archive is busy
+    storing: its own index writes would otherwise queue with the stores'.
+    An index failure is logged and retried after ``idle``.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError):
         pass
+    seen = -1
+    waited = 0.0
     while not stop.wait(idle):
         try:
+            if last_change is not None:
+                now = last_change()
+                busy = seen not in (-1, now)
+                seen = now
+                if busy and waited < patience:
+                    waited += idle
+                    continue
+                waited = 0.0
             while not stop.is_set() and step():
                 pass
         except DicomhubError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dicomhub import codec
@@ -33,10 +34,18 @@ _CURSOR = "decode-check"
 class DecodeCheckService:
     """Runs the decode check over newly stored instances and reports failures."""
 
-    def __init__(self, checks: DecodeCheckRepository, blobs: BlobStore, mode: DecodeCheckMode) -> None:
+    def __init__(
+        self,
+        checks: DecodeCheckRepository,
+        blobs: BlobStore,
+        mode: DecodeCheckMode,
+        last_change: Callable[[], int] | None = None,
+    ) -> None:
+        """``last_change`` (the change log's head) lets the worker wait for quiet moments."""
         self.checks = checks
         self.blobs = blobs
         self.mode = mode
+        self.last_change = last_change
 
     def failures(self) -> list[dict[str, Any]]:
         """Stored instances whose pixel data did not decode."""
@@ -87,4 +96,6 @@ class DecodeCheckService:
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
         if self.mode is not DecodeCheckMode.OFF:
-            run_until_stopped(stop, self.run_pending, "decode check", LOGGER, idle)
+            run_until_stopped(
+                stop, self.run_pending, "decode check", LOGGER, idle, last_change=self.last_change
+            )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dicomhub.errors import DicomhubError
@@ -57,11 +57,14 @@ class ValidationService:
         blobs: BlobStore,
         policy: ValidationPolicy = ValidationPolicy.RECORD,
         overrides: dict[str, ValidationPolicy] | None = None,
+        last_change: Callable[[], int] | None = None,
     ) -> None:
+        """``last_change`` (the change log's head) lets the worker wait for quiet moments."""
         self.repo = repo
         self.blobs = blobs
         self.policy = policy
         self.overrides = dict(overrides or {})
+        self.last_change = last_change
 
     def policy_for(self, source_ae_title: str | None) -> ValidationPolicy:
         """The policy for objects from ``source_ae_title`` (its override, else the default)."""
@@ -136,7 +139,7 @@ class ValidationService:
 
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
-        run_until_stopped(stop, self.run_pending, "validation", LOGGER, idle)
+        run_until_stopped(stop, self.run_pending, "validation", LOGGER, idle, last_change=self.last_change)
 
     # -------------------------------------------------------------- reports
 
