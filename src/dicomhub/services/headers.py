@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from pydicom.dataset import Dataset
 from dicomhub.errors import DicomhubError
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.extract import read_header
+from dicomhub.services.background import run_until_stopped
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["HeaderService", "header_to_json"]
@@ -88,29 +88,15 @@ class HeaderService:
         """Loop until ``stop``: prepare pending headers while the archive is quiet.
 
         Metadata is derived data that readers can compute on demand, so the
-        worker stays out of the way of storing: it runs at the lowest
-        scheduling priority (Linux schedules threads individually) and,
-        while the change log is still growing, waits up to ``patience``
-        seconds for a quiet moment before doing a batch anyway.
+        worker stays out of the way of storing (lowest priority; while the
+        change log still grows it waits up to ``patience`` seconds).
         """
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
-        last_seq = -1
-        waited = 0.0
-        while not stop.wait(idle):
-            try:
-                seq = self.index.last_change()
-                busy = seq != last_seq and last_seq != -1
-                last_seq = seq
-                if busy and waited < patience:
-                    waited += idle
-                    continue
-                waited = 0.0
-                while not stop.is_set() and self.prepare_pending() and (
-                    self.index.last_change() == last_seq
-                ):
-                    pass
-            except DicomhubError:
-                LOGGER.exception("header worker failed; retrying")
+        run_until_stopped(
+            stop,
+            self.prepare_pending,
+            "header worker",
+            LOGGER,
+            idle,
+            last_change=self.index.last_change,
+            patience=patience,
+        )
