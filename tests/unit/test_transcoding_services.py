@@ -13,7 +13,7 @@ from pydicom.encaps import encapsulate
 
 from dicomhub import codec
 from dicomhub.config import load_settings
-from dicomhub.errors import ConfigurationError
+from dicomhub.errors import ConfigurationError, DuplicateInstance
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
@@ -208,3 +208,20 @@ def test_transcode_service_produces_lossless_targets_and_refuses_silent_loss(tmp
     assert not Path(out.path).exists()
     frames = parts.transcode.frames(row, [1], EXPLICIT_LE)
     assert frames[0] == decoded(original).astype("<u2").tobytes()
+
+
+def test_a_copy_compressed_at_rest_that_comes_back_is_the_same_object(tmp_path: Path) -> None:
+    """A peer that took the stored (compressed) syntax may send that copy back: not a conflict."""
+    parts = Parts(tmp_path, ["CT=jpeg-ls-lossless"])
+    result = parts.ingest.store_part10(ct(), CLI)
+    row = parts.index.get_instance(result.sop_instance_uid)
+    assert row is not None and row.transfer_syntax_uid == JPEG_LS_LOSSLESS
+    as_sent_back = parts.blobs.read(row.blob_key)
+    again = parts.ingest.store_part10(as_sent_back, CLI)
+    assert again.outcome is StoreOutcome.ALREADY_PRESENT
+    assert parts.index.conflicts() == []
+    # Other content in the same syntax is still a conflict.
+    other = pydicom.dcmread(io.BytesIO(as_sent_back))
+    other.PatientName = "Somebody^Else"
+    with pytest.raises(DuplicateInstance):
+        parts.ingest.store_part10(encode(other), CLI)

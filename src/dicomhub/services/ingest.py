@@ -44,7 +44,7 @@ from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
-from dicomhub.model.records import InstanceHeader
+from dicomhub.model.records import InstanceHeader, InstanceRow
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.blobfiles import blob_as_file
 from dicomhub.services.validation import ValidationService
@@ -273,7 +273,7 @@ class IngestService:
                 )
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
-            if existing is not None and existing.content_sha256 == digest:
+            if existing is not None and self._same_object(existing, digest, header.transfer_syntax_uid):
                 self._discard(blob.key)
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
@@ -566,7 +566,7 @@ class IngestService:
             # it, a duplicate is found before it is encoded for nothing.
             existing = self.index.get_instance(header.sop_instance_uid) if target else None
             if existing is not None:
-                if existing.content_sha256 == content:
+                if self._same_object(existing, content, header.transfer_syntax_uid):
                     if self.policy is DuplicatePolicy.REJECT:
                         raise DuplicateInstance(
                             f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
@@ -627,6 +627,24 @@ class IngestService:
             raise DoesNotMatchIOD(f"{header.sop_instance_uid} does not match its IOD: {errors[0].message}")
         return errors[0].message if errors else None
 
+    def _same_object(self, existing: InstanceRow, content: str, transfer_syntax_uid: str) -> bool:
+        """Whether an object with data set digest ``content`` is the one already held.
+
+        The held copy may be compressed at rest: its content digest is then the
+        received object's, and the compressed copy itself can come back (a peer
+        that took the stored syntax sends it again), so in the same syntax it is
+        compared with the stored data set too. That costs a blob read, only when
+        the digests differ (a conflict, which is rare).
+        """
+        if existing.content_sha256 == content:
+            return True
+        if existing.transfer_syntax_uid != transfer_syntax_uid:
+            return False
+        try:
+            return self._content_digest_of_blob(existing.blob_key) == content
+        except (DicomhubError, OSError, ValueError):
+            return False
+
     def _content_digest_of_blob(self, key: str) -> str:
         """SHA-256 of a written object's data set (when it could not be had on the way)."""
         with _mapped_blob(self.blobs, key) as data:
@@ -655,7 +673,7 @@ class IngestService:
         content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
         existing = self.index.get_instance(header.sop_instance_uid)
         if existing is not None:
-            if existing.content_sha256 == content:
+            if self._same_object(existing, content, header.transfer_syntax_uid):
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
@@ -726,7 +744,9 @@ class IngestService:
         if added.result is AddResult.EXISTS:
             # Another association (or an earlier part of the same request)
             # stored the same UID between our check and our transaction.
-            if added.existing is not None and added.existing.content_sha256 == content:
+            if added.existing is not None and self._same_object(
+                added.existing, content, header.transfer_syntax_uid
+            ):
                 self._discard(blob.key)
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
