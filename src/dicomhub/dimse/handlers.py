@@ -278,7 +278,7 @@ def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:
     except DicomhubError as exc:
         LOGGER.warning("storage commitment request from %s refused: %s", req.calling_ae_title, exc)
         # PS3.4 J.3.2.1.2 / PS3.7 C.4.2: invalid or missing Action Information.
-        code = status.N_INVALID_ARGUMENT_VALUE if items_ok(req) else status.N_MISSING_ATTRIBUTE
+        code = status.N_INVALID_ARGUMENT_VALUE if _has_action_information(req) else status.N_MISSING_ATTRIBUTE
         return NActionOutcome(code)
     result: list[CommitmentResult] = []
 
@@ -292,6 +292,6 @@ def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:
     return NActionOutcome(status.SUCCESS, report=report, delivered=delivered)
 
 
-def items_ok(req: NActionRequest) -> bool:
+def _has_action_information(req: NActionRequest) -> bool:
     """True when the Action Information has its two required attributes (values aside)."""
     return "TransactionUID" in req.dataset and "ReferencedSOPSequence" in req.dataset

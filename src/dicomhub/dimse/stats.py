@@ -23,6 +23,11 @@ LOGGER = logging.getLogger("dicomhub.dimse.stats")
 _OPERATIONS = ("store", "echo", "find", "get", "move")
 
 
+def _count(details: dict[str, object], key: str) -> int:
+    value = details.get(key)
+    return value if isinstance(value, int) else 0
+
+
 def _status_class(status: object) -> str:
     code = int(status) if isinstance(status, int) else -1
     if code == 0x0000:
@@ -65,9 +70,9 @@ class AssociationRecorder:
                 called_ae_title=str(details.get("called_ae_title", "")),
                 peer_host=str(details.get("peer_host", "")),
                 started_at=now,
-                accepted_contexts=int(details.get("accepted_contexts", 0) or 0),  # type: ignore[call-overload]
-                rejected_contexts=int(details.get("rejected_contexts", 0) or 0),  # type: ignore[call-overload]
-                contexts=details.get("contexts"),  # type: ignore[arg-type]
+                accepted_contexts=_count(details, "accepted_contexts"),
+                rejected_contexts=_count(details, "rejected_contexts"),
+                contexts=contexts if isinstance(contexts := details.get("contexts"), list) else None,
             )
             self._local.started = time.monotonic()
             return
@@ -98,7 +103,7 @@ class AssociationRecorder:
             record.outcome = name
             if name == "aborted":
                 record.reason = f"{details.get('reason', '')} ({details.get('by', 'peer')})".strip()
-            record.bytes_received = int(details.get("bytes", 0) or 0)  # type: ignore[call-overload]
+            record.bytes_received = _count(details, "bytes")
             self._local.record = None
             self._finish(record)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select
+from sqlalchemy import Engine, and_, delete, func, insert, select
 
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import move_cursor, read_cursor
@@ -101,6 +101,17 @@ class DecodeCheckRepository:
                 )
             move_cursor(conn, cursor_name, position)
 
+    def failure_count(self) -> int:
+        """How many stored instances (in the checked syntax) did not decode."""
+        with engines.read(self.engine) as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(_FAILED_AND_HELD)
+                    .where(decode_check.c.ok.is_(False))
+                ).scalar_one()
+            )
+
     def failures(self) -> list[dict[str, Any]]:
         """Stored instances whose pixel data did not decode, newest check first."""
         with engines.read(self.engine) as conn:
@@ -115,18 +126,7 @@ class DecodeCheckRepository:
                         decode_check.c.reason,
                         decode_check.c.checked_at,
                     )
-                    .select_from(
-                        decode_check.join(
-                            instance,
-                            and_(
-                                instance.c.sop_instance_uid == decode_check.c.sop_instance_uid,
-                                # A result about a copy since replaced in another syntax is stale.
-                                instance.c.transfer_syntax_uid == decode_check.c.transfer_syntax_uid,
-                            ),
-                        )
-                        .join(series, series.c.pk == instance.c.series_pk)
-                        .join(study, study.c.pk == series.c.study_pk)
-                    )
+                    .select_from(_FAILED_AND_HELD)
                     .where(decode_check.c.ok.is_(False))
                     .order_by(decode_check.c.checked_at.desc())
                 )
@@ -140,6 +140,20 @@ class DecodeCheckRepository:
             out.append(item)
         return out
 
+
+# Results joined with the instances still held in the checked syntax (a result
+# about a copy since replaced in another syntax, or deleted, is stale).
+_FAILED_AND_HELD = (
+    decode_check.join(
+        instance,
+        and_(
+            instance.c.sop_instance_uid == decode_check.c.sop_instance_uid,
+            instance.c.transfer_syntax_uid == decode_check.c.transfer_syntax_uid,
+        ),
+    )
+    .join(series, series.c.pk == instance.c.series_pk)
+    .join(study, study.c.pk == series.c.study_pk)
+)
 
 def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:  # SQLite hands back naive datetimes

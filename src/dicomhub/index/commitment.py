@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
@@ -155,6 +156,13 @@ class CommitmentRepository:
                 .where(storage_commitment.c.transaction_uid == transaction_uid)
                 .values(**values)
             )
+
+    def count_by_state(self) -> dict[str, int]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(storage_commitment.c.state, func.count()).group_by(storage_commitment.c.state)
+            ).all()
+        return {state: int(n) for state, n in rows}
 
     def transactions(self, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first, JSON-ready (for operators)."""

@@ -136,6 +136,10 @@ class CommitmentService:
         self.repo.delivered(result)
         LOGGER.info("storage commitment %s reported", result.transaction_uid)
 
+    def count_by_state(self) -> dict[str, int]:
+        """Transactions per state (pending, delivered, gave-up)."""
+        return self.repo.count_by_state()
+
     def transactions(self, limit: int = 100) -> list[dict[str, object]]:
         return self.repo.transactions(limit)
 

@@ -47,6 +47,9 @@ class DecodeCheckService:
         self.mode = mode
         self.last_change = last_change
 
+    def failure_count(self) -> int:
+        return self.checks.failure_count()
+
     def failures(self) -> list[dict[str, Any]]:
         """Stored instances whose pixel data did not decode."""
         return self.checks.failures()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dicomhub import codec
-from dicomhub.errors import TranscodeError
+from dicomhub.errors import DicomhubError, TranscodeError
 from dicomhub.model.encoding import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
@@ -89,7 +89,7 @@ class TranscodeService:
             return True
         try:
             syntax = codec.transfer_syntax(target)
-        except Exception:  # noqa: BLE001 - an unknown UID simply cannot be produced
+        except DicomhubError:  # an unknown UID simply cannot be produced
             return False
         return (
             allow_lossy and syntax.lossy and syntax.can_encode and codec.can_decode(row.transfer_syntax_uid)

@@ -69,9 +69,9 @@ def render_metrics(archive: Archive) -> str:
     for level, n in archive.statistics.archive_counts().items():
         lines.append(f"dicomhub_objects{_labels(level=level)} {n}")
     family("dicomhub_decode_failures", "gauge", "Stored objects whose pixel data did not decode.")
-    lines.append(f"dicomhub_decode_failures {len(archive.decode_check.failures())}")
-    family("dicomhub_storage_commitments", "gauge", "Storage Commitment transactions by state (last 10,000).")
-    states = Counter(str(t["state"]) for t in archive.commitment.transactions(10000))
+    lines.append(f"dicomhub_decode_failures {archive.decode_check.failure_count()}")
+    family("dicomhub_storage_commitments", "gauge", "Storage Commitment transactions by state.")
+    states = archive.commitment.count_by_state()
     for state in ("pending", "delivered", "gave-up"):
         lines.append(f"dicomhub_storage_commitments{_labels(state=state)} {states.get(state, 0)}")
     return "\n".join(lines) + "\n"
