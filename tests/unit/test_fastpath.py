@@ -55,6 +55,7 @@ from dicomhub.dimse.fastpath import (
     peek_associate_request,
     serve_association,
 )
+from tests.unit.accept_loop import AcceptLoop
 
 Verification = UID("1.2.840.10008.1.1")
 StudyRootQueryRetrieveInformationModelFind = UID("1.2.840.10008.5.1.4.1.2.2.1")
@@ -79,7 +80,7 @@ def make_config(**overrides: object) -> FastPathConfig:
 # ---------------------------------------------------------------------------
 
 
-class Listener:
+class Listener(AcceptLoop):
     """Accept loop calling serve_association per connection, recording stores."""
 
     def __init__(
@@ -94,34 +95,12 @@ class Listener:
         self.requests: list[StoreRequest] = []
         self.events: list[tuple[str, dict[str, object]]] = []
         self.peeked: list[A_ASSOCIATE | None] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        self.port: int = self.server.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept_thread.start()
+        super().__init__()
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, address = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock, address), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        try:
-            if self.peek:
-                self.peeked.append(peek_associate_request(sock, 5.0))
-            serve_association(sock, address, self.config, self.on_store, self.accept, self.on_event)
-        except BaseException as exc:  # noqa: BLE001 - recorded and asserted on
-            self.errors.append(exc)
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        if self.peek:
+            self.peeked.append(peek_associate_request(sock, 5.0))
+        serve_association(sock, address, self.config, self.on_store, self.accept, self.on_event)
 
     def on_store(self, request: StoreRequest) -> StoreOutcome:
         self.requests.append(request)
@@ -144,13 +123,6 @@ class Listener:
             assert time.monotonic() < deadline, f"no {name!r} event; got {self.event_names()}"
             time.sleep(0.01)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._accept_thread.join(5)
-        self.server.close()
-        for thread in self._threads:
-            thread.join(10)
-            assert not thread.is_alive(), "serve_association did not return"
 
 
 @pytest.fixture

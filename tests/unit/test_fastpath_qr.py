@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from dicomhub.dimse.fastpath import (
     serve_association,
 )
 from dicomhub.dimse.scu import AssociationRejected, StoreAssociation, StoreAssociationError
+from tests.unit.accept_loop import AcceptLoop
 
 PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -225,46 +225,24 @@ def make_config(**overrides: object) -> FastPathConfig:
     return FastPathConfig(**values)  # type: ignore[arg-type]
 
 
-class Listener:
+class Listener(AcceptLoop):
     def __init__(self, config: FastPathConfig, archive: Archive) -> None:
         self.config = config
         self.archive = archive
         self.events: list[tuple[str, dict[str, object]]] = []
         self.stores: list[StoreRequest] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        self.port: int = self.server.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept_thread.start()
+        super().__init__()
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, address = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock, address), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        try:
-            serve_association(
-                sock,
-                address,
-                self.config,
-                self.on_store,
-                on_event=lambda name, payload: self.events.append((name, payload)),
-                on_find=self.archive.on_find,
-                on_retrieve=self.archive.on_retrieve,
-            )
-        except BaseException as exc:  # noqa: BLE001
-            self.errors.append(exc)
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        serve_association(
+            sock,
+            address,
+            self.config,
+            self.on_store,
+            on_event=lambda name, payload: self.events.append((name, payload)),
+            on_find=self.archive.on_find,
+            on_retrieve=self.archive.on_retrieve,
+        )
 
     def on_store(self, request: StoreRequest) -> StoreOutcome:
         self.stores.append(request)
@@ -279,13 +257,6 @@ class Listener:
             assert time.monotonic() < deadline, f"no {name!r} event: {self.events}"
             time.sleep(0.01)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._accept_thread.join(5)
-        self.server.close()
-        for thread in self._threads:
-            thread.join(10)
-            assert not thread.is_alive(), "serve_association did not return"
 
 
 @pytest.fixture

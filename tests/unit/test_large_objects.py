@@ -20,7 +20,6 @@ import hashlib
 import os
 import socket
 import struct
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from dicomhub.dimse.fastpath import (
     serve_association,
 )
 from dicomhub.dimse.scu import AssociationAborted, StoreAssociation
+from tests.unit.accept_loop import AcceptLoop
 
 STUDY_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 STUDY_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -124,7 +124,7 @@ def make_config(**overrides: object) -> FastPathConfig:
     return FastPathConfig(**values)  # type: ignore[arg-type]
 
 
-class Listener:
+class Listener(AcceptLoop):
     """Accept loop calling serve_association per connection."""
 
     def __init__(
@@ -137,52 +137,17 @@ class Listener:
         self.on_store = on_store
         self.on_retrieve = on_retrieve
         self.events: list[tuple[str, dict[str, object]]] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.05)
-        self.port: int = self.server.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accept_thread.start()
+        super().__init__()
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, address = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(sock, address), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        try:
-            serve_association(
-                sock,
-                address,
-                self.config,
-                self.on_store,
-                on_event=lambda name, payload: self.events.append((name, payload)),
-                on_retrieve=self.on_retrieve,
-            )
-        except BaseException as exc:  # noqa: BLE001 - asserted on
-            self.errors.append(exc)
-
-    def wait_idle(self, timeout: float = 15.0) -> None:
-        """Wait until every association served so far has ended."""
-        deadline = time.monotonic() + timeout
-        for thread in list(self.threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
-            assert not thread.is_alive(), "serve_association did not return"
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accept_thread.join(5)
-        self.server.close()
-        self.wait_idle()
+    def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        serve_association(
+            sock,
+            address,
+            self.config,
+            self.on_store,
+            on_event=lambda name, payload: self.events.append((name, payload)),
+            on_retrieve=self.on_retrieve,
+        )
 
 
 @pytest.fixture
