@@ -1,4 +1,10 @@
-"""The ``dicomhub`` command: parse, call a service, print. No logic of its own."""
+"""The ``dicomhub`` command: parse, call a service, print. No logic of its own.
+
+The core commands live here; a feature with several commands of its own keeps
+them in a module of this package that adds them to the parser (see
+:data:`_COMMAND_MODULES` and :class:`CommandModule`), so that features grow
+without all editing one file.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dicomhub import __version__
 from dicomhub.config import Settings, load_settings
@@ -24,7 +31,33 @@ from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Query
 from dicomhub.services.ingest import StoreOutcome
 
-__all__ = ["main"]
+__all__ = ["CommandModule", "SettingsArgs", "main"]
+
+
+class SettingsArgs(Protocol):
+    """Adds the common settings options (data dir, database, ...) to a sub-parser."""
+
+    def __call__(self, p: argparse.ArgumentParser, server: bool = False) -> None: ...
+
+
+class CommandModule(Protocol):
+    """A module of this package that brings its own sub-commands.
+
+    ``add_commands`` adds them to ``sub`` and sets ``run`` on each parser with
+    ``p.set_defaults(run=handler)``, ``handler(settings, args) -> int`` (the
+    exit status). :class:`~dicomhub.errors.DicomhubError` raised by a handler
+    is printed and gives exit status 1, like the core commands.
+    """
+
+    def add_commands(self, sub: Any, settings_args: SettingsArgs) -> None: ...
+
+
+# Modules (relative to this package) whose commands join the core ones.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_modules() -> list[CommandModule]:
+    return [import_module(f"{__name__}.{name}") for name in _COMMAND_MODULES]
 
 LOGGER = logging.getLogger("dicomhub")
 
@@ -216,6 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_args(check)
     check.add_argument("--json", action="store_true")
+
+    for module in _command_modules():
+        module.add_commands(sub, _settings_args)
     return parser
 
 
@@ -250,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(settings, args)
         if args.command == "conformance":
             return _conformance(settings, args)
+        run = getattr(args, "run", None)
+        if run is not None:
+            return int(run(settings, args))
     except DicomhubError as exc:
         print(f"dicomhub: {exc}", file=sys.stderr)
         return 1

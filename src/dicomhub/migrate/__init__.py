@@ -1,0 +1,1 @@
+"""Migration and reconciliation between archives: inventories, comparison, transfer."""
