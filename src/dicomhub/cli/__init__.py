@@ -700,8 +700,3 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
             table.add_row(f["checked_at"], f["sop_instance_uid"], f["transfer_syntax_uid"], f["reason"] or "")
         Console().print(table)
     return 1 if failures else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(main())
