@@ -17,6 +17,7 @@ transport codes in one table, so no transport status appears here::
     │   └── ChecksumMismatch
     ├── IndexUnavailable
     ├── TranscodeError            pixel data cannot be decoded / encoded as asked
+    ├── DeidentificationError     a de-identification cannot be done as asked
     └── ConfigurationError
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigurationError",
     "Conflict",
+    "DeidentificationError",
     "DicomhubError",
     "DuplicateInstance",
     "IndexUnavailable",
@@ -95,6 +97,10 @@ class IndexUnavailable(DicomhubError):
 
 class TranscodeError(DicomhubError):
     """Pixel data cannot be decoded, or cannot be encoded in the requested transfer syntax."""
+
+
+class DeidentificationError(DicomhubError):
+    """A de-identification cannot be done as asked (no secret, bad option or recipe)."""
 
 
 class ConfigurationError(DicomhubError):
