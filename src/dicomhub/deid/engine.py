@@ -196,7 +196,7 @@ class _Run:
                 self.apply_rule(out, elem, prefix)
             elif group & 1:
                 self.private(out, src, elem, prefix, creators)
-            elif tag == 0x7FE00010 or group == 0x0002:
+            elif tag == 0x7FE00010:
                 out.add(elem)
             else:
                 action = self.amap.by_tag.get(tag)
