@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dicomhub.codec import transfer_syntax
@@ -13,6 +15,7 @@ from dicomhub.errors import ConfigurationError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
+from dicomhub.index.deid import DeidRepository, SecurityRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
@@ -20,7 +23,9 @@ from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.archive import Archive
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
+from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
+from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
@@ -72,11 +77,25 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         dict(settings.validation_ae),
         last_change=index.last_change,
     )
+    ingest = IngestService(index, blobs, settings.duplicate_policy, compression, validation)
+    governance = GovernanceService(SecurityRepository(engine))
+    deid = DeidService(
+        DeidRepository(engine),
+        governance,
+        index,
+        search,
+        blobs,
+        ingest,
+        key_file=Path(settings.deid_key_file) if settings.deid_key_file else None,
+        environ=os.environ,
+        burned_in=settings.deid_burned_in,
+        mask=[(r.x, r.y, r.width, r.height) for r in settings.deid_mask],
+    )
     return Archive(
         index=index,
         blobs=blobs,
         headers=headers,
-        ingest=IngestService(index, blobs, settings.duplicate_policy, compression, validation),
+        ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs),
         delete=DeleteService(index, blobs),
@@ -88,6 +107,8 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
         validation=validation,
+        deid=deid,
+        governance=governance,
         close=engine.dispose,
     )
 
@@ -123,7 +144,7 @@ def run_dimse_worker(
 
 def run_background_worker(settings: Settings, parent: int) -> None:
     """Entry point of the background process: header metadata, the decode check, IOD
-    validation and the delivery of Storage Commitment reports.
+    validation, the delivery of Storage Commitment reports and de-identification runs.
 
     A process of its own, because the work is pure Python: as a thread of the
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
@@ -153,6 +174,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             name="commitment-delivery",
             daemon=True,
         ),
+        threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
     ]
     for thread in threads:
         thread.start()

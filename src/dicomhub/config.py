@@ -22,7 +22,16 @@ from dicomhub.model.policy import (
     parse_compression_rule,
 )
 
-__all__ = ["RemoteAE", "Settings", "load_settings", "parse_remote_ae"]
+__all__ = [
+    "DeidExport",
+    "MaskRegion",
+    "RemoteAE",
+    "Settings",
+    "load_settings",
+    "parse_deid_export",
+    "parse_mask_region",
+    "parse_remote_ae",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,27 @@ class RemoteAE:
     ae_title: str
     host: str
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeidExport:
+    """A destination that receives only de-identified objects: C-MOVE to ``ae_title``
+    sends them through the project's profile with these option words."""
+
+    ae_title: str
+    project: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRegion:
+    """A rectangle of pixels (columns from ``x``, rows from ``y``) blanked in objects
+    that may carry burned-in annotation, under the ``mask`` policy."""
+
+    x: int
+    y: int
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -64,6 +94,13 @@ class Settings:
     # a warning status, or refuse; per calling AE overrides (AET, policy).
     validation_policy: ValidationPolicy = ValidationPolicy.RECORD
     validation_ae: tuple[tuple[str, ValidationPolicy], ...] = ()
+    # De-identification on the server: the key file holding the projects' secret
+    # (else DICOMHUB_DEID_SECRET), the destinations that get de-identified copies,
+    # and what happens to objects that may carry burned-in annotation.
+    deid_key_file: str = ""
+    deid_export: tuple[DeidExport, ...] = ()
+    deid_burned_in: str = "refuse"  # refuse, mask or allow
+    deid_mask: tuple[MaskRegion, ...] = ()
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -81,6 +118,12 @@ class Settings:
     def spool_dir(self) -> Path:
         """Temporary files (large received objects, transcoded copies), beside the blobs."""
         return self.data_dir / "tmp"
+
+    def deid_export_for(self, ae_title: str) -> DeidExport | None:
+        for profile in self.deid_export:
+            if profile.ae_title == ae_title.strip():
+                return profile
+        return None
 
     def remote_ae(self, ae_title: str) -> RemoteAE | None:
         for remote in self.remote_aes:
@@ -106,6 +149,33 @@ def parse_remote_ae(text: str) -> RemoteAE:
             f"remote AE {text!r}: AE title of 1-16 characters and a valid port"
         )
     return remote
+
+
+def parse_deid_export(text: str) -> DeidExport:
+    """Parse ``AET=PROJECT[:option,option...]``."""
+    aet, sep, rest = text.partition("=")
+    project, _, options = rest.partition(":")
+    aet, project = aet.strip(), project.strip()
+    if not sep or not aet or len(aet) > 16 or not project or len(project) > 64:
+        raise ConfigurationError(
+            f"de-identified export {text!r} is not of the form AET=PROJECT[:option,option...]"
+        )
+    return DeidExport(aet, project, tuple(o.strip() for o in options.split(",") if o.strip()))
+
+
+def parse_mask_region(text: str) -> MaskRegion:
+    """Parse ``X,Y,WIDTH,HEIGHT`` (pixels)."""
+    try:
+        x, y, width, height = (int(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigurationError(f"mask region {text!r} is not X,Y,WIDTH,HEIGHT") from exc
+    if min(x, y) < 0 or min(width, height) < 1:
+        raise ConfigurationError(f"mask region {text!r}: X and Y from 0, WIDTH and HEIGHT from 1")
+    return MaskRegion(x, y, width, height)
+
+
+def _listed(value: Any, separator: str = ",") -> list[Any]:
+    return [i for i in (value.split(separator) if isinstance(value, str) else list(value)) if i]
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -143,6 +213,20 @@ def _coerce(name: str, value: Any) -> Any:
                     raise ValueError(f"{item!r} is not AET=POLICY")
                 pairs.append((aet.strip(), ValidationPolicy(policy.strip().lower())))
             return tuple(pairs)
+        if name == "deid_export":
+            # Entries hold commas of their own (option lists): ";" between them.
+            return tuple(
+                i if isinstance(i, DeidExport) else parse_deid_export(str(i)) for i in _listed(value, ";")
+            )
+        if name == "deid_mask":
+            return tuple(
+                i if isinstance(i, MaskRegion) else parse_mask_region(str(i)) for i in _listed(value, ";")
+            )
+        if name == "deid_burned_in":
+            policy = str(value).strip().lower()
+            if policy not in ("refuse", "mask", "allow"):
+                raise ValueError(policy)
+            return policy
         if name == "compress":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(
@@ -217,6 +301,8 @@ def _validate(s: Settings) -> None:
     if s.max_associations < 1:
         raise ConfigurationError("max_associations must be at least 1")
     _validate_compression(s)
+    if s.deid_burned_in == "mask" and not s.deid_mask:
+        raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
 
 
 def _validate_compression(s: Settings) -> None:

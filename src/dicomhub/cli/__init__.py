@@ -53,7 +53,7 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver")
 
 
 def _command_modules() -> list[CommandModule]:
@@ -162,6 +162,27 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         help="decode stored pixel data once after ingest: the first objects of each "
         "syntax (sample, default), every object (always), or none (off)",
     )
+    p.add_argument(
+        "--deid-export",
+        action="append",
+        default=[],
+        metavar="AET=PROJECT[:OPTION,...]",
+        help="C-MOVE to this destination sends only objects de-identified for PROJECT, "
+        "with these profile options (repeatable)",
+    )
+    p.add_argument(
+        "--deid-burned-in",
+        choices=["refuse", "mask", "allow"],
+        help="de-identification of objects that may carry burned-in annotation: refuse "
+        "them (default), mask the --deid-mask regions, or allow them",
+    )
+    p.add_argument(
+        "--deid-mask",
+        action="append",
+        default=[],
+        metavar="X,Y,WIDTH,HEIGHT",
+        help="a pixel region blanked under --deid-burned-in mask (repeatable)",
+    )
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -183,11 +204,14 @@ def _load(args: argparse.Namespace) -> Settings:
         "allow_lossy_compression",
         "decode_check",
         "validation_policy",
+        "deid_burned_in",
     )
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
     overrides["compress"] = getattr(args, "compress", None) or None
     overrides["validation_ae"] = getattr(args, "validation_ae", None) or None
+    overrides["deid_export"] = getattr(args, "deid_export", None) or None
+    overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
     return load_settings(overrides, config_file=args.config)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomhub.config import Settings
+from dicomhub.config import DeidExport, Settings
 from dicomhub.dimse import status
 from dicomhub.dimse.commitment import report_dataset
 from dicomhub.dimse.fastpath import (
@@ -259,7 +259,31 @@ def handle_retrieve(
         f" to {req.move_destination}" if destination else "",
         len(rows),
     )
+    profile = None if is_get else settings.deid_export_for(req.move_destination or "")
+    if profile is not None and rows:
+        return _deidentified_plan(archive, profile, rows, caller, destination)
     return RetrievePlan([_sendable(archive, row) for row in rows], destination)
+
+
+def _deidentified_plan(
+    archive: Archive,
+    profile: DeidExport,
+    rows: list[InstanceRow],
+    caller: Caller,
+    destination: tuple[str, int, str] | None,
+) -> RetrievePlan | tuple[int, str | None]:
+    """A C-MOVE to a destination with a de-identification profile: every object goes
+    through the profile as it is sent; none can go out as stored."""
+    try:
+        items = archive.deid.export_items(profile.project, profile.options, profile.ae_title, rows, caller)
+    except DicomhubError as exc:
+        # No secret, a changed one, a bad option: nothing at all is sent.
+        LOGGER.warning("C-MOVE to %s (de-identifying) refused: %s", profile.ae_title, exc)
+        return status.QR_UNABLE_TO_PROCESS, str(exc)[:64]
+    return RetrievePlan(
+        [Sendable(i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.read) for i in items],
+        destination,
+    )
 
 
 def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
+from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
+from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
@@ -39,6 +41,8 @@ class Archive:
     commitment: CommitmentService
     statistics: StatisticsService
     validation: ValidationService
+    deid: DeidService
+    governance: GovernanceService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -9,12 +9,14 @@ from starlette.responses import JSONResponse, Response
 
 from dicomhub.errors import (
     Conflict,
+    DeidentificationError,
     DicomhubError,
     IndexUnavailable,
     InvalidRequest,
     NotFound,
     StorageError,
 )
+from dicomhub.services.governance import Forbidden, Unauthenticated
 
 __all__ = ["EXCEPTION_HANDLERS", "NotAcceptable", "UnsupportedMediaType", "error_response"]
 
@@ -33,6 +35,9 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotAcceptable, 406),
     (UnsupportedMediaType, 415),
     (InvalidRequest, 400),
+    (DeidentificationError, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
     (IndexUnavailable, 503),
@@ -44,7 +49,8 @@ def error_response(exc: Exception) -> Response:
     """The HTTP response for a dicomhub error: status from the table, reason in the body."""
     for cls, status in _STATUS:
         if isinstance(exc, cls):
-            return JSONResponse({"error": str(exc), "status": status}, status_code=status)
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse({"error": str(exc), "status": status}, status_code=status, headers=headers)
     LOGGER.error("unexpected error: %s", exc, exc_info=exc)
     return JSONResponse({"error": "internal error", "status": 500}, status_code=500)
 

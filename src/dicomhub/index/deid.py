@@ -1,0 +1,649 @@
+"""The governed side of de-identification, and the security tables around it.
+
+* ``deid_project``: one row per project; the fingerprint of its key (a keyed
+  digest, never the secret) detects a changed secret;
+* ``deid_run`` and ``deid_run_item``: who de-identified what, when and why, and
+  the per-instance progress that makes a run resumable;
+* ``deid_mapping``: original -> replacement per project and kind, the only
+  place re-identification reads;
+* ``principal``, ``api_token`` (SHA-256 of each token, never the token),
+  ``role_grant`` and the append-only ``audit_event``: generic, so that access
+  control can reuse them.
+
+Every value comes in as a bound parameter; nothing here builds SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import metadata
+
+__all__ = [
+    "DeidRepository",
+    "SecurityRepository",
+    "api_token",
+    "audit_event",
+    "deid_mapping",
+    "deid_project",
+    "deid_run",
+    "deid_run_item",
+    "principal",
+    "role_grant",
+]
+
+_PK = BigInteger().with_variant(Integer(), "sqlite")
+# Original values are UIDs, IDs and person names (PN: up to 3 x 64 characters per group).
+_VALUE = 400
+
+deid_project = Table(
+    "deid_project",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("key_fingerprint", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+deid_run = Table(
+    "deid_run",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("project_pk", _PK, ForeignKey("deid_project.pk"), nullable=False, index=True),
+    # "archive": a new study in this archive; "export": objects sent to a peer.
+    Column("kind", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("source_address", String(64), nullable=False, default=""),
+    Column("reason", Text, nullable=False),
+    Column("source_study_uid", String(64), nullable=False, index=True),
+    Column("source_series_uid", String(64)),
+    Column("target_study_uid", String(64), index=True),
+    Column("destination", String(16)),
+    Column("options", Text, nullable=False),  # JSON: option words and burned-in policy
+    Column("status", String(16), nullable=False, index=True),
+    Column("owner", String(64)),  # which process works on it
+    Column("total", Integer, nullable=False, default=0),
+    Column("stored", Integer, nullable=False, default=0),
+    Column("already_present", Integer, nullable=False, default=0),
+    Column("refused", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    sqlite_autoincrement=True,
+)
+
+deid_run_item = Table(
+    "deid_run_item",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("run_pk", _PK, ForeignKey("deid_run.pk"), nullable=False),
+    Column("source_sop_instance_uid", String(64), nullable=False),
+    Column("target_sop_instance_uid", String(64)),
+    # pending, stored, already-present, refused, failed
+    Column("status", String(16), nullable=False),
+    Column("detail", Text),
+    UniqueConstraint("run_pk", "source_sop_instance_uid", name="uq_deid_run_item"),
+    Index("ix_deid_run_item_status", "run_pk", "status"),
+)
+
+deid_mapping = Table(
+    "deid_mapping",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("project_pk", _PK, ForeignKey("deid_project.pk"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("original", String(_VALUE), nullable=False),
+    Column("replacement", String(_VALUE), nullable=False),
+    Column("first_run_pk", _PK, ForeignKey("deid_run.pk")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("project_pk", "kind", "original", name="uq_deid_mapping"),
+    Index("ix_deid_mapping_replacement", "project_pk", "replacement"),
+)
+
+principal = Table(
+    "principal",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("label", String(128), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    sqlite_autoincrement=True,
+)
+
+role_grant = Table(
+    "role_grant",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("scope", String(128), nullable=False),
+    Column("granted_by", String(128), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("principal_pk", "role", "scope", name="uq_role_grant"),
+)
+
+# Append-only: rows are inserted, never updated or deleted by dicomhub.
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(128), nullable=False, index=True),
+    Column("source_address", String(64), nullable=False, default=""),
+    Column("action", String(64), nullable=False),
+    Column("project", String(64)),
+    Column("study_uid", String(64), index=True),
+    Column("detail_json", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
+
+
+def _run_dict(row: Any) -> dict[str, Any]:
+    item = dict(row)
+    item["id"] = item.pop("pk")
+    item["options"] = json.loads(item["options"])
+    for key in ("created_at", "started_at", "finished_at"):
+        item[key] = _iso(item[key])
+    return item
+
+
+class DeidRepository:
+    """Projects, runs with their items, and the mapping."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---------------------------------------------------------------- projects
+
+    def project(self, name: str) -> tuple[int, str] | None:
+        """(pk, key fingerprint) of a project, or None."""
+        with engines.read(self.engine) as conn:
+            row = conn.execute(
+                select(deid_project.c.pk, deid_project.c.key_fingerprint).where(deid_project.c.name == name)
+            ).first()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def ensure_project(self, name: str, fingerprint: str) -> tuple[int, str]:
+        """The project's (pk, recorded fingerprint); created with ``fingerprint`` when new."""
+        found = self.project(name)
+        if found is not None:
+            return found
+        try:
+            with engines.write(self.engine) as conn:
+                pk = conn.execute(
+                    insert(deid_project).values(name=name, key_fingerprint=fingerprint, created_at=_now())
+                ).inserted_primary_key
+        except IntegrityError:  # created meanwhile by another process
+            found = self.project(name)
+            assert found is not None
+            return found
+        assert pk is not None
+        return int(pk[0]), fingerprint
+
+    def projects(self) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(deid_project.c.name, deid_project.c.created_at).order_by(deid_project.c.name)
+            ).all()
+        return [{"name": r[0], "created_at": _iso(r[1])} for r in rows]
+
+    # ---------------------------------------------------------------- runs
+
+    def create_run(self, values: dict[str, Any], source_instance_uids: Sequence[str]) -> int:
+        """A new run with one pending item per source instance; its pk."""
+        with engines.write(self.engine) as conn:
+            row = dict(values)
+            row["options"] = json.dumps(row["options"], sort_keys=True)
+            row.setdefault("created_at", _now())
+            row["total"] = len(source_instance_uids)
+            pk = conn.execute(insert(deid_run).values(**row)).inserted_primary_key
+            assert pk is not None
+            run_pk = int(pk[0])
+            if source_instance_uids:
+                conn.execute(
+                    insert(deid_run_item),
+                    [
+                        {"run_pk": run_pk, "source_sop_instance_uid": uid, "status": "pending"}
+                        for uid in source_instance_uids
+                    ],
+                )
+        return run_pk
+
+    def run(self, run_pk: int) -> dict[str, Any] | None:
+        with engines.read(self.engine) as conn:
+            row = conn.execute(self._run_select().where(deid_run.c.pk == run_pk)).mappings().first()
+        return _run_dict(row) if row else None
+
+    def runs(self, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+        query = self._run_select().order_by(deid_run.c.pk.desc()).limit(limit)
+        if status:
+            query = query.where(deid_run.c.status == status)
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_run_dict(r) for r in rows]
+
+    @staticmethod
+    def _run_select() -> Any:
+        cols = [c for c in deid_run.c if c.name not in ("project_pk", "owner")]
+        return select(*cols, deid_project.c.name.label("project")).join(
+            deid_project, deid_project.c.pk == deid_run.c.project_pk
+        )
+
+    def items(self, run_pk: int, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        query = (
+            select(
+                deid_run_item.c.source_sop_instance_uid,
+                deid_run_item.c.target_sop_instance_uid,
+                deid_run_item.c.status,
+                deid_run_item.c.detail,
+            )
+            .where(deid_run_item.c.run_pk == run_pk)
+            .order_by(deid_run_item.c.pk)
+        )
+        if status is not None:
+            query = query.where(deid_run_item.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        with engines.read(self.engine) as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def claim_run(self, owner: str, stale_owner_prefix: str | None = None) -> int | None:
+        """Take the oldest pending run for ``owner`` (status running); None when there is none.
+
+        With ``stale_owner_prefix``, runs left running by an owner of that prefix
+        (a previous server process, ended by a crash) are taken over too.
+        """
+        with engines.write(self.engine) as conn:
+            claimable = deid_run.c.status == "pending"
+            if stale_owner_prefix is not None:
+                claimable = or_(
+                    claimable,
+                    and_(
+                        deid_run.c.status == "running",
+                        deid_run.c.owner.startswith(stale_owner_prefix, autoescape=True),
+                        deid_run.c.owner != owner,
+                    ),
+                )
+            pk = conn.execute(
+                select(deid_run.c.pk)
+                .where(claimable, deid_run.c.kind == "archive")
+                .order_by(deid_run.c.pk)
+                .limit(1)
+            ).scalar()
+            if pk is None:
+                return None
+            conn.execute(
+                update(deid_run)
+                .where(deid_run.c.pk == pk)
+                .values(
+                    status="running", owner=owner, started_at=func.coalesce(deid_run.c.started_at, _now())
+                )
+            )
+        return int(pk)
+
+    def claim_this_run(self, run_pk: int, owner: str) -> bool:
+        """Take one pending run (a run started with ``--now``); False when another has it."""
+        with engines.write(self.engine) as conn:
+            taken = conn.execute(
+                update(deid_run)
+                .where(deid_run.c.pk == run_pk, deid_run.c.status == "pending")
+                .values(status="running", owner=owner, started_at=_now())
+            ).rowcount
+        return bool(taken)
+
+    def record_items(
+        self,
+        run_pk: int,
+        project_pk: int,
+        results: Iterable[tuple[str, str | None, str, str | None]],
+        mappings: Iterable[tuple[str, str, str]],
+        target_study_uid: str | None,
+    ) -> None:
+        """One transaction: item outcomes (source UID, target UID, status, detail), the
+        new mappings (kind, original, replacement) and the run's counters."""
+        results = list(results)
+        with engines.write(self.engine) as conn:
+            for source, target, status, detail in results:
+                conn.execute(
+                    update(deid_run_item)
+                    .where(
+                        deid_run_item.c.run_pk == run_pk,
+                        deid_run_item.c.source_sop_instance_uid == source,
+                    )
+                    .values(target_sop_instance_uid=target, status=status, detail=detail)
+                )
+            self._add_mappings(conn, project_pk, run_pk, mappings)
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(deid_run_item.c.status, func.count())
+                    .where(deid_run_item.c.run_pk == run_pk)
+                    .group_by(deid_run_item.c.status)
+                ).tuples().all()
+            )
+            values: dict[str, Any] = {
+                "stored": counts.get("stored", 0),
+                "already_present": counts.get("already-present", 0),
+                "refused": counts.get("refused", 0),
+                "failed": counts.get("failed", 0),
+            }
+            if target_study_uid:
+                values["target_study_uid"] = target_study_uid
+            conn.execute(update(deid_run).where(deid_run.c.pk == run_pk).values(**values))
+
+    def finish_run(self, run_pk: int, status: str, error: str | None = None) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(deid_run)
+                .where(deid_run.c.pk == run_pk)
+                .values(status=status, error=error, finished_at=_now(), owner=None)
+            )
+
+    def run_project_pk(self, run_pk: int) -> int:
+        with engines.read(self.engine) as conn:
+            return int(
+                conn.execute(select(deid_run.c.project_pk).where(deid_run.c.pk == run_pk)).scalar_one()
+            )
+
+    # ---------------------------------------------------------------- mapping
+
+    def add_mappings(
+        self, project_pk: int, run_pk: int | None, mappings: Iterable[tuple[str, str, str]]
+    ) -> None:
+        with engines.write(self.engine) as conn:
+            self._add_mappings(conn, project_pk, run_pk, mappings)
+
+    @staticmethod
+    def _add_mappings(
+        conn: Connection, project_pk: int, run_pk: int | None, mappings: Iterable[tuple[str, str, str]]
+    ) -> None:
+        wanted = {(kind, original[:_VALUE]): replacement[:_VALUE] for kind, original, replacement in mappings}
+        if not wanted:
+            return
+        known: set[tuple[str, str]] = set()
+        originals = sorted({original for _kind, original in wanted})
+        for start in range(0, len(originals), 500):
+            known.update(
+                (str(k), str(o))
+                for k, o in conn.execute(
+                    select(deid_mapping.c.kind, deid_mapping.c.original).where(
+                        deid_mapping.c.project_pk == project_pk,
+                        deid_mapping.c.original.in_(originals[start : start + 500]),
+                    )
+                ).all()
+            )
+        now = _now()
+        rows = [
+            {
+                "project_pk": project_pk,
+                "kind": kind,
+                "original": original,
+                "replacement": replacement,
+                "first_run_pk": run_pk,
+                "created_at": now,
+            }
+            for (kind, original), replacement in sorted(wanted.items())
+            if (kind, original) not in known
+        ]
+        if rows:
+            # Writers are serialised (BEGIN IMMEDIATE / one transaction per batch),
+            # so the rows read above are still all there are.
+            conn.execute(insert(deid_mapping), rows)
+
+    def originals(self, project_pk: int, replacements: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """For each replacement value: the (kind, original) pairs it stands for."""
+        out: dict[str, list[tuple[str, str]]] = {value: [] for value in replacements}
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(deid_mapping.c.replacement, deid_mapping.c.kind, deid_mapping.c.original)
+                .where(
+                    deid_mapping.c.project_pk == project_pk,
+                    deid_mapping.c.replacement.in_(list(replacements)),
+                )
+                .order_by(deid_mapping.c.pk)
+            ).all()
+        for replacement, kind, original in rows:
+            out[str(replacement)].append((str(kind), str(original)))
+        return out
+
+    def mapping_count(self, project_pk: int) -> int:
+        with engines.read(self.engine) as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(deid_mapping)
+                    .where(deid_mapping.c.project_pk == project_pk)
+                ).scalar_one()
+            )
+
+
+class SecurityRepository:
+    """Principals, API tokens (by SHA-256), role grants and the audit log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _principal_pk(self, conn: Connection, name: str, create: bool) -> int | None:
+        pk = conn.execute(select(principal.c.pk).where(principal.c.name == name)).scalar()
+        if pk is None and create:
+            inserted = conn.execute(
+                insert(principal).values(name=name, created_at=_now())
+            ).inserted_primary_key
+            assert inserted is not None
+            pk = inserted[0]
+        return int(pk) if pk is not None else None
+
+    def add_token(self, principal_name: str, token_sha256: str, label: str) -> int:
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=True)
+            pk = conn.execute(
+                insert(api_token).values(
+                    principal_pk=principal_pk, token_sha256=token_sha256, label=label, created_at=_now()
+                )
+            ).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def revoke_tokens(self, principal_name: str, token_id: int | None) -> int:
+        """Revoke one token of a principal (by id) or all of them; how many were revoked."""
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=False)
+            if principal_pk is None:
+                return 0
+            query = update(api_token).where(
+                api_token.c.principal_pk == principal_pk, api_token.c.revoked_at.is_(None)
+            )
+            if token_id is not None:
+                query = query.where(api_token.c.pk == token_id)
+            return int(conn.execute(query.values(revoked_at=_now())).rowcount)
+
+    def tokens(self, principal_name: str | None = None) -> list[dict[str, Any]]:
+        query = (
+            select(
+                api_token.c.pk,
+                principal.c.name,
+                api_token.c.label,
+                api_token.c.created_at,
+                api_token.c.revoked_at,
+            )
+            .join(principal, principal.c.pk == api_token.c.principal_pk)
+            .order_by(api_token.c.pk)
+        )
+        if principal_name is not None:
+            query = query.where(principal.c.name == principal_name)
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(query).all()
+        return [
+            {"id": r[0], "principal": r[1], "label": r[2], "created_at": _iso(r[3]), "revoked_at": _iso(r[4])}
+            for r in rows
+        ]
+
+    def principal_of_token(self, token_sha256: str) -> str | None:
+        """The principal holding an unrevoked token with this digest."""
+        with engines.read(self.engine) as conn:
+            name = conn.execute(
+                select(principal.c.name)
+                .join(api_token, api_token.c.principal_pk == principal.c.pk)
+                .where(api_token.c.token_sha256 == token_sha256, api_token.c.revoked_at.is_(None))
+            ).scalar()
+        return str(name) if name is not None else None
+
+    def grant(self, principal_name: str, role: str, scope: str, granted_by: str) -> bool:
+        """Add a grant; False when it was already there."""
+        try:
+            with engines.write(self.engine) as conn:
+                principal_pk = self._principal_pk(conn, principal_name, create=True)
+                conn.execute(
+                    insert(role_grant).values(
+                        principal_pk=principal_pk,
+                        role=role,
+                        scope=scope,
+                        granted_by=granted_by,
+                        granted_at=_now(),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def revoke_grant(self, principal_name: str, role: str, scope: str) -> bool:
+        from sqlalchemy import delete
+
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=False)
+            if principal_pk is None:
+                return False
+            return bool(
+                conn.execute(
+                    delete(role_grant).where(
+                        role_grant.c.principal_pk == principal_pk,
+                        role_grant.c.role == role,
+                        role_grant.c.scope == scope,
+                    )
+                ).rowcount
+            )
+
+    def has_grant(self, principal_name: str, role: str, scope: str) -> bool:
+        with engines.read(self.engine) as conn:
+            found = conn.execute(
+                select(role_grant.c.pk)
+                .join(principal, principal.c.pk == role_grant.c.principal_pk)
+                .where(
+                    principal.c.name == principal_name, role_grant.c.role == role, role_grant.c.scope == scope
+                )
+            ).first()
+        return found is not None
+
+    def grants(self) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(
+                    principal.c.name,
+                    role_grant.c.role,
+                    role_grant.c.scope,
+                    role_grant.c.granted_by,
+                    role_grant.c.granted_at,
+                )
+                .join(principal, principal.c.pk == role_grant.c.principal_pk)
+                .order_by(principal.c.name, role_grant.c.role, role_grant.c.scope)
+            ).all()
+        return [
+            {"principal": r[0], "role": r[1], "scope": r[2], "granted_by": r[3], "granted_at": _iso(r[4])}
+            for r in rows
+        ]
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        outcome: str,
+        *,
+        source_address: str = "",
+        project: str | None = None,
+        study_uid: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        with engines.write(self.engine) as conn:
+            pk = conn.execute(
+                insert(audit_event).values(
+                    at=_now(),
+                    actor=actor[:128],
+                    source_address=source_address[:64],
+                    action=action,
+                    project=project,
+                    study_uid=study_uid,
+                    detail_json=json.dumps(detail or {}, sort_keys=True),
+                    outcome=outcome,
+                )
+            ).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def audit_events(
+        self, study_uid: str | None = None, actor: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        query = select(audit_event).order_by(audit_event.c.pk.desc()).limit(limit)
+        if study_uid is not None:
+            query = query.where(audit_event.c.study_uid == study_uid)
+        if actor is not None:
+            query = query.where(audit_event.c.actor == actor)
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(query).mappings().all()
+        out = []
+        for r in rows:
+            item = dict(r)
+            item["id"] = item.pop("pk")
+            item["at"] = _iso(item["at"])
+            item["detail"] = json.loads(item.pop("detail_json"))
+            out.append(item)
+        return out
