@@ -82,7 +82,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     profile = Profile(name=args.project, options=options, recipe=recipe)
     key = ProjectKey.derive(secret, args.project)
     out_dir = Path(args.out)
-    files = [p for p in _walk(args.paths)]
+    files = list(_walk(args.paths))
     job = _Job(profile, key, out_dir, args.dry_run, args.burned_in == "allow")
     outcomes: list[_Outcome] = []
     if args.jobs > 1 and len(files) > 1:
@@ -120,7 +120,8 @@ class _Job:
         out_ds = result.dataset
         uids = [str(out_ds.get(k, "")) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
         if not all(is_valid_uid(u) for u in uids):
-            return _Outcome(source, "failed", reason="no valid Study/Series/SOP Instance UID", actions=actions)
+            reason = "no valid Study/Series/SOP Instance UID"
+            return _Outcome(source, "failed", reason=reason, actions=actions)
         target = self.out.joinpath(*uids[:2], uids[2] + ".dcm")
         if result.burned_in is not None and not self.allow:
             reason = "may carry burned-in annotation: " + "; ".join(result.burned_in.reasons)
