@@ -266,10 +266,9 @@ class _Run:
             out.add(elem)
             self.record(path, tag, name, "K", "kept")
             return
-        if vr == "UI" and action in ("U", "D", "C", "Z") and elem.value:
-            new = self.map_uids(elem)
-            out.add(new)
-            self.record(path, tag, name, action, "UID mapped")
+        if vr == "UI" and action in ("U", "D", "C", "Z"):
+            out.add(self.map_uids(elem))
+            self.record(path, tag, name, action, "UID mapped" if elem.value else "empty")
             return
         kind = _PSEUDONYM_KINDS.get(tag)
         if kind is None and vr == "PN" and action == "D":
@@ -283,7 +282,8 @@ class _Run:
             out.add(DataElement(elem.tag, vr, None))
             self.record(path, tag, name, "Z", "emptied")
         elif action == "D":
-            out.add(DataElement(elem.tag, vr, _DUMMY.get(vr, b"\x00\x00")))
+            # an ambiguous VR ("US or SS", "OB or OW") takes its first reading
+            out.add(DataElement(elem.tag, vr, _DUMMY.get(vr.split(" ")[0], b"\x00\x00")))
             self.record(path, tag, name, "D", "replaced by a dummy value")
         elif action == "C":
             new_value, detail = self.clean(elem)
