@@ -128,7 +128,7 @@ def test_a_run_left_running_by_a_dead_server_is_taken_over_and_finishes(archive:
     _pk, key = archive.deid.project_key("P1")
     for source in [str(d.SOPInstanceUID) for d in study.images[:2]]:
         # What the worker does per item, without the transaction that records it.
-        outcome = archive.deid._archive_one(source, Profile(), key, "refuse")
+        outcome = archive.deid._archive_one(source, Profile(), key, "refuse", ())
         assert outcome.status == "stored"
     assert archive.deid.repo.claim_run("server:2") is None  # not without a stale-owner takeover
     assert archive.deid.repo.claim_run("server:2", stale_owner_prefix="server:") == run_id

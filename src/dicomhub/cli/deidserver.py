@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from dicomhub.config import Settings
+from dicomhub.config import Settings, parse_mask_region
 from dicomhub.model.caller import Caller, Channel
 
 __all__ = ["add_commands"]
@@ -38,6 +38,13 @@ def add_commands(sub: Any, settings_args: Any) -> None:
         "--option", action="append", default=[], help="a profile option, e.g. retain-uids (repeatable)"
     )
     start.add_argument("--burned-in", choices=["refuse", "mask", "allow"], help="overrides deid_burned_in")
+    start.add_argument(
+        "--mask",
+        action="append",
+        default=[],
+        metavar="X,Y,WIDTH,HEIGHT",
+        help="a region blanked under --burned-in mask (repeatable; default: deid_mask)",
+    )
     start.add_argument("--now", action="store_true", help="run it in this process and wait")
     start.add_argument("--json", action="store_true")
     start.set_defaults(run=_start)
@@ -125,6 +132,7 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
             series_uid=args.series,
             options=args.option,
             burned_in=args.burned_in,
+            mask=[_region(text) for text in args.mask],
         )
         if args.now:
             run = archive.deid.run_now(int(run["id"]), f"cli:{os.getpid()}")
@@ -132,6 +140,11 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
         archive.close()
     _print_run(run, args.json)
     return 1 if args.now and run["status"] != "done" else 0
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    region = parse_mask_region(text)
+    return region.x, region.y, region.width, region.height
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:

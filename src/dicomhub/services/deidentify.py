@@ -178,13 +178,19 @@ class DeidService:
         series_uid: str | None = None,
         options: Sequence[str] = (),
         burned_in: str | None = None,
+        mask: Sequence[Region] = (),
     ) -> dict[str, Any]:
-        """Record a pending run over a stored study or series; the background process runs it."""
+        """Record a pending run over a stored study or series; the background process runs it.
+
+        The burned-in policy and mask regions (default: the configured ones) are
+        recorded with the run, so that whichever process runs it applies them.
+        """
         if not reason or not reason.strip():
             raise InvalidRequest("a de-identification run needs a reason")
         parsed = Options.parse(options)
         policy = _policy(burned_in or self.burned_in)
-        if policy == "mask" and not self.mask:
+        regions = [_region(r) for r in (mask or self.mask)]
+        if policy == "mask" and not regions:
             raise InvalidRequest("burned-in policy mask needs mask regions (deid_mask)")
         project_pk, _key = self.project_key(project)
         rows = self._source_rows(study_uid, series_uid, caller)
@@ -197,7 +203,11 @@ class DeidService:
                 "reason": reason.strip(),
                 "source_study_uid": rows[0].study_instance_uid,
                 "source_series_uid": series_uid,
-                "options": {"options": list(parsed.chosen), "burned_in": policy},
+                "options": {
+                    "options": list(parsed.chosen),
+                    "burned_in": policy,
+                    "mask": [list(r) for r in regions],
+                },
                 "status": "pending",
             },
             [r.sop_instance_uid for r in rows],
@@ -298,12 +308,13 @@ class DeidService:
             return False
         profile = Profile(options=Options.parse(run["options"]["options"]))
         policy = str(run["options"].get("burned_in", self.burned_in))
+        regions = [_region(r) for r in run["options"].get("mask", [])]
         results: list[tuple[str, str | None, str, str | None]] = []
         mappings: list[tuple[str, str, str]] = []
         target_study: str | None = None
         for item in pending:
             source = str(item["source_sop_instance_uid"])
-            outcome = self._archive_one(source, profile, key, policy)
+            outcome = self._archive_one(source, profile, key, policy, regions)
             results.append((source, outcome.target_uid, outcome.status, outcome.detail))
             if outcome.result is not None:
                 mappings.extend((r.kind, r.original, r.replacement) for r in outcome.result.replacements)
@@ -311,12 +322,14 @@ class DeidService:
         self.repo.record_items(run_pk, project_pk, results, mappings, target_study)
         return True
 
-    def _archive_one(self, source: str, profile: Profile, key: ProjectKey, policy: str) -> _Outcome:
+    def _archive_one(
+        self, source: str, profile: Profile, key: ProjectKey, policy: str, regions: Sequence[Region]
+    ) -> _Outcome:
         row = self.index.get_instance(source)
         if row is None:
             return _Outcome(None, "failed", "the source instance is no longer stored")
         try:
-            outcome = self._deidentified(self.blobs.read(row.blob_key), profile, key, policy)
+            outcome = self._deidentified(self.blobs.read(row.blob_key), profile, key, policy, regions)
             if outcome.status != "ok":
                 return outcome
             assert outcome.result is not None
@@ -329,7 +342,9 @@ class DeidService:
         status = "already-present" if stored.outcome is StoreOutcome.ALREADY_PRESENT else "stored"
         return _Outcome(stored.sop_instance_uid, status, outcome.detail, outcome.result)
 
-    def _deidentified(self, data: bytes, profile: Profile, key: ProjectKey, policy: str) -> _Outcome:
+    def _deidentified(
+        self, data: bytes, profile: Profile, key: ProjectKey, policy: str, regions: Sequence[Region]
+    ) -> _Outcome:
         """The engine's result for one stored object under the burned-in ``policy``
         (status "ok"), or a refusal."""
         ds = dcmread(io.BytesIO(data))
@@ -339,7 +354,7 @@ class DeidService:
         result = deidentify(ds, profile, key)
         detail = None
         if risk is not None and policy == "mask":
-            detail = mask_regions(result.dataset, self.mask)
+            detail = mask_regions(result.dataset, regions)
         elif risk is not None:
             detail = "allowed with burned-in risk: " + "; ".join(risk.reasons)
         return _Outcome(str(result.dataset.SOPInstanceUID), "ok", detail, result)
@@ -406,7 +421,11 @@ class DeidService:
                 "reason": f"C-MOVE to {destination} (de-identifying destination)",
                 "source_study_uid": study,
                 "destination": destination,
-                "options": {"options": list(parsed.chosen), "burned_in": self.burned_in},
+                "options": {
+                    "options": list(parsed.chosen),
+                    "burned_in": self.burned_in,
+                    "mask": [list(r) for r in self.mask],
+                },
                 "status": "running",
             },
             [r.sop_instance_uid for r in rows],
@@ -434,7 +453,9 @@ class DeidService:
         def reader(row: InstanceRow, announced: str) -> Callable[[], bytes]:
             def read() -> bytes:
                 try:
-                    outcome = self._deidentified(self.blobs.read(row.blob_key), profile, key, self.burned_in)
+                    outcome = self._deidentified(
+                        self.blobs.read(row.blob_key), profile, key, self.burned_in, self.mask
+                    )
                 except Exception as exc:
                     self.repo.record_items(
                         run_pk, project_pk, [(row.sop_instance_uid, None, "failed", str(exc))], [], None
@@ -550,6 +571,16 @@ def _policy(value: str) -> str:
     if policy not in BURNED_IN_POLICIES:
         raise InvalidRequest(f"burned-in policy {value!r}: one of {', '.join(BURNED_IN_POLICIES)}")
     return policy
+
+
+def _region(value: Sequence[int]) -> Region:
+    try:
+        x, y, width, height = (int(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"a mask region is [x, y, width, height], not {value!r}") from exc
+    if min(x, y) < 0 or min(width, height) < 1:
+        raise InvalidRequest(f"mask region {value!r}: x and y from 0, width and height from 1")
+    return x, y, width, height
 
 
 def _part10(ds: Dataset) -> bytes:

@@ -55,6 +55,15 @@ def _words(body: dict[str, Any], key: str = "options") -> list[str]:
     return value
 
 
+def _regions(body: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    value = body.get("mask", [])
+    if not isinstance(value, list) or not all(
+        isinstance(r, list) and len(r) == 4 and all(isinstance(v, int) for v in r) for r in value
+    ):
+        raise InvalidRequest("'mask' must be a list of [x, y, width, height] regions")
+    return [(r[0], r[1], r[2], r[3]) for r in value]
+
+
 def routes(archive: Archive) -> list[BaseRoute]:
     deid = archive.deid
 
@@ -64,7 +73,8 @@ def routes(archive: Archive) -> list[BaseRoute]:
         return Caller(Channel.HTTP, principal or "", address), principal
 
     async def start(request: Request) -> JSONResponse:
-        """Start a run: ``{project, study | series, reason, options?, burned_in?}`` -> 202 and the run."""
+        """Start a run: ``{project, study | series, reason, options?, burned_in?, mask?}`` -> 202
+        and the run."""
         body = await _body(request)
         project = str(_text(body, "project"))
         caller, principal = await run_in_threadpool(caller_of, request)
@@ -80,6 +90,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
                 series_uid=_text(body, "series", required=False),
                 options=_words(body),
                 burned_in=_text(body, "burned_in", required=False),
+                mask=_regions(body),
             )
         )
         return JSONResponse(run, status_code=202, headers={"Location": f"/deid/jobs/{run['id']}"})
