@@ -405,3 +405,57 @@ def test_where_dicomhub_keeps_what_dicognito_changes_the_standard_says_keep(opti
     if not options.chosen:
         for keyword in ("PatientAge", "PatientWeight", "PatientSize", "DeviceSerialNumber", "ProtocolName"):
             assert ours.get(keyword) != ds.get(keyword), keyword
+
+
+def structured_report(images: list[Dataset]) -> Dataset:
+    """A real Comprehensive SR (highdicom) with a free-text finding naming the patient."""
+    import highdicom as hd
+    from highdicom.sr import (
+        ContainerContentItem,
+        ImageContentItem,
+        RelationshipTypeValues,
+        TextContentItem,
+    )
+    from pydicom.sr.codedict import codes
+
+    container = ContainerContentItem(name=codes.DCM.ImagingMeasurementReport)
+    container.ContentSequence = [
+        TextContentItem(
+            name=codes.DCM.Finding,
+            value="John Doe (MRN PIDSR) has a nodule",
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        ),
+        ImageContentItem(
+            name=codes.DCM.SourceOfMeasurement,
+            referenced_sop_class_uid=images[0].SOPClassUID,
+            referenced_sop_instance_uid=images[0].SOPInstanceUID,
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        ),
+    ]
+    return hd.sr.ComprehensiveSR(
+        evidence=images, content=container, series_instance_uid=datagen.uid(), series_number=9,
+        sop_instance_uid=datagen.uid(), instance_number=1, manufacturer="test",
+    )  # fmt: skip
+
+
+def test_sr_free_text_follows_the_content_sequence_action() -> None:
+    study, series = datagen.uid(), datagen.uid()
+    images = [
+        datagen.make_dataset(patient_id="PIDSR", study_uid=study, series_uid=series, instance_number=n,
+                             rows=8, cols=8)
+        for n in (1, 2)
+    ]  # fmt: skip
+    sr = structured_report(images)
+    basic = deidentify(sr, Profile(), KEY).dataset
+    finding, image = basic.ContentSequence[0], basic.ContentSequence[1]
+    assert finding.TextValue == "DEIDENTIFIED"  # Content Sequence: D
+    concept = sr.ContentSequence[0].ConceptNameCodeSequence[0]
+    assert finding.ConceptNameCodeSequence[0].CodeValue == concept.CodeValue
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == KEY.uid(images[0].SOPInstanceUID)
+    series = basic.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert {r.ReferencedSOPInstanceUID for s in series for r in s.ReferencedSOPSequence} == {
+        KEY.uid(ds.SOPInstanceUID) for ds in images
+    }
+    cleaned = deidentify(sr, Profile(options=Options(clean_structured_content=True)), KEY).dataset
+    text = cleaned.ContentSequence[0].TextValue
+    assert text.endswith("has a nodule") and "John" not in text and "PIDSR" not in text

@@ -97,7 +97,7 @@ _GROUP_MASK_CURVE = 0x5000
 _GROUP_MASK_OVERLAY = 0x6000
 _SOURCE_AE_TAGS = (0x00020016, 0x00020017, 0x00020018)  # Source/Sending/Receiving AE in file meta
 _MAX_LEN = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64}
-_REMOVED = object()
+_TEXT_VALUE = 0x0040A160
 
 
 @lru_cache(maxsize=8192)
@@ -136,6 +136,7 @@ class _Run:
         self.top = ds
         self._offset: int | None = None
         self._scrub: re.Pattern[str] | None | bool = False
+        self.content_action: str | None = None
 
     # ---------------------------------------------------------- replacements
 
@@ -222,7 +223,9 @@ class _Run:
 
     def unlisted(self, out: Dataset, elem: DataElement, prefix: str) -> None:
         vr = elem.VR
-        if vr == "SQ":
+        if self.content_action is not None and int(elem.tag) == _TEXT_VALUE:
+            self.apply(out, elem, prefix, self.content_action, "Text Value")
+        elif vr == "SQ":
             out.add(self.sequence(elem, prefix, None))
         elif vr == "UI" and not self.options.retain_uids and not _CLASS_UID_KEYWORDS.search(elem.keyword):
             # Not in Table E.1-1 yet an instance UID (e.g. a newer attribute):
@@ -236,7 +239,15 @@ class _Run:
 
     def sequence(self, elem: DataElement, prefix: str, record: tuple[str, str] | None) -> DataElement:
         path = _path(prefix, elem)
-        items = [self.walk(item, f"{path}[{i}].") for i, item in enumerate(elem.value or [])]
+        outer = self.content_action
+        if record is not None and record[1] in ("D", "C"):
+            # Text Value is not in Table E.1-1: the action of the sequence that holds
+            # it (Content Sequence: D, or C under Clean Structured Content) applies.
+            self.content_action = record[1]
+        try:
+            items = [self.walk(item, f"{path}[{i}].") for i, item in enumerate(elem.value or [])]
+        finally:
+            self.content_action = outer
         if record is not None:
             self.record(path, int(elem.tag), record[0], record[1], f"{len(items)} item(s) de-identified")
         return DataElement(elem.tag, "SQ", Sequence(items))
