@@ -272,6 +272,28 @@ def _schemas() -> Json:
                 "checked_at": {"type": "string", "format": "date-time"},
             },
         },
+        "DeidRun": {
+            "type": "object",
+            "description": "A de-identification run: who, when, why, from which study to which, counts.",
+            "required": ["id", "project", "kind", "status", "source_study_uid", "total"],
+            "properties": {
+                "id": {"type": "integer"},
+                "project": {"type": "string"},
+                "kind": {"type": "string", "enum": ["archive", "export"]},
+                "status": {"type": "string", "enum": ["pending", "running", "done", "failed"]},
+                "actor": {"type": "string"},
+                "reason": {"type": "string"},
+                "source_study_uid": {"type": "string"},
+                "source_series_uid": {"type": ["string", "null"]},
+                "target_study_uid": {"type": ["string", "null"]},
+                "total": {"type": "integer"},
+                "stored": {"type": "integer"},
+                "already_present": {"type": "integer"},
+                "refused": {"type": "integer"},
+                "failed": {"type": "integer"},
+                "items": {"type": "array", "items": {"type": "object"}},
+            },
+        },
     }
 
 
@@ -849,7 +871,121 @@ def _paths() -> Json:
     _merge(paths, _STUDY, _delete_operation(_STUDY, "deleteStudy", "a study"))
     _merge(paths, _SERIES, _delete_operation(_SERIES, "deleteSeries", "a series"))
     _merge(paths, _INSTANCE, _delete_operation(_INSTANCE, "deleteInstance", "an instance"))
+    paths.update(_deid_paths())
     return paths
+
+
+# ---------------------------------------------------------------- de-identification
+
+
+def _json_body(schema: Json, description: str) -> Json:
+    return {"required": True, "description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _deid_operation(operation_id: str, summary: str, ok: str, ok_schema: Json, **extra: Any) -> Json:
+    return {
+        "tags": ["De-identification"],
+        "operationId": operation_id,
+        "summary": summary,
+        "security": [{"bearerToken": []}],
+        **extra,
+        "responses": {
+            ok: {"description": summary + ".", "content": {"application/json": {"schema": ok_schema}}},
+            "400": _ref("responses", "BadRequest"),
+            "401": _error("No token, or an unknown or revoked one."),
+            "403": _error("The token's principal has no grant for this on the project."),
+            "404": _error("Unknown run, instance, study or project."),
+            "409": _error("The de-identification secret is not the one the project was created with."),
+        },
+    }
+
+
+def _deid_paths() -> Json:
+    words = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Profile options, e.g. retain-uids.",
+    }
+    run = _ref("schemas", "DeidRun")
+    return {
+        "/deid/jobs": {
+            "post": _deid_operation(
+                "startDeidRun",
+                "De-identify a stored study or series into a new linked study (needs deidentifier)",
+                "202",
+                run,
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["project", "reason"],
+                        "properties": {
+                            "project": {"type": "string"},
+                            "study": {"type": "string"},
+                            "series": {"type": "string"},
+                            "reason": {"type": "string"},
+                            "options": words,
+                            "burned_in": {"type": "string", "enum": ["refuse", "mask", "allow"]},
+                            "mask": {
+                                "type": "array",
+                                "items": {"type": "array", "items": {"type": "integer"}},
+                                "description": "[x, y, width, height] regions blanked under burned_in mask.",
+                            },
+                        },
+                    },
+                    "The run: project, source study (or series), reason, options.",
+                ),
+            ),
+            "get": _deid_operation(
+                "listDeidRuns", "De-identification runs, newest first", "200", {"type": "array", "items": run}
+            ),
+        },
+        "/deid/jobs/{id}": {
+            "get": _deid_operation(
+                "getDeidRun",
+                "One run with its per-instance outcomes",
+                "200",
+                run,
+                parameters=[_path_param("id", "Run id.", "^[0-9]+$")],
+            )
+        },
+        "/deid/preview": {
+            "post": _deid_operation(
+                "previewDeidentification",
+                "Dry run on one stored instance: what each attribute would become (needs deidentifier)",
+                "200",
+                {"type": "object"},
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["project", "instance"],
+                        "properties": {
+                            "project": {"type": "string"},
+                            "instance": {"type": "string"},
+                            "options": words,
+                        },
+                    },
+                    "The project, the SOP Instance UID and the options.",
+                ),
+            )
+        },
+        "/deid/projects/{project}/reidentify": {
+            "post": _deid_operation(
+                "reidentify",
+                "The originals behind replacement values (needs reidentifier; every attempt is audited)",
+                "200",
+                {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "object"}}},
+                parameters=[_path_param("project", "Project name.")],
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["values"],
+                        "properties": {"values": {"type": "array", "items": {"type": "string"}}},
+                    },
+                    "Replacement values (UIDs, pseudonyms).",
+                ),
+            )
+        },
+    }
 
 
 def openapi_document() -> Json:
@@ -875,6 +1011,7 @@ def openapi_document() -> Json:
             {"name": "STOW-RS", "description": "Store (PS3.18 10.5)"},
             {"name": "Delete", "description": "Delete (dcm4chee/Orthanc dialect)"},
             {"name": "Admin", "description": "Operations: codecs, decode check"},
+            {"name": "De-identification", "description": "Runs, dry runs, re-identification"},
         ],
         "paths": _paths(),
         "components": {
@@ -882,6 +1019,13 @@ def openapi_document() -> Json:
             "parameters": _parameters(),
             "headers": _headers(),
             "responses": _common_responses(),
+            "securitySchemes": {
+                "bearerToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `dicomhub token create PRINCIPAL`.",
+                }
+            },
         },
     }
 
