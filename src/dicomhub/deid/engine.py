@@ -190,23 +190,28 @@ class _Run:
     def walk(self, src: Dataset, prefix: str) -> Dataset:
         out = Dataset()
         creators: dict[tuple[int, int], str] = {}
-        for elem in src:
-            tag = int(elem.tag)
+        # elements() gives the elements as read, unconverted: an element kept as
+        # it is (most of a data set, and the pixel data) is carried over without
+        # decoding its value, and written back as the same bytes.
+        for raw in src.elements():
+            tag = int(raw.tag)
             group = tag >> 16
             if tag in self.rules:
-                self.apply_rule(out, elem, prefix)
+                self.apply_rule(out, src[tag], prefix)
             elif group & 1:
-                self.private(out, src, elem, prefix, creators)
+                self.private(out, src, tag, prefix, creators)
             elif tag == 0x7FE00010:
-                out.add(elem)
+                out[tag] = raw
             else:
                 action = self.amap.by_tag.get(tag)
                 if action is None:
                     action = self.pattern_action(tag)
-                if action is None:
-                    self.unlisted(out, elem, prefix)
+                if action is not None:
+                    self.apply(out, src[tag], prefix, action, self.amap.names.get(tag) or "")
+                elif (raw.VR or _dict_vr(tag)) in ("SQ", "UI") or tag == _TEXT_VALUE:
+                    self.unlisted(out, src[tag], prefix)
                 else:
-                    self.apply(out, elem, prefix, action, self.amap.names.get(tag) or elem.name)
+                    out[tag] = raw
         return out
 
     def pattern_action(self, tag: int) -> str | None:
@@ -262,6 +267,7 @@ class _Run:
 
     def apply(self, out: Dataset, elem: DataElement, prefix: str, action: str, name: str) -> None:
         tag, vr = int(elem.tag), elem.VR
+        name = name or elem.name
         path = _path(prefix, elem)
         if action == "X":
             self.record(path, tag, name, "X", "removed")
@@ -324,32 +330,26 @@ class _Run:
         return value, "kept (clean option)"
 
     def private(
-        self,
-        out: Dataset,
-        src: Dataset,
-        elem: DataElement,
-        prefix: str,
-        creators: dict[tuple[int, int], str],
+        self, out: Dataset, src: Dataset, tag: int, prefix: str, creators: dict[tuple[int, int], str]
     ) -> None:
-        tag = int(elem.tag)
         group, element = tag >> 16, tag & 0xFFFF
-        name = "Private Attributes"
+        path = prefix + _tag_str(tag)
         if self.amap.private == "C":
             if 0x0010 <= element <= 0x00FF:
-                creator = str(elem.value or "").strip()
+                creator = str(src[tag].value or "").strip()
                 creators[(group, element)] = creator
                 if (creator, group) in SAFE_PRIVATE_CREATORS:
-                    out.add(elem)
+                    out.add(src[tag])
                     return
             elif element > 0x00FF:
                 creator = creators.get((group, element >> 8), "")
                 what = SAFE_PRIVATE.get((creator, group, element & 0xFF))
                 if what is not None:
-                    out.add(elem)
-                    self.record(_path(prefix, elem), tag, f"{creator} {what}", "C", "safe private kept")
+                    out.add(src[tag])
+                    self.record(path, tag, f"{creator} {what}", "C", "safe private kept")
                     return
         if element > 0x00FF:  # creators go silently with their blocks
-            self.record(_path(prefix, elem), tag, name, "X", "private attribute removed")
+            self.record(path, tag, "Private Attributes", "X", "private attribute removed")
 
     def apply_rule(self, out: Dataset, elem: DataElement, prefix: str) -> None:
         tag, vr = int(elem.tag), elem.VR
