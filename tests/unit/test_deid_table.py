@@ -201,3 +201,15 @@ def test_curves_overlays_and_private_patterns() -> None:
     safe = deidentify(ds, Profile(options=Options(retain_safe_private=True)), KEY).dataset
     assert safe[0x0019100C].value == "1000" and safe[0x00190010].value == "SIEMENS MR HEADER"
     assert 0x00091001 not in safe, "a private attribute not safe-listed goes even under Retain Safe Private"
+
+
+def test_two_options_on_one_row_the_cleaning_one_wins() -> None:
+    ds = host(DataElement(0x00181200, "DA", "20200115"))  # Date of Last Calibration
+    device = Options(retain_device_identity=True)
+    assert deidentify(ds, Profile(options=device), KEY).dataset[0x00181200].value == "20200115"
+    both = Options(retain_device_identity=True, retain_long_modified_dates=True)
+    shifted = deidentify(ds, Profile(options=both), KEY).dataset[0x00181200].value
+    assert shifted != "20200115" and len(shifted) == 8
+    full = Options(retain_device_identity=True, retain_long_full_dates=True)
+    assert deidentify(ds, Profile(options=full), KEY).dataset[0x00181200].value == "20200115"
+    assert 0x00181200 not in deidentify(ds, Profile(), KEY).dataset  # Basic Profile: X
