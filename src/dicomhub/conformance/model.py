@@ -342,6 +342,8 @@ def _meaning(service: str, code: int) -> str:
 
 
 def _service(method: str, path: str) -> str:
+    if path.startswith("/deid"):
+        return "De-identification"
     if not path.startswith("/dicomweb"):
         return "Admin" if path.startswith("/admin") else "Server"
     if method == "POST":
@@ -370,7 +372,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
         if operation is not None:
             body = operation.get("requestBody", {}).get("content", {})
             request = tuple(body)
-            for code in ("200", "206"):
+            for code in ("200", "202", "206"):
                 response += tuple(
                     m for m in operation["responses"].get(code, {}).get("content", {}) if m not in response
                 )
@@ -378,10 +380,13 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
             response = tuple(f'multipart/related; type="{m}"' for m in frame_types)
         elif method == "GET" and path.startswith("/dicomweb/studies"):
             response = (f'multipart/related; type="{wado.DICOM}"',)
-        if method == "POST":
+        if method == "POST" and path.startswith("/dicomweb"):
             request = (f'multipart/related; type="{wado.DICOM}"',)
         out.append(HttpOperation(_service(method, path), method, path, request, response))
-    order = ("QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin")
+    order = (
+        "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
+        "De-identification",
+    )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))
 
 
