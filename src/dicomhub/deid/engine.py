@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -107,11 +107,6 @@ def is_well_known_uid(value: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def _keyword(tag: int) -> str:
-    return keyword_for_tag(tag) or ""
-
-
-@lru_cache(maxsize=4096)
 def _dict_vr(tag: int) -> str:
     try:
         return str(dictionary_VR(tag))
@@ -135,7 +130,8 @@ class _Run:
         self.actions: list[AppliedAction] = []
         self.top = ds
         self._offset: int | None = None
-        self._scrub: re.Pattern[str] | None | bool = False
+        self._scrub: re.Pattern[str] | None = None
+        self._scrub_built = False
         self.content_action: str | None = None
 
     # ---------------------------------------------------------- replacements
@@ -175,12 +171,11 @@ class _Run:
 
     def scrub(self, text: str) -> str:
         """Clean free text: identifiers of this data set's patient are replaced by ``*``."""
-        if self._scrub is False:
-            self._scrub = _scrub_pattern(self.top)
-        pattern = self._scrub
-        if pattern is None or pattern is True:
+        if not self._scrub_built:  # built on first use: most data sets clean no text
+            self._scrub, self._scrub_built = _scrub_pattern(self.top), True
+        if self._scrub is None:
             return text
-        return pattern.sub(lambda m: "*" * len(m.group(0)), text)
+        return self._scrub.sub(lambda m: "*" * len(m.group(0)), text)
 
     # ---------------------------------------------------------- walking
 

@@ -9,7 +9,7 @@ element is a dictionary look-up.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 
@@ -114,7 +114,3 @@ def compile_actions(options: Options) -> ActionMap:
         overlay_comments=patterns["(60XX,4000)"],
         private=patterns["(GGGG,EEEE) WHERE GGGG IS ODD"],
     )
-
-
-def option_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(Options))
