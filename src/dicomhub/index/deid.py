@@ -179,6 +179,15 @@ audit_event = Table(
 )
 
 
+def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING, in the connection's dialect."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=unique)
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=unique)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -407,21 +416,11 @@ class DeidRepository:
     def _add_mappings(
         conn: Connection, project_pk: int, run_pk: int | None, mappings: Iterable[tuple[str, str, str]]
     ) -> None:
+        """Insert the pairs not yet mapped; a pair already there (from an earlier run, or
+        from a concurrent export in another process) keeps its first run."""
         wanted = {(kind, original[:_VALUE]): replacement[:_VALUE] for kind, original, replacement in mappings}
         if not wanted:
             return
-        known: set[tuple[str, str]] = set()
-        originals = sorted({original for _kind, original in wanted})
-        for start in range(0, len(originals), 500):
-            known.update(
-                (str(k), str(o))
-                for k, o in conn.execute(
-                    select(deid_mapping.c.kind, deid_mapping.c.original).where(
-                        deid_mapping.c.project_pk == project_pk,
-                        deid_mapping.c.original.in_(originals[start : start + 500]),
-                    )
-                ).all()
-            )
         now = _now()
         rows = [
             {
@@ -433,12 +432,10 @@ class DeidRepository:
                 "created_at": now,
             }
             for (kind, original), replacement in sorted(wanted.items())
-            if (kind, original) not in known
         ]
-        if rows:
-            # Writers are serialised (BEGIN IMMEDIATE / one transaction per batch),
-            # so the rows read above are still all there are.
-            conn.execute(insert(deid_mapping), rows)
+        statement = _insert_ignoring_duplicates(conn, deid_mapping, ["project_pk", "kind", "original"])
+        for start in range(0, len(rows), 500):
+            conn.execute(statement, rows[start : start + 500])
 
     def originals(self, project_pk: int, replacements: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
         """For each replacement value: the (kind, original) pairs it stands for."""

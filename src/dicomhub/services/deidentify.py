@@ -281,7 +281,16 @@ class DeidService:
                     return 0
                 LOGGER.info("de-identification run %d started", claimed)
                 current.append(claimed)
-            if not self._step_run(current[0]):
+            try:
+                more = self._step_run(current[0])
+            except DicomhubError:
+                raise  # the index is unavailable: retried by the loop
+            except Exception as exc:
+                # A bug must not leave the run "running" for ever, nor end this thread.
+                LOGGER.exception("de-identification run %d failed", current[0])
+                self.repo.finish_run(current[0], "failed", f"{exc.__class__.__name__}: {exc}")
+                more = False
+            if not more:
                 current.clear()
             return 1
 
