@@ -35,7 +35,8 @@ SECRET_ENV = {"DICOMHUB_DEID_SECRET": data.SECRET}
 
 @pytest.fixture(scope="module")
 def destination(storescp_factory: Callable[..., StoreSCP]) -> StoreSCP:
-    return storescp_factory(aet="DEIDSCP")
+    # Implicit VR only: the de-identified objects (stored explicit) must be re-encoded on the way.
+    return storescp_factory(aet="DEIDSCP", implicit_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +230,7 @@ def test_a_cmove_to_a_deidentifying_destination_sends_nothing_identifiable(
     assert_deidentified(received, study, target)
     for ds in received:
         assert ds.PatientIdentityRemoved == "YES"
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     rc, out = cli(hub, "audit", "--study", study.study_uid, "--json")
     (event,) = [e for e in json.loads(out) if e["action"] == "deid-export"]
     assert event["actor"] == "MOVESCU" and event["detail"]["destination"] == "DEIDSCP"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -281,9 +281,23 @@ def _deidentified_plan(
         LOGGER.warning("C-MOVE to %s (de-identifying) refused: %s", profile.ae_title, exc)
         return status.QR_UNABLE_TO_PROCESS, str(exc)[:64]
     return RetrievePlan(
-        [Sendable(i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.read) for i in items],
+        [
+            Sendable(
+                i.sop_class_uid,
+                i.sop_instance_uid,
+                i.transfer_syntax_uid,
+                i.read,
+                alternatives=little_endian_alternatives(i.transfer_syntax_uid),
+                convert=functools.partial(_reencoded, i.part10),
+            )
+            for i in items
+        ],
         destination,
     )
+
+
+def _reencoded(part10: Callable[[], bytes], transfer_syntax_uid: str) -> bytes:
+    return reencode(part10(), transfer_syntax_uid)
 
 
 def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:

@@ -96,13 +96,18 @@ Region = tuple[int, int, int, int]  # x, y, width, height
 
 @dataclass(frozen=True, slots=True)
 class ExportItem:
-    """One object of a de-identified C-MOVE: announced with its replacement UIDs, read
-    (de-identified) only when it is sent; ``read`` returns the data set without File Meta."""
+    """One object of a de-identified C-MOVE: announced with its replacement UIDs and
+    de-identified only when it is sent. ``part10`` gives the de-identified Part 10 file
+    (done once, then kept); ``read`` its data set without File Meta."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
-    read: Callable[[], bytes]
+    part10: Callable[[], bytes]
+
+    def read(self) -> bytes:
+        raw = self.part10()
+        return raw[dataset_offset(raw) :]
 
 
 @dataclass(slots=True)
@@ -460,7 +465,15 @@ class DeidService:
                 self.repo.finish_run(run_pk, "done" if not failed else "failed")
 
         def reader(row: InstanceRow, announced: str) -> Callable[[], bytes]:
-            def read() -> bytes:
+            kept: list[bytes] = []
+
+            def part10() -> bytes:
+                # The sender may ask again in another syntax: de-identified and recorded once.
+                if not kept:
+                    kept.append(deidentified())
+                return kept[0]
+
+            def deidentified() -> bytes:
                 try:
                     outcome = self._deidentified(
                         self.blobs.read(row.blob_key), profile, key, self.burned_in, self.mask
@@ -505,10 +518,9 @@ class DeidService:
                     raise DicomhubError(
                         f"{row.sop_instance_uid}: de-identified object differs from the announced one"
                     )
-                raw = _part10(result.dataset)
-                return raw[dataset_offset(raw) :]
+                return _part10(result.dataset)
 
-            return read
+            return part10
 
         items = []
         for row in rows:
