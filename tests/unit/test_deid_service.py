@@ -350,3 +350,20 @@ def test_run_rows_keep_the_who_when_why(archive: Archive) -> None:
         row = conn.execute(select(deid_run)).mappings().one()
     assert (row["actor"], row["source_address"], row["reason"]) == ("alice", "127.0.0.9", "teaching file")
     assert "retain_uids" in row["options"] and row["created_at"] is not None
+
+
+def test_a_mapping_keeps_its_first_run_and_projects_are_separate(archive: Archive) -> None:
+    repo = archive.deid.repo
+    p1, _ = repo.ensure_project("P1", "f1")
+    p2, _ = repo.ensure_project("P2", "f2")
+    assert repo.ensure_project("P1", "changed") == (p1, "f1")  # the first fingerprint stays
+    repo.add_mappings(p1, None, [("uid", "1.2.3", "2.25.9"), ("patient_id", "PID", "X1")])
+    # Again with an overlap (another run, another process): no error, nothing doubled.
+    repo.add_mappings(p1, None, [("uid", "1.2.3", "2.25.9"), ("uid", "1.2.4", "2.25.10")])
+    repo.add_mappings(p2, None, [("uid", "1.2.3", "2.25.77")])
+    assert repo.mapping_count(p1) == 3 and repo.mapping_count(p2) == 1
+    assert repo.originals(p1, ["2.25.9", "X1", "2.25.77"]) == {
+        "2.25.9": [("uid", "1.2.3")],
+        "X1": [("patient_id", "PID")],
+        "2.25.77": [],
+    }
