@@ -126,10 +126,12 @@ def test_a_run_left_running_by_a_dead_server_is_taken_over_and_finishes(archive:
     # A server process claimed it, stored two objects and died before recording them.
     assert archive.deid.repo.claim_run("server:1") == run_id
     _pk, key = archive.deid.project_key("P1")
-    for source in [str(d.SOPInstanceUID) for d in study.images[:2]]:
-        # What the worker does per item, without the transaction that records it.
-        outcome = archive.deid._archive_one(source, Profile(), key, "refuse", ())
-        assert outcome.status == "stored"
+    # What the worker does with a batch, without the transaction that records it.
+    outcomes = [
+        archive.deid._prepare(str(d.SOPInstanceUID), Profile(), key, "refuse", ()) for d in study.images[:2]
+    ]
+    archive.deid._store_batch(outcomes)
+    assert [o.status for o in outcomes] == ["stored", "stored"]
     assert archive.deid.repo.claim_run("server:2") is None  # not without a stale-owner takeover
     assert archive.deid.repo.claim_run("server:2", stale_owner_prefix="server:") == run_id
     while archive.deid._step_run(run_id):

@@ -116,6 +116,7 @@ class _Outcome:
     status: str  # stored, already-present, refused, failed
     detail: str | None
     result: DeidResult | None = None
+    data: bytes | None = None  # the de-identified Part 10 file, until stored
 
 
 class DeidService:
@@ -326,9 +327,14 @@ class DeidService:
         results: list[tuple[str, str | None, str, str | None]] = []
         mappings: list[tuple[str, str, str]] = []
         target_study: str | None = None
-        for item in pending:
-            source = str(item["source_sop_instance_uid"])
-            outcome = self._archive_one(source, profile, key, policy, regions)
+        batch = {
+            str(item["source_sop_instance_uid"]): self._prepare(
+                str(item["source_sop_instance_uid"]), profile, key, policy, regions
+            )
+            for item in pending
+        }
+        self._store_batch(list(batch.values()))
+        for source, outcome in batch.items():
             results.append((source, outcome.target_uid, outcome.status, outcome.detail))
             if outcome.result is not None:
                 mappings.extend((r.kind, r.original, r.replacement) for r in outcome.result.replacements)
@@ -336,25 +342,38 @@ class DeidService:
         self.repo.record_items(run_pk, project_pk, results, mappings, target_study)
         return True
 
-    def _archive_one(
+    def _prepare(
         self, source: str, profile: Profile, key: ProjectKey, policy: str, regions: Sequence[Region]
     ) -> _Outcome:
+        """One source instance de-identified and encoded (status "ok"), or why not."""
         row = self.index.get_instance(source)
         if row is None:
             return _Outcome(None, "failed", "the source instance is no longer stored")
         try:
             outcome = self._deidentified(self.blobs.read(row.blob_key), profile, key, policy, regions)
-            if outcome.status != "ok":
-                return outcome
-            assert outcome.result is not None
-            stored = self.ingest.store_part10(_part10(outcome.result.dataset), DEID_CALLER)
+            if outcome.result is not None:
+                outcome.data = _part10(outcome.result.dataset)
+            return outcome
         except DicomhubError as exc:
             return _Outcome(None, "failed", str(exc))
         except Exception as exc:  # noqa: BLE001 - a malformed object fails its item, not the run
             LOGGER.warning("de-identifying %s failed", source, exc_info=True)
             return _Outcome(None, "failed", f"{exc.__class__.__name__}: {exc}")
-        status = "already-present" if stored.outcome is StoreOutcome.ALREADY_PRESENT else "stored"
-        return _Outcome(stored.sop_instance_uid, status, outcome.detail, outcome.result)
+
+    def _store_batch(self, outcomes: Sequence[_Outcome]) -> None:
+        """Store the prepared objects through the ingest path, together (one flush, batched
+        index transactions); each outcome becomes stored, already-present or failed."""
+        ready = [o for o in outcomes if o.status == "ok" and o.data is not None]
+        if not ready:
+            return
+        stored = self.ingest.store_many([o.data for o in ready if o.data is not None], DEID_CALLER)
+        for outcome, result in zip(ready, stored, strict=True):
+            outcome.data = None
+            if isinstance(result, Exception):
+                outcome.status, outcome.detail, outcome.result = "failed", str(result), None
+                continue
+            outcome.target_uid = result.sop_instance_uid
+            outcome.status = "already-present" if result.outcome is StoreOutcome.ALREADY_PRESENT else "stored"
 
     def _deidentified(
         self, data: bytes, profile: Profile, key: ProjectKey, policy: str, regions: Sequence[Region]
