@@ -73,6 +73,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     key_file = Path(settings.deid_key_file) if settings.deid_key_file else None
     try:
+        # Read here, not through Settings: the secret must never sit in a value
+        # that gets printed, logged or passed around with the configuration.
         secret = load_secret(key_file, os.environ)
     except DeidentificationError as exc:
         print(f"dicomhub deid: {exc}", file=sys.stderr)
@@ -85,7 +87,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     files = list(_walk(args.paths))
     job = _Job(profile, key, out_dir, args.dry_run, args.burned_in == "allow")
     outcomes: list[_Outcome] = []
-    if args.jobs > 1 and len(files) > 1:
+    if args.jobs > 1 and len(files) > 1:  # below 2: in this process
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
             outcomes.extend(pool.map(job, files, chunksize=16))
