@@ -378,7 +378,9 @@ class DeidRepository:
                     select(deid_run_item.c.status, func.count())
                     .where(deid_run_item.c.run_pk == run_pk)
                     .group_by(deid_run_item.c.status)
-                ).tuples().all()
+                )
+                .tuples()
+                .all()
             )
             values: dict[str, Any] = {
                 "stored": counts.get("stored", 0),
