@@ -51,7 +51,9 @@ def _run_all(archive: Archive, studies: list[str], options: list[str]) -> tuple[
     stored = 0
     t0 = time.perf_counter()
     for uid in studies:
-        run = archive.deid.start_run("bench", "benchmark", Caller.cli(), study_uid=uid, options=options)
+        run = archive.deid.start_run(
+            "bench", "benchmark", Caller.cli(), study_uid=uid, options=options, owner="bench"
+        )
         done = archive.deid.run_now(int(run["id"]), "bench")
         if done["status"] != "done":
             raise SystemExit(f"run {done['id']} ended {done['status']}: {done.get('error')}")

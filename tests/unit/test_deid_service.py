@@ -15,7 +15,7 @@ from sqlalchemy import select
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import ConfigurationError, DeidExport, MaskRegion, load_settings
 from dicomhub.deid import Profile
-from dicomhub.errors import DeidentificationError, InvalidRequest, NotFound
+from dicomhub.errors import Conflict, DeidentificationError, InvalidRequest, NotFound
 from dicomhub.index import engine as engines
 from dicomhub.index.deid import api_token, deid_run
 from dicomhub.model.caller import Caller, Channel
@@ -58,7 +58,9 @@ def _stored(archive: Archive, sop_instance_uid: str) -> Dataset:
 
 
 def _run(archive: Archive, study: data.Study, **kw: object) -> dict[str, object]:
-    run = archive.deid.start_run("P1", "a research export", CLI, study_uid=study.study_uid, **kw)  # type: ignore[arg-type]
+    run = archive.deid.start_run(
+        "P1", "a research export", CLI, study_uid=study.study_uid, owner="test", **kw
+    )  # type: ignore[arg-type]
     return archive.deid.run_now(int(run["id"]), "test")
 
 
@@ -369,3 +371,17 @@ def test_a_mapping_keeps_its_first_run_and_projects_are_separate(archive: Archiv
         "X1": [("patient_id", "PID")],
         "2.25.77": [],
     }
+
+
+def test_only_the_process_a_run_was_started_for_runs_it_now(archive: Archive) -> None:
+    study = data.make_study(images_per_series=1)
+    _store(archive, study)
+    pending = archive.deid.start_run("P1", "for the server", CLI, study_uid=study.study_uid)
+    assert pending["status"] == "pending"
+    with pytest.raises(Conflict):
+        archive.deid.run_now(int(pending["id"]), "cli:1")
+    mine = archive.deid.start_run("P1", "here", CLI, study_uid=study.study_uid, owner="cli:2")
+    assert mine["status"] == "running" and mine["started_at"] is not None
+    assert archive.deid.repo.claim_run("server:3") == pending["id"]  # a server takes the pending one only
+    assert archive.deid.repo.claim_run("server:3") is None
+    assert archive.deid.run_now(int(mine["id"]), "cli:2")["status"] == "done"

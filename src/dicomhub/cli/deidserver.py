@@ -123,6 +123,7 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
     archive = open_archive(settings)
+    owner = f"cli:{os.getpid()}" if args.now else None
     try:
         run = archive.deid.start_run(
             args.project,
@@ -133,9 +134,10 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
             options=args.option,
             burned_in=args.burned_in,
             mask=[_region(text) for text in args.mask],
+            owner=owner,
         )
-        if args.now:
-            run = archive.deid.run_now(int(run["id"]), f"cli:{os.getpid()}")
+        if owner is not None:
+            run = archive.deid.run_now(int(run["id"]), owner)
     finally:
         archive.close()
     _print_run(run, args.json)

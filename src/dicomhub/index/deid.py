@@ -255,6 +255,8 @@ class DeidRepository:
             row = dict(values)
             row["options"] = json.dumps(row["options"], sort_keys=True)
             row.setdefault("created_at", _now())
+            if row.get("status") == "running":
+                row.setdefault("started_at", row["created_at"])
             row["total"] = len(source_instance_uids)
             pk = conn.execute(insert(deid_run).values(**row)).inserted_primary_key
             assert pk is not None
@@ -341,15 +343,14 @@ class DeidRepository:
             )
         return int(pk)
 
-    def claim_this_run(self, run_pk: int, owner: str) -> bool:
-        """Take one pending run (a run started with ``--now``); False when another has it."""
-        with engines.write(self.engine) as conn:
-            taken = conn.execute(
-                update(deid_run)
-                .where(deid_run.c.pk == run_pk, deid_run.c.status == "pending")
-                .values(status="running", owner=owner, started_at=_now())
-            ).rowcount
-        return bool(taken)
+    def is_owner(self, run_pk: int, owner: str) -> bool:
+        with engines.read(self.engine) as conn:
+            found = conn.execute(
+                select(deid_run.c.pk).where(
+                    deid_run.c.pk == run_pk, deid_run.c.owner == owner, deid_run.c.status == "running"
+                )
+            ).first()
+        return found is not None
 
     def record_items(
         self,

@@ -146,8 +146,6 @@ class DeidService:
         self.environ = os.environ if environ is None else environ
         self.burned_in = _policy(burned_in)
         self.mask = tuple(mask)
-        self._keys: dict[str, tuple[int, ProjectKey]] = {}
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ keys
 
@@ -185,11 +183,14 @@ class DeidService:
         options: Sequence[str] = (),
         burned_in: str | None = None,
         mask: Sequence[Region] = (),
+        owner: str | None = None,
     ) -> dict[str, Any]:
         """Record a pending run over a stored study or series; the background process runs it.
 
         The burned-in policy and mask regions (default: the configured ones) are
         recorded with the run, so that whichever process runs it applies them.
+        With ``owner``, the run is created already taken by that process (which then
+        calls :meth:`run_now`), so that no server picks it up meanwhile.
         """
         if not reason or not reason.strip():
             raise InvalidRequest("a de-identification run needs a reason")
@@ -214,7 +215,8 @@ class DeidService:
                     "burned_in": policy,
                     "mask": [list(r) for r in regions],
                 },
-                "status": "pending",
+                "status": "running" if owner else "pending",
+                "owner": owner,
             },
             [r.sop_instance_uid for r in rows],
         )
@@ -267,9 +269,9 @@ class DeidService:
         return run
 
     def run_now(self, run_id: int, owner: str) -> dict[str, Any]:
-        """Run one pending run in this process (``deid-job start --now``)."""
-        if not self.repo.claim_this_run(run_id, owner):
-            raise Conflict(f"run {run_id} is not pending (another process has it)")
+        """Run, in this process, a run started for ``owner`` (``deid-job start --now``)."""
+        if not self.repo.is_owner(run_id, owner):
+            raise Conflict(f"run {run_id} is not this process's (started without --now, or taken over)")
         while self._step_run(run_id):
             pass
         return self.run(run_id)
