@@ -213,3 +213,30 @@ def test_two_options_on_one_row_the_cleaning_one_wins() -> None:
     full = Options(retain_device_identity=True, retain_long_full_dates=True)
     assert deidentify(ds, Profile(options=full), KEY).dataset[0x00181200].value == "20200115"
     assert 0x00181200 not in deidentify(ds, Profile(), KEY).dataset  # Basic Profile: X
+
+
+def test_combined_actions_follow_the_attribute_type_in_the_iod() -> None:
+    """PS3.15 E.1.1 on a CT image (Types from PS3.3 A.3: CT Image IOD)."""
+    from tests import datagen
+
+    ds = datagen.make_dataset(rows=8, cols=8)
+    ds.DeviceSerialNumber = "SN1"  # X/Z/D, General Equipment, Type 3 -> X
+    ds.OperatorsName = "Op^Al"  # X/Z/D, General Series, Type 3 -> X
+    ds.ProtocolName = "Chest"  # X/D, General Series, Type 3 -> X
+    ds.ContentDate = "20200115"  # Z/D, General Image, Type 2C -> Z
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    ds.ReferencedImageSequence = Sequence([item])  # X/Z/U*, General Image, Type 3 -> X
+    ds.ReferencedStudySequence = Sequence([Dataset()])  # X/Z, General Study, Type 3 -> X
+    out = deidentify(ds, Profile(), KEY).dataset
+    for keyword in ("DeviceSerialNumber", "OperatorsName", "ProtocolName", "ReferencedImageSequence",
+                    "ReferencedStudySequence"):  # fmt: skip
+        assert keyword not in out, f"{keyword} is Type 3 in the CT Image IOD: X"
+    assert "ContentDate" in out and out["ContentDate"].is_empty, "Type 2: Z"
+    assert out.PatientID == KEY.pseudonym("patient_id", ds.PatientID), "Z/D, Type 2: Z (a pseudonym)"
+    # the same attributes in an object of no known IOD: the alternative valid for any Type
+    del ds.SOPClassUID
+    unknown = deidentify(ds, Profile(), KEY).dataset
+    assert unknown.DeviceSerialNumber == "DEIDENTIFIED" and unknown.ContentDate == "19000101"
+    assert unknown.ReferencedImageSequence[0].ReferencedSOPInstanceUID == KEY.uid("1.2.3.4")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
 from dicomhub.deid.burned_in import BurnedInRisk, burned_in_risk
+from dicomhub.deid.iod_types import KeywordPath, attribute_types, resolve_by_type
 from dicomhub.deid.key import ProjectKey
 from dicomhub.deid.options import BASIC_PROFILE_CODE, OPTION_CODES, Options, Profile
 from dicomhub.deid.recipe import RecipeRule
@@ -107,6 +108,11 @@ def is_well_known_uid(value: str) -> bool:
 
 
 @lru_cache(maxsize=4096)
+def _keyword(tag: int) -> str:
+    return keyword_for_tag(tag) or ""
+
+
+@lru_cache(maxsize=4096)
 def _dict_vr(tag: int) -> str:
     try:
         return str(dictionary_VR(tag))
@@ -133,6 +139,8 @@ class _Run:
         self._scrub: re.Pattern[str] | None = None
         self._scrub_built = False
         self.content_action: str | None = None
+        self.sop_class = str(ds.get("SOPClassUID", "") or "")
+        self.kw_path: KeywordPath = ()
 
     # ---------------------------------------------------------- replacements
 
@@ -202,12 +210,23 @@ class _Run:
                 if action is None:
                     action = self.pattern_action(tag)
                 if action is not None:
+                    combined = self.amap.combined.get(tag)
+                    if combined is not None:
+                        action = self.by_type(combined, tag, action)
                     self.apply(out, src[tag], prefix, action, self.amap.names.get(tag) or "")
                 elif (raw.VR or _dict_vr(tag)) in ("SQ", "UI") or tag == _TEXT_VALUE:
                     self.unlisted(out, src[tag], prefix)
                 else:
                     out[tag] = raw
         return out
+
+    def by_type(self, combined: str, tag: int, fallback: str) -> str:
+        """The combined action resolved by the attribute's Type in this object's IOD."""
+        types = attribute_types(self.sop_class) if self.sop_class else None
+        if types is None:
+            return fallback  # IOD unknown: the alternative valid for any Type
+        keyword = _keyword(tag)
+        return resolve_by_type(combined, types.get((*self.kw_path, keyword)) if keyword else None)
 
     def pattern_action(self, tag: int) -> str | None:
         group, element = tag >> 16, tag & 0xFFFF
@@ -244,10 +263,12 @@ class _Run:
             # Text Value is not in Table E.1-1: the action of the sequence that holds
             # it (Content Sequence: D, or C under Clean Structured Content) applies.
             self.content_action = record[1]
+        outer_path = self.kw_path
+        self.kw_path = (*outer_path, elem.keyword)
         try:
             items = [self.walk(item, f"{path}[{i}].") for i, item in enumerate(elem.value or [])]
         finally:
-            self.content_action = outer
+            self.content_action, self.kw_path = outer, outer_path
         if record is not None:
             self.record(path, int(elem.tag), record[0], record[1], f"{len(items)} item(s) de-identified")
         return DataElement(elem.tag, "SQ", Sequence(items))

@@ -25,10 +25,10 @@ __all__ = [
 ]
 
 # The standard's combined actions keep whichever alternative the attribute's
-# Type in the IOD needs (Type 3: X, Type 2: Z, Type 1: D or U). dicomhub does
-# not know every IOD's module tables, so it takes the last alternative, the one
-# that keeps any IOD conformant: Z, D and U values carry nothing identifying,
-# so this removes no less information than X would.
+# Type in the IOD needs (Type 3: X, Type 2: Z, Type 1: D or U): the engine
+# decides by Type where it knows the IOD (iod_types.py). Where it does not, it
+# takes the last alternative, the one that keeps any IOD conformant: Z, D and
+# U values carry nothing identifying, so this removes no less than X would.
 _COMBINED: dict[str, str] = {
     "X/Z": "Z",
     "X/D": "D",
@@ -87,6 +87,9 @@ class ActionMap:
 
     by_tag: dict[int, str]
     names: dict[int, str]
+    # tag -> the table's combined action (X/Z, X/Z/D, ...) where no chosen option
+    # overrides it: refined by the attribute's Type when the IOD is known
+    combined: dict[int, str]
     curves: str  # (50xx,xxxx): every element of the curve groups
     overlay_data: str  # (60xx,3000)
     overlay_comments: str  # (60xx,4000)
@@ -97,6 +100,7 @@ class ActionMap:
 def compile_actions(options: Options) -> ActionMap:
     by_tag: dict[int, str] = {}
     names: dict[int, str] = {}
+    combined: dict[int, str] = {}
     patterns: dict[str, str] = {}
     for row in table_rows():
         action = row_action(row, options)
@@ -106,9 +110,13 @@ def compile_actions(options: Options) -> ActionMap:
         else:
             by_tag[tag] = action
             names[tag] = row.name
+            if row.basic in _COMBINED and action == resolve_combined(row.basic):
+                if not any(getattr(options, name) for name, _ in row.options):
+                    combined[tag] = row.basic
     return ActionMap(
         by_tag=by_tag,
         names=names,
+        combined=combined,
         curves=patterns["(50XX,XXXX)"],
         overlay_data=patterns["(60XX,3000)"],
         overlay_comments=patterns["(60XX,4000)"],
