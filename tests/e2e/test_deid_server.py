@@ -132,6 +132,13 @@ def test_a_run_over_http_makes_a_new_study_found_by_cfind_and_wado(
     assert len(retrieved) == 7
     assert_deidentified(retrieved, study, target)
 
+    preview = {"project": "P1", "instance": str(study.images[0].SOPInstanceUID)}
+    assert httpx.post(f"{hub.base_url}/deid/preview", json=preview).status_code == 401
+    r = httpx.post(f"{hub.base_url}/deid/preview", json=preview, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["study_instance_uid"] == target
+    assert {"(0010,0010)", "(0010,0020)"} <= {a["tag"] for a in r.json()["actions"]}
+
     listed = httpx.get(f"{hub.base_url}/deid/jobs", headers=bearer(token)).json()
     assert run["id"] in [j["id"] for j in listed]
     assert httpx.get(f"{hub.base_url}/deid/jobs").status_code == 401
