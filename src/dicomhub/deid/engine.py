@@ -235,9 +235,11 @@ class _Run:
         if group & 0xFF01 == _GROUP_MASK_OVERLAY:
             if element == 0x4000:
                 return self.amap.overlay_comments
+            if element == 0x3000:
+                return self.amap.overlay_data
             # An overlay plane without its Overlay Data is not a valid Overlay
-            # Plane module: the whole group goes with the data.
-            return "K" if self.amap.overlay_data != "X" or element == 0x0000 else "X"
+            # Plane module: the whole group goes with the data, or stays with it.
+            return "X" if self.amap.overlay_data == "X" else None
         return None
 
     def unlisted(self, out: Dataset, elem: DataElement, prefix: str) -> None:
