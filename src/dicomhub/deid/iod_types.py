@@ -61,13 +61,16 @@ def attribute_types(sop_class_uid: str) -> Mapping[KeywordPath, str] | None:
     if iod is None or iod not in iod_modules:
         return None
     types: dict[KeywordPath, str] = {}
-    for module in iod_modules[iod]:
-        for attribute in module_attributes.get(module["key"], []):
-            key = (*attribute["path"], attribute["keyword"])
-            kind = str(attribute["type"])
-            old = types.get(key)
-            if old is None or _STRICTNESS.get(kind, 4) < _STRICTNESS.get(old, 4):
-                types[key] = kind
+    try:
+        for module in iod_modules[iod]:
+            for attribute in module_attributes.get(module["key"], []):
+                key = (*attribute["path"], attribute["keyword"])
+                kind = str(attribute["type"])
+                old = types.get(key)
+                if old is None or _STRICTNESS.get(kind, 4) < _STRICTNESS.get(old, 4):
+                    types[key] = kind
+    except (KeyError, TypeError):  # another layout of highdicom's tables: as if unknown
+        return None
     return types
 
 
