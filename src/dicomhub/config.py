@@ -303,6 +303,19 @@ def _validate(s: Settings) -> None:
     _validate_compression(s)
     if s.deid_burned_in == "mask" and not s.deid_mask:
         raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
+    _validate_deid_export(s)
+
+
+def _validate_deid_export(s: Settings) -> None:
+    # A typo in an option word must stop `serve`, not the first C-MOVE to that peer.
+    from dicomhub.deid import Options
+    from dicomhub.errors import DeidentificationError
+
+    for profile in s.deid_export:
+        try:
+            Options.parse(profile.options)
+        except DeidentificationError as exc:
+            raise ConfigurationError(f"de-identified export to {profile.ae_title}: {exc}") from exc
 
 
 def _validate_compression(s: Settings) -> None:

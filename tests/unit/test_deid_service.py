@@ -339,7 +339,12 @@ def test_settings_for_the_server_side() -> None:
         environ={"DICOMHUB_DEID_EXPORT": "A=P1:retain-uids;B=P2", "DICOMHUB_DEID_BURNED_IN": "allow"}
     )
     assert [p.ae_title for p in env.deid_export] == ["A", "B"] and env.deid_burned_in == "allow"
-    for bad in ({"deid_export": ["NOPROJECT"]}, {"deid_mask": ["1,2,3"]}, {"deid_burned_in": "blur"}):
+    for bad in (
+        {"deid_export": ["NOPROJECT"]},
+        {"deid_export": ["A=P1:retain-everything"]},
+        {"deid_mask": ["1,2,3"]},
+        {"deid_burned_in": "blur"},
+    ):
         with pytest.raises(ConfigurationError):
             load_settings(bad, environ={})
     with pytest.raises(ConfigurationError, match="region"):
