@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
-from dicomhub.errors import ConfigurationError
+from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
@@ -23,6 +26,7 @@ from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -37,6 +41,7 @@ __all__ = [
     "open_archive",
     "run_background_worker",
     "run_dimse_worker",
+    "run_migration_jobs",
 ]
 
 
@@ -88,6 +93,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
         validation=validation,
+        migration=MigrationService(MigrationRepository(engine)),
         close=engine.dispose,
     )
 
@@ -130,7 +136,6 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     answers waited for it.
     """
     import signal
-    import threading
 
     from dicomhub.dimse import server
 
@@ -153,6 +158,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             name="commitment-delivery",
             daemon=True,
         ),
+        threading.Thread(
+            target=run_migration_jobs, args=(archive, settings, stop), name="migration-jobs", daemon=True
+        ),
     ]
     for thread in threads:
         thread.start()
@@ -163,6 +171,23 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         for thread in threads:
             thread.join(timeout=5)
         archive.close()
+
+
+def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Event) -> None:
+    """Run the migration jobs the HTTP API queues (and those a crashed server left), one at a time."""
+    from dicomhub.migrate.runner import STALE, Migrator, owner_name
+
+    owner = owner_name("server")
+    migrator = Migrator(archive, settings)
+    while not stop.wait(1.0):
+        try:
+            job_id = archive.migration.repo.claim_job(
+                None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
+            )
+            if job_id is not None:
+                migrator.run(job_id, owner, stop=stop)
+        except DicomhubError as exc:
+            logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
 
 
 def commitment_deliverer(settings: Settings) -> Callable[[str, CommitmentResult], None]:

@@ -11,6 +11,7 @@ from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -39,6 +40,7 @@ class Archive:
     commitment: CommitmentService
     statistics: StatisticsService
     validation: ValidationService
+    migration: MigrationService
     close: Callable[[], None]
 
     def usable(self) -> bool:
