@@ -56,7 +56,9 @@ def orthanc(
 
 def orthanc_store(server: OrthancServer, folder: Path) -> None:
     """storescu every file of ``folder`` into Orthanc (one association)."""
-    rc, out = run_dcmtk("storescu", "+sd", "+r", "-aec", server.aet, HOST, str(server.port), folder, timeout=300)
+    rc, out = run_dcmtk(
+        "storescu", "+sd", "+r", "-aec", server.aet, HOST, str(server.port), folder, timeout=300
+    )
     assert rc == 0, f"storescu into Orthanc failed:\n{out}"
 
 

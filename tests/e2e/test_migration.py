@@ -31,9 +31,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydicom import dcmread
-
 from datagen import make_dataset, uid, write_dataset
+from pydicom import dcmread
 
 from .helpers import HOST, DicomhubServer, ServerPool, clean_env, dicomhub_command, run_cli
 from .orthanc import OrthancServer, orthanc, orthanc_store
@@ -96,7 +95,9 @@ def hub(hub_pool: ServerPool) -> DicomhubServer:
 
 
 @pytest.fixture(scope="module")
-def peer(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus, hub: DicomhubServer) -> Iterator[OrthancServer]:
+def peer(
+    tmp_path_factory: pytest.TempPathFactory, corpus: Corpus, hub: DicomhubServer
+) -> Iterator[OrthancServer]:
     with orthanc(
         tmp_path_factory.mktemp("orthanc"),
         modalities={"DICOMHUB": (HOST, hub.dimse_port)},
