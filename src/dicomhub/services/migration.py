@@ -151,9 +151,10 @@ class MigrationService:
         remote_pk, _ = self.remote(name)
         if not 1 <= parallel <= 32:
             raise InvalidRequest("parallel must be between 1 and 32")
+        checked = check_selection(selection)
         if self.repo.unfinished_job(remote_pk) is not None:
             raise Conflict(f"a migration from {name!r} is unfinished; resume or stop it first")
-        return self.repo.create_job(remote_pk, check_selection(selection), parallel, owner)
+        return self.repo.create_job(remote_pk, checked, parallel, owner)
 
     def job(self, job_id: int) -> dict[str, Any]:
         found = self.repo.job(job_id)
