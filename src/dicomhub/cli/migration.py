@@ -64,6 +64,7 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     inv.add_argument("--to", dest="date_to", metavar="YYYYMMDD", help="last StudyDate")
     inv.add_argument("--refresh", action="store_true", help="start again instead of resuming")
     inv.add_argument("--aet", help="our calling AE title (default: the configured one)")
+    inv.add_argument("--parallel", type=int, default=4, help="studies asked about at once (default 4)")
     inv.set_defaults(run=_inventory)
 
     rec = sub.add_parser(
@@ -178,7 +179,12 @@ def _inventory(settings: Settings, args: argparse.Namespace) -> int:
                 console.print(f"{phase}: {done}" + (f"/{total}" if total else ""), end="\r")
 
         inv = Migrator(archive, _with_aet(settings, args)).inventory(
-            args.name, args.date_from, args.date_to, refresh=args.refresh, progress=progress
+            args.name,
+            args.date_from,
+            args.date_to,
+            refresh=args.refresh,
+            parallel=max(1, args.parallel),
+            progress=progress,
         )
         windows = len(archive.migration.repo.done_windows(archive.migration.remote(args.name)[0]))
     finally:

@@ -420,11 +420,42 @@ class MigrationRepository:
         return inv
 
     def replace_inventory(self, remote_pk: int, inv: Inventory) -> None:
-        """Store a whole inventory at once (a folder, a synthesised one)."""
+        """Store a whole inventory at once, in one transaction (a synthesised one)."""
         self.reset_inventory(remote_pk)
-        self.record_window(remote_pk, "all", list(inv.studies.values()))
-        for uid, s in inv.studies.items():
-            self.record_study_content(remote_pk, uid, s.series.values())
+        studies = list(inv.studies.values())
+        with engines.write(self.engine) as conn:
+            if studies:
+                conn.execute(
+                    insert(inventory_study),
+                    [
+                        {"remote_pk": remote_pk, "study_instance_uid": s.study_instance_uid,
+                         "patient_id": s.patient_id, "patient_name": s.patient_name,
+                         "study_date": s.study_date, "accession_number": s.accession_number, "complete": True}
+                        for s in studies
+                    ],
+                )  # fmt: skip
+            series = [(s.study_instance_uid, se) for s in studies for se in s.series.values()]
+            if series:
+                conn.execute(
+                    insert(inventory_series),
+                    [
+                        {"remote_pk": remote_pk, "study_instance_uid": st, "series_instance_uid":
+                         se.series_instance_uid, "modality": se.modality}
+                        for st, se in series
+                    ],
+                )  # fmt: skip
+            instances = [
+                {"remote_pk": remote_pk, "series_instance_uid": se.series_instance_uid,
+                 "sop_instance_uid": i.sop_instance_uid, "sop_class_uid": i.sop_class_uid,
+                 "content_sha256": i.content_sha256}
+                for _st, se in series
+                for i in se.instances.values()
+            ]  # fmt: skip
+            if instances:
+                conn.execute(insert(inventory_instance), instances)
+            conn.execute(
+                insert(inventory_window).values(remote_pk=remote_pk, window="all", studies=len(studies))
+            )
         self.set_inventory_complete(remote_pk, True)
 
     def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:

@@ -179,6 +179,7 @@ class Migrator:
         date_to: str | None = None,
         *,
         refresh: bool = False,
+        parallel: int = 4,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> Inventory:
         """Walk the source and store its inventory; resume an interrupted walk.
@@ -193,14 +194,30 @@ class Migrator:
         source = self._source(name)
         try:
             self._walk_windows(source, remote_pk, date_from, date_to, progress)
-            pending = repo.incomplete_studies(remote_pk)
-            for n, study_uid in enumerate(pending):
-                repo.record_study_content(remote_pk, study_uid, source.study_content(study_uid))
-                if progress:
-                    progress("studies", n + 1, len(pending))
         finally:
-            if isinstance(source, DicomwebSource):
-                source.close()
+            source.close()
+        pending = repo.incomplete_studies(remote_pk)
+        # Studies are asked about on several associations at once: a C-FIND round
+        # trip, not the peer, is what limits one. Each thread has its own source.
+        sources: list[DimseSource | DicomwebSource | FolderSource] = []
+        local = threading.local()
+
+        def content(study_uid: str) -> tuple[str, list[InventorySeries]]:
+            mine = getattr(local, "source", None)
+            if mine is None:
+                mine = local.source = self._source(name)
+                sources.append(mine)
+            return study_uid, mine.study_content(study_uid)
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="inventory") as pool:
+                for n, (study_uid, found) in enumerate(pool.map(content, pending)):
+                    repo.record_study_content(remote_pk, study_uid, found)
+                    if progress:
+                        progress("studies", n + 1, len(pending))
+        finally:
+            for each in sources:
+                each.close()
         repo.set_inventory_complete(remote_pk, True)
         return repo.inventory(remote_pk)
 
@@ -305,7 +322,7 @@ class Migrator:
         try:
             complete, _ = repo.inventory_state(remote_pk)
             if not complete:
-                self.inventory(name)
+                self.inventory(name, parallel=job["parallel"])
             source_inventory = repo.inventory(remote_pk)
             studies = {uid: s for uid, s in source_inventory.studies.items() if selected(s, selection)}
             if not repo.has_items(job_id):
@@ -446,8 +463,7 @@ class Migrator:
                     if progress:
                         progress(shown)
                 refill()
-        if isinstance(source, DicomwebSource):
-            source.close()
+        source.close()
         if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
             return JobState.STOPPED
         return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE

@@ -139,6 +139,20 @@ class DimseSource:
             )
         return assoc
 
+    def __post_init__(self) -> None:
+        self._find_assoc: Association | None = None
+
+    def _finder(self) -> Association:
+        """One association for all the C-FINDs of a walk (set-up costs more than a query)."""
+        if self._find_assoc is None or not self._find_assoc.is_established:
+            self._find_assoc = self._associate([StudyRootQueryRetrieveInformationModelFind])
+        return self._find_assoc
+
+    def close(self) -> None:
+        if self._find_assoc is not None and self._find_assoc.is_established:
+            self._find_assoc.release()
+        self._find_assoc = None
+
     def _find(self, assoc: Association, query: Dataset) -> tuple[list[Dataset], bool]:
         answers: list[Dataset] = []
         cut = False
@@ -148,8 +162,10 @@ class DimseSource:
             code = int(status.Status)
             category = code_to_category(code)
             if category == "Pending":
-                if identifier is not None:
-                    answers.append(identifier)
+                if identifier is None:
+                    # pynetdicom could not decode the answer: the inventory would have a gap.
+                    raise RemoteError("C-FIND: an undecodable answer from the peer")
+                answers.append(identifier)
             elif category in ("Cancel", "Warning"):
                 cut = True
             elif category != "Success":
@@ -166,47 +182,40 @@ class DimseSource:
             setattr(query, keyword, "")
         if date_from or date_to:
             query.StudyDate = f"{date_from or ''}-{date_to or ''}"
-        assoc = self._associate([StudyRootQueryRetrieveInformationModelFind])
-        try:
-            answers, cut = self._find(assoc, query)
-        finally:
-            assoc.release()
+        answers, cut = self._find(self._finder(), query)
         return [s for s in map(_study, answers) if s is not None], cut
 
     def study_content(self, study_uid: str) -> list[InventorySeries]:
-        assoc = self._associate([StudyRootQueryRetrieveInformationModelFind])
-        try:
+        assoc = self._finder()
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.Modality = ""
+        answers, cut = self._find(assoc, query)
+        if cut:
+            raise RemoteError(f"the peer's answer for the series of study {study_uid} is incomplete")
+        out = []
+        for answer in answers:
+            uid = _text(answer, "SeriesInstanceUID")
+            if not uid:
+                continue
+            series = InventorySeries(uid, _text(answer, "Modality"))
             query = Dataset()
-            query.QueryRetrieveLevel = "SERIES"
+            query.QueryRetrieveLevel = "IMAGE"
             query.StudyInstanceUID = study_uid
-            query.SeriesInstanceUID = ""
-            query.Modality = ""
-            answers, cut = self._find(assoc, query)
+            query.SeriesInstanceUID = uid
+            query.SOPInstanceUID = ""
+            query.SOPClassUID = ""
+            instances, cut = self._find(assoc, query)
             if cut:
-                raise RemoteError(f"the peer's answer for the series of study {study_uid} is incomplete")
-            out = []
-            for answer in answers:
-                uid = _text(answer, "SeriesInstanceUID")
-                if not uid:
-                    continue
-                series = InventorySeries(uid, _text(answer, "Modality"))
-                query = Dataset()
-                query.QueryRetrieveLevel = "IMAGE"
-                query.StudyInstanceUID = study_uid
-                query.SeriesInstanceUID = uid
-                query.SOPInstanceUID = ""
-                query.SOPClassUID = ""
-                instances, cut = self._find(assoc, query)
-                if cut:
-                    raise RemoteError(f"the peer's answer for the instances of series {uid} is incomplete")
-                for i in instances:
-                    sop = _text(i, "SOPInstanceUID")
-                    if sop:
-                        series.instances[sop] = InventoryInstance(sop, _text(i, "SOPClassUID"))
-                out.append(series)
-            return out
-        finally:
-            assoc.release()
+                raise RemoteError(f"the peer's answer for the instances of series {uid} is incomplete")
+            for i in instances:
+                sop = _text(i, "SOPInstanceUID")
+                if sop:
+                    series.instances[sop] = InventoryInstance(sop, _text(i, "SOPClassUID"))
+            out.append(series)
+        return out
 
     def _identifier(self, study_uid: str, series_uid: str) -> Dataset:
         ds = Dataset()
@@ -480,6 +489,9 @@ class FolderSource:
     def study_content(self, study_uid: str) -> list[InventorySeries]:
         study = self._scan().get(study_uid)
         return list(study.series.values()) if study else []
+
+    def close(self) -> None:
+        self._studies = None
 
     def retrieve_series(self, study_uid: str, series: InventorySeries, sink: Sink) -> int:
         self._scan()
