@@ -19,6 +19,7 @@ from dicomhub.model.migration import (
     InventoryInstance,
     InventorySeries,
     InventoryStudy,
+    JobState,
     RemoteArchive,
     RemoteKind,
     reconcile,
@@ -146,4 +147,9 @@ def test_jobs_are_claimed_once_and_taken_over_when_abandoned(archive: Archive, t
     assert repo.claim_job(None, "server:b:2", now + dt.timedelta(seconds=1), owners_like="cli:%") is None
     assert repo.claim_job(None, "server:b:2", now + dt.timedelta(seconds=1), owners_like="server:%") == job_id
     assert service.stop(job_id)["state"] == "stopping"
+    with pytest.raises(Conflict):
+        service.resume(job_id)  # still stopping: its runner has not stopped yet
+    repo.set_job_state(job_id, JobState.STOPPED)
+    assert service.resume(job_id)["state"] == "pending"
+    assert service.stop(job_id)["state"] == "stopped"  # a pending job stops at once
     assert json.loads(json.dumps(service.jobs()))[0]["selection"] == {"modality": "CT", "since": "20200101"}

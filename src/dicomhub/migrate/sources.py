@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ from pynetdicom.status import code_to_category
 
 from dicomhub.codec import transfer_syntaxes
 from dicomhub.errors import DicomhubError
+from dicomhub.model.identifiers import is_valid_uid
 from dicomhub.model.migration import (
     InventoryInstance,
     InventorySeries,
@@ -98,12 +99,19 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _uid(value: str, what: str) -> str:
+    """A UID from the peer, checked: it goes into queries and WADO-RS URLs."""
+    if not is_valid_uid(value):
+        raise RemoteError(f"the peer answered with an invalid {what}: {value[:80]!r}")
+    return value
+
+
 def _study(ds: Dataset) -> InventoryStudy | None:
     uid = _text(ds, "StudyInstanceUID")
     if not uid:
         return None
     return InventoryStudy(
-        uid,
+        _uid(uid, "Study Instance UID"),
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
         study_date=_text(ds, "StudyDate"),
@@ -200,7 +208,7 @@ class DimseSource:
             uid = _text(answer, "SeriesInstanceUID")
             if not uid:
                 continue
-            series = InventorySeries(uid, _text(answer, "Modality"))
+            series = InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality"))
             query = Dataset()
             query.QueryRetrieveLevel = "IMAGE"
             query.StudyInstanceUID = study_uid
@@ -213,7 +221,9 @@ class DimseSource:
             for i in instances:
                 sop = _text(i, "SOPInstanceUID")
                 if sop:
-                    series.instances[sop] = InventoryInstance(sop, _text(i, "SOPClassUID"))
+                    series.instances[sop] = InventoryInstance(
+                        _uid(sop, "SOP Instance UID"), _text(i, "SOPClassUID")
+                    )
             out.append(series)
         return out
 
@@ -388,7 +398,7 @@ class DicomwebSource:
             if uid:
                 studies.append(
                     InventoryStudy(
-                        uid,
+                        _uid(uid, "Study Instance UID"),
                         patient_id=_json_value(item, "00100020"),
                         patient_name=_json_value(item, "00100010"),
                         study_date=_json_value(item, "00080020"),
@@ -404,13 +414,15 @@ class DicomwebSource:
             uid = _json_value(item, "0020000E")
             if not uid:
                 continue
-            series = InventorySeries(uid, _json_value(item, "00080060"))
+            series = InventorySeries(_uid(uid, "Series Instance UID"), _json_value(item, "00080060"))
             for inst in self._qido(
                 f"/studies/{study_uid}/series/{uid}/instances", {"includefield": "00080016"}
             ):
                 sop = _json_value(inst, "00080018")
                 if sop:
-                    series.instances[sop] = InventoryInstance(sop, _json_value(inst, "00080016"))
+                    series.instances[sop] = InventoryInstance(
+                        _uid(sop, "SOP Instance UID"), _json_value(inst, "00080016")
+                    )
             out.append(series)
         return out
 
@@ -512,6 +524,3 @@ def open_source(
     if remote.kind is RemoteKind.DICOMWEB:
         return DicomwebSource(remote, max(timeout, 120.0))
     return FolderSource(remote)
-
-
-Transform = Callable[[Dataset], Dataset]
