@@ -190,10 +190,57 @@ class DimseSource:
             setattr(query, keyword, "")
         if date_from or date_to:
             query.StudyDate = f"{date_from or ''}-{date_to or ''}"
-        answers, cut = self._find(self._finder(), query)
-        return [s for s in map(_study, answers) if s is not None], cut
+        # No count to check a study list against: it is asked for until two answers agree.
+        previous: set[str] | None = None
+        for _attempt in range(4):
+            answers, cut = self._find(self._finder(), query)
+            studies = [s for s in map(_study, answers) if s is not None]
+            uids = {s.study_instance_uid for s in studies}
+            if uids == previous:
+                return studies, cut
+            previous = uids
+        raise RemoteError("the peer's study lists for one query keep changing")
 
     def study_content(self, study_uid: str) -> list[InventorySeries]:
+        """The study's series and instances, checked against the counts the peer gives
+        for the study (asked again when they disagree: an answer lost on the way must
+        not become a gap in the inventory)."""
+        expected = self._study_counts(study_uid)
+        for attempt in range(3):
+            found = self._study_content(study_uid)
+            counts = (len(found), sum(len(s.instances) for s in found))
+            if expected is None or counts == expected:
+                return found
+            LOGGER.warning(
+                "study %s: %d series / %d instances found, the peer counts %d / %d (attempt %d)",
+                study_uid, *counts, *expected, attempt + 1,
+            )  # fmt: skip
+            self.close()  # a new association for the next attempt
+        raise RemoteError(f"study {study_uid}: the peer's answers do not add up to its own counts")
+
+    def _study_counts(self, study_uid: str) -> tuple[int, int] | None:
+        """(NumberOfStudyRelatedSeries, NumberOfStudyRelatedInstances), when the peer gives them."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        query.NumberOfStudyRelatedSeries = None
+        query.NumberOfStudyRelatedInstances = None
+        answers, _cut = self._find(self._finder(), query)
+        if len(answers) != 1:
+            return None
+        series, instances = (
+            answers[0].get(k) for k in ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+        )
+        try:
+            return (
+                (int(series), int(instances))
+                if series not in (None, "") and instances not in (None, "")
+                else None
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def _study_content(self, study_uid: str) -> list[InventorySeries]:
         assoc = self._finder()
         query = Dataset()
         query.QueryRetrieveLevel = "SERIES"
