@@ -151,6 +151,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=20240601)
     p.add_argument("--cache-root", type=Path, default=CACHE_ROOT, help="where the data sets are cached")
     p.add_argument("--modes", default="move,get,dicomweb")
+    p.add_argument("--sets", default="ct,small", help="data sets to migrate (ct, small)")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--reconcile-studies", type=int, default=10000)
     p.add_argument("--skip-migration", action="store_true")
@@ -194,6 +195,8 @@ def main() -> int:
         }
         try:
             for name, (folder, count, nbytes) in sets.items():
+                if name not in a.sets.split(","):
+                    continue
                 if orthanc.proc is None:
                     orthanc.start()
                 else:

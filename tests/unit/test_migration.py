@@ -11,6 +11,7 @@ import pytest
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import Settings
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
+from dicomhub.index.migration import migration_job
 from dicomhub.migrate.runner import Migrator
 from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (
@@ -153,3 +154,12 @@ def test_jobs_are_claimed_once_and_taken_over_when_abandoned(archive: Archive, t
     assert service.resume(job_id)["state"] == "pending"
     assert service.stop(job_id)["state"] == "stopped"  # a pending job stops at once
     assert json.loads(json.dumps(service.jobs()))[0]["selection"] == {"modality": "CT", "since": "20200101"}
+    # A runner that stopped beating (killed) leaves a job that can be resumed.
+    repo.claim_job(job_id, "cli:gone:1", now + dt.timedelta(days=1))
+    with pytest.raises(Conflict):
+        service.resume(job_id)
+    with repo.engine.begin() as conn:
+        conn.execute(
+            migration_job.update().values(heartbeat_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+        )
+    assert service.resume(job_id)["state"] == "pending"

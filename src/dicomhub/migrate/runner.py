@@ -46,7 +46,15 @@ from dicomhub.migrate.sources import (
     open_source,
 )
 from dicomhub.model.caller import Caller, Channel
-from dicomhub.model.migration import Inventory, InventorySeries, JobState, ReconcileReport, RemoteKind
+from dicomhub.model.migration import (
+    HEARTBEAT_SECONDS,
+    STALE_SECONDS,
+    Inventory,
+    InventorySeries,
+    JobState,
+    ReconcileReport,
+    RemoteKind,
+)
 from dicomhub.services.archive import Archive
 from dicomhub.services.ingest import StoreOutcome
 from dicomhub.services.migration import selected
@@ -60,8 +68,8 @@ LOGGER = logging.getLogger("dicomhub.migrate")
 Transform = Callable[[Dataset], Dataset]
 
 _EARLIEST = dt.date(1900, 1, 1)
-HEARTBEAT = 2.0  # seconds between a runner's heartbeats
-STALE = dt.timedelta(seconds=15)  # a heartbeat older than this: the runner is gone
+HEARTBEAT = HEARTBEAT_SECONDS
+STALE = dt.timedelta(seconds=STALE_SECONDS)
 
 
 def owner_name(kind: str) -> str:

@@ -16,6 +16,8 @@ from typing import Any
 
 __all__ = [
     "ATTRIBUTES",
+    "HEARTBEAT_SECONDS",
+    "STALE_SECONDS",
     "Difference",
     "Inventory",
     "InventoryInstance",
@@ -28,6 +30,12 @@ __all__ = [
     "StudyReport",
     "reconcile",
 ]
+
+
+#: Seconds between a job runner's heartbeats, and the age of a heartbeat after which
+#: the runner is taken to be gone (its job may be taken over).
+HEARTBEAT_SECONDS = 2.0
+STALE_SECONDS = 15.0
 
 
 class RemoteKind(enum.Enum):

@@ -9,6 +9,7 @@ or ``dicomhub migrate``) then picks up from the index.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
 from dicomhub.index.migration import MigrationRepository
 from dicomhub.model.migration import (
+    STALE_SECONDS,
     Inventory,
     InventoryStudy,
     JobState,
@@ -172,11 +174,19 @@ class MigrationService:
         return self.job(job["id"])
 
     def resume(self, job_id: int) -> dict[str, Any]:
-        """Queue a stopped or failed job again (failed series are retried)."""
-        self.job(job_id)
+        """Queue a stopped or failed job again (failed series are retried), or a running
+        one whose runner is gone (no heartbeat for STALE_SECONDS: killed, crashed)."""
+        job = self.job(job_id)
+        resumable = [JobState.STOPPED, JobState.FAILED]
+        if job["heartbeat_at"] is None:
+            resumable += [JobState.RUNNING, JobState.STOPPING]
+        else:
+            beat = dt.datetime.fromisoformat(job["heartbeat_at"])
+            if beat.tzinfo is None:  # SQLite gives back what it stored: UTC, naive
+                beat = beat.replace(tzinfo=dt.UTC)
+            if (dt.datetime.now(dt.UTC) - beat).total_seconds() > STALE_SECONDS:
+                resumable += [JobState.RUNNING, JobState.STOPPING]
         self.repo.retry_failed_items(job_id)
-        if not self.repo.set_job_state(
-            job_id, JobState.PENDING, only_from=[JobState.STOPPED, JobState.FAILED]
-        ):
-            raise Conflict(f"migration job {job_id} is not stopped or failed")
+        if not self.repo.set_job_state(job_id, JobState.PENDING, only_from=resumable):
+            raise Conflict(f"migration job {job_id} is neither stopped, failed nor abandoned by its runner")
         return self.job(job_id)
