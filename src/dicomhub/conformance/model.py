@@ -370,7 +370,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
         if operation is not None:
             body = operation.get("requestBody", {}).get("content", {})
             request = tuple(body)
-            for code in ("200", "206"):
+            for code in ("200", "201", "206"):
                 response += tuple(
                     m for m in operation["responses"].get(code, {}).get("content", {}) if m not in response
                 )
@@ -378,7 +378,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
             response = tuple(f'multipart/related; type="{m}"' for m in frame_types)
         elif method == "GET" and path.startswith("/dicomweb/studies"):
             response = (f'multipart/related; type="{wado.DICOM}"',)
-        if method == "POST":
+        if method == "POST" and path.startswith("/dicomweb"):  # STOW-RS
             request = (f'multipart/related; type="{wado.DICOM}"',)
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = ("QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin")
