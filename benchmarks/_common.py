@@ -21,6 +21,7 @@ HOST = "127.0.0.1"
 SCU_AET = "BENCHSCU"
 MOVE_AET = "BENCHSCP"
 ORTHANC_BIN = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 _START = time.monotonic()
 
@@ -199,9 +200,18 @@ class ExternalServer(Server):
 
 @dataclass
 class OrthancServer(Server):
+    """Orthanc on free localhost ports with its own storage under ``workdir``.
+
+    ``dicomweb`` loads the DICOMweb plugin (under ``/dicom-web/``);
+    ``extra_config`` is merged over the configuration (e.g. ``DicomModalities``,
+    ``LimitFindResults``). Used by the benchmarks and by the migration tests.
+    """
+
     binary: str = ORTHANC_BIN
     http_port: int = 0
     version_str: str = "?"
+    dicomweb: bool = False
+    extra_config: dict[str, Any] = field(default_factory=dict)
 
     def logfile(self) -> Path | None:
         assert self.workdir
@@ -257,9 +267,15 @@ class OrthancServer(Server):
                 MOVE_AET: [MOVE_AET, HOST, self.move_port],
                 SCU_AET: [SCU_AET, HOST, 104],  # calling AE of our SCUs (never contacted)
             },
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "LuaScripts": [],
+            **self.extra_config,
         }
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}/dicom-web"
 
     def statistics(self) -> dict[str, Any]:
         return dict(http_json(f"http://{HOST}:{self.http_port}/statistics"))

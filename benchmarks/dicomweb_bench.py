@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
 from _common import (  # noqa: E402
+    DICOMWEB_PLUGIN,
     HOST,
     SCU_AET,
     DicomhubServer,
@@ -52,7 +53,6 @@ from datasets import ensure_datasets  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
-DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 WRK = "/usr/bin/wrk"
 DICOM_JSON = "application/dicom+json"
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'

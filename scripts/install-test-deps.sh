@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite drives: DCMTK (echoscu, storescu,
-# findscu, getscu, movescu, storescp). Debian/Ubuntu; uses sudo when not root.
+# findscu, getscu, movescu, storescp) and Orthanc with its DICOMweb plugin (the
+# peer archive of the migration tests and benchmarks). Debian/Ubuntu; uses sudo
+# when not root.
 set -euo pipefail
 
 need=()
 for tool in echoscu storescu findscu getscu movescu storescp dcmdump; do
   [ -x "/usr/bin/$tool" ] || need=(dcmtk)
 done
+[ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
-from dicomhub.errors import ConfigurationError
+from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository, SecurityRepository
 from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
@@ -28,6 +31,7 @@ from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -42,6 +46,7 @@ __all__ = [
     "open_archive",
     "run_background_worker",
     "run_dimse_worker",
+    "run_migration_jobs",
 ]
 
 
@@ -109,6 +114,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         validation=validation,
         deid=deid,
         governance=governance,
+        migration=MigrationService(MigrationRepository(engine)),
         close=engine.dispose,
     )
 
@@ -151,7 +157,6 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     answers waited for it.
     """
     import signal
-    import threading
 
     from dicomhub.dimse import server
 
@@ -175,6 +180,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             daemon=True,
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
+        threading.Thread(
+            target=run_migration_jobs, args=(archive, settings, stop), name="migration-jobs", daemon=True
+        ),
     ]
     for thread in threads:
         thread.start()
@@ -185,6 +193,23 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         for thread in threads:
             thread.join(timeout=5)
         archive.close()
+
+
+def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Event) -> None:
+    """Run the migration jobs the HTTP API queues (and those a crashed server left), one at a time."""
+    from dicomhub.migrate.runner import STALE, Migrator, owner_name
+
+    owner = owner_name("server")
+    migrator = Migrator(archive, settings)
+    while not stop.wait(1.0):
+        try:
+            job_id = archive.migration.repo.claim_job(
+                None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
+            )
+            if job_id is not None:
+                migrator.run(job_id, owner, stop=stop)
+        except DicomhubError as exc:
+            logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
 
 
 def commitment_deliverer(settings: Settings) -> Callable[[str, CommitmentResult], None]:

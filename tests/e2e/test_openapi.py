@@ -30,7 +30,7 @@ from dicomhub.config import Settings
 from dicomhub.web.app import create_app
 from dicomhub.web.openapi import openapi_document
 
-from .helpers import DicomhubServer, store_ok
+from .helpers import DicomhubServer, run_cli, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -122,11 +122,13 @@ def _check_response(
 class Stored:
     ds: Dataset
     victim: Dataset  # deleted by test_delete_routes
+    job_id: str  # a migration job
 
 
-def _values(ds: Dataset) -> dict[str, str]:
+def _values(ds: Dataset, job_id: str = "1") -> dict[str, str]:
     """Values for the path and required query parameters of the document."""
     return {
+        "job_id": job_id,
         "study": ds.StudyInstanceUID,
         "series": ds.SeriesInstanceUID,
         "instance": ds.SOPInstanceUID,
@@ -177,7 +179,15 @@ def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> 
     )
     victim = datagen.write_instance(root / "b.dcm")
     store_ok(server, root, expect=2)
-    return Stored(ds, victim)
+    # A migration job (from an empty folder) for the /migrations/{job_id} routes.
+    (root / "empty").mkdir()
+    rc, out = run_cli(
+        "remote", "add", "empty", "--folder", str(root / "empty"), "--data-dir", str(server.data_dir)
+    )
+    assert rc == 0, out
+    r = httpx.post(f"{server.base_url}/migrations", json={"remote": "empty"}, timeout=30)
+    assert r.status_code == 201, r.text
+    return Stored(ds, victim, str(r.json()["id"]))
 
 
 @pytest.fixture
@@ -228,7 +238,7 @@ def test_path_parameters_match_templates(doc: dict[str, Any]) -> None:
 def test_every_documented_get_answers_as_documented(
     client: httpx.Client, doc: dict[str, Any], stored: Stored
 ) -> None:
-    values = _values(stored.ds)
+    values = _values(stored.ds, stored.job_id)
     checked = 0
     secured = 0
     for path, item in doc["paths"].items():
@@ -248,7 +258,8 @@ def test_every_documented_get_answers_as_documented(
         _check_response(doc, operation, r, f"GET {path}")
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
-    assert checked == 27  # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes
+    # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes
+    assert checked == 29
     assert secured == 2  # de-identification runs: the list and one run
 
 

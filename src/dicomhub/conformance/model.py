@@ -344,6 +344,8 @@ def _meaning(service: str, code: int) -> str:
 def _service(method: str, path: str) -> str:
     if path.startswith("/deid"):
         return "De-identification"
+    if path.startswith("/migrations"):
+        return "Migration"
     if not path.startswith("/dicomweb"):
         return "Admin" if path.startswith("/admin") else "Server"
     if method == "POST":
@@ -372,7 +374,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
         if operation is not None:
             body = operation.get("requestBody", {}).get("content", {})
             request = tuple(body)
-            for code in ("200", "202", "206"):
+            for code in ("200", "201", "202", "206"):
                 response += tuple(
                     m for m in operation["responses"].get(code, {}).get("content", {}) if m not in response
                 )
@@ -380,12 +382,12 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
             response = tuple(f'multipart/related; type="{m}"' for m in frame_types)
         elif method == "GET" and path.startswith("/dicomweb/studies"):
             response = (f'multipart/related; type="{wado.DICOM}"',)
-        if method == "POST" and path.startswith("/dicomweb"):
+        if method == "POST" and path.startswith("/dicomweb"):  # STOW-RS
             request = (f'multipart/related; type="{wado.DICOM}"',)
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = (
         "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
-        "De-identification",
+        "De-identification", "Migration",
     )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))
 

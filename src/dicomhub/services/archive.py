@@ -13,6 +13,7 @@ from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -43,6 +44,7 @@ class Archive:
     validation: ValidationService
     deid: DeidService
     governance: GovernanceService
+    migration: MigrationService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -872,6 +872,7 @@ def _paths() -> Json:
     _merge(paths, _SERIES, _delete_operation(_SERIES, "deleteSeries", "a series"))
     _merge(paths, _INSTANCE, _delete_operation(_INSTANCE, "deleteInstance", "an instance"))
     paths.update(_deid_paths())
+    paths.update(_migration_paths())
     return paths
 
 
@@ -988,6 +989,82 @@ def _deid_paths() -> Json:
     }
 
 
+def _migration_paths() -> Json:
+    job = {
+        "application/json": {"schema": {"type": "object", "description": "A migration job and its progress"}}
+    }
+    job_id = _path_param("job_id", "The job's id.", "^[0-9]+$")
+
+    def on_job(operation_id: str, summary: str, method: str) -> Json:
+        return {
+            method: {
+                "tags": ["Migration"],
+                "operationId": operation_id,
+                "summary": summary,
+                "parameters": [job_id],
+                "responses": {
+                    "200": {"description": "The job.", "content": job},
+                    "400": _ref("responses", "BadRequest"),
+                    "404": _error("No such job."),
+                    "409": _error("The job is not in a state that allows this."),
+                },
+            }
+        }
+
+    return {
+        "/migrations": {
+            "post": {
+                "tags": ["Migration"],
+                "operationId": "createMigration",
+                "summary": "Queue a migration from a remote archive (run by the server's background worker)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["remote"],
+                                "properties": {
+                                    "remote": {"type": "string"},
+                                    "since": {"type": "string", "pattern": "^[0-9]{8}$"},
+                                    "until": {"type": "string", "pattern": "^[0-9]{8}$"},
+                                    "modality": {"type": "string"},
+                                    "patients": {"type": "array", "items": {"type": "string"}},
+                                    "parallel": {"type": "integer", "minimum": 1, "maximum": 32},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {"description": "The queued job.", "content": job},
+                    "400": _ref("responses", "BadRequest"),
+                    "404": _error("No remote archive of that name."),
+                    "409": _error("A migration from that remote is unfinished."),
+                },
+            },
+            "get": {
+                "tags": ["Migration"],
+                "operationId": "listMigrations",
+                "summary": "Migration jobs, newest first, with their progress",
+                "responses": {
+                    "200": {
+                        "description": "The jobs.",
+                        "content": {
+                            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}
+                        },
+                    }
+                },
+            },
+        },
+        "/migrations/{job_id}": on_job("getMigration", "A migration job and its progress", "get"),
+        "/migrations/{job_id}/stop": on_job("stopMigration", "Stop a job (resumable)", "post"),
+        "/migrations/{job_id}/resume": on_job(
+            "resumeMigration", "Queue a stopped or failed job again", "post"
+        ),
+    }
+
+
 def openapi_document() -> Json:
     """The OpenAPI 3.1 document (a fresh dict on every call)."""
     return {
@@ -1012,6 +1089,7 @@ def openapi_document() -> Json:
             {"name": "Delete", "description": "Delete (dcm4chee/Orthanc dialect)"},
             {"name": "Admin", "description": "Operations: codecs, decode check"},
             {"name": "De-identification", "description": "Runs, dry runs, re-identification"},
+            {"name": "Migration", "description": "Migration jobs from remote archives"},
         ],
         "paths": _paths(),
         "components": {

@@ -1,0 +1,324 @@
+"""``dicomhub remote``, ``inventory``, ``reconcile`` and ``migrate``.
+
+They work on the data dir / database of a running ``dicomhub serve`` as well
+as on an idle one: everything they know is in the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from dicomhub.config import Settings
+from dicomhub.errors import InvalidRequest
+from dicomhub.model.migration import ReconcileReport, RemoteArchive, RemoteKind
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: Any, settings_args: Any) -> None:
+    remote = sub.add_parser("remote", help="remote archives to inventory, reconcile and migrate from")
+    settings_args(remote)
+    actions = remote.add_subparsers(dest="remote_action", required=True)
+    add = actions.add_parser("add", help="add a remote archive")
+    settings_args(add)
+    add.add_argument("name")
+    kind = add.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--dimse", metavar="AET@HOST:PORT", help="a DIMSE archive (C-FIND, C-MOVE/C-GET)")
+    kind.add_argument("--dicomweb", metavar="URL", help="a DICOMweb archive's base URL (QIDO-RS, WADO-RS)")
+    kind.add_argument("--folder", metavar="PATH", help="a folder of DICOM files")
+    add.add_argument(
+        "--auth", default="", metavar="basic:USER:PASSWORD|bearer:TOKEN", help="DICOMweb credentials"
+    )
+    add.add_argument(
+        "--retrieve",
+        choices=["auto", "move", "get"],
+        default="auto",
+        help="DIMSE: C-MOVE to our AE, C-GET, or C-MOVE falling back to C-GET (default auto)",
+    )
+    add.add_argument(
+        "--find-limit",
+        type=int,
+        default=0,
+        help="the most answers the peer gives to one query (its result limit), 0 if unknown",
+    )
+    add.set_defaults(run=_remote_add)
+    listing = actions.add_parser("list", help="list remote archives")
+    settings_args(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_remote_list)
+    remove = actions.add_parser("remove", help="remove a remote archive, its inventory and jobs")
+    settings_args(remove)
+    remove.add_argument("name")
+    remove.set_defaults(run=_remote_remove)
+
+    inv = sub.add_parser("inventory", help="walk a remote archive and store what it holds (resumable)")
+    settings_args(inv)
+    inv.add_argument("name")
+    inv.add_argument("--from", dest="date_from", metavar="YYYYMMDD", help="first StudyDate")
+    inv.add_argument("--to", dest="date_to", metavar="YYYYMMDD", help="last StudyDate")
+    inv.add_argument("--refresh", action="store_true", help="start again instead of resuming")
+    inv.add_argument("--aet", help="our calling AE title (default: the configured one)")
+    inv.add_argument("--parallel", type=int, default=4, help="studies asked about at once (default 4)")
+    inv.set_defaults(run=_inventory)
+
+    rec = sub.add_parser(
+        "reconcile", help="compare a remote's inventory with this archive (exit 0 only when clean)"
+    )
+    settings_args(rec)
+    rec.add_argument("name")
+    rec.add_argument("--against", metavar="NAME", help="compare with another remote's inventory instead")
+    out = rec.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the report as JSON")
+    out.add_argument("--csv", action="store_true", help="print one CSV row per study that differs")
+    rec.add_argument("--all", action="store_true", help="list the studies that match too")
+    rec.set_defaults(run=_reconcile)
+
+    mig = sub.add_parser("migrate", help="pull what this archive lacks from a remote (resumable)")
+    settings_args(mig)
+    mig.add_argument("name")
+    mig.add_argument("--since", metavar="YYYYMMDD", help="studies of this StudyDate or later")
+    mig.add_argument("--until", metavar="YYYYMMDD", help="studies of this StudyDate or earlier")
+    mig.add_argument("--modality", help="studies with a series of this modality")
+    mig.add_argument("--patient-list", metavar="FILE", help="studies of the Patient IDs in FILE (one a line)")
+    mig.add_argument("--parallel", type=int, default=4, help="series retrieved at once (default 4)")
+    mig.add_argument("--retries", type=int, default=4, help="attempts after the first per series (default 4)")
+    mig.add_argument("--aet", help="our AE title: calling AE and C-MOVE destination (default: configured)")
+    mig.add_argument("--quiet", action="store_true", help="no progress bar")
+    mig.set_defaults(run=_migrate)
+
+
+def _parse_dimse(text: str) -> tuple[str, str, int]:
+    match = re.match(r"^([^@]{1,16})@(\[[^\]]+\]|[^:]+):(\d{1,5})$", text)
+    if not match:
+        raise InvalidRequest(f"{text!r} is not AET@HOST:PORT")
+    return match.group(1), match.group(2).strip("[]"), int(match.group(3))
+
+
+def _archive(settings: Settings) -> Any:
+    from dicomhub.bootstrap import open_archive
+
+    return open_archive(settings)
+
+
+def _with_aet(settings: Settings, args: argparse.Namespace) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, aet=args.aet) if getattr(args, "aet", None) else settings
+
+
+def _remote_add(settings: Settings, args: argparse.Namespace) -> int:
+    if args.dimse:
+        aet, host, port = _parse_dimse(args.dimse)
+        remote = RemoteArchive(
+            args.name, RemoteKind.DIMSE, ae_title=aet, host=host, port=port, retrieve=args.retrieve,
+            find_limit=args.find_limit,
+        )  # fmt: skip
+    elif args.dicomweb:
+        remote = RemoteArchive(
+            args.name, RemoteKind.DICOMWEB, url=args.dicomweb, auth=args.auth, find_limit=args.find_limit
+        )
+    else:
+        remote = RemoteArchive(args.name, RemoteKind.FOLDER, path=str(Path(args.folder).resolve()))
+    archive = _archive(settings)
+    try:
+        archive.migration.add_remote(remote)
+    finally:
+        archive.close()
+    print(f"dicomhub: remote {remote.name}: {remote.describe()}")
+    return 0
+
+
+def _remote_list(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    archive = _archive(settings)
+    try:
+        remotes = archive.migration.remotes()
+    finally:
+        archive.close()
+    if args.json:
+        print(json.dumps([r.public() for r in remotes], indent=2))
+        return 0
+    table = Table(title=f"dicomhub: {len(remotes)} remote archives")
+    table.add_column("name")
+    table.add_column("archive", overflow="fold")
+    for r in remotes:
+        table.add_row(r.name, r.describe())
+    Console().print(table)
+    return 0
+
+
+def _remote_remove(settings: Settings, args: argparse.Namespace) -> int:
+    archive = _archive(settings)
+    try:
+        archive.migration.remove_remote(args.name)
+    finally:
+        archive.close()
+    print(f"dicomhub: remote {args.name} removed")
+    return 0
+
+
+def _inventory(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from dicomhub.migrate.runner import Migrator
+
+    console = Console(stderr=True)
+    archive = _archive(settings)
+    try:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if console.is_terminal:
+                console.print(f"{phase}: {done}" + (f"/{total}" if total else ""), end="\r")
+
+        inv = Migrator(archive, _with_aet(settings, args)).inventory(
+            args.name,
+            args.date_from,
+            args.date_to,
+            refresh=args.refresh,
+            parallel=max(1, args.parallel),
+            progress=progress,
+        )
+        windows = len(archive.migration.repo.done_windows(archive.migration.remote(args.name)[0]))
+    finally:
+        archive.close()
+    series = sum(len(s.series) for s in inv.studies.values())
+    print(
+        f"dicomhub: {args.name}: {len(inv.studies)} studies, {series} series, {inv.instance_count} instances"
+        f" (found in {windows} date windows)"
+    )
+    return 0
+
+
+def print_report(report: ReconcileReport, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report.as_json(all_studies=args.all), indent=2))
+        return
+    studies = report.studies if args.all else report.problems()
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(
+            ["study_instance_uid", "patient_id", "status", "source_series", "target_series",
+             "source_instances", "target_instances", "series_only_in_source", "series_only_in_target",
+             "instances_only_in_source", "instances_only_in_target", "attributes", "content_differs"]
+        )  # fmt: skip
+        for s in studies:
+            writer.writerow(
+                [s.study_instance_uid, s.patient_id, s.status, s.source_series, s.target_series,
+                 s.source_instances, s.target_instances, " ".join(s.series_only_in_source),
+                 " ".join(s.series_only_in_target), " ".join(s.instances_only_in_source),
+                 " ".join(s.instances_only_in_target),
+                 "; ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in s.attributes.items()),
+                 " ".join(s.content_differs)]
+            )  # fmt: skip
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = report.counts()
+    title = f"{report.source} vs {report.target}: {counts['studies']} studies, {counts['both']} the same"
+    table = Table(title=title)
+    for col in ("study", "patient", "status", "series", "instances", "detail"):
+        table.add_column(col, overflow="fold")
+    for s in studies:
+        detail = []
+        if s.series_only_in_source:
+            detail.append(f"series only in {report.source}: {', '.join(s.series_only_in_source)}")
+        if s.series_only_in_target:
+            detail.append(f"series only in {report.target}: {', '.join(s.series_only_in_target)}")
+        if s.instances_only_in_source:
+            detail.append(f"{len(s.instances_only_in_source)} instances only in {report.source}")
+        if s.instances_only_in_target:
+            detail.append(f"{len(s.instances_only_in_target)} instances only in {report.target}")
+        detail += [f"{k}: {a!r} != {b!r}" for k, (a, b) in s.attributes.items()]
+        if s.content_differs:
+            detail.append(f"{len(s.content_differs)} instances with other content")
+        table.add_row(
+            s.study_instance_uid,
+            s.patient_id,
+            s.status,
+            f"{s.source_series}/{s.target_series}",
+            f"{s.source_instances}/{s.target_instances}",
+            "; ".join(detail),
+        )
+    console.print(table)
+    console.print("clean" if report.clean else f"{len(report.problems())} studies differ")
+
+
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    archive = _archive(settings)
+    try:
+        report = archive.migration.reconcile(args.name, against=args.against)
+    finally:
+        archive.close()
+    print_report(report, args)
+    return 0 if report.clean else 1
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bars
+
+    from dicomhub.migrate.runner import Migrator, Progress, owner_name
+    from dicomhub.model.migration import JobState
+
+    selection: dict[str, Any] = {
+        k: v for k, v in (("since", args.since), ("until", args.until), ("modality", args.modality)) if v
+    }
+    if args.patient_list:
+        try:
+            lines = Path(args.patient_list).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {args.patient_list}: {exc.strerror}") from exc
+        selection["patients"] = [line.strip() for line in lines if line.strip()]
+    console = Console(stderr=True)
+    settings = _with_aet(settings, args)
+    archive = _archive(settings)
+    owner = owner_name("cli")
+    try:
+        migrator = Migrator(archive, settings, retries=max(0, args.retries))
+        job_id, resumed = migrator.start(args.name, selection, max(1, args.parallel), owner)
+        job = archive.migration.job(job_id)
+        if resumed:
+            console.print(f"resuming migration job {job_id} (selection {job['selection'] or 'everything'})")
+        else:
+            console.print(f"migration job {job_id} from {args.name}")
+        with Bars(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=args.quiet or not console.is_terminal,
+        ) as bars:
+            series_bar = bars.add_task("series", total=None)
+            instance_bar = bars.add_task("instances", total=None)
+
+            def show(p: Progress) -> None:
+                bars.update(series_bar, total=p.series_total, completed=p.series_done + p.series_failed)
+                bars.update(instance_bar, total=p.instances_total, completed=p.instances_done)
+
+            state = migrator.run(job_id, owner, progress=show)
+        job = archive.migration.job(job_id)
+    finally:
+        archive.close()
+    p = job["progress"]
+    print(
+        f"dicomhub: migration job {job_id} {job['state']}: {p['series_done']}/{p['series']} series, "
+        f"{p['instances_done']}/{p['instances']} instances, {p['bytes_done'] / 1e6:.1f} MB stored"
+        + (f"; final reconcile {'clean' if job['reconcile_clean'] else 'NOT clean'}"
+           if job["reconcile_clean"] is not None else "")
+    )  # fmt: skip
+    if job["error"]:
+        print(f"dicomhub: {job['error']}", file=sys.stderr)
+    return 0 if state is JobState.DONE else 1

@@ -1,0 +1,758 @@
+"""Remote archives, their inventories, migration jobs and reconcile reports.
+
+Everything a migration knows lives here, so that a migration interrupted by a
+crash or a restart resumes where it was: the inventory walk by the date
+windows and studies it finished, a job by the series it transferred.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import instance, metadata, patient, series, study
+from dicomhub.model.migration import (
+    Inventory,
+    InventoryInstance,
+    InventorySeries,
+    InventoryStudy,
+    JobState,
+    RemoteArchive,
+    RemoteKind,
+)
+
+__all__ = ["MigrationRepository"]
+
+_PK = BigInteger().with_variant(Integer(), "sqlite")
+
+migration_remote = Table(
+    "migration_remote",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("ae_title", String(16), nullable=False, default=""),
+    Column("host", String(255), nullable=False, default=""),
+    Column("port", Integer, nullable=False, default=0),
+    Column("url", Text, nullable=False, default=""),
+    Column("auth", Text, nullable=False, default=""),
+    Column("path", Text, nullable=False, default=""),
+    Column("retrieve", String(8), nullable=False, default="auto"),
+    Column("find_limit", Integer, nullable=False, default=0),
+    Column("inventory_complete", Boolean, nullable=False, default=False),
+    Column("inventory_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# A date window of the inventory walk whose studies are all recorded.
+inventory_window = Table(
+    "inventory_window",
+    metadata,
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), primary_key=True),
+    Column("window", String(40), primary_key=True),
+    Column("studies", Integer, nullable=False),
+)
+
+inventory_study = Table(
+    "inventory_study",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("patient_name", String(324), nullable=False, default=""),
+    Column("study_date", String(18), nullable=False, default=""),
+    Column("accession_number", String(16), nullable=False, default=""),
+    # Its series and instances are recorded (the walk goes down study by study).
+    Column("complete", Boolean, nullable=False, default=False),
+    UniqueConstraint("remote_pk", "study_instance_uid", name="uq_inventory_study"),
+)
+
+inventory_series = Table(
+    "inventory_series",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("modality", String(16), nullable=False, default=""),
+    UniqueConstraint("remote_pk", "series_instance_uid", name="uq_inventory_series"),
+    Index("ix_inventory_series_study", "remote_pk", "study_instance_uid"),
+)
+
+inventory_instance = Table(
+    "inventory_instance",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False, default=""),
+    Column("content_sha256", String(64), nullable=False, default=""),
+    UniqueConstraint("remote_pk", "sop_instance_uid", name="uq_inventory_instance"),
+    Index("ix_inventory_instance_series", "remote_pk", "series_instance_uid"),
+)
+
+migration_job = Table(
+    "migration_job",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("selection_json", Text, nullable=False),
+    Column("parallel", Integer, nullable=False),
+    # Who runs it ("cli:PID" or "server:PID") and when it last said so: a
+    # running job whose heartbeat is old lost its runner and may be taken over.
+    Column("owner", String(64)),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Column("reconcile_clean", Boolean),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_migration_job_state", "state"),
+)
+
+# One series to transfer, with what the source said it holds.
+migration_item = Table(
+    "migration_item",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("job_pk", _PK, ForeignKey("migration_job.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("series_instance_uid", String(64), nullable=False),
+    Column("expected_instances", Integer, nullable=False),
+    Column("expected_bytes", BigInteger, nullable=False, default=0),
+    Column("state", String(16), nullable=False),  # pending / done / failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("transferred", Integer, nullable=False, default=0),
+    Column("transferred_bytes", BigInteger, nullable=False, default=0),
+    Column("error", Text),
+    Index("ix_migration_item_job", "job_pk", "state"),
+)
+
+reconcile_run = Table(
+    "reconcile_run",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("clean", Boolean, nullable=False),
+    Column("report_json", Text, nullable=False),
+    Index("ix_reconcile_run_remote", "remote_pk", "at"),
+)
+
+ITEM_PENDING, ITEM_DONE, ITEM_FAILED = "pending", "done", "failed"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _remote(row: Any) -> RemoteArchive:
+    return RemoteArchive(
+        name=row.name,
+        kind=RemoteKind(row.kind),
+        ae_title=row.ae_title,
+        host=row.host,
+        port=row.port,
+        url=row.url,
+        auth=row.auth,
+        path=row.path,
+        retrieve=row.retrieve,
+        find_limit=row.find_limit,
+    )
+
+
+def _job(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.pk,
+        "remote": row.name,
+        "state": row.state,
+        "selection": json.loads(row.selection_json),
+        "parallel": row.parallel,
+        "owner": row.owner,
+        "heartbeat_at": row.heartbeat_at.isoformat() if row.heartbeat_at else None,
+        "error": row.error,
+        "reconcile_clean": row.reconcile_clean,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+class MigrationRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- remotes -----------------------------------------------------------
+
+    def add_remote(self, remote: RemoteArchive) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                insert(migration_remote).values(
+                    name=remote.name,
+                    kind=remote.kind.value,
+                    ae_title=remote.ae_title,
+                    host=remote.host,
+                    port=remote.port,
+                    url=remote.url,
+                    auth=remote.auth,
+                    path=remote.path,
+                    retrieve=remote.retrieve,
+                    find_limit=remote.find_limit,
+                    inventory_complete=False,
+                    created_at=_now(),
+                )
+            )
+
+    def remotes(self) -> list[RemoteArchive]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(select(migration_remote).order_by(migration_remote.c.name)).all()
+        return [_remote(r) for r in rows]
+
+    def remote(self, name: str) -> tuple[int, RemoteArchive] | None:
+        with engines.read(self.engine) as conn:
+            row = conn.execute(select(migration_remote).where(migration_remote.c.name == name)).first()
+        return (row.pk, _remote(row)) if row is not None else None
+
+    def remove_remote(self, remote_pk: int) -> None:
+        # Explicit, child tables first: SQLite enforces ON DELETE CASCADE only
+        # with foreign keys on, and not every database is SQLite.
+        with engines.write(self.engine) as conn:
+            jobs = select(migration_job.c.pk).where(migration_job.c.remote_pk == remote_pk)
+            conn.execute(delete(migration_item).where(migration_item.c.job_pk.in_(jobs)))
+            for table in (
+                migration_job,
+                reconcile_run,
+                inventory_instance,
+                inventory_series,
+                inventory_study,
+                inventory_window,
+            ):
+                conn.execute(delete(table).where(table.c.remote_pk == remote_pk))
+            conn.execute(delete(migration_remote).where(migration_remote.c.pk == remote_pk))
+
+    def inventory_state(self, remote_pk: int) -> tuple[bool, dt.datetime | None]:
+        with engines.read(self.engine) as conn:
+            row = conn.execute(
+                select(migration_remote.c.inventory_complete, migration_remote.c.inventory_at).where(
+                    migration_remote.c.pk == remote_pk
+                )
+            ).one()
+        return bool(row.inventory_complete), row.inventory_at
+
+    # -- inventory ---------------------------------------------------------
+
+    def reset_inventory(self, remote_pk: int) -> None:
+        with engines.write(self.engine) as conn:
+            for table in (inventory_instance, inventory_series, inventory_study, inventory_window):
+                conn.execute(delete(table).where(table.c.remote_pk == remote_pk))
+            conn.execute(
+                update(migration_remote)
+                .where(migration_remote.c.pk == remote_pk)
+                .values(inventory_complete=False, inventory_at=None)
+            )
+
+    def set_inventory_complete(self, remote_pk: int, complete: bool) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(migration_remote)
+                .where(migration_remote.c.pk == remote_pk)
+                .values(inventory_complete=complete, inventory_at=_now() if complete else None)
+            )
+
+    def done_windows(self, remote_pk: int) -> set[str]:
+        with engines.read(self.engine) as conn:
+            return set(
+                conn.execute(
+                    select(inventory_window.c.window).where(inventory_window.c.remote_pk == remote_pk)
+                ).scalars()
+            )
+
+    def record_window(self, remote_pk: int, window: str, studies: Sequence[InventoryStudy]) -> None:
+        """Record the studies a window's C-FIND found (not yet their content) and the window as done."""
+        with engines.write(self.engine) as conn:
+            known = set(
+                conn.execute(
+                    select(inventory_study.c.study_instance_uid).where(
+                        inventory_study.c.remote_pk == remote_pk,
+                        inventory_study.c.study_instance_uid.in_([s.study_instance_uid for s in studies]),
+                    )
+                ).scalars()
+            )
+            new = [s for s in studies if s.study_instance_uid not in known]
+            if new:
+                conn.execute(
+                    insert(inventory_study),
+                    [
+                        {
+                            "remote_pk": remote_pk,
+                            "study_instance_uid": s.study_instance_uid,
+                            "patient_id": s.patient_id,
+                            "patient_name": s.patient_name,
+                            "study_date": s.study_date,
+                            "accession_number": s.accession_number,
+                            "complete": False,
+                        }
+                        for s in new
+                    ],
+                )
+            conn.execute(
+                insert(inventory_window).values(remote_pk=remote_pk, window=window, studies=len(studies))
+            )
+
+    def incomplete_studies(self, remote_pk: int) -> list[str]:
+        with engines.read(self.engine) as conn:
+            return list(
+                conn.execute(
+                    select(inventory_study.c.study_instance_uid)
+                    .where(inventory_study.c.remote_pk == remote_pk, inventory_study.c.complete.is_(False))
+                    .order_by(inventory_study.c.pk)
+                ).scalars()
+            )
+
+    def record_study_content(
+        self, remote_pk: int, study_uid: str, content: Iterable[InventorySeries]
+    ) -> None:
+        """Replace a study's series and instances and mark the study complete, in one transaction."""
+        content = list(content)
+        with engines.write(self.engine) as conn:
+            old_series = select(inventory_series.c.series_instance_uid).where(
+                inventory_series.c.remote_pk == remote_pk,
+                inventory_series.c.study_instance_uid == study_uid,
+            )
+            conn.execute(
+                delete(inventory_instance).where(
+                    inventory_instance.c.remote_pk == remote_pk,
+                    inventory_instance.c.series_instance_uid.in_(old_series),
+                )
+            )
+            conn.execute(
+                delete(inventory_series).where(
+                    inventory_series.c.remote_pk == remote_pk,
+                    inventory_series.c.study_instance_uid == study_uid,
+                )
+            )
+            if content:
+                conn.execute(
+                    insert(inventory_series),
+                    [
+                        {
+                            "remote_pk": remote_pk,
+                            "study_instance_uid": study_uid,
+                            "series_instance_uid": s.series_instance_uid,
+                            "modality": s.modality,
+                        }
+                        for s in content
+                    ],
+                )
+            rows = [
+                {
+                    "remote_pk": remote_pk,
+                    "series_instance_uid": s.series_instance_uid,
+                    "sop_instance_uid": i.sop_instance_uid,
+                    "sop_class_uid": i.sop_class_uid,
+                    "content_sha256": i.content_sha256,
+                }
+                for s in content
+                for i in s.instances.values()
+            ]
+            if rows:
+                conn.execute(insert(inventory_instance), rows)
+            conn.execute(
+                update(inventory_study)
+                .where(
+                    inventory_study.c.remote_pk == remote_pk,
+                    inventory_study.c.study_instance_uid == study_uid,
+                )
+                .values(complete=True)
+            )
+
+    def inventory(self, remote_pk: int) -> Inventory:
+        inv = Inventory()
+        with engines.read(self.engine) as conn:
+            for r in conn.execute(select(inventory_study).where(inventory_study.c.remote_pk == remote_pk)):
+                inv.studies[r.study_instance_uid] = InventoryStudy(
+                    r.study_instance_uid, r.patient_id, r.patient_name, r.study_date, r.accession_number
+                )
+            by_series: dict[str, InventorySeries] = {}
+            for r in conn.execute(select(inventory_series).where(inventory_series.c.remote_pk == remote_pk)):
+                s = InventorySeries(r.series_instance_uid, r.modality)
+                inv.study(r.study_instance_uid).series[s.series_instance_uid] = s
+                by_series[s.series_instance_uid] = s
+            for r in conn.execute(
+                select(
+                    inventory_instance.c.series_instance_uid,
+                    inventory_instance.c.sop_instance_uid,
+                    inventory_instance.c.sop_class_uid,
+                    inventory_instance.c.content_sha256,
+                ).where(inventory_instance.c.remote_pk == remote_pk)
+            ):
+                owner = by_series.get(r.series_instance_uid)
+                if owner is not None:
+                    owner.instances[r.sop_instance_uid] = InventoryInstance(
+                        r.sop_instance_uid, r.sop_class_uid, r.content_sha256
+                    )
+        return inv
+
+    def replace_inventory(self, remote_pk: int, inv: Inventory) -> None:
+        """Store a whole inventory at once, in one transaction (a synthesised one)."""
+        self.reset_inventory(remote_pk)
+        studies = list(inv.studies.values())
+        with engines.write(self.engine) as conn:
+            if studies:
+                conn.execute(
+                    insert(inventory_study),
+                    [
+                        {"remote_pk": remote_pk, "study_instance_uid": s.study_instance_uid,
+                         "patient_id": s.patient_id, "patient_name": s.patient_name,
+                         "study_date": s.study_date, "accession_number": s.accession_number, "complete": True}
+                        for s in studies
+                    ],
+                )  # fmt: skip
+            series = [(s.study_instance_uid, se) for s in studies for se in s.series.values()]
+            if series:
+                conn.execute(
+                    insert(inventory_series),
+                    [
+                        {"remote_pk": remote_pk, "study_instance_uid": st, "series_instance_uid":
+                         se.series_instance_uid, "modality": se.modality}
+                        for st, se in series
+                    ],
+                )  # fmt: skip
+            instances = [
+                {"remote_pk": remote_pk, "series_instance_uid": se.series_instance_uid,
+                 "sop_instance_uid": i.sop_instance_uid, "sop_class_uid": i.sop_class_uid,
+                 "content_sha256": i.content_sha256}
+                for _st, se in series
+                for i in se.instances.values()
+            ]  # fmt: skip
+            if instances:
+                conn.execute(insert(inventory_instance), instances)
+            conn.execute(
+                insert(inventory_window).values(remote_pk=remote_pk, window="all", studies=len(studies))
+            )
+        self.set_inventory_complete(remote_pk, True)
+
+    def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:
+        """What this archive holds, in the same form (with each data set's SHA-256)."""
+        inv = Inventory()
+        wanted = list(study_uids) if study_uids is not None else None
+        query = select(
+            study.c.study_instance_uid,
+            patient.c.patient_id,
+            patient.c.patient_name,
+            study.c.study_date,
+            study.c.accession_number,
+            series.c.series_instance_uid,
+            series.c.modality,
+            instance.c.sop_instance_uid,
+            instance.c.sop_class_uid,
+            instance.c.content_sha256,
+        ).select_from(
+            instance.join(series, instance.c.series_pk == series.c.pk)
+            .join(study, series.c.study_pk == study.c.pk)
+            .join(patient, study.c.patient_pk == patient.c.pk)
+        )
+        with engines.read(self.engine) as conn:
+            chunks: list[list[str] | None] = (
+                [wanted[i : i + 500] for i in range(0, len(wanted), 500)] if wanted is not None else [None]
+            )
+            for chunk in chunks:
+                q = query if chunk is None else query.where(study.c.study_instance_uid.in_(chunk))
+                for r in conn.execute(q):
+                    st = inv.studies.get(r.study_instance_uid)
+                    if st is None:
+                        st = inv.studies[r.study_instance_uid] = InventoryStudy(
+                            r.study_instance_uid,
+                            r.patient_id or "",
+                            r.patient_name or "",
+                            r.study_date or "",
+                            r.accession_number or "",
+                        )
+                    se = st.series.get(r.series_instance_uid)
+                    if se is None:
+                        se = st.series[r.series_instance_uid] = InventorySeries(
+                            r.series_instance_uid, r.modality or ""
+                        )
+                    se.instances[r.sop_instance_uid] = InventoryInstance(
+                        r.sop_instance_uid, r.sop_class_uid, r.content_sha256
+                    )
+        return inv
+
+    def local_series_counts(self, series_uids: Sequence[str]) -> dict[str, int]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(series.c.series_instance_uid, func.count(instance.c.pk))
+                .select_from(series.join(instance, instance.c.series_pk == series.c.pk))
+                .where(series.c.series_instance_uid.in_(list(series_uids)))
+                .group_by(series.c.series_instance_uid)
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def local_instances_of_series(self, series_uid: str) -> set[str]:
+        with engines.read(self.engine) as conn:
+            return set(
+                conn.execute(
+                    select(instance.c.sop_instance_uid)
+                    .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+                    .where(series.c.series_instance_uid == series_uid)
+                ).scalars()
+            )
+
+    # -- jobs --------------------------------------------------------------
+
+    def create_job(
+        self, remote_pk: int, selection: dict[str, Any], parallel: int, owner: str | None = None
+    ) -> int:
+        """A new job: pending (for the server's worker), or running for ``owner`` already."""
+        now = _now()
+        state = JobState.RUNNING if owner else JobState.PENDING
+        with engines.write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    insert(migration_job).values(
+                        remote_pk=remote_pk,
+                        state=state.value,
+                        selection_json=json.dumps(selection, sort_keys=True),
+                        parallel=parallel,
+                        owner=owner,
+                        heartbeat_at=now if owner else None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+            )
+
+    def _jobs_query(self) -> Any:
+        return select(migration_job, migration_remote.c.name).join(
+            migration_remote, migration_job.c.remote_pk == migration_remote.c.pk
+        )
+
+    def job(self, job_pk: int) -> dict[str, Any] | None:
+        with engines.read(self.engine) as conn:
+            row = conn.execute(self._jobs_query().where(migration_job.c.pk == job_pk)).first()
+            if row is None:
+                return None
+            out = _job(row)
+            out["progress"] = self._progress(conn, job_pk)
+        return out
+
+    def jobs(self, limit: int = 100) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(self._jobs_query().order_by(migration_job.c.pk.desc()).limit(limit)).all()
+            return [{**_job(r), "progress": self._progress(conn, r.pk)} for r in rows]
+
+    def _progress(self, conn: Any, job_pk: int) -> dict[str, int]:
+        out = {"series": 0, "series_done": 0, "series_failed": 0, "instances": 0, "instances_done": 0,
+               "bytes_done": 0}  # fmt: skip
+        for state, n, expected, done, done_bytes in conn.execute(
+            select(
+                migration_item.c.state,
+                func.count(),
+                func.coalesce(func.sum(migration_item.c.expected_instances), 0),
+                func.coalesce(func.sum(migration_item.c.transferred), 0),
+                func.coalesce(func.sum(migration_item.c.transferred_bytes), 0),
+            )
+            .where(migration_item.c.job_pk == job_pk)
+            .group_by(migration_item.c.state)
+        ):
+            out["series"] += int(n)
+            out["instances"] += int(expected)
+            out["bytes_done"] += int(done_bytes)
+            if state == ITEM_DONE:
+                out["series_done"] += int(n)
+                out["instances_done"] += int(expected)
+            else:
+                out["instances_done"] += int(done)
+                if state == ITEM_FAILED:
+                    out["series_failed"] += int(n)
+        return out
+
+    def unfinished_job(self, remote_pk: int) -> int | None:
+        with engines.read(self.engine) as conn:
+            return conn.execute(
+                select(migration_job.c.pk)
+                .where(
+                    migration_job.c.remote_pk == remote_pk,
+                    migration_job.c.state.in_(
+                        [
+                            JobState.PENDING.value,
+                            JobState.RUNNING.value,
+                            JobState.STOPPED.value,
+                            JobState.STOPPING.value,
+                        ]
+                    ),
+                )  # fmt: skip
+                .order_by(migration_job.c.pk.desc())
+                .limit(1)
+            ).scalar()
+
+    def claim_job(
+        self, job_pk: int | None, owner: str, stale_before: dt.datetime, owners_like: str = "%"
+    ) -> int | None:
+        """Take a job to run: ``job_pk``, or else the oldest pending one or one whose
+        owner matches ``owners_like`` (SQL LIKE); a running job only when its
+        runner's heartbeat is older than ``stale_before`` (the runner is gone)."""
+        abandoned = and_(
+            migration_job.c.state.in_([JobState.RUNNING.value, JobState.STOPPING.value]),
+            or_(migration_job.c.heartbeat_at.is_(None), migration_job.c.heartbeat_at < stale_before),
+        )
+        free = or_(migration_job.c.state.in_([JobState.PENDING.value, JobState.STOPPED.value]), abandoned)
+        with engines.write(self.engine) as conn:
+            if job_pk is None:
+                job_pk = conn.execute(
+                    select(migration_job.c.pk)
+                    .where(
+                        or_(
+                            migration_job.c.state == JobState.PENDING.value,
+                            and_(abandoned, migration_job.c.owner.like(owners_like)),
+                        ),
+                    )
+                    .order_by(migration_job.c.pk)
+                    .limit(1)
+                ).scalar()
+                if job_pk is None:
+                    return None
+            done = conn.execute(
+                update(migration_job)
+                .where(migration_job.c.pk == job_pk, free)
+                .values(
+                    state=JobState.RUNNING.value,
+                    owner=owner,
+                    heartbeat_at=_now(),
+                    updated_at=_now(),
+                    error=None,
+                )  # fmt: skip
+            )
+            return job_pk if done.rowcount == 1 else None
+
+    def heartbeat(self, job_pk: int, owner: str) -> str | None:
+        """Renew the runner's claim; return the job's state (``stopping`` asks it to stop)."""
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(migration_job)
+                .where(migration_job.c.pk == job_pk, migration_job.c.owner == owner)
+                .values(heartbeat_at=_now())
+            )
+            return conn.execute(select(migration_job.c.state).where(migration_job.c.pk == job_pk)).scalar()
+
+    def set_job_state(
+        self,
+        job_pk: int,
+        state: JobState,
+        *,
+        only_from: Sequence[JobState] | None = None,
+        error: str | None = None,
+        reconcile_clean: bool | None = None,
+    ) -> bool:
+        values: dict[str, Any] = {"state": state.value, "updated_at": _now()}
+        if error is not None:
+            values["error"] = error
+        if reconcile_clean is not None:
+            values["reconcile_clean"] = reconcile_clean
+        if state.finished:
+            values["heartbeat_at"] = None
+        q = update(migration_job).where(migration_job.c.pk == job_pk)
+        if only_from is not None:
+            q = q.where(migration_job.c.state.in_([s.value for s in only_from]))
+        with engines.write(self.engine) as conn:
+            return bool(conn.execute(q.values(**values)).rowcount == 1)
+
+    def add_items(self, job_pk: int, items: Sequence[tuple[str, str, int]]) -> None:
+        if not items:
+            return
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                insert(migration_item),
+                [
+                    {
+                        "job_pk": job_pk,
+                        "study_instance_uid": st,
+                        "series_instance_uid": se,
+                        "expected_instances": n,
+                        "expected_bytes": 0,
+                        "state": ITEM_PENDING,
+                        "attempts": 0,
+                        "transferred": 0,
+                        "transferred_bytes": 0,
+                    }
+                    for st, se, n in items
+                ],
+            )
+
+    def has_items(self, job_pk: int) -> bool:
+        with engines.read(self.engine) as conn:
+            return (
+                conn.execute(
+                    select(migration_item.c.pk).where(migration_item.c.job_pk == job_pk).limit(1)
+                ).first()
+                is not None
+            )
+
+    def items(self, job_pk: int, states: Sequence[str]) -> list[dict[str, Any]]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(migration_item)
+                .where(migration_item.c.job_pk == job_pk, migration_item.c.state.in_(list(states)))
+                .order_by(migration_item.c.pk)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def retry_failed_items(self, job_pk: int) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(migration_item)
+                .where(migration_item.c.job_pk == job_pk, migration_item.c.state == ITEM_FAILED)
+                .values(state=ITEM_PENDING, attempts=0)
+            )
+
+    def finish_item(
+        self, item_pk: int, state: str, attempts: int, transferred: int, nbytes: int, error: str | None
+    ) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(migration_item)
+                .where(migration_item.c.pk == item_pk)
+                .values(
+                    state=state,
+                    attempts=attempts,
+                    transferred=transferred,
+                    transferred_bytes=nbytes,
+                    error=error,
+                )  # fmt: skip
+            )
+
+    # -- reconcile ---------------------------------------------------------
+
+    def save_reconcile(self, remote_pk: int, clean: bool, report: dict[str, Any]) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                insert(reconcile_run).values(
+                    remote_pk=remote_pk, at=_now(), clean=clean, report_json=json.dumps(report)
+                )
+            )

@@ -1,0 +1,517 @@
+"""Inventory walks and migration jobs: resumable, parallel, retried, verified.
+
+*Inventory*: the source's studies are found window by StudyDate window; a
+C-FIND (or QIDO-RS) answer that the peer cut short (a limit reached, a
+warning or cancel status) has its window split in two and asked again, so
+that no single query hits the peer's limit. Each finished window, then each
+study's series and instances, is committed to the index: a walk interrupted
+anywhere resumes with the windows and studies it has not finished.
+
+*Migration*: a job holds one item per series that this archive lacks (wholly
+or in part); ``parallel`` workers fetch items (C-MOVE to dicomhub's own AE,
+C-GET when the peer refuses C-MOVE, WADO-RS, or files), each fetched object
+goes through the one store path, and an item is done only when every SOP
+Instance of the source's inventory for its series is in the index. A failed
+item is retried with exponential backoff; a job stopped or killed resumes with
+the items not done (objects already stored are found present, never twice).
+The job ends with a reconcile of its studies that must come out clean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicomhub.config import Settings
+from dicomhub.errors import DicomhubError
+from dicomhub.index.migration import ITEM_DONE, ITEM_FAILED, ITEM_PENDING
+from dicomhub.migrate.sources import (
+    DicomwebSource,
+    DimseSource,
+    FolderSource,
+    MoveRefused,
+    RemoteError,
+    open_source,
+)
+from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.migration import (
+    HEARTBEAT_SECONDS,
+    STALE_SECONDS,
+    Inventory,
+    InventorySeries,
+    JobState,
+    ReconcileReport,
+    RemoteKind,
+)
+from dicomhub.services.archive import Archive
+from dicomhub.services.ingest import StoreOutcome
+from dicomhub.services.migration import selected
+
+__all__ = ["Migrator", "Progress", "Transform", "owner_name"]
+
+LOGGER = logging.getLogger("dicomhub.migrate")
+
+#: An optional step on the way in: gets each fetched object as a pydicom
+#: Dataset and returns the one to store (de-identification, coercion).
+Transform = Callable[[Dataset], Dataset]
+
+_EARLIEST = dt.date(1900, 1, 1)
+HEARTBEAT = HEARTBEAT_SECONDS
+STALE = dt.timedelta(seconds=STALE_SECONDS)
+
+
+def owner_name(kind: str) -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """True when ``owner`` was a process on this host that no longer exists."""
+    if not owner:
+        return True
+    parts = owner.split(":")
+    if len(parts) != 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(parts[2]) == os.getpid()
+
+
+@dataclass
+class Progress:
+    """What a job has done so far, given to the progress callback."""
+
+    series_total: int = 0
+    series_done: int = 0
+    series_failed: int = 0
+    instances_total: int = 0
+    instances_done: int = 0
+    bytes_done: int = 0
+    message: str = ""
+
+
+class _StoreSink:
+    """Stores what a source fetches through the archive's one store path."""
+
+    def __init__(self, archive: Archive, caller: Caller, transform: Transform | None) -> None:
+        self.archive = archive
+        self.caller = caller
+        self.transform = transform
+        self.bytes = 0  # stored (objects found already present count nothing)
+
+    def _transformed(self, data: bytes) -> bytes:
+        assert self.transform is not None
+        ds = self.transform(dcmread(BytesIO(data)))
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    def store_dataset(
+        self, dataset: bytes, transfer_syntax_uid: str, sop_class_uid: str, sop_instance_uid: str
+    ) -> int:
+        if self.transform is not None:
+            from dicomhub.model.part10 import file_meta_header
+
+            part10 = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, None) + dataset
+            return self.store_part10(part10)
+        result = self.archive.ingest.store_received(
+            dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, self.caller
+        )
+        return self._count(result.size, result.outcome)
+
+    def _count(self, size: int, outcome: StoreOutcome) -> int:
+        if outcome is not StoreOutcome.ALREADY_PRESENT:
+            self.bytes += size
+            return size
+        return 0
+
+    def store_part10(self, data: bytes) -> int:
+        if self.transform is not None:
+            data = self._transformed(data)
+        result = self.archive.ingest.store_part10(data, self.caller)
+        return self._count(result.size, result.outcome)
+
+    def store_file(self, path: Path) -> int:
+        if self.transform is not None:
+            return self.store_part10(path.read_bytes())
+        result = self.archive.ingest.store_part10_file(path, self.caller)
+        return self._count(result.size, result.outcome)
+
+
+class Migrator:
+    """Runs inventories and migration jobs of one archive (in the CLI or the server)."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        settings: Settings,
+        *,
+        transform: Transform | None = None,
+        move_destination: str | None = None,
+        retries: int = 4,
+        backoff: float = 1.0,
+    ) -> None:
+        self.archive = archive
+        self.service = archive.migration
+        self.settings = settings
+        self.transform = transform
+        self.move_destination = move_destination or settings.aet
+        self.retries = retries
+        self.backoff = backoff
+
+    def _source(self, name: str) -> DimseSource | DicomwebSource | FolderSource:
+        _pk, remote = self.service.remote(name)
+        return open_source(remote, self.settings.aet, self.move_destination, self.settings.dimse_timeout)
+
+    # -- inventory ---------------------------------------------------------
+
+    def inventory(
+        self,
+        name: str,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        *,
+        refresh: bool = False,
+        parallel: int = 4,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Inventory:
+        """Walk the source and store its inventory; resume an interrupted walk.
+
+        ``progress(phase, done, total)`` is called as windows and studies finish.
+        """
+        remote_pk, _remote = self.service.remote(name)
+        repo = self.service.repo
+        complete, _at = repo.inventory_state(remote_pk)
+        if refresh or complete:
+            repo.reset_inventory(remote_pk)
+        source = self._source(name)
+        try:
+            self._walk_windows(source, remote_pk, date_from, date_to, progress)
+        finally:
+            source.close()
+        pending = repo.incomplete_studies(remote_pk)
+        # Studies are asked about on several associations at once: a C-FIND round
+        # trip, not the peer, is what limits one. Each thread has its own source.
+        sources: list[DimseSource | DicomwebSource | FolderSource] = []
+        local = threading.local()
+
+        def content(study_uid: str) -> tuple[str, list[InventorySeries]]:
+            mine = getattr(local, "source", None)
+            if mine is None:
+                mine = local.source = self._source(name)
+                sources.append(mine)
+            return study_uid, mine.study_content(study_uid)
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="inventory") as pool:
+                for n, (study_uid, found) in enumerate(pool.map(content, pending)):
+                    repo.record_study_content(remote_pk, study_uid, found)
+                    if progress:
+                        progress("studies", n + 1, len(pending))
+        finally:
+            for each in sources:
+                each.close()
+        repo.set_inventory_complete(remote_pk, True)
+        return repo.inventory(remote_pk)
+
+    def _walk_windows(
+        self,
+        source: DimseSource | DicomwebSource | FolderSource,
+        remote_pk: int,
+        date_from: str | None,
+        date_to: str | None,
+        progress: Callable[[str, int, int], None] | None,
+    ) -> None:
+        repo = self.service.repo
+        done = repo.done_windows(remote_pk)
+        windows = 0
+
+        def key(a: dt.date | None, b: dt.date | None) -> str:
+            return "all" if a is None else f"{a:%Y%m%d}-{b:%Y%m%d}"
+
+        def visit(a: dt.date | None, b: dt.date | None) -> None:
+            nonlocal windows
+            if key(a, b) in done:
+                return
+            studies, cut = source.find_studies(
+                a.strftime("%Y%m%d") if a else None, b.strftime("%Y%m%d") if b else None
+            )
+            if cut:
+                if a is None or b is None:
+                    a, b = _EARLIEST, dt.date.today()
+                    if key(a, b) in done:
+                        return
+                    visit(a, b)
+                    return
+                if a >= b:
+                    raise RemoteError(
+                        f"the peer cut its answer short for the single day {a:%Y%m%d} "
+                        f"({len(studies)} studies): its find limit is too low to walk"
+                    )
+                mid = a + (b - a) // 2
+                visit(a, mid)
+                visit(mid + 1 * dt.timedelta(days=1), b)
+                return
+            repo.record_window(remote_pk, key(a, b), studies)
+            done.add(key(a, b))
+            windows += 1
+            if progress:
+                progress("windows", windows, 0)
+
+        if date_from or date_to:
+            start = dt.datetime.strptime(date_from, "%Y%m%d").date() if date_from else _EARLIEST
+            end = dt.datetime.strptime(date_to, "%Y%m%d").date() if date_to else dt.date.today()
+            visit(start, end)
+        else:
+            visit(None, None)
+
+    # -- jobs --------------------------------------------------------------
+
+    def start(self, name: str, selection: dict[str, Any], parallel: int, owner: str) -> tuple[int, bool]:
+        """The unfinished job from ``name`` (taken over: True), or a new one, claimed by ``owner``."""
+        remote_pk, _ = self.service.remote(name)
+        repo = self.service.repo
+        job_id = repo.unfinished_job(remote_pk)
+        if job_id is None:
+            return self.service.create_job(name, selection, parallel, owner=owner), False
+        job = self.service.job(job_id)
+        stale = dt.datetime.now(dt.UTC) - STALE
+        if _owner_gone(job["owner"]):
+            stale = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        repo.retry_failed_items(job_id)
+        if repo.claim_job(job_id, owner, stale) is None:
+            raise DicomhubError(
+                f"migration job {job_id} from {name!r} is being run by {job['owner']}; "
+                "stop it (POST /migrations/{id}/stop) or wait for it"
+            )
+        return job_id, True
+
+    def run(
+        self,
+        job_id: int,
+        owner: str,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> JobState:
+        """Run a job this runner has claimed, to its end or until stopped."""
+        stop = stop or threading.Event()
+        repo = self.service.repo
+        job = self.service.job(job_id)
+        name, selection = job["remote"], job["selection"]
+        remote_pk, remote = self.service.remote(name)
+        beat_done = threading.Event()
+
+        def beat() -> None:
+            while not beat_done.wait(HEARTBEAT):
+                try:
+                    if repo.heartbeat(job_id, owner) == JobState.STOPPING.value:
+                        stop.set()
+                except DicomhubError as exc:  # the index is busy: try again next beat
+                    LOGGER.warning("migration job %s heartbeat failed: %s", job_id, exc)
+
+        beater = threading.Thread(target=beat, name=f"migration-{job_id}-heartbeat", daemon=True)
+        beater.start()
+        try:
+            complete, _ = repo.inventory_state(remote_pk)
+            if not complete:
+                self.inventory(name, parallel=job["parallel"])
+            source_inventory = repo.inventory(remote_pk)
+            studies = {uid: s for uid, s in source_inventory.studies.items() if selected(s, selection)}
+            if not repo.has_items(job_id):
+                repo.add_items(job_id, self._missing(studies))
+            state = self._transfer(
+                job_id, remote.kind, name, source_inventory, job["parallel"], progress, stop
+            )
+            if state is JobState.STOPPED:
+                # Asked to stop: stopped until resumed. The runner shutting down
+                # (server restart): pending again, for the next runner.
+                asked = self.service.job(job_id)["state"] == JobState.STOPPING.value
+                final_stop = JobState.STOPPED if asked else JobState.PENDING
+                repo.set_job_state(job_id, final_stop)
+                return final_stop
+            report = self.service.reconcile(name, only=list(studies))
+            final = JobState.DONE if report.clean and state is JobState.DONE else JobState.FAILED
+            error = (
+                None if final is JobState.DONE else _failure_text(report, repo.items(job_id, [ITEM_FAILED]))
+            )
+            repo.set_job_state(job_id, final, error=error or "", reconcile_clean=report.clean)
+            return final
+        except Exception as exc:
+            # Retried items failed or the peer is unreachable: the job can be resumed.
+            LOGGER.exception("migration job %s failed", job_id)
+            repo.set_job_state(job_id, JobState.FAILED, error=str(exc) or type(exc).__name__)
+            return JobState.FAILED
+        finally:
+            beat_done.set()
+            beater.join(timeout=HEARTBEAT + 1)
+
+    def _missing(self, studies: dict[str, Any]) -> list[tuple[str, str, int]]:
+        """Series of ``studies`` with SOP Instances this archive does not hold."""
+        local = self.service.repo.local_inventory(list(studies))
+        items = []
+        for uid, study in studies.items():
+            have = local.studies.get(uid)
+            for series_uid, series in study.series.items():
+                held = have.series.get(series_uid) if have else None
+                if held is None or set(series.instances) - set(held.instances):
+                    items.append((uid, series_uid, len(series.instances)))
+        return items
+
+    def _transfer(
+        self,
+        job_id: int,
+        kind: RemoteKind,
+        name: str,
+        inventory: Inventory,
+        parallel: int,
+        progress: Callable[[Progress], None] | None,
+        stop: threading.Event,
+    ) -> JobState:
+        repo = self.service.repo
+        series_of = {
+            series_uid: series
+            for study in inventory.studies.values()
+            for series_uid, series in study.series.items()
+        }
+        pending = repo.items(job_id, [ITEM_PENDING])
+        counts = self.service.job(job_id)["progress"]
+        shown = Progress(
+            series_total=counts["series"],
+            series_done=counts["series_done"],
+            series_failed=counts["series_failed"],
+            instances_total=counts["instances"],
+            instances_done=counts["instances_done"],
+            bytes_done=counts["bytes_done"],
+        )
+        if progress:
+            progress(shown)
+        source = self._source(name)
+        _pk, remote = self.service.remote(name)
+        caller = (
+            Caller(Channel.DIMSE, remote.ae_title, remote.host)
+            if kind is RemoteKind.DIMSE
+            else Caller(Channel.INTERNAL, f"migrate:{name}")
+        )
+        # C-MOVE makes the peer send to the running server, which cannot apply the
+        # transform; and once the peer refused it, every item goes by C-GET.
+        use_get = [
+            isinstance(source, DimseSource) and (remote.retrieve == "get" or self.transform is not None)
+        ]
+        lock = threading.Lock()
+
+        def one(item: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, int, str | None]:
+            series = series_of.get(item["series_instance_uid"]) or InventorySeries(
+                item["series_instance_uid"]
+            )
+            attempts, error = item["attempts"], None
+            sink = _StoreSink(self.archive, caller, self.transform)
+            for attempt in range(self.retries + 1):
+                if stop.is_set():
+                    return item, ITEM_PENDING, attempts, 0, sink.bytes, error
+                attempts += 1
+                try:
+                    self._fetch(source, item["study_instance_uid"], series, sink, use_get)
+                    missing = set(series.instances) - repo.local_instances_of_series(
+                        series.series_instance_uid
+                    )
+                    if not missing:
+                        return item, ITEM_DONE, attempts, len(series.instances), sink.bytes, None
+                    error = f"{len(missing)} of {len(series.instances)} instances not received"
+                except (DicomhubError, OSError) as exc:
+                    error = str(exc) or type(exc).__name__
+                LOGGER.warning("series %s, attempt %d: %s", series.series_instance_uid, attempt + 1, error)
+                if attempt < self.retries and stop.wait(min(30.0, self.backoff * 2**attempt)):
+                    break
+            done = len(set(series.instances) & repo.local_instances_of_series(series.series_instance_uid))
+            return item, ITEM_FAILED if not stop.is_set() else ITEM_PENDING, attempts, done, sink.bytes, error
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix=f"migrate-{job_id}") as pool:
+            queue: Iterator[dict[str, Any]] = iter(pending)
+            running: set[Future[tuple[dict[str, Any], str, int, int, int, str | None]]] = set()
+
+            def refill() -> None:
+                while len(running) < max(1, parallel) and not stop.is_set():
+                    item = next(queue, None)
+                    if item is None:
+                        return
+                    running.add(pool.submit(one, item))
+
+            refill()
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running.discard(future)
+                    item, state, attempts, done, nbytes, error = future.result()
+                    repo.finish_item(
+                        item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error
+                    )
+                    with lock:
+                        shown.bytes_done += nbytes
+                        if state == ITEM_DONE:
+                            shown.series_done += 1
+                            shown.instances_done += item["expected_instances"]
+                        elif state == ITEM_FAILED:
+                            shown.series_failed += 1
+                    if progress:
+                        progress(shown)
+                refill()
+        source.close()
+        if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
+            return JobState.STOPPED
+        return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE
+
+    def _fetch(
+        self,
+        source: DimseSource | DicomwebSource | FolderSource,
+        study_uid: str,
+        series: InventorySeries,
+        sink: _StoreSink,
+        use_get: list[bool],
+    ) -> None:
+        if not isinstance(source, DimseSource):
+            source.retrieve_series(study_uid, series, sink)
+        elif use_get[0]:
+            source.get_series(study_uid, series, sink)
+        else:
+            try:
+                source.move_series(study_uid, series)
+            except MoveRefused as exc:
+                if source.remote.retrieve == "move":
+                    raise
+                LOGGER.warning(
+                    "%s refuses C-MOVE to %s (%s): using C-GET",
+                    source.remote.name,
+                    self.move_destination,
+                    exc,
+                )
+                use_get[0] = True
+                source.get_series(study_uid, series, sink)
+
+
+def _failure_text(report: ReconcileReport, failed: list[dict[str, Any]]) -> str:
+    parts = []
+    if failed:
+        parts.append(
+            f"{len(failed)} series failed (first: {failed[0]['series_instance_uid']}: {failed[0]['error']})"
+        )
+    problems = report.problems()
+    if problems:
+        parts.append(f"reconcile: {len(problems)} studies differ (first: {problems[0].study_instance_uid}: "
+                     f"{problems[0].status})")  # fmt: skip
+    return "; ".join(parts)

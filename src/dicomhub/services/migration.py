@@ -1,0 +1,192 @@
+"""Migration use cases that need no network: remote archives by name, stored
+inventories, reconciliation against this archive, and the state of migration jobs.
+
+The transfers themselves (C-FIND, C-MOVE, C-GET, QIDO-RS, WADO-RS) are done by
+:mod:`dicomhub.migrate`, which records what it does here; the HTTP API only
+creates, lists and stops jobs, which a runner (the server's background worker
+or ``dicomhub migrate``) then picks up from the index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from dicomhub.errors import Conflict, InvalidRequest, NotFound
+from dicomhub.index.migration import MigrationRepository
+from dicomhub.model.migration import (
+    STALE_SECONDS,
+    Inventory,
+    InventoryStudy,
+    JobState,
+    ReconcileReport,
+    RemoteArchive,
+    RemoteKind,
+    reconcile,
+)
+
+__all__ = ["MigrationService", "Selection"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DATE = re.compile(r"^\d{8}$")
+_AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control characters
+
+Selection = dict[str, Any]
+
+
+def check_selection(selection: Selection) -> Selection:
+    """Validate a job's selection: since/until (YYYYMMDD), modality, patients (list of IDs)."""
+    out: Selection = {}
+    for key in ("since", "until"):
+        value = selection.get(key)
+        if value:
+            if not isinstance(value, str) or not _DATE.match(value):
+                raise InvalidRequest(f"{key} must be a date YYYYMMDD")
+            out[key] = value
+    modality = selection.get("modality")
+    if modality:
+        if not isinstance(modality, str) or not re.match(r"^[A-Z0-9_]{1,16}$", modality):
+            raise InvalidRequest("modality must be a DICOM Modality code (e.g. CT)")
+        out["modality"] = modality
+    patients = selection.get("patients")
+    if patients:
+        if not isinstance(patients, list) or not all(
+            isinstance(p, str) and 0 < len(p) <= 64 for p in patients
+        ):
+            raise InvalidRequest("patients must be a list of Patient IDs")
+        out["patients"] = sorted(set(patients))
+    unknown = set(selection) - {"since", "until", "modality", "patients"}
+    if unknown:
+        raise InvalidRequest(f"unknown selection keys: {', '.join(sorted(unknown))}")
+    return out
+
+
+def selected(study: InventoryStudy, selection: Selection) -> bool:
+    if selection.get("since") and (not study.study_date or study.study_date < selection["since"]):
+        return False
+    if selection.get("until") and (not study.study_date or study.study_date > selection["until"]):
+        return False
+    if selection.get("modality") and selection["modality"] not in study.modalities.split("\\"):
+        return False
+    return not (selection.get("patients") and study.patient_id not in selection["patients"])
+
+
+class MigrationService:
+    def __init__(self, repository: MigrationRepository) -> None:
+        self.repo = repository
+
+    # -- remotes -----------------------------------------------------------
+
+    def add_remote(self, remote: RemoteArchive) -> None:
+        if not _NAME.match(remote.name):
+            raise InvalidRequest("a remote's name has 1-64 letters, digits, '.', '_' or '-'")
+        if remote.kind is RemoteKind.DIMSE:
+            if not _AET.match(remote.ae_title) or not remote.ae_title.strip():
+                raise InvalidRequest("the AE title must have 1 to 16 characters")
+            if not remote.host or not 0 < remote.port < 65536:
+                raise InvalidRequest("a DIMSE remote needs a host and a port")
+            if remote.retrieve not in ("auto", "move", "get"):
+                raise InvalidRequest("retrieve is auto, move or get")
+        elif remote.kind is RemoteKind.DICOMWEB:
+            if not re.match(r"^https?://[^\s]+$", remote.url):
+                raise InvalidRequest("a DICOMweb remote needs an http(s) base URL")
+        elif not remote.path:
+            raise InvalidRequest("a folder remote needs a path")
+        if remote.find_limit < 0:
+            raise InvalidRequest("find_limit must be 0 (unknown) or more")
+        if self.repo.remote(remote.name) is not None:
+            raise Conflict(f"a remote named {remote.name!r} exists already")
+        self.repo.add_remote(remote)
+
+    def remotes(self) -> list[RemoteArchive]:
+        return self.repo.remotes()
+
+    def remote(self, name: str) -> tuple[int, RemoteArchive]:
+        found = self.repo.remote(name)
+        if found is None:
+            raise NotFound(f"no remote archive named {name!r} (see `dicomhub remote list`)")
+        return found
+
+    def remove_remote(self, name: str) -> None:
+        self.repo.remove_remote(self.remote(name)[0])
+
+    # -- inventory and reconcile -------------------------------------------
+
+    def inventory(self, name: str) -> Inventory:
+        return self.repo.inventory(self.remote(name)[0])
+
+    def reconcile(
+        self,
+        name: str,
+        against: str | None = None,
+        only: Iterable[str] | None = None,
+        attributes: dict[str, bool] | None = None,
+    ) -> ReconcileReport:
+        """Compare a remote's stored inventory with this archive (or with another remote's)."""
+        remote_pk, _ = self.remote(name)
+        source = self.repo.inventory(remote_pk)
+        complete, _at = self.repo.inventory_state(remote_pk)
+        if not complete:
+            raise Conflict(
+                f"the inventory of {name!r} is not complete; run `dicomhub inventory {name}` first"
+            )
+        if against is None:
+            target = self.repo.local_inventory(only)
+            target_name = "dicomhub"
+        else:
+            other_pk, _ = self.remote(against)
+            target = self.repo.inventory(other_pk)
+            target_name = against
+        report = reconcile(
+            source, target, source_name=name, target_name=target_name, only=only, attributes=attributes
+        )
+        self.repo.save_reconcile(remote_pk, report.clean, report.as_json())
+        return report
+
+    # -- jobs --------------------------------------------------------------
+
+    def create_job(self, name: str, selection: Selection, parallel: int = 4, owner: str | None = None) -> int:
+        """A new job for the server's background worker, or (with ``owner``) already
+        claimed by the caller that will run it."""
+        remote_pk, _ = self.remote(name)
+        if not 1 <= parallel <= 32:
+            raise InvalidRequest("parallel must be between 1 and 32")
+        checked = check_selection(selection)
+        if self.repo.unfinished_job(remote_pk) is not None:
+            raise Conflict(f"a migration from {name!r} is unfinished; resume or stop it first")
+        return self.repo.create_job(remote_pk, checked, parallel, owner)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        found = self.repo.job(job_id)
+        if found is None:
+            raise NotFound(f"no migration job {job_id}")
+        return found
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.repo.jobs()
+
+    def stop(self, job_id: int) -> dict[str, Any]:
+        job = self.job(job_id)
+        if not self.repo.set_job_state(job_id, JobState.STOPPING, only_from=[JobState.RUNNING]):
+            self.repo.set_job_state(job_id, JobState.STOPPED, only_from=[JobState.PENDING])
+        return self.job(job["id"])
+
+    def resume(self, job_id: int) -> dict[str, Any]:
+        """Queue a stopped or failed job again (failed series are retried), or a running
+        one whose runner is gone (no heartbeat for STALE_SECONDS: killed, crashed)."""
+        job = self.job(job_id)
+        resumable = [JobState.STOPPED, JobState.FAILED]
+        if job["heartbeat_at"] is None:
+            resumable += [JobState.RUNNING, JobState.STOPPING]
+        else:
+            beat = dt.datetime.fromisoformat(job["heartbeat_at"])
+            if beat.tzinfo is None:  # SQLite gives back what it stored: UTC, naive
+                beat = beat.replace(tzinfo=dt.UTC)
+            if (dt.datetime.now(dt.UTC) - beat).total_seconds() > STALE_SECONDS:
+                resumable += [JobState.RUNNING, JobState.STOPPING]
+        self.repo.retry_failed_items(job_id)
+        if not self.repo.set_job_state(job_id, JobState.PENDING, only_from=resumable):
+            raise Conflict(f"migration job {job_id} is neither stopped, failed nor abandoned by its runner")
+        return self.job(job_id)

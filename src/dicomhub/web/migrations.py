@@ -1,0 +1,68 @@
+"""Migration jobs over HTTP: ``/migrations`` (create, list), ``/migrations/{id}`` (watch),
+``/migrations/{id}/stop`` and ``/migrations/{id}/resume``.
+
+The endpoints only record the job in the index; the server's background
+worker runs it (the web layer knows no transfer protocol, see docs/migration.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from dicomhub.errors import InvalidRequest
+from dicomhub.services.archive import Archive
+
+__all__ = ["routes"]
+
+
+def _job_id(request: Request) -> int:
+    try:
+        return int(request.path_params["job_id"])
+    except ValueError as exc:
+        raise InvalidRequest("a job id is an integer") from exc
+
+
+def routes(archive: Archive) -> list[BaseRoute]:
+    service = archive.migration
+
+    async def create(request: Request) -> JSONResponse:
+        """Queue a migration from a remote archive: ``{"remote": NAME, "since": "YYYYMMDD",
+        "until": ..., "modality": ..., "patients": [...], "parallel": N}``."""
+        try:
+            body: Any = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise InvalidRequest("the body must be JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("remote"), str):
+            raise InvalidRequest('the body must be a JSON object with "remote" (a remote archive name)')
+        parallel = body.pop("parallel", 4)
+        if not isinstance(parallel, int):
+            raise InvalidRequest("parallel must be an integer")
+        name = body.pop("remote")
+        job_id = await run_in_threadpool(service.create_job, name, body, parallel)
+        return JSONResponse(await run_in_threadpool(service.job, job_id), status_code=201)
+
+    async def listing(_request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(service.jobs))
+
+    async def one(request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(service.job, _job_id(request)))
+
+    async def stop(request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(service.stop, _job_id(request)))
+
+    async def resume(request: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(service.resume, _job_id(request)))
+
+    return [
+        Route("/migrations", create, methods=["POST"]),
+        Route("/migrations", listing, methods=["GET"]),
+        Route("/migrations/{job_id}", one, methods=["GET"]),
+        Route("/migrations/{job_id}/stop", stop, methods=["POST"]),
+        Route("/migrations/{job_id}/resume", resume, methods=["POST"]),
+    ]
