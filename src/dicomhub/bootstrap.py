@@ -29,12 +29,14 @@ from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
-from dicomhub.storage.filesystem import FileSystemBlobStore
+from dicomhub.storage.base import BlobStore
+from dicomhub.storage.urls import open_blob_stores
 
 __all__ = [
     "configure_logging",
     "configure_pydicom",
     "open_archive",
+    "open_blob_store",
     "run_background_worker",
     "run_dimse_worker",
 ]
@@ -60,7 +62,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     if upgrade:
         migrate(engine, lock_dir=settings.data_dir)
     index = IndexRepository(engine)
-    blobs = FileSystemBlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings)
     headers = HeaderService(index, blobs)
     search = SearchService(index, headers)
     transcode = TranscodeService(blobs, settings.spool_dir)
@@ -78,7 +80,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         headers=headers,
         ingest=IngestService(index, blobs, settings.duplicate_policy, compression, validation),
         search=search,
-        retrieve=RetrieveService(search, blobs),
+        retrieve=RetrieveService(search, blobs, settings.spool_dir),
         delete=DeleteService(index, blobs),
         wado=WadoService(index, search, blobs, transcode),
         transcode=transcode,
@@ -89,6 +91,16 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         statistics=StatisticsService(AssociationLogRepository(engine), index),
         validation=validation,
         close=engine.dispose,
+    )
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store of ``settings`` (with its fallback during a storage migration)."""
+    return open_blob_stores(
+        settings.blob_store_url,
+        settings.storage_fallback_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
     )
 
 

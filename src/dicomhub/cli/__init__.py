@@ -99,6 +99,12 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--data-dir", help="data directory (default ./dicomhub-data)")
     p.add_argument("--database-url", help="index database URL (default: SQLite in the data dir)")
+    p.add_argument(
+        "--storage-url", help="blob store: file:///path or s3://bucket/prefix (default: data dir/blobs)"
+    )
+    p.add_argument(
+        "--storage-fallback-url", help="also read blobs from this store (while migrating storage)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--duplicate-policy",
@@ -168,6 +174,8 @@ def _load(args: argparse.Namespace) -> Settings:
     keys = (
         "data_dir",
         "database_url",
+        "storage_url",
+        "storage_fallback_url",
         "log_level",
         "duplicate_policy",
         "aet",
