@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite drives: DCMTK (echoscu, storescu,
-# findscu, getscu, movescu, storescp). Debian/Ubuntu; uses sudo when not root.
+# findscu, getscu, movescu, storescp) and a PostgreSQL server (the tests start a
+# throw-away cluster from /usr/lib/postgresql/*/bin, see tests/pgcluster.py).
+# Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
 need=()
 for tool in echoscu storescu findscu getscu movescu storescp dcmdump; do
   [ -x "/usr/bin/$tool" ] || need=(dcmtk)
 done
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v psql >/dev/null; then
+  need+=(postgresql postgresql-client)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
