@@ -11,9 +11,10 @@ from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError
 from dicomhub.index.associations import AssociationLogRepository
+from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
-from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
@@ -26,10 +27,13 @@ from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
+from dicomhub.services.storagecheck import StorageCheckService
+from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
+from dicomhub.storage.urls import open_blob_store as open_store_at
 from dicomhub.storage.urls import open_blob_stores
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "configure_pydicom",
     "open_archive",
     "open_blob_store",
+    "open_storage_migration",
     "run_background_worker",
     "run_dimse_worker",
 ]
@@ -74,11 +79,12 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         dict(settings.validation_ae),
         last_change=index.last_change,
     )
+    ingest = IngestService(index, blobs, settings.duplicate_policy, compression, validation)
     return Archive(
         index=index,
         blobs=blobs,
         headers=headers,
-        ingest=IngestService(index, blobs, settings.duplicate_policy, compression, validation),
+        ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir),
         delete=DeleteService(index, blobs),
@@ -90,6 +96,9 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         commitment=CommitmentService(index, blobs, CommitmentRepository(engine)),
         statistics=StatisticsService(AssociationLogRepository(engine), index),
         validation=validation,
+        storage_check=StorageCheckService(
+            BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
+        ),
         close=engine.dispose,
     )
 
@@ -102,6 +111,25 @@ def open_blob_store(settings: Settings) -> BlobStore:
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region,
     )
+
+
+def open_storage_migration(
+    settings: Settings, target_url: str, source_url: str | None = None
+) -> tuple[StorageMigration, Callable[[], None]]:
+    """A migration of the blobs of ``settings``' archive to ``target_url``, and its close.
+
+    The source is ``source_url``, else the configured fallback store (the
+    nodes already read from both), else the configured store.
+    """
+    source_url = source_url or settings.storage_fallback_url or settings.blob_store_url
+    if source_url == target_url:
+        raise ConfigurationError(f"the blobs are in {target_url} already")
+    engine = connect_engine(settings.index_url)
+    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    migration = StorageMigration(
+        BlobRecords(engine), open_store_at(source_url, **stores), open_store_at(target_url, **stores)
+    )
+    return migration, engine.dispose
 
 
 def configure_logging(level: str) -> None:

@@ -14,6 +14,7 @@ from dicomhub.services.ingest import IngestService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
+from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
@@ -39,6 +40,7 @@ class Archive:
     commitment: CommitmentService
     statistics: StatisticsService
     validation: ValidationService
+    storage_check: StorageCheckService
     close: Callable[[], None]
 
     def usable(self) -> bool:

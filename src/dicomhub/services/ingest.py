@@ -307,6 +307,24 @@ class IngestService:
             # their length, so a large Pixel Data is never paged in.
             return extract_part10(data)
 
+    def index_stored_blob(self, key: str) -> bool:
+        """Index a blob that is in the store but not in the index (``dicomhub check --repair``).
+
+        Returns False, indexing nothing, when its SOP Instance UID is indexed
+        already (with another blob): the blob is then a leftover copy.
+
+        Raises
+        ------
+        DicomhubError
+            When the blob is not a DICOM object that can be indexed.
+        """
+        with _mapped_blob(self.blobs, key) as data:
+            header = extract_part10(data)
+            content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
+            blob = BlobInfo(key, len(data), hashlib.sha256(data).hexdigest())
+        added = self.index.add_instance(header, blob, content, None, overwrite=False)
+        return added.result is not AddResult.EXISTS
+
     def store_part10(
         self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
     ) -> StoreResult:

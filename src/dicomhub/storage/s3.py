@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 from urllib.parse import urlsplit
 
 from dicomhub.errors import BlobMissing, ChecksumMismatch, ConfigurationError, StorageError
@@ -41,7 +41,8 @@ __all__ = ["S3BlobStore", "S3Location", "parse_s3_url"]
 LOGGER = logging.getLogger("dicomhub.storage.s3")
 
 PART_SIZE = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB is what the AWS CLI uses
-READ_BLOCK = 1 << 20  # the least a ranged GET fetches (sequential reads need few requests)
+READ_BLOCK = 1 << 20  # the least a ranged GET fetches
+MAX_READ_BLOCK = 64 << 20  # the most: sequential reads double the block up to this
 _METADATA_DIGEST = "sha256"
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
@@ -281,7 +282,9 @@ class S3BlobStore:
 
     def open(self, key: str) -> BinaryIO:
         head, size, _meta = self._get(key, 0, READ_BLOCK - 1)
-        return io.BufferedReader(_RangedReader(self, key, size, head), buffer_size=READ_BLOCK)
+        # Not an io.BufferedReader: pydicom takes one for a local file and
+        # would open its `name` again to read deferred values.
+        return cast(BinaryIO, _RangedReader(self, key, size, head))
 
     def read(self, key: str) -> bytes:
         data, _size, meta = self._get(key, 0, None)
@@ -375,11 +378,13 @@ def _total_size(content_range: str | None, fallback: int) -> int:
 
 
 class _RangedReader(io.RawIOBase):
-    """A seekable read-only file over ranged GETs, with one block cached.
+    """A seekable read-only file over ranged GETs, with one block cached; ``read(n)``
+    returns ``n`` bytes unless at the end, as a buffered file does.
 
     The first block comes with the open (it also tells that the object
-    exists and its size); sequential reads then need one GET per block,
-    and a seek (a frame, a bulk data value) costs one GET of what is read.
+    exists and its size); sequential reads then need a GET per doubling
+    block, and a seek (a frame, a bulk data value) costs one GET of what is
+    read (at least a block).
     """
 
     def __init__(self, store: S3BlobStore, key: str, size: int, head: bytes) -> None:
@@ -390,6 +395,7 @@ class _RangedReader(io.RawIOBase):
         self._pos = 0
         self._cache_start = 0
         self._cache = head
+        self._window = READ_BLOCK
 
     def readable(self) -> bool:
         return True
@@ -407,13 +413,35 @@ class _RangedReader(io.RawIOBase):
         self._pos = base + offset
         return self._pos
 
+    def read(self, size: int | None = -1) -> bytes:
+        """``size`` bytes (all that is left for None or < 0), fewer only at the end."""
+        left = self._size - self._pos
+        wanted = left if size is None or size < 0 else min(size, left)
+        out = bytearray(max(0, wanted))
+        view = memoryview(out)
+        got = 0
+        while got < wanted:
+            n = self.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        del out[got:]
+        return bytes(out)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
         if self._pos >= self._size or not len(out):
             return 0
         within = self._pos - self._cache_start
         if not 0 <= within < len(self._cache):
-            length = min(max(len(out), READ_BLOCK), self._size - self._pos)
+            # Reading on where the last block ended: fetch twice as much each time (a
+            # whole object in a few GETs); after a seek start small again (a frame).
+            sequential = self._pos == self._cache_start + len(self._cache)
+            self._window = min(self._window * 2, MAX_READ_BLOCK) if sequential else READ_BLOCK
+            length = min(max(len(out), self._window), self._size - self._pos)
             self._cache = self._store.open_range(self._key, self._pos, length)
             self._cache_start, within = self._pos, 0
             if not self._cache:
