@@ -154,6 +154,8 @@ def synthesise_postgresql(url: str, instances: int) -> None:
             log(f"  postgresql: {table} loaded in {time.monotonic() - t0:.1f} s")
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
+        # The load's dirty pages are written now, not during the timed ingest that follows.
+        conn.execute("CHECKPOINT")
 
 
 def synthesise_sqlite(path: Path, instances: int) -> None:
@@ -176,6 +178,7 @@ def synthesise_sqlite(path: Path, instances: int) -> None:
         conn.execute("COMMIT")
         log(f"  sqlite: {table} loaded in {time.monotonic() - t0:.1f} s")
     conn.execute("ANALYZE")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
 
@@ -433,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="dicomhub-index-bench-"))
     results: dict[str, Any] = {}
-    cluster = PostgresCluster(durable=True).start() if only & {"postgresql", "nodes"} else None
+    # fsync stays on; memory and planner costs as on a small production server with an SSD.
+    tuning = ["shared_buffers=1GB", "effective_cache_size=4GB", "random_page_cost=1.1", "max_wal_size=4GB"]
+    cluster = None
+    if only & {"postgresql", "nodes"}:
+        cluster = PostgresCluster(durable=True, settings=tuning).start()
     try:
         for name in ("sqlite", "postgresql"):
             if name in only:
@@ -445,15 +452,16 @@ def main(argv: list[str] | None = None) -> int:
             two = nodes_ingest(cluster, work, 2, files)
             log(f"two nodes: {two:.0f} instances/s ({two / one:.2f}x)")
             results["nodes"] = {"one_node_per_s": one, "two_nodes_per_s": two, "ratio": two / one}
+        print(json.dumps(results, indent=2), flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
     finally:
         if cluster is not None:
             cluster.stop()
         if not args.keep:
+            log(f"removing {work}")
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
