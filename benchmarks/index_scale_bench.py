@@ -12,11 +12,14 @@ For each backend the script
    PatientName prefix wildcard (``ABCDE*``), a one-week StudyDate range, exact
    AccessionNumber; reports the median and the 95th percentile;
 3. times ingest (``IngestService.store_part10`` from 4 threads, real file blob store) of
-   ``--ingest`` small instances into an empty index and into the big one.
+   ``--ingest`` small instances into a fresh empty index and into the big one, alternately,
+   ``--ingest-repeat`` times each; reports the medians.
 
 Then two ``dicomhub serve`` processes on one PostgreSQL database (and one shared file://
 blob folder) receive ``--node-files`` instances from 4 ``storescu`` processes, against
-one node receiving the same from 4 ``storescu`` processes.
+one node receiving the same from 4 ``storescu`` processes (``--node-repeat`` runs of each,
+alternately; the medians are reported). The cores are shared out: one node runs a DIMSE
+worker per core, each of two nodes half as many.
 
 The PostgreSQL server is a throw-away cluster (tests/pgcluster.py) with its durability
 defaults (fsync on). Run: ``python benchmarks/index_scale_bench.py [--instances N]``.
@@ -326,6 +329,7 @@ def _write_files(folder: Path, count: int) -> list[Path]:
 
 def nodes_ingest(cluster: PostgresCluster, work: Path, node_count: int, files: list[Path]) -> float:
     """Instances per second received by ``node_count`` serve processes from 4 storescu processes."""
+    work.mkdir(parents=True, exist_ok=True)
     url = cluster.create_database()
     blobs = work / f"blobs-{node_count}"
     command = find_dicomhub(os.environ.get("E2E_DICOMHUB_CMD"))
@@ -335,8 +339,11 @@ def nodes_ingest(cluster: PostgresCluster, work: Path, node_count: int, files: l
         dimse, http = free_port(), free_port()
         data = work / f"node{node_count}-{n}"
         data.mkdir()
+        # The machine's cores are shared out: one node gets a DIMSE worker per core, two
+        # nodes get half as many each, so the comparison is of coordination, not of CPUs.
+        workers = max(1, (os.cpu_count() or 1) // node_count)
         cmd = [*command, "serve", "--data-dir", str(data), "--aet", "BENCH", "--dimse-port", str(dimse),
-               "--http-port", str(http), "--host", HOST]  # fmt: skip
+               "--http-port", str(http), "--host", HOST, "--workers", str(workers)]  # fmt: skip
         log_fh = open(data / "serve.log", "wb")  # noqa: SIM115 - closed below
         procs.append((subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env), log_fh))
         ports.append((dimse, http))
@@ -383,10 +390,6 @@ def nodes_ingest(cluster: PostgresCluster, work: Path, node_count: int, files: l
 def run_backend(
     name: str, work: Path, args: argparse.Namespace, cluster: PostgresCluster | None
 ) -> dict[str, Any]:
-    log(f"{name}: ingest into an empty index ({args.ingest} instances)")
-    payloads = small_instances(args.ingest, seed=1)
-    empty = _settings(name, work / f"{name}-empty", cluster)
-    rate_empty = time_ingest(empty, payloads)
     big = _settings(name, work / f"{name}-big", cluster)
     open_archive(big).close()  # migrate
     log(f"{name}: synthesising {args.instances} instances")
@@ -401,13 +404,22 @@ def run_backend(
     queries = time_queries(big, args.instances, args.repeat, plans)
     for kind, plan in plans.items():
         log(f"{name} plan, {kind}:\n{plan}")
-    log(f"{name}: ingest into the big index")
-    rate_big = time_ingest(big, small_instances(args.ingest, seed=2))
+    # Empty and big index runs alternate, each into a fresh empty index or with new
+    # instances into the big one, so that drift in the machine's load hits both alike.
+    empties, bigs = [], []
+    for r in range(args.ingest_repeat):
+        empty = _settings(name, work / f"{name}-empty{r}", cluster)
+        empties.append(time_ingest(empty, small_instances(args.ingest, seed=2 * r + 1)))
+        bigs.append(time_ingest(big, small_instances(args.ingest, seed=2 * r + 2)))
+        log(f"{name}: ingest run {r + 1}: {empties[-1]:.0f}/s empty, {bigs[-1]:.0f}/s big")
+    rate_empty, rate_big = statistics.median(empties), statistics.median(bigs)
     result = {
         "instances": args.instances,
         "load_seconds": load_s,
         "queries": queries,
         "plans": plans,
+        "ingest_empty_runs": empties,
+        "ingest_big_runs": bigs,
         "ingest_empty_per_s": rate_empty,
         "ingest_big_per_s": rate_big,
         "ingest_ratio": rate_big / rate_empty,
@@ -428,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=1_000_000)
     p.add_argument("--ingest", type=int, default=2000, help="instances per timed ingest (default 2000)")
     p.add_argument("--repeat", type=int, default=30, help="timed queries per kind (default 30)")
-    p.add_argument("--node-files", type=int, default=2000, help="instances per two-node run (default 2000)")
+    p.add_argument("--ingest-repeat", type=int, default=3, help="timed ingests of each kind (default 3)")
+    p.add_argument("--node-files", type=int, default=2000, help="instances per node run (default 2000)")
+    p.add_argument("--node-repeat", type=int, default=3, help="one-node and two-node runs (default 3)")
     p.add_argument("--only", default="sqlite,postgresql,nodes")
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -447,11 +461,17 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = run_backend(name, work, args, cluster)
         if "nodes" in only and cluster is not None:
             files = _write_files(work / "node-files", args.node_files)
-            one = nodes_ingest(cluster, work, 1, files)
-            log(f"one node: {one:.0f} instances/s")
-            two = nodes_ingest(cluster, work, 2, files)
-            log(f"two nodes: {two:.0f} instances/s ({two / one:.2f}x)")
-            results["nodes"] = {"one_node_per_s": one, "two_nodes_per_s": two, "ratio": two / one}
+            ones, twos = [], []
+            for r in range(args.node_repeat):
+                ones.append(nodes_ingest(cluster, work / f"r{r}", 1, files))
+                twos.append(nodes_ingest(cluster, work / f"r{r}", 2, files))
+                log(f"run {r + 1}: one node {ones[-1]:.0f} instances/s, two nodes {twos[-1]:.0f}")
+            one, two = statistics.median(ones), statistics.median(twos)
+            log(f"median: one node {one:.0f} instances/s, two nodes {two:.0f} ({two / one:.2f}x)")
+            results["nodes"] = {
+                "one_node_runs": ones, "two_nodes_runs": twos,
+                "one_node_per_s": one, "two_nodes_per_s": two, "ratio": two / one,
+            }  # fmt: skip
         print(json.dumps(results, indent=2), flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
