@@ -42,7 +42,7 @@ LOGGER = logging.getLogger("dicomhub.storage.s3")
 
 PART_SIZE = 8 << 20  # S3's minimum part is 5 MiB; 8 MiB is what the AWS CLI uses
 READ_BLOCK = 1 << 20  # the least a ranged GET fetches
-MAX_READ_BLOCK = 64 << 20  # the most: sequential reads double the block up to this
+MAX_READ_BLOCK = 8 << 20  # the most: sequential reads double the block up to this (memory per reader)
 _METADATA_DIGEST = "sha256"
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
@@ -191,7 +191,7 @@ class S3BlobStore:
                 buffer.extend(chunk)
             if not buffer:
                 return None
-            part = bytes(buffer[: self.part_size])
+            part = bytes(memoryview(buffer)[: self.part_size])  # one copy, not two
             del buffer[: self.part_size]
             return part
 
@@ -230,7 +230,11 @@ class S3BlobStore:
                 parts.append(
                     {"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
                 )
-                part, pending = pending, (next_part() if pending is not None else None)
+                # Only the first part waits for the second (to know it is multipart):
+                # then one part is in hand at a time.
+                part, pending = pending, None
+                if part is None:
+                    part = next_part()
             self._retried(
                 "complete a multipart upload",
                 key,
