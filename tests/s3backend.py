@@ -22,7 +22,14 @@ import time
 import uuid
 from dataclasses import dataclass
 
-__all__ = ["S3Server", "fresh_storage", "s3_env", "start_s3_server", "stop_s3_server"]
+__all__ = [
+    "S3Server",
+    "fresh_storage",
+    "launch_s3_server",
+    "s3_env",
+    "start_s3_server",
+    "stop_s3_server",
+]
 
 HOST = "127.0.0.1"
 # moto accepts any credentials; these only have to be present and consistent.
@@ -74,34 +81,39 @@ def start_s3_server(timeout: float = 30.0) -> S3Server:
     with _lock:
         if _server is not None and _server.process.poll() is None:
             return _server
-        port = _free_port()
-        fd, log_path = tempfile.mkstemp(prefix="dicomhub-moto-", suffix=".log")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-            stdout=fd,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **s3_env_for(port)},
-        )
-        os.close(fd)
-        server = S3Server(process, port, log_path)
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                with open(log_path, encoding="utf-8", errors="replace") as fh:
-                    raise RuntimeError(f"moto server exited at start:\n{fh.read()[-2000:]}")
-            try:
-                socket.create_connection((HOST, port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError("moto server did not start listening in time") from None
-                time.sleep(0.1)
+        server = launch_s3_server(timeout)
         if _server is None:
             atexit.register(stop_s3_server)
         _server = server
         return server
+
+
+def launch_s3_server(timeout: float = 30.0) -> S3Server:
+    """A new moto server of the caller's own (which stops it), e.g. to take it away mid-test."""
+    port = _free_port()
+    fd, log_path = tempfile.mkstemp(prefix="dicomhub-moto-", suffix=".log")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        stdout=fd,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **s3_env_for(port)},
+    )
+    os.close(fd)
+    server = S3Server(process, port, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                raise RuntimeError(f"moto server exited at start:\n{fh.read()[-2000:]}")
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError("moto server did not start listening in time") from None
+            time.sleep(0.1)
 
 
 def stop_s3_server() -> None:
@@ -131,15 +143,15 @@ def s3_env() -> dict[str, str]:
     return s3_env_for(start_s3_server().port)
 
 
-def fresh_storage(name: str = "blobs") -> tuple[str, dict[str, str]]:
+def fresh_storage(name: str = "blobs", server: S3Server | None = None) -> tuple[str, dict[str, str]]:
     """A new empty bucket: its ``s3://bucket/prefix`` URL and the env a server process needs.
 
     ``name`` becomes part of the prefix (for reading logs); the bucket name
-    is unique in this server.
+    is unique in the server (the shared one unless ``server`` is given).
     """
     import boto3
 
-    env = s3_env()
+    env = s3_env_for(server.port) if server is not None else s3_env()
     bucket = f"dicomhub-{next(_names)}-{uuid.uuid4().hex[:12]}"
     client = boto3.session.Session().client(
         "s3",

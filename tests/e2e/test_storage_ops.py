@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from dicomhub.storage.base import BlobStore, new_blob_key
 from tests import s3backend
 from tests.backends import backend_env
 from tests.datagen import write_ct_series
-from tests.e2e.helpers import DicomhubServer, ServerPool, get, run_cli, store_ok
+from tests.e2e.helpers import DicomhubServer, ServerPool, get, run_cli, store, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -49,18 +50,22 @@ def _archive_store(data_dir: Path, url: str) -> BlobStore:
     return open_blob_store(settings)
 
 
-def _blob_key(data_dir: Path, sop_instance_uid: str, storage_args: list[str] | None = None) -> str:
+def _instance_row(data_dir: Path, sop_instance_uid: str, storage_args: list[str] | None = None) -> Any:
     env = {"DICOMHUB_DATA_DIR": str(data_dir), **backend_env(data_dir)}
     overrides = {}
     if storage_args:  # --storage-url A --storage-fallback-url B
         overrides = {"storage_url": storage_args[1], "storage_fallback_url": storage_args[3]}
     archive = open_archive(load_settings(overrides, environ=env))
     try:
-        row = archive.index.get_instance(sop_instance_uid)
+        return archive.index.get_instance(sop_instance_uid)
     finally:
         archive.close()
+
+
+def _blob_key(data_dir: Path, sop_instance_uid: str, storage_args: list[str] | None = None) -> str:
+    row = _instance_row(data_dir, sop_instance_uid, storage_args)
     assert row is not None
-    return row.blob_key
+    return str(row.blob_key)
 
 
 def _check(data_dir: Path, *args: str) -> tuple[int, dict[str, object]]:
@@ -242,3 +247,31 @@ def test_migrate_storage_there_and_back_while_serving(
     rc, text = run_cli("check", "--data-dir", str(data_dir), "--storage-url", original, "--json")
     assert rc == 0, text
 
+
+
+def test_unreachable_object_store_fails_clearly(servers: ServerPool, tmp_path: Path) -> None:
+    from tests.e2e.test_stow import failed, multipart, post
+
+    moto = s3backend.launch_s3_server()
+    try:
+        url, env = s3backend.fresh_storage("doomed", moto)
+        server = servers.create(args=["--storage-url", url], env=env)
+        server.start()
+        first = write_ct_series(tmp_path / "first", 1)
+        store_ok(server, tmp_path / "first", expect=1)
+    finally:
+        moto.stop()  # the object store goes away under a running node
+    later = write_ct_series(tmp_path / "later", 2)
+    files = sorted((tmp_path / "later").iterdir())
+    result = store(server, files[0])
+    statuses = list(result.statuses.values())
+    assert len(statuses) == 1 and 0xA700 <= statuses[0] <= 0xA7FF, result.output[-3000:]
+    r = post(server, multipart([files[1].read_bytes()]))
+    assert r.status_code in (409, 503), r.text
+    if r.status_code == 409:  # STOW answers per part: the part failed with Out of Resources
+        assert [code for _uid, code in failed(r.json())] == [0xA700]
+    health = httpx.get(f"{server.base_url}/healthz", timeout=10)
+    assert health.status_code == 503 and health.json()["storage"] is False
+    # The refused objects were not indexed; the one stored before still is.
+    assert _instance_row(server.data_dir, first[0].SOPInstanceUID) is not None
+    assert [_instance_row(server.data_dir, ds.SOPInstanceUID) for ds in later] == [None, None]

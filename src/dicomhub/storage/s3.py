@@ -107,6 +107,13 @@ class S3BlobStore:
         self._client: Any = session.client(
             "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=config
         )
+        # The health check asks once and briefly: a load balancer must not wait for retries.
+        probe = config.merge(
+            Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=1, read_timeout=2)
+        )
+        self._probe: Any = session.client(
+            "s3", endpoint_url=endpoint_url or None, region_name=region or None, config=probe
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -351,7 +358,7 @@ class S3BlobStore:
 
     def usable(self) -> bool:
         try:
-            self._call("reach the bucket", None, self._client.head_bucket)
+            self._call("reach the bucket", None, self._probe.head_bucket)
         except StorageError:
             return False
         return True
