@@ -136,11 +136,7 @@ class _Reader(threading.Thread):
         with httpx.Client(timeout=30) as client:
             while not self.stop.is_set():
                 for ds in self.series:
-                    url = (
-                        f"{self.server.base_url}/dicomweb/studies/{study}/series/{ds.SeriesInstanceUID}"
-                        f"/instances/{ds.SOPInstanceUID}"
-                    )
-                    r = client.get(url, headers={"Accept": _DICOM})
+                    r = client.get(_instance_url(self.server, ds), headers={"Accept": _DICOM})
                     if r.status_code != 200 or _digest(r) != self.expected[ds.SOPInstanceUID]:
                         self.failures.append(f"WADO {ds.SOPInstanceUID}: {r.status_code}")
                     self.reads += 1
@@ -155,6 +151,13 @@ class _Reader(threading.Thread):
 _DICOM = 'multipart/related; type="application/dicom"'
 
 
+def _instance_url(server: DicomhubServer, ds: Dataset) -> str:
+    return (
+        f"{server.base_url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
 def _digest(r: httpx.Response) -> str:
     """SHA-256 of the one part of a multipart WADO-RS answer (its boundary differs every time)."""
     boundary = r.headers["content-type"].split("boundary=", 1)[1].split(";")[0].strip('"')
@@ -164,14 +167,9 @@ def _digest(r: httpx.Response) -> str:
 
 
 def _wado_digests(server: DicomhubServer, series: list[Dataset]) -> dict[str, str]:
-    study = series[0].StudyInstanceUID
     out = {}
     for ds in series:
-        r = httpx.get(
-            f"{server.base_url}/dicomweb/studies/{study}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}",
-            headers={"Accept": _DICOM},
-        )
+        r = httpx.get(_instance_url(server, ds), headers={"Accept": _DICOM})
         assert r.status_code == 200
         out[ds.SOPInstanceUID] = _digest(r)
     return out

@@ -86,7 +86,7 @@ def test_put_read_ranges_and_listing(store: S3BlobStore) -> None:
 
 
 def test_multipart_stream_and_source_failure(store: S3BlobStore) -> None:
-    parts = [os.urandom(3 * MIB) for _ in range(6)]  # 18 MiB: three 8 MiB parts
+    parts = [os.urandom(3 * MIB) for _ in range(6)]  # 18 MiB: four parts of at most 5 MiB
     key = store.new_key()
     info = store.put_stream(key, iter(parts))
     whole = b"".join(parts)
