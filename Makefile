@@ -1,13 +1,15 @@
 # dicomhub: the two set-up commands of the README.
 #   make run   install dicomhub in .venv and start the server on the embedded default
-#   make test  install everything the tests need (Python packages, DCMTK) and run them
+#   make test  install everything the tests need (Python packages, DCMTK, PostgreSQL) and run
+#              them: the whole suite on SQLite + file storage, then the end-to-end suite again
+#              on PostgreSQL + S3 (a throw-away cluster and a local S3 server, see tests/backends.py)
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run install test test-deps lint bench clean
+.PHONY: run install test test-deps lint bench bench-index clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +29,8 @@ test: test-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	DICOMHUB_TEST_BACKEND=sqlite-file $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DICOMHUB_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest $(PYTEST_ARGS) tests/e2e
 
 lint: test-deps
 	$(BIN)/ruff check src tests benchmarks
@@ -36,6 +39,9 @@ lint: test-deps
 
 bench: test-deps
 	$(BIN)/python benchmarks/dimse_bench.py
+
+bench-index: test-deps
+	$(BIN)/python benchmarks/index_scale_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite drives: DCMTK (echoscu, storescu,
-# findscu, getscu, movescu, storescp) and Orthanc with its DICOMweb plugin (the
-# peer archive of the migration tests and benchmarks). Debian/Ubuntu; uses sudo
-# when not root.
+# findscu, getscu, movescu, storescp), Orthanc with its DICOMweb plugin (the
+# peer archive of the migration tests and benchmarks) and a PostgreSQL server
+# (the tests start a throw-away cluster from /usr/lib/postgresql/*/bin, see
+# tests/pgcluster.py). Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,9 @@ for tool in echoscu storescu findscu getscu movescu storescp dcmdump; do
 done
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v psql >/dev/null; then
+  need+=(postgresql postgresql-client)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -15,10 +15,11 @@ from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.associations import AssociationLogRepository
+from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository, SecurityRepository
-from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
@@ -35,15 +36,21 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
+from dicomhub.services.storagecheck import StorageCheckService
+from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
-from dicomhub.storage.filesystem import FileSystemBlobStore
+from dicomhub.storage.base import BlobStore
+from dicomhub.storage.urls import open_blob_store as open_store_at
+from dicomhub.storage.urls import open_blob_stores
 
 __all__ = [
     "configure_logging",
     "configure_pydicom",
     "open_archive",
+    "open_blob_store",
+    "open_storage_migration",
     "run_background_worker",
     "run_dimse_worker",
     "run_migration_jobs",
@@ -70,7 +77,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     if upgrade:
         migrate(engine, lock_dir=settings.data_dir)
     index = IndexRepository(engine)
-    blobs = FileSystemBlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings)
     headers = HeaderService(index, blobs)
     search = SearchService(index, headers)
     transcode = TranscodeService(blobs, settings.spool_dir)
@@ -102,7 +109,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         headers=headers,
         ingest=ingest,
         search=search,
-        retrieve=RetrieveService(search, blobs),
+        retrieve=RetrieveService(search, blobs, settings.spool_dir),
         delete=DeleteService(index, blobs),
         wado=WadoService(index, search, blobs, transcode),
         transcode=transcode,
@@ -115,8 +122,40 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         deid=deid,
         governance=governance,
         migration=MigrationService(MigrationRepository(engine)),
+        storage_check=StorageCheckService(
+            BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
+        ),
         close=engine.dispose,
     )
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store of ``settings`` (with its fallback during a storage migration)."""
+    return open_blob_stores(
+        settings.blob_store_url,
+        settings.storage_fallback_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+    )
+
+
+def open_storage_migration(
+    settings: Settings, target_url: str, source_url: str | None = None
+) -> tuple[StorageMigration, Callable[[], None]]:
+    """A migration of the blobs of ``settings``' archive to ``target_url``, and its close.
+
+    The source is ``source_url``, else the configured fallback store (the
+    nodes already read from both), else the configured store.
+    """
+    source_url = source_url or settings.storage_fallback_url or settings.blob_store_url
+    if source_url == target_url:
+        raise ConfigurationError(f"the blobs are in {target_url} already")
+    engine = connect_engine(settings.index_url)
+    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    migration = StorageMigration(
+        BlobRecords(engine), open_store_at(source_url, **stores), open_store_at(target_url, **stores)
+    )
+    return migration, engine.dispose
 
 
 def configure_logging(level: str) -> None:

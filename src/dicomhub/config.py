@@ -86,6 +86,14 @@ class Settings:
     qido_max_limit: int = 10000  # the largest limit a QIDO-RS request may ask for
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the HTTP API ("*" for any)
     database_url: str = ""  # empty: SQLite in the data dir
+    # Where blobs live: file:///path or s3://bucket/prefix (empty: data_dir/blobs).
+    storage_url: str = ""
+    # Read also from here when a blob is not in storage_url: the old store
+    # while `dicomhub migrate-storage` moves blobs over.
+    storage_fallback_url: str = ""
+    # S3 endpoint and region when not from AWS_ENDPOINT_URL / AWS_REGION / ~/.aws.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
     # Compression at rest: the first matching rule decides (none: keep as received).
     compress: tuple[CompressionRule, ...] = ()
     allow_lossy_compression: bool = False  # a lossy `compress` rule needs this
@@ -113,6 +121,11 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blob_store_url(self) -> str:
+        """``storage_url``, or the ``file://`` URL of the blob folder in the data dir."""
+        return self.storage_url or self.blob_dir.resolve().as_uri()
 
     @property
     def spool_dir(self) -> Path:

@@ -26,6 +26,8 @@ import pydicom
 import pydicom.config
 from pydicom.dataset import Dataset
 
+from tests.backends import backend_env
+
 HOST = "127.0.0.1"
 SERVER_START_TIMEOUT = 30.0
 DCMTK_TIMEOUT = 120.0
@@ -89,6 +91,16 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes
 # --------------------------------------------------------------------------- CLI
 
 
+def _cli_backend_env(args: Sequence[str]) -> dict[str, str]:
+    """The backend environment of the archive a CLI command names with ``--data-dir``."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--data-dir":
+            return backend_env(args[i + 1])
+        if arg.startswith("--data-dir="):
+            return backend_env(arg.split("=", 1)[1])
+    return {}
+
+
 def run_cli(*args: str, timeout: float = 120.0, env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run ``dicomhub ARGS...``; return (returncode, stdout+stderr)."""
     cmd = [*dicomhub_command(), *args]
@@ -97,7 +109,7 @@ def run_cli(*args: str, timeout: float = 120.0, env: Mapping[str, str] | None = 
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=clean_env(env),
+            env=clean_env({**_cli_backend_env(args), **(env or {})}),
             timeout=timeout,
             check=False,
         )
@@ -110,7 +122,9 @@ def run_cli(*args: str, timeout: float = 120.0, env: Mapping[str, str] | None = 
 def run_cli_split(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     """Run ``dicomhub ARGS...``; return (returncode, stdout, stderr) separately."""
     cmd = [*dicomhub_command(), *args]
-    proc = subprocess.run(cmd, capture_output=True, env=clean_env(), timeout=timeout, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, env=clean_env(_cli_backend_env(args)), timeout=timeout, check=False
+    )
     return proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
 
 
@@ -176,7 +190,8 @@ class DicomhubServer:
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         cmd = [*dicomhub_command(), "serve"]
-        env = clean_env(self.env)
+        # The archive's database and storage (DICOMHUB_TEST_BACKEND), unless the test sets its own.
+        env = clean_env({**backend_env(self.data_dir), **self.env})
         if self.use_env_config:
             env.update(
                 {
@@ -813,3 +828,66 @@ def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str]
                 headers[k.strip().lower()] = v.strip()
         parts.append((headers, content))
     return parts
+
+
+# --------------------------------------------------------------------------- backend-neutral looks inside
+
+
+def index_rows(data_dir: Path, sql: str, **params: object) -> list[tuple[object, ...]]:
+    """Rows of a read-only SQL statement (named ``:params``) on the index of the archive in
+    ``data_dir``, whichever backend it is on (DICOMHUB_TEST_BACKEND)."""
+    from sqlalchemy import text
+
+    from dicomhub.index.engine import connect_engine
+
+    url = backend_env(data_dir).get("DICOMHUB_DATABASE_URL") or f"sqlite:///{Path(data_dir) / 'index.sqlite'}"
+    engine = connect_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params).all()]
+    finally:
+        engine.dispose()
+
+
+def _s3_object(data_dir: Path, key: str) -> tuple[object, str, str]:
+    """(client, bucket, object key) of blob ``key`` of an archive on S3."""
+    import boto3
+
+    from tests import s3backend
+
+    url = backend_env(data_dir)["DICOMHUB_STORAGE_URL"]
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    env = s3backend.s3_env()
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    return client, bucket, (prefix.strip("/") + "/" if prefix.strip("/") else "") + key
+
+
+def _on_s3(data_dir: Path) -> bool:
+    return backend_env(data_dir).get("DICOMHUB_STORAGE_URL", "").startswith("s3://")
+
+
+def read_blob(data_dir: Path, key: str) -> bytes | None:
+    """The stored bytes of blob ``key`` (None when absent), on disk or in the bucket."""
+    if _on_s3(data_dir):
+        client, bucket, name = _s3_object(data_dir, key)
+        try:
+            return bytes(client.get_object(Bucket=bucket, Key=name)["Body"].read())  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - NoSuchKey and friends: absent
+            return None
+    path = Path(data_dir) / "blobs" / key[:2] / key[2] / key
+    return path.read_bytes() if path.is_file() else None
+
+
+def write_blob(data_dir: Path, key: str, data: bytes) -> None:
+    """Overwrite the stored bytes of blob ``key`` behind the archive's back (damage tests)."""
+    if _on_s3(data_dir):
+        client, bucket, name = _s3_object(data_dir, key)
+        client.put_object(Bucket=bucket, Key=name, Body=data)  # type: ignore[attr-defined]
+        return
+    (Path(data_dir) / "blobs" / key[:2] / key[2] / key).write_bytes(data)

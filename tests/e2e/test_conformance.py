@@ -32,6 +32,7 @@ from dicomhub.config import Settings
 from dicomhub.conformance import build_statement, http_routes_of, render_markdown
 from dicomhub.conformance.model import ConformanceStatement
 from dicomhub.web.app import create_app
+from tests.backends import backend_env
 
 from .helpers import HOST, DicomhubServer, echo, run_cli
 
@@ -49,12 +50,15 @@ Proposal = tuple[str, str, bool]
 @pytest.fixture(scope="module")
 def statement(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> ConformanceStatement:
     """The statement of ``server``, built in-process from the same settings it was started with."""
+    backend = backend_env(server.data_dir)  # the database and storage DICOMHUB_TEST_BACKEND gave it
     settings = Settings(
         data_dir=server.data_dir,
         aet=server.aet,
         dimse_port=server.dimse_port,
         http_port=server.http_port,
         host=HOST,
+        database_url=backend.get("DICOMHUB_DATABASE_URL", ""),
+        storage_url=backend.get("DICOMHUB_STORAGE_URL", ""),
     )
     scratch = Settings(data_dir=tmp_path_factory.mktemp("conformance-routes"))
     archive = open_archive(scratch)

@@ -15,7 +15,9 @@ from .helpers import (
     assert_same_instances,
     find,
     get,
+    index_rows,
     ls_json,
+    read_blob,
     read_dir,
     store,
     store_ok,
@@ -78,12 +80,13 @@ def test_refused_object_is_quarantined_not_lost(server: DicomhubServer, tmp_path
     assert status is not None and 0xC400 <= status <= 0xC4FF, status
     needle = bytes(intruder.PixelData)
     uid = str(intruder.SOPInstanceUID).encode()
-    hits = [
-        p for p in server.data_dir.rglob("*")
-        if p.is_file() and p.stat().st_size < 50_000_000
-        and needle in (data := p.read_bytes()) and uid in data
-    ]  # fmt: skip
-    assert hits, f"refused object not found anywhere under {server.data_dir}"
+    # Kept in quarantine: the conflict row names its blob, wherever the archive stores blobs.
+    keys = index_rows(
+        server.data_dir, "SELECT blob_key FROM conflict WHERE sop_instance_uid = :uid", uid=uid.decode()
+    )
+    kept = [read_blob(server.data_dir, str(k)) or b"" for (k,) in keys]
+    hits = [data for data in kept if needle in data and uid in data]
+    assert hits, f"refused object not kept (conflict rows: {keys})"
 
 
 def test_same_patient_new_study_still_accepted(server: DicomhubServer, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ is gone, and across a restart of the server in between.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
-from .helpers import HOST, DicomhubServer, ServerPool, free_port, store_ok
+from .helpers import HOST, DicomhubServer, ServerPool, free_port, index_rows, read_blob, store_ok, write_blob
 
 pytestmark = pytest.mark.e2e
 
@@ -186,12 +185,14 @@ def test_a_blob_damaged_on_disk_is_not_committed(servers: ServerPool, tmp_path: 
     server = servers.start()
     series = stored_series(server, tmp_path, 2)
     victim = str(series[0].SOPInstanceUID)
-    with sqlite3.connect(server.data_dir / "index.sqlite") as db:
-        (key,) = db.execute("SELECT blob_key FROM instance WHERE sop_instance_uid = ?", (victim,)).fetchone()
-    path = server.data_dir / "blobs" / key[:2] / key[2] / key
-    data = bytearray(path.read_bytes())
+    ((key,),) = index_rows(
+        server.data_dir, "SELECT blob_key FROM instance WHERE sop_instance_uid = :uid", uid=victim
+    )
+    stored = read_blob(server.data_dir, str(key))
+    assert stored is not None
+    data = bytearray(stored)
     data[-10] ^= 0xFF  # one bit pattern in the pixel data: the header still parses
-    path.write_bytes(bytes(data))
+    write_blob(server.data_dir, str(key), bytes(data))
     reports = Reports()
     transaction, status = request(server, refs_of(series), reports, wait=20)
     event_type, info = reports.wait_for(transaction, 1)

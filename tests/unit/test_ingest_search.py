@@ -1,4 +1,4 @@
-"""The ingest and search services on a real SQLite index and an in-memory blob store."""
+"""The ingest and search services on a real index (SQLite, then PostgreSQL) and an in-memory blob store."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def encode(ds: Dataset) -> bytes:
 
 
 class Archive:
-    def __init__(self, tmp: Path, policy: DuplicatePolicy = DuplicatePolicy.KEEP) -> None:
-        engine = connect_engine(f"sqlite:///{tmp / 'index.sqlite'}")
+    def __init__(self, tmp: Path, url: str, policy: DuplicatePolicy = DuplicatePolicy.KEEP) -> None:
+        engine = connect_engine(url)
         migrate(engine, lock_dir=tmp)
         self.index = IndexRepository(engine)
         self.blobs = MemoryBlobStore()
@@ -50,8 +50,8 @@ class Archive:
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Archive:
-    return Archive(tmp_path)
+def archive(tmp_path: Path, index_url: str) -> Archive:
+    return Archive(tmp_path, index_url)
 
 
 def test_store_then_find_at_every_level(archive: Archive) -> None:
@@ -142,8 +142,8 @@ def test_duplicate_different_bytes_is_refused_and_kept(archive: Archive) -> None
     assert kept is not None and archive.blobs.read(kept.blob_key) == first
 
 
-def test_overwrite_policy_replaces(tmp_path: Path) -> None:
-    archive = Archive(tmp_path, DuplicatePolicy.OVERWRITE)
+def test_overwrite_policy_replaces(tmp_path: Path, index_url: str) -> None:
+    archive = Archive(tmp_path, index_url, DuplicatePolicy.OVERWRITE)
     ds = datagen.make_dataset()
     archive.ingest.store_part10(encode(ds), CLI)
     ds.StudyDescription = "second"
@@ -155,8 +155,8 @@ def test_overwrite_policy_replaces(tmp_path: Path) -> None:
     assert archive.index.counts()["instances"] == 1
 
 
-def test_reject_policy_refuses_any_duplicate(tmp_path: Path) -> None:
-    archive = Archive(tmp_path, DuplicatePolicy.REJECT)
+def test_reject_policy_refuses_any_duplicate(tmp_path: Path, index_url: str) -> None:
+    archive = Archive(tmp_path, index_url, DuplicatePolicy.REJECT)
     data = encode(datagen.make_dataset())
     archive.ingest.store_part10(data, CLI)
     with pytest.raises(DuplicateInstance):

@@ -53,7 +53,7 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration")
+_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "storage")
 
 
 def _command_modules() -> list[CommandModule]:
@@ -99,6 +99,12 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--data-dir", help="data directory (default ./dicomhub-data)")
     p.add_argument("--database-url", help="index database URL (default: SQLite in the data dir)")
+    p.add_argument(
+        "--storage-url", help="blob store: file:///path or s3://bucket/prefix (default: data dir/blobs)"
+    )
+    p.add_argument(
+        "--storage-fallback-url", help="also read blobs from this store (while migrating storage)"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--duplicate-policy",
@@ -189,6 +195,8 @@ def _load(args: argparse.Namespace) -> Settings:
     keys = (
         "data_dir",
         "database_url",
+        "storage_url",
+        "storage_fallback_url",
         "log_level",
         "duplicate_policy",
         "aet",
@@ -273,6 +281,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _settings_args(check)
     check.add_argument("--json", action="store_true")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove orphan blobs older than --grace (indexing again those the index lost)",
+    )
+    check.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="leave orphans younger than this alone: stores may be in flight (default 3600)",
+    )
+    check.add_argument(
+        "--sizes-only", action="store_true", help="compare blob sizes, not SHA-256 digests (no reading)"
+    )
 
     for module in _command_modules():
         module.add_commands(sub, _settings_args)
@@ -704,6 +727,8 @@ def _codecs(args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
     from rich.console import Console
     from rich.table import Table
 
@@ -712,15 +737,34 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings)
     try:
         failures = archive.decode_check.failures()
+        report = archive.storage_check.check(
+            digests=not args.sizes_only, repair=args.repair, grace=max(0.0, args.grace)
+        )
     finally:
         archive.close()
     if args.json:
-        print(json.dumps({"decode_failures": failures}, indent=2))
+        storage = dataclasses.asdict(report)
+        print(json.dumps({"decode_failures": failures, "storage": storage}, indent=2))
     else:
+        console = Console()
         table = Table(title=f"dicomhub: {len(failures)} stored objects whose pixel data does not decode")
         for col in ("checked_at", "sop_instance_uid", "transfer_syntax_uid", "reason"):
             table.add_column(col, overflow="fold")
         for f in failures:
             table.add_row(f["checked_at"], f["sop_instance_uid"], f["transfer_syntax_uid"], f["reason"] or "")
-        Console().print(table)
-    return 1 if failures else 0
+        console.print(table)
+        problems = Table(
+            title=f"dicomhub: index vs storage: {report.referenced} blobs referenced, {report.stored} "
+            f"stored, {len(report.problems)} problems"
+        )
+        for col in ("problem", "blob", "sop_instance_uid", "detail"):
+            problems.add_column(col, overflow="fold")
+        for p in report.problems:
+            problems.add_row(p.kind, p.blob_key, p.sop_instance_uid or "", p.detail)
+        console.print(problems)
+        if args.repair:
+            console.print(
+                f"repair: {len(report.removed)} orphans removed, {len(report.reindexed)} indexed again, "
+                f"{report.skipped_young} younger than {args.grace:g} s left alone"
+            )
+    return 1 if failures or report.problems else 0

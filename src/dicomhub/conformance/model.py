@@ -410,6 +410,15 @@ def _text(value: object) -> str:
     return str(value)
 
 
+# What an empty storage setting means.
+_WHEN_EMPTY = {
+    "storage_url": "blobs in the data dir",
+    "storage_fallback_url": "none",
+    "s3_endpoint_url": "AWS_ENDPOINT_URL or AWS",
+    "s3_region": "AWS_REGION or ~/.aws/config",
+}
+
+
 def _parameters(settings: Settings) -> tuple[Parameter, ...]:
     defaults = Settings()
     out = []
@@ -424,6 +433,8 @@ def _parameters(settings: Settings) -> tuple[Parameter, ...]:
         if f.name == "workers":
             text = str(value) if value else "one per core"
             default_text = "one per core"
+        if f.name in _WHEN_EMPTY:
+            text, default_text = text or _WHEN_EMPTY[f.name], default_text or _WHEN_EMPTY[f.name]
         out.append(Parameter(f.name, text, default_text))
     return tuple(out)
 

@@ -205,11 +205,15 @@ def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
     """
 
     def read() -> memoryview | FileRegion:
-        path = archive.retrieve.local_path(row)
-        if path is not None and row.size > _SEND_FROM_FILE:
+        if row.size > _SEND_FROM_FILE:
+            path = archive.retrieve.local_path(row)
+            # A store without files (S3): a spooled copy, sent the same way and removed after.
+            spooled = path is None
+            if path is None:
+                path = archive.retrieve.spooled_copy(row)
             with open(path, "rb") as fh:
                 offset = dataset_offset(fh.read(_HEAD))
-            return FileRegion(path, offset, row.size - offset)
+            return FileRegion(path, offset, row.size - offset, delete_after=spooled)
         raw = archive.retrieve.read(row)
         return memoryview(raw)[dataset_offset(raw) :]
 

@@ -5,12 +5,19 @@ a committed transaction is on disk before the commit returns, and write
 transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers (several
 threads, several worker processes) queue on the busy timeout instead of failing
 with "database is locked" when a read lock cannot be upgraded.
+
+PostgreSQL (``postgresql://``, through psycopg 3) is what several nodes share.
+Each process keeps a connection pool; migrations and the change log take
+advisory locks (see :func:`migrate` and :func:`serialize_appends`), and
+background jobs are claimed with :func:`lease`, so that nodes on one database
+act as one archive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +27,55 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomhub.errors import IndexUnavailable
 
-__all__ = ["connect_engine", "migrate", "read", "schema_is_current", "write"]
+__all__ = [
+    "connect_engine",
+    "is_postgresql",
+    "lease",
+    "migrate",
+    "normalise_url",
+    "read",
+    "schema_is_current",
+    "serialize_appends",
+    "write",
+]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "dicomhub_write"
+# Advisory lock keys (one 64-bit space per database, shared with nothing else
+# of ours): schema migration, and appends to the change log.
+_MIGRATE_LOCK = 0x6469636F6D687562  # "dicomhub"
+_APPEND_LOCK = 0x6469636F6D686362
 
 
-def connect_engine(url: str) -> Engine:
-    """Create the engine for ``url`` with dicomhub's per-dialect settings."""
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean PostgreSQL through psycopg 3.
+
+    SQLAlchemy's bare ``postgresql://`` would pick psycopg2, which dicomhub
+    does not ship.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_postgresql(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def connect_engine(url: str, pool_size: int = 8, max_overflow: int = 16) -> Engine:
+    """Create the engine for ``url`` with dicomhub's per-dialect settings.
+
+    On PostgreSQL every process of a node keeps up to ``pool_size`` idle
+    connections (plus ``max_overflow`` under load); ``max_connections`` of the
+    server must cover nodes x processes x (pool_size + max_overflow).
+    """
+    url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -42,7 +85,16 @@ def connect_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        # A node outlives database restarts and fail-overs: test a pooled
+        # connection before use, and renew connections every half hour.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"application_name": "dicomhub", "connect_timeout": 10},
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -116,15 +168,88 @@ def schema_is_current(engine: Engine) -> bool:
 def migrate(engine: Engine, lock_dir: str | os.PathLike[str] | None = None) -> None:
     """Upgrade the schema to the newest migration (``dicomhub db upgrade``).
 
-    Several processes may start at once on one data dir: a file lock in
-    ``lock_dir`` makes them migrate one after the other.
+    Several processes may start at once: on SQLite a file lock in ``lock_dir``
+    (the data dir) makes them migrate one after the other; on PostgreSQL,
+    where the nodes share the database but not a data dir, a transaction-level
+    advisory lock does (DDL is transactional there, so a waiting node then
+    finds the schema current and does nothing).
     """
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
-    if lock_dir is not None:
+    if lock_dir is not None and not is_postgresql(engine):
         lock = _file_lock(Path(lock_dir) / ".migrate.lock")
-    with lock:
-        with engine.begin() as conn:
+    try:
+        with lock, engine.begin() as conn:
+            if is_postgresql(conn):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _signed(_MIGRATE_LOCK)})
             command.upgrade(_alembic_config(conn), "head")
+    except SQLAlchemyError as exc:
+        raise IndexUnavailable(f"index migration failed: {exc.__class__.__name__}: {exc}") from exc
+
+
+def serialize_appends(conn: Connection) -> None:
+    """Make this write transaction's change log rows and instance keys commit in key order.
+
+    Readers page through the change log (and workers through instance pks)
+    by "greater than the last key seen". On PostgreSQL, keys come from
+    sequences when rows are inserted, not when they commit: without this, a
+    transaction holding key 10 could commit after one holding key 11 and a
+    reader that saw 11 would skip 10 for ever. Every transaction that appends
+    takes one transaction-level advisory lock first (before any other write,
+    so that it never waits for it while holding row locks), so appends are
+    serial across nodes from that point to the commit; group commit keeps
+    the cost to one lock per batch. SQLite's write transactions are serial
+    already (``BEGIN IMMEDIATE``).
+    """
+    if is_postgresql(conn):
+        conn.execute(_APPEND_LOCK_SQL, {"k": _signed(_APPEND_LOCK)})
+
+
+_APPEND_LOCK_SQL = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+@contextlib.contextmanager
+def lease(engine: Engine, name: str) -> Iterator[bool]:
+    """Claim the background job ``name`` for this process while the block runs.
+
+    Yields True when this process holds the claim, False when another process
+    (another node) does: the caller then skips its turn. On PostgreSQL the
+    claim is a session-level advisory lock on a connection held for the
+    block, so it is released when the block ends or the process dies. On
+    SQLite only one node exists and its background process is the only one
+    running jobs, so the claim is always granted.
+    """
+    if not is_postgresql(engine):
+        yield True
+        return
+    key = _signed(_name_key(name))
+    try:
+        conn = engine.connect()
+    except SQLAlchemyError as exc:
+        raise IndexUnavailable(f"cannot claim {name}: {exc}") from exc
+    try:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+                except SQLAlchemyError:
+                    # Never pool a connection that may still hold the claim.
+                    conn.invalidate()
+    finally:
+        conn.close()
+
+
+def _name_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"dicomhub-lease:" + name.encode()).digest()[:8], "big")
+
+
+def _signed(key: int) -> int:
+    """A 64-bit key as PostgreSQL's signed bigint."""
+    return key - (1 << 64) if key >= (1 << 63) else key
 
 
 @contextlib.contextmanager

@@ -300,9 +300,11 @@ class IndexRepository:
             if existing is not None:
                 if existing.content_sha256 == content_sha256 or not overwrite:
                     return AddOutcome(AddResult.EXISTS, existing), None
+                engines.serialize_appends(conn)
                 self._remove_instance(conn, existing.pk)
                 parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
                 return AddOutcome(AddResult.REPLACED, existing, existing.blob_key), parents
+            engines.serialize_appends(conn)
             parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
             return AddOutcome(AddResult.CREATED), parents
 
@@ -440,6 +442,7 @@ class IndexRepository:
         """Record a refused copy; its blob stays in the store (quarantine)."""
         now = _now()
         with engines.write(self.engine) as conn:
+            engines.serialize_appends(conn)
             conn.execute(
                 insert(conflict).values(
                     kind=kind,
@@ -671,6 +674,7 @@ class IndexRepository:
         from dicomhub.errors import NotFound
 
         def job(conn: Connection) -> dict[str, list[str]]:
+            engines.serialize_appends(conn)
             now = _now()
             removed: dict[str, list[str]] = {
                 "blob_keys": [], "instances": [], "series": [], "studies": [], "patients": [],

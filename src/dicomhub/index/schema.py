@@ -7,6 +7,10 @@ remembered by a process can go stale but never point at another entity. The
 ``change`` table is the change log (a monotonic ``seq`` per create, update or
 delete); ``conflict`` keeps every refused copy, with the key of its quarantined
 blob, so that a refusal never loses data.
+
+Migration 0008 adds indexes that exist on PostgreSQL only (``varchar_pattern_ops``
+B-trees for prefix wildcards on the case-folded person names and on identifiers; see
+docs/scale.md); they are not declared here because SQLite has no such operator class.
 """
 
 from __future__ import annotations

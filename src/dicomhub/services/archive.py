@@ -17,6 +17,7 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
+from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
@@ -45,6 +46,7 @@ class Archive:
     deid: DeidService
     governance: GovernanceService
     migration: MigrationService
+    storage_check: StorageCheckService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from dicomhub.errors import DicomhubError
 
@@ -21,6 +23,7 @@ def run_until_stopped(
     *,
     last_change: Callable[[], int] | None = None,
     patience: float = 30.0,
+    claim: Callable[[], AbstractContextManager[bool]] | None = None,
 ) -> None:
     """Call ``step`` until it returns 0, then wait ``idle`` seconds; until ``stop``.
 
@@ -29,7 +32,10 @@ def run_until_stopped(
     answering. With ``last_change`` (the change log's newest sequence number)
     it also waits, up to ``patience`` seconds, while the archive is busy
     storing: its own index writes would otherwise queue with the stores'.
-    An index failure is logged and retried after ``idle``.
+    An index failure is logged and retried after ``idle``. With ``claim``
+    (see :func:`dicomhub.index.engine.lease`), a turn runs only while this
+    process holds the job's claim: when several nodes share one database, one
+    of them does the work and the others skip their turn.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -47,7 +53,8 @@ def run_until_stopped(
                     waited += idle
                     continue
                 waited = 0.0
-            while not stop.is_set() and step():
-                pass
+            with claim() if claim is not None else contextlib.nullcontext(True) as mine:
+                while mine and not stop.is_set() and step():
+                    pass
         except DicomhubError:
             logger.exception("%s failed; retrying", name)

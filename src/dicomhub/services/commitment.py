@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from dicomhub.errors import DicomhubError, InvalidRequest
 from dicomhub.index.commitment import CommitmentRepository, StoredTransaction
+from dicomhub.index.engine import lease
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.commitment import (
     CLASS_INSTANCE_CONFLICT,
@@ -177,6 +178,9 @@ class CommitmentService:
         """Loop until ``stop``: deliver due reports (the background process runs this)."""
         while not stop.wait(idle):
             try:
-                self.deliver_due(deliver)
+                # One node at a time delivers, so that a report is never sent twice.
+                with lease(self.repo.engine, "storage-commitment-delivery") as mine:
+                    if mine:
+                        self.deliver_due(deliver)
             except DicomhubError:
                 LOGGER.exception("storage commitment delivery failed; retrying")

@@ -11,6 +11,7 @@ that this install cannot read a syntax a modality started to send.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 from dicomhub import codec
 from dicomhub.errors import DicomhubError
 from dicomhub.index.checks import DecodeCheckRepository, DecodeResult, PendingInstance
+from dicomhub.index.engine import lease
 from dicomhub.model.policy import DecodeCheckMode
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.blobfiles import blob_as_file
@@ -100,5 +102,11 @@ class DecodeCheckService:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
         if self.mode is not DecodeCheckMode.OFF:
             run_until_stopped(
-                stop, self.run_pending, "decode check", LOGGER, idle, last_change=self.last_change
+                stop,
+                self.run_pending,
+                "decode check",
+                LOGGER,
+                idle,
+                last_change=self.last_change,
+                claim=functools.partial(lease, self.checks.engine, "decode-check-worker"),
             )

@@ -8,6 +8,7 @@ any reader that gets there first computes and saves it itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -17,6 +18,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from dicomhub.errors import DicomhubError
+from dicomhub.index.engine import lease
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.extract import read_header
 from dicomhub.services.background import run_until_stopped
@@ -99,4 +101,5 @@ class HeaderService:
             idle,
             last_change=self.index.last_change,
             patience=patience,
+            claim=functools.partial(lease, self.index.engine, "header-worker"),
         )

@@ -169,21 +169,22 @@ class _ContentDigest:
 
 @contextlib.contextmanager
 def _mapped_blob(blobs: BlobStore, key: str) -> Iterator[bytes]:
-    """A blob's bytes, memory-mapped when the store has it in a file."""
-    with blobs.open(key) as fh:
+    """A blob's bytes, memory-mapped from its file (a temporary copy for a store without
+    files, such as S3): large values are then paged in only where they are read."""
+    with blob_as_file(blobs, key) as path, open(path, "rb") as fh:
         try:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):  # an empty file cannot be mapped
             yield fh.read()
             return
-    try:
-        # Read-only mapping of a file nobody else writes: bytes in all but type.
-        yield cast(bytes, mapped)
-    finally:
         try:
-            mapped.close()
-        except BufferError:
-            pass  # a view is still referenced (a traceback in flight)
+            # Read-only mapping of a file nobody else writes: bytes in all but type.
+            yield cast(bytes, mapped)
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view is still referenced (a traceback in flight)
 
 
 class IngestService:
@@ -301,20 +302,28 @@ class IngestService:
 
     def _header_of_blob(self, key: str) -> InstanceHeader:
         """Index values of a written blob, reading only its header pages."""
-        with self.blobs.open(key) as fh:
-            try:
-                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError, AttributeError):
-                return extract_part10(fh.read())
-        try:
+        with _mapped_blob(self.blobs, key) as data:
             # The one-pass scan reads element headers and skips values by
             # their length, so a large Pixel Data is never paged in.
-            return extract_part10(cast(bytes, mapped))
-        finally:
-            try:
-                mapped.close()
-            except BufferError:
-                pass
+            return extract_part10(data)
+
+    def index_stored_blob(self, key: str) -> bool:
+        """Index a blob that is in the store but not in the index (``dicomhub check --repair``).
+
+        Returns False, indexing nothing, when its SOP Instance UID is indexed
+        already (with another blob): the blob is then a leftover copy.
+
+        Raises
+        ------
+        DicomhubError
+            When the blob is not a DICOM object that can be indexed.
+        """
+        with _mapped_blob(self.blobs, key) as data:
+            header = extract_part10(data)
+            content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
+            blob = BlobInfo(key, len(data), hashlib.sha256(data).hexdigest())
+        added = self.index.add_instance(header, blob, content, None, overwrite=False)
+        return added.result is not AddResult.EXISTS
 
     def store_part10(
         self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
+from dicomhub.errors import StorageError
 from dicomhub.model.caller import Caller
 from dicomhub.model.query import Query
 from dicomhub.model.records import InstanceRow
@@ -14,9 +19,13 @@ __all__ = ["RetrieveService"]
 class RetrieveService:
     """Finds the instances a C-GET/C-MOVE (later WADO) asks for, and reads them."""
 
-    def __init__(self, search: SearchService, blobs: BlobStore) -> None:
+    def __init__(
+        self, search: SearchService, blobs: BlobStore, spool_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        """``spool_dir``: where large objects of a store without files are copied to be sent."""
         self.search = search
         self.blobs = blobs
+        self.spool_dir = spool_dir
 
     def instances(self, query: Query, caller: Caller) -> list[InstanceRow]:
         """Instances matched by ``query`` for ``caller``, in index order."""
@@ -25,6 +34,25 @@ class RetrieveService:
     def local_path(self, row: InstanceRow) -> str | None:
         """A file path to send from without reading into memory, when there is one."""
         return self.blobs.local_path(row.blob_key)
+
+    def spooled_copy(self, row: InstanceRow) -> str:
+        """A temporary file holding the blob of ``row``, for the caller to send and remove.
+
+        For large objects of a store without files (S3): the copy streams
+        through in blocks, so the object is never held in memory.
+        """
+        if self.spool_dir is not None:
+            os.makedirs(self.spool_dir, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="dicomhub-send-", dir=self.spool_dir)
+        try:
+            with os.fdopen(fd, "wb") as out, self.blobs.open(row.blob_key) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except BaseException as exc:
+            os.unlink(path)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot copy blob {row.blob_key} to send it: {exc}") from exc
+            raise
+        return path
 
     def read(self, row: InstanceRow) -> bytes:
         """The stored Part 10 bytes of ``row``."""

@@ -11,6 +11,7 @@ Findings are kept per object with its source AE and read back by
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dicomhub.errors import DicomhubError
+from dicomhub.index.engine import lease
 from dicomhub.index.validation import FindingRow, PendingValidation, ValidationRecord, ValidationRepository
 from dicomhub.iod.validate import Finding, Severity, validate_encoded, validate_part10
 from dicomhub.model.policy import ValidationPolicy
@@ -139,7 +141,15 @@ class ValidationService:
 
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:
         """Loop until ``stop``, checking new instances as they arrive (lowest priority)."""
-        run_until_stopped(stop, self.run_pending, "validation", LOGGER, idle, last_change=self.last_change)
+        run_until_stopped(
+            stop,
+            self.run_pending,
+            "validation",
+            LOGGER,
+            idle,
+            last_change=self.last_change,
+            claim=functools.partial(lease, self.repo.engine, "validation-worker"),
+        )
 
     # -------------------------------------------------------------- reports
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["BlobInfo", "BlobStore", "new_blob_key", "valid_blob_key"]
+__all__ = ["BlobInfo", "BlobStat", "BlobStore", "new_blob_key", "valid_blob_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,16 @@ class BlobInfo:
     key: str
     size: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    """Size and last write time (seconds since the epoch) of a stored blob, and its
+    SHA-256 when the store keeps one beside the bytes (None: only the index has it)."""
+
+    size: int
+    modified: float
+    sha256: str | None = None
 
 
 def new_blob_key() -> str:
@@ -110,8 +120,16 @@ class BlobStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def stat(self, key: str) -> BlobStat:
+        """Size and time of the blob; BlobMissing when absent."""
+        ...
+
     def iter_keys(self) -> Iterator[str]:
         """Every complete blob key in the store."""
+        ...
+
+    def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
+        """Every complete blob with its :class:`BlobStat` (for ``dicomhub check``)."""
         ...
 
     def usable(self) -> bool:

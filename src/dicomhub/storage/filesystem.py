@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing, StorageError
-from dicomhub.storage.base import BlobInfo, valid_blob_key
+from dicomhub.storage.base import BlobInfo, BlobStat, valid_blob_key
 
 __all__ = ["FileSystemBlobStore"]
 
@@ -296,11 +296,27 @@ class FileSystemBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def stat(self, key: str) -> BlobStat:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError as exc:
+            raise BlobMissing(f"blob {key} is missing") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read blob {key}: {exc.strerror or exc}") from exc
+        return BlobStat(st.st_size, st.st_mtime)
+
     def iter_keys(self) -> Iterator[str]:
         for _dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 if valid_blob_key(name):
                     yield name
+
+    def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
+        for key in self.iter_keys():
+            try:
+                yield key, self.stat(key)
+            except BlobMissing:
+                continue  # removed while we walked
 
     def usable(self) -> bool:
         return self.root.is_dir() and os.access(self.root, os.W_OK)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing
-from dicomhub.storage.base import BlobInfo, new_blob_key
+from dicomhub.storage.base import BlobInfo, BlobStat, new_blob_key
 
 __all__ = ["MemoryBlobStore"]
 
@@ -20,6 +21,7 @@ class MemoryBlobStore:
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        self._created: dict[str, float] = {}
 
     def new_key(self) -> str:
         return new_blob_key()
@@ -29,6 +31,7 @@ class MemoryBlobStore:
     ) -> BlobInfo:
         with self._lock:
             self._blobs[key] = bytes(data)
+            self._created[key] = time.time()
         return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
     def put_stream(
@@ -42,6 +45,7 @@ class MemoryBlobStore:
         data = b"".join(parts)
         with self._lock:
             self._blobs[key] = data
+            self._created[key] = time.time()
         return BlobInfo(key, len(data), digest.hexdigest())
 
     def sync(self) -> None:
@@ -67,12 +71,21 @@ class MemoryBlobStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(key, None)
+            self._created.pop(key, None)
 
     def exists(self, key: str) -> bool:
         return key in self._blobs
 
+    def stat(self, key: str) -> BlobStat:
+        return BlobStat(len(self.read(key)), self._created.get(key, 0.0))
+
     def iter_keys(self) -> Iterator[str]:
         return iter(list(self._blobs))
+
+    def iter_blobs(self) -> Iterator[tuple[str, BlobStat]]:
+        for key in list(self._blobs):
+            if key in self._blobs:
+                yield key, self.stat(key)
 
     def usable(self) -> bool:
         return True

@@ -1,0 +1,79 @@
+"""SQL of the storage check: which blobs the index refers to, with their size and digest.
+
+Read only; ``dicomhub check`` and ``dicomhub migrate-storage`` compare these
+rows with what the blob store holds. Both instance rows and kept copies of
+refused objects (conflicts) refer to blobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, Subquery, literal, select, union_all
+
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import conflict, instance
+
+__all__ = ["BlobRecord", "BlobRecords"]
+
+_BATCH = 500  # keys per IN (...) list: well below every database's parameter limit
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRecord:
+    """A blob the index refers to."""
+
+    blob_key: str
+    size: int
+    sha256: str
+    sop_instance_uid: str
+    kind: str  # "instance" or "conflict" (a refused copy kept for review)
+
+
+def _referenced() -> Subquery:
+    return union_all(
+        select(
+            instance.c.blob_key,
+            instance.c.size,
+            instance.c.sha256,
+            instance.c.sop_instance_uid,
+            literal("instance").label("kind"),
+        ),
+        select(
+            conflict.c.blob_key,
+            conflict.c.size,
+            conflict.c.sha256,
+            conflict.c.sop_instance_uid,
+            literal("conflict").label("kind"),
+        ),
+    ).subquery()
+
+
+class BlobRecords:
+    """The index's view of the blob store."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def all(self) -> Iterator[BlobRecord]:
+        """Every referenced blob (streamed: the rows are not all held at once)."""
+        refs = _referenced()
+        with engines.read(self.engine) as conn:
+            result = conn.execution_options(yield_per=1000).execute(select(refs))
+            for row in result:
+                yield BlobRecord(row.blob_key, int(row.size), row.sha256, row.sop_instance_uid, row.kind)
+
+    def referenced(self, keys: Iterable[str]) -> dict[str, BlobRecord]:
+        """Which of ``keys`` the index refers to now."""
+        keys = list(keys)
+        refs = _referenced()
+        found: dict[str, BlobRecord] = {}
+        with engines.read(self.engine) as conn:
+            for start in range(0, len(keys), _BATCH):
+                rows = conn.execute(select(refs).where(refs.c.blob_key.in_(keys[start : start + _BATCH])))
+                for row in rows:
+                    found[row.blob_key] = BlobRecord(
+                        row.blob_key, int(row.size), row.sha256, row.sop_instance_uid, row.kind
+                    )
+        return found

@@ -1,0 +1,47 @@
+"""Blob stores named by URL: ``file://PATH`` (a local folder) or ``s3://bucket/prefix``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dicomhub.errors import ConfigurationError
+from dicomhub.storage.base import BlobStore
+from dicomhub.storage.fallback import FallbackBlobStore
+from dicomhub.storage.filesystem import FileSystemBlobStore
+
+__all__ = ["open_blob_store", "open_blob_stores"]
+
+
+def open_blob_store(url: str, *, s3_endpoint_url: str = "", s3_region: str = "") -> BlobStore:
+    """The store at ``url``.
+
+    Raises
+    ------
+    ConfigurationError
+        For a URL of another scheme or without a path/bucket.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "file":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigurationError(f"storage URL {url!r} is not of the form file:///absolute/path")
+        return FileSystemBlobStore(Path(unquote(parts.path)))
+    if scheme == "s3":
+        from dicomhub.storage.s3 import S3BlobStore, parse_s3_url
+
+        return S3BlobStore(
+            parse_s3_url(url), endpoint_url=s3_endpoint_url or None, region=s3_region or None
+        )
+    raise ConfigurationError(f"storage URL {url!r}: use file:///path or s3://bucket/prefix")
+
+
+def open_blob_stores(
+    url: str, fallback_url: str = "", *, s3_endpoint_url: str = "", s3_region: str = ""
+) -> BlobStore:
+    """The store at ``url``, reading also from ``fallback_url`` when given (during a migration)."""
+    primary = open_blob_store(url, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+    if not fallback_url or fallback_url == url:
+        return primary
+    fallback = open_blob_store(fallback_url, s3_endpoint_url=s3_endpoint_url, s3_region=s3_region)
+    return FallbackBlobStore(primary, fallback)
