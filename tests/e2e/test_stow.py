@@ -269,6 +269,8 @@ def test_large_upload_is_streamed(servers: ServerPool) -> None:
     assert after - before < sent // 4, (
         f"VmHWM grew from {before >> 20} to {after >> 20} MiB for {sent >> 20} MiB"
     )
-    assert after < sent // 2, f"VmHWM {after >> 20} MiB for a {sent >> 20} MiB body"
+    # And stayed well under the body in absolute terms (the PostgreSQL + S3 back end's
+    # libraries, psycopg and boto3, add about 40 MiB to the baseline).
+    assert after < sent * 2 // 3, f"VmHWM {after >> 20} MiB for a {sent >> 20} MiB body"
     assert study_instance_count(hub.data_dir, study) == LARGE_PARTS + 1
     assert not list((hub.data_dir / "tmp").glob("stow-*/*"))  # spool files removed
