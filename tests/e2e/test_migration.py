@@ -23,7 +23,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,8 +32,20 @@ import httpx
 import pytest
 from datagen import make_dataset, uid, write_dataset
 from pydicom import dcmread
+from sqlalchemy.exc import SQLAlchemyError
 
-from .helpers import HOST, DicomhubServer, ServerPool, clean_env, dicomhub_command, run_cli
+from tests.backends import backend_env
+
+from .helpers import (
+    HOST,
+    DicomhubServer,
+    ServerPool,
+    clean_env,
+    dicomhub_command,
+    index_rows,
+    read_blob,
+    run_cli,
+)
 from .orthanc import OrthancServer, orthanc, orthanc_store
 
 pytestmark = pytest.mark.e2e
@@ -127,19 +138,17 @@ def reconcile_json(data_dir: Path, name: str = "orthanc") -> tuple[int, dict[str
 
 def stored_instances(data_dir: Path) -> list[tuple[str, str]]:
     """(SOP Instance UID, blob key) of every indexed instance, read straight from the index."""
-    con = sqlite3.connect(f"file:{data_dir / 'index.sqlite'}?mode=ro", uri=True, timeout=30)
-    try:
-        return con.execute("SELECT sop_instance_uid, blob_key FROM instance").fetchall()
-    finally:
-        con.close()
+    rows = index_rows(data_dir, "SELECT sop_instance_uid, blob_key FROM instance")
+    return [(str(sop), str(key)) for sop, key in rows]
 
 
 def assert_identical_pixels(data_dir: Path, corpus: Corpus) -> None:
     rows = stored_instances(data_dir)
     assert sorted(sop for sop, _ in rows) == sorted(corpus.files)
-    blobs = {p.name: p for p in (data_dir / "blobs").rglob("*") if p.is_file()}
     for sop, key in rows:
-        ds = dcmread(blobs[key])
+        data = read_blob(data_dir, key)
+        assert data is not None, f"blob of {sop} missing"
+        ds = dcmread(io.BytesIO(data))
         assert bytes(ds.PixelData) == corpus.pixels[sop], f"pixel data of {sop} differs"
 
 
@@ -183,7 +192,7 @@ def _migrate_popen(data_dir: Path, log: Path, *args: str) -> subprocess.Popen[by
         [*dicomhub_command(), "migrate", "orthanc", "--data-dir", str(data_dir), "--quiet", *args],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
-        env=clean_env(),
+        env=clean_env(backend_env(data_dir)),
         start_new_session=True,
     )
 
@@ -200,11 +209,10 @@ def test_refused_cmove_falls_back_to_cget_and_a_killed_migration_resumes(
         deadline = time.monotonic() + 120
         count = 0
         while time.monotonic() < deadline and proc.poll() is None:
-            if (data_dir / "index.sqlite").exists():
-                try:
-                    count = len(stored_instances(data_dir))
-                except sqlite3.OperationalError:
-                    count = 0  # the schema is not there yet
+            try:
+                count = len(stored_instances(data_dir))
+            except SQLAlchemyError:
+                count = 0  # the index is busy being written; look again
             if count >= 40:
                 break
             time.sleep(0.05)
