@@ -1,13 +1,17 @@
 """Who asks: the identity every query, retrieve and store path carries.
 
-Today it is only recorded and logged; the access-control layer will turn it
-into a predicate that the index applies inside each query.
+A caller is built by the adapter that received the request (the DIMSE
+association, the HTTP request, the CLI) once it has authenticated it; its
+``access`` is what the services consult. With access control off (the
+loopback default) every caller holds :attr:`Access.UNRESTRICTED`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dicomhub.model.access import Access
 
 __all__ = ["Caller", "Channel"]
 
@@ -21,11 +25,14 @@ class Channel(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The origin of a request: channel, name (calling AE title or user) and address."""
+    """The origin of a request: channel, name (calling AE title or user), address,
+    the authenticated principal (None when access control is off) and its grants."""
 
     channel: Channel
     name: str = ""
     address: str = ""
+    principal: str | None = None
+    access: Access = field(default=Access.UNRESTRICTED)
 
     @classmethod
     def cli(cls) -> Caller:
@@ -34,3 +41,8 @@ class Caller:
     @property
     def ae_title(self) -> str | None:
         return self.name if self.channel is Channel.DIMSE else None
+
+    @property
+    def who(self) -> str:
+        """The name the audit log records: the principal, else the AE title or user."""
+        return self.principal or self.name or "anonymous"
