@@ -109,6 +109,26 @@ class Settings:
     deid_export: tuple[DeidExport, ...] = ()
     deid_burned_in: str = "refuse"  # refuse, mask or allow
     deid_mask: tuple[MaskRegion, ...] = ()
+    # Access control (docs/access-control.md): off, every caller may do
+    # everything, which is allowed only when listening on loopback addresses.
+    auth_required: bool = False
+    allow_anonymous_network: bool = False  # the explicit override of that rule
+    # OpenID Connect bearer tokens: the issuer, its JWKS (URL or file), the
+    # audience this archive expects and the claim naming the principal.
+    oidc_issuer: str = ""
+    oidc_jwks: str = ""
+    oidc_audience: str = ""
+    oidc_principal_claim: str = "sub"
+    # Labels given at ingest: "LABEL=calling_ae:AET" or "LABEL=Keyword:value".
+    label_rules: tuple[str, ...] = ()
+    # Transport security (docs/transport-security.md): one certificate and key
+    # for DICOM TLS and HTTPS; a CA bundle to verify client certificates with.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify_client: bool = False  # require a client certificate signed by tls_ca
+    dimse_tls_port: int = 0  # 0: no DICOM TLS port
+    https: bool = False  # the HTTP port speaks HTTPS
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -205,7 +225,7 @@ def _coerce(name: str, value: Any) -> Any:
             )
         if name == "data_dir":
             return Path(value)
-        if name == "cors_origins":
+        if name in ("cors_origins", "label_rules"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
         if name == "duplicate_policy":

@@ -189,6 +189,46 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         metavar="X,Y,WIDTH,HEIGHT",
         help="a pixel region blanked under --deid-burned-in mask (repeatable)",
     )
+    _security_args(p)
+
+
+def _security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--auth",
+        dest="auth_required",
+        action="store_true",
+        default=None,
+        help="require every HTTP request and DIMSE association to authenticate",
+    )
+    p.add_argument(
+        "--allow-anonymous-network",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback address without --auth (not recommended)",
+    )
+    p.add_argument("--oidc-issuer", help="accept OpenID Connect bearer tokens from this issuer")
+    p.add_argument("--oidc-jwks", help="the issuer's JWKS: an https URL or a file")
+    p.add_argument("--oidc-audience", help="the audience (aud) tokens must name")
+    p.add_argument("--oidc-principal-claim", help="the claim naming the principal (default sub)")
+    p.add_argument(
+        "--label-rule",
+        dest="label_rules",
+        action="append",
+        default=[],
+        metavar="LABEL=calling_ae:AET|Keyword:VALUE",
+        help="label studies at ingest by calling AE or attribute (repeatable)",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for DICOM TLS and HTTPS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-ca", help="PEM CA bundle that client certificates must chain to")
+    p.add_argument(
+        "--tls-verify-client",
+        action="store_true",
+        default=None,
+        help="require a client certificate signed by --tls-ca",
+    )
+    p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
+    p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -213,6 +253,18 @@ def _load(args: argparse.Namespace) -> Settings:
         "decode_check",
         "validation_policy",
         "deid_burned_in",
+        "auth_required",
+        "allow_anonymous_network",
+        "oidc_issuer",
+        "oidc_jwks",
+        "oidc_audience",
+        "oidc_principal_claim",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "tls_verify_client",
+        "dimse_tls_port",
+        "https",
     )
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
@@ -220,6 +272,7 @@ def _load(args: argparse.Namespace) -> Settings:
     overrides["validation_ae"] = getattr(args, "validation_ae", None) or None
     overrides["deid_export"] = getattr(args, "deid_export", None) or None
     overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
+    overrides["label_rules"] = getattr(args, "label_rules", None) or None
     return load_settings(overrides, config_file=args.config)
 
 

@@ -14,11 +14,19 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from dicomhub.model.caller import Caller
 
-__all__ = ["AuditAction", "AuditEvent", "AuditOutcome", "AuditRecorder", "AuditedStudy"]
+__all__ = [
+    "AuditAction",
+    "AuditEvent",
+    "AuditOutcome",
+    "AuditRecord",
+    "AuditRecorder",
+    "AuditedStudy",
+]
 
 
 class AuditAction(enum.Enum):
@@ -65,3 +73,19 @@ class AuditEvent:
 class AuditRecorder(Protocol):
     def record(self, event: AuditEvent) -> None:
         """Append ``event`` to the audit log; raises when it cannot be written."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One stored audit event, as the log gives it back for queries and export."""
+
+    id: int
+    at: datetime  # UTC
+    action: AuditAction
+    outcome: AuditOutcome
+    principal: str  # Caller.who at the time
+    channel: str  # Channel value: dimse, http, cli, internal
+    ae_title: str  # the calling AE title for DIMSE, else ""
+    address: str
+    studies: tuple[AuditedStudy, ...] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)
