@@ -388,6 +388,11 @@ class SecurityRepository:
             return False
         return True
 
+    def add_labels(self, study_instance_uid: str, labels: Iterable[str]) -> None:
+        """Attach labels, keeping those the study has already."""
+        with engines.write(self.engine) as conn:
+            insert_labels(conn, study_instance_uid, labels)
+
     def remove_label(self, study_instance_uid: str, label: str) -> bool:
         with engines.write(self.engine) as conn:
             return bool(
