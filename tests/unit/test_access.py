@@ -123,7 +123,10 @@ def test_queries_see_only_permitted_studies_with_correct_counts_and_paging(
         archive.wado.instances(label_a, c)
     assert len(archive.wado.instances(label_a, a)) == 2
     # QUERY does not give RETRIEVE.
-    assert archive.search.instances(query_from_identifier(_uid_ident(a), "STUDY"), _caller("reader@label:C")) == []
+    assert (
+        archive.search.instances(query_from_identifier(_uid_ident(a), "STUDY"), _caller("reader@label:C"))
+        == []
+    )
 
 
 def _uid_ident(study: str) -> Dataset:
@@ -229,7 +232,9 @@ def test_migration_0009_moves_deid_grants_to_project_scopes_and_keeps_old_audit_
         command.upgrade(_alembic_config(conn), "0008")
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO principal (pk, name, created_at) VALUES (1, 'alice', :t)"), {"t": now})
+        conn.execute(
+            sa.text("INSERT INTO principal (pk, name, created_at) VALUES (1, 'alice', :t)"), {"t": now}
+        )
         conn.execute(
             sa.text(
                 "INSERT INTO role_grant (principal_pk, role, scope, granted_by, granted_at)"
@@ -247,9 +252,7 @@ def test_migration_0009_moves_deid_grants_to_project_scopes_and_keeps_old_audit_
         )
     migrate(engine, lock_dir=tmp_path)
     engine.dispose()
-    arch = open_archive(
-        load_settings({"data_dir": tmp_path / "data", "database_url": index_url}, environ={})
-    )
+    arch = open_archive(load_settings({"data_dir": tmp_path / "data", "database_url": index_url}, environ={}))
     try:
         assert arch.access.grants("alice")[0]["scope"] == "project:P1"
         assert arch.governance.has_grant("alice", "reidentifier", "P1")

@@ -290,9 +290,7 @@ class SecurityRepository:
             for r in rows
         ]
 
-    def token_holder(
-        self, token_sha256: str
-    ) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
+    def token_holder(self, token_sha256: str) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
         """(principal, revoked at, expires at) of the token with this digest, or None."""
         with engines.read(self.engine) as conn:
             row = conn.execute(

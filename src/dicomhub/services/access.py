@@ -244,9 +244,7 @@ class AccessService:
     def ingest_labels(self, calling_ae: str | None, attributes: Mapping[str, str | None]) -> frozenset[str]:
         """The labels the ingest rules give an object from ``calling_ae`` with these
         attribute values (keyword -> value as stored)."""
-        return frozenset(
-            rule.label for rule in self.label_rules if rule.applies(calling_ae, attributes.get)
-        )
+        return frozenset(rule.label for rule in self.label_rules if rule.applies(calling_ae, attributes.get))
 
     def labels_for_object(self, caller: Caller, header: InstanceHeader) -> frozenset[str]:
         """The labels the ingest rules give an object stored by ``caller``."""
