@@ -129,6 +129,7 @@ def _values(ds: Dataset, job_id: str = "1") -> dict[str, str]:
     """Values for the path and required query parameters of the document."""
     return {
         "job_id": job_id,
+        "name": "nobody",
         "study": ds.StudyInstanceUID,
         "series": ds.SeriesInstanceUID,
         "instance": ds.SOPInstanceUID,
@@ -258,8 +259,9 @@ def test_every_documented_get_answers_as_documented(
         _check_response(doc, operation, r, f"GET {path}")
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
-    # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes
-    assert checked == 29
+    # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes,
+    # 2 label routes, 4 access-control routes (users, tokens, grants, audit)
+    assert checked == 35
     assert secured == 2  # de-identification runs: the list and one run
 
 
