@@ -53,7 +53,7 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "storage")
+_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "security", "storage")
 
 
 def _command_modules() -> list[CommandModule]:
