@@ -23,6 +23,7 @@ from dicomhub.services.administration import SecurityAdministration
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import record_dict
 from dicomhub.web.auth import caller_of
+from dicomhub.web.errors import row_id
 
 __all__ = ["dicomweb_routes", "routes"]
 
@@ -164,10 +165,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
         """Revoke every token of the user, or one (``?token=ID``)."""
         name = str(request.path_params["name"])
         token = request.query_params.get("token")
-        try:
-            token_id = int(token) if token else None
-        except ValueError as exc:
-            raise InvalidRequest("token must be a token id") from exc
+        token_id = row_id(token, "a token id") if token else None
         return JSONResponse({"revoked": admin.revoke(caller_of(request), name, token_id)})
 
     def list_grants(request: Request) -> JSONResponse:
