@@ -135,7 +135,7 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> int:
 def _user_token(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        if not archive.access.security.principal_exists(args.name):
+        if not archive.access.principal_exists(args.name):
             print(f"dicomhub user token: no user {args.name!r} (dicomhub user add)")
             return 1
         created = admin.new_token(_os_caller(), args.name, args.label, args.expires)

@@ -167,6 +167,9 @@ class AccessService:
     def principals(self) -> list[dict[str, Any]]:
         return self.security.principals()
 
+    def principal_exists(self, name: str) -> bool:
+        return self.security.principal_exists(name)
+
     def create_token(
         self, principal: str, label: str = "", expires_in_days: float | None = None
     ) -> tuple[int, str]:

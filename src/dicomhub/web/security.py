@@ -152,7 +152,7 @@ def routes(archive: Archive, backlog: AuditBacklog | None = None) -> list[BaseRo
         """``{label?, expires_days?}`` -> 201 with a new token for the user."""
         body = await _json_body(request)
         name = str(request.path_params["name"])
-        if not await run_in_threadpool(access.security.principal_exists, name):
+        if not await run_in_threadpool(access.principal_exists, name):
             raise NotFound(f"no user {name}")
         label = body.get("label", "")
         if not isinstance(label, str):
