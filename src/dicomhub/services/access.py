@@ -32,6 +32,7 @@ __all__ = [
     "Authentication",
     "Forbidden",
     "Unauthenticated",
+    "refuse_unless",
     "require_name",
     "token_digest",
 ]
@@ -50,6 +51,17 @@ class Unauthenticated(DicomhubError):
 
 class Forbidden(DicomhubError):
     """The principal is known but holds no grant for the operation."""
+
+
+def refuse_unless(access: Access, action: Action, facts: StudyFacts, who: str) -> None:
+    """Raise unless ``access`` permits ``action`` on the study: :class:`Forbidden` when
+    the caller may see the study, else :class:`NotFound`, so that a refusal never
+    reveals that a study the caller may not see exists."""
+    if access.permits(action, facts):
+        return
+    if access.permits(Action.QUERY, facts) or access.permits(Action.RETRIEVE, facts):
+        raise Forbidden(f"{who} may not {action.value} study {facts.study_instance_uid}")
+    raise NotFound(f"no study {facts.study_instance_uid}")
 
 
 def token_digest(token: str) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dicomhub.errors import Conflict, NotFound
+from dicomhub.errors import Conflict
 from dicomhub.model.access import Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller
-from dicomhub.services.access import AccessService, Forbidden, require_name
+from dicomhub.services.access import AccessService, refuse_unless, require_name
 from dicomhub.services.audit import AuditService
 
 __all__ = ["SecurityAdministration"]
@@ -121,9 +121,7 @@ class SecurityAdministration:
             AuditOutcome.SERIOUS_FAILURE,
             study,
         )
-        if access.permits(Action.QUERY, facts) or access.permits(Action.RETRIEVE, facts):
-            raise Forbidden(f"{caller.who} may not label study {study}")
-        raise NotFound(f"no study {study}")
+        refuse_unless(access, Action.LABEL, facts, caller.who)
 
     def add_label(self, caller: Caller, study: str, label: str) -> bool:
         self._label_gate(caller, study)

@@ -12,12 +12,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dicomhub.errors import NotFound
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.access import Action, StudyFacts
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
-from dicomhub.services.access import Forbidden
+from dicomhub.services.access import refuse_unless
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["DeleteResult", "DeleteService"]
@@ -50,17 +49,13 @@ class DeleteService:
         self.study_facts = study_facts
 
     def _authorize(self, caller: Caller, study_instance_uid: str) -> None:
-        """Refuse a caller without DELETE on the study: as a missing study when it may
-        not even see it, else :class:`Forbidden`."""
-        access = caller.access
-        if access.unrestricted or self.study_facts is None:
+        """Refuse a caller without DELETE on the study (as a missing study when it may
+        not even see it)."""
+        if caller.access.unrestricted or self.study_facts is None:
             return
         facts = self.study_facts(study_instance_uid)
-        if facts is None or access.permits(Action.DELETE, facts):
-            return  # a missing study is reported by the delete itself
-        if access.permits(Action.QUERY, facts) or access.permits(Action.RETRIEVE, facts):
-            raise Forbidden(f"{caller.who} may not delete study {study_instance_uid}")
-        raise NotFound(f"no study {study_instance_uid}")
+        if facts is not None:  # a missing study is reported by the delete itself
+            refuse_unless(caller.access, Action.DELETE, facts, caller.who)
 
     def delete_study(self, study_instance_uid: str, caller: Caller) -> DeleteResult:
         """Delete a study with all its series and instances.

@@ -8,7 +8,6 @@ A refusal is 401 (no or unknown/revoked token) or 403 (no grant), and audited.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,24 +19,11 @@ from dicomhub.errors import InvalidRequest
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.archive import Archive
 from dicomhub.services.governance import ROLE_DEIDENTIFIER, Unauthenticated
-from dicomhub.web.errors import row_id
+from dicomhub.web.errors import json_object, row_id
 
 __all__ = ["routes"]
 
 _MAX_BODY = 1 << 20
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise InvalidRequest("request body too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
 
 
 def _text(body: dict[str, Any], key: str, required: bool = True) -> str | None:
@@ -76,7 +62,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
     async def start(request: Request) -> JSONResponse:
         """Start a run: ``{project, study | series, reason, options?, burned_in?, mask?}`` -> 202
         and the run."""
-        body = await _body(request)
+        body = await json_object(request, _MAX_BODY)
         project = str(_text(body, "project"))
         caller, principal = await run_in_threadpool(caller_of, request)
         await run_in_threadpool(
@@ -116,7 +102,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
     async def preview(request: Request) -> JSONResponse:
         """Dry run on one stored instance: ``{project, instance, options?}``; nothing is stored."""
-        body = await _body(request)
+        body = await json_object(request, _MAX_BODY)
         project = str(_text(body, "project"))
         caller, principal = await run_in_threadpool(caller_of, request)
         await run_in_threadpool(deid.authorize, principal, ROLE_DEIDENTIFIER, project, "deid-preview", caller)
@@ -127,7 +113,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
     async def reidentify(request: Request) -> JSONResponse:
         """``{values: [...]}`` -> the originals behind each replacement value."""
         project = str(request.path_params["project"])
-        body = await _body(request)
+        body = await json_object(request, _MAX_BODY)
         caller, principal = await run_in_threadpool(caller_of, request)
         values = body.get("values")
         if not isinstance(values, list):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,7 +20,14 @@ from dicomhub.errors import (
 )
 from dicomhub.services.governance import Forbidden, Unauthenticated
 
-__all__ = ["EXCEPTION_HANDLERS", "NotAcceptable", "UnsupportedMediaType", "error_response", "row_id"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "NotAcceptable",
+    "UnsupportedMediaType",
+    "error_response",
+    "json_object",
+    "row_id",
+]
 
 LOGGER = logging.getLogger("dicomhub.web")
 
@@ -43,6 +52,20 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (IndexUnavailable, 503),
     (StorageError, 503),
 )
+
+
+async def json_object(request: Request, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is ``{}``)."""
+    raw = await request.body()
+    if len(raw) > max_bytes:
+        raise InvalidRequest("request body too large")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return body
 
 
 def row_id(text: str, what: str) -> int:

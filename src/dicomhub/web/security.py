@@ -8,7 +8,6 @@ study's labels needs QUERY on it. Every change leaves one audit record.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from typing import Any
 
@@ -24,26 +23,13 @@ from dicomhub.services.administration import SecurityAdministration
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import record_dict
 from dicomhub.web.auth import AuditBacklog, caller_of
-from dicomhub.web.errors import row_id
+from dicomhub.web.errors import json_object, row_id
 
 __all__ = ["dicomweb_routes", "routes"]
 
 LOGGER = logging.getLogger("dicomhub.web.security")
 
 _MAX_BODY = 64 * 1024
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise InvalidRequest("request body too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    return body
 
 
 def _string(body: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -133,7 +119,7 @@ def routes(archive: Archive, backlog: AuditBacklog | None = None) -> list[BaseRo
     async def add_user(request: Request) -> JSONResponse:
         """``{name, kind?, grants?: [{role, scope}], expires_days?}`` -> 201 with the token,
         shown this once."""
-        body = await _json_body(request)
+        body = await json_object(request, _MAX_BODY)
         grants = body.get("grants", [])
         if not isinstance(grants, list) or not all(isinstance(g, dict) for g in grants):
             raise InvalidRequest("'grants' must be a list of {role, scope} objects")
@@ -150,7 +136,7 @@ def routes(archive: Archive, backlog: AuditBacklog | None = None) -> list[BaseRo
 
     async def new_token(request: Request) -> JSONResponse:
         """``{label?, expires_days?}`` -> 201 with a new token for the user."""
-        body = await _json_body(request)
+        body = await json_object(request, _MAX_BODY)
         name = str(request.path_params["name"])
         if not await run_in_threadpool(access.principal_exists, name):
             raise NotFound(f"no user {name}")
@@ -177,7 +163,7 @@ def routes(archive: Archive, backlog: AuditBacklog | None = None) -> list[BaseRo
 
     async def add_grant(request: Request) -> JSONResponse:
         """``{principal, role, scope}`` -> 201 (new) or 200 (held already)."""
-        body = await _json_body(request)
+        body = await json_object(request, _MAX_BODY)
         added = await run_in_threadpool(
             admin.grant,
             caller_of(request),
