@@ -14,6 +14,7 @@ from typing import Any
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
+from dicomhub.index.aes import ApplicationEntityRepository
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
@@ -24,6 +25,7 @@ from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
+from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
@@ -125,6 +127,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         storage_check=StorageCheckService(
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
+        aes=ApplicationEntityService(ApplicationEntityRepository(engine)),
         close=engine.dispose,
     )
 

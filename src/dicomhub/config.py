@@ -6,7 +6,9 @@ file, default. Nothing else in dicomhub reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +29,7 @@ __all__ = [
     "MaskRegion",
     "RemoteAE",
     "Settings",
+    "anonymous_network_refusal",
     "load_settings",
     "parse_deid_export",
     "parse_mask_region",
@@ -371,3 +374,39 @@ def _validate_compression(s: Settings) -> None:
                 f"compression rule {rule}: {syntax.title} is lossy; "
                 "set allow_lossy_compression (--allow-lossy-compression) to store lossy copies"
             )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback address.
+
+    "" and 0.0.0.0 / :: (all interfaces) are not; a name counts as loopback
+    only when every address it resolves to is one (an unresolvable name is not).
+    """
+    host = host.strip().strip("[]")
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def anonymous_network_refusal(settings: Settings) -> str | None:
+    """Why ``serve`` must not start with these settings, or None.
+
+    The safe default: without access control every caller may read and
+    change everything, which is acceptable only for callers on this machine.
+    """
+    if settings.auth_required or settings.allow_anonymous_network or _is_loopback(settings.host):
+        return None
+    return (
+        f"refusing to listen on {settings.host or 'every address'} without authentication: "
+        "anyone who can reach it could read and change every study. Turn access control on "
+        "with --auth (auth_required), listen on 127.0.0.1, or, knowingly, pass "
+        "--allow-anonymous-network (allow_anonymous_network)"
+    )

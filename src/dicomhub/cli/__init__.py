@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dicomhub import __version__
-from dicomhub.config import Settings, load_settings
+from dicomhub.config import Settings, anonymous_network_refusal, load_settings
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
@@ -53,7 +53,7 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "storage")
+_COMMAND_MODULES: tuple[str, ...] = ("ae", "deid", "deidserver", "migration", "storage")
 
 
 def _command_modules() -> list[CommandModule]:
@@ -408,6 +408,10 @@ def _serve(settings: Settings) -> int:
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
+    refusal = anonymous_network_refusal(settings)
+    if refusal is not None:
+        print(f"dicomhub: {refusal}", file=sys.stderr)
+        return 2
     archive = open_archive(settings)  # migrates the index before any worker starts
     try:
         listener = bind_listener(settings.host, settings.dimse_port)

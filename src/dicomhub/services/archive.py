@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
@@ -47,6 +48,7 @@ class Archive:
     governance: GovernanceService
     migration: MigrationService
     storage_check: StorageCheckService
+    aes: ApplicationEntityService
     close: Callable[[], None]
 
     def usable(self) -> bool:
