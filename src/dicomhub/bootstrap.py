@@ -177,6 +177,7 @@ def run_dimse_worker(
     index: int,
     load: Any,
     parent: int,
+    tls_listener: socket.socket | None = None,
 ) -> None:
     """Entry point of a DIMSE worker process (see :class:`dicomhub.dimse.server.DimseWorkers`)."""
     from dicomhub.dimse import server
@@ -185,7 +186,7 @@ def run_dimse_worker(
     configure_logging(settings.log_level)
     archive = open_archive(settings, upgrade=False)
     try:
-        server.serve_worker(archive, settings, listener, index, load)
+        server.serve_worker(archive, settings, listener, index, load, tls_listener)
     finally:
         archive.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -34,6 +35,7 @@ __all__ = [
     "parse_deid_export",
     "parse_mask_region",
     "parse_remote_ae",
+    "tls_server_context",
 ]
 
 
@@ -340,6 +342,16 @@ def _validate(s: Settings) -> None:
     if s.deid_burned_in == "mask" and not s.deid_mask:
         raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
     _validate_deid_export(s)
+    _validate_tls(s)
+
+
+def _validate_tls(s: Settings) -> None:
+    if not 0 <= s.dimse_tls_port < 65536:
+        raise ConfigurationError(f"invalid port {s.dimse_tls_port}")
+    if (s.dimse_tls_port or s.https) and not (s.tls_cert and s.tls_key):
+        raise ConfigurationError("DICOM TLS and HTTPS need a certificate and its key (--tls-cert, --tls-key)")
+    if s.tls_verify_client and not s.tls_ca:
+        raise ConfigurationError("--tls-verify-client needs the CA bundle to verify with (--tls-ca)")
 
 
 def _validate_deid_export(s: Settings) -> None:
@@ -410,3 +422,45 @@ def anonymous_network_refusal(settings: Settings) -> str | None:
         "with --auth (auth_required), listen on 127.0.0.1, or, knowingly, pass "
         "--allow-anonymous-network (allow_anonymous_network)"
     )
+
+
+# The cipher suites of the BCP 195 (RFC 9325) TLS 1.2 profile that DICOM PS3.15
+# B.9 ("BCP 195 RFC-8996 TLS Profile") points to: forward secrecy and AEAD only.
+# TLS 1.3 suites are OpenSSL's defaults, all of which qualify.
+_BCP195_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+    )
+)
+
+
+def tls_server_context(settings: Settings) -> ssl.SSLContext:
+    """The server side of DICOM TLS and HTTPS: TLS 1.2 or later, BCP 195 ciphers,
+    and with ``tls_verify_client`` a client certificate chaining to ``tls_ca``.
+
+    Raises
+    ------
+    ConfigurationError
+        When the certificate, key or CA bundle cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_BCP195_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_ca:
+            context.load_verify_locations(cafile=settings.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate, key or CA bundle: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_verify_client else (
+        ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE
+    )
+    return context

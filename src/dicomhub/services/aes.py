@@ -63,7 +63,12 @@ class ApplicationEntityService:
             raise InvalidRequest("principal: at most 128 characters; TLS subject: at most 255")
         added = self.repo.add(
             ApplicationEntity(
-                title, host, entity.port, entity.principal.strip(), entity.tls_subject.strip(), entity.description
+                title,
+                host,
+                entity.port,
+                entity.principal.strip(),
+                entity.tls_subject.strip(),
+                entity.description,
             )
         )
         self._changed(caller, "ae-add", added)
@@ -109,7 +114,9 @@ class ApplicationEntityService:
 
     # -- authentication ------------------------------------------------------
 
-    def authenticate(self, calling_ae_title: str, peer_host: str, tls_subject: str | None) -> ApplicationEntity:
+    def authenticate(
+        self, calling_ae_title: str, peer_host: str, tls_subject: str | None
+    ) -> ApplicationEntity:
         """The registered AE behind an association request.
 
         ``tls_subject`` is the Common Name of the verified client certificate
@@ -125,8 +132,7 @@ class ApplicationEntityService:
             raise AssociationRefused(f"calling AE title {calling_ae_title!r} is not registered")
         if not self._host_matches(entity.host, peer_host):
             raise AssociationRefused(
-                f"calling AE title {entity.ae_title!r} is registered for host {entity.host}, "
-                f"not {peer_host}"
+                f"calling AE title {entity.ae_title!r} is registered for host {entity.host}, not {peer_host}"
             )
         if entity.tls_subject and tls_subject != entity.tls_subject:
             got = "no client certificate" if tls_subject is None else f"certificate CN {tls_subject!r}"

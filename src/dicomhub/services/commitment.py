@@ -105,6 +105,19 @@ class CommitmentService:
             )
         return CommitmentResult(transaction_uid, tuple(successes), tuple(failures))
 
+    def withhold(self, result: CommitmentResult, visible: Callable[[str], bool]) -> CommitmentResult:
+        """``result`` with the instances of studies for which ``visible(study UID)`` is
+        false turned into failures (No Such Object Instance), as if they were not held."""
+        successes: list[CommitmentItem] = []
+        failures = list(result.failures)
+        for item in result.successes:
+            row = self.index.get_instance(item.sop_instance_uid)
+            if row is not None and visible(row.study_instance_uid):
+                successes.append(item)
+            else:
+                failures.append((item, NO_SUCH_OBJECT_INSTANCE))
+        return CommitmentResult(result.transaction_uid, tuple(successes), tuple(failures))
+
     def _check(self, item: CommitmentItem) -> int | None:
         try:
             require_uid(item.sop_instance_uid, "Referenced SOP Instance UID")
