@@ -19,14 +19,17 @@ from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
-from dicomhub.index.deid import DeidRepository, SecurityRepository
+from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
+from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
+from dicomhub.services.access import AccessService, parse_label_rules
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
+from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
@@ -35,6 +38,7 @@ from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
+from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -92,7 +96,13 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         last_change=index.last_change,
     )
     ingest = IngestService(index, blobs, settings.duplicate_policy, compression, validation)
-    governance = GovernanceService(SecurityRepository(engine))
+    access = AccessService(
+        SecurityRepository(engine),
+        oidc=open_oidc(settings),
+        label_rules=parse_label_rules(settings.label_rules),
+    )
+    audit = AuditService(AuditRepository(engine))
+    governance = GovernanceService(access, audit)
     deid = DeidService(
         DeidRepository(engine),
         governance,
@@ -123,12 +133,23 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         validation=validation,
         deid=deid,
         governance=governance,
+        access=access,
+        audit=audit,
         migration=MigrationService(MigrationRepository(engine)),
         storage_check=StorageCheckService(
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
-        aes=ApplicationEntityService(ApplicationEntityRepository(engine)),
+        aes=ApplicationEntityService(ApplicationEntityRepository(engine), audit),
         close=engine.dispose,
+    )
+
+
+def open_oidc(settings: Settings) -> OidcVerifier | None:
+    """The verifier of OpenID Connect bearer tokens, when an issuer is configured."""
+    if not settings.oidc_issuer:
+        return None
+    return OidcVerifier(
+        settings.oidc_issuer, settings.oidc_jwks, settings.oidc_audience, settings.oidc_principal_claim
     )
 
 

@@ -14,7 +14,7 @@ from dicomhub.services.auditexport import EXPORT_FORMATS, dicom_audit_xml, json_
 __all__ = ["add_commands"]
 
 # What one export reads at most; narrow it with --study, --principal, --since.
-_EXPORT_LIMIT = 1_000_000
+_EXPORT_LIMIT = 100_000
 
 
 def add_commands(sub: Any, settings_args: Any) -> None:
@@ -55,12 +55,13 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
             since=since,
             until=until,
             limit=_EXPORT_LIMIT,
-        )
+        )[::-1]  # oldest first, as a log reads
     finally:
         archive.close()
-    lines = (
-        dicom_audit_xml(records, args.aet or settings.aet) if args.format == "dicom-xml" else json_lines(records)
-    )
+    if args.format == "dicom-xml":
+        lines = dicom_audit_xml(records, args.aet or settings.aet)
+    else:
+        lines = json_lines(records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             out.writelines(lines)

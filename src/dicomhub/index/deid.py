@@ -1,4 +1,4 @@
-"""The governed side of de-identification, and the security tables around it.
+"""The governed side of de-identification.
 
 * ``deid_project``: one row per project; the fingerprint of its key (a keyed
   digest, never the secret) detects a changed secret;
@@ -6,9 +6,8 @@
   the per-instance progress that makes a run resumable;
 * ``deid_mapping``: original -> replacement per project and kind, the only
   place re-identification reads;
-* ``principal``, ``api_token`` (SHA-256 of each token, never the token),
-  ``role_grant`` and the append-only ``audit_event``: generic, so that access
-  control can reuse them.
+* the security tables (principals, tokens, grants, the audit log) are in
+  :mod:`dicomhub.index.security`; they are re-exported here for old imports.
 
 Every value comes in as a bound parameter; nothing here builds SQL text.
 """
@@ -44,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import metadata
+from dicomhub.index.security import SecurityRepository, api_token, audit_event, principal, role_grant
 
 __all__ = [
     "DeidRepository",
@@ -128,56 +128,6 @@ deid_mapping = Table(
     UniqueConstraint("project_pk", "kind", "original", name="uq_deid_mapping"),
     Index("ix_deid_mapping_replacement", "project_pk", "replacement"),
 )
-
-principal = Table(
-    "principal",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    sqlite_autoincrement=True,
-)
-
-api_token = Table(
-    "api_token",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False, index=True),
-    Column("token_sha256", String(64), nullable=False, unique=True),
-    Column("label", String(128), nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True)),
-    sqlite_autoincrement=True,
-)
-
-role_grant = Table(
-    "role_grant",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False),
-    Column("role", String(32), nullable=False),
-    Column("scope", String(128), nullable=False),
-    Column("granted_by", String(128), nullable=False),
-    Column("granted_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("principal_pk", "role", "scope", name="uq_role_grant"),
-)
-
-# Append-only: rows are inserted, never updated or deleted by dicomhub.
-audit_event = Table(
-    "audit_event",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False, index=True),
-    Column("actor", String(128), nullable=False, index=True),
-    Column("source_address", String(64), nullable=False, default=""),
-    Column("action", String(64), nullable=False),
-    Column("project", String(64)),
-    Column("study_uid", String(64), index=True),
-    Column("detail_json", Text, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    sqlite_autoincrement=True,
-)
-
 
 def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str]) -> Any:
     """INSERT ... ON CONFLICT (unique) DO NOTHING, in the connection's dialect."""
@@ -465,185 +415,3 @@ class DeidRepository:
                     .where(deid_mapping.c.project_pk == project_pk)
                 ).scalar_one()
             )
-
-
-class SecurityRepository:
-    """Principals, API tokens (by SHA-256), role grants and the audit log."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _principal_pk(self, conn: Connection, name: str, create: bool) -> int | None:
-        pk = conn.execute(select(principal.c.pk).where(principal.c.name == name)).scalar()
-        if pk is None and create:
-            inserted = conn.execute(
-                insert(principal).values(name=name, created_at=_now())
-            ).inserted_primary_key
-            assert inserted is not None
-            pk = inserted[0]
-        return int(pk) if pk is not None else None
-
-    def add_token(self, principal_name: str, token_sha256: str, label: str) -> int:
-        with engines.write(self.engine) as conn:
-            principal_pk = self._principal_pk(conn, principal_name, create=True)
-            pk = conn.execute(
-                insert(api_token).values(
-                    principal_pk=principal_pk, token_sha256=token_sha256, label=label, created_at=_now()
-                )
-            ).inserted_primary_key
-        assert pk is not None
-        return int(pk[0])
-
-    def revoke_tokens(self, principal_name: str, token_id: int | None) -> int:
-        """Revoke one token of a principal (by id) or all of them; how many were revoked."""
-        with engines.write(self.engine) as conn:
-            principal_pk = self._principal_pk(conn, principal_name, create=False)
-            if principal_pk is None:
-                return 0
-            query = update(api_token).where(
-                api_token.c.principal_pk == principal_pk, api_token.c.revoked_at.is_(None)
-            )
-            if token_id is not None:
-                query = query.where(api_token.c.pk == token_id)
-            return int(conn.execute(query.values(revoked_at=_now())).rowcount)
-
-    def tokens(self, principal_name: str | None = None) -> list[dict[str, Any]]:
-        query = (
-            select(
-                api_token.c.pk,
-                principal.c.name,
-                api_token.c.label,
-                api_token.c.created_at,
-                api_token.c.revoked_at,
-            )
-            .join(principal, principal.c.pk == api_token.c.principal_pk)
-            .order_by(api_token.c.pk)
-        )
-        if principal_name is not None:
-            query = query.where(principal.c.name == principal_name)
-        with engines.read(self.engine) as conn:
-            rows = conn.execute(query).all()
-        return [
-            {"id": r[0], "principal": r[1], "label": r[2], "created_at": _iso(r[3]), "revoked_at": _iso(r[4])}
-            for r in rows
-        ]
-
-    def principal_of_token(self, token_sha256: str) -> str | None:
-        """The principal holding an unrevoked token with this digest."""
-        with engines.read(self.engine) as conn:
-            name = conn.execute(
-                select(principal.c.name)
-                .join(api_token, api_token.c.principal_pk == principal.c.pk)
-                .where(api_token.c.token_sha256 == token_sha256, api_token.c.revoked_at.is_(None))
-            ).scalar()
-        return str(name) if name is not None else None
-
-    def grant(self, principal_name: str, role: str, scope: str, granted_by: str) -> bool:
-        """Add a grant; False when it was already there."""
-        try:
-            with engines.write(self.engine) as conn:
-                principal_pk = self._principal_pk(conn, principal_name, create=True)
-                conn.execute(
-                    insert(role_grant).values(
-                        principal_pk=principal_pk,
-                        role=role,
-                        scope=scope,
-                        granted_by=granted_by,
-                        granted_at=_now(),
-                    )
-                )
-        except IntegrityError:
-            return False
-        return True
-
-    def revoke_grant(self, principal_name: str, role: str, scope: str) -> bool:
-        from sqlalchemy import delete
-
-        with engines.write(self.engine) as conn:
-            principal_pk = self._principal_pk(conn, principal_name, create=False)
-            if principal_pk is None:
-                return False
-            return bool(
-                conn.execute(
-                    delete(role_grant).where(
-                        role_grant.c.principal_pk == principal_pk,
-                        role_grant.c.role == role,
-                        role_grant.c.scope == scope,
-                    )
-                ).rowcount
-            )
-
-    def has_grant(self, principal_name: str, role: str, scope: str) -> bool:
-        with engines.read(self.engine) as conn:
-            found = conn.execute(
-                select(role_grant.c.pk)
-                .join(principal, principal.c.pk == role_grant.c.principal_pk)
-                .where(
-                    principal.c.name == principal_name, role_grant.c.role == role, role_grant.c.scope == scope
-                )
-            ).first()
-        return found is not None
-
-    def grants(self) -> list[dict[str, Any]]:
-        with engines.read(self.engine) as conn:
-            rows = conn.execute(
-                select(
-                    principal.c.name,
-                    role_grant.c.role,
-                    role_grant.c.scope,
-                    role_grant.c.granted_by,
-                    role_grant.c.granted_at,
-                )
-                .join(principal, principal.c.pk == role_grant.c.principal_pk)
-                .order_by(principal.c.name, role_grant.c.role, role_grant.c.scope)
-            ).all()
-        return [
-            {"principal": r[0], "role": r[1], "scope": r[2], "granted_by": r[3], "granted_at": _iso(r[4])}
-            for r in rows
-        ]
-
-    def audit(
-        self,
-        actor: str,
-        action: str,
-        outcome: str,
-        *,
-        source_address: str = "",
-        project: str | None = None,
-        study_uid: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> int:
-        with engines.write(self.engine) as conn:
-            pk = conn.execute(
-                insert(audit_event).values(
-                    at=_now(),
-                    actor=actor[:128],
-                    source_address=source_address[:64],
-                    action=action,
-                    project=project,
-                    study_uid=study_uid,
-                    detail_json=json.dumps(detail or {}, sort_keys=True),
-                    outcome=outcome,
-                )
-            ).inserted_primary_key
-        assert pk is not None
-        return int(pk[0])
-
-    def audit_events(
-        self, study_uid: str | None = None, actor: str | None = None, limit: int = 1000
-    ) -> list[dict[str, Any]]:
-        query = select(audit_event).order_by(audit_event.c.pk.desc()).limit(limit)
-        if study_uid is not None:
-            query = query.where(audit_event.c.study_uid == study_uid)
-        if actor is not None:
-            query = query.where(audit_event.c.actor == actor)
-        with engines.read(self.engine) as conn:
-            rows = conn.execute(query).mappings().all()
-        out = []
-        for r in rows:
-            item = dict(r)
-            item["id"] = item.pop("pk")
-            item["at"] = _iso(item["at"])
-            item["detail"] = json.loads(item.pop("detail_json"))
-            out.append(item)
-        return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,6 +26,7 @@ __all__ = [
     "Access",
     "Action",
     "Grant",
+    "LabelRule",
     "Scope",
     "ScopeKind",
     "StudyFacts",
@@ -206,3 +207,32 @@ class Access:
 
 
 Access.UNRESTRICTED = Access(unrestricted=True)
+
+
+_KEYWORD = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """An ingest rule: ``LABEL=calling_ae:AET`` labels what an AE sends,
+    ``LABEL=Keyword:value`` what carries that exact attribute value."""
+
+    label: str
+    keyword: str  # "calling_ae" or an attribute keyword
+    value: str
+
+    CALLING_AE: ClassVar[str] = "calling_ae"
+
+    @classmethod
+    def parse(cls, text: str) -> LabelRule:
+        label, sep, rest = text.partition("=")
+        keyword, sep2, value = rest.partition(":")
+        label, keyword = label.strip(), keyword.strip()
+        if not (sep and sep2) or not _LABEL.match(label) or not _KEYWORD.match(keyword):
+            raise ValueError(f"label rule {text!r}: use LABEL=calling_ae:AET or LABEL=Keyword:value")
+        return cls(label, keyword, value.strip() if keyword == cls.CALLING_AE else value)
+
+    def applies(self, calling_ae: str | None, value_of: Callable[[str], str | None]) -> bool:
+        if self.keyword == self.CALLING_AE:
+            return calling_ae is not None and calling_ae.strip() == self.value
+        return value_of(self.keyword) == self.value

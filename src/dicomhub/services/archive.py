@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
+from dicomhub.services.access import AccessService
 from dicomhub.services.aes import ApplicationEntityService
+from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
@@ -46,6 +48,8 @@ class Archive:
     validation: ValidationService
     deid: DeidService
     governance: GovernanceService
+    access: AccessService
+    audit: AuditService
     migration: MigrationService
     storage_check: StorageCheckService
     aes: ApplicationEntityService

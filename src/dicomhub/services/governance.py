@@ -1,19 +1,22 @@
-"""Who may do what, and the record of what was done: API tokens, role grants, the audit log.
+"""The de-identification side's view of access control and the audit log.
 
-Tokens are random 256-bit values shown once; the index keeps only their
-SHA-256, so a copy of the database lets nobody act as a principal. A grant is
-(principal, role, scope); for de-identification the scope is a project name.
+De-identification grants are grants of the roles ``deidentifier`` and
+``reidentifier`` at scope ``project:NAME`` (or ``archive``); their audit
+entries keep their own words (``deid-run-start``/``accepted``,
+``reidentify``/``forbidden``...) in the event's detail as ``event`` and
+``result``, next to the general action and outcome codes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import secrets
 from typing import Any
 
-from dicomhub.errors import DicomhubError, InvalidRequest
-from dicomhub.index.deid import SecurityRepository
+from dicomhub.index.security import legacy_audit_codes
+from dicomhub.model.access import ROLES as ALL_ROLES
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
+from dicomhub.model.caller import Caller, Channel
+from dicomhub.services.access import AccessService, Forbidden, Unauthenticated, require_name, token_digest
+from dicomhub.services.audit import AuditService
 
 __all__ = [
     "ROLES",
@@ -22,6 +25,7 @@ __all__ = [
     "Forbidden",
     "GovernanceService",
     "Unauthenticated",
+    "require_name",
     "token_digest",
 ]
 
@@ -29,73 +33,45 @@ ROLE_DEIDENTIFIER = "deidentifier"
 ROLE_REIDENTIFIER = "reidentifier"
 ROLES = (ROLE_DEIDENTIFIER, ROLE_REIDENTIFIER)
 
-_TOKEN_PREFIX = "dh_"
-# Principals are user or service names: printable, no spaces at the ends.
-_NAME = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._@+ -]{0,126}[A-Za-z0-9._@+-]$|^[A-Za-z0-9._@+-]$")
 
-
-class Unauthenticated(DicomhubError):
-    """No credentials, or credentials that name nobody (a wrong or revoked token)."""
-
-
-class Forbidden(DicomhubError):
-    """The principal is known but holds no grant for the operation."""
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def require_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise InvalidRequest(f"{what} must be 1-128 characters: letters, digits, space and . _ @ + -")
-    return value
+def project_scope(project: str) -> str:
+    return project if project == "archive" or project.startswith("project:") else f"project:{project}"
 
 
 class GovernanceService:
-    """API tokens, role grants and the append-only audit log."""
+    """Tokens, project grants and audit entries for de-identification."""
 
-    def __init__(self, security: SecurityRepository) -> None:
-        self.security = security
+    def __init__(self, access: AccessService, audit_log: AuditService) -> None:
+        self.access = access
+        self.audit_log = audit_log
 
     def create_token(self, principal: str, label: str = "") -> tuple[int, str]:
-        """A new token for ``principal`` (created when new): its id and the token itself,
-        which is never stored nor shown again."""
-        require_name(principal, "a principal name")
-        token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token_id = self.security.add_token(principal, token_digest(token), label[:128])
-        return token_id, token
+        return self.access.create_token(principal, label)
 
     def revoke_tokens(self, principal: str, token_id: int | None = None) -> int:
-        return self.security.revoke_tokens(principal, token_id)
+        return self.access.revoke_tokens(principal, token_id)
 
     def tokens(self, principal: str | None = None) -> list[dict[str, Any]]:
-        return self.security.tokens(principal)
+        return self.access.tokens(principal)
 
     def principal_of(self, authorization: str | None) -> str | None:
         """The principal an ``Authorization: Bearer <token>`` header names, or None."""
-        if not authorization:
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token.startswith(_TOKEN_PREFIX) or len(token) > 256:
-            return None
-        return self.security.principal_of_token(token_digest(token))
+        return self.access.authenticate_http(authorization)
 
-    def grant(self, principal: str, role: str, scope: str, granted_by: str) -> bool:
-        require_name(principal, "a principal name")
-        if role not in ROLES:
-            raise InvalidRequest(f"unknown role {role!r} (one of {', '.join(ROLES)})")
-        return self.security.grant(principal, role, scope, granted_by)
+    def grant(self, principal: str, role: str, project: str, granted_by: str) -> bool:
+        return self.access.grant(principal, role, project_scope(project), granted_by)
 
-    def revoke_grant(self, principal: str, role: str, scope: str) -> bool:
-        return self.security.revoke_grant(principal, role, scope)
+    def revoke_grant(self, principal: str, role: str, project: str) -> bool:
+        return self.access.revoke_grant(principal, role, project_scope(project))
 
     def grants(self) -> list[dict[str, Any]]:
-        return self.security.grants()
+        return self.access.grants()
 
-    def has_grant(self, principal: str, role: str, scope: str) -> bool:
-        return self.security.has_grant(principal, role, scope)
+    def has_grant(self, principal: str, role: str, project: str) -> bool:
+        """Whether ``principal``'s grants permit every action of ``role`` on ``project``."""
+        access = self.access.access_for(principal)
+        actions = ALL_ROLES.get(role, frozenset())
+        return bool(actions) and all(access.permits_project(a, project) for a in actions)
 
     def audit(
         self,
@@ -107,18 +83,40 @@ class GovernanceService:
         project: str | None = None,
         study_uid: str | None = None,
         detail: dict[str, Any] | None = None,
-    ) -> int:
-        return self.security.audit(
-            actor,
-            action,
-            outcome,
-            source_address=source_address,
-            project=project,
-            study_uid=study_uid,
-            detail=detail,
+    ) -> None:
+        code, result = legacy_audit_codes(action, outcome)
+        facts: dict[str, Any] = {**(detail or {}), "event": action, "result": outcome}
+        if project is not None:
+            facts["project"] = project
+        channel = Channel.HTTP if source_address else Channel.CLI
+        self.audit_log.record(
+            AuditEvent(
+                AuditAction(code),
+                AuditOutcome(result),
+                Caller(channel, actor, source_address, principal=actor),
+                (AuditedStudy(study_uid),) if study_uid else (),
+                facts,
+            )
         )
 
     def audit_events(
         self, study_uid: str | None = None, actor: str | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
-        return self.security.audit_events(study_uid, actor, limit)
+        """Events in the de-identification side's words, newest first."""
+        out = []
+        for record in self.audit_log.events(study_uid, actor, limit=limit):
+            detail = dict(record.detail)
+            out.append(
+                {
+                    "id": record.id,
+                    "at": record.at.isoformat(),
+                    "actor": record.principal,
+                    "source_address": record.address,
+                    "action": detail.pop("event", record.action.value),
+                    "outcome": detail.pop("result", record.outcome.value),
+                    "project": detail.pop("project", None),
+                    "study_uid": record.studies[0].study_instance_uid if record.studies else None,
+                    "detail": detail,
+                }
+            )
+        return out

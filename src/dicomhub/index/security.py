@@ -1,0 +1,500 @@
+"""The security tables: principals, API tokens, role grants, study labels and the audit log.
+
+* ``principal``: a user or a service, by name; grants and tokens hang off it;
+* ``api_token``: the SHA-256 of each token (never the token), optionally expiring;
+* ``role_grant``: (principal, role, scope) with the scope text of
+  :class:`dicomhub.model.access.Scope`;
+* ``study_label``: (study UID, label), by UID so that an ingest rule can label a
+  study in the transaction that creates it and a label outlives nothing it names;
+* ``audit_event`` and its ``audit_study`` rows: append-only, queryable by
+  principal, action, time and study.
+
+Every value comes in as a bound parameter; nothing here builds SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import metadata, patient, study
+
+__all__ = [
+    "AuditRepository",
+    "SecurityRepository",
+    "api_token",
+    "audit_event",
+    "audit_study",
+    "principal",
+    "role_grant",
+    "study_label",
+]
+
+_PK = BigInteger().with_variant(Integer(), "sqlite")
+
+principal = Table(
+    "principal",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False, default="user"),  # user, service
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("label", String(128), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("expires_at", DateTime(timezone=True)),
+    sqlite_autoincrement=True,
+)
+
+role_grant = Table(
+    "role_grant",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("scope", String(128), nullable=False),
+    Column("granted_by", String(128), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("principal_pk", "role", "scope", name="uq_role_grant"),
+)
+
+study_label = Table(
+    "study_label",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("study_instance_uid", String(64), nullable=False),
+    Column("label", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("study_instance_uid", "label", name="uq_study_label"),
+    Index("ix_study_label_label", "label", "study_instance_uid"),
+)
+
+# Append-only: rows are inserted, never updated or deleted by dicomhub.
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("action", String(32), nullable=False, index=True),
+    Column("outcome", String(4), nullable=False),
+    Column("principal", String(128), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("ae_title", String(16), nullable=False, default=""),
+    Column("address", String(64), nullable=False, default=""),
+    Column("detail_json", Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+audit_study = Table(
+    "audit_study",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("event_pk", _PK, ForeignKey("audit_event.pk"), nullable=False, index=True),
+    Column("study_instance_uid", String(64), nullable=False, index=True),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("series_instance_uids", Text, nullable=False, default=""),  # backslash-separated
+    Column("number_of_instances", Integer, nullable=False, default=0),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite gives naive datetimes back; every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    stamp = utc(value)
+    return stamp.isoformat() if stamp is not None else None
+
+
+def insert_labels(conn: Connection, study_instance_uid: str, labels: Iterable[str]) -> None:
+    """Attach ``labels`` to a study inside the caller's transaction (existing ones kept)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    rows = [
+        {"study_instance_uid": study_instance_uid, "label": label, "created_at": _now()}
+        for label in sorted(set(labels))
+    ]
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(study_label).on_conflict_do_nothing(index_elements=["study_instance_uid", "label"]),
+        rows,
+    )
+
+
+class SecurityRepository:
+    """Principals, API tokens (by SHA-256), role grants and study labels."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---------------------------------------------------------------- principals
+
+    @staticmethod
+    def _principal_pk(conn: Connection, name: str, create: bool, kind: str = "user") -> int | None:
+        pk = conn.execute(select(principal.c.pk).where(principal.c.name == name)).scalar()
+        if pk is None and create:
+            inserted = conn.execute(
+                insert(principal).values(name=name, kind=kind, created_at=_now())
+            ).inserted_primary_key
+            assert inserted is not None
+            pk = inserted[0]
+        return int(pk) if pk is not None else None
+
+    def add_principal(self, name: str, kind: str) -> bool:
+        """Create a principal; False when it exists already."""
+        try:
+            with engines.write(self.engine) as conn:
+                if self._principal_pk(conn, name, create=False) is not None:
+                    return False
+                self._principal_pk(conn, name, create=True, kind=kind)
+        except IntegrityError:
+            return False
+        return True
+
+    def principal_exists(self, name: str) -> bool:
+        with engines.read(self.engine) as conn:
+            return self._principal_pk(conn, name, create=False) is not None
+
+    def principals(self) -> list[dict[str, Any]]:
+        now = _now()
+        active = (
+            select(func.count(api_token.c.pk))
+            .where(
+                api_token.c.principal_pk == principal.c.pk,
+                api_token.c.revoked_at.is_(None),
+                (api_token.c.expires_at.is_(None)) | (api_token.c.expires_at > now),
+            )
+            .scalar_subquery()
+        )
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(principal.c.name, principal.c.kind, principal.c.created_at, active).order_by(
+                    principal.c.name
+                )
+            ).all()
+            grants = self.grants(conn=conn)
+        by_name: dict[str, list[str]] = {}
+        for g in grants:
+            by_name.setdefault(g["principal"], []).append(f"{g['role']}@{g['scope']}")
+        return [
+            {
+                "name": r[0],
+                "kind": r[1],
+                "created_at": _iso(r[2]),
+                "active_tokens": int(r[3]),
+                "grants": by_name.get(r[0], []),
+            }
+            for r in rows
+        ]
+
+    # ---------------------------------------------------------------- tokens
+
+    def add_token(
+        self, principal_name: str, token_sha256: str, label: str, expires_at: dt.datetime | None = None
+    ) -> int:
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=True)
+            pk = conn.execute(
+                insert(api_token).values(
+                    principal_pk=principal_pk,
+                    token_sha256=token_sha256,
+                    label=label,
+                    created_at=_now(),
+                    expires_at=expires_at,
+                )
+            ).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def revoke_tokens(self, principal_name: str, token_id: int | None) -> int:
+        """Revoke one token of a principal (by id) or all of them; how many were revoked."""
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=False)
+            if principal_pk is None:
+                return 0
+            query = update(api_token).where(
+                api_token.c.principal_pk == principal_pk, api_token.c.revoked_at.is_(None)
+            )
+            if token_id is not None:
+                query = query.where(api_token.c.pk == token_id)
+            return int(conn.execute(query.values(revoked_at=_now())).rowcount)
+
+    def tokens(self, principal_name: str | None = None) -> list[dict[str, Any]]:
+        query = (
+            select(
+                api_token.c.pk,
+                principal.c.name,
+                api_token.c.label,
+                api_token.c.created_at,
+                api_token.c.revoked_at,
+                api_token.c.expires_at,
+            )
+            .join(principal, principal.c.pk == api_token.c.principal_pk)
+            .order_by(api_token.c.pk)
+        )
+        if principal_name is not None:
+            query = query.where(principal.c.name == principal_name)
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(query).all()
+        return [
+            {
+                "id": r[0],
+                "principal": r[1],
+                "label": r[2],
+                "created_at": _iso(r[3]),
+                "revoked_at": _iso(r[4]),
+                "expires_at": _iso(r[5]),
+            }
+            for r in rows
+        ]
+
+    def token_holder(
+        self, token_sha256: str
+    ) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
+        """(principal, revoked at, expires at) of the token with this digest, or None."""
+        with engines.read(self.engine) as conn:
+            row = conn.execute(
+                select(principal.c.name, api_token.c.revoked_at, api_token.c.expires_at)
+                .join(api_token, api_token.c.principal_pk == principal.c.pk)
+                .where(api_token.c.token_sha256 == token_sha256)
+            ).first()
+        return (str(row[0]), utc(row[1]), utc(row[2])) if row is not None else None
+
+    # ---------------------------------------------------------------- grants
+
+    def grant(self, principal_name: str, role: str, scope: str, granted_by: str) -> bool:
+        """Add a grant; False when it was already there."""
+        try:
+            with engines.write(self.engine) as conn:
+                principal_pk = self._principal_pk(conn, principal_name, create=True)
+                conn.execute(
+                    insert(role_grant).values(
+                        principal_pk=principal_pk,
+                        role=role,
+                        scope=scope,
+                        granted_by=granted_by,
+                        granted_at=_now(),
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def revoke_grant(self, principal_name: str, role: str, scope: str) -> bool:
+        with engines.write(self.engine) as conn:
+            principal_pk = self._principal_pk(conn, principal_name, create=False)
+            if principal_pk is None:
+                return False
+            return bool(
+                conn.execute(
+                    delete(role_grant).where(
+                        role_grant.c.principal_pk == principal_pk,
+                        role_grant.c.role == role,
+                        role_grant.c.scope == scope,
+                    )
+                ).rowcount
+            )
+
+    def grants_of(self, principal_name: str) -> list[tuple[str, str]]:
+        """(role, scope) of every grant of a principal; none for an unknown one."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(role_grant.c.role, role_grant.c.scope)
+                .join(principal, principal.c.pk == role_grant.c.principal_pk)
+                .where(principal.c.name == principal_name)
+            ).all()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def grants(
+        self, principal_name: str | None = None, conn: Connection | None = None
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(
+                principal.c.name,
+                role_grant.c.role,
+                role_grant.c.scope,
+                role_grant.c.granted_by,
+                role_grant.c.granted_at,
+            )
+            .join(principal, principal.c.pk == role_grant.c.principal_pk)
+            .order_by(principal.c.name, role_grant.c.role, role_grant.c.scope)
+        )
+        if principal_name is not None:
+            query = query.where(principal.c.name == principal_name)
+        if conn is None:
+            with engines.read(self.engine) as own:
+                rows = own.execute(query).all()
+        else:
+            rows = conn.execute(query).all()
+        return [
+            {"principal": r[0], "role": r[1], "scope": r[2], "granted_by": r[3], "granted_at": _iso(r[4])}
+            for r in rows
+        ]
+
+    # ---------------------------------------------------------------- labels
+
+    def add_label(self, study_instance_uid: str, label: str) -> bool:
+        """Attach a label; False when the study had it already."""
+        try:
+            with engines.write(self.engine) as conn:
+                conn.execute(
+                    insert(study_label).values(
+                        study_instance_uid=study_instance_uid, label=label, created_at=_now()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def remove_label(self, study_instance_uid: str, label: str) -> bool:
+        with engines.write(self.engine) as conn:
+            return bool(
+                conn.execute(
+                    delete(study_label).where(
+                        study_label.c.study_instance_uid == study_instance_uid, study_label.c.label == label
+                    )
+                ).rowcount
+            )
+
+    def labels(self) -> list[tuple[str, int]]:
+        """Every label in use and the number of studies carrying it."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(study_label.c.label, func.count(study_label.c.pk))
+                .group_by(study_label.c.label)
+                .order_by(study_label.c.label)
+            ).all()
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def study_facts(self, study_instance_uid: str) -> tuple[str, list[str]] | None:
+        """(Patient ID, labels) of a stored study, or None when it is not stored."""
+        with engines.read(self.engine) as conn:
+            patient_id = conn.execute(
+                select(patient.c.patient_id)
+                .join(study, study.c.patient_pk == patient.c.pk)
+                .where(study.c.study_instance_uid == study_instance_uid)
+            ).scalar()
+            if patient_id is None:
+                return None
+            labels = conn.execute(
+                select(study_label.c.label).where(study_label.c.study_instance_uid == study_instance_uid)
+            ).scalars()
+            return str(patient_id), sorted(str(label) for label in labels)
+
+
+class AuditRepository:
+    """The append-only audit log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def append(self, event: dict[str, Any], studies: Sequence[dict[str, Any]]) -> int:
+        with engines.write(self.engine) as conn:
+            inserted = conn.execute(insert(audit_event).values(at=_now(), **event)).inserted_primary_key
+            assert inserted is not None
+            pk = int(inserted[0])
+            if studies:
+                conn.execute(insert(audit_study), [{"event_pk": pk, **s} for s in studies])
+        return pk
+
+    def events(
+        self,
+        study_instance_uid: str | None,
+        principal_name: str | None,
+        action: str | None,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        limit: int,
+    ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """The newest ``limit`` events matching, newest first, each with its studies."""
+        query = select(audit_event).order_by(audit_event.c.pk.desc()).limit(limit)
+        if study_instance_uid is not None:
+            query = query.where(
+                audit_event.c.pk.in_(
+                    select(audit_study.c.event_pk).where(
+                        audit_study.c.study_instance_uid == study_instance_uid
+                    )
+                )
+            )
+        if principal_name is not None:
+            query = query.where(audit_event.c.principal == principal_name)
+        if action is not None:
+            query = query.where(audit_event.c.action == action)
+        if since is not None:
+            query = query.where(audit_event.c.at >= since)
+        if until is not None:
+            query = query.where(audit_event.c.at < until)
+        with engines.read(self.engine) as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings().all()]
+            studies: dict[int, list[dict[str, Any]]] = {}
+            pks = [r["pk"] for r in rows]
+            for start in range(0, len(pks), 500):
+                for s in conn.execute(
+                    select(audit_study).where(audit_study.c.event_pk.in_(pks[start : start + 500]))
+                ).mappings():
+                    studies.setdefault(int(s["event_pk"]), []).append(dict(s))
+        for row in rows:
+            row["at"] = utc(row["at"])
+            row["detail"] = json.loads(row.pop("detail_json"))
+        return [(row, studies.get(int(row["pk"]), [])) for row in rows]
+
+
+def legacy_audit_codes(action: str, outcome: str) -> tuple[str, str]:
+    """The AuditAction and AuditOutcome values of a de-identification audit entry
+    written with its own words (``deid-run-start``/``accepted``, ``reidentify``/
+    ``forbidden``...), which stay in the event's detail as ``event`` and ``result``."""
+    if action == "reidentify":
+        code = "reidentify"
+    elif action.startswith("deid"):
+        code = "deidentify"
+    else:
+        code = "security-change"
+    if outcome in ("unauthenticated", "forbidden"):
+        result = "8"
+    elif outcome in ("not-found", "invalid", "failed"):
+        result = "4"
+    else:
+        result = "0"
+    return code, result

@@ -1,0 +1,113 @@
+"""The audit log: one :class:`AuditEvent` per operation, stored before the call returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from dicomhub.index.security import AuditRepository
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecord
+
+__all__ = ["AuditService"]
+
+_MAX_DETAIL = 8192
+
+
+class AuditService:
+    """Implements :class:`dicomhub.model.audit.AuditRecorder` on the index."""
+
+    def __init__(self, repo: AuditRepository) -> None:
+        self.repo = repo
+
+    def record(self, event: AuditEvent) -> None:
+        """Append ``event`` (committed when this returns); raises when it cannot be written."""
+        caller = event.caller
+        detail = json.dumps(dict(event.detail), sort_keys=True, default=str)
+        if len(detail) > _MAX_DETAIL:
+            detail = json.dumps({"truncated": detail[:_MAX_DETAIL]})
+        self.repo.append(
+            {
+                "action": event.action.value,
+                "outcome": event.outcome.value,
+                "principal": caller.who[:128],
+                "channel": caller.channel.value,
+                "ae_title": (caller.ae_title or "")[:16],
+                "address": caller.address[:64],
+                "detail_json": detail,
+            },
+            [
+                {
+                    "study_instance_uid": s.study_instance_uid[:64],
+                    "patient_id": s.patient_id[:64],
+                    "series_instance_uids": "\\".join(s.series_instance_uids),
+                    "number_of_instances": s.number_of_instances,
+                }
+                for s in event.studies
+            ],
+        )
+
+    def events(
+        self,
+        study_instance_uid: str | None = None,
+        principal: str | None = None,
+        action: AuditAction | str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """The newest ``limit`` matching events, newest first."""
+        code = action.value if isinstance(action, AuditAction) else action
+        return [
+            _record(row, studies)
+            for row, studies in self.repo.events(
+                study_instance_uid, principal, code, since, until, max(1, min(limit, 100000))
+            )
+        ]
+
+
+def _record(row: dict[str, Any], studies: list[dict[str, Any]]) -> AuditRecord:
+    return AuditRecord(
+        id=int(row["pk"]),
+        at=row["at"],
+        action=AuditAction(row["action"]),
+        outcome=AuditOutcome(row["outcome"]),
+        principal=row["principal"],
+        channel=row["channel"],
+        ae_title=row["ae_title"],
+        address=row["address"],
+        studies=tuple(
+            AuditedStudy(
+                s["study_instance_uid"],
+                s["patient_id"],
+                tuple(v for v in str(s["series_instance_uids"]).split("\\") if v),
+                int(s["number_of_instances"]),
+            )
+            for s in studies
+        ),
+        detail=row["detail"],
+    )
+
+
+def record_dict(record: AuditRecord) -> dict[str, Any]:
+    """The JSON form of a record (HTTP /audit, ``dicomhub audit --json``)."""
+    return {
+        "id": record.id,
+        "at": record.at.isoformat(),
+        "action": record.action.value,
+        "outcome": record.outcome.value,
+        "principal": record.principal,
+        "channel": record.channel,
+        "ae_title": record.ae_title,
+        "address": record.address,
+        "studies": [
+            {
+                "study_instance_uid": s.study_instance_uid,
+                "patient_id": s.patient_id,
+                "series_instance_uids": list(s.series_instance_uids),
+                "number_of_instances": s.number_of_instances,
+            }
+            for s in record.studies
+        ],
+        "detail": dict(record.detail),
+    }
