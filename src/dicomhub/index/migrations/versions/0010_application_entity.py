@@ -1,7 +1,7 @@
 """The registry of application entities (DIMSE peers known by AE title).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-11-27
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"  # 0008 in the brief; chained after part A's 0009 once merged
 branch_labels = None
 depends_on = None
 
