@@ -85,6 +85,11 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     index = IndexRepository(engine)
     blobs = open_blob_store(settings)
     headers = HeaderService(index, blobs)
+    access = AccessService(
+        SecurityRepository(engine),
+        oidc=open_oidc(settings),
+        label_rules=parse_label_rules(settings.label_rules),
+    )
     search = SearchService(index, headers)
     transcode = TranscodeService(blobs, settings.spool_dir)
     compression = [(rule, transfer_syntax(rule.transfer_syntax).uid) for rule in settings.compress]
@@ -95,11 +100,14 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         dict(settings.validation_ae),
         last_change=index.last_change,
     )
-    ingest = IngestService(index, blobs, settings.duplicate_policy, compression, validation)
-    access = AccessService(
-        SecurityRepository(engine),
-        oidc=open_oidc(settings),
-        label_rules=parse_label_rules(settings.label_rules),
+    ingest = IngestService(
+        index,
+        blobs,
+        settings.duplicate_policy,
+        compression,
+        validation,
+        store_guard=access.check_store,
+        labeller=access.label_stored if access.label_rules else None,
     )
     audit = AuditService(AuditRepository(engine))
     governance = GovernanceService(access, audit)
@@ -122,7 +130,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir),
-        delete=DeleteService(index, blobs),
+        delete=DeleteService(index, blobs, access.study_facts),
         wado=WadoService(index, search, blobs, transcode),
         transcode=transcode,
         decode_check=DecodeCheckService(

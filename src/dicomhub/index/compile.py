@@ -11,10 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, FromClause, Select, and_, func, literal, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnClause
 
 from dicomhub.index.schema import instance, patient, series, study
+from dicomhub.index.security import study_label
+from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import BY_KEYWORD, Attribute
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import (
@@ -28,7 +30,15 @@ from dicomhub.model.query import (
     range_bounds,
 )
 
-__all__ = ["CompiledQuery", "compile_query", "fuzzy_words", "like_pattern"]
+__all__ = [
+    "CompiledQuery",
+    "compile_query",
+    "fuzzy_words",
+    "like_pattern",
+    "patient_counts",
+    "scope_clause",
+    "study_clause",
+]
 
 _TABLE = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
 _PN_KEY = {
@@ -213,18 +223,61 @@ def compile_query(
     return CompiledQuery(statement=stmt, residual=tuple(residual))
 
 
-def patient_counts() -> dict[str, ColumnElement[object]]:
-    """Scalar subqueries for the Number of Patient Related ... attributes."""
+def study_clause(permitted: StudyFilter) -> ColumnElement[bool]:
+    """A predicate on the ``study`` table: the study is one ``permitted`` covers.
+
+    The Patient ID test goes through an alias of ``patient`` so that it never
+    correlates with the patient table of the enclosing query.
+    """
+    if permitted.everything:
+        return literal(True)
+    parts: list[ColumnElement[bool]] = []
+    if permitted.study_uids:
+        parts.append(study.c.study_instance_uid.in_(sorted(permitted.study_uids)))
+    if permitted.patient_ids:
+        owner = patient.alias("permitted_patient")
+        parts.append(
+            study.c.patient_pk.in_(
+                select(owner.c.pk).where(owner.c.patient_id.in_(sorted(permitted.patient_ids)))
+            )
+        )
+    if permitted.labels:
+        parts.append(
+            exists(
+                select(study_label.c.pk).where(
+                    study_label.c.study_instance_uid == study.c.study_instance_uid,
+                    study_label.c.label.in_(sorted(permitted.labels)),
+                )
+            )
+        )
+    return or_(*parts) if parts else literal(False)
+
+
+def scope_clause(level: Level, permitted: StudyFilter | None) -> ColumnElement[bool] | None:
+    """The ``scope`` of :func:`compile_query` for a query at ``level``: None when every
+    study is permitted (the SQL is then that of an unrestricted query); at the
+    patient level, patients with at least one permitted study."""
+    if permitted is None or permitted.everything:
+        return None
+    if level is Level.PATIENT:
+        return exists(select(study.c.pk).where(study.c.patient_pk == patient.c.pk, study_clause(permitted)))
+    return study_clause(permitted)
+
+
+def patient_counts(permitted: StudyFilter | None = None) -> dict[str, ColumnElement[object]]:
+    """Scalar subqueries for the Number of Patient Related ... attributes, counting
+    only the studies ``permitted`` covers."""
+    where: list[ColumnElement[bool]] = [study.c.patient_pk == patient.c.pk]
+    if permitted is not None and not permitted.everything:
+        where.append(study_clause(permitted))
     return {
-        "NumberOfPatientRelatedStudies": select(func.count(study.c.pk))
-        .where(study.c.patient_pk == patient.c.pk)
-        .scalar_subquery(),
+        "NumberOfPatientRelatedStudies": select(func.count(study.c.pk)).where(*where).scalar_subquery(),
         "NumberOfPatientRelatedSeries": select(func.coalesce(func.sum(study.c.number_of_series), 0))
-        .where(study.c.patient_pk == patient.c.pk)
+        .where(*where)
         .scalar_subquery(),
         "NumberOfPatientRelatedInstances": select(
             func.coalesce(func.sum(study.c.number_of_instances), 0)
         )
-        .where(study.c.patient_pk == patient.c.pk)
+        .where(*where)
         .scalar_subquery(),
     }

@@ -20,9 +20,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
-from dicomhub.index.compile import compile_query, patient_counts
+from dicomhub.index.compile import compile_query, patient_counts, scope_clause
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.schema import change, conflict, instance, patient, series, study
+from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Condition, Query
@@ -474,9 +475,10 @@ class IndexRepository:
     # ------------------------------------------------------------ search
 
     def search(
-        self, query: Query, residual_ok: bool = True
+        self, query: Query, residual_ok: bool = True, permitted: StudyFilter | None = None
     ) -> tuple[list[SearchRow], tuple[Condition, ...]]:
-        """Run ``query``; return the rows and the conditions left to apply.
+        """Run ``query`` over the studies ``permitted`` covers (None: all); return the
+        rows and the conditions left to apply.
 
         When residual conditions remain, limit and offset have not been
         applied: the caller filters, then pages.
@@ -484,8 +486,10 @@ class IndexRepository:
         level = query.level
         extra: list[Any] = []
         if level is Level.PATIENT:
-            extra = [v.label(k) for k, v in patient_counts().items()]
-        compiled = compile_query(query, columns=_result_columns(level))
+            extra = [v.label(k) for k, v in patient_counts(permitted).items()]
+        compiled = compile_query(
+            query, columns=_result_columns(level), scope=scope_clause(level, permitted)
+        )
         stmt = compiled.statement
         rep_cols = self._representative_columns(level)
         stmt = stmt.add_columns(*extra, *rep_cols)
@@ -526,9 +530,10 @@ class IndexRepository:
         return [first.scalar_subquery().label("rep_pk")]
 
     def instances_matching(
-        self, query: Query
+        self, query: Query, permitted: StudyFilter | None = None
     ) -> tuple[list[tuple[InstanceRow, int]], tuple[Condition, ...]]:
-        """Instances below the matches of ``query`` (for C-GET/C-MOVE), with their pks."""
+        """Instances below the matches of ``query`` (for C-GET/C-MOVE) in the studies
+        ``permitted`` covers (None: all), with their pks."""
         image_query = Query(level=Level.IMAGE, conditions=query.conditions)
         compiled = compile_query(
             image_query,
@@ -537,6 +542,7 @@ class IndexRepository:
                 study.c.study_instance_uid,
                 series.c.series_instance_uid,
             ],
+            scope=scope_clause(Level.IMAGE, permitted),
         )
         with engines.read(self.engine) as conn:
             rows = conn.execute(compiled.statement).mappings().all()
@@ -622,7 +628,7 @@ class IndexRepository:
             return False
 
     def instances_with_header_json(
-        self, query: Query
+        self, query: Query, permitted: StudyFilter | None = None
     ) -> tuple[list[tuple[InstanceRow, str | None]], tuple[Condition, ...]]:
         """Instances below the matches of ``query`` with their stored header JSON, in one query.
 
@@ -638,6 +644,7 @@ class IndexRepository:
                 series.c.series_instance_uid,
                 instance.c.header_json,
             ],
+            scope=scope_clause(Level.IMAGE, permitted),
         )
         with engines.read(self.engine) as conn:
             rows = conn.execute(compiled.statement).mappings().all()

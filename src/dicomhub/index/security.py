@@ -290,9 +290,7 @@ class SecurityRepository:
             for r in rows
         ]
 
-    def token_holder(
-        self, token_sha256: str
-    ) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
+    def token_holder(self, token_sha256: str) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
         """(principal, revoked at, expires at) of the token with this digest, or None."""
         with engines.read(self.engine) as conn:
             row = conn.execute(
@@ -387,6 +385,11 @@ class SecurityRepository:
         except IntegrityError:
             return False
         return True
+
+    def add_labels(self, study_instance_uid: str, labels: Iterable[str]) -> None:
+        """Attach labels, keeping those the study has already."""
+        with engines.write(self.engine) as conn:
+            insert_labels(conn, study_instance_uid, labels)
 
     def remove_label(self, study_instance_uid: str, label: str) -> bool:
         with engines.write(self.engine) as conn:

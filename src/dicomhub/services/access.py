@@ -13,13 +13,18 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dicomhub.errors import DicomhubError, InvalidRequest, NotFound
+from dicomhub.errors import ConfigurationError, DicomhubError, InvalidRequest, NotFound
 from dicomhub.index.security import SecurityRepository
 from dicomhub.model.access import ROLES, Access, Action, Grant, LabelRule, Scope, StudyFacts
+from dicomhub.model.attributes import BY_KEYWORD
+from dicomhub.model.caller import Caller
+from dicomhub.model.identifiers import Level
+from dicomhub.model.records import InstanceHeader
 from dicomhub.services.oidc import OidcVerifier, TokenRejected
 
 __all__ = [
@@ -93,6 +98,8 @@ class AccessService:
         self.oidc = oidc
         self.label_rules = tuple(label_rules)
         self._clock = clock
+        self._labelled: set[tuple[str, str]] = set()
+        self._labelled_lock = threading.Lock()
 
     # ---------------------------------------------------------------- authentication
 
@@ -237,18 +244,86 @@ class AccessService:
     def ingest_labels(self, calling_ae: str | None, attributes: Mapping[str, str | None]) -> frozenset[str]:
         """The labels the ingest rules give an object from ``calling_ae`` with these
         attribute values (keyword -> value as stored)."""
-        return frozenset(
-            rule.label for rule in self.label_rules if rule.applies(calling_ae, attributes.get)
+        return frozenset(rule.label for rule in self.label_rules if rule.applies(calling_ae, attributes.get))
+
+    def labels_for_object(self, caller: Caller, header: InstanceHeader) -> frozenset[str]:
+        """The labels the ingest rules give an object stored by ``caller``."""
+        if not self.label_rules:
+            return frozenset()
+        return self.ingest_labels(caller.ae_title, _HeaderValues(header))
+
+    def check_store(self, caller: Caller, header: InstanceHeader) -> None:
+        """Raise :class:`Forbidden` unless ``caller`` may store this object: judged on the
+        stored study when there is one, else on the object's Patient ID and the
+        labels the ingest rules would give it."""
+        access = caller.access
+        if access.unrestricted:
+            return
+        if not access.may(Action.STORE):
+            raise Forbidden(f"{caller.who} may not store")
+        uid = header.study_instance_uid
+        facts = self.study_facts(uid) or StudyFacts(
+            uid, header.patient_id, self.labels_for_object(caller, header)
         )
+        if not access.permits(Action.STORE, facts):
+            raise Forbidden(f"{caller.who} may not store into study {uid}")
+
+    def label_stored(self, caller: Caller, header: InstanceHeader) -> None:
+        """Attach the ingest rules' labels to the study of a newly stored object.
+
+        A label is written once per study and process (remembered here), so a
+        study of thousands of instances costs one insert per label.
+        """
+        labels = self.labels_for_object(caller, header)
+        uid = header.study_instance_uid
+        new = [label for label in labels if (uid, label) not in self._labelled]
+        if not new:
+            return
+        self.security.add_labels(uid, new)
+        with self._labelled_lock:
+            if len(self._labelled) > 100000:
+                self._labelled.clear()
+            self._labelled.update((uid, label) for label in new)
+
+
+class _HeaderValues(Mapping[str, "str | None"]):
+    """An object's indexed values by attribute keyword, for the label rules."""
+
+    def __init__(self, header: InstanceHeader) -> None:
+        self._levels = {
+            Level.PATIENT: header.patient,
+            Level.STUDY: header.study,
+            Level.SERIES: header.series,
+            Level.IMAGE: header.instance,
+        }
+
+    def __getitem__(self, keyword: str) -> str | None:
+        attr = BY_KEYWORD.get(keyword)
+        if attr is None:
+            raise KeyError(keyword)
+        value = self._levels[attr.level].get(attr.column)
+        return None if value is None else str(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(BY_KEYWORD)
+
+    def __len__(self) -> int:
+        return len(BY_KEYWORD)
 
 
 def parse_label_rules(texts: Iterable[str]) -> list[LabelRule]:
-    from dicomhub.errors import ConfigurationError
-
+    """The ingest label rules of the settings; the attribute of a rule must be one the
+    index keeps (the rules are applied to the indexed values, not to the whole data set)."""
     rules = []
     for text in texts:
         try:
-            rules.append(LabelRule.parse(text))
+            rule = LabelRule.parse(text)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
+        if rule.keyword != LabelRule.CALLING_AE and rule.keyword not in BY_KEYWORD:
+            raise ConfigurationError(
+                f"label rule {text!r}: {rule.keyword} is not an indexed attribute "
+                f"(one of {', '.join(sorted(BY_KEYWORD))})"
+            )
+        rules.append(rule)
     return rules

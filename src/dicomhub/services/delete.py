@@ -9,11 +9,15 @@ orphans for reconciliation to find, never rows without blobs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from dicomhub.errors import NotFound
 from dicomhub.index.repository import IndexRepository
+from dicomhub.model.access import Action, StudyFacts
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
+from dicomhub.services.access import Forbidden
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["DeleteResult", "DeleteService"]
@@ -35,9 +39,28 @@ class DeleteResult:
 class DeleteService:
     """Removes entities from the index and their blobs from the store."""
 
-    def __init__(self, index: IndexRepository, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        index: IndexRepository,
+        blobs: BlobStore,
+        study_facts: Callable[[str], StudyFacts | None] | None = None,
+    ) -> None:
         self.index = index
         self.blobs = blobs
+        self.study_facts = study_facts
+
+    def _authorize(self, caller: Caller, study_instance_uid: str) -> None:
+        """Refuse a caller without DELETE on the study: as a missing study when it may
+        not even see it, else :class:`Forbidden`."""
+        access = caller.access
+        if access.unrestricted or self.study_facts is None:
+            return
+        facts = self.study_facts(study_instance_uid)
+        if facts is None or access.permits(Action.DELETE, facts):
+            return  # a missing study is reported by the delete itself
+        if access.permits(Action.QUERY, facts) or access.permits(Action.RETRIEVE, facts):
+            raise Forbidden(f"{caller.who} may not delete study {study_instance_uid}")
+        raise NotFound(f"no study {study_instance_uid}")
 
     def delete_study(self, study_instance_uid: str, caller: Caller) -> DeleteResult:
         """Delete a study with all its series and instances.
@@ -85,6 +108,7 @@ class DeleteService:
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> DeleteResult:
+        self._authorize(caller, study_instance_uid)
         removed = self.index.delete_entity(level, study_instance_uid, series_instance_uid, sop_instance_uid)
         failed = 0
         for key in removed["blob_keys"]:

@@ -22,7 +22,7 @@ import logging
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -197,6 +197,9 @@ class IngestService:
         policy: DuplicatePolicy = DuplicatePolicy.KEEP,
         compression: Sequence[tuple[CompressionRule, str]] = (),
         validation: ValidationService | None = None,
+        *,
+        store_guard: Callable[[Caller, InstanceHeader], None] | None = None,
+        labeller: Callable[[Caller, InstanceHeader], None] | None = None,
     ) -> None:
         """
         Parameters
@@ -207,7 +210,14 @@ class IngestService:
         validation : ValidationService, optional
             IOD validation of STOW-RS parts under the ``warn`` and ``reject``
             policies (C-STORE applies them in its handler, before ingest).
+        store_guard : callable, optional
+            Raises when the caller may not store this object (access control),
+            before it is indexed; not called for an unrestricted caller.
+        labeller : callable, optional
+            Attaches the labels of the ingest rules to a newly stored object's study.
         """
+        self.store_guard = store_guard
+        self.labeller = labeller
         self.index = index
         self.blobs = blobs
         self.policy = policy
@@ -272,6 +282,7 @@ class IngestService:
                 raise InvalidIdentifier(
                     "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
                 )
+            self._guard(caller, header)
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
             if existing is not None and self._same_object(existing, digest, header.transfer_syntax_uid):
@@ -566,6 +577,7 @@ class IngestService:
         kept = False  # in quarantine: the blob stays
         try:
             header = written.header or self._check_written(written, expect_study_uid)
+            self._guard(caller, header)
             content = written.content_sha256 or self._content_digest_of_blob(blob.key)
             target = self._compression_target(header)
             if target == header.transfer_syntax_uid:
@@ -677,6 +689,7 @@ class IngestService:
                 f"SOP Instance {header.sop_instance_uid} belongs to study "
                 f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
             )
+        self._guard(caller, header)
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
         content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
@@ -772,7 +785,13 @@ class IngestService:
         outcome = (
             StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         )
+        if self.labeller is not None:
+            self.labeller(caller, header)
         return self._result(outcome, header, prepared.size, prepared.warning)
+
+    def _guard(self, caller: Caller, header: InstanceHeader) -> None:
+        if self.store_guard is not None and not caller.access.unrestricted:
+            self.store_guard(caller, header)
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
         blob = self.blobs.put(self.blobs.new_key(), data)

@@ -80,9 +80,7 @@ class OidcVerifier:
     def _refresh(self, force: bool) -> None:
         with self._lock:
             now = self._clock()
-            if self._fetched_at is not None and (
-                not force or now - self._fetched_at < _REFETCH_SECONDS
-            ):
+            if self._fetched_at is not None and (not force or now - self._fetched_at < _REFETCH_SECONDS):
                 return
             self._fetched_at = now
             keys: dict[str, Any] = {}

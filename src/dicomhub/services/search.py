@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from dicomhub.index.repository import IndexRepository, SearchRow
+from dicomhub.model.access import Action, StudyFilter
 from dicomhub.model.attributes import BY_KEYWORD
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
@@ -41,6 +42,15 @@ def _items(value: object) -> list[dict[str, object]]:
     return [{e.keyword: e.value for e in item if e.keyword} for item in value]
 
 
+def _permitted(caller: Caller, action: Action) -> StudyFilter | None:
+    """The caller's study filter for ``action``; None when everything is permitted,
+    so that the unrestricted path builds exactly the SQL it always did."""
+    if caller.access.unrestricted:
+        return None
+    permitted = caller.access.study_filter(action)
+    return None if permitted.everything else permitted
+
+
 class SearchService:
     """Answers queries from the index."""
 
@@ -48,13 +58,16 @@ class SearchService:
         self.index = index
         self.headers = headers
 
-    def search(self, query: Query, caller: Caller) -> Iterator[Match]:
+    def search(self, query: Query, caller: Caller, action: Action = Action.QUERY) -> Iterator[Match]:
         """Yield one :class:`Match` per matching entity, with every return key of ``query``.
 
-        ``caller`` is the seam for access control: the index will filter by
-        its grants inside the query itself.
+        Only studies the ``caller`` may ``action`` are seen: the index filters by
+        its grants inside the query itself, so limit and offset page permitted rows.
         """
-        rows, residual = self.index.search(query)
+        permitted = _permitted(caller, action)
+        if permitted is not None and permitted.nothing:
+            return
+        rows, residual = self.index.search(query, permitted=permitted)
         need_headers = bool(residual) or any(
             k not in BY_KEYWORD and k not in _COUNT_COLUMNS and k != "ModalitiesInStudy"
             for k in query.return_keys
@@ -115,9 +128,15 @@ class SearchService:
             match.set(keyword, value)
         return match
 
-    def instances(self, query: Query, caller: Caller) -> list[InstanceRow]:
-        """The instances below the matches of a retrieve identifier (C-GET/C-MOVE)."""
-        pairs, residual = self.index.instances_matching(query)
+    def instances(
+        self, query: Query, caller: Caller, action: Action = Action.RETRIEVE
+    ) -> list[InstanceRow]:
+        """The instances below the matches of a retrieve identifier (C-GET/C-MOVE) in
+        the studies the ``caller`` may ``action``."""
+        permitted = _permitted(caller, action)
+        if permitted is not None and permitted.nothing:
+            return []
+        pairs, residual = self.index.instances_matching(query, permitted)
         if not residual:
             return [row for row, _pk in pairs]
         headers = self.headers.headers([pk for _row, pk in pairs])
@@ -128,10 +147,14 @@ class SearchService:
         ]
 
     def instances_with_header_json(
-        self, query: Query, caller: Caller
+        self, query: Query, caller: Caller, action: Action = Action.RETRIEVE
     ) -> list[tuple[InstanceRow, str | None]]:
-        """Instances below the matches of ``query`` with their stored header JSON (or None)."""
-        pairs, residual = self.index.instances_with_header_json(query)
+        """Instances below the matches of ``query`` with their stored header JSON (or None),
+        in the studies the ``caller`` may ``action``."""
+        permitted = _permitted(caller, action)
+        if permitted is not None and permitted.nothing:
+            return []
+        pairs, residual = self.index.instances_with_header_json(query, permitted)
         if not residual:
             return pairs
         headers = self.headers.headers([row.pk for row, _text in pairs])

@@ -99,10 +99,7 @@ def upgrade() -> None:
 def _copy_old_events(bind: sa.Connection) -> None:
     old = sa.table(
         "audit_event_0006",
-        *(
-            sa.column(c)
-            for c in ("pk", "at", "actor", "source_address", "action", "project", "study_uid")
-        ),
+        *(sa.column(c) for c in ("pk", "at", "actor", "source_address", "action", "project", "study_uid")),
         sa.column("detail_json"),
         sa.column("outcome"),
     )
@@ -116,10 +113,7 @@ def _copy_old_events(bind: sa.Connection) -> None:
     )
     studies = sa.table(
         "audit_study",
-        *(
-            sa.column(c)
-            for c in ("event_pk", "study_instance_uid", "patient_id", "series_instance_uids")
-        ),
+        *(sa.column(c) for c in ("event_pk", "study_instance_uid", "patient_id", "series_instance_uids")),
         sa.column("number_of_instances"),
     )
     for row in bind.execute(sa.select(old).order_by(old.c.pk)).mappings():
