@@ -8,11 +8,9 @@ errors through :mod:`dicomhub.dimse.status`; none lets an exception escape.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 from collections.abc import Callable, Iterator
 
-import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
@@ -34,7 +32,7 @@ from dicomhub.dimse.identifiers import encode_match
 from dicomhub.dimse.session import AssociationSession
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.iod import Finding
-from dicomhub.model.access import Access, Action, StudyFacts
+from dicomhub.model.access import Access, Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
 from dicomhub.model.caller import Caller
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
@@ -44,7 +42,7 @@ from dicomhub.model.match import Match
 from dicomhub.model.policy import ValidationPolicy
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.structure import dataset_offset, scan_part10
+from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
 from dicomhub.services.validation import has_errors
 
@@ -71,60 +69,6 @@ _UNIQUE_KEY = {
 }
 
 
-_STUDY_INSTANCE_UID = 0x0020000D
-_PATIENT_ID = 0x00100020
-_STUDY_KEYS = frozenset({_STUDY_INSTANCE_UID, _PATIENT_ID})
-
-
-def _study_keys(req: StoreRequest) -> tuple[str, str]:
-    """(Study Instance UID, Patient ID) of a received data set.
-
-    Found by walking the element framing (no decoding) when the data set is in
-    memory and in a common syntax; else the header is parsed.
-    """
-    if req.dataset_path is None:
-        try:
-            found = scan_part10(req.dataset, req.transfer_syntax_uid, _STUDY_KEYS)
-        except DicomhubError:
-            found = {}
-        if len(found) == len(_STUDY_KEYS):
-            study, patient = (
-                req.dataset[offset : offset + length].decode("ascii", "replace").strip("\x00 ")
-                for _vr, offset, length in (found[_STUDY_INSTANCE_UID], found[_PATIENT_ID])
-            )
-            return study, patient
-    source: str | io.BytesIO = req.dataset_path or io.BytesIO(req.dataset)
-    try:
-        ds = pydicom.dcmread(
-            source, force=True, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "PatientID"]
-        )
-    except Exception:  # noqa: BLE001 - unreadable: the ingest path will say why
-        return "", ""
-    return str(ds.get("StudyInstanceUID", "") or ""), str(ds.get("PatientID", "") or "")
-
-
-def _store_refusal(session: AssociationSession, req: StoreRequest) -> StoreOutcome | None:
-    """Refused: Not Authorized, unless the caller may store into the object's study: the
-    stored study's patient and labels decide, or for a new study the object's Patient ID."""
-    if not session.restricted(Action.STORE):
-        return None
-    study_uid, patient_id = _study_keys(req)
-    facts = session.facts(study_uid) if study_uid else None
-    if facts is None:
-        facts = StudyFacts(study_uid, patient_id)
-    if session.caller.access.permits(Action.STORE, facts):
-        return None
-    LOGGER.warning(
-        "C-STORE of %s from %s refused: %s may not store into study %s",
-        req.sop_instance_uid[:80],
-        session.caller.name,
-        session.caller.who,
-        study_uid[:80],
-    )
-    session.stored(study_uid, "", ok=False)
-    return StoreOutcome(status.NOT_AUTHORIZED, "not authorized to store into this study")
-
-
 def handle_store(archive: Archive, req: StoreRequest, session: AssociationSession) -> StoreOutcome:
     """C-STORE: the one ingest path; the status says what happened.
 
@@ -134,9 +78,6 @@ def handle_store(archive: Archive, req: StoreRequest, session: AssociationSessio
     errors (0xA900, nothing stored), ``warn`` stores it and answers 0xB007.
     Spooled large data sets are checked in the background only.
     """
-    refusal = _store_refusal(session, req)
-    if refusal is not None:
-        return refusal
     caller = session.caller
     policy = archive.validation.policy_for(req.calling_ae_title)
     findings: list[Finding] | None = None
@@ -174,6 +115,10 @@ def handle_store(archive: Archive, req: StoreRequest, session: AssociationSessio
             )
     except DicomhubError as exc:
         code = status.store_status(exc)
+        if code == status.NOT_AUTHORIZED:
+            # Counted for the association's STORE audit event (the study is not named:
+            # the caller may not know it exists).
+            session.stored("", "", ok=False)
         LOGGER.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",
             req.sop_instance_uid[:80],
@@ -354,7 +299,6 @@ def handle_retrieve(
         LOGGER.warning("%s from %s refused (0x%04X): %s", verb, caller.name, code, exc)
         session.audit(action, AuditOutcome.MAJOR_FAILURE, detail={**detail, "reason": str(exc)})
         return code, str(exc)[:64]
-    rows = _permitted(session, rows, Action.RETRIEVE)
     withheld = 0
     if destination is not None and destination[2] != caller.name:
         allowed = _permitted(session, rows, Action.EXPORT)

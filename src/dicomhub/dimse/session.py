@@ -106,7 +106,6 @@ class AssociationSession:
         """The association is over: write its STORE events, one per study."""
         stored, self._stored = self._stored, {}
         for study_uid, tally in stored.items():
-            facts = self.facts(study_uid, cached=False)
             outcome = (
                 AuditOutcome.SUCCESS
                 if not tally.failures
@@ -114,12 +113,14 @@ class AssociationSession:
                 if tally.instances
                 else AuditOutcome.SERIOUS_FAILURE
             )
-            study = AuditedStudy(
-                study_uid, facts.patient_id if facts else "", tuple(sorted(tally.series)), tally.instances
-            )
-            self.audit(
-                AuditAction.STORE, outcome, (study,), {"failed": tally.failures} if tally.failures else {}
-            )
+            studies: tuple[AuditedStudy, ...] = ()
+            if study_uid:
+                facts = self.facts(study_uid, cached=False)
+                patient_id = facts.patient_id if facts else ""
+                series = tuple(sorted(tally.series))
+                studies = (AuditedStudy(study_uid, patient_id, series, tally.instances),)
+            detail: dict[str, object] = {"failed": tally.failures} if tally.failures else {}
+            self.audit(AuditAction.STORE, outcome, studies, detail)
 
     # -- permissions ---------------------------------------------------------
 
@@ -151,6 +152,8 @@ class AssociationSession:
     # -- audit -----------------------------------------------------------------
 
     def stored(self, study_uid: str, series_uid: str, ok: bool) -> None:
+        """Count one C-STORE for the association's STORE event of ``study_uid``
+        ("" for refused objects whose study the caller is not told about)."""
         tally = self._stored.get(study_uid)
         if tally is None:
             tally = self._stored[study_uid] = _Stored()

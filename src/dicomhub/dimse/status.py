@@ -21,6 +21,7 @@ from dicomhub.errors import (
     StorageError,
     UnknownDestination,
 )
+from dicomhub.services.access import Forbidden
 
 __all__ = [
     "CANCEL",
@@ -64,6 +65,7 @@ N_INVALID_ARGUMENT_VALUE: Final = 0x0115
 
 # Error -> status tables (most specific first); the conformance statement lists them too.
 STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
+    (Forbidden, NOT_AUTHORIZED),
     (DuplicateInstance, STORE_DUPLICATE_REFUSED),
     (PatientMismatch, STORE_PATIENT_MISMATCH),
     (Conflict, STORE_CONFLICT),
