@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from datagen import write_instance
 
@@ -61,19 +62,22 @@ archive = open_archive(load_settings({"data_dir": sys.argv[1]}))
 try:
     archive.access.add_principal(sys.argv[2], "service")
     archive.access.grant(sys.argv[2], sys.argv[3], sys.argv[4], "test")
+    print(archive.access.create_token(sys.argv[2], "test")[1])
 finally:
     archive.close()
 """
 
 
-def _grant(srv: DicomhubServer, principal: str, role: str, scope: str) -> None:
-    # Through the access service, as the grant commands of the CLI do.
-    subprocess.run(
+def _grant(srv: DicomhubServer, principal: str, role: str, scope: str) -> str:
+    """Grant ``role`` at ``scope`` through the access service; an API token of the principal."""
+    done = subprocess.run(
         [sys.executable, "-c", _GRANT, str(srv.data_dir), principal, role, scope],
         env=clean_env(backend_env(srv.data_dir)),
         check=True,
         timeout=60,
+        capture_output=True,
     )
+    return done.stdout.decode().strip().splitlines()[-1]
 
 
 def _ae(srv: DicomhubServer, title: str, *args: str) -> None:
@@ -130,6 +134,7 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def hub(module_servers: ServerPool, listener: StoreSCP, studies: dict[str, Any], pki: Pki) -> DicomhubServer:
     srv = module_servers.create("auth")
+    srv.tokens = {}  # type: ignore[attr-defined]
     srv.tls_port = free_port()  # type: ignore[attr-defined]
     srv.args += [
         "--auth",
@@ -157,7 +162,7 @@ def hub(module_servers: ServerPool, listener: StoreSCP, studies: dict[str, Any],
         ("dest-b", "reader", "patient:PB"),
         ("tls-mod", "reader", "patient:PA"),
     ):
-        _grant(srv, principal, role, scope)
+        srv.tokens[principal] = _grant(srv, principal, role, scope)  # type: ignore[attr-defined]
     srv.start()
     store_ok(srv, studies["dir"] / "a", studies["dir"] / "b", calling="ADMIN", expect=2)
     return srv
@@ -345,6 +350,28 @@ def test_audit_export_as_dicom_audit_messages(hub: DicomhubServer, studies: dict
     assert messages and all(studies["A"].StudyInstanceUID in m for m in messages)
     assert any('csd-code="110104"' in m for m in messages)  # DICOM Instances Transferred (the stores)
     assert any('csd-code="110103"' in m for m in messages)  # DICOM Instances Accessed (the C-GET)
+
+
+def test_audit_export_over_http_needs_the_administer_right(
+    hub: DicomhubServer, studies: dict[str, Any]
+) -> None:
+    url = f"{hub.base_url}/audit/export"
+    tokens = hub.tokens  # type: ignore[attr-defined]
+    assert httpx.get(url, timeout=10).status_code == 401
+    reader = httpx.get(url, headers={"Authorization": f"Bearer {tokens['reader-1']}"}, timeout=10)
+    assert reader.status_code == 403
+    admin = {"Authorization": f"Bearer {tokens['admin-svc']}"}
+    r = httpx.get(url, params={"format": "jsonl", "principal": "reader-1"}, headers=admin, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+    events = [json.loads(line) for line in r.text.splitlines()]
+    assert events and {e["principal"] for e in events} == {"reader-1"}
+    assert events == audit_events(hub, "--principal", "reader-1")  # the same log as the CLI reads
+    r = httpx.get(
+        url, params={"format": "dicom-xml", "study": studies["B"].StudyInstanceUID}, headers=admin, timeout=10
+    )
+    assert r.status_code == 200 and r.text.startswith("<AuditMessage>")
+    assert httpx.get(url, params={"format": "pdf"}, headers=admin, timeout=10).status_code == 400
+    assert httpx.get(url, params={"since": "yesterday"}, headers=admin, timeout=10).status_code == 400
 
 
 def test_safe_default_refuses_the_network_without_auth(servers: ServerPool, tmp_path: Path) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from typing import Any
 
 from dicomhub.config import Settings
-from dicomhub.errors import ConfigurationError
-from dicomhub.services.auditexport import EXPORT_FORMATS, dicom_audit_xml, json_lines
+from dicomhub.services.auditexport import EXPORT_FORMATS, export_lines, parse_audit_time
 
 __all__ = ["add_commands"]
 
@@ -33,20 +31,10 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     p.set_defaults(run=_export)
 
 
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{text!r} is not an ISO 8601 date or time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
 def _export(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    since, until = parse_time(args.since), parse_time(args.until)
+    since, until = parse_audit_time(args.since), parse_audit_time(args.until)
     archive = open_archive(settings)
     try:
         records = archive.audit.events(
@@ -58,10 +46,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
         )[::-1]  # oldest first, as a log reads
     finally:
         archive.close()
-    if args.format == "dicom-xml":
-        lines = dicom_audit_xml(records, args.aet or settings.aet)
-    else:
-        lines = json_lines(records)
+    lines = export_lines(records, args.format, args.aet or settings.aet)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as out:
             out.writelines(lines)

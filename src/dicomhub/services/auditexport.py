@@ -17,17 +17,30 @@ carry the schema's ``csd-code``, ``codeSystemName`` and ``originalText``.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from dicomhub.errors import InvalidRequest
 from dicomhub.model.audit import AuditAction, AuditOutcome, AuditRecord
 
-__all__ = ["EXPORT_FORMATS", "dicom_audit_message", "dicom_audit_xml", "json_line", "json_lines"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_MEDIA_TYPES",
+    "dicom_audit_message",
+    "dicom_audit_xml",
+    "export_lines",
+    "json_line",
+    "json_lines",
+    "parse_audit_time",
+]
 
 EXPORT_FORMATS = ("dicom-xml", "jsonl")
+# dicom-xml is one AuditMessage document per line (as syslog carries them), not one XML document.
+EXPORT_MEDIA_TYPES = {"dicom-xml": "application/xml", "jsonl": "application/x-ndjson"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +229,23 @@ def json_line(record: AuditRecord) -> str:
 def json_lines(records: Iterable[AuditRecord]) -> Iterator[str]:
     for record in records:
         yield json_line(record) + "\n"
+
+
+def export_lines(records: Iterable[AuditRecord], export_format: str, audit_source_id: str) -> Iterator[str]:
+    """The records in ``export_format`` (one of :data:`EXPORT_FORMATS`), a line each."""
+    if export_format == "dicom-xml":
+        return dicom_audit_xml(records, audit_source_id)
+    if export_format == "jsonl":
+        return json_lines(records)
+    raise InvalidRequest(f"audit export format {export_format[:32]!r}: one of {', '.join(EXPORT_FORMATS)}")
+
+
+def parse_audit_time(text: str | None) -> dt.datetime | None:
+    """An ISO 8601 date or time (UTC when it names no zone); None for none."""
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{text[:40]!r} is not an ISO 8601 date or time") from exc
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import admin, deid, dicomweb, migrations
+from dicomhub.web import admin, audit, deid, dicomweb, migrations
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.openapi import openapi_endpoint
@@ -106,6 +106,7 @@ def create_app(
             Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
             Mount("/admin", routes=admin.routes(archive)),
             Mount("/deid", routes=deid.routes(archive)),
+            *audit.routes(archive, settings),
             *migrations.routes(archive),
         ],
         middleware=middleware,

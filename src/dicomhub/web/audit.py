@@ -1,0 +1,56 @@
+"""``GET /audit/export``: the audit log as DICOM audit messages or JSON lines.
+
+With access control on, the caller needs a bearer token of a principal with
+the administer right; without it the route is open like the other operator
+routes (the archive then listens on loopback only, or was told otherwise).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dicomhub.config import Settings
+from dicomhub.errors import InvalidRequest
+from dicomhub.model.access import Action
+from dicomhub.services.archive import Archive
+from dicomhub.services.auditexport import EXPORT_MEDIA_TYPES, export_lines, parse_audit_time
+
+__all__ = ["routes"]
+
+_DEFAULT_LIMIT = 10000
+_MAX_LIMIT = 100000
+
+
+def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
+    def export(request: Request) -> Response:
+        if settings.auth_required:
+            authentication = archive.access.authenticate(request.headers.get("authorization"))
+            if authentication.principal is None:
+                return JSONResponse(
+                    {"error": f"authentication required: {authentication.detail}"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not archive.access.access_for(authentication.principal).may(Action.ADMINISTER):
+                return JSONResponse(
+                    {"error": "reading the audit log needs the administer right"}, status_code=403
+                )
+        params = request.query_params
+        export_format = params.get("format", "jsonl")
+        try:
+            limit = max(1, min(int(params.get("limit", str(_DEFAULT_LIMIT))), _MAX_LIMIT))
+            records = archive.audit.events(
+                study_instance_uid=params.get("study") or None,
+                principal=params.get("principal") or None,
+                since=parse_audit_time(params.get("since")),
+                until=parse_audit_time(params.get("until")),
+                limit=limit,
+            )[::-1]  # oldest first, as a log reads
+            body = "".join(export_lines(records, export_format, settings.aet))
+        except (InvalidRequest, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return Response(body, media_type=EXPORT_MEDIA_TYPES[export_format])
+
+    return [Route("/audit/export", export, methods=["GET"])]
