@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,31 +52,15 @@ from .helpers import (
 )
 from .tlscerts import Pki, make_pki
 
-_GRANT = """
-import sys
-from dicomhub.bootstrap import open_archive
-from dicomhub.config import load_settings
-
-archive = open_archive(load_settings({"data_dir": sys.argv[1]}))
-try:
-    archive.access.add_principal(sys.argv[2], "service")
-    archive.access.grant(sys.argv[2], sys.argv[3], sys.argv[4], "test")
-    print(archive.access.create_token(sys.argv[2], "test")[1])
-finally:
-    archive.close()
-"""
-
 
 def _grant(srv: DicomhubServer, principal: str, role: str, scope: str) -> str:
-    """Grant ``role`` at ``scope`` through the access service; an API token of the principal."""
-    done = subprocess.run(
-        [sys.executable, "-c", _GRANT, str(srv.data_dir), principal, role, scope],
-        env=clean_env(backend_env(srv.data_dir)),
-        check=True,
-        timeout=60,
-        capture_output=True,
-    )
-    return done.stdout.decode().strip().splitlines()[-1]
+    """Add the service ``principal`` with ``role`` at ``scope``; its API token."""
+    rc, out = run_cli(
+        "user", "add", principal, "--kind", "service", "--role", role, "--scope", scope,
+        "--data-dir", str(srv.data_dir),
+    )  # fmt: skip
+    assert rc == 0, out
+    return out.strip().splitlines()[-1]
 
 
 def _ae(srv: DicomhubServer, title: str, *args: str) -> None:

@@ -214,7 +214,7 @@ def test_reidentification_needs_the_grant_over_http_and_cli_and_is_audited(
     assert audit_count() == before + 7
 
     rc, out = cli(hub, "audit", "--actor", "clerk", "--json")
-    outcomes = [e["outcome"] for e in json.loads(out) if e["action"] == "reidentify"]
+    outcomes = [e["detail"]["result"] for e in json.loads(out) if e["action"] == "reidentify"]
     assert outcomes == ["allowed", "forbidden"]
     rc, out = cli(hub, "audit", "--study", study.study_uid)
     assert rc == 0 and "deid-run-start" in out
@@ -239,8 +239,8 @@ def test_a_cmove_to_a_deidentifying_destination_sends_nothing_identifiable(
         assert ds.PatientIdentityRemoved == "YES"
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     rc, out = cli(hub, "audit", "--study", study.study_uid, "--json")
-    (event,) = [e for e in json.loads(out) if e["action"] == "deid-export"]
-    assert event["actor"] == "MOVESCU" and event["detail"]["destination"] == "DEIDSCP"
+    (event,) = [e for e in json.loads(out) if e["detail"].get("event") == "deid-export"]
+    assert event["principal"] == "MOVESCU" and event["detail"]["destination"] == "DEIDSCP"
     rc, out = cli(hub, "deid-job", "show", str(event["detail"]["run"]), "--json")
     run = json.loads(out)
     assert (run["kind"], run["status"], run["stored"], run["refused"]) == ("export", "done", 7, 1)

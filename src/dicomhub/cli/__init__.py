@@ -53,7 +53,15 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ("ae", "auditexport", "deid", "deidserver", "migration", "storage")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "ae",
+    "auditexport",
+    "deid",
+    "deidserver",
+    "migration",
+    "security",
+    "storage",
+)
 
 
 def _command_modules() -> list[CommandModule]:

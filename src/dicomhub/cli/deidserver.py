@@ -1,5 +1,5 @@
 """Commands for de-identification in the archive: runs (``deid-job``), re-identification,
-grants, API tokens and the audit log.
+project grants and API tokens (the audit log is ``dicomhub audit``, in :mod:`.security`).
 
 They work on the data dir / database of a running ``dicomhub serve``: a run
 started here is picked up by the server's background process (or run here
@@ -92,14 +92,6 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     settings_args(tokens)
     tokens.add_argument("--principal")
     tokens.set_defaults(run=_token_list)
-
-    audit = sub.add_parser("audit", help="the audit log, newest first")
-    settings_args(audit)
-    audit.add_argument("--study", metavar="UID")
-    audit.add_argument("--actor", metavar="NAME")
-    audit.add_argument("--limit", type=int, default=1000)
-    audit.add_argument("--json", action="store_true")
-    audit.set_defaults(run=_audit)
 
 
 def _print_run(run: dict[str, Any], as_json: bool) -> None:
@@ -261,24 +253,4 @@ def _token_list(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         archive.close()
     print(json.dumps(tokens, indent=2))
-    return 0
-
-
-def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.bootstrap import open_archive
-
-    archive = open_archive(settings)
-    try:
-        events = archive.governance.audit_events(args.study, args.actor, max(1, args.limit))
-    finally:
-        archive.close()
-    if args.json:
-        print(json.dumps(events, indent=2))
-        return 0
-    for e in events:
-        print(
-            f"{e['at']} {e['actor']}@{e['source_address'] or '-'} {e['action']} {e['outcome']}"
-            f" project={e['project'] or '-'} study={e['study_uid'] or '-'}"
-            f" {json.dumps(e['detail'], sort_keys=True)}"
-        )
     return 0

@@ -21,11 +21,11 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from xml.etree import ElementTree as ET
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.audit import AuditAction, AuditOutcome, AuditRecord
+from dicomhub.services.audit import record_dict
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -195,35 +195,13 @@ def dicom_audit_xml(records: Iterable[AuditRecord], audit_source_id: str) -> Ite
         yield ET.tostring(dicom_audit_message(record, audit_source_id), encoding="unicode") + "\n"
 
 
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+def _plain(value: object) -> str:
+    return str(value)  # a detail value JSON has no type for (a date, a UID object)
 
 
 def json_line(record: AuditRecord) -> str:
-    """One record as one JSON object on one line."""
-    return json.dumps(
-        {
-            "id": record.id,
-            "at": record.at.isoformat(),
-            "action": record.action.value,
-            "outcome": record.outcome.value,
-            "principal": record.principal,
-            "channel": record.channel,
-            "ae_title": record.ae_title,
-            "address": record.address,
-            "studies": [
-                {
-                    "study_instance_uid": s.study_instance_uid,
-                    "patient_id": s.patient_id,
-                    "series_instance_uids": list(s.series_instance_uids),
-                    "number_of_instances": s.number_of_instances,
-                }
-                for s in record.studies
-            ],
-            "detail": json.loads(json.dumps(dict(record.detail), default=_plain)),
-        },
-        sort_keys=True,
-    )
+    """One record as one JSON object on one line (the form of ``GET /audit``)."""
+    return json.dumps(record_dict(record), sort_keys=True, default=_plain)
 
 
 def json_lines(records: Iterable[AuditRecord]) -> Iterator[str]:

@@ -15,7 +15,8 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import admin, audit, deid, dicomweb, migrations
+from dicomhub.web import admin, audit, deid, dicomweb, migrations, security
+from dicomhub.web.auth import AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.openapi import openapi_endpoint
@@ -84,7 +85,8 @@ def create_app(
                 "application/octet-stream",
                 "image/*",
             ),
-        )
+        ),
+        Middleware(AuthMiddleware, archive=archive, required=settings.auth_required),
     ]
     if settings.cors_origins:
         middleware.insert(
@@ -103,11 +105,14 @@ def create_app(
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/conformance", conformance_statement, methods=["GET"]),
             Route("/metrics", metrics_endpoint(archive), methods=["GET"]),
-            Mount("/dicomweb", routes=dicomweb.routes(archive, settings)),
+            Mount(
+                "/dicomweb", routes=[*security.dicomweb_routes(archive), *dicomweb.routes(archive, settings)]
+            ),
             Mount("/admin", routes=admin.routes(archive)),
             Mount("/deid", routes=deid.routes(archive)),
             *audit.routes(archive, settings),
             *migrations.routes(archive),
+            *security.routes(archive),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -347,6 +347,8 @@ def _common_responses() -> Json:
         "NotFound": _error("The study, series, instance, frame or element is not held."),
         "NotAcceptable": _error("None of the accepted media types can be produced."),
         "Unavailable": _error("The index or the storage is unavailable."),
+        "Unauthorized": _error("Access control is on and the request has no valid token."),
+        "Forbidden": _error("The token's principal holds no grant for this."),
     }
 
 
@@ -874,7 +876,189 @@ def _paths() -> Json:
     paths.update(_deid_paths())
     paths.update(_migration_paths())
     paths.update(_audit_paths())
+    paths.update(_security_paths())
     return paths
+
+
+# ---------------------------------------------------------------- access control
+
+
+def _security_operation(tag: str, operation_id: str, summary: str, ok: dict[str, Json], **extra: Any) -> Json:
+    return {
+        "tags": [tag],
+        "operationId": operation_id,
+        "summary": summary,
+        **extra,
+        "responses": {
+            **ok,
+            "400": _ref("responses", "BadRequest"),
+            "401": _ref("responses", "Unauthorized"),
+            "403": _ref("responses", "Forbidden"),
+            "404": _ref("responses", "NotFound"),
+        },
+    }
+
+
+def _json_ok(status: str, description: str, schema: Json) -> dict[str, Json]:
+    return {status: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _security_paths() -> Json:
+    label = _path_param(
+        "label", "A label: 1-64 letters, digits and . _ -.", "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+    )
+    name = _path_param("name", "A user or service name.")
+    strings = {"type": "array", "items": {"type": "string"}}
+    objects = {"type": "array", "items": {"type": "object"}}
+    grant = {
+        "type": "object",
+        "required": ["principal", "role", "scope"],
+        "properties": {
+            "principal": {"type": "string"},
+            "role": {"type": "string"},
+            "scope": {
+                "type": "string",
+                "description": "archive, label:NAME, patient:ID, study:UID, project:NAME",
+            },
+        },
+    }
+    token = _json_ok("201", "The token, shown this once.", {"type": "object"})
+    no_body = {"201": {"description": "Added."}, "204": {"description": "Done (nothing to add)."}}
+    return {
+        _STUDY + "/labels": {
+            "get": _security_operation(
+                "Labels",
+                "listStudyLabels",
+                "The labels of a study",
+                _json_ok("200", "The labels.", strings),
+                parameters=_uid_params("study"),
+            )
+        },
+        _STUDY + "/labels/{label}": {
+            "put": _security_operation(
+                "Labels",
+                "addStudyLabel",
+                "Label a study (needs label)",
+                no_body,
+                parameters=[*_uid_params("study"), label],
+            ),
+            "delete": _security_operation(
+                "Labels",
+                "removeStudyLabel",
+                "Remove a label from a study (needs label)",
+                {"204": {"description": "Removed."}},
+                parameters=[*_uid_params("study"), label],
+            ),
+        },
+        "/dicomweb/labels": {
+            "get": _security_operation(
+                "Labels",
+                "listLabels",
+                "Labels in use and their number of studies",
+                _json_ok("200", "The labels.", objects),
+            )
+        },
+        "/users": {
+            "get": _security_operation(
+                "Access control",
+                "listUsers",
+                "Users and services with their grants (needs administer)",
+                _json_ok("200", "The principals.", objects),
+            ),
+            "post": _security_operation(
+                "Access control",
+                "addUser",
+                "Add a user with grants and a first token (needs administer)",
+                token,
+                requestBody=_json_body(
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"type": "string", "enum": ["user", "service"]},
+                            "grants": {"type": "array", "items": {"type": "object"}},
+                            "expires_days": {"type": "number"},
+                        },
+                    },
+                    "The user, its grants ({role, scope}) and the lifetime of its token.",
+                ),
+            ),
+        },
+        "/users/{name}/tokens": {
+            "get": _security_operation(
+                "Access control",
+                "listTokens",
+                "A user's tokens (never the tokens themselves)",
+                _json_ok("200", "The tokens.", objects),
+                parameters=[name],
+            ),
+            "post": _security_operation(
+                "Access control",
+                "createToken",
+                "A new token for a user",
+                token,
+                parameters=[name],
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+            ),
+            "delete": _security_operation(
+                "Access control",
+                "revokeTokens",
+                "Revoke a user's tokens (all, or ?token=ID)",
+                _json_ok("200", "How many were revoked.", {"type": "object"}),
+                parameters=[name, _query_param("token", {"type": "integer"}, "One token's id.")],
+            ),
+        },
+        "/grants": {
+            "get": _security_operation(
+                "Access control",
+                "listGrants",
+                "Grants (?principal=)",
+                _json_ok("200", "The grants.", objects),
+                parameters=[_query_param("principal", {"type": "string"}, "Only this principal's.")],
+            ),
+            "post": _security_operation(
+                "Access control",
+                "addGrant",
+                "Grant a role at a scope",
+                {
+                    **_json_ok("201", "Added.", {"type": "object"}),
+                    **_json_ok("200", "Held already.", {"type": "object"}),
+                },
+                requestBody=_json_body(grant, "The grant."),
+            ),
+            "delete": _security_operation(
+                "Access control",
+                "removeGrant",
+                "Remove a grant",
+                _json_ok("200", "Removed.", {"type": "object"}),
+                parameters=[
+                    _query_param("principal", {"type": "string"}, "The principal.", required=True),
+                    _query_param("role", {"type": "string"}, "The role.", required=True),
+                    _query_param("scope", {"type": "string"}, "The scope.", required=True),
+                ],
+            ),
+        },
+        "/audit": {
+            "get": _security_operation(
+                "Access control",
+                "listAuditEvents",
+                "The audit log, newest first (needs administer)",
+                _json_ok("200", "The events.", objects),
+                parameters=[
+                    _query_param("study", {"type": "string"}, "Events that touched this study."),
+                    _query_param("principal", {"type": "string"}, "Events of this principal."),
+                    _query_param("action", {"type": "string"}, "login, query, retrieve, store, delete..."),
+                    _query_param("since", {"type": "string"}, "ISO 8601 time, inclusive."),
+                    _query_param("until", {"type": "string"}, "ISO 8601 time, exclusive."),
+                    _query_param("limit", {"type": "integer", "minimum": 1}, "At most this many."),
+                ],
+            )
+        },
+    }
 
 
 # ---------------------------------------------------------------- de-identification
@@ -1128,7 +1312,12 @@ def openapi_document() -> Json:
             {"name": "Admin", "description": "Operations: codecs, decode check"},
             {"name": "De-identification", "description": "Runs, dry runs, re-identification"},
             {"name": "Migration", "description": "Migration jobs from remote archives"},
+            {"name": "Labels", "description": "Study labels (grants can name them)"},
+            {"name": "Access control", "description": "Users, tokens, grants and the audit log"},
         ],
+        # With access control on (serve --auth) every route but /healthz and this
+        # document needs a bearer token; without it, none does.
+        "security": [{}, {"bearerToken": []}],
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),
@@ -1139,7 +1328,8 @@ def openapi_document() -> Json:
                 "bearerToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "A token from `dicomhub token create PRINCIPAL`.",
+                    "description": "An API token (`dicomhub user add`, `dicomhub user token`) or, with "
+                    "OpenID Connect configured, a JWT of the issuer.",
                 }
             },
         },

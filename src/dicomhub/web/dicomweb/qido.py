@@ -28,9 +28,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.config import Settings
-from dicomhub.errors import InvalidRequest
+from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.model.access import Action
 from dicomhub.model.attributes import BY_KEYWORD, COMPUTED
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
+from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match, vr_of
 from dicomhub.model.query import (
@@ -43,6 +45,7 @@ from dicomhub.model.query import (
     parse_matcher,
 )
 from dicomhub.services.archive import Archive
+from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.dicomjson import match_to_xml, matches_to_json_bytes
 from dicomhub.web.errors import NotAcceptable
 
@@ -452,7 +455,7 @@ def _representative_headers(
         chunk = tuple(uids[start : start + 500])
         matcher = Single(chunk[0]) if len(chunk) == 1 else UidList(chunk)
         rows = archive.search.instances(
-            Query(level=level, conditions=(Condition(key, "UI", matcher),)), caller
+            Query(level=level, conditions=(Condition(key, "UI", matcher),)), caller, Action.QUERY
         )
         for row in rows:
             uid = {
@@ -568,6 +571,26 @@ def _warning_header(warnings: Sequence[str]) -> dict[str, str]:
     return {"Warning": text}
 
 
+def _audit_query(
+    archive: Archive,
+    request: Request,
+    caller: Caller,
+    scope: Mapping[str, str],
+    outcome: AuditOutcome,
+    matches: int,
+) -> None:
+    """The one QUERY record of a QIDO-RS request: its keys, and the study its path names."""
+    study = scope.get("StudyInstanceUID")
+    audit(
+        archive,
+        caller,
+        AuditAction.QUERY,
+        outcome,
+        [AuditedStudy(study[:64])] if study else [],
+        {"path": request.url.path[:256], "query": str(request.url.query)[:1024], "matches": matches},
+    )
+
+
 def _search_endpoint(archive: Archive, settings: Settings, resource: _Resource) -> Route:
     def search(request: Request) -> Response:
         scope = {keyword: str(request.path_params[name]) for name, keyword in resource.scope}
@@ -580,9 +603,13 @@ def _search_endpoint(archive: Archive, settings: Settings, resource: _Resource) 
             defaults=resource.defaults,
         )
         representation = negotiate(req.accept or request.headers.get("accept"))
-        client = request.client
-        caller = Caller(Channel.HTTP, "", client.host if client else "")
-        matches = list(archive.search.search(req.query, caller))
+        caller = caller_of(request)
+        try:
+            matches = list(archive.search.search(req.query, caller))
+        except DicomhubError as exc:
+            _audit_query(archive, request, caller, scope, outcome_of(exc), 0)
+            raise
+        _audit_query(archive, request, caller, scope, AuditOutcome.SUCCESS, len(matches))
         warnings = list(req.warnings)
         if len(matches) > req.limit:
             matches = matches[: req.limit]

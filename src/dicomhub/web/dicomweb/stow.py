@@ -35,6 +35,7 @@ InvalidIdentifier, study mismatch on        0xA900  Data set does not match
 InvalidRequest (not Part 10, truncated),    0xC000  Cannot understand
 a part that is not ``application/dicom``
 StorageError, IndexUnavailable              0xA700  Out of resources
+Forbidden (no STORE grant for the study)    0x0124  Refused: not authorized
 anything else (logged with its traceback)   0x0110  Processing failure
 ==========================================  ======  ==============================
 
@@ -85,11 +86,15 @@ from dicomhub.errors import (
     PatientMismatch,
     StorageError,
 )
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.access import Action
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
+from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import is_valid_uid, require_uid
 from dicomhub.model.structure import dataset_offset
+from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
 from dicomhub.services.ingest import StoreResult
+from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
 from dicomhub.web.errors import NotAcceptable, UnsupportedMediaType
 
@@ -117,8 +122,10 @@ DATASET_DOES_NOT_MATCH: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC000
 DUPLICATE_SOP_INSTANCE: Final = 0x0111
 PROCESSING_FAILURE: Final = 0x0110
+NOT_AUTHORIZED: Final = 0x0124  # PS3.4 Table GG.4-1: Refused: not authorized
 
 _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
+    (Forbidden, NOT_AUTHORIZED),
     (DuplicateInstance, DUPLICATE_SOP_INSTANCE),
     (PatientMismatch, DATASET_DOES_NOT_MATCH),
     (Conflict, DUPLICATE_SOP_INSTANCE),
@@ -437,7 +444,10 @@ class StowService:
     async def _store(self, request: Request, study_instance_uid: str | None) -> Response:
         boundary = _boundary(request.headers.get("content-type", ""))
         media_type = _response_media_type(request.headers.get("accept", ""))
-        caller = Caller(Channel.HTTP, "", request.client.host if request.client else "")
+        caller = caller_of(request)
+        if not caller.access.may(Action.STORE):
+            await run_in_threadpool(self._audit, caller, request, [], Forbidden("no STORE grant"))
+            raise Forbidden(f"{caller.who} may not store")
         # The event loop receives the body; a worker thread parses it and writes
         # each part into its blob as it arrives (hashing on the way), then
         # flushes and indexes them all. Receiving overlaps with hashing and writing.
@@ -455,7 +465,12 @@ class StowService:
                 await worker  # it removes what it wrote
             raise
         pipe.close()
-        outcomes = await worker
+        try:
+            outcomes = await worker
+        except DicomhubError as exc:
+            await run_in_threadpool(self._audit, caller, request, [], exc)
+            raise
+        await run_in_threadpool(self._audit, caller, request, outcomes, None)
         base = _dicomweb_base(request)
         if media_type == DICOM_XML:
             content = store_response_xml(outcomes, base, study_instance_uid)
@@ -476,6 +491,45 @@ class StowService:
                 len(failures),
             )
         return Response(content, status_code=_http_status(outcomes), media_type=media_type, headers=headers)
+
+    def _audit(
+        self,
+        caller: Caller,
+        request: Request,
+        outcomes: Sequence[InstanceOutcome],
+        exc: DicomhubError | None,
+    ) -> None:
+        """The one STORE record of a request: the studies stored into, with their counts."""
+        studies: dict[str, tuple[dict[str, None], int]] = {}
+        for o in outcomes:
+            if o.stored and o.study_instance_uid:
+                series, count = studies.get(o.study_instance_uid, ({}, 0))
+                series[o.series_instance_uid] = None
+                studies[o.study_instance_uid] = (series, count + 1)
+        stored = sum(1 for o in outcomes if o.stored)
+        if exc is not None:
+            outcome = outcome_of(exc)
+        elif stored == len(outcomes):
+            outcome = AuditOutcome.SUCCESS
+        elif stored:
+            outcome = AuditOutcome.MINOR_FAILURE
+        elif any(o.reason == NOT_AUTHORIZED for o in outcomes):
+            outcome = AuditOutcome.SERIOUS_FAILURE
+        else:
+            outcome = AuditOutcome.MAJOR_FAILURE
+        audit(
+            self.archive,
+            caller,
+            AuditAction.STORE,
+            outcome,
+            [AuditedStudy(uid, "", tuple(s for s in series if s), n) for uid, (series, n) in studies.items()],
+            {
+                "path": request.url.path[:256],
+                "stored": stored,
+                "failed": len(outcomes) - stored,
+                "refused_not_authorized": sum(1 for o in outcomes if o.reason == NOT_AUTHORIZED),
+            },
+        )
 
     def _ingest_body(
         self, pipe: BodyPipe, boundary: str, caller: Caller, study_instance_uid: str | None

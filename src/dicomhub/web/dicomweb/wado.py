@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 
 from starlette.requests import Request
@@ -38,8 +38,9 @@ from starlette.routing import BaseRoute, Route
 
 from dicomhub import codec
 from dicomhub.config import Settings
-from dicomhub.errors import InvalidRequest
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.model.audit import AuditAction, AuditedStudy
+from dicomhub.model.caller import Caller
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.wado import (
@@ -49,6 +50,7 @@ from dicomhub.services.wado import (
     CannotEncode,
     WadoService,
 )
+from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.multipart import (
     MediaRange,
     Part,
@@ -118,7 +120,7 @@ def _negotiation(endpoint: Endpoint) -> Endpoint:
 
 
 def _caller(request: Request) -> Caller:
-    return Caller(Channel.HTTP, "", request.client.host if request.client else "")
+    return caller_of(request)
 
 
 def _accept(request: Request) -> list[MediaRange]:
@@ -138,8 +140,9 @@ def _base(request: Request) -> str:
 class _Wado:
     """The endpoints, bound to one :class:`WadoService`."""
 
-    def __init__(self, wado: WadoService) -> None:
-        self.wado = wado
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.wado = archive.wado
 
     # ------------------------------------------------------------ instances
 
@@ -162,10 +165,42 @@ class _Wado:
                 return wanted
         return None
 
+    def _instances(
+        self, request: Request, study: str, series: str | None, instance: str | None
+    ) -> list[InstanceRow]:
+        """The instances a request names, with its one RETRIEVE audit record (a study the
+        caller may not retrieve is not found, and audited as a refusal)."""
+        caller = _caller(request)
+        try:
+            rows = self.wado.instances(caller, study, series, instance)
+        except DicomhubError as exc:
+            self._audit(request, caller, study, [], exc)
+            raise
+        self._audit(request, caller, study, rows, None)
+        return rows
+
+    def _audit(
+        self,
+        request: Request,
+        caller: Caller,
+        study: str,
+        rows: Sequence[InstanceRow],
+        exc: DicomhubError | None,
+    ) -> None:
+        series = tuple(dict.fromkeys(r.series_instance_uid for r in rows))
+        audit(
+            self.archive,
+            caller,
+            AuditAction.RETRIEVE,
+            outcome_of(exc),
+            [AuditedStudy(study[:64], "", series, len(rows))],
+            {"path": request.url.path[:256]},
+        )
+
     def retrieve(self, request: Request) -> Response:
         """WADO-RS retrieve study / series / instance (PS3.18 10.4.1.1.1)."""
         study, series, instance = _uids(request)
-        rows = self.wado.instances(_caller(request), study, series, instance)
+        rows = self._instances(request, study, series, instance)
         ranges = _accept(request)
         plan: list[tuple[InstanceRow, str]] = []
         for row in rows:
@@ -207,7 +242,13 @@ class _Wado:
         if not any(r.matches("application/dicom+json") or r.media_type == "application/json" for r in ranges):
             raise NotAcceptable("metadata is available as application/dicom+json only")
         study, series, instance = _uids(request)
-        pairs = self.wado.metadata(_caller(request), study, series, instance)
+        caller = _caller(request)
+        try:
+            pairs = self.wado.metadata(caller, study, series, instance)
+        except DicomhubError as exc:
+            self._audit(request, caller, study, [], exc)
+            raise
+        self._audit(request, caller, study, [row for row, _text in pairs], None)
         base = _base(request)
         digest = hashlib.blake2b(base.encode(), digest_size=16)
         for row, text in pairs:
@@ -242,7 +283,7 @@ class _Wado:
 
     def _instance(self, request: Request) -> InstanceRow:
         study, series, instance = _uids(request)
-        return self.wado.instances(_caller(request), study, series, instance)[0]
+        return self._instances(request, study, series, instance)[0]
 
     # ------------------------------------------------------------ bulk data
 
@@ -312,7 +353,7 @@ class _Wado:
         viewport = parse_viewport(q.get("viewport")) or (_THUMBNAIL if thumbnail else None)
         quality = parse_quality(q.get("quality"))
         study, series, instance = _uids(request)
-        rows = self.wado.instances(_caller(request), study, series, instance)
+        rows = self._instances(request, study, series, instance)
         # A series is shown by its middle instance (index order).
         row = rows[len(rows) // 2] if instance is None else rows[0]
         frame = 1
@@ -374,7 +415,7 @@ class _Wado:
             content_type = "image/jpeg"
         # UIDs are checked (400) before the lookup (404).
         WadoService.query(study, series, instance)
-        row = self.wado.instances(_caller(request), study, series, instance)[0]
+        row = self._instances(request, study, series, instance)[0]
         if content_type == DICOM:
             ts = q.get("transferSyntax")
             if not ts:
@@ -605,7 +646,7 @@ def _ranges_checked(endpoint: Endpoint) -> Endpoint:
 
 def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     """The WADO-RS and WADO-URI routes, relative to the ``/dicomweb`` mount."""
-    w = _Wado(archive.wado)
+    w = _Wado(archive)
     study = "/studies/{study}"
     series = study + "/series/{series}"
     instance = series + "/instances/{instance}"
