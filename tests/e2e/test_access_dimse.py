@@ -29,7 +29,10 @@ from typing import Any
 
 import httpx
 import pytest
-from datagen import write_instance
+from datagen import uid, write_instance
+
+from dicomhub.dimse.commitment import request_commitment
+from dicomhub.model.commitment import CommitmentItem
 
 from .helpers import (
     HOST,
@@ -316,6 +319,18 @@ def test_move_destinations_are_permissioned(
         ("DESTB", "0", None),
         ("NOWHERE", "12", None),
     ]
+
+
+def test_storage_commitment_only_for_retrievable_instances(
+    hub: DicomhubServer, studies: dict[str, Any]
+) -> None:
+    a, b = studies["A"], studies["B"]
+    items = [CommitmentItem(str(d.SOPClassUID), str(d.SOPInstanceUID)) for d in (a, b)]
+    result = request_commitment(HOST, hub.dimse_port, hub.aet, "READER", uid(), items, timeout=20)
+    assert result is not None
+    assert [i.sop_instance_uid for i in result.successes] == [a.SOPInstanceUID]
+    # B is held, but not for this caller: reported as if it were not.
+    assert [(i.sop_instance_uid, reason) for i, reason in result.failures] == [(b.SOPInstanceUID, 0x0112)]
 
 
 def test_audit_export_as_dicom_audit_messages(hub: DicomhubServer, studies: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ client certificate signed by the test CA, and HTTPS on the HTTP port.
 
 from __future__ import annotations
 
+import json
 import ssl
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
-from .helpers import HOST, DicomhubServer, ServerPool, echo, free_port, ls_study, run_dcmtk
+from .helpers import HOST, DicomhubServer, ServerPool, echo, free_port, ls_study, run_cli, run_dcmtk
 from .tlscerts import Pki, make_pki
 
 
@@ -114,6 +115,10 @@ def test_untrusted_or_missing_client_certificate_is_refused(tls_server: Dicomhub
     )
     assert rc != 0 and "Association Accepted" not in out, out
     assert "TLS handshake failed" in tls_server.log_text()
+    rc, out = run_cli("audit-export", "--data-dir", str(tls_server.data_dir), "--format", "jsonl")
+    assert rc == 0, out
+    refused = [json.loads(line) for line in out.splitlines() if "TLS handshake failed" in line]
+    assert [(e["action"], e["outcome"], e["address"]) for e in refused] == [("login", "8", HOST)] * 2
     # The server goes on serving.
     rc, out = run_dcmtk("echoscu", "-v", *_tls(pki), "-aec", tls_server.aet, HOST, port, timeout=30)
     assert rc == 0, out

@@ -444,7 +444,8 @@ def handle_n_action(archive: Archive, req: NActionRequest, session: AssociationS
         evaluated = archive.commitment.evaluate(request.transaction_uid)
         if session.restricted(Action.RETRIEVE):
             evaluated = archive.commitment.withhold(
-                evaluated, lambda study: session.permits(Action.RETRIEVE, study)
+                evaluated,
+                _retrievable(archive, session.caller, [i.sop_instance_uid for i in evaluated.successes]),
             )
         result.append(evaluated)
         return report_dataset(result[0])
@@ -453,6 +454,18 @@ def handle_n_action(archive: Archive, req: NActionRequest, session: AssociationS
         archive.commitment.delivered(result[0])
 
     return NActionOutcome(status.SUCCESS, report=report, delivered=delivered)
+
+
+def _retrievable(archive: Archive, caller: Caller, sop_instance_uids: list[str]) -> set[str]:
+    """The instances among ``sop_instance_uids`` that ``caller`` may retrieve (the index
+    filters by the caller's grants)."""
+    if not sop_instance_uids:
+        return set()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = Level.IMAGE.value
+    identifier.SOPInstanceUID = sop_instance_uids
+    rows = archive.retrieve.instances(query_from_identifier(identifier, Level.IMAGE), caller)
+    return {row.sop_instance_uid for row in rows}
 
 
 def _has_action_information(req: NActionRequest) -> bool:

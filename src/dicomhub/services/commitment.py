@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from dicomhub.errors import DicomhubError, InvalidRequest
 from dicomhub.index.commitment import CommitmentRepository, StoredTransaction
@@ -105,18 +105,16 @@ class CommitmentService:
             )
         return CommitmentResult(transaction_uid, tuple(successes), tuple(failures))
 
-    def withhold(self, result: CommitmentResult, visible: Callable[[str], bool]) -> CommitmentResult:
-        """``result`` with the instances of studies for which ``visible(study UID)`` is
-        false turned into failures (No Such Object Instance), as if they were not held."""
-        successes: list[CommitmentItem] = []
-        failures = list(result.failures)
-        for item in result.successes:
-            row = self.index.get_instance(item.sop_instance_uid)
-            if row is not None and visible(row.study_instance_uid):
-                successes.append(item)
-            else:
-                failures.append((item, NO_SUCH_OBJECT_INSTANCE))
-        return CommitmentResult(result.transaction_uid, tuple(successes), tuple(failures))
+    @staticmethod
+    def withhold(result: CommitmentResult, retrievable: Collection[str]) -> CommitmentResult:
+        """``result`` with the instances not in ``retrievable`` (SOP Instance UIDs the
+        requestor may retrieve) turned into failures (No Such Object Instance), as if
+        they were not held."""
+        successes = tuple(i for i in result.successes if i.sop_instance_uid in retrievable)
+        withheld = tuple(
+            (i, NO_SUCH_OBJECT_INSTANCE) for i in result.successes if i.sop_instance_uid not in retrievable
+        )
+        return CommitmentResult(result.transaction_uid, successes, (*result.failures, *withheld))
 
     def _check(self, item: CommitmentItem) -> int | None:
         try:
