@@ -153,7 +153,7 @@ class _Worker:
                 if wrapped is None:
                     return
                 conn, tls_subject = wrapped, _common_name(wrapped)
-            session = AssociationSession(self.archive, self.settings, str(address[0]), tls_subject)
+            session = AssociationSession(self.archive, self.settings, str(address[0]), tls_subject, tls)
             bound = session
 
             fastpath.serve_association(

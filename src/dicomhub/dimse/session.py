@@ -48,10 +48,15 @@ class _Stored:
 class AssociationSession:
     """The caller of one association and its pending audit events."""
 
-    def __init__(self, archive: Archive, settings: Settings, host: str, tls_subject: str | None) -> None:
+    def __init__(
+        self, archive: Archive, settings: Settings, host: str, tls_subject: str | None, tls: bool = False
+    ) -> None:
+        """``tls``: the connection came on the DICOM TLS port; ``tls_subject``: the Common
+        Name of its verified client certificate (None without one)."""
         self.archive = archive
         self.settings = settings
         self.host = host
+        self.tls = tls
         self.tls_subject = tls_subject
         self.caller = Caller(Channel.DIMSE, "", host)
         self._facts: dict[str, StudyFacts | None] = {}
@@ -70,7 +75,8 @@ class AssociationSession:
         self.caller = Caller(Channel.DIMSE, info.calling_ae_title, info.peer_host)
         detail: dict[str, object] = {
             "called_ae_title": info.called_ae_title,
-            "tls": self.tls_subject is not None or None,
+            "tls": self.tls or None,
+            "tls_subject": self.tls_subject,
         }
         if self.auth:
             try:
