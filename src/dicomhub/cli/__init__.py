@@ -480,6 +480,7 @@ def _serve(settings: Settings) -> int:
     try:
         server.run()
     finally:
+        app.state.audit_backlog.close()
         background.terminate()
         workers.stop()
         background.join(5)

@@ -290,15 +290,23 @@ class SecurityRepository:
             for r in rows
         ]
 
-    def token_holder(self, token_sha256: str) -> tuple[str, dt.datetime | None, dt.datetime | None] | None:
-        """(principal, revoked at, expires at) of the token with this digest, or None."""
+    def token_holder(
+        self, token_sha256: str
+    ) -> tuple[str, dt.datetime | None, dt.datetime | None, list[tuple[str, str]]] | None:
+        """(principal, revoked at, expires at, its grants as (role, scope)) of the token
+        with this digest, or None: one read for the whole authentication of a request."""
         with engines.read(self.engine) as conn:
             row = conn.execute(
-                select(principal.c.name, api_token.c.revoked_at, api_token.c.expires_at)
+                select(principal.c.pk, principal.c.name, api_token.c.revoked_at, api_token.c.expires_at)
                 .join(api_token, api_token.c.principal_pk == principal.c.pk)
                 .where(api_token.c.token_sha256 == token_sha256)
             ).first()
-        return (str(row[0]), utc(row[1]), utc(row[2])) if row is not None else None
+            if row is None:
+                return None
+            grants = conn.execute(
+                select(role_grant.c.role, role_grant.c.scope).where(role_grant.c.principal_pk == row[0])
+            ).all()
+        return str(row[1]), utc(row[2]), utc(row[3]), [(str(g[0]), str(g[1])) for g in grants]
 
     # ---------------------------------------------------------------- grants
 
@@ -434,13 +442,31 @@ class AuditRepository:
         self.engine = engine
 
     def append(self, event: dict[str, Any], studies: Sequence[dict[str, Any]]) -> int:
-        with engines.write(self.engine) as conn:
-            inserted = conn.execute(insert(audit_event).values(at=_now(), **event)).inserted_primary_key
-            assert inserted is not None
-            pk = int(inserted[0])
-            if studies:
-                conn.execute(insert(audit_study), [{"event_pk": pk, **s} for s in studies])
+        (pk,) = self.append_many([(event, studies)])
         return pk
+
+    def append_many(self, events: Sequence[tuple[dict[str, Any], Sequence[dict[str, Any]]]]) -> list[int]:
+        """Append events in one transaction: one multi-row INSERT each for the events
+        and their studies, and one commit for the batch."""
+        if not events:
+            return []
+        at = _now()
+        with engines.write(self.engine) as conn:
+            pks = [
+                int(row[0])
+                for row in conn.execute(
+                    insert(audit_event).returning(audit_event.c.pk, sort_by_parameter_order=True),
+                    [{"at": at, **event} for event, _studies in events],
+                )
+            ]
+            rows = [
+                {"event_pk": pk, **s}
+                for pk, (_event, studies) in zip(pks, events, strict=True)
+                for s in studies
+            ]
+            if rows:
+                conn.execute(insert(audit_study), rows)
+        return pks
 
     def events(
         self,

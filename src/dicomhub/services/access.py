@@ -76,11 +76,13 @@ def require_study_uid(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Authentication:
-    """The outcome of checking an Authorization header: a principal, or why not."""
+    """The outcome of checking an Authorization header: a principal and its grants
+    (when the token lookup gave them already), or why not."""
 
     principal: str | None
     reason: str = ""  # "missing", "invalid", "expired", "revoked" when principal is None
     detail: str = ""
+    access: Access | None = None
 
 
 class AccessService:
@@ -116,12 +118,12 @@ class AccessService:
             holder = self.security.token_holder(token_digest(token))
             if holder is None:
                 return Authentication(None, "invalid", "unknown token")
-            name, revoked_at, expires_at = holder
+            name, revoked_at, expires_at, grants = holder
             if revoked_at is not None:
                 return Authentication(None, "revoked", "the token has been revoked")
             if expires_at is not None and expires_at <= self._clock():
                 return Authentication(None, "expired", "the token has expired")
-            return Authentication(name)
+            return Authentication(name, access=_access(grants))
         if self.oidc is not None and token.count(".") == 2 and len(token) <= 16384:
             try:
                 return Authentication(self.oidc.principal(token))
@@ -136,13 +138,7 @@ class AccessService:
 
     def access_for(self, principal: str) -> Access:
         """The grants of ``principal`` (an unknown principal has none)."""
-        grants = []
-        for role, scope in self.security.grants_of(principal):
-            try:
-                grants.append(Grant(role, Scope.parse(scope)))
-            except ValueError:
-                continue  # a scope written by a newer version: ignored, never widened
-        return Access.of(grants)
+        return _access(self.security.grants_of(principal))
 
     def study_facts(self, study_instance_uid: str) -> StudyFacts | None:
         found = self.security.study_facts(study_instance_uid)
@@ -284,6 +280,16 @@ class AccessService:
             if len(self._labelled) > 100000:
                 self._labelled.clear()
             self._labelled.update((uid, label) for label in new)
+
+
+def _access(grants: Iterable[tuple[str, str]]) -> Access:
+    parsed = []
+    for role, scope in grants:
+        try:
+            parsed.append(Grant(role, Scope.parse(scope)))
+        except ValueError:
+            continue  # a scope written by a newer version: ignored, never widened
+    return Access.of(parsed)
 
 
 class _HeaderValues(Mapping[str, "str | None"]):

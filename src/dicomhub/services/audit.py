@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from dicomhub.index.security import AuditRepository
@@ -22,30 +23,11 @@ class AuditService:
 
     def record(self, event: AuditEvent) -> None:
         """Append ``event`` (committed when this returns); raises when it cannot be written."""
-        caller = event.caller
-        detail = json.dumps(dict(event.detail), sort_keys=True, default=str)
-        if len(detail) > _MAX_DETAIL:
-            detail = json.dumps({"truncated": detail[:_MAX_DETAIL]})
-        self.repo.append(
-            {
-                "action": event.action.value,
-                "outcome": event.outcome.value,
-                "principal": caller.who[:128],
-                "channel": caller.channel.value,
-                "ae_title": (caller.ae_title or "")[:16],
-                "address": caller.address[:64],
-                "detail_json": detail,
-            },
-            [
-                {
-                    "study_instance_uid": s.study_instance_uid[:64],
-                    "patient_id": s.patient_id[:64],
-                    "series_instance_uids": "\\".join(s.series_instance_uids),
-                    "number_of_instances": s.number_of_instances,
-                }
-                for s in event.studies
-            ],
-        )
+        self.record_many([event])
+
+    def record_many(self, events: Sequence[AuditEvent]) -> None:
+        """Append ``events`` in one transaction (committed when this returns)."""
+        self.repo.append_many([_row(event) for event in events])
 
     def events(
         self,
@@ -64,6 +46,33 @@ class AuditService:
                 study_instance_uid, principal, code, since, until, max(1, min(limit, 100000))
             )
         ]
+
+
+def _row(event: AuditEvent) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The audit_event values and the audit_study rows of an event."""
+    caller = event.caller
+    detail = json.dumps(dict(event.detail), sort_keys=True, default=str)
+    if len(detail) > _MAX_DETAIL:
+        detail = json.dumps({"truncated": detail[:_MAX_DETAIL]})
+    values = {
+        "action": event.action.value,
+        "outcome": event.outcome.value,
+        "principal": caller.who[:128],
+        "channel": caller.channel.value,
+        "ae_title": (caller.ae_title or "")[:16],
+        "address": caller.address[:64],
+        "detail_json": detail,
+    }
+    studies = [
+        {
+            "study_instance_uid": s.study_instance_uid[:64],
+            "patient_id": s.patient_id[:64],
+            "series_instance_uids": "\\".join(s.series_instance_uids),
+            "number_of_instances": s.number_of_instances,
+        }
+        for s in event.studies
+    ]
+    return values, studies
 
 
 def _record(row: dict[str, Any], studies: list[dict[str, Any]]) -> AuditRecord:

@@ -11,6 +11,7 @@ tokens with made-up key ids cannot make the archive hammer the issuer.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -23,6 +24,8 @@ import jwt
 from dicomhub.errors import ConfigurationError
 
 __all__ = ["ALGORITHMS", "OidcVerifier", "TokenRejected"]
+
+LOGGER = logging.getLogger("dicomhub.oidc")
 
 ALGORITHMS = ("RS256", "ES256")
 _REFETCH_SECONDS = 60.0
@@ -67,6 +70,8 @@ class OidcVerifier:
     ) -> None:
         if not (issuer and jwks and audience):
             raise ConfigurationError("OpenID Connect needs oidc_issuer, oidc_jwks and oidc_audience")
+        if "://" in jwks and not jwks.startswith("https://"):
+            raise ConfigurationError(f"oidc_jwks {jwks!r}: an https URL or a file")
         self.issuer = issuer
         self.audience = audience
         self.principal_claim = principal_claim or "sub"
@@ -76,15 +81,28 @@ class OidcVerifier:
         self._lock = threading.Lock()
         self._keys: dict[str, Any] = {}
         self._fetched_at: float | None = None
+        self._refetched_at: float | None = None
 
     def _refresh(self, force: bool) -> None:
+        """Load the JWKS when never loaded; with ``force`` (an unknown key id), load it
+        again unless that was done less than a minute ago."""
         with self._lock:
             now = self._clock()
-            if self._fetched_at is not None and (not force or now - self._fetched_at < _REFETCH_SECONDS):
-                return
+            if self._fetched_at is not None:
+                if not force:
+                    return
+                if self._refetched_at is not None and now - self._refetched_at < _REFETCH_SECONDS:
+                    return
+                self._refetched_at = now
             self._fetched_at = now
+            try:
+                document = self._loader(self._source)
+            except (OSError, ValueError, ConfigurationError) as exc:
+                # Kept: the keys known so far; the next try is a refetch, rate-limited.
+                LOGGER.warning("cannot load the JWKS %s: %s", self._source, exc)
+                return
             keys: dict[str, Any] = {}
-            for index, jwk in enumerate(self._loader(self._source)["keys"]):
+            for index, jwk in enumerate(document["keys"]):
                 if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
                     continue
                 try:

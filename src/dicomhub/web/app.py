@@ -16,7 +16,7 @@ from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
 from dicomhub.web import admin, audit, deid, dicomweb, migrations, security
-from dicomhub.web.auth import AuthMiddleware
+from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.openapi import openapi_endpoint
@@ -71,6 +71,7 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    backlog = AuditBacklog(archive)
     # gzip is for JSON and XML: DICOM objects, frames and bulk data are large,
     # often already compressed, and would cost a core to compress per download.
     middleware = [
@@ -86,7 +87,7 @@ def create_app(
                 "image/*",
             ),
         ),
-        Middleware(AuthMiddleware, archive=archive, required=settings.auth_required),
+        Middleware(AuthMiddleware, archive=archive, required=settings.auth_required, backlog=backlog),
     ]
     if settings.cors_origins:
         middleware.insert(
@@ -99,7 +100,7 @@ def create_app(
                 expose_headers=["ETag", "Content-Type", "Content-Length", "Warning"],
             ),
         )
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
@@ -110,10 +111,13 @@ def create_app(
             ),
             Mount("/admin", routes=admin.routes(archive)),
             Mount("/deid", routes=deid.routes(archive)),
-            *audit.routes(archive, settings),
+            *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
-            *security.routes(archive),
+            *security.routes(archive, backlog),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    # The server writes what is still queued when it stops (see AuditBacklog.close).
+    app.state.audit_backlog = backlog
+    return app

@@ -7,6 +7,8 @@ prefix); without it the route is open like the other operator routes.
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -15,15 +17,21 @@ from dicomhub.config import Settings
 from dicomhub.errors import InvalidRequest
 from dicomhub.services.archive import Archive
 from dicomhub.services.auditexport import EXPORT_MEDIA_TYPES, export_lines, parse_audit_time
+from dicomhub.web.auth import AuditBacklog
 
 __all__ = ["routes"]
+
+LOGGER = logging.getLogger("dicomhub.web.audit")
 
 _DEFAULT_LIMIT = 10000
 _MAX_LIMIT = 100000
 
 
-def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
+def routes(archive: Archive, settings: Settings, backlog: AuditBacklog | None = None) -> list[BaseRoute]:
     def export(request: Request) -> Response:
+        # The audit events of requests already answered are still being written: wait for them.
+        if backlog is not None and not backlog.wait():
+            LOGGER.warning("GET /audit/export: audit events of answered requests are still being written")
         params = request.query_params
         export_format = params.get("format", "jsonl")
         try:

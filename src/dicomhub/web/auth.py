@@ -12,6 +12,8 @@ as before access control existed.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,7 +30,15 @@ from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
 
-__all__ = ["AuthMiddleware", "PUBLIC_PATHS", "audit", "caller_of", "require"]
+__all__ = [
+    "AuditBacklog",
+    "AuthMiddleware",
+    "PUBLIC_PATHS",
+    "audit",
+    "audit_after_response",
+    "caller_of",
+    "require",
+]
 
 LOGGER = logging.getLogger("dicomhub.web.auth")
 
@@ -36,6 +46,81 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
 # Path prefixes of the administration API: ADMINISTER on top of authentication.
 ADMIN_PREFIXES = ("/admin", "/migrations", "/users", "/grants", "/audit")
 _SCOPE_KEY = "dicomhub.caller"
+_PENDING_KEY = "dicomhub.audit"
+# The audit writer commits up to _BATCH events at a time, at most _LINGER s after the first.
+_BATCH = 500
+_LINGER = 0.05
+
+
+class AuditBacklog:
+    """Audit events of reads, written by a thread of their own in batches.
+
+    A QIDO-RS or WADO-RS answer must not wait for a committed (fsync'ed) audit
+    row: the request queues its event and the writer commits what has queued
+    up in one transaction, at most 50 ms later. Readers of the log in
+    this process (``GET /audit``) first wait until the queue is empty, so they
+    never miss an event of a request already answered. What is queued when the
+    process is killed is lost; a clean shutdown writes it (:meth:`close`).
+    """
+
+    def __init__(self, archive: Archive | None = None) -> None:
+        self.archive = archive
+        self._queue: list[AuditEvent] = []
+        self._pending = 0
+        self._lock = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, event: AuditEvent) -> None:
+        with self._lock:
+            self._queue.append(event)
+            self._pending += 1
+            if self._writer is None and not self._closed:
+                self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._writer.start()
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._queue) or self._closed)
+                # Linger: the events of the next requests share this one's commit.
+                deadline = time.monotonic() + _LINGER
+                while len(self._queue) < _BATCH and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._lock.wait(remaining)
+                batch, self._queue = self._queue[:_BATCH], self._queue[_BATCH:]
+                if not batch and self._closed:
+                    return
+            self._write(batch)
+
+    def _write(self, batch: list[AuditEvent]) -> None:
+        assert self.archive is not None
+        try:
+            self.archive.audit.record_many(batch)
+        except Exception:  # noqa: BLE001 - one by one, so that one bad event loses no other
+            for event in batch:
+                try:
+                    self.archive.audit.record(event)
+                except Exception:
+                    LOGGER.exception("cannot record an audit event: %s", event)
+        finally:
+            with self._lock:
+                self._pending -= len(batch)
+                self._lock.notify_all()
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued event is written; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.wait(timeout)
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
 
 
 def _address(scope: Scope) -> str:
@@ -69,6 +154,25 @@ def audit(
     archive.audit.record(AuditEvent(action, outcome, caller, tuple(studies), dict(detail or {})))
 
 
+def audit_after_response(
+    request: Request,
+    archive: Archive,
+    caller: Caller,
+    action: AuditAction,
+    outcome: AuditOutcome,
+    studies: Iterable[AuditedStudy] = (),
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Queue one audit event of a read for the writer thread (or record it now,
+    outside the middleware)."""
+    event = AuditEvent(action, outcome, caller, tuple(studies), dict(detail or {}))
+    backlog = request.scope.get(_PENDING_KEY)
+    if isinstance(backlog, AuditBacklog):
+        backlog.add(event)
+    else:
+        archive.audit.record(event)
+
+
 def outcome_of(exc: BaseException | None) -> AuditOutcome:
     """The audit outcome of an operation that raised ``exc`` (None: it succeeded)."""
     from dicomhub.errors import InvalidRequest, NotFound
@@ -85,10 +189,15 @@ def outcome_of(exc: BaseException | None) -> AuditOutcome:
 class AuthMiddleware:
     """Pure ASGI (a streamed body or response passes through untouched)."""
 
-    def __init__(self, app: ASGIApp, archive: Archive, required: bool) -> None:
+    def __init__(self, app: ASGIApp, archive: Archive, required: bool, backlog: AuditBacklog) -> None:
         self.app = app
         self.archive = archive
         self.required = required
+        self.backlog = backlog
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_PENDING_KEY] = self.backlog
+        await self.app(scope, receive, send)
 
     def _authenticate(self, authorization: str | None, address: str, path: str) -> Caller | JSONResponse:
         access = self.archive.access
@@ -119,7 +228,7 @@ class AuthMiddleware:
             result.principal,
             address,
             principal=result.principal,
-            access=access.access_for(result.principal),
+            access=result.access or access.access_for(result.principal),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,7 +239,7 @@ class AuthMiddleware:
         path = str(scope.get("path", ""))
         if not self.required or path in PUBLIC_PATHS:
             scope[_SCOPE_KEY] = Caller(Channel.HTTP, "", address)
-            await self.app(scope, receive, send)
+            await self._call(scope, receive, send)
             return
         authorization = Headers(scope=scope).get("authorization")
         try:
@@ -150,4 +259,4 @@ class AuthMiddleware:
             await response(scope, receive, send)
             return
         scope[_SCOPE_KEY] = found
-        await self.app(scope, receive, send)
+        await self._call(scope, receive, send)

@@ -20,6 +20,7 @@ from dicomhub.errors import InvalidRequest
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.archive import Archive
 from dicomhub.services.governance import ROLE_DEIDENTIFIER, Unauthenticated
+from dicomhub.web.errors import row_id
 
 __all__ = ["routes"]
 
@@ -110,10 +111,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
     async def show_run(request: Request) -> JSONResponse:
         await run_in_threadpool(known_caller, request)
-        try:
-            run_id = int(request.path_params["id"])
-        except ValueError as exc:
-            raise InvalidRequest("a run id is an integer") from exc
+        run_id = row_id(str(request.path_params["id"]), "a run id")
         return JSONResponse(await run_in_threadpool(deid.run, run_id))
 
     async def preview(request: Request) -> JSONResponse:

@@ -18,7 +18,7 @@ from dicomhub.errors import (
 )
 from dicomhub.services.governance import Forbidden, Unauthenticated
 
-__all__ = ["EXCEPTION_HANDLERS", "NotAcceptable", "UnsupportedMediaType", "error_response"]
+__all__ = ["EXCEPTION_HANDLERS", "NotAcceptable", "UnsupportedMediaType", "error_response", "row_id"]
 
 LOGGER = logging.getLogger("dicomhub.web")
 
@@ -43,6 +43,17 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (IndexUnavailable, 503),
     (StorageError, 503),
 )
+
+
+def row_id(text: str, what: str) -> int:
+    """A row id from a path or query parameter: a positive integer a database key can hold."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{what} is an integer") from exc
+    if not 0 < value < 2**63:
+        raise InvalidRequest(f"{what} is out of range")
+    return value
 
 
 def error_response(exc: Exception) -> Response:

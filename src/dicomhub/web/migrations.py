@@ -17,15 +17,13 @@ from starlette.routing import BaseRoute, Route
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.services.archive import Archive
+from dicomhub.web.errors import row_id
 
 __all__ = ["routes"]
 
 
 def _job_id(request: Request) -> int:
-    try:
-        return int(request.path_params["job_id"])
-    except ValueError as exc:
-        raise InvalidRequest("a job id is an integer") from exc
+    return row_id(str(request.path_params["job_id"]), "a job id")
 
 
 def routes(archive: Archive) -> list[BaseRoute]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -22,9 +23,12 @@ from dicomhub.model.audit import AuditAction
 from dicomhub.services.administration import SecurityAdministration
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import record_dict
-from dicomhub.web.auth import caller_of
+from dicomhub.web.auth import AuditBacklog, caller_of
+from dicomhub.web.errors import row_id
 
 __all__ = ["dicomweb_routes", "routes"]
+
+LOGGER = logging.getLogger("dicomhub.web.security")
 
 _MAX_BODY = 64 * 1024
 
@@ -117,8 +121,9 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
     ]
 
 
-def routes(archive: Archive) -> list[BaseRoute]:
-    """``/users``, ``/grants`` and ``/audit``."""
+def routes(archive: Archive, backlog: AuditBacklog | None = None) -> list[BaseRoute]:
+    """``/users``, ``/grants`` and ``/audit`` (which first waits for the audit events of
+    requests already answered, see :class:`AuditBacklog`)."""
     admin = SecurityAdministration(archive.access, archive.audit)
     access = archive.access
 
@@ -164,10 +169,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
         """Revoke every token of the user, or one (``?token=ID``)."""
         name = str(request.path_params["name"])
         token = request.query_params.get("token")
-        try:
-            token_id = int(token) if token else None
-        except ValueError as exc:
-            raise InvalidRequest("token must be a token id") from exc
+        token_id = row_id(token, "a token id") if token else None
         return JSONResponse({"revoked": admin.revoke(caller_of(request), name, token_id)})
 
     def list_grants(request: Request) -> JSONResponse:
@@ -200,6 +202,8 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
     def audit_log(request: Request) -> JSONResponse:
         """``?study=&principal=&action=&since=&until=&limit=``, newest first."""
+        if backlog is not None and not backlog.wait():
+            LOGGER.warning("GET /audit: audit events of answered requests are still being written")
         q = request.query_params
         action = q.get("action") or None
         if action is not None and action not in {a.value for a in AuditAction}:

@@ -45,7 +45,7 @@ from dicomhub.model.query import (
     parse_matcher,
 )
 from dicomhub.services.archive import Archive
-from dicomhub.web.auth import audit, caller_of, outcome_of
+from dicomhub.web.auth import audit_after_response, caller_of, outcome_of
 from dicomhub.web.dicomweb.dicomjson import match_to_xml, matches_to_json_bytes
 from dicomhub.web.errors import NotAcceptable
 
@@ -581,7 +581,8 @@ def _audit_query(
 ) -> None:
     """The one QUERY record of a QIDO-RS request: its keys, and the study its path names."""
     study = scope.get("StudyInstanceUID")
-    audit(
+    audit_after_response(
+        request,
         archive,
         caller,
         AuditAction.QUERY,

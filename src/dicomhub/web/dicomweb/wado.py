@@ -50,7 +50,7 @@ from dicomhub.services.wado import (
     CannotEncode,
     WadoService,
 )
-from dicomhub.web.auth import audit, caller_of, outcome_of
+from dicomhub.web.auth import audit_after_response, caller_of, outcome_of
 from dicomhub.web.dicomweb.multipart import (
     MediaRange,
     Part,
@@ -188,7 +188,8 @@ class _Wado:
         exc: DicomhubError | None,
     ) -> None:
         series = tuple(dict.fromkeys(r.series_instance_uid for r in rows))
-        audit(
+        audit_after_response(
+            request,
             self.archive,
             caller,
             AuditAction.RETRIEVE,
