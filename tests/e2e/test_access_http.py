@@ -432,6 +432,7 @@ def test_every_operation_leaves_exactly_one_audit_record(hub: Hub) -> None:
     assert [e["action"] for e in events] == ["retrieve", "retrieve", "query", "query"]
     assert events[2]["studies"][0]["study_instance_uid"] == study and events[3]["studies"] == []
     assert events[0]["studies"][0]["number_of_instances"] == 1
+    assert events[0]["studies"][0]["patient_id"] == "P1"  # filled in from the index
     assert events[0]["studies"][0]["series_instance_uids"] == [str(a.SeriesInstanceUID)]
     assert all(e["channel"] == "http" and e["address"] == "127.0.0.1" for e in events)
     by_study = audit(hub, study=study)

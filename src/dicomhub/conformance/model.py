@@ -351,6 +351,8 @@ def _service(method: str, path: str) -> str:
         return "De-identification"
     if path.startswith("/migrations"):
         return "Migration"
+    if "/labels" in path or path.startswith(("/users", "/grants", "/audit")):
+        return "Access control"
     if not path.startswith("/dicomweb"):
         return "Admin" if path.startswith("/admin") else "Server"
     if method == "POST":
@@ -392,7 +394,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = (
         "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
-        "De-identification", "Migration",
+        "De-identification", "Migration", "Access control",
     )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))
 

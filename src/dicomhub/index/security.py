@@ -464,6 +464,20 @@ class AuditRepository:
                 for pk, (_event, studies) in zip(pks, events, strict=True)
                 for s in studies
             ]
+            unknown = sorted({r["study_instance_uid"] for r in rows if not r["patient_id"]})
+            if unknown:
+                # The recorder knew the study, not its patient: the index does.
+                owners: dict[str, str] = {
+                    str(uid): str(pid)
+                    for uid, pid in conn.execute(
+                        select(study.c.study_instance_uid, patient.c.patient_id)
+                        .join(patient, patient.c.pk == study.c.patient_pk)
+                        .where(study.c.study_instance_uid.in_(unknown))
+                    )
+                }
+                for r in rows:
+                    if not r["patient_id"]:
+                        r["patient_id"] = owners.get(r["study_instance_uid"]) or ""
             if rows:
                 conn.execute(insert(audit_study), rows)
         return pks
