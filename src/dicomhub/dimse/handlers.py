@@ -322,7 +322,7 @@ def handle_retrieve(
         else AuditOutcome.MINOR_FAILURE
         if withheld
         else AuditOutcome.SUCCESS,
-        _audited_studies(session, rows),
+        _audited_studies(rows),
         {**detail, "instances": len(rows), "withheld": withheld or None},
     )
     profile = None if is_get else settings.deid_export_for(req.move_destination or "")
@@ -363,23 +363,18 @@ def _permitted(
     return kept
 
 
-def _audited_studies(session: AssociationSession, rows: list[InstanceRow]) -> tuple[AuditedStudy, ...]:
+def _audited_studies(rows: list[InstanceRow]) -> tuple[AuditedStudy, ...]:
+    """The studies of ``rows`` with their series and instance counts (the audit log
+    fills in each study's Patient ID from the index)."""
     series: dict[str, set[str]] = {}
     counts: dict[str, int] = {}
     for row in rows:
         series.setdefault(row.study_instance_uid, set()).add(row.series_instance_uid)
         counts[row.study_instance_uid] = counts.get(row.study_instance_uid, 0) + 1
     return tuple(
-        AuditedStudy(
-            study, _patient_id(session, study), tuple(sorted(s for s in series[study] if s)), counts[study]
-        )
+        AuditedStudy(study, "", tuple(sorted(s for s in series[study] if s)), counts[study])
         for study in series
     )
-
-
-def _patient_id(session: AssociationSession, study_uid: str) -> str:
-    facts = session.facts(study_uid)
-    return facts.patient_id if facts is not None else ""
 
 
 def _deidentified_plan(

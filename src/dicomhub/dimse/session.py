@@ -121,10 +121,8 @@ class AssociationSession:
             )
             studies: tuple[AuditedStudy, ...] = ()
             if study_uid:
-                facts = self.facts(study_uid, cached=False)
-                patient_id = facts.patient_id if facts else ""
-                series = tuple(sorted(tally.series))
-                studies = (AuditedStudy(study_uid, patient_id, series, tally.instances),)
+                # The audit log fills in the Patient ID from the index.
+                studies = (AuditedStudy(study_uid, "", tuple(sorted(tally.series)), tally.instances),)
             detail: dict[str, object] = {"failed": tally.failures} if tally.failures else {}
             self.audit(AuditAction.STORE, outcome, studies, detail)
 
@@ -140,9 +138,9 @@ class AssociationSession:
             everything = self._everything[action] = self.caller.access.study_filter(action).everything
         return not everything
 
-    def facts(self, study_uid: str, *, cached: bool = True) -> StudyFacts | None:
+    def facts(self, study_uid: str) -> StudyFacts | None:
         """What decides whether a stored study is in a scope (None: not stored)."""
-        if cached and study_uid in self._facts:
+        if study_uid in self._facts:
             return self._facts[study_uid]
         facts = self.archive.access.study_facts(study_uid)
         self._facts[study_uid] = facts
