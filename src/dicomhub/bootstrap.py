@@ -14,6 +14,7 @@ from typing import Any
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
+from dicomhub.index.aes import ApplicationEntityRepository
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
@@ -26,6 +27,7 @@ from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.access import AccessService, parse_label_rules
+from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
@@ -145,6 +147,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         storage_check=StorageCheckService(
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
+        aes=ApplicationEntityService(ApplicationEntityRepository(engine), audit),
         close=engine.dispose,
     )
 
@@ -203,6 +206,7 @@ def run_dimse_worker(
     index: int,
     load: Any,
     parent: int,
+    tls_listener: socket.socket | None = None,
 ) -> None:
     """Entry point of a DIMSE worker process (see :class:`dicomhub.dimse.server.DimseWorkers`)."""
     from dicomhub.dimse import server
@@ -211,7 +215,7 @@ def run_dimse_worker(
     configure_logging(settings.log_level)
     archive = open_archive(settings, upgrade=False)
     try:
-        server.serve_worker(archive, settings, listener, index, load)
+        server.serve_worker(archive, settings, listener, index, load, tls_listener)
     finally:
         archive.close()
 

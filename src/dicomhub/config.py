@@ -6,7 +6,10 @@ file, default. Nothing else in dicomhub reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,10 +30,12 @@ __all__ = [
     "MaskRegion",
     "RemoteAE",
     "Settings",
+    "anonymous_network_refusal",
     "load_settings",
     "parse_deid_export",
     "parse_mask_region",
     "parse_remote_ae",
+    "tls_server_context",
 ]
 
 
@@ -337,6 +342,16 @@ def _validate(s: Settings) -> None:
     if s.deid_burned_in == "mask" and not s.deid_mask:
         raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
     _validate_deid_export(s)
+    _validate_tls(s)
+
+
+def _validate_tls(s: Settings) -> None:
+    if not 0 <= s.dimse_tls_port < 65536:
+        raise ConfigurationError(f"invalid port {s.dimse_tls_port}")
+    if (s.dimse_tls_port or s.https) and not (s.tls_cert and s.tls_key):
+        raise ConfigurationError("DICOM TLS and HTTPS need a certificate and its key (--tls-cert, --tls-key)")
+    if s.tls_verify_client and not s.tls_ca:
+        raise ConfigurationError("--tls-verify-client needs the CA bundle to verify with (--tls-ca)")
 
 
 def _validate_deid_export(s: Settings) -> None:
@@ -371,3 +386,81 @@ def _validate_compression(s: Settings) -> None:
                 f"compression rule {rule}: {syntax.title} is lossy; "
                 "set allow_lossy_compression (--allow-lossy-compression) to store lossy copies"
             )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback address.
+
+    "" and 0.0.0.0 / :: (all interfaces) are not; a name counts as loopback
+    only when every address it resolves to is one (an unresolvable name is not).
+    """
+    host = host.strip().strip("[]")
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def anonymous_network_refusal(settings: Settings) -> str | None:
+    """Why ``serve`` must not start with these settings, or None.
+
+    The safe default: without access control every caller may read and
+    change everything, which is acceptable only for callers on this machine.
+    """
+    if settings.auth_required or settings.allow_anonymous_network or _is_loopback(settings.host):
+        return None
+    return (
+        f"refusing to listen on {settings.host or 'every address'} without authentication: "
+        "anyone who can reach it could read and change every study. Turn access control on "
+        "with --auth (auth_required), listen on 127.0.0.1, or, knowingly, pass "
+        "--allow-anonymous-network (allow_anonymous_network)"
+    )
+
+
+# The cipher suites of the BCP 195 (RFC 9325) TLS 1.2 profile that DICOM PS3.15
+# B.9 ("BCP 195 RFC-8996 TLS Profile") points to: forward secrecy and AEAD only.
+# TLS 1.3 suites are OpenSSL's defaults, all of which qualify.
+_BCP195_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+    )
+)
+
+
+def tls_server_context(settings: Settings) -> ssl.SSLContext:
+    """The server side of DICOM TLS and HTTPS: TLS 1.2 or later, BCP 195 ciphers,
+    and with ``tls_verify_client`` a client certificate chaining to ``tls_ca``.
+
+    Raises
+    ------
+    ConfigurationError
+        When the certificate, key or CA bundle cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_BCP195_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_ca:
+            context.load_verify_locations(cafile=settings.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS certificate, key or CA bundle: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_verify_client else (
+        ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE
+    )
+    return context

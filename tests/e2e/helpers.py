@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -166,8 +167,11 @@ class DicomhubServer:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         use_env_config: bool = False,
+        https_context: ssl.SSLContext | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # Set for a server started with --https: how clients (and the health check) verify it.
+        self.https_context = https_context
         self.log_path = Path(log_path)
         self.aet = aet
         self.remote_aes = dict(remote_aes or {})
@@ -183,7 +187,7 @@ class DicomhubServer:
     # -- identity
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
+        return f"{'https' if self.https_context else 'http'}://{HOST}:{self.http_port}"
 
     def __repr__(self) -> str:
         return f"<dicomhub {self.aet}@{HOST}:{self.dimse_port} http:{self.http_port} {self.data_dir}>"
@@ -245,7 +249,7 @@ class DicomhubServer:
                     f"--- log ---\n{self.log_tail()}"
                 )
             try:
-                r = httpx.get(f"{self.base_url}/healthz", timeout=1.0)
+                r = httpx.get(f"{self.base_url}/healthz", timeout=1.0, verify=self.https_context or True)
                 if r.status_code == 200:
                     wait_for_port(self.dimse_port, timeout=max(1.0, deadline - time.monotonic()))
                     return
@@ -262,7 +266,8 @@ class DicomhubServer:
         return self.proc is not None and self.proc.poll() is None
 
     def healthz(self) -> int:
-        return httpx.get(f"{self.base_url}/healthz", timeout=5.0).status_code
+        verify = self.https_context or True
+        return httpx.get(f"{self.base_url}/healthz", timeout=5.0, verify=verify).status_code
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``. Returns the exit code."""

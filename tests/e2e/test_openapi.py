@@ -260,8 +260,8 @@ def test_every_documented_get_answers_as_documented(
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
     # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes,
-    # 2 label routes, 4 access-control routes (users, tokens, grants, audit)
-    assert checked == 35
+    # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export
+    assert checked == 36
     assert secured == 2  # de-identification runs: the list and one run
 
 

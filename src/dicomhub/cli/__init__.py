@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dicomhub import __version__
-from dicomhub.config import Settings, load_settings
+from dicomhub.config import Settings, anonymous_network_refusal, load_settings, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
@@ -53,7 +53,15 @@ class CommandModule(Protocol):
 
 
 # Modules (relative to this package) whose commands join the core ones.
-_COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "security", "storage")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "ae",
+    "auditexport",
+    "deid",
+    "deidserver",
+    "migration",
+    "security",
+    "storage",
+)
 
 
 def _command_modules() -> list[CommandModule]:
@@ -408,16 +416,27 @@ def _serve(settings: Settings) -> int:
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
+    refusal = anonymous_network_refusal(settings)
+    if refusal is not None:
+        print(f"dicomhub: {refusal}", file=sys.stderr)
+        return 2
+    if settings.dimse_tls_port or settings.https:
+        tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
     archive = open_archive(settings)  # migrates the index before any worker starts
+    # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
+    tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
     try:
-        listener = bind_listener(settings.host, settings.dimse_port)
-    except OSError as exc:
-        print(
-            f"dicomhub: cannot listen on {settings.host}:{settings.dimse_port}: {exc.strerror}",
-            file=sys.stderr,
+        tls_listener = (
+            bind_listener(settings.host, settings.dimse_tls_port) if settings.dimse_tls_port else None
         )
+        listener = (
+            tls_listener if tls_only and tls_listener else bind_listener(settings.host, settings.dimse_port)
+        )
+    except OSError as exc:
+        print(f"dicomhub: cannot listen on {settings.host} for DIMSE: {exc.strerror}", file=sys.stderr)
+        archive.close()
         return 1
-    workers = DimseWorkers(settings, listener, run_dimse_worker)
+    workers = DimseWorkers(settings, listener, run_dimse_worker, tls_listener)
     workers.start()
     background = multiprocessing.get_context("spawn").Process(
         target=run_background_worker,
@@ -436,6 +455,8 @@ def _serve(settings: Settings) -> int:
         log_level="warning",
         access_log=False,
         lifespan="off",
+        # HTTPS: the same context as DICOM TLS (TLS 1.2+, BCP 195 ciphers, client certificates).
+        ssl_context_factory=(lambda _cfg, _default: tls_server_context(settings)) if settings.https else None,
     )
     class _Server(uvicorn.Server):
         # uvicorn stops quietly on a signal; an operator (and a benchmark that
@@ -447,10 +468,12 @@ def _serve(settings: Settings) -> int:
     # A crash in native code (a codec, the SQLite driver) leaves Python stacks in the log.
     faulthandler.enable()
     server = _Server(config)
-    dimse_port = listener.getsockname()[1]
+    dimse_port = "-" if tls_only else listener.getsockname()[1]
+    tls_port = f", DICOM TLS on port {settings.dimse_tls_port}" if settings.dimse_tls_port else ""
+    scheme = "https" if settings.https else "http"
     print(
-        f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}"
-        f" ({settings.worker_count} workers), HTTP on http://{settings.host}:{settings.http_port}"
+        f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}{tls_port}"
+        f" ({settings.worker_count} workers), HTTP on {scheme}://{settings.host}:{settings.http_port}"
         f" (/healthz), data in {settings.data_dir.resolve()}",
         flush=True,
     )
@@ -462,6 +485,8 @@ def _serve(settings: Settings) -> int:
         workers.stop()
         background.join(5)
         listener.close()
+        if tls_listener is not None:
+            tls_listener.close()
         archive.close()
     if not server.started:
         print(f"dicomhub: cannot serve HTTP on port {settings.http_port}", file=sys.stderr)

@@ -185,6 +185,11 @@ class ConformanceStatement:
     parameters: tuple[Parameter, ...]
     duplicate_policy: str
     compression_rules: tuple[str, ...]
+    # Transport security and access control (docs/transport-security.md).
+    dimse_tls_port: int = 0
+    https: bool = False
+    tls_verify_client: bool = False
+    auth_required: bool = False
 
     # ------------------------------------------------------------ convenience
 
@@ -501,6 +506,10 @@ def build_statement(
         parameters=_parameters(settings),
         duplicate_policy=settings.duplicate_policy.value,
         compression_rules=tuple(str(rule) for rule in settings.compress),
+        dimse_tls_port=settings.dimse_tls_port,
+        https=settings.https,
+        tls_verify_client=settings.tls_verify_client,
+        auth_required=settings.auth_required,
     )
 
 

@@ -190,14 +190,8 @@ def document(st: ConformanceStatement) -> list[Block]:
             "repertoire); DICOMweb JSON and XML responses are UTF-8."
         ),
         h(1, "Security"),
-        Para(
-            "None. This version has no TLS (neither on the DIMSE port nor on the HTTP port) and no "
-            "authentication or authorisation of users: any client that can reach the ports can store, "
-            "query, retrieve and delete. The only access rule is the association policy (section 4.2.1.4) "
-            f"(known AEs only: {'on' if st.known_aes_only else 'off'}), which checks the calling AE "
-            "title, not an identity. Run it on a trusted network or behind a TLS-terminating proxy. "
-            "TLS and authentication are planned (issue 9)."
-        ),
+        Para(_transport_security(st)),
+        Para(_access_control(st)),
         h(1, "Annexes"),
         h(2, "IOD Contents"),
         Para(
@@ -436,13 +430,23 @@ def _networking(
             f"The server listens on {_code(st.host)}."
         ),
         h(3, "Additional Protocols"),
-        Para("HTTP/1.1 for DICOMweb (section 4.5). No TLS, no DHCP or DNS configuration by the server."),
+        Para(
+            "HTTP/1.1 for DICOMweb (section 4.5)"
+            + (", over TLS (HTTPS)" if st.https else "")
+            + (f"; DICOM TLS on port {st.dimse_tls_port}" if st.dimse_tls_port else "; no TLS")
+            + ". No DHCP or DNS configuration by the server."
+        ),
         h(2, "Configuration"),
         h(3, "AE Title/Presentation Address Mapping"),
         Table(
             ("AE", "AE title", "Host", "Port"),
             (
                 ("local (SCP, and SCU of C-MOVE)", _code(st.ae_title), _code(st.host), str(st.dimse_port)),
+                *(
+                    [("local, DICOM TLS (SCP)", _code(st.ae_title), _code(st.host), str(st.dimse_tls_port))]
+                    if st.dimse_tls_port
+                    else []
+                ),
                 *(
                     ("remote (C-MOVE destination)", _code(a), _code(host), str(port))
                     for a, host, port in st.remote_aes
@@ -688,3 +692,48 @@ def conformance_renderer(
         return cache[fmt]
 
     return produce
+
+
+def _transport_security(st: ConformanceStatement) -> str:
+    if not st.dimse_tls_port and not st.https:
+        return (
+            "No TLS on the DIMSE port nor on the HTTP port. DICOM TLS (a second port) and HTTPS "
+            "are available (dicomhub serve --dimse-tls-port, --https; docs/transport-security.md)."
+        )
+    client = (
+        "a client certificate signed by the configured CA is required"
+        if st.tls_verify_client
+        else "a client certificate is optional (verified against the configured CA when one is given)"
+    )
+    parts = []
+    if st.dimse_tls_port:
+        parts.append(
+            "The BCP 195 TLS Secure Transport Connection Profile (PS3.15 B.9) on TCP port "
+            f"{st.dimse_tls_port}: TLS 1.2 or later, ECDHE or DHE key exchange with AES-GCM or "
+            "ChaCha20-Poly1305 only"
+        )
+    if st.https:
+        parts.append("HTTPS with the same certificate and profile on the HTTP port")
+    return "; ".join(parts) + f"; {client}."
+
+
+def _access_control(st: ConformanceStatement) -> str:
+    if not st.auth_required:
+        return (
+            "Access control is off: no authentication or authorisation of users, any client that can "
+            "reach the ports can store, query, retrieve and delete (allowed only when listening on "
+            "loopback, or with --allow-anonymous-network). The only association rule is the policy of "
+            f"section 4.2.1.4 (known AEs only: {'on' if st.known_aes_only else 'off'}), which checks "
+            "the calling AE title, not an identity."
+        )
+    return (
+        "Access control is on. An association is accepted only from a registered calling AE title "
+        "(dicomhub ae add), from an address of its registered host and, when the registration names a "
+        "certificate subject, over DICOM TLS with a client certificate of that Common Name; otherwise "
+        "A-ASSOCIATE-RJ (rejected-permanent, service-user, calling AE title not recognized). Each "
+        "service is limited to the studies the AE's principal is granted: C-STORE into another study is "
+        "refused with 0x0124 (Refused: Not Authorized); C-FIND, C-GET and C-MOVE see only permitted "
+        "studies; a C-MOVE to another AE than the caller's needs the export right, and sends only the "
+        "studies the destination's own principal may retrieve. Every association and operation is "
+        "recorded in the audit log (exportable as DICOM audit messages, PS3.15 A.5)."
+    )

@@ -1088,7 +1088,9 @@ class _Association:
         if poller is None:
             poller = self.poller = select.poll()
             poller.register(self.sock, select.POLLIN)
-        while poller.poll(0):
+        # Under TLS, bytes already decrypted wait in the SSL object, not the socket.
+        pending = getattr(self.sock, "pending", None)
+        while poller.poll(0) or (pending is not None and pending()):
             self.set_timeout(self.config.dimse_timeout)
             self.receive_pdu()
 

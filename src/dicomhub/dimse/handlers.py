@@ -29,9 +29,12 @@ from dicomhub.dimse.fastpath import (
     StoreRequest,
 )
 from dicomhub.dimse.identifiers import encode_match
+from dicomhub.dimse.session import AssociationSession
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.iod import Finding
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.access import Access, Action
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
+from dicomhub.model.caller import Caller
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
@@ -66,11 +69,7 @@ _UNIQUE_KEY = {
 }
 
 
-def _caller(ae_title: str, host: str) -> Caller:
-    return Caller(Channel.DIMSE, ae_title, host)
-
-
-def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
+def handle_store(archive: Archive, req: StoreRequest, session: AssociationSession) -> StoreOutcome:
     """C-STORE: the one ingest path; the status says what happened.
 
     Under the ``warn`` and ``reject`` validation policies the data set is
@@ -79,7 +78,7 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
     errors (0xA900, nothing stored), ``warn`` stores it and answers 0xB007.
     Spooled large data sets are checked in the background only.
     """
-    caller = _caller(req.calling_ae_title, req.peer_host)
+    caller = session.caller
     policy = archive.validation.policy_for(req.calling_ae_title)
     findings: list[Finding] | None = None
     if policy is not ValidationPolicy.RECORD and req.dataset_path is None:
@@ -116,6 +115,10 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
             )
     except DicomhubError as exc:
         code = status.store_status(exc)
+        if code == status.NOT_AUTHORIZED:
+            # Counted for the association's STORE audit event (the study is not named:
+            # the caller may not know it exists).
+            session.stored("", "", ok=False)
         LOGGER.warning(
             "C-STORE of %s from %s refused (0x%04X): %s",
             req.sop_instance_uid[:80],
@@ -128,6 +131,7 @@ def handle_store(archive: Archive, req: StoreRequest) -> StoreOutcome:
         LOGGER.exception("C-STORE of %s from %s failed", req.sop_instance_uid[:80], caller.name)
         return StoreOutcome(status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64])
     LOGGER.debug("stored %s (%s)", result.sop_instance_uid, result.outcome.value)
+    session.stored(result.study_instance_uid, result.series_instance_uid, ok=True)
     if findings is not None:
         archive.validation.record(result.sop_instance_uid, result.sop_class_uid, caller.ae_title, findings)
         if has_errors(findings):
@@ -147,13 +151,19 @@ def _query(identifier: Dataset, model: str) -> Query:
 
 
 def handle_find(
-    archive: Archive, settings: Settings, req: QueryRequest
+    archive: Archive, settings: Settings, req: QueryRequest, session: AssociationSession
 ) -> Iterator[tuple[int, Identifier | None]]:
-    """C-FIND: one pending response per match, then the final status."""
-    caller = _caller(req.calling_ae_title, req.peer_host)
+    """C-FIND: one pending response per match, then the final status.
+
+    The index filters the matches by the caller's grants inside the query;
+    one QUERY audit event per request."""
+    caller = session.caller
     count = 0
+    detail: dict[str, object] = {"sop_class_uid": req.sop_class_uid}
     try:
         query = _query(req.identifier, req.sop_class_uid)
+        detail["level"] = query.level.value
+        detail["keys"] = _query_keys(req.identifier)
         for match in archive.search.search(query, caller):
             match.set("QueryRetrieveLevel", query.level.value)
             if "RetrieveAETitle" in query.return_keys:
@@ -166,10 +176,35 @@ def handle_find(
     except DicomhubError as exc:
         code = status.find_status(exc)
         LOGGER.warning("C-FIND from %s failed (0x%04X): %s", caller.name, code, exc)
+        session.audit(AuditAction.QUERY, AuditOutcome.MAJOR_FAILURE, detail={**detail, "reason": str(exc)})
         yield code, None
         return
+    except GeneratorExit:
+        # C-CANCEL (or the association ended) between two matches.
+        session.audit(
+            AuditAction.QUERY, AuditOutcome.SUCCESS, detail={**detail, "matches": count, "cancelled": True}
+        )
+        raise
     LOGGER.info("C-FIND %s from %s: %d matches", query.level.value, caller.name, count)
+    session.audit(
+        AuditAction.QUERY, AuditOutcome.SUCCESS, _queried_study(req.identifier), {**detail, "matches": count}
+    )
     yield status.SUCCESS, None
+
+
+def _query_keys(identifier: Dataset) -> dict[str, str]:
+    """The matching keys of a query (those with a value), for the audit log."""
+    keys: dict[str, str] = {}
+    for element in identifier:
+        if element.tag.group in (0x0000, 0x0002) or element.VR == "SQ" or element.value in (None, ""):
+            continue
+        keys[element.keyword or str(element.tag)] = str(element.value)[:128]
+    return keys
+
+
+def _queried_study(identifier: Dataset) -> tuple[AuditedStudy, ...]:
+    uid = str(identifier.get("StudyInstanceUID", "") or "")
+    return (AuditedStudy(uid),) if uid and "\\" not in uid and "*" not in uid else ()
 
 
 def _set_character_set(match: Match) -> None:
@@ -236,37 +271,110 @@ def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
 
 
 def handle_retrieve(
-    archive: Archive, settings: Settings, req: QueryRequest
+    archive: Archive, settings: Settings, req: QueryRequest, session: AssociationSession
 ) -> RetrievePlan | tuple[int, str | None]:
-    """C-GET and C-MOVE: what to send, and where (C-MOVE only to configured AEs)."""
-    caller = _caller(req.calling_ae_title, req.peer_host)
+    """C-GET and C-MOVE: what to send, and where (C-MOVE to configured or registered AEs).
+
+    Only studies the caller may RETRIEVE exist for it. A C-MOVE to another AE
+    than the caller's own also needs EXPORT on each study, and the destination's
+    principal must itself hold RETRIEVE on it: a destination receives only what
+    it may see. One RETRIEVE (C-GET) or EXPORT (C-MOVE) audit event per request.
+    """
+    caller = session.caller
     is_get = req.sop_class_uid in _GET_MODELS
     verb = "C-GET" if is_get else "C-MOVE"
+    action = AuditAction.RETRIEVE if is_get else AuditAction.EXPORT
+    detail: dict[str, object] = {"sop_class_uid": req.sop_class_uid}
+    if not is_get:
+        detail["destination"] = req.move_destination or ""
     try:
         destination = None
         if not is_get:
-            remote = settings.remote_ae(req.move_destination or "")
-            if remote is None:
-                raise UnknownDestination(f"move destination {req.move_destination!r} is not configured")
-            destination = (remote.host, remote.port, remote.ae_title)
+            destination = _move_destination(archive, settings, req.move_destination or "")
         query = _retrieve_query(req.identifier, req.sop_class_uid)
+        detail["level"] = query.level.value
         rows = archive.retrieve.instances(query, caller)
     except DicomhubError as exc:
         code = status.retrieve_status(exc)
         LOGGER.warning("%s from %s refused (0x%04X): %s", verb, caller.name, code, exc)
+        session.audit(action, AuditOutcome.MAJOR_FAILURE, detail={**detail, "reason": str(exc)})
         return code, str(exc)[:64]
+    withheld = 0
+    if destination is not None and destination[2] != caller.name:
+        allowed = _permitted(session, rows, Action.EXPORT)
+        allowed = _permitted(
+            session, allowed, Action.RETRIEVE, _destination_access(archive, session, destination[2])
+        )
+        withheld, rows = len(rows) - len(allowed), allowed
     LOGGER.info(
-        "%s %s from %s%s: %d instances",
+        "%s %s from %s%s: %d instances%s",
         verb,
         query.level.value,
         caller.name,
         f" to {req.move_destination}" if destination else "",
         len(rows),
+        f" ({withheld} withheld: not permitted for export to it)" if withheld else "",
+    )
+    session.audit(
+        action,
+        AuditOutcome.SERIOUS_FAILURE
+        if withheld and not rows
+        else AuditOutcome.MINOR_FAILURE
+        if withheld
+        else AuditOutcome.SUCCESS,
+        _audited_studies(rows),
+        {**detail, "instances": len(rows), "withheld": withheld or None},
     )
     profile = None if is_get else settings.deid_export_for(req.move_destination or "")
     if profile is not None and rows:
         return _deidentified_plan(archive, profile, rows, caller, destination)
     return RetrievePlan([_sendable(archive, row) for row in rows], destination)
+
+
+def _move_destination(archive: Archive, settings: Settings, ae_title: str) -> tuple[str, int, str]:
+    """A configured remote AE (--remote-ae), else a registered AE with a port."""
+    remote = settings.remote_ae(ae_title)
+    if remote is not None:
+        return remote.host, remote.port, remote.ae_title
+    registered = archive.aes.destination(ae_title)
+    if registered is None:
+        raise UnknownDestination(f"move destination {ae_title!r} is not configured")
+    return registered
+
+
+def _destination_access(archive: Archive, session: AssociationSession, ae_title: str) -> Access:
+    """The grants of a move destination: those of its registered principal, else of its AE title."""
+    entity = archive.aes.get(ae_title)
+    return session.access_for(entity.principal_name if entity is not None else ae_title)
+
+
+def _permitted(
+    session: AssociationSession, rows: list[InstanceRow], action: Action, access: Access | None = None
+) -> list[InstanceRow]:
+    """The rows of the studies ``access`` (default: the caller's) permits ``action`` on."""
+    decided: dict[str, bool] = {}
+    kept = []
+    for row in rows:
+        study = row.study_instance_uid
+        if study not in decided:
+            decided[study] = session.permits(action, study, access)
+        if decided[study]:
+            kept.append(row)
+    return kept
+
+
+def _audited_studies(rows: list[InstanceRow]) -> tuple[AuditedStudy, ...]:
+    """The studies of ``rows`` with their series and instance counts (the audit log
+    fills in each study's Patient ID from the index)."""
+    series: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        series.setdefault(row.study_instance_uid, set()).add(row.series_instance_uid)
+        counts[row.study_instance_uid] = counts.get(row.study_instance_uid, 0) + 1
+    return tuple(
+        AuditedStudy(study, "", tuple(sorted(s for s in series[study] if s)), counts[study])
+        for study in series
+    )
 
 
 def _deidentified_plan(
@@ -304,8 +412,11 @@ def _reencoded(part10: Callable[[], bytes], transfer_syntax_uid: str) -> bytes:
     return reencode(part10(), transfer_syntax_uid)
 
 
-def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:
-    """Storage Commitment request: record it durably, then report on this association."""
+def handle_n_action(archive: Archive, req: NActionRequest, session: AssociationSession) -> NActionOutcome:
+    """Storage Commitment request: record it durably, then report on this association.
+
+    The report commits only instances the caller may RETRIEVE; the others are
+    failures (No Such Object Instance), as if they were not held."""
     try:
         items = tuple(
             CommitmentItem(
@@ -325,13 +436,31 @@ def handle_n_action(archive: Archive, req: NActionRequest) -> NActionOutcome:
     result: list[CommitmentResult] = []
 
     def report() -> tuple[int, Dataset]:
-        result.append(archive.commitment.evaluate(request.transaction_uid))
+        evaluated = archive.commitment.evaluate(request.transaction_uid)
+        if session.restricted(Action.RETRIEVE):
+            evaluated = archive.commitment.withhold(
+                evaluated,
+                _retrievable(archive, session.caller, [i.sop_instance_uid for i in evaluated.successes]),
+            )
+        result.append(evaluated)
         return report_dataset(result[0])
 
     def delivered() -> None:
         archive.commitment.delivered(result[0])
 
     return NActionOutcome(status.SUCCESS, report=report, delivered=delivered)
+
+
+def _retrievable(archive: Archive, caller: Caller, sop_instance_uids: list[str]) -> set[str]:
+    """The instances among ``sop_instance_uids`` that ``caller`` may retrieve (the index
+    filters by the caller's grants)."""
+    if not sop_instance_uids:
+        return set()
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = Level.IMAGE.value
+    identifier.SOPInstanceUID = sop_instance_uids
+    rows = archive.retrieve.instances(query_from_identifier(identifier, Level.IMAGE), caller)
+    return {row.sop_instance_uid for row in rows}
 
 
 def _has_action_information(req: NActionRequest) -> bool:

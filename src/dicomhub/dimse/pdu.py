@@ -422,6 +422,11 @@ def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> 
         if count == 1:
             sock.sendall(pending[0])
             return
+        if isinstance(sock, ssl.SSLSocket):
+            # No sendmsg under TLS; joined, so that a PDU is not split into a
+            # TLS record per header (encryption copies the bytes anyway).
+            sock.sendall(b"".join(pending))
+            return
         while index < count:
             sent = sock.sendmsg(pending[index : index + _IOV_BATCH])
             while sent and index < count:

@@ -18,19 +18,21 @@ import os
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
-from dicomhub.config import Settings
+from dicomhub.config import Settings, tls_server_context
 from dicomhub.dimse import fastpath
 from dicomhub.dimse.contexts import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
 )
 from dicomhub.dimse.handlers import handle_find, handle_n_action, handle_retrieve, handle_store
+from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
@@ -89,6 +91,7 @@ class _Worker:
         listener: socket.socket,
         index: int,
         load: SynchronizedArray[int],
+        tls_listener: socket.socket | None = None,
     ) -> None:
         self.archive = archive
         self.settings = settings
@@ -99,6 +102,11 @@ class _Worker:
         self.fast_config = fast_path_config(settings)
         self.recorder = AssociationRecorder(archive.statistics.record)
         self._known = {r.ae_title for r in self.settings.remote_aes}
+        # The DICOM TLS port's listener, and the context its connections are wrapped in.
+        self.tls_listener = tls_listener
+        self.tls_context = tls_server_context(settings) if tls_listener is not None else None
+        # Without a plain port the TLS listener is passed as both.
+        self.listeners = list(dict.fromkeys(s for s in (listener, tls_listener) if s is not None))
 
     def _busier_than_a_sibling(self) -> bool:
         loads = [int(n) for n in self.load[:]]
@@ -107,7 +115,7 @@ class _Worker:
     def serve_forever(self) -> None:
         while not self.stop.is_set():
             try:
-                ready, _, _ = select.select([self.listener], [], [], 0.5)
+                ready, _, _ = select.select(self.listeners, [], [], 0.5)
             except (OSError, ValueError):
                 break
             if not ready:
@@ -115,8 +123,9 @@ class _Worker:
             if self._busier_than_a_sibling():
                 # Leave the connection to an idler worker for a moment.
                 time.sleep(_DEFER_SECONDS)
+            listener = ready[0]
             try:
-                conn, address = self.listener.accept()
+                conn, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 continue  # a sibling took it
             except OSError:
@@ -129,23 +138,33 @@ class _Worker:
                 self.load[self.index] += 1
             threading.Thread(
                 target=self._serve_connection,
-                args=(conn, address),
+                args=(conn, address, listener is self.tls_listener),
                 name=f"assoc-{address[0]}:{address[1]}",
                 daemon=True,
             ).start()
 
-    def _serve_connection(self, conn: socket.socket, address: tuple[str, int]) -> None:
+    def _serve_connection(self, conn: socket.socket, address: tuple[str, int], tls: bool = False) -> None:
+        session: AssociationSession | None = None
         try:
             conn.setblocking(True)
+            tls_subject: str | None = None
+            if tls:
+                wrapped = self._handshake(conn, address)
+                if wrapped is None:
+                    return
+                conn, tls_subject = wrapped, _common_name(wrapped)
+            session = AssociationSession(self.archive, self.settings, str(address[0]), tls_subject, tls)
+            bound = session
+
             fastpath.serve_association(
                 conn,
                 address,
                 self.fast_config,
-                lambda req: handle_store(self.archive, req),
-                accept_association=self._accept_association,
-                on_find=lambda req: handle_find(self.archive, self.settings, req),
-                on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req),
-                on_n_action=lambda req: handle_n_action(self.archive, req),
+                lambda req: handle_store(self.archive, req, bound),
+                accept_association=lambda info: self._accept_association(info, bound),
+                on_find=lambda req: handle_find(self.archive, self.settings, req, bound),
+                on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req, bound),
+                on_n_action=lambda req: handle_n_action(self.archive, req, bound),
                 on_event=self.recorder.on_event,
             )
         except Exception:
@@ -155,15 +174,51 @@ class _Worker:
             except OSError:
                 pass
         finally:
+            if session is not None:
+                session.end()
             with self.load.get_lock():
                 self.load[self.index] -= 1
 
-    def _accept_association(self, info: fastpath.AssociationInfo) -> str | fastpath.Rejection | None:
+    def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> ssl.SSLSocket | None:
+        """The TLS handshake of a DICOM TLS connection; None (logged, audited) when it fails."""
+        assert self.tls_context is not None
+        try:
+            conn.settimeout(self.settings.acse_timeout)
+            return self.tls_context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            LOGGER.warning("DICOM TLS connection from %s:%s: %s", address[0], address[1], reason)
+            AssociationSession(self.archive, self.settings, str(address[0]), None).handshake_failed(reason)
+            try:
+                conn.close()
+            except OSError:
+                pass
+            return None
+
+    def _accept_association(
+        self, info: fastpath.AssociationInfo, session: AssociationSession
+    ) -> str | fastpath.Rejection | None:
+        refusal: str | fastpath.Rejection | None = None
         if self.settings.known_aes_only and info.calling_ae_title not in self._known:
-            return f"calling AE title {info.calling_ae_title!r} is not a known AE"
-        if sum(int(n) for n in self.load[:]) > self.settings.max_associations:
-            return fastpath.Rejection.local_limit_exceeded("too many concurrent associations")
+            refusal = f"calling AE title {info.calling_ae_title!r} is not a known AE"
+        elif sum(int(n) for n in self.load[:]) > self.settings.max_associations:
+            refusal = fastpath.Rejection.local_limit_exceeded("too many concurrent associations")
+        if refusal is not None:
+            session.refused(info, refusal if isinstance(refusal, str) else refusal.reason)
+            return refusal
+        return session.accept(info)
+
+
+def _common_name(conn: ssl.SSLSocket) -> str | None:
+    """The subject Common Name of the peer's verified certificate, if it sent one."""
+    cert = conn.getpeercert()
+    if not cert:
         return None
+    for rdn in cert.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return ""
 
 
 def die_with_parent(parent: int) -> None:
@@ -199,10 +254,11 @@ def serve_worker(
     listener: socket.socket,
     index: int,
     load: SynchronizedArray[int],
+    tls_listener: socket.socket | None = None,
 ) -> None:
     """Serve associations in this worker process until SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    worker = _Worker(archive, settings, listener, index, load)
+    worker = _Worker(archive, settings, listener, index, load, tls_listener)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
     LOGGER.debug("DIMSE worker %d (pid %d) ready", index, os.getpid())
     worker.recorder.start()
@@ -215,11 +271,19 @@ def serve_worker(
 class DimseWorkers:
     """Starts, watches and stops the DIMSE worker processes."""
 
-    def __init__(self, settings: Settings, listener: socket.socket, worker_main: Callable[..., None]) -> None:
-        """``worker_main(settings, listener, index, load, parent_pid)`` runs one worker
-        (the composition root provides it: :func:`dicomhub.bootstrap.run_dimse_worker`)."""
+    def __init__(
+        self,
+        settings: Settings,
+        listener: socket.socket,
+        worker_main: Callable[..., None],
+        tls_listener: socket.socket | None = None,
+    ) -> None:
+        """``worker_main(settings, listener, index, load, parent_pid, tls_listener)`` runs one
+        worker (the composition root provides it: :func:`dicomhub.bootstrap.run_dimse_worker`).
+        ``tls_listener``: the DICOM TLS port's socket, shared the same way."""
         self.settings = settings
         self.listener = listener
+        self.tls_listener = tls_listener
         self._worker_main = worker_main
         self._ctx = multiprocessing.get_context("spawn")
         self.load = self._ctx.Array("i", settings.worker_count)
@@ -229,7 +293,7 @@ class DimseWorkers:
     def _spawn(self, index: int) -> None:
         proc = self._ctx.Process(
             target=self._worker_main,
-            args=(self.settings, self.listener, index, self.load, os.getpid()),
+            args=(self.settings, self.listener, index, self.load, os.getpid(), self.tls_listener),
             name=f"dicomhub-dimse-{index}",
             daemon=True,
         )

@@ -21,6 +21,7 @@ from dicomhub.errors import (
     StorageError,
     UnknownDestination,
 )
+from dicomhub.services.access import Forbidden
 
 __all__ = [
     "CANCEL",
@@ -45,6 +46,8 @@ STORE_DUPLICATE_REFUSED: Final = 0xC401
 STORE_PATIENT_MISMATCH: Final = 0xC402
 STORE_CONFLICT: Final = 0xC403
 STORE_PROCESSING_FAILURE: Final = 0xC210
+# PS3.7 C.4.1 "Refused: Not Authorized" (general status): the caller may not store into the study.
+NOT_AUTHORIZED: Final = 0x0124
 # Warning: stored, but the data set does not match its SOP Class (PS3.4 B.2.3).
 STORE_DOES_NOT_MATCH_SOP_CLASS: Final = 0xB007
 
@@ -62,6 +65,7 @@ N_INVALID_ARGUMENT_VALUE: Final = 0x0115
 
 # Error -> status tables (most specific first); the conformance statement lists them too.
 STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
+    (Forbidden, NOT_AUTHORIZED),
     (DuplicateInstance, STORE_DUPLICATE_REFUSED),
     (PatientMismatch, STORE_PATIENT_MISMATCH),
     (Conflict, STORE_CONFLICT),

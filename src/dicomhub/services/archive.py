@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
+from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.decodecheck import DecodeCheckService
@@ -51,6 +52,7 @@ class Archive:
     audit: AuditService
     migration: MigrationService
     storage_check: StorageCheckService
+    aes: ApplicationEntityService
     close: Callable[[], None]
 
     def usable(self) -> bool:

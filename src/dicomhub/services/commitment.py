@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from dicomhub.errors import DicomhubError, InvalidRequest
 from dicomhub.index.commitment import CommitmentRepository, StoredTransaction
@@ -104,6 +104,17 @@ class CommitmentService:
                 len(stored.request.items),
             )
         return CommitmentResult(transaction_uid, tuple(successes), tuple(failures))
+
+    @staticmethod
+    def withhold(result: CommitmentResult, retrievable: Collection[str]) -> CommitmentResult:
+        """``result`` with the instances not in ``retrievable`` (SOP Instance UIDs the
+        requestor may retrieve) turned into failures (No Such Object Instance), as if
+        they were not held."""
+        successes = tuple(i for i in result.successes if i.sop_instance_uid in retrievable)
+        withheld = tuple(
+            (i, NO_SUCH_OBJECT_INSTANCE) for i in result.successes if i.sop_instance_uid not in retrievable
+        )
+        return CommitmentResult(result.transaction_uid, successes, (*result.failures, *withheld))
 
     def _check(self, item: CommitmentItem) -> int | None:
         try:

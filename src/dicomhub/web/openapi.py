@@ -875,6 +875,7 @@ def _paths() -> Json:
     _merge(paths, _INSTANCE, _delete_operation(_INSTANCE, "deleteInstance", "an instance"))
     paths.update(_deid_paths())
     paths.update(_migration_paths())
+    paths.update(_audit_paths())
     paths.update(_security_paths())
     return paths
 
@@ -1082,6 +1083,43 @@ def _deid_operation(operation_id: str, summary: str, ok: str, ok_schema: Json, *
             "404": _error("Unknown run, instance, study or project."),
             "409": _error("The de-identification secret is not the one the project was created with."),
         },
+    }
+
+
+def _audit_paths() -> Json:
+    text = {"type": "string"}
+    return {
+        "/audit/export": {
+            "get": {
+                "tags": ["Admin"],
+                "operationId": "exportAuditLog",
+                "summary": "The audit log as DICOM audit messages (PS3.15 A.5) or JSON lines, oldest first "
+                "(with access control on: a token of a principal with the administer right)",
+                "parameters": [
+                    _query_param(
+                        "format",
+                        {"type": "string", "enum": ["jsonl", "dicom-xml"], "default": "jsonl"},
+                        "jsonl: one JSON object per line; dicom-xml: one AuditMessage document per line.",
+                    ),
+                    _query_param("study", text, "Only events about this Study Instance UID."),
+                    _query_param("principal", text, "Only events of this principal."),
+                    _query_param("since", text, "Only events from this ISO 8601 time on (UTC if no zone)."),
+                    _query_param("until", text, "Only events before this ISO 8601 time."),
+                    _query_param(
+                        "limit", {"type": "integer", "minimum": 1}, "The newest N events (default 10000)."
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The events, one per line.",
+                        "content": _binary("application/x-ndjson", "application/xml"),
+                    },
+                    "400": _ref("responses", "BadRequest"),
+                    "401": _error("Access control is on and no valid token was given."),
+                    "403": _error("The token's principal may not read the audit log."),
+                },
+            }
+        }
     }
 
 
