@@ -219,7 +219,7 @@ def test_audit_events_are_queryable_by_study_principal_and_action(archive: Archi
     assert record.studies == (AuditedStudy("1.2.3", "P1", ("1.2.3.4",), 2),)
     assert record.detail == {"route": "/studies/1.2.3"}
     assert record.at >= before
-    assert [r.action for r in archive.audit.events(principal="cli")] == [AuditAction.QUERY]
+    assert [r.action for r in archive.audit.events(principal=Caller.cli().who)] == [AuditAction.QUERY]
     assert len(archive.audit.events(action=AuditAction.QUERY, since=before)) == 1
     assert archive.audit.events(until=before) == []
 

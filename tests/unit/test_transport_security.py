@@ -115,7 +115,7 @@ def test_ae_registry_and_authentication(archive: Archive) -> None:
         aes.remove("MODALITY", cli)
     changes = archive.audit.events(action=AuditAction.SECURITY_CHANGE)
     assert sorted(e.detail["change"] for e in changes) == ["ae-add", "ae-add", "ae-remove"]
-    assert all(e.principal == "cli" for e in changes)
+    assert all(e.principal == Caller.cli().who for e in changes)
 
 
 # ------------------------------------------------------------------ audit export

@@ -16,13 +16,11 @@ import os
 from typing import Any
 
 from dicomhub.config import Settings, parse_mask_region
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.caller import Caller
 
 __all__ = ["add_commands"]
 
 
-def _os_caller() -> Caller:
-    return Caller(Channel.CLI, getpass.getuser())
 
 
 def add_commands(sub: Any, settings_args: Any) -> None:
@@ -120,7 +118,7 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
         run = archive.deid.start_run(
             args.project,
             args.reason,
-            _os_caller(),
+            Caller.cli(),
             study_uid=args.study,
             series_uid=args.series,
             options=args.option,
@@ -173,7 +171,7 @@ def _reidentify(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
     archive = open_archive(settings)
-    caller = _os_caller()
+    caller = Caller.cli()
     try:
         found = archive.deid.reidentify(args.project, args.values, caller.name, caller)
     finally:

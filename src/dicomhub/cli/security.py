@@ -9,18 +9,15 @@ operating-system user as the principal.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 from typing import Any
 
 from dicomhub.config import Settings
-from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.caller import Caller
 
 __all__ = ["add_commands"]
 
 
-def _os_caller() -> Caller:
-    return Caller(Channel.CLI, getpass.getuser())
 
 
 def add_commands(sub: Any, settings_args: Any) -> None:
@@ -108,7 +105,7 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
         created = admin.add_user(
-            _os_caller(), args.name, args.kind, list(zip(args.role, args.scope, strict=True)), args.expires
+            Caller.cli(), args.name, args.kind, list(zip(args.role, args.scope, strict=True)), args.expires
         )
     finally:
         archive.close()
@@ -138,7 +135,7 @@ def _user_token(settings: Settings, args: argparse.Namespace) -> int:
         if not archive.access.principal_exists(args.name):
             print(f"dicomhub user token: no user {args.name!r} (dicomhub user add)")
             return 1
-        created = admin.new_token(_os_caller(), args.name, args.label, args.expires)
+        created = admin.new_token(Caller.cli(), args.name, args.label, args.expires)
     finally:
         archive.close()
     print(created["token"])
@@ -148,7 +145,7 @@ def _user_token(settings: Settings, args: argparse.Namespace) -> int:
 def _user_revoke(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        count = admin.revoke(_os_caller(), args.name, args.token)
+        count = admin.revoke(Caller.cli(), args.name, args.token)
     finally:
         archive.close()
     print(f"{count} token(s) of {args.name} revoked")
@@ -158,7 +155,7 @@ def _user_revoke(settings: Settings, args: argparse.Namespace) -> int:
 def _grant_add(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        added = admin.grant(_os_caller(), args.principal, args.role, args.scope)
+        added = admin.grant(Caller.cli(), args.principal, args.role, args.scope)
     finally:
         archive.close()
     print(f"{args.role} at {args.scope} granted to {args.principal}" + ("" if added else " (held already)"))
@@ -168,7 +165,7 @@ def _grant_add(settings: Settings, args: argparse.Namespace) -> int:
 def _grant_remove(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        removed = admin.revoke_grant(_os_caller(), args.principal, args.role, args.scope)
+        removed = admin.revoke_grant(Caller.cli(), args.principal, args.role, args.scope)
     finally:
         archive.close()
     print(
@@ -196,7 +193,7 @@ def _grant_list(settings: Settings, args: argparse.Namespace) -> int:
 def _label_add(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        added = admin.add_label(_os_caller(), args.study, args.label)
+        added = admin.add_label(Caller.cli(), args.study, args.label)
     finally:
         archive.close()
     print(f"study {args.study} labelled {args.label}" + ("" if added else " (already)"))
@@ -206,7 +203,7 @@ def _label_add(settings: Settings, args: argparse.Namespace) -> int:
 def _label_remove(settings: Settings, args: argparse.Namespace) -> int:
     archive, admin = _administration(settings)
     try:
-        removed = admin.remove_label(_os_caller(), args.study, args.label)
+        removed = admin.remove_label(Caller.cli(), args.study, args.label)
     finally:
         archive.close()
     print(f"label {args.label} " + ("removed from" if removed else "was not on") + f" study {args.study}")

@@ -9,11 +9,19 @@ loopback default) every caller holds :attr:`Access.UNRESTRICTED`.
 from __future__ import annotations
 
 import enum
+import getpass
 from dataclasses import dataclass, field
 
 from dicomhub.model.access import Access
 
 __all__ = ["Caller", "Channel"]
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (containers)
+        return "cli"
 
 
 class Channel(enum.Enum):
@@ -36,7 +44,9 @@ class Caller:
 
     @classmethod
     def cli(cls) -> Caller:
-        return cls(Channel.CLI, "cli")
+        """The operator at the command line, named by the login of the process: the CLI
+        works on the data dir or database directly, so the OS account is who it is."""
+        return cls(Channel.CLI, _login())
 
     @property
     def ae_title(self) -> str | None:
