@@ -209,9 +209,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         threading.Thread(
             target=archive.decode_check.run_worker, args=(stop,), name="decode-check", daemon=True
         ),
-        threading.Thread(
-            target=archive.validation.run_worker, args=(stop,), name="validation", daemon=True
-        ),
+        threading.Thread(target=archive.validation.run_worker, args=(stop,), name="validation", daemon=True),
         threading.Thread(
             target=archive.commitment.run_delivery,
             args=(stop, commitment_deliverer(settings)),

@@ -178,9 +178,7 @@ def parse_remote_ae(text: str) -> RemoteAE:
     except ValueError as exc:
         raise ConfigurationError(f"remote AE {text!r} is not of the form AET=HOST:PORT") from exc
     if not remote.ae_title or len(remote.ae_title) > 16 or not 0 < remote.port < 65536:
-        raise ConfigurationError(
-            f"remote AE {text!r}: AE title of 1-16 characters and a valid port"
-        )
+        raise ConfigurationError(f"remote AE {text!r}: AE title of 1-16 characters and a valid port")
     return remote
 
 

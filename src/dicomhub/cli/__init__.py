@@ -59,6 +59,7 @@ _COMMAND_MODULES: tuple[str, ...] = ("deid", "deidserver", "migration", "storage
 def _command_modules() -> list[CommandModule]:
     return [import_module(f"{__name__}.{name}") for name in _COMMAND_MODULES]
 
+
 LOGGER = logging.getLogger("dicomhub")
 
 _LS_KEYS: dict[Level, tuple[str, ...]] = {
@@ -102,9 +103,7 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     p.add_argument(
         "--storage-url", help="blob store: file:///path or s3://bucket/prefix (default: data dir/blobs)"
     )
-    p.add_argument(
-        "--storage-fallback-url", help="also read blobs from this store (while migrating storage)"
-    )
+    p.add_argument("--storage-fallback-url", help="also read blobs from this store (while migrating storage)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--duplicate-policy",
@@ -437,6 +436,7 @@ def _serve(settings: Settings) -> int:
         access_log=False,
         lifespan="off",
     )
+
     class _Server(uvicorn.Server):
         # uvicorn stops quietly on a signal; an operator (and a benchmark that
         # sees the process gone) must be able to tell who ended it.
@@ -576,10 +576,7 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
         table.add_column(key, overflow="fold")
     for row in rows:
         table.add_row(
-            *(
-                "\\".join(v) if isinstance(v, list) else ("" if v is None else str(v))
-                for v in row.values()
-            )
+            *("\\".join(v) if isinstance(v, list) else ("" if v is None else str(v)) for v in row.values())
         )
     Console().print(table)
     return 0

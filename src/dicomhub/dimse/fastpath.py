@@ -519,9 +519,7 @@ class _Association:
                     "rejected_contexts": len(results) - len(self.contexts),
                     # What was proposed and what became of it (PS3.8 Table 9-18
                     # results): the syntaxes offered are kept for refused contexts only.
-                    "contexts": [
-                        _context_outcome(r, proposed.get(r.context_id)) for r in results
-                    ],
+                    "contexts": [_context_outcome(r, proposed.get(r.context_id)) for r in results],
                 },
             )
         return True
@@ -801,9 +799,7 @@ class _Association:
         fragments = self.data_fragments
         self.data_fragments = []
         try:
-            fd, path = tempfile.mkstemp(
-                prefix="dicomhub-spool-", suffix=".part", dir=self.config.spool_dir
-            )
+            fd, path = tempfile.mkstemp(prefix="dicomhub-spool-", suffix=".part", dir=self.config.spool_dir)
         except OSError as exc:
             self.spool_failure(exc)
             return
@@ -1630,9 +1626,7 @@ def _move_sub_operation(
     originator_message_id: int,
 ) -> int | None:
     """Send one instance on the C-MOVE sub-association; return its status (None = failed)."""
-    picked = _context_and_data(
-        instance, store.accepted, f"C-MOVE to {store.called_ae_title}: not accepted"
-    )
+    picked = _context_and_data(instance, store.accepted, f"C-MOVE to {store.called_ae_title}: not accepted")
     if picked is None:
         return None
     context_id, data = picked

@@ -128,9 +128,7 @@ _IOV_BATCH: Final = 512
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 # os.sendfile() errors that mean "not on this kind of file/socket": fall back
 # to pread + send for the rest of the region.
-_NO_SENDFILE: Final = frozenset(
-    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTSOCK}
-)
+_NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTSOCK})
 
 
 class ProtocolError(Exception):

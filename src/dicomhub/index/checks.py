@@ -106,9 +106,7 @@ class DecodeCheckRepository:
         with engines.read(self.engine) as conn:
             return int(
                 conn.execute(
-                    select(func.count())
-                    .select_from(_FAILED_AND_HELD)
-                    .where(decode_check.c.ok.is_(False))
+                    select(func.count()).select_from(_FAILED_AND_HELD).where(decode_check.c.ok.is_(False))
                 ).scalar_one()
             )
 
@@ -154,6 +152,7 @@ _FAILED_AND_HELD = (
     .join(series, series.c.pk == instance.c.series_pk)
     .join(study, study.c.pk == series.c.study_pk)
 )
+
 
 def _iso(value: dt.datetime) -> str:
     if value.tzinfo is None:  # SQLite hands back naive datetimes

@@ -93,9 +93,7 @@ _INSTANCE_COLUMNS = (
     instance.c.sha256,
     instance.c.content_sha256,
 )
-_SELECT_INSTANCE = select(*_INSTANCE_COLUMNS).where(
-    instance.c.sop_instance_uid == bindparam("b_uid")
-)
+_SELECT_INSTANCE = select(*_INSTANCE_COLUMNS).where(instance.c.sop_instance_uid == bindparam("b_uid"))
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
 _SELECT_STUDY = select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
@@ -322,8 +320,10 @@ class IndexRepository:
         now = _now()
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
-        if known is not None and known.study_uid == h.study_instance_uid and (
-            known.patient_id == h.patient_id
+        if (
+            known is not None
+            and known.study_uid == h.study_instance_uid
+            and (known.patient_id == h.patient_id)
         ):
             series_pk, study_pk = known.series_pk, known.study_pk
         else:
@@ -364,8 +364,7 @@ class IndexRepository:
                     select(patient.c.patient_id).where(patient.c.pk == study_patient_pk)
                 ).scalar()
                 raise PatientMismatch(
-                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, "
-                    f"not {h.patient_id!r}"
+                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, not {h.patient_id!r}"
                 )
         se = conn.execute(_SELECT_SERIES, {"b_uid": h.series_instance_uid}).first()
         if se is None:
@@ -473,9 +472,7 @@ class IndexRepository:
 
     # ------------------------------------------------------------ search
 
-    def search(
-        self, query: Query, residual_ok: bool = True
-    ) -> tuple[list[SearchRow], tuple[Condition, ...]]:
+    def search(self, query: Query, residual_ok: bool = True) -> tuple[list[SearchRow], tuple[Condition, ...]]:
         """Run ``query``; return the rows and the conditions left to apply.
 
         When residual conditions remain, limit and offset have not been
@@ -525,9 +522,7 @@ class IndexRepository:
             )
         return [first.scalar_subquery().label("rep_pk")]
 
-    def instances_matching(
-        self, query: Query
-    ) -> tuple[list[tuple[InstanceRow, int]], tuple[Condition, ...]]:
+    def instances_matching(self, query: Query) -> tuple[list[tuple[InstanceRow, int]], tuple[Condition, ...]]:
         """Instances below the matches of ``query`` (for C-GET/C-MOVE), with their pks."""
         image_query = Query(level=Level.IMAGE, conditions=query.conditions)
         compiled = compile_query(
@@ -586,9 +581,7 @@ class IndexRepository:
     def changes(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with engines.read(self.engine) as conn:
             rows = (
-                conn.execute(
-                    select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit)
-                )
+                conn.execute(select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit))
                 .mappings()
                 .all()
             )
@@ -681,9 +674,7 @@ class IndexRepository:
             }  # fmt: skip
             changes: list[dict[str, Any]] = []
             st = conn.execute(
-                select(study.c.pk, study.c.patient_pk).where(
-                    study.c.study_instance_uid == study_instance_uid
-                )
+                select(study.c.pk, study.c.patient_pk).where(study.c.study_instance_uid == study_instance_uid)
             ).first()
             if st is None:
                 raise NotFound(f"study {study_instance_uid} not found")
@@ -697,16 +688,14 @@ class IndexRepository:
             if level is not Level.STUDY and not series_rows:
                 raise NotFound(f"series {series_instance_uid} not found in study {study_instance_uid}")
             series_pks = [pk for pk, _uid in series_rows]
-            inst_stmt = select(
-                instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key
-            ).where(instance.c.series_pk.in_(series_pks))
+            inst_stmt = select(instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key).where(
+                instance.c.series_pk.in_(series_pks)
+            )
             if level is Level.IMAGE:
                 inst_stmt = inst_stmt.where(instance.c.sop_instance_uid == sop_instance_uid)
             inst_rows = conn.execute(inst_stmt).all()
             if level is Level.IMAGE and not inst_rows:
-                raise NotFound(
-                    f"instance {sop_instance_uid} not found in series {series_instance_uid}"
-                )
+                raise NotFound(f"instance {sop_instance_uid} not found in series {series_instance_uid}")
             inst_pks = [int(r[0]) for r in inst_rows]
             for start in range(0, len(inst_pks), 500):
                 conn.execute(delete(instance).where(instance.c.pk.in_(inst_pks[start : start + 500])))
@@ -729,9 +718,7 @@ class IndexRepository:
                 removed["series"].append(se_uid)
                 changes.append(_change("deleted", Level.SERIES, se_uid, now))
             left = conn.execute(
-                select(series.c.modality, series.c.number_of_instances).where(
-                    series.c.study_pk == study_pk
-                )
+                select(series.c.modality, series.c.number_of_instances).where(series.c.study_pk == study_pk)
             ).all()
             if left:
                 mods = sorted({str(m) for m, _n in left if m})

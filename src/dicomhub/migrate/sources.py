@@ -274,6 +274,18 @@ class DimseSource:
             out.append(series)
         return out
 
+    def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
+        """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = series_uid
+        query.SOPInstanceUID = ""
+        answers, cut = self._find(self._finder(), query)
+        if cut:
+            raise RemoteError(f"the peer's answer for the instances of series {series_uid} is incomplete")
+        return {sop for sop in (_text(a, "SOPInstanceUID") for a in answers) if sop}
+
     def _identifier(self, study_uid: str, series_uid: str) -> Dataset:
         ds = Dataset()
         ds.QueryRetrieveLevel = "SERIES"
@@ -472,6 +484,18 @@ class DicomwebSource:
                     )
             out.append(series)
         return out
+
+    def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
+        """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
+        study, series = _uid(study_uid, "Study Instance UID"), _uid(series_uid, "Series Instance UID")
+        path = f"/studies/{study}/series/{series}"
+        try:
+            answers = self._qido(f"{path}/instances", {})
+        except RemoteError as exc:
+            if "HTTP 404" in str(exc):  # nothing of the series yet
+                return set()
+            raise
+        return {sop for sop in (_json_value(a, "00080018") for a in answers) if sop}
 
     def retrieve_series(self, study_uid: str, series: InventorySeries, sink: Sink) -> int:
         path = f"/studies/{study_uid}/series/{series.series_instance_uid}"

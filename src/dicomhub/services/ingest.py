@@ -230,8 +230,7 @@ class IngestService:
         require_uid(sop_class_uid, "Affected SOP Class UID")
         require_uid(sop_instance_uid, "Affected SOP Instance UID")
         data = (
-            file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title)
-            + dataset
+            file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title) + dataset
         )
         return self._store(data, caller, expect_instance_uid=sop_instance_uid)
 
@@ -359,9 +358,7 @@ class IngestService:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             # Read-only mapping of a file nobody else writes: bytes in all but type.
-            return self.store_part10(
-                cast(bytes, mapped), caller, study_instance_uid=study_instance_uid
-            )
+            return self.store_part10(cast(bytes, mapped), caller, study_instance_uid=study_instance_uid)
         finally:
             try:
                 mapped.close()
@@ -769,9 +766,7 @@ class IngestService:
             raise refusal
         if added.replaced_blob_key:
             self._discard(added.replaced_blob_key)
-        outcome = (
-            StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
-        )
+        outcome = StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         return self._result(outcome, header, prepared.size, prepared.warning)
 
     def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
@@ -801,9 +796,7 @@ class IngestService:
             exc,
             blob.key,
         )
-        self.index.record_conflict(
-            kind, header, header.sop_instance_uid, blob, caller.ae_title, str(exc)
-        )
+        self.index.record_conflict(kind, header, header.sop_instance_uid, blob, caller.ae_title, str(exc))
 
     def _discard(self, key: str) -> None:
         try:

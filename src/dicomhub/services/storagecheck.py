@@ -180,4 +180,3 @@ class StorageCheckService:
             report.problems.append(StorageProblem("orphan", key, None, f"cannot remove: {exc}"))
             return
         report.removed.append(key)
-

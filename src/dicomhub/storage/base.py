@@ -50,9 +50,7 @@ class BlobStore(Protocol):
         """A fresh opaque key to :meth:`put` a new blob under."""
         ...
 
-    def put(
-        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
-    ) -> BlobInfo:
+    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
         """Write ``data`` under ``key`` (a new key) and return its info.
 
         Returns only once the bytes are on stable storage, unless ``durable``
@@ -62,9 +60,7 @@ class BlobStore(Protocol):
         """
         ...
 
-    def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
-    ) -> BlobInfo:
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True) -> BlobInfo:
         """Write the concatenation of `chunks` under `key` (a new key), computing size and SHA-256 as it goes.
 
         For objects too large to hold in memory: one chunk is in hand at a

@@ -41,14 +41,10 @@ class FallbackBlobStore:
     def new_key(self) -> str:
         return self.primary.new_key()
 
-    def put(
-        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
-    ) -> BlobInfo:
+    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
         return self.primary.put(key, data, sha256, durable=durable)
 
-    def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
-    ) -> BlobInfo:
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True) -> BlobInfo:
         return self.primary.put_stream(key, chunks, durable=durable)
 
     def sync(self) -> None:

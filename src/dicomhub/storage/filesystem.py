@@ -129,14 +129,10 @@ class FileSystemBlobStore:
         if self._fsync:
             os.sync()  # the new folders' entries, once
 
-    def put(
-        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
-    ) -> BlobInfo:
+    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
         return self._store(key, (data,), sha256, durable)
 
-    def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
-    ) -> BlobInfo:
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True) -> BlobInfo:
         return self._store(key, chunks, None, durable)
 
     def _store(

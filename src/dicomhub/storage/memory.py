@@ -26,17 +26,13 @@ class MemoryBlobStore:
     def new_key(self) -> str:
         return new_blob_key()
 
-    def put(
-        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
-    ) -> BlobInfo:
+    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
         with self._lock:
             self._blobs[key] = bytes(data)
             self._created[key] = time.time()
         return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
-    def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
-    ) -> BlobInfo:
+    def put_stream(self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True) -> BlobInfo:
         digest = hashlib.sha256()
         parts: list[bytes] = []
         for chunk in chunks:

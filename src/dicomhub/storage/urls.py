@@ -30,9 +30,7 @@ def open_blob_store(url: str, *, s3_endpoint_url: str = "", s3_region: str = "")
     if scheme == "s3":
         from dicomhub.storage.s3 import S3BlobStore, parse_s3_url
 
-        return S3BlobStore(
-            parse_s3_url(url), endpoint_url=s3_endpoint_url or None, region=s3_region or None
-        )
+        return S3BlobStore(parse_s3_url(url), endpoint_url=s3_endpoint_url or None, region=s3_region or None)
     raise ConfigurationError(f"storage URL {url!r}: use file:///path or s3://bucket/prefix")
 
 
