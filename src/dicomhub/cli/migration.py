@@ -78,6 +78,12 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--csv", action="store_true", help="print one CSV row per study that differs")
     rec.add_argument("--all", action="store_true", help="list the studies that match too")
+    rec.add_argument(
+        "--push", action="store_true", help="dicomhub is the source and NAME the target (after a push)"
+    )
+    rec.add_argument("--deid", metavar="PROJECT", help="compare the source as de-identified for PROJECT")
+    rec.add_argument("--deid-option", action="append", default=[], metavar="OPTION",
+                     help="the de-identification options of that migration (repeatable)")  # fmt: skip
     rec.set_defaults(run=_reconcile)
 
     mig = sub.add_parser(
@@ -285,7 +291,13 @@ def print_report(report: ReconcileReport, args: argparse.Namespace) -> None:
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     archive = _archive(settings)
     try:
-        report = archive.migration.reconcile(args.name, against=args.against)
+        mapping = None
+        if args.deid:
+            project, options = args.deid, list(args.deid_option)
+            mapping = lambda inv: archive.deid.mapped_inventory(project, options, inv)  # noqa: E731
+        report = archive.migration.reconcile(
+            args.name, against=args.against, push=args.push, map_source=mapping
+        )
     finally:
         archive.close()
     print_report(report, args)
