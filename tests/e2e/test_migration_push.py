@@ -30,7 +30,7 @@ from pydicom.uid import RLELossless
 from tests.backends import backend_env
 from tests.deid_server_data import SECRET
 
-from .helpers import HOST, clean_env, dicomhub_command, index_rows, read_blob, run_cli
+from .helpers import HOST, ServerPool, clean_env, dicomhub_command, index_rows, read_blob, run_cli
 from .orthanc import OrthancServer, orthanc, orthanc_rest
 
 pytestmark = pytest.mark.e2e
@@ -296,3 +296,29 @@ def test_deidentifying_push_leaves_only_deidentified_objects_on_the_target(
         assert str(ds.PatientID) not in identifying and str(ds.PatientName) not in identifying
         assert sop not in originals and str(ds.StudyInstanceUID) not in originals
         assert ds.StudyDate == expected[sop].StudyDate != ""  # shifted, not removed
+
+
+def test_push_job_queued_over_http_is_run_by_the_server(
+    tmp_path: Path, hub_dir: Path, target: OrthancServer, corpus: Corpus
+) -> None:
+    emptied(target)
+    add_remote(hub_dir, "queued", target)
+    pool = ServerPool(tmp_path)
+    try:
+        hub = pool.start("hub", data_dir=hub_dir)
+        r = httpx.post(f"{hub.base_url}/migrations", json={"remote": "x", "target": "queued"}, timeout=30)
+        assert r.status_code == 400, r.text
+        r = httpx.post(f"{hub.base_url}/migrations", json={"target": "queued", "parallel": 2}, timeout=30)
+        assert r.status_code == 201, r.text
+        job = r.json()
+        assert job["direction"] == "push" and job["transform"] is None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and job["state"] not in ("done", "failed", "stopped"):
+            time.sleep(0.5)
+            job = httpx.get(f"{hub.base_url}/migrations/{job['id']}", timeout=30).json()
+        assert job["state"] == "done" and job["reconcile_clean"] is True, job
+        assert job["owner"].startswith("server:")
+        assert job["notes"] and "another transfer syntax" in job["notes"]
+    finally:
+        pool.close()
+    assert_same_pixels(held(target), corpus)
