@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,30 @@ def _study(ds: Dataset) -> InventoryStudy | None:
 # --------------------------------------------------------------------------- DIMSE
 
 
+def _responses_to_the_requester(assoc: Association) -> None:
+    """Keep pynetdicom's reactor thread from taking the responses to our requests.
+
+    pynetdicom pauses the association's reactor before a request by clearing an
+    event and waiting for a flag the reactor sets *before* it blocks on that
+    event, so the reactor may still run one more loop after the requester thinks
+    it paused. That loop takes the next DIMSE message off the queue; a C-FIND
+    response taken so is dropped ("Received unexpected C-FIND service message")
+    and its match is lost. Under GIL contention (several associations at once,
+    as the inventory runs) this happened a few times in a thousand queries.
+    These associations only make requests (the C-STORE sub-operations of a C-GET
+    arrive in the requester's own response loop), so the reactor never needs a
+    DIMSE message: it is given none.
+    """
+    get_msg = assoc.dimse.get_msg
+
+    def requester_only(block: bool = False) -> Any:
+        if threading.current_thread() is assoc:
+            return None, None
+        return get_msg(block)
+
+    assoc.dimse.get_msg = requester_only  # type: ignore[method-assign]
+
+
 @dataclass
 class DimseSource:
     """A DIMSE archive: C-FIND for the inventory, C-MOVE or C-GET for the objects."""
@@ -145,6 +170,7 @@ class DimseSource:
                 f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
                 "refused or did not answer the association"
             )
+        _responses_to_the_requester(assoc)
         return assoc
 
     def __post_init__(self) -> None:
