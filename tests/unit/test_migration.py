@@ -212,3 +212,21 @@ def test_deidentifying_pull_from_a_folder_reconciles_in_the_mapped_space(
     archive.migration.create_job("files", {}, 1)
     with pytest.raises(DicomhubError, match="without de-identification"):
         migrator.start("files", {}, 1, owner, transform=steps)
+
+
+def test_stow_rs_bodies_and_failed_sop_sequences() -> None:
+    from dicomhub.migrate.targets import _failed, _multipart
+
+    body = b"".join(_multipart(b"XyZ", [b"one", b"two"]))
+    assert body == (
+        b"--XyZ\r\nContent-Type: application/dicom\r\n\r\none\r\n"
+        b"--XyZ\r\nContent-Type: application/dicom\r\n\r\ntwo\r\n--XyZ--\r\n"
+    )
+    answer = {
+        "00081198": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0xC122]}},
+            {"00081155": {"vr": "UI", "Value": ["1.2.4"]}},
+        ]},
+    }  # fmt: skip
+    assert _failed(answer) == {"1.2.3": 0xC122, "1.2.4": 0xC000}
+    assert _failed({}) == {} and _failed([]) == {}

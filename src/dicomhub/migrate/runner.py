@@ -15,6 +15,16 @@ Instance of the source's inventory for its series is in the index. A failed
 item is retried with exponential backoff; a job stopped or killed resumes with
 the items not done (objects already stored are found present, never twice).
 The job ends with a reconcile of its studies that must come out clean.
+
+*Push*: the same job the other way round: the items are the series of this
+archive that a fresh inventory of the remote target lacks, each is sent by
+C-STORE or STOW-RS (only the objects the target does not hold yet) and is done
+when the target holds all of it; the final reconcile is against a fresh
+inventory of the target.
+
+*De-identification on the way*: a job's step (project, options, reason) runs
+each object through the governed machinery (a ``migration`` run, its mapping);
+items and the reconcile then see the source's UIDs as the project maps them.
 """
 
 from __future__ import annotations

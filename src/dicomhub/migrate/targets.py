@@ -124,9 +124,6 @@ class DimseTarget:
                 assoc.release()
         return sent
 
-    def source(self) -> DimseSource:
-        return self.finder
-
     def close(self) -> None:
         self.finder.close()
 
@@ -223,9 +220,6 @@ class DicomwebTarget:
             size += len(data)
         flush()
         return sent
-
-    def source(self) -> DicomwebSource:
-        return self.finder
 
     def close(self) -> None:
         self.finder.close()
