@@ -233,7 +233,8 @@ class _Pusher:
         kept: list[bytes] = []
 
         def deidentified() -> bytes:
-            # Done when sent, once: a series is never held de-identified in memory whole.
+            # De-identified when it is sent, once: a syntax fallback or a STOW-RS retry
+            # reuses the result (kept until the series is sent).
             if not kept:
                 ds = step(dcmread(BytesIO(read(row))))
                 if str(ds.file_meta.TransferSyntaxUID) != row.transfer_syntax_uid:
