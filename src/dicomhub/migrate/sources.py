@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,11 @@ class DimseSource:
                 "refused or did not answer the association"
             )
         _responses_to_the_requester(assoc)
+        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        if sock is not None:
+            # Without it, each C-FIND waits on Nagle and delayed ACKs (tens of ms). It once
+            # seemed to garble Orthanc's answers; that was the reactor race above.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return assoc
 
     def __post_init__(self) -> None:
