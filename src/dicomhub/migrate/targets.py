@@ -10,6 +10,8 @@ is checked against the target itself.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ _FALLBACKS = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 _STOW_OBJECTS = 64
 _STOW_BYTES = 64 << 20
 _TS_NOT_SUPPORTED = 0xC122  # PS3.18 Table 10.5.3-2: Referenced Transfer Syntax not supported
+_IDLE_REUSE = 2.0  # seconds a storage association may have been idle and still be used
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +60,52 @@ class Sent:
 
 
 class DimseTarget:
-    """A DIMSE archive as a target: C-STORE on one association per series, C-FIND to check."""
+    """A DIMSE archive as a target: C-STORE, C-FIND to check.
+
+    The storage association is kept for the next series while that needs no other
+    presentation context and it has not been idle long (peers close idle ones:
+    Orthanc after 5 s): setting one up costs more than sending a small series.
+    """
 
     def __init__(self, remote: RemoteArchive, calling_ae_title: str, timeout: float) -> None:
         self.remote = remote
         self.calling_ae_title = calling_ae_title
         self.timeout = timeout
         self.finder = DimseSource(remote, calling_ae_title, calling_ae_title, timeout)
+        self._assoc: StoreAssociation | None = None
+        self._proposed: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
+        self._used = 0.0
+
+    def _association(self, contexts: Sequence[tuple[str, Sequence[str]]]) -> StoreAssociation:
+        wanted = frozenset((a, tuple(ts)) for a, ts in contexts)
+        assoc = self._assoc
+        fresh = time.monotonic() - self._used < _IDLE_REUSE
+        if assoc is not None and assoc.is_open and fresh and wanted <= self._proposed:
+            return assoc
+        self._release()
+        # Contexts of the associations before are proposed again: series of other
+        # classes or syntaxes alternate without a new association each time.
+        merged = self._proposed | wanted if len(self._proposed | wanted) <= 128 else wanted
+        try:
+            assoc = StoreAssociation.open(
+                self.remote.host,
+                self.remote.port,
+                self.remote.ae_title,
+                self.calling_ae_title,
+                [(a, list(ts)) for a, ts in sorted(merged)],
+                acse_timeout=self.timeout,
+                dimse_timeout=self.timeout,
+            )
+        except StoreAssociationError as exc:
+            raise RemoteError(f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port}: {exc}") from exc
+        self._assoc, self._proposed = assoc, merged
+        return assoc
+
+    def _release(self) -> None:
+        if self._assoc is not None and self._assoc.is_open:
+            with contextlib.suppress(StoreAssociationError, OSError):
+                self._assoc.release()
+        self._assoc = None
 
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self.finder.series_instances(study_uid, series_uid)
@@ -79,18 +121,7 @@ class DimseTarget:
             contexts.append((sop_class, list(_FALLBACKS)))
         if len(contexts) > 128:
             raise RemoteError("more than 128 presentation contexts for one series")
-        try:
-            assoc = StoreAssociation.open(
-                self.remote.host,
-                self.remote.port,
-                self.remote.ae_title,
-                self.calling_ae_title,
-                contexts,
-                acse_timeout=self.timeout,
-                dimse_timeout=self.timeout,
-            )
-        except StoreAssociationError as exc:
-            raise RemoteError(f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port}: {exc}") from exc
+        assoc = self._association(contexts)
         try:
             for n, obj in enumerate(objects):
                 syntax = obj.transfer_syntax_uid
@@ -118,13 +149,14 @@ class DimseTarget:
                         f"{obj.sop_instance_uid}: status 0x{status:04X} {comment or ''}".strip()
                     )
         except StoreAssociationError as exc:
+            self._release()
             raise RemoteError(f"C-STORE to {self.remote.ae_title}: {exc}") from exc
         finally:
-            if assoc.is_open:
-                assoc.release()
+            self._used = time.monotonic()
         return sent
 
     def close(self) -> None:
+        self._release()
         self.finder.close()
 
 
