@@ -318,7 +318,7 @@ def test_push_job_queued_over_http_is_run_by_the_server(
             job = httpx.get(f"{hub.base_url}/migrations/{job['id']}", timeout=30).json()
         assert job["state"] == "done" and job["reconcile_clean"] is True, job
         assert job["owner"].startswith("server:")
-        assert job["notes"] and "another transfer syntax" in job["notes"]
+        assert job["notes"] and "another transfer syntax" in job["notes"], job
     finally:
         pool.close()
     assert_same_pixels(held(target), corpus)

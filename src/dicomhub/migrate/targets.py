@@ -121,39 +121,54 @@ class DimseTarget:
             contexts.append((sop_class, list(_FALLBACKS)))
         if len(contexts) > 128:
             raise RemoteError("more than 128 presentation contexts for one series")
+        kept = self._assoc
         assoc = self._association(contexts)
+        reused = assoc is kept
+        n = 0
         try:
-            for n, obj in enumerate(objects):
-                syntax = obj.transfer_syntax_uid
-                context = assoc.accepted(obj.sop_class_uid, syntax)
-                if context is None:
-                    fallback = next((ts for ts in _FALLBACKS if assoc.accepted(obj.sop_class_uid, ts)), None)
-                    if fallback is None:
-                        sent.failures.append(f"{obj.sop_instance_uid}: no presentation context accepted")
+            while n < len(objects):
+                obj = objects[n]
+                try:
+                    self._send_one(assoc, obj, n, sent)
+                except StoreAssociationError as exc:
+                    self._release()
+                    if reused and n == 0:
+                        # The peer closed the kept association meanwhile: a new one, once.
+                        reused = False
+                        assoc = self._association(contexts)
                         continue
-                    context, syntax = assoc.accepted(obj.sop_class_uid, fallback), fallback
-                    data = obj.in_syntax(fallback)
-                    sent.transcoded.append((obj.sop_instance_uid, obj.transfer_syntax_uid, fallback))
-                else:
-                    data = obj.part10()
-                assert context is not None
-                body = memoryview(data)[dataset_offset(data) :]
-                status, comment = assoc.send_c_store(
-                    context, obj.sop_class_uid, obj.sop_instance_uid, body, (n % 65535) + 1
-                )
-                if status == 0x0000 or status & 0xF000 == 0xB000:  # success or warning
-                    sent.count += 1
-                    sent.bytes += len(body)
-                else:
-                    sent.failures.append(
-                        f"{obj.sop_instance_uid}: status 0x{status:04X} {comment or ''}".strip()
+                    sent.failures.extend(
+                        f"{o.sop_instance_uid}: C-STORE to {self.remote.ae_title}: {exc}" for o in objects[n:]
                     )
-        except StoreAssociationError as exc:
-            self._release()
-            raise RemoteError(f"C-STORE to {self.remote.ae_title}: {exc}") from exc
+                    break
+                n += 1
         finally:
             self._used = time.monotonic()
         return sent
+
+    def _send_one(self, assoc: StoreAssociation, obj: Outgoing, n: int, sent: Sent) -> None:
+        """C-STORE one object as stored, or in an uncompressed syntax the peer accepted."""
+        context = assoc.accepted(obj.sop_class_uid, obj.transfer_syntax_uid)
+        fallback = None
+        if context is None:
+            fallback = next((ts for ts in _FALLBACKS if assoc.accepted(obj.sop_class_uid, ts)), None)
+            if fallback is None:
+                sent.failures.append(f"{obj.sop_instance_uid}: no presentation context accepted")
+                return
+            context = assoc.accepted(obj.sop_class_uid, fallback)
+        assert context is not None
+        data = obj.part10() if fallback is None else obj.in_syntax(fallback)
+        body = memoryview(data)[dataset_offset(data) :]
+        status, comment = assoc.send_c_store(
+            context, obj.sop_class_uid, obj.sop_instance_uid, body, (n % 65535) + 1
+        )
+        if status == 0x0000 or status & 0xF000 == 0xB000:  # success or warning
+            sent.count += 1
+            sent.bytes += len(body)
+            if fallback is not None:
+                sent.transcoded.append((obj.sop_instance_uid, obj.transfer_syntax_uid, fallback))
+        else:
+            sent.failures.append(f"{obj.sop_instance_uid}: status 0x{status:04X} {comment or ''}".strip())
 
     def close(self) -> None:
         self._release()
