@@ -15,6 +15,13 @@ Each run is ``dicomhub inventory`` then ``dicomhub migrate --parallel N`` (which
 with the reconcile that must come out clean); both are timed from process start to
 exit. Instances/s and MB/s (file bytes / 10^6) are of the migrate step.
 
+Push (``--push-modes``): once a data set has been pulled, Orthanc is emptied and the
+archive is pushed back to it with ``dicomhub migrate --to`` (which takes a fresh
+inventory of the target first and last, and ends with the reconcile):
+
+  * ``cstore``: C-STORE, one association per series and worker;
+  * ``stow``: STOW-RS, batches of up to 64 objects per request.
+
 Reconcile: two synthesised inventories of ``--reconcile-studies`` studies (2 series
 of 3+2 instances each, with digests) are stored in a fresh index, then compared by
 the reconcile service (both loaded from the index, then compared), and by the
@@ -94,6 +101,25 @@ def migrate_once(
     return {"inventory_s": inventory, "migrate_s": migrate, "reconcile_s": reconcile}
 
 
+def push_once(
+    hub: DicomhubServer, orthanc: OrthancServer, dicomhub: list[str], mode: str, parallel: int
+) -> dict[str, float]:
+    """Push the archive of ``hub`` (holding the data set) to an emptied Orthanc."""
+    orthanc.restart_empty()
+    assert hub.workdir is not None
+    data = ["--data-dir", str(hub.workdir / f"{hub.key}-dicomhub-{hub.generation}" / "data")]
+    name = f"push-{mode}-{orthanc.generation}"
+    if mode == "stow":
+        remote = ["--dicomweb", orthanc.dicomweb_url]
+    else:
+        remote = ["--dimse", f"{orthanc.aet}@{HOST}:{orthanc.port}"]
+    run([*dicomhub, "remote", "add", name, *remote, *data])
+    push, out = run([*dicomhub, "migrate", "--to", name, "--parallel", str(parallel), "--quiet", *data])
+    if "final reconcile clean" not in out:
+        raise RuntimeError(f"push did not end clean:\n{out}")
+    return {"push_s": push}
+
+
 def reconcile_bench(studies: int) -> dict[str, float]:
     from dicomhub.bootstrap import open_archive
     from dicomhub.config import Settings
@@ -151,6 +177,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=20240601)
     p.add_argument("--cache-root", type=Path, default=CACHE_ROOT, help="where the data sets are cached")
     p.add_argument("--modes", default="move,get,dicomweb")
+    p.add_argument("--push-modes", default="cstore,stow", help="push modes after each set ('' for none)")
     p.add_argument("--sets", default="ct,small", help="data sets to migrate (ct, small)")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--reconcile-studies", type=int, default=10000)
@@ -209,6 +236,13 @@ def main() -> int:
                     t["mb_per_s"] = nbytes / 1e6 / t["migrate_s"]
                     results[f"{name}_{mode}"] = t
                     log(f"{name} {mode}: {json.dumps({k: round(v, 2) for k, v in t.items()})}")
+                for mode in filter(None, a.push_modes.split(",")):
+                    log(f"{name}: pushing {count} instances by {mode}")
+                    t = push_once(hub, orthanc, dicomhub, mode, a.parallel)
+                    t["instances_per_s"] = count / t["push_s"]
+                    t["mb_per_s"] = nbytes / 1e6 / t["push_s"]
+                    results[f"{name}_push_{mode}"] = t
+                    log(f"{name} push {mode}: {json.dumps({k: round(v, 2) for k, v in t.items()})}")
         finally:
             hub.stop()
             orthanc.stop()

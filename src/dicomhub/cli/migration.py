@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import getpass
 import json
 import re
 import sys
@@ -77,11 +78,45 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--csv", action="store_true", help="print one CSV row per study that differs")
     rec.add_argument("--all", action="store_true", help="list the studies that match too")
+    rec.add_argument(
+        "--push", action="store_true", help="dicomhub is the source and NAME the target (after a push)"
+    )
+    rec.add_argument("--deid", metavar="PROJECT", help="compare the source as de-identified for PROJECT")
+    rec.add_argument("--deid-option", action="append", default=[], metavar="OPTION",
+                     help="the de-identification options of that migration (repeatable)")  # fmt: skip
     rec.set_defaults(run=_reconcile)
 
-    mig = sub.add_parser("migrate", help="pull what this archive lacks from a remote (resumable)")
+    mig = sub.add_parser(
+        "migrate",
+        help="pull what this archive lacks from a remote, or push to one with --to (resumable)",
+        description="`migrate NAME` pulls from the remote NAME into dicomhub; `migrate --to NAME` "
+        "pushes dicomhub's objects to the remote NAME (C-STORE or STOW-RS). --deid PROJECT "
+        "de-identifies every object on the way (the secret as for `dicomhub deid`).",
+    )
     settings_args(mig)
-    mig.add_argument("name")
+    mig.add_argument("name", nargs="?", help="the remote to pull from")
+    mig.add_argument("--to", metavar="NAME", help="push to this remote (a DIMSE or DICOMweb archive)")
+    mig.add_argument(
+        "--from",
+        dest="source",
+        metavar="local",
+        default="local",
+        help="what a push sends: local (dicomhub's own objects, the only source of a push)",
+    )
+    mig.add_argument("--deid", metavar="PROJECT", help="de-identify on the way, keyed by this project")
+    mig.add_argument(
+        "--deid-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="a PS3.15 Table E.1-1 option for --deid (repeatable), as for `dicomhub deid --option`",
+    )
+    mig.add_argument("--reason", help="why the objects are de-identified (recorded with the run)")
+    mig.add_argument(
+        "--burned-in",
+        choices=["refuse", "mask", "allow"],
+        help="--deid policy for pixel data that may show burned-in text (default: the configured one)",
+    )
     mig.add_argument("--since", metavar="YYYYMMDD", help="studies of this StudyDate or later")
     mig.add_argument("--until", metavar="YYYYMMDD", help="studies of this StudyDate or earlier")
     mig.add_argument("--modality", help="studies with a series of this modality")
@@ -256,7 +291,13 @@ def print_report(report: ReconcileReport, args: argparse.Namespace) -> None:
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
     archive = _archive(settings)
     try:
-        report = archive.migration.reconcile(args.name, against=args.against)
+        mapping = None
+        if args.deid:
+            project, options = args.deid, list(args.deid_option)
+            mapping = lambda inv: archive.deid.mapped_inventory(project, options, inv)  # noqa: E731
+        report = archive.migration.reconcile(
+            args.name, against=args.against, push=args.push, map_source=mapping
+        )
     finally:
         archive.close()
     print_report(report, args)
@@ -280,18 +321,42 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InvalidRequest(f"cannot read {args.patient_list}: {exc.strerror}") from exc
         selection["patients"] = [line.strip() for line in lines if line.strip()]
+    if bool(args.name) == bool(args.to):
+        raise InvalidRequest("name the remote to pull from (migrate NAME) or to push to (migrate --to NAME)")
+    if args.to and args.source != "local":
+        raise InvalidRequest(
+            "a push sends dicomhub's own objects (--from local); to move between two remotes, "
+            f"`dicomhub migrate {args.source}` first, then `dicomhub migrate --to {args.to}`"
+        )
+    transform = None
+    if args.deid:
+        transform = {"project": args.deid, "options": args.deid_option, "reason": args.reason or "",
+                     "actor": getpass.getuser()}  # fmt: skip
+        if args.burned_in:
+            transform["burned_in"] = args.burned_in
+    elif args.deid_option or args.reason or args.burned_in:
+        raise InvalidRequest("--deid-option, --reason and --burned-in go with --deid PROJECT")
+    name = args.to or args.name
+    direction = "push" if args.to else "pull"
     console = Console(stderr=True)
     settings = _with_aet(settings, args)
     archive = _archive(settings)
     owner = owner_name("cli")
     try:
         migrator = Migrator(archive, settings, retries=max(0, args.retries))
-        job_id, resumed = migrator.start(args.name, selection, max(1, args.parallel), owner)
+        job_id, resumed = migrator.start(
+            name, selection, max(1, args.parallel), owner, direction=direction, transform=transform
+        )
         job = archive.migration.job(job_id)
+        what = f"{'to' if args.to else 'from'} {name}" + (
+            f", de-identified for {args.deid}" if args.deid else ""
+        )
         if resumed:
-            console.print(f"resuming migration job {job_id} (selection {job['selection'] or 'everything'})")
+            console.print(
+                f"resuming migration job {job_id} {what} (selection {job['selection'] or 'everything'})"
+            )
         else:
-            console.print(f"migration job {job_id} from {args.name}")
+            console.print(f"migration job {job_id} {what}")
         with Bars(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -315,10 +380,16 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     p = job["progress"]
     print(
         f"dicomhub: migration job {job_id} {job['state']}: {p['series_done']}/{p['series']} series, "
-        f"{p['instances_done']}/{p['instances']} instances, {p['bytes_done'] / 1e6:.1f} MB stored"
+        f"{p['instances_done']}/{p['instances']} instances, {p['bytes_done'] / 1e6:.1f} MB "
+        + ("sent" if job["direction"] == "push" else "stored")
         + (f"; final reconcile {'clean' if job['reconcile_clean'] else 'NOT clean'}"
            if job["reconcile_clean"] is not None else "")
     )  # fmt: skip
+    if job["notes"]:
+        print(f"dicomhub: {job['notes']}")
+    if job["transform"] and job["transform"].get("run") is not None:
+        print(f"dicomhub: de-identified for project {job['transform']['project']} "
+              f"(de-identification run {job['transform']['run']})")  # fmt: skip
     if job["error"]:
         print(f"dicomhub: {job['error']}", file=sys.stderr)
     return 0 if state is JobState.DONE else 1

@@ -406,6 +406,22 @@ class DeidRepository:
             out[str(replacement)].append((str(kind), str(original)))
         return out
 
+    def replacements(self, project_pk: int, kind: str, originals: Sequence[str]) -> dict[str, str]:
+        """original -> replacement of the ``kind`` values of ``originals`` that are mapped."""
+        out: dict[str, str] = {}
+        wanted = sorted(set(originals))
+        with engines.read(self.engine) as conn:
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(deid_mapping.c.original, deid_mapping.c.replacement).where(
+                        deid_mapping.c.project_pk == project_pk,
+                        deid_mapping.c.kind == kind,
+                        deid_mapping.c.original.in_(wanted[start : start + 500]),
+                    )
+                ).all()
+                out.update({str(o): str(r) for o, r in rows})
+        return out
+
     def mapping_count(self, project_pk: int) -> int:
         with engines.read(self.engine) as conn:
             return int(

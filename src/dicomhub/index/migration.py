@@ -134,6 +134,12 @@ migration_job = Table(
     Column("reconcile_clean", Boolean),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # pull: from the remote into dicomhub; push: from dicomhub to the remote (revision 0011).
+    Column("direction", String(8), nullable=False, server_default="pull"),
+    # The de-identification step on the way (project, options, reason, run), or NULL.
+    Column("transform_json", Text),
+    # What the report must say beyond the counts (objects sent in another syntax).
+    Column("notes", Text),
     Index("ix_migration_job_state", "state"),
 )
 
@@ -199,6 +205,9 @@ def _job(row: Any) -> dict[str, Any]:
         "heartbeat_at": row.heartbeat_at.isoformat() if row.heartbeat_at else None,
         "error": row.error,
         "reconcile_clean": row.reconcile_clean,
+        "direction": row.direction,
+        "transform": json.loads(row.transform_json) if row.transform_json else None,
+        "notes": row.notes,
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
@@ -527,7 +536,14 @@ class MigrationRepository:
     # -- jobs --------------------------------------------------------------
 
     def create_job(
-        self, remote_pk: int, selection: dict[str, Any], parallel: int, owner: str | None = None
+        self,
+        remote_pk: int,
+        selection: dict[str, Any],
+        parallel: int,
+        owner: str | None = None,
+        *,
+        direction: str = "pull",
+        transform: dict[str, Any] | None = None,
     ) -> int:
         """A new job: pending (for the server's worker), or running for ``owner`` already."""
         now = _now()
@@ -540,6 +556,8 @@ class MigrationRepository:
                         state=state.value,
                         selection_json=json.dumps(selection, sort_keys=True),
                         parallel=parallel,
+                        direction=direction,
+                        transform_json=json.dumps(transform, sort_keys=True) if transform else None,
                         owner=owner,
                         heartbeat_at=now if owner else None,
                         created_at=now,
@@ -746,6 +764,18 @@ class MigrationRepository:
                     error=error,
                 )  # fmt: skip
             )
+
+    def set_job_transform(self, job_pk: int, transform: dict[str, Any]) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(migration_job)
+                .where(migration_job.c.pk == job_pk)
+                .values(transform_json=json.dumps(transform, sort_keys=True))
+            )
+
+    def set_job_notes(self, job_pk: int, notes: str) -> None:
+        with engines.write(self.engine) as conn:
+            conn.execute(update(migration_job).where(migration_job.c.pk == job_pk).values(notes=notes))
 
     # -- reconcile ---------------------------------------------------------
 

@@ -15,6 +15,16 @@ Instance of the source's inventory for its series is in the index. A failed
 item is retried with exponential backoff; a job stopped or killed resumes with
 the items not done (objects already stored are found present, never twice).
 The job ends with a reconcile of its studies that must come out clean.
+
+*Push*: the same job the other way round: the items are the series of this
+archive that a fresh inventory of the remote target lacks, each is sent by
+C-STORE or STOW-RS (only the objects the target does not hold yet) and is done
+when the target holds all of it; the final reconcile is against a fresh
+inventory of the target.
+
+*De-identification on the way*: a job's step (project, options, reason) runs
+each object through the governed machinery (a ``migration`` run, its mapping);
+items and the reconcile then see the source's UIDs as the project maps them.
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from dicomhub import codec
 from dicomhub.config import Settings
+from dicomhub.deid import Options
 from dicomhub.errors import DicomhubError
 from dicomhub.index.migration import ITEM_DONE, ITEM_FAILED, ITEM_PENDING
 from dicomhub.migrate.sources import (
@@ -45,17 +57,24 @@ from dicomhub.migrate.sources import (
     RemoteError,
     open_source,
 )
+from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open_target
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.identifiers import Level
 from dicomhub.model.migration import (
     HEARTBEAT_SECONDS,
     STALE_SECONDS,
     Inventory,
     InventorySeries,
+    InventoryStudy,
     JobState,
     ReconcileReport,
+    RemoteArchive,
     RemoteKind,
 )
+from dicomhub.model.query import Condition, Query, Single
+from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
+from dicomhub.services.deidentify import MigrationDeid
 from dicomhub.services.ingest import StoreOutcome
 from dicomhub.services.migration import selected
 
@@ -151,6 +170,100 @@ class _StoreSink:
             return self.store_part10(path.read_bytes())
         result = self.archive.ingest.store_part10_file(path, self.caller)
         return self._count(result.size, result.outcome)
+
+
+class _Pusher:
+    """Sends this archive's series to a push target: one association (or HTTP client)
+    per worker thread, only the objects the target lacks, de-identified on the way
+    when the job has that step."""
+
+    def __init__(
+        self, archive: Archive, settings: Settings, remote: RemoteArchive, step: MigrationDeid | None
+    ) -> None:
+        self.archive, self.settings, self.remote, self.step = archive, settings, remote, step
+        self.caller = Caller(Channel.INTERNAL, f"migrate:{remote.name}")
+        self.transcoded: list[tuple[str, str, str]] = []  # (SOP Instance UID, stored TS, sent TS)
+        self._local = threading.local()
+        self._targets: list[DimseTarget | DicomwebTarget] = []
+        self._lock = threading.Lock()
+
+    def _target(self) -> DimseTarget | DicomwebTarget:
+        target: DimseTarget | DicomwebTarget | None = getattr(self._local, "target", None)
+        if target is None:
+            target = self._local.target = open_target(
+                self.remote, self.settings.aet, self.settings.dimse_timeout
+            )
+            with self._lock:
+                self._targets.append(target)
+        return target
+
+    def held(self, study_uid: str, series_uid: str) -> set[str]:
+        return self._target().held(study_uid, series_uid)
+
+    def push_series(self, study_uid: str, series: InventorySeries, uid: Callable[[str], str]) -> int:
+        """Send what the target lacks of a stored series; return the bytes sent."""
+        query = Query(
+            Level.SERIES, (Condition("SeriesInstanceUID", "UI", Single(series.series_instance_uid)),)
+        )
+        rows = self.archive.search.instances(query, self.caller)
+        there = self.held(uid(study_uid), uid(series.series_instance_uid))
+        outgoing = [self._outgoing(row, uid) for row in rows if uid(row.sop_instance_uid) not in there]
+        sent = self._target().send(outgoing)
+        with self._lock:
+            self.transcoded.extend(sent.transcoded)
+        if sent.failures:
+            raise RemoteError(f"{len(sent.failures)} objects not sent: {sent.failures[0]}")
+        return sent.bytes
+
+    def _outgoing(self, row: InstanceRow, uid: Callable[[str], str]) -> Outgoing:
+        read = self.archive.retrieve.read
+        step = self.step
+        if step is None:
+
+            def in_syntax(syntax: str) -> bytes:
+                transcoded = self.archive.transcode.transcode(row, syntax)
+                try:
+                    return Path(transcoded.path).read_bytes()
+                finally:
+                    transcoded.close()
+
+            return Outgoing(
+                row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid, lambda: read(row), in_syntax
+            )
+        kept: list[bytes] = []
+
+        def deidentified() -> bytes:
+            # De-identified when it is sent, once: a syntax fallback or a STOW-RS retry
+            # reuses the result (kept until the series is sent).
+            if not kept:
+                ds = step(dcmread(BytesIO(read(row))))
+                if str(ds.file_meta.TransferSyntaxUID) != row.transfer_syntax_uid:
+                    raise DicomhubError(
+                        f"{row.sop_instance_uid}: masking burned-in text changed its transfer syntax"
+                    )
+                out = BytesIO()
+                ds.save_as(out, enforce_file_format=True)
+                kept.append(out.getvalue())
+            return kept[0]
+
+        return Outgoing(
+            row.sop_class_uid,
+            uid(row.sop_instance_uid),
+            row.transfer_syntax_uid,
+            deidentified,
+            lambda syntax: codec.transcode_bytes(deidentified(), syntax),
+        )
+
+    def notes(self) -> str:
+        sop, stored, sent = self.transcoded[0]
+        return (
+            f"{len(self.transcoded)} objects sent in another transfer syntax than stored, because "
+            f"{self.remote.name} accepts none of theirs (first: {sop}, {stored} sent as {sent})"
+        )
+
+    def close(self) -> None:
+        for target in self._targets:
+            target.close()
 
 
 class Migrator:
@@ -282,14 +395,38 @@ class Migrator:
 
     # -- jobs --------------------------------------------------------------
 
-    def start(self, name: str, selection: dict[str, Any], parallel: int, owner: str) -> tuple[int, bool]:
-        """The unfinished job from ``name`` (taken over: True), or a new one, claimed by ``owner``."""
+    def start(
+        self,
+        name: str,
+        selection: dict[str, Any],
+        parallel: int,
+        owner: str,
+        *,
+        direction: str = "pull",
+        transform: dict[str, Any] | None = None,
+    ) -> tuple[int, bool]:
+        """The unfinished job with ``name`` (taken over: True), or a new one, claimed by ``owner``.
+
+        ``direction``: ``pull`` from the remote, or ``push`` to it; ``transform``: the
+        de-identification step (project, options, reason). An unfinished job is resumed
+        as it was created, so asking for another direction or step is refused.
+        """
         remote_pk, _ = self.service.remote(name)
         repo = self.service.repo
         job_id = repo.unfinished_job(remote_pk)
         if job_id is None:
-            return self.service.create_job(name, selection, parallel, owner=owner), False
+            job_id = self.service.create_job(
+                name, selection, parallel, owner=owner, direction=direction, transform=transform
+            )
+            return job_id, False
         job = self.service.job(job_id)
+        project = (job["transform"] or {}).get("project")
+        if job["direction"] != direction or project != (transform or {}).get("project"):
+            raise DicomhubError(
+                f"migration job {job_id} with {name!r} is unfinished and is a {job['direction']}"
+                + (f" de-identified for project {project!r}" if project else " without de-identification")
+                + "; resume it with the same direction and --deid, or stop it first"
+            )
         stale = dt.datetime.now(dt.UTC) - STALE
         if _owner_gone(job["owner"]):
             stale = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
@@ -309,11 +446,18 @@ class Migrator:
         progress: Callable[[Progress], None] | None = None,
         stop: threading.Event | None = None,
     ) -> JobState:
-        """Run a job this runner has claimed, to its end or until stopped."""
+        """Run a job this runner has claimed, to its end or until stopped.
+
+        A pull job fetches from the remote into this archive; a push job sends this
+        archive's objects to the remote. Either way, with a de-identification step
+        the objects are de-identified on the way and the final reconcile compares the
+        source mapped through the project's mapping with the target.
+        """
         stop = stop or threading.Event()
         repo = self.service.repo
         job = self.service.job(job_id)
         name, selection = job["remote"], job["selection"]
+        push = job["direction"] == "push"
         remote_pk, remote = self.service.remote(name)
         beat_done = threading.Event()
 
@@ -327,17 +471,32 @@ class Migrator:
 
         beater = threading.Thread(target=beat, name=f"migration-{job_id}-heartbeat", daemon=True)
         beater.start()
+        steps: dict[str, Any] | None = job["transform"]
+        run_pk: int | None = (steps or {}).get("run")
         try:
-            complete, _ = repo.inventory_state(remote_pk)
-            if not complete:
-                self.inventory(name, parallel=job["parallel"])
-            source_inventory = repo.inventory(remote_pk)
-            studies = {uid: s for uid, s in source_inventory.studies.items() if selected(s, selection)}
+            uid = self._uid_mapper(steps)
+            if push:
+                # What the target holds now: the items are what it lacks.
+                if not repo.has_items(job_id):
+                    self.inventory(name, refresh=True, parallel=job["parallel"])
+                source_inventory = repo.local_inventory()
+            else:
+                complete, _ = repo.inventory_state(remote_pk)
+                if not complete:
+                    self.inventory(name, parallel=job["parallel"])
+                source_inventory = repo.inventory(remote_pk)
+            studies = {u: s for u, s in source_inventory.studies.items() if selected(s, selection)}
             if not repo.has_items(job_id):
-                repo.add_items(job_id, self._missing(studies))
+                held = repo.inventory(remote_pk) if push else repo.local_inventory([uid(u) for u in studies])
+                items = self._missing(studies, held, uid)
+                if steps is not None and items:
+                    run_pk = self._start_deid_run(job_id, steps, name, push, owner, studies, items)
+                repo.add_items(job_id, items)
+            step = self.archive.deid.migration_step(run_pk) if run_pk is not None else None
             state = self._transfer(
-                job_id, remote.kind, name, source_inventory, job["parallel"], progress, stop
-            )
+                job_id, remote.kind, name, source_inventory, job["parallel"], progress, stop,
+                push=push, step=step, uid=uid,
+            )  # fmt: skip
             if state is JobState.STOPPED:
                 # Asked to stop: stopped until resumed. The runner shutting down
                 # (server restart): pending again, for the next runner.
@@ -345,12 +504,18 @@ class Migrator:
                 final_stop = JobState.STOPPED if asked else JobState.PENDING
                 repo.set_job_state(job_id, final_stop)
                 return final_stop
-            report = self.service.reconcile(name, only=list(studies))
+            if push:  # the reconcile is against a fresh inventory of the target
+                self.inventory(name, refresh=True, parallel=job["parallel"])
+            report = self.service.reconcile(
+                name, only=list(studies), push=push, map_source=self._mapping(steps)
+            )
             final = JobState.DONE if report.clean and state is JobState.DONE else JobState.FAILED
             error = (
                 None if final is JobState.DONE else _failure_text(report, repo.items(job_id, [ITEM_FAILED]))
             )
             repo.set_job_state(job_id, final, error=error or "", reconcile_clean=report.clean)
+            if run_pk is not None:
+                self.archive.deid.finish_migration_run(run_pk)
             return final
         except Exception as exc:
             # Retried items failed or the peer is unreachable: the job can be resumed.
@@ -361,16 +526,64 @@ class Migrator:
             beat_done.set()
             beater.join(timeout=HEARTBEAT + 1)
 
-    def _missing(self, studies: dict[str, Any]) -> list[tuple[str, str, int]]:
-        """Series of ``studies`` with SOP Instances this archive does not hold."""
-        local = self.service.repo.local_inventory(list(studies))
+    def _uid_mapper(self, steps: dict[str, Any] | None) -> Callable[[str], str]:
+        """The UID a source UID has on the target: itself, or the project's keyed replacement."""
+        if steps is None or Options.parse(steps.get("options") or []).retain_uids:
+            return lambda value: value
+        _pk, key = self.archive.deid.project_key(str(steps["project"]))
+        return key.uid
+
+    def _mapping(self, steps: dict[str, Any] | None) -> Callable[[Inventory], Inventory] | None:
+        if steps is None:
+            return None
+        project, options = str(steps["project"]), list(steps.get("options") or [])
+        return lambda inv: self.archive.deid.mapped_inventory(project, options, inv)
+
+    def _start_deid_run(
+        self,
+        job_id: int,
+        steps: dict[str, Any],
+        name: str,
+        push: bool,
+        owner: str,
+        studies: dict[str, InventoryStudy],
+        items: list[tuple[str, str, int]],
+    ) -> int:
+        """The job's ``migration`` de-identification run, over the instances of its items."""
+        wanted = {series for _study, series, _n in items}
+        sops = [
+            sop
+            for study in studies.values()
+            for series_uid, series in study.series.items()
+            if series_uid in wanted
+            for sop in series.instances
+        ]
+        run_pk = self.archive.deid.start_migration_run(
+            str(steps["project"]),
+            list(steps.get("options") or []),
+            str(steps["reason"]),
+            str(steps.get("actor") or owner),
+            name,
+            "push" if push else "pull",
+            sops,
+            steps.get("burned_in"),
+        )
+        self.service.repo.set_job_transform(job_id, {**steps, "run": run_pk})
+        return run_pk
+
+    @staticmethod
+    def _missing(
+        studies: dict[str, InventoryStudy], held: Inventory, uid: Callable[[str], str]
+    ) -> list[tuple[str, str, int]]:
+        """Series of ``studies`` with SOP Instances the target (``held``) lacks, the
+        source's UIDs seen as they are on the target (``uid``)."""
         items = []
-        for uid, study in studies.items():
-            have = local.studies.get(uid)
+        for study_uid, study in studies.items():
+            have = held.studies.get(uid(study_uid))
             for series_uid, series in study.series.items():
-                held = have.series.get(series_uid) if have else None
-                if held is None or set(series.instances) - set(held.instances):
-                    items.append((uid, series_uid, len(series.instances)))
+                there = have.series.get(uid(series_uid)) if have else None
+                if there is None or {uid(sop) for sop in series.instances} - set(there.instances):
+                    items.append((study_uid, series_uid, len(series.instances)))
         return items
 
     def _transfer(
@@ -382,6 +595,10 @@ class Migrator:
         parallel: int,
         progress: Callable[[Progress], None] | None,
         stop: threading.Event,
+        *,
+        push: bool = False,
+        step: MigrationDeid | None = None,
+        uid: Callable[[str], str] = str,
     ) -> JobState:
         repo = self.service.repo
         series_of = {
@@ -401,8 +618,10 @@ class Migrator:
         )
         if progress:
             progress(shown)
-        source = self._source(name)
         _pk, remote = self.service.remote(name)
+        transform = step if step is not None else self.transform
+        pusher = _Pusher(self.archive, self.settings, remote, step) if push else None
+        source = None if pusher is not None else self._source(name)
         caller = (
             Caller(Channel.DIMSE, remote.ae_title, remote.host)
             if kind is RemoteKind.DIMSE
@@ -410,26 +629,33 @@ class Migrator:
         )
         # C-MOVE makes the peer send to the running server, which cannot apply the
         # transform; and once the peer refused it, every item goes by C-GET.
-        use_get = [
-            isinstance(source, DimseSource) and (remote.retrieve == "get" or self.transform is not None)
-        ]
+        use_get = [isinstance(source, DimseSource) and (remote.retrieve == "get" or transform is not None)]
         lock = threading.Lock()
 
+        def present(study_uid: str, series_uid: str) -> set[str]:
+            if pusher is not None:
+                return pusher.held(uid(study_uid), uid(series_uid))
+            return repo.local_instances_of_series(uid(series_uid))
+
         def one(item: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, int, str | None]:
+            study_uid = item["study_instance_uid"]
             series = series_of.get(item["series_instance_uid"]) or InventorySeries(
                 item["series_instance_uid"]
             )
+            expected = {uid(sop) for sop in series.instances}
             attempts, error = item["attempts"], None
-            sink = _StoreSink(self.archive, caller, self.transform)
+            sink = _StoreSink(self.archive, caller, transform)
             for attempt in range(self.retries + 1):
                 if stop.is_set():
                     return item, ITEM_PENDING, attempts, 0, sink.bytes, error
                 attempts += 1
                 try:
-                    self._fetch(source, item["study_instance_uid"], series, sink, use_get)
-                    missing = set(series.instances) - repo.local_instances_of_series(
-                        series.series_instance_uid
-                    )
+                    if pusher is not None:
+                        sink.bytes += pusher.push_series(study_uid, series, uid)
+                    else:
+                        assert source is not None
+                        self._fetch(source, study_uid, series, sink, use_get)
+                    missing = expected - present(study_uid, series.series_instance_uid)
                     if not missing:
                         return item, ITEM_DONE, attempts, len(series.instances), sink.bytes, None
                     error = f"{len(missing)} of {len(series.instances)} instances not received"
@@ -438,7 +664,10 @@ class Migrator:
                 LOGGER.warning("series %s, attempt %d: %s", series.series_instance_uid, attempt + 1, error)
                 if attempt < self.retries and stop.wait(min(30.0, self.backoff * 2**attempt)):
                     break
-            done = len(set(series.instances) & repo.local_instances_of_series(series.series_instance_uid))
+            try:
+                done = len(expected & present(study_uid, series.series_instance_uid))
+            except (DicomhubError, OSError):
+                done = 0
             return item, ITEM_FAILED if not stop.is_set() else ITEM_PENDING, attempts, done, sink.bytes, error
 
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix=f"migrate-{job_id}") as pool:
@@ -471,7 +700,12 @@ class Migrator:
                     if progress:
                         progress(shown)
                 refill()
-        source.close()
+        if source is not None:
+            source.close()
+        if pusher is not None:
+            pusher.close()
+            if pusher.transcoded:
+                repo.set_job_notes(job_id, pusher.notes())
         if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
             return JobState.STOPPED
         return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE

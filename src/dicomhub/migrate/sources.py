@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import re
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +124,30 @@ def _study(ds: Dataset) -> InventoryStudy | None:
 # --------------------------------------------------------------------------- DIMSE
 
 
+def _responses_to_the_requester(assoc: Association) -> None:
+    """Keep pynetdicom's reactor thread from taking the responses to our requests.
+
+    pynetdicom pauses the association's reactor before a request by clearing an
+    event and waiting for a flag the reactor sets *before* it blocks on that
+    event, so the reactor may still run one more loop after the requester thinks
+    it paused. That loop takes the next DIMSE message off the queue; a C-FIND
+    response taken so is dropped ("Received unexpected C-FIND service message")
+    and its match is lost. Under GIL contention (several associations at once,
+    as the inventory runs) this happened a few times in a thousand queries.
+    These associations only make requests (the C-STORE sub-operations of a C-GET
+    arrive in the requester's own response loop), so the reactor never needs a
+    DIMSE message: it is given none.
+    """
+    get_msg = assoc.dimse.get_msg
+
+    def requester_only(block: bool = False) -> Any:
+        if threading.current_thread() is assoc:
+            return None, None
+        return get_msg(block)
+
+    assoc.dimse.get_msg = requester_only  # type: ignore[method-assign]
+
+
 @dataclass
 class DimseSource:
     """A DIMSE archive: C-FIND for the inventory, C-MOVE or C-GET for the objects."""
@@ -145,6 +171,12 @@ class DimseSource:
                 f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
                 "refused or did not answer the association"
             )
+        _responses_to_the_requester(assoc)
+        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        if sock is not None:
+            # Without it, each C-FIND waits on Nagle and delayed ACKs (tens of ms). It once
+            # seemed to garble Orthanc's answers; that was the reactor race above.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return assoc
 
     def __post_init__(self) -> None:
@@ -273,6 +305,18 @@ class DimseSource:
                     )
             out.append(series)
         return out
+
+    def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
+        """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = series_uid
+        query.SOPInstanceUID = ""
+        answers, cut = self._find(self._finder(), query)
+        if cut:
+            raise RemoteError(f"the peer's answer for the instances of series {series_uid} is incomplete")
+        return {sop for sop in (_text(a, "SOPInstanceUID") for a in answers) if sop}
 
     def _identifier(self, study_uid: str, series_uid: str) -> Dataset:
         ds = Dataset()
@@ -472,6 +516,18 @@ class DicomwebSource:
                     )
             out.append(series)
         return out
+
+    def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
+        """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
+        study, series = _uid(study_uid, "Study Instance UID"), _uid(series_uid, "Series Instance UID")
+        path = f"/studies/{study}/series/{series}"
+        try:
+            answers = self._qido(f"{path}/instances", {})
+        except RemoteError as exc:
+            if "HTTP 404" in str(exc):  # nothing of the series yet
+                return set()
+            raise
+        return {sop for sop in (_json_value(a, "00080018") for a in answers) if sop}
 
     def retrieve_series(self, study_uid: str, series: InventorySeries, sink: Sink) -> int:
         path = f"/studies/{study_uid}/series/{series.series_instance_uid}"

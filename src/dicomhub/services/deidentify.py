@@ -54,6 +54,7 @@ from dicomhub.index.deid import DeidRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level, require_uid
+from dicomhub.model.migration import Inventory, InventoryInstance, InventorySeries
 from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
@@ -70,8 +71,10 @@ from dicomhub.storage.base import BlobStore
 
 __all__ = [
     "BURNED_IN_POLICIES",
+    "DeidRefused",
     "DeidService",
     "ExportItem",
+    "MigrationDeid",
     "SecretChanged",
 ]
 
@@ -89,6 +92,10 @@ DEID_CALLER = Caller(Channel.INTERNAL, "deid")
 
 class SecretChanged(Conflict):
     """The secret differs from the one the project was created with (its mapping would break)."""
+
+
+class DeidRefused(DicomhubError):
+    """The burned-in policy refuses an object: it is not de-identified, so it must not go on."""
 
 
 Region = tuple[int, int, int, int]  # x, y, width, height
@@ -382,7 +389,12 @@ class DeidService:
     ) -> _Outcome:
         """The engine's result for one stored object under the burned-in ``policy``
         (status "ok"), or a refusal."""
-        ds = dcmread(io.BytesIO(data))
+        return self._deidentified_dataset(dcmread(io.BytesIO(data)), profile, key, policy, regions)
+
+    @staticmethod
+    def _deidentified_dataset(
+        ds: Dataset, profile: Profile, key: ProjectKey, policy: str, regions: Sequence[Region]
+    ) -> _Outcome:
         risk = burned_in_risk(ds)
         if risk is not None and policy == "refuse":
             return _Outcome(None, "refused", "may carry burned-in annotation: " + "; ".join(risk.reasons))
@@ -551,6 +563,136 @@ class DeidService:
             )
         return items
 
+    # ------------------------------------------------------------ migration
+
+    def start_migration_run(
+        self,
+        project: str,
+        options: Sequence[str],
+        reason: str,
+        actor: str,
+        remote: str,
+        direction: str,
+        source_instance_uids: Sequence[str],
+        burned_in: str | None = None,
+    ) -> int:
+        """Record the de-identification step of a migration job as a ``migration`` run
+        (one item per source instance of its selection), with an audit event."""
+        parsed = Options.parse(options)
+        policy = _policy(burned_in or self.burned_in)
+        if policy == "mask" and not self.mask:
+            raise InvalidRequest("burned-in policy mask needs mask regions (deid_mask)")
+        project_pk, _key = self.project_key(project)
+        run_pk = self.repo.create_run(
+            {
+                "project_pk": project_pk,
+                "kind": "migration",
+                "actor": actor,
+                "source_address": "",
+                "reason": reason.strip(),
+                "source_study_uid": "",
+                "options": {
+                    "options": list(parsed.chosen),
+                    "burned_in": policy,
+                    "mask": [list(r) for r in self.mask],
+                    "remote": remote,
+                    "direction": direction,
+                },
+                "status": "running",
+                "owner": None,
+            },
+            list(source_instance_uids),
+        )
+        self.governance.audit(
+            actor,
+            "deid-migration",
+            "accepted",
+            project=project,
+            detail={
+                "run": run_pk,
+                "reason": reason.strip(),
+                "remote": remote,
+                "direction": direction,
+                "instances": len(source_instance_uids),
+                "options": list(parsed.chosen),
+                "burned_in": policy,
+            },
+        )
+        return run_pk
+
+    def migration_step(self, run_pk: int) -> MigrationDeid:
+        """The transform of a migration job's run: each object de-identified, its
+        outcome and mapping recorded on the run as it passes."""
+        run = self.repo.run(run_pk)
+        if run is None:
+            raise NotFound(f"no de-identification run {run_pk}")
+        project = str(run["project"])
+        project_pk, key = self.project_key(project)
+        return MigrationDeid(
+            self,
+            run_pk,
+            project_pk,
+            key,
+            Profile(options=Options.parse(run["options"]["options"])),
+            str(run["options"].get("burned_in", self.burned_in)),
+            [_region(r) for r in run["options"].get("mask", [])],
+        )
+
+    def finish_migration_run(self, run_pk: int) -> None:
+        run = self.repo.run(run_pk)
+        if run is not None and run["status"] == "running":
+            failed = int(run["failed"]) + int(run["refused"])
+            self.repo.finish_run(
+                run_pk, "done" if not failed else "failed", f"{failed} instances not sent" if failed else None
+            )
+
+    def mapped_inventory(self, project: str, options: Sequence[str], inventory: Inventory) -> Inventory:
+        """``inventory`` as it must look once de-identified under the project: UIDs
+        through the project's recorded mapping (an unmapped UID stays unmapped, so it
+        shows as missing), and the study attributes as the engine makes them
+        (pseudonyms, dates per the options), without content digests."""
+        project_pk, key = self.project_key(project)
+        parsed = Options.parse(options)
+        profile = Profile(options=parsed)
+        uids = [
+            uid
+            for study in inventory.studies.values()
+            for uid in (
+                study.study_instance_uid,
+                *study.series,
+                *(sop for s in study.series.values() for sop in s.instances),
+            )
+        ]
+        mapped = {} if parsed.retain_uids else self.repo.replacements(project_pk, "uid", uids)
+
+        def uid(value: str) -> str:
+            return value if parsed.retain_uids else mapped.get(value, f"unmapped:{value}")
+
+        out = Inventory()
+        for study in inventory.studies.values():
+            header = Dataset()
+            classes = [i.sop_class_uid for s in study.series.values() for i in s.instances.values()]
+            if classes and classes[0]:
+                header.SOPClassUID = classes[0]
+            header.StudyInstanceUID = study.study_instance_uid
+            header.PatientID = study.patient_id
+            header.PatientName = study.patient_name
+            header.StudyDate = study.study_date
+            header.AccessionNumber = study.accession_number
+            done = deidentify(header, profile, key).dataset
+            new = out.study(uid(study.study_instance_uid))
+            new.patient_id = str(done.get("PatientID", "") or "")
+            new.patient_name = str(done.get("PatientName", "") or "")
+            new.study_date = str(done.get("StudyDate", "") or "")
+            new.accession_number = str(done.get("AccessionNumber", "") or "")
+            for series in study.series.values():
+                target = new.series[uid(series.series_instance_uid)] = InventorySeries(
+                    uid(series.series_instance_uid), series.modality
+                )
+                for sop, inst in series.instances.items():
+                    target.instances[uid(sop)] = InventoryInstance(uid(sop), inst.sop_class_uid)
+        return out
+
     # ------------------------------------------------------------ authorisation
 
     def authorize(self, principal: str | None, role: str, project: str, action: str, caller: Caller) -> str:
@@ -606,6 +748,47 @@ class DeidService:
             value: [{"kind": kind, "original": original} for kind, original in pairs]
             for value, pairs in originals.items()
         }
+
+
+class MigrationDeid:
+    """A migration job's de-identification step (the runner's transform): called with
+    each object on its way, returns it de-identified, or raises :class:`DeidRefused`."""
+
+    def __init__(
+        self,
+        service: DeidService,
+        run_pk: int,
+        project_pk: int,
+        key: ProjectKey,
+        profile: Profile,
+        policy: str,
+        regions: Sequence[Region],
+    ) -> None:
+        self.service, self.run_pk, self.project_pk = service, run_pk, project_pk
+        self.key, self.profile, self.policy, self.regions = key, profile, policy, regions
+
+    def uid(self, original: str) -> str:
+        """The UID an object's ``original`` UID gets on the way (deterministic: keyed)."""
+        return original if self.profile.options.retain_uids else self.key.uid(original)
+
+    def __call__(self, ds: Dataset) -> Dataset:
+        source = str(ds.get("SOPInstanceUID", "") or "")
+        outcome = DeidService._deidentified_dataset(ds, self.profile, self.key, self.policy, self.regions)
+        result = outcome.result
+        repo = self.service.repo
+        if result is None:
+            repo.record_items(
+                self.run_pk, self.project_pk, [(source, None, outcome.status, outcome.detail)], [], None
+            )
+            raise DeidRefused(f"{source} not migrated: {outcome.detail}")
+        repo.record_items(
+            self.run_pk,
+            self.project_pk,
+            [(source, outcome.target_uid, "stored", outcome.detail)],
+            [(r.kind, r.original, r.replacement) for r in result.replacements],
+            str(result.dataset.get("StudyInstanceUID", "")) or None,
+        )
+        return result.dataset
 
 
 def _policy(value: str) -> str:

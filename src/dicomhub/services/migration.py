@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
@@ -27,7 +27,10 @@ from dicomhub.model.migration import (
     reconcile,
 )
 
-__all__ = ["MigrationService", "Selection"]
+__all__ = ["DIRECTIONS", "MigrationService", "Selection", "check_transform"]
+
+#: pull: the remote is the source and dicomhub the target; push: the other way round.
+DIRECTIONS = ("pull", "push")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DATE = re.compile(r"^\d{8}$")
@@ -60,6 +63,38 @@ def check_selection(selection: Selection) -> Selection:
     unknown = set(selection) - {"since", "until", "modality", "patients"}
     if unknown:
         raise InvalidRequest(f"unknown selection keys: {', '.join(sorted(unknown))}")
+    return out
+
+
+def check_transform(transform: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Validate a job's de-identification step: ``{"project", "options", "reason", "burned_in"}``.
+
+    The options and the burned-in policy are checked by the de-identification
+    service when the job starts (it knows the option names and the policies).
+    """
+    if not transform:
+        return None
+    if not isinstance(transform, dict):
+        raise InvalidRequest("deid must be an object with project, reason and options")
+    project, reason = transform.get("project"), transform.get("reason")
+    if not isinstance(project, str) or not 0 < len(project) <= 64 or not project.isprintable():
+        raise InvalidRequest("a de-identification project name has 1-64 printable characters")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidRequest("a migration with de-identification needs a reason (--reason)")
+    options = transform.get("options") or []
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise InvalidRequest("deid options must be a list of option names")
+    burned_in = transform.get("burned_in")
+    if burned_in is not None and not isinstance(burned_in, str):
+        raise InvalidRequest("burned_in must be refuse, mask or allow")
+    unknown = set(transform) - {"project", "options", "reason", "burned_in", "actor"}
+    if unknown:
+        raise InvalidRequest(f"unknown deid keys: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {"project": project, "options": sorted(set(options)), "reason": reason.strip()}
+    if burned_in:
+        out["burned_in"] = burned_in
+    if isinstance(transform.get("actor"), str):
+        out["actor"] = transform["actor"]
     return out
 
 
@@ -123,40 +158,79 @@ class MigrationService:
         against: str | None = None,
         only: Iterable[str] | None = None,
         attributes: dict[str, bool] | None = None,
+        *,
+        push: bool = False,
+        map_source: Callable[[Inventory], Inventory] | None = None,
     ) -> ReconcileReport:
-        """Compare a remote's stored inventory with this archive (or with another remote's)."""
+        """Compare a remote's stored inventory with this archive (or with another remote's).
+
+        ``push``: this archive is the source and the remote the target (a push
+        migration). ``map_source``: the source inventory as it must look on the
+        target (de-identified on the way); ``only`` names source studies.
+        """
         remote_pk, _ = self.remote(name)
-        source = self.repo.inventory(remote_pk)
         complete, _at = self.repo.inventory_state(remote_pk)
         if not complete:
             raise Conflict(
                 f"the inventory of {name!r} is not complete; run `dicomhub inventory {name}` first"
             )
-        if against is None:
-            target = self.repo.local_inventory(only)
-            target_name = "dicomhub"
+        wanted = list(only) if only is not None else None
+        source_name, target_name = name, "dicomhub"
+        if push:
+            source, source_name, target_name = self.repo.local_inventory(wanted), "dicomhub", name
+        else:
+            source = self.repo.inventory(remote_pk)
+        if wanted is not None:
+            keep = set(wanted)
+            source = Inventory({uid: s for uid, s in source.studies.items() if uid in keep})
+        if map_source is not None:
+            source = map_source(source)
+            wanted = list(source.studies) if wanted is not None else None
+        if push:
+            target = self.repo.inventory(remote_pk)
+        elif against is None:
+            target = self.repo.local_inventory(wanted)
         else:
             other_pk, _ = self.remote(against)
             target = self.repo.inventory(other_pk)
             target_name = against
         report = reconcile(
-            source, target, source_name=name, target_name=target_name, only=only, attributes=attributes
-        )
+            source, target, source_name=source_name, target_name=target_name, only=wanted,
+            attributes=attributes,
+        )  # fmt: skip
         self.repo.save_reconcile(remote_pk, report.clean, report.as_json())
         return report
 
     # -- jobs --------------------------------------------------------------
 
-    def create_job(self, name: str, selection: Selection, parallel: int = 4, owner: str | None = None) -> int:
+    def create_job(
+        self,
+        name: str,
+        selection: Selection,
+        parallel: int = 4,
+        owner: str | None = None,
+        *,
+        direction: str = "pull",
+        transform: dict[str, Any] | None = None,
+    ) -> int:
         """A new job for the server's background worker, or (with ``owner``) already
-        claimed by the caller that will run it."""
-        remote_pk, _ = self.remote(name)
+        claimed by the caller that will run it.
+
+        ``direction`` ``push`` sends this archive's objects to the remote (a DIMSE or
+        DICOMweb target); ``transform`` is the de-identification step on the way.
+        """
+        remote_pk, remote = self.remote(name)
         if not 1 <= parallel <= 32:
             raise InvalidRequest("parallel must be between 1 and 32")
+        if direction not in DIRECTIONS:
+            raise InvalidRequest(f"direction is one of {', '.join(DIRECTIONS)}")
+        if direction == "push" and remote.kind is RemoteKind.FOLDER:
+            raise InvalidRequest(f"{name!r} is a folder: a push target is a DIMSE or DICOMweb archive")
         checked = check_selection(selection)
+        steps = check_transform(transform)
         if self.repo.unfinished_job(remote_pk) is not None:
-            raise Conflict(f"a migration from {name!r} is unfinished; resume or stop it first")
-        return self.repo.create_job(remote_pk, checked, parallel, owner)
+            raise Conflict(f"a migration with {name!r} is unfinished; resume or stop it first")
+        return self.repo.create_job(remote_pk, checked, parallel, owner, direction=direction, transform=steps)
 
     def job(self, job_id: int) -> dict[str, Any]:
         found = self.repo.job(job_id)

@@ -16,7 +16,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.errors import InvalidRequest
+from dicomhub.model.access import Action
+from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
+from dicomhub.web.auth import caller_of
 from dicomhub.web.errors import row_id
 
 __all__ = ["routes"]
@@ -30,19 +33,41 @@ def routes(archive: Archive) -> list[BaseRoute]:
     service = archive.migration
 
     async def create(request: Request) -> JSONResponse:
-        """Queue a migration from a remote archive: ``{"remote": NAME, "since": "YYYYMMDD",
-        "until": ..., "modality": ..., "patients": [...], "parallel": N}``."""
+        """Queue a migration from a remote archive, ``{"remote": NAME, ...}``, or to one,
+        ``{"target": NAME, ...}``; with the selection ``"since": "YYYYMMDD", "until": ...,
+        "modality": ..., "patients": [...]``, ``"parallel": N`` and optionally
+        ``"deid": {"project": P, "reason": TEXT, "options": [...], "burned_in": ...}``."""
         try:
             body: Any = json.loads(await request.body() or b"{}")
         except ValueError as exc:
             raise InvalidRequest("the body must be JSON") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("remote"), str):
-            raise InvalidRequest('the body must be a JSON object with "remote" (a remote archive name)')
+        if not isinstance(body, dict) or (
+            not isinstance(body.get("remote"), str) == (not isinstance(body.get("target"), str))
+        ):
+            raise InvalidRequest(
+                'the body must be a JSON object with "remote" (to pull from) or "target" (to push to)'
+            )
         parallel = body.pop("parallel", 4)
         if not isinstance(parallel, int):
             raise InvalidRequest("parallel must be an integer")
-        name = body.pop("remote")
-        job_id = await run_in_threadpool(service.create_job, name, body, parallel)
+        direction = "push" if "target" in body else "pull"
+        name = body.pop("target") if direction == "push" else body.pop("remote")
+        deid = body.pop("deid", None)
+        if deid is not None:
+            if not isinstance(deid, dict):
+                raise InvalidRequest('"deid" must be an object with project, reason and options')
+            caller = caller_of(request)
+            project = deid.get("project")
+            # /migrations needs ADMINISTER already; de-identifying also needs the project's grant.
+            if not isinstance(project, str) or not caller.access.permits_project(
+                Action.DEIDENTIFY, project
+            ):
+                raise Forbidden(f"{caller.who} may not de-identify for project {project!r}")
+            actor = caller.principal or f"http:{caller.address or 'unknown'}"
+            deid = {**deid, "actor": actor}
+        job_id = await run_in_threadpool(
+            lambda: service.create_job(name, body, parallel, direction=direction, transform=deid)
+        )
         return JSONResponse(await run_in_threadpool(service.job, job_id), status_code=201)
 
     async def listing(_request: Request) -> JSONResponse:
