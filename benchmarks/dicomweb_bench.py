@@ -19,10 +19,12 @@ server cannot produce (route missing, error) is reported as n/a. See benchmarks/
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -189,26 +192,45 @@ def renamed_copies(files: list[Path]) -> list[bytes]:
     return out
 
 
-def stow_rate(client: httpx.Client, root: str, parts: list[bytes]) -> float:
+def stow_rate(root: str, parts: list[bytes]) -> float:
+    """Instances per second of one STOW-RS request holding ``parts``.
+
+    The request goes out through http.client with the body built beforehand, so
+    it is one ``sendall`` of the whole body: the client's CPU on the same two
+    cores is a kernel copy, not a chunked pass through an HTTP library (httpx
+    took about 130 ms of CPU per 52 MB request, as much as the server's own work).
+    Both servers get the same client.
+    """
     boundary = uuid.uuid4().hex
-    body = bytearray()
+    chunks: list[bytes] = []
     for part in parts:
-        body += f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        body += part
-    body += f"\r\n--{boundary}--\r\n".encode()
-    t0 = time.perf_counter()
-    r = client.post(
-        f"{root}/studies",
-        content=bytes(body),
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": DICOM_JSON,
-        },
-    )
-    elapsed = time.perf_counter() - t0
-    if r.status_code != 200:
-        raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-    stored = len(r.json().get("00081199", {}).get("Value", []))
+        chunks.append(f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode())
+        chunks.append(part)
+    chunks.append(f"\r\n--{boundary}--\r\n".encode())
+    body = b"".join(chunks)
+    url = urlsplit(f"{root}/studies")
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port or 80, timeout=300)
+    try:
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        conn.request(
+            "POST",
+            url.path,
+            body=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": DICOM_JSON,
+            },
+        )
+        response = conn.getresponse()
+        answer = response.read()
+        elapsed = time.perf_counter() - t0
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {answer[:300]!r}")
+    stored = len(json.loads(answer).get("00081199", {}).get("Value", []))
     if stored != len(parts):
         raise RuntimeError(f"{stored} of {len(parts)} stored")
     return len(parts) / elapsed
@@ -307,7 +329,7 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
             rates = []
             for _ in range(a.stow_repeat):
                 batch = renamed_copies(files)
-                rate = attempt(f"{server.label} STOW-RS", lambda batch=batch: stow_rate(client, root, batch))
+                rate = attempt(f"{server.label} STOW-RS", lambda batch=batch: stow_rate(root, batch))
                 if rate is not None:
                     rates.append(rate)
                 elif server.died("during STOW-RS") is not None:

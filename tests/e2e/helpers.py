@@ -863,14 +863,31 @@ def _s3_object(data_dir: Path, key: str) -> tuple[object, str, str]:
     url = backend_env(data_dir)["DICOMHUB_STORAGE_URL"]
     bucket, _, prefix = url[len("s3://") :].partition("/")
     env = s3backend.s3_env()
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    # One client per test process: building a boto3 client loads botocore's
+    # endpoint and service models (tens of ms), which per blob read made the
+    # pixel comparisons of whole series take a minute.
+    settings = (
+        env["AWS_ENDPOINT_URL"],
+        env["AWS_REGION"],
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
     )
+    client = _S3_CLIENTS.get(settings)
+    if client is None:
+        client = _S3_CLIENTS.setdefault(
+            settings,
+            boto3.session.Session().client(
+                "s3",
+                endpoint_url=settings[0],
+                region_name=settings[1],
+                aws_access_key_id=settings[2],
+                aws_secret_access_key=settings[3],
+            ),
+        )
     return client, bucket, (prefix.strip("/") + "/" if prefix.strip("/") else "") + key
+
+
+_S3_CLIENTS: dict[tuple[str, str, str, str], object] = {}
 
 
 def _on_s3(data_dir: Path) -> bool:
