@@ -2,7 +2,8 @@
 #   make run   install dicomhub in .venv and start the server on the embedded default
 #   make test  install everything the tests need (Python packages, DCMTK, PostgreSQL) and run
 #              them: the whole suite on SQLite + file storage, then the end-to-end suite again
-#              on PostgreSQL + S3 (a throw-away cluster and a local S3 server, see tests/backends.py)
+#              on PostgreSQL + S3 (a throw-away cluster and a local S3 server, see tests/backends.py),
+#              leaving out the tests marked backend_neutral (TLS, conformance, offline deid, echo)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +31,7 @@ test: test-deps
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 	DICOMHUB_TEST_BACKEND=sqlite-file $(BIN)/python -m pytest $(PYTEST_ARGS)
-	DICOMHUB_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest $(PYTEST_ARGS) tests/e2e
+	DICOMHUB_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest $(PYTEST_ARGS) -m "not backend_neutral" tests/e2e
 
 lint: test-deps
 	$(BIN)/ruff check src tests benchmarks

@@ -36,7 +36,7 @@ from tests.backends import backend_env
 
 from .helpers import HOST, DicomhubServer, echo, run_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
 _MAX_CONTEXTS = 128
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"

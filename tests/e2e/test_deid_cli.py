@@ -15,7 +15,7 @@ from dicomhub.model.identifiers import is_valid_uid
 
 from .helpers import run_cli
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
 SECRET = {"DICOMHUB_DEID_SECRET": "e2e-secret-0123456789abcdef"}
 

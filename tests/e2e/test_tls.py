@@ -20,6 +20,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # ty
 from .helpers import HOST, DicomhubServer, ServerPool, echo, free_port, ls_study, run_cli, run_dcmtk
 from .tlscerts import Pki, make_pki
 
+# The subject is the transport; the index and blob store behind it are those of every other test.
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:

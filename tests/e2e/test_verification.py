@@ -10,7 +10,7 @@ import pytest
 
 from .helpers import DicomhubServer, ServerPool, echo, store_ok, study_instance_count
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
 
 def test_echoscu_succeeds(server: DicomhubServer) -> None:
