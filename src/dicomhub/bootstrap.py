@@ -31,6 +31,7 @@ from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
+from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
@@ -85,6 +86,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     index = IndexRepository(engine)
     blobs = open_blob_store(settings)
     headers = HeaderService(index, blobs)
+    content_digests = ContentDigestService(index, blobs)
     access = AccessService(
         SecurityRepository(engine),
         oidc=open_oidc(settings),
@@ -127,6 +129,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         index=index,
         blobs=blobs,
         headers=headers,
+        content_digests=content_digests,
         ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir),
@@ -143,7 +146,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         governance=governance,
         access=access,
         audit=audit,
-        migration=MigrationService(MigrationRepository(engine)),
+        migration=MigrationService(MigrationRepository(engine), content_digests),
         storage_check=StorageCheckService(
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
@@ -221,8 +224,9 @@ def run_dimse_worker(
 
 
 def run_background_worker(settings: Settings, parent: int) -> None:
-    """Entry point of the background process: header metadata, the decode check, IOD
-    validation, the delivery of Storage Commitment reports and de-identification runs.
+    """Entry point of the background process: header metadata, data set digests, the
+    decode check, IOD validation, the delivery of Storage Commitment reports and
+    de-identification runs.
 
     A process of its own, because the work is pure Python: as a thread of the
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
@@ -252,6 +256,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             daemon=True,
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
+        threading.Thread(
+            target=archive.content_digests.run_worker, args=(stop,), name="content-digests", daemon=True
+        ),
         threading.Thread(
             target=run_migration_jobs, args=(archive, settings, stop), name="migration-jobs", daemon=True
         ),

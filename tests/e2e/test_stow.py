@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -14,9 +16,12 @@ import httpx
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .helpers import DicomhubServer, ServerPool, ls_json, study_instance_count
+from dicomhub.model.structure import dataset_offset
+
+from .helpers import DicomhubServer, ServerPool, index_rows, ls_json, study_instance_count
 
 pytestmark = pytest.mark.e2e
 
@@ -200,6 +205,25 @@ def test_duplicate_with_other_content_fails(server: DicomhubServer) -> None:
         client(server).store_instances([second])
     # the same content again is no failure
     assert post(server, multipart([encode(first)])).status_code == 200
+
+
+def test_data_set_digest_is_computed_after_the_answer(server: DicomhubServer) -> None:
+    """STOW-RS answers before the data set digests are computed; the background
+    process fills them in from the stored blobs soon after."""
+    objects = [encode(datagen.make_dataset()) for _ in range(3)]
+    assert post(server, multipart(objects)).status_code == 200
+    expected = {
+        str(dcmread(io.BytesIO(d)).SOPInstanceUID): hashlib.sha256(d[dataset_offset(d) :]).hexdigest()
+        for d in objects
+    }
+    sql = "SELECT content_sha256 FROM instance WHERE sop_instance_uid = :uid"
+    deadline = time.monotonic() + 60
+    while True:
+        rows = {uid: index_rows(server.data_dir, sql, uid=uid)[0][0] for uid in expected}
+        if rows == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert rows == expected
 
 
 def test_xml_response(server: DicomhubServer) -> None:

@@ -7,17 +7,21 @@ import threading
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomhub.errors import DuplicateInstance, InvalidIdentifier, InvalidRequest, PatientMismatch
 from dicomhub.index.engine import connect_engine, migrate
+from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
 from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.query import Query, query_from_identifier
+from dicomhub.services.contentdigest import PENDING, ContentDigestService, content_digest
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService, StoreOutcome
+from dicomhub.services.migration import MigrationService
 from dicomhub.services.search import SearchService
 from dicomhub.storage.memory import MemoryBlobStore
 from tests import datagen
@@ -276,3 +280,140 @@ def test_store_many_shares_durability_and_keeps_per_item_outcomes(archive: Archi
     assert outcomes[5:] == [StoreOutcome.STORED, StoreOutcome.ALREADY_PRESENT]
     assert archive.index.counts()["instances"] == 4
     assert len(list(archive.blobs.iter_keys())) == 4
+
+
+# ------------------------------------------------------------------ STOW-RS batches: the
+# multi-row insert of new instances, and data set digests computed after the answer
+
+
+def test_store_many_indexes_new_instances_as_one_by_one_would(
+    tmp_path: Path, index_url: str, request: pytest.FixtureRequest
+) -> None:
+    """The multi-row path writes the same rows, counts and change log as the per-item path."""
+    other_url = (
+        f"sqlite:///{tmp_path / 'single.sqlite'}"
+        if index_url.startswith("sqlite")
+        else request.getfixturevalue("pg_cluster").create_database()
+    )
+    batch, single = Archive(tmp_path, index_url), Archive(tmp_path, other_url)
+    study_a, study_b = datagen.uid(), datagen.uid()
+    ct, mr = datagen.uid(), datagen.uid()
+    objects = [
+        encode(datagen.make_dataset(study_uid=study_a, series_uid=ct, modality="CT", instance_number=1)),
+        encode(datagen.make_dataset(study_uid=study_a, series_uid=mr, modality="MR", instance_number=1)),
+        encode(datagen.make_dataset(study_uid=study_a, series_uid=ct, modality="CT", instance_number=2)),
+        encode(datagen.make_dataset(study_uid=study_b, instance_number=1)),
+    ]
+    assert all(r.outcome is StoreOutcome.STORED for r in batch.ingest.store_many(objects, CLI))  # type: ignore[union-attr]
+    for data in objects:
+        assert single.ingest.store_part10(data, CLI).outcome is StoreOutcome.STORED
+
+    def shape(archive: Archive) -> tuple[object, ...]:
+        studies = {
+            d.StudyInstanceUID: (
+                d.ModalitiesInStudy, d.NumberOfStudyRelatedSeries, d.NumberOfStudyRelatedInstances
+            )
+            for d in archive.find("STUDY", StudyInstanceUID="", ModalitiesInStudy="",
+                                  NumberOfStudyRelatedSeries="", NumberOfStudyRelatedInstances="")
+        }  # fmt: skip
+        series = {
+            d.SeriesInstanceUID: d.NumberOfSeriesRelatedInstances
+            for d in archive.find("SERIES", StudyInstanceUID=study_a, SeriesInstanceUID="",
+                                  NumberOfSeriesRelatedInstances="")
+        }  # fmt: skip
+        log = [(c["change_type"], c["level"], c["uid"]) for c in archive.index.changes()]
+        return studies, series, log, archive.index.counts()
+
+    assert shape(batch) == shape(single)
+    assert shape(batch)[1] == {ct: 2, mr: 1}
+
+
+def test_store_many_falls_back_to_per_item_answers(archive: Archive) -> None:
+    """A batch that is not all new (an instance held already, a series claimed by two
+    studies) writes nothing in the multi-row path and gets per-item answers."""
+    study, series = datagen.uid(), datagen.uid()
+    held = encode(datagen.make_dataset(study_uid=study, series_uid=series))
+    assert archive.ingest.store_part10(held, CLI).outcome is StoreOutcome.STORED
+    new = encode(datagen.make_dataset(study_uid=study, series_uid=series))
+    results = archive.ingest.store_many([new, held], CLI)
+    assert [r.outcome for r in results] == [StoreOutcome.STORED, StoreOutcome.ALREADY_PRESENT]  # type: ignore[union-attr]
+    # Same series UID under another study inside one batch: only that item is refused.
+    first = encode(datagen.make_dataset(series_uid=(shared := datagen.uid())))
+    clash = encode(datagen.make_dataset(series_uid=shared))
+    results = archive.ingest.store_many([first, clash], CLI)
+    assert isinstance(results[0], object) and not isinstance(results[0], Exception)
+    assert results[0].outcome is StoreOutcome.STORED
+    assert type(results[1]).__name__ == "Conflict"
+    assert archive.index.counts()["instances"] == 3
+
+
+def test_pending_data_set_digest_still_tells_copies_from_other_content(archive: Archive) -> None:
+    ds = datagen.make_dataset()
+    first = encode(ds)
+    (stored,) = archive.ingest.store_many([first], CLI)
+    assert not isinstance(stored, Exception) and stored.outcome is StoreOutcome.STORED
+    row = archive.index.get_instance(ds.SOPInstanceUID)
+    assert row is not None and row.content_sha256 == PENDING
+    # C-STORE / import of the same object, and STOW-RS again: already present.
+    assert archive.ingest.store_part10(first, CLI).outcome is StoreOutcome.ALREADY_PRESENT
+    (again,) = archive.ingest.store_many([first], CLI)
+    assert not isinstance(again, Exception) and again.outcome is StoreOutcome.ALREADY_PRESENT
+    # Other content under the same UID: refused and quarantined, by either path.
+    ds.StudyDescription = "changed"
+    second = encode(ds)
+    with pytest.raises(DuplicateInstance):
+        archive.ingest.store_part10(second, CLI)
+    (refused,) = archive.ingest.store_many([second], CLI)
+    assert isinstance(refused, DuplicateInstance)
+    assert [c["kind"] for c in archive.index.conflicts()] == ["duplicate-different-content"] * 2
+    kept = archive.index.get_instance(ds.SOPInstanceUID)
+    assert kept is not None and archive.blobs.read(kept.blob_key) == first
+
+
+def test_overwrite_policy_with_pending_digest(tmp_path: Path, index_url: str) -> None:
+    """Under overwrite, the same object sent again is not taken for new content."""
+    archive = Archive(tmp_path, index_url, DuplicatePolicy.OVERWRITE)
+    ds = datagen.make_dataset()
+    first = encode(ds)
+    archive.ingest.store_many([first], CLI)
+    (again,) = archive.ingest.store_many([first], CLI)
+    assert not isinstance(again, Exception) and again.outcome is StoreOutcome.ALREADY_PRESENT
+    ds.StudyDescription = "second"
+    second = encode(ds)
+    (replaced,) = archive.ingest.store_many([second], CLI)
+    assert not isinstance(replaced, Exception) and replaced.outcome is StoreOutcome.REPLACED
+    row = archive.index.get_instance(ds.SOPInstanceUID)
+    assert row is not None and archive.blobs.read(row.blob_key) == second
+    assert archive.index.counts()["instances"] == 1
+
+
+def test_background_fills_pending_digests(archive: Archive) -> None:
+    objects = [encode(datagen.make_dataset()) for _ in range(5)]
+    archive.ingest.store_many(objects, CLI)
+    digests = ContentDigestService(archive.index, archive.blobs)
+    assert len(archive.index.pending_content_digests(100)) == 5
+    assert digests.fill_pending(batch=3) == 3
+    digests.fill_all()
+    assert archive.index.pending_content_digests(100) == []
+    for data in objects:
+        row = archive.index.get_instance(str(dcmread(io.BytesIO(data)).SOPInstanceUID))
+        assert row is not None and row.content_sha256 == content_digest(data)
+    # A blob that cannot be read is marked, not retried for ever.
+    broken = encode(datagen.make_dataset())
+    archive.ingest.store_many([broken], CLI)
+    (pk, key), = archive.index.pending_content_digests(10)
+    archive.blobs.delete(key)
+    assert digests.fill_pending() == 1
+    assert archive.index.pending_content_digests(10) == []
+
+
+def test_inventory_for_reconcile_has_every_data_set_digest(archive: Archive) -> None:
+    """A reconcile compares data set digests: the local inventory computes pending ones first."""
+    data = encode(datagen.make_dataset())
+    archive.ingest.store_many([data], CLI)
+    migration = MigrationService(
+        MigrationRepository(archive.index.engine), ContentDigestService(archive.index, archive.blobs)
+    )
+    (study,) = migration.local_inventory().studies.values()
+    ((instance,),) = [list(s.instances.values()) for s in study.series.values()]
+    assert instance.content_sha256 == content_digest(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,10 @@ from dicomhub.model.records import InstanceHeader, InstanceRow
 __all__ = ["AddOutcome", "AddResult", "IndexRepository", "SearchRow", "StoredBlob"]
 
 _ATTEMPTS = 5
+
+
+class _NotAllNew(Exception):
+    """Internal: a batch that the multi-row insert does not handle (see add_instances)."""
 
 
 class AddResult(enum.Enum):
@@ -288,6 +293,74 @@ class IndexRepository:
                 out.append(outcome)
         return out
 
+    def add_new_instances(
+        self, items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]]
+    ) -> list[AddOutcome] | None:
+        """Index instances that are all new, in one transaction of a few multi-row statements.
+
+        The usual batch of a STOW-RS request (new instances of a few series)
+        costs a handful of statements instead of several per instance.
+        Returns None, having written nothing, when the batch is not that:
+        an instance already indexed (by now or by a concurrent writer), the
+        same UID twice, or a conflict between parents. The caller then goes
+        item by item (:meth:`add_instances`), which gives each its own answer.
+        """
+        try:
+            created, parents = self._writer.run(functools.partial(self._insert_new, items))
+        except (_NotAllNew, PatientMismatch, Conflict, IntegrityError):
+            self._parents.clear()  # a remembered parent may be gone: the per-item path finds out
+            return None
+        for uid, known in parents.items():
+            self._parents.put(uid, known)
+        return created
+
+    def _insert_new(
+        self,
+        items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]],
+        conn: Connection,
+    ) -> tuple[list[AddOutcome], dict[str, _Parents]]:
+        """Index ``items`` when all are new and unique, with multi-row statements.
+
+        Writes what :meth:`_insert` writes for each item, in the same order
+        (change log included); the instance rows, counts and change rows go
+        in one statement each.
+
+        Raises
+        ------
+        _NotAllNew
+            An item is already indexed, or two items disagree about a series'
+            study or patient: nothing is written, the caller goes item by item.
+        """
+        uids = [h.sop_instance_uid for h, _b, _c, _ae in items]
+        if len(set(uids)) != len(uids):
+            raise _NotAllNew
+        if conn.execute(select(instance.c.pk).where(instance.c.sop_instance_uid.in_(uids)).limit(1)).first():
+            raise _NotAllNew
+        engines.serialize_appends(conn)
+        now = _now()
+        changes: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        parents: dict[str, _Parents] = {}
+        per_series: dict[int, int] = {}
+        per_study: dict[int, int] = {}
+        for h, blob, content_sha256, source_ae_title in items:
+            known = parents.get(h.series_instance_uid) or self._parents.get(h.series_instance_uid)
+            if known is None or known.study_uid != h.study_instance_uid or known.patient_id != h.patient_id:
+                if h.series_instance_uid in parents:
+                    raise _NotAllNew  # the per-item path reports the conflict for this item only
+                series_pk, study_pk = self._insert_parents(conn, h, now, changes)
+                known = _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
+            parents[h.series_instance_uid] = known
+            rows.append(self._instance_row(h, blob, content_sha256, source_ae_title, now, known.series_pk))
+            per_series[known.series_pk] = per_series.get(known.series_pk, 0) + 1
+            per_study[known.study_pk] = per_study.get(known.study_pk, 0) + 1
+            changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
+        conn.execute(_INSERT_INSTANCE, rows)
+        conn.execute(_SERIES_BUMP, [{"b_pk": pk, "b_n": n} for pk, n in per_series.items()])
+        conn.execute(_STUDY_BUMP, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
+        conn.execute(_INSERT_CHANGE, changes)
+        return [AddOutcome(AddResult.CREATED) for _ in items], parents
+
     def _add_job(
         self,
         header: InstanceHeader,
@@ -398,24 +471,34 @@ class IndexRepository:
         study_pk: int,
     ) -> None:
         conn.execute(
-            _INSERT_INSTANCE,
-            {
-                **h.instance,
-                "series_pk": series_pk,
-                "transfer_syntax_uid": h.transfer_syntax_uid,
-                "blob_key": blob.key,
-                "size": blob.size,
-                "sha256": blob.sha256,
-                "content_sha256": content_sha256,
-                "source_ae_title": (source_ae_title or "")[:16] or None,
-                "received_at": now,
-                "header_json": None,
-                "original_transfer_syntax_uid": h.extra.get("original_transfer_syntax_uid"),
-                "original_sha256": h.extra.get("original_sha256"),
-            },
+            _INSERT_INSTANCE, self._instance_row(h, blob, content_sha256, source_ae_title, now, series_pk)
         )
         conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})
         conn.execute(_STUDY_BUMP, {"b_pk": study_pk, "b_n": 1, "b_now": now})
+
+    @staticmethod
+    def _instance_row(
+        h: InstanceHeader,
+        blob: StoredBlob,
+        content_sha256: str,
+        source_ae_title: str | None,
+        now: dt.datetime,
+        series_pk: int,
+    ) -> dict[str, Any]:
+        return {
+            **h.instance,
+            "series_pk": series_pk,
+            "transfer_syntax_uid": h.transfer_syntax_uid,
+            "blob_key": blob.key,
+            "size": blob.size,
+            "sha256": blob.sha256,
+            "content_sha256": content_sha256,
+            "source_ae_title": (source_ae_title or "")[:16] or None,
+            "received_at": now,
+            "header_json": None,
+            "original_transfer_syntax_uid": h.extra.get("original_transfer_syntax_uid"),
+            "original_sha256": h.extra.get("original_sha256"),
+        }
 
     def _remove_instance(self, conn: Connection, instance_pk: int) -> None:
         """Delete one instance row and keep the counts and empty parents right."""
@@ -570,6 +653,29 @@ class IndexRepository:
                 .limit(limit)
             ).all()
         return [(pk, key) for pk, key in rows]
+
+    def pending_content_digests(self, limit: int) -> list[tuple[int, str]]:
+        """Instances whose data set digest is not computed yet: (pk, blob_key), oldest first."""
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(instance.c.pk, instance.c.blob_key)
+                .where(instance.c.content_sha256 == "")
+                .order_by(instance.c.pk)
+                .limit(limit)
+            ).all()
+        return [(pk, key) for pk, key in rows]
+
+    def set_content_digests(self, values: Sequence[tuple[int, str]]) -> None:
+        """Record computed data set digests (rows that have one already are left alone)."""
+        if not values:
+            return
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(instance)
+                .where(instance.c.pk == bindparam("b_pk"), instance.c.content_sha256 == "")
+                .values(content_sha256=bindparam("b_digest")),
+                [{"b_pk": pk, "b_digest": digest} for pk, digest in values],
+            )
 
     def set_header_json(self, values: Sequence[tuple[int, str]]) -> None:
         if not values:

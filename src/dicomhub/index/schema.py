@@ -179,6 +179,14 @@ Index(
     sqlite_where=instance.c.header_json.is_(None),
     postgresql_where=instance.c.header_json.is_(None),
 )
+# Data set digests not computed yet (objects stored by STOW-RS; see
+# services/contentdigest.py): '' until the background process fills them.
+Index(
+    "ix_instance_content_pending",
+    instance.c.pk,
+    sqlite_where=instance.c.content_sha256 == "",
+    postgresql_where=instance.c.content_sha256 == "",
+)
 
 # IOD validation: one row per checked object (its source and counts), and its
 # findings. Rows of objects refused by the reject policy have `rejected` set

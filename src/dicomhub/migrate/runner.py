@@ -479,7 +479,7 @@ class Migrator:
                 # What the target holds now: the items are what it lacks.
                 if not repo.has_items(job_id):
                     self.inventory(name, refresh=True, parallel=job["parallel"])
-                source_inventory = repo.local_inventory()
+                source_inventory = self.service.local_inventory()
             else:
                 complete, _ = repo.inventory_state(remote_pk)
                 if not complete:
@@ -487,7 +487,11 @@ class Migrator:
                 source_inventory = repo.inventory(remote_pk)
             studies = {u: s for u, s in source_inventory.studies.items() if selected(s, selection)}
             if not repo.has_items(job_id):
-                held = repo.inventory(remote_pk) if push else repo.local_inventory([uid(u) for u in studies])
+                held = (
+                    repo.inventory(remote_pk)
+                    if push
+                    else self.service.local_inventory([uid(u) for u in studies])
+                )
                 items = self._missing(studies, held, uid)
                 if steps is not None and items:
                     run_pk = self._start_deid_run(job_id, steps, name, push, owner, studies, items)

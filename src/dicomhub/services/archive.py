@@ -10,6 +10,7 @@ from dicomhub.services.access import AccessService
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.audit import AuditService
 from dicomhub.services.commitment import CommitmentService
+from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
@@ -36,6 +37,7 @@ class Archive:
     index: IndexRepository
     blobs: BlobStore
     headers: HeaderService
+    content_digests: ContentDigestService
     ingest: IngestService
     search: SearchService
     retrieve: RetrieveService

@@ -1,16 +1,19 @@
-"""A stored blob as a file path, for code that reads files (the codec layer)."""
+"""A stored blob as a file path (for code that reads files: the codec layer) or as
+memory-mapped bytes (for code that reads a header or hashes the whole)."""
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import cast
 
 from dicomhub.storage.base import BlobStore
 
-__all__ = ["blob_as_file"]
+__all__ = ["blob_as_file", "mapped_blob"]
 
 
 @contextlib.contextmanager
@@ -28,3 +31,23 @@ def blob_as_file(blobs: BlobStore, key: str, spool_dir: str | None = None) -> It
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def mapped_blob(blobs: BlobStore, key: str) -> Iterator[bytes]:
+    """A blob's bytes, memory-mapped from its file (a temporary copy for a store without
+    files, such as S3): large values are then paged in only where they are read."""
+    with blob_as_file(blobs, key) as path, open(path, "rb") as fh:
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # an empty file cannot be mapped
+            yield fh.read()
+            return
+        try:
+            # Read-only mapping of a file nobody else writes: bytes in all but type.
+            yield cast(bytes, mapped)
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view is still referenced (a traceback in flight)

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import mmap
 import os
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -45,10 +44,11 @@ from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
 from dicomhub.model.records import InstanceHeader, InstanceRow
-from dicomhub.model.structure import dataset_offset
-from dicomhub.services.blobfiles import blob_as_file
+from dicomhub.services.blobfiles import blob_as_file, mapped_blob
+from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
+from dicomhub.storage.digest import hashed_alongside
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
 
@@ -89,104 +89,21 @@ class _Prepared:
 @dataclass(slots=True)
 class _Written:
     """An object written to its blob: the blob, the object's first bytes (for the
-    Part 10 prefix check), its data set's SHA-256 when it was had on the way (else
-    "") and, once read, its header."""
+    Part 10 prefix check) and, once read, its header."""
 
     blob: BlobInfo
     head: bytes
-    content_sha256: str
     header: InstanceHeader | None = None
     data: bytes | memoryview | None = None  # the object, while in hand (one chunk)
 
 
 # Objects indexed per index transaction by store_many.
-_STORE_BATCH = 64
+_STORE_BATCH = 256
 # Objects of one store_many whose headers are read while the next arrives (and
 # kept until they are indexed); the headers of any further ones are read then.
 _EARLY_CHECKS = 1024
-# How far into an object its File Meta group is looked for while it streams in;
-# a larger group (never seen in practice) gets its digest from the blob afterwards.
-_META_SEARCH = 16 * 1024
-
-
-class _ContentDigest:
-    """SHA-256 of the bytes after the File Meta group, fed the whole object in chunks.
-
-    The object's first bytes are kept until the end of its File Meta group is
-    known (:func:`dataset_offset`, usually from the first chunk); from then on
-    each chunk is hashed from where the data set starts.
-    """
-
-    __slots__ = ("_hash", "_head", "_lost", "_offset", "_pos")
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._head = bytearray()
-        self._offset: int | None = None
-        self._pos = 0  # bytes seen
-        self._lost = False
-
-    def update(self, chunk: bytes | memoryview) -> None:
-        view = memoryview(chunk)
-        if self._offset is None:
-            if self._lost:
-                return
-            take = view[: _META_SEARCH - len(self._head)]
-            self._head += take
-            self._pos += len(take)
-            view = view[len(take) :]
-            self._offset = self._locate()
-            if self._offset is None:
-                self._lost = bool(view)  # searched as far as allowed
-                return
-            if self._offset < len(self._head):
-                self._hash.update(memoryview(self._head)[self._offset :])
-        start = self._offset - self._pos
-        if start <= 0:
-            self._hash.update(view)
-        elif start < len(view):
-            self._hash.update(view[start:])
-        self._pos += len(view)
-
-    def _locate(self) -> int | None:
-        if len(self._head) < 144:
-            return None
-        try:
-            return dataset_offset(bytes(self._head))
-        except (InvalidRequest, struct.error, IndexError, ValueError):
-            return None  # not there yet (or not DICOM: refused later)
-
-    def head(self) -> bytes:
-        """The object's first 132 bytes (preamble and prefix), or all of a shorter one."""
-        return bytes(self._head[:132])
-
-    def hexdigest(self) -> str:
-        """The data set's digest, or "" when its start was not found on the way."""
-        if self._offset is None or self._offset > self._pos:
-            return ""
-        return self._hash.hexdigest()
-
-
-@contextlib.contextmanager
-def _mapped_blob(blobs: BlobStore, key: str) -> Iterator[bytes]:
-    """A blob's bytes, memory-mapped from its file (a temporary copy for a store without
-    files, such as S3): large values are then paged in only where they are read."""
-    with blob_as_file(blobs, key) as path, open(path, "rb") as fh:
-        try:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # an empty file cannot be mapped
-            yield fh.read()
-            return
-        try:
-            # Read-only mapping of a file nobody else writes: bytes in all but type.
-            yield cast(bytes, mapped)
-        finally:
-            try:
-                mapped.close()
-            except BufferError:
-                pass  # a view is still referenced (a traceback in flight)
-
-
+# Preamble and "DICM" prefix of a Part 10 object.
+_PART10_HEAD = 132
 class IngestService:
     """Stores objects durably and indexes them, under a duplicate policy."""
 
@@ -272,8 +189,9 @@ class IngestService:
             yield meta
             with open(path, "rb") as fh:
                 while chunk := fh.read(_CHUNK):
-                    content.update(chunk)
-                    yield chunk
+                    # Hashed on another core while the store hashes and writes it.
+                    with hashed_alongside(content, chunk):
+                        yield chunk
 
         blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
         try:
@@ -313,7 +231,7 @@ class IngestService:
 
     def _header_of_blob(self, key: str) -> InstanceHeader:
         """Index values of a written blob, reading only its header pages."""
-        with _mapped_blob(self.blobs, key) as data:
+        with mapped_blob(self.blobs, key) as data:
             # The one-pass scan reads element headers and skips values by
             # their length, so a large Pixel Data is never paged in.
             return extract_part10(data)
@@ -329,9 +247,9 @@ class IngestService:
         DicomhubError
             When the blob is not a DICOM object that can be indexed.
         """
-        with _mapped_blob(self.blobs, key) as data:
+        with mapped_blob(self.blobs, key) as data:
             header = extract_part10(data)
-            content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
+            content = content_digest(data)
             blob = BlobInfo(key, len(data), hashlib.sha256(data).hexdigest())
         added = self.index.add_instance(header, blob, content, None, overwrite=False)
         return added.result is not AddResult.EXISTS
@@ -417,8 +335,10 @@ class IngestService:
         order of ``items``. An item is an object's bytes or an iterator of its
         chunks; chunks are written to the object's blob as they are pulled
         (STOW-RS streams the parts of a request body this way), and each byte
-        is hashed for both digests (blob and data set) and written while it
-        is in hand: nothing is held in memory, spooled or copied again.
+        is hashed for the blob's digest and written while it is in hand:
+        nothing is held in memory, spooled or copied again. The data set
+        digests of new objects are computed after the answer
+        (:mod:`dicomhub.services.contentdigest`).
 
         Every item is written first (not yet durable) and its header read
         back and checked while the next one arrives; then one flush makes
@@ -476,26 +396,27 @@ class IngestService:
         return results
 
     def _write_streamed(self, chunks: Iterator[bytes | memoryview]) -> _Written:
-        """Write one object's chunks to a new blob (not durable yet), with both digests:
-        the store hashes each chunk for the blob's, and it is hashed here for the
-        data set's, while it is in hand."""
+        """Write one object's chunks to a new blob (not durable yet); the store hashes
+        each chunk for the blob's digest while it is in hand. The data set's digest
+        is left for later (see :mod:`dicomhub.services.contentdigest`)."""
         key = self.blobs.new_key()
-        content = _ContentDigest()
+        head = bytearray()
         seen: list[bytes | memoryview] = []
 
-        def hashed() -> Iterator[bytes | memoryview]:
+        def noted() -> Iterator[bytes | memoryview]:
             for chunk in chunks:
-                content.update(chunk)
                 if len(seen) < 2:
                     seen.append(chunk)
+                if len(head) < _PART10_HEAD:
+                    head.extend(memoryview(chunk)[: _PART10_HEAD - len(head)])
                 yield chunk
 
         try:
-            blob = self.blobs.put_stream(key, hashed(), durable=False)
+            blob = self.blobs.put_stream(key, noted(), durable=False)
         except BaseException:
             self._discard(key)
             raise
-        written = _Written(blob, content.head(), content.hexdigest())
+        written = _Written(blob, bytes(head))
         if len(seen) == 1:  # the whole object came in one piece: its header is read from it
             written.data = seen[0]
         return written
@@ -552,9 +473,22 @@ class IngestService:
                 return
         if not pending:
             return
-        items = [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending]
+        overwrite = self.policy is DuplicatePolicy.OVERWRITE
+        outcomes: Sequence[AddOutcome | BaseException] | None
         try:
-            outcomes = self.index.add_instances(items, overwrite=self.policy is DuplicatePolicy.OVERWRITE)
+            outcomes = self.index.add_new_instances(
+                [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending]
+            )
+            if outcomes is None:
+                # Some are indexed already (or conflict): each is judged on its own,
+                # which needs the data set digests the batch path leaves for later.
+                pending = self._with_content_digests(pending, results)
+                if overwrite:
+                    self._fill_existing_digests([p.header.sop_instance_uid for _i, p, _b in pending])
+                outcomes = self.index.add_instances(
+                    [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
+                    overwrite=overwrite,
+                )
         except Exception as exc:
             outcomes = [exc] * len(pending)
         for (i, prepared, blob), added in zip(pending, outcomes, strict=True):
@@ -562,6 +496,37 @@ class IngestService:
                 results[i] = self._finish(prepared, blob, added, caller)
             except Exception as exc:
                 results[i] = exc
+
+    def _with_content_digests(
+        self,
+        pending: list[tuple[int, _Prepared, BlobInfo]],
+        results: list[StoreResult | Exception],
+    ) -> list[tuple[int, _Prepared, BlobInfo]]:
+        """``pending`` with every data set digest computed (from the blobs); an item
+        whose blob cannot be read fails and is left out."""
+        out: list[tuple[int, _Prepared, BlobInfo]] = []
+        for i, prepared, blob in pending:
+            if prepared.content_sha256 != PENDING:
+                out.append((i, prepared, blob))
+                continue
+            try:
+                digest = content_digest_of_blob(self.blobs, blob.key)
+            except (DicomhubError, OSError, ValueError) as exc:
+                self._discard(blob.key)
+                results[i] = exc if isinstance(exc, DicomhubError) else StorageError(str(exc))
+                continue
+            out.append((i, dataclasses.replace(prepared, content_sha256=digest), blob))
+        return out
+
+    def _fill_existing_digests(self, sop_instance_uids: Sequence[str]) -> None:
+        """Compute the missing data set digests of indexed instances with these UIDs, so
+        that the index can tell a copy sent again from other content (under overwrite)."""
+        for uid in sop_instance_uids:
+            existing = self.index.get_instance(uid)
+            if existing is not None and existing.content_sha256 == PENDING:
+                with contextlib.suppress(DicomhubError, OSError, ValueError):
+                    digest = content_digest_of_blob(self.blobs, existing.blob_key)
+                    self.index.set_content_digests([(existing.pk, digest)])
 
     def _prepare_written(
         self, written: _Written, caller: Caller, expect_study_uid: str | None
@@ -578,10 +543,12 @@ class IngestService:
         try:
             header = written.header or self._check_written(written, expect_study_uid)
             self._guard(caller, header)
-            content = written.content_sha256 or self._content_digest_of_blob(blob.key)
             target = self._compression_target(header)
             if target == header.transfer_syntax_uid:
                 target = None
+            # Kept as received, the data set digest can be computed from the blob
+            # later; compressed, the received data set is gone then.
+            content = content_digest_of_blob(self.blobs, blob.key) if target else PENDING
             # Without compression the index transaction itself finds a
             # duplicate (see _finish): no lookup of its own is needed. With
             # it, a duplicate is found before it is encoded for nothing.
@@ -609,7 +576,7 @@ class IngestService:
         prepared = _Prepared(b"", header, content, blob.size, self._validated(blob.key, header, caller))
         if target is None:
             return prepared, blob, False
-        with _mapped_blob(self.blobs, blob.key) as data:
+        with mapped_blob(self.blobs, blob.key) as data:
             compressed = self._compressed(_Prepared(data, header, content, blob.size))
             if compressed.data is data:  # kept as received
                 return prepared, blob, False
@@ -659,17 +626,18 @@ class IngestService:
         """
         if existing.content_sha256 == content:
             return True
+        if existing.content_sha256 == PENDING:
+            # Stored as received by STOW-RS, digest not computed yet: the blob's data set is it.
+            try:
+                return content_digest_of_blob(self.blobs, existing.blob_key) == content
+            except (DicomhubError, OSError, ValueError):
+                return False
         if existing.transfer_syntax_uid != transfer_syntax_uid:
             return False
         try:
-            return self._content_digest_of_blob(existing.blob_key) == content
+            return content_digest_of_blob(self.blobs, existing.blob_key) == content
         except (DicomhubError, OSError, ValueError):
             return False
-
-    def _content_digest_of_blob(self, key: str) -> str:
-        """SHA-256 of a written object's data set (when it could not be had on the way)."""
-        with _mapped_blob(self.blobs, key) as data:
-            return hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
 
     def _prepare(
         self,
@@ -692,7 +660,7 @@ class IngestService:
         self._guard(caller, header)
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
-        content = hashlib.sha256(memoryview(data)[dataset_offset(data) :]).hexdigest()
+        content = content_digest(data)
         existing = self.index.get_instance(header.sop_instance_uid)
         if existing is not None:
             if self._same_object(existing, content, header.transfer_syntax_uid):

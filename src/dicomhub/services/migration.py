@@ -26,6 +26,7 @@ from dicomhub.model.migration import (
     RemoteKind,
     reconcile,
 )
+from dicomhub.services.contentdigest import ContentDigestService
 
 __all__ = ["DIRECTIONS", "MigrationService", "Selection", "check_transform"]
 
@@ -109,8 +110,18 @@ def selected(study: InventoryStudy, selection: Selection) -> bool:
 
 
 class MigrationService:
-    def __init__(self, repository: MigrationRepository) -> None:
+    def __init__(
+        self, repository: MigrationRepository, content_digests: ContentDigestService | None = None
+    ) -> None:
         self.repo = repository
+        self.content_digests = content_digests
+
+    def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:
+        """What this archive holds, with every data set digest (those that STOW-RS left
+        for later are computed first: a reconcile compares them)."""
+        if self.content_digests is not None:
+            self.content_digests.fill_all()
+        return self.repo.local_inventory(study_uids)
 
     # -- remotes -----------------------------------------------------------
 
@@ -177,7 +188,7 @@ class MigrationService:
         wanted = list(only) if only is not None else None
         source_name, target_name = name, "dicomhub"
         if push:
-            source, source_name, target_name = self.repo.local_inventory(wanted), "dicomhub", name
+            source, source_name, target_name = self.local_inventory(wanted), "dicomhub", name
         else:
             source = self.repo.inventory(remote_pk)
         if wanted is not None:
@@ -189,7 +200,7 @@ class MigrationService:
         if push:
             target = self.repo.inventory(remote_pk)
         elif against is None:
-            target = self.repo.local_inventory(wanted)
+            target = self.local_inventory(wanted)
         else:
             other_pk, _ = self.remote(against)
             target = self.repo.inventory(other_pk)

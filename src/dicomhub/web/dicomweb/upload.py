@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -278,6 +280,10 @@ def _parse_header_block(block: bytes) -> dict[str, str]:
     return headers
 
 
+# type "/" subtype, both RFC 9110 tokens, and nothing else (optional whitespace around).
+_BARE_MEDIA_TYPE = re.compile(r"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*\Z")
+
+
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """Split a Content-Type value into its lower-case media type and its parameters.
 
@@ -286,6 +292,9 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
     """
     if not value.strip():
         return "", {}
+    if _BARE_MEDIA_TYPE.match(value):
+        # The usual part header ("application/dicom"): no parameters to parse.
+        return value.strip().lower(), {}
     msg = Message()
     msg["content-type"] = value
     raw = msg.get_params(header="content-type")
@@ -401,7 +410,7 @@ class StreamedPart:
         self._reader = reader
         self.ended = False
 
-    @property
+    @functools.cached_property
     def content_type(self) -> str:
         """The part's media type (lower case, no parameters; "" when absent)."""
         return parse_media_type(self.headers.get("content-type", ""))[0]
