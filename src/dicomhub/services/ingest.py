@@ -48,7 +48,6 @@ from dicomhub.services.blobfiles import blob_as_file, mapped_blob
 from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
-from dicomhub.storage.digest import hashed_alongside
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
 
@@ -189,9 +188,8 @@ class IngestService:
             yield meta
             with open(path, "rb") as fh:
                 while chunk := fh.read(_CHUNK):
-                    # Hashed on another core while the store hashes and writes it.
-                    with hashed_alongside(content, chunk):
-                        yield chunk
+                    content.update(chunk)
+                    yield chunk
 
         blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
         try:

@@ -30,7 +30,6 @@ from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing, StorageError
 from dicomhub.storage.base import BlobInfo, BlobStat, valid_blob_key
-from dicomhub.storage.digest import hashed_alongside
 
 __all__ = ["FileSystemBlobStore"]
 
@@ -201,7 +200,7 @@ class FileSystemBlobStore:
         """Write every chunk to ``fd``, make it durable (unless told not to), close ``fd``.
 
         Returns the size and the SHA-256 (``sha256`` when given, else computed
-        on the way: each chunk is hashed, on another core, while it is written).  Write
+        on the way: each chunk is hashed and written while in hand).  Write
         failures raise StorageError; an exception from the `chunks` iterator
         (the source) propagates as it is.  With `truncate_on_error` either
         empties the file again: a pooled key's file must never hold a
@@ -214,15 +213,15 @@ class FileSystemBlobStore:
                 view = memoryview(chunk)
                 if view.ndim != 1 or view.itemsize != 1:
                     view = view.cast("B")
+                if hasher is not None:
+                    hasher.update(view)
                 size += len(view)
-                with hashed_alongside(hasher, view):
-                    try:
-                        rest = view
-                        while rest:
-                            written = os.write(fd, rest)
-                            rest = rest[written:]
-                    except OSError as exc:
-                        raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+                try:
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                except OSError as exc:
+                    raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
             if self._fsync and durable:
                 try:
                     # Also makes the new size durable: the data is reachable.
