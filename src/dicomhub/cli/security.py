@@ -9,11 +9,17 @@ operating-system user as the principal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from dicomhub.config import Settings
 from dicomhub.model.caller import Caller
+
+if TYPE_CHECKING:
+    from dicomhub.services.administration import SecurityAdministration
+    from dicomhub.services.archive import Archive
 
 __all__ = ["add_commands"]
 
@@ -90,36 +96,35 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     audit.set_defaults(run=_audit)
 
 
-def _administration(settings: Settings) -> tuple[Any, Any]:
+@contextlib.contextmanager
+def _administration(settings: Settings) -> Iterator[tuple[Archive, SecurityAdministration]]:
+    """The archive (closed after the block) and its security administration."""
     from dicomhub.bootstrap import open_archive
     from dicomhub.services.administration import SecurityAdministration
 
     archive = open_archive(settings)
-    return archive, SecurityAdministration(archive.access, archive.audit)
+    try:
+        yield archive, SecurityAdministration(archive.access, archive.audit)
+    finally:
+        archive.close()
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     if len(args.role) != len(args.scope):
         print("dicomhub user add: give one --scope for each --role")
         return 2
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         created = admin.add_user(
             Caller.cli(), args.name, args.kind, list(zip(args.role, args.scope, strict=True)), args.expires
         )
-    finally:
-        archive.close()
     print(f"user {created['name']} added; its token (shown once, id {created['token_id']}):")
     print(created["token"])
     return 0
 
 
 def _user_list(settings: Settings, args: argparse.Namespace) -> int:
-    archive, _admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, _admin):
         principals = archive.access.principals()
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps(principals, indent=2))
         return 0
@@ -130,44 +135,32 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _user_token(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         if not archive.access.principal_exists(args.name):
             print(f"dicomhub user token: no user {args.name!r} (dicomhub user add)")
             return 1
         created = admin.new_token(Caller.cli(), args.name, args.label, args.expires)
-    finally:
-        archive.close()
     print(created["token"])
     return 0
 
 
 def _user_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         count = admin.revoke(Caller.cli(), args.name, args.token)
-    finally:
-        archive.close()
     print(f"{count} token(s) of {args.name} revoked")
     return 0 if count else 1
 
 
 def _grant_add(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         added = admin.grant(Caller.cli(), args.principal, args.role, args.scope)
-    finally:
-        archive.close()
     print(f"{args.role} at {args.scope} granted to {args.principal}" + ("" if added else " (held already)"))
     return 0
 
 
 def _grant_remove(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         removed = admin.revoke_grant(Caller.cli(), args.principal, args.role, args.scope)
-    finally:
-        archive.close()
     print(
         f"{args.role} at {args.scope} "
         + ("removed from" if removed else "was not granted to")
@@ -177,11 +170,8 @@ def _grant_remove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _grant_list(settings: Settings, args: argparse.Namespace) -> int:
-    archive, _admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, _admin):
         grants = archive.access.grants(args.principal)
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps(grants, indent=2))
         return 0
@@ -191,36 +181,27 @@ def _grant_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _label_add(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         added = admin.add_label(Caller.cli(), args.study, args.label)
-    finally:
-        archive.close()
     print(f"study {args.study} labelled {args.label}" + ("" if added else " (already)"))
     return 0
 
 
 def _label_remove(settings: Settings, args: argparse.Namespace) -> int:
-    archive, admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, admin):
         removed = admin.remove_label(Caller.cli(), args.study, args.label)
-    finally:
-        archive.close()
     print(f"label {args.label} " + ("removed from" if removed else "was not on") + f" study {args.study}")
     return 0 if removed else 1
 
 
 def _label_list(settings: Settings, args: argparse.Namespace) -> int:
-    archive, _admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, _admin):
         if args.study:
             for label in archive.access.labels_of(args.study):
                 print(label)
         else:
             for item in archive.access.labels():
                 print(f"{item['label']}\t{item['studies']} studies")
-    finally:
-        archive.close()
     return 0
 
 
@@ -232,16 +213,13 @@ def _audit(settings: Settings, args: argparse.Namespace) -> int:
     if args.action is not None and args.action not in actions:
         print(f"dicomhub audit: --action is one of {', '.join(sorted(actions))}")
         return 2
-    archive, _admin = _administration(settings)
-    try:
+    with _administration(settings) as (archive, _admin):
         records = archive.audit.events(
             study_instance_uid=args.study,
             principal=args.principal,
             action=args.action,
             limit=max(1, args.limit),
         )
-    finally:
-        archive.close()
     events = [record_dict(r) for r in records]
     if args.json:
         print(json.dumps(events, indent=2))
