@@ -16,7 +16,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, RowMapping, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
@@ -645,25 +656,19 @@ class IndexRepository:
 
     def pending_headers(self, limit: int) -> list[tuple[int, str]]:
         """Instances whose header JSON is not prepared yet: (pk, blob_key)."""
+        return self._pending(instance.c.header_json.is_(None), limit)
+
+    def _pending(self, condition: ColumnElement[bool], limit: int) -> list[tuple[int, str]]:
+        """(pk, blob_key) of the first ``limit`` instances that meet ``condition`` (derived
+        data still to compute: each has a partial index on pk)."""
         with engines.read(self.engine) as conn:
-            rows = conn.execute(
-                select(instance.c.pk, instance.c.blob_key)
-                .where(instance.c.header_json.is_(None))
-                .order_by(instance.c.pk)
-                .limit(limit)
-            ).all()
+            query = select(instance.c.pk, instance.c.blob_key).where(condition)
+            rows = conn.execute(query.order_by(instance.c.pk).limit(limit)).all()
         return [(pk, key) for pk, key in rows]
 
     def pending_content_digests(self, limit: int) -> list[tuple[int, str]]:
         """Instances whose data set digest is not computed yet: (pk, blob_key), oldest first."""
-        with engines.read(self.engine) as conn:
-            rows = conn.execute(
-                select(instance.c.pk, instance.c.blob_key)
-                .where(instance.c.content_sha256 == "")
-                .order_by(instance.c.pk)
-                .limit(limit)
-            ).all()
-        return [(pk, key) for pk, key in rows]
+        return self._pending(instance.c.content_sha256 == "", limit)
 
     def set_content_digests(self, values: Sequence[tuple[int, str]]) -> None:
         """Record computed data set digests (rows that have one already are left alone)."""
