@@ -429,6 +429,46 @@ def test_store_many_stores_nothing_when_the_source_fails(tmp_path: Path) -> None
     assert _blob_files(blobs) == []
 
 
+def test_store_many_of_large_items(tmp_path: Path) -> None:
+    """Large items (CT slices) whole or in chunks: outcomes stay in order, refusals leave
+    no blob, and a source that fails after several were written leaves nothing stored."""
+    ingest, blobs, index = _ingest(tmp_path)
+    caller = Caller(Channel.HTTP, "", "127.0.0.1")
+    study = datagen.uid()
+    slices = [
+        _encode(datagen.make_dataset(study_uid=study, instance_number=n, rows=512, cols=512))
+        for n in range(6)
+    ]
+    assert all(len(d) > 512 * 1024 for d in slices)
+    garbage = b"not DICOM" * 60_000
+    elsewhere = _encode(datagen.make_dataset(rows=512, cols=512))
+    results = ingest.store_many(
+        [slices[0], iter([slices[1]]), garbage, slices[2], elsewhere, _in_chunks(slices[3], 100_000),
+         *slices[4:]],
+        caller,
+        study_instance_uid=study,
+    )  # fmt: skip
+    kinds = [r.outcome if not isinstance(r, Exception) else type(r).__name__ for r in results]
+    stored = StoreOutcome.STORED
+    assert kinds == [stored, stored, "InvalidRequest", stored, "InvalidIdentifier", stored, stored, stored]
+    for d in slices:
+        row = index.get_instance(datagen_uid(d))
+        assert row is not None and blobs.read(row.blob_key) == d
+    assert len(_blob_files(blobs)) == 6
+
+    more = [_encode(datagen.make_dataset(rows=512, cols=512)) for _ in range(4)]
+
+    def items() -> Iterator[bytes | Iterator[bytes]]:
+        yield from more
+        yield _in_chunks(more[0][:5000], 1000)
+        raise InvalidRequest("the multipart body ends before its close delimiter")
+
+    with pytest.raises(InvalidRequest, match="close delimiter"):
+        ingest.store_many(items(), caller)
+    assert index.counts()["instances"] == 6
+    assert len(_blob_files(blobs)) == 6
+
+
 # ------------------------------------------------------------------ ingest from a mapped file
 
 
