@@ -43,12 +43,21 @@ def baseline(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -
     return series
 
 
-@pytest.fixture
-def victim(servers: ServerPool, tmp_path: Path) -> tuple[DicomhubServer, list[Dataset]]:
-    """A fresh server with one stored instance, for tests that may wreck it."""
-    series = datagen.write_ct_series(tmp_path / "victim", 1, rows=16, cols=16)
-    srv = servers.start()
-    store_ok(srv, tmp_path / "victim", expect=1)
+@pytest.fixture(scope="module")
+def victim(
+    module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[DicomhubServer, list[Dataset]]:
+    """A server of its own with one stored instance, for the tests that may wreck it
+    (not the shared ``server``, whose baseline the other tests check).
+
+    One for the module, not one per test: every test ends by checking that this
+    server is alive and still serves its instance, so a payload that wrecks it
+    fails that test (and, since nothing repairs it, the ones after it).
+    """
+    src = tmp_path_factory.mktemp("victim")
+    series = datagen.write_ct_series(src, 1, rows=16, cols=16)
+    srv = module_servers.start("victim")
+    store_ok(srv, src, expect=1)
     return srv, series
 
 
