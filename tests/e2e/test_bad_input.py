@@ -43,12 +43,21 @@ def baseline(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -
     return series
 
 
-@pytest.fixture
-def victim(servers: ServerPool, tmp_path: Path) -> tuple[DicomhubServer, list[Dataset]]:
-    """A fresh server with one stored instance, for tests that may wreck it."""
-    series = datagen.write_ct_series(tmp_path / "victim", 1, rows=16, cols=16)
-    srv = servers.start()
-    store_ok(srv, tmp_path / "victim", expect=1)
+@pytest.fixture(scope="module")
+def victim(
+    module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[DicomhubServer, list[Dataset]]:
+    """A server of its own with one stored instance, for the tests that may wreck it
+    (not the shared ``server``, whose baseline the other tests check).
+
+    One for the module, not one per test: every test ends by checking that this
+    server is alive and still serves its instance, so a payload that wrecks it
+    fails that test (and, since nothing repairs it, the ones after it).
+    """
+    src = tmp_path_factory.mktemp("victim")
+    series = datagen.write_ct_series(src, 1, rows=16, cols=16)
+    srv = module_servers.start("victim")
+    store_ok(srv, src, expect=1)
     return srv, series
 
 
@@ -60,12 +69,19 @@ def assert_intact(server: DicomhubServer, baseline: list[Dataset], tmp_path: Pat
     assert_same_instances(read_dir(out), baseline)
 
 
+def study_uids_and_instance_count(server: DicomhubServer) -> tuple[set[str], int]:
+    """Both from one ``dicomhub ls`` (each is a process start, about a second)."""
+    rows = ls_json(server.data_dir, "study")
+    uids = {str(r["StudyInstanceUID"]) for r in rows}
+    return uids, sum(int(r["NumberOfStudyRelatedInstances"]) for r in rows)  # type: ignore[call-overload]
+
+
 def all_study_uids(server: DicomhubServer) -> set[str]:
-    return {str(r["StudyInstanceUID"]) for r in ls_json(server.data_dir, "study")}
+    return study_uids_and_instance_count(server)[0]
 
 
 def all_instance_count(server: DicomhubServer) -> int:
-    return sum(int(r["NumberOfStudyRelatedInstances"]) for r in ls_json(server.data_dir, "study"))  # type: ignore[call-overload]
+    return study_uids_and_instance_count(server)[1]
 
 
 BAD_WRITERS: dict[str, Callable[..., object]] = {
@@ -121,8 +137,9 @@ def test_bad_object_is_refused(
             f"expected a 0xA9xx/0xCxxx failure, got {status if status is None else hex(status)}"
         )
 
-    assert study_uid not in all_study_uids(server)
-    assert all_instance_count(server) == before
+    uids, count = study_uids_and_instance_count(server)
+    assert study_uid not in uids
+    assert count == before
     assert_intact(server, baseline, tmp_path)
 
 

@@ -1,15 +1,27 @@
-"""LARGE OBJECT test (issue 4): a ~500 MB multi-frame object through DIMSE and WADO-RS.
+"""LARGE OBJECT test (issue 4): a 160 MiB multi-frame object through DIMSE and WADO-RS.
 
 Identify it by this module (``tests/e2e/test_large_objects.py``) or by the
-``large_object`` name of its test. It runs in the default test run and takes
-well under 90 s (about 1.6 GB of temporary disk: the original, the stored copy
-and the retrieved copy).
+``large_object`` name of its test. It runs in the default test run, on both
+back ends (about 0.5 GB of temporary disk: the original, the stored copy and
+the retrieved copy).
 
 The object is written to disk in chunks (never held by the test process), sent
 with storescu to ``dicomhub serve --workers 1`` and fetched back with getscu and
-WADO-RS. The peak resident set size (VmHWM) of the one DIMSE worker and of the
-HTTP process must stay well below the object's size: the data set is spooled
-to disk while it arrives and sent from the file.
+WADO-RS. What it proves is that the data set is spooled to disk while it
+arrives and sent from the stored blob, never held whole: the peak resident set
+size (VmHWM) of the one DIMSE worker and of the HTTP process may grow by less
+than 40 % of the object's size while they handle it.
+
+The growth is counted from the peaks after a warm-up: a small object of the
+same kind taken through the same three paths first, so that the imports, the
+connection pools and the fixed-size buffers (an S3 multipart part, a ranged
+read block) are in the baseline, and what is left is what depends on the
+object's size. Holding the object (or 40 % of it) would show up as growth of
+that much, whatever its size; so the object only has to be clearly larger than
+those fixed costs, not 500 MB. (It was 500 MB with the bound on the absolute
+peak; on the PostgreSQL + S3 run the local S3 server, moto, reads a whole
+object from its spool file for every ranged GET, so the reads cost the square
+of the size: 100 s there, most of it moto's.)
 """
 
 from __future__ import annotations
@@ -41,7 +53,10 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc"),
 ]
 
-FRAMES, ROWS, COLS = 500, 512, 1024  # 524 MB of pixel data
+FRAMES, ROWS, COLS = 160, 512, 1024  # 160 MiB of pixel data
+# The warm-up object: over one S3 multipart part (5 MiB) and long enough for the
+# ranged reads to reach their largest block (8 MiB), so every buffer is sized.
+WARMUP_FRAMES = 24
 RSS_FRACTION = 0.40
 
 
@@ -105,8 +120,62 @@ class _PixelHasher:
         self.remaining -= len(take)
 
 
+def _cget_and_check(srv: DicomhubServer, obj: cd.LargeObject, out: Path) -> None:
+    """C-GET ``obj`` with getscu (bit preserving) and compare its Pixel Data by SHA-256,
+    read in chunks; the received file is deleted afterwards to free the disk."""
+    out.mkdir()
+    rc, output = run_dcmtk(
+        "getscu", "-S", "-v", "+B", "-od", out, "-aet", "BIGGET", "-aec", srv.aet,
+        "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={obj.dataset.StudyInstanceUID}",
+        "-k", f"SeriesInstanceUID={obj.dataset.SeriesInstanceUID}",
+        "-k", f"SOPInstanceUID={obj.dataset.SOPInstanceUID}",
+        HOST, str(srv.dimse_port), timeout=120,
+    )  # fmt: skip
+    res = RetrieveResult(rc, output)
+    assert rc == 0, output[-3000:]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 1, f"getscu wrote {files}\n{output[-3000:]}"
+    assert res.final_counts()["failed"] in (0, None), output[-3000:]
+    hasher = _PixelHasher(obj.pixel_bytes)
+    with open(files[0], "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            hasher.feed(chunk)
+    assert hasher.found and hasher.remaining == 0
+    assert hasher.sha.hexdigest() == obj.pixel_sha256, "retrieved Pixel Data differs from the original"
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert header.SOPInstanceUID == obj.dataset.SOPInstanceUID
+    assert int(header.NumberOfFrames) == obj.frames
+    files[0].unlink()
+
+
+def _wado_and_check(srv: DicomhubServer, obj: cd.LargeObject) -> None:
+    """WADO-RS ``obj``, streamed and hashed as it arrives; the stored syntax is
+    explicit VR LE, so no transcoding."""
+    wado = _PixelHasher(obj.pixel_bytes)
+    received = 0
+    url = (
+        f"{srv.base_url}/dicomweb/studies/{obj.dataset.StudyInstanceUID}/series/"
+        f"{obj.dataset.SeriesInstanceUID}/instances/{obj.dataset.SOPInstanceUID}"
+    )
+    headers = {"Accept": 'multipart/related; type="application/dicom"', "Accept-Encoding": "identity"}
+    with httpx.stream("GET", url, headers=headers, timeout=120) as r:
+        assert r.status_code == 200, r.read()[:500]
+        for chunk in r.iter_raw(1 << 20):
+            received += len(chunk)
+            wado.feed(chunk)
+        announced = r.headers.get("content-length")
+    assert wado.found and wado.remaining == 0, f"WADO-RS body ended early ({received} bytes)"
+    assert wado.sha.hexdigest() == obj.pixel_sha256, "WADO-RS Pixel Data differs from the original"
+    assert obj.pixel_bytes < received < obj.file_size + 64 * 1024, (
+        f"WADO-RS sent {received} bytes for a {obj.file_size}-byte object"
+    )
+    if announced is not None:
+        assert int(announced) == received
+
+
 def test_large_object_store_get_wado(servers: ServerPool, tmp_path: Path) -> None:
     t0 = time.monotonic()
+    warm = cd.write_large_multiframe(tmp_path / "orig" / "warm.dcm", WARMUP_FRAMES, ROWS, COLS)
     big = cd.write_large_multiframe(tmp_path / "orig" / "big.dcm", FRAMES, ROWS, COLS)
     size = big.file_size
     bound_kib = int(size * RSS_FRACTION / 1024)
@@ -116,83 +185,52 @@ def test_large_object_store_get_wado(servers: ServerPool, tmp_path: Path) -> Non
     worker = _dimse_worker(srv)
     assert srv.proc is not None
     http_pid = _http_process(srv)
-    rss_start = peak_rss_kib(worker)
+    rss_start, http_start = peak_rss_kib(worker), peak_rss_kib(http_pid)
 
+    # the warm-up: the small object through the same three paths
     t1 = time.monotonic()
+    store_ok(srv, warm.path, expect=1, timeout=120)
+    _cget_and_check(srv, warm, tmp_path / "got-warm")
+    _wado_and_check(srv, warm)
+    worker_base, http_base = peak_rss_kib(worker), peak_rss_kib(http_pid)
+    t_warm = time.monotonic() - t1
+
+    t2 = time.monotonic()
     store_ok(srv, big.path, expect=1, timeout=120)
-    t_store = time.monotonic() - t1
+    t_store = time.monotonic() - t2
     rss_after_store = peak_rss_kib(worker)
     assert _dimse_worker(srv) == worker, "the DIMSE worker was replaced during the store"
 
-    t2 = time.monotonic()
-    out = tmp_path / "got"
-    out.mkdir()
-    rc, output = run_dcmtk(
-        "getscu", "-S", "-v", "+B", "-od", out, "-aet", "BIGGET", "-aec", srv.aet,
-        "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={big.dataset.StudyInstanceUID}",
-        "-k", f"SeriesInstanceUID={big.dataset.SeriesInstanceUID}",
-        "-k", f"SOPInstanceUID={big.dataset.SOPInstanceUID}",
-        HOST, str(srv.dimse_port), timeout=120,
-    )  # fmt: skip
-    t_get = time.monotonic() - t2
-    res = RetrieveResult(rc, output)
-    assert rc == 0, output[-3000:]
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 1, f"getscu wrote {files}\n{output[-3000:]}"
-    rss_after_get = peak_rss_kib(worker)
-    assert res.final_counts()["failed"] in (0, None), output[-3000:]
-
-    # the received object: same pixel data, by SHA-256, read in chunks
-    hasher = _PixelHasher(big.pixel_bytes)
-    with open(files[0], "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            hasher.feed(chunk)
-    assert hasher.found and hasher.remaining == 0
-    assert hasher.sha.hexdigest() == big.pixel_sha256, "retrieved Pixel Data differs from the original"
-    header = pydicom.dcmread(files[0], stop_before_pixels=True)
-    assert header.SOPInstanceUID == big.dataset.SOPInstanceUID
-    assert int(header.NumberOfFrames) == FRAMES
-    files[0].unlink()  # free the disk before the WADO-RS download
-
-    # WADO-RS, streamed; the stored syntax is explicit VR LE, so no transcoding
-    http_before = peak_rss_kib(http_pid)
     t3 = time.monotonic()
-    wado = _PixelHasher(big.pixel_bytes)
-    received = 0
-    url = (
-        f"{srv.base_url}/dicomweb/studies/{big.dataset.StudyInstanceUID}/series/"
-        f"{big.dataset.SeriesInstanceUID}/instances/{big.dataset.SOPInstanceUID}"
-    )
-    headers = {"Accept": 'multipart/related; type="application/dicom"', "Accept-Encoding": "identity"}
-    with httpx.stream("GET", url, headers=headers, timeout=120) as r:
-        assert r.status_code == 200, r.read()[:500]
-        for chunk in r.iter_raw(1 << 20):
-            received += len(chunk)
-            wado.feed(chunk)
-        announced = r.headers.get("content-length")
-    t_wado = time.monotonic() - t3
+    _cget_and_check(srv, big, tmp_path / "got")
+    t_get = time.monotonic() - t3
+    rss_after_get = peak_rss_kib(worker)
+
+    t4 = time.monotonic()
+    _wado_and_check(srv, big)
+    t_wado = time.monotonic() - t4
     http_after = peak_rss_kib(http_pid)
 
     print(
         f"\nlarge object: {size / 2**20:.0f} MiB file ({big.pixel_bytes / 2**20:.0f} MiB pixel data), "
-        f"bound {RSS_FRACTION:.0%} = {bound_kib / 1024:.0f} MiB\n"
-        f"  DIMSE worker pid {worker} VmHWM: start {rss_start / 1024:.0f} MiB, after C-STORE "
-        f"{rss_after_store / 1024:.0f} MiB, after C-GET {rss_after_get / 1024:.0f} MiB\n"
-        f"  HTTP process pid {http_pid} VmHWM: before WADO-RS {http_before / 1024:.0f} MiB, "
-        f"after {http_after / 1024:.0f} MiB\n"
-        f"  times: generate {t_gen:.1f}s, storescu {t_store:.1f}s, getscu {t_get:.1f}s, WADO-RS {t_wado:.1f}s"
+        f"growth bound {RSS_FRACTION:.0%} = {bound_kib / 1024:.0f} MiB; "
+        f"warm-up object {warm.file_size / 2**20:.0f} MiB\n"
+        f"  DIMSE worker pid {worker} VmHWM: start {rss_start / 1024:.0f} MiB, after the warm-up "
+        f"{worker_base / 1024:.0f} MiB, after C-STORE {rss_after_store / 1024:.0f} MiB, "
+        f"after C-GET {rss_after_get / 1024:.0f} MiB\n"
+        f"  HTTP process pid {http_pid} VmHWM: start {http_start / 1024:.0f} MiB, after the warm-up "
+        f"{http_base / 1024:.0f} MiB, after WADO-RS {http_after / 1024:.0f} MiB\n"
+        f"  times: generate {t_gen:.1f}s, warm-up {t_warm:.1f}s, storescu {t_store:.1f}s, "
+        f"getscu {t_get:.1f}s, WADO-RS {t_wado:.1f}s"
     )
 
-    assert rss_after_store < bound_kib, (
-        f"worker peak RSS {rss_after_store} KiB after C-STORE (bound {bound_kib})"
+    assert rss_after_store - worker_base < bound_kib, (
+        f"worker peak RSS grew by {rss_after_store - worker_base} KiB in the C-STORE (bound {bound_kib})"
     )
-    assert rss_after_get < bound_kib, f"worker peak RSS {rss_after_get} KiB after C-GET (bound {bound_kib})"
-    assert wado.found and wado.remaining == 0, f"WADO-RS body ended early ({received} bytes)"
-    assert wado.sha.hexdigest() == big.pixel_sha256, "WADO-RS Pixel Data differs from the original"
-    assert big.pixel_bytes < received < size + 64 * 1024, (
-        f"WADO-RS sent {received} bytes for a {size}-byte object"
+    assert rss_after_get - worker_base < bound_kib, (
+        f"worker peak RSS grew by {rss_after_get - worker_base} KiB by the C-GET (bound {bound_kib})"
     )
-    if announced is not None:
-        assert int(announced) == received
-    assert http_after < bound_kib, f"HTTP process peak RSS {http_after} KiB after WADO-RS (bound {bound_kib})"
+    assert http_after - http_base < bound_kib, (
+        f"HTTP process peak RSS grew by {http_after - http_base} KiB in the WADO-RS (bound {bound_kib})"
+    )
     assert srv.is_running()

@@ -59,6 +59,12 @@ def busy(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -
     assert assoc.is_established
     assoc.send_c_echo()
     assoc.release()
+    # An association is logged when the server's side of it ends (after the
+    # requestor has closed, PS3.8 Sta13) and then in batches: the requestors
+    # above may have exited in another order than their rows arrive, so wait
+    # for every one of them, not just the last.
+    for calling, n in (("ECHOER", 2), ("STORER", 1), ("STRANGER", 1), ('Q"UOTE', 1), ("WLCLIENT", 1)):
+        wait_for_rows(server, calling, n)
     return server
 
 

@@ -147,12 +147,15 @@ def transaction_state(server: DicomhubServer, transaction: str, timeout: float =
         time.sleep(0.2)
 
 
-def test_dicomhub_as_storage_commitment_scu(servers: ServerPool, tmp_path: Path) -> None:
-    """The SCU side (for migration and forwarding): ask an archive to commit, read its report."""
+def test_dicomhub_as_storage_commitment_scu(server: DicomhubServer, tmp_path: Path) -> None:
+    """The SCU side (for migration and forwarding): ask an archive to commit, read its report.
+
+    The archive asked is the module's default server: the request names only
+    instances stored here and a made-up one, so it needs no archive of its own."""
     from dicomhub.dimse.commitment import request_commitment
     from dicomhub.model.commitment import CommitmentItem
 
-    peer = servers.start()
+    peer = server
     series = stored_series(peer, tmp_path, 2)
     missing = CommitmentItem(CT, datagen.uid())
     items = [CommitmentItem(c, i) for c, i in refs_of(series)] + [missing]

@@ -896,6 +896,9 @@ def test_dcmtk_rejected_by_policy(listen: Callable[..., Listener], tmp_path: Pat
     store = run_dcmtk("storescu", "-aet", "BADGUY", "127.0.0.1", str(listener.port), str(path))
     assert store.returncode != 0
     assert "rejected" in (store.stdout + store.stderr).lower()
+    # The listener records the rejection once the requestor has closed its end
+    # (PS3.8 Sta13), which can be after storescu has exited: wait for it.
+    listener.wait_for_event("rejected", count=2)
     assert listener.requests == []
     assert listener.event_names() == ["rejected", "rejected"]
 
