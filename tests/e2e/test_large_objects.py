@@ -1,9 +1,10 @@
-"""LARGE OBJECT test (issue 4): a 160 MiB multi-frame object through DIMSE and WADO-RS.
+"""LARGE OBJECT test (issue 4): a 500 MB multi-frame object through DIMSE and WADO-RS
+(160 MiB on the PostgreSQL + S3 run, see FRAMES).
 
 Identify it by this module (``tests/e2e/test_large_objects.py``) or by the
 ``large_object`` name of its test. It runs in the default test run, on both
-back ends (about 0.5 GB of temporary disk: the original, the stored copy and
-the retrieved copy).
+back ends (about 1.6 GB of temporary disk on file storage: the original, the
+stored copy and the retrieved copy).
 
 The object is written to disk in chunks (never held by the test process), sent
 with storescu to ``dicomhub serve --workers 1`` and fetched back with getscu and
@@ -34,6 +35,8 @@ import httpx
 import pydicom
 import pytest
 
+from tests.backends import BACKEND, SQLITE_FILE
+
 from . import codec_data as cd
 from .helpers import (
     HOST,
@@ -53,7 +56,12 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc"),
 ]
 
-FRAMES, ROWS, COLS = 160, 512, 1024  # 160 MiB of pixel data
+# On file storage: the 500 MB object the issue names (524 MB of pixel data), whose peak
+# RSS must also stay well under its size. On S3 a 160 MiB object: the local S3 server
+# (moto) reads a whole object for every ranged GET, so there the reads cost the square
+# of the size; the growth bound proves the same streaming at that size.
+FRAMES = 500 if BACKEND == SQLITE_FILE else 160
+ROWS, COLS = 512, 1024
 # The warm-up object: over one S3 multipart part (5 MiB) and long enough for the
 # ranged reads to reach their largest block (8 MiB), so every buffer is sized.
 WARMUP_FRAMES = 24
@@ -233,4 +241,7 @@ def test_large_object_store_get_wado(servers: ServerPool, tmp_path: Path) -> Non
     assert http_after - http_base < bound_kib, (
         f"HTTP process peak RSS grew by {http_after - http_base} KiB in the WADO-RS (bound {bound_kib})"
     )
+    if FRAMES >= 500:  # and the peaks themselves stay well under the 500 MB object's size
+        assert max(rss_after_store, rss_after_get) < bound_kib, f"worker peak RSS above {bound_kib} KiB"
+        assert http_after < bound_kib, f"HTTP process peak RSS above {bound_kib} KiB"
     assert srv.is_running()
