@@ -6,12 +6,16 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from dicomhub.errors import DicomhubError
 
-__all__ = ["run_until_stopped"]
+__all__ = ["SETTLE_SECONDS", "run_until_stopped"]
+
+# How long the change log must stand still before derived work starts.
+SETTLE_SECONDS = 2.0
 
 
 def run_until_stopped(
@@ -22,6 +26,7 @@ def run_until_stopped(
     idle: float = 0.5,
     *,
     last_change: Callable[[], int] | None = None,
+    settle: float = SETTLE_SECONDS,
     patience: float = 30.0,
     claim: Callable[[], AbstractContextManager[bool]] | None = None,
 ) -> None:
@@ -30,31 +35,42 @@ def run_until_stopped(
     The thread runs at the lowest scheduling priority (Linux schedules threads
     individually): this is derived work that must not slow storing or
     answering. With ``last_change`` (the change log's newest sequence number)
-    it also waits, up to ``patience`` seconds, while the archive is busy
-    storing: its own index writes would otherwise queue with the stores'.
-    An index failure is logged and retried after ``idle``. With ``claim``
-    (see :func:`dicomhub.index.engine.lease`), a turn runs only while this
-    process holds the job's claim: when several nodes share one database, one
-    of them does the work and the others skip their turn.
+    it also keeps out of the way of ingest: a turn starts only once the change
+    log has stood still for ``settle`` seconds, and stops early when the log
+    moves again, since its reads, its index writes and the flushes they cost
+    would otherwise land in the middle of the stores' (storage comes in bursts:
+    a modality sending a study, a STOW-RS client between requests). When the
+    archive has been busy for ``patience`` seconds, a turn runs anyway, to the
+    end, so that the work never starves. An index failure is logged and
+    retried after ``idle``. With ``claim`` (see :func:`dicomhub.index.engine.lease`),
+    a turn runs only while this process holds the job's claim: when several
+    nodes share one database, one of them does the work and the others skip
+    their turn.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except (OSError, AttributeError):
         pass
     seen = -1
-    waited = 0.0
+    moved_at = time.monotonic()  # when the change log was last seen moving (or the start)
+    waiting_since: float | None = None
     while not stop.wait(idle):
         try:
+            overdue = False
             if last_change is not None:
-                now = last_change()
-                busy = seen not in (-1, now)
-                seen = now
-                if busy and waited < patience:
-                    waited += idle
-                    continue
-                waited = 0.0
+                latest, now = last_change(), time.monotonic()
+                if seen not in (-1, latest):
+                    moved_at = now
+                seen = latest
+                if now - moved_at < settle:
+                    waiting_since = now if waiting_since is None else waiting_since
+                    if now - waiting_since < patience:
+                        continue
+                    overdue = True
+                waiting_since = None
             with claim() if claim is not None else contextlib.nullcontext(True) as mine:
                 while mine and not stop.is_set() and step():
-                    pass
+                    if last_change is not None and not overdue and last_change() != seen:
+                        break  # storing again: wait for it to settle
         except DicomhubError:
             logger.exception("%s failed; retrying", name)
