@@ -413,7 +413,11 @@ class IndexRepository:
             series_pk, study_pk = known.series_pk, known.study_pk
         else:
             series_pk, study_pk = self._insert_parents(conn, h, now, changes)
-        self._insert_instance(conn, h, blob, content_sha256, source_ae_title, now, series_pk, study_pk)
+        conn.execute(
+            _INSERT_INSTANCE, self._instance_row(h, blob, content_sha256, source_ae_title, now, series_pk)
+        )
+        conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})
+        conn.execute(_STUDY_BUMP, {"b_pk": study_pk, "b_n": 1, "b_now": now})
         changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
         conn.execute(_INSERT_CHANGE, changes)
         return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
@@ -469,23 +473,6 @@ class IndexRepository:
             if series_study_pk != study_pk:
                 raise Conflict(f"series {h.series_instance_uid} is held under another study")
         return int(series_pk), int(study_pk)
-
-    def _insert_instance(
-        self,
-        conn: Connection,
-        h: InstanceHeader,
-        blob: StoredBlob,
-        content_sha256: str,
-        source_ae_title: str | None,
-        now: dt.datetime,
-        series_pk: int,
-        study_pk: int,
-    ) -> None:
-        conn.execute(
-            _INSERT_INSTANCE, self._instance_row(h, blob, content_sha256, source_ae_title, now, series_pk)
-        )
-        conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})
-        conn.execute(_STUDY_BUMP, {"b_pk": study_pk, "b_n": 1, "b_now": now})
 
     @staticmethod
     def _instance_row(
