@@ -103,6 +103,8 @@ _STORE_BATCH = 256
 _EARLY_CHECKS = 1024
 # Preamble and "DICM" prefix of a Part 10 object.
 _PART10_HEAD = 132
+
+
 class IngestService:
     """Stores objects durably and indexes them, under a duplicate policy."""
 
@@ -521,10 +523,18 @@ class IngestService:
         that the index can tell a copy sent again from other content (under overwrite)."""
         for uid in sop_instance_uids:
             existing = self.index.get_instance(uid)
-            if existing is not None and existing.content_sha256 == PENDING:
+            if existing is not None:
                 with contextlib.suppress(DicomhubError, OSError, ValueError):
-                    digest = content_digest_of_blob(self.blobs, existing.blob_key)
-                    self.index.set_content_digests([(existing.pk, digest)])
+                    self._held_digest(existing)
+
+    def _held_digest(self, existing: InstanceRow) -> str:
+        """The data set digest of an indexed instance: when STOW-RS left it for later,
+        computed from the instance's blob (stored as received) and recorded."""
+        if existing.content_sha256 != PENDING:
+            return existing.content_sha256
+        digest = content_digest_of_blob(self.blobs, existing.blob_key)
+        self.index.set_content_digests([(existing.pk, digest)])
+        return digest
 
     def _prepare_written(
         self, written: _Written, caller: Caller, expect_study_uid: str | None
@@ -625,9 +635,8 @@ class IngestService:
         if existing.content_sha256 == content:
             return True
         if existing.content_sha256 == PENDING:
-            # Stored as received by STOW-RS, digest not computed yet: the blob's data set is it.
             try:
-                return content_digest_of_blob(self.blobs, existing.blob_key) == content
+                return self._held_digest(existing) == content
             except (DicomhubError, OSError, ValueError):
                 return False
         if existing.transfer_syntax_uid != transfer_syntax_uid:
