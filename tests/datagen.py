@@ -348,3 +348,29 @@ def write_garbage(path: str | os.PathLike[str], size: int = 2048, seed: int = 1)
 
 def uids_of(datasets: Sequence[Dataset]) -> list[str]:
     return [str(d.SOPInstanceUID) for d in datasets]
+
+
+def study_corpus(
+    studies: int, patients: int, series_size: int, *, prefix: str, year: int
+) -> Iterator[tuple[int, str, int, Dataset]]:
+    """A corpus of ``studies`` studies over ``patients`` patients, each with a CT and an
+    MR series of ``series_size`` instances: (study index, modality, instance number,
+    data set). ``prefix`` starts the Patient IDs, names and accession numbers, so that
+    corpora of several tests never share a patient."""
+    for s in range(studies):
+        study_uid = uid()
+        for series_number, modality in ((1, "CT"), (2, "MR")):
+            series_uid = uid()
+            for i in range(1, series_size + 1):
+                yield s, modality, i, make_dataset(
+                    modality=modality,
+                    patient_id=f"{prefix.upper()}{s % patients:03d}",
+                    patient_name=f"{prefix}^{s % patients:03d}",
+                    study_uid=study_uid,
+                    study_date=f"{year}{1 + s % 12:02d}{1 + s:02d}",
+                    accession=f"{prefix.upper()}A{s:04d}",
+                    series_uid=series_uid,
+                    series_number=series_number,
+                    instance_number=i,
+                    seed=s * 100 + series_number * 10 + i,
+                )

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from datagen import make_dataset, uid, write_dataset
+from datagen import make_dataset, study_corpus, uid, write_dataset
 from pydicom import dcmread
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -65,30 +65,14 @@ class Corpus:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     c = Corpus(tmp_path_factory.mktemp("corpus"))
-    for s in range(STUDIES):
-        study_uid = uid()
-        for series_number, modality in ((1, "CT"), (2, "MR")):
-            series_uid = uid()
-            for i in range(1, SERIES_SIZE + 1):
-                ds = make_dataset(
-                    modality=modality,
-                    patient_id=f"PAT{s % PATIENTS:03d}",
-                    patient_name=f"Patient^{s % PATIENTS:03d}",
-                    study_uid=study_uid,
-                    study_date=f"2021{1 + s % 12:02d}{1 + s:02d}",
-                    accession=f"ACC{s:04d}",
-                    series_uid=series_uid,
-                    series_number=series_number,
-                    instance_number=i,
-                    seed=s * 100 + series_number * 10 + i,
-                )
-                path = c.root / f"s{s:02d}" / f"{modality}{i}.dcm"
-                path.parent.mkdir(exist_ok=True)
-                write_dataset(path, ds)
-                sop = str(ds.SOPInstanceUID)
-                c.files[sop] = path
-                c.studies.setdefault(study_uid, []).append(sop)
-                c.pixels[sop] = bytes(ds.PixelData)
+    for s, modality, i, ds in study_corpus(STUDIES, PATIENTS, SERIES_SIZE, prefix="Pat", year=2021):
+        path = c.root / f"s{s:02d}" / f"{modality}{i}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        write_dataset(path, ds)
+        sop = str(ds.SOPInstanceUID)
+        c.files[sop] = path
+        c.studies.setdefault(str(ds.StudyInstanceUID), []).append(sop)
+        c.pixels[sop] = bytes(ds.PixelData)
     return c
 
 

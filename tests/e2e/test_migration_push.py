@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from datagen import make_dataset, uid, write_dataset
+from datagen import study_corpus, write_dataset
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless
@@ -50,28 +50,12 @@ class Corpus:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     c = Corpus(tmp_path_factory.mktemp("push-corpus"))
-    for s in range(STUDIES):
-        study_uid = uid()
-        for series_number, modality in ((1, "CT"), (2, "MR")):
-            series_uid = uid()
-            for i in range(1, SERIES_SIZE + 1):
-                ds = make_dataset(
-                    modality=modality,
-                    patient_id=f"PUSH{s % PATIENTS:03d}",
-                    patient_name=f"Push^{s % PATIENTS:03d}",
-                    study_uid=study_uid,
-                    study_date=f"2022{1 + s % 12:02d}{1 + s:02d}",
-                    accession=f"PACC{s:04d}",
-                    series_uid=series_uid,
-                    series_number=series_number,
-                    instance_number=i,
-                    seed=s * 100 + series_number * 10 + i,
-                )
-                if s == 0 and modality == "CT":
-                    ds.compress(RLELossless)
-                    c.rle.add(str(ds.SOPInstanceUID))
-                write_dataset(c.root / f"s{s}" / f"{modality}{i}.dcm", ds)
-                c.datasets[str(ds.SOPInstanceUID)] = ds
+    for s, modality, i, ds in study_corpus(STUDIES, PATIENTS, SERIES_SIZE, prefix="Push", year=2022):
+        if s == 0 and modality == "CT":
+            ds.compress(RLELossless)
+            c.rle.add(str(ds.SOPInstanceUID))
+        write_dataset(c.root / f"s{s}" / f"{modality}{i}.dcm", ds)
+        c.datasets[str(ds.SOPInstanceUID)] = ds
     return c
 
 
