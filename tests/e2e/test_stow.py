@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from dicomhub.model.structure import dataset_offset
 
-from .helpers import DicomhubServer, ServerPool, index_rows, ls_json, study_instance_count
+from .helpers import DicomhubServer, ServerPool, index_rows, ls_json, read_blob, study_instance_count
 
 pytestmark = pytest.mark.e2e
 
@@ -207,23 +207,27 @@ def test_duplicate_with_other_content_fails(server: DicomhubServer) -> None:
     assert post(server, multipart([encode(first)])).status_code == 200
 
 
-def test_data_set_digest_is_computed_after_the_answer(server: DicomhubServer) -> None:
-    """STOW-RS answers before the data set digests are computed; the background
-    process fills them in from the stored blobs soon after."""
+def test_digests_are_computed_after_the_answer(server: DicomhubServer) -> None:
+    """STOW-RS answers before the data set digests (and, on a file store, the blobs'
+    SHA-256) are computed; the background process fills them in from the stored blobs
+    soon after, and they match the blobs and data sets."""
     objects = [encode(datagen.make_dataset()) for _ in range(3)]
     assert post(server, multipart(objects)).status_code == 200
     expected = {
         str(dcmread(io.BytesIO(d)).SOPInstanceUID): hashlib.sha256(d[dataset_offset(d) :]).hexdigest()
         for d in objects
     }
-    sql = "SELECT content_sha256 FROM instance WHERE sop_instance_uid = :uid"
+    sql = "SELECT content_sha256, sha256, blob_key FROM instance WHERE sop_instance_uid = :uid"
     deadline = time.monotonic() + 60
     while True:
-        rows = {uid: index_rows(server.data_dir, sql, uid=uid)[0][0] for uid in expected}
-        if rows == expected or time.monotonic() > deadline:
+        rows = {uid: index_rows(server.data_dir, sql, uid=uid)[0] for uid in expected}
+        if {uid: r[0] for uid, r in rows.items()} == expected or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert rows == expected
+    assert {uid: r[0] for uid, r in rows.items()} == expected
+    for _content, blob_sha256, key in rows.values():
+        blob = read_blob(server.data_dir, str(key))
+        assert blob is not None and blob_sha256 == hashlib.sha256(blob).hexdigest()
 
 
 def test_xml_response(server: DicomhubServer) -> None:

@@ -401,7 +401,7 @@ def test_background_fills_pending_digests(archive: Archive) -> None:
     # A blob that cannot be read is marked, not retried for ever.
     broken = encode(datagen.make_dataset())
     archive.ingest.store_many([broken], CLI)
-    (pk, key), = archive.index.pending_content_digests(10)
+    (pk, key, _blob_digest), = archive.index.pending_content_digests(10)
     archive.blobs.delete(key)
     assert digests.fill_pending() == 1
     assert archive.index.pending_content_digests(10) == []

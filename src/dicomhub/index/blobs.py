@@ -1,8 +1,10 @@
 """SQL of the storage check: which blobs the index refers to, with their size and digest.
 
-Read only; ``dicomhub check`` and ``dicomhub migrate-storage`` compare these
-rows with what the blob store holds. Both instance rows and kept copies of
-refused objects (conflicts) refer to blobs.
+``dicomhub check``, ``dicomhub migrate-storage`` and Storage Commitment
+compare these rows with what the blob store holds. Both instance rows and
+kept copies of refused objects (conflicts) refer to blobs. Their one write:
+the digest of a blob that STOW-RS left for later, once one of them has
+computed it (see :mod:`dicomhub.services.contentdigest`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Subquery, literal, select, union_all
+from sqlalchemy import Engine, Subquery, literal, select, union_all, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import conflict, instance
@@ -77,3 +79,13 @@ class BlobRecords:
                         row.blob_key, int(row.size), row.sha256, row.sop_instance_uid, row.kind
                     )
         return found
+
+    def set_deferred_digest(self, blob_key: str, sha256: str) -> None:
+        """Record the SHA-256 of an instance's blob whose digest was left for later
+        (a row that has one keeps it)."""
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(instance)
+                .where(instance.c.blob_key == blob_key, instance.c.sha256 == "")
+                .values(sha256=sha256)
+            )

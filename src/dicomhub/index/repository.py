@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     RowMapping,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -653,20 +654,30 @@ class IndexRepository:
             rows = conn.execute(query.order_by(instance.c.pk).limit(limit)).all()
         return [(pk, key) for pk, key in rows]
 
-    def pending_content_digests(self, limit: int) -> list[tuple[int, str]]:
-        """Instances whose data set digest is not computed yet: (pk, blob_key), oldest first."""
-        return self._pending(instance.c.content_sha256 == "", limit)
+    def pending_content_digests(self, limit: int) -> list[tuple[int, str, str]]:
+        """Instances whose data set digest is not computed yet, oldest first:
+        (pk, blob_key, blob sha256), the last ``''`` when that is not computed either."""
+        with engines.read(self.engine) as conn:
+            query = select(instance.c.pk, instance.c.blob_key, instance.c.sha256).where(
+                instance.c.content_sha256 == ""
+            )
+            rows = conn.execute(query.order_by(instance.c.pk).limit(limit)).all()
+        return [(pk, key, sha256) for pk, key, sha256 in rows]
 
-    def set_content_digests(self, values: Sequence[tuple[int, str]]) -> None:
-        """Record computed data set digests (rows that have one already are left alone)."""
+    def set_content_digests(self, values: Sequence[tuple[int, str, str]]) -> None:
+        """Record computed digests: (pk, data set digest, blob sha256). Each is written
+        only where the row has none yet; a blob digest of ``''`` writes nothing."""
         if not values:
             return
         with engines.write(self.engine) as conn:
             conn.execute(
                 update(instance)
                 .where(instance.c.pk == bindparam("b_pk"), instance.c.content_sha256 == "")
-                .values(content_sha256=bindparam("b_digest")),
-                [{"b_pk": pk, "b_digest": digest} for pk, digest in values],
+                .values(
+                    content_sha256=bindparam("b_digest"),
+                    sha256=case((instance.c.sha256 == "", bindparam("b_blob")), else_=instance.c.sha256),
+                ),
+                [{"b_pk": pk, "b_digest": digest, "b_blob": blob} for pk, digest, blob in values],
             )
 
     def set_header_json(self, values: Sequence[tuple[int, str]]) -> None:

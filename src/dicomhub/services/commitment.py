@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Collection
 
 from dicomhub.errors import DicomhubError, InvalidRequest
+from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.commitment import CommitmentRepository, StoredTransaction
 from dicomhub.index.engine import lease
 from dicomhub.index.repository import IndexRepository
@@ -31,7 +32,7 @@ from dicomhub.model.commitment import (
     CommitmentResult,
 )
 from dicomhub.model.identifiers import require_uid
-from dicomhub.storage.base import BlobStore
+from dicomhub.storage.base import DEFERRED_DIGEST, BlobStore
 
 __all__ = ["CommitmentService", "Deliver"]
 
@@ -136,7 +137,11 @@ class CommitmentService:
         except (DicomhubError, OSError) as exc:
             LOGGER.error("storage commitment: blob of %s unreadable: %s", item.sop_instance_uid, exc)
             return PROCESSING_FAILURE
-        if size != row.size or digest.hexdigest() != row.sha256:
+        computed = digest.hexdigest()
+        if row.sha256 == DEFERRED_DIGEST and size == row.size:
+            # STOW-RS left the blob's digest for later (see dicomhub.services.contentdigest).
+            BlobRecords(self.index.engine).set_deferred_digest(row.blob_key, computed)
+        elif size != row.size or computed != row.sha256:
             LOGGER.error(
                 "storage commitment: blob of %s does not match its recorded digest", item.sop_instance_uid
             )

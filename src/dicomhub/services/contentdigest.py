@@ -1,22 +1,35 @@
-"""The data set digest of stored objects, for STOW-RS computed after the answer.
+"""The digests of stored objects that STOW-RS computes after the answer.
 
-Every instance row carries two digests. ``sha256`` is the blob's, taken from
-the bytes as they are written: it is what ``dicomhub storage check`` verifies.
-``content_sha256`` is the SHA-256 of the data set without its File Meta group:
-the object's identity, since the same object sent by two senders differs in
-its File Meta (Source AE Title, implementation UIDs). It is read when the same
-SOP Instance UID arrives again (same object, or other content?) and when this
-archive is reconciled with another.
+Every instance row carries two digests. ``sha256`` is the blob's: it is what
+``dicomhub storage check``, Storage Commitment and ``migrate-storage`` verify
+the stored bytes against. ``content_sha256`` is the SHA-256 of the data set
+without its File Meta group: the object's identity, since the same object
+sent by two senders differs in its File Meta (Source AE Title,
+implementation UIDs). It is read when the same SOP Instance UID arrives
+again (same object, or other content?) and when this archive is reconciled
+with another.
 
-Computing it on the way is a second pass over every byte. For STOW-RS, where
-the bytes of a request are hashed, written and flushed before the answer, that
-pass was about a fifth of the time of a 100-slice CT request on two cores, so
-STOW-RS indexes its objects with ``''`` and this service fills the digest in
-from the stored blob: the background process does so shortly after, the
-ingest service on the spot when the same UID arrives before that, and
+Computing them on the way costs a pass over every byte each. For STOW-RS,
+where the bytes of a request are written and flushed before the answer, the
+two passes were about a third of the busy time of a 100-slice CT request on
+two cores. So STOW-RS indexes the objects it writes to a file store with
+both digests ``''`` (the blob's only where the store took the offer: S3
+hashes every upload for its checksums anyway), and this module computes them
+from the stored blob, in one read: the background process shortly after the
+answer, the ingest service on the spot when the same UID arrives before that,
 :meth:`ContentDigestService.fill_all` before an inventory of this archive is
-taken for a reconcile. C-STORE and imports still compute it on the way, where
-it is cheap (the object is in memory whole).
+taken for a reconcile, and the storage check, Storage Commitment and storage
+migration for a blob they meet first.
+
+What a late blob digest covers: it is computed from the file as written (the
+page cache, seconds later), so it protects the bytes from then on, as one
+taken on the way would; it does not cover the seconds in between.
+
+Invariant: a row whose blob digest is still ``''`` has its data set digest
+``''`` too (the two are filled together, or the blob's alone), so the one
+partial index on pending data set digests finds every row with work left.
+C-STORE and imports compute both on the way, where it is cheap (the object is
+in memory whole).
 """
 
 from __future__ import annotations
@@ -32,14 +45,21 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.blobfiles import mapped_blob
-from dicomhub.storage.base import BlobStore
+from dicomhub.storage.base import DEFERRED_DIGEST, BlobStore
 
-__all__ = ["PENDING", "UNREADABLE", "ContentDigestService", "content_digest", "content_digest_of_blob"]
+__all__ = [
+    "PENDING",
+    "UNREADABLE",
+    "ContentDigestService",
+    "content_digest",
+    "content_digest_of_blob",
+    "digests_of_blob",
+]
 
 LOGGER = logging.getLogger("dicomhub.contentdigest")
 
-# content_sha256 of an object whose digest is still to be computed.
-PENDING = ""
+# content_sha256 (and sha256) of an object whose digest is still to be computed.
+PENDING = DEFERRED_DIGEST
 # content_sha256 of an object whose blob could not be read: never equal to a
 # real digest, so a reconcile reports the object and a copy sent again is not
 # taken for it.
@@ -57,23 +77,35 @@ def content_digest_of_blob(blobs: BlobStore, key: str) -> str:
         return content_digest(data)
 
 
+def digests_of_blob(blobs: BlobStore, key: str, blob_sha256: str = PENDING) -> tuple[str, str]:
+    """The blob's SHA-256 and the data set digest of a stored object, in one read.
+
+    ``blob_sha256``, when known already, is returned as it is (not computed again).
+    """
+    with mapped_blob(blobs, key) as data:
+        whole = blob_sha256 or hashlib.sha256(data).hexdigest()
+        return whole, content_digest(data)
+
+
 class ContentDigestService:
-    """Fills in the data set digests that STOW-RS left for later."""
+    """Fills in the digests that STOW-RS left for later."""
 
     def __init__(self, index: IndexRepository, blobs: BlobStore) -> None:
         self.index = index
         self.blobs = blobs
 
     def fill_pending(self, batch: int = 200) -> int:
-        """Compute the digests of up to ``batch`` instances that lack one; return how many."""
+        """Compute the digests of up to ``batch`` instances that lack them; return how many."""
         pending = self.index.pending_content_digests(batch)
-        values: list[tuple[int, str]] = []
-        for pk, key in pending:
+        values: list[tuple[int, str, str]] = []
+        for pk, key, blob_sha256 in pending:
             try:
-                values.append((pk, content_digest_of_blob(self.blobs, key)))
+                whole, content = digests_of_blob(self.blobs, key, blob_sha256)
             except (DicomhubError, OSError, ValueError) as exc:
-                LOGGER.error("cannot compute the data set digest of instance %s: %s", pk, exc)
-                values.append((pk, UNREADABLE))
+                LOGGER.error("cannot compute the digests of instance %s: %s", pk, exc)
+                # The blob digest stays unknown: the storage check reports the blob.
+                whole, content = blob_sha256, UNREADABLE
+            values.append((pk, content, whole))
         self.index.set_content_digests(values)
         return len(pending)
 

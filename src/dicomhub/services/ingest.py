@@ -45,7 +45,7 @@ from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
 from dicomhub.model.records import InstanceHeader, InstanceRow
 from dicomhub.services.blobfiles import blob_as_file, mapped_blob
-from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob
+from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob, digests_of_blob
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
 
@@ -334,11 +334,10 @@ class IngestService:
         Same rules and outcomes as :meth:`store_part10`, item by item, in the
         order of ``items``. An item is an object's bytes or an iterator of its
         chunks; chunks are written to the object's blob as they are pulled
-        (STOW-RS streams the parts of a request body this way), and each byte
-        is hashed for the blob's digest and written while it is in hand:
-        nothing is held in memory, spooled or copied again. The data set
-        digests of new objects are computed after the answer
-        (:mod:`dicomhub.services.contentdigest`).
+        (STOW-RS streams the parts of a request body this way) while they are
+        in hand: nothing is held in memory, spooled or copied again. The blob
+        and data set digests of new objects are computed from their blobs
+        after the answer (:mod:`dicomhub.services.contentdigest`).
 
         Every item is written first (not yet durable) and its header read
         back and checked while the next one arrives; then one flush makes
@@ -396,9 +395,9 @@ class IngestService:
         return results
 
     def _write_streamed(self, chunks: Iterator[bytes | memoryview]) -> _Written:
-        """Write one object's chunks to a new blob (not durable yet); the store hashes
-        each chunk for the blob's digest while it is in hand. The data set's digest
-        is left for later (see :mod:`dicomhub.services.contentdigest`)."""
+        """Write one object's chunks to a new blob (not durable yet). The blob's digest
+        (unless the store computes it anyway) and the data set's are left for later
+        (see :mod:`dicomhub.services.contentdigest`)."""
         key = self.blobs.new_key()
         head = bytearray()
         seen: list[bytes | memoryview] = []
@@ -412,7 +411,8 @@ class IngestService:
                 yield chunk
 
         try:
-            blob = self.blobs.put_stream(key, noted(), durable=False)
+            # Both digests are computed from the blob after the answer (contentdigest).
+            blob = self.blobs.put_stream(key, noted(), durable=False, digest=False)
         except BaseException:
             self._discard(key)
             raise
@@ -502,20 +502,21 @@ class IngestService:
         pending: list[tuple[int, _Prepared, BlobInfo]],
         results: list[StoreResult | Exception],
     ) -> list[tuple[int, _Prepared, BlobInfo]]:
-        """``pending`` with every data set digest computed (from the blobs); an item
-        whose blob cannot be read fails and is left out."""
+        """``pending`` with every digest computed (from the blobs); an item whose blob
+        cannot be read fails and is left out."""
         out: list[tuple[int, _Prepared, BlobInfo]] = []
         for i, prepared, blob in pending:
             if prepared.content_sha256 != PENDING:
                 out.append((i, prepared, blob))
                 continue
             try:
-                digest = content_digest_of_blob(self.blobs, blob.key)
+                whole, content = digests_of_blob(self.blobs, blob.key, blob.sha256)
             except (DicomhubError, OSError, ValueError) as exc:
                 self._discard(blob.key)
                 results[i] = exc if isinstance(exc, DicomhubError) else StorageError(str(exc))
                 continue
-            out.append((i, dataclasses.replace(prepared, content_sha256=digest), blob))
+            prepared = dataclasses.replace(prepared, content_sha256=content)
+            out.append((i, prepared, dataclasses.replace(blob, sha256=whole)))
         return out
 
     def _fill_existing_digests(self, sop_instance_uids: Sequence[str]) -> None:
@@ -529,12 +530,13 @@ class IngestService:
 
     def _held_digest(self, existing: InstanceRow) -> str:
         """The data set digest of an indexed instance: when STOW-RS left it for later,
-        computed from the instance's blob (stored as received) and recorded."""
+        computed from the instance's blob (stored as received) and recorded, with the
+        blob's own digest when that was left for later too."""
         if existing.content_sha256 != PENDING:
             return existing.content_sha256
-        digest = content_digest_of_blob(self.blobs, existing.blob_key)
-        self.index.set_content_digests([(existing.pk, digest)])
-        return digest
+        whole, content = digests_of_blob(self.blobs, existing.blob_key, existing.sha256)
+        self.index.set_content_digests([(existing.pk, content, whole)])
+        return content
 
     def _prepare_written(
         self, written: _Written, caller: Caller, expect_study_uid: str | None
@@ -554,9 +556,12 @@ class IngestService:
             target = self._compression_target(header)
             if target == header.transfer_syntax_uid:
                 target = None
-            # Kept as received, the data set digest can be computed from the blob
-            # later; compressed, the received data set is gone then.
-            content = content_digest_of_blob(self.blobs, blob.key) if target else PENDING
+            # Kept as received, the digests can be computed from the blob later;
+            # compressed, the received data set is gone then.
+            content = PENDING
+            if target:
+                whole, content = digests_of_blob(self.blobs, blob.key, blob.sha256)
+                blob = dataclasses.replace(blob, sha256=whole)
             # Without compression the index transaction itself finds a
             # duplicate (see _finish): no lookup of its own is needed. With
             # it, a duplicate is found before it is encoded for nothing.

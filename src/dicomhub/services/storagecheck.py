@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from dicomhub.errors import BlobMissing, Conflict, DicomhubError, IndexUnavailable
 from dicomhub.index.blobs import BlobRecord, BlobRecords
 from dicomhub.services.ingest import IngestService
-from dicomhub.storage.base import BlobStore
+from dicomhub.storage.base import DEFERRED_DIGEST, BlobStore
 
 __all__ = ["StorageCheckService", "StorageProblem", "StorageReport", "blob_digest"]
 
@@ -158,7 +158,10 @@ class StorageCheckService:
             return StorageProblem("missing", record.blob_key, uid, f"{record.kind} blob is missing")
         except DicomhubError as exc:
             return StorageProblem("unreadable", record.blob_key, uid, str(exc))
-        if sha256 != record.sha256:
+        if record.sha256 == DEFERRED_DIGEST:
+            # STOW-RS left it for later (see dicomhub.services.contentdigest): taken now.
+            self.records.set_deferred_digest(record.blob_key, sha256)
+        elif sha256 != record.sha256:
             return StorageProblem("digest-mismatch", record.blob_key, uid, "SHA-256 differs from the index")
         return None
 

@@ -16,6 +16,7 @@ not copied again, so an interrupted run is simply run again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from dicomhub.errors import BlobMissing, DicomhubError
 from dicomhub.index.blobs import BlobRecord, BlobRecords
 from dicomhub.services.storagecheck import StorageProblem, blob_digest
-from dicomhub.storage.base import BlobStore
+from dicomhub.storage.base import DEFERRED_DIGEST, BlobStore
 
 __all__ = ["MigrationReport", "StorageMigration"]
 
@@ -89,6 +90,7 @@ class StorageMigration:
 
     def _migrate(self, record: BlobRecord, remove_source: bool, report: MigrationReport) -> None:
         key, uid = record.blob_key, record.sop_instance_uid
+        record = self._with_known_digest(record)
         if self._in_target(record):
             with self._lock:
                 report.already_there += 1
@@ -115,13 +117,30 @@ class StorageMigration:
             with self._lock:
                 report.removed_from_source += 1
 
+    def _with_known_digest(self, record: BlobRecord) -> BlobRecord:
+        """``record``, with its blob's digest computed from the source and recorded when
+        STOW-RS left it for later (see :mod:`dicomhub.services.contentdigest`)."""
+        if record.sha256 != DEFERRED_DIGEST:
+            return record
+        try:
+            _size, sha256 = blob_digest(self.source, record.blob_key)
+        except BlobMissing:
+            return record  # copied by an earlier run: see _in_target
+        self.records.set_deferred_digest(record.blob_key, sha256)
+        return dataclasses.replace(record, sha256=sha256)
+
     def _in_target(self, record: BlobRecord) -> bool:
         try:
             if self.target.stat(record.blob_key).size != record.size:
                 return False
-            return blob_digest(self.target, record.blob_key) == (record.size, record.sha256)
+            size, sha256 = blob_digest(self.target, record.blob_key)
         except BlobMissing:
             return False
+        if record.sha256 == DEFERRED_DIGEST:
+            # Only the copy in the target is left (an earlier run moved it): it is the blob.
+            self.records.set_deferred_digest(record.blob_key, sha256)
+            return size == record.size
+        return (size, sha256) == (record.size, record.sha256)
 
     def _chunks(self, key: str) -> Iterator[bytes]:
         with self.source.open(key) as fh:

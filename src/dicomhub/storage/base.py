@@ -11,7 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["BlobInfo", "BlobStat", "BlobStore", "new_blob_key", "valid_blob_key"]
+__all__ = ["DEFERRED_DIGEST", "BlobInfo", "BlobStat", "BlobStore", "new_blob_key", "valid_blob_key"]
+
+# BlobInfo.sha256 of a blob written with ``put_stream(..., digest=False)`` by a store
+# that took the offer: its SHA-256 is to be computed from the stored bytes later.
+DEFERRED_DIGEST = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,12 @@ class BlobStore(Protocol):
         ...
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+        self,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        durable: bool = True,
+        digest: bool = True,
     ) -> BlobInfo:
         """Write the concatenation of `chunks` under `key` (a new key), computing size and SHA-256 as it goes.
 
@@ -81,11 +90,16 @@ class BlobStore(Protocol):
             by blocks read from a spool file.
         durable : bool
             As for :meth:`put`.
+        digest : bool
+            False lets the store skip the SHA-256 (then ``sha256`` is
+            :data:`DEFERRED_DIGEST` and the caller computes it from the stored
+            blob later). A store whose own write needs the digest (S3 sends it
+            as the upload's checksum) computes it anyway.
 
         Returns
         -------
         BlobInfo
-            Key, total size and SHA-256 of the concatenation.
+            Key, total size and SHA-256 of the concatenation (or :data:`DEFERRED_DIGEST`).
 
         Raises
         ------

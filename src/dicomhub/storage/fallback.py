@@ -47,9 +47,14 @@ class FallbackBlobStore:
         return self.primary.put(key, data, sha256, durable=durable)
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+        self,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        durable: bool = True,
+        digest: bool = True,
     ) -> BlobInfo:
-        return self.primary.put_stream(key, chunks, durable=durable)
+        return self.primary.put_stream(key, chunks, durable=durable, digest=digest)
 
     def sync(self) -> None:
         self.primary.sync()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomhub.errors import BlobMissing, StorageError
-from dicomhub.storage.base import BlobInfo, BlobStat, valid_blob_key
+from dicomhub.storage.base import DEFERRED_DIGEST, BlobInfo, BlobStat, valid_blob_key
 
 __all__ = ["FileSystemBlobStore"]
 
@@ -132,12 +132,17 @@ class FileSystemBlobStore:
     def put(
         self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
     ) -> BlobInfo:
-        return self._store(key, (data,), sha256, durable)
+        return self._store(key, (data,), sha256 or None, durable)
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+        self,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        durable: bool = True,
+        digest: bool = True,
     ) -> BlobInfo:
-        return self._store(key, chunks, None, durable)
+        return self._store(key, chunks, None if digest else DEFERRED_DIGEST, durable)
 
     def _store(
         self, key: str, chunks: Iterable[bytes | memoryview], sha256: str | None, durable: bool
@@ -200,13 +205,14 @@ class FileSystemBlobStore:
         """Write every chunk to ``fd``, make it durable (unless told not to), close ``fd``.
 
         Returns the size and the SHA-256 (``sha256`` when given, else computed
-        on the way: each chunk is hashed and written while in hand).  Write
+        on the way: each chunk is hashed and written while in hand;
+        :data:`DEFERRED_DIGEST` is given by a caller that computes it later).  Write
         failures raise StorageError; an exception from the `chunks` iterator
         (the source) propagates as it is.  With `truncate_on_error` either
         empties the file again: a pooled key's file must never hold a
         partial blob.
         """
-        hasher = None if sha256 else hashlib.sha256()
+        hasher = None if sha256 is not None else hashlib.sha256()
         size = 0
         try:
             for chunk in chunks:
@@ -239,7 +245,7 @@ class FileSystemBlobStore:
             raise
         finally:
             os.close(fd)
-        return size, sha256 or (hasher.hexdigest() if hasher is not None else "")
+        return size, hasher.hexdigest() if hasher is not None else (sha256 or DEFERRED_DIGEST)
 
     def sync(self) -> None:
         """Flush everything written with ``durable=False``: one ``syncfs`` of the store's

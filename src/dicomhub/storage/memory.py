@@ -35,18 +35,23 @@ class MemoryBlobStore:
         return BlobInfo(key, len(data), sha256 or hashlib.sha256(data).hexdigest())
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+        self,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        durable: bool = True,
+        digest: bool = True,  # hashing bytes in memory is cheap: always done
     ) -> BlobInfo:
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256()
         parts: list[bytes] = []
         for chunk in chunks:
-            digest.update(chunk)
+            hasher.update(chunk)
             parts.append(bytes(chunk))
         data = b"".join(parts)
         with self._lock:
             self._blobs[key] = data
             self._created[key] = time.time()
-        return BlobInfo(key, len(data), digest.hexdigest())
+        return BlobInfo(key, len(data), hasher.hexdigest())
 
     def sync(self) -> None:
         return None

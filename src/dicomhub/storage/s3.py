@@ -166,7 +166,12 @@ class S3BlobStore:
         return BlobInfo(key, len(view), digest.hexdigest())
 
     def put_stream(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, durable: bool = True
+        self,
+        key: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        durable: bool = True,
+        digest: bool = True,  # the upload's checksums need it: always computed
     ) -> BlobInfo:
         return self._multipart(key, iter(chunks))
 

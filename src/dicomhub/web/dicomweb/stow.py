@@ -5,10 +5,11 @@ streamed: the event loop receives it and hands it through a bounded
 :class:`~.upload.BodyPipe` to a worker thread, which parses it
 (:class:`~.upload.MultipartReader`) and passes each part, chunk by chunk, to
 the one ingest path (``IngestService.store_many``). That writes each part
-straight into its blob as it arrives, computing both digests on the way, and
-reads its header back while the next part arrives; once the body is complete
-and well formed, one flush makes every blob durable and the parts are indexed
-a batch per transaction. A malformed or truncated body stores nothing: the
+straight into its blob as it arrives (its digests are computed from the blob
+after the answer: :mod:`dicomhub.services.contentdigest`), and reads its
+header back while the next part arrives; once the body is complete and well
+formed, one flush makes every blob durable and the parts are indexed a batch
+per transaction. A malformed or truncated body stores nothing: the
 blobs written for it are removed. Memory stays at a few megabytes whatever
 the size of the parts, plus a few kB per part (its first bytes, kept to name
 it should it fail, and the outcome).
@@ -449,8 +450,8 @@ class StowService:
             await run_in_threadpool(self._audit, caller, request, [], Forbidden("no STORE grant"))
             raise Forbidden(f"{caller.who} may not store")
         # The event loop receives the body; a worker thread parses it and writes
-        # each part into its blob as it arrives (hashing on the way), then
-        # flushes and indexes them all. Receiving overlaps with hashing and writing.
+        # each part into its blob as it arrives, then flushes and indexes them
+        # all. Receiving overlaps with parsing and writing.
         pipe = BodyPipe(_PIPE_BYTES)
         worker = asyncio.ensure_future(
             run_in_threadpool(self._ingest_body, pipe, boundary, caller, study_instance_uid)
