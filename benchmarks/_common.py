@@ -119,6 +119,50 @@ def spawn(
     return proc, fh
 
 
+def _machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) CPU clock ticks of the whole machine so far, from /proc/stat: every
+    process and kernel thread (write-back, memory reclaim), not only the servers."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def wait_until_quiet(
+    servers: list[Server], *, quiet_seconds: float = 3.0, busy_share: float = 0.05, timeout: float = 600.0
+) -> float:
+    """Flush dirty pages and wait until the machine's CPUs are busy less than
+    ``busy_share`` of the time for ``quiet_seconds`` in a row; return the seconds it took.
+
+    Every server is measured on a quiet machine: not while the page cache still writes
+    back what a server just loaded (a file-system flush would wait for the other's
+    bytes), not while the kernel still reclaims the memory a load filled, and not
+    while a server still does work of its own after the load (dicomhub's background
+    process prepares header JSON, validation and digests). The time is reported, so
+    what a server still had to do is not hidden. ``servers`` must be alive.
+    """
+    start = time.monotonic()
+    for s in servers:
+        s.died("while waiting for a quiet machine")
+    os.sync()
+    quiet_since: float | None = None
+    busy, total = _machine_cpu_ticks()
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)
+        now_busy, now_total = _machine_cpu_ticks()
+        share = (now_busy - busy) / max(1, now_total - total)
+        busy, total = now_busy, now_total
+        now = time.monotonic()
+        if share > busy_share:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= quiet_seconds:
+            break
+    os.sync()
+    return time.monotonic() - start
+
+
 def tail(path: Path, n: int = 15) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()

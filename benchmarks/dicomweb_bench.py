@@ -19,9 +19,12 @@ server cannot produce (route missing, error) is reported as n/a. See benchmarks/
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import http.client
 import io
 import json
+import os
 import re
 import shutil
 import socket
@@ -51,6 +54,7 @@ from _common import (  # noqa: E402
     find_dicomhub,
     free_port,
     log,
+    wait_until_quiet,
 )
 from datasets import ensure_datasets  # noqa: E402
 from pydicom import dcmread  # noqa: E402
@@ -192,6 +196,32 @@ def renamed_copies(files: list[Path]) -> list[bytes]:
     return out
 
 
+def plain_write_rate(folder: Path, parts: list[bytes]) -> float:
+    """Instances per second of writing ``parts`` as files into ``folder`` and flushing them
+    (``syncfs``), with nothing else: the ceiling durable STOW-RS meets on this disk.
+
+    On a virtual disk with a write budget (``dd`` on this machine: 1-1.6 GB/s for a
+    burst of several hundred MB, then about 350 MB/s), large objects stored faster
+    than the disk allows at that moment wait for it, whatever the server does; this
+    tells whether that was the case.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for n, part in enumerate(parts):
+        with open(folder / f"{n}.dcm", "wb") as fh:
+            fh.write(part)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+    rate = len(parts) / (time.perf_counter() - t0)
+    shutil.rmtree(folder)
+    return rate
+
+
 def stow_rate(root: str, parts: list[bytes]) -> float:
     """Instances per second of one STOW-RS request holding ``parts``.
 
@@ -269,12 +299,27 @@ def load(server: Server, dirs: list[Path], logdir: Path) -> None:
 PHASES = ("qido", "wrk", "metadata", "wado", "stow")
 
 
-def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    server: Server,
+    cache: Path,
+    manifest: dict[str, Any],
+    a: argparse.Namespace,
+    quiet: Callable[[], float],
+) -> dict[str, Any]:
+    """Every figure of one server; ``quiet()`` waits until the machine is quiet (before the
+    read phases and before each STOW-RS set) and returns how long that took."""
     root = dicomweb_root(server)
     q = manifest["query"]
     ct = manifest["ct"]
     out: dict[str, Any] = {}
     phases = a.phases
+    settled = out.setdefault("quiet_after_s", {})
+
+    def wait_quiet(phase: str) -> None:
+        settled[phase] = round(quiet(), 1)
+        log(f"{server.label}: machine quiet after {settled[phase]} s, measuring {phase}")
+
+    wait_quiet("reads")
 
     def check(phase: str) -> None:
         status = server.died(f"during {phase}")
@@ -325,6 +370,7 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
         small_files = sorted((cache / manifest["small"]["B"]["dir"]).rglob("*.dcm"))
         stow_sets = (("stow_ct_ips", ct_files), ("stow_small_ips", small_files[:100]))
         for key, files in stow_sets if "stow" in phases else ():
+            wait_quiet(key)
             rates = []
             for _ in range(a.stow_repeat):
                 batch = renamed_copies(files)
@@ -336,12 +382,20 @@ def measure(server: Server, cache: Path, manifest: dict[str, Any], a: argparse.N
             out[key] = statistics.median(rates) if rates else None
             out[key.replace("_ips", "_all")] = rates
             check("STOW-RS")
+            if key == "stow_ct_ips" and server.workdir is not None:
+                # The disk's state at this moment: the same bytes as plain files, at once.
+                plain = [
+                    plain_write_rate(server.workdir / "plain-writes", renamed_copies(files)) for _ in range(3)
+                ]
+                out["plain_write_after_ct_all"] = plain
+                shown = [round(r) for r in plain]
+                log(f"{server.label}: plain file writes right after its CT requests: {shown}/s")
     return out
 
 
 def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
     def vals(key: str) -> dict[str, float | None]:
-        return {name: r.get(key) for name, r in results.items()}
+        return {name: r.get(key) for name, r in results.items() if name != "machine"}
 
     return [
         Row("QIDO /studies?PatientID=", "ms", False, 0.5, vals("qido_pid_ms")),
@@ -372,9 +426,28 @@ def report(table: list[Row], results: dict[str, dict[str, Any]]) -> None:
             f"{row.name:34} {row.unit:7} {fmt(row.values.get('dicomhub')):>10} "
             f"{fmt(row.values.get('orthanc')):>10} {fmt(r):>7} {target:>8}  {row.verdict()}"
         )
+    after = {
+        name: statistics.median(res["plain_write_after_ct_all"])
+        for name, res in results.items()
+        if res.get("plain_write_after_ct_all")
+    }
+    if after:
+        print(
+            f"{'plain file writes of the 100 CT':34} {'inst/s':7} "
+            f"{fmt(after.get('dicomhub')):>10} {fmt(after.get('orthanc')):>10}"
+            "   (the disk right after each server's CT requests: what durable CT stores could reach)"
+        )
+    ceiling = results.get("machine", {}).get("plain_write_ct_ips")
+    if ceiling:
+        print(
+            f"{'plain file writes, after both':34} {'inst/s':7} {fmt(ceiling):>10}"
+            "   (the disk after a pause)"
+        )
     for name, res in results.items():
+        if name == "machine":
+            continue
         counts = {k: res.get(f"qido_{k}_count") for k in ("pid", "limit", "name")}
-        print(f"{name}: QIDO match counts {counts}")
+        print(f"{name}: QIDO match counts {counts}; machine quiet after (s) {res.get('quiet_after_s')}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -448,9 +521,22 @@ def main(argv: list[str] | None = None) -> int:
             for other in servers:
                 other.died(f"before measuring {s.label}")
             log(f"measuring {s.label}")
-            results[s.key] = measure(s, cache, manifest, a)
+            results[s.key] = measure(s, cache, manifest, a, lambda: wait_until_quiet(servers))
             for other in servers:
                 other.died(f"while measuring {s.label}")
+        if "stow" in a.phases:
+            # The same bytes as the CT requests, as plain files: what the disk allows.
+            wait_until_quiet(servers)
+            ct_files = sorted((cache / manifest["ct"]["dir"]).rglob("*.dcm"))[:100]
+            rates = [
+                plain_write_rate(workdir / "plain-writes", renamed_copies(ct_files))
+                for _ in range(a.stow_repeat)
+            ]
+            results["machine"] = {
+                "plain_write_ct_ips": statistics.median(rates),
+                "plain_write_ct_all": rates,
+            }
+            log(f"plain file writes of the 100 CT slices: {[round(r) for r in rates]} instances/s")
     finally:
         for s in servers:
             s.stop()
