@@ -117,6 +117,25 @@ def test_compression_at_rest_keeps_pixels_and_recognises_the_original_again(tmp_
     assert parts.index.conflicts() == []
 
 
+def test_compression_at_rest_of_a_stow_object_records_the_received_digests(tmp_path: Path) -> None:
+    """STOW-RS leaves a kept-as-received blob's digests for later; a compressed one's are
+    taken from the received blob before it goes, once, for the index."""
+    import hashlib
+
+    parts = Parts(tmp_path, ["CT=jpeg-ls-lossless"])
+    original = ct()
+    (result,) = parts.ingest.store_many([original], CLI)
+    assert not isinstance(result, Exception) and result.outcome is StoreOutcome.STORED
+    row = parts.index.get_instance(result.sop_instance_uid)
+    assert row is not None and row.transfer_syntax_uid == JPEG_LS_LOSSLESS
+    assert row.sha256 == hashlib.sha256(parts.blobs.read(row.blob_key)).hexdigest()
+    with parts.index.engine.connect() as conn:
+        (orig_sha,) = conn.exec_driver_sql("SELECT original_sha256 FROM instance").one()
+    assert orig_sha == hashlib.sha256(original).hexdigest()
+    (again,) = parts.ingest.store_many([original], CLI)
+    assert not isinstance(again, Exception) and again.outcome is StoreOutcome.ALREADY_PRESENT
+
+
 def test_objects_outside_the_rules_are_kept_as_received(tmp_path: Path) -> None:
     parts = Parts(tmp_path, ["MR=jpeg-ls-lossless"])
     original = ct()

@@ -590,7 +590,7 @@ class IngestService:
         if target is None:
             return prepared, blob, False
         with mapped_blob(self.blobs, blob.key) as data:
-            compressed = self._compressed(_Prepared(data, header, content, blob.size))
+            compressed = self._compressed(_Prepared(data, header, content, blob.size), blob.sha256)
             if compressed.data is data:  # kept as received
                 return prepared, blob, False
         try:
@@ -685,7 +685,7 @@ class IngestService:
                 self._quarantine(data, header, caller, "duplicate-different-content")
         return self._compressed(_Prepared(data, header, content, len(data)))
 
-    def _compressed(self, prepared: _Prepared) -> _Prepared:
+    def _compressed(self, prepared: _Prepared, received_sha256: str = "") -> _Prepared:
         """The object to write: as received, or compressed at rest when a rule says so.
 
         The index keeps the received object's syntax and SHA-256, and its
@@ -713,7 +713,8 @@ class IngestService:
         extra = {
             **stored.extra,
             "original_transfer_syntax_uid": header.transfer_syntax_uid,
-            "original_sha256": hashlib.sha256(prepared.data).hexdigest(),
+            # Given when the received blob's digest is known already (STOW-RS).
+            "original_sha256": received_sha256 or hashlib.sha256(prepared.data).hexdigest(),
         }
         header = dataclasses.replace(stored, extra=extra)
         return _Prepared(data, header, prepared.content_sha256, prepared.size)
