@@ -6,7 +6,8 @@ transport codes in one table, so no transport status appears here::
     DicomhubError
     ├── InvalidRequest            bad identifier / query parameter / body
     │   ├── InvalidIdentifier     a data set that lacks or breaks a required UID
-    │   └── DoesNotMatchIOD       refused by IOD validation (policy reject)
+    │   ├── DoesNotMatchIOD       refused by IOD validation (policy reject)
+    │   └── SOPClassNotSupported  an object of a SOP class that is not storable here
     ├── NotFound                  unknown resource or move destination
     │   └── UnknownDestination
     ├── Conflict                  policy refusal on store
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PatientMismatch",
+    "SOPClassNotSupported",
     "StorageError",
     "TranscodeError",
     "UnknownDestination",
@@ -53,6 +55,10 @@ class InvalidRequest(DicomhubError):
 
 class DoesNotMatchIOD(InvalidRequest):
     """Refused under the ``reject`` validation policy: the data set breaks its IOD."""
+
+
+class SOPClassNotSupported(InvalidRequest):
+    """An object whose SOP class is not a storage SOP class this archive accepts."""
 
 
 class InvalidIdentifier(InvalidRequest):
