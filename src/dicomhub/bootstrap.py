@@ -26,6 +26,7 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
+from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.access import AccessService, parse_label_rules
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
@@ -110,6 +111,9 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         validation,
         store_guard=access.check_store,
         labeller=access.label_stored if access.label_rules else None,
+        storable=StorableSOPClasses.from_settings(
+            settings.accept_sop_classes, settings.accept_unknown_sop_classes
+        ),
     )
     audit = AuditService(AuditRepository(engine))
     governance = GovernanceService(access, audit)

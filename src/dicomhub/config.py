@@ -24,6 +24,7 @@ from dicomhub.model.policy import (
     ValidationPolicy,
     parse_compression_rule,
 )
+from dicomhub.model.sopclasses import StorableSOPClasses
 
 __all__ = [
     "DeidExport",
@@ -126,6 +127,11 @@ class Settings:
     oidc_principal_claim: str = "sub"
     # Labels given at ingest: "LABEL=calling_ae:AET" or "LABEL=Keyword:value".
     label_rules: tuple[str, ...] = ()
+    # Storage SOP classes beyond the standard's (dicomhub.model.sopclasses): private
+    # SOP Class UIDs to accept, and whether to accept any SOP class the standard
+    # does not register (off: an unknown class is refused at negotiation).
+    accept_sop_classes: tuple[str, ...] = ()
+    accept_unknown_sop_classes: bool = False
     # Transport security (docs/transport-security.md): one certificate and key
     # for DICOM TLS and HTTPS; a CA bundle to verify client certificates with.
     tls_cert: str = ""
@@ -230,7 +236,7 @@ def _coerce(name: str, value: Any) -> Any:
             )
         if name == "data_dir":
             return Path(value)
-        if name in ("cors_origins", "label_rules"):
+        if name in ("cors_origins", "label_rules", "accept_sop_classes"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(i).strip() for i in items if str(i).strip())
         if name == "duplicate_policy":
@@ -339,6 +345,8 @@ def _validate(s: Settings) -> None:
     if s.max_associations < 1:
         raise ConfigurationError("max_associations must be at least 1")
     _validate_compression(s)
+    # A typo in an accepted SOP class UID must stop `serve`, not refuse the modality later.
+    StorableSOPClasses.from_settings(s.accept_sop_classes, s.accept_unknown_sop_classes)
     if s.deid_burned_in == "mask" and not s.deid_mask:
         raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
     _validate_deid_export(s)

@@ -119,6 +119,20 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         choices=["keep", "overwrite", "reject"],
         help="what to do with a second copy of a SOP Instance UID (default keep)",
     )
+    p.add_argument(
+        "--accept-sop-class",
+        dest="accept_sop_classes",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also store objects of this (private) SOP class (repeatable)",
+    )
+    p.add_argument(
+        "--accept-unknown-sop-classes",
+        action="store_true",
+        default=None,
+        help="also store objects of any SOP class the standard does not register",
+    )
     if not server:
         return
     p.add_argument("--aet", help="our AE title (default DICOMHUB)")
@@ -247,6 +261,7 @@ def _load(args: argparse.Namespace) -> Settings:
         "storage_fallback_url",
         "log_level",
         "duplicate_policy",
+        "accept_unknown_sop_classes",
         "aet",
         "dimse_port",
         "http_port",
@@ -281,6 +296,7 @@ def _load(args: argparse.Namespace) -> Settings:
     overrides["deid_export"] = getattr(args, "deid_export", None) or None
     overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
     overrides["label_rules"] = getattr(args, "label_rules", None) or None
+    overrides["accept_sop_classes"] = getattr(args, "accept_sop_classes", None) or None
     return load_settings(overrides, config_file=args.config)
 
 

@@ -1,6 +1,8 @@
 """What dicomhub accepts for Storage: SOP classes and transfer syntaxes.
 
-Every storage SOP class pynetdicom knows, in every transfer syntax below,
+Every storage SOP class of the standard, current and retired (the table of
+:mod:`dicomhub.model.sopclasses`, which ingest consults too), in every
+transfer syntax below,
 each kept as received: an archive must take what a modality sends even when
 this install cannot decode it (the decode check reports those), and
 retrieval transcodes where a receiver needs another syntax. (Verification and the Query/Retrieve models are
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from pynetdicom.sop_class import _STORAGE_CLASSES
+from dicomhub.model.sopclasses import storage_sop_classes
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -58,4 +60,4 @@ STORAGE_TRANSFER_SYNTAXES: Final = (
     "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
 )
 
-STORAGE_SOP_CLASSES: Final = tuple(sorted(set(_STORAGE_CLASSES.values())))
+STORAGE_SOP_CLASSES: Final = tuple(sop.uid for sop in storage_sop_classes())

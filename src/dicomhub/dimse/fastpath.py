@@ -79,10 +79,11 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from dicomhub.dimse import pdu as P
 from dicomhub.dimse.negotiation import (
     MAX_ASSOCIATE_RQ,
-    acceptor_contexts,
+    acceptor_contexts_for,
     decode_associate_rq,
     is_fast_path_request,
     peek_associate_request,
+    storage_syntaxes,
 )
 from dicomhub.dimse.requests import (
     FIND_MODELS,
@@ -540,7 +541,9 @@ class _Association:
             if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
         }
         results, role_items = negotiate_as_acceptor(
-            rq.presentation_context_definition_list, acceptor_contexts(config), roles
+            rq.presentation_context_definition_list,
+            acceptor_contexts_for(config, rq.presentation_context_definition_list),
+            roles,
         )
         _prefer_requestor_syntax(results, rq.presentation_context_definition_list, config)
         for context in results:
@@ -1585,7 +1588,7 @@ def _prefer_requestor_syntax(
     for context in results:
         if context.result != 0x00:
             continue
-        ours = config.storage_contexts.get(str(context.abstract_syntax))
+        ours = storage_syntaxes(config, str(context.abstract_syntax))
         if not ours:
             continue
         first = next((str(ts) for ts in by_id.get(context.context_id, ()) if ts in ours), None)

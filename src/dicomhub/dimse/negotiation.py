@@ -20,18 +20,22 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse.contexts import STORAGE_TRANSFER_SYNTAXES
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
     FastPathConfig,
 )
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
+from dicomhub.model.sopclasses import StorableSOPClasses
 
 __all__ = [
     "acceptor_contexts",
+    "acceptor_contexts_for",
     "decode_associate_rq",
     "is_fast_path_request",
     "peek_associate_request",
+    "storage_syntaxes",
 ]
 
 LOGGER = logging.getLogger("dicomhub.dimse.fastpath")
@@ -292,6 +296,61 @@ def acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
             _CONTEXT_CACHE.clear()
         _CONTEXT_CACHE[key] = (config, result)
     return result
+
+
+def storage_syntaxes(config: FastPathConfig, abstract_syntax: str) -> Sequence[str]:
+    """The transfer syntaxes accepted for ``abstract_syntax`` as a storage SOP class.
+
+    Those of ``config.storage_contexts``; with ``config.accept_unknown_storage``
+    the storage syntaxes for a SOP class the standard does not register too
+    (empty: not accepted for storage).
+    """
+    listed = config.storage_contexts.get(abstract_syntax)
+    if listed is not None:
+        return listed
+    if config.accept_unknown_storage and StorableSOPClasses.is_unknown(abstract_syntax):
+        return STORAGE_TRANSFER_SYNTAXES
+    return ()
+
+
+def acceptor_contexts_for(
+    config: FastPathConfig, proposed: Sequence[PresentationContext]
+) -> list[PresentationContext]:
+    """The supported presentation contexts for one A-ASSOCIATE-RQ.
+
+    :func:`acceptor_contexts`, plus, with ``config.accept_unknown_storage``, a
+    storage context for every proposed abstract syntax that is a valid UID the
+    standard does not register: a private storage SOP class (Orthanc's
+    ``UnknownSopClassAccepted``). Registered UIDs that are not storage SOP
+    classes (say, Modality Worklist) stay refused, and so do abstract syntaxes
+    that are not valid UIDs. At most 128 contexts fit in a request (odd
+    context IDs), so a hostile requestor cannot make this list grow further.
+
+    Parameters
+    ----------
+    config : FastPathConfig
+        The association loop's configuration.
+    proposed : sequence of PresentationContext
+        The requestor's presentation context definition list.
+
+    Returns
+    -------
+    list of PresentationContext
+    """
+    contexts = acceptor_contexts(config)
+    if not config.accept_unknown_storage:
+        return contexts
+    known = {str(cx.abstract_syntax) for cx in contexts}
+    extra: dict[str, PresentationContext] = {}
+    for context in proposed:
+        uid = "" if context.abstract_syntax is None else str(context.abstract_syntax)
+        if uid in known or uid in extra:
+            continue
+        syntaxes = storage_syntaxes(config, uid)
+        if syntaxes:
+            # As for the listed classes: the SCU role too, for C-GET sub-operations.
+            extra[uid] = _context(uid, syntaxes, config.query_retrieve)
+    return [*contexts, *extra.values()] if extra else contexts
 
 
 def _context(

@@ -349,6 +349,10 @@ class FastPathConfig:
         Folder for those spool files (``None``: :func:`tempfile.gettempdir`).
         Best on the blob store's file system, so that the ingest side can
         move or link instead of copying.
+    accept_unknown_storage : bool
+        Also accept, as a storage SOP class, any proposed abstract syntax that
+        is a valid UID the standard does not register (a private storage
+        class), with the transfer syntaxes of the storage contexts.
     """
 
     ae_title: str
@@ -366,3 +370,4 @@ class FastPathConfig:
     fallback_abstract_syntaxes: Collection[str] | None = None
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
+    accept_unknown_storage: bool = False

@@ -64,7 +64,13 @@ def fast_path_config(settings: Settings) -> fastpath.FastPathConfig:
     """
     return fastpath.FastPathConfig(
         ae_title=settings.aet,
-        storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES},
+        # The standard's storage classes and the private ones configured; with
+        # accept_unknown_sop_classes any unregistered class proposed is accepted too.
+        storage_contexts={
+            sop: STORAGE_TRANSFER_SYNTAXES
+            for sop in (*STORAGE_SOP_CLASSES, *sorted(settings.accept_sop_classes))
+        },
+        accept_unknown_storage=settings.accept_unknown_sop_classes,
         verification=True,
         query_retrieve=True,
         storage_commitment=True,

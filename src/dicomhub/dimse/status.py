@@ -18,6 +18,7 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    SOPClassNotSupported,
     StorageError,
     UnknownDestination,
 )
@@ -46,6 +47,9 @@ STORE_DUPLICATE_REFUSED: Final = 0xC401
 STORE_PATIENT_MISMATCH: Final = 0xC402
 STORE_CONFLICT: Final = 0xC403
 STORE_PROCESSING_FAILURE: Final = 0xC210
+# PS3.7 C.5.x "Refused: SOP Class not supported" (general status): the data set's
+# SOP class is not storable here (see dicomhub.model.sopclasses).
+STORE_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 # PS3.7 C.4.1 "Refused: Not Authorized" (general status): the caller may not store into the study.
 NOT_AUTHORIZED: Final = 0x0124
 # Warning: stored, but the data set does not match its SOP Class (PS3.4 B.2.3).
@@ -71,6 +75,7 @@ STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (Conflict, STORE_CONFLICT),
     (InvalidIdentifier, STORE_DATASET_DOES_NOT_MATCH),
     (DoesNotMatchIOD, STORE_DATASET_DOES_NOT_MATCH),
+    (SOPClassNotSupported, STORE_SOP_CLASS_NOT_SUPPORTED),
     (InvalidRequest, STORE_CANNOT_UNDERSTAND),
     (StorageError, STORE_OUT_OF_RESOURCES),
     (IndexUnavailable, STORE_INDEX_UNAVAILABLE),

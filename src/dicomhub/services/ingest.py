@@ -3,7 +3,9 @@
 Order of work, so that a success is never a lie and a crash never leaves a
 visible half object:
 
-1. parse the header only and validate the minimum (identifying UIDs);
+1. parse the header only and validate the minimum (identifying UIDs, and a
+   SOP class that is storable here: :class:`~dicomhub.model.sopclasses.StorableSOPClasses`,
+   the one table C-STORE negotiation, STOW-RS and import share);
 2. write the bytes as received under a fresh opaque key and fsync them;
 3. index them in one committed transaction;
 4. only then report success.
@@ -44,6 +46,7 @@ from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
 from dicomhub.model.records import InstanceHeader, InstanceRow
+from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.blobfiles import blob_as_file, mapped_blob
 from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob, digests_of_blob
 from dicomhub.services.validation import ValidationService
@@ -118,6 +121,7 @@ class IngestService:
         *,
         store_guard: Callable[[Caller, InstanceHeader], None] | None = None,
         labeller: Callable[[Caller, InstanceHeader], None] | None = None,
+        storable: StorableSOPClasses | None = None,
     ) -> None:
         """
         Parameters
@@ -133,6 +137,10 @@ class IngestService:
             before it is indexed; not called for an unrestricted caller.
         labeller : callable, optional
             Attaches the labels of the ingest rules to a newly stored object's study.
+        storable : StorableSOPClasses, optional
+            Which SOP classes may be stored (default: the standard's storage
+            SOP classes only); an object of any other is refused with
+            :class:`~dicomhub.errors.SOPClassNotSupported` before anything is written.
         """
         self.store_guard = store_guard
         self.labeller = labeller
@@ -141,6 +149,7 @@ class IngestService:
         self.policy = policy
         self.compression = tuple(compression)
         self.validation = validation
+        self.storable = storable or StorableSOPClasses()
 
     def store_received(
         self,
@@ -196,6 +205,7 @@ class IngestService:
         blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
         try:
             header = self._header_of_blob(blob.key)
+            self.storable.require_storable(header.sop_class_uid)
             if header.sop_instance_uid != sop_instance_uid:
                 raise InvalidIdentifier(
                     "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
@@ -430,6 +440,7 @@ class IngestService:
             header = self._header_of_blob(written.blob.key)
         else:
             header = extract_part10(data if isinstance(data, bytes) else bytes(data))
+        self.storable.require_storable(header.sop_class_uid)
         if expect_study_uid is not None and header.study_instance_uid != expect_study_uid:
             raise InvalidIdentifier(
                 f"SOP Instance {header.sop_instance_uid} belongs to study "
@@ -660,6 +671,7 @@ class IngestService:
     ) -> _Prepared | StoreResult:
         """Validate, digest and check for duplicates: what to store, or the answer already."""
         header = extract_part10(data)
+        self.storable.require_storable(header.sop_class_uid)
         if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
             raise InvalidIdentifier(
                 "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"

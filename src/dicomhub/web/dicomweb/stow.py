@@ -33,6 +33,8 @@ PatientMismatch                             0xA900  Data set does not match (its
                                                     patient)
 InvalidIdentifier, study mismatch on        0xA900  Data set does not match
 ``POST /studies/{study}``
+SOPClassNotSupported (a SOP class that     0x0122  Referenced SOP Class not
+is not storable here)                               supported
 InvalidRequest (not Part 10, truncated),    0xC000  Cannot understand
 a part that is not ``application/dicom``
 StorageError, IndexUnavailable              0xA700  Out of resources
@@ -85,6 +87,7 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    SOPClassNotSupported,
     StorageError,
 )
 from dicomhub.model.access import Action
@@ -105,6 +108,7 @@ __all__ = [
     "DUPLICATE_SOP_INSTANCE",
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
+    "SOP_CLASS_NOT_SUPPORTED",
     "failure_reason",
     "routes",
     "store_response_json",
@@ -124,6 +128,7 @@ CANNOT_UNDERSTAND: Final = 0xC000
 DUPLICATE_SOP_INSTANCE: Final = 0x0111
 PROCESSING_FAILURE: Final = 0x0110
 NOT_AUTHORIZED: Final = 0x0124  # PS3.4 Table GG.4-1: Refused: not authorized
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5: Refused: SOP Class not supported
 
 _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, NOT_AUTHORIZED),
@@ -132,6 +137,7 @@ _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
     (Conflict, DUPLICATE_SOP_INSTANCE),
     (InvalidIdentifier, DATASET_DOES_NOT_MATCH),
     (DoesNotMatchIOD, DATASET_DOES_NOT_MATCH),
+    (SOPClassNotSupported, SOP_CLASS_NOT_SUPPORTED),
     (InvalidRequest, CANNOT_UNDERSTAND),
     (StorageError, OUT_OF_RESOURCES),
     (IndexUnavailable, OUT_OF_RESOURCES),
