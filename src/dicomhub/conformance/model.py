@@ -42,6 +42,7 @@ from dicomhub.dimse.requests import (
     Sendable,
 )
 from dicomhub.dimse.server import fast_path_config
+from dicomhub.model.sopclasses import storage_sop_class
 from dicomhub.services.transcode import TranscodeService
 
 __all__ = [
@@ -190,6 +191,8 @@ class ConformanceStatement:
     https: bool = False
     tls_verify_client: bool = False
     auth_required: bool = False
+    # Any SOP class the standard does not register is accepted for storage too.
+    accept_unknown_sop_classes: bool = False
 
     # ------------------------------------------------------------ convenience
 
@@ -208,6 +211,26 @@ class ConformanceStatement:
     @property
     def storage_sop_classes(self) -> list[tuple[str, str]]:
         return [sop for g in self.groups("storage") for sop in g.abstract_syntaxes]
+
+    @property
+    def retired_storage_sop_classes(self) -> int:
+        """How many of the storage SOP classes the standard has retired."""
+        return sum(1 for uid, _name in self.storage_sop_classes if _is_retired(uid))
+
+
+def _is_retired(uid: str) -> bool:
+    sop = storage_sop_class(uid)
+    return sop is not None and sop.retired
+
+
+def storage_class_name(uid: str) -> str:
+    """The name of an accepted storage SOP class: the standard's, marked "(Retired)"
+    for a retired class; a configured private class is named as such."""
+    sop = storage_sop_class(uid)
+    if sop is not None:
+        return sop.title
+    name = uid_name(uid)
+    return name if name != uid else "Private SOP class (accept_sop_classes)"
 
 
 # ---------------------------------------------------------------- DIMSE
@@ -242,12 +265,13 @@ def _accepted_groups(
         groups.setdefault(key, []).append(uid)
     out = []
     for (kind, syntaxes, scu, scp), uids in groups.items():
+        name = storage_class_name if kind == "storage" else uid_name
         if kind == "storage":
-            uids = sorted(uids, key=lambda u: (uid_name(u).lower(), u))
+            uids = sorted(uids, key=lambda u: (name(u).lower(), u))
         out.append(
             AcceptedContextGroup(
                 kind,
-                tuple((u, uid_name(u)) for u in uids),
+                tuple((u, name(u)) for u in uids),
                 tuple(_syntax_row(ts, catalogue) for ts in syntaxes),
                 scu,
                 scp,
@@ -324,6 +348,7 @@ _STORE_MEANINGS: Final = {
     status.STORE_INDEX_UNAVAILABLE: "Refused: Out of Resources (index unavailable)",
     status.STORE_DATASET_DOES_NOT_MATCH: "Error: Data Set does not match SOP Class",
     status.STORE_CANNOT_UNDERSTAND: "Error: Cannot understand",
+    status.STORE_SOP_CLASS_NOT_SUPPORTED: "Refused: SOP Class not supported",
     status.STORE_DUPLICATE_REFUSED: "Error: Cannot understand (duplicate refused by policy)",
     status.STORE_PATIENT_MISMATCH: "Error: Cannot understand (study held under another patient)",
     status.STORE_CONFLICT: "Error: Cannot understand (refused by policy)",
@@ -510,6 +535,7 @@ def build_statement(
         https=settings.https,
         tls_verify_client=settings.tls_verify_client,
         auth_required=settings.auth_required,
+        accept_unknown_sop_classes=config.accept_unknown_storage,
     )
 
 

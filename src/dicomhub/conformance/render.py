@@ -385,6 +385,7 @@ def _networking(
                 "are stored as received, also in transfer syntaxes this install cannot decode: refusing "
                 "a study at the modality is worse than storing bytes that cannot be rendered yet."
             ),
+            Para(_storage_classes_text(st)),
             Table(
                 ("Storage SOP Class", "UID"),
                 tuple((name, _code(uid)) for uid, name in group.abstract_syntaxes),
@@ -461,6 +462,27 @@ def _networking(
     ]
     blocks += _dicomweb(st, h, ts_label)
     return blocks
+
+
+def _storage_classes_text(st: ConformanceStatement) -> str:
+    """Which storage SOP classes are accepted, and what happens to the others."""
+    text = (
+        f"These are every storage SOP class of the standard, current and retired "
+        f"({st.retired_storage_sop_classes} marked (Retired): archives receive old objects in "
+        "migrations), plus the private SOP classes configured with `accept_sop_classes`. "
+    )
+    if st.accept_unknown_sop_classes:
+        return text + (
+            "`accept_unknown_sop_classes` is on: any other proposed abstract syntax that is a valid "
+            "UID the standard does not register (a private storage SOP class) is accepted too, with "
+            "the same transfer syntaxes and roles. Registered UIDs of other services stay refused."
+        )
+    return text + (
+        "Other abstract syntaxes are refused at negotiation; a STOW-RS or imported object of "
+        "another SOP class is refused with 0x0122 (SOP Class not supported). "
+        "`accept_unknown_sop_classes` (off) would accept any SOP class the standard does not "
+        "register."
+    )
 
 
 def _sop_class_rows(st: ConformanceStatement) -> tuple[tuple[str, ...], ...]:
