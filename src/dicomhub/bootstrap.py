@@ -156,11 +156,28 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
 
 
 def open_oidc(settings: Settings) -> OidcVerifier | None:
-    """The verifier of OpenID Connect bearer tokens, when an issuer is configured."""
+    """The verifier of OpenID Connect bearer tokens, when an issuer is configured.
+
+    Nothing is fetched here: the discovery document and the keys are read at the
+    first token, so that the archive starts (and the CLI works) while the
+    identity provider is unreachable.
+
+    Raises
+    ------
+    ConfigurationError
+        For OpenID Connect settings that cannot work: an issuer that is not https
+        when discovery needs it, a JWKS URL that is not https, or an unreadable CA
+        bundle.
+    """
     if not settings.oidc_issuer:
         return None
     return OidcVerifier(
-        settings.oidc_issuer, settings.oidc_jwks, settings.oidc_audience, settings.oidc_principal_claim
+        settings.oidc_issuer,
+        settings.oidc_jwks,
+        settings.oidc_audience,
+        settings.oidc_principal_claim,
+        accept_azp=settings.oidc_accept_azp,
+        ca_file=settings.oidc_ca_file,
     )
 
 

@@ -124,6 +124,11 @@ class Settings:
     oidc_jwks: str = ""
     oidc_audience: str = ""
     oidc_principal_claim: str = "sub"
+    # Without oidc_jwks the keys are found through the issuer's discovery document
+    # (https only), trusting the CA bundle oidc_ca_file (empty: the system's).
+    oidc_ca_file: str = ""
+    # Accept a token whose azp (not aud) names oidc_audience: Keycloak's clients.
+    oidc_accept_azp: bool = False
     # Labels given at ingest: "LABEL=calling_ae:AET" or "LABEL=Keyword:value".
     label_rules: tuple[str, ...] = ()
     # Transport security (docs/transport-security.md): one certificate and key

@@ -215,9 +215,20 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         help="listen on a non-loopback address without --auth (not recommended)",
     )
     p.add_argument("--oidc-issuer", help="accept OpenID Connect bearer tokens from this issuer")
-    p.add_argument("--oidc-jwks", help="the issuer's JWKS: an https URL or a file")
+    p.add_argument(
+        "--oidc-jwks", help="the issuer's JWKS: an https URL or a file (default: found by discovery)"
+    )
     p.add_argument("--oidc-audience", help="the audience (aud) tokens must name")
     p.add_argument("--oidc-principal-claim", help="the claim naming the principal (default sub)")
+    p.add_argument(
+        "--oidc-ca-file", help="PEM CA bundle the issuer's https certificate must chain to (default: system)"
+    )
+    p.add_argument(
+        "--oidc-accept-azp",
+        action="store_true",
+        default=None,
+        help="accept tokens whose azp (Keycloak: the client) is the audience, whatever their aud",
+    )
     p.add_argument(
         "--label-rule",
         dest="label_rules",
@@ -267,6 +278,8 @@ def _load(args: argparse.Namespace) -> Settings:
         "oidc_jwks",
         "oidc_audience",
         "oidc_principal_claim",
+        "oidc_ca_file",
+        "oidc_accept_azp",
         "tls_cert",
         "tls_key",
         "tls_ca",
