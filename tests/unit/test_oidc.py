@@ -1,5 +1,5 @@
-"""OpenID Connect bearer tokens: the verifier's checks, its JWKS cache and discovery,
-against a local identity provider over HTTPS (tests/oidc_idp.py)
+"""OpenID Connect bearer tokens: the verifier's checks, its JWKS cache, discovery and
+the role mapping, against a local identity provider over HTTPS (tests/oidc_idp.py)
 issuing tokens shaped as Keycloak's and Entra ID's."""
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from dicomhub.bootstrap import open_archive, open_oidc
+from dicomhub.config import load_settings
 from dicomhub.errors import ConfigurationError
-from dicomhub.model.access import LabelRule
+from dicomhub.model.access import ClaimGrant, Grant, LabelRule, Scope, ScopeKind
+from dicomhub.services.access import parse_claim_grants
 from dicomhub.services.oidc import LEEWAY_SECONDS, OidcVerifier, TokenRejected, claim_values
 from tests.oidc_idp import IdentityProvider
 
@@ -313,3 +316,102 @@ def test_claim_values_by_name_or_dotted_path() -> None:
     assert claim_values(claims, "role") == {"admin"}
     for missing in ("nested.deeper.value", "realm_access.roles.x", "resource_access.dicomhub.roles", "x"):
         assert claim_values(claims, missing) == frozenset()
+
+
+# ------------------------------------------------------- role mapping: settings and grants
+
+
+def test_role_mapping_settings_from_toml_environment_and_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "dicomhub.toml"
+    toml.write_text(
+        'oidc_issuer = "https://login.example.test/realms/hospital"\n'
+        'oidc_role_claim = "realm_access.roles"\n'
+        "[oidc_roles]\n"
+        '"dicom-admin" = "admin"\n'
+        '"/radiology/cardio" = ["reader@label:cardio", "uploader@label:cardio"]\n'
+    )
+    settings = load_settings(config_file=toml, environ={})
+    assert settings.oidc_roles == (
+        "dicom-admin=admin",
+        "/radiology/cardio=reader@label:cardio",
+        "/radiology/cardio=uploader@label:cardio",
+    )
+    grants = parse_claim_grants(settings.oidc_roles)
+    assert grants[0] == ClaimGrant("dicom-admin", Grant("admin", Scope(ScopeKind.ARCHIVE)))
+    assert grants[1].grant == Grant("reader", Scope(ScopeKind.LABEL, "cardio"))
+    env = {"DICOMHUB_OIDC_ROLES": "dicom-reader=reader, dicom-uploader=uploader@archive"}
+    assert load_settings(environ=env).oidc_roles == ("dicom-reader=reader", "dicom-uploader=uploader@archive")
+    flags = load_settings({"oidc_roles": ["Dicom.Read=reader@patient:P7"]}, environ=env)
+    assert flags.oidc_roles == ("Dicom.Read=reader@patient:P7",)
+    for bad, message in (
+        ("dicom-reader", "VALUE=ROLE"),
+        ("=reader", "VALUE=ROLE"),
+        ("dicom-reader=superuser", "unknown role"),
+        ("dicom-reader=reader@label:bad label", "label name"),
+        ("trusted=reidentifier@project:TRIAL", "named principals only"),
+    ):
+        with pytest.raises(ConfigurationError, match=f"oidc_roles .*{message}"):
+            parse_claim_grants([bad])
+
+
+def test_bad_oidc_settings_stop_the_start(tmp_path: Path) -> None:
+    issuer = "https://login.example.test/realms/hospital"
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"oidc_issuer": "http://login.example.test/realms/hospital", "oidc_audience": "a"}, "https"),
+        ({"oidc_issuer": issuer}, "oidc_audience"),
+        ({"oidc_role_claim": "groups", "oidc_roles": ["g=reader"]}, "need oidc_issuer"),
+        ({"oidc_issuer": issuer, "oidc_audience": "a", "oidc_role_claim": "groups"}, "go together"),
+        ({"oidc_issuer": issuer, "oidc_audience": "a", "oidc_roles": ["g=reader"]}, "go together"),
+        (
+            {"oidc_issuer": issuer, "oidc_audience": "a", "oidc_role_claim": "groups", "oidc_roles": ["g=x"]},
+            "unknown role",
+        ),
+        (
+            {"oidc_issuer": issuer, "oidc_audience": "a", "oidc_ca_file": str(tmp_path / "no.pem")},
+            "oidc_ca_file",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigurationError, match=message):
+            open_oidc(load_settings(overrides, environ={}))
+
+
+def test_claim_grants_add_to_the_stored_grants_of_the_principal(
+    idp: IdentityProvider, tmp_path: Path
+) -> None:
+    realm = idp.keycloak
+    settings = load_settings(
+        {
+            "data_dir": tmp_path / "data",
+            "oidc_issuer": realm.issuer,
+            "oidc_audience": "dicomhub",
+            "oidc_accept_azp": True,
+            "oidc_principal_claim": "preferred_username",
+            "oidc_ca_file": str(idp.ca_file),
+            "oidc_role_claim": "realm_access.roles",
+            "oidc_roles": ["dicom-reader=reader@label:cardio", "dicom-curator=curator@label:cardio"],
+        },
+        environ={},
+    )
+    archive = open_archive(settings)
+    try:
+        access = archive.access
+        cardio = Scope(ScopeKind.LABEL, "cardio")
+        found = access.authenticate("Bearer " + realm.access_token("alice", realm_roles=["dicom-reader"]))
+        assert found.principal == "alice" and found.access is not None
+        assert found.access.grants == {Grant("reader", cardio)}
+        assert access.grant("alice", "uploader", "patient:P7", granted_by="test")
+        found = access.authenticate("Bearer " + realm.access_token("alice", realm_roles=["dicom-reader"]))
+        assert found.access is not None
+        assert found.access.grants == {
+            Grant("reader", cardio),
+            Grant("uploader", Scope(ScopeKind.PATIENT, "P7")),
+        }
+        # No mapped value: the stored grants alone, looked up as for an API token.
+        found = access.authenticate("Bearer " + realm.access_token("bob", realm_roles=["offline_access"]))
+        assert (found.principal, found.access) == ("bob", None)
+        assert access.access_for("bob").grants == frozenset()
+        refused = access.authenticate("Bearer " + realm.access_token("alice", exp=int(time.time()) - 600))
+        assert (refused.principal, refused.reason) == (None, "expired")
+    finally:
+        archive.close()

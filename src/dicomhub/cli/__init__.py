@@ -230,6 +230,18 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         help="accept tokens whose azp (Keycloak: the client) is the audience, whatever their aud",
     )
     p.add_argument(
+        "--oidc-role-claim",
+        help="the claim whose values --oidc-role maps: a name or a dotted path (realm_access.roles)",
+    )
+    p.add_argument(
+        "--oidc-role",
+        dest="oidc_roles",
+        action="append",
+        default=[],
+        metavar="VALUE=ROLE[@SCOPE]",
+        help="a token whose role claim holds VALUE holds ROLE at SCOPE (default archive); repeatable",
+    )
+    p.add_argument(
         "--label-rule",
         dest="label_rules",
         action="append",
@@ -280,6 +292,7 @@ def _load(args: argparse.Namespace) -> Settings:
         "oidc_principal_claim",
         "oidc_ca_file",
         "oidc_accept_azp",
+        "oidc_role_claim",
         "tls_cert",
         "tls_key",
         "tls_ca",
@@ -294,6 +307,7 @@ def _load(args: argparse.Namespace) -> Settings:
     overrides["deid_export"] = getattr(args, "deid_export", None) or None
     overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
     overrides["label_rules"] = getattr(args, "label_rules", None) or None
+    overrides["oidc_roles"] = getattr(args, "oidc_roles", None) or None
     return load_settings(overrides, config_file=args.config)
 
 
