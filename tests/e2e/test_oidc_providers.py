@@ -27,6 +27,10 @@ from tests import datagen
 from tests.e2e.helpers import DicomhubServer, ServerPool, free_port, run_cli
 from tests.oidc_idp import IdentityProvider
 
+# Authentication and the role mapping do not depend on the index and blob store; the SQL
+# filters of grants are covered on both back ends by test_access_http.py.
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
+
 AUDIENCE = "dicomhub"  # the Keycloak client: in azp
 NOT_AUTHORIZED = 0x0124
 ROLES_TOML = """\
