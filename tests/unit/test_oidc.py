@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,3 +416,38 @@ def test_claim_grants_add_to_the_stored_grants_of_the_principal(
         assert (refused.principal, refused.reason) == (None, "expired")
     finally:
         archive.close()
+
+
+def test_a_refetch_under_way_does_not_hold_up_tokens_of_known_keys() -> None:
+    known, rotated = _key(), _key()
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def loader(_source: str) -> dict[str, Any]:
+        calls.append(_source)
+        if len(calls) > 1:  # the refetch: an issuer that answers slowly
+            started.set()
+            release.wait(10)
+        return _jwks((known, "known"))
+
+    verifier = OidcVerifier(ISSUER, "https://issuer.example.test/jwks", "hub", loader=loader)
+    assert verifier.principal(_token(known, "known")) == "alice"
+    outcome: list[str] = []
+
+    def unknown_key() -> None:  # refused after the refetch: the issuer does not list it yet
+        try:
+            verifier.principal(_token(rotated, "new"))
+        except TokenRejected as exc:
+            outcome.append(str(exc))
+
+    unknown = threading.Thread(target=unknown_key)
+    unknown.start()
+    try:
+        assert started.wait(10)
+        begun = time.monotonic()
+        assert verifier.principal(_token(known, "known", sub="bob")) == "bob"
+        assert time.monotonic() - begun < 1.0
+    finally:
+        release.set()
+        unknown.join(10)
+    assert len(calls) == 2 and outcome == ["the token is signed by an unknown key"]

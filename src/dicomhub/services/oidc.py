@@ -307,6 +307,10 @@ class OidcVerifier:
     def _refresh(self, force: bool) -> None:
         """Load the keys when never loaded; with ``force`` (an unknown key id), load them
         again unless that was done less than a minute ago."""
+        if not force and self._fetched_at is not None:
+            # Without the lock: a token of a known key never waits for a refetch that
+            # another request (an unknown key id) has under way with a slow issuer.
+            return
         with self._lock:
             now = self._clock()
             if self._fetched_at is not None:
