@@ -38,6 +38,7 @@ ROLES_TOML = """\
 "dicom-reader" = "reader"
 "cardio-curator" = ["curator@label:cardio"]
 "cardio-uploader" = "uploader@label:cardio"
+"deid-team" = "deidentifier@project:TRIAL"
 """
 
 
@@ -108,6 +109,7 @@ def site(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -
                 "--oidc-role-claim", "realm_access.roles",
                 "--label-rule", "cardio=Modality:MR",
             ],
+            env={"DICOMHUB_DEID_SECRET": "a-test-secret-of-enough-length-0123456789"},
         )  # fmt: skip
         s = Site(server, idp)
         rc, out = run_cli(
@@ -182,6 +184,18 @@ def test_grants_add_up_and_unmapped_tokens_hold_nothing(site: Site) -> None:
     cardio = study_uids(httpx.get(url, headers=bearer(site.token("erin", "cardio-curator"))))
     assert site.uid("MR") in cardio and site.uid("CT") not in cardio
     assert study_uids(httpx.get(url, headers=bearer(both))) == sorted([site.uid("CT"), *cardio])
+
+
+def test_a_mapped_deidentifier_works_on_its_project_only(site: Site) -> None:
+    instance = str(site.studies["CT"].SOPInstanceUID)
+    url = f"{site.url}/deid/preview"
+    team = bearer(site.token("erin", "deid-team"))
+    r = httpx.post(url, json={"project": "TRIAL", "instance": instance}, headers=team)
+    assert r.status_code == 200, r.text
+    assert r.json()["study_instance_uid"] != site.uid("CT")
+    assert httpx.post(url, json={"project": "OTHER", "instance": instance}, headers=team).status_code == 403
+    reader = bearer(site.token("alice", "dicom-reader"))
+    assert httpx.post(url, json={"project": "TRIAL", "instance": instance}, headers=reader).status_code == 403
 
 
 def test_tokens_are_refused_for_their_times_issuer_audience_and_type(site: Site) -> None:
