@@ -309,12 +309,16 @@ def test_claim_values_by_name_or_dotted_path() -> None:
         "groups": ["/radiology/readers"],
         "https://dicomhub.example.org/roles": ["reader"],
         "role": "admin",
+        "scope": "openid profile dicom.read",
+        "scp": "Dicom.Read  Dicom.Write",
         "nested": {"deeper": {"value": {"not": "a list"}}},
     }
     assert claim_values(claims, "realm_access.roles") == {"a", "b"}
     assert claim_values(claims, "groups") == {"/radiology/readers"}
     assert claim_values(claims, "https://dicomhub.example.org/roles") == {"reader"}
     assert claim_values(claims, "role") == {"admin"}
+    assert claim_values(claims, "scope") == {"openid", "profile", "dicom.read"}
+    assert claim_values(claims, "scp") == {"Dicom.Read", "Dicom.Write"}
     for missing in ("nested.deeper.value", "realm_access.roles.x", "resource_access.dicomhub.roles", "x"):
         assert claim_values(claims, missing) == frozenset()
 

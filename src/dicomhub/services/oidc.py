@@ -73,6 +73,8 @@ _FETCH_TIMEOUT = 10.0
 # Role claims of more values than this are cut: nobody holds thousands of roles,
 # and a token should not make the mapping loop long.
 _MAX_CLAIM_VALUES = 1000
+# Claims holding space-separated scopes rather than one value.
+_SCOPE_CLAIMS = frozenset({"scope", "scp"})
 # What a loader may raise when the issuer cannot be read: logged, the token refused.
 _UNAVAILABLE = (OSError, ValueError, http.client.HTTPException, ConfigurationError)
 
@@ -102,7 +104,9 @@ def claim_values(claims: Mapping[str, Any], path: str) -> frozenset[str]:
     ``path`` names a claim outright when the token has a claim of that name
     (Auth0's namespaced claims are URLs, dots included); else each ``.`` steps
     into an object: ``realm_access.roles``, ``resource_access.dicomhub.roles``.
-    A string gives itself, a list its strings; anything else gives nothing.
+    A string gives itself, a list its strings; anything else gives nothing. The
+    OAuth scope claims ``scope`` (RFC 8693, 4.2) and ``scp`` (Entra ID) are strings
+    of space-separated scopes: each scope is a value.
     """
     node: Any
     if path in claims:
@@ -114,6 +118,8 @@ def claim_values(claims: Mapping[str, Any], path: str) -> frozenset[str]:
                 return frozenset()
             node = node[part]
     if isinstance(node, str):
+        if path in _SCOPE_CLAIMS:
+            return frozenset(node.split()[:_MAX_CLAIM_VALUES])
         return frozenset({node})
     if isinstance(node, list):
         return frozenset(v for v in node[:_MAX_CLAIM_VALUES] if isinstance(v, str))
