@@ -27,7 +27,7 @@ from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.model.sopclasses import StorableSOPClasses
-from dicomhub.services.access import AccessService, parse_label_rules
+from dicomhub.services.access import AccessService, parse_claim_grants, parse_label_rules
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
@@ -91,6 +91,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     access = AccessService(
         SecurityRepository(engine),
         oidc=open_oidc(settings),
+        claim_grants=parse_claim_grants(settings.oidc_roles),
         label_rules=parse_label_rules(settings.label_rules),
     )
     search = SearchService(index, headers)
@@ -160,11 +161,37 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
 
 
 def open_oidc(settings: Settings) -> OidcVerifier | None:
-    """The verifier of OpenID Connect bearer tokens, when an issuer is configured."""
+    """The verifier of OpenID Connect bearer tokens, when an issuer is configured.
+
+    Nothing is fetched here: the discovery document and the keys are read at the
+    first token, so that the archive starts (and the CLI works) while the
+    identity provider is unreachable.
+
+    Raises
+    ------
+    ConfigurationError
+        For OpenID Connect settings that cannot work: an issuer that is not https
+        when discovery needs it, a JWKS URL that is not https, an unreadable CA
+        bundle, role settings without an issuer, a role claim without a mapping or
+        the other way round, or a mapping entry that does not parse.
+    """
     if not settings.oidc_issuer:
+        if settings.oidc_role_claim or settings.oidc_roles:
+            raise ConfigurationError("oidc_role_claim and oidc_roles need oidc_issuer")
         return None
+    if bool(settings.oidc_role_claim) != bool(settings.oidc_roles):
+        raise ConfigurationError(
+            "oidc_role_claim (the claim to read) and oidc_roles (what its values grant) go together"
+        )
+    parse_claim_grants(settings.oidc_roles)  # an entry that does not parse stops serve here
     return OidcVerifier(
-        settings.oidc_issuer, settings.oidc_jwks, settings.oidc_audience, settings.oidc_principal_claim
+        settings.oidc_issuer,
+        settings.oidc_jwks,
+        settings.oidc_audience,
+        settings.oidc_principal_claim,
+        accept_azp=settings.oidc_accept_azp,
+        role_claim=settings.oidc_role_claim,
+        ca_file=settings.oidc_ca_file,
     )
 
 

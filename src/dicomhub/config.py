@@ -125,6 +125,15 @@ class Settings:
     oidc_jwks: str = ""
     oidc_audience: str = ""
     oidc_principal_claim: str = "sub"
+    # Without oidc_jwks the keys are found through the issuer's discovery document
+    # (https only), trusting the CA bundle oidc_ca_file (empty: the system's).
+    oidc_ca_file: str = ""
+    # Accept a token whose azp (not aud) names oidc_audience: Keycloak's clients.
+    oidc_accept_azp: bool = False
+    # Grants from a claim (a name or a dotted path: realm_access.roles, groups):
+    # "VALUE=ROLE" or "VALUE=ROLE@SCOPE" entries, or a TOML table VALUE = "ROLE@SCOPE".
+    oidc_role_claim: str = ""
+    oidc_roles: tuple[str, ...] = ()
     # Labels given at ingest: "LABEL=calling_ae:AET" or "LABEL=Keyword:value".
     label_rules: tuple[str, ...] = ()
     # Storage SOP classes beyond the standard's (dicomhub.model.sopclasses): private
@@ -266,6 +275,8 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(
                 i if isinstance(i, MaskRegion) else parse_mask_region(str(i)) for i in _listed(value, ";")
             )
+        if name == "oidc_roles":
+            return _oidc_roles(value)
         if name == "deid_burned_in":
             policy = str(value).strip().lower()
             if policy not in ("refuse", "mask", "allow"):
@@ -289,6 +300,18 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value)
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigurationError(f"invalid value for {name}: {value!r}") from exc
+
+
+def _oidc_roles(value: Any) -> tuple[str, ...]:
+    """``VALUE=ROLE[@SCOPE]`` entries from a comma-separated string, a list of them, or a
+    TOML table of VALUE = "ROLE@SCOPE" (or a list of those); checked in bootstrap."""
+    if isinstance(value, Mapping):
+        entries = []
+        for claim_value, grants in value.items():
+            for grant in [grants] if isinstance(grants, str) else list(grants):
+                entries.append(f"{claim_value}={grant}")
+        return tuple(entries)
+    return tuple(str(i).strip() for i in _listed(value) if str(i).strip())
 
 
 def load_settings(

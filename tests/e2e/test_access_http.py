@@ -196,6 +196,10 @@ def test_oidc_tokens_are_validated_strictly(hub: Hub) -> None:
     assert httpx.get(url, headers=bearer(hub.jwt("jwt-reader"))).status_code == 200
     es = hub.jwt("jwt-reader", key=hub.ec_key, kid="ec1", alg="ES256")
     assert httpx.get(url, headers=bearer(es)).status_code == 200
+    # Access tokens often carry no nbf (Keycloak's never do): checked only when present.
+    without_nbf = {"iss": ISSUER, "aud": AUDIENCE, "sub": "jwt-reader", "exp": int(time.time()) + 300}
+    no_nbf = jwt.encode(without_nbf, hub.rsa_key, algorithm="RS256", headers={"kid": "rsa1"})
+    assert httpx.get(url, headers=bearer(no_nbf)).status_code == 200
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = hub.rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -208,8 +212,9 @@ def test_oidc_tokens_are_validated_strictly(hub: Hub) -> None:
         "forged": hub.jwt("jwt-reader", key=other),
         "wrong issuer": hub.jwt("jwt-reader", iss="https://evil.example.test"),
         "wrong audience": hub.jwt("jwt-reader", aud="someone-else"),
-        "no nbf": jwt.encode(
-            {k: v for k, v in claims.items() if k != "nbf"},
+        "nbf in the future": hub.jwt("jwt-reader", nbf=int(time.time()) + 600),
+        "no exp": jwt.encode(
+            {k: v for k, v in claims.items() if k != "exp"},
             hub.rsa_key,
             algorithm="RS256",
             headers={"kid": "rsa1"},

@@ -229,9 +229,32 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         help="listen on a non-loopback address without --auth (not recommended)",
     )
     p.add_argument("--oidc-issuer", help="accept OpenID Connect bearer tokens from this issuer")
-    p.add_argument("--oidc-jwks", help="the issuer's JWKS: an https URL or a file")
+    p.add_argument(
+        "--oidc-jwks", help="the issuer's JWKS: an https URL or a file (default: found by discovery)"
+    )
     p.add_argument("--oidc-audience", help="the audience (aud) tokens must name")
     p.add_argument("--oidc-principal-claim", help="the claim naming the principal (default sub)")
+    p.add_argument(
+        "--oidc-ca-file", help="PEM CA bundle the issuer's https certificate must chain to (default: system)"
+    )
+    p.add_argument(
+        "--oidc-accept-azp",
+        action="store_true",
+        default=None,
+        help="accept tokens whose azp (Keycloak: the client) is the audience, whatever their aud",
+    )
+    p.add_argument(
+        "--oidc-role-claim",
+        help="the claim whose values --oidc-role maps: a name or a dotted path (realm_access.roles)",
+    )
+    p.add_argument(
+        "--oidc-role",
+        dest="oidc_roles",
+        action="append",
+        default=[],
+        metavar="VALUE=ROLE[@SCOPE]",
+        help="a token whose role claim holds VALUE holds ROLE at SCOPE (default archive); repeatable",
+    )
     p.add_argument(
         "--label-rule",
         dest="label_rules",
@@ -282,6 +305,9 @@ def _load(args: argparse.Namespace) -> Settings:
         "oidc_jwks",
         "oidc_audience",
         "oidc_principal_claim",
+        "oidc_ca_file",
+        "oidc_accept_azp",
+        "oidc_role_claim",
         "tls_cert",
         "tls_key",
         "tls_ca",
@@ -297,6 +323,7 @@ def _load(args: argparse.Namespace) -> Settings:
     overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
     overrides["label_rules"] = getattr(args, "label_rules", None) or None
     overrides["accept_sop_classes"] = getattr(args, "accept_sop_classes", None) or None
+    overrides["oidc_roles"] = getattr(args, "oidc_roles", None) or None
     return load_settings(overrides, config_file=args.config)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "ROLES",
     "Access",
     "Action",
+    "ClaimGrant",
     "Grant",
     "LabelRule",
     "Scope",
@@ -238,3 +239,33 @@ class LabelRule:
         if self.keyword == self.CALLING_AE:
             return calling_ae is not None and calling_ae.strip() == self.value
         return value_of(self.keyword) == self.value
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimGrant:
+    """A grant that comes with a value of an identity provider's role claim:
+    ``VALUE=ROLE`` (the whole archive) or ``VALUE=ROLE@SCOPE``.
+
+    A caller whose token carries VALUE in the configured claim (a Keycloak realm
+    role, an Entra ID app role or group object id...) holds ROLE at SCOPE for that
+    request, on top of the grants stored for its name. VALUE is everything before
+    the first ``=``, so it may hold ``/`` and ``@`` (Keycloak group paths, e-mail
+    like names) but not ``=``.
+    """
+
+    value: str
+    grant: Grant
+
+    @classmethod
+    def parse(cls, text: str) -> ClaimGrant:
+        value, sep, rest = text.partition("=")
+        role, at, scope = rest.strip().partition("@")
+        value, role = value.strip(), role.strip()
+        if not sep or not value or not role:
+            raise ValueError(f"{text!r}: use VALUE=ROLE or VALUE=ROLE@SCOPE")
+        if role not in ROLES:
+            raise ValueError(f"{text!r}: unknown role {role!r} (one of {', '.join(ROLES)})")
+        return cls(value, Grant(role, Scope.parse(scope) if at else Scope(ScopeKind.ARCHIVE)))
+
+    def __str__(self) -> str:
+        return f"{self.value}={self.grant.role}@{self.grant.scope}"

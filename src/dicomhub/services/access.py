@@ -20,7 +20,7 @@ from typing import Any
 
 from dicomhub.errors import ConfigurationError, DicomhubError, InvalidRequest, NotFound
 from dicomhub.index.security import SecurityRepository
-from dicomhub.model.access import ROLES, Access, Action, Grant, LabelRule, Scope, StudyFacts
+from dicomhub.model.access import ROLES, Access, Action, ClaimGrant, Grant, LabelRule, Scope, StudyFacts
 from dicomhub.model.attributes import BY_KEYWORD
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
@@ -32,6 +32,7 @@ __all__ = [
     "Authentication",
     "Forbidden",
     "Unauthenticated",
+    "parse_claim_grants",
     "refuse_unless",
     "require_name",
     "token_digest",
@@ -105,11 +106,13 @@ class AccessService:
         security: SecurityRepository,
         *,
         oidc: OidcVerifier | None = None,
+        claim_grants: Sequence[ClaimGrant] = (),
         label_rules: Sequence[LabelRule] = (),
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.security = security
         self.oidc = oidc
+        self.claim_grants = tuple(claim_grants)
         self.label_rules = tuple(label_rules)
         self._clock = clock
         self._labelled: set[tuple[str, str]] = set()
@@ -138,11 +141,23 @@ class AccessService:
             return Authentication(name, access=_access(grants))
         if self.oidc is not None and token.count(".") == 2 and len(token) <= 16384:
             try:
-                return Authentication(self.oidc.principal(token))
+                identity = self.oidc.verify(token)
             except TokenRejected as exc:
                 reason = "expired" if "expired" in str(exc) else "invalid"
                 return Authentication(None, reason, str(exc))
+            mapped = self._grants_of_claims(identity.claim_values)
+            if not mapped:
+                return Authentication(identity.principal)
+            # Grants add up: those the identity provider's roles give, and those
+            # stored for the principal's name.
+            stored = self.access_for(identity.principal)
+            return Authentication(identity.principal, access=Access.of(stored.grants | mapped))
         return Authentication(None, "invalid", "unknown token")
+
+    def _grants_of_claims(self, values: frozenset[str]) -> frozenset[Grant]:
+        if not values:
+            return frozenset()
+        return frozenset(cg.grant for cg in self.claim_grants if cg.value in values)
 
     def authenticate_http(self, authorization: str | None) -> str | None:
         """The principal named by ``Authorization: Bearer ...``; None if absent or invalid."""
@@ -348,3 +363,29 @@ def parse_label_rules(texts: Iterable[str]) -> list[LabelRule]:
             )
         rules.append(rule)
     return rules
+
+
+def parse_claim_grants(texts: Iterable[str]) -> list[ClaimGrant]:
+    """The grants that values of the OpenID Connect role claim give (setting
+    ``oidc_roles``, each ``VALUE=ROLE`` or ``VALUE=ROLE@SCOPE``).
+
+    Raises
+    ------
+    ConfigurationError
+        For an entry of another form, an unknown role or scope, or the
+        ``reidentifier`` role: every person able to reverse a pseudonym is named in
+        a grant of their own, never given the right by a group of the identity provider.
+    """
+    grants = []
+    for text in texts:
+        try:
+            grant = ClaimGrant.parse(text)
+        except ValueError as exc:
+            raise ConfigurationError(f"oidc_roles {exc}") from exc
+        if Action.REIDENTIFY in grant.grant.actions:
+            raise ConfigurationError(
+                f"oidc_roles {text!r}: re-identification is granted to named principals only "
+                "(dicomhub grant add NAME reidentifier project:NAME), never by a role claim"
+            )
+        grants.append(grant)
+    return grants

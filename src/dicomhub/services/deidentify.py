@@ -52,6 +52,7 @@ from dicomhub.deid import (
 from dicomhub.errors import Conflict, DicomhubError, InvalidRequest, NotFound
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.repository import IndexRepository
+from dicomhub.model.access import Access
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level, require_uid
 from dicomhub.model.migration import Inventory, InventoryInstance, InventorySeries
@@ -695,10 +696,19 @@ class DeidService:
 
     # ------------------------------------------------------------ authorisation
 
-    def authorize(self, principal: str | None, role: str, project: str, action: str, caller: Caller) -> str:
-        """``principal`` when it holds ``role`` on ``project``; otherwise the refusal is
+    def authorize(
+        self,
+        principal: str | None,
+        role: str,
+        project: str,
+        action: str,
+        caller: Caller,
+        access: Access | None = None,
+    ) -> str:
+        """``principal`` when it holds ``role`` on ``project`` (by ``access``, the grants its
+        token gave, when given; else by its stored grants); otherwise the refusal is
         audited and raised (:class:`Unauthenticated` for no principal, else :class:`Forbidden`)."""
-        if principal is not None and self.governance.has_grant(principal, role, project):
+        if principal is not None and self.governance.has_grant(principal, role, project, access):
             return principal
         outcome = "unauthenticated" if principal is None else "forbidden"
         self.governance.audit(

@@ -13,6 +13,7 @@ from typing import Any
 
 from dicomhub.index.security import legacy_audit_codes
 from dicomhub.model.access import ROLES as ALL_ROLES
+from dicomhub.model.access import Access
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.access import AccessService, Forbidden, Unauthenticated, require_name, token_digest
@@ -58,6 +59,13 @@ class GovernanceService:
         """The principal an ``Authorization: Bearer <token>`` header names, or None."""
         return self.access.authenticate_http(authorization)
 
+    def identify(self, authorization: str | None) -> tuple[str | None, Access | None]:
+        """The principal an ``Authorization: Bearer <token>`` header names, with its grants
+        when the token gives more than those stored for it (an OpenID Connect role claim
+        mapped by ``oidc_roles``), else None for them; (None, None) for no principal."""
+        found = self.access.authenticate(authorization)
+        return found.principal, found.access if found.principal is not None else None
+
     def grant(self, principal: str, role: str, project: str, granted_by: str) -> bool:
         return self.access.grant(principal, role, project_scope(project), granted_by)
 
@@ -67,9 +75,11 @@ class GovernanceService:
     def grants(self) -> list[dict[str, Any]]:
         return self.access.grants()
 
-    def has_grant(self, principal: str, role: str, project: str) -> bool:
-        """Whether ``principal``'s grants permit every action of ``role`` on ``project``."""
-        access = self.access.access_for(principal)
+    def has_grant(self, principal: str, role: str, project: str, access: Access | None = None) -> bool:
+        """Whether ``principal``'s grants permit every action of ``role`` on ``project``:
+        ``access`` when given (what :meth:`identify` found), else the stored grants."""
+        if access is None:
+            access = self.access.access_for(principal)
         actions = ALL_ROLES.get(role, frozenset())
         return bool(actions) and all(access.permits_project(a, project) for a in actions)
 

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.errors import InvalidRequest
+from dicomhub.model.access import Access
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.archive import Archive
 from dicomhub.services.governance import ROLE_DEIDENTIFIER, Unauthenticated
@@ -55,18 +56,23 @@ def routes(archive: Archive) -> list[BaseRoute]:
     deid = archive.deid
 
     def caller_of(request: Request) -> tuple[Caller, str | None]:
-        principal = archive.governance.principal_of(request.headers.get("authorization"))
+        caller, principal, _access = identified(request)
+        return caller, principal
+
+    def identified(request: Request) -> tuple[Caller, str | None, Access | None]:
+        # The grants too: an OpenID Connect role claim may give deidentifier on a project.
+        principal, access = archive.governance.identify(request.headers.get("authorization"))
         address = request.client.host if request.client else ""
-        return Caller(Channel.HTTP, principal or "", address), principal
+        return Caller(Channel.HTTP, principal or "", address), principal, access
 
     async def start(request: Request) -> JSONResponse:
         """Start a run: ``{project, study | series, reason, options?, burned_in?, mask?}`` -> 202
         and the run."""
         body = await json_object(request, _MAX_BODY)
         project = str(_text(body, "project"))
-        caller, principal = await run_in_threadpool(caller_of, request)
+        caller, principal, access = await run_in_threadpool(identified, request)
         await run_in_threadpool(
-            deid.authorize, principal, ROLE_DEIDENTIFIER, project, "deid-run-start", caller
+            deid.authorize, principal, ROLE_DEIDENTIFIER, project, "deid-run-start", caller, access
         )
         run = await run_in_threadpool(
             lambda: deid.start_run(
@@ -104,8 +110,10 @@ def routes(archive: Archive) -> list[BaseRoute]:
         """Dry run on one stored instance: ``{project, instance, options?}``; nothing is stored."""
         body = await json_object(request, _MAX_BODY)
         project = str(_text(body, "project"))
-        caller, principal = await run_in_threadpool(caller_of, request)
-        await run_in_threadpool(deid.authorize, principal, ROLE_DEIDENTIFIER, project, "deid-preview", caller)
+        caller, principal, access = await run_in_threadpool(identified, request)
+        await run_in_threadpool(
+            deid.authorize, principal, ROLE_DEIDENTIFIER, project, "deid-preview", caller, access
+        )
         return JSONResponse(
             await run_in_threadpool(deid.preview, project, str(_text(body, "instance")), _words(body), caller)
         )
