@@ -111,6 +111,17 @@ def test_resend_in_another_syntax_is_already_present_on_every_path(archive: Arch
     assert archive.state() == before
 
 
+def test_import_of_a_file_judges_by_content(archive: Archive, tmp_path: Path) -> None:
+    """``dicomhub import`` memory-maps the file: the comparison reads the mapping."""
+    original = sample("MR_small.dcm")
+    archive.ingest.store_part10(original, CLI)
+    path = tmp_path / "copy.dcm"
+    path.write_bytes(as_syntax(original, "j2k-lossless"))
+    before = archive.state()
+    assert archive.ingest.store_part10_file(path, CLI).outcome is StoreOutcome.ALREADY_PRESENT
+    assert archive.state() == before
+
+
 def test_large_cstore_path_judges_by_content(archive: Archive, tmp_path: Path) -> None:
     """A data set spooled to a file (above 16 MiB) takes the same decision."""
     original = sample("MR_small.dcm")

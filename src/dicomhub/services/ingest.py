@@ -690,10 +690,11 @@ class IngestService:
         try:
             with contextlib.ExitStack() as stack:
                 held = stack.enter_context(blob_as_file(self.blobs, existing.blob_key))
+                # Not isinstance(incoming, bytes): an imported file's bytes are an mmap.
                 new: str | bytes = (
-                    incoming
-                    if isinstance(incoming, bytes)
-                    else stack.enter_context(blob_as_file(self.blobs, incoming.key))
+                    stack.enter_context(blob_as_file(self.blobs, incoming.key))
+                    if isinstance(incoming, _BlobRef)
+                    else incoming
                 )
                 return codec.content_difference(held, new)
         except Exception as exc:  # what cannot be compared is not known to be the same
