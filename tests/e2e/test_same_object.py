@@ -44,8 +44,11 @@ NATIVE = ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"]
 COMPRESSED = {
     "MR_small_RLE.dcm": ["dcmdrle"],
     "MR_small_jpeg_ls_lossless.dcm": ["dcmdjpls"],
-    "US1_J2KR.dcm": ["gdcmconv", "--raw"],  # JPEG 2000 lossless, YBR_RCT
+    "US1_J2KR.dcm": ["gdcmconv", "--raw"],  # JPEG 2000 lossless, YBR_RCT -> RGB
     "SC_rgb_jpeg_dcmtk.dcm": ["dcmdjpeg"],  # JPEG baseline (lossy), YBR_FULL -> RGB
+    # JPEG baseline 4:2:2: DCMTK's decoder and ours differ by up to 2 (chroma upsampling).
+    "SC_rgb_dcmtk_+eb+cy+np.dcm": ["dcmdjpeg"],
+    "JPEG2000.dcm": ["gdcmconv", "--raw"],  # lossy JPEG 2000; GDCM drops NumberOfFrames 1
 }
 LOSSLESS_COMPRESSORS = {"jpeg-ls": ["dcmcjpls"], "j2k": ["gdcmconv", "--j2k"]}
 
@@ -97,6 +100,7 @@ OWN_SYNTAX = {
     "1.2.840.10008.1.2.4.50": "-xy",
     "1.2.840.10008.1.2.4.80": "-xt",
     "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
     "1.2.840.10008.1.2.5": "-xr",
 }
 
