@@ -224,6 +224,13 @@ def test_lossy_original_with_a_real_change_is_other_content() -> None:
     assert content_difference(original, encode(native)) == "frame 1 has other pixel values"
 
 
+def test_near_lossless_copy_of_a_lossless_original_is_other_content() -> None:
+    """JPEG-LS decodes exactly, so its near-lossless errors are not decoder tolerance."""
+    original = sample("CT_small.dcm")
+    near = as_syntax(original, "jpeg-ls-near-lossless")
+    assert content_difference(original, near) == "frame 1 has other pixel values"
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

@@ -42,6 +42,7 @@ elements), 7.5 (sequences), A.4 (encapsulation), 8.2 (native pixel data).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ from dicomhub.errors import TranscodeError
 
 from .pixels import decoded_frames
 from .source import Source, open_source
-from .syntaxes import transfer_syntax
+from .syntaxes import HTJ2K, J2K, JPEG_BASELINE, JPEG_EXTENDED, transfer_syntax
 
 __all__ = ["ObjectSource", "content_difference", "same_content"]
 
@@ -93,8 +94,11 @@ _LEADING_INSIGNIFICANT: Final = frozenset({"AE", "CS", "DS", "IS", "LO", "SH"})
 _PADDING: Final = b" \x00"
 # Elements stay raw bytes when read here, so the character set is never applied.
 _ASCII: Final = "iso8859"
-# The most two decoders of one lossy stream differ by, per sample (see _Comparison).
+# The most two decoders of one lossy stream differ by, per sample (see _Comparison),
+# and the syntaxes whose decoding the standards leave that open: lossy JPEG (ISO
+# 10918) and irreversible (9/7 wavelet) JPEG 2000 and HTJ2K.
 _LOSSY_DECODER_TOLERANCE: Final = 2
+_INEXACT_DECODING: Final = frozenset({JPEG_BASELINE, JPEG_EXTENDED, J2K, HTJ2K})
 
 
 def content_difference(a: ObjectSource, b: ObjectSource) -> str | None:
@@ -178,8 +182,10 @@ class _BufferReader(io.RawIOBase):
         return self._pos
 
     def close(self) -> None:
-        # The view must go before the mapping it may point into is closed by its owner.
-        self._view.release()
+        # The view must go before the mapping it may point into is closed by its owner;
+        # a slice still referenced (by a traceback in flight) keeps it until collected.
+        with contextlib.suppress(BufferError):
+            self._view.release()
         super().close()
 
 
@@ -207,7 +213,9 @@ class _Comparison:
         # conforming IDCT be off by one, and neither chroma upsampling nor the
         # YCbCr -> RGB rounding is fixed, so the copy another decoder (DCMTK's
         # dcmdjpeg, GDCM) made differs from ours by a level or two here and there.
-        self.tolerance = _LOSSY_DECODER_TOLERANCE if self.syntax_differs and self.lossy else 0
+        # JPEG-LS near-lossless decodes exactly (integer arithmetic): no tolerance there.
+        inexact = a.transfer_syntax_uid in _INEXACT_DECODING or b.transfer_syntax_uid in _INEXACT_DECODING
+        self.tolerance = _LOSSY_DECODER_TOLERANCE if self.syntax_differs and inexact else 0
 
     def run(self) -> str | None:
         a, b = self.a, self.b
