@@ -5,6 +5,7 @@ Everything here streams: objects are read and written one frame at a time.
 
 from __future__ import annotations
 
+from .equivalence import content_difference, same_content
 from .frames import check_decodable, read_frames
 from .syntaxes import (
     TransferSyntax,
@@ -24,8 +25,10 @@ __all__ = [
     "can_encode",
     "check_decodable",
     "codec_table_markdown",
+    "content_difference",
     "lossless_targets",
     "read_frames",
+    "same_content",
     "transcode_bytes",
     "transcode_file",
     "transfer_syntax",

@@ -64,12 +64,15 @@ def decoder_options(source: Source) -> dict[str, Any]:
 
 
 def decoded_frames(
-    source: Source, indices: Iterable[int] | None = None
+    source: Source, indices: Iterable[int] | None = None, *, as_rgb: bool | None = None
 ) -> Iterator[tuple[Array, dict[str, Any]]]:
     """Yield ``(array, pixel properties)`` for each frame (or the 0-based `indices`).
 
     The array is ``(rows, columns[, samples])`` with PlanarConfiguration 0; the
     properties are pydicom's (photometric_interpretation after decoding, etc.).
+    ``as_rgb=True`` converts YBR colour pixels to RGB whatever the syntax (to
+    compare two encodings of one image); ``None`` leaves the choice to
+    :func:`decoder_options`.
 
     Raises
     ------
@@ -77,6 +80,8 @@ def decoded_frames(
         When the pixel data cannot be decoded.
     """
     opts = decoder_options(source)
+    if as_rgb is not None:
+        opts["as_rgb"] = as_rgb
     ts = str(opts["transfer_syntax_uid"])
     try:
         decoder = get_decoder(ts)

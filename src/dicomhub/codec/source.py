@@ -151,15 +151,21 @@ def _locate_pixels(fh: BinaryIO, little: bool, implicit: bool) -> PixelElement |
     return PixelElement(_PIXEL_TAGS[tag], vr, value_offset, None, end)
 
 
-def open_source(src: str | os.PathLike[str], *, parse_body: bool = True) -> Source:
+def open_source(
+    src: str | os.PathLike[str] | BinaryIO, *, parse_body: bool = True, name: str = ""
+) -> Source:
     """Open `src` and read everything but the pixel data.
 
     Parameters
     ----------
-    src : str or os.PathLike
-        A Part 10 file (preamble, ``DICM``, File Meta).
+    src : str, os.PathLike or binary file object
+        A Part 10 file (preamble, ``DICM``, File Meta), or a seekable binary
+        reader positioned at its start (an object in memory); the Source then
+        owns it and closes it.
     parse_body : bool
         ``False`` stops after the File Meta (for the same-syntax copy).
+    name : str
+        What to call a file object in messages (its ``name`` attribute else).
 
     Returns
     -------
@@ -171,8 +177,12 @@ def open_source(src: str | os.PathLike[str], *, parse_body: bool = True) -> Sour
     dicomhub.errors.TranscodeError
         When the file is not a readable Part 10 object.
     """
-    path = os.fspath(src)
-    fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - owned by the Source
+    fh: BinaryIO
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        fh = open(path, "rb")  # noqa: SIM115 - owned by the Source
+    else:
+        fh, path = src, name or str(getattr(src, "name", "<stream>"))
     try:
         return _open(fh, path, parse_body)
     except TranscodeError:

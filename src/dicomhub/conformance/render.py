@@ -414,7 +414,8 @@ def _networking(
         Para(
             "Storage: an object is acknowledged only once it is stored durably and indexed. Duplicates "
             f"(same SOP Instance UID) follow the duplicate policy `{st.duplicate_policy}`: keep (same "
-            "content: success; other content refused, kept in quarantine), overwrite, or reject. An "
+            "content, in whatever transfer syntax: success; other content refused, kept in quarantine), "
+            "overwrite, or reject. An "
             "instance whose study is held under another PatientID is refused (0xC402). Compression at "
             "rest: "
             + (", ".join(_code(r) for r in st.compression_rules) if st.compression_rules else "off")

@@ -213,19 +213,21 @@ class IngestService:
             self._guard(caller, header)
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
-            if existing is not None and self._same_object(existing, digest, header.transfer_syntax_uid):
-                self._discard(blob.key)
-                if self.policy is DuplicatePolicy.REJECT:
-                    raise DuplicateInstance(
-                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
-                    )
-                return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size)
-            if existing is not None and self.policy is not DuplicatePolicy.OVERWRITE:
-                refusal = DuplicateInstance(
-                    f"SOP Instance {header.sop_instance_uid} is already stored with other content"
+            if existing is not None:
+                difference = self._difference(
+                    existing, digest, header.transfer_syntax_uid, _BlobRef(blob.key)
                 )
-                self._record(refusal, blob, header, caller, "duplicate-different-content")
-                raise refusal
+                if difference is None:
+                    self._discard(blob.key)
+                    if self.policy is DuplicatePolicy.REJECT:
+                        raise DuplicateInstance(
+                            f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                        )
+                    return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size)
+                if self.policy is not DuplicatePolicy.OVERWRITE:
+                    refusal = _other_content(header, difference)
+                    self._record(refusal, blob, header, caller, "duplicate-different-content")
+                    raise refusal
         except DicomhubError as exc:
             if not isinstance(exc, Conflict):
                 self._discard(blob.key)
@@ -495,7 +497,9 @@ class IngestService:
                 # which needs the data set digests the batch path leaves for later.
                 pending = self._with_content_digests(pending, results)
                 if overwrite:
-                    self._fill_existing_digests([p.header.sop_instance_uid for _i, p, _b in pending])
+                    # The index replaces on any other digest: a resend in another
+                    # encoding must be answered as already present first.
+                    pending = self._without_resends(pending, results)
                 outcomes = self.index.add_instances(
                     [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
                     overwrite=overwrite,
@@ -530,14 +534,29 @@ class IngestService:
             out.append((i, prepared, dataclasses.replace(blob, sha256=whole)))
         return out
 
-    def _fill_existing_digests(self, sop_instance_uids: Sequence[str]) -> None:
-        """Compute the missing data set digests of indexed instances with these UIDs, so
-        that the index can tell a copy sent again from other content (under overwrite)."""
-        for uid in sop_instance_uids:
-            existing = self.index.get_instance(uid)
-            if existing is not None:
-                with contextlib.suppress(DicomhubError, OSError, ValueError):
-                    self._held_digest(existing)
+    def _without_resends(
+        self,
+        pending: list[tuple[int, _Prepared, BlobInfo]],
+        results: list[StoreResult | Exception],
+    ) -> list[tuple[int, _Prepared, BlobInfo]]:
+        """``pending`` without the objects that are already held with the same content
+        (answered as already present, their blobs removed), under overwrite.
+
+        Judging them here also computes the missing data set digests of the held
+        copies, so that the index can tell the rest from what it holds.
+        """
+        out: list[tuple[int, _Prepared, BlobInfo]] = []
+        for i, prepared, blob in pending:
+            header = prepared.header
+            existing = self.index.get_instance(header.sop_instance_uid)
+            if existing is None or self._difference(
+                existing, prepared.content_sha256, header.transfer_syntax_uid, _BlobRef(blob.key)
+            ):
+                out.append((i, prepared, blob))
+                continue
+            self._discard(blob.key)
+            results[i] = self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
+        return out
 
     def _held_digest(self, existing: InstanceRow) -> str:
         """The data set digest of an indexed instance: when STOW-RS left it for later,
@@ -578,7 +597,10 @@ class IngestService:
             # it, a duplicate is found before it is encoded for nothing.
             existing = self.index.get_instance(header.sop_instance_uid) if target else None
             if existing is not None:
-                if self._same_object(existing, content, header.transfer_syntax_uid):
+                difference = self._difference(
+                    existing, content, header.transfer_syntax_uid, _BlobRef(blob.key)
+                )
+                if difference is None:
                     if self.policy is DuplicatePolicy.REJECT:
                         raise DuplicateInstance(
                             f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
@@ -586,9 +608,7 @@ class IngestService:
                     self._discard(blob.key)
                     return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size), blob, False
                 if self.policy is not DuplicatePolicy.OVERWRITE:
-                    refusal = DuplicateInstance(
-                        f"SOP Instance {header.sop_instance_uid} is already stored with other content"
-                    )
+                    refusal = _other_content(header, difference)
                     # The blob is durable already: it is the quarantined copy.
                     self._record(refusal, blob, header, caller, "duplicate-different-content")
                     kept = True
@@ -639,28 +659,58 @@ class IngestService:
             raise DoesNotMatchIOD(f"{header.sop_instance_uid} does not match its IOD: {errors[0].message}")
         return errors[0].message if errors else None
 
-    def _same_object(self, existing: InstanceRow, content: str, transfer_syntax_uid: str) -> bool:
-        """Whether an object with data set digest ``content`` is the one already held.
+    def _difference(
+        self, existing: InstanceRow, content: str, transfer_syntax_uid: str, incoming: _Incoming
+    ) -> str | None:
+        """How an object with data set digest ``content`` differs from the one already held:
+        None when it is the same object.
 
-        The held copy may be compressed at rest: its content digest is then the
-        received object's, and the compressed copy itself can come back (a peer
-        that took the stored syntax sends it again), so in the same syntax it is
-        compared with the stored data set too. That costs a blob read, only when
-        the digests differ (a conflict, which is rare).
+        The one duplicate decision of every source. Equal digests decide at
+        once (the identical resend costs nothing more). The held copy may be
+        compressed at rest: its content digest is then the received object's,
+        and the compressed copy itself can come back (a peer that took the
+        stored syntax sends it again), so in the same syntax it is compared
+        with the stored data set too. Only when the digests differ are the two
+        objects compared by content (:mod:`dicomhub.codec.equivalence`): the
+        same object in another transfer syntax is the same object. That costs
+        reading both, only for a resend in another encoding or a real conflict.
+        ``incoming`` is the new object, in memory or as a written blob.
         """
-        if existing.content_sha256 == content:
-            return True
+        if content != PENDING and existing.content_sha256 == content:
+            return None
         if existing.content_sha256 == PENDING:
-            try:
-                return self._held_digest(existing) == content
-            except (DicomhubError, OSError, ValueError):
-                return False
-        if existing.transfer_syntax_uid != transfer_syntax_uid:
-            return False
+            with contextlib.suppress(DicomhubError, OSError, ValueError):
+                if self._held_digest(existing) == content:
+                    return None
+        elif existing.transfer_syntax_uid == transfer_syntax_uid and content != PENDING:
+            with contextlib.suppress(DicomhubError, OSError, ValueError):
+                if content_digest_of_blob(self.blobs, existing.blob_key) == content:
+                    return None
+        difference = self._content_difference(existing, incoming)
+        if difference is None:
+            LOGGER.info(
+                "%s is already held (%s): the copy received in %s has the same content",
+                existing.sop_instance_uid,
+                existing.transfer_syntax_uid,
+                transfer_syntax_uid,
+            )
+        return difference
+
+    def _content_difference(self, existing: InstanceRow, incoming: _Incoming) -> str | None:
+        """How the held object and ``incoming`` differ in content (None: they do not)."""
         try:
-            return content_digest_of_blob(self.blobs, existing.blob_key) == content
-        except (DicomhubError, OSError, ValueError):
-            return False
+            with contextlib.ExitStack() as stack:
+                held = stack.enter_context(blob_as_file(self.blobs, existing.blob_key))
+                # Not isinstance(incoming, bytes): an imported file's bytes are an mmap.
+                new: str | bytes = (
+                    stack.enter_context(blob_as_file(self.blobs, incoming.key))
+                    if isinstance(incoming, _BlobRef)
+                    else incoming
+                )
+                return codec.content_difference(held, new)
+        except Exception as exc:  # what cannot be compared is not known to be the same
+            LOGGER.warning("cannot compare %s with the held copy: %s", existing.sop_instance_uid, exc)
+            return f"cannot be compared with the held copy: {exc}"
 
     def _prepare(
         self,
@@ -687,14 +737,15 @@ class IngestService:
         content = content_digest(data)
         existing = self.index.get_instance(header.sop_instance_uid)
         if existing is not None:
-            if self._same_object(existing, content, header.transfer_syntax_uid):
+            difference = self._difference(existing, content, header.transfer_syntax_uid, data)
+            if difference is None:
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
-                self._quarantine(data, header, caller, "duplicate-different-content")
+                self._quarantine(data, header, caller, _other_content(header, difference))
         return self._compressed(_Prepared(data, header, content, len(data)))
 
     def _compressed(self, prepared: _Prepared, received_sha256: str = "") -> _Prepared:
@@ -759,18 +810,19 @@ class IngestService:
         if added.result is AddResult.EXISTS:
             # Another association (or an earlier part of the same request)
             # stored the same UID between our check and our transaction.
-            if added.existing is not None and self._same_object(
-                added.existing, content, header.transfer_syntax_uid
-            ):
+            difference = (
+                "the held copy is not known"
+                if added.existing is None
+                else self._difference(added.existing, content, header.transfer_syntax_uid, _BlobRef(blob.key))
+            )
+            if difference is None:
                 self._discard(blob.key)
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
-            refusal = DuplicateInstance(
-                f"SOP Instance {header.sop_instance_uid} is already stored with other content"
-            )
+            refusal = _other_content(header, difference)
             self._record(refusal, blob, header, caller, "duplicate-different-content")
             raise refusal
         if added.replaced_blob_key:
@@ -786,15 +838,13 @@ class IngestService:
         if self.store_guard is not None and not caller.access.unrestricted:
             self.store_guard(caller, header)
 
-    def _quarantine(self, data: bytes, header: InstanceHeader, caller: Caller, kind: str) -> None:
+    def _quarantine(
+        self, data: bytes, header: InstanceHeader, caller: Caller, refusal: DuplicateInstance
+    ) -> None:
+        """Keep a refused copy in quarantine (``dicomhub conflicts``) and raise its refusal."""
         blob = self.blobs.put(self.blobs.new_key(), data)
-        exc = DuplicateInstance(
-            f"SOP Instance {header.sop_instance_uid} is already stored with other content"
-            if kind == "duplicate-different-content"
-            else f"SOP Instance {header.sop_instance_uid} is already stored"
-        )
-        self._record(exc, blob, header, caller, kind)
-        raise exc
+        self._record(refusal, blob, header, caller, "duplicate-different-content")
+        raise refusal
 
     def _record(
         self,
@@ -836,3 +886,21 @@ class IngestService:
             series_instance_uid=header.series_instance_uid,
             warning=warning,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _BlobRef:
+    """A new object already written to the store, by its key."""
+
+    key: str
+
+
+# The new object of a duplicate decision: its bytes in hand, or its blob.
+_Incoming = bytes | _BlobRef
+
+
+def _other_content(header: InstanceHeader, difference: str) -> DuplicateInstance:
+    """The refusal of a copy whose content differs from the held one (with the first difference)."""
+    return DuplicateInstance(
+        f"SOP Instance {header.sop_instance_uid} is already stored with other content: {difference}"
+    )
