@@ -518,9 +518,16 @@ def _frame_representation(
 ) -> tuple[str, str, bool]:
     """(media type, transfer syntax, multipart) for frames, from the ``Accept`` ranges.
 
-    ``*/*`` and ``transfer-syntax=*`` give the frames as stored; a media type
-    with a named (or the default) transfer syntax gives them transcoded when
+    ``*/*`` gives the frames as stored. ``transfer-syntax=*`` leaves the
+    syntax to the server (PS3.18 8.7.3.5.2): with ``application/octet-stream``
+    (what cornerstone3D and OHIF ask for) or the stored media type the frames
+    go as stored, each part's Content-Type naming the syntax; with another
+    image media type they are transcoded to its default syntax. A media type
+    with a named (or its default) transfer syntax gives them transcoded when
     the stored pixel data is not already in it.
+
+    Native frames always go as little endian (``transfer-syntax`` Explicit VR
+    Little Endian, PS3.18 8.7.3.3.2), big-endian ones byte-swapped.
     """
     stored_media = OCTET_STREAM if native else FRAME_MEDIA_TYPES.get(stored_ts, OCTET_STREAM)
     # Native frames are sent as little endian octets whatever the stored framing.
@@ -529,19 +536,21 @@ def _frame_representation(
         if r.media_type in ("*/*", "multipart/*"):
             return stored_media, stored_as, True
         if r.media_type == "multipart/related":
-            media = (r.part_type or stored_media).lower()
+            media = _FRAME_MEDIA_ALIASES.get(r.part_type or "", r.part_type or stored_media)
             multipart = True
-        elif r.media_type in _DEFAULT_FRAME_SYNTAX and count == 1:
-            media, multipart = r.media_type, False
+        elif _FRAME_MEDIA_ALIASES.get(r.media_type, r.media_type) in _DEFAULT_FRAME_SYNTAX and count == 1:
+            media, multipart = _FRAME_MEDIA_ALIASES.get(r.media_type, r.media_type), False
         else:
             continue
         if media in ("*/*", "image/*"):
             return stored_media, stored_as, multipart
         wanted = r.params.get("transfer-syntax")
         if wanted == "*":
-            if media == stored_media:
-                return stored_media, stored_as, multipart
-            continue
+            if media in (stored_media, OCTET_STREAM):
+                # The stored bit stream, labelled with its syntax: cornerstone3D
+                # reads the syntax from the part's Content-Type and decodes itself.
+                return media, stored_as, multipart
+            wanted = None  # another image type: its default syntax
         if media not in _DEFAULT_FRAME_SYNTAX:
             continue
         target = wanted or _DEFAULT_FRAME_SYNTAX[media]
@@ -556,8 +565,17 @@ def _frame_representation(
     raise NotAcceptable(
         f"the frames of instance {row.sop_instance_uid} (stored in {stored_ts}) cannot be given in "
         f"any of the accepted media types in this install; as stored they are "
-        f'multipart/related; type="{stored_media}"'
+        f'multipart/related; type="{stored_media}" (or type=application/octet-stream; '
+        "transfer-syntax=*)"
     )
+
+
+#: Media types of frames spelled as before PS3.18 registered them, still sent by
+#: dicomweb-client and cornerstone3D (``image/x-jls``, ``image/x-dicom-rle``).
+_FRAME_MEDIA_ALIASES = {
+    "image/x-jls": "image/jls",
+    "image/x-dicom-rle": "image/dicom-rle",
+}
 
 
 _NATIVE_TARGETS = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
