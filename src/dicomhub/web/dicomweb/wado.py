@@ -71,6 +71,7 @@ from dicomhub.web.dicomweb.render import (
     render,
     to_display,
 )
+from dicomhub.web.dicomweb.urls import dicomweb_base
 from dicomhub.web.errors import NotAcceptable
 
 __all__ = ["FRAME_MEDIA_TYPES", "routes"]
@@ -132,17 +133,13 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
     return p["study"], p.get("series"), p.get("instance")
 
 
-def _base(request: Request) -> str:
-    """``{scheme}://{host}{mount}`` of this request, for absolute URIs."""
-    return str(request.url).split("?", 1)[0].split("/studies/", 1)[0]
-
-
 class _Wado:
     """The endpoints, bound to one :class:`WadoService`."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, public_base_url: str = "") -> None:
         self.archive = archive
         self.wado = archive.wado
+        self.public_base_url = public_base_url
 
     # ------------------------------------------------------------ instances
 
@@ -250,7 +247,7 @@ class _Wado:
             self._audit(request, caller, study, [], exc)
             raise
         self._audit(request, caller, study, [row for row, _text in pairs], None)
-        base = _base(request)
+        base = dicomweb_base(request, self.public_base_url)
         digest = hashlib.blake2b(base.encode(), digest_size=16)
         for row, text in pairs:
             digest.update(f"\0{row.pk}\0{row.transfer_syntax_uid}\0".encode())
@@ -665,7 +662,7 @@ def _ranges_checked(endpoint: Endpoint) -> Endpoint:
 
 def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     """The WADO-RS and WADO-URI routes, relative to the ``/dicomweb`` mount."""
-    w = _Wado(archive)
+    w = _Wado(archive, settings.public_base_url)
     study = "/studies/{study}"
     series = study + "/series/{series}"
     instance = series + "/instances/{instance}"
