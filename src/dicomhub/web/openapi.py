@@ -493,7 +493,10 @@ def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail
         _ref("parameters", "quality"),
         _ref("parameters", "AcceptRendered"),
     ]
-    description = "PS3.18 10.4.1.1.4. The first frame of an instance, or the middle instance of a series."
+    description = (
+        "PS3.18 10.4.1.1.4. The first frame of an instance, or the middle instance of a series "
+        "(or study). The `accept` query parameter, when given, replaces the Accept header."
+    )
     if thumbnail:
         description += " Without a viewport the image fits in 128x128."
     return {
@@ -864,6 +867,15 @@ def _paths() -> Json:
                 base + "/thumbnail", f"retrieve{name}Thumbnail", f"Thumbnail of {what}", thumbnail=True
             ),
         )
+    # OHIF asks for a study's thumbnail when it has no series to show.
+    _merge(
+        paths,
+        _STUDY + "/thumbnail",
+        _rendered_operation(
+            _STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
+            thumbnail=True,
+        ),
+    )
     _merge(paths, _INSTANCE + "/bulk/{tag}", _bulk_operation())
     _merge(paths, "/dicomweb/wado", _wado_uri_operation())
     _merge(

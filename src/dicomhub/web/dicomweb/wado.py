@@ -15,13 +15,19 @@ best first; ``*/*`` (or no ``Accept``) gives the stored representation.
   ``application/octet-stream``, encapsulated as the stored bit stream in its
   image media type, PS3.18 Table 8.7.3-5); a named media type (with its
   default or a named ``transfer-syntax``) gives them decoded or re-encoded.
+  ``application/octet-stream`` with ``transfer-syntax=*``, what cornerstone3D
+  (OHIF's image loader) asks for, gives them as stored too, each part's
+  Content-Type naming the syntax. Native frames are always little endian.
   A frame number out of range is 404 (PS3.18 allows 400 or 404: the
   resource does not exist).
 - Bulk data: ``/bulk/{tag}`` (8 hex digits: the top-level element, else the
   first one nested in a sequence). Single-part ``application/octet-stream``
-  honours ``Range``.
+  honours ``Range``. Big-endian pixel data is given byte-swapped.
 - Rendered/thumbnail: JPEG (default) or PNG of the first frame of an
-  instance, of a frame, or of the middle instance of a series.
+  instance, of a frame, or of the middle instance of a series (or, for a
+  thumbnail, of a study).
+
+An ``accept`` query parameter replaces the ``Accept`` header (PS3.18 8.3.3.1).
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ __all__ = ["FRAME_MEDIA_TYPES", "routes"]
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
 
@@ -125,6 +132,12 @@ def _caller(request: Request) -> Caller:
 
 
 def _accept(request: Request) -> list[MediaRange]:
+    # PS3.18 8.3.3.1: an ``accept`` query parameter replaces the header. OHIF
+    # appends it to the URLs it hands to <img> and <video> elements, which
+    # cannot set headers (``.../thumbnail?accept=image/jpeg``).
+    in_query = request.query_params.getlist("accept")
+    if in_query:
+        return parse_accept(", ".join(in_query))
     return parse_accept(request.headers.get("accept"))
 
 
@@ -305,7 +318,14 @@ class _Wado:
                 else:
                     data = self.wado.frames_in(row, every, target)
                 return _frames_response(data, media, target, multipart)
-            length, offset, inline = layout.value_length, layout.value_offset, None
+            if layout.transfer_syntax_uid == EXPLICIT_VR_BE:
+                # Bulk data in application/octet-stream is little endian (PS3.18
+                # 8.7.3.3.2): big-endian pixel data is swapped, not sent as stored.
+                every = list(range(1, layout.number_of_frames + 1))
+                inline = b"".join(self.wado.frames_in(row, every, EXPLICIT_VR_LE))
+                length, offset = len(inline), 0
+            else:
+                length, offset, inline = layout.value_length, layout.value_offset, None
         else:
             value = self.wado.bulk(row, tag)
             length, offset, inline = value.length, value.offset, value.data
@@ -641,6 +661,14 @@ def _rendered_type(ranges: list[MediaRange]) -> str:
         for media_type in RENDERED_TYPES:
             if r.matches(media_type):
                 return media_type
+    # dicomweb-client's retrieveBulkData, which OHIF uses for thumbnails and
+    # rendered images unless its bulk data is configured single part, asks for
+    # multipart/related; type="application/octet-stream". A rendered image is
+    # single part; RFC 9110 12.5.1 lets a server disregard Accept rather than
+    # answer 406, and that client takes a single-part body as it is.
+    for r in ranges:
+        if r.media_type == "multipart/related" and r.part_type in (None, OCTET_STREAM, *RENDERED_TYPES):
+            return r.part_type if r.part_type in RENDERED_TYPES else RENDERED_TYPES[0]
     raise NotAcceptable(f"rendered images are available as {' or '.join(RENDERED_TYPES)}")
 
 
@@ -670,6 +698,7 @@ def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     table: list[tuple[str, Endpoint]] = [
         (study, w.retrieve),
         (study + "/metadata", w.metadata),
+        (study + "/thumbnail", w.thumbnail),
         (series, w.retrieve),
         (series + "/metadata", w.metadata),
         (series + "/rendered", w.rendered),
