@@ -5,7 +5,7 @@ Behind a reverse proxy the request's own URL is the proxy's upstream
 ``public_base_url`` setting names the DICOMweb root as clients see it; without
 it the base is the request's scheme, ``Host`` and mount path. uvicorn applies
 ``X-Forwarded-Proto`` / ``X-Forwarded-For`` only from the addresses in its
-``FORWARDED_ALLOW_IPS`` (default 127.0.0.1), and ``X-Forwarded-Host`` is not
+``FORWARDED_ALLOW_IPS`` (default 127.0.0.1 and ::1), and ``X-Forwarded-Host`` is not
 read at all: a client-supplied host must not decide where other clients are
 sent.
 
