@@ -17,7 +17,8 @@ image loader (their request patterns, not their code):
   BulkDataURIs it holds, single part (no Accept: ``singlepart: 'bulkdata'``)
   or ``multipart/related; type="application/octet-stream"``;
 - thumbnails: ``Accept: image/jpeg`` (fetch), the bulk data pattern above on
-  the thumbnail URL, ``?accept=image/jpeg`` in an ``<img>`` URL, study level.
+  the thumbnail URL, ``?accept=image/jpeg`` in an ``<img>`` URL, study level;
+- video and PDF: ``.../instances/{instance}/rendered`` with no Accept of its own.
 
 The server runs with ``--public-base-url``, as behind a reverse proxy: every
 absolute URL it hands out must start with that base.
@@ -91,6 +92,38 @@ class Study:
     stow_response: dict[str, object]
 
 
+VIDEO_STREAM = bytes(range(256)) * 100  # stands in for an H.264 stream: stored, never decoded
+PDF = b"%PDF-1.4\n" + b"%" * 3000 + b"\n%%EOF\n"
+
+
+def _video(study_uid: str) -> Dataset:
+    """A video instance (MPEG-4 AVC/H.264) whose stream is split over four fragments."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+    ds.Modality = "XC"
+    ds.StudyInstanceUID = study_uid
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.FrameTime = 64, 64, 30, 33.3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_PARTIAL_420", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([VIDEO_STREAM], fragments_per_frame=4)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _pdf(study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = EXPLICIT
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.Modality = "DOC"
+    ds.StudyInstanceUID = study_uid
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = PDF
+    return ds
+
+
 def _part10(ds: Dataset) -> bytes:
     buf = BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -104,10 +137,9 @@ def study(module_servers: ServerPool) -> Study:
     datasets: dict[str, Dataset] = {}
     boundary = "viewer-test-boundary"
     body = b""
-    for name, filename in FILES.items():
-        path = get_testdata_file(filename)
-        assert path is not None, filename
-        ds = pydicom.dcmread(path)
+    sources = {name: pydicom.dcmread(get_testdata_file(filename)) for name, filename in FILES.items()}
+    sources["video"], sources["pdf"] = _video(study_uid), _pdf(study_uid)
+    for name, ds in sources.items():
         # Several test files share their UIDs: each becomes its own series of one study.
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = generate_uid()
@@ -266,13 +298,13 @@ def test_ohif_study_list_query(study: Study) -> None:
     assert r.status_code == 200, r.text
     (found,) = r.json()
     assert found["0020000D"]["Value"] == [study.study_uid]
-    assert found["00201208"]["Value"] == [len(FILES)]  # NumberOfStudyRelatedInstances
+    assert found["00201208"]["Value"] == [len(study.datasets)]  # NumberOfStudyRelatedInstances
     assert found["00081190"]["Value"] == [f"{PUBLIC}/studies/{study.study_uid}"]  # RetrieveURL
     series = httpx.get(
         f"{study.server.base_url}/dicomweb/studies/{study.study_uid}/series",
         params={"includefield": "0008103E,00080021"},
     ).json()
-    assert len(series) == len(FILES)
+    assert len(series) == len(study.datasets)
     for item in series:
         assert item["00081190"]["Value"][0] == (
             f"{PUBLIC}/studies/{study.study_uid}/series/{item['0020000E']['Value'][0]}"
@@ -365,3 +397,15 @@ def test_rendered_instances_of_each_kind(study: Study, name: str) -> None:
     r = httpx.get(_instance_url(study, stored, "/rendered"), headers={"Accept": "image/jpeg"}, timeout=30)
     assert r.status_code == 200, r.text
     assert _jpeg(r.content).size == (stored.Columns, stored.Rows)
+
+
+def test_video_and_pdf_render_as_themselves(study: Study) -> None:
+    # OHIF shows both from .../rendered, fetched with its authorization header and no Accept.
+    for name, media_type, content in (("video", "video/mp4", VIDEO_STREAM), ("pdf", "application/pdf", PDF)):
+        url = _instance_url(study, study.datasets[name], "/rendered")
+        for accept in ("*/*", media_type):
+            r = httpx.get(url, headers={"Accept": accept})
+            assert r.status_code == 200, (name, accept, r.text)
+            assert r.headers["content-type"] == media_type
+            assert r.content == content
+        assert httpx.get(url, headers={"Accept": "image/jpeg"}).status_code == 406  # nothing to decode

@@ -545,7 +545,8 @@ def _dicomweb(st: ConformanceStatement, h: _Numbering, ts_label: Callable[[str],
                 "(big endian byte-swapped).",
                 "Rendered images and thumbnails: "
                 + ", ".join(_code(m) for m in st.rendered_media_types)
-                + ".",
+                + "; a rendered video instance is its stored stream (`video/mpeg`, `video/mp4`), "
+                "a rendered encapsulated PDF the PDF.",
                 "Transfer syntaxes this install can produce: "
                 + ", ".join(ts_label(c.uid) for c in encodable)
                 + ".",

@@ -499,6 +499,13 @@ def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail
     )
     if thumbnail:
         description += " Without a viewport the image fits in 128x128."
+    image_types: tuple[str, ...] = _IMAGE_TYPES
+    if not thumbnail and path.endswith("{instance}/rendered"):
+        description += (
+            " A video instance renders as its stored stream (video/mpeg, video/mp4) and an "
+            "encapsulated PDF as the PDF, when the Accept header allows (*/* does)."
+        )
+        image_types += ("video/mpeg", "video/mp4", "application/pdf")
     return {
         "get": {
             "tags": ["WADO-RS"],
@@ -507,7 +514,7 @@ def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail
             "description": description,
             "parameters": params,
             "responses": {
-                "200": {"description": "The rendered image.", "content": _binary(*_IMAGE_TYPES)},
+                "200": {"description": "The rendered image.", "content": _binary(*image_types)},
                 "400": _ref("responses", "BadRequest"),
                 "404": _ref("responses", "NotFound"),
                 "406": _ref("responses", "NotAcceptable"),

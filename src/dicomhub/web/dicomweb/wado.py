@@ -50,8 +50,10 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.wado import (
+    ENCAPSULATED_DOCUMENT,
     NATIVE_SYNTAXES,
     PIXEL_DATA,
+    VIDEO_MEDIA_TYPES,
     CannotDecode,
     CannotEncode,
     WadoService,
@@ -364,8 +366,13 @@ class _Wado:
     # ------------------------------------------------------------ rendered
 
     def rendered(self, request: Request, *, thumbnail: bool = False) -> Response:
-        """Rendered instance, frame or series (middle instance), or its thumbnail (PS3.18 10.4.1.1.4)."""
-        media_type = _rendered_type(_accept(request))
+        """Rendered instance, frame or series (middle instance), or its thumbnail (PS3.18 10.4.1.1.4).
+
+        A video instance renders as its stored video stream and an encapsulated
+        PDF as the PDF, when the ``Accept`` allows (``*/*`` does): that is how
+        OHIF shows them, from ``.../instances/{instance}/rendered``.
+        """
+        ranges = _accept(request)
         q = request.query_params
         window = parse_window(q.get("window"))
         viewport = parse_viewport(q.get("viewport")) or (_THUMBNAIL if thumbnail else None)
@@ -374,6 +381,14 @@ class _Wado:
         rows = self._instances(request, study, series, instance)
         # A series is shown by its middle instance (index order).
         row = rows[len(rows) // 2] if instance is None else rows[0]
+        if instance is not None and not thumbnail and "frames" not in request.path_params:
+            own = _own_rendered_type(row)
+            if own is not None and any(r.matches(own) for r in ranges):
+                return self._as_own(row, own)
+            if own is not None and not own.startswith("video/"):
+                # A document has no pixels to render as an image: not 404, it exists.
+                raise NotAcceptable(f"instance {row.sop_instance_uid} renders as {own} only")
+        media_type = _rendered_type(ranges)
         frame = 1
         if "frames" in request.path_params:
             numbers = _frame_numbers(request.path_params["frames"])
@@ -386,6 +401,19 @@ class _Wado:
 
     def thumbnail(self, request: Request) -> Response:
         return self.rendered(request, thumbnail=True)
+
+    def _as_own(self, row: InstanceRow, media_type: str) -> Response:
+        """A video's stored stream, or an encapsulated document's bytes, as ``media_type``."""
+        if media_type.startswith("video/"):
+            return StreamingResponse(in_batches(self.wado.video_stream(row)), media_type=media_type)
+        value = self.wado.bulk(row, ENCAPSULATED_DOCUMENT)
+        if value.data is not None:
+            return Response(value.data, media_type=media_type)
+        return StreamingResponse(
+            self.wado.stream_range(row, value.offset, value.length),
+            media_type=media_type,
+            headers={"Content-Length": str(value.length)},
+        )
 
     def _render(
         self,
@@ -654,6 +682,17 @@ class _RangeNotSatisfiable(Exception):
     def __init__(self, length: int) -> None:
         super().__init__(f"range not satisfiable (value of {length} bytes)")
         self.length = length
+
+
+#: SOP Class UID of Encapsulated PDF Storage.
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def _own_rendered_type(row: InstanceRow) -> str | None:
+    """The media type an instance renders as without decoding, if any (PS3.18 Table 8.7.4-1)."""
+    if row.sop_class_uid == _ENCAPSULATED_PDF:
+        return "application/pdf"
+    return VIDEO_MEDIA_TYPES.get(row.transfer_syntax_uid)
 
 
 def _rendered_type(ranges: list[MediaRange]) -> str:
