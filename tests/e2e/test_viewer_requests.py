@@ -93,6 +93,8 @@ class Study:
 
 
 VIDEO_STREAM = bytes(range(256)) * 100  # stands in for an H.264 stream: stored, never decoded
+#: A private OW value added to the big-endian object, above the 1024-byte bulk data threshold.
+PRIVATE_WORDS = np.arange(1024, dtype=np.uint16)
 PDF = b"%PDF-1.4\n" + b"%" * 3000 + b"\n%%EOF\n"
 
 
@@ -139,6 +141,8 @@ def study(module_servers: ServerPool) -> Study:
     body = b""
     sources = {name: pydicom.dcmread(get_testdata_file(filename)) for name, filename in FILES.items()}
     sources["video"], sources["pdf"] = _video(study_uid), _pdf(study_uid)
+    sources["big-endian"].add_new(0x00091010, "LO", "DICOMHUB TEST")
+    sources["big-endian"].add_new(0x00091011, "OW", PRIVATE_WORDS.astype(">u2").tobytes())
     for name, ds in sources.items():
         # Several test files share their UIDs: each becomes its own series of one study.
         ds.StudyInstanceUID = study_uid
@@ -409,3 +413,19 @@ def test_video_and_pdf_render_as_themselves(study: Study) -> None:
             assert r.headers["content-type"] == media_type
             assert r.content == content
         assert httpx.get(url, headers={"Accept": "image/jpeg"}).status_code == 406  # nothing to decode
+
+
+def test_big_endian_bulk_data_is_little_endian(study: Study) -> None:
+    stored = study.datasets["big-endian"]
+    (meta,) = httpx.get(_instance_url(study, stored, "/metadata")).json()
+    uri = meta["00091011"]["BulkDataURI"]
+    assert uri.startswith(PUBLIC + "/")
+    for accept in ("application/octet-stream", BULK_MULTIPART):
+        r = httpx.get(_local(study, uri), headers={"Accept": accept})
+        assert r.status_code == 200
+        ((_headers, value),) = (
+            split_multipart(r.content, r.headers["content-type"])
+            if "multipart" in r.headers["content-type"]
+            else [({}, r.content)]
+        )
+        assert value == PRIVATE_WORDS.astype("<u2").tobytes()

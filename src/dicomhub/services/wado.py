@@ -410,6 +410,10 @@ class WadoService:
     def bulk(self, row: InstanceRow, tag: int) -> BulkValue:
         """A bulk data value of ``row``: the top-level element ``tag``, else the first nested one.
 
+        Values of an object stored big endian come in memory and little endian
+        (bulk data is little endian, PS3.18 8.7.3.3.2); Pixel Data is left to
+        the frame path.
+
         Raises
         ------
         NotFound
@@ -421,11 +425,18 @@ class WadoService:
             raise NotFound(
                 f"instance {row.sop_instance_uid} has no element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
             )
+        word = _WORD_SIZES.get(str(found.VR)) if row.transfer_syntax_uid == EXPLICIT_VR_BE else None
         if isinstance(found, RawDataElement) and found.value is None:
-            return BulkValue(length=found.length, offset=found.value_tell)
-        value = found.value
+            if word is None or tag == PIXEL_DATA:
+                return BulkValue(length=found.length, offset=found.value_tell)
+            value: object = self.read_range(row, found.value_tell, found.length)
+        else:
+            value = found.value
         if isinstance(value, (bytes, bytearray)):
-            return BulkValue(length=len(value), data=bytes(value))
+            data = bytes(value)
+            if word is not None and tag != PIXEL_DATA:
+                data = _little_endian(data, word)
+            return BulkValue(length=len(data), data=data)
         raise NotFound(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
 
     def video_stream(self, row: InstanceRow, chunk_size: int = _CHUNK) -> Iterator[bytes]:
@@ -518,6 +529,17 @@ class WadoService:
             bits_stored=_int(ds, "BitsStored", layout.bits_allocated),
             pixel_representation=_int(ds, "PixelRepresentation", 0),
         )
+
+
+#: Bytes per word of the binary VRs that big-endian objects store byte-swapped.
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _little_endian(data: bytes, word: int) -> bytes:
+    """``data``, words of ``word`` bytes stored big endian, as little endian."""
+    if len(data) % word:
+        return data  # not whole words: nothing sound to swap
+    return np.frombuffer(data, dtype=f">u{word}").astype(f"<u{word}").tobytes()
 
 
 def _check_frame_numbers(row: InstanceRow, layout: PixelLayout, numbers: Sequence[int]) -> None:
