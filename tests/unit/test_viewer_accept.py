@@ -13,7 +13,7 @@ import pytest
 
 from dicomhub.model.records import InstanceRow
 from dicomhub.web.dicomweb.multipart import MediaRange, parse_accept
-from dicomhub.web.dicomweb.wado import _frame_representation
+from dicomhub.web.dicomweb.wado import _frame_representation, _representative
 from dicomhub.web.errors import NotAcceptable
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -97,3 +97,21 @@ def test_legacy_media_type_names_are_understood() -> None:
 def test_a_type_that_needs_transcoding_is_still_refused_without_a_codec() -> None:
     with pytest.raises(NotAcceptable, match="transfer-syntax=\\*"):
         _choose(J2K_LOSSLESS, 'multipart/related; type="image/jls"', native=False)
+
+
+def test_a_study_thumbnail_shows_an_image_not_a_report() -> None:
+    ct, sr, pdf = (
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.104.1",
+    )
+    video = "1.2.840.10008.1.2.4.102"
+    rows = [
+        InstanceRow(1, "1.1", ct, EXPLICIT, "k1", 1, ""),
+        InstanceRow(2, "1.2", sr, EXPLICIT, "k2", 1, ""),
+        InstanceRow(3, "1.3", pdf, EXPLICIT, "k3", 1, ""),
+        InstanceRow(4, "1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1", video, "k4", 1, ""),
+        InstanceRow(5, "1.5", ct, J2K_LOSSLESS, "k5", 1, ""),
+    ]
+    assert _representative(rows).pk == 5  # the middle of the two images
+    assert _representative(rows[1:3]).pk == 3  # no image at all: the middle one still

@@ -379,8 +379,7 @@ class _Wado:
         quality = parse_quality(q.get("quality"))
         study, series, instance = _uids(request)
         rows = self._instances(request, study, series, instance)
-        # A series is shown by its middle instance (index order).
-        row = rows[len(rows) // 2] if instance is None else rows[0]
+        row = _representative(rows) if instance is None else rows[0]
         if instance is not None and not thumbnail and "frames" not in request.path_params:
             own = _own_rendered_type(row)
             if own is not None and any(r.matches(own) for r in ranges):
@@ -682,6 +681,35 @@ class _RangeNotSatisfiable(Exception):
     def __init__(self, length: int) -> None:
         super().__init__(f"range not satisfiable (value of {length} bytes)")
         self.length = length
+
+
+#: SOP Class UID prefixes and UIDs of objects without an image to show (structured
+#: reports and key object selections, encapsulated documents, presentation states,
+#: waveforms, RT structure sets, plans and records).
+_NOT_IMAGES_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.104.",
+    "1.2.840.10008.5.1.4.1.1.11.",
+    "1.2.840.10008.5.1.4.1.1.9.",
+)
+_NOT_IMAGES = frozenset(f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in range(3, 10))
+
+
+def _representative(rows: Sequence[InstanceRow]) -> InstanceRow:
+    """The instance that shows a series or study: the middle one (index order) of its images.
+
+    A study's middle instance may be a report, a PDF or a video, which has no
+    image for a thumbnail here: those are passed over while there are images.
+    """
+    images = [
+        r
+        for r in rows
+        if not r.sop_class_uid.startswith(_NOT_IMAGES_PREFIXES)
+        and r.sop_class_uid not in _NOT_IMAGES
+        and r.transfer_syntax_uid not in VIDEO_MEDIA_TYPES  # no video decoder here
+    ]
+    chosen = images or list(rows)
+    return chosen[len(chosen) // 2]
 
 
 #: SOP Class UID of Encapsulated PDF Storage.
