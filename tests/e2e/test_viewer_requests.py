@@ -34,10 +34,11 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import generate_uid
 
 from .helpers import DicomhubServer, ServerPool, split_multipart
@@ -284,6 +285,21 @@ def test_several_frames_in_one_request(study: Study) -> None:
         np.testing.assert_array_equal(
             _decode(stored, frame, stored.file_meta.TransferSyntaxUID), _stored_frame(stored, n)
         )
+
+
+def test_dicomweb_client_any_syntax_frames(study: Study) -> None:
+    # dicomweb-client (Python) sends the same pattern with the type quoted.
+    stored = study.datasets["j2k-lossless-multiframe"]
+    client = DICOMwebClient(url=study.server.base_url + "/dicomweb")
+    frames = client.retrieve_instance_frames(
+        stored.StudyInstanceUID,
+        stored.SeriesInstanceUID,
+        stored.SOPInstanceUID,
+        [2, 7],
+        media_types=(("application/octet-stream", "*"),),
+    )
+    count = _frame_count(stored)
+    assert frames == [get_frame(stored.PixelData, n - 1, number_of_frames=count) for n in (2, 7)]
 
 
 # ---------------------------------------------------------------- study list and metadata

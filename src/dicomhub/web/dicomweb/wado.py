@@ -24,8 +24,9 @@ best first; ``*/*`` (or no ``Accept``) gives the stored representation.
   first one nested in a sequence). Single-part ``application/octet-stream``
   honours ``Range``. Big-endian pixel data is given byte-swapped.
 - Rendered/thumbnail: JPEG (default) or PNG of the first frame of an
-  instance, of a frame, or of the middle instance of a series (or, for a
-  thumbnail, of a study).
+  instance, of a frame, or of the middle image of a series (or, for a
+  thumbnail, of a study); a video instance renders as its stored stream, an
+  encapsulated PDF as the PDF.
 
 An ``accept`` query parameter replaces the ``Accept`` header (PS3.18 8.3.3.1).
 """
