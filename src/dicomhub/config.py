@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError
 from dicomhub.model.policy import (
@@ -91,6 +92,9 @@ class Settings:
     qido_default_limit: int = 1000  # QIDO-RS results when no limit is asked for
     qido_max_limit: int = 10000  # the largest limit a QIDO-RS request may ask for
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the HTTP API ("*" for any)
+    # The DICOMweb root as clients reach it (e.g. https://pacs.example.org/dicom-web behind a
+    # reverse proxy), for absolute BulkDataURI and RetrieveURL values; empty: from each request.
+    public_base_url: str = ""
     database_url: str = ""  # empty: SQLite in the data dir
     # Where blobs live: file:///path or s3://bucket/prefix (empty: data_dir/blobs).
     storage_url: str = ""
@@ -374,6 +378,19 @@ def _validate(s: Settings) -> None:
         raise ConfigurationError("deid_burned_in mask needs at least one region (deid_mask X,Y,WIDTH,HEIGHT)")
     _validate_deid_export(s)
     _validate_tls(s)
+    _validate_public_base_url(s)
+
+
+def _validate_public_base_url(s: Settings) -> None:
+    # Checked at start-up: a typo here would otherwise show only as broken links in viewers.
+    if not s.public_base_url:
+        return
+    parts = urlsplit(s.public_base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"public_base_url {s.public_base_url!r} must be an absolute http(s) URL without "
+            "query or fragment, e.g. https://pacs.example.org/dicomweb"
+        )
 
 
 def _validate_tls(s: Settings) -> None:

@@ -259,9 +259,9 @@ def test_every_documented_get_answers_as_documented(
         _check_response(doc, operation, r, f"GET {path}")
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
-    # 21 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes,
+    # 22 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes,
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export
-    assert checked == 36
+    assert checked == 37
     assert secured == 2  # de-identification runs: the list and one run
 
 

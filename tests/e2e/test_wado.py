@@ -187,6 +187,18 @@ def test_series_metadata(server: DicomhubServer, stored: Stored) -> None:
     }
 
 
+def test_uris_without_public_base_url_follow_the_request(server: DicomhubServer, stored: Stored) -> None:
+    # No public_base_url: the base is the request's. uvicorn takes X-Forwarded-Proto from a
+    # trusted proxy (127.0.0.1 by default, as this test client is); X-Forwarded-Host is ignored.
+    ds = stored.series[0]
+    r = httpx.get(
+        _url(server, ds, "/metadata"),
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "elsewhere.example"},
+    )
+    expected = _url(server, ds, "/bulk/7FE00010").replace("http://", "https://", 1)
+    assert r.json()[0]["7FE00010"]["BulkDataURI"] == expected
+
+
 def test_metadata_bulk_uri_of_a_large_element(server: DicomhubServer, stored: Stored) -> None:
     # A private OB value above the 1024-byte threshold is bulk data in the metadata.
     tmp = Path(server.data_dir).parent / "bulk"

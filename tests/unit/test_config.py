@@ -68,3 +68,12 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     cfg.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigurationError, match="unknown setting"):
         load_settings({}, config_file=cfg, environ={})
+
+
+def test_public_base_url() -> None:
+    env = {"DICOMHUB_PUBLIC_BASE_URL": "https://pacs.example.org/dicom-web/"}
+    assert load_settings({}, environ=env).public_base_url == "https://pacs.example.org/dicom-web/"
+    assert load_settings({}, environ={}).public_base_url == ""
+    for bad in ("pacs.example.org/dicomweb", "ftp://pacs/dicomweb", "https://pacs/dicomweb?x=1"):
+        with pytest.raises(ConfigurationError, match="public_base_url"):
+            load_settings({"public_base_url": bad}, environ={})

@@ -140,6 +140,11 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     p.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument(
+        "--public-base-url",
+        help="the DICOMweb root as clients reach it (behind a reverse proxy), for absolute "
+        "BulkDataURI and RetrieveURL values (default: from each request)",
+    )
+    p.add_argument(
         "--remote-ae",
         action="append",
         default=[],
@@ -289,6 +294,7 @@ def _load(args: argparse.Namespace) -> Settings:
         "dimse_port",
         "http_port",
         "host",
+        "public_base_url",
         "known_aes_only",
         "max_associations",
         "acse_timeout",

@@ -562,10 +562,14 @@ def _dicomweb(st: ConformanceStatement, h: _Numbering, ts_label: Callable[[str],
                 "`transfer-syntax=*`: as stored; a named syntax: transcoded (lossy ones only when named); "
                 "what this install cannot produce is 406 with the reason.",
                 "Frames: `*/*` gives them as stored; a media type gives them in its default syntax or the "
-                "named `transfer-syntax`.",
+                "named `transfer-syntax`; `application/octet-stream` with `transfer-syntax=*` (what "
+                "OHIF and cornerstone3D ask for) gives compressed frames as stored, each part's "
+                "Content-Type naming the syntax, and native ones as Explicit VR Little Endian "
+                "(big endian byte-swapped).",
                 "Rendered images and thumbnails: "
                 + ", ".join(_code(m) for m in st.rendered_media_types)
-                + ".",
+                + "; a rendered video instance is its stored stream (`video/mpeg`, `video/mp4`), "
+                "a rendered encapsulated PDF the PDF.",
                 "Transfer syntaxes this install can produce: "
                 + ", ".join(ts_label(c.uid) for c in encodable)
                 + ".",

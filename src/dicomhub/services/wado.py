@@ -19,6 +19,7 @@ pixel data), PS3.5 A.4 (encapsulated pixel data).
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,10 @@ from dicomhub.services.transcode import TranscodeService
 from dicomhub.storage.base import BlobStore
 
 __all__ = [
+    "ENCAPSULATED_DOCUMENT",
     "NATIVE_SYNTAXES",
     "PIXEL_DATA",
+    "VIDEO_MEDIA_TYPES",
     "BulkValue",
     "CannotDecode",
     "CannotEncode",
@@ -72,6 +75,23 @@ EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Transfer syntaxes whose pixel data is native (not encapsulated).
 NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE, DEFLATED})
+#: Video transfer syntaxes and the media type of their bit stream (PS3.18 Table 8.7.4-1):
+#: the pixel data fragments, concatenated, are the stream (PS3.5 8.2.5 to 8.2.8).
+VIDEO_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103": "video/mp4",  # ... BD-compatible
+    "1.2.840.10008.1.2.4.104": "video/mp4",  # ... for 2D Video
+    "1.2.840.10008.1.2.4.105": "video/mp4",  # ... for 3D Video
+    "1.2.840.10008.1.2.4.106": "video/mp4",  # ... Stereo High Profile
+    "1.2.840.10008.1.2.4.107": "video/mp4",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108": "video/mp4",  # HEVC/H.265 Main 10 Profile / Level 5.1
+}
+#: Encapsulated Document (0042,0011).
+ENCAPSULATED_DOCUMENT = 0x00420011
+_ITEM = (0xFFFE, 0xE000)
+_SEQUENCE_DELIMITER = (0xFFFE, 0xE0DD)
 
 
 class CannotEncode(InvalidRequest):
@@ -390,6 +410,10 @@ class WadoService:
     def bulk(self, row: InstanceRow, tag: int) -> BulkValue:
         """A bulk data value of ``row``: the top-level element ``tag``, else the first nested one.
 
+        Values of an object stored big endian come in memory and little endian
+        (bulk data is little endian, PS3.18 8.7.3.3.2); Pixel Data is left to
+        the frame path.
+
         Raises
         ------
         NotFound
@@ -401,12 +425,73 @@ class WadoService:
             raise NotFound(
                 f"instance {row.sop_instance_uid} has no element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
             )
+        word = _WORD_SIZES.get(str(found.VR)) if row.transfer_syntax_uid == EXPLICIT_VR_BE else None
         if isinstance(found, RawDataElement) and found.value is None:
-            return BulkValue(length=found.length, offset=found.value_tell)
-        value = found.value
+            if word is None or tag == PIXEL_DATA:
+                return BulkValue(length=found.length, offset=found.value_tell)
+            value: object = self.read_range(row, found.value_tell, found.length)
+        else:
+            value = found.value
         if isinstance(value, (bytes, bytearray)):
-            return BulkValue(length=len(value), data=bytes(value))
+            data = bytes(value)
+            if word is not None and tag != PIXEL_DATA:
+                data = _little_endian(data, word)
+            return BulkValue(length=len(data), data=data)
         raise NotFound(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is not bulk data")
+
+    def video_stream(self, row: InstanceRow, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        """The video bit stream of ``row``: its pixel data fragments, in order, in chunks.
+
+        Raises
+        ------
+        NotFound
+            When the instance has no encapsulated pixel data.
+        CannotDecode
+            When the pixel data is not a sequence of items (checked before
+            the first chunk; a later break ends the stream early and is logged).
+
+        References
+        ----------
+        PS3.5 A.4 (encapsulated pixel data), 8.2.5 (MPEG2 video in fragments).
+        """
+        layout, ds = self.pixel_layout(row)
+        elem = ds.get_item(PIXEL_DATA, keep_deferred=True)
+        if not layout.encapsulated or not isinstance(elem, RawDataElement):
+            raise NotFound(f"instance {row.sop_instance_uid} has no encapsulated pixel data")
+        with self.blobs.open(row.blob_key) as fp:
+            fp.seek(elem.value_tell)
+            first = fp.read(8)
+        if len(first) != 8 or struct.unpack("<HH", first[:4]) != _ITEM:
+            raise CannotDecode(f"instance {row.sop_instance_uid}: pixel data is not encapsulated")
+        return self._fragments(row, elem.value_tell, chunk_size)
+
+    def _fragments(self, row: InstanceRow, offset: int, chunk_size: int) -> Iterator[bytes]:
+        with self.blobs.open(row.blob_key) as fp:
+            fp.seek(offset)
+            basic_offset_table = True
+            while True:
+                head = fp.read(8)
+                if len(head) != 8:
+                    LOGGER.error("instance %s: pixel data ends without a delimiter", row.sop_instance_uid)
+                    return
+                group, element, length = struct.unpack("<HHL", head)
+                if (group, element) == _SEQUENCE_DELIMITER:
+                    return
+                if (group, element) != _ITEM or length == 0xFFFFFFFF:
+                    LOGGER.error("instance %s: a pixel data item is malformed", row.sop_instance_uid)
+                    return
+                if basic_offset_table:  # the first item holds offsets, not stream
+                    basic_offset_table = False
+                    fp.seek(length, 1)
+                    continue
+                left = length
+                while left > 0:
+                    chunk = fp.read(min(chunk_size, left))
+                    if not chunk:
+                        LOGGER.error("instance %s: a pixel data item is truncated", row.sop_instance_uid)
+                        return
+                    left -= len(chunk)
+                    yield chunk
 
     def render_source(self, row: InstanceRow, frame: int = 1) -> RenderSource:
         """Frame ``frame`` (1-based) of ``row`` decoded, with the values rendering needs.
@@ -444,6 +529,17 @@ class WadoService:
             bits_stored=_int(ds, "BitsStored", layout.bits_allocated),
             pixel_representation=_int(ds, "PixelRepresentation", 0),
         )
+
+
+#: Bytes per word of the binary VRs that big-endian objects store byte-swapped.
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _little_endian(data: bytes, word: int) -> bytes:
+    """``data``, words of ``word`` bytes stored big endian, as little endian."""
+    if len(data) % word:
+        return data  # not whole words: nothing sound to swap
+    return np.frombuffer(data, dtype=f">u{word}").astype(f"<u{word}").tobytes()
 
 
 def _check_frame_numbers(row: InstanceRow, layout: PixelLayout, numbers: Sequence[int]) -> None:

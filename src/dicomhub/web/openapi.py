@@ -493,9 +493,19 @@ def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail
         _ref("parameters", "quality"),
         _ref("parameters", "AcceptRendered"),
     ]
-    description = "PS3.18 10.4.1.1.4. The first frame of an instance, or the middle instance of a series."
+    description = (
+        "PS3.18 10.4.1.1.4. The first frame of an instance, or the middle instance of a series "
+        "(or study). The `accept` query parameter, when given, replaces the Accept header."
+    )
     if thumbnail:
         description += " Without a viewport the image fits in 128x128."
+    image_types: tuple[str, ...] = _IMAGE_TYPES
+    if not thumbnail and path.endswith("{instance}/rendered"):
+        description += (
+            " A video instance renders as its stored stream (video/mpeg, video/mp4) and an "
+            "encapsulated PDF as the PDF, when the Accept header allows (*/* does)."
+        )
+        image_types += ("video/mpeg", "video/mp4", "application/pdf")
     return {
         "get": {
             "tags": ["WADO-RS"],
@@ -504,7 +514,7 @@ def _rendered_operation(path: str, operation_id: str, summary: str, *, thumbnail
             "description": description,
             "parameters": params,
             "responses": {
-                "200": {"description": "The rendered image.", "content": _binary(*_IMAGE_TYPES)},
+                "200": {"description": "The rendered image.", "content": _binary(*image_types)},
                 "400": _ref("responses", "BadRequest"),
                 "404": _ref("responses", "NotFound"),
                 "406": _ref("responses", "NotAcceptable"),
@@ -864,6 +874,15 @@ def _paths() -> Json:
                 base + "/thumbnail", f"retrieve{name}Thumbnail", f"Thumbnail of {what}", thumbnail=True
             ),
         )
+    # OHIF asks for a study's thumbnail when it has no series to show.
+    _merge(
+        paths,
+        _STUDY + "/thumbnail",
+        _rendered_operation(
+            _STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
+            thumbnail=True,
+        ),
+    )
     _merge(paths, _INSTANCE + "/bulk/{tag}", _bulk_operation())
     _merge(paths, "/dicomweb/wado", _wado_uri_operation())
     _merge(

@@ -47,6 +47,7 @@ from dicomhub.model.query import (
 from dicomhub.services.archive import Archive
 from dicomhub.web.auth import audit_after_response, caller_of, outcome_of
 from dicomhub.web.dicomweb.dicomjson import match_to_xml, matches_to_json_bytes
+from dicomhub.web.dicomweb.urls import dicomweb_base
 from dicomhub.web.errors import NotAcceptable
 
 __all__ = [
@@ -620,9 +621,7 @@ def _search_endpoint(archive: Archive, settings: Settings, resource: _Resource) 
             )
         if req.include_all:
             _include_all(archive, resource.level, matches, caller)
-        # The mount's absolute URL as the client addressed it (Host header;
-        # root_path carries "/dicomweb" and any prefix of a proxy).
-        base = f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}"
+        base = dicomweb_base(request, settings.public_base_url)
         all_keys = _dedup(resource.defaults, tuple(req.explicit))
         for match in matches:
             _finish(match, req, resource.level, base, all_keys)

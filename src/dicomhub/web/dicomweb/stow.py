@@ -100,6 +100,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.services.ingest import StoreResult
 from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
+from dicomhub.web.dicomweb.urls import dicomweb_base
 from dicomhub.web.errors import NotAcceptable, UnsupportedMediaType
 
 __all__ = [
@@ -332,12 +333,6 @@ def _response_media_type(accept: str) -> str:
     return best
 
 
-def _dicomweb_base(request: Request) -> str:
-    url = request.url
-    path = url.path
-    return f"{url.scheme}://{url.netloc}{path[: path.rfind('/studies')]}"
-
-
 def _header_text(text: str) -> str:
     clean = " ".join(text.split()).replace('"', "'").replace("\\", "/")
     return clean.encode("latin-1", "replace").decode("latin-1")[:300]
@@ -431,6 +426,7 @@ class StowService:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         self.archive = archive
         self.spool_root = settings.data_dir / "tmp"
+        self.public_base_url = settings.public_base_url
 
     def remove_leftovers(self) -> None:
         """Remove spool folders that servers of earlier versions left behind."""
@@ -478,7 +474,7 @@ class StowService:
             await run_in_threadpool(self._audit, caller, request, [], exc)
             raise
         await run_in_threadpool(self._audit, caller, request, outcomes, None)
-        base = _dicomweb_base(request)
+        base = dicomweb_base(request, self.public_base_url)
         if media_type == DICOM_XML:
             content = store_response_xml(outcomes, base, study_instance_uid)
         else:

@@ -15,13 +15,20 @@ best first; ``*/*`` (or no ``Accept``) gives the stored representation.
   ``application/octet-stream``, encapsulated as the stored bit stream in its
   image media type, PS3.18 Table 8.7.3-5); a named media type (with its
   default or a named ``transfer-syntax``) gives them decoded or re-encoded.
+  ``application/octet-stream`` with ``transfer-syntax=*``, what cornerstone3D
+  (OHIF's image loader) asks for, gives them as stored too, each part's
+  Content-Type naming the syntax. Native frames are always little endian.
   A frame number out of range is 404 (PS3.18 allows 400 or 404: the
   resource does not exist).
 - Bulk data: ``/bulk/{tag}`` (8 hex digits: the top-level element, else the
   first one nested in a sequence). Single-part ``application/octet-stream``
-  honours ``Range``.
+  honours ``Range``. Big-endian pixel data is given byte-swapped.
 - Rendered/thumbnail: JPEG (default) or PNG of the first frame of an
-  instance, of a frame, or of the middle instance of a series.
+  instance, of a frame, or of the middle image of a series (or, for a
+  thumbnail, of a study); a video instance renders as its stored stream, an
+  encapsulated PDF as the PDF.
+
+An ``accept`` query parameter replaces the ``Accept`` header (PS3.18 8.3.3.1).
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.wado import (
+    ENCAPSULATED_DOCUMENT,
     NATIVE_SYNTAXES,
     PIXEL_DATA,
+    VIDEO_MEDIA_TYPES,
     CannotDecode,
     CannotEncode,
     WadoService,
@@ -71,12 +80,14 @@ from dicomhub.web.dicomweb.render import (
     render,
     to_display,
 )
+from dicomhub.web.dicomweb.urls import dicomweb_base
 from dicomhub.web.errors import NotAcceptable
 
 __all__ = ["FRAME_MEDIA_TYPES", "routes"]
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
 
@@ -124,6 +135,12 @@ def _caller(request: Request) -> Caller:
 
 
 def _accept(request: Request) -> list[MediaRange]:
+    # PS3.18 8.3.3.1: an ``accept`` query parameter replaces the header. OHIF
+    # appends it to the URLs it hands to <img> and <video> elements, which
+    # cannot set headers (``.../thumbnail?accept=image/jpeg``).
+    in_query = request.query_params.getlist("accept")
+    if in_query:
+        return parse_accept(", ".join(in_query))
     return parse_accept(request.headers.get("accept"))
 
 
@@ -132,17 +149,13 @@ def _uids(request: Request) -> tuple[str, str | None, str | None]:
     return p["study"], p.get("series"), p.get("instance")
 
 
-def _base(request: Request) -> str:
-    """``{scheme}://{host}{mount}`` of this request, for absolute URIs."""
-    return str(request.url).split("?", 1)[0].split("/studies/", 1)[0]
-
-
 class _Wado:
     """The endpoints, bound to one :class:`WadoService`."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, public_base_url: str = "") -> None:
         self.archive = archive
         self.wado = archive.wado
+        self.public_base_url = public_base_url
 
     # ------------------------------------------------------------ instances
 
@@ -250,7 +263,7 @@ class _Wado:
             self._audit(request, caller, study, [], exc)
             raise
         self._audit(request, caller, study, [row for row, _text in pairs], None)
-        base = _base(request)
+        base = dicomweb_base(request, self.public_base_url)
         digest = hashlib.blake2b(base.encode(), digest_size=16)
         for row, text in pairs:
             digest.update(f"\0{row.pk}\0{row.transfer_syntax_uid}\0".encode())
@@ -308,7 +321,14 @@ class _Wado:
                 else:
                     data = self.wado.frames_in(row, every, target)
                 return _frames_response(data, media, target, multipart)
-            length, offset, inline = layout.value_length, layout.value_offset, None
+            if layout.transfer_syntax_uid == EXPLICIT_VR_BE:
+                # Bulk data in application/octet-stream is little endian (PS3.18
+                # 8.7.3.3.2): big-endian pixel data is swapped, not sent as stored.
+                every = list(range(1, layout.number_of_frames + 1))
+                inline = b"".join(self.wado.frames_in(row, every, EXPLICIT_VR_LE))
+                length, offset = len(inline), 0
+            else:
+                length, offset, inline = layout.value_length, layout.value_offset, None
         else:
             value = self.wado.bulk(row, tag)
             length, offset, inline = value.length, value.offset, value.data
@@ -347,16 +367,28 @@ class _Wado:
     # ------------------------------------------------------------ rendered
 
     def rendered(self, request: Request, *, thumbnail: bool = False) -> Response:
-        """Rendered instance, frame or series (middle instance), or its thumbnail (PS3.18 10.4.1.1.4)."""
-        media_type = _rendered_type(_accept(request))
+        """Rendered instance, frame or series (middle instance), or its thumbnail (PS3.18 10.4.1.1.4).
+
+        A video instance renders as its stored video stream and an encapsulated
+        PDF as the PDF, when the ``Accept`` allows (``*/*`` does): that is how
+        OHIF shows them, from ``.../instances/{instance}/rendered``.
+        """
+        ranges = _accept(request)
         q = request.query_params
         window = parse_window(q.get("window"))
         viewport = parse_viewport(q.get("viewport")) or (_THUMBNAIL if thumbnail else None)
         quality = parse_quality(q.get("quality"))
         study, series, instance = _uids(request)
         rows = self._instances(request, study, series, instance)
-        # A series is shown by its middle instance (index order).
-        row = rows[len(rows) // 2] if instance is None else rows[0]
+        row = _representative(rows) if instance is None else rows[0]
+        if instance is not None and not thumbnail and "frames" not in request.path_params:
+            own = _own_rendered_type(row)
+            if own is not None and any(r.matches(own) for r in ranges):
+                return self._as_own(row, own)
+            if own is not None and not own.startswith("video/"):
+                # A document has no pixels to render as an image: not 404, it exists.
+                raise NotAcceptable(f"instance {row.sop_instance_uid} renders as {own} only")
+        media_type = _rendered_type(ranges)
         frame = 1
         if "frames" in request.path_params:
             numbers = _frame_numbers(request.path_params["frames"])
@@ -369,6 +401,19 @@ class _Wado:
 
     def thumbnail(self, request: Request) -> Response:
         return self.rendered(request, thumbnail=True)
+
+    def _as_own(self, row: InstanceRow, media_type: str) -> Response:
+        """A video's stored stream, or an encapsulated document's bytes, as ``media_type``."""
+        if media_type.startswith("video/"):
+            return StreamingResponse(in_batches(self.wado.video_stream(row)), media_type=media_type)
+        value = self.wado.bulk(row, ENCAPSULATED_DOCUMENT)
+        if value.data is not None:
+            return Response(value.data, media_type=media_type)
+        return StreamingResponse(
+            self.wado.stream_range(row, value.offset, value.length),
+            media_type=media_type,
+            headers={"Content-Length": str(value.length)},
+        )
 
     def _render(
         self,
@@ -518,9 +563,16 @@ def _frame_representation(
 ) -> tuple[str, str, bool]:
     """(media type, transfer syntax, multipart) for frames, from the ``Accept`` ranges.
 
-    ``*/*`` and ``transfer-syntax=*`` give the frames as stored; a media type
-    with a named (or the default) transfer syntax gives them transcoded when
+    ``*/*`` gives the frames as stored. ``transfer-syntax=*`` leaves the
+    syntax to the server (PS3.18 8.7.3.5.2): with ``application/octet-stream``
+    (what cornerstone3D and OHIF ask for) or the stored media type the frames
+    go as stored, each part's Content-Type naming the syntax; with another
+    image media type they are transcoded to its default syntax. A media type
+    with a named (or its default) transfer syntax gives them transcoded when
     the stored pixel data is not already in it.
+
+    Native frames always go as little endian (``transfer-syntax`` Explicit VR
+    Little Endian, PS3.18 8.7.3.3.2), big-endian ones byte-swapped.
     """
     stored_media = OCTET_STREAM if native else FRAME_MEDIA_TYPES.get(stored_ts, OCTET_STREAM)
     # Native frames are sent as little endian octets whatever the stored framing.
@@ -529,19 +581,21 @@ def _frame_representation(
         if r.media_type in ("*/*", "multipart/*"):
             return stored_media, stored_as, True
         if r.media_type == "multipart/related":
-            media = (r.part_type or stored_media).lower()
+            media = _FRAME_MEDIA_ALIASES.get(r.part_type or "", r.part_type or stored_media)
             multipart = True
-        elif r.media_type in _DEFAULT_FRAME_SYNTAX and count == 1:
-            media, multipart = r.media_type, False
+        elif _FRAME_MEDIA_ALIASES.get(r.media_type, r.media_type) in _DEFAULT_FRAME_SYNTAX and count == 1:
+            media, multipart = _FRAME_MEDIA_ALIASES.get(r.media_type, r.media_type), False
         else:
             continue
         if media in ("*/*", "image/*"):
             return stored_media, stored_as, multipart
         wanted = r.params.get("transfer-syntax")
         if wanted == "*":
-            if media == stored_media:
-                return stored_media, stored_as, multipart
-            continue
+            if media in (stored_media, OCTET_STREAM):
+                # The stored bit stream, labelled with its syntax: cornerstone3D
+                # reads the syntax from the part's Content-Type and decodes itself.
+                return media, stored_as, multipart
+            wanted = None  # another image type: its default syntax
         if media not in _DEFAULT_FRAME_SYNTAX:
             continue
         target = wanted or _DEFAULT_FRAME_SYNTAX[media]
@@ -556,8 +610,17 @@ def _frame_representation(
     raise NotAcceptable(
         f"the frames of instance {row.sop_instance_uid} (stored in {stored_ts}) cannot be given in "
         f"any of the accepted media types in this install; as stored they are "
-        f'multipart/related; type="{stored_media}"'
+        f'multipart/related; type="{stored_media}" (or type=application/octet-stream; '
+        "transfer-syntax=*)"
     )
+
+
+#: Media types of frames spelled as before PS3.18 registered them, still sent by
+#: dicomweb-client and cornerstone3D (``image/x-jls``, ``image/x-dicom-rle``).
+_FRAME_MEDIA_ALIASES = {
+    "image/x-jls": "image/jls",
+    "image/x-dicom-rle": "image/dicom-rle",
+}
 
 
 _NATIVE_TARGETS = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
@@ -621,11 +684,59 @@ class _RangeNotSatisfiable(Exception):
         self.length = length
 
 
+#: SOP Class UID prefixes and UIDs of objects without an image to show (structured
+#: reports and key object selections, encapsulated documents, presentation states,
+#: waveforms, RT structure sets, plans and records).
+_NOT_IMAGES_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",
+    "1.2.840.10008.5.1.4.1.1.104.",
+    "1.2.840.10008.5.1.4.1.1.11.",
+    "1.2.840.10008.5.1.4.1.1.9.",
+)
+_NOT_IMAGES = frozenset(f"1.2.840.10008.5.1.4.1.1.481.{n}" for n in range(3, 10))
+
+
+def _representative(rows: Sequence[InstanceRow]) -> InstanceRow:
+    """The instance that shows a series or study: the middle one (index order) of its images.
+
+    A study's middle instance may be a report, a PDF or a video, which has no
+    image for a thumbnail here: those are passed over while there are images.
+    """
+    images = [
+        r
+        for r in rows
+        if not r.sop_class_uid.startswith(_NOT_IMAGES_PREFIXES)
+        and r.sop_class_uid not in _NOT_IMAGES
+        and r.transfer_syntax_uid not in VIDEO_MEDIA_TYPES  # no video decoder here
+    ]
+    chosen = images or list(rows)
+    return chosen[len(chosen) // 2]
+
+
+#: SOP Class UID of Encapsulated PDF Storage.
+_ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+def _own_rendered_type(row: InstanceRow) -> str | None:
+    """The media type an instance renders as without decoding, if any (PS3.18 Table 8.7.4-1)."""
+    if row.sop_class_uid == _ENCAPSULATED_PDF:
+        return "application/pdf"
+    return VIDEO_MEDIA_TYPES.get(row.transfer_syntax_uid)
+
+
 def _rendered_type(ranges: list[MediaRange]) -> str:
     for r in ranges:
         for media_type in RENDERED_TYPES:
             if r.matches(media_type):
                 return media_type
+    # dicomweb-client's retrieveBulkData, which OHIF uses for thumbnails and
+    # rendered images unless its bulk data is configured single part, asks for
+    # multipart/related; type="application/octet-stream". A rendered image is
+    # single part; RFC 9110 12.5.1 lets a server disregard Accept rather than
+    # answer 406, and that client takes a single-part body as it is.
+    for r in ranges:
+        if r.media_type == "multipart/related" and r.part_type in (None, OCTET_STREAM, *RENDERED_TYPES):
+            return r.part_type if r.part_type in RENDERED_TYPES else RENDERED_TYPES[0]
     raise NotAcceptable(f"rendered images are available as {' or '.join(RENDERED_TYPES)}")
 
 
@@ -647,7 +758,7 @@ def _ranges_checked(endpoint: Endpoint) -> Endpoint:
 
 def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     """The WADO-RS and WADO-URI routes, relative to the ``/dicomweb`` mount."""
-    w = _Wado(archive)
+    w = _Wado(archive, settings.public_base_url)
     study = "/studies/{study}"
     series = study + "/series/{series}"
     instance = series + "/instances/{instance}"
@@ -655,6 +766,7 @@ def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
     table: list[tuple[str, Endpoint]] = [
         (study, w.retrieve),
         (study + "/metadata", w.metadata),
+        (study + "/thumbnail", w.thumbnail),
         (series, w.retrieve),
         (series + "/metadata", w.metadata),
         (series + "/rendered", w.rendered),
