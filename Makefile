@@ -1,9 +1,10 @@
 # dicomhub: the two set-up commands of the README.
 #   make run   install dicomhub in .venv and start the server on the embedded default
 #   make test  install everything the tests need (Python packages, DCMTK, PostgreSQL) and run
-#              them: the whole suite on SQLite + file storage, then the end-to-end suite again
-#              on PostgreSQL + S3 (a throw-away cluster and a local S3 server, see tests/backends.py),
-#              leaving out the tests marked backend_neutral (TLS, conformance, offline deid, echo)
+#              them: the whole suite on SQLite + file storage and, side by side with it, the
+#              end-to-end suite again on PostgreSQL + S3 (a throw-away cluster and a local S3
+#              server, see tests/backends.py), leaving out the tests marked backend_neutral
+#              (scripts/run-tests.sh)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,8 +31,7 @@ test: test-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
-	DICOMHUB_TEST_BACKEND=sqlite-file $(BIN)/python -m pytest $(PYTEST_ARGS)
-	DICOMHUB_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest $(PYTEST_ARGS) -m "not backend_neutral" tests/e2e
+	bash scripts/run-tests.sh $(BIN)/python $(PYTEST_ARGS)
 
 lint: test-deps
 	$(BIN)/ruff check src tests benchmarks
