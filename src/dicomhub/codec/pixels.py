@@ -6,12 +6,15 @@ frame at a time; encoding turns one decoded frame into one codestream.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import as_pixel_options
@@ -19,7 +22,7 @@ from pydicom.uid import UID
 
 from dicomhub.errors import TranscodeError
 
-from . import jpeg_baseline
+from . import gdcm_plugin, jpeg_baseline
 from .source import Source
 from .syntaxes import (
     DEFLATED,
@@ -33,7 +36,16 @@ from .syntaxes import (
     RLE,
 )
 
-__all__ = ["EncodedFrame", "LOSSY_METHODS", "decoded_frames", "encode_frame", "frame_nbytes"]
+__all__ = [
+    "EncodedFrame",
+    "LOSSY_METHODS",
+    "NATIVE",
+    "decoded_frames",
+    "decoding_plugins",
+    "encode_frame",
+    "frame_nbytes",
+    "register_fallback",
+]
 
 Array = NDArray[Any]
 
@@ -43,14 +55,43 @@ LOSSY_METHODS = {JPEG_BASELINE: "ISO_10918_1", JPEG_LS_NEAR: "ISO_14495_1", J2K:
 J2K_COMPRESSION_RATIO = 10.0
 JLS_NEAR_ERROR = 2
 
+#: The ``decoding_plugin`` of a frame read from uncompressed pixel data.
+NATIVE = "native"
+# The order dicomhub tries pydicom's decoding plugins in: the pylibjpeg family
+# (libjpeg, OpenJPEG, RLE) is the fast path, pyjpegls / pydicom's RLE / Pillow
+# the alternatives already installed, GDCM the fallback for what they miss.
+_PLUGIN_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", gdcm_plugin.PLUGIN)
+_REGISTER = threading.Lock()
+_registered = False
+
 _ENCODABLE = frozenset({RLE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR, J2K_LOSSLESS, J2K, JPEG_BASELINE})
+
+
+def _invalid_frames(ds: Dataset) -> bool:
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return False
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return True
+    return False
 
 
 def decoder_options(source: Source) -> dict[str, Any]:
     """The keyword options for pydicom's decoders, from the source header."""
     if source.pixel is None:
         raise TranscodeError("the object has no pixel data")
-    opts = as_pixel_options(source.ds)
+    ds = source.ds
+    if _invalid_frames(ds):
+        # GDCM and DCMTK read an unparsable NumberOfFrames ("1A") as 1, and so does
+        # Source.number_of_frames; pydicom would refuse the whole pixel module.
+        ds = Dataset(ds)
+        ds.NumberOfFrames = source.number_of_frames
+    try:
+        opts = as_pixel_options(ds)
+    except (ValueError, TypeError, AttributeError) as exc:  # e.g. NumberOfFrames "1A"
+        raise TranscodeError(f"the pixel module cannot be read: {_short(exc)}") from exc
     # A deflated source was inflated to Explicit VR Little Endian by open_source().
     ts = EXPLICIT_LE if source.transfer_syntax_uid == DEFLATED else source.transfer_syntax_uid
     opts["transfer_syntax_uid"] = UID(ts)
@@ -63,13 +104,72 @@ def decoder_options(source: Source) -> dict[str, Any]:
     return opts
 
 
+def register_fallback() -> None:
+    """Register the GDCM fallback plugin with pydicom's decoders (once; thread-safe).
+
+    The plugin (:mod:`dicomhub.codec.gdcm_plugin`) is added to every decoder of a
+    syntax it supports, under its own label, so pydicom's own ``gdcm`` plugin is
+    left as it is.  Without ``python-gdcm`` it registers as unavailable.
+    """
+    global _registered
+    if _registered:
+        return
+    with _REGISTER:
+        if _registered:
+            return
+        for ts in gdcm_plugin.DECODER_DEPENDENCIES:
+            # pydicom's decoders are module globals: another copy of this module
+            # (a test reloading it) may have registered the plugin already.
+            with contextlib.suppress(ValueError):
+                get_decoder(ts).add_plugin(
+                    gdcm_plugin.PLUGIN, ("dicomhub.codec.gdcm_plugin", "_decode_frame")
+                )
+        _registered = True
+
+
+def decoding_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
+    """The pydicom decoding plugins dicomhub tries for `transfer_syntax_uid`, in order.
+
+    The pylibjpeg family first (it is the fast path), then the other installed
+    plugins, then the GDCM fallback.  pydicom's own ``gdcm`` plugin is never used:
+    pydicom would try it first of all, and it refuses 12-bit JPEG Extended.
+
+    Parameters
+    ----------
+    transfer_syntax_uid : str
+        An encapsulated Transfer Syntax UID.
+
+    Returns
+    -------
+    tuple of str
+        Plugin labels, empty when no installed plugin decodes the syntax (or it is
+        native: native pixel data needs no plugin).
+    """
+    register_fallback()
+    try:
+        decoder = get_decoder(transfer_syntax_uid)
+    except NotImplementedError:
+        return ()
+    if not decoder.UID.is_encapsulated:
+        return ()
+    available = set(decoder.available_plugins)
+    return tuple(name for name in _PLUGIN_PREFERENCE if name in available)
+
+
 def decoded_frames(
     source: Source, indices: Iterable[int] | None = None
 ) -> Iterator[tuple[Array, dict[str, Any]]]:
     """Yield ``(array, pixel properties)`` for each frame (or the 0-based `indices`).
 
     The array is ``(rows, columns[, samples])`` with PlanarConfiguration 0; the
-    properties are pydicom's (photometric_interpretation after decoding, etc.).
+    properties are pydicom's (photometric_interpretation after decoding, etc.),
+    plus ``decoding_plugin``: the plugin that decoded the frame (``"native"`` for
+    uncompressed pixel data).
+
+    Each frame is decoded by the first plugin of :func:`decoding_plugins` that
+    succeeds: when one fails on a frame, that frame and the frames after it go to
+    the next one (so an object whose first frame needs GDCM is not tried with
+    pylibjpeg again for every frame).
 
     Raises
     ------
@@ -82,23 +182,47 @@ def decoded_frames(
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
         raise TranscodeError(f"no decoder for transfer syntax {ts}") from exc
-    if not decoder.is_available:
+    plugins: tuple[str, ...] = decoding_plugins(ts) if decoder.UID.is_encapsulated else (NATIVE,)
+    if not plugins:
         raise TranscodeError(f"pixel data in {decoder.UID.name} cannot be decoded in this install")
     assert source.pixel is not None  # checked by decoder_options
     wanted = list(indices) if indices is not None else None
     expected = len(wanted) if wanted is not None else source.number_of_frames
     count = 0
-    source.fh.seek(source.pixel.value_offset)
-    try:
-        for arr, props in decoder.iter_array(source.fh, indices=wanted, raw=False, **opts):
-            if count == expected:
-                break  # JPEG may yield more frames than NumberOfFrames
-            count += 1
-            yield arr, dict(props)
-    except TranscodeError:
-        raise
-    except Exception as exc:
-        raise TranscodeError(f"cannot decode the pixel data ({decoder.UID.name}): {_short(exc)}") from exc
+    failures: list[str] = []
+    for plugin in plugins:
+        # The first attempt reads the frames as asked; a later one resumes at the frame that failed.
+        todo = (
+            wanted[count:] if wanted is not None else (None if count == 0 else list(range(count, expected)))
+        )
+        source.fh.seek(source.pixel.value_offset)
+        try:
+            for arr, props in decoder.iter_array(
+                source.fh,
+                indices=todo,
+                raw=False,
+                decoding_plugin="" if plugin == NATIVE else plugin,
+                **opts,
+            ):
+                if count == expected:
+                    break  # JPEG may yield more frames than NumberOfFrames
+                count += 1
+                out = dict(props)
+                out["decoding_plugin"] = plugin
+                yield arr, out
+        except TranscodeError:
+            raise
+        except Exception as exc:
+            # pydicom wraps each plugin's error in "Unable to decode as exceptions were
+            # raised by all available plugins: <plugin>: ...": keep the plugin's words.
+            text = _short(exc)
+            text = text.split(f"available plugins: {plugin}: ", 1)[-1]
+            failures.append(f"{plugin}: {text}")
+            continue
+        break
+    else:
+        detail = "; ".join(failures)
+        raise TranscodeError(f"cannot decode the pixel data ({decoder.UID.name}): {detail}")
     if count < expected:
         raise TranscodeError(f"the pixel data holds {count} frames, NumberOfFrames says {expected}")
 
