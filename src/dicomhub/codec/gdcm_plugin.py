@@ -70,6 +70,7 @@ DECODER_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     )
 }
 
+
 def is_available(tsyntax: str) -> bool:
     """Return whether GDCM is installed (3.2 or later) and decodes `tsyntax`.
 

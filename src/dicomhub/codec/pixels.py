@@ -22,7 +22,7 @@ from pydicom.uid import UID
 
 from dicomhub.errors import TranscodeError
 
-from . import gdcm_plugin, jpeg_baseline
+from . import gdcm_plugin, htj2k, jpeg_baseline
 from .source import Source
 from .syntaxes import (
     DEFLATED,
@@ -50,7 +50,12 @@ __all__ = [
 Array = NDArray[Any]
 
 #: PS3.3 C.7.6.1.1.5.1: (0028,2114) Lossy Image Compression Method defined terms.
-LOSSY_METHODS = {JPEG_BASELINE: "ISO_10918_1", JPEG_LS_NEAR: "ISO_14495_1", J2K: "ISO_15444_1"}
+LOSSY_METHODS = {
+    JPEG_BASELINE: "ISO_10918_1",
+    JPEG_LS_NEAR: "ISO_14495_1",
+    J2K: "ISO_15444_1",
+    htj2k.HTJ2K: "ISO_15444_15",
+}
 # The default lossy settings: visually lossless for diagnostic images.
 J2K_COMPRESSION_RATIO = 10.0
 JLS_NEAR_ERROR = 2
@@ -64,7 +69,9 @@ _PLUGIN_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", gdcm_plugin.
 _REGISTER = threading.Lock()
 _registered = False
 
-_ENCODABLE = frozenset({RLE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR, J2K_LOSSLESS, J2K, JPEG_BASELINE})
+_ENCODABLE = (
+    frozenset({RLE, JPEG_LS_LOSSLESS, JPEG_LS_NEAR, J2K_LOSSLESS, J2K, JPEG_BASELINE}) | htj2k.HTJ2K_UIDS
+)
 
 
 def _invalid_frames(ds: Dataset) -> bool:
@@ -281,6 +288,9 @@ def encode_frame(arr: Array, props: dict[str, Any], target_uid: str) -> EncodedF
     pi = str(props["photometric_interpretation"])
     bits_stored = int(props.get("bits_stored", props["bits_allocated"]))
     pixel_representation = int(props.get("pixel_representation", 0))
+    if target_uid in htj2k.HTJ2K_UIDS:
+        data, out_pi = htj2k.encode_frame(arr, pi, target_uid)
+        return EncodedFrame(data, out_pi)
     if target_uid == JPEG_BASELINE:
         data, out_pi = jpeg_baseline.encode_frame(
             arr, pi, bits_stored=bits_stored, pixel_representation=pixel_representation

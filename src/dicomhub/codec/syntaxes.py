@@ -119,6 +119,11 @@ def _encoder_available(uid: str) -> bool:
         from PIL import features
 
         return bool(features.check("jpg"))
+    if uid in (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K):
+        # pydicom has no HTJ2K encoder; dicomhub uses imagecodecs (see htj2k.py).
+        from .htj2k import is_available
+
+        return is_available()
     from pydicom.pixels.encoders.base import get_encoder
 
     try:
