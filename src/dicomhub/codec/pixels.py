@@ -43,6 +43,7 @@ __all__ = [
     "decoded_frames",
     "decoding_plugins",
     "encode_frame",
+    "encoding_plugins",
     "frame_nbytes",
     "register_fallback",
 ]
@@ -66,6 +67,8 @@ NATIVE = "native"
 # (libjpeg, OpenJPEG, RLE) is the fast path, pyjpegls / pydicom's RLE / Pillow
 # the alternatives already installed, GDCM the fallback for what they miss.
 _PLUGIN_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom", "pillow", gdcm_plugin.PLUGIN)
+# The same for pydicom's encoding plugins; GDCM is not among them (see encoding_plugins).
+_ENCODER_PREFERENCE = ("pylibjpeg", "pyjpegls", "pydicom")
 _REGISTER = threading.Lock()
 _registered = False
 
@@ -322,11 +325,45 @@ def encode_frame(arr: Array, props: dict[str, Any], target_uid: str) -> EncodedF
         if pi == "PALETTE COLOR":
             raise TranscodeError("near-lossless JPEG-LS cannot encode PALETTE COLOR indices")
         opts["jls_error"] = JLS_NEAR_ERROR
+    failures = []
+    for plugin in encoding_plugins(target_uid):
+        try:
+            data = get_encoder(target_uid).encode(arr, encoding_plugin=plugin, **opts)
+        except Exception as exc:
+            failures.append(f"{plugin}: {_short(exc)}")
+            continue
+        return EncodedFrame(bytes(data), out_pi)
+    detail = "; ".join(failures) or "no encoder installed"
+    raise TranscodeError(f"cannot encode the pixel data as {_name(target_uid)}: {detail}")
+
+
+def encoding_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
+    """The encoders dicomhub uses for `transfer_syntax_uid`, in the order it tries them.
+
+    pydicom's plugins in :data:`_ENCODER_PREFERENCE` order (pydicom itself would put
+    ``gdcm`` first for RLE once python-gdcm is installed; GDCM stays a decoder here),
+    ``pillow`` for JPEG baseline (see ``jpeg_baseline.py``) and ``imagecodecs`` for HTJ2K.
+
+    Parameters
+    ----------
+    transfer_syntax_uid : str
+        An encapsulated Transfer Syntax UID.
+
+    Returns
+    -------
+    tuple of str
+        Empty when this install cannot encode the syntax.
+    """
+    if transfer_syntax_uid == JPEG_BASELINE:
+        return ("pillow",)
+    if transfer_syntax_uid in htj2k.HTJ2K_UIDS:
+        return ("imagecodecs",) if htj2k.is_available() else ()
     try:
-        data = get_encoder(target_uid).encode(arr, **opts)
-    except Exception as exc:
-        raise TranscodeError(f"cannot encode the pixel data as {_name(target_uid)}: {_short(exc)}") from exc
-    return EncodedFrame(bytes(data), out_pi)
+        encoder = get_encoder(transfer_syntax_uid)
+    except NotImplementedError:
+        return ()
+    available = set(encoder.available_plugins)
+    return tuple(name for name in _ENCODER_PREFERENCE if name in available)
 
 
 def _name(uid: str) -> str:
