@@ -21,6 +21,7 @@ Each received object is compared with dicomhub's own decode of the original
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -30,10 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
 from numpy.typing import NDArray
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pixel_array
@@ -295,6 +298,22 @@ def test_implicit_only_receiver_gets_every_file(archive: Archive) -> None:
     assert set(received) == set(expected)
     assert {str(ds.file_meta.TransferSyntaxUID) for ds in received.values()} == {str(ImplicitVRLittleEndian)}
     _assert_same_pixels(archive, received)
+
+
+def test_rendered_and_thumbnail_of_the_12_bit_jpeg(archive: Archive) -> None:
+    """Rendering goes through the same decoder chain: the file only GDCM decodes renders."""
+    (copy,) = [c for c in archive.copies.values() if c.name.endswith("/JPEG-lossy.dcm")]
+    url = (
+        f"{archive.server.base_url}/dicomweb/studies/{archive.study_uid}"
+        f"/series/{copy.series_instance_uid}/instances/{copy.sop_instance_uid}"
+    )
+    for suffix in ("/rendered", "/thumbnail"):
+        r = httpx.get(url + suffix, headers={"Accept": "image/png"}, timeout=60)
+        assert r.status_code == 200, (suffix, r.text[:300])
+        image = Image.open(io.BytesIO(r.content))
+        assert image.format == "PNG" and image.size[0] > 0
+    rendered = np.asarray(Image.open(io.BytesIO(httpx.get(url + "/rendered", timeout=60).content)))
+    assert rendered.shape[:2] == (1024, 256) and int(rendered.max()) > int(rendered.min())
 
 
 def test_check_reports_the_decoders_used(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dicomhub import codec
 from dicomhub.codec import gdcm_plugin
 from dicomhub.codec.pixels import decoded_frames, decoding_plugins, encoding_plugins
 from dicomhub.codec.source import open_source
+from dicomhub.errors import NotFound
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
@@ -116,3 +117,14 @@ def test_the_decode_check_records_which_decoder_read_each_object(
         J2K_LOSSLESS: ("pylibjpeg", 1),
         EXPLICIT_LE: ("native", 1),
     }
+
+
+def test_rendering_decodes_through_the_same_chain() -> None:
+    frame = codec.decode_frame(_sample("JPEG-lossy.dcm"), 1)
+    assert frame.decoder == gdcm_plugin.PLUGIN and frame.pixels.shape == (1024, 256)
+    # Display wants RGB: YBR_FULL (RLE) and YBR_FULL_422 (uncompressed) are converted.
+    for name in ("SC_rgb_rle.dcm", "SC_ybr_full_422_uncompressed.dcm"):
+        ybr = codec.decode_frame(_sample(name), 1)
+        assert ybr.photometric_interpretation == "RGB" and ybr.pixels.shape[-1] == 3, name
+    with pytest.raises(NotFound):
+        codec.decode_frame(_sample("CT_small.dcm"), 2)

@@ -5,7 +5,7 @@ Everything here streams: objects are read and written one frame at a time.
 
 from __future__ import annotations
 
-from .frames import DecodeReport, check_decodable, decode_report, read_frames
+from .frames import DecodedFrame, DecodeReport, check_decodable, decode_frame, decode_report, read_frames
 from .syntaxes import (
     TransferSyntax,
     can_decode,
@@ -19,12 +19,14 @@ from .transcode import TranscodeInfo, transcode_bytes, transcode_file
 
 __all__ = [
     "DecodeReport",
+    "DecodedFrame",
     "TranscodeInfo",
     "TransferSyntax",
     "can_decode",
     "can_encode",
     "check_decodable",
     "codec_table_markdown",
+    "decode_frame",
     "decode_report",
     "lossless_targets",
     "read_frames",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from numpy.typing import NDArray
 from pydicom.encaps import get_frame
 
 from dicomhub.errors import NotFound, TranscodeError
@@ -19,7 +21,7 @@ from .pixels import check_encodable, decoded_frames, encode_frame, native_bytes
 from .source import Source, open_source
 from .syntaxes import EXPLICIT_BE, transfer_syntax
 
-__all__ = ["DecodeReport", "check_decodable", "decode_report", "read_frames"]
+__all__ = ["DecodeReport", "DecodedFrame", "check_decodable", "decode_frame", "decode_report", "read_frames"]
 
 
 def _stored_frame_nbytes(source: Source) -> int:
@@ -127,6 +129,61 @@ def _encapsulated_stored(source: Source, index: int, count: int) -> bytes:
         return get_frame(source.fh, index, number_of_frames=count)
     except Exception as exc:
         raise TranscodeError(f"cannot find frame {index + 1} in the encapsulated pixel data: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedFrame:
+    """One decoded frame, for rendering.
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        ``(rows, columns)`` or ``(rows, columns, samples)``; YBR colour converted to RGB.
+    photometric_interpretation : str
+        Of `pixels` (``RGB`` after a conversion).
+    decoder : str
+        The decoding plugin that read it (``native``, ``pylibjpeg``, ``gdcm-fallback``...).
+    """
+
+    pixels: NDArray[Any]
+    photometric_interpretation: str
+    decoder: str
+
+
+def decode_frame(src: str | os.PathLike[str], number: int) -> DecodedFrame:
+    """Decode frame `number` (1-based) of `src` for display, through the decoder chain.
+
+    WADO-RS rendered and thumbnail images use this rather than pydicom's
+    ``pixel_array``, so they get the same decoders, in the same order (the GDCM
+    fallback included), as transcoding.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        A Part 10 file.
+    number : int
+        1-based frame number.
+
+    Returns
+    -------
+    DecodedFrame
+
+    Raises
+    ------
+    dicomhub.errors.NotFound
+        For a frame number outside 1..NumberOfFrames, or an object without pixel data.
+    dicomhub.errors.TranscodeError
+        When the frame cannot be decoded.
+    """
+    with open_source(src) as source:
+        if source.pixel is None:
+            raise NotFound("the object has no pixel data")
+        if not 1 <= number <= source.number_of_frames:
+            raise NotFound(
+                f"frame {number} is out of range (the object has {source.number_of_frames} frames)"
+            )
+        ((arr, props),) = list(decoded_frames(source, [number - 1], as_rgb=True))
+    return DecodedFrame(arr, str(props["photometric_interpretation"]), str(props["decoding_plugin"]))
 
 
 @dataclass(frozen=True, slots=True)

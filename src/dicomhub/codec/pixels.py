@@ -88,8 +88,12 @@ def _invalid_frames(ds: Dataset) -> bool:
     return False
 
 
-def decoder_options(source: Source) -> dict[str, Any]:
-    """The keyword options for pydicom's decoders, from the source header."""
+def decoder_options(source: Source, as_rgb: bool | None = None) -> dict[str, Any]:
+    """The keyword options for pydicom's decoders, from the source header.
+
+    `as_rgb` None applies the transcoding rule below; True also converts YBR_FULL
+    (and uncompressed YBR_FULL_422) to RGB, as a rendered image needs.
+    """
     if source.pixel is None:
         raise TranscodeError("the object has no pixel data")
     ds = source.ds
@@ -110,7 +114,7 @@ def decoder_options(source: Source) -> dict[str, Any]:
         opts["pixel_vr"] = source.pixel.vr
     # The JPEG (ISO 10918) codecs undo the YCbCr transform themselves, so their
     # YBR_FULL(_422) output is RGB.  Elsewhere YBR_FULL is kept: converting it would lose bits.
-    opts["as_rgb"] = ts in JPEG_10918_UIDS
+    opts["as_rgb"] = ts in JPEG_10918_UIDS if as_rgb is None else as_rgb
     return opts
 
 
@@ -167,7 +171,7 @@ def decoding_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
 
 
 def decoded_frames(
-    source: Source, indices: Iterable[int] | None = None
+    source: Source, indices: Iterable[int] | None = None, *, as_rgb: bool | None = None
 ) -> Iterator[tuple[Array, dict[str, Any]]]:
     """Yield ``(array, pixel properties)`` for each frame (or the 0-based `indices`).
 
@@ -175,6 +179,9 @@ def decoded_frames(
     properties are pydicom's (photometric_interpretation after decoding, etc.),
     plus ``decoding_plugin``: the plugin that decoded the frame (``"native"`` for
     uncompressed pixel data).
+
+    `as_rgb`: see :func:`decoder_options` (None: YBR is converted to RGB for the JPEG
+    family only, as transcoding wants).
 
     Each frame is decoded by the first plugin of :func:`decoding_plugins` that
     succeeds: when one fails on a frame, that frame and the frames after it go to
@@ -186,7 +193,7 @@ def decoded_frames(
     dicomhub.errors.TranscodeError
         When the pixel data cannot be decoded.
     """
-    opts = decoder_options(source)
+    opts = decoder_options(source, as_rgb)
     ts = str(opts["transfer_syntax_uid"])
     try:
         decoder = get_decoder(ts)
