@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,9 @@ def test_rendering_decodes_through_the_same_chain() -> None:
         assert ybr.photometric_interpretation == "RGB" and ybr.pixels.shape[-1] == 3, name
     with pytest.raises(NotFound):
         codec.decode_frame(_sample("CT_small.dcm"), 2)
+
+
+def test_a_fast_path_miss_the_fallback_decodes_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        assert codec.check_decodable(_sample("JPEG-lossy.dcm")) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -26,6 +26,7 @@ Adapted from ``pydicom.pixels.decoders.gdcm`` (pydicom, MIT licence).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
@@ -192,9 +193,15 @@ class _Helper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = 0  # the process that started _proc
 
     def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._pid != os.getpid():
+            # Inherited through fork (a DIMSE worker): the helper and its pipes belong to
+            # the parent, which may be using them. Leave them alone and start our own.
+            self._proc = None
         if self._proc is None or self._proc.poll() is not None:
+            self._pid = os.getpid()
             # GDCM's JPEG codec prints "Unsupported JPEG data precision 12" for every
             # 12-bit frame it then decodes: the helper's stderr is not worth keeping.
             self._proc = subprocess.Popen(
@@ -214,6 +221,21 @@ class _Helper:
                     pipe.close()
             self._proc = None
 
+    def close(self) -> None:
+        """End the helper (it also ends by itself when its stdin closes)."""
+        with self._lock:
+            if self._proc is not None and self._pid == os.getpid():
+                if self._proc.stdin is not None:
+                    self._proc.stdin.close()
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+                if self._proc.stdout is not None:
+                    self._proc.stdout.close()
+            self._proc = None
+
     def decode(self, request: dict[str, Any], src: bytes) -> tuple[bytes, str]:
         with self._lock:
             proc = self._start()
@@ -230,6 +252,7 @@ class _Helper:
 
 
 _HELPER = _Helper()
+atexit.register(_HELPER.close)
 
 
 def _decode_frame(src: bytes, runner: Any) -> bytes:

@@ -7,6 +7,7 @@ frame at a time; encoding turns one decoded frame into one codestream.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -138,7 +139,16 @@ def register_fallback() -> None:
                 get_decoder(ts).add_plugin(
                     gdcm_plugin.PLUGIN, ("dicomhub.codec.gdcm_plugin", "_decode_frame")
                 )
+        # pydicom logs every plugin failure with its traceback at ERROR before raising;
+        # with the plugin named per attempt, a fast-path miss that the fallback then
+        # decodes would read as an error in the archive's log. dicomhub reports a real
+        # failure itself, with each plugin's reason (TranscodeError, the decode check).
+        logging.getLogger("pydicom.pixels.decoders.base").addFilter(_drop_plugin_tracebacks)
         _registered = True
+
+
+def _drop_plugin_tracebacks(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.funcName == "_decode_frame")
 
 
 def decoding_plugins(transfer_syntax_uid: str) -> tuple[str, ...]:
