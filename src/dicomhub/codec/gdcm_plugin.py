@@ -13,7 +13,7 @@ It is registered under :data:`PLUGIN` by :func:`dicomhub.codec.pixels.register_f
 which tries it only after the preferred plugins failed: decoding goes through
 the pylibjpeg family first.
 
-GDCM runs in a helper process (``python -m dicomhub.codec.gdcm_plugin``), one per
+GDCM runs in a helper process (:func:`main`), one per
 process that needs it, started on first use and kept: GDCM calls ``abort()`` on
 some corrupt code streams (a JPEG 2000 stream of garbage after its SIZ marker
 does it), and an archive must not lose a DIMSE worker or the web server to a
@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from pydicom import uid
 
-__all__ = ["DECODER_DEPENDENCIES", "GDCM_VERSION", "PLUGIN", "decode_with_gdcm", "is_available"]
+__all__ = ["DECODER_DEPENDENCIES", "GDCM_VERSION", "PLUGIN", "decode_with_gdcm", "is_available", "main"]
 
 #: The label of this plugin in pydicom's decoders (pydicom's own is ``gdcm``).
 PLUGIN = "gdcm-fallback"
@@ -205,7 +205,7 @@ class _Helper:
             # GDCM's JPEG codec prints "Unsupported JPEG data precision 12" for every
             # 12-bit frame it then decodes: the helper's stderr is not worth keeping.
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "dicomhub.codec.gdcm_plugin"],
+                [sys.executable, "-c", "from dicomhub.codec.gdcm_plugin import main; main()"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -331,5 +331,12 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
             _write_message(stdout, {"ok": False, "error": f"{type(exc).__name__}: {exc}"}, b"")
 
 
-if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+def main() -> None:
+    """The helper process: answer decode requests on stdin / stdout until stdin closes.
+
+    The protocol gets its own copy of stdout, and file descriptor 1 is pointed at
+    stderr: a C library printing to stdout must not corrupt the replies.
+    """
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    _serve(sys.stdin.buffer, replies)
