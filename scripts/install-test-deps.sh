@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite drives: DCMTK (echoscu, storescu,
-# findscu, getscu, movescu, storescp), Orthanc with its DICOMweb plugin (the
+# findscu, getscu, movescu, storescp, and dcmdjpeg / dcmdjpls / dcmdrle / dcmconv,
+# reference decoders of the decode survey), GDCM's gdcmconv (libgdcm-tools: the
+# survey's reference decode), OpenJPH's ojph_compress (openjph-tools: real HTJ2K
+# code streams for the HTJ2K decode tests), Orthanc with its DICOMweb plugin (the
 # peer archive of the migration tests and benchmarks) and a PostgreSQL server
 # (the tests start a throw-away cluster from /usr/lib/postgresql/*/bin, see
 # tests/pgcluster.py). Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
 need=()
-for tool in echoscu storescu findscu getscu movescu storescp dcmdump; do
+for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmdjpeg dcmdjpls dcmdrle dcmconv; do
   [ -x "/usr/bin/$tool" ] || need=(dcmtk)
 done
+[ -x /usr/bin/gdcmconv ] || need+=(libgdcm-tools)
+[ -x /usr/bin/ojph_compress ] || need+=(openjph-tools)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v psql >/dev/null; then

@@ -691,6 +691,7 @@ def test_codecs_cli_and_http_agree(hub: DicomhubServer) -> None:
     assert isinstance(cli, list) and cli
     assert sorted(cli, key=lambda e: e["uid"]) == sorted(http, key=lambda e: e["uid"])
     keys = {"uid", "name", "title", "lossy", "encapsulated", "can_decode", "can_encode"}
+    keys |= {"decoders", "encoders"}
     for entry in cli:
         assert keys <= set(entry), entry
     by_name = {e["name"]: e for e in cli}
@@ -706,5 +707,10 @@ def test_codecs_cli_and_http_agree(hub: DicomhubServer) -> None:
         assert e["lossy"] is False
     assert by_name["explicit-le"]["encapsulated"] is False and by_name["j2k-lossless"]["encapsulated"] is True
     assert by_name["jpeg-baseline"]["lossy"] is True
+    # Issue 16: the order decoders are tried in, the GDCM fallback last.
+    assert by_name["jpeg-extended"]["decoders"] == ["pylibjpeg", "pillow", "gdcm-fallback"]
+    assert by_name["jpeg-extended"]["encoders"] == []
+    assert by_name["htj2k-lossless"]["encoders"] == ["imagecodecs"]
     rc, text, _ = run_cli_split("codecs")
     assert rc == 0 and "explicit-le" in text and "j2k-lossless" in text, text
+    assert "gdcm-fallback" in text, text

@@ -130,10 +130,11 @@ def test_transfer_syntax_negotiation(server: DicomhubServer, stored: Stored) -> 
         media_types=(("application/dicom", EXPLICIT),),
     )  # fmt: skip
     assert ds.file_meta.TransferSyntaxUID == EXPLICIT and ds.PixelData == stored.implicit.PixelData
-    # HTJ2K is decoded but not encoded in this install: nothing to send, and the reason says so.
-    htj2k = "1.2.840.10008.1.2.4.201"
+    # JPEG extended is decoded but not encoded in this install: nothing to send, and the reason says so.
+    jpeg_extended = "1.2.840.10008.1.2.4.51"
     r = httpx.get(
-        url, headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={htj2k}'}
+        url,
+        headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={jpeg_extended}'},
     )
     assert r.status_code == 406 and "can be produced" in r.json()["error"]
     # JPEG 2000 can be encoded, but not a 16x16 image (the encoder's resolution levels need 32 px).

@@ -270,6 +270,9 @@ def test_catalogue() -> None:
         "jpeg-ls-near-lossless",
         "j2k-lossless",
         "j2k",
+        "htj2k-lossless",
+        "htj2k-lossless-rpcl",
+        "htj2k",
         "rle",
     }
     table = codec_table_markdown()
@@ -289,7 +292,7 @@ def test_lossy_needs_permission() -> None:
     with pytest.raises(TranscodeError, match="lossy"):
         transcode_file(path, "j2k", io.BytesIO())
     with pytest.raises(TranscodeError):
-        transcode_file(path, "1.2.840.10008.1.2.4.203", io.BytesIO(), allow_lossy=True)  # no HTJ2K encoder
+        transcode_file(path, "jpeg-extended", io.BytesIO(), allow_lossy=True)  # no JPEG extended encoder
     with pytest.raises(TranscodeError):
         transcode_file(path, "jpeg-xl", io.BytesIO())
 

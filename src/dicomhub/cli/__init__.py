@@ -851,6 +851,14 @@ def _codecs(args: argparse.Namespace) -> int:
             "yes" if ts.can_encode else "no",
         )
     Console().print(table)
+    # One line per syntax rather than two more columns: the chains would be folded
+    # mid-word in an 80-column table. The fast path comes first, GDCM only for what
+    # it misses (docs/transcoding.md, "Decoders").
+    print("decoders, in the order tried (gdcm-fallback only when those before it fail on a frame):")
+    width = max(len(ts.name) for ts in syntaxes)
+    for ts in syntaxes:
+        encoders = " → ".join(ts.encoders) or "(decode only)"
+        print(f"  {ts.name:<{width}}  {' → '.join(ts.decoders) or '-'};  encoders: {encoders}")
     return 0
 
 
@@ -865,6 +873,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings)
     try:
         failures = archive.decode_check.failures()
+        decoders = archive.decode_check.decoders()
         report = archive.storage_check.check(
             digests=not args.sizes_only, repair=args.repair, grace=max(0.0, args.grace)
         )
@@ -872,7 +881,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         archive.close()
     if args.json:
         storage = dataclasses.asdict(report)
-        print(json.dumps({"decode_failures": failures, "storage": storage}, indent=2))
+        print(json.dumps({"decode_failures": failures, "decoders": decoders, "storage": storage}, indent=2))
     else:
         console = Console()
         table = Table(title=f"dicomhub: {len(failures)} stored objects whose pixel data does not decode")
@@ -881,6 +890,14 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         for f in failures:
             table.add_row(f["checked_at"], f["sop_instance_uid"], f["transfer_syntax_uid"], f["reason"] or "")
         console.print(table)
+        if decoders:
+            # gdcm-fallback rows: what only GDCM reads (docs/transcoding.md, "Decoders").
+            used = Table(title="dicomhub: decoded objects by decoder (the decode check)")
+            for col in ("transfer_syntax_uid", "decoder", "objects"):
+                used.add_column(col, overflow="fold")
+            for d in decoders:
+                used.add_row(d["transfer_syntax_uid"], d["decoder"] or "(not recorded)", str(d["objects"]))
+            console.print(used)
         problems = Table(
             title=f"dicomhub: index vs storage: {report.referenced} blobs referenced, {report.stored} "
             f"stored, {len(report.problems)} problems"

@@ -6,7 +6,7 @@ Everything here streams: objects are read and written one frame at a time.
 from __future__ import annotations
 
 from .equivalence import content_difference, same_content
-from .frames import check_decodable, read_frames
+from .frames import DecodedFrame, DecodeReport, check_decodable, decode_frame, decode_report, read_frames
 from .syntaxes import (
     TransferSyntax,
     can_decode,
@@ -19,6 +19,8 @@ from .syntaxes import (
 from .transcode import TranscodeInfo, transcode_bytes, transcode_file
 
 __all__ = [
+    "DecodeReport",
+    "DecodedFrame",
     "TranscodeInfo",
     "TransferSyntax",
     "can_decode",
@@ -26,6 +28,8 @@ __all__ = [
     "check_decodable",
     "codec_table_markdown",
     "content_difference",
+    "decode_frame",
+    "decode_report",
     "lossless_targets",
     "read_frames",
     "same_content",

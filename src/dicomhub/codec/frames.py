@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from numpy.typing import NDArray
 from pydicom.encaps import get_frame
 
 from dicomhub.errors import NotFound, TranscodeError
@@ -18,7 +21,7 @@ from .pixels import check_encodable, decoded_frames, encode_frame, native_bytes
 from .source import Source, open_source
 from .syntaxes import EXPLICIT_BE, transfer_syntax
 
-__all__ = ["check_decodable", "read_frames"]
+__all__ = ["DecodeReport", "DecodedFrame", "check_decodable", "decode_frame", "decode_report", "read_frames"]
 
 
 def _stored_frame_nbytes(source: Source) -> int:
@@ -128,6 +131,130 @@ def _encapsulated_stored(source: Source, index: int, count: int) -> bytes:
         raise TranscodeError(f"cannot find frame {index + 1} in the encapsulated pixel data: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedFrame:
+    """One decoded frame, for rendering.
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        ``(rows, columns)`` or ``(rows, columns, samples)``; YBR colour converted to RGB.
+    photometric_interpretation : str
+        Of `pixels` (``RGB`` after a conversion).
+    decoder : str
+        The decoding plugin that read it (``native``, ``pylibjpeg``, ``gdcm-fallback``...).
+    """
+
+    pixels: NDArray[Any]
+    photometric_interpretation: str
+    decoder: str
+
+
+def decode_frame(src: str | os.PathLike[str], number: int) -> DecodedFrame:
+    """Decode frame `number` (1-based) of `src` for display, through the decoder chain.
+
+    WADO-RS rendered and thumbnail images use this rather than pydicom's
+    ``pixel_array``, so they get the same decoders, in the same order (the GDCM
+    fallback included), as transcoding.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        A Part 10 file.
+    number : int
+        1-based frame number.
+
+    Returns
+    -------
+    DecodedFrame
+
+    Raises
+    ------
+    dicomhub.errors.NotFound
+        For a frame number outside 1..NumberOfFrames, or an object without pixel data.
+    dicomhub.errors.TranscodeError
+        When the frame cannot be decoded.
+    """
+    with open_source(src) as source:
+        if source.pixel is None:
+            raise NotFound("the object has no pixel data")
+        if not 1 <= number <= source.number_of_frames:
+            raise NotFound(
+                f"frame {number} is out of range (the object has {source.number_of_frames} frames)"
+            )
+        ((arr, props),) = list(decoded_frames(source, [number - 1], as_rgb=True))
+    return DecodedFrame(arr, str(props["photometric_interpretation"]), str(props["decoding_plugin"]))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeReport:
+    """What decoding an object's pixel data found.
+
+    Attributes
+    ----------
+    reason : str or None
+        ``None`` when the pixel data decodes (or there is none), else a short reason.
+    decoders : tuple of str
+        The decoders that decoded its frames, in order of use (``native`` for
+        uncompressed pixel data, ``gdcm-fallback`` when the fast path failed);
+        empty when nothing decoded or there is no pixel data.
+    """
+
+    reason: str | None
+    decoders: tuple[str, ...] = ()
+
+    @property
+    def decoder(self) -> str | None:
+        """The decoders joined by ``+``, or None."""
+        return "+".join(self.decoders) or None
+
+
+def decode_report(src: str | os.PathLike[str], *, all_frames: bool = False) -> DecodeReport:
+    """Decode the pixel data of `src` and say whether it decoded, and with what.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        A Part 10 file.
+    all_frames : bool
+        Decode every frame rather than the first only.
+
+    Returns
+    -------
+    DecodeReport
+        ``reason`` is ``None`` when the pixel data decodes (or there is none) and each
+        decoded frame holds Rows x Columns x SamplesPerPixel samples of BitsAllocated.
+    """
+    used: list[str] = []
+    try:
+        with open_source(src) as source:
+            if source.pixel is None:
+                return DecodeReport(None)
+            ds = source.ds
+            rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+            samples = int(ds.get("SamplesPerPixel", 1))
+            bits = int(ds.get("BitsAllocated", 0))
+            if not (rows and columns and bits):
+                return DecodeReport("Rows, Columns or BitsAllocated is missing or zero")
+            expected = rows * columns * samples
+            indices = None if all_frames else [0]
+            for number, (arr, props) in enumerate(decoded_frames(source, indices), start=1):
+                plugin = str(props.get("decoding_plugin", ""))
+                if plugin and plugin not in used:
+                    used.append(plugin)
+                if arr.size != expected or arr.dtype.itemsize != max(1, bits // 8):
+                    return DecodeReport(
+                        f"frame {number} decodes to {arr.size} samples of {arr.dtype.itemsize * 8} bits, "
+                        f"expected {rows}x{columns}x{samples} of {bits}",
+                        tuple(used),
+                    )
+    except TranscodeError as exc:
+        return DecodeReport(str(exc))
+    except Exception as exc:  # anything a broken file can make a decoder raise
+        return DecodeReport(f"{type(exc).__name__}: {exc}")
+    return DecodeReport(None, tuple(used))
+
+
 def check_decodable(src: str | os.PathLike[str], *, all_frames: bool = False) -> str | None:
     """Return why the pixel data of `src` does not decode, or None when it does.
 
@@ -143,28 +270,6 @@ def check_decodable(src: str | os.PathLike[str], *, all_frames: bool = False) ->
     str or None
         ``None`` when the pixel data decodes (or there is none) and each decoded frame
         holds Rows x Columns x SamplesPerPixel samples of BitsAllocated; otherwise a
-        short reason.
+        short reason.  :func:`decode_report` also says which decoder read it.
     """
-    try:
-        with open_source(src) as source:
-            if source.pixel is None:
-                return None
-            ds = source.ds
-            rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-            samples = int(ds.get("SamplesPerPixel", 1))
-            bits = int(ds.get("BitsAllocated", 0))
-            if not (rows and columns and bits):
-                return "Rows, Columns or BitsAllocated is missing or zero"
-            expected = rows * columns * samples
-            indices = None if all_frames else [0]
-            for number, (arr, _props) in enumerate(decoded_frames(source, indices), start=1):
-                if arr.size != expected or arr.dtype.itemsize != max(1, bits // 8):
-                    return (
-                        f"frame {number} decodes to {arr.size} samples of {arr.dtype.itemsize * 8} bits, "
-                        f"expected {rows}x{columns}x{samples} of {bits}"
-                    )
-    except TranscodeError as exc:
-        return str(exc)
-    except Exception as exc:  # anything a broken file can make a decoder raise
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return decode_report(src, all_frames=all_frames).reason

@@ -89,6 +89,11 @@ class TransferSyntax:
         Whether pixel data is encapsulated (compressed fragments).
     can_decode, can_encode : bool
         Whether this install can decode from / encode to this syntax.
+    decoders : tuple of str
+        The decoders tried, in order (pydicom plugin labels: the pylibjpeg family
+        first, ``gdcm-fallback`` last; ``native`` for uncompressed syntaxes).
+    encoders : tuple of str
+        The encoders tried, in order (pydicom plugin labels, ``pillow``, ``imagecodecs``).
     """
 
     uid: str
@@ -98,33 +103,29 @@ class TransferSyntax:
     encapsulated: bool
     can_decode: bool
     can_encode: bool
+    decoders: tuple[str, ...] = ()
+    encoders: tuple[str, ...] = ()
 
 
-def _decoder_available(uid: str) -> bool:
+def _decoders(uid: str) -> tuple[str, ...]:
     if uid in NATIVE_UIDS:
-        return True
-    from pydicom.pixels.decoders.base import get_decoder
+        return ("native",)
+    from .pixels import decoding_plugins
 
-    try:
-        return bool(get_decoder(uid).is_available)
-    except NotImplementedError:
-        return False
+    return decoding_plugins(uid)
 
 
-def _encoder_available(uid: str) -> bool:
+def _encoders(uid: str) -> tuple[str, ...]:
     if uid in NATIVE_UIDS:
-        return True
+        return ("native",)
     if uid == JPEG_BASELINE:
         # pydicom has no JPEG baseline encoder; dicomhub uses Pillow (see jpeg_baseline.py).
         from PIL import features
 
-        return bool(features.check("jpg"))
-    from pydicom.pixels.encoders.base import get_encoder
+        return ("pillow",) if features.check("jpg") else ()
+    from .pixels import encoding_plugins
 
-    try:
-        return bool(get_encoder(uid).is_available)
-    except NotImplementedError:
-        return False
+    return encoding_plugins(uid)
 
 
 @functools.cache
@@ -136,8 +137,10 @@ def _catalogue() -> tuple[TransferSyntax, ...]:
             title=UID(uid).name,
             lossy=lossy,
             encapsulated=uid not in NATIVE_UIDS,
-            can_decode=_decoder_available(uid),
-            can_encode=_encoder_available(uid),
+            can_decode=bool(decoders := _decoders(uid)),
+            can_encode=bool(encoders := _encoders(uid)),
+            decoders=decoders,
+            encoders=encoders,
         )
         for name, uid, lossy in _CATALOGUE
     )
@@ -241,7 +244,7 @@ def lossless_targets(source_uid: str) -> list[str]:
 
 
 def codec_table_markdown() -> str:
-    """Return the codec table (name, UID, lossy, decode, encode) as Markdown.
+    """Return the codec table (name, UID, lossy, decode, encode, decoders, encoders) as Markdown.
 
     The docs (``docs/transcoding.md``) and the CLI both print this table, so they agree
     with what the running install can do.
@@ -255,13 +258,16 @@ def codec_table_markdown() -> str:
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
+    def order(names: tuple[str, ...]) -> str:
+        return " → ".join(names) if names else "-"
+
     rows = [
-        "| name | UID | title | lossy | decode | encode |",
-        "|---|---|---|---|---|---|",
+        "| name | UID | title | lossy | decode | encode | decoders, in order | encoders |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ts in _catalogue():
         rows.append(
             f"| `{ts.name}` | {ts.uid} | {ts.title} | {yes(ts.lossy)} | "
-            f"{yes(ts.can_decode)} | {yes(ts.can_encode)} |"
+            f"{yes(ts.can_decode)} | {yes(ts.can_encode)} | {order(ts.decoders)} | {order(ts.encoders)} |"
         )
     return "\n".join(rows) + "\n"

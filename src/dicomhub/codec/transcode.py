@@ -262,11 +262,15 @@ class _Transcoder:
     def _raw_copy_ok(self) -> bool:
         # Native to native in the same byte order: the pixel bytes need no decoding.
         src = self.source.transfer_syntax_uid
-        return (
-            src in NATIVE_UIDS
-            and self.target.uid in NATIVE_UIDS
-            and (src == EXPLICIT_BE) == (self.target.uid == EXPLICIT_BE)
-        )
+        if src not in NATIVE_UIDS or self.target.uid not in NATIVE_UIDS:
+            return False
+        if (src == EXPLICIT_BE) == (self.target.uid == EXPLICIT_BE):
+            return True
+        # Across byte orders only OB pixel data of at most 8 bits is the same bytes (PS3.5
+        # 7.3: OB is never swapped). It matters for 1-bit data, which pydicom's decode
+        # unpacks and cannot be written back packed (pydicom's liver_expb.dcm).
+        pixel = self.source.pixel
+        return pixel is not None and pixel.vr == "OB" and int(self.ds.get("BitsAllocated", 16)) <= 8
 
     def run(self) -> TranscodeInfo:
         self.dst.write(_file_meta(self.source, self.target.uid))

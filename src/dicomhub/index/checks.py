@@ -34,11 +34,14 @@ class PendingInstance:
 
 @dataclass(frozen=True, slots=True)
 class DecodeResult:
+    """One object's decode check: decoded or not (why), and by which decoder."""
+
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
     ok: bool
     reason: str | None
+    decoder: str | None = None
 
 
 class DecodeCheckRepository:
@@ -94,6 +97,7 @@ class DecodeCheckRepository:
                             "transfer_syntax_uid": r.transfer_syntax_uid,
                             "ok": r.ok,
                             "reason": r.reason,
+                            "decoder": r.decoder,
                             "checked_at": now,
                         }
                         for r in results
@@ -111,6 +115,21 @@ class DecodeCheckRepository:
                     .where(decode_check.c.ok.is_(False))
                 ).scalar_one()
             )
+
+    def decoders(self) -> list[dict[str, Any]]:
+        """How many held objects each decoder read, per transfer syntax (decoded ones only).
+
+        Rows checked before the decoder was recorded count under ``decoder`` None.
+        """
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(
+                select(decode_check.c.transfer_syntax_uid, decode_check.c.decoder, func.count())
+                .select_from(_FAILED_AND_HELD)
+                .where(decode_check.c.ok.is_(True))
+                .group_by(decode_check.c.transfer_syntax_uid, decode_check.c.decoder)
+                .order_by(decode_check.c.transfer_syntax_uid, decode_check.c.decoder)
+            ).all()
+        return [{"transfer_syntax_uid": ts, "decoder": dec, "objects": int(n)} for ts, dec, n in rows]
 
     def failures(self) -> list[dict[str, Any]]:
         """Stored instances whose pixel data did not decode, newest check first."""

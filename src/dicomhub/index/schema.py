@@ -162,6 +162,8 @@ decode_check = Table(
     Column("ok", Boolean, nullable=False),
     Column("reason", Text),
     Column("checked_at", DateTime(timezone=True), nullable=False),
+    # The decoder(s) that read the pixel data (issue 16: the fast path or the GDCM fallback).
+    Column("decoder", String(64)),
     Index("ix_decode_check_syntax", "transfer_syntax_uid", "sop_class_uid", "ok"),
 )
 

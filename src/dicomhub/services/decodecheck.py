@@ -56,6 +56,11 @@ class DecodeCheckService:
         """Stored instances whose pixel data did not decode."""
         return self.checks.failures()
 
+    def decoders(self) -> list[dict[str, Any]]:
+        """Objects decoded by each decoder, per transfer syntax (``transfer_syntax_uid``,
+        ``decoder``, ``objects``)."""
+        return self.checks.decoders()
+
     def run_pending(self, batch: int = 100) -> int:
         """Look at up to ``batch`` instances stored since the last run; return how many."""
         if self.mode is DecodeCheckMode.OFF:
@@ -87,15 +92,24 @@ class DecodeCheckService:
 
     def check(self, item: PendingInstance) -> DecodeResult:
         """Decode one instance's pixel data (every frame in ``always`` mode)."""
+        decoder: str | None = None
         try:
             with blob_as_file(self.blobs, item.blob_key) as path:
-                reason = codec.check_decodable(path, all_frames=self.mode is DecodeCheckMode.ALWAYS)
+                report = codec.decode_report(path, all_frames=self.mode is DecodeCheckMode.ALWAYS)
+            reason = report.reason
+            # Which decoder read it: the GDCM fallback shows the objects the fast path cannot read.
+            decoder = report.decoder if reason is None else None
         except DicomhubError as exc:
             reason = f"cannot read the stored object: {exc}"
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a finding, not a crash
             reason = f"{type(exc).__name__}: {exc}"
         return DecodeResult(
-            item.sop_instance_uid, item.sop_class_uid, item.transfer_syntax_uid, reason is None, reason
+            item.sop_instance_uid,
+            item.sop_class_uid,
+            item.transfer_syntax_uid,
+            reason is None,
+            reason,
+            decoder,
         )
 
     def run_worker(self, stop: threading.Event, idle: float = 0.5) -> None:

@@ -30,9 +30,9 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels.utils import pixel_array
 from pydicom.sequence import Sequence as DicomSequence
 
+from dicomhub import codec
 from dicomhub.errors import DicomhubError, InvalidRequest, NotFound, TranscodeError
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
@@ -42,6 +42,7 @@ from dicomhub.model.identifiers import Level, require_uid
 from dicomhub.model.part10 import file_meta_header
 from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
+from dicomhub.services.blobfiles import blob_as_file
 from dicomhub.services.headers import header_to_json
 from dicomhub.services.search import SearchService
 from dicomhub.services.transcode import TranscodeService
@@ -510,18 +511,18 @@ class WadoService:
                 f"{layout.number_of_frames} frame(s)"
             )
         try:
-            with self.blobs.open(row.blob_key) as fp:
-                pixels = pixel_array(fp, index=frame - 1)
-        except DicomhubError:
-            raise
-        except Exception as exc:  # codecs raise anything from RuntimeError to ImportError
+            # The codec's decoder chain (the GDCM fallback included), as for transcoding:
+            # pydicom's own order would put its gdcm plugin first, in this process.
+            with blob_as_file(self.blobs, row.blob_key) as path:
+                decoded = codec.decode_frame(path, frame)
+        except TranscodeError as exc:
             raise CannotDecode(
                 f"the pixel data of instance {row.sop_instance_uid} ({row.transfer_syntax_uid}) "
                 f"cannot be decoded: {exc}"
             ) from exc
         return RenderSource(
-            pixels=pixels,
-            photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
+            pixels=decoded.pixels,
+            photometric_interpretation=decoded.photometric_interpretation,
             rescale_slope=_first_float(ds.get("RescaleSlope")) or 1.0,
             rescale_intercept=_first_float(ds.get("RescaleIntercept")) or 0.0,
             window_center=_first_float(ds.get("WindowCenter")),

@@ -153,7 +153,17 @@ def _schemas() -> Json:
         },
         "TransferSyntax": {
             "type": "object",
-            "required": ["uid", "name", "title", "lossy", "encapsulated", "can_decode", "can_encode"],
+            "required": [
+                "uid",
+                "name",
+                "title",
+                "lossy",
+                "encapsulated",
+                "can_decode",
+                "can_encode",
+                "decoders",
+                "encoders",
+            ],
             "properties": {
                 "uid": {"type": "string"},
                 "name": {"type": "string", "description": "the name `--compress` rules may use"},
@@ -162,6 +172,17 @@ def _schemas() -> Json:
                 "encapsulated": {"type": "boolean"},
                 "can_decode": {"type": "boolean", "description": "in this install"},
                 "can_encode": {"type": "boolean", "description": "in this install"},
+                "decoders": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "decoders tried in this order: the pylibjpeg family first, "
+                    "gdcm-fallback last; native for uncompressed syntaxes",
+                },
+                "encoders": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "encoders tried in this order (empty: decode only)",
+                },
             },
         },
         "Association": {
