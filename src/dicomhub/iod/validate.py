@@ -6,10 +6,12 @@ Checks (each failure is one :class:`Finding`):
   usage M present and not empty, every Type 2 attribute present; modules of
   usage C or U are checked the same way when they are present (one of their
   own Type 1/2 attributes is); items of a present sequence are checked
-  against the Type 1/2 attributes of that sequence, at every depth. Type
-  1C/2C attributes are skipped (their conditions are free text), except
-  Planar Configuration, Pixel Data and Window Width, whose conditions are
-  simple;
+  against the Type 1/2 attributes of that sequence, at every depth. A Type
+  1C/2C attribute that is absent is reported when its condition holds: the
+  standard's sentence, parsed by :mod:`dicomhub.iod.conditions`, evaluated on
+  the data set or on the item the attribute belongs in, and quoted in the
+  finding (Planar Configuration, Pixel Data and Window Width keep the wording
+  of ``_CONDITIONS``); conditions that do not parse are not evaluated;
 * every standard element (any depth): VR against the data dictionary (data
   sets encoded with explicit VR), VM against the dictionary, UID syntax of
   UI values (PS3.5 9.1), the form and length of text values (PS3.5 6.2), and
@@ -21,7 +23,8 @@ Checks (each failure is one :class:`Finding`):
 
 References
 ----------
-PS3.3 Annex A and C, PS3.5 Sections 6.2 and 9.1, PS3.3 C.7.6.3.1.
+PS3.3 Annex A and C (Section 5.4 for Type 1C/2C), PS3.5 Sections 6.2 and 9.1,
+PS3.3 C.7.6.3.1.
 """
 
 from __future__ import annotations
@@ -284,8 +287,7 @@ def _check_requirements(
         name = prefix + req.keyword
         present = req.tag in ds
         if req.type in ("1C", "2C"):
-            if top:
-                _check_condition(ds, module, req, out, name, present, pixels)
+            _check_condition(ds, module, req, out, name, present, pixels, top=top)
         elif req.type in ("1", "2") and not present:
             code = f"type{req.type}-missing"
             out.add(
@@ -356,19 +358,43 @@ _CONDITIONS: dict[tuple[str, str], tuple[_Condition, str]] = {
 
 
 def _check_condition(
-    ds: Dataset, module: ModuleTable, req: Requirement, out: _Findings, name: str, present: bool, pixels: bool
+    ds: Dataset,
+    module: ModuleTable,
+    req: Requirement,
+    out: _Findings,
+    name: str,
+    present: bool,
+    pixels: bool,
+    *,
+    top: bool,
 ) -> None:
-    rule = _CONDITIONS.get((module.key, req.keyword))
-    if rule is None or present:
+    """A Type 1C/2C attribute that is absent although its condition holds on ``ds``.
+
+    ``ds`` is the data set or the sequence item the attribute belongs in: the
+    tables keep a condition inside an item only when it looks at that item.
+    """
+    if present:
         return
-    required, wording = rule
-    if required(ds, pixels):
+    rule = _CONDITIONS.get((module.key, req.keyword)) if top else None
+    if rule is not None:
+        required, wording = rule
+        if required(ds, pixels):
+            out.add(
+                Severity.ERROR,
+                "conditional-missing",
+                module.key,
+                name,
+                f"Type {req.type} {req.keyword} is missing, {wording} ({module.name} module)",
+            )
+        return
+    condition = req.condition
+    if condition is not None and condition.holds(ds):
         out.add(
             Severity.ERROR,
             "conditional-missing",
             module.key,
             name,
-            f"Type {req.type} {req.keyword} is missing, {wording} ({module.name} module)",
+            f'Type {req.type} {req.keyword} is missing ({module.name} module): "{condition.text}"',
         )
 
 
