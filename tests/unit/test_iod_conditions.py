@@ -164,3 +164,19 @@ def test_condition_counts_over_all_modules() -> None:
     assert counts.evaluated > 12000
     assert counts.not_parsed > 0 and counts.no_text > 0
     assert counts.evaluated + counts.not_parsed + counts.no_text == 52691
+
+
+def test_condition_on_pixel_data_read_header_only() -> None:
+    # RT Dose: "Required if Pixel Data (7FE0,0010) is present." The file is validated without
+    # reading its pixel data (validate_part10), and must give what the full data set gives.
+    path = get_testdata_file("rtdose.dcm")
+    assert path is not None
+    ds = pydicom.dcmread(path)
+    before = {f.attribute for f in check(ds)}
+    del ds.DoseGridScaling
+    found = conditional(check(ds))
+    assert set(found) == {"DoseGridScaling"} and "DoseGridScaling" not in before
+    assert found["DoseGridScaling"].module == "rt-dose"
+    assert '"Required if Pixel Data (7FE0,0010) is present."' in found["DoseGridScaling"].message
+    del ds.PixelData  # no pixel data: nothing asks for it (Pixel Data itself is 1C here)
+    assert "DoseGridScaling" not in conditional(check(ds))

@@ -82,8 +82,14 @@ class Atom:
     number: float = 0.0
     index: int | None = None  # "Value 1 is ORIGINAL": the 0-based value position
 
-    def holds(self, ds: Dataset) -> bool:
-        """Whether the test holds on ``ds`` (the data set or sequence item the attribute sits in)."""
+    def holds(self, ds: Dataset, also_present: frozenset[int] = frozenset()) -> bool:
+        """Whether the test holds on ``ds`` (the data set or sequence item the attribute sits in).
+
+        ``also_present``: tags to take as present although ``ds`` lacks them (the pixel
+        data of a data set read without it); only presence is known of them.
+        """
+        if self.tag in also_present:
+            return {"present": True, "nonempty": True, "absent": False}.get(self.op, False)
         present = self.tag in ds
         if self.op == "present":
             return present
@@ -123,11 +129,11 @@ class Condition:
         """The attributes the condition looks at."""
         return frozenset(a.tag for a in self.atoms)
 
-    def holds(self, ds: Dataset) -> bool:
-        """Whether the attribute is required in ``ds``."""
+    def holds(self, ds: Dataset, also_present: frozenset[int] = frozenset()) -> bool:
+        """Whether the attribute is required in ``ds`` (``also_present`` as for :meth:`Atom.holds`)."""
         if self.any_of:
-            return any(a.holds(ds) for a in self.atoms)
-        return all(a.holds(ds) for a in self.atoms)
+            return any(a.holds(ds, also_present) for a in self.atoms)
+        return all(a.holds(ds, also_present) for a in self.atoms)
 
 
 def _values(ds: Dataset, tag: int) -> list[str]:
