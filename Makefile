@@ -5,6 +5,8 @@
 #              end-to-end suite again on PostgreSQL + S3 (a throw-away cluster and a local S3
 #              server, see tests/backends.py), leaving out the tests marked backend_neutral
 #              (scripts/run-tests.sh)
+# Both install the exact versions of constraints.txt (pyproject.toml only gives ranges), so CI
+# and the benchmarks (make bench, make bench-index) run on a known set.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,14 +20,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 
 run: install
 	$(BIN)/dicomhub serve
 
 test-deps: $(BIN)/python
 	bash scripts/install-test-deps.sh
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 
 test: test-deps
 	$(BIN)/ruff check src tests benchmarks

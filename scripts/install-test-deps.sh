@@ -6,7 +6,8 @@
 # code streams for the HTJ2K decode tests), Orthanc with its DICOMweb plugin (the
 # peer archive of the migration tests and benchmarks) and a PostgreSQL server
 # (the tests start a throw-away cluster from /usr/lib/postgresql/*/bin, see
-# tests/pgcluster.py). Debian/Ubuntu; uses sudo when not root.
+# tests/pgcluster.py), nginx and systemd-analyze (tests/e2e/test_deploy_examples.py runs the
+# examples of docs/deploy/ through them). Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,8 @@ done
 if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v psql >/dev/null; then
   need+=(postgresql postgresql-client)
 fi
+[ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -3,19 +3,20 @@
 PS3.15 E.1.1 defines X/Z, X/D, X/Z/D, Z/D and X/Z/U* by the attribute's Type in
 the IOD: remove a Type 3 attribute, empty a Type 2 one, give a Type 1 one a
 dummy value (or replaced UIDs). The PS3.3 module tables that say which is which
-come with highdicom (a dependency of dicomhub) as JSON derived from the
-standard; they are read as data, without importing highdicom. Where they are
-missing, or the SOP class is unknown, :func:`attribute_types` returns None and
-the engine falls back to the alternative valid for any Type.
+ship with dicomhub (``dicomhub/iod/data/iod_tables.json.gz``, written by
+``scripts/make_iod_tables.py``); they are read here as package data, through
+the ``dicomhub`` package rather than :mod:`dicomhub.iod`, which this layer does
+not import. Where the SOP class is unknown, :func:`attribute_types` returns
+None and the engine falls back to the alternative valid for any Type.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import gzip
 import json
 from collections.abc import Mapping
 from functools import cache, lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 __all__ = ["KeywordPath", "attribute_types", "resolve_by_type"]
@@ -25,29 +26,14 @@ _STRICTNESS = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
 
 
 @cache
-def _standard_dir() -> Path | None:
-    spec = importlib.util.find_spec("highdicom")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "_standard"
-        if (candidate / "module_attribute_map.json").is_file():
-            return candidate
-    return None
-
-
-@cache
 def _tables() -> tuple[dict[str, str], dict[str, list[Any]], dict[str, list[Any]]] | None:
-    root = _standard_dir()
-    if root is None:
-        return None
+    """SOP class -> IOD, IOD -> [[module, usage], ...], module -> [[path, keyword, type, _], ...]."""
+    source = resources.files("dicomhub") / "iod" / "data" / "iod_tables.json.gz"
     try:
-        sop_iod = json.loads((root / "sop_class_iod_map.json").read_text(encoding="utf-8"))
-        iod_modules = json.loads((root / "iod_module_map.json").read_text(encoding="utf-8"))
-        module_attributes = json.loads((root / "module_attribute_map.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(gzip.decompress(source.read_bytes()))
+        return data["sop_classes"], data["iods"], data["modules"]
+    except (OSError, ValueError, KeyError):  # a broken installation: as if the IOD were unknown
         return None
-    return sop_iod, iod_modules, module_attributes
 
 
 @lru_cache(maxsize=256)
@@ -62,14 +48,13 @@ def attribute_types(sop_class_uid: str) -> Mapping[KeywordPath, str] | None:
         return None
     types: dict[KeywordPath, str] = {}
     try:
-        for module in iod_modules[iod]:
-            for attribute in module_attributes.get(module["key"], []):
-                key = (*attribute["path"], attribute["keyword"])
-                kind = str(attribute["type"])
+        for module, _usage in iod_modules[iod]:
+            for path, keyword, kind, _condition in module_attributes.get(module, []):
+                key = (*path.split("/"), keyword) if path else (keyword,)
                 old = types.get(key)
                 if old is None or _STRICTNESS.get(kind, 4) < _STRICTNESS.get(old, 4):
                     types[key] = kind
-    except (KeyError, TypeError):  # another layout of highdicom's tables: as if unknown
+    except (KeyError, TypeError, ValueError):  # a table of another layout: as if unknown
         return None
     return types
 

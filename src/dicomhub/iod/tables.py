@@ -1,25 +1,25 @@
 """The standard's IOD tables, compacted to what the validator checks.
 
-Three sources, all read once per process and only when first needed:
+Sources, all read once per process and only when first needed, as package data
+of dicomhub (nothing is read from another package):
 
-* highdicom's copies of the innolitics/dicom-standard tables
-  (``highdicom/_standard/*.json``, read as package data through
-  :mod:`importlib.resources`, never through highdicom's Python code):
-  SOP Class UID -> IOD, IOD -> modules with their usage (M/C/U), and
-  module -> attributes with their type (1, 1C, 2, 2C, 3) and the path of
-  sequences they sit in;
+* ``dicomhub/iod/data/iod_tables.json.gz``, written by
+  ``scripts/make_iod_tables.py`` from the innolitics/dicom-standard tables (MIT
+  licence, ``data/LICENSE.txt``): SOP Class UID -> IOD, IOD -> modules with
+  their usage (M/C/U), module -> attributes with their type (1, 1C, 2, 2C, 3),
+  the path of sequences they sit in and, for Type 1C/2C, the sentence of the
+  standard that states the condition;
 * ``dicomhub/iod/data/names.json``: IOD, module and SOP class names taken
-  from the same project's ``ciods.json``, ``modules.json`` and ``sops.json``
-  (MIT licence, ``data/LICENSE.txt``), for messages;
+  from the same project's ``ciods.json``, ``modules.json`` and ``sops.json``,
+  for messages;
 * pydicom's data dictionary for keyword -> tag.
 
-The module table is 22 MB of JSON (about 90 MB of Python objects when loaded
-whole). It is parsed with an ``object_hook`` that turns each attribute entry
-into a small tuple as soon as it is read, and drops the entries no check uses
-(Type 3, Type 1C/2C except the few conditions the validator evaluates), so
-the full object graph never exists. What stays is one tree of requirements per
-module (shared by every IOD that uses the module) and, per SOP class asked
-for, an :class:`IodTable` built from those trees on first use.
+What stays in memory is one tree of requirements per module (shared by every
+IOD that uses the module): Type 1/2 attributes, and Type 1C/2C attributes whose
+condition :func:`dicomhub.iod.conditions.parse_condition` can evaluate (inside
+a sequence item only when the condition looks at attributes of the same item);
+per SOP class asked for, an :class:`IodTable` is built from those trees on
+first use.
 
 References
 ----------
@@ -30,6 +30,7 @@ https://github.com/innolitics/dicom-standard.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import sys
 import threading
@@ -39,8 +40,12 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from dicomhub.iod.conditions import Condition, parse_condition
+
 __all__ = [
     "CONDITIONAL_CHECKED",
+    "ConditionCount",
+    "condition_counts",
     "IodTable",
     "ModuleTable",
     "Requirement",
@@ -49,9 +54,9 @@ __all__ = [
     "sop_class_name",
 ]
 
-# Type 1C/2C attributes whose condition is simple and well known; the
-# validator evaluates these (``validate._CONDITIONS``). Every other
-# conditional attribute is skipped: its condition is free text.
+# Type 1C/2C attributes whose condition the validator words itself
+# (``validate._CONDITIONS``): Pixel Data is read without its value, and the other
+# two are the conditions the validator checked before it read the standard's text.
 CONDITIONAL_CHECKED: frozenset[tuple[str, str]] = frozenset(
     {
         ("image-pixel", "PlanarConfiguration"),  # required if Samples per Pixel > 1
@@ -61,6 +66,7 @@ CONDITIONAL_CHECKED: frozenset[tuple[str, str]] = frozenset(
 )
 
 _REQUIRED_TYPES = frozenset({"1", "2"})
+_CONDITIONAL = frozenset({"1C", "2C"})
 _CONTENT_ITEM_KEPT = frozenset({"ValueType", "RelationshipType"})
 
 
@@ -69,14 +75,16 @@ class Requirement:
     """An attribute of a module, with the requirements nested in its items.
 
     ``type`` is the attribute's own type ("1", "2", "1C", "2C" or "3"); a
-    Type 3 (or conditional) sequence is kept only for the Type 1/2 attributes
-    of its items, which apply when the sequence is present.
+    Type 3 (or conditional) sequence is kept only for the Type 1/2 (and
+    evaluable 1C/2C) attributes of its items, which apply when the sequence is
+    present. ``condition`` is the parsed condition of a Type 1C/2C attribute.
     """
 
     keyword: str
     tag: int
     type: str
     children: tuple[Requirement, ...] = ()
+    condition: Condition | None = None
 
     @property
     def required(self) -> bool:
@@ -113,6 +121,20 @@ _LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
+class ConditionCount:
+    """How many Type 1C/2C attribute entries of the tables the validator evaluates.
+
+    ``evaluated``: the condition parsed (or the validator words it itself);
+    ``not_parsed``: the condition text is not one of the known forms, or looks
+    outside the sequence item; ``no_text``: the tables give no condition text.
+    """
+
+    evaluated: int
+    not_parsed: int
+    no_text: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Standard:
     sop_to_iod: dict[str, str]
     iod_modules: dict[str, tuple[tuple[str, str], ...]]  # IOD -> ((module, usage), ...)
@@ -120,6 +142,7 @@ class _Standard:
     iod_names: dict[str, str]
     module_names: dict[str, str]
     sop_names: dict[str, str]
+    counts: ConditionCount
 
 
 _STANDARD: _Standard | None = None
@@ -127,7 +150,7 @@ _STANDARD: _Standard | None = None
 
 @dataclass(frozen=True, slots=True)
 class _Module:
-    attributes: tuple[Requirement, ...]  # Type 1/2 and checked conditional ones, as trees
+    attributes: tuple[Requirement, ...]  # Type 1/2 and evaluable conditional ones, as trees
     keywords: frozenset[int]  # tags of every top-level attribute, whatever its type
 
 
@@ -140,20 +163,24 @@ def _standard() -> _Standard:
     return _STANDARD
 
 
-def _read(package: str, name: str) -> bytes:
-    return (resources.files(package) / name).read_bytes()
+def _read(name: str) -> bytes:
+    return (resources.files("dicomhub.iod") / "data" / name).read_bytes()
 
 
 def _load() -> _Standard:
-    sop_to_iod = {
-        str(k): str(v) for k, v in json.loads(_read("highdicom", "_standard/sop_class_iod_map.json")).items()
-    }
+    data = json.loads(gzip.decompress(_read("iod_tables.json.gz")))
+    sop_to_iod = {str(k): str(v) for k, v in data["sop_classes"].items()}
     iod_modules = {
-        str(iod): tuple((sys.intern(m["key"]), str(m["usage"])) for m in mods)
-        for iod, mods in json.loads(_read("highdicom", "_standard/iod_module_map.json")).items()
+        str(iod): tuple((sys.intern(key), str(usage)) for key, usage in mods)
+        for iod, mods in data["iods"].items()
     }
-    modules = _load_modules(_read("highdicom", "_standard/module_attribute_map.json"))
-    names = json.loads(_read("dicomhub.iod", "data/names.json"))
+    # Each distinct sentence is parsed once; most are shared by many modules (code sequence macros).
+    conditions = [parse_condition(text) for text in data["conditions"]]
+    counter = _Counter()
+    modules = {
+        sys.intern(key): _module(key, rows, conditions, counter) for key, rows in data["modules"].items()
+    }
+    names = json.loads(_read("names.json"))
     return _Standard(
         sop_to_iod=sop_to_iod,
         iod_modules=iod_modules,
@@ -161,76 +188,102 @@ def _load() -> _Standard:
         iod_names=names["iods"],
         module_names=names["modules"],
         sop_names=names["sop_classes"],
+        counts=ConditionCount(counter.evaluated, counter.not_parsed, counter.no_text),
     )
 
 
-# An attribute entry once read: (path, keyword, type); None when no check uses it.
-_Entry = tuple[tuple[str, ...], str, str]
+class _Counter:
+    def __init__(self) -> None:
+        self.evaluated = 0
+        self.not_parsed = 0
+        self.no_text = 0
 
 
-def _load_modules(raw: bytes) -> dict[str, _Module]:
-    paths: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-    def hook(obj: dict[str, Any]) -> Any:
-        keyword = obj.get("keyword")
-        if keyword is None or "path" not in obj:
-            return obj  # the top-level mapping
-        kind = str(obj.get("type"))
-        path = tuple(sys.intern(p) for p in obj["path"])
-        # Keep Type 1/2 entries, every top-level keyword (module presence is
-        # told by attributes no other module has, of any type) and the
-        # conditional ones some check evaluates (the module is not known
-        # here: the tree builder filters by module).
-        if kind in _REQUIRED_TYPES or not path:
-            return (paths.setdefault(path, path), sys.intern(keyword), sys.intern(kind))
-        return None
-
-    data = json.loads(raw, object_hook=hook)
-    del raw
-    return {
-        sys.intern(key): _module(key, [e for e in entries if e is not None]) for key, entries in data.items()
-    }
+# An attribute entry once read: (path, keyword, type, condition or None).
+_Entry = tuple[tuple[str, ...], str, str, Condition | None]
 
 
-def _module(key: str, entries: list[_Entry]) -> _Module:
+def _module(
+    key: str, rows: list[list[Any]], conditions: list[Condition | None], counter: _Counter
+) -> _Module:
+    paths: dict[str, tuple[str, ...]] = {}
+    entries: list[tuple[tuple[str, ...], str, str, Condition | None, bool]] = []
+    # Tags of every attribute at each level (path) of the module: a condition inside a
+    # sequence item is evaluated on that item, so it may only look at the item's own attributes.
+    level_tags: dict[tuple[str, ...], set[int]] = {}
+    for raw_path, keyword, kind, index in rows:
+        path = paths.get(raw_path)
+        if path is None:
+            path = paths[raw_path] = tuple(sys.intern(p) for p in raw_path.split("/")) if raw_path else ()
+        tag = tag_for_keyword(keyword)
+        if tag is not None:
+            level_tags.setdefault(path, set()).add(int(tag))
+        condition = conditions[index] if index >= 0 else None
+        entries.append((path, sys.intern(keyword), sys.intern(kind), condition, index >= 0))
+    kept: list[_Entry] = []
+    for path, keyword, kind, condition, has_text in entries:
+        if kind in _CONDITIONAL:
+            if (key, keyword) in CONDITIONAL_CHECKED and not path:
+                counter.evaluated += 1
+                kept.append((path, keyword, kind, None))
+                continue
+            if condition is None:
+                if has_text:
+                    counter.not_parsed += 1
+                else:
+                    counter.no_text += 1
+                continue
+            if path and not condition.tags <= level_tags.get(path, set()):
+                counter.not_parsed += 1
+                continue
+            counter.evaluated += 1
+        kept.append((path, keyword, kind, condition))
     top = frozenset(
-        t for path, keyword, _kind in entries if not path and (t := tag_for_keyword(keyword)) is not None
+        t for path, keyword, *_rest in entries if not path and (t := tag_for_keyword(keyword)) is not None
     )
-    return _Module(_tree(key, entries), top)
+    return _Module(_tree(kept), top)
 
 
-def _tree(module: str, entries: list[_Entry]) -> tuple[Requirement, ...]:
-    """Nest the flat (path, keyword, type) entries of a module into requirement trees."""
-    # node: keyword -> [type, children]; a sequence only seen as a path gets type "3".
+
+def _tree(entries: list[_Entry]) -> tuple[Requirement, ...]:
+    """Nest the flat (path, keyword, type, condition) entries of a module into requirement trees."""
+    # node: keyword -> [type, children, condition]; a sequence only seen as a path gets type "3".
     root: dict[str, list[Any]] = {}
-    for path, keyword, kind in entries:
-        if kind not in _REQUIRED_TYPES and (path or (module, keyword) not in CONDITIONAL_CHECKED):
-            continue
+    for path, keyword, kind, condition in entries:
+        if kind not in _REQUIRED_TYPES and kind not in _CONDITIONAL:
+            continue  # Type 3: nothing to check (top-level ones tell module presence: markers)
         level = root
         for parent in path:
-            node = level.setdefault(parent, ["3", {}])
+            node = level.setdefault(parent, ["3", {}, None])
             level = node[1]
-        node = level.setdefault(keyword, [kind, {}])
+        node = level.setdefault(keyword, [kind, {}, condition])
         node[0] = kind
+        node[2] = condition
     return _freeze(root)
 
 
 def _freeze(level: dict[str, list[Any]]) -> tuple[Requirement, ...]:
     out = []
     content_item = "ValueType" in level
-    for keyword, (kind, children) in level.items():
-        if content_item and keyword not in _CONTENT_ITEM_KEPT and kind in _REQUIRED_TYPES:
+    for keyword, (kind, children, condition) in level.items():
+        checked = kind in _REQUIRED_TYPES or kind in _CONDITIONAL
+        if content_item and keyword not in _CONTENT_ITEM_KEPT and checked:
             # A content item (SR, acquisition context, ...): the tables list the
             # attributes of every value type's macro as if all were required;
             # which apply depends on Value Type, so only these two are checked.
-            kind = "3"
+            kind, condition = "3", None
             if not children:
                 continue
         tag = tag_for_keyword(keyword)
         if tag is None:  # newer than pydicom's dictionary: cannot be looked up
             continue
-        out.append(Requirement(keyword, int(tag), kind, _freeze(children)))
+        out.append(Requirement(keyword, int(tag), kind, _freeze(children), condition))
     return tuple(out)
+
+
+def condition_counts() -> ConditionCount:
+    """How many conditional attribute entries of all modules the validator evaluates."""
+    return _standard().counts
 
 
 # ------------------------------------------------------------------ per SOP class

@@ -6,10 +6,12 @@ Checks (each failure is one :class:`Finding`):
   usage M present and not empty, every Type 2 attribute present; modules of
   usage C or U are checked the same way when they are present (one of their
   own Type 1/2 attributes is); items of a present sequence are checked
-  against the Type 1/2 attributes of that sequence, at every depth. Type
-  1C/2C attributes are skipped (their conditions are free text), except
-  Planar Configuration, Pixel Data and Window Width, whose conditions are
-  simple;
+  against the Type 1/2 attributes of that sequence, at every depth. A Type
+  1C/2C attribute that is absent is reported when its condition holds: the
+  standard's sentence, parsed by :mod:`dicomhub.iod.conditions`, evaluated on
+  the data set or on the item the attribute belongs in, and quoted in the
+  finding (Planar Configuration, Pixel Data and Window Width keep the wording
+  of ``_CONDITIONS``); conditions that do not parse are not evaluated;
 * every standard element (any depth): VR against the data dictionary (data
   sets encoded with explicit VR), VM against the dictionary, UID syntax of
   UI values (PS3.5 9.1), the form and length of text values (PS3.5 6.2), and
@@ -21,7 +23,8 @@ Checks (each failure is one :class:`Finding`):
 
 References
 ----------
-PS3.3 Annex A and C, PS3.5 Sections 6.2 and 9.1, PS3.3 C.7.6.3.1.
+PS3.3 Annex A and C (Section 5.4 for Type 1C/2C), PS3.5 Sections 6.2 and 9.1,
+PS3.3 C.7.6.3.1.
 """
 
 from __future__ import annotations
@@ -123,10 +126,13 @@ def validate_encoded(data: bytes | bytearray | memoryview, transfer_syntax_uid: 
         return [_unreadable(exc)]
     if ds is None:  # deflated: let pydicom inflate it
         return _validate_stream(io.BytesIO(bytes(data)), force=True)
-    return validate_dataset(ds, pixel_data_present=_pixels_follow(fp, uid.is_little_endian))
+    tag = _pixels_follow(fp, uid.is_little_endian)
+    return validate_dataset(ds, pixel_data_present=tag is not None, pixel_data_tag=tag)
 
 
-def validate_dataset(ds: Dataset, *, pixel_data_present: bool | None = None) -> list[Finding]:
+def validate_dataset(
+    ds: Dataset, *, pixel_data_present: bool | None = None, pixel_data_tag: int | None = None
+) -> list[Finding]:
     """Validate ``ds`` against the IOD of its SOP Class UID.
 
     Parameters
@@ -137,6 +143,10 @@ def validate_dataset(ds: Dataset, *, pixel_data_present: bool | None = None) -> 
     pixel_data_present
         Whether the object has pixel data, for a data set read without it
         (``stop_before_pixels``); None looks in ``ds``.
+    pixel_data_tag
+        Which of Pixel Data, Float Pixel Data and Double Float Pixel Data it is, for
+        the conditions that name one; with ``pixel_data_present`` True and no tag,
+        Pixel Data (7FE0,0010) is assumed.
 
     Returns
     -------
@@ -176,8 +186,10 @@ def validate_dataset(ds: Dataset, *, pixel_data_present: bool | None = None) -> 
         if pixel_data_present is None
         else pixel_data_present
     )
+    # The pixel data element a header-only read left out, for conditions that name it.
+    unread = frozenset({pixel_data_tag or 0x7FE00010}) if pixel_data_present else frozenset()
     iod_findings = _Findings()
-    _check_iod(ds, iod, iod_findings, pixels)
+    _check_iod(ds, iod, iod_findings, pixels, unread)
     return iod_findings.items + out.items
 
 
@@ -191,15 +203,16 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 
 
-def _pixels_follow(fp: BinaryIO, little_endian: bool) -> bool:
-    """After a parse stopped before the pixel data: is a pixel data element next?"""
+def _pixels_follow(fp: BinaryIO, little_endian: bool) -> int | None:
+    """After a parse stopped before the pixel data: the tag of the pixel data element next, if any."""
     head = fp.read(4)
     if len(head) < 4:
-        return False
+        return None
     order: Literal["little", "big"] = "little" if little_endian else "big"
     group = int.from_bytes(head[:2], order)
     element = int.from_bytes(head[2:], order)
-    return (group << 16 | element) in _PIXEL_TAGS
+    tag = group << 16 | element
+    return tag if tag in _PIXEL_TAGS else None
 
 
 def _validate_stream(fp: BinaryIO, *, force: bool) -> list[Finding]:
@@ -208,7 +221,8 @@ def _validate_stream(fp: BinaryIO, *, force: bool) -> list[Finding]:
     except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - a file pydicom cannot read is a finding
         return [_unreadable(exc)]
     little = bool(getattr(ds, "original_encoding", (False, True))[1])
-    return validate_dataset(ds, pixel_data_present=_pixels_follow(fp, little))
+    tag = _pixels_follow(fp, little)
+    return validate_dataset(ds, pixel_data_present=tag is not None, pixel_data_tag=tag)
 
 
 def _unreadable(exc: BaseException) -> Finding:
@@ -259,11 +273,11 @@ def _text(value: Any) -> str:
 # ------------------------------------------------------------------ IOD checks
 
 
-def _check_iod(ds: Dataset, iod: IodTable, out: _Findings, pixels: bool) -> None:
+def _check_iod(ds: Dataset, iod: IodTable, out: _Findings, pixels: bool, unread: frozenset[int]) -> None:
     for module in iod.modules:
         if module.usage != "M" and not _module_present(ds, module):
             continue
-        _check_requirements(ds, module, module.attributes, out, "", pixels, top=True)
+        _check_requirements(ds, module, module.attributes, out, "", pixels, top=True, unread=unread)
 
 
 def _module_present(ds: Dataset, module: ModuleTable) -> bool:
@@ -279,13 +293,13 @@ def _check_requirements(
     pixels: bool,
     *,
     top: bool,
+    unread: frozenset[int] = frozenset(),
 ) -> None:
     for req in requirements:
         name = prefix + req.keyword
         present = req.tag in ds
         if req.type in ("1C", "2C"):
-            if top:
-                _check_condition(ds, module, req, out, name, present, pixels)
+            _check_condition(ds, module, req, out, name, present, pixels, top=top, unread=unread)
         elif req.type in ("1", "2") and not present:
             code = f"type{req.type}-missing"
             out.add(
@@ -356,19 +370,44 @@ _CONDITIONS: dict[tuple[str, str], tuple[_Condition, str]] = {
 
 
 def _check_condition(
-    ds: Dataset, module: ModuleTable, req: Requirement, out: _Findings, name: str, present: bool, pixels: bool
+    ds: Dataset,
+    module: ModuleTable,
+    req: Requirement,
+    out: _Findings,
+    name: str,
+    present: bool,
+    pixels: bool,
+    *,
+    top: bool,
+    unread: frozenset[int],
 ) -> None:
-    rule = _CONDITIONS.get((module.key, req.keyword))
-    if rule is None or present:
+    """A Type 1C/2C attribute that is absent although its condition holds on ``ds``.
+
+    ``ds`` is the data set or the sequence item the attribute belongs in: the
+    tables keep a condition inside an item only when it looks at that item.
+    """
+    if present:
         return
-    required, wording = rule
-    if required(ds, pixels):
+    rule = _CONDITIONS.get((module.key, req.keyword)) if top else None
+    if rule is not None:
+        required, wording = rule
+        if required(ds, pixels):
+            out.add(
+                Severity.ERROR,
+                "conditional-missing",
+                module.key,
+                name,
+                f"Type {req.type} {req.keyword} is missing, {wording} ({module.name} module)",
+            )
+        return
+    condition = req.condition
+    if condition is not None and condition.holds(ds, unread):
         out.add(
             Severity.ERROR,
             "conditional-missing",
             module.key,
             name,
-            f"Type {req.type} {req.keyword} is missing, {wording} ({module.name} module)",
+            f'Type {req.type} {req.keyword} is missing ({module.name} module): "{condition.text}"',
         )
 
 
