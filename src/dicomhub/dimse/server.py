@@ -36,6 +36,8 @@ from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
+from dicomhub.telemetry import context as log_context
+from dicomhub.telemetry.metrics import mark_process_dead
 
 __all__ = ["DimseWorkers", "bind_listener", "fast_path_config"]
 
@@ -151,6 +153,9 @@ class _Worker:
 
     def _serve_connection(self, conn: socket.socket, address: tuple[str, int], tls: bool = False) -> None:
         session: AssociationSession | None = None
+        # Every log line of this association's thread carries its id (a new thread
+        # starts with an empty context, so nothing to reset afterwards).
+        log_context.association_id.set(log_context.new_id())
         try:
             conn.setblocking(True)
             tls_subject: str | None = None
@@ -316,6 +321,8 @@ class DimseWorkers:
             for i, proc in enumerate(self.processes):
                 if proc is not None and not proc.is_alive() and not self._stopping.is_set():
                     LOGGER.error("DIMSE worker %d exited (code %s); restarting", i, proc.exitcode)
+                    # Its live gauges go; its counters stay counted (the files remain).
+                    mark_process_dead(proc.pid)
                     with self.load.get_lock():
                         self.load[i] = 0
                     self._spawn(i)
