@@ -91,8 +91,9 @@ def test_metrics_count_associations_and_operations(busy: DicomhubServer) -> None
     samples = metric_samples(text)
     assert samples['dicomhub_associations_total{calling_ae="ECHOER",outcome="released"}'] == 2
     assert samples['dicomhub_associations_total{calling_ae="STRANGER",outcome="rejected"}'] == 1
-    assert samples['dicomhub_dimse_operations_total{calling_ae="STORER",operation="store",status="success"}'] == 3
-    assert samples['dicomhub_dimse_operations_total{calling_ae="ECHOER",operation="echo",status="success"}'] == 2
+    operations = "dicomhub_dimse_operations_total"
+    assert samples[operations + '{calling_ae="STORER",operation="store",status="success"}'] == 3
+    assert samples[operations + '{calling_ae="ECHOER",operation="echo",status="success"}'] == 2
     assert samples['dicomhub_presentation_contexts_rejected_total{calling_ae="WLCLIENT"}'] == 1
     assert samples['dicomhub_objects{level="instances"}'] == 3
     assert samples['dicomhub_stored_objects_total{outcome="stored"}'] == 3
