@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import os
 import re
 import socket
 import sys
@@ -305,3 +306,38 @@ def test_threads_start_without_an_association_id() -> None:
     thread.join()
     assert seen == [None]
     context.association_id.set(None)
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_dashboard_and_docs_use_the_metric_names_the_server_has() -> None:
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+
+    from dicomhub.telemetry.metrics import ProcessTable, metrics
+
+    root = Path(__file__).resolve().parents[2]
+    families = {m.name for m in REGISTRY.collect() if m.name.startswith("dicomhub_")}
+    metrics()  # every family of the server is registered once created
+    families |= {m.name for m in REGISTRY.collect() if m.name.startswith("dicomhub_")}
+    registry = CollectorRegistry()
+    registry.register(ProcessTable(lambda: {"test": os.getpid()}))
+    families |= {m.name for m in registry.collect()}
+    # The gauges read from the index at scrape time (dicomhub.web.metrics).
+    source = (root / "src/dicomhub/web/metrics.py").read_text()
+    scraped = set(re.findall(r'GaugeMetricFamily\(\s*"(dicomhub_[a-z_]+)"', source))
+    assert {"dicomhub_info", "dicomhub_objects", "dicomhub_background_queue_depth"} <= scraped
+    families |= scraped
+
+    def family(name: str) -> str:
+        return re.sub(r"_(bucket|count|sum|total)$", "", name)
+
+    dashboard = (root / "docs/grafana-dashboard.json").read_text()
+    json.loads(dashboard)
+    used = {family(n) for n in re.findall(r"dicomhub_[a-z_]+", dashboard)}
+    assert used and used <= families, used - families
+    docs = (root / "docs/operations.md").read_text()
+    documented = {family(n) for n in re.findall(r"`(dicomhub_[a-z_]+)`", docs)}
+    assert documented == families, documented ^ families
