@@ -26,6 +26,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -262,13 +263,20 @@ class SyslogSender:
         return self._queue.qsize()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for up to ``timeout`` seconds), then stop and disconnect."""
+        """Send what is queued (for up to ``timeout`` seconds in all), then stop and disconnect.
+
+        Parameters
+        ----------
+        timeout : float
+            The most this waits for the collector (a shutdown must not hang on it).
+        """
         if self._started:
+            deadline = time.monotonic() + timeout
             try:
                 self._queue.put(None, timeout=timeout)
             except queue.Full:
                 pass
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
         self._stop.set()
         self._disconnect()
 
@@ -308,9 +316,11 @@ class SyslogSender:
 
     def _connect(self) -> socket.socket:
         if self.target.transport == "udp":
-            family = socket.AF_INET6 if ":" in self.target.host else socket.AF_INET
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.connect((self.target.host, self.target.port))
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.target.host, self.target.port, type=socket.SOCK_DGRAM
+            )[0]
+            udp = socket.socket(family, kind, proto)
+            udp.connect(address)
             return udp
         sock = socket.create_connection((self.target.host, self.target.port), timeout=self.timeout)
         if self.target.transport == "tls":
