@@ -341,3 +341,24 @@ def test_dashboard_and_docs_use_the_metric_names_the_server_has() -> None:
     docs = (root / "docs/operations.md").read_text()
     documented = {family(n) for n in re.findall(r"`(dicomhub_[a-z_]+)`", docs)}
     assert documented == families, documented ^ families
+
+
+def test_configure_logging_twice_installs_one_handler() -> None:
+    from dicomhub.telemetry.logs import configure_logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        configure_logging("INFO", "json")
+        configure_logging("WARNING", "text")
+        added = [h for h in root.handlers if h not in before]
+        assert len(added) == 1 and isinstance(added[0].formatter, TextFormatter)
+        assert all(h in root.handlers for h in before)  # pytest's own capture stays
+        assert root.level == logging.WARNING
+    finally:
+        for handler in root.handlers:
+            if handler not in before:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        logging.getLogger("pynetdicom").setLevel(logging.NOTSET)

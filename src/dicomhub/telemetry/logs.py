@@ -99,6 +99,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs (to find it again)."""
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Send every log record to standard error in ``log_format``, at ``level`` and above.
 
@@ -111,14 +115,15 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
     Notes
     -----
-    Replaces the root logger's handlers, so that calling it again (a spawned
-    worker process configures itself) never doubles lines. Python warnings
+    Replaces the handler an earlier call installed, so that calling it again
+    never doubles lines; handlers others installed (a test runner's) stay. Python warnings
     are routed through logging, so that a JSON log stays all JSON.
     """
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    for existing in list(root.handlers):
+        if isinstance(existing, _OurHandler):
+            root.removeHandler(existing)
+    handler = _OurHandler(sys.stderr)
     handler.addFilter(ContextFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)
