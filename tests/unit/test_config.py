@@ -68,3 +68,14 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     cfg.write_text("colour = 'blue'\n")
     with pytest.raises(ConfigurationError, match="unknown setting"):
         load_settings({}, config_file=cfg, environ={})
+
+
+def test_operations_settings() -> None:
+    s = load_settings(
+        environ={"DICOMHUB_LOG_FORMAT": "json", "DICOMHUB_ACCESS_LOG": "false", "DICOMHUB_AUDIT_SYSLOG": "udp://h"}
+    )
+    assert (s.log_format, s.access_log, s.audit_syslog) == ("json", False, "udp://h")
+    assert load_settings(environ={}).log_format == "text" and load_settings(environ={}).access_log
+    for bad in ({"DICOMHUB_LOG_FORMAT": "xml"}, {"DICOMHUB_AUDIT_SYSLOG": "http://collector"}):
+        with pytest.raises(ConfigurationError):
+            load_settings(environ=bad)

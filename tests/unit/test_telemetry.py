@@ -362,3 +362,42 @@ def test_configure_logging_twice_installs_one_handler() -> None:
         root.setLevel(level)
         logging.captureWarnings(False)
         logging.getLogger("pynetdicom").setLevel(logging.NOTSET)
+
+
+# --------------------------------------------------------------------------- the audit feed
+
+
+class _Repo:
+    def __init__(self) -> None:
+        self.rows: list[object] = []
+
+    def append_many(self, events: list[object]) -> list[int]:
+        self.rows += events
+        return list(range(len(self.rows) - len(events) + 1, len(self.rows) + 1))
+
+
+def test_audit_records_are_forwarded_after_the_commit_and_failures_stay_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
+    from dicomhub.model.caller import Caller, Channel
+    from dicomhub.services.audit import AuditService
+
+    forwarded: list[object] = []
+    service = AuditService(_Repo(), forward=forwarded.extend)  # type: ignore[arg-type]
+    caller = Caller(Channel.DIMSE, "MODALITY", "10.0.0.7")
+    study = AuditedStudy("1.2.3", "P1", ("1.2.3.4",), 2)
+    event = AuditEvent(AuditAction.STORE, AuditOutcome.SUCCESS, caller, (study,))
+    service.record_many([event, event])
+    assert [r.id for r in forwarded] == [1, 2]  # type: ignore[attr-defined]
+    record = forwarded[0]
+    assert record.action is AuditAction.STORE and record.ae_title == "MODALITY"  # type: ignore[attr-defined]
+    assert record.studies == (study,)  # type: ignore[attr-defined]
+
+    def broken(records: object) -> None:
+        raise OSError("collector gone")
+
+    quiet = AuditService(_Repo(), forward=broken)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="dicomhub.audit"):
+        quiet.record(event)  # stored; the feed's failure is logged, not raised
+    assert any("could not forward" in r.getMessage() for r in caplog.records)
