@@ -217,6 +217,7 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         help="a pixel region blanked under --deid-burned-in mask (repeatable)",
     )
     _security_args(p)
+    _operations_args(p)
 
 
 def _security_args(p: argparse.ArgumentParser) -> None:
@@ -256,6 +257,10 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
+
+
+def _operations_args(p: argparse.ArgumentParser) -> None:
+    """The access log and the syslog audit feed (docs/operations.md)."""
     p.add_argument(
         "--no-access-log",
         dest="access_log",
