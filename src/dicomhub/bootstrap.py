@@ -7,9 +7,10 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
@@ -25,6 +26,7 @@ from dicomhub.index.migration import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
+from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.access import AccessService, parse_claim_grants, parse_label_rules
@@ -52,10 +54,12 @@ from dicomhub.services.wado import WadoService
 from dicomhub.storage.base import BlobStore
 from dicomhub.storage.urls import open_blob_store as open_store_at
 from dicomhub.storage.urls import open_blob_stores
+from dicomhub.telemetry import logs
 
 __all__ = [
     "configure_logging",
     "configure_pydicom",
+    "open_audit_feed",
     "open_archive",
     "open_blob_store",
     "open_storage_migration",
@@ -116,7 +120,8 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
     )
-    audit = AuditService(AuditRepository(engine))
+    feed = open_audit_feed(settings)
+    audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
     governance = GovernanceService(access, audit)
     deid = DeidService(
         DeidRepository(engine),
@@ -156,8 +161,55 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
         aes=ApplicationEntityService(ApplicationEntityRepository(engine), audit),
-        close=engine.dispose,
+        close=_closer(engine.dispose, feed[1] if feed else None),
     )
+
+
+def _closer(dispose: Callable[[], None], close_feed: Callable[[], None] | None) -> Callable[[], None]:
+    def close() -> None:
+        if close_feed is not None:
+            close_feed()  # send what is queued while the collector is there
+        dispose()
+
+    return close
+
+
+def open_audit_feed(
+    settings: Settings,
+) -> tuple[Callable[[Sequence[AuditRecord]], None], Callable[[], None]] | None:
+    """The syslog audit feed of ``settings.audit_syslog`` (IHE ATNA), or None.
+
+    Returns
+    -------
+    tuple or None
+        ``(forward, close)``: ``forward(records)`` queues each record as a
+        DICOM audit message (PS3.15 A.5, the XML of ``GET /audit/export``) in an
+        RFC 5424 message; ``close()`` sends what is queued and disconnects. One
+        sender (thread and connection) per process that records audit events.
+    """
+    if not settings.audit_syslog:
+        return None
+    from dicomhub.services.auditexport import dicom_audit_message
+    from dicomhub.telemetry.syslog import SyslogSender, client_context, parse_target
+
+    target = parse_target(settings.audit_syslog)
+    context = None
+    if target.transport == "tls":
+        try:
+            context = client_context(
+                settings.audit_syslog_ca, settings.audit_syslog_cert, settings.audit_syslog_key
+            )
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"audit_syslog TLS: {exc}") from exc
+    sender = SyslogSender(target, app_name=settings.aet, context=context)
+
+    def forward(records: Sequence[AuditRecord]) -> None:
+        for record in records:
+            xml = ElementTree.tostring(dicom_audit_message(record, settings.aet), encoding="unicode")
+            # RFC 5424 severity: 5 notice for a success, 4 warning for a failure.
+            sender.submit(xml, severity=5 if record.outcome is AuditOutcome.SUCCESS else 4)
+
+    return forward, sender.close
 
 
 def open_oidc(settings: Settings) -> OidcVerifier | None:
@@ -224,14 +276,9 @@ def open_storage_migration(
     return migration, engine.dispose
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
-    )
-    # pynetdicom logs every PDU at INFO; keep it at WARNING unless debugging.
-    if level.upper() != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to standard error at ``level`` in ``log_format`` (``text`` or ``json``)."""
+    logs.configure_logging(level, log_format)
 
 
 def run_dimse_worker(
@@ -246,7 +293,7 @@ def run_dimse_worker(
     from dicomhub.dimse import server
 
     server.die_with_parent(parent)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     archive = open_archive(settings, upgrade=False)
     try:
         server.serve_worker(archive, settings, listener, index, load, tls_listener)
@@ -269,7 +316,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
 
     server.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     archive = open_archive(settings, upgrade=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

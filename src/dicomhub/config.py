@@ -154,6 +154,14 @@ class Settings:
     dimse_tls_port: int = 0  # 0: no DICOM TLS port
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: str = "INFO"
+    # Operations (docs/operations.md): the log line format, the HTTP access log,
+    # and the syslog collector that receives the audit messages (IHE ATNA).
+    log_format: str = "text"  # text or json (one object per line)
+    access_log: bool = True
+    audit_syslog: str = ""  # tls://host:6514, tcp://host:601 or udp://host:514; "" = none
+    audit_syslog_ca: str = ""  # PEM CA bundle the collector's certificate must chain to
+    audit_syslog_cert: str = ""  # this node's certificate for the collector (mutual TLS)
+    audit_syslog_key: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -379,6 +387,7 @@ def _validate(s: Settings) -> None:
     _validate_deid_export(s)
     _validate_tls(s)
     _validate_public_base_url(s)
+    _validate_operations(s)
 
 
 def _validate_public_base_url(s: Settings) -> None:
@@ -391,6 +400,15 @@ def _validate_public_base_url(s: Settings) -> None:
             f"public_base_url {s.public_base_url!r} must be an absolute http(s) URL without "
             "query or fragment, e.g. https://pacs.example.org/dicomweb"
         )
+
+
+def _validate_operations(s: Settings) -> None:
+    if s.log_format not in ("text", "json"):
+        raise ConfigurationError(f"log_format {s.log_format!r}: text or json")
+    if s.audit_syslog:
+        from dicomhub.telemetry.syslog import parse_target
+
+        parse_target(s.audit_syslog)  # raises ConfigurationError
 
 
 def _validate_tls(s: Settings) -> None:

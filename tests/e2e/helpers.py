@@ -813,6 +813,17 @@ def wait_until(
         time.sleep(interval)
 
 
+def metric_samples(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition: ``'name{labels}'`` (exactly as
+    written, labels in the server's order) -> value."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
 def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
     """Parts of a multipart body as (lower-cased headers, content)."""
     m = re.search(r'boundary="?([^";]+)"?', content_type)

@@ -18,7 +18,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 
-from .helpers import HOST, DicomhubServer, ServerPool, echo, run_cli_split, store_ok
+from .helpers import HOST, DicomhubServer, ServerPool, echo, metric_samples, run_cli_split, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -88,14 +88,17 @@ def test_metrics_count_associations_and_operations(busy: DicomhubServer) -> None
     r = httpx.get(busy.base_url + "/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'dicomhub_associations_total{calling_ae="ECHOER",outcome="released"} 2' in text
-    assert 'dicomhub_associations_total{calling_ae="STRANGER",outcome="rejected"} 1' in text
-    assert 'dicomhub_dimse_operations_total{calling_ae="STORER",operation="store",status="success"} 3' in text
-    assert 'dicomhub_dimse_operations_total{calling_ae="ECHOER",operation="echo",status="success"} 2' in text
-    assert 'dicomhub_presentation_contexts_rejected_total{calling_ae="WLCLIENT"} 1' in text
-    assert 'dicomhub_objects{level="instances"} 3' in text
+    samples = metric_samples(text)
+    assert samples['dicomhub_associations_total{calling_ae="ECHOER",outcome="released"}'] == 2
+    assert samples['dicomhub_associations_total{calling_ae="STRANGER",outcome="rejected"}'] == 1
+    operations = "dicomhub_dimse_operations_total"
+    assert samples[operations + '{calling_ae="STORER",operation="store",status="success"}'] == 3
+    assert samples[operations + '{calling_ae="ECHOER",operation="echo",status="success"}'] == 2
+    assert samples['dicomhub_presentation_contexts_rejected_total{calling_ae="WLCLIENT"}'] == 1
+    assert samples['dicomhub_objects{level="instances"}'] == 3
+    assert samples['dicomhub_stored_objects_total{outcome="stored"}'] == 3
     # A quote from the wire is escaped, so the exposition stays parseable.
-    assert 'calling_ae="Q\\"UOTE",outcome="released"} 1' in text
+    assert samples['dicomhub_associations_total{calling_ae="Q\\"UOTE",outcome="released"}'] == 1
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name_labels, value = line.rsplit(" ", 1)

@@ -77,3 +77,14 @@ def test_public_base_url() -> None:
     for bad in ("pacs.example.org/dicomweb", "ftp://pacs/dicomweb", "https://pacs/dicomweb?x=1"):
         with pytest.raises(ConfigurationError, match="public_base_url"):
             load_settings({"public_base_url": bad}, environ={})
+
+
+def test_operations_settings() -> None:
+    s = load_settings(
+        environ={"DICOMHUB_LOG_FORMAT": "json", "DICOMHUB_ACCESS_LOG": "false", "DICOMHUB_AUDIT_SYSLOG": "udp://h"}
+    )
+    assert (s.log_format, s.access_log, s.audit_syslog) == ("json", False, "udp://h")
+    assert load_settings(environ={}).log_format == "text" and load_settings(environ={}).access_log
+    for bad in ({"DICOMHUB_LOG_FORMAT": "xml"}, {"DICOMHUB_AUDIT_SYSLOG": "http://collector"}):
+        with pytest.raises(ConfigurationError):
+            load_settings(environ=bad)

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Query
 from dicomhub.services.ingest import StoreOutcome
+from dicomhub.telemetry.metrics import prepare_directory, remove_directory
 
 __all__ = ["CommandModule", "SettingsArgs", "main"]
 
@@ -114,6 +116,9 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         "--storage-fallback-url", help="also read blobs from this store (while migrating storage)"
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-format", choices=["text", "json"], help="log lines as text (default) or JSON objects"
+    )
     p.add_argument(
         "--duplicate-policy",
         choices=["keep", "overwrite", "reject"],
@@ -217,6 +222,7 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         help="a pixel region blanked under --deid-burned-in mask (repeatable)",
     )
     _security_args(p)
+    _operations_args(p)
 
 
 def _security_args(p: argparse.ArgumentParser) -> None:
@@ -281,6 +287,25 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 
+def _operations_args(p: argparse.ArgumentParser) -> None:
+    """The access log and the syslog audit feed (docs/operations.md)."""
+    p.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        default=None,
+        help="no log line per HTTP request",
+    )
+    p.add_argument(
+        "--audit-syslog",
+        metavar="URL",
+        help="send audit messages to a syslog collector: tls://HOST:6514, tcp://HOST:601 or udp://HOST:514",
+    )
+    p.add_argument("--audit-syslog-ca", help="PEM CA bundle the syslog collector's certificate must chain to")
+    p.add_argument("--audit-syslog-cert", help="PEM certificate presented to the syslog collector")
+    p.add_argument("--audit-syslog-key", help="PEM private key of --audit-syslog-cert")
+
+
 def _load(args: argparse.Namespace) -> Settings:
     keys = (
         "data_dir",
@@ -288,6 +313,7 @@ def _load(args: argparse.Namespace) -> Settings:
         "storage_url",
         "storage_fallback_url",
         "log_level",
+        "log_format",
         "duplicate_policy",
         "accept_unknown_sop_classes",
         "aet",
@@ -320,6 +346,11 @@ def _load(args: argparse.Namespace) -> Settings:
         "tls_verify_client",
         "dimse_tls_port",
         "https",
+        "access_log",
+        "audit_syslog",
+        "audit_syslog_ca",
+        "audit_syslog_cert",
+        "audit_syslog_key",
     )
     overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
@@ -423,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from dicomhub.bootstrap import configure_logging
 
-    configure_logging(settings.log_level if args.command == "serve" else "WARNING")
+    configure_logging(settings.log_level if args.command == "serve" else "WARNING", settings.log_format)
     try:
         if args.command == "serve":
             return _serve(settings)
@@ -458,6 +489,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    refusal = anonymous_network_refusal(settings)
+    if refusal is not None:
+        print(f"dicomhub: {refusal}", file=sys.stderr)
+        return 2
+    if settings.dimse_tls_port or settings.https:
+        tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
+    # Before any metric is counted and any worker spawned (they inherit the directory):
+    # every process counts into it, /metrics adds them up; a fresh one per start.
+    metrics_dir = prepare_directory(Path(tempfile.mkdtemp(prefix="dicomhub-metrics-")))
+    try:
+        return _serve_with_metrics(settings)
+    finally:
+        remove_directory(metrics_dir)
+
+
+def _serve_with_metrics(settings: Settings) -> int:
     import uvicorn
 
     from dicomhub.bootstrap import open_archive, run_background_worker, run_dimse_worker
@@ -465,12 +512,6 @@ def _serve(settings: Settings) -> int:
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
 
-    refusal = anonymous_network_refusal(settings)
-    if refusal is not None:
-        print(f"dicomhub: {refusal}", file=sys.stderr)
-        return 2
-    if settings.dimse_tls_port or settings.https:
-        tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
     archive = open_archive(settings)  # migrates the index before any worker starts
     # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
     tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
@@ -496,13 +537,24 @@ def _serve(settings: Settings) -> int:
     background.start()
     # The statement lists the app's own routes: built on the first request, when `app` exists.
     conformance = conformance_renderer(settings, lambda: http_routes_of(app.routes))
-    app = create_app(archive, settings, dimse_alive=workers.alive, conformance=conformance)
+
+    def processes() -> dict[str, int]:
+        found = {"http": os.getpid(), "background": background.pid or 0}
+        found.update({f"dimse-{i}": p.pid for i, p in enumerate(workers.processes) if p is not None})
+        return found
+
+    app = create_app(
+        archive, settings, dimse_alive=workers.alive, conformance=conformance, processes=processes
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.http_port,
         log_level="warning",
+        # Our access log (dicomhub.web.observe) has the request id and the principal;
+        # log_config None: uvicorn's loggers go through our handler and format.
         access_log=False,
+        log_config=None,
         lifespan="off",
         # HTTPS: the same context as DICOM TLS (TLS 1.2+, BCP 195 ciphers, client certificates).
         ssl_context_factory=(lambda _cfg, _default: tls_server_context(settings)) if settings.https else None,
@@ -513,6 +565,10 @@ def _serve(settings: Settings) -> int:
         def handle_exit(self, sig: int, frame: object) -> None:
             LOGGER.warning("signal %s received: shutting down", signal.Signals(sig).name)
             super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            # uvicorn raises the signal again once it has stopped, which killed this
+            # process before the clean-up below (audit backlog, workers, syslog feed,
+            # metrics directory) could run: let run() return instead.
+            self._captured_signals.clear()
 
     # A crash in native code (a codec, the SQLite driver) leaves Python stacks in the log.
     faulthandler.enable()
@@ -520,12 +576,15 @@ def _serve(settings: Settings) -> int:
     dimse_port = "-" if tls_only else listener.getsockname()[1]
     tls_port = f", DICOM TLS on port {settings.dimse_tls_port}" if settings.dimse_tls_port else ""
     scheme = "https" if settings.https else "http"
-    print(
+    banner = (
         f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}{tls_port}"
         f" ({settings.worker_count} workers), HTTP on {scheme}://{settings.host}:{settings.http_port}"
-        f" (/healthz), data in {settings.data_dir.resolve()}",
-        flush=True,
+        f" (/healthz), data in {settings.data_dir.resolve()}"
     )
+    if settings.log_format == "json":
+        LOGGER.info("%s", banner)  # a JSON log stays all JSON
+    else:
+        print(banner, flush=True)
     try:
         server.run()
     finally:

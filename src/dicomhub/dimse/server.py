@@ -12,6 +12,7 @@ PDU classes and negotiation. pynetdicom's own reactor polls its socket with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -36,6 +37,8 @@ from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
+from dicomhub.telemetry import context as log_context
+from dicomhub.telemetry.metrics import mark_process_dead
 
 __all__ = ["DimseWorkers", "bind_listener", "fast_path_config"]
 
@@ -105,6 +108,10 @@ class _Worker:
         self.index = index
         self.load = load
         self.stop = threading.Event()
+        # SIGTERM writes to this pipe, so the accept loop's select returns at once
+        # instead of at its next timeout (a signal alone only interrupts it to be retried).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self.fast_config = fast_path_config(settings)
         self.recorder = AssociationRecorder(archive.statistics.record)
         self._known = {r.ae_title for r in self.settings.remote_aes}
@@ -113,17 +120,25 @@ class _Worker:
         self.tls_context = tls_server_context(settings) if tls_listener is not None else None
         # Without a plain port the TLS listener is passed as both.
         self.listeners = list(dict.fromkeys(s for s in (listener, tls_listener) if s is not None))
+        self._watched: list[socket.socket | int] = [*self.listeners, self._wake_r]
 
     def _busier_than_a_sibling(self) -> bool:
         loads = [int(n) for n in self.load[:]]
         return loads[self.index] > min(loads)
 
+    def request_stop(self) -> None:
+        """Stop the accept loop now (safe in a signal handler)."""
+        self.stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
     def serve_forever(self) -> None:
         while not self.stop.is_set():
             try:
-                ready, _, _ = select.select(self.listeners, [], [], 0.5)
+                readable, _, _ = select.select(self._watched, [], [], 0.5)
             except (OSError, ValueError):
                 break
+            ready = [s for s in readable if isinstance(s, socket.socket)]
             if not ready:
                 continue
             if self._busier_than_a_sibling():
@@ -151,6 +166,9 @@ class _Worker:
 
     def _serve_connection(self, conn: socket.socket, address: tuple[str, int], tls: bool = False) -> None:
         session: AssociationSession | None = None
+        # Every log line of this association's thread carries its id (a new thread
+        # starts with an empty context, so nothing to reset afterwards).
+        log_context.association_id.set(log_context.new_id())
         try:
             conn.setblocking(True)
             tls_subject: str | None = None
@@ -265,7 +283,7 @@ def serve_worker(
     """Serve associations in this worker process until SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     worker = _Worker(archive, settings, listener, index, load, tls_listener)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     LOGGER.debug("DIMSE worker %d (pid %d) ready", index, os.getpid())
     worker.recorder.start()
     try:
@@ -316,6 +334,8 @@ class DimseWorkers:
             for i, proc in enumerate(self.processes):
                 if proc is not None and not proc.is_alive() and not self._stopping.is_set():
                     LOGGER.error("DIMSE worker %d exited (code %s); restarting", i, proc.exitcode)
+                    # Its live gauges go; its counters stay counted (the files remain).
+                    mark_process_dead(proc.pid)
                     with self.load.get_lock():
                         self.load[i] = 0
                     self._spawn(i)

@@ -4,6 +4,10 @@ association and written to the association log in batches.
 Each association runs on its own thread, so the record being built lives in
 a thread-local; a flusher thread writes finished records once a second, so
 that a burst of short associations costs one transaction, not one each.
+
+The same events feed the Prometheus counters (:mod:`dicomhub.telemetry.metrics`)
+as they happen: the association log is pruned after 30 days, the counters
+only ever grow (until the server restarts).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from dicomhub.model.associations import AssociationRecord
+from dicomhub.telemetry.metrics import metrics
 
 __all__ = ["AssociationRecorder"]
 
@@ -77,6 +82,9 @@ class AssociationRecorder:
             self._local.started = time.monotonic()
             return
         if name == "rejected":
+            metrics().associations.labels(
+                calling_ae=str(details.get("calling_ae_title", "")), outcome="rejected"
+            ).inc()
             self._finish(
                 AssociationRecord(
                     calling_ae_title=str(details.get("calling_ae_title", "")),
@@ -90,8 +98,16 @@ class AssociationRecorder:
             return
         record: AssociationRecord | None = getattr(self._local, "record", None)
         if name in _OPERATIONS:
+            status_class = _status_class(details.get("status"))
+            counters = metrics()
+            counters.dimse_operations.labels(
+                calling_ae=str(details.get("calling_ae_title", "")), operation=name, status=status_class
+            ).inc()
+            seconds = details.get("seconds")
+            if isinstance(seconds, float):
+                counters.dimse_seconds.labels(operation=name).observe(seconds)
             if record is not None:
-                key = f"{name}:{_status_class(details.get('status'))}"
+                key = f"{name}:{status_class}"
                 record.operations[key] = record.operations.get(key, 0) + 1
             return
         if name in ("released", "aborted"):
@@ -105,6 +121,13 @@ class AssociationRecorder:
                 record.reason = f"{details.get('reason', '')} ({details.get('by', 'peer')})".strip()
             record.bytes_received = _count(details, "bytes")
             self._local.record = None
+            counters = metrics()
+            counters.associations.labels(calling_ae=record.calling_ae_title, outcome=name).inc()
+            counters.dimse_received_bytes.labels(calling_ae=record.calling_ae_title).inc(record.bytes_received)
+            if record.rejected_contexts:
+                counters.contexts_rejected.labels(calling_ae=record.calling_ae_title).inc(
+                    record.rejected_contexts
+                )
             self._finish(record)
 
     def _finish(self, record: AssociationRecord) -> None:

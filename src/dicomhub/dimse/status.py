@@ -23,6 +23,7 @@ from dicomhub.errors import (
     UnknownDestination,
 )
 from dicomhub.services.access import Forbidden
+from dicomhub.telemetry.metrics import count_backend_error
 
 __all__ = [
     "CANCEL",
@@ -95,6 +96,7 @@ RETRIEVE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
 
 
 def _lookup(table: tuple[tuple[type[Exception], int], ...], exc: Exception, default: int) -> int:
+    count_backend_error(exc, "dimse")
     for cls, status in table:
         if isinstance(exc, cls):
             return status

@@ -654,6 +654,19 @@ class IndexRepository:
             rows = conn.execute(query.order_by(instance.c.pk).limit(limit)).all()
         return [(pk, key) for pk, key in rows]
 
+    def pending_counts(self) -> dict[str, int]:
+        """How many instances still wait for derived work, by job (``headers``,
+        ``content-digests``): the background process's queues, for metrics.
+        Each condition has a partial index, so a count reads only the waiting rows."""
+        with engines.read(self.engine) as conn:
+            headers = conn.execute(
+                select(func.count()).select_from(instance).where(instance.c.header_json.is_(None))
+            ).scalar_one()
+            digests = conn.execute(
+                select(func.count()).select_from(instance).where(instance.c.content_sha256 == "")
+            ).scalar_one()
+        return {"headers": int(headers), "content-digests": int(digests)}
+
     def pending_content_digests(self, limit: int) -> list[tuple[int, str, str]]:
         """Instances whose data set digest is not computed yet, oldest first:
         (pk, blob_key, blob sha256), the last ``''`` when that is not computed either."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dicomhub.index.security import AuditRepository
@@ -14,12 +15,20 @@ __all__ = ["AuditService"]
 
 _MAX_DETAIL = 8192
 
+LOGGER = logging.getLogger("dicomhub.audit")
+
 
 class AuditService:
     """Implements :class:`dicomhub.model.audit.AuditRecorder` on the index."""
 
-    def __init__(self, repo: AuditRepository) -> None:
+    def __init__(
+        self, repo: AuditRepository, forward: Callable[[Sequence[AuditRecord]], None] | None = None
+    ) -> None:
+        """``forward`` receives the records once they are committed (the syslog audit
+        feed, :mod:`dicomhub.telemetry.syslog`); it must not block, and its failures
+        are logged, never raised: the event is already in the audit log."""
         self.repo = repo
+        self.forward = forward
 
     def record(self, event: AuditEvent) -> None:
         """Append ``event`` (committed when this returns); raises when it cannot be written."""
@@ -27,7 +36,20 @@ class AuditService:
 
     def record_many(self, events: Sequence[AuditEvent]) -> None:
         """Append ``events`` in one transaction (committed when this returns)."""
-        self.repo.append_many([_row(event) for event in events])
+        rows = [_row(event) for event in events]
+        at = dt.datetime.now(dt.UTC)
+        pks = self.repo.append_many(rows)
+        if self.forward is None or not pks:
+            return
+        try:
+            self.forward(
+                [
+                    _record({**values, "pk": pk, "at": at, "detail": event.detail}, studies)
+                    for pk, event, (values, studies) in zip(pks, events, rows, strict=True)
+                ]
+            )
+        except Exception:  # noqa: BLE001 - the event is stored; the feed must not fail the caller
+            LOGGER.exception("could not forward %d audit events", len(pks))
 
     def events(
         self,

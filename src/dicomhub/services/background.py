@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from dicomhub.errors import DicomhubError
+from dicomhub.telemetry.metrics import count_backend_error
 
 __all__ = ["SETTLE_SECONDS", "run_until_stopped"]
 
@@ -72,5 +73,6 @@ def run_until_stopped(
                 while mine and not stop.is_set() and step():
                     if last_change is not None and not overdue and last_change() != seen:
                         break  # storing again: wait for it to settle
-        except DicomhubError:
+        except DicomhubError as exc:
+            count_backend_error(exc, "background")
             logger.exception("%s failed; retrying", name)

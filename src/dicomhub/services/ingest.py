@@ -51,6 +51,7 @@ from dicomhub.services.blobfiles import blob_as_file, mapped_blob
 from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob, digests_of_blob
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
+from dicomhub.telemetry.metrics import metrics
 
 __all__ = ["DuplicatePolicy", "IngestService", "StoreOutcome", "StoreResult"]
 
@@ -877,6 +878,11 @@ class IngestService:
     def _result(
         outcome: StoreOutcome, header: InstanceHeader, size: int, warning: str | None = None
     ) -> StoreResult:
+        # Every store of every channel ends here (after its commit): count it once.
+        counters = metrics()
+        counters.stored_objects.labels(outcome=outcome.value).inc()
+        if outcome is not StoreOutcome.ALREADY_PRESENT:
+            counters.stored_bytes.inc(size)
         return StoreResult(
             outcome=outcome,
             sop_class_uid=header.sop_class_uid,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +19,7 @@ from dicomhub.web import admin, audit, deid, dicomweb, migrations, security
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
+from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.openapi import openapi_endpoint
 
 __all__ = ["create_app"]
@@ -29,6 +30,7 @@ def create_app(
     settings: Settings,
     dimse_alive: Callable[[], bool] = lambda: True,
     conformance: Callable[[str], str] | None = None,
+    processes: Callable[[], Mapping[str, int]] | None = None,
 ) -> Starlette:
     """Build the HTTP application on ``archive``.
 
@@ -37,7 +39,9 @@ def create_app(
     gives the DICOM conformance statement of the server in a format
     (``"markdown"`` or ``"html"``), served at ``GET /conformance`` (404
     without it); the composition root injects it, since the statement is
-    generated from the DIMSE and web layers together.
+    generated from the DIMSE and web layers together. ``processes`` gives
+    ``{role: pid}`` of the server's processes for ``dicomhub_process_*`` in
+    ``/metrics``.
     """
 
     def conformance_statement(request: Request) -> Response:
@@ -89,6 +93,7 @@ def create_app(
         ),
         Middleware(AuthMiddleware, archive=archive, required=settings.auth_required, backlog=backlog),
     ]
+    templates = RouteTemplates()
     if settings.cors_origins:
         middleware.insert(
             0,
@@ -100,12 +105,14 @@ def create_app(
                 expose_headers=["ETag", "Content-Type", "Content-Length", "Warning"],
             ),
         )
+    # Outermost: request id, access log and HTTP metrics see every answer, 401s included.
+    middleware.insert(0, Middleware(ObserveMiddleware, templates=templates, access_log=settings.access_log))
     app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             Route("/conformance", conformance_statement, methods=["GET"]),
-            Route("/metrics", metrics_endpoint(archive), methods=["GET"]),
+            Route("/metrics", metrics_endpoint(archive, processes), methods=["GET"]),
             Mount(
                 "/dicomweb", routes=[*security.dicomweb_routes(archive), *dicomweb.routes(archive, settings)]
             ),
@@ -118,6 +125,7 @@ def create_app(
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
     )
+    templates.add(app.routes)
     # The server writes what is still queued when it stops (see AuditBacklog.close).
     app.state.audit_backlog = backlog
     return app

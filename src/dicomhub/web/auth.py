@@ -29,6 +29,7 @@ from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOut
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
+from dicomhub.telemetry.metrics import metrics
 
 __all__ = [
     "AuditBacklog",
@@ -75,6 +76,7 @@ class AuditBacklog:
         with self._lock:
             self._queue.append(event)
             self._pending += 1
+            metrics().queue_depth.labels(queue="audit-backlog").inc()
             if self._writer is None and not self._closed:
                 self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._writer.start()
@@ -110,6 +112,7 @@ class AuditBacklog:
             with self._lock:
                 self._pending -= len(batch)
                 self._lock.notify_all()
+            metrics().queue_depth.labels(queue="audit-backlog").dec(len(batch))
 
     def wait(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event is written; False on timeout."""

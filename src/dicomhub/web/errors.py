@@ -19,6 +19,7 @@ from dicomhub.errors import (
     StorageError,
 )
 from dicomhub.services.governance import Forbidden, Unauthenticated
+from dicomhub.telemetry.metrics import count_backend_error
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -81,6 +82,7 @@ def row_id(text: str, what: str) -> int:
 
 def error_response(exc: Exception) -> Response:
     """The HTTP response for a dicomhub error: status from the table, reason in the body."""
+    count_backend_error(exc, "http")
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

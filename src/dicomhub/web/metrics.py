@@ -1,84 +1,103 @@
-"""``GET /metrics``: Prometheus text exposition (format 0.0.4) of the DIMSE statistics
-and the archive's gauges. Counters come from the association log, so they add
-up across the DIMSE worker processes and survive restarts (30 days kept)."""
+"""``GET /metrics``: Prometheus text exposition of every server process.
+
+Counters and histograms are counted where things happen (the DIMSE workers,
+the HTTP process, the background process) through prometheus_client's
+multiprocess mode (:mod:`dicomhub.telemetry.metrics`) and summed here at
+scrape time; they start at zero when the server starts and never go down
+while it runs (the association log, which the counters used to be summed
+from, is pruned after 30 days). The archive's gauges (objects held, decode
+failures, Storage Commitment states, background queues) are read from the
+index at scrape time, and the processes' CPU, memory and file descriptors
+from ``/proc``.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomhub import __version__
 from dicomhub.services.archive import Archive
+from dicomhub.telemetry.metrics import ProcessTable, scrape_registry
 
-__all__ = ["metrics_endpoint"]
+__all__ = ["MetricsEndpoint", "metrics_endpoint"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _label(value: object) -> str:
-    # AE titles come from the wire: escape what the text format gives meaning to.
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+class _ArchiveGauges:
+    """Gauges read from the index at scrape time (the same in every process, so read once)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        info = GaugeMetricFamily("dicomhub_info", "Version of this dicomhub.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        objects = GaugeMetricFamily("dicomhub_objects", "Entities held, by level.", labels=["level"])
+        for level, n in self.archive.statistics.archive_counts().items():
+            objects.add_metric([level], n)
+        yield objects
+        yield GaugeMetricFamily(
+            "dicomhub_decode_failures",
+            "Stored objects whose pixel data did not decode.",
+            value=self.archive.decode_check.failure_count(),
+        )
+        commitments = GaugeMetricFamily(
+            "dicomhub_storage_commitments", "Storage Commitment transactions by state.", labels=["state"]
+        )
+        states = self.archive.commitment.count_by_state()
+        for state in ("pending", "delivered", "gave-up"):
+            commitments.add_metric([state], states.get(state, 0))
+        yield commitments
+        background = GaugeMetricFamily(
+            "dicomhub_background_queue_depth",
+            "Work waiting for the background process: instances without header metadata or "
+            "data set digest, Storage Commitment reports not delivered yet.",
+            labels=["queue"],
+        )
+        for queue, n in self.archive.index.pending_counts().items():
+            background.add_metric([queue], n)
+        background.add_metric(["commitment-reports"], states.get("pending", 0))
+        yield background
 
 
-def _labels(**labels: object) -> str:
-    return "{" + ",".join(f"{k}={_label(v)}" for k, v in labels.items()) + "}"
+class MetricsEndpoint:
+    """``GET /metrics`` on ``archive``: call :meth:`render` for the exposition.
+
+    Parameters
+    ----------
+    archive : Archive
+        The archive whose gauges are read at scrape time.
+    processes : callable, optional
+        ``{role: pid}`` of the server's processes, for ``dicomhub_process_*``.
+    """
+
+    def __init__(self, archive: Archive, processes: Callable[[], Mapping[str, int]] | None = None) -> None:
+        collectors: list[object] = [_ArchiveGauges(archive)]
+        if processes is not None:
+            collectors.append(ProcessTable(processes))
+        # Built once: the multiprocess collector reads the counters' files at each collect.
+        self._registry = scrape_registry(*collectors)
+
+    def render(self) -> bytes:
+        """Every process's metrics and the archive's gauges, Prometheus text format 0.0.4."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self._registry)
+
+    def __call__(self, _request: Request) -> Response:
+        return Response(self.render(), media_type=CONTENT_TYPE)
 
 
-def render_metrics(archive: Archive) -> str:
-    totals = archive.statistics.totals()
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-
-    family("dicomhub_info", "gauge", "Version of this dicomhub.")
-    lines.append(f"dicomhub_info{_labels(version=__version__)} 1")
-    family("dicomhub_associations_total", "counter", "DIMSE associations by calling AE title and outcome.")
-    for row in totals["associations"]:
-        labels = _labels(calling_ae=row["calling_ae_title"], outcome=row["outcome"])
-        lines.append(f"dicomhub_associations_total{labels} {row['associations']}")
-    family(
-        "dicomhub_presentation_contexts_rejected_total",
-        "counter",
-        "Proposed presentation contexts refused, by calling AE title.",
-    )
-    rejected: Counter[str] = Counter()
-    received: Counter[str] = Counter()
-    for row in totals["associations"]:
-        rejected[row["calling_ae_title"]] += row["rejected_contexts"]
-        received[row["calling_ae_title"]] += row["bytes_received"]
-    for ae, n in sorted(rejected.items()):
-        lines.append(f"dicomhub_presentation_contexts_rejected_total{_labels(calling_ae=ae)} {n}")
-    family("dicomhub_dimse_received_bytes_total", "counter", "Bytes received on DIMSE associations.")
-    for ae, n in sorted(received.items()):
-        lines.append(f"dicomhub_dimse_received_bytes_total{_labels(calling_ae=ae)} {n}")
-    family(
-        "dicomhub_dimse_operations_total",
-        "counter",
-        "DIMSE operations served, by calling AE title, operation and status class.",
-    )
-    for row in totals["operations"]:
-        labels = _labels(calling_ae=row["calling_ae_title"], operation=row["operation"], status=row["status"])
-        lines.append(f"dicomhub_dimse_operations_total{labels} {row['count']}")
-    family("dicomhub_objects", "gauge", "Entities held, by level.")
-    for level, n in archive.statistics.archive_counts().items():
-        lines.append(f"dicomhub_objects{_labels(level=level)} {n}")
-    family("dicomhub_decode_failures", "gauge", "Stored objects whose pixel data did not decode.")
-    lines.append(f"dicomhub_decode_failures {archive.decode_check.failure_count()}")
-    family("dicomhub_storage_commitments", "gauge", "Storage Commitment transactions by state.")
-    states = archive.commitment.count_by_state()
-    for state in ("pending", "delivered", "gave-up"):
-        lines.append(f"dicomhub_storage_commitments{_labels(state=state)} {states.get(state, 0)}")
-    return "\n".join(lines) + "\n"
-
-
-def metrics_endpoint(archive: Archive) -> Callable[[Request], Response]:
-    def metrics(_request: Request) -> Response:
-        return Response(render_metrics(archive), media_type=CONTENT_TYPE)
-
-    return metrics
+def metrics_endpoint(
+    archive: Archive, processes: Callable[[], Mapping[str, int]] | None = None
+) -> Callable[[Request], Response]:
+    """The ``/metrics`` endpoint (see :class:`MetricsEndpoint`)."""
+    # A bound method, so that Starlette runs it as a request handler in its thread pool.
+    return MetricsEndpoint(archive, processes).__call__

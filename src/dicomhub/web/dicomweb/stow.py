@@ -98,6 +98,7 @@ from dicomhub.model.structure import dataset_offset
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
 from dicomhub.services.ingest import StoreResult
+from dicomhub.telemetry.metrics import count_backend_error
 from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
 from dicomhub.web.dicomweb.urls import dicomweb_base
@@ -161,6 +162,7 @@ _FAILURE_REASON = (0x00081197, "US", "FailureReason")
 
 def failure_reason(exc: Exception) -> int:
     """The STOW-RS Failure Reason for an error raised by the ingest service."""
+    count_backend_error(exc, "http")
     for cls, reason in _FAILURE_REASONS:
         if isinstance(exc, cls):
             return reason
