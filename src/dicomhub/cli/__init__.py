@@ -56,6 +56,7 @@ class CommandModule(Protocol):
 _COMMAND_MODULES: tuple[str, ...] = (
     "ae",
     "auditexport",
+    "backup",
     "deid",
     "deidserver",
     "migration",
