@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomhub.errors import IndexUnavailable
 from dicomhub.index import engine as engines
 from dicomhub.index.blobs import BlobRecord, referenced_in
-from dicomhub.index.schema import instance
+from dicomhub.index.schema import instance, series, study
 
 __all__ = [
     "POSTGRESQL_DUMP",
@@ -328,6 +328,18 @@ class IndexBackup:
     def instance_count(self) -> int:
         """Instances the index holds now."""
         return instance_count(self.engine)
+
+    def locate(self, sop_instance_uid: str) -> tuple[str, str, str] | None:
+        """(study UID, series UID, blob key) of an indexed instance, or None."""
+        stmt = (
+            select(study.c.study_instance_uid, series.c.series_instance_uid, instance.c.blob_key)
+            .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+            .join(study, series.c.study_pk == study.c.pk)
+            .where(instance.c.sop_instance_uid == sop_instance_uid)
+        )
+        with engines.read(self.engine) as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else (row[0], row[1], row[2])
 
     def restore(self, copy: Path) -> None:
         """Replace the index with ``copy`` (made by :meth:`snapshot` on the same kind of database)."""

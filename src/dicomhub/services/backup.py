@@ -408,19 +408,16 @@ class BackupService:
             )
         self.blobs.sync()
 
-    @staticmethod
-    def _remove_row(repository: IndexRepository, entry: ManifestEntry, report: RestoreReport) -> None:
-        row = repository.get_instance(entry.sop_instance_uid)
-        if row is None or row.blob_key != entry.key:
+    def _remove_row(self, repository: IndexRepository, entry: ManifestEntry, report: RestoreReport) -> None:
+        found = self.index.locate(entry.sop_instance_uid)
+        if found is None or found[2] != entry.key:
             return
+        study_uid, series_uid, _key = found
         try:
-            repository.delete_entity(
-                Level.IMAGE, row.study_instance_uid, row.series_instance_uid, row.sop_instance_uid
-            )
+            repository.delete_entity(Level.IMAGE, study_uid, series_uid, entry.sop_instance_uid)
         except NotFound:
             return
         report.rows_removed.append(entry.sop_instance_uid)
-
 
 def _mismatch(size: int, sha256: str | None, info: BlobInfo) -> str:
     """Why ``info`` is not the blob of ``size`` bytes with ``sha256`` (empty when it is)."""
