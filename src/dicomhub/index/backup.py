@@ -68,10 +68,17 @@ def sqlite_path(index_url: str) -> Path | None:
     return Path(url.database)
 
 
-def libpq_url(index_url: str) -> str:
-    """The URL as libpq tools take it (``postgresql://``, without SQLAlchemy's driver name)."""
-    url = make_url(engines.normalise_url(index_url)).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+def libpq_url(index_url: str) -> tuple[str, dict[str, str]]:
+    """The URL as libpq tools take it (``postgresql://``, without SQLAlchemy's driver name),
+    and the environment they need: the password goes in ``PGPASSWORD``, not on a command
+    line that every user of the host can read in ``ps``."""
+    url = make_url(engines.normalise_url(index_url))
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+    # URL.set() ignores None; the namedtuple's _replace removes the password.
+    bare = url._replace(drivername="postgresql", password=None)
+    return bare.render_as_string(hide_password=False), env
 
 
 def pg_tool(name: str) -> str:
@@ -199,10 +206,11 @@ def postgresql_snapshot(
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 name = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+                dbname, env = libpq_url(index_url)
                 proc = subprocess.run(
                     [tool, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={name}",
-                     f"--file={tmp}", f"--dbname={libpq_url(index_url)}"],
-                    capture_output=True, text=True, check=False, timeout=_PG_TOOL_TIMEOUT,
+                     f"--file={tmp}", f"--dbname={dbname}"],
+                    capture_output=True, text=True, check=False, timeout=_PG_TOOL_TIMEOUT, env=env,
                 )  # fmt: skip
                 if proc.returncode != 0:
                     raise IndexUnavailable(f"pg_dump failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -279,10 +287,11 @@ def restore_postgresql(dump: Path, index_url: str) -> None:
     IndexUnavailable
         When ``pg_restore`` fails.
     """
+    dbname, env = libpq_url(index_url)
     proc = subprocess.run(
         [pg_tool("pg_restore"), "--no-owner", "--no-privileges", "--single-transaction",
-         "--exit-on-error", f"--dbname={libpq_url(index_url)}", str(dump)],
-        capture_output=True, text=True, check=False, timeout=_PG_TOOL_TIMEOUT,
+         "--exit-on-error", f"--dbname={dbname}", str(dump)],
+        capture_output=True, text=True, check=False, timeout=_PG_TOOL_TIMEOUT, env=env,
     )  # fmt: skip
     if proc.returncode != 0:
         raise IndexUnavailable(f"pg_restore failed ({proc.returncode}): {proc.stderr.strip()}")
