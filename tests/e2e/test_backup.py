@@ -69,8 +69,8 @@ def _cli(*args: str, data_dir: Path) -> tuple[int, str]:
 
 def test_backup_while_storing_then_restore_on_a_fresh_archive(servers: ServerPool, tmp_path: Path) -> None:
     srv = servers.start("source")
-    first = write_ct_series(tmp_path / "first", 60, rows=16, cols=16, patient_id="BKP-A")
-    second = write_ct_series(tmp_path / "second", 400, rows=16, cols=16, patient_id="BKP-B")
+    first = write_ct_series(tmp_path / "first", 40, rows=16, cols=16, patient_id="BKP-A")
+    second = write_ct_series(tmp_path / "second", 300, rows=16, cols=16, patient_id="BKP-B")
     sent = {str(d.SOPInstanceUID): d for d in first + second}
     store_ok(srv, tmp_path / "first", expect=len(first))
 
