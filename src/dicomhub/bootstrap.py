@@ -229,7 +229,11 @@ def restore_source(settings: Settings, src: Path, blobs_from: str | None = None)
     manifest, _entries = read_manifest(src)
     stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     if blobs_from is None and manifest.blobs_copied:
-        return open_store_at((src / "blobs").resolve().as_uri(), **stores)
+        folder = src / "blobs"
+        if not (folder / "ff" / "f").is_dir():
+            # Opening a file store on it would create its folders inside the backup.
+            raise DicomhubError(f"{src}: the backup's blob folder {folder} is missing or incomplete")
+        return open_store_at(folder.resolve().as_uri(), **stores)
     url = blobs_from or manifest.store_url
     if url == settings.blob_store_url:
         return None
