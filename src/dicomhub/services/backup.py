@@ -239,9 +239,11 @@ class BackupService:
         dest.mkdir(parents=True, exist_ok=True)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         index_file, revision, records = self.index.snapshot(dest)
-        report = BackupReport(str(dest), _placeholder_manifest())
+        gone: list[str] = []
+        damaged: list[str] = []
         if copy_blobs:
-            entries = self._copy_out(records, FileSystemBlobStore(dest / BLOB_FOLDER), jobs, report)
+            target = FileSystemBlobStore(dest / BLOB_FOLDER)
+            entries = self._copy_out(records, target, jobs, gone, damaged)
         else:
             entries = [
                 ManifestEntry(r.blob_key, r.size, r.sha256 or None, r.kind, r.sop_instance_uid)
@@ -261,26 +263,32 @@ class BackupService:
         )
         body = {"format": _FORMAT, "version": _VERSION, **asdict(manifest)}
         _write_durably(dest / MANIFEST, [json.dumps(body, indent=2) + "\n"])
-        report.manifest = manifest
-        report.seconds = time.monotonic() - started
-        return report
+        return BackupReport(str(dest), manifest, gone, damaged, time.monotonic() - started)
 
     def _copy_out(
-        self, records: list[BlobRecord], target: FileSystemBlobStore, jobs: int, report: BackupReport
+        self,
+        records: list[BlobRecord],
+        target: FileSystemBlobStore,
+        jobs: int,
+        gone: list[str],
+        damaged: list[str],
     ) -> list[ManifestEntry]:
+        """Copy the blobs of ``records`` into ``target``; their manifest entries. Blobs
+        removed since the snapshot are added to ``gone``, bad ones (as "key: why") to ``damaged``."""
+
         def one(record: BlobRecord) -> ManifestEntry:
             try:
                 info = target.put_stream(record.blob_key, _chunks(self.blobs, record.blob_key), durable=False)
             except BlobMissing:
                 # Deleted (or replaced) after the snapshot: see the module docstring.
-                report.gone.append(record.blob_key)
+                gone.append(record.blob_key)
                 return ManifestEntry(
                     record.blob_key, record.size, record.sha256 or None, record.kind,
                     record.sop_instance_uid, gone=True,
                 )  # fmt: skip
             problem = _mismatch(record.size, record.sha256 or None, info)
             if problem:
-                report.damaged.append(f"{record.blob_key} ({record.sop_instance_uid}): {problem}")
+                damaged.append(f"{record.blob_key} ({record.sop_instance_uid}): {problem}")
             # The recorded digest when there is one (a damaged copy then fails the
             # restore's verification, as it should); else the copy's own.
             return ManifestEntry(
@@ -427,7 +435,4 @@ def _mismatch(size: int, sha256: str | None, info: BlobInfo) -> str:
         return f"SHA-256 {info.sha256}, {sha256} expected"
     return ""
 
-
-def _placeholder_manifest() -> BackupManifest:
-    return BackupManifest("", __version__, "", "", None, "", False, 0, 0)
 
