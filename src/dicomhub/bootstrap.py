@@ -17,6 +17,7 @@ from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.aes import ApplicationEntityRepository
 from dicomhub.index.associations import AssociationLogRepository
+from dicomhub.index.backup import IndexBackup
 from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
@@ -33,6 +34,7 @@ from dicomhub.services.access import AccessService, parse_claim_grants, parse_la
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
+from dicomhub.services.backup import BackupService, read_manifest
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.decodecheck import DecodeCheckService
@@ -43,6 +45,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
+from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -61,7 +64,10 @@ __all__ = [
     "configure_pydicom",
     "open_audit_feed",
     "open_archive",
+    "open_backup",
     "open_blob_store",
+    "open_reindex",
+    "restore_source",
     "open_storage_migration",
     "run_background_worker",
     "run_dimse_worker",
@@ -274,6 +280,49 @@ def open_storage_migration(
         BlobRecords(engine), open_store_at(source_url, **stores), open_store_at(target_url, **stores)
     )
     return migration, engine.dispose
+
+
+def open_backup(settings: Settings) -> tuple[BackupService, Callable[[], None]]:
+    """Backup and restore of the archive of ``settings`` (not migrated: a restore
+    target may not have its schema yet), and its close."""
+    configure_pydicom()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = connect_engine(settings.index_url)
+    service = BackupService(
+        IndexBackup(engine, settings.index_url, settings.data_dir),
+        open_blob_store(settings),
+        settings.blob_store_url,
+        open_repository=lambda: IndexRepository(engine),
+    )
+    return service, engine.dispose
+
+
+def restore_source(settings: Settings, src: Path, blobs_from: str | None = None) -> BlobStore | None:
+    """Where the blobs of the backup in ``src`` are read from when restoring into ``settings``' archive.
+
+    The backup's own ``blobs/`` folder when it has one; else ``blobs_from`` or
+    the store the backup was taken from. None when that is the archive's own
+    store (a manifest-only backup of an S3 archive restored onto its bucket):
+    the blobs are then verified where they are.
+    """
+    manifest, _entries = read_manifest(src)
+    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    if blobs_from is None and manifest.blobs_copied:
+        folder = src / "blobs"
+        if not (folder / "ff" / "f").is_dir():
+            # Opening a file store on it would create its folders inside the backup.
+            raise DicomhubError(f"{src}: the backup's blob folder {folder} is missing or incomplete")
+        return open_store_at(folder.resolve().as_uri(), **stores)
+    url = blobs_from or manifest.store_url
+    if url == settings.blob_store_url:
+        return None
+    return open_store_at(url, **stores)
+
+
+def open_reindex(settings: Settings) -> tuple[ReindexService, Callable[[], None]]:
+    """``dicomhub reindex`` on the archive of ``settings`` (migrated first), and its close."""
+    archive = open_archive(settings)
+    return ReindexService(archive.ingest, archive.storage_check.records, archive.blobs), archive.close
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:

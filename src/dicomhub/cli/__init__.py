@@ -58,6 +58,7 @@ class CommandModule(Protocol):
 _COMMAND_MODULES: tuple[str, ...] = (
     "ae",
     "auditexport",
+    "backup",
     "deid",
     "deidserver",
     "migration",

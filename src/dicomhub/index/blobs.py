@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Subquery, literal, select, union_all, update
+from sqlalchemy import Connection, Engine, Subquery, literal, select, union_all, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import conflict, instance
 
-__all__ = ["BlobRecord", "BlobRecords"]
+__all__ = ["BlobRecord", "BlobRecords", "referenced_in"]
 
 _BATCH = 500  # keys per IN (...) list: well below every database's parameter limit
 
@@ -52,6 +52,14 @@ def _referenced() -> Subquery:
     ).subquery()
 
 
+def referenced_in(conn: Connection) -> Iterator[BlobRecord]:
+    """Every blob the rows visible to ``conn`` refer to (a backup reads them inside its snapshot)."""
+    refs = _referenced()
+    result = conn.execution_options(yield_per=1000).execute(select(refs))
+    for row in result:
+        yield BlobRecord(row.blob_key, int(row.size), row.sha256, row.sop_instance_uid, row.kind)
+
+
 class BlobRecords:
     """The index's view of the blob store."""
 
@@ -60,11 +68,8 @@ class BlobRecords:
 
     def all(self) -> Iterator[BlobRecord]:
         """Every referenced blob (streamed: the rows are not all held at once)."""
-        refs = _referenced()
         with engines.read(self.engine) as conn:
-            result = conn.execution_options(yield_per=1000).execute(select(refs))
-            for row in result:
-                yield BlobRecord(row.blob_key, int(row.size), row.sha256, row.sop_instance_uid, row.kind)
+            yield from referenced_in(conn)
 
     def referenced(self, keys: Iterable[str]) -> dict[str, BlobRecord]:
         """Which of ``keys`` the index refers to now."""

@@ -249,14 +249,27 @@ class IngestService:
             # their length, so a large Pixel Data is never paged in.
             return extract_part10(data)
 
-    def index_stored_blob(self, key: str) -> bool:
-        """Index a blob that is in the store but not in the index (``dicomhub check --repair``).
+    def index_stored_blob(self, key: str, *, keep_refused: bool = False) -> bool:
+        """Index a blob that is in the store but not in the index (``check --repair``, ``reindex``).
 
         Returns False, indexing nothing, when its SOP Instance UID is indexed
-        already (with another blob): the blob is then a leftover copy.
+        already (with another blob) with the same content: the blob is then
+        a leftover copy.
+
+        Parameters
+        ----------
+        keep_refused : bool
+            Record a blob the index refuses (its study held under another
+            patient, or its UID held with other content) as a refused copy
+            kept in quarantine, as ingest did when it first came (``dicomhub
+            reindex`` meets these copies in the store), then raise.
 
         Raises
         ------
+        Conflict
+            The index refuses the object (see ``keep_refused``); with
+            ``keep_refused`` also when its UID is held with other content
+            (:class:`~dicomhub.errors.DuplicateInstance`).
         DicomhubError
             When the blob is not a DICOM object that can be indexed.
         """
@@ -264,8 +277,30 @@ class IngestService:
             header = extract_part10(data)
             content = content_digest(data)
             blob = BlobInfo(key, len(data), hashlib.sha256(data).hexdigest())
-        added = self.index.add_instance(header, blob, content, None, overwrite=False)
-        return added.result is not AddResult.EXISTS
+        try:
+            added = self.index.add_instance(header, blob, content, None, overwrite=False)
+        except Conflict as exc:
+            if keep_refused:
+                kind = "patient-mismatch" if isinstance(exc, PatientMismatch) else "conflict"
+                self.index.record_conflict(kind, header, header.sop_instance_uid, blob, None, str(exc))
+            raise
+        if added.result is not AddResult.EXISTS:
+            return True
+        if (
+            keep_refused
+            and added.existing is not None
+            and self._difference(added.existing, content, header.transfer_syntax_uid, _BlobRef(key))
+            is not None
+        ):
+            refusal = DuplicateInstance(
+                f"SOP Instance {header.sop_instance_uid} is indexed with other content "
+                f"(blob {added.existing.blob_key})"
+            )
+            self.index.record_conflict(
+                "duplicate-different-content", header, header.sop_instance_uid, blob, None, str(refusal)
+            )
+            raise refusal
+        return False
 
     def store_part10(
         self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
