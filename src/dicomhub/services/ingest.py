@@ -12,11 +12,15 @@ visible half object:
 
 A blob written in step 2 whose step 3 never happened is an orphan that
 ``dicomhub check`` finds; a row without its blob cannot exist.
+
+A SOP Instance UID that comes again is judged by the one duplicate decision
+(:class:`~dicomhub.services.duplicates.DuplicateJudge`): the same object,
+whatever its encoding, is already present; other content goes to the
+duplicate policy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -45,10 +49,11 @@ from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
-from dicomhub.model.records import InstanceHeader, InstanceRow
+from dicomhub.model.records import InstanceHeader
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.blobfiles import blob_as_file, mapped_blob
-from dicomhub.services.contentdigest import PENDING, content_digest, content_digest_of_blob, digests_of_blob
+from dicomhub.services.contentdigest import PENDING, content_digest, digests_of_blob
+from dicomhub.services.duplicates import BlobRef, DuplicateJudge, other_content
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
 from dicomhub.telemetry.metrics import metrics
@@ -147,6 +152,7 @@ class IngestService:
         self.labeller = labeller
         self.index = index
         self.blobs = blobs
+        self.duplicates = DuplicateJudge(index, blobs)
         self.policy = policy
         self.compression = tuple(compression)
         self.validation = validation
@@ -215,8 +221,8 @@ class IngestService:
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
             if existing is not None:
-                difference = self._difference(
-                    existing, digest, header.transfer_syntax_uid, _BlobRef(blob.key)
+                difference = self.duplicates.difference(
+                    existing, digest, header.transfer_syntax_uid, BlobRef(blob.key)
                 )
                 if difference is None:
                     self._discard(blob.key)
@@ -226,7 +232,7 @@ class IngestService:
                         )
                     return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size)
                 if self.policy is not DuplicatePolicy.OVERWRITE:
-                    refusal = _other_content(header, difference)
+                    refusal = other_content(header, difference)
                     self._record(refusal, blob, header, caller, "duplicate-different-content")
                     raise refusal
         except DicomhubError as exc:
@@ -289,7 +295,7 @@ class IngestService:
         if (
             keep_refused
             and added.existing is not None
-            and self._difference(added.existing, content, header.transfer_syntax_uid, _BlobRef(key))
+            and self.duplicates.difference(added.existing, content, header.transfer_syntax_uid, BlobRef(key))
             is not None
         ):
             refusal = DuplicateInstance(
@@ -585,24 +591,14 @@ class IngestService:
         for i, prepared, blob in pending:
             header = prepared.header
             existing = self.index.get_instance(header.sop_instance_uid)
-            if existing is None or self._difference(
-                existing, prepared.content_sha256, header.transfer_syntax_uid, _BlobRef(blob.key)
+            if existing is None or self.duplicates.difference(
+                existing, prepared.content_sha256, header.transfer_syntax_uid, BlobRef(blob.key)
             ):
                 out.append((i, prepared, blob))
                 continue
             self._discard(blob.key)
             results[i] = self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
         return out
-
-    def _held_digest(self, existing: InstanceRow) -> str:
-        """The data set digest of an indexed instance: when STOW-RS left it for later,
-        computed from the instance's blob (stored as received) and recorded, with the
-        blob's own digest when that was left for later too."""
-        if existing.content_sha256 != PENDING:
-            return existing.content_sha256
-        whole, content = digests_of_blob(self.blobs, existing.blob_key, existing.sha256)
-        self.index.set_content_digests([(existing.pk, content, whole)])
-        return content
 
     def _prepare_written(
         self, written: _Written, caller: Caller, expect_study_uid: str | None
@@ -633,8 +629,8 @@ class IngestService:
             # it, a duplicate is found before it is encoded for nothing.
             existing = self.index.get_instance(header.sop_instance_uid) if target else None
             if existing is not None:
-                difference = self._difference(
-                    existing, content, header.transfer_syntax_uid, _BlobRef(blob.key)
+                difference = self.duplicates.difference(
+                    existing, content, header.transfer_syntax_uid, BlobRef(blob.key)
                 )
                 if difference is None:
                     if self.policy is DuplicatePolicy.REJECT:
@@ -644,7 +640,7 @@ class IngestService:
                     self._discard(blob.key)
                     return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size), blob, False
                 if self.policy is not DuplicatePolicy.OVERWRITE:
-                    refusal = _other_content(header, difference)
+                    refusal = other_content(header, difference)
                     # The blob is durable already: it is the quarantined copy.
                     self._record(refusal, blob, header, caller, "duplicate-different-content")
                     kept = True
@@ -695,59 +691,6 @@ class IngestService:
             raise DoesNotMatchIOD(f"{header.sop_instance_uid} does not match its IOD: {errors[0].message}")
         return errors[0].message if errors else None
 
-    def _difference(
-        self, existing: InstanceRow, content: str, transfer_syntax_uid: str, incoming: _Incoming
-    ) -> str | None:
-        """How an object with data set digest ``content`` differs from the one already held:
-        None when it is the same object.
-
-        The one duplicate decision of every source. Equal digests decide at
-        once (the identical resend costs nothing more). The held copy may be
-        compressed at rest: its content digest is then the received object's,
-        and the compressed copy itself can come back (a peer that took the
-        stored syntax sends it again), so in the same syntax it is compared
-        with the stored data set too. Only when the digests differ are the two
-        objects compared by content (:mod:`dicomhub.codec.equivalence`): the
-        same object in another transfer syntax is the same object. That costs
-        reading both, only for a resend in another encoding or a real conflict.
-        ``incoming`` is the new object, in memory or as a written blob.
-        """
-        if content != PENDING and existing.content_sha256 == content:
-            return None
-        if existing.content_sha256 == PENDING:
-            with contextlib.suppress(DicomhubError, OSError, ValueError):
-                if self._held_digest(existing) == content:
-                    return None
-        elif existing.transfer_syntax_uid == transfer_syntax_uid and content != PENDING:
-            with contextlib.suppress(DicomhubError, OSError, ValueError):
-                if content_digest_of_blob(self.blobs, existing.blob_key) == content:
-                    return None
-        difference = self._content_difference(existing, incoming)
-        if difference is None:
-            LOGGER.info(
-                "%s is already held (%s): the copy received in %s has the same content",
-                existing.sop_instance_uid,
-                existing.transfer_syntax_uid,
-                transfer_syntax_uid,
-            )
-        return difference
-
-    def _content_difference(self, existing: InstanceRow, incoming: _Incoming) -> str | None:
-        """How the held object and ``incoming`` differ in content (None: they do not)."""
-        try:
-            with contextlib.ExitStack() as stack:
-                held = stack.enter_context(blob_as_file(self.blobs, existing.blob_key))
-                # Not isinstance(incoming, bytes): an imported file's bytes are an mmap.
-                new: str | bytes = (
-                    stack.enter_context(blob_as_file(self.blobs, incoming.key))
-                    if isinstance(incoming, _BlobRef)
-                    else incoming
-                )
-                return codec.content_difference(held, new)
-        except Exception as exc:  # what cannot be compared is not known to be the same
-            LOGGER.warning("cannot compare %s with the held copy: %s", existing.sop_instance_uid, exc)
-            return f"cannot be compared with the held copy: {exc}"
-
     def _prepare(
         self,
         data: bytes,
@@ -773,7 +716,7 @@ class IngestService:
         content = content_digest(data)
         existing = self.index.get_instance(header.sop_instance_uid)
         if existing is not None:
-            difference = self._difference(existing, content, header.transfer_syntax_uid, data)
+            difference = self.duplicates.difference(existing, content, header.transfer_syntax_uid, data)
             if difference is None:
                 if self.policy is DuplicatePolicy.REJECT:
                     raise DuplicateInstance(
@@ -781,7 +724,7 @@ class IngestService:
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
             if self.policy is not DuplicatePolicy.OVERWRITE:
-                self._quarantine(data, header, caller, _other_content(header, difference))
+                self._quarantine(data, header, caller, other_content(header, difference))
         return self._compressed(_Prepared(data, header, content, len(data)))
 
     def _compressed(self, prepared: _Prepared, received_sha256: str = "") -> _Prepared:
@@ -849,7 +792,9 @@ class IngestService:
             difference = (
                 "the held copy is not known"
                 if added.existing is None
-                else self._difference(added.existing, content, header.transfer_syntax_uid, _BlobRef(blob.key))
+                else self.duplicates.difference(
+                    added.existing, content, header.transfer_syntax_uid, BlobRef(blob.key)
+                )
             )
             if difference is None:
                 self._discard(blob.key)
@@ -858,7 +803,7 @@ class IngestService:
                         f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
                     )
                 return self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
-            refusal = _other_content(header, difference)
+            refusal = other_content(header, difference)
             self._record(refusal, blob, header, caller, "duplicate-different-content")
             raise refusal
         if added.replaced_blob_key:
@@ -927,21 +872,3 @@ class IngestService:
             series_instance_uid=header.series_instance_uid,
             warning=warning,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _BlobRef:
-    """A new object already written to the store, by its key."""
-
-    key: str
-
-
-# The new object of a duplicate decision: its bytes in hand, or its blob.
-_Incoming = bytes | _BlobRef
-
-
-def _other_content(header: InstanceHeader, difference: str) -> DuplicateInstance:
-    """The refusal of a copy whose content differs from the held one (with the first difference)."""
-    return DuplicateInstance(
-        f"SOP Instance {header.sop_instance_uid} is already stored with other content: {difference}"
-    )
