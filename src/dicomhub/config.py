@@ -549,14 +549,19 @@ def _field_docs() -> dict[str, str]:
         if match is None:
             above = []
             continue
-        trailing = [
-            tok.string.lstrip("#").strip()
-            for tok in tokenize.generate_tokens(io.StringIO(stripped + "\n").readline)
-            if tok.type == tokenize.COMMENT
-        ]
-        docs[match.group(1)] = " ".join(above + trailing)
+        docs[match.group(1)] = " ".join(above + _trailing_comment(stripped))
         above = []
     return docs
+
+
+def _trailing_comment(line: str) -> list[str]:
+    # Tokenized, so that a "#" inside a default string is not taken for a comment.
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(line + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):  # a field whose default goes on over more lines
+        _code, sep, comment = line.partition("  # ")
+        return [comment.strip()] if sep else []
+    return [tok.string.lstrip("#").strip() for tok in tokens if tok.type == tokenize.COMMENT]
 
 
 @functools.cache

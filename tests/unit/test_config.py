@@ -261,3 +261,11 @@ def test_lists_round_trip() -> None:
     assert display_value(s.deid_export) == "R=p1:retain-uids,clean-descriptors;S=p2"
     assert load_settings({"deid_mask": [MaskRegion(1, 2, 3, 4)], "remote_aes": [RemoteAE("A", "h", 1)]},
                          environ={}).deid_mask == (MaskRegion(1, 2, 3, 4),)  # fmt: skip
+
+
+def test_field_comments_are_the_documentation() -> None:
+    specs = setting_specs()
+    assert specs["workers"].doc == "0: one DIMSE worker process per CPU core"  # trailing comment
+    assert specs["storage_url"].doc.startswith("Where blobs live: file:///path")  # the comment above
+    assert specs["oidc_accept_azp"].doc.startswith("Accept a token whose azp")  # the comment above
+    assert specs["known_aes_only"].doc == ""  # none: the reference takes its flag's help
