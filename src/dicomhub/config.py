@@ -578,7 +578,18 @@ def setting_specs() -> Mapping[str, SettingSpec]:
 
 
 def display_value(value: Any) -> str:
-    """A setting's value written as it would be configured (lists ``,``/``;``-separated)."""
+    """A setting's value written as it would be configured (lists ``,``/``;``-separated).
+
+    Parameters
+    ----------
+    value
+        The value of a field of :class:`Settings`, or one item of a list-valued one.
+
+    Returns
+    -------
+    str
+        Text that :meth:`SettingSpec.parse` reads back to the same value.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Enum):

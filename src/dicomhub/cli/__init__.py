@@ -297,13 +297,24 @@ def _security_args(p: argparse.ArgumentParser) -> None:
 def settings_flags(p: argparse.ArgumentParser) -> dict[str, tuple[str, str]]:
     """The settings options of ``p``: setting name -> (destination in the namespace, flag).
 
-    Options whose destination is a setting (or its alias, ``remote_ae``) are
-    settings options; no list of them to keep in step with the fields.
+    Options whose destination is a setting (or another name of one, ``remote_ae``)
+    are settings options: a new setting's flag needs only ``dest`` = its name.
+
+    Parameters
+    ----------
+    p
+        A parser after :func:`_settings_args` (and nothing else) added its options.
+
+    Returns
+    -------
+    dict
+        Setting name -> (destination, the option's first spelling).
     """
     specs = setting_specs()
+    alias_of = {alias: spec.name for spec in specs.values() for alias in spec.aliases}
     out: dict[str, tuple[str, str]] = {}
     for action in p._actions:
-        name = "remote_aes" if action.dest == "remote_ae" else action.dest
+        name = alias_of.get(action.dest, action.dest)
         if name in specs and action.option_strings:
             out[name] = (action.dest, action.option_strings[0])
     return out
@@ -311,6 +322,16 @@ def settings_flags(p: argparse.ArgumentParser) -> dict[str, tuple[str, str]]:
 
 def load_from_args(args: argparse.Namespace) -> LoadedSettings:
     """The settings of a command line: its settings options over the environment over ``--config``.
+
+    Parameters
+    ----------
+    args
+        Parsed by a parser that :func:`_settings_args` gave the settings options.
+
+    Returns
+    -------
+    LoadedSettings
+        The settings and the source of each value.
 
     Raises
     ------

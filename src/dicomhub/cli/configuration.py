@@ -34,7 +34,20 @@ _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/@\s]*@")
 
 
 def masked(name: str, text: str) -> str:
-    """``text``, the value of setting ``name``, safe to print: secrets replaced by ``***``."""
+    """``text``, the value of setting ``name``, safe to print: secrets replaced by ``***``.
+
+    Parameters
+    ----------
+    name
+        The setting: a name with secret, token, password or credential in it is a secret.
+    text
+        Its value as :func:`dicomhub.config.display_value` writes it.
+
+    Returns
+    -------
+    str
+        ``***`` for a secret that is set; else ``text`` with any URL password masked.
+    """
     if text and _SECRET_NAME.search(name):
         return "***"
     return _URL_PASSWORD.sub(r"\1***@", text)
