@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dicomhub import __version__
-from dicomhub.config import Settings, anonymous_network_refusal, load_settings, tls_server_context
+from dicomhub.config import (
+    LoadedSettings,
+    Settings,
+    anonymous_network_refusal,
+    load_settings_with_sources,
+    setting_specs,
+    tls_server_context,
+)
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
@@ -33,7 +40,7 @@ from dicomhub.model.query import Query
 from dicomhub.services.ingest import StoreOutcome
 from dicomhub.telemetry.metrics import prepare_directory, remove_directory
 
-__all__ = ["CommandModule", "SettingsArgs", "main"]
+__all__ = ["CommandModule", "SettingsArgs", "load_from_args", "main", "settings_flags"]
 
 
 class SettingsArgs(Protocol):
@@ -48,7 +55,10 @@ class CommandModule(Protocol):
     ``add_commands`` adds them to ``sub`` and sets ``run`` on each parser with
     ``p.set_defaults(run=handler)``, ``handler(settings, args) -> int`` (the
     exit status). :class:`~dicomhub.errors.DicomhubError` raised by a handler
-    is printed and gives exit status 1, like the core commands.
+    is printed and gives exit status 1, like the core commands. A command that
+    reads the settings itself (or needs none) sets ``run_unloaded=handler``,
+    ``handler(args) -> int``, instead: ``dicomhub config check`` reports
+    configuration errors its own way.
     """
 
     def add_commands(self, sub: Any, settings_args: SettingsArgs) -> None: ...
@@ -59,6 +69,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "ae",
     "auditexport",
     "backup",
+    "configuration",
     "deid",
     "deidserver",
     "migration",
@@ -140,6 +151,7 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
         help="also store objects of any SOP class the standard does not register",
     )
     if not server:
+        p.set_defaults(settings_flags=settings_flags(p))
         return
     p.add_argument("--aet", help="our AE title (default DICOMHUB)")
     p.add_argument("--dimse-port", type=int, help="DIMSE port (default 11112)")
@@ -224,6 +236,7 @@ def _settings_args(p: argparse.ArgumentParser, server: bool = False) -> None:
     )
     _security_args(p)
     _operations_args(p)
+    p.set_defaults(settings_flags=settings_flags(p))
 
 
 def _security_args(p: argparse.ArgumentParser) -> None:
@@ -307,62 +320,61 @@ def _operations_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit-syslog-key", help="PEM private key of --audit-syslog-cert")
 
 
+def settings_flags(p: argparse.ArgumentParser) -> dict[str, tuple[str, str]]:
+    """The settings options of ``p``: setting name -> (destination in the namespace, flag).
+
+    Options whose destination is a setting (or another name of one, ``remote_ae``)
+    are settings options: a new setting's flag needs only ``dest`` = its name.
+
+    Parameters
+    ----------
+    p
+        A parser after :func:`_settings_args` (and nothing else) added its options.
+
+    Returns
+    -------
+    dict
+        Setting name -> (destination, the option's first spelling).
+    """
+    specs = setting_specs()
+    alias_of = {alias: spec.name for spec in specs.values() for alias in spec.aliases}
+    out: dict[str, tuple[str, str]] = {}
+    for action in p._actions:
+        name = alias_of.get(action.dest, action.dest)
+        if name in specs and action.option_strings:
+            out[name] = (action.dest, action.option_strings[0])
+    return out
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedSettings:
+    """The settings of a command line: its settings options over the environment over ``--config``.
+
+    Parameters
+    ----------
+    args
+        Parsed by a parser that :func:`_settings_args` gave the settings options.
+
+    Returns
+    -------
+    LoadedSettings
+        The settings and the source of each value.
+
+    Raises
+    ------
+    InvalidSettings
+        Listing every problem.
+    """
+    known: dict[str, tuple[str, str]] = getattr(args, "settings_flags", {})
+    overrides: dict[str, Any] = {}
+    for name, (dest, _flag) in known.items():
+        value = getattr(args, dest, None)
+        overrides[name] = None if value == [] else value  # an append option not given
+    flags = {name: flag for name, (_dest, flag) in known.items()}
+    return load_settings_with_sources(overrides, getattr(args, "config", None), flags=flags)
+
+
 def _load(args: argparse.Namespace) -> Settings:
-    keys = (
-        "data_dir",
-        "database_url",
-        "storage_url",
-        "storage_fallback_url",
-        "log_level",
-        "log_format",
-        "duplicate_policy",
-        "accept_unknown_sop_classes",
-        "aet",
-        "dimse_port",
-        "http_port",
-        "host",
-        "public_base_url",
-        "known_aes_only",
-        "max_associations",
-        "acse_timeout",
-        "dimse_timeout",
-        "network_timeout",
-        "workers",
-        "allow_lossy_compression",
-        "decode_check",
-        "validation_policy",
-        "deid_burned_in",
-        "auth_required",
-        "allow_anonymous_network",
-        "oidc_issuer",
-        "oidc_jwks",
-        "oidc_audience",
-        "oidc_principal_claim",
-        "oidc_ca_file",
-        "oidc_accept_azp",
-        "oidc_role_claim",
-        "tls_cert",
-        "tls_key",
-        "tls_ca",
-        "tls_verify_client",
-        "dimse_tls_port",
-        "https",
-        "access_log",
-        "audit_syslog",
-        "audit_syslog_ca",
-        "audit_syslog_cert",
-        "audit_syslog_key",
-    )
-    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
-    overrides["remote_aes"] = getattr(args, "remote_ae", None) or None
-    overrides["compress"] = getattr(args, "compress", None) or None
-    overrides["validation_ae"] = getattr(args, "validation_ae", None) or None
-    overrides["deid_export"] = getattr(args, "deid_export", None) or None
-    overrides["deid_mask"] = getattr(args, "deid_mask", None) or None
-    overrides["label_rules"] = getattr(args, "label_rules", None) or None
-    overrides["accept_sop_classes"] = getattr(args, "accept_sop_classes", None) or None
-    overrides["oidc_roles"] = getattr(args, "oidc_roles", None) or None
-    return load_settings(overrides, config_file=args.config)
+    return load_from_args(args).settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -448,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "codecs":
         return _codecs(args)
+    unloaded = getattr(args, "run_unloaded", None)
+    if unloaded is not None:
+        return int(unloaded(args))
     try:
         settings = _load(args)
     except ConfigurationError as exc:
