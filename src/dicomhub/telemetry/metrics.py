@@ -18,9 +18,9 @@ library was imported before the directory was known.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,16 +129,28 @@ class Metrics:
         )
 
 
-@functools.cache
+_metrics: Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
 def metrics() -> Metrics:
     """The metric families of this process, created on first use.
+
+    Thread-safe: the first calls may come from several threads at once (the
+    threads of ``dicomhub import``, of a DIMSE worker's associations), and a
+    second :class:`Metrics` would register every family twice.
 
     Returns
     -------
     Metrics
         One instance per process.
     """
-    return Metrics()
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = Metrics()
+    return _metrics
 
 
 def multiprocess_dir() -> str | None:
