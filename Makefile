@@ -27,14 +27,14 @@ test-deps: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 
 test: test-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 	DICOMHUB_TEST_BACKEND=sqlite-file $(BIN)/python -m pytest $(PYTEST_ARGS)
 	DICOMHUB_TEST_BACKEND=postgres-s3 $(BIN)/python -m pytest $(PYTEST_ARGS) -m "not backend_neutral" tests/e2e
 
 lint: test-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 
