@@ -338,7 +338,9 @@ def load_settings(
         try:
             with open(config_file, "rb") as fh:
                 data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            # tomllib decodes the file as UTF-8 before parsing: a file in another
+            # encoding fails with UnicodeDecodeError, not TOMLDecodeError.
             raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
         section = data.get("dicomhub", data)
         for key, value in section.items():
