@@ -19,6 +19,9 @@ from dicomhub.config import load_settings
 from dicomhub.errors import ConfigurationError
 from dicomhub.model.extract import extract_part10, read_header
 from dicomhub.services.headers import header_to_json
+from dicomhub.web.dicomweb import stow
+from dicomhub.web.dicomweb.upload import MultipartReader, parse_media_type
+from dicomhub.web.errors import UnsupportedMediaType
 
 
 def _part10(ds: Dataset) -> bytes:
@@ -60,3 +63,26 @@ def test_header_json_leaves_out_a_ds_value_that_is_no_number() -> None:
     assert body["00180050"] == {"vr": "DS", "Value": [2.5]}  # the rest is kept
     assert body["00080018"]["Value"] == ["1.2.3.4.5"]
     assert dcmread(io.BytesIO(data)).ScanVelocity is not None  # the object itself is untouched
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "e\ufffdt/hml,\ufffdp*;q*=0.t/hml,\ufffdp*;q*8",  # the input fuzz_accept found
+        'multipart/related; type*="application/dicom"; type*0=x; boundary=abc',
+    ],
+)
+def test_content_type_with_broken_rfc2231_continuations_is_unparsable(value: str) -> None:
+    # fuzz_accept: a parameter both plain-extended ("x*") and continued ("x*0")
+    # made email.utils.decode_params sort None against int: TypeError out of
+    # parse_media_type (documented never to raise), i.e. a 500 for a STOW-RS
+    # Content-Type, and a failed worker thread for a part's header.
+    assert parse_media_type(value) == ("", {})
+    with pytest.raises(UnsupportedMediaType):
+        stow._boundary(value)
+
+
+def test_part_header_with_broken_rfc2231_continuations() -> None:
+    body = b"--b\r\nContent-Type: application/dicom; x*=1; x*0=2\r\n\r\nDATA\r\n--b--\r\n"
+    parts = [(part.content_type, b"".join(part.chunks())) for part in MultipartReader([body], "b")]
+    assert parts == [("", b"DATA")]
