@@ -30,13 +30,13 @@ test-deps: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 
 test: test-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 	bash scripts/run-tests.sh $(BIN)/python $(PYTEST_ARGS)
 
 lint: test-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks fuzz
 	$(BIN)/lint-imports
 	$(BIN)/mypy src
 

@@ -42,8 +42,28 @@ def _no_bulk(_tag: str, _vr: str, _uri: str) -> bytes:
 
 
 def header_to_json(ds: Dataset) -> str:
-    """The header of ``ds`` (no File Meta, no pixel data) as compact DICOM JSON."""
-    body = ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=_bulk)
+    """The header of ``ds`` (no File Meta, no pixel data) as compact DICOM JSON.
+
+    An element whose value DICOM JSON cannot carry (a DS or IS value that is
+    not a number, as a sender may write them) is left out rather than failing
+    the whole header: the stored object keeps it, and the metadata of the rest
+    of its study (and the header worker, which would retry it forever) must
+    not depend on one malformed value.
+    """
+    try:
+        body = ds.to_json_dict(bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=_bulk)
+    except Exception:  # noqa: BLE001 - pydicom's converters raise ValueError, TypeError, ...
+        # Not ``suppress_invalid_tags=True``: it also switches pydicom to strict
+        # reading, which would drop every element with a merely non-conformant
+        # (but representable) value; here only the unrepresentable ones go.
+        body = {}
+        for tag in ds.keys():
+            try:
+                body[f"{tag:08X}"] = ds[tag].to_json_dict(
+                    bulk_data_element_handler=_bulk, bulk_data_threshold=BULK_DATA_THRESHOLD
+                )
+            except Exception:  # noqa: BLE001 - as above, per element
+                LOGGER.warning("element %08X has a value DICOM JSON cannot carry; left out", tag)
     return json.dumps(body, separators=(",", ":"))
 
 

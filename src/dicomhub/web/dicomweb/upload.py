@@ -297,7 +297,12 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
         return value.strip().lower(), {}
     msg = Message()
     msg["content-type"] = value
-    raw = msg.get_params(header="content-type")
+    try:
+        raw = msg.get_params(header="content-type")
+    except Exception:  # noqa: BLE001 - the email package raises e.g. TypeError on garbage
+        # RFC 2231 continuations such as "q*=0; q*8" make email.utils.decode_params
+        # sort None against int: unparsable, as documented, not a server error.
+        return "", {}
     if not raw:
         return "", {}
     media_type = raw[0][0].strip().lower()

@@ -1,0 +1,67 @@
+"""A short run of every fuzz target in ``fuzz/`` (about a minute in all).
+
+Each target runs in its own process under atheris for a few seconds,
+starting from the seeds ``fuzz/make_seeds.py`` writes (captured PDUs, real
+files and multipart bodies); a crash (an undocumented exception, a broken
+property, a hang past ``-timeout`` or memory past ``-rss_limit_mb``) fails
+the test with libFuzzer's report. Long runs and their results are in
+``fuzz/README.md``; every crash they found is a test in
+``tests/unit/test_fuzz_regressions.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
+TARGETS = ("association", "pdu", "part10", "multipart", "accept", "qido", "config")
+# Seconds of fuzzing per target: 7 targets x 6 s, about the minute the issue allows.
+SECONDS = 6
+
+pytestmark = pytest.mark.backend_neutral
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seed corpora, made once for the module."""
+    out = tmp_path_factory.mktemp("seeds")
+    subprocess.run(
+        [sys.executable, str(FUZZ_DIR / "make_seeds.py"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_fuzz_target_short_run(target: str, seeds: Path, tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "corpus"
+    # libFuzzer adds what it finds to the first corpus folder: a copy, so
+    # that every run starts from the same seeds.
+    shutil.copytree(seeds / target, corpus)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(FUZZ_DIR / f"fuzz_{target}.py"),
+            f"-max_total_time={SECONDS}",
+            "-timeout=10",
+            "-rss_limit_mb=2048",
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 120,
+        check=False,
+    )
+    if result.returncode != 0:
+        crashes = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+        pytest.fail(f"fuzz_{target} failed ({crashes}):\n{result.stderr[-6000:]}")
+    assert "Done" in result.stderr
