@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.model.peer import Peer
 from dicomhub.model.policy import (
     CompressionRule,
     DecodeCheckMode,
@@ -26,6 +27,7 @@ from dicomhub.model.policy import (
     parse_compression_rule,
 )
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.peerconfig import parse_peers
 
 __all__ = [
     "DeidExport",
@@ -81,6 +83,8 @@ class Settings:
     http_port: int = 8042
     host: str = "127.0.0.1"
     remote_aes: tuple[RemoteAE, ...] = ()
+    # [[peer]] tables of the config file (dicomhub.peerconfig); see docs/peers.md
+    peers: tuple[Peer, ...] = ()
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     known_aes_only: bool = False
     max_associations: int = 64
@@ -247,6 +251,8 @@ def _coerce(name: str, value: Any) -> Any:
                 for i in items
                 if i
             )
+        if name == "peers":
+            return parse_peers(value)
         if name == "data_dir":
             return Path(value)
         if name in ("cors_origins", "label_rules", "accept_sop_classes"):
@@ -341,10 +347,14 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigurationError(f"cannot read config file {config_file}: {exc}") from exc
         section = data.get("dicomhub", data)
+        if section is not data and "peer" in data:
+            section = {**section, "peer": data["peer"]}  # [[peer]] beside a [dicomhub] table
         for key, value in section.items():
             name = key.replace("-", "_")
             if name == "remote_ae":
                 name = "remote_aes"
+            elif name == "peer":
+                name = "peers"
             if name not in names:
                 raise ConfigurationError(f"unknown setting {key!r} in {config_file}")
             values[name] = _coerce(name, value)
