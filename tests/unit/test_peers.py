@@ -92,10 +92,19 @@ def test_names_and_ae_titles_are_unique_across_index_and_configuration(archive: 
     with pytest.raises(Conflict, match="configuration"):
         peers.add(Peer("cloud", folder="/x"), CLI)
     with pytest.raises(Conflict, match="AE title VIEWER"):
-        peers.add(Peer("viewer2", ae_title="VIEWER", host="10.0.0.6"), CLI)
-    peers.add(Peer("MOD", ae_title="MOD", host="10.0.0.7"), CLI)
+        peers.add(Peer("viewer2", ae_title="VIEWER", host="10.0.0.6", roles=DIMSE_ROLES), CLI)
+    peers.add(Peer("MOD", ae_title="MOD", host="10.0.0.7", roles=frozenset({Role.STORE})), CLI)
     with pytest.raises(Conflict, match="AE title MOD"):
-        peers.update("web", {"ae_title": "MOD", "host": "h"}, CLI)
+        peers.update("web", {"ae_title": "MOD", "host": "h", "roles": ["query"]}, CLI)
+    # Migration peers may share an AE title (two names for one archive); lookups by AE
+    # title find the peer that speaks for it.
+    peers.add(
+        Peer(
+            "mod-archive", ae_title="MOD", host="10.0.0.7", port=104, roles=frozenset({Role.MIGRATION_SOURCE})
+        ),
+        CLI,
+    )
+    assert peers.by_ae_title("MOD").name == "MOD"  # type: ignore[union-attr]
 
 
 def test_configured_peers_are_listed_with_their_source_and_read_only(

@@ -141,12 +141,10 @@ class PeerRepository:
             row = conn.execute(select(peer).where(peer.c.name == name)).first()
         return None if row is None else _peer(row)
 
-    def by_ae_title(self, ae_title: str) -> Peer | None:
+    def with_ae_title(self, ae_title: str) -> list[Peer]:
         with engines.read(self.engine) as conn:
-            row = conn.execute(
-                select(peer).where(peer.c.ae_title == ae_title).order_by(peer.c.name).limit(1)
-            ).first()
-        return None if row is None else _peer(row)
+            rows = conn.execute(select(peer).where(peer.c.ae_title == ae_title).order_by(peer.c.name)).all()
+        return [_peer(r) for r in rows]
 
     def all(self) -> list[Peer]:
         with engines.read(self.engine) as conn:

@@ -3,7 +3,8 @@
 Peers come from the configuration file (``[[peer]]`` tables and the
 ``--remote-ae`` shorthand; read-only at run time) and from the index (managed
 by ``dicomhub peer`` and ``/admin/peers``). A name is unique across both, and
-so is an AE title. Everything that needs a peer asks here:
+so is the AE title of a peer that calls us or receives from us (migration
+peers may share one: several names for one remote archive). Everything that needs a peer asks here:
 
 - C-MOVE: :meth:`PeerService.destination` (a peer with the role
   ``move-destination``);
@@ -30,7 +31,7 @@ from dicomhub.index.peers import PeerRepository
 from dicomhub.model.audit import AuditAction, AuditEvent, AuditOutcome, AuditRecorder
 from dicomhub.model.caller import Caller
 from dicomhub.model.migration import RemoteArchive, RemoteKind
-from dicomhub.model.peer import Peer, PeerSource, Role, check_peer, parse_roles
+from dicomhub.model.peer import DIMSE_ROLES, Peer, PeerSource, Role, check_peer, parse_roles
 
 __all__ = ["UPDATABLE", "AssociationRefused", "PeerService", "coerce"]
 
@@ -56,6 +57,13 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _identity(peer: Peer) -> bool:
+    """Whether the peer speaks for its AE title: it calls us (store, query, retrieve) or
+    receives from us (move destination). One peer only may do so per AE title; migration
+    peers may share one (several names for one remote archive)."""
+    return bool(peer.roles & (DIMSE_ROLES | {Role.MOVE_DESTINATION}))
 
 
 def _checked(peer: Peer) -> Peer:
@@ -127,12 +135,13 @@ class PeerService:
                 raise ConfigurationError(f"peer {peer.name!r} in the configuration: {exc}") from exc
             if peer.name in self.configured:
                 raise ConfigurationError(f"peer {peer.name!r} is configured twice")
-            if peer.ae_title and peer.ae_title in titles:
+            if peer.ae_title and _identity(peer) and peer.ae_title in titles:
                 raise ConfigurationError(
                     f"AE title {peer.ae_title} is configured for two peers: "
                     f"{titles[peer.ae_title]} and {peer.name}"
                 )
-            titles[peer.ae_title] = peer.name
+            if _identity(peer):
+                titles[peer.ae_title] = peer.name
             self.configured[peer.name] = peer
         self._resolved: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
@@ -154,13 +163,15 @@ class PeerService:
         return peer
 
     def by_ae_title(self, ae_title: str) -> Peer | None:
+        """The peer with this AE title: the one that speaks for it (see :func:`_identity`)
+        if there is one, else a migration peer that uses it."""
         title = ae_title.strip()
         if not title:
             return None
-        for peer in self.configured.values():
-            if peer.ae_title == title:
-                return peer
-        return self.repo.by_ae_title(title)
+        found = [p for p in self.configured.values() if p.ae_title == title]
+        found += self.repo.with_ae_title(title)
+        found.sort(key=lambda p: not _identity(p))
+        return found[0] if found else None
 
     def add(self, peer: Peer, caller: Caller, change: str = "peer-add") -> Peer:
         """Register ``peer`` in the index.
@@ -230,9 +241,9 @@ class PeerService:
             raise Conflict(f"peer {peer.name!r} is defined in the configuration file")
         if replacing is None and self.repo.get(peer.name) is not None:
             raise Conflict(f"a peer named {peer.name!r} is registered already")
-        if peer.ae_title:
+        if peer.ae_title and _identity(peer):
             other = self.by_ae_title(peer.ae_title)
-            if other is not None and other.name != replacing:
+            if other is not None and _identity(other) and other.name != replacing:
                 raise Conflict(f"AE title {peer.ae_title} is registered already (peer {other.name})")
 
     def _changed(self, caller: Caller, change: str, peer: Peer) -> None:
