@@ -373,3 +373,43 @@ def test_migration_0013_moves_aes_and_remotes_into_peer(tmp_path: Path, index_ur
         assert kinds == {"PACS-remote": "dimse", "WEBPACS": "dicomweb", "files": "folder"}
     finally:
         engine.dispose()
+
+
+def test_admin_peer_routes_need_the_administer_right(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from dicomhub.config import Settings
+    from dicomhub.services.administration import SecurityAdministration
+    from dicomhub.web.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data", auth_required=True)
+    arch = open_archive(settings)
+    try:
+        admin = SecurityAdministration(arch.access, arch.audit)
+        reader = admin.add_user(CLI, "reader-1", grants=[("reader", "archive")])["token"]
+        boss = admin.add_user(CLI, "admin-1", grants=[("admin", "archive")])["token"]
+        app = create_app(arch, settings)
+
+        async def call(method: str, token: str | None, body: object = None) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                r = await client.request(method, "/admin/peers/VIEWER", json=body, headers=headers)
+                return r.status_code
+
+        body = {"ae_title": "VIEWER", "host": "127.0.0.1", "port": 104}
+        assert asyncio.run(call("PUT", None, body)) == 401
+        assert asyncio.run(call("PUT", reader, body)) == 403
+        assert asyncio.run(call("GET", reader)) == 403
+        assert asyncio.run(call("PUT", boss, body)) == 201
+        assert asyncio.run(call("GET", boss)) == 200
+        (event,) = [
+            e
+            for e in arch.audit.events(action=AuditAction.SECURITY_CHANGE)
+            if e.detail.get("change") == "peer-add"
+        ]
+        assert event.principal == "admin-1"
+    finally:
+        arch.close()
