@@ -15,7 +15,6 @@ from xml.etree import ElementTree
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
-from dicomhub.index.aes import ApplicationEntityRepository
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.backup import IndexBackup
 from dicomhub.index.blobs import BlobRecords
@@ -24,12 +23,14 @@ from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.peerconfig import configured_peers
 from dicomhub.services.access import AccessService, parse_claim_grants, parse_label_rules
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
@@ -45,6 +46,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
+from dicomhub.services.peers import PeerService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
@@ -128,6 +130,12 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     )
     feed = open_audit_feed(settings)
     audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
+    peers = PeerService(
+        PeerRepository(engine),
+        configured_peers(settings.peers, settings.remote_aes),
+        audit,
+        environ=os.environ,  # for env:VARIABLE credentials
+    )
     governance = GovernanceService(access, audit)
     deid = DeidService(
         DeidRepository(engine),
@@ -162,11 +170,12 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         governance=governance,
         access=access,
         audit=audit,
-        migration=MigrationService(MigrationRepository(engine), content_digests),
+        migration=MigrationService(MigrationRepository(engine), content_digests, peers),
         storage_check=StorageCheckService(
             BlobRecords(engine), blobs, ingest, claim=lambda name: lease(engine, name)
         ),
-        aes=ApplicationEntityService(ApplicationEntityRepository(engine), audit),
+        peers=peers,
+        aes=ApplicationEntityService(peers),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -378,7 +387,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         ),
         threading.Thread(
             target=archive.commitment.run_delivery,
-            args=(stop, commitment_deliverer(settings)),
+            args=(stop, commitment_deliverer(settings, archive.peers)),
             name="commitment-delivery",
             daemon=True,
         ),
@@ -418,18 +427,20 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
             logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
 
 
-def commitment_deliverer(settings: Settings) -> Callable[[str, CommitmentResult], None]:
-    """Sends Storage Commitment reports on new associations to the configured remote AEs."""
+def commitment_deliverer(
+    settings: Settings, peers: PeerService
+) -> Callable[[str, CommitmentResult], None]:
+    """Sends Storage Commitment reports on new associations to the requesting peers."""
     from dicomhub.dimse.commitment import send_report
 
     def deliver(ae_title: str, result: CommitmentResult) -> None:
-        remote = settings.remote_ae(ae_title)
-        if remote is None:
+        destination = peers.report_destination(ae_title)
+        if destination is None:
             raise ConfigurationError(
-                f"{ae_title} is not a configured remote AE (--remote-ae), so the report cannot be sent"
+                f"{ae_title} is not a peer with a host and a port (dicomhub peer add, [[peer]] or "
+                "--remote-ae), so the report cannot be sent"
             )
-        send_report(
-            remote.host, remote.port, remote.ae_title, settings.aet, result, timeout=settings.acse_timeout
-        )
+        host, port, called = destination
+        send_report(host, port, called, settings.aet, result, timeout=settings.acse_timeout)
 
     return deliver

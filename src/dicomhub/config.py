@@ -52,6 +52,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.model.peer import Peer
 from dicomhub.model.policy import (
     CompressionRule,
     DecodeCheckMode,
@@ -60,6 +61,7 @@ from dicomhub.model.policy import (
     parse_compression_rule,
 )
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.peerconfig import parse_peers
 
 __all__ = [
     "NON_SETTING_VARIABLES",
@@ -124,6 +126,8 @@ class Settings:
     http_port: int = 8042
     host: str = "127.0.0.1"
     remote_aes: tuple[RemoteAE, ...] = ()
+    # [[peer]] tables of the config file (dicomhub.peerconfig); see docs/peers.md
+    peers: tuple[Peer, ...] = ()
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     known_aes_only: bool = False
     max_associations: int = 64
@@ -302,7 +306,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).
-_ALIASES: dict[str, str] = {"remote_ae": "remote_aes"}
+_ALIASES: dict[str, str] = {"remote_ae": "remote_aes", "peer": "peers"}
 
 #: ``DICOMHUB_`` variables that are not settings, and what reads them. Any other
 #: ``DICOMHUB_`` variable that names no setting is an error (a typo would
@@ -365,8 +369,17 @@ class _ItemForm:
     separator: str = ","
 
 
+def _peer_item(item: Any) -> Peer:
+    if isinstance(item, Peer):
+        return item
+    if isinstance(item, Mapping):
+        return parse_peers([dict(item)])[0]
+    raise ConfigurationError("peers are [[peer]] tables of the configuration file (docs/peers.md)")
+
+
 # Item types of tuple-valued settings other than str; a new item type needs a row here.
 _ITEM_FORMS: dict[Any, _ItemForm] = {
+    Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
     DeidExport: _ItemForm(_typed_or(DeidExport, parse_deid_export), "AET=PROJECT[:OPTION,...]", ";"),
@@ -736,7 +749,9 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key != "dicomhub":
+            if key == "peer":  # [[peer]] tables may stand beside [dicomhub] (docs/peers.md)
+                take("peers", data[key], Source("file", where(key).removeprefix("file ")))
+            elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
                 hint = hint or _suggest(key, known)
                 problems.append(Problem(where(key), key, f"outside the [dicomhub] table{hint}"))

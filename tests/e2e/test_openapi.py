@@ -188,7 +188,13 @@ def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> 
     assert rc == 0, out
     r = httpx.post(f"{server.base_url}/migrations", json={"remote": "empty"}, timeout=30)
     assert r.status_code == 201, r.text
-    return Stored(ds, victim, str(r.json()["id"]))
+    job = str(r.json()["id"])
+    # A peer for /admin/peers/{name} (the name every {name} parameter is given).
+    r = httpx.put(
+        f"{server.base_url}/admin/peers/nobody", json={"ae_title": "NOBODY", "host": "127.0.0.1"}, timeout=30
+    )
+    assert r.status_code == 201, r.text
+    return Stored(ds, victim, job)
 
 
 @pytest.fixture
@@ -259,9 +265,10 @@ def test_every_documented_get_answers_as_documented(
         _check_response(doc, operation, r, f"GET {path}")
         assert r.status_code == 200, f"GET {path}: {r.status_code} {r.text[:300]}"
         checked += 1
-    # 22 DICOMweb and server routes (/conformance, /metrics), 6 admin routes, 2 migration routes,
+    # 22 DICOMweb and server routes (/conformance, /metrics), 8 admin routes (6 + the two peer routes),
+    # 2 migration routes,
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export
-    assert checked == 37
+    assert checked == 39
     assert secured == 2  # de-identification runs: the list and one run
 
 
@@ -328,6 +335,20 @@ def test_delete_routes(client: httpx.Client, doc: dict[str, Any], stored: Stored
         _check_response(doc, doc["paths"][path]["delete"], r, f"DELETE {path}")
         # The instance goes first, which takes its (only) series and study with it.
         assert r.status_code == (204 if path == _INSTANCE else 404), r.text
+
+
+def test_peer_routes_answer_as_documented(client: httpx.Client, doc: dict[str, Any], stored: Stored) -> None:
+    path = "/admin/peers/{name}"
+    for method, body, status in (
+        ("put", {"ae_title": "DOC", "host": "127.0.0.1", "port": 104, "roles": ["move-destination"]}, 201),
+        ("put", {"ae_title": "DOC", "host": "127.0.0.1"}, 200),
+        ("put", {"port": 0}, 400),
+        ("delete", None, 200),
+        ("delete", None, 404),
+    ):
+        r = client.request(method.upper(), "/admin/peers/doc", json=body)
+        assert r.status_code == status, r.text
+        _check_response(doc, doc["paths"][path][method], r, f"{method.upper()} {path}")
 
 
 def _part10(ds: Dataset) -> bytes:

@@ -73,6 +73,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "deid",
     "deidserver",
     "migration",
+    "peer",
     "security",
     "storage",
 )

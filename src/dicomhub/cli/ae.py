@@ -1,4 +1,8 @@
-"""``dicomhub ae add/list/remove``: the registry of DIMSE peers (docs/transport-security.md)."""
+"""``dicomhub ae add/list/remove``: deprecated aliases of ``dicomhub peer`` for DICOM peers.
+
+An AE added here is a peer named by its AE title with the roles store, query
+and retrieve (and move-destination with a port); see docs/peers.md.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from dicomhub.cli.peer import deprecated
 from dicomhub.config import Settings
 from dicomhub.model.applicationentity import ApplicationEntity
 from dicomhub.model.caller import Caller
@@ -14,7 +19,7 @@ __all__ = ["add_commands"]
 
 
 def add_commands(sub: Any, settings_args: Any) -> None:
-    ae = sub.add_parser("ae", help="register the application entities that may associate")
+    ae = sub.add_parser("ae", help="deprecated: use `dicomhub peer` (AEs that may associate)")
     ae_sub = ae.add_subparsers(dest="ae_command", required=True)
 
     p = ae_sub.add_parser("add", help="register an AE title, its host and its principal")
@@ -25,17 +30,17 @@ def add_commands(sub: Any, settings_args: Any) -> None:
     p.add_argument("--principal", default="", help="whose grants it acts with (default: the AE title)")
     p.add_argument("--tls-subject", default="", metavar="CN", help="required client certificate Common Name")
     p.add_argument("--description", default="")
-    p.set_defaults(run=_add)
+    p.set_defaults(run=deprecated("ae", _add))
 
     p = ae_sub.add_parser("list", help="the registered AEs")
     settings_args(p)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_list)
+    p.set_defaults(run=deprecated("ae", _list))
 
     p = ae_sub.add_parser("remove", help="unregister an AE title")
     settings_args(p)
     p.add_argument("ae_title", metavar="TITLE")
-    p.set_defaults(run=_remove)
+    p.set_defaults(run=deprecated("ae", _remove))
 
 
 def _as_json(entity: ApplicationEntity) -> dict[str, object]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomhub.cli.peer import deprecated
 from dicomhub.config import Settings
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.migration import ReconcileReport, RemoteArchive, RemoteKind
@@ -23,7 +24,7 @@ __all__ = ["add_commands"]
 
 
 def add_commands(sub: Any, settings_args: Any) -> None:
-    remote = sub.add_parser("remote", help="remote archives to inventory, reconcile and migrate from")
+    remote = sub.add_parser("remote", help="deprecated: use `dicomhub peer` (migration peers)")
     settings_args(remote)
     actions = remote.add_subparsers(dest="remote_action", required=True)
     add = actions.add_parser("add", help="add a remote archive")
@@ -48,15 +49,15 @@ def add_commands(sub: Any, settings_args: Any) -> None:
         default=0,
         help="the most answers the peer gives to one query (its result limit), 0 if unknown",
     )
-    add.set_defaults(run=_remote_add)
+    add.set_defaults(run=deprecated("remote", _remote_add))
     listing = actions.add_parser("list", help="list remote archives")
     settings_args(listing)
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_remote_list)
+    listing.set_defaults(run=deprecated("remote", _remote_list))
     remove = actions.add_parser("remove", help="remove a remote archive, its inventory and jobs")
     settings_args(remove)
     remove.add_argument("name")
-    remove.set_defaults(run=_remote_remove)
+    remove.set_defaults(run=deprecated("remote", _remote_remove))
 
     inv = sub.add_parser("inventory", help="walk a remote archive and store what it holds (resumable)")
     settings_args(inv)

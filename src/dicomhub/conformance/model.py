@@ -42,6 +42,7 @@ from dicomhub.dimse.requests import (
     Sendable,
 )
 from dicomhub.dimse.server import fast_path_config
+from dicomhub.model.peer import Peer
 from dicomhub.model.sopclasses import storage_sop_class
 from dicomhub.services.transcode import TranscodeService
 
@@ -439,6 +440,9 @@ def _text(value: object) -> str:
         return str(value.value)
     if isinstance(value, RemoteAE):
         return f"{value.ae_title}={value.host}:{value.port}"
+    if isinstance(value, Peer):
+        # Its name and address only: never its credentials.
+        return f"{value.name} ({value.describe()})"
     return str(value)
 
 

@@ -324,8 +324,9 @@ def _networking(
         ),
         h(4, "Association Initiation Policy"),
         Para(
-            f"{aet} initiates associations only for C-MOVE: to the move destination, which must be one "
-            "of the configured remote AEs (section 4.4.1; any other destination is refused with status "
+            f"{aet} initiates associations only for C-MOVE: to the move destination, which must be a "
+            "peer with the role move-destination, configured (section 4.4.1) or registered at run time "
+            "(`dicomhub peer`; any other destination is refused with status "
             f"0xA801). Configured remote AEs: {len(st.remote_aes)}. C-GET sub-operations go out on the "
             "requestor's own association, on the storage contexts it accepted with SCP/SCU role selection."
         ),
@@ -356,8 +357,8 @@ def _networking(
         Para(
             "Associations are accepted from any calling AE title"
             + (
-                " that is one of the configured remote AEs (known AEs only is on; others are rejected "
-                "permanently, calling-AE-title-not-recognised)"
+                " that is a peer's, configured or registered (known AEs only is on; others are rejected "
+                "permanently, calling-AE-title-not-recognised), for the services its roles allow"
                 if st.known_aes_only
                 else " (known AEs only is off)"
             )

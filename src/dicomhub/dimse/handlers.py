@@ -39,6 +39,7 @@ from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, Commitm
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
+from dicomhub.model.peer import Role
 from dicomhub.model.policy import ValidationPolicy
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.records import InstanceRow
@@ -96,6 +97,7 @@ def handle_store(archive: Archive, req: StoreRequest, session: AssociationSessio
             )
             return StoreOutcome(status.STORE_DATASET_DOES_NOT_MATCH, f"IOD: {first.message}"[:64])
     try:
+        session.require(Role.STORE)
         if req.dataset_path is not None:
             # A large data set, spooled to disk while it arrived.
             result = archive.ingest.store_received_file(
@@ -161,6 +163,7 @@ def handle_find(
     count = 0
     detail: dict[str, object] = {"sop_class_uid": req.sop_class_uid}
     try:
+        session.require(Role.QUERY)
         query = _query(req.identifier, req.sop_class_uid)
         detail["level"] = query.level.value
         detail["keys"] = _query_keys(req.identifier)
@@ -288,6 +291,7 @@ def handle_retrieve(
     if not is_get:
         detail["destination"] = req.move_destination or ""
     try:
+        session.require(Role.RETRIEVE)
         destination = None
         if not is_get:
             destination = _move_destination(archive, settings, req.move_destination or "")
@@ -332,20 +336,17 @@ def handle_retrieve(
 
 
 def _move_destination(archive: Archive, settings: Settings, ae_title: str) -> tuple[str, int, str]:
-    """A configured remote AE (--remote-ae), else a registered AE with a port."""
-    remote = settings.remote_ae(ae_title)
-    if remote is not None:
-        return remote.host, remote.port, remote.ae_title
-    registered = archive.aes.destination(ae_title)
-    if registered is None:
-        raise UnknownDestination(f"move destination {ae_title!r} is not configured")
-    return registered
+    """A peer with the role move-destination (config, --remote-ae or the registry)."""
+    destination = archive.peers.destination(ae_title)
+    if destination is None:
+        raise UnknownDestination(f"move destination {ae_title!r} is not a peer with move-destination")
+    return destination
 
 
 def _destination_access(archive: Archive, session: AssociationSession, ae_title: str) -> Access:
-    """The grants of a move destination: those of its registered principal, else of its AE title."""
-    entity = archive.aes.get(ae_title)
-    return session.access_for(entity.principal_name if entity is not None else ae_title)
+    """The grants of a move destination: those of its peer's principal, else of its AE title."""
+    peer = archive.peers.by_ae_title(ae_title)
+    return session.access_for(peer.principal_name if peer is not None else ae_title)
 
 
 def _permitted(

@@ -114,7 +114,6 @@ class _Worker:
         os.set_blocking(self._wake_w, False)
         self.fast_config = fast_path_config(settings)
         self.recorder = AssociationRecorder(archive.statistics.record)
-        self._known = {r.ae_title for r in self.settings.remote_aes}
         # The DICOM TLS port's listener, and the context its connections are wrapped in.
         self.tls_listener = tls_listener
         self.tls_context = tls_server_context(settings) if tls_listener is not None else None
@@ -223,7 +222,7 @@ class _Worker:
         self, info: fastpath.AssociationInfo, session: AssociationSession
     ) -> str | fastpath.Rejection | None:
         refusal: str | fastpath.Rejection | None = None
-        if self.settings.known_aes_only and info.calling_ae_title not in self._known:
+        if self.settings.known_aes_only and not self.archive.peers.known(info.calling_ae_title):
             refusal = f"calling AE title {info.calling_ae_title!r} is not a known AE"
         elif sum(int(n) for n in self.load[:]) > self.settings.max_associations:
             refusal = fastpath.Rejection.local_limit_exceeded("too many concurrent associations")

@@ -21,8 +21,10 @@ from dicomhub.dimse.requests import AssociationInfo, Rejection
 from dicomhub.model.access import Access, Action, StudyFacts
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller, Channel
-from dicomhub.services.aes import AssociationRefused
+from dicomhub.model.peer import Peer, Role
+from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
+from dicomhub.services.peers import AssociationRefused
 
 __all__ = ["AssociationSession", "record_audit"]
 
@@ -62,6 +64,9 @@ class AssociationSession:
         self._facts: dict[str, StudyFacts | None] = {}
         self._stored: dict[str, _Stored] = {}
         self._everything: dict[Action, bool] = {}
+        # The calling peer when its roles are enforced (access control or
+        # --known-aes-only), else None: every DIMSE service is open.
+        self.peer: Peer | None = None
 
     @property
     def auth(self) -> bool:
@@ -78,9 +83,11 @@ class AssociationSession:
             "tls": self.tls or None,
             "tls_subject": self.tls_subject,
         }
+        if self.settings.known_aes_only and not self.auth:
+            self.peer = self.archive.peers.by_ae_title(info.calling_ae_title)
         if self.auth:
             try:
-                entity = self.archive.aes.authenticate(
+                entity = self.peer = self.archive.peers.authenticate(
                     info.calling_ae_title, info.peer_host, self.tls_subject
                 )
             except AssociationRefused as exc:
@@ -99,6 +106,17 @@ class AssociationSession:
             )
         self.audit(AuditAction.LOGIN, AuditOutcome.SUCCESS, detail=detail)
         return None
+
+    def require(self, role: Role) -> None:
+        """Raise :class:`Forbidden` when the calling peer's roles do not include ``role``.
+
+        Objects may also come from a migration source (the C-STORE sub-operations
+        of a C-MOVE that dicomhub asked it for)."""
+        if self.peer is None:
+            return
+        if self.peer.may(role) or (role is Role.STORE and self.peer.may(Role.MIGRATION_SOURCE)):
+            return
+        raise Forbidden(f"peer {self.peer.name} does not have the role {role.value}")
 
     def refused(self, info: AssociationInfo, reason: str) -> None:
         """An association request refused before authentication (policy, load)."""

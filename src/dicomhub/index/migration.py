@@ -42,28 +42,19 @@ from dicomhub.model.migration import (
     InventorySeries,
     InventoryStudy,
     JobState,
-    RemoteArchive,
-    RemoteKind,
 )
 
 __all__ = ["MigrationRepository"]
 
 _PK = BigInteger().with_variant(Integer(), "sqlite")
 
+# The inventory state of a migration peer, keyed by the peer's name: how to reach
+# it is in the peer registry (``peer``, revision 0014).
 migration_remote = Table(
     "migration_remote",
     metadata,
     Column("pk", _PK, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
-    Column("kind", String(16), nullable=False),
-    Column("ae_title", String(16), nullable=False, default=""),
-    Column("host", String(255), nullable=False, default=""),
-    Column("port", Integer, nullable=False, default=0),
-    Column("url", Text, nullable=False, default=""),
-    Column("auth", Text, nullable=False, default=""),
-    Column("path", Text, nullable=False, default=""),
-    Column("retrieve", String(8), nullable=False, default="auto"),
-    Column("find_limit", Integer, nullable=False, default=0),
     Column("inventory_complete", Boolean, nullable=False, default=False),
     Column("inventory_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -179,21 +170,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _remote(row: Any) -> RemoteArchive:
-    return RemoteArchive(
-        name=row.name,
-        kind=RemoteKind(row.kind),
-        ae_title=row.ae_title,
-        host=row.host,
-        port=row.port,
-        url=row.url,
-        auth=row.auth,
-        path=row.path,
-        retrieve=row.retrieve,
-        find_limit=row.find_limit,
-    )
-
-
 def _job(row: Any) -> dict[str, Any]:
     return {
         "id": row.pk,
@@ -219,34 +195,23 @@ class MigrationRepository:
 
     # -- remotes -----------------------------------------------------------
 
-    def add_remote(self, remote: RemoteArchive) -> None:
+    def state_pk(self, name: str, create: bool = True) -> int | None:
+        """The key of the inventory state of the peer ``name``, created on first use
+        (``create``), else None when it has none."""
+        with engines.read(self.engine) as conn:
+            pk = conn.execute(select(migration_remote.c.pk).where(migration_remote.c.name == name)).scalar()
+        if pk is not None or not create:
+            return None if pk is None else int(pk)
         with engines.write(self.engine) as conn:
-            conn.execute(
-                insert(migration_remote).values(
-                    name=remote.name,
-                    kind=remote.kind.value,
-                    ae_title=remote.ae_title,
-                    host=remote.host,
-                    port=remote.port,
-                    url=remote.url,
-                    auth=remote.auth,
-                    path=remote.path,
-                    retrieve=remote.retrieve,
-                    find_limit=remote.find_limit,
-                    inventory_complete=False,
-                    created_at=_now(),
+            pk = conn.execute(select(migration_remote.c.pk).where(migration_remote.c.name == name)).scalar()
+            if pk is None:
+                conn.execute(
+                    insert(migration_remote).values(name=name, inventory_complete=False, created_at=_now())
                 )
-            )
-
-    def remotes(self) -> list[RemoteArchive]:
-        with engines.read(self.engine) as conn:
-            rows = conn.execute(select(migration_remote).order_by(migration_remote.c.name)).all()
-        return [_remote(r) for r in rows]
-
-    def remote(self, name: str) -> tuple[int, RemoteArchive] | None:
-        with engines.read(self.engine) as conn:
-            row = conn.execute(select(migration_remote).where(migration_remote.c.name == name)).first()
-        return (row.pk, _remote(row)) if row is not None else None
+                pk = conn.execute(
+                    select(migration_remote.c.pk).where(migration_remote.c.name == name)
+                ).scalar_one()
+        return int(pk)
 
     def remove_remote(self, remote_pk: int) -> None:
         # Explicit, child tables first: SQLite enforces ON DELETE CASCADE only

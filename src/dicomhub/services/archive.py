@@ -18,6 +18,7 @@ from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
+from dicomhub.services.peers import PeerService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -54,7 +55,8 @@ class Archive:
     audit: AuditService
     migration: MigrationService
     storage_check: StorageCheckService
-    aes: ApplicationEntityService
+    peers: PeerService
+    aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
 from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.peers import PeerRepository
+from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (
     STALE_SECONDS,
     Inventory,
@@ -26,7 +28,9 @@ from dicomhub.model.migration import (
     RemoteKind,
     reconcile,
 )
+from dicomhub.model.peer import Peer, Role
 from dicomhub.services.contentdigest import ContentDigestService
+from dicomhub.services.peers import PeerService
 
 __all__ = ["DIRECTIONS", "MigrationService", "Selection", "check_transform"]
 
@@ -111,10 +115,16 @@ def selected(study: InventoryStudy, selection: Selection) -> bool:
 
 class MigrationService:
     def __init__(
-        self, repository: MigrationRepository, content_digests: ContentDigestService | None = None
+        self,
+        repository: MigrationRepository,
+        content_digests: ContentDigestService | None = None,
+        peers: PeerService | None = None,
     ) -> None:
         self.repo = repository
+        # Without a registry given, the index's own peers (no configured ones).
+        self.peers = peers if peers is not None else PeerService(PeerRepository(repository.engine))
         self.content_digests = content_digests
+        self.peers.on_remove.append(self.forget)
 
     def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:
         """What this archive holds, with every data set digest (those that STOW-RS left
@@ -123,40 +133,68 @@ class MigrationService:
             self.content_digests.fill_all()
         return self.repo.local_inventory(study_uids)
 
-    # -- remotes -----------------------------------------------------------
+    # -- remotes: migration peers ------------------------------------------
 
-    def add_remote(self, remote: RemoteArchive) -> None:
+    def add_remote(self, remote: RemoteArchive, caller: Caller | None = None) -> None:
+        """Register ``remote`` as a peer that migrations pull from (and, but for a
+        folder, push to): what ``dicomhub remote add`` did before the peer registry."""
         if not _NAME.match(remote.name):
             raise InvalidRequest("a remote's name has 1-64 letters, digits, '.', '_' or '-'")
-        if remote.kind is RemoteKind.DIMSE:
-            if not _AET.match(remote.ae_title) or not remote.ae_title.strip():
-                raise InvalidRequest("the AE title must have 1 to 16 characters")
-            if not remote.host or not 0 < remote.port < 65536:
-                raise InvalidRequest("a DIMSE remote needs a host and a port")
-            if remote.retrieve not in ("auto", "move", "get"):
-                raise InvalidRequest("retrieve is auto, move or get")
-        elif remote.kind is RemoteKind.DICOMWEB:
-            if not re.match(r"^https?://[^\s]+$", remote.url):
-                raise InvalidRequest("a DICOMweb remote needs an http(s) base URL")
-        elif not remote.path:
-            raise InvalidRequest("a folder remote needs a path")
-        if remote.find_limit < 0:
-            raise InvalidRequest("find_limit must be 0 (unknown) or more")
-        if self.repo.remote(remote.name) is not None:
-            raise Conflict(f"a remote named {remote.name!r} exists already")
-        self.repo.add_remote(remote)
+        dimse = remote.kind is RemoteKind.DIMSE
+        if dimse and (not _AET.match(remote.ae_title) or not remote.ae_title.strip()):
+            raise InvalidRequest("the AE title must have 1 to 16 characters")
+        if dimse and (not remote.host or not 0 < remote.port < 65536):
+            raise InvalidRequest("a DIMSE remote needs a host and a port")
+        roles = {Role.MIGRATION_SOURCE} | (
+            {Role.MIGRATION_TARGET} if remote.kind is not RemoteKind.FOLDER else set()
+        )
+        self.peers.add(
+            Peer(
+                remote.name,
+                ae_title=remote.ae_title if dimse else "",
+                host=remote.host if dimse else "",
+                port=remote.port if dimse else None,
+                dicomweb_url=remote.url if remote.kind is RemoteKind.DICOMWEB else "",
+                auth=remote.auth if remote.kind is RemoteKind.DICOMWEB else "",
+                folder=remote.path if remote.kind is RemoteKind.FOLDER else "",
+                roles=frozenset(roles),
+                migrate_via=remote.kind,
+                retrieve=remote.retrieve,
+                find_limit=remote.find_limit,
+            ),
+            caller or Caller.cli(),
+            change="remote-add",
+        )
 
     def remotes(self) -> list[RemoteArchive]:
-        return self.repo.remotes()
+        """The migration peers, as remote archives (credentials as stored: see ``public``)."""
+        return [p.remote() for p in self.peers.list() if p.migration_peer]
 
-    def remote(self, name: str) -> tuple[int, RemoteArchive]:
-        found = self.repo.remote(name)
-        if found is None:
-            raise NotFound(f"no remote archive named {name!r} (see `dicomhub remote list`)")
-        return found
+    def remote(self, name: str, role: Role | None = None) -> tuple[int, RemoteArchive]:
+        """(key of its inventory state, remote archive) of the migration peer ``name``."""
+        remote = self.peers.remote(name, role)
+        pk = self.repo.state_pk(remote.name)
+        assert pk is not None  # created on first use
+        return pk, remote
 
-    def remove_remote(self, name: str) -> None:
-        self.repo.remove_remote(self.remote(name)[0])
+    def remove_remote(self, name: str, caller: Caller | None = None) -> None:
+        """Forget a migration peer: its inventory and jobs, and the peer itself unless
+        it has other roles (then only its migration roles go)."""
+        peer = self.peers.require(name)
+        if not peer.migration_peer:
+            raise NotFound(f"no remote archive named {name!r} (see `dicomhub peer list`)")
+        others = peer.roles - {Role.MIGRATION_SOURCE, Role.MIGRATION_TARGET}
+        if others:
+            self.peers.update(peer.name, {"roles": [r.value for r in others]}, caller or Caller.cli())
+            self.forget(peer.name)
+        else:
+            self.peers.remove(peer.name, caller or Caller.cli(), change="remote-remove")
+
+    def forget(self, name: str) -> None:
+        """Drop the inventory, reconcile runs and jobs of the peer ``name`` (it is removed)."""
+        pk = self.repo.state_pk(name, create=False)
+        if pk is not None:
+            self.repo.remove_remote(pk)
 
     # -- inventory and reconcile -------------------------------------------
 
@@ -230,7 +268,11 @@ class MigrationService:
         ``direction`` ``push`` sends this archive's objects to the remote (a DIMSE or
         DICOMweb target); ``transform`` is the de-identification step on the way.
         """
-        remote_pk, remote = self.remote(name)
+        if direction == "push" and self.peers.require(name).via is RemoteKind.FOLDER:
+            raise InvalidRequest(f"{name!r} is a folder: a push target is a DIMSE or DICOMweb archive")
+        remote_pk, remote = self.remote(
+            name, Role.MIGRATION_TARGET if direction == "push" else Role.MIGRATION_SOURCE
+        )
         if not 1 <= parallel <= 32:
             raise InvalidRequest("parallel must be between 1 and 32")
         if direction not in DIRECTIONS:

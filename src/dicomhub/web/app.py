@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import admin, audit, deid, dicomweb, migrations, security
+from dicomhub.web import admin, audit, deid, dicomweb, migrations, peers, security
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
@@ -116,7 +116,7 @@ def create_app(
             Mount(
                 "/dicomweb", routes=[*security.dicomweb_routes(archive), *dicomweb.routes(archive, settings)]
             ),
-            Mount("/admin", routes=admin.routes(archive)),
+            Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),

@@ -917,6 +917,7 @@ def _paths() -> Json:
     paths.update(_migration_paths())
     paths.update(_audit_paths())
     paths.update(_security_paths())
+    paths.update(_peer_paths())
     return paths
 
 
@@ -1102,6 +1103,94 @@ def _security_paths() -> Json:
 
 
 # ---------------------------------------------------------------- de-identification
+
+
+def _peer_paths() -> Json:
+    """``/admin/peers``: the peer registry (docs/peers.md)."""
+    roles = {
+        "type": "array",
+        "items": {
+            "type": "string",
+            "enum": [
+                "store", "query", "retrieve", "move-destination", "migration-source", "migration-target",
+            ],
+        },
+    }  # fmt: skip
+    nullable = {"type": ["string", "null"]}
+    peer = {
+        "type": "object",
+        "description": "A peer as the server shows it: never its credentials, only how they are held.",
+        "properties": {
+            "name": {"type": "string"},
+            "ae_title": nullable,
+            "host": nullable,
+            "port": {"type": ["integer", "null"]},
+            "tls": {"type": "boolean"},
+            "dicomweb_url": nullable,
+            "auth": {**nullable, "description": "bearer, basic or env:VARIABLE; null: none"},
+            "folder": nullable,
+            "principal": {"type": "string"},
+            "tls_subject": nullable,
+            "roles": roles,
+            "migrate_via": {"type": ["string", "null"], "enum": ["dimse", "dicomweb", "folder", None]},
+            "retrieve": {"type": "string"},
+            "find_limit": {"type": "integer"},
+            "description": {"type": "string"},
+            "source": {"type": "string", "enum": ["index", "config"]},
+            "created_at": nullable,
+        },
+    }
+    body = {
+        "type": "object",
+        "description": "The peer's fields (all of them: a PUT replaces the peer). auth: "
+        "env:VARIABLE, bearer:TOKEN or basic:USER:PASSWORD.",
+        "properties": {
+            "ae_title": {"type": "string", "maxLength": 16},
+            "host": {"type": "string"},
+            "port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+            "tls": {"type": "boolean"},
+            "dicomweb_url": {"type": "string"},
+            "auth": {"type": "string"},
+            "folder": {"type": "string"},
+            "principal": {"type": "string"},
+            "tls_subject": {"type": "string"},
+            "roles": roles,
+            "migrate_via": {"type": ["string", "null"], "enum": ["dimse", "dicomweb", "folder", None]},
+            "retrieve": {"type": "string", "enum": ["auto", "move", "get"]},
+            "find_limit": {"type": "integer", "minimum": 0},
+            "description": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+    name = _path_param("name", "The peer's name (for a DICOM peer usually its AE title).")
+    name_schema = {"type": "string"}
+    conflict = {"409": _error("Defined in the configuration file (read-only), or its AE title is taken.")}
+    return {
+        "/admin/peers": {
+            "get": _security_operation(
+                "Admin", "listPeers", "Every peer, from the index and the configuration file",
+                _json_ok("200", "The peers.", {"type": "array", "items": peer}),
+            ),
+        },
+        "/admin/peers/{name}": {
+            "get": _security_operation(
+                "Admin", "getPeer", "One peer", _json_ok("200", "The peer.", peer), parameters=[name]
+            ),
+            "put": _security_operation(
+                "Admin", "putPeer", "Register a peer, or replace all of its fields",
+                {**_json_ok("201", "Registered.", peer), **_json_ok("200", "Replaced.", peer), **conflict},
+                parameters=[name], requestBody=_json_body(body, "The peer's fields."),
+            ),
+            "delete": _security_operation(
+                "Admin", "removePeer", "Remove a peer (and its migration inventory and jobs)",
+                {
+                    **_json_ok("200", "Removed.", {"type": "object", "properties": {"removed": name_schema}}),
+                    **conflict,
+                },
+                parameters=[name],
+            ),
+        },
+    }  # fmt: skip
 
 
 def _json_body(schema: Json, description: str) -> Json:

@@ -1,0 +1,157 @@
+"""The peer registry table (see :mod:`dicomhub.model.peer`).
+
+Only peers managed at run time are here; those of the configuration file are
+held by :class:`dicomhub.services.peers.PeerService`. ``auth`` holds the
+DICOMweb credentials as given: ``env:VARIABLE`` keeps the secret out of the
+index (the variable is read when the peer is used), a literal token or
+password is stored as is, readable by whoever can read the index.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+
+from dicomhub.errors import Conflict
+from dicomhub.index import engine as engines
+from dicomhub.index.schema import metadata
+from dicomhub.model.migration import RemoteKind
+from dicomhub.model.peer import Peer, PeerSource, parse_roles
+
+__all__ = ["PeerRepository", "peer"]
+
+_PK = BigInteger().with_variant(Integer(), "sqlite")
+
+peer = Table(
+    "peer",
+    metadata,
+    Column("pk", _PK, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("ae_title", String(16), nullable=False),  # "": not a DIMSE peer
+    Column("host", String(255), nullable=False),
+    Column("port", Integer),  # NULL: calls us only, never called
+    Column("tls", Boolean, nullable=False),
+    Column("dicomweb_url", Text, nullable=False),
+    Column("auth", Text, nullable=False),
+    Column("folder", Text, nullable=False),
+    Column("principal", String(128), nullable=False),
+    Column("tls_subject", String(255), nullable=False),
+    Column("roles", String(255), nullable=False),  # comma separated Role values
+    Column("migrate_via", String(16), nullable=False),  # "": chosen from what it has
+    Column("retrieve", String(8), nullable=False),
+    Column("find_limit", Integer, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_peer_ae_title", "ae_title"),
+)
+
+
+def _values(p: Peer) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "ae_title": p.ae_title,
+        "host": p.host,
+        "port": p.port,
+        "tls": p.tls,
+        "dicomweb_url": p.dicomweb_url,
+        "auth": p.auth,
+        "folder": p.folder,
+        "principal": p.principal,
+        "tls_subject": p.tls_subject,
+        "roles": ",".join(sorted(r.value for r in p.roles)),
+        "migrate_via": p.migrate_via.value if p.migrate_via is not None else "",
+        "retrieve": p.retrieve,
+        "find_limit": p.find_limit,
+        "description": p.description,
+    }
+
+
+def _peer(row: Any) -> Peer:
+    created = row.created_at
+    if created is not None and created.tzinfo is None:
+        created = created.replace(tzinfo=dt.UTC)  # SQLite drops the zone
+    return Peer(
+        name=row.name,
+        ae_title=row.ae_title,
+        host=row.host,
+        port=row.port,
+        tls=bool(row.tls),
+        dicomweb_url=row.dicomweb_url,
+        auth=row.auth,
+        folder=row.folder,
+        principal=row.principal,
+        tls_subject=row.tls_subject,
+        roles=parse_roles(row.roles),
+        migrate_via=RemoteKind(row.migrate_via) if row.migrate_via else None,
+        retrieve=row.retrieve,
+        find_limit=row.find_limit,
+        description=row.description,
+        source=PeerSource.INDEX,
+        created_at=created,
+    )
+
+
+class PeerRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, p: Peer) -> Peer:
+        """Insert ``p``; :class:`Conflict` when its name is taken."""
+        now = dt.datetime.now(dt.UTC)
+        with engines.write(self.engine) as conn:
+            if conn.execute(select(peer.c.pk).where(peer.c.name == p.name)).first() is not None:
+                raise Conflict(f"a peer named {p.name!r} is registered already")
+            conn.execute(insert(peer).values(**_values(p), created_at=now, updated_at=now))
+            row = conn.execute(select(peer).where(peer.c.name == p.name)).one()
+        return _peer(row)
+
+    def replace(self, p: Peer) -> Peer | None:
+        """Overwrite the peer named ``p.name``; None when there is none."""
+        with engines.write(self.engine) as conn:
+            result = conn.execute(
+                update(peer)
+                .where(peer.c.name == p.name)
+                .values(**_values(p), updated_at=dt.datetime.now(dt.UTC))
+            )
+            if not result.rowcount:
+                return None
+            row = conn.execute(select(peer).where(peer.c.name == p.name)).one()
+        return _peer(row)
+
+    def get(self, name: str) -> Peer | None:
+        with engines.read(self.engine) as conn:
+            row = conn.execute(select(peer).where(peer.c.name == name)).first()
+        return None if row is None else _peer(row)
+
+    def with_ae_title(self, ae_title: str) -> list[Peer]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(select(peer).where(peer.c.ae_title == ae_title).order_by(peer.c.name)).all()
+        return [_peer(r) for r in rows]
+
+    def all(self) -> list[Peer]:
+        with engines.read(self.engine) as conn:
+            rows = conn.execute(select(peer).order_by(peer.c.name)).all()
+        return [_peer(r) for r in rows]
+
+    def remove(self, name: str) -> bool:
+        with engines.write(self.engine) as conn:
+            result = conn.execute(delete(peer).where(peer.c.name == name))
+        return bool(result.rowcount)
