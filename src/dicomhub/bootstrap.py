@@ -13,7 +13,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from dicomhub.codec import transfer_syntax
-from dicomhub.config import Settings
+from dicomhub.config import Settings, tls_client_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.backup import IndexBackup
@@ -434,13 +434,22 @@ def commitment_deliverer(
     from dicomhub.dimse.commitment import send_report
 
     def deliver(ae_title: str, result: CommitmentResult) -> None:
-        destination = peers.report_destination(ae_title)
-        if destination is None:
+        peer = peers.report_peer(ae_title)
+        if peer is None:
             raise ConfigurationError(
                 f"{ae_title} is not a peer with a host and a port (dicomhub peer add, [[peer]] or "
                 "--remote-ae), so the report cannot be sent"
             )
-        host, port, called = destination
-        send_report(host, port, called, settings.aet, result, timeout=settings.acse_timeout)
+        # A peer with tls gets its report over DICOM TLS only, never plain TCP.
+        tls = tls_client_context(settings) if peer.tls else None
+        send_report(
+            peer.host,
+            peer.port or 0,
+            peer.ae_title,
+            settings.aet,
+            result,
+            timeout=settings.acse_timeout,
+            tls=tls,
+        )
 
     return deliver

@@ -82,6 +82,7 @@ __all__ = [
     "parse_mask_region",
     "parse_remote_ae",
     "setting_specs",
+    "tls_client_context",
     "tls_server_context",
 ]
 
@@ -1038,4 +1039,47 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED if settings.tls_verify_client else (
         ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE
     )
+    return context
+
+
+def tls_client_context(settings: Settings) -> ssl.SSLContext:
+    """The client side of DICOM TLS (PS3.15 B.1), for associations dicomhub opens
+    to a peer with ``tls`` set: C-MOVE sub-operations, Storage Commitment reports.
+
+    TLS 1.2 or later with the BCP 195 ciphers; the peer's certificate must chain
+    to ``tls_ca`` (the same bundle that verifies client certificates on our own
+    TLS port), or to the system's trust store when ``tls_ca`` is empty, and name
+    the host we connect to (the caller gives it as ``server_hostname``). Our own
+    ``tls_cert`` / ``tls_key``, when configured, are presented as the client
+    certificate: DICOM TLS peers usually require mutual authentication.
+
+    Parameters
+    ----------
+    settings : Settings
+        Where ``tls_ca``, ``tls_cert`` and ``tls_key`` come from.
+
+    Returns
+    -------
+    ssl.SSLContext
+        A fresh context: built per use, so a renewed certificate is picked up
+        without a restart.
+
+    Raises
+    ------
+    ConfigurationError
+        When the CA bundle, certificate or key cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname on
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(_BCP195_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION
+    try:
+        if settings.tls_ca:
+            context.load_verify_locations(cafile=settings.tls_ca)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if settings.tls_cert and settings.tls_key:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"cannot load the TLS CA bundle, certificate or key: {exc}") from exc
     return context

@@ -7,7 +7,7 @@ DCMTK command line tools; see helpers.py.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,13 +59,15 @@ def server(module_servers: ServerPool) -> DicomhubServer:
 
 @pytest.fixture(scope="module")
 def storescp_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., StoreSCP]]:
-    """``storescp_factory(aet="STORESCP", implicit_only=False)`` -> running StoreSCP."""
+    """``storescp_factory(aet="STORESCP", implicit_only=False, extra=())`` -> running StoreSCP."""
     base = tmp_path_factory.mktemp("storescp")
     started: list[StoreSCP] = []
 
-    def factory(aet: str = "STORESCP", implicit_only: bool = False) -> StoreSCP:
+    def factory(aet: str = "STORESCP", implicit_only: bool = False, extra: Sequence[str] = ()) -> StoreSCP:
         n = len(started)
-        scp = StoreSCP(base / f"out{n}", base / f"storescp{n}.log", aet=aet, implicit_only=implicit_only)
+        scp = StoreSCP(
+            base / f"out{n}", base / f"storescp{n}.log", aet=aet, implicit_only=implicit_only, extra=extra
+        )
         started.append(scp.start())
         return scp
 

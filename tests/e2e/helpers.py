@@ -594,11 +594,19 @@ def assert_same_instances(received: Mapping[str, Dataset], originals: Sequence[D
 class StoreSCP:
     """DCMTK storescp on a free port writing into ``out_dir``."""
 
-    def __init__(self, out_dir: Path, log: Path, aet: str = "STORESCP", implicit_only: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        log: Path,
+        aet: str = "STORESCP",
+        implicit_only: bool = False,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.out_dir = out_dir
         self.log = log
         self.aet = aet
         self.implicit_only = implicit_only
+        self.extra = tuple(extra)  # more storescp options (e.g. +tls KEY CERT +cf CA)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -607,6 +615,7 @@ class StoreSCP:
         args = ["-v", "-aet", self.aet, "-od", str(self.out_dir)]
         if self.implicit_only:
             args.append("+xi")
+        args += self.extra
         args.append(str(self.port))
         self.proc = popen_dcmtk("storescp", *args, log=self.log)
         wait_for_port(self.port, proc=self.proc)

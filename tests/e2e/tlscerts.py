@@ -1,6 +1,6 @@
 """Certificates for the TLS tests, made with ``cryptography``: a CA, a server
 certificate for 127.0.0.1, a client certificate it signed, and an untrusted
-client (signed by another CA)."""
+client and server (signed by another CA)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class Pki:
     server: Pair
     client: Pair  # CN "modality-1", signed by the CA
     untrusted: Pair  # CN "modality-1" too, signed by another CA
+    untrusted_server: Pair  # a server certificate for 127.0.0.1 signed by another CA
 
 
 def _name(cn: str) -> x509.Name:
@@ -105,4 +106,5 @@ def make_pki(directory: Path) -> Pki:
         server=_write(directory, "server", *_leaf(ca, "dicomhub.test", server=True)),
         client=_write(directory, "client", *_leaf(ca, "modality-1", server=False)),
         untrusted=_write(directory, "untrusted", *_leaf(other, "modality-1", server=False)),
+        untrusted_server=_write(directory, "untrusted-server", *_leaf(other, "elsewhere.test", server=True)),
     )

@@ -215,6 +215,29 @@ def test_put_creates_then_replaces(archive: Archive) -> None:
     assert not created and (peer.host, peer.port, peer.roles) == ("h2", None, frozenset())
 
 
+def test_the_lookups_carry_a_peers_tls_to_where_it_connects(archive: Archive) -> None:
+    """A move destination, a report destination and a migration peer come back
+    whole, so that the connection is made over TLS when the peer says so."""
+    peers = archive.peers
+    peers.add(
+        Peer(
+            "PACS", ae_title="PACS", host="pacs.example", port=2762, tls=True,
+            roles=frozenset({Role.MOVE_DESTINATION, Role.MIGRATION_SOURCE}),
+        ),
+        CLI,
+    )  # fmt: skip
+    moved = peers.move_destination("PACS")
+    assert moved is not None and moved.tls and (moved.host, moved.port) == ("pacs.example", 2762)
+    reported = peers.report_peer("PACS")
+    assert reported is not None and reported.tls
+    remote = peers.remote("PACS")
+    assert remote.tls and "over TLS" in remote.describe()
+    # The configured --remote-ae VIEWER has no tls: plain TCP.
+    viewer = peers.move_destination("VIEWER")
+    assert viewer is not None and not viewer.tls
+    assert peers.move_destination("NOBODY") is None
+
+
 def test_authentication_and_roles(archive: Archive) -> None:
     peers = archive.peers
     peers.add(

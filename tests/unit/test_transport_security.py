@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -12,7 +14,13 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from dicomhub.bootstrap import open_archive
-from dicomhub.config import Settings, anonymous_network_refusal, load_settings, tls_server_context
+from dicomhub.config import (
+    Settings,
+    anonymous_network_refusal,
+    load_settings,
+    tls_client_context,
+    tls_server_context,
+)
 from dicomhub.conformance import build_statement, render_markdown
 from dicomhub.errors import ConfigurationError, InvalidRequest, NotFound
 from dicomhub.model.applicationentity import ApplicationEntity
@@ -65,6 +73,84 @@ def test_tls_server_context(tmp_path: Path) -> None:
     assert tls_server_context(verifying).verify_mode == ssl.CERT_REQUIRED
     with pytest.raises(ConfigurationError, match="cannot load"):
         tls_server_context(Settings(tls_cert=str(tmp_path / "missing.pem"), tls_key=str(pki.server.key)))
+
+
+def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[dict[str, object] | None, str]:
+    """One handshake over a socket pair: the client certificate the server saw
+    (None: none or the handshake failed) and the server side's error, if any."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(10)
+    theirs.settimeout(10)
+    seen: list[dict[str, object] | None] = [None]
+    error = [""]
+
+    def serve() -> None:
+        try:
+            with server.wrap_socket(theirs, server_side=True) as tls:
+                seen[0] = tls.getpeercert()  # type: ignore[assignment]
+        except (OSError, ssl.SSLError) as exc:
+            error[0] = str(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client.wrap_socket(ours, server_hostname="127.0.0.1") as tls:
+            tls.recv(1)  # the server closes: a TLS 1.3 client learns of a refused certificate here
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        thread.join(10)
+        theirs.close()
+    return seen[0], error[0]
+
+
+def test_tls_client_context(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(pki.server.cert), str(pki.server.key))
+    server.load_verify_locations(cafile=str(pki.ca))
+    server.verify_mode = ssl.CERT_REQUIRED
+
+    mutual = tls_client_context(
+        Settings(tls_cert=str(pki.client.cert), tls_key=str(pki.client.key), tls_ca=str(pki.ca))
+    )
+    assert mutual.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert mutual.verify_mode == ssl.CERT_REQUIRED and mutual.check_hostname
+    assert [c["subject"] for c in mutual.get_ca_certs()] == [((("commonName", "dicomhub test CA"),),)]
+    # Our certificate is presented: the peer sees it (mutual TLS).
+    seen, error = _handshake(mutual, server)
+    assert seen is not None and ((("commonName", "modality-1"),),) == seen["subject"], error
+
+    # Without one configured, a peer that requires it refuses us.
+    anonymous = tls_client_context(Settings(tls_ca=str(pki.ca)))
+    seen, error = _handshake(anonymous, server)
+    assert seen is None and "certificate" in error.lower()
+
+    # A peer whose certificate another CA signed is refused by us.
+    other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    other.load_cert_chain(str(pki.untrusted_server.cert), str(pki.untrusted_server.key))
+    ours, theirs = socket.socketpair()
+    thread = threading.Thread(target=lambda: _ignore_errors(other, theirs))
+    thread.start()
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        mutual.wrap_socket(ours, server_hostname="127.0.0.1")
+    ours.close()
+    thread.join(10)
+    theirs.close()
+
+    # No tls_ca: the system's trust store, not "trust anything".
+    system = tls_client_context(Settings())
+    assert system.verify_mode == ssl.CERT_REQUIRED and system.check_hostname
+    with pytest.raises(ConfigurationError, match="cannot load"):
+        tls_client_context(Settings(tls_ca=str(tmp_path / "missing.pem")))
+
+
+def _ignore_errors(context: ssl.SSLContext, sock: socket.socket) -> None:
+    sock.settimeout(10)
+    try:
+        context.wrap_socket(sock, server_side=True).close()
+    except (OSError, ssl.SSLError):
+        pass
 
 
 def test_conformance_statement_names_the_tls_port() -> None:

@@ -17,6 +17,7 @@ These run rarely and off the store path, so they use pynetdicom.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 
@@ -85,8 +86,12 @@ def send_report(
     calling_ae_title: str,
     result: CommitmentResult,
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Send the N-EVENT-REPORT for ``result`` on a new association.
+
+    ``tls``: DICOM TLS (PS3.15 B.1) with this client context, the peer's
+    certificate checked against ``host``; ``None``: plain TCP.
 
     Raises
     ------
@@ -101,9 +106,14 @@ def send_report(
     role.sop_class_uid = StorageCommitmentPushModel
     role.scu_role = False
     role.scp_role = True
-    assoc = ae.associate(host, port, ae_title=called_ae_title, ext_neg=[role])
+    # pynetdicom wraps the socket itself; a failed handshake only leaves the
+    # association unestablished (and logs the ssl error), so say TLS here.
+    tls_args = None if tls is None else (tls, host)
+    assoc = ae.associate(host, port, ae_title=called_ae_title, ext_neg=[role], tls_args=tls_args)
     if not assoc.is_established:
-        raise CommitmentRefused(f"cannot associate with {called_ae_title} at {host}:{port}")
+        raise CommitmentRefused(
+            f"cannot associate with {called_ae_title} at {host}:{port}" + (" over TLS" if tls else "")
+        )
     try:
         event_type, information = report_dataset(result)
         status, _reply = assoc.send_n_event_report(

@@ -1332,6 +1332,7 @@ class _Association:
                     maximum_pdu_size=self.config.maximum_pdu_size,
                     implementation_class_uid=self.config.implementation_class_uid,
                     implementation_version_name=self.config.implementation_version_name,
+                    tls=plan.destination_tls,
                 )
             except (StoreAssociationError, ValueError, OSError) as exc:
                 LOGGER.warning(

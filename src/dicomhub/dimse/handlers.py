@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomhub.config import DeidExport, Settings
+from dicomhub.config import DeidExport, Settings, tls_client_context
 from dicomhub.dimse import status
 from dicomhub.dimse.commitment import report_dataset
 from dicomhub.dimse.fastpath import (
@@ -39,7 +40,7 @@ from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, Commitm
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match
-from dicomhub.model.peer import Role
+from dicomhub.model.peer import Peer, Role
 from dicomhub.model.policy import ValidationPolicy
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.records import InstanceRow
@@ -292,9 +293,9 @@ def handle_retrieve(
         detail["destination"] = req.move_destination or ""
     try:
         session.require(Role.RETRIEVE)
-        destination = None
-        if not is_get:
-            destination = _move_destination(archive, settings, req.move_destination or "")
+        peer = None if is_get else _move_destination(archive, settings, req.move_destination or "")
+        destination = None if peer is None else (peer.host, peer.port or 0, peer.ae_title)
+        destination_tls = _destination_tls(settings, peer)
         query = _retrieve_query(req.identifier, req.sop_class_uid)
         detail["level"] = query.level.value
         rows = archive.retrieve.instances(query, caller)
@@ -331,16 +332,26 @@ def handle_retrieve(
     )
     profile = None if is_get else settings.deid_export_for(req.move_destination or "")
     if profile is not None and rows:
-        return _deidentified_plan(archive, profile, rows, caller, destination)
-    return RetrievePlan([_sendable(archive, row) for row in rows], destination)
+        return _deidentified_plan(archive, profile, rows, caller, destination, destination_tls)
+    return RetrievePlan([_sendable(archive, row) for row in rows], destination, destination_tls)
 
 
-def _move_destination(archive: Archive, settings: Settings, ae_title: str) -> tuple[str, int, str]:
+def _move_destination(archive: Archive, settings: Settings, ae_title: str) -> Peer:
     """A peer with the role move-destination (config, --remote-ae or the registry)."""
-    destination = archive.peers.destination(ae_title)
-    if destination is None:
+    peer = archive.peers.move_destination(ae_title)
+    if peer is None:
         raise UnknownDestination(f"move destination {ae_title!r} is not a peer with move-destination")
-    return destination
+    return peer
+
+
+def _destination_tls(settings: Settings, peer: Peer | None) -> ssl.SSLContext | None:
+    """The DICOM TLS client context for a move destination whose peer has ``tls``
+    set, else None (plain TCP). Raises ConfigurationError when our CA bundle,
+    certificate or key cannot be loaded: the C-MOVE fails rather than fall back
+    to plain TCP."""
+    if peer is None or not peer.tls:
+        return None
+    return tls_client_context(settings)
 
 
 def _destination_access(archive: Archive, session: AssociationSession, ae_title: str) -> Access:
@@ -384,6 +395,7 @@ def _deidentified_plan(
     rows: list[InstanceRow],
     caller: Caller,
     destination: tuple[str, int, str] | None,
+    destination_tls: ssl.SSLContext | None,
 ) -> RetrievePlan | tuple[int, str | None]:
     """A C-MOVE to a destination with a de-identification profile: every object goes
     through the profile as it is sent; none can go out as stored."""
@@ -406,6 +418,7 @@ def _deidentified_plan(
             for i in items
         ],
         destination,
+        destination_tls,
     )
 
 

@@ -7,6 +7,7 @@ These value types are the contract between :mod:`dicomhub.dimse.fastpath`
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -287,10 +288,14 @@ class RetrievePlan:
     instances : sequence of Sendable
     destination : tuple of (str, int, str) or None
         C-MOVE only: host, port and AE title of the move destination.
+    destination_tls : ssl.SSLContext or None
+        C-MOVE only: the DICOM TLS client context to associate with the
+        destination through (its peer has ``tls`` set); ``None``: plain TCP.
     """
 
     instances: Sequence[Sendable]
     destination: tuple[str, int, str] | None = None
+    destination_tls: ssl.SSLContext | None = None
 
 
 # A C-FIND response identifier: a Dataset, or a function that encodes it in

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Final
@@ -125,6 +126,7 @@ class StoreAssociation:
         maximum_pdu_size: int = 262144,
         implementation_class_uid: str = "1.2.826.0.1.3680043.10.1419.1",
         implementation_version_name: str | None = "DICOMHUB_010",
+        tls: ssl.SSLContext | None = None,
     ) -> StoreAssociation:
         """Connect and negotiate an association.
 
@@ -142,13 +144,18 @@ class StoreAssociation:
             each response afterwards.
         maximum_pdu_size : int
             Our *Maximum Length Received* (0 = unlimited).
+        tls : ssl.SSLContext or None
+            DICOM TLS (PS3.15 B.1): the client context the connection is
+            wrapped with before the A-ASSOCIATE-RQ, with `host` as the server
+            name its certificate must carry; ``None``: plain TCP.
 
         Raises
         ------
         AssociationRejected
             On A-ASSOCIATE-RJ.
         StoreAssociationError
-            When the connection is refused or times out, the peer aborts or
+            When the connection is refused or times out, the TLS handshake
+            fails (the message names the TLS error), the peer aborts or
             answers garbage.
         ValueError
             When `contexts` is empty or has more than 128 items.
@@ -185,6 +192,8 @@ class StoreAssociation:
             sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
             raise StoreAssociationError(f"cannot connect to {host}:{port}: {exc}") from exc
+        if tls is not None:
+            sock = _handshake(sock, tls, host, port)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(acse_timeout)
@@ -420,6 +429,22 @@ class StoreAssociation:
             self.release()
         else:
             self.abort()
+
+
+def _handshake(sock: socket.socket, context: ssl.SSLContext, host: str, port: int) -> ssl.SSLSocket:
+    """``sock`` after the TLS handshake (within its connect timeout), the peer's
+    certificate verified against ``host``; StoreAssociationError naming the TLS
+    error (an untrusted certificate, a peer that does not speak TLS) otherwise."""
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        _close(sock)
+        raise StoreAssociationError(
+            f"TLS handshake with {host}:{port} failed: certificate not trusted: {exc.verify_message}"
+        ) from exc
+    except (OSError, ssl.SSLError) as exc:
+        _close(sock)
+        raise StoreAssociationError(f"TLS handshake with {host}:{port} failed: {exc}") from exc
 
 
 def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytes]:

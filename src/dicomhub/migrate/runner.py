@@ -33,6 +33,7 @@ import datetime as dt
 import logging
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,7 +46,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomhub import codec
-from dicomhub.config import Settings
+from dicomhub.config import Settings, tls_client_context
 from dicomhub.deid import Options
 from dicomhub.errors import DicomhubError
 from dicomhub.index.migration import ITEM_DONE, ITEM_FAILED, ITEM_PENDING
@@ -172,6 +173,15 @@ class _StoreSink:
         return self._count(result.size, result.outcome)
 
 
+def _tls(settings: Settings, remote: RemoteArchive) -> ssl.SSLContext | None:
+    """The DICOM TLS client context for a DIMSE peer with ``tls`` set, else None.
+    Never a fallback to plain TCP: a context that cannot be loaded is a
+    ConfigurationError, and the migration step fails with it."""
+    if remote.kind is not RemoteKind.DIMSE or not remote.tls:
+        return None
+    return tls_client_context(settings)
+
+
 class _Pusher:
     """Sends this archive's series to a push target: one association (or HTTP client)
     per worker thread, only the objects the target lacks, de-identified on the way
@@ -191,7 +201,7 @@ class _Pusher:
         target: DimseTarget | DicomwebTarget | None = getattr(self._local, "target", None)
         if target is None:
             target = self._local.target = open_target(
-                self.remote, self.settings.aet, self.settings.dimse_timeout
+                self.remote, self.settings.aet, self.settings.dimse_timeout, _tls(self.settings, self.remote)
             )
             with self._lock:
                 self._targets.append(target)
@@ -289,7 +299,13 @@ class Migrator:
 
     def _source(self, name: str) -> DimseSource | DicomwebSource | FolderSource:
         _pk, remote = self.service.remote(name)
-        return open_source(remote, self.settings.aet, self.move_destination, self.settings.dimse_timeout)
+        return open_source(
+            remote,
+            self.settings.aet,
+            self.move_destination,
+            self.settings.dimse_timeout,
+            _tls(self.settings, remote),
+        )
 
     # -- inventory ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,7 @@ class DimseSource:
     calling_ae_title: str
     move_destination: str
     timeout: float = 60.0
+    tls: ssl.SSLContext | None = None  # DICOM TLS client context (the peer has tls); None: plain TCP
 
     def _associate(self, contexts: Sequence[Any], **kwargs: Any) -> Association:
         ae = AE(ae_title=self.calling_ae_title)
@@ -165,11 +167,17 @@ class DimseSource:
                 ae.add_requested_context(*context)
             else:
                 ae.add_requested_context(context)
-        assoc = ae.associate(self.remote.host, self.remote.port, ae_title=self.remote.ae_title, **kwargs)
+        # pynetdicom wraps the socket and checks the certificate against the host;
+        # a failed handshake only leaves the association unestablished.
+        tls_args = None if self.tls is None else (self.tls, self.remote.host)
+        assoc = ae.associate(
+            self.remote.host, self.remote.port, ae_title=self.remote.ae_title, tls_args=tls_args, **kwargs
+        )
         if not assoc.is_established:
+            over = "" if self.tls is None else " over TLS (handshake or certificate)"
             raise RemoteError(
                 f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
-                "refused or did not answer the association"
+                f"refused or did not answer the association{over}"
             )
         _responses_to_the_requester(assoc)
         sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
@@ -620,10 +628,16 @@ class FolderSource:
 
 
 def open_source(
-    remote: RemoteArchive, calling_ae_title: str, move_destination: str, timeout: float = 60.0
+    remote: RemoteArchive,
+    calling_ae_title: str,
+    move_destination: str,
+    timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> DimseSource | DicomwebSource | FolderSource:
+    """The source ``remote`` is; ``tls``: the DICOM TLS client context a DIMSE one
+    associates through (None: plain TCP)."""
     if remote.kind is RemoteKind.DIMSE:
-        return DimseSource(remote, calling_ae_title, move_destination, timeout)
+        return DimseSource(remote, calling_ae_title, move_destination, timeout, tls)
     if remote.kind is RemoteKind.DICOMWEB:
         return DicomwebSource(remote, max(timeout, 120.0))
     return FolderSource(remote)

@@ -11,6 +11,7 @@ is checked against the target itself.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -67,11 +68,14 @@ class DimseTarget:
     Orthanc after 5 s): setting one up costs more than sending a small series.
     """
 
-    def __init__(self, remote: RemoteArchive, calling_ae_title: str, timeout: float) -> None:
+    def __init__(
+        self, remote: RemoteArchive, calling_ae_title: str, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.remote = remote
         self.calling_ae_title = calling_ae_title
         self.timeout = timeout
-        self.finder = DimseSource(remote, calling_ae_title, calling_ae_title, timeout)
+        self.tls = tls  # DICOM TLS client context for every association to it; None: plain TCP
+        self.finder = DimseSource(remote, calling_ae_title, calling_ae_title, timeout, tls)
         self._assoc: StoreAssociation | None = None
         self._proposed: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
         self._used = 0.0
@@ -95,6 +99,7 @@ class DimseTarget:
                 [(a, list(ts)) for a, ts in sorted(merged)],
                 acse_timeout=self.timeout,
                 dimse_timeout=self.timeout,
+                tls=self.tls,
             )
         except StoreAssociationError as exc:
             raise RemoteError(f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port}: {exc}") from exc
@@ -273,10 +278,12 @@ class DicomwebTarget:
 
 
 def open_target(
-    remote: RemoteArchive, calling_ae_title: str, timeout: float = 60.0
+    remote: RemoteArchive, calling_ae_title: str, timeout: float = 60.0, tls: ssl.SSLContext | None = None
 ) -> DimseTarget | DicomwebTarget:
+    """The push target ``remote`` is; ``tls``: the DICOM TLS client context a DIMSE
+    one associates through (None: plain TCP)."""
     if remote.kind is RemoteKind.DIMSE:
-        return DimseTarget(remote, calling_ae_title, timeout)
+        return DimseTarget(remote, calling_ae_title, timeout, tls)
     if remote.kind is RemoteKind.DICOMWEB:
         return DicomwebTarget(remote, max(timeout, 120.0))
     raise DicomhubError(f"{remote.name!r} is a folder: a push target is a DIMSE or DICOMweb archive")

@@ -78,10 +78,12 @@ class RemoteArchive:
     path: str = ""
     retrieve: str = "auto"
     find_limit: int = 0
+    tls: bool = False  # DIMSE only: associate over DICOM TLS
 
     def describe(self) -> str:
         if self.kind is RemoteKind.DIMSE:
-            return f"DIMSE {self.ae_title}@{self.host}:{self.port} (retrieve: {self.retrieve})"
+            tls = " over TLS" if self.tls else ""
+            return f"DIMSE {self.ae_title}@{self.host}:{self.port}{tls} (retrieve: {self.retrieve})"
         if self.kind is RemoteKind.DICOMWEB:
             return f"DICOMweb {self.url}" + (" (with auth)" if self.auth else "")
         return f"folder {self.path}"

@@ -163,6 +163,7 @@ class Peer:
             path=self.folder,
             retrieve=self.retrieve,
             find_limit=self.find_limit,
+            tls=self.tls,
         )
 
     def public(self) -> dict[str, Any]:

@@ -279,19 +279,33 @@ class PeerService:
         peer = self.by_ae_title(ae_title)
         return peer is not None and peer.may(role)
 
-    def destination(self, ae_title: str) -> tuple[str, int, str] | None:
-        """(host, port, AE title) of the C-MOVE destination ``ae_title``, else None."""
+    def move_destination(self, ae_title: str) -> Peer | None:
+        """The peer C-MOVE sub-operations to ``ae_title`` go to (it has the role
+        move-destination and a DIMSE address), else None. The whole peer, so that
+        the caller connects as it says (its ``tls``)."""
         peer = self.by_ae_title(ae_title)
         if peer is None or not peer.may(Role.MOVE_DESTINATION) or not peer.dimse:
             return None
-        return peer.host, peer.port or 0, peer.ae_title
+        return peer
 
-    def report_destination(self, ae_title: str) -> tuple[str, int, str] | None:
-        """(host, port, AE title) a Storage Commitment report for ``ae_title`` goes to."""
+    def destination(self, ae_title: str) -> tuple[str, int, str] | None:
+        """(host, port, AE title) of the C-MOVE destination ``ae_title``, else None."""
+        peer = self.move_destination(ae_title)
+        return None if peer is None else (peer.host, peer.port or 0, peer.ae_title)
+
+    def report_peer(self, ae_title: str) -> Peer | None:
+        """The peer a Storage Commitment report for ``ae_title`` goes to (one with a
+        DIMSE address), else None. The whole peer: the report goes over TLS when
+        its ``tls`` is set."""
         peer = self.by_ae_title(ae_title)
         if peer is None or not peer.dimse:
             return None
-        return peer.host, peer.port or 0, peer.ae_title
+        return peer
+
+    def report_destination(self, ae_title: str) -> tuple[str, int, str] | None:
+        """(host, port, AE title) a Storage Commitment report for ``ae_title`` goes to."""
+        peer = self.report_peer(ae_title)
+        return None if peer is None else (peer.host, peer.port or 0, peer.ae_title)
 
     def remote(self, name: str, role: Role | None = None) -> RemoteArchive:
         """The migration peer ``name`` as the remote archive a migration talks to,
