@@ -27,6 +27,7 @@ Adapted from ``pydicom.pixels.decoders.gdcm`` (pydicom, MIT licence).
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
 import json
 import os
 import select
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import ModuleType
 from typing import IO, Any
 
 from pydicom import uid
@@ -44,13 +46,37 @@ __all__ = ["DECODER_DEPENDENCIES", "GDCM_VERSION", "PLUGIN", "decode_with_gdcm",
 #: The label of this plugin in pydicom's decoders (pydicom's own is ``gdcm``).
 PLUGIN = "gdcm-fallback"
 
-try:
-    import gdcm
 
-    GDCM_VERSION: tuple[int, ...] = tuple(int(x) for x in gdcm.Version.GetVersion().split("."))
-except ImportError:  # the fallback is optional: without it the preferred plugins are all there is
-    gdcm = None
-    GDCM_VERSION = ()
+def _installed_version() -> tuple[int, ...]:
+    """The version of the installed python-gdcm (its releases carry GDCM's version),
+    read from its metadata: importing GDCM maps about 25 MB of shared libraries, and
+    only the helper process needs them. ``()``: not installed."""
+    # Not importlib.util.find_spec("gdcm"): the None entry in sys.modules (see _gdcm) hides it.
+    try:
+        release = importlib.metadata.version("python-gdcm")
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(x) for x in release.split(".")[:3] if x.isdigit())
+
+
+# The fallback is optional: without it the preferred plugins are all there is.
+GDCM_VERSION: tuple[int, ...] = _installed_version()
+
+
+def _gdcm() -> ModuleType | None:
+    """GDCM's bindings, imported on first use (in the helper process only).
+
+    :mod:`dicomhub` keeps ``gdcm`` out of its other processes by a ``None`` entry
+    in :data:`sys.modules` (see the package's ``__init__``); here it is wanted.
+    """
+    if "gdcm" in sys.modules and sys.modules["gdcm"] is None:
+        del sys.modules["gdcm"]
+    try:
+        import gdcm
+    except ImportError:
+        return None
+    module: ModuleType = gdcm
+    return module
 
 _HTJ2K = (uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K)
 
@@ -84,7 +110,7 @@ def is_available(tsyntax: str) -> bool:
     -------
     bool
     """
-    return gdcm is not None and GDCM_VERSION >= (3, 2) and str(tsyntax) in DECODER_DEPENDENCIES
+    return GDCM_VERSION >= (3, 2) and str(tsyntax) in DECODER_DEPENDENCIES
 
 
 #: Seconds a helper may take for one frame before it is killed.
@@ -141,6 +167,7 @@ def decode_with_gdcm(request: dict[str, Any], src: bytes) -> tuple[bytes, str]:
     ValueError
         When GDCM cannot decode the frame.
     """
+    gdcm = _gdcm()
     if gdcm is None:
         raise ValueError("python-gdcm is not installed")
     tsyntax = request["transfer_syntax_uid"]
@@ -316,6 +343,7 @@ def _read_message(src: IO[bytes], deadline: float | None = None) -> tuple[dict[s
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """The helper's loop: one request in, one reply out, until stdin closes."""
+    gdcm = _gdcm()
     if gdcm is not None:
         gdcm.Trace.WarningOff()
         gdcm.Trace.ErrorOff()
