@@ -21,7 +21,7 @@ from dicomhub.bootstrap import open_archive
 from dicomhub.config import RemoteAE, Settings
 from dicomhub.conformance import build_statement, http_routes_of, render_html, render_markdown
 from dicomhub.conformance.model import ConformanceStatement
-from dicomhub.dimse.negotiation import acceptor_contexts
+from dicomhub.dimse.acse import acceptor_contexts
 from dicomhub.dimse.server import fast_path_config
 from dicomhub.web.app import create_app
 

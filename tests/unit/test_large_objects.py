@@ -35,7 +35,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse import transport as T
 from dicomhub.dimse.fastpath import (
     FastPathConfig,
     FileRegion,
@@ -266,8 +268,8 @@ def test_message_cut_short_leaves_no_spool_file(
     listener = listen(received, spool_threshold=4096, spool_dir=str(tmp_path), dimse_timeout=0.5)
     assoc, cid = storage_scu(listener.port)
     sock = assoc.sock
-    command = P.encode_store_rq(1, CTImageStorage, "1.2.3.4")
-    P.send_buffers(sock, P.message_buffers(cid, command, None, 0))
+    command = M.encode_store_rq(1, CTImageStorage, "1.2.3.4")
+    T.send_buffers(sock, P.message_buffers(cid, command, None, 0))
     fragment = b"\x00" * 8000
     for _ in range(3):  # well past the threshold, never the last fragment
         sock.sendall(P.P_DATA_HEADERS.pack(P.P_DATA_TF, 0, len(fragment) + 6, len(fragment) + 2, cid, 0))
@@ -619,24 +621,24 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = "1.2.3"
-        command = P.encode_command(
+        command = M.encode_command(
             [
-                P.text_element(P.E_AFFECTED_SOP_CLASS, STUDY_GET.encode(), b"\x00"),
-                P.US_ELEMENT.pack(0, P.E_COMMAND_FIELD, 2, P.C_GET_RQ),
-                P.US_ELEMENT.pack(0, P.E_MESSAGE_ID, 2, 1),
-                P.US_ELEMENT.pack(0, P.E_PRIORITY, 2, 0),
-                P.US_ELEMENT.pack(0, P.E_DATA_SET_TYPE, 2, 1),
+                M.text_element(M.E_AFFECTED_SOP_CLASS, STUDY_GET.encode(), b"\x00"),
+                M.US_ELEMENT.pack(0, M.E_COMMAND_FIELD, 2, M.C_GET_RQ),
+                M.US_ELEMENT.pack(0, M.E_MESSAGE_ID, 2, 1),
+                M.US_ELEMENT.pack(0, M.E_PRIORITY, 2, 0),
+                M.US_ELEMENT.pack(0, M.E_DATA_SET_TYPE, 2, 1),
             ]
         )
-        P.send_buffers(sock, P.message_buffers(1, command, encode(identifier), 65536))
+        T.send_buffers(sock, P.message_buffers(1, command, encode(identifier), 65536))
         while True:
             pdu_type, body = read_pdu(sock)
             assert pdu_type == P.P_DATA_TF
             length, cid, control = P.PDV_HEADER.unpack_from(body)
             fragment = memoryview(body)[6 : 4 + length]
             if control & 0x01:
-                rsp = P.parse_command(bytes(fragment))
-                if rsp.command_field == P.C_STORE_RQ:
+                rsp = M.parse_command(bytes(fragment))
+                if rsp.command_field == M.C_STORE_RQ:
                     assert rsp.message_id is not None
                     store_message_id = rsp.message_id
                     if vanish:
@@ -644,7 +646,7 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         raise ConnectionResetError("vanished")
                     continue
-                assert rsp.command_field == P.C_GET_RSP
+                assert rsp.command_field == M.C_GET_RSP
                 if rsp.status != 0xFF00:
                     assert rsp.status == 0
                     break
@@ -652,8 +654,8 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
             digest.update(fragment)
             size += len(fragment)
             if control & 0x02:
-                answer = P.encode_response(P.C_STORE_RSP, store_message_id, CTImageStorage, "1.2.3.4", 0)
-                P.send_buffers(sock, P.message_buffers(cid, answer, None, 65536))
+                answer = M.encode_response(M.C_STORE_RSP, store_message_id, CTImageStorage, "1.2.3.4", 0)
+                T.send_buffers(sock, P.message_buffers(cid, answer, None, 65536))
         sock.sendall(P.RELEASE_RQ_PDU)
         read_pdu(sock)
     finally:
@@ -663,8 +665,8 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
 
 def read_pdu(sock: socket.socket) -> tuple[int, bytearray]:
     header = bytearray(6)
-    P.recv_exact(sock, memoryview(header))
+    T.recv_exact(sock, memoryview(header))
     pdu_type, _, length = P.PDU_HEADER.unpack(header)
     body = bytearray(length)
-    P.recv_exact(sock, memoryview(body))
+    T.recv_exact(sock, memoryview(body))
     return pdu_type, body

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicomhub.dimse.acse import acceptor_contexts
 from dicomhub.dimse.contexts import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES
 from dicomhub.dimse.fastpath import _prefer_requestor_syntax
-from dicomhub.dimse.negotiation import acceptor_contexts
 from dicomhub.dimse.requests import FastPathConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

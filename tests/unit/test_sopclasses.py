@@ -14,8 +14,8 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from dicomhub.config import load_settings
 from dicomhub.conformance import build_statement, render_markdown
+from dicomhub.dimse.acse import acceptor_contexts_for
 from dicomhub.dimse.contexts import STORAGE_SOP_CLASSES
-from dicomhub.dimse.negotiation import acceptor_contexts_for
 from dicomhub.dimse.server import fast_path_config
 from dicomhub.dimse.status import store_status
 from dicomhub.errors import ConfigurationError, SOPClassNotSupported

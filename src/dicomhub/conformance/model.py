@@ -3,7 +3,7 @@
 Nothing here is a hand-written list of SOP classes or transfer syntaxes:
 
 - accepted presentation contexts come from
-  :func:`dicomhub.dimse.negotiation.acceptor_contexts` on the
+  :func:`dicomhub.dimse.acse.acceptor_contexts` on the
   :class:`~dicomhub.dimse.requests.FastPathConfig` that
   :func:`dicomhub.dimse.server.fast_path_config` builds for the DIMSE workers;
 - what this install decodes and encodes comes from
@@ -34,7 +34,7 @@ from pydicom.uid import UID
 from dicomhub import __version__, codec
 from dicomhub.config import RemoteAE, Settings
 from dicomhub.dimse import fastpath, status
-from dicomhub.dimse.negotiation import acceptor_contexts
+from dicomhub.dimse.acse import acceptor_contexts
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,

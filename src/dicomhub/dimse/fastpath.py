@@ -76,8 +76,10 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
-from dicomhub.dimse.negotiation import (
+from dicomhub.dimse import transport as T
+from dicomhub.dimse.acse import (
     MAX_ASSOCIATE_RQ,
     acceptor_contexts_for,
     decode_associate_rq,
@@ -168,10 +170,10 @@ _REASON_NOT_SPECIFIED: Final = P.REASON_NOT_SPECIFIED
 _REASON_UNRECOGNISED_PDU: Final = P.REASON_UNRECOGNISED_PDU
 _REASON_UNEXPECTED_PDU: Final = P.REASON_UNEXPECTED_PDU
 _REASON_INVALID_PARAMETER: Final = P.REASON_INVALID_PARAMETER
-_C_STORE_RQ: Final = P.C_STORE_RQ
-_C_STORE_RSP: Final = P.C_STORE_RSP
-_C_ECHO_RQ: Final = P.C_ECHO_RQ
-_C_ECHO_RSP: Final = P.C_ECHO_RSP
+_C_STORE_RQ: Final = M.C_STORE_RQ
+_C_STORE_RSP: Final = M.C_STORE_RSP
+_C_ECHO_RQ: Final = M.C_ECHO_RQ
+_C_ECHO_RSP: Final = M.C_ECHO_RSP
 
 _STATUS_SUCCESS: Final = 0x0000
 _STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
@@ -207,10 +209,10 @@ _RELEASE_RP_PDU: Final = P.RELEASE_RP_PDU
 
 
 _ProtocolError = P.ProtocolError
-_PeerGone = P.PeerGone
-_Command = P.Command
-_parse_command = P.parse_command
-_encode_response = P.encode_response
+_PeerGone = T.PeerGone
+_Command = M.Command
+_parse_command = M.parse_command
+_encode_response = M.encode_response
 
 
 class _PeerAborted(Exception):
@@ -296,9 +298,9 @@ class _Association:
         self.on_retrieve = on_retrieve
         allowed = {_C_STORE_RQ, _C_ECHO_RQ}
         if config.query_retrieve:
-            allowed |= {P.C_FIND_RQ, P.C_GET_RQ, P.C_MOVE_RQ, P.C_CANCEL_RQ, P.C_STORE_RSP}
+            allowed |= {M.C_FIND_RQ, M.C_GET_RQ, M.C_MOVE_RQ, M.C_CANCEL_RQ, M.C_STORE_RSP}
         if config.storage_commitment:
-            allowed |= {P.N_ACTION_RQ, P.N_EVENT_REPORT_RSP}
+            allowed |= {M.N_ACTION_RQ, M.N_EVENT_REPORT_RSP}
         self.allowed_commands = frozenset(allowed)
         self.on_n_action = on_n_action
         # Message ID of an N-EVENT-REPORT-RQ we sent -> what to call on success.
@@ -371,7 +373,7 @@ class _Association:
         TimeoutError
             When the current timeout expires.
         """
-        P.recv_exact(self.sock, view)
+        T.recv_exact(self.sock, view)
 
     def send(self, data: bytes) -> None:
         try:
@@ -385,7 +387,7 @@ class _Association:
         self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
     ) -> None:
         """Send a command (and data set) within the peer's maximum PDU length."""
-        P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
+        T.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
 
     def send_abort(self, reason: int) -> None:
         """Send A-ABORT (source 2 = service provider); best effort."""
@@ -738,7 +740,7 @@ class _Association:
                 f"command 0x{command.command_field:04X} is not served on this fast path",
                 _REASON_UNEXPECTED_PDU,
             )
-        if command.command_field & 0x8000 or command.command_field == P.C_CANCEL_RQ:
+        if command.command_field & 0x8000 or command.command_field == M.C_CANCEL_RQ:
             if command.message_id_responded_to is None:
                 raise _ProtocolError("response/cancel without Message ID Being Responded To")
         elif command.message_id is None:
@@ -765,17 +767,17 @@ class _Association:
         field = command.command_field
         if field == _C_STORE_RQ and not self.in_operation:
             self.handle_store(command, context_id, fragments)
-        elif field == P.C_CANCEL_RQ:
+        elif field == M.C_CANCEL_RQ:
             # Only meaningful for the operation in progress (or about to start).
             if self.in_operation or self.deferred is not None:
                 assert command.message_id_responded_to is not None
                 self.cancelled.add(command.message_id_responded_to)
             else:
                 LOGGER.debug("C-CANCEL-RQ from %s with no operation running", self.calling_ae)
-        elif field == P.N_EVENT_REPORT_RSP:
+        elif field == M.N_EVENT_REPORT_RSP:
             assert command.message_id_responded_to is not None
             self.report_answered(command)
-        elif field == P.N_ACTION_RQ and not self.in_operation and self.deferred is None:
+        elif field == M.N_ACTION_RQ and not self.in_operation and self.deferred is None:
             self.handle_n_action(command, context_id, fragments)
         elif field == _C_STORE_RSP:
             if not self.in_operation:
@@ -904,7 +906,7 @@ class _Association:
                 outcome = None
         self.send_response(
             context_id,
-            P.encode_n_action_rsp(
+            M.encode_n_action_rsp(
                 command.message_id,
                 STORAGE_COMMITMENT_PUSH_MODEL,
                 STORAGE_COMMITMENT_INSTANCE,
@@ -926,7 +928,7 @@ class _Association:
         # background process delivers the report on an association of its own.
         self.send_message(
             context_id,
-            P.encode_n_event_report_rq(
+            M.encode_n_event_report_rq(
                 message_id, STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, event_type
             ),
             _encode_dataset(information, context[1]),
@@ -1067,7 +1069,7 @@ class _Association:
         self.deferred = None
         self.in_operation = True
         try:
-            if command.command_field == P.C_FIND_RQ:
+            if command.command_field == M.C_FIND_RQ:
                 self.handle_find(command, context_id, fragments)
             else:
                 self.handle_retrieve(command, context_id, fragments)
@@ -1186,7 +1188,7 @@ class _Association:
                     self.raise_transport_error()
                     self.send_message(
                         context_id,
-                        P.encode_response(P.C_FIND_RSP, message_id, model, None, status, has_data_set=True),
+                        M.encode_response(M.C_FIND_RSP, message_id, model, None, status, has_data_set=True),
                         data,
                     )
                     matches += 1
@@ -1206,7 +1208,7 @@ class _Association:
                 final = _STATUS_CANCEL
         self.raise_transport_error()
         self.send_message(
-            context_id, P.encode_response(P.C_FIND_RSP, message_id, model, None, final, comment)
+            context_id, M.encode_response(M.C_FIND_RSP, message_id, model, None, final, comment)
         )
         elapsed = time.perf_counter() - started
         LOGGER.info(
@@ -1229,9 +1231,9 @@ class _Association:
 
     def handle_retrieve(self, command: _Command, context_id: int, fragments: list[memoryview]) -> None:
         started = time.perf_counter()
-        is_get = command.command_field == P.C_GET_RQ
+        is_get = command.command_field == M.C_GET_RQ
         name = "C-GET" if is_get else "C-MOVE"
-        rsp_field = P.C_GET_RSP if is_get else P.C_MOVE_RSP
+        rsp_field = M.C_GET_RSP if is_get else M.C_MOVE_RSP
         message_id = command.message_id
         assert message_id is not None
         model = command.sop_class_uid or ""
@@ -1252,7 +1254,7 @@ class _Association:
             self.raise_transport_error()
             self.send_message(
                 context_id,
-                P.encode_response(
+                M.encode_response(
                     rsp_field,
                     message_id,
                     model,
@@ -1434,7 +1436,7 @@ class _Association:
             return None
         context_id, data = picked
         message_id = self.sub_message_id()
-        command = P.encode_store_rq(message_id, instance.sop_class_uid, instance.sop_instance_uid)
+        command = M.encode_store_rq(message_id, instance.sop_class_uid, instance.sop_instance_uid)
         try:
             if isinstance(data, FileRegion):
                 if not self.send_region(context_id, command, instance, data):
@@ -1443,7 +1445,7 @@ class _Association:
                 self.raise_transport_error()
                 self.send_message(context_id, command, data)
         finally:
-            P.release_region(data)
+            T.release_region(data)
             del data
         self.set_timeout(self.config.dimse_timeout)
         while message_id not in self.store_responses:
@@ -1462,14 +1464,14 @@ class _Association:
     def send_region(self, context_id: int, command: bytes, instance: Sendable, region: FileRegion) -> bool:
         """Send a C-STORE-RQ whose data set lies in a file; False (logged) if it cannot be opened."""
         try:
-            fd = P.open_region(region)
+            fd = T.open_region(region)
         except OSError as exc:
             LOGGER.warning("reading %s failed: %s", instance.sop_instance_uid, exc)
             return False
         try:
             self.raise_transport_error()
             self.set_timeout(self.config.dimse_timeout)
-            P.send_file_message(self.sock, context_id, command, fd, region, self.peer_max_pdu)
+            T.send_file_message(self.sock, context_id, command, fd, region, self.peer_max_pdu)
         finally:
             os.close(fd)
         return True

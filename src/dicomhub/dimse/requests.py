@@ -14,6 +14,8 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 
+from dicomhub.dimse.transport import EncodedDataSet, FileRegion
+
 __all__ = [
     "QUERY_RETRIEVE_SOP_CLASSES",
     "VERIFICATION_SOP_CLASS",
@@ -83,35 +85,6 @@ class StoreRequest:
     move_originator_ae_title: str | None
     move_originator_message_id: int | None
     dataset_path: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FileRegion:
-    """A data set to send that lies in a file: `length` bytes from `offset`.
-
-    Sent in P-DATA-TF PDUs straight from the file (``os.sendfile``), never
-    read into memory as a whole.
-
-    Attributes
-    ----------
-    path : str
-        The file; opened just before the C-STORE-RQ goes out.
-    offset, length : int
-        Where the data set (no File Meta) starts in the file, and its size.
-    delete_after : bool
-        The file is a temporary one (e.g. a transcoded copy): it is unlinked
-        once sent, and also when sending fails or is not attempted after
-        the region was handed over.
-    """
-
-    path: str
-    offset: int
-    length: int
-    delete_after: bool = False
-
-
-#: A data set to send: in memory, or a region of a file.
-EncodedDataSet = bytes | memoryview | FileRegion
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse import transport as T
 from dicomhub.dimse.requests import FileRegion
 
 __all__ = [
@@ -218,7 +220,7 @@ class StoreAssociation:
         except StoreAssociationError:
             _close(sock)
             raise
-        except (OSError, P.PeerGone) as exc:
+        except (OSError, T.PeerGone) as exc:
             _close(sock)
             raise StoreAssociationError(f"association with {host}:{port} failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - pynetdicom's decoder raises anything
@@ -302,11 +304,11 @@ class StoreAssociation:
                 raise AssociationAborted("the association is closed")
             # Opened before anything is sent: a missing file fails this
             # store only, not the association.
-            fd = P.open_region(dataset) if isinstance(dataset, FileRegion) else -1
+            fd = T.open_region(dataset) if isinstance(dataset, FileRegion) else -1
             try:
                 return self._c_store(
                     context_id,
-                    P.encode_store_rq(
+                    M.encode_store_rq(
                         message_id,
                         sop_class_uid,
                         sop_instance_uid,
@@ -321,7 +323,7 @@ class StoreAssociation:
                 if fd >= 0:
                     os.close(fd)
         finally:
-            P.release_region(dataset)
+            T.release_region(dataset)
 
     def _c_store(
         self,
@@ -334,12 +336,12 @@ class StoreAssociation:
         try:
             self.sock.settimeout(self.dimse_timeout)
             if isinstance(dataset, FileRegion):
-                P.send_file_message(self.sock, context_id, command, fd, dataset, self.peer_max_pdu)
+                T.send_file_message(self.sock, context_id, command, fd, dataset, self.peer_max_pdu)
             else:
-                P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
+                T.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
             while True:
                 rsp = self._read_command()
-                if rsp.command_field != P.C_STORE_RSP:
+                if rsp.command_field != M.C_STORE_RSP:
                     raise P.ProtocolError(f"unexpected command 0x{rsp.command_field:04X}")
                 if rsp.message_id_responded_to != (message_id & 0xFFFF):
                     LOGGER.warning(
@@ -354,22 +356,22 @@ class StoreAssociation:
         except P.ProtocolError as exc:
             self.abort()
             raise AssociationAborted(f"protocol error from {self.called_ae_title}: {exc}") from exc
-        except (P.PeerGone, TimeoutError, OSError) as exc:
+        except (T.PeerGone, TimeoutError, OSError) as exc:
             self.abort()
             raise AssociationAborted(
                 f"association with {self.called_ae_title} failed: {exc or type(exc).__name__}"
             ) from exc
 
-    def _read_command(self) -> P.Command:
+    def _read_command(self) -> M.Command:
         """Read PDUs until one complete command set (skipping any data set after it)."""
         fragments: list[bytes] = []
-        done: P.Command | None = None
+        done: M.Command | None = None
         while True:
             pdu_type, body = _read_pdu(self.sock, _MAX_INCOMING_PDU)
             if pdu_type == P.A_ABORT:
                 self._open = False
                 _close(self.sock)
-                raise P.PeerGone("A-ABORT from peer")
+                raise T.PeerGone("A-ABORT from peer")
             if pdu_type != P.P_DATA_TF:
                 raise P.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
             pos, end = 0, len(body)
@@ -383,7 +385,7 @@ class StoreAssociation:
                 if control & 0x01:
                     fragments.append(body[pos + 6 : item_end])
                     if control & 0x02:
-                        done = P.parse_command(b"".join(fragments))
+                        done = M.parse_command(b"".join(fragments))
                         fragments = []
                         if not done.has_data_set:
                             return done
@@ -410,7 +412,7 @@ class StoreAssociation:
                 if pdu_type == P.A_RELEASE_RQ:  # release collision: answer and finish
                     sock.sendall(P.RELEASE_RP_PDU)
                     break
-        except (OSError, P.PeerGone, P.ProtocolError):
+        except (OSError, T.PeerGone, P.ProtocolError):
             pass
         _close(sock)
 
@@ -449,12 +451,12 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, host: str, port: in
 
 def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytes]:
     header = bytearray(6)
-    P.recv_exact(sock, memoryview(header))
+    T.recv_exact(sock, memoryview(header))
     pdu_type, _, length = P.PDU_HEADER.unpack(header)
     if length > limit:
         raise P.ProtocolError(f"PDU of {length} bytes is too large")
     body = bytearray(length)
-    P.recv_exact(sock, memoryview(body))
+    T.recv_exact(sock, memoryview(body))
     return pdu_type, bytes(body)
 
 
