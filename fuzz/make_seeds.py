@@ -45,8 +45,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomhub.dimse.fastpath import FastPathConfig, StoreOutcome, serve_association
-from dicomhub.dimse.requests import QueryRequest, StoreRequest
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.requests import AssociationConfig, QueryRequest, StoreOutcome, StoreRequest
 
 __all__ = ["main"]
 
@@ -130,7 +130,7 @@ class _Recorder:
 
     def _relay(self, conn: socket.socket, address: tuple[str, int]) -> None:
         inner, outer = socket.socketpair()
-        config = FastPathConfig(
+        config = AssociationConfig(
             ae_title="DICOMHUB",
             storage_contexts={
                 str(cx.abstract_syntax): ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]

@@ -1,11 +1,11 @@
 """Large objects over DIMSE without holding them in memory (issue 4, item 6).
 
-* Receiving: a C-STORE data set past ``FastPathConfig.spool_threshold`` is
+* Receiving: a C-STORE data set past ``AssociationConfig.spool_threshold`` is
   spooled to a file handed to ``on_store`` as ``StoreRequest.dataset_path``,
   and the file is gone afterwards whatever happened (on_store raising, peer
   abort, closed connection, protocol error, release or timeout mid-message).
 * Sending: a :class:`FileRegion` from ``Sendable.read`` goes out with
-  ``sendfile`` (or ``preadv`` into one buffer) on C-GET (fastpath) and C-MOVE
+  ``sendfile`` (or ``preadv`` into one buffer) on C-GET (the association itself) and C-MOVE
   (``scu.StoreAssociation``), honouring ``delete_after``.
 * Memory: 200 MB through the fast path, measured with tracemalloc.
 
@@ -38,15 +38,15 @@ from pynetdicom import AE, build_role, evt
 from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
 from dicomhub.dimse import transport as T
-from dicomhub.dimse.fastpath import (
-    FastPathConfig,
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.requests import (
+    AssociationConfig,
     FileRegion,
     QueryRequest,
     RetrievePlan,
     Sendable,
     StoreOutcome,
     StoreRequest,
-    serve_association,
 )
 from dicomhub.dimse.scu import AssociationAborted, StoreAssociation
 from tests.unit.accept_loop import AcceptLoop
@@ -114,7 +114,7 @@ def sha256_of(path: str | Path, offset: int = 0, length: int | None = None) -> s
 # ---------------------------------------------------------------------------
 
 
-def make_config(**overrides: object) -> FastPathConfig:
+def make_config(**overrides: object) -> AssociationConfig:
     values: dict[str, object] = {
         "ae_title": "DICOMHUB",
         "storage_contexts": {CTImageStorage: [ExplicitVRLittleEndian]},
@@ -124,7 +124,7 @@ def make_config(**overrides: object) -> FastPathConfig:
         "query_retrieve": True,
     }
     values.update(overrides)
-    return FastPathConfig(**values)  # type: ignore[arg-type]
+    return AssociationConfig(**values)  # type: ignore[arg-type]
 
 
 class Listener(AcceptLoop):
@@ -132,7 +132,7 @@ class Listener(AcceptLoop):
 
     def __init__(
         self,
-        config: FastPathConfig,
+        config: AssociationConfig,
         on_store: Callable[[StoreRequest], StoreOutcome],
         on_retrieve: Callable[[QueryRequest], RetrievePlan] | None = None,
     ) -> None:

@@ -1,14 +1,15 @@
 """What the DIMSE association loop and its callers exchange: requests, outcomes, plans.
 
-These value types are the contract between :mod:`dicomhub.dimse.fastpath`
-(the association loop, which knows the protocol) and the handlers in
-:mod:`dicomhub.dimse.handlers` (which know the archive).
+These value types are the contract between the providers of
+:mod:`dicomhub.dimse.providers` (run by :mod:`dicomhub.dimse.association`,
+they know the protocol) and the handlers in :mod:`dicomhub.dimse.handlers`
+(which know the archive), plus the association's configuration.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,7 +22,7 @@ __all__ = [
     "VERIFICATION_SOP_CLASS",
     "AssociationInfo",
     "EncodedDataSet",
-    "FastPathConfig",
+    "AssociationConfig",
     "FileRegion",
     "FindCallback",
     "Identifier",
@@ -67,7 +68,7 @@ class StoreRequest:
     move_originator_ae_title, move_originator_message_id : str or None, int or None
         Set when the store is a C-MOVE sub-operation.
     dataset_path : str or None
-        Set for a data set larger than ``FastPathConfig.spool_threshold``:
+        Set for a data set larger than ``AssociationConfig.spool_threshold``:
         a temporary file whose whole content is the data set exactly as
         received (no File Meta).  It belongs to the association loop, which
         deletes it as soon as ``on_store`` returns or raises; the callback
@@ -279,8 +280,8 @@ RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | Non
 
 
 @dataclass(frozen=True)
-class FastPathConfig:
-    """Static configuration of the fast path.
+class AssociationConfig:
+    """Static configuration of the acceptor: what it negotiates, its limits and timeouts.
 
     Attributes
     ----------
@@ -308,17 +309,12 @@ class FastPathConfig:
         Accept the Patient/Study Root FIND, GET and MOVE models with the
         uncompressed transfer syntaxes, and offer the SCU role (for C-GET
         sub-operations) on every storage context.  Needs the `on_find` and
-        `on_retrieve` callbacks of :func:`serve_association`; requests
+        `on_retrieve` callbacks of
+        :func:`~dicomhub.dimse.association.serve_association`; requests
         arriving without them are answered 0x0122.
     storage_commitment : bool
         Accept the Storage Commitment Push Model (N-ACTION in, N-EVENT-REPORT
         out on the same association); needs the `on_n_action` callback.
-    fallback_abstract_syntaxes : collection of str or None
-        The abstract syntaxes the other stack (pynetdicom) would serve.  With
-        ``None`` (default) any abstract syntax the fast path does not serve
-        sends the association to the other stack; otherwise only those in
-        this collection do, and the rest are simply rejected on the fast path
-        (as the other stack would reject them too).
     spool_threshold : int
         A C-STORE data set that grows past this many bytes is written to a
         spool file as it arrives instead of being kept in memory, and handed
@@ -345,7 +341,6 @@ class FastPathConfig:
     require_called_ae_title: bool = False
     query_retrieve: bool = False
     storage_commitment: bool = False
-    fallback_abstract_syntaxes: Collection[str] | None = None
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
     accept_unknown_storage: bool = False
