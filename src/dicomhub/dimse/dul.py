@@ -303,7 +303,7 @@ class UpperLayer:
         self.command = command
         if command.command_field not in self.allowed_commands:
             raise ProtocolError(
-                f"command 0x{command.command_field:04X} is not served on this fast path",
+                f"command 0x{command.command_field:04X} is not served on this association",
                 REASON_UNEXPECTED_PDU,
             )
         if command.command_field & 0x8000 or command.command_field == M.C_CANCEL_RQ:

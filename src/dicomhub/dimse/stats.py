@@ -1,4 +1,4 @@
-"""Association statistics: the fast path's events, folded into one record per
+"""Association statistics: the association loop's events, folded into one record per
 association and written to the association log in batches.
 
 Each association runs on its own thread, so the record being built lives in
