@@ -773,9 +773,8 @@ def serve_association(
     config : AssociationConfig
         What to accept and the timeouts.
     on_store : callable
-        Called once per C-STORE-RQ with its :class:`StoreRequest`, on this
-        thread; its :class:`StoreOutcome` is sent back.  An exception is
-        logged and answered with status 0xC210.
+        Called once per C-STORE-RQ; see
+        :class:`~dicomhub.dimse.providers.storage.StorageProvider`.
     accept_association : callable, optional
         Policy hook: returns a rejection reason to refuse the association
         (A-ASSOCIATE-RJ, permanent, calling AE title not recognised) or
@@ -785,26 +784,9 @@ def serve_association(
         ``"released"``, ``"aborted"``, ``"store"``, ``"echo"``, ``"find"``,
         ``"get"`` or ``"move"`` and a dict of details; exceptions from it are
         logged and ignored.
-    on_find : callable, optional
-        C-FIND (needs ``config.query_retrieve``): called with the
-        :class:`QueryRequest`; returns an iterator of ``(0xFF00, identifier)``
-        per match, then optionally a final ``(status, None)`` (default
-        success).  Identifiers are encoded in the context's transfer syntax.
-        Between matches a C-CANCEL-RQ is looked for (answered 0xFE00 and the
-        iterator closed).  An exception is logged and answered 0xC000.
-    on_retrieve : callable, optional
-        C-GET and C-MOVE: called with the :class:`QueryRequest`; returns a
-        :class:`RetrievePlan` (for C-MOVE with its destination), or a
-        ``(status, error comment)`` tuple to refuse (e.g. 0xA801 unknown
-        destination, 0xA900 bad identifier).  Every :class:`Sendable` is a
-        C-STORE sub-operation (on this association for C-GET, where the peer
-        must have accepted the SCP role for its SOP class and transfer
-        syntax; on a new association to the destination for C-MOVE); a
-        pending response follows each one, then the final response: 0x0000,
-        0xB000 (some failed or warned), 0xA702 (all failed), 0xFE00
-        (cancelled), with the *Failed SOP Instance UID List* when any failed;
-        0xA801 when the destination cannot be associated.  An exception from
-        the callback is answered 0xC000.
+    on_find, on_retrieve : callable, optional
+        C-FIND, and C-GET / C-MOVE (need ``config.query_retrieve``); see
+        :class:`~dicomhub.dimse.providers.query_retrieve.QueryRetrieveProvider`.
     on_n_action : callable, optional
         Storage Commitment (needs ``config.storage_commitment``): called with
         the :class:`NActionRequest`; its :class:`NActionOutcome` gives the
