@@ -51,6 +51,20 @@ INGEST = ARCHIVE | Shared.STORE
 SERVER = INGEST | Shared.LOG_LEVEL | Shared.SERVER_ONLY
 
 
+def _switch(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None) -> None:
+    # default None, not False: a switch not given leaves the setting to the environment or the file.
+    p.add_argument(flag, **({"dest": dest} if dest else {}), action="store_true", default=None, help=help)
+
+
+def _repeatable(
+    p: argparse.ArgumentParser, flag: str, metavar: str, help: str, dest: str | None = None
+) -> None:
+    # default []: load_from_args reads an empty list as "not given".
+    p.add_argument(
+        flag, **({"dest": dest} if dest else {}), action="append", default=[], metavar=metavar, help=help
+    )
+
+
 def _config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML configuration file")
 
@@ -61,9 +75,7 @@ def _location(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-url", help="blob store: file:///path or s3://bucket/prefix (default: data dir/blobs)"
     )
-    p.add_argument(
-        "--storage-fallback-url", help="also read blobs from this store (while migrating storage)"
-    )
+    p.add_argument("--storage-fallback-url", help="also read blobs from this store (while migrating storage)")
 
 
 def _log_level(p: argparse.ArgumentParser) -> None:
@@ -82,19 +94,17 @@ def _store(p: argparse.ArgumentParser) -> None:
         choices=["keep", "overwrite", "reject"],
         help="what to do with a second copy of a SOP Instance UID (default keep)",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--accept-sop-class",
+        "UID",
+        "also store objects of this (private) SOP class (repeatable)",
         dest="accept_sop_classes",
-        action="append",
-        default=[],
-        metavar="UID",
-        help="also store objects of this (private) SOP class (repeatable)",
     )
-    p.add_argument(
+    _switch(
+        p,
         "--accept-unknown-sop-classes",
-        action="store_true",
-        default=None,
-        help="also store objects of any SOP class the standard does not register",
+        "also store objects of any SOP class the standard does not register",
     )
 
 
@@ -108,63 +118,41 @@ def _server_only(p: argparse.ArgumentParser) -> None:
         help="the DICOMweb root as clients reach it (behind a reverse proxy), for absolute "
         "BulkDataURI and RetrieveURL values (default: from each request)",
     )
-    p.add_argument(
-        "--remote-ae",
-        action="append",
-        default=[],
-        metavar="AET=HOST:PORT",
-        help="a remote AE dicomhub may open associations to (repeatable)",
+    _repeatable(
+        p, "--remote-ae", "AET=HOST:PORT", "a remote AE dicomhub may open associations to (repeatable)"
     )
-    p.add_argument(
-        "--known-aes-only",
-        action="store_true",
-        default=None,
-        help="accept associations only from the configured remote AEs",
-    )
+    _switch(p, "--known-aes-only", "accept associations only from the configured remote AEs")
     p.add_argument("--max-associations", type=int, help="concurrent associations (default 64)")
     p.add_argument("--acse-timeout", type=float, help="seconds (default 30)")
     p.add_argument("--dimse-timeout", type=float, help="seconds (default 60)")
     p.add_argument("--network-timeout", type=float, help="seconds (default 120)")
     p.add_argument("--workers", type=int, help="DIMSE worker processes (default: one per core)")
-    p.add_argument(
+    _repeatable(
+        p,
         "--compress",
-        action="append",
-        default=[],
-        metavar="KEY=SYNTAX",
-        help="store objects compressed at rest: KEY is a Modality, a SOP Class UID or *, "
+        "KEY=SYNTAX",
+        "store objects compressed at rest: KEY is a Modality, a SOP Class UID or *, "
         "SYNTAX a name from `dicomhub codecs` or a UID (repeatable; first match wins)",
     )
-    p.add_argument(
-        "--allow-lossy-compression",
-        action="store_true",
-        default=None,
-        help="allow --compress rules with a lossy transfer syntax",
-    )
+    _switch(p, "--allow-lossy-compression", "allow --compress rules with a lossy transfer syntax")
     p.add_argument(
         "--validation-policy",
         choices=["record", "warn", "reject"],
         help="objects that break their IOD: record the findings (default), answer with a "
         "warning status, or refuse them",
     )
-    p.add_argument(
-        "--validation-ae",
-        action="append",
-        default=[],
-        metavar="AET=POLICY",
-        help="validation policy for one calling AE (repeatable)",
-    )
+    _repeatable(p, "--validation-ae", "AET=POLICY", "validation policy for one calling AE (repeatable)")
     p.add_argument(
         "--decode-check",
         choices=["off", "sample", "always"],
         help="decode stored pixel data once after ingest: the first objects of each "
         "syntax (sample, default), every object (always), or none (off)",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--deid-export",
-        action="append",
-        default=[],
-        metavar="AET=PROJECT[:OPTION,...]",
-        help="C-MOVE to this destination sends only objects de-identified for PROJECT, "
+        "AET=PROJECT[:OPTION,...]",
+        "C-MOVE to this destination sends only objects de-identified for PROJECT, "
         "with these profile options (repeatable)",
     )
     p.add_argument(
@@ -173,12 +161,11 @@ def _server_only(p: argparse.ArgumentParser) -> None:
         help="de-identification of objects that may carry burned-in annotation: refuse "
         "them (default), mask the --deid-mask regions, or allow them",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--deid-mask",
-        action="append",
-        default=[],
-        metavar="X,Y,WIDTH,HEIGHT",
-        help="a pixel region blanked under --deid-burned-in mask (repeatable)",
+        "X,Y,WIDTH,HEIGHT",
+        "a pixel region blanked under --deid-burned-in mask (repeatable)",
     )
     _security_args(p)
     _operations_args(p)
@@ -210,18 +197,11 @@ def settings_parser() -> argparse.ArgumentParser:
 
 
 def _security_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--auth",
-        dest="auth_required",
-        action="store_true",
-        default=None,
-        help="require every HTTP request and DIMSE association to authenticate",
+    _switch(
+        p, "--auth", "require every HTTP request and DIMSE association to authenticate", dest="auth_required"
     )
-    p.add_argument(
-        "--allow-anonymous-network",
-        action="store_true",
-        default=None,
-        help="listen on a non-loopback address without --auth (not recommended)",
+    _switch(
+        p, "--allow-anonymous-network", "listen on a non-loopback address without --auth (not recommended)"
     )
     p.add_argument("--oidc-issuer", help="accept OpenID Connect bearer tokens from this issuer")
     p.add_argument(
@@ -232,41 +212,33 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--oidc-ca-file", help="PEM CA bundle the issuer's https certificate must chain to (default: system)"
     )
-    p.add_argument(
+    _switch(
+        p,
         "--oidc-accept-azp",
-        action="store_true",
-        default=None,
-        help="accept tokens whose azp (Keycloak: the client) is the audience, whatever their aud",
+        "accept tokens whose azp (Keycloak: the client) is the audience, whatever their aud",
     )
     p.add_argument(
         "--oidc-role-claim",
         help="the claim whose values --oidc-role maps: a name or a dotted path (realm_access.roles)",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--oidc-role",
+        "VALUE=ROLE[@SCOPE]",
+        "a token whose role claim holds VALUE holds ROLE at SCOPE (default archive); repeatable",
         dest="oidc_roles",
-        action="append",
-        default=[],
-        metavar="VALUE=ROLE[@SCOPE]",
-        help="a token whose role claim holds VALUE holds ROLE at SCOPE (default archive); repeatable",
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--label-rule",
+        "LABEL=calling_ae:AET|Keyword:VALUE",
+        "label studies at ingest by calling AE or attribute (repeatable)",
         dest="label_rules",
-        action="append",
-        default=[],
-        metavar="LABEL=calling_ae:AET|Keyword:VALUE",
-        help="label studies at ingest by calling AE or attribute (repeatable)",
     )
     p.add_argument("--tls-cert", help="PEM certificate (chain) for DICOM TLS and HTTPS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-ca", help="PEM CA bundle that client certificates must chain to")
-    p.add_argument(
-        "--tls-verify-client",
-        action="store_true",
-        default=None,
-        help="require a client certificate signed by --tls-ca",
-    )
+    _switch(p, "--tls-verify-client", "require a client certificate signed by --tls-ca")
     p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 

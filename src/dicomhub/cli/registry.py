@@ -213,9 +213,7 @@ def build_parser(specs: Sequence[Command] | None = None) -> argparse.ArgumentPar
             if prefix not in subparsers:
                 words = subparsers[prefix[:-1]].add_parser(prefix[-1], help=_GROUPS[prefix].help)
                 subparsers[prefix] = words.add_subparsers(dest="_".join(prefix) + "_command", required=True)
-        p = subparsers[spec.path[:-1]].add_parser(
-            spec.path[-1], help=spec.help, description=spec.description
-        )
+        p = subparsers[spec.path[:-1]].add_parser(spec.path[-1], help=spec.help, description=spec.description)
         add_shared_options(p, spec.shared)
         # Before the command's own arguments: an own option named like a setting
         # (``migrate --aet``) is not a settings option.
