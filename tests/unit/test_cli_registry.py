@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,18 @@ IDS = [spec.name for spec in ALL]
 
 
 @pytest.fixture(autouse=True)
-def _no_dicomhub_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The settings come from the command line alone, whatever the shell running the tests has.
     for name in list(os.environ):
         if name.startswith("DICOMHUB_"):
             monkeypatch.delenv(name)
+    # main() configures logging for the process; the tests after these must find it as it was.
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def _subparser(spec: Command) -> argparse.ArgumentParser:
