@@ -53,16 +53,16 @@ SERVER = INGEST | Shared.LOG_LEVEL | Shared.SERVER_ONLY
 
 def _switch(p: argparse.ArgumentParser, flag: str, help: str, dest: str | None = None) -> None:
     # default None, not False: a switch not given leaves the setting to the environment or the file.
-    p.add_argument(flag, **({"dest": dest} if dest else {}), action="store_true", default=None, help=help)
+    named: dict[str, Any] = {"dest": dest} if dest else {}
+    p.add_argument(flag, **named, action="store_true", default=None, help=help)
 
 
 def _repeatable(
     p: argparse.ArgumentParser, flag: str, metavar: str, help: str, dest: str | None = None
 ) -> None:
     # default []: load_from_args reads an empty list as "not given".
-    p.add_argument(
-        flag, **({"dest": dest} if dest else {}), action="append", default=[], metavar=metavar, help=help
-    )
+    named: dict[str, Any] = {"dest": dest} if dest else {}
+    p.add_argument(flag, **named, action="append", default=[], metavar=metavar, help=help)
 
 
 def _config(p: argparse.ArgumentParser) -> None:
