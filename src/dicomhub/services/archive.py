@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
@@ -62,3 +64,12 @@ class Archive:
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""
         return self.index.usable() and self.blobs.usable()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # However the block ends, the engine's connections and the audit feed's thread go.
+        self.close()
