@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
-from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (
