@@ -754,7 +754,7 @@ def _conflicts(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
     archive = open_archive(settings)
-    rows = archive.index.conflicts()
+    rows = archive.statistics.refused_copies()
     archive.close()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))

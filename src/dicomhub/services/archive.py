@@ -62,3 +62,11 @@ class Archive:
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""
         return self.index.usable() and self.blobs.usable()
+
+    def health(self) -> tuple[bool, bool]:
+        """Whether the index and the blob store (in this order) can be used now.
+
+        The adapters ask this rather than ``index`` and ``blobs``, which are here
+        for the composition root and tests: an adapter calls services only.
+        """
+        return self.index.usable(), self.blobs.usable()

@@ -126,6 +126,10 @@ class MigrationService:
         self.content_digests = content_digests
         self.peers.on_remove.append(self.forget)
 
+    def inventory_windows(self, name: str) -> int:
+        """How many date windows of the inventory of remote ``name`` are walked."""
+        return len(self.repo.done_windows(self.remote(name)[0]))
+
     def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:
         """What this archive holds, with every data set digest (those that STOW-RS left
         for later are computed first: a reconcile compares them)."""
