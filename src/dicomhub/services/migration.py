@@ -29,6 +29,7 @@ from dicomhub.model.migration import (
     reconcile,
 )
 from dicomhub.model.peer import Peer, Role
+from dicomhub.model.timestamps import utc_now
 from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.peers import PeerService
 
@@ -312,10 +313,8 @@ class MigrationService:
         if job["heartbeat_at"] is None:
             resumable += [JobState.RUNNING, JobState.STOPPING]
         else:
-            beat = dt.datetime.fromisoformat(job["heartbeat_at"])
-            if beat.tzinfo is None:  # SQLite gives back what it stored: UTC, naive
-                beat = beat.replace(tzinfo=dt.UTC)
-            if (dt.datetime.now(dt.UTC) - beat).total_seconds() > STALE_SECONDS:
+            beat = dt.datetime.fromisoformat(job["heartbeat_at"])  # aware: the index gives UTC
+            if (utc_now() - beat).total_seconds() > STALE_SECONDS:
                 resumable += [JobState.RUNNING, JobState.STOPPING]
         self.repo.retry_failed_items(job_id)
         if not self.repo.set_job_state(job_id, JobState.PENDING, only_from=resumable):
