@@ -22,7 +22,7 @@ peer = Table(
     Column("pk", PK, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("ae_title", String(16), nullable=False),  # "": not a DIMSE peer
-    Column("host", String(200), nullable=False),
+    Column("host", String(255), nullable=False),
     Column("port", Integer),  # NULL: calls us only, never called
     Column("tls", Boolean, nullable=False),
     Column("dicomweb_url", Text, nullable=False),
