@@ -32,7 +32,7 @@ from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
-from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository

@@ -213,7 +213,7 @@ def _conflicts(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
     with open_archive(settings) as archive:
-        rows = archive.index.conflicts()
+        rows = archive.statistics.refused_copies()
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

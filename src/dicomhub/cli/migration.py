@@ -164,7 +164,7 @@ def _inventory(settings: Settings, args: argparse.Namespace) -> int:
             parallel=max(1, args.parallel),
             progress=progress,
         )
-        windows = len(archive.migration.repo.done_windows(archive.migration.remote(args.name)[0]))
+        windows = archive.migration.inventory_windows(args.name)
     series = sum(len(s.series) for s in inv.studies.values())
     print(
         f"dicomhub: {args.name}: {len(inv.studies)} studies, {series} series, {inv.instance_count} instances"

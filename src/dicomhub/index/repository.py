@@ -41,6 +41,7 @@ from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Condition, Query
 from dicomhub.model.records import InstanceHeader, InstanceRow
+from dicomhub.model.timestamps import utc_now
 
 __all__ = ["AddOutcome", "AddResult", "IndexRepository", "SearchRow", "StoredBlob"]
 
@@ -145,9 +146,6 @@ _STUDY_BUMP = (
 )
 _INSERT_CHANGE = insert(change)
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _change(change_type: str, level: Level, uid: str, at: dt.datetime) -> dict[str, Any]:
@@ -349,7 +347,7 @@ class IndexRepository:
         if conn.execute(select(instance.c.pk).where(instance.c.sop_instance_uid.in_(uids)).limit(1)).first():
             raise _NotAllNew
         engines.serialize_appends(conn)
-        now = _now()
+        now = utc_now()
         changes: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         parents: dict[str, _Parents] = {}
@@ -405,7 +403,7 @@ class IndexRepository:
         source_ae_title: str | None,
     ) -> _Parents:
         """Index one instance under its (found or created) parents."""
-        now = _now()
+        now = utc_now()
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
         if known is not None and known.study_uid == h.study_instance_uid and (
@@ -501,7 +499,7 @@ class IndexRepository:
 
     def _remove_instance(self, conn: Connection, instance_pk: int) -> None:
         """Delete one instance row and keep the counts and empty parents right."""
-        now = _now()
+        now = utc_now()
         r = conn.execute(
             select(instance.c.sop_instance_uid, instance.c.series_pk, series.c.study_pk)
             .join(series, series.c.pk == instance.c.series_pk)
@@ -523,7 +521,7 @@ class IndexRepository:
         detail: str,
     ) -> None:
         """Record a refused copy; its blob stays in the store (quarantine)."""
-        now = _now()
+        now = utc_now()
         with engines.write(self.engine) as conn:
             engines.serialize_appends(conn)
             conn.execute(
@@ -804,7 +802,7 @@ class IndexRepository:
 
         def job(conn: Connection) -> dict[str, list[str]]:
             engines.serialize_appends(conn)
-            now = _now()
+            now = utc_now()
             removed: dict[str, list[str]] = {
                 "blob_keys": [], "instances": [], "series": [], "studies": [], "patients": [],
             }  # fmt: skip

@@ -49,7 +49,6 @@ from dicomhub import codec
 from dicomhub.config import Settings, tls_client_context
 from dicomhub.deid import Options
 from dicomhub.errors import DicomhubError
-from dicomhub.index.migration import ITEM_DONE, ITEM_FAILED, ITEM_PENDING
 from dicomhub.migrate.sources import (
     DicomwebSource,
     DimseSource,
@@ -63,6 +62,9 @@ from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level
 from dicomhub.model.migration import (
     HEARTBEAT_SECONDS,
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEM_PENDING,
     STALE_SECONDS,
     Inventory,
     InventorySeries,

@@ -73,3 +73,11 @@ class Archive:
     ) -> None:
         # However the block ends, the engine's connections and the audit feed's thread go.
         self.close()
+
+    def health(self) -> tuple[bool, bool]:
+        """Whether the index and the blob store (in this order) can be used now.
+
+        The adapters ask this rather than ``index`` and ``blobs``, which are here
+        for the composition root and tests: an adapter calls services only.
+        """
+        return self.index.usable(), self.blobs.usable()

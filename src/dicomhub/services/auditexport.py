@@ -25,6 +25,7 @@ from xml.etree import ElementTree as ET
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.audit import AuditAction, AuditOutcome, AuditRecord
+from dicomhub.model.timestamps import as_utc
 from dicomhub.services.audit import record_dict
 
 __all__ = [
@@ -226,4 +227,4 @@ def parse_audit_time(text: str | None) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"{text[:40]!r} is not an ISO 8601 date or time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)

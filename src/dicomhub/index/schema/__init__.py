@@ -1,0 +1,131 @@
+"""Every table of the index, in one package, on one ``MetaData``.
+
+One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
+:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`), all built from the shared
+column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
+Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
+default) and PostgreSQL.
+
+Importing this package defines every table, so ``metadata`` is complete for
+``create_all`` and for comparing with the Alembic head. The Alembic revisions
+(``index/migrations``) are frozen snapshots and never import this package: a
+table changed here needs a new revision there.
+"""
+
+from __future__ import annotations
+
+from dicomhub.index.schema.archive import (
+    change,
+    conflict,
+    instance,
+    patient,
+    series,
+    study,
+    worker_cursor,
+)
+from dicomhub.index.schema.base import metadata
+from dicomhub.index.schema.checks import (
+    decode_check,
+    validation_finding,
+    validation_instance,
+)
+from dicomhub.index.schema.deid import (
+    MAPPING_VALUE_LENGTH,
+    deid_mapping,
+    deid_project,
+    deid_run,
+    deid_run_item,
+)
+from dicomhub.index.schema.migration_jobs import (
+    inventory_instance,
+    inventory_series,
+    inventory_study,
+    inventory_window,
+    migration_item,
+    migration_job,
+    migration_remote,
+    reconcile_run,
+)
+from dicomhub.index.schema.network import (
+    association_log,
+    peer,
+    storage_commitment,
+)
+from dicomhub.index.schema.security import (
+    api_token,
+    audit_event,
+    audit_study,
+    principal,
+    role_grant,
+    study_label,
+)
+from dicomhub.index.schema.types import PK, UtcDateTime
+
+__all__ = [
+    "MAPPING_VALUE_LENGTH",
+    "PK",
+    "UtcDateTime",
+    "api_token",
+    "api_token",
+    "association_log",
+    "association_log",
+    "audit_event",
+    "audit_event",
+    "audit_study",
+    "audit_study",
+    "change",
+    "change",
+    "conflict",
+    "conflict",
+    "decode_check",
+    "decode_check",
+    "deid_mapping",
+    "deid_mapping",
+    "deid_project",
+    "deid_project",
+    "deid_run",
+    "deid_run",
+    "deid_run_item",
+    "deid_run_item",
+    "instance",
+    "instance",
+    "inventory_instance",
+    "inventory_instance",
+    "inventory_series",
+    "inventory_series",
+    "inventory_study",
+    "inventory_study",
+    "inventory_window",
+    "inventory_window",
+    "metadata",
+    "migration_item",
+    "migration_item",
+    "migration_job",
+    "migration_job",
+    "migration_remote",
+    "migration_remote",
+    "patient",
+    "patient",
+    "peer",
+    "peer",
+    "principal",
+    "principal",
+    "reconcile_run",
+    "reconcile_run",
+    "role_grant",
+    "role_grant",
+    "series",
+    "series",
+    "storage_commitment",
+    "storage_commitment",
+    "study",
+    "study",
+    "study_label",
+    "study_label",
+    "validation_finding",
+    "validation_finding",
+    "validation_instance",
+    "validation_instance",
+    "worker_cursor",
+    "worker_cursor",
+]
