@@ -892,7 +892,10 @@ def _validate_public_base_url(s: Settings) -> None:
     # Checked at start-up: a typo here would otherwise show only as broken links in viewers.
     if not s.public_base_url:
         return
-    parts = urlsplit(s.public_base_url)
+    try:
+        parts = urlsplit(s.public_base_url)
+    except ValueError:  # e.g. an unbalanced "[" or "]" (urlsplit reads it as an IPv6 host)
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigurationError(
             f"public_base_url {s.public_base_url!r} must be an absolute http(s) URL without "

@@ -106,3 +106,27 @@ def test_file_meta_element_without_an_explicit_vr_is_refused_at_ingest() -> None
         read_header(bytes(data))
     with pytest.raises(InvalidRequest):
         extract_part10(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('public_base_url = "https://pac].example.org/dicomweb"', "public_base_url"),
+        ('audit_syslog = "tcp://[syslog.example.org:514"', "audit_syslog"),
+    ],
+)
+def test_url_setting_with_an_unbalanced_bracket(tmp_path: Path, line: str, message: str) -> None:
+    # fuzz_config (10-minute run): urlsplit reads "[" / "]" in the host as an IPv6
+    # literal and raises ValueError, which escaped load_settings instead of
+    # ConfigurationError naming the setting.
+    path = tmp_path / "dicomhub.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(config_file=path, environ={})
+
+
+def test_storage_url_with_an_unbalanced_bracket() -> None:
+    from dicomhub.storage.urls import open_blob_store
+
+    with pytest.raises(ConfigurationError, match="storage URL"):
+        open_blob_store("s3://[bucket/prefix")
