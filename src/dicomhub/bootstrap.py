@@ -123,7 +123,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         compression,
         validation,
         store_guard=access.check_store,
-        labeller=access.label_stored if access.label_rules else None,
+        labeller=access.labels_for_object if access.label_rules else None,
         storable=StorableSOPClasses.from_settings(
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
