@@ -156,7 +156,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         compression,
         validation,
         store_guard=access.check_store,
-        labeller=access.label_stored if access.label_rules else None,
+        labeller=access.labels_for_object if access.label_rules else None,
         storable=StorableSOPClasses.from_settings(
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),

@@ -17,8 +17,8 @@ from dicomhub.config import Settings
 from dicomhub.errors import DicomhubError
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level
+from dicomhub.model.ingest import InstanceOrigin, Part10Object, StoreOutcome
 from dicomhub.model.query import Query
-from dicomhub.services.ingest import StoreOutcome
 
 __all__ = ["walk"]
 
@@ -97,7 +97,8 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         if path.name.upper() == "DICOMDIR":
             return "skipped", "DICOMDIR (a media directory, not an object)"
         try:
-            result = archive.ingest.store_part10_file(path, caller)
+            received = Part10Object(path=str(path))
+            result = archive.ingest.store(received, InstanceOrigin.imported(str(path)), caller)
         except OSError as exc:
             return "rejected", f"cannot read: {exc.strerror}"
         except DicomhubError as exc:

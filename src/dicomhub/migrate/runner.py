@@ -60,6 +60,7 @@ from dicomhub.migrate.sources import (
 from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open_target
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level
+from dicomhub.model.ingest import InstanceOrigin, Part10Object, ReceivedDataSet, StoreOutcome
 from dicomhub.model.migration import (
     HEARTBEAT_SECONDS,
     ITEM_DONE,
@@ -78,7 +79,6 @@ from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.deidentify import MigrationDeid
-from dicomhub.services.ingest import StoreOutcome
 from dicomhub.services.migration import selected
 
 __all__ = ["Migrator", "Progress", "Transform", "owner_name"]
@@ -130,10 +130,13 @@ class Progress:
 class _StoreSink:
     """Stores what a source fetches through the archive's one store path."""
 
-    def __init__(self, archive: Archive, caller: Caller, transform: Transform | None) -> None:
+    def __init__(
+        self, archive: Archive, caller: Caller, transform: Transform | None, origin: InstanceOrigin
+    ) -> None:
         self.archive = archive
         self.caller = caller
         self.transform = transform
+        self.origin = origin
         self.bytes = 0  # stored (objects found already present count nothing)
 
     def _transformed(self, data: bytes) -> bytes:
@@ -151,9 +154,8 @@ class _StoreSink:
 
             part10 = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, None) + dataset
             return self.store_part10(part10)
-        result = self.archive.ingest.store_received(
-            dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, self.caller
-        )
+        received = ReceivedDataSet(transfer_syntax_uid, sop_class_uid, sop_instance_uid, dataset)
+        result = self.archive.ingest.store(received, self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
     def _count(self, size: int, outcome: StoreOutcome) -> int:
@@ -165,13 +167,13 @@ class _StoreSink:
     def store_part10(self, data: bytes) -> int:
         if self.transform is not None:
             data = self._transformed(data)
-        result = self.archive.ingest.store_part10(data, self.caller)
+        result = self.archive.ingest.store(Part10Object(data), self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
     def store_file(self, path: Path) -> int:
         if self.transform is not None:
             return self.store_part10(path.read_bytes())
-        result = self.archive.ingest.store_part10_file(path, self.caller)
+        result = self.archive.ingest.store(Part10Object(path=str(path)), self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
 
@@ -666,7 +668,7 @@ class Migrator:
             )
             expected = {uid(sop) for sop in series.instances}
             attempts, error = item["attempts"], None
-            sink = _StoreSink(self.archive, caller, transform)
+            sink = _StoreSink(self.archive, caller, transform, InstanceOrigin.migration(name))
             for attempt in range(self.retries + 1):
                 if stop.is_set():
                     return item, ITEM_PENDING, attempts, 0, sink.bytes, error

@@ -94,10 +94,10 @@ from dicomhub.model.access import Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import is_valid_uid, require_uid
+from dicomhub.model.ingest import InstanceOrigin, StoreResult
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
-from dicomhub.services.ingest import StoreResult
 from dicomhub.telemetry.metrics import count_backend_error
 from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
@@ -564,7 +564,10 @@ class StowService:
 
         try:
             results: list[StoreResult | Exception] = self.archive.ingest.store_many(
-                dicom_parts(), caller, study_instance_uid=study_instance_uid
+                dicom_parts(),
+                caller,
+                study_instance_uid=study_instance_uid,
+                origin=InstanceOrigin.stow_rs(caller.principal, caller.address or None),
             )
         except (InvalidRequest, BodyInterrupted):
             raise
