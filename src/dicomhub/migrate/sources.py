@@ -271,26 +271,75 @@ class DimseSource:
         out = []
         for answer in answers:
             uid = _text(answer, "SeriesInstanceUID")
-            if not uid:
-                continue
-            series = InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality"))
-            query = Dataset()
-            query.QueryRetrieveLevel = "IMAGE"
-            query.StudyInstanceUID = study_uid
-            query.SeriesInstanceUID = uid
-            query.SOPInstanceUID = ""
-            query.SOPClassUID = ""
-            instances, cut = self._find(assoc, query)
-            if cut:
-                raise RemoteError(f"the peer's answer for the instances of series {uid} is incomplete")
-            for i in instances:
+            if uid:
+                out.append(InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality")))
+        # The instances of all series in one query when the peer answers it (a C-FIND
+        # round trip costs more than its answers); series by series otherwise.
+        whole = self._study_instances(study_uid, with_class=True) if len(out) > 1 else None
+        for series in out:
+            if whole is not None:
+                found = whole.get(series.series_instance_uid, [])
+            else:
+                query = Dataset()
+                query.QueryRetrieveLevel = "IMAGE"
+                query.StudyInstanceUID = study_uid
+                query.SeriesInstanceUID = series.series_instance_uid
+                query.SOPInstanceUID = ""
+                query.SOPClassUID = ""
+                found, cut = self._find(assoc, query)
+                if cut:
+                    raise RemoteError(
+                        f"the peer's answer for the instances of series "
+                        f"{series.series_instance_uid} is incomplete"
+                    )
+            for i in found:
                 sop = _text(i, "SOPInstanceUID")
                 if sop:
                     series.instances[sop] = InventoryInstance(
                         _uid(sop, "SOP Instance UID"), _text(i, "SOPClassUID")
                     )
-            out.append(series)
         return out
+
+    def _study_instances(
+        self, study_uid: str, *, with_class: bool = False
+    ) -> dict[str, list[Dataset]] | None:
+        """The IMAGE-level answers of a whole study by Series Instance UID, in one C-FIND;
+        None when the peer refuses such a query (PS3.4 C.4.1.2.1 lets it insist on the
+        series UID), cuts its answer short, or leaves the series UID out of its answers."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.SOPInstanceUID = ""
+        if with_class:
+            query.SOPClassUID = ""
+        try:
+            answers, cut = self._find(self._finder(), query)
+        except RemoteError as exc:
+            if self._find_assoc is None or not self._find_assoc.is_open:
+                raise  # the association broke: not a refusal
+            LOGGER.debug("study %s: no IMAGE-level query over the whole study: %s", study_uid, exc)
+            return None
+        if cut:
+            return None  # a find limit or a warning: asked series by series instead
+        out: dict[str, list[Dataset]] = {}
+        for answer in answers:
+            series_uid = _text(answer, "SeriesInstanceUID")
+            if not series_uid:
+                return None
+            out.setdefault(series_uid, []).append(answer)
+        return out
+
+    def study_instances(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series Instance UID -> the SOP Instance UIDs the peer holds, for a whole study
+        in one query (a push target is checked so); None if the peer refuses it."""
+        found = self._study_instances(study_uid)
+        if found is None:
+            return None
+        return {
+            series: {sop for sop in (_text(a, "SOPInstanceUID") for a in answers) if sop}
+            for series, answers in found.items()
+        }
 
     def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
         """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
@@ -512,6 +561,25 @@ class DicomwebSource:
                 return set()
             raise
         return {sop for sop in (_json_value(a, "00080018") for a in answers) if sop}
+
+    def study_instances(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series Instance UID -> the SOP Instance UIDs the peer holds, for a whole study
+        in one QIDO-RS request; None if the answers do not name their series."""
+        path = f"/studies/{_uid(study_uid, 'Study Instance UID')}/instances"
+        try:
+            answers = self._qido(path, {"includefield": "0020000E"})
+        except RemoteError as exc:
+            if "HTTP 404" in str(exc):  # nothing of the study yet
+                return {}
+            raise
+        out: dict[str, set[str]] = {}
+        for answer in answers:
+            series, sop = _json_value(answer, "0020000E"), _json_value(answer, "00080018")
+            if not series:
+                return None
+            if sop:
+                out.setdefault(series, set()).add(sop)
+        return out
 
     def retrieve_series(self, study_uid: str, series: InventorySeries, sink: Sink) -> int:
         path = f"/studies/{study_uid}/series/{series.series_instance_uid}"

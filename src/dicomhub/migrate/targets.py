@@ -115,6 +115,10 @@ class DimseTarget:
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self.finder.series_instances(study_uid, series_uid)
 
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """What the target holds of a whole study, in one query (None: it refuses such a query)."""
+        return self.finder.study_instances(study_uid)
+
     def send(self, objects: Sequence[Outgoing]) -> Sent:
         sent = Sent()
         if not objects:
@@ -210,6 +214,10 @@ class DicomwebTarget:
 
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self.finder.series_instances(study_uid, series_uid)
+
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """What the target holds of a whole study, in one query (None: it refuses such a query)."""
+        return self.finder.study_instances(study_uid)
 
     def _stow(self, parts: Sequence[bytes]) -> tuple[dict[str, int], str]:
         boundary = uuid.uuid4().hex.encode()
