@@ -186,6 +186,10 @@ def _tls(settings: Settings, remote: RemoteArchive) -> ssl.SSLContext | None:
     return tls_client_context(settings)
 
 
+# (item, state, attempts, instances done, bytes, error) of one series of a job.
+Outcome = tuple[dict[str, Any], str, int, int, int, str | None]
+
+
 class _Pusher:
     """Sends this archive's series to a push target: one association (or HTTP client)
     per worker thread, only the objects the target lacks, de-identified on the way
@@ -214,13 +218,26 @@ class _Pusher:
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self._target().held(study_uid, series_uid)
 
-    def push_series(self, study_uid: str, series: InventorySeries, uid: Callable[[str], str]) -> int:
-        """Send what the target lacks of a stored series; return the bytes sent."""
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series -> SOP Instance UIDs the target holds of a study, in one query (None:
+        the target refuses a query over a whole study)."""
+        return self._target().held_study(study_uid)
+
+    def push_series(
+        self,
+        study_uid: str,
+        series: InventorySeries,
+        uid: Callable[[str], str],
+        there: set[str] | None = None,
+    ) -> int:
+        """Send what the target lacks of a stored series (``there``: what it holds,
+        asked of it when None); return the bytes sent."""
         query = Query(
             Level.SERIES, (Condition("SeriesInstanceUID", "UI", Single(series.series_instance_uid)),)
         )
         rows = self.archive.search.instances(query, self.caller)
-        there = self.held(uid(study_uid), uid(series.series_instance_uid))
+        if there is None:
+            there = self.held(uid(study_uid), uid(series.series_instance_uid))
         outgoing = [self._outgoing(row, uid) for row in rows if uid(row.sop_instance_uid) not in there]
         sent = self._target().send(outgoing)
         with self._lock:
@@ -661,7 +678,7 @@ class Migrator:
                 return pusher.held(uid(study_uid), uid(series_uid))
             return repo.local_instances_of_series(uid(series_uid))
 
-        def one(item: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, int, str | None]:
+        def one(item: dict[str, Any]) -> Outcome:
             study_uid = item["study_instance_uid"]
             series = series_of.get(item["series_instance_uid"]) or InventorySeries(
                 item["series_instance_uid"]
@@ -694,33 +711,75 @@ class Migrator:
                 done = 0
             return item, ITEM_FAILED if not stop.is_set() else ITEM_PENDING, attempts, done, sink.bytes, error
 
+        # A push checks what the target holds study by study: the series of a study are
+        # sent (what the target's inventory of the job lacked), then one query tells
+        # what arrived. A series that did not arrive is retried on its own.
+        known = self.service.repo.inventory(self.service.remote(name)[0]) if pusher is not None else None
+
+        def one_study(items: list[dict[str, Any]]) -> list[Outcome]:
+            if pusher is None or known is None or stop.is_set():
+                return [one(item) for item in items]
+            study_uid = items[0]["study_instance_uid"]
+            have = known.studies.get(uid(study_uid))
+            sent: dict[int, int] = {}
+            errors: dict[int, str] = {}
+            for item in items:
+                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
+                    item["series_instance_uid"]
+                )
+                there = have.series.get(uid(series.series_instance_uid)) if have else None
+                try:
+                    sent[item["pk"]] = pusher.push_series(
+                        study_uid, series, uid, set(there.instances) if there else set()
+                    )
+                except (DicomhubError, OSError) as exc:
+                    errors[item["pk"]] = str(exc) or type(exc).__name__
+            try:
+                after = pusher.held_study(uid(study_uid))
+            except (DicomhubError, OSError) as exc:
+                LOGGER.warning("study %s: what the target holds is unknown: %s", study_uid, exc)
+                after = None
+            out: list[Outcome] = []
+            for item in items:
+                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
+                    item["series_instance_uid"]
+                )
+                expected = {uid(sop) for sop in series.instances}
+                nbytes = sent.get(item["pk"], 0)
+                arrived = after is not None and expected <= after.get(uid(series.series_instance_uid), set())
+                if item["pk"] not in errors and arrived:
+                    out.append((item, ITEM_DONE, item["attempts"] + 1, len(series.instances), nbytes, None))
+                    continue
+                if item["pk"] in errors:
+                    LOGGER.warning("series %s: %s", series.series_instance_uid, errors[item["pk"]])
+                again = one({**item, "attempts": item["attempts"] + 1})
+                out.append((item, *again[1:4], again[4] + nbytes, again[5]))
+            return out
+
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        for entry in pending:
+            by_study.setdefault(
+                entry["study_instance_uid"] if pusher is not None else str(entry["pk"]), []
+            ).append(entry)
+
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix=f"migrate-{job_id}") as pool:
-            queue: Iterator[dict[str, Any]] = iter(pending)
-            running: set[Future[tuple[dict[str, Any], str, int, int, int, str | None]]] = set()
+            queue: Iterator[list[dict[str, Any]]] = iter(by_study.values())
+            running: set[Future[list[Outcome]]] = set()
 
             def refill() -> None:
                 while len(running) < max(1, parallel) and not stop.is_set():
-                    item = next(queue, None)
-                    if item is None:
+                    items = next(queue, None)
+                    if items is None:
                         return
-                    running.add(pool.submit(one, item))
+                    running.add(pool.submit(one_study, items))
 
             refill()
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.discard(future)
-                    item, state, attempts, done, nbytes, error = future.result()
-                    repo.finish_item(
-                        item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error
-                    )
-                    with lock:
-                        shown.bytes_done += nbytes
-                        if state == ITEM_DONE:
-                            shown.series_done += 1
-                            shown.instances_done += item["expected_instances"]
-                        elif state == ITEM_FAILED:
-                            shown.series_failed += 1
+                    for item, state, attempts, done, nbytes, error in future.result():
+                        self._finished(repo, item, state, attempts, done, nbytes, error, shown, lock)
                     if progress:
                         progress(shown)
                 refill()
@@ -733,6 +792,27 @@ class Migrator:
         if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
             return JobState.STOPPED
         return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE
+
+    @staticmethod
+    def _finished(
+        repo: Any,
+        item: dict[str, Any],
+        state: str,
+        attempts: int,
+        done: int,
+        nbytes: int,
+        error: str | None,
+        shown: Progress,
+        lock: threading.Lock,
+    ) -> None:
+        repo.finish_item(item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error)
+        with lock:
+            shown.bytes_done += nbytes
+            if state == ITEM_DONE:
+                shown.series_done += 1
+                shown.instances_done += item["expected_instances"]
+            elif state == ITEM_FAILED:
+                shown.series_failed += 1
 
     def _fetch(
         self,
