@@ -141,6 +141,8 @@ class Settings:
     # An HTTP request body must deliver http_body_min_rate bytes per second, judged
     # over every http_body_timeout seconds; a slower client is disconnected.
     http_body_timeout: float = 60.0
+    # The slowest HTTP request body accepted, bytes per second (0: only a stopped body
+    # is disconnected, after http_body_timeout seconds without a byte).
     http_body_min_rate: int = 1024
     maximum_pdu_size: int = 262144  # the largest PDU we receive, in bytes (0: unlimited)
     workers: int = 0  # 0: one DIMSE worker process per CPU core

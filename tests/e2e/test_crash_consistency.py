@@ -178,10 +178,18 @@ def test_kill9_rounds_lose_no_acknowledged_instance_and_leave_nothing_half_done(
         acknowledged += len(acked_now)
         for uid, study, pixels in acked_now:
             expected[uid] = (study, pixels)
+        # The study a delete was asked for: gone if the delete was acknowledged, else
+        # whole or gone (a delete that committed before its answer was sent), never half.
+        doomed_uids = {u for u, (st, _) in expected.items() if st == doomed_study}
+        remaining = set(retrieve_study(srv, doomed_study))
+        assert remaining in (set(), doomed_uids), (
+            f"round {r} (seed {seed}): delete half applied, {len(remaining)} of {len(doomed_uids)} left"
+        )
         if delete_done:
             deletes_acked += 1
-            for uid in [u for u, (st, _) in expected.items() if st == doomed_study]:
-                del expected[uid]
+            assert not remaining, f"round {r}: an acknowledged delete came undone"
+        for uid in doomed_uids:
+            del expected[uid]
 
         # Every acknowledged instance is there with its pixel data.
         studies = {study for study, _ in expected.values()}
@@ -192,8 +200,6 @@ def test_kill9_rounds_lose_no_acknowledged_instance_and_leave_nothing_half_done(
         assert not lost, f"round {r} (seed {seed}): {len(lost)} acknowledged instances lost, e.g. {lost[:3]}"
         for uid, (_, pixels) in expected.items():
             assert held[uid] == pixels, f"round {r} (seed {seed}): {uid} has other pixel data"
-        if delete_done:
-            assert not retrieve_study(srv, doomed_study), f"round {r}: an acknowledged delete came undone"
 
         # The index and the store agree: the kill leaves only orphans (blobs whose
         # rows never committed), young ones, which repair removes or indexes.
