@@ -533,6 +533,7 @@ def _serve_with_metrics(settings: Settings) -> None:
     from dicomhub.conformance import conformance_renderer, http_routes_of
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
+    from dicomhub.web.protocol import http_protocol
 
     archive = open_archive(settings)  # migrates the index before any worker starts
     # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
@@ -577,6 +578,10 @@ def _serve_with_metrics(settings: Settings) -> None:
         access_log=False,
         log_config=None,
         lifespan="off",
+        # Deadlines for a slow request head or body (uvicorn has none of its own).
+        http=http_protocol(
+            settings.http_header_timeout, settings.http_body_timeout, settings.http_body_min_rate
+        ),
         # HTTPS: the same context as DICOM TLS (TLS 1.2+, BCP 195 ciphers, client certificates).
         ssl_context_factory=(lambda _cfg, _default: tls_server_context(settings)) if settings.https else None,
     )

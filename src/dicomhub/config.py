@@ -135,6 +135,15 @@ class Settings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 120.0
+    # Seconds an HTTP client has to send a request's whole head (request line and
+    # header fields), from the connection opening or from the previous response.
+    http_header_timeout: float = 30.0
+    # An HTTP request body must deliver http_body_min_rate bytes per second, judged
+    # over every http_body_timeout seconds; a slower client is disconnected.
+    http_body_timeout: float = 60.0
+    # The slowest HTTP request body accepted, bytes per second (0: only a stopped body
+    # is disconnected, after http_body_timeout seconds without a byte).
+    http_body_min_rate: int = 1024
     maximum_pdu_size: int = 262144  # the largest PDU we receive, in bytes (0: unlimited)
     workers: int = 0  # 0: one DIMSE worker process per CPU core
     qido_default_limit: int = 1000  # QIDO-RS results when no limit is asked for
@@ -304,6 +313,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "http_port": (0, 65535),
     "dimse_tls_port": (0, 65535),
     "max_associations": (1, None),
+    "http_body_min_rate": (0, None),
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).
