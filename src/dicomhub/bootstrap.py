@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 from dicomhub.codec import transfer_syntax
@@ -23,6 +23,7 @@ from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
@@ -46,6 +47,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
+from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
@@ -61,6 +63,9 @@ from dicomhub.storage.urls import open_blob_store as open_store_at
 from dicomhub.storage.urls import open_blob_stores
 from dicomhub.telemetry import logs
 
+if TYPE_CHECKING:
+    from dicomhub.hl7.mllp import MllpListener
+
 __all__ = [
     "configure_logging",
     "configure_pydicom",
@@ -74,6 +79,7 @@ __all__ = [
     "run_background_worker",
     "run_dimse_worker",
     "run_migration_jobs",
+    "start_hl7_listener",
 ]
 
 
@@ -176,6 +182,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         ),
         peers=peers,
         aes=ApplicationEntityService(peers),
+        orders=OrderService(OrderRepository(engine), audit),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -425,6 +432,33 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
                 migrator.run(job_id, owner, stop=stop)
         except DicomhubError as exc:
             logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
+
+
+def start_hl7_listener(settings: Settings, archive: Archive) -> MllpListener | None:
+    """The HL7 v2 (MLLP) listener of ``settings.hl7_port``, started; None when it is 0.
+
+    Runs in the calling (HTTP) process, a thread per connection. MLLP carries no
+    credentials: a message acts as an unrestricted caller named by its sending
+    application (MSH-3), so the port is for the order system's network only
+    (docs/orders.md). Raises OSError when the port cannot be bound.
+    """
+    if not settings.hl7_port:
+        return None
+    from dicomhub.hl7.messages import handle
+    from dicomhub.hl7.mllp import MllpListener
+    from dicomhub.model.caller import Caller, Channel
+
+    def respond(frame: bytes, address: str) -> bytes:
+        return handle(frame, archive.orders, lambda application: Caller(Channel.HL7, application, address))
+
+    listener = MllpListener(
+        settings.host,
+        settings.hl7_port,
+        respond,
+        idle_timeout=settings.network_timeout,
+        max_connections=settings.max_associations,
+    )
+    return listener.start()
 
 
 def commitment_deliverer(

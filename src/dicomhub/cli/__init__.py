@@ -73,6 +73,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "deid",
     "deidserver",
     "migration",
+    "orders",
     "peer",
     "security",
     "storage",
@@ -299,6 +300,7 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         help="require a client certificate signed by --tls-ca",
     )
     p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
+    p.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port for orders and patients (default: none)")
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 
@@ -524,7 +526,7 @@ def _serve(settings: Settings) -> int:
 def _serve_with_metrics(settings: Settings) -> int:
     import uvicorn
 
-    from dicomhub.bootstrap import open_archive, run_background_worker, run_dimse_worker
+    from dicomhub.bootstrap import open_archive, run_background_worker, run_dimse_worker, start_hl7_listener
     from dicomhub.conformance import conformance_renderer, http_routes_of
     from dicomhub.dimse.server import DimseWorkers, bind_listener
     from dicomhub.web.app import create_app
@@ -563,6 +565,15 @@ def _serve_with_metrics(settings: Settings) -> int:
     app = create_app(
         archive, settings, dimse_alive=workers.alive, conformance=conformance, processes=processes
     )
+    try:
+        hl7 = start_hl7_listener(settings, archive)
+    except OSError as exc:
+        where = f"{settings.host}:{settings.hl7_port}"
+        print(f"dicomhub: cannot listen on {where} for HL7: {exc.strerror}", file=sys.stderr)
+        background.terminate()
+        workers.stop()
+        archive.close()
+        return 1
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -602,9 +613,13 @@ def _serve_with_metrics(settings: Settings) -> int:
         LOGGER.info("%s", banner)  # a JSON log stays all JSON
     else:
         print(banner, flush=True)
+    if hl7 is not None:
+        print(f"dicomhub: HL7 v2 (MLLP) on {settings.host}:{hl7.port}", flush=True)
     try:
         server.run()
     finally:
+        if hl7 is not None:
+            hl7.close()
         app.state.audit_backlog.close()
         background.terminate()
         workers.stop()
