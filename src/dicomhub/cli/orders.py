@@ -146,7 +146,7 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
 def _row(o: Order) -> str:
     modalities = ",".join(sorted({s.modality for s in o.steps if s.modality})) or "-"
     status = o.status.value
-    return f"{o.order_id}  {o.accession_number:<16} {status:<12} {modalities:<6} {o.patient}  {o.patient_name}"
+    return f"{o.order_id}  {o.accession_number:<16} {status:<12} {modalities:<6} {o.patient} {o.patient_name}"
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:

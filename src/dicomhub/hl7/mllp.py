@@ -70,6 +70,11 @@ class _Connection(socketserver.BaseRequestHandler):
             end = buffer.find(END_BLOCK, max(start, 0))
             if start >= 0 and end > start:
                 frame, buffer = buffer[start + 1 : end], buffer[end + len(END_BLOCK) :]
+                if len(frame) > listener.max_message_bytes:
+                    self._reject(
+                        sock, frame, f"the message is larger than {listener.max_message_bytes} bytes"
+                    )
+                    return
                 sock.sendall(START_BLOCK + listener.respond(frame, address) + END_BLOCK)
                 continue
             if len(buffer) > listener.max_message_bytes + 3:
