@@ -111,9 +111,8 @@ def test_orders_and_patients_over_mllp(hub: DicomhubServer) -> None:
     assert rp["study_instance_uid"] == "1.2.826.0.1.3680043.2.1143.77" and rp["priority"] == "STAT"
     assert rp["steps"][0]["station_ae_title"] == "MRAE" and rp["steps"][0]["station_name"] == "MR1"
     for event, name in (("A01", "Doe^Jane"), ("A04", "Doe^Jane"), ("A08", "Doe-Smith^Jane")):
-        assert _send(hub, MSH.format(type=f"ADT^{event}", id=f"adt{event}"), PID.format(pid="P1", name=name)) == (
-            "AA", "",
-        )  # fmt: skip
+        adt = (MSH.format(type=f"ADT^{event}", id=f"adt{event}"), PID.format(pid="P1", name=name))
+        assert _send(hub, *adt) == ("AA", "")
     code, out = run_cli("patient", "show", "P1", "--issuer", "HOSP", "--data-dir", str(hub.data_dir))
     assert code == 0 and json.loads(out)["patient_name"] == "Doe-Smith^Jane", out
     merge = [MSH.format(type="ADT^A40", id="m1"), PID.format(pid="P9", name="Doe^Jane"), "MRG|P1^^^HOSP"]
