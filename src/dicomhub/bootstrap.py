@@ -33,6 +33,7 @@ from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration_jobs import MigrationRepository
+from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
@@ -56,6 +57,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
+from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
@@ -74,6 +76,8 @@ from dicomhub.telemetry import logs
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from dicomhub.hl7.mllp import MllpListener
+
 __all__ = [
     "closed_after",
     "configure_logging",
@@ -89,6 +93,7 @@ __all__ = [
     "run_dimse_worker",
     "run_migration_jobs",
     "serve",
+    "start_hl7_listener",
 ]
 
 _T = TypeVar("_T")
@@ -211,6 +216,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ),
         peers=peers,
         aes=ApplicationEntityService(peers),
+        orders=OrderService(OrderRepository(engine), audit),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -470,6 +476,33 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
             logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
 
 
+def start_hl7_listener(settings: Settings, archive: Archive) -> MllpListener | None:
+    """The HL7 v2 (MLLP) listener of ``settings.hl7_port``, started; None when it is 0.
+
+    Runs in the calling (HTTP) process, a thread per connection. MLLP carries no
+    credentials: a message acts as an unrestricted caller named by its sending
+    application (MSH-3), so the port is for the order system's network only
+    (docs/orders.md). Raises OSError when the port cannot be bound.
+    """
+    if not settings.hl7_port:
+        return None
+    from dicomhub.hl7.messages import handle
+    from dicomhub.hl7.mllp import MllpListener
+    from dicomhub.model.caller import Caller, Channel
+
+    def respond(frame: bytes, address: str) -> bytes:
+        return handle(frame, archive.orders, lambda application: Caller(Channel.HL7, application, address))
+
+    listener = MllpListener(
+        settings.host,
+        settings.hl7_port,
+        respond,
+        idle_timeout=settings.network_timeout,
+        max_connections=settings.max_associations,
+    )
+    return listener.start()
+
+
 def commitment_deliverer(
     settings: Settings, peers: PeerService
 ) -> Callable[[str, CommitmentResult], None]:
@@ -568,6 +601,14 @@ def _serve_with_metrics(settings: Settings) -> None:
     app = create_app(
         archive, settings, dimse_alive=workers.alive, conformance=conformance, processes=processes
     )
+    try:
+        hl7 = start_hl7_listener(settings, archive)
+    except OSError as exc:
+        background.terminate()
+        workers.stop()
+        archive.close()
+        where = f"{settings.host}:{settings.hl7_port}"
+        raise DicomhubError(f"cannot listen on {where} for HL7: {exc.strerror}") from exc
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -612,9 +653,13 @@ def _serve_with_metrics(settings: Settings) -> None:
         _LOGGER.info("%s", banner)  # a JSON log stays all JSON
     else:
         print(banner, flush=True)
+    if hl7 is not None:
+        print(f"dicomhub: HL7 v2 (MLLP) on {settings.host}:{hl7.port}", flush=True)
     try:
         server.run()
     finally:
+        if hl7 is not None:
+            hl7.close()
         app.state.audit_backlog.close()
         background.terminate()
         workers.stop()

@@ -209,6 +209,7 @@ class Settings:
     tls_ca: str = ""
     tls_verify_client: bool = False  # require a client certificate signed by tls_ca
     dimse_tls_port: int = 0  # 0: no DICOM TLS port
+    hl7_port: int = 0  # HL7 v2 over MLLP: orders and patients in (docs/orders.md); 0: no listener
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # serve's log level
     # Operations (docs/operations.md): the log line format, the HTTP access log,
@@ -312,6 +313,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "dimse_port": (0, 65535),
     "http_port": (0, 65535),
     "dimse_tls_port": (0, 65535),
+    "hl7_port": (0, 65535),
     "max_associations": (1, None),
     "http_body_min_rate": (0, None),
 }

@@ -240,6 +240,7 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", help="PEM CA bundle that client certificates must chain to")
     _switch(p, "--tls-verify-client", "require a client certificate signed by --tls-ca")
     p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
+    p.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port for orders and patients (default: none)")
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 

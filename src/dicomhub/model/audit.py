@@ -41,6 +41,8 @@ class AuditAction(enum.Enum):
     DEIDENTIFY = "deidentify"
     REIDENTIFY = "reidentify"
     SECURITY_CHANGE = "security-change"  # users, tokens, AEs, grants
+    ORDER_RECORD = "order-record"  # an order created, changed, cancelled or discontinued
+    PATIENT_RECORD = "patient-record"  # demographics of record created, changed or merged
 
 
 class AuditOutcome(enum.Enum):
