@@ -5,8 +5,8 @@ The first byte selects the parser, the rest is its input:
 * ``0``: :func:`dicomhub.dimse.messages.parse_command` (a reassembled command
   set); documented error :class:`~dicomhub.dimse.pdu.ProtocolError`.
 * otherwise: :func:`dicomhub.dimse.acse.decode_associate_rq` (an
-  A-ASSOCIATE-RQ after its 6-byte PDU header). Its callers (``establish``,
-  ``peek_associate_request``) turn any :class:`Exception` into a refusal,
+  A-ASSOCIATE-RQ after its 6-byte PDU header). Its caller (``Association.establish``)
+  turns any :class:`Exception` into a refusal,
   since pynetdicom's decoder raises many types on garbage; so any
   ``Exception`` is allowed, but no hang, no memory past the bound, and a
   decoded request must carry its AE titles and contexts as ``str``/lists.

@@ -5,7 +5,7 @@ Every seed is made here, at run time, from real sources:
 * ``association`` and ``pdu``: the bytes real DICOM peers send, captured on
   127.0.0.1. pynetdicom's ``AE`` and, when installed, DCMTK's ``echoscu``,
   ``storescu`` and ``findscu`` (with ``TCP_NODELAY=1``) talk to dicomhub's
-  fast path through a relay that records what the peer sends. ``pdu`` gets
+  association loop through a relay that records what the peer sends. ``pdu`` gets
   the A-ASSOCIATE-RQ bodies and the command sets found in those streams.
 * ``part10``: pydicom's test files (``pydicom.data.get_testdata_file``),
   plus a truncated copy of one.

@@ -1,4 +1,4 @@
-"""Tests of Query/Retrieve on the DIMSE fast path (C-FIND/C-GET/C-MOVE/C-CANCEL).
+"""Tests of Query/Retrieve through the association loop (C-FIND/C-GET/C-MOVE/C-CANCEL).
 
 ``serve_association`` runs per connection on a loopback listener with
 callbacks backed by a tiny in-memory archive; it is driven by pynetdicom

@@ -7,7 +7,7 @@
 * Sending: a :class:`FileRegion` from ``Sendable.read`` goes out with
   ``sendfile`` (or ``preadv`` into one buffer) on C-GET (the association itself) and C-MOVE
   (``scu.StoreAssociation``), honouring ``delete_after``.
-* Memory: 200 MB through the fast path, measured with tracemalloc.
+* Memory: 200 MB through the association loop, measured with tracemalloc.
 
 Everything runs in-process on loopback: ``serve_association`` per connection,
 driven by pynetdicom or by :class:`~dicomhub.dimse.scu.StoreAssociation`.

@@ -29,6 +29,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from typing import Final
 
 from dicomhub.dimse import messages as M
@@ -66,6 +67,9 @@ _PDU_SLACK: Final = 64 << 10
 # make us allocate gigabytes.
 _UNLIMITED_PDU_CAP: Final = 64 << 20
 _ABORT_SEND_TIMEOUT: Final = 5.0
+# The slowest transfer rate a P-DATA-TF body may have beyond the DIMSE timeout
+# (bytes per second): a 256 KiB PDU gets 4 s more, a 64 MiB one about 17 min.
+_MIN_PDU_RATE: Final = 64 << 10
 # data_limit for messages whose data set is never spooled (not a C-STORE-RQ).
 _NO_SPOOL: Final = sys.maxsize
 
@@ -154,17 +158,17 @@ class UpperLayer:
             self.sock.settimeout(timeout)
             self.current_timeout = timeout
 
-    def recv_exact(self, view: memoryview) -> None:
-        """Fill `view` from the socket.
+    def recv_exact(self, view: memoryview, deadline: float | None = None) -> None:
+        """Fill `view` from the socket (by ``deadline``, a :func:`time.monotonic` value).
 
         Raises
         ------
         PeerGone
             On EOF or a socket error.
         TimeoutError
-            When the current timeout expires.
+            When the current timeout expires or ``deadline`` passes.
         """
-        T.recv_exact(self.sock, view)
+        T.recv_exact(self.sock, view, deadline)
 
     def send(self, data: bytes) -> None:
         try:
@@ -201,13 +205,17 @@ class UpperLayer:
         ------
         PeerGone, TimeoutError
         """
+        # The whole A-ASSOCIATE-RQ within the ACSE timeout (the ARTIM timer of
+        # PS3.8 9.1.5), not each byte of it: a peer trickling it a byte a
+        # second would otherwise hold this thread for hours.
+        deadline = time.monotonic() + self.config.acse_timeout
         header = bytearray(6)
-        self.recv_exact(memoryview(header))
+        self.recv_exact(memoryview(header), deadline)
         pdu_type, _, length = PDU_HEADER.unpack_from(header)
         if pdu_type != A_ASSOCIATE_RQ or length > MAX_ASSOCIATE_RQ or length < 68:
             return pdu_type, length, None
         body = bytearray(length)
-        self.recv_exact(memoryview(body))
+        self.recv_exact(memoryview(body), deadline)
         return pdu_type, length, body
 
     # -- data transfer -----------------------------------------------------
@@ -226,7 +234,12 @@ class UpperLayer:
         """
         config = self.config
         header = bytearray(6)
-        self.recv_exact(memoryview(header))
+        # Deadlines for whole PDUs, not only for each wait (see recv_exact): a
+        # trickled header gets the timeout in effect, a trickled body the DIMSE
+        # timeout plus the time its length takes at _MIN_PDU_RATE.
+        timeout = self.current_timeout
+        deadline = None if not timeout or timeout < 0 else time.monotonic() + timeout
+        self.recv_exact(memoryview(header), deadline)
         pdu_type, _, length = PDU_HEADER.unpack_from(header)
         if pdu_type == P_DATA_TF:
             if length > self.pdu_limit:
@@ -235,7 +248,8 @@ class UpperLayer:
                 )
             body = bytearray(length)
             self.set_timeout(config.dimse_timeout)
-            self.recv_exact(memoryview(body))
+            deadline = time.monotonic() + config.dimse_timeout + length / _MIN_PDU_RATE
+            self.recv_exact(memoryview(body), deadline)
             self.bytes_received += length
             self.handle_p_data(body)
             return True

@@ -37,6 +37,7 @@ __all__ = [
     "encode_command",
     "encode_n_request",
     "encode_n_response",
+    "encode_request",
     "encode_response",
     "encode_store_rq",
     "parse_command",
@@ -134,6 +135,11 @@ class Command:
     event_type_id: int | None = None
     # N-GET-RQ: the raw Attribute Identifier List (AT values), None when absent.
     attribute_identifier_list: bytes | None = None
+    # C-GET/C-MOVE-RSP: Number of Remaining/Completed/Failed/Warning Sub-operations.
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
 
 
 def parse_command(data: bytes) -> Command:
@@ -191,6 +197,11 @@ def parse_command(data: bytes) -> Command:
         command.message_id_responded_to = us(E_MESSAGE_ID_RSP)
         command.status = us(E_STATUS)
         command.error_comment = text(E_ERROR_COMMENT)
+        if command_field in (C_GET_RSP, C_MOVE_RSP):
+            command.remaining = us(E_REMAINING)
+            command.completed = us(E_COMPLETED)
+            command.failed = us(E_FAILED)
+            command.warning = us(E_WARNING)
     elif command_field == C_MOVE_RQ:
         command.move_destination = text(E_MOVE_DESTINATION)
     elif command_field in N_REQUESTS and command_field not in _N_AFFECTED:
@@ -421,6 +432,55 @@ def encode_store_rq(
     return encode_command(parts)
 
 
+
+
+def encode_request(
+    command_field: int,
+    message_id: int,
+    *,
+    affected_sop_class_uid: str | None = None,
+    requested_sop_class_uid: str | None = None,
+    affected_sop_instance_uid: str | None = None,
+    requested_sop_instance_uid: str | None = None,
+    has_data_set: bool = False,
+    priority: int | None = None,
+    move_destination: str | None = None,
+    event_type_id: int | None = None,
+    action_type_id: int | None = None,
+    attribute_identifier_list: Sequence[int] | None = None,
+) -> bytes:
+    """Encode any request command set of PS3.7 9.3 / 10.3 (elements in ascending tag order).
+
+    C-CANCEL-RQ takes `message_id` as its *Message ID Being Responded To*.
+    `attribute_identifier_list` (N-GET-RQ) holds tags as ``0xGGGGEEEE``.
+    """
+    parts = []
+    if affected_sop_class_uid:
+        parts.append(_uid(E_AFFECTED_SOP_CLASS, affected_sop_class_uid))
+    if requested_sop_class_uid:
+        parts.append(_uid(E_REQUESTED_SOP_CLASS, requested_sop_class_uid))
+    parts.append(US_ELEMENT.pack(0, E_COMMAND_FIELD, 2, command_field))
+    id_element = E_MESSAGE_ID_RSP if command_field == C_CANCEL_RQ else E_MESSAGE_ID
+    parts.append(US_ELEMENT.pack(0, id_element, 2, message_id & 0xFFFF))
+    if move_destination:
+        ae = move_destination.strip()[:16].encode("ascii", "replace")
+        parts.append(text_element(E_MOVE_DESTINATION, ae, b" "))
+    if priority is not None:
+        parts.append(US_ELEMENT.pack(0, E_PRIORITY, 2, priority))
+    parts.append(US_ELEMENT.pack(0, E_DATA_SET_TYPE, 2, DATA_SET_PRESENT if has_data_set else NO_DATA_SET))
+    if affected_sop_instance_uid:
+        parts.append(_uid(E_AFFECTED_SOP_INSTANCE, affected_sop_instance_uid))
+    if requested_sop_instance_uid:
+        parts.append(_uid(E_REQUESTED_SOP_INSTANCE, requested_sop_instance_uid))
+    if event_type_id is not None:
+        parts.append(US_ELEMENT.pack(0, E_EVENT_TYPE_ID, 2, event_type_id))
+    if attribute_identifier_list:
+        # AT values: group then element, each a little endian US (PS3.5 6.2).
+        tags = b"".join(_AT_VALUE.pack(tag >> 16, tag & 0xFFFF) for tag in attribute_identifier_list)
+        parts.append(ELEMENT_HEADER.pack(0, E_ATTRIBUTE_IDENTIFIER_LIST, len(tags)) + tags)
+    if action_type_id is not None:
+        parts.append(US_ELEMENT.pack(0, E_ACTION_TYPE_ID, 2, action_type_id))
+    return encode_command(parts)
 
 
 def encode_n_response(

@@ -101,15 +101,20 @@ class FileRegion:
 EncodedDataSet = bytes | memoryview | FileRegion
 
 
-def recv_exact(sock: socket.socket, view: memoryview) -> None:
+def recv_exact(sock: socket.socket, view: memoryview, deadline: float | None = None) -> None:
     """Fill `view` from the socket.
+
+    The socket's timeout bounds each wait for data, so a peer that trickles
+    a byte now and then would never time out; ``deadline`` (a
+    :func:`time.monotonic` value) bounds the whole read. It is checked after
+    each partial read, so a stuck read ends at most one socket timeout late.
 
     Raises
     ------
     PeerGone
         On EOF or a socket error.
     TimeoutError
-        When the socket's timeout expires.
+        When the socket's timeout expires, or ``deadline`` passed before `view` was full.
     """
     recv_into = sock.recv_into
     size = len(view)
@@ -120,6 +125,8 @@ def recv_exact(sock: socket.socket, view: memoryview) -> None:
             if not got:
                 raise PeerGone("connection closed by peer")
             pos += got
+            if deadline is not None and pos < size and time.monotonic() > deadline:
+                raise TimeoutError(f"{pos} of {size} bytes received before the deadline")
     except TimeoutError:
         raise
     except OSError as exc:
