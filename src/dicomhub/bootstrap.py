@@ -93,7 +93,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     """Open (and by default migrate) the archive described by ``settings``."""
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = connect_engine(settings.index_url)
+    engine = connect_engine(settings.index_url, busy_timeout=settings.database_busy_timeout)
     if upgrade:
         migrate(engine, lock_dir=settings.data_dir)
     index = IndexRepository(engine)
@@ -269,6 +269,8 @@ def open_blob_store(settings: Settings) -> BlobStore:
         settings.storage_fallback_url,
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region,
+        s3_read_timeout=settings.s3_read_timeout,
+        s3_max_attempts=settings.s3_max_attempts,
     )
 
 
@@ -284,7 +286,7 @@ def open_storage_migration(
     if source_url == target_url:
         raise ConfigurationError(f"the blobs are in {target_url} already")
     engine = connect_engine(settings.index_url)
-    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     migration = StorageMigration(
         BlobRecords(engine), open_store_at(source_url, **stores), open_store_at(target_url, **stores)
     )
@@ -315,7 +317,7 @@ def restore_source(settings: Settings, src: Path, blobs_from: str | None = None)
     the blobs are then verified where they are.
     """
     manifest, _entries = read_manifest(src)
-    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     if blobs_from is None and manifest.blobs_copied:
         folder = src / "blobs"
         if not (folder / "ff" / "f").is_dir():

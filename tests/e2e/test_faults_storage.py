@@ -27,10 +27,11 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,13 +40,12 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.backends import BACKEND, POSTGRES_S3, SQLITE_FILE
+from tests.backends import BACKEND, POSTGRES_S3, SQLITE_FILE, backend_env
 
 from .helpers import (
     DicomhubServer,
     ServerPool,
     assert_alive,
-    index_rows,
     store,
 )
 
@@ -160,55 +160,127 @@ def series(directory: Path, n: int, **kwargs: object) -> tuple[list[Dataset], li
 # --------------------------------------------------------------------------- consistency
 
 
-def indexed(data_dir: Path, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
-    """SOP Instance UID -> (blob key, size) of the given UIDs that the index holds."""
-    if not uids:
-        return {}
-    marks = ", ".join(f":u{i}" for i in range(len(uids)))
-    rows = index_rows(
-        data_dir,
-        f"SELECT sop_instance_uid, blob_key, size FROM instance WHERE sop_instance_uid IN ({marks})",
-        **{f"u{i}": u for i, u in enumerate(uids)},
+@dataclass
+class ArchiveView:
+    """The index and blobs of a server's archive, read behind its back."""
+
+    index_url: str
+    blob_size: Callable[[str], int | None]  # None: no such blob
+    blob_dir: Path | None = None  # a file store: its folder, to look for stray files
+    spool_dir: Path | None = None
+
+    @classmethod
+    def of(cls, srv: DicomhubServer) -> ArchiveView:
+        env = {**backend_env(srv.data_dir), **srv.env}
+        url = env.get("DICOMHUB_DATABASE_URL") or f"sqlite:///{srv.data_dir / 'index.sqlite'}"
+        if env.get("DICOMHUB_STORAGE_URL", "").startswith("s3://"):
+            return cls(url, s3_blob_size(env), None, srv.data_dir / "tmp")
+        blobs = srv.data_dir / "blobs"
+
+        def size(key: str) -> int | None:
+            path = blobs / key[:2] / key[2] / key
+            return path.stat().st_size if path.is_file() else None
+
+        return cls(url, size, blobs, srv.data_dir / "tmp")
+
+    def rows(self, sql: str, **params: object) -> list[tuple[object, ...]]:
+        from sqlalchemy import text
+
+        from dicomhub.index.engine import connect_engine
+
+        engine = connect_engine(self.index_url, pool_size=1, max_overflow=0)
+        try:
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(sql), params).all()]
+        finally:
+            engine.dispose()
+
+    def indexed(self, uids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """SOP Instance UID -> (blob key, size) of those of ``uids`` the index holds."""
+        if not uids:
+            return {}
+        marks = ", ".join(f":u{i}" for i in range(len(uids)))
+        rows = self.rows(
+            f"SELECT sop_instance_uid, blob_key, size FROM instance WHERE sop_instance_uid IN ({marks})",
+            **{f"u{i}": u for i, u in enumerate(uids)},
+        )
+        return {str(r[0]): (str(r[1]), int(r[2])) for r in rows}  # type: ignore[call-overload]
+
+    def lost(self, acknowledged: Sequence[str]) -> int:
+        """Acknowledged instances that are not in the index, or whose blob is not whole (asserted 0)."""
+        rows = self.indexed(acknowledged)
+        missing = [u for u in acknowledged if u not in rows]
+        broken = [u for u, (key, size) in rows.items() if self.blob_size(key) != size]
+        assert not missing and not broken, f"acknowledged but lost: {missing[:5]}, blob broken: {broken[:5]}"
+        return len(missing) + len(broken)
+
+    def assert_clean(self) -> None:
+        """Every indexed blob is whole; no non-empty blob file without a row (an empty one is
+        an unused pooled key); no temporary or spool file left."""
+        rows = {
+            str(k): int(s)  # type: ignore[call-overload]
+            for k, s in self.rows("SELECT blob_key, size FROM instance")
+            + self.rows("SELECT blob_key, size FROM conflict")
+        }
+        without_blob = [k for k, size in rows.items() if self.blob_size(k) != size]
+        assert not without_blob, f"index rows whose blob is missing or partial: {without_blob[:5]}"
+        if self.blob_dir is not None:
+            on_disk = {p.name: p.stat().st_size for p in self.blob_dir.rglob("*") if p.is_file()}
+            temporary = [name for name in on_disk if not name.isalnum()]
+            assert not temporary, f"temporary files left among the blobs: {temporary[:5]}"
+            without_row = [k for k, size in on_disk.items() if size and k not in rows]
+            assert not without_row, f"blob files no row names (half-written stores): {without_row[:5]}"
+        if self.spool_dir is not None and self.spool_dir.is_dir():
+            leftovers = [p.name for p in self.spool_dir.rglob("*") if p.is_file()]
+            assert not leftovers, f"spool files left behind: {leftovers}"
+
+
+def s3_blob_size(env: dict[str, str]) -> Callable[[str], int | None]:
+    """Blob key -> size of the object in the archive's bucket (None when absent), asked of
+    the S3 server directly (not through any fault proxy)."""
+    import boto3
+
+    from tests import s3backend
+
+    bucket, _, prefix = env["DICOMHUB_STORAGE_URL"][len("s3://") :].partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    direct = s3backend.s3_env()
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=direct["AWS_ENDPOINT_URL"],
+        region_name=direct["AWS_REGION"],
+        aws_access_key_id=direct["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=direct["AWS_SECRET_ACCESS_KEY"],
     )
-    return {str(r[0]): (str(r[1]), int(r[2])) for r in rows}  # type: ignore[call-overload]
 
-
-def lost(data_dir: Path, acknowledged: Sequence[str], blob_size: object) -> int:
-    """Acknowledged instances that are not in the index, or whose blob is not whole."""
-    rows = indexed(data_dir, acknowledged)
-    missing = [u for u in acknowledged if u not in rows]
-    broken = [u for u, (key, size) in rows.items() if blob_size(key) != size]  # type: ignore[operator]
-    assert not missing and not broken, f"acknowledged but lost: {missing[:5]}, blob broken: {broken[:5]}"
-    return len(missing) + len(broken)
-
-
-def assert_no_half_written_files(data_dir: Path) -> None:
-    """Every non-empty blob file is indexed (an empty one is an unused pooled key), every
-    indexed blob is whole, and no temporary or spool file is left."""
-    blobs = data_dir / "blobs"
-    on_disk = {p.name: p.stat().st_size for p in blobs.rglob("*") if p.is_file()}
-    temporary = [name for name in on_disk if not name.isalnum()]
-    assert not temporary, f"temporary files left among the blobs: {temporary[:5]}"
-    rows = {
-        str(k): int(s)  # type: ignore[call-overload]
-        for k, s in index_rows(data_dir, "SELECT blob_key, size FROM instance")
-        + index_rows(data_dir, "SELECT blob_key, size FROM conflict")
-    }
-    without_row = [k for k, size in on_disk.items() if size and k not in rows]
-    assert not without_row, f"blob files that no row names (half-written stores): {without_row[:5]}"
-    without_blob = [k for k, size in rows.items() if on_disk.get(k) != size]
-    assert not without_blob, f"index rows whose blob is missing or partial: {without_blob[:5]}"
-    spool = data_dir / "tmp"
-    leftovers = [p.name for p in spool.rglob("*") if p.is_file()] if spool.is_dir() else []
-    assert not leftovers, f"spool files left behind: {leftovers}"
-
-
-def file_blob_size(data_dir: Path) -> object:
     def size(key: str) -> int | None:
-        path = data_dir / "blobs" / key[:2] / key[2] / key
-        return path.stat().st_size if path.is_file() else None
+        try:
+            return int(client.head_object(Bucket=bucket, Key=prefix + key)["ContentLength"])
+        except Exception:  # noqa: BLE001 - 404 and friends: absent
+            return None
 
     return size
+
+
+def store_until_recovered(
+    srv: DicomhubServer, tally: Tally, files: Sequence[Path], uids: Sequence[str], since: float
+) -> None:
+    """Send ``files`` again and again until every one is acknowledged; record the time."""
+    deadline = since + RECOVERY_DEADLINE
+    while True:
+        statuses = storescu(srv, files)
+        tally.store_results(statuses, uids)
+        if all(statuses.get(u) == 0 for u in uids):
+            break
+        assert time.monotonic() < deadline, f"stores still fail after the fault ended: {statuses}"
+        time.sleep(0.5)
+    tally.recovery_seconds = time.monotonic() - since
+
+
+def qido_studies(server: DicomhubServer, timeout: float = 30.0) -> httpx.Response:
+    return httpx.get(
+        f"{server.base_url}/dicomweb/studies", headers={"Accept": "application/dicom+json"}, timeout=timeout
+    )
 
 
 # --------------------------------------------------------------------------- 1. disk full
@@ -254,7 +326,7 @@ def test_disk_full_refuses_stores_cleanly_and_recovers(servers: ServerPool, tmp_
     tally = Tally("disk full (blobs, spool and SQLite index on one full tmpfs)")
     with small_filesystem(tmp_path / "small", 48) as mnt:
         srv = servers.start(data_dir=mnt / "data")
-        data_dir = srv.data_dir
+        archive = ArchiveView.of(srv)
         _, before_files, before = series(tmp_path / "before", 5)
         tally.store_results(storescu(srv, before_files), before)
         assert len(tally.acknowledged) == 5, tally.failed
@@ -281,27 +353,122 @@ def test_disk_full_refuses_stores_cleanly_and_recovers(servers: ServerPool, tmp_
 
         assert_alive(srv)
         assert srv.healthz() == 200
-        assert not indexed(data_dir, [*small_uids, *web_uids, str(large.SOPInstanceUID)])
-        assert_no_half_written_files(data_dir)
+        assert not archive.indexed([*small_uids, *web_uids, str(large.SOPInstanceUID)])
+        archive.assert_clean()
 
         ballast.unlink()
         freed = time.monotonic()
         retry = [*small_files, Path(large.filename)]
         uids = [*small_uids, str(large.SOPInstanceUID)]
-        deadline = freed + RECOVERY_DEADLINE
-        while True:
-            statuses = storescu(srv, retry)
-            tally.store_results(statuses, uids)
-            if all(statuses.get(u) == 0 for u in uids):
-                break
-            assert time.monotonic() < deadline, f"stores still fail after space came back: {statuses}"
-            time.sleep(0.5)
-        tally.recovery_seconds = time.monotonic() - freed
+        store_until_recovered(srv, tally, retry, uids, freed)
         response = stow(srv, web)
         assert response.status_code == 200, response.text[:500]
         tally.http(200, 3, stow_stored(response))
 
-        tally.lost = lost(data_dir, tally.acknowledged, file_blob_size(data_dir))
-        assert_no_half_written_files(data_dir)
+        tally.lost = archive.lost(tally.acknowledged)
+        archive.assert_clean()
         srv.stop()
+    tally.report()
+
+
+
+@on_sqlite_file
+def test_sqlite_index_on_a_full_disk_acknowledges_only_commits(servers: ServerPool, tmp_path: Path) -> None:
+    """The SQLite index alone on a full file system (blobs elsewhere): the blob is written,
+    the commit fails, and the store gets 0xA7xx, never Success; no row, no blob stays."""
+    tally = Tally("disk full under the SQLite index only (blobs on another disk)")
+    with small_filesystem(tmp_path / "indexfs", 8) as mnt:
+        srv = servers.start(env={"DICOMHUB_DATABASE_URL": f"sqlite:///{mnt / 'index.sqlite'}"})
+        archive = ArchiveView.of(srv)
+        ballast = fill(mnt)
+        files_of: dict[str, Path] = {}
+        failures: list[str] = []
+        statuses: dict[str, int] = {}
+        # The WAL has room left from start-up: commits succeed until it must grow.
+        for batch in range(60):
+            _, files, uids = series(tmp_path / f"b{batch}", 10)
+            files_of.update(zip(uids, files, strict=True))
+            statuses = storescu(srv, files)
+            tally.store_results(statuses, uids)
+            failures += [u for u in uids if statuses.get(u) != 0]
+            if failures:
+                break
+        assert failures, "the index never ran out of space"
+        assert {statuses.get(u) for u in failures} <= set(OUT_OF_RESOURCES), statuses
+        assert_alive(srv)
+        assert not archive.indexed(failures), "a failed commit left rows behind"
+        tally.lost = archive.lost(tally.acknowledged)
+        archive.assert_clean()
+
+        ballast.unlink()
+        store_until_recovered(srv, tally, [files_of[u] for u in failures], failures, time.monotonic())
+        tally.lost = archive.lost(tally.acknowledged)
+        archive.assert_clean()
+        srv.stop()
+    tally.report()
+
+
+# --------------------------------------------------------------------------- 2. index unavailable
+
+
+@contextlib.contextmanager
+def sqlite_write_lock(index_file: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``BEGIN EXCLUSIVE`` on the SQLite index until the block ends."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"db = sqlite3.connect({str(index_file)!r}, isolation_level=None, timeout=30)\n"
+            "db.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "db.execute('COMMIT')\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            assert holder.stdin is not None
+            holder.stdin.write("\n")
+            holder.stdin.close()
+            holder.wait(30)
+
+
+@on_sqlite_file
+def test_sqlite_locked_by_another_process_fails_stores_then_recovers(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    """A writer lock held past the busy timeout: C-STORE 0xA701, STOW-RS 503, queries still
+    answer (WAL readers), and stores succeed again as soon as the lock is released."""
+    tally = Tally("SQLite index locked by another process (busy timeout 2 s)")
+    srv = servers.start(env={"DICOMHUB_DATABASE_BUSY_TIMEOUT": "2"})
+    archive = ArchiveView.of(srv)
+    _, files, uids = series(tmp_path / "before", 3)
+    tally.store_results(storescu(srv, files), uids)
+    assert len(tally.acknowledged) == 3
+    blocked, blocked_files, blocked_uids = series(tmp_path / "blocked", 4)
+    with sqlite_write_lock(srv.data_dir / "index.sqlite"):
+        statuses = storescu(srv, blocked_files)
+        tally.store_results(statuses, blocked_uids)
+        assert set(statuses) == set(blocked_uids), "every C-STORE must be answered"
+        assert set(statuses.values()) == {0xA701}, statuses
+        response = stow(srv, blocked[:2])
+        tally.http(response.status_code, 2, stow_stored(response))
+        assert response.status_code == 503, (response.status_code, response.text[:300])
+        assert "index" in response.headers.get("warning", ""), response.headers
+        qido = qido_studies(srv)
+        assert qido.status_code == 200, qido.text[:300]
+        assert_alive(srv)
+        released = time.monotonic()
+    assert not archive.indexed(blocked_uids)
+    archive.assert_clean()
+    store_until_recovered(srv, tally, blocked_files, blocked_uids, released)
+    tally.lost = archive.lost(tally.acknowledged)
+    archive.assert_clean()
     tally.report()
