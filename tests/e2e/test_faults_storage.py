@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,12 +43,17 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.backends import BACKEND, POSTGRES_S3, SQLITE_FILE, backend_env
+from tests.pgcluster import PostgresCluster
 
 from .helpers import (
+    HOST,
     DicomhubServer,
     ServerPool,
     assert_alive,
+    pyn_store,
+    run_dcmtk,
     store,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -470,5 +477,100 @@ def test_sqlite_locked_by_another_process_fails_stores_then_recovers(
     archive.assert_clean()
     store_until_recovered(srv, tally, blocked_files, blocked_uids, released)
     tally.lost = archive.lost(tally.acknowledged)
+    archive.assert_clean()
+    tally.report()
+
+
+def findscu_status(server: DicomhubServer) -> int | None:
+    """The status of the final C-FIND response of a study-level query (None: no answer)."""
+    rc, out = run_dcmtk(
+        "findscu", "-S", "-d", "-aet", "FAULTFIND", "-aec", server.aet,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", HOST, str(server.dimse_port),
+        timeout=60,
+    )  # fmt: skip
+    statuses = re.findall(r"Message Type\s*:\s*C-FIND RSP.*?DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", out, re.S)
+    final = [int(s, 16) for s in statuses if int(s, 16) not in (0xFF00, 0xFF01)]
+    if not final:
+        print(f"[faults] findscu (rc {rc}) without a final response:\n{out[-3000:]}")
+    return final[-1] if final else None
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of this test alone, so that it can be stopped without harm to others.
+
+    Durable (fsync and synchronous commit on, unlike the shared test cluster): an
+    immediate stop loses commits that were only in memory with ``synchronous_commit=off``,
+    which would be a fault of the test set-up, not of dicomhub."""
+    cluster = PostgresCluster(durable=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@on_postgres_s3
+def test_postgresql_outage_during_ingest_and_queries(
+    servers: ServerPool, tmp_path: Path, own_postgres: PostgresCluster
+) -> None:
+    """PostgreSQL stopped under load: stores in flight fail (0xA701), nothing acknowledged is
+    lost, queries fail with C-FIND 0xA700 / QIDO-RS 503, and dicomhub serves again by itself
+    once PostgreSQL is back (the pool's pre-ping replaces the dead connections)."""
+    tally = Tally("PostgreSQL stopped during ingest (-m immediate) and queries (-m fast)")
+    srv = servers.start(env={"DICOMHUB_DATABASE_URL": own_postgres.create_database()})
+    archive = ArchiveView.of(srv)
+    assert_alive(srv, grace=60)  # the DIMSE workers are up (slow on a loaded machine)
+    _, files, uids = series(tmp_path / "load", 80)
+    results: dict[str, int | None] = {}
+    progress = threading.Event()
+
+    def on_result(uid: str | None, status: int | None) -> None:
+        if uid is not None:
+            results[uid] = status
+        if sum(1 for s in results.values() if s == 0) >= 15:
+            progress.set()
+
+    sender = threading.Thread(
+        target=lambda: pyn_store(srv, files, calling="LOADSCU", on_result=on_result), daemon=True
+    )
+    sender.start()
+    assert progress.wait(120), f"the load did not get going: {results}"
+    own_postgres.stop_server("immediate")
+    down = time.monotonic()
+    sender.join(300)
+    assert not sender.is_alive(), "the sender did not finish"
+    tally.store_results({u: s for u, s in results.items() if s is not None}, list(results))
+    refused = [u for u, s in results.items() if s != 0]
+    assert refused, "PostgreSQL went down, yet every store succeeded"
+    assert {results[u] for u in refused} <= {0xA701}, {results[u] for u in refused}
+
+    # While it is down: queries fail clearly, the server is up and says so.
+    assert findscu_status(srv) in OUT_OF_RESOURCES
+    assert qido_studies(srv).status_code == 503
+    health = httpx.get(f"{srv.base_url}/healthz", timeout=10)
+    assert health.status_code == 503 and health.json()["index"] is False, health.text
+    assert_alive(srv)
+
+    own_postgres.start_server()
+    back = time.monotonic()
+    missing = [u for u in uids if u not in results or results[u] != 0]
+    by_uid = dict(zip(uids, files, strict=True))
+    store_until_recovered(srv, tally, [by_uid[u] for u in missing], missing, back)
+    assert findscu_status(srv) == 0
+    assert qido_studies(srv).status_code == 200
+    print(f"[faults] PostgreSQL was down {back - down:.1f} s")
+
+    # A second outage, during queries only (a clean shutdown this time).
+    own_postgres.stop_server("fast")
+    assert findscu_status(srv) in OUT_OF_RESOURCES
+    assert qido_studies(srv).status_code == 503
+    own_postgres.start_server()
+    back = time.monotonic()
+    wait_until(lambda: qido_studies(srv).status_code == 200, timeout=RECOVERY_DEADLINE, what="QIDO-RS")
+    assert findscu_status(srv) == 0
+    print(f"[faults] queries answer again {time.monotonic() - back:.1f} s after PostgreSQL restarted")
+
+    tally.lost = archive.lost(tally.acknowledged)
+    assert len(archive.indexed(uids)) == len(uids)
     archive.assert_clean()
     tally.report()
