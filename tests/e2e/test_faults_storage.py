@@ -24,6 +24,8 @@ the shared S3 server).
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import io
 import os
 import re
@@ -574,3 +576,202 @@ def test_postgresql_outage_during_ingest_and_queries(
     assert len(archive.indexed(uids)) == len(uids)
     archive.assert_clean()
     tally.report()
+
+
+# --------------------------------------------------------------------------- 3. object store faults
+
+
+# Set by the proxy itself (the body is re-sent whole, with its own length).
+_HOP_HEADERS = frozenset({"transfer-encoding", "connection", "content-length", "date", "server"})
+
+
+class FaultProxy:
+    """An HTTP proxy in front of the S3 server whose ``mode`` injects faults.
+
+    ``pass`` forwards; ``flaky`` answers every other request 503 SlowDown (a
+    retry gets through); ``error`` answers every request 500 InternalError;
+    ``stall`` reads the request and answers nothing until the mode changes
+    (the client's read timeout fires); ``slow`` forwards after a delay.
+    """
+
+    ERRORS = {
+        "flaky": (503, "SlowDown", "Please reduce your request rate."),
+        "error": (500, "InternalError", "We encountered an internal error. Please try again."),
+    }
+
+    def __init__(self, upstream_port: int, delay: float = 1.0) -> None:
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self.mode = "pass"
+        self.requests = 0
+        self.injected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    proxy.requests += 1
+                    n, mode = proxy.requests, proxy.mode
+                if mode == "flaky" and n % 2 == 0 or mode == "error":
+                    proxy._count(mode)
+                    self._error(*proxy.ERRORS[mode])
+                    return
+                if mode == "stall":
+                    proxy._count(mode)
+                    deadline = time.monotonic() + 60
+                    while proxy.mode == "stall" and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    self.close_connection = True  # the client gave up on this one long ago
+                    return
+                if mode == "slow":
+                    proxy._count(mode)
+                    time.sleep(proxy.delay)
+                self._forward(body)
+
+            def _error(self, status: int, code: str, message: str) -> None:
+                payload = (
+                    f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message><RequestId>fault</RequestId></Error>"
+                ).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _forward(self, body: bytes) -> None:
+                conn = http.client.HTTPConnection(HOST, proxy.upstream_port, timeout=60)
+                try:
+                    headers = {
+                        k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")
+                    }
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    upstream = conn.getresponse()
+                    payload = upstream.read()
+                finally:
+                    conn.close()
+                self.send_response(upstream.status)
+                for key, value in upstream.getheaders():
+                    if key.lower() not in _HOP_HEADERS:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _count(self, mode: str) -> None:
+        with self._lock:
+            self.injected[mode] += 1
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.mode = "pass"
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@on_postgres_s3
+def test_object_store_faults_retry_fail_cleanly_and_recover(servers: ServerPool, tmp_path: Path) -> None:
+    """S3 behind a fault proxy: 503 SlowDown on every other request is absorbed by retries;
+    a 500 outage and a silent (stalled) server fail stores with 0xA700 / STOW-RS 503 after
+    the configured attempts; slow answers only slow stores down; nothing acknowledged is
+    lost, no row lacks its blob, and stores succeed again as soon as the proxy heals."""
+    from tests import s3backend
+
+    upstream = s3backend.start_s3_server()
+    storage_url, _ = s3backend.fresh_storage("faults")
+    with FaultProxy(upstream.port) as proxy:
+        srv = servers.start(
+            env={
+                "DICOMHUB_STORAGE_URL": storage_url,
+                "AWS_ENDPOINT_URL": proxy.url,
+                "DICOMHUB_S3_READ_TIMEOUT": "2",
+                "DICOMHUB_S3_MAX_ATTEMPTS": "3",
+            }
+        )
+        archive = ArchiveView.of(srv)
+        assert_alive(srv, grace=60)
+        files_of: dict[str, Path] = {}
+
+        def phase(name: str, n: int) -> tuple[dict[str, int], list[str], float]:
+            _, files, uids = series(tmp_path / name, n)
+            files_of.update(zip(uids, files, strict=True))
+            started = time.monotonic()
+            statuses = storescu(srv, files)
+            tally = tallies[name]
+            tally.store_results(statuses, uids)
+            return statuses, uids, time.monotonic() - started
+
+        tallies = {name: Tally(f"object store: {name}") for name in ("flaky", "error", "stall", "slow")}
+
+        proxy.mode = "flaky"
+        statuses, uids, took = phase("flaky", 10)
+        assert all(statuses.get(u) == 0 for u in uids), statuses
+        assert proxy.injected["flaky"] >= 5, proxy.injected
+        absorbed = proxy.injected["flaky"]
+        print(f"[faults] flaky S3: {absorbed} x 503 SlowDown absorbed by retries, {took:.1f} s")
+
+        proxy.mode = "error"
+        statuses, uids, took = phase("error", 4)
+        assert {statuses.get(u) for u in uids} <= set(OUT_OF_RESOURCES), statuses
+        web, _, web_uids = series(tmp_path / "web", 2)
+        response = stow(srv, web)
+        tallies["error"].http(response.status_code, 2, stow_stored(response))
+        assert response.status_code == 503, (response.status_code, response.text[:300])
+        assert "object store" in response.headers.get("warning", ""), response.headers
+        assert qido_studies(srv).status_code == 200  # the index is fine: queries go on
+        assert_alive(srv)
+        assert not archive.indexed([*uids, *web_uids])
+        # Each PUT was tried s3_max_attempts times before the store was refused.
+        assert proxy.injected["error"] >= 3 * len(uids), proxy.injected
+        print(
+            f"[faults] S3 500 outage: {len(uids)} C-STOREs refused in {took:.1f} s, "
+            f"{proxy.injected['error']} requests answered 500"
+        )
+
+        proxy.mode = "stall"
+        statuses, uids, took = phase("stall", 2)
+        assert {statuses.get(u) for u in uids} <= set(OUT_OF_RESOURCES), statuses
+        assert not archive.indexed(uids)
+        print(f"[faults] S3 silent: {len(uids)} C-STOREs refused in {took:.1f} s (read timeout 2 s x 3)")
+
+        proxy.mode = "slow"
+        statuses, uids, took = phase("slow", 3)
+        assert all(statuses.get(u) == 0 for u in uids), statuses
+        print(f"[faults] slow S3 ({proxy.delay} s per request): 3 C-STOREs in {took:.1f} s")
+
+        proxy.mode = "pass"
+        healed = time.monotonic()
+        failed = [u for u in files_of if not any(u in t.acknowledged for t in tallies.values())]
+        recovery = Tally("object store: recovery after the proxy healed")
+        store_until_recovered(srv, recovery, [files_of[u] for u in failed], failed, healed)
+        response = stow(srv, web)
+        assert response.status_code == 200, response.text[:300]
+
+        acknowledged = [u for t in (*tallies.values(), recovery) for u in t.acknowledged]
+        recovery.lost = archive.lost(acknowledged)
+        archive.assert_clean()
+        srv.stop()
+    for tally in (*tallies.values(), recovery):
+        tally.report()
