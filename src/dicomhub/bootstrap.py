@@ -1,19 +1,29 @@
-"""Composition root: Settings -> engine, blob store, services. No logic of its own."""
+"""Composition root: Settings -> engine, blob store, services, and the processes of ``serve``.
+
+No logic of its own: the CLI parses and calls in here (:func:`open_archive`
+and the other ``open_*`` functions, each closed by the caller, and
+:func:`serve`, the process orchestration of ``dicomhub serve``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import faulthandler
 import logging
+import multiprocessing
 import os
+import signal
 import socket
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from xml.etree import ElementTree
 
 from dicomhub.codec import transfer_syntax
-from dicomhub.config import Settings, tls_client_context
+from dicomhub.config import Settings, tls_client_context, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.backup import IndexBackup
@@ -22,7 +32,8 @@ from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
-from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.migration_jobs import MigrationRepository
+from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
@@ -46,6 +57,7 @@ from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
+from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
@@ -61,7 +73,13 @@ from dicomhub.storage.urls import open_blob_store as open_store_at
 from dicomhub.storage.urls import open_blob_stores
 from dicomhub.telemetry import logs
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from dicomhub.hl7.mllp import MllpListener
+
 __all__ = [
+    "closed_after",
     "configure_logging",
     "configure_pydicom",
     "open_audit_feed",
@@ -74,7 +92,14 @@ __all__ = [
     "run_background_worker",
     "run_dimse_worker",
     "run_migration_jobs",
+    "serve",
+    "start_hl7_listener",
 ]
+
+_T = TypeVar("_T")
+
+# The logger `serve` has always written to (the banner of a JSON log, the signal that stopped it).
+_LOGGER = logging.getLogger("dicomhub")
 
 
 def configure_pydicom() -> None:
@@ -90,10 +115,23 @@ def configure_pydicom() -> None:
 
 
 def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
-    """Open (and by default migrate) the archive described by ``settings``."""
+    """Open (and by default migrate) the archive described by ``settings``.
+
+    The archive is a context manager: ``with open_archive(settings) as archive:``
+    closes its engine and audit feed however the block ends. When opening fails
+    half-way, what was opened is closed before the error propagates.
+    """
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = connect_engine(settings.index_url, busy_timeout=settings.database_busy_timeout)
+    try:
+        return _wire_archive(settings, engine, upgrade)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     if upgrade:
         migrate(engine, lock_dir=settings.data_dir)
     index = IndexRepository(engine)
@@ -123,16 +161,18 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         compression,
         validation,
         store_guard=access.check_store,
-        labeller=access.label_stored if access.label_rules else None,
+        labeller=access.labels_for_object if access.label_rules else None,
         storable=StorableSOPClasses.from_settings(
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
     )
+    configured = configured_peers(settings.peers, settings.remote_aes)
+    # Opened last: its sender thread is closed only by the archive's close.
     feed = open_audit_feed(settings)
     audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
     peers = PeerService(
         PeerRepository(engine),
-        configured_peers(settings.peers, settings.remote_aes),
+        configured,
         audit,
         environ=os.environ,  # for env:VARIABLE credentials
     )
@@ -176,6 +216,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
         ),
         peers=peers,
         aes=ApplicationEntityService(peers),
+        orders=OrderService(OrderRepository(engine), audit),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -285,12 +326,10 @@ def open_storage_migration(
     source_url = source_url or settings.storage_fallback_url or settings.blob_store_url
     if source_url == target_url:
         raise ConfigurationError(f"the blobs are in {target_url} already")
-    engine = connect_engine(settings.index_url)
     stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
-    migration = StorageMigration(
-        BlobRecords(engine), open_store_at(source_url, **stores), open_store_at(target_url, **stores)
-    )
-    return migration, engine.dispose
+    source, target = open_store_at(source_url, **stores), open_store_at(target_url, **stores)
+    engine = connect_engine(settings.index_url)  # last: nothing after it can fail and leak it
+    return StorageMigration(BlobRecords(engine), source, target), engine.dispose
 
 
 def open_backup(settings: Settings) -> tuple[BackupService, Callable[[], None]]:
@@ -298,10 +337,11 @@ def open_backup(settings: Settings) -> tuple[BackupService, Callable[[], None]]:
     target may not have its schema yet), and its close."""
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = connect_engine(settings.index_url)
+    blobs = open_blob_store(settings)
+    engine = connect_engine(settings.index_url)  # last: nothing after it can fail and leak it
     service = BackupService(
         IndexBackup(engine, settings.index_url, settings.data_dir),
-        open_blob_store(settings),
+        blobs,
         settings.blob_store_url,
         open_repository=lambda: IndexRepository(engine),
     )
@@ -334,6 +374,17 @@ def open_reindex(settings: Settings) -> tuple[ReindexService, Callable[[], None]
     """``dicomhub reindex`` on the archive of ``settings`` (migrated first), and its close."""
     archive = open_archive(settings)
     return ReindexService(archive.ingest, archive.storage_check.records, archive.blobs), archive.close
+
+
+@contextlib.contextmanager
+def closed_after(opened: tuple[_T, Callable[[], None]]) -> Iterator[_T]:
+    """``with closed_after(open_backup(settings)) as service:``: the service of a
+    ``(service, close)`` pair from the ``open_*`` functions, closed however the block ends."""
+    service, close = opened
+    try:
+        yield service
+    finally:
+        close()
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
@@ -370,8 +421,6 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
     answers waited for it.
     """
-    import signal
-
     from dicomhub.dimse import server
 
     server.die_with_parent(parent)
@@ -429,6 +478,33 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
             logging.getLogger("dicomhub.migrate").warning("migration worker: %s", exc)
 
 
+def start_hl7_listener(settings: Settings, archive: Archive) -> MllpListener | None:
+    """The HL7 v2 (MLLP) listener of ``settings.hl7_port``, started; None when it is 0.
+
+    Runs in the calling (HTTP) process, a thread per connection. MLLP carries no
+    credentials: a message acts as an unrestricted caller named by its sending
+    application (MSH-3), so the port is for the order system's network only
+    (docs/orders.md). Raises OSError when the port cannot be bound.
+    """
+    if not settings.hl7_port:
+        return None
+    from dicomhub.hl7.messages import handle
+    from dicomhub.hl7.mllp import MllpListener
+    from dicomhub.model.caller import Caller, Channel
+
+    def respond(frame: bytes, address: str) -> bytes:
+        return handle(frame, archive.orders, lambda application: Caller(Channel.HL7, application, address))
+
+    listener = MllpListener(
+        settings.host,
+        settings.hl7_port,
+        respond,
+        idle_timeout=settings.network_timeout,
+        max_connections=settings.max_associations,
+    )
+    return listener.start()
+
+
 def commitment_deliverer(
     settings: Settings, peers: PeerService
 ) -> Callable[[str, CommitmentResult], None]:
@@ -455,3 +531,144 @@ def commitment_deliverer(
         )
 
     return deliver
+
+
+def serve(settings: Settings) -> None:
+    """Run ``dicomhub serve``: DIMSE worker processes, the background process and
+    the HTTP server in this process, until a signal stops them; then shut all down.
+
+    The index is migrated before any worker starts. SIGINT and SIGTERM end the
+    HTTP server, after which the workers, the background process, the listeners,
+    the audit backlog and the archive are closed, in that order.
+
+    Raises
+    ------
+    ConfigurationError
+        For a TLS certificate or key that cannot be loaded.
+    DicomhubError
+        When the DIMSE or the HTTP port cannot be listened on.
+    """
+    from dicomhub.telemetry.metrics import prepare_directory, remove_directory
+
+    if settings.dimse_tls_port or settings.https:
+        tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
+    # Before any metric is counted and any worker spawned (they inherit the directory):
+    # every process counts into it, /metrics adds them up; a fresh one per start.
+    metrics_dir = prepare_directory(Path(tempfile.mkdtemp(prefix="dicomhub-metrics-")))
+    try:
+        _serve_with_metrics(settings)
+    finally:
+        remove_directory(metrics_dir)
+
+
+def _serve_with_metrics(settings: Settings) -> None:
+    import uvicorn
+
+    from dicomhub import __version__
+    from dicomhub.conformance import conformance_renderer, http_routes_of
+    from dicomhub.dimse.server import DimseWorkers, bind_listener
+    from dicomhub.web.app import create_app
+    from dicomhub.web.protocol import http_protocol
+
+    archive = open_archive(settings)  # migrates the index before any worker starts
+    # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
+    tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
+    try:
+        tls_listener = (
+            bind_listener(settings.host, settings.dimse_tls_port) if settings.dimse_tls_port else None
+        )
+        listener = (
+            tls_listener if tls_only and tls_listener else bind_listener(settings.host, settings.dimse_port)
+        )
+    except OSError as exc:
+        archive.close()
+        raise DicomhubError(f"cannot listen on {settings.host} for DIMSE: {exc.strerror}") from exc
+    workers = DimseWorkers(settings, listener, run_dimse_worker, tls_listener)
+    workers.start()
+    background = multiprocessing.get_context("spawn").Process(
+        target=run_background_worker,
+        args=(settings, os.getpid()),
+        name="dicomhub-background",
+        daemon=True,
+    )
+    background.start()
+    # The statement lists the app's own routes: built on the first request, when `app` exists.
+    conformance = conformance_renderer(settings, lambda: http_routes_of(app.routes))
+
+    def processes() -> dict[str, int]:
+        found = {"http": os.getpid(), "background": background.pid or 0}
+        found.update({f"dimse-{i}": p.pid for i, p in enumerate(workers.processes) if p is not None})
+        return found
+
+    app = create_app(
+        archive, settings, dimse_alive=workers.alive, conformance=conformance, processes=processes
+    )
+    try:
+        hl7 = start_hl7_listener(settings, archive)
+    except OSError as exc:
+        background.terminate()
+        workers.stop()
+        archive.close()
+        where = f"{settings.host}:{settings.hl7_port}"
+        raise DicomhubError(f"cannot listen on {where} for HL7: {exc.strerror}") from exc
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.http_port,
+        log_level="warning",
+        # Our access log (dicomhub.web.observe) has the request id and the principal;
+        # log_config None: uvicorn's loggers go through our handler and format.
+        access_log=False,
+        log_config=None,
+        lifespan="off",
+        # Deadlines for a slow request head or body (uvicorn has none of its own).
+        http=http_protocol(
+            settings.http_header_timeout, settings.http_body_timeout, settings.http_body_min_rate
+        ),
+        # HTTPS: the same context as DICOM TLS (TLS 1.2+, BCP 195 ciphers, client certificates).
+        ssl_context_factory=(lambda _cfg, _default: tls_server_context(settings)) if settings.https else None,
+    )
+
+    class _Server(uvicorn.Server):
+        # uvicorn stops quietly on a signal; an operator (and a benchmark that
+        # sees the process gone) must be able to tell who ended it.
+        def handle_exit(self, sig: int, frame: object) -> None:
+            _LOGGER.warning("signal %s received: shutting down", signal.Signals(sig).name)
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            # uvicorn raises the signal again once it has stopped, which killed this
+            # process before the clean-up below (audit backlog, workers, syslog feed,
+            # metrics directory) could run: let run() return instead.
+            self._captured_signals.clear()
+
+    # A crash in native code (a codec, the SQLite driver) leaves Python stacks in the log.
+    faulthandler.enable()
+    server = _Server(config)
+    dimse_port = "-" if tls_only else listener.getsockname()[1]
+    tls_port = f", DICOM TLS on port {settings.dimse_tls_port}" if settings.dimse_tls_port else ""
+    scheme = "https" if settings.https else "http"
+    banner = (
+        f"dicomhub {__version__}: AE title {settings.aet}, DIMSE on {settings.host}:{dimse_port}{tls_port}"
+        f" ({settings.worker_count} workers), HTTP on {scheme}://{settings.host}:{settings.http_port}"
+        f" (/healthz), data in {settings.data_dir.resolve()}"
+    )
+    if settings.log_format == "json":
+        _LOGGER.info("%s", banner)  # a JSON log stays all JSON
+    else:
+        print(banner, flush=True)
+    if hl7 is not None:
+        print(f"dicomhub: HL7 v2 (MLLP) on {settings.host}:{hl7.port}", flush=True)
+    try:
+        server.run()
+    finally:
+        if hl7 is not None:
+            hl7.close()
+        app.state.audit_backlog.close()
+        background.terminate()
+        workers.stop()
+        background.join(5)
+        listener.close()
+        if tls_listener is not None:
+            tls_listener.close()
+        archive.close()
+    if not server.started:
+        raise DicomhubError(f"cannot serve HTTP on port {settings.http_port}")

@@ -135,6 +135,15 @@ class Settings:
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 120.0
+    # Seconds an HTTP client has to send a request's whole head (request line and
+    # header fields), from the connection opening or from the previous response.
+    http_header_timeout: float = 30.0
+    # An HTTP request body must deliver http_body_min_rate bytes per second, judged
+    # over every http_body_timeout seconds; a slower client is disconnected.
+    http_body_timeout: float = 60.0
+    # The slowest HTTP request body accepted, bytes per second (0: only a stopped body
+    # is disconnected, after http_body_timeout seconds without a byte).
+    http_body_min_rate: int = 1024
     maximum_pdu_size: int = 262144  # the largest PDU we receive, in bytes (0: unlimited)
     workers: int = 0  # 0: one DIMSE worker process per CPU core
     qido_default_limit: int = 1000  # QIDO-RS results when no limit is asked for
@@ -207,6 +216,7 @@ class Settings:
     tls_ca: str = ""
     tls_verify_client: bool = False  # require a client certificate signed by tls_ca
     dimse_tls_port: int = 0  # 0: no DICOM TLS port
+    hl7_port: int = 0  # HL7 v2 over MLLP: orders and patients in (docs/orders.md); 0: no listener
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # serve's log level
     # Operations (docs/operations.md): the log line format, the HTTP access log,
@@ -310,7 +320,9 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "dimse_port": (0, 65535),
     "http_port": (0, 65535),
     "dimse_tls_port": (0, 65535),
+    "hl7_port": (0, 65535),
     "max_associations": (1, None),
+    "http_body_min_rate": (0, None),
     "s3_max_attempts": (1, 20),
 }
 
@@ -900,7 +912,10 @@ def _validate_public_base_url(s: Settings) -> None:
     # Checked at start-up: a typo here would otherwise show only as broken links in viewers.
     if not s.public_base_url:
         return
-    parts = urlsplit(s.public_base_url)
+    try:
+        parts = urlsplit(s.public_base_url)
+    except ValueError:  # e.g. an unbalanced "[" or "]" (urlsplit reads it as an IPv6 host)
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigurationError(
             f"public_base_url {s.public_base_url!r} must be an absolute http(s) URL without "

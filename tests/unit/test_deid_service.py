@@ -17,7 +17,7 @@ from dicomhub.config import ConfigurationError, DeidExport, MaskRegion, load_set
 from dicomhub.deid import Profile
 from dicomhub.errors import Conflict, DeidentificationError, InvalidRequest, NotFound
 from dicomhub.index import engine as engines
-from dicomhub.index.deid import api_token, deid_run
+from dicomhub.index.schema import api_token, deid_run
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.query import query_from_identifier
 from dicomhub.services.archive import Archive

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from dicomhub.config import load_settings
-from dicomhub.errors import ConfigurationError
+from dicomhub.errors import ConfigurationError, InvalidRequest
 from dicomhub.model.extract import extract_part10, read_header
 from dicomhub.services.headers import header_to_json
 from dicomhub.web.dicomweb import stow
@@ -86,3 +86,47 @@ def test_part_header_with_broken_rfc2231_continuations() -> None:
     body = b"--b\r\nContent-Type: application/dicom; x*=1; x*0=2\r\n\r\nDATA\r\n--b--\r\n"
     parts = [(part.content_type, b"".join(part.chunks())) for part in MultipartReader([body], "b")]
     assert parts == [("", b"DATA")]
+
+
+def test_file_meta_element_without_an_explicit_vr_is_refused_at_ingest() -> None:
+    # fuzz_part10 (10-minute run): a File Meta group whose group length element had
+    # two non-VR bytes in its VR field passed ingest's own scan, but pydicom then read
+    # the group as implicit VR and failed, so the stored object's header (WADO-RS
+    # metadata, the header worker) could never be read. Ingest now refuses it.
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = "1.2.3.4.5.6"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    data = bytearray(_part10(ds))
+    assert extract_part10(bytes(data)).sop_instance_uid == "1.2.3.4.5.6"
+    assert data[128:132] == b"DICM" and data[136:138] == b"UL"
+    data[136:138] = b"\xadL"
+    with pytest.raises(InvalidRequest):
+        read_header(bytes(data))
+    with pytest.raises(InvalidRequest):
+        extract_part10(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('public_base_url = "https://pac].example.org/dicomweb"', "public_base_url"),
+        ('audit_syslog = "tcp://[syslog.example.org:514"', "audit_syslog"),
+    ],
+)
+def test_url_setting_with_an_unbalanced_bracket(tmp_path: Path, line: str, message: str) -> None:
+    # fuzz_config (10-minute run): urlsplit reads "[" / "]" in the host as an IPv6
+    # literal and raises ValueError, which escaped load_settings instead of
+    # ConfigurationError naming the setting.
+    path = tmp_path / "dicomhub.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigurationError, match=message):
+        load_settings(config_file=path, environ={})
+
+
+def test_storage_url_with_an_unbalanced_bracket() -> None:
+    from dicomhub.storage.urls import open_blob_store
+
+    with pytest.raises(ConfigurationError, match="storage URL"):
+        open_blob_store("s3://[bucket/prefix")

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from dicomhub.errors import DuplicateInstance, InvalidIdentifier, InvalidRequest, PatientMismatch
 from dicomhub.index.engine import connect_engine, migrate
-from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import Level

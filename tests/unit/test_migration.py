@@ -11,7 +11,7 @@ import pytest
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import Settings
 from dicomhub.errors import Conflict, DicomhubError, InvalidRequest, NotFound
-from dicomhub.index.migration import migration_job
+from dicomhub.index.schema import migration_job
 from dicomhub.migrate.runner import Migrator
 from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (

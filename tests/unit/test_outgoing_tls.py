@@ -1,4 +1,4 @@
-"""Outgoing DICOM TLS through pynetdicom: a DIMSE migration peer and a Storage
+"""Outgoing DICOM TLS through dicomhub's requestor engine: a DIMSE migration peer and a Storage
 Commitment report destination with ``tls`` are called over TLS, verified against
 our CA and presenting our certificate; a plain call to a TLS-only peer fails.
 (C-MOVE sub-operations over TLS, through dicomhub's own SCU, are in
@@ -90,9 +90,7 @@ def test_a_dimse_migration_peer_is_called_over_tls(pki: Pki, peer: _Peer) -> Non
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
-        statuses = [
-            int(s.Status) for s, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-        ]
+        statuses = [r.status for r in assoc.send_c_find(StudyRootQueryRetrieveInformationModelFind, query)]
     finally:
         assoc.release()
     assert statuses == [0x0000] and peer.subjects[-1] == "modality-1"  # our certificate, over TLS

@@ -8,39 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from dicomhub.cli.peer import deprecated
+from dicomhub.cli.options import ARCHIVE
+from dicomhub.cli.registry import arg, command, group
 from dicomhub.config import Settings
 from dicomhub.model.applicationentity import ApplicationEntity
 from dicomhub.model.caller import Caller
 
-__all__ = ["add_commands"]
+__all__: list[str] = []
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    ae = sub.add_parser("ae", help="deprecated: use `dicomhub peer` (AEs that may associate)")
-    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
-
-    p = ae_sub.add_parser("add", help="register an AE title, its host and its principal")
-    settings_args(p)
-    p.add_argument("ae_title", metavar="TITLE")
-    p.add_argument("--host", required=True, help="host name or address it connects from (and listens on)")
-    p.add_argument("--port", type=int, help="port it listens on: makes it a C-MOVE destination")
-    p.add_argument("--principal", default="", help="whose grants it acts with (default: the AE title)")
-    p.add_argument("--tls-subject", default="", metavar="CN", help="required client certificate Common Name")
-    p.add_argument("--description", default="")
-    p.set_defaults(run=deprecated("ae", _add))
-
-    p = ae_sub.add_parser("list", help="the registered AEs")
-    settings_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=deprecated("ae", _list))
-
-    p = ae_sub.add_parser("remove", help="unregister an AE title")
-    settings_args(p)
-    p.add_argument("ae_title", metavar="TITLE")
-    p.set_defaults(run=deprecated("ae", _remove))
+group("ae", help="deprecated: use `dicomhub peer` (AEs that may associate)", deprecated_for="peer")
 
 
 def _as_json(entity: ApplicationEntity) -> dict[str, object]:
@@ -55,32 +33,40 @@ def _as_json(entity: ApplicationEntity) -> dict[str, object]:
     }
 
 
+@command(
+    "ae add",
+    help="register an AE title, its host and its principal",
+    shared=ARCHIVE,
+    args=(
+        arg("ae_title", metavar="TITLE"),
+        arg("--host", required=True, help="host name or address it connects from (and listens on)"),
+        arg("--port", type=int, help="port it listens on: makes it a C-MOVE destination"),
+        arg("--principal", default="", help="whose grants it acts with (default: the AE title)"),
+        arg("--tls-subject", default="", metavar="CN", help="required client certificate Common Name"),
+        arg("--description", default=""),
+    ),
+)
 def _add(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         entity = archive.aes.add(
             ApplicationEntity(
                 args.ae_title, args.host, args.port, args.principal, args.tls_subject, args.description
             ),
             Caller.cli(),
         )
-    finally:
-        archive.close()
     port = f":{entity.port}" if entity.port is not None else " (calling only)"
     print(f"dicomhub: registered {entity.ae_title} at {entity.host}{port} as {entity.principal_name}")
     return 0
 
 
+@command("ae list", help="the registered AEs", shared=ARCHIVE, args=(arg("--json", action="store_true"),))
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         entities = archive.aes.list()
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps([_as_json(e) for e in entities], indent=2))
         return 0
@@ -91,13 +77,11 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("ae remove", help="unregister an AE title", shared=ARCHIVE, args=(arg("ae_title", metavar="TITLE"),))
 def _remove(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         archive.aes.remove(args.ae_title, Caller.cli())
-    finally:
-        archive.close()
     print(f"dicomhub: removed {args.ae_title.strip()}")
     return 0

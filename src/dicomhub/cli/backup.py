@@ -7,83 +7,42 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from dicomhub.cli.options import ARCHIVE, INGEST
+from dicomhub.cli.registry import BLOB_JOBS, OneOf, arg, command
 from dicomhub.config import Settings
 
-__all__ = ["add_commands"]
+__all__: list[str] = []
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    """Add the three commands to the ``dicomhub`` parser."""
-    backup = sub.add_parser(
-        "backup",
-        help="a consistent backup of the index and the blobs, taken while the server runs",
-        description="Copies the index as of one commit (SQLite online backup, pg_dump), lists every "
-        "blob its rows refer to (blobs.jsonl: key, size, SHA-256) and copies those blobs. DEST must "
-        "be a new or empty folder.",
-    )
-    settings_args(backup)
-    backup.add_argument("dest", help="the backup folder (new or empty)")
-    blobs = backup.add_mutually_exclusive_group()
-    blobs.add_argument(
-        "--blobs", dest="copy_blobs", action="store_true", default=None,
-        help="copy the blobs into DEST/blobs (default for a file:// store)",
-    )  # fmt: skip
-    blobs.add_argument(
-        "--no-blobs", dest="copy_blobs", action="store_false",
-        help="the manifest only: the blobs stay in their store (default for s3://)",
-    )  # fmt: skip
-    backup.add_argument("--jobs", type=int, default=4, help="blobs copied at a time (default 4)")
-    backup.add_argument("--json", action="store_true")
-    backup.set_defaults(run=_backup)
-
-    restore = sub.add_parser(
-        "restore",
-        help="rebuild an (empty) archive from a backup: index, schema upgrade, blobs verified",
-        description="Copies the backup's blobs into the archive's store, checking each against the "
-        "manifest's size and SHA-256, then puts the index in place and upgrades its schema. Nothing "
-        "is restored when a blob is missing or damaged. Stop every server of the target archive first.",
-    )
-    settings_args(restore)
-    restore.add_argument("src", help="the backup folder")
-    restore.add_argument(
-        "--blobs-from", metavar="URL",
-        help="read the blobs from this store (default: the backup's blobs/ folder, or the store a "
-        "manifest-only backup names)",
-    )  # fmt: skip
-    restore.add_argument(
-        "--force", action="store_true",
-        help="restore over an archive that holds instances (its index is replaced)",
-    )  # fmt: skip
-    restore.add_argument("--jobs", type=int, default=4, help="blobs copied at a time (default 4)")
-    restore.add_argument("--json", action="store_true")
-    restore.set_defaults(run=_restore)
-
-    reindex = sub.add_parser(
-        "reindex",
-        help="rebuild the index from the blobs alone (when the index is lost)",
-        description="Reads the header of every blob the index does not know and indexes it as "
-        "ingest does. Labels, users, audit, de-identification mappings and the change log history "
-        "are not in the blobs and do not come back. Stop the server first.",
-    )
-    settings_args(reindex)
-    reindex.add_argument("--json", action="store_true")
-    reindex.set_defaults(run=_reindex)
-
-
+@command(
+    "backup",
+    help="a consistent backup of the index and the blobs, taken while the server runs",
+    description="Copies the index as of one commit (SQLite online backup, pg_dump), lists every "
+    "blob its rows refer to (blobs.jsonl: key, size, SHA-256) and copies those blobs. DEST must "
+    "be a new or empty folder.",
+    shared=ARCHIVE,
+    args=(
+        arg("dest", help="the backup folder (new or empty)"),
+        OneOf((
+            arg("--blobs", dest="copy_blobs", action="store_true", default=None,
+                help="copy the blobs into DEST/blobs (default for a file:// store)"),
+            arg("--no-blobs", dest="copy_blobs", action="store_false",
+                help="the manifest only: the blobs stay in their store (default for s3://)"),
+        )),
+        BLOB_JOBS,
+        arg("--json", action="store_true"),
+    ),
+)  # fmt: skip
 def _backup(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.bootstrap import open_backup
+    from dicomhub.bootstrap import closed_after, open_backup
 
     copy = args.copy_blobs
     if copy is None:
         # S3 keeps its objects (and their versions); a folder on the archive's disk does not.
         copy = not settings.blob_store_url.startswith("s3://")
-    service, close = open_backup(settings)
-    try:
+    with closed_after(open_backup(settings)) as service:
         report = service.backup(Path(args.dest), copy_blobs=copy, jobs=args.jobs)
-    finally:
-        close()
     m = report.manifest
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
@@ -100,16 +59,31 @@ def _backup(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@command(
+    "restore",
+    help="rebuild an (empty) archive from a backup: index, schema upgrade, blobs verified",
+    description="Copies the backup's blobs into the archive's store, checking each against the "
+    "manifest's size and SHA-256, then puts the index in place and upgrades its schema. Nothing "
+    "is restored when a blob is missing or damaged. Stop every server of the target archive first.",
+    shared=ARCHIVE,
+    args=(
+        arg("src", help="the backup folder"),
+        arg("--blobs-from", metavar="URL",
+            help="read the blobs from this store (default: the backup's blobs/ folder, or the store a "
+            "manifest-only backup names)"),
+        arg("--force", action="store_true",
+            help="restore over an archive that holds instances (its index is replaced)"),
+        BLOB_JOBS,
+        arg("--json", action="store_true"),
+    ),
+)  # fmt: skip
 def _restore(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.bootstrap import open_backup, restore_source
+    from dicomhub.bootstrap import closed_after, open_backup, restore_source
 
     src = Path(args.src)
     source = restore_source(settings, src, args.blobs_from)
-    service, close = open_backup(settings)
-    try:
+    with closed_after(open_backup(settings)) as service:
         report = service.restore(src, source=source, force=args.force, jobs=args.jobs)
-    finally:
-        close()
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
     else:
@@ -123,14 +97,20 @@ def _restore(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "reindex",
+    help="rebuild the index from the blobs alone (when the index is lost)",
+    description="Reads the header of every blob the index does not know and indexes it as "
+    "ingest does. Labels, users, audit, de-identification mappings and the change log history "
+    "are not in the blobs and do not come back. Stop the server first.",
+    shared=INGEST,
+    args=(arg("--json", action="store_true"),),
+)
 def _reindex(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.bootstrap import open_reindex
+    from dicomhub.bootstrap import closed_after, open_reindex
 
-    service, close = open_reindex(settings)
-    try:
+    with closed_after(open_reindex(settings)) as service:
         report = service.reindex()
-    finally:
-        close()
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
     else:

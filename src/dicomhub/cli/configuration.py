@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dicomhub.cli.options import SERVER, load_from_args, settings_flags, settings_parser
+from dicomhub.cli.registry import arg, group, standalone
 from dicomhub.config import (
     NON_SETTING_VARIABLES,
     InvalidSettings,
@@ -24,7 +26,7 @@ from dicomhub.config import (
     setting_specs,
 )
 
-__all__ = ["add_commands", "masked", "reference_markdown"]
+__all__ = ["masked", "reference_markdown"]
 
 # Settings whose value is itself a secret, by name. Key and certificate settings
 # hold paths, which are worth seeing; their files are never read here.
@@ -53,30 +55,22 @@ def masked(name: str, text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    config = sub.add_parser("config", help="check the configuration; write its reference")
-    actions = config.add_subparsers(dest="config_command", required=True)
-    check = actions.add_parser(
-        "check",
-        help="print the effective configuration and the source of each value; exit 2 on any problem",
-        description="Loads the settings as `serve` would, from the same options, DICOMHUB_* "
-        "variables and --config file, and lists every problem (not only the first).",
-    )
-    settings_args(check, server=True)
-    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    check.set_defaults(run_unloaded=_check)
-    reference = actions.add_parser(
-        "reference", help="write the configuration reference (docs/configuration.md) from the settings model"
-    )
-    reference.add_argument("--output", help="write to FILE instead of standard output")
-    reference.set_defaults(run_unloaded=_reference)
+group("config", help="check the configuration; write its reference")
 
 
+@standalone(
+    "config check",
+    help="print the effective configuration and the source of each value; exit 2 on any problem",
+    description="Loads the settings as `serve` would, from the same options, DICOMHUB_* "
+    "variables and --config file, and lists every problem (not only the first).",
+    # It reports the problems of loading the settings itself, every one of them.
+    shared=SERVER,
+    args=(arg("--json", action="store_true", help="print JSON instead of a table"),),
+)
 def _check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dicomhub.cli import load_from_args
     from dicomhub.config import anonymous_network_refusal
 
     try:
@@ -124,6 +118,11 @@ def _report(problems: Any, as_json: bool) -> int:
     return 2
 
 
+@standalone(
+    "config reference",
+    help="write the configuration reference (docs/configuration.md) from the settings model",
+    args=(arg("--output", help="write to FILE instead of standard output"),),
+)
 def _reference(args: argparse.Namespace) -> int:
     text = reference_markdown()
     if args.output:
@@ -140,10 +139,7 @@ def reference_markdown() -> str:
     ``serve``; ``tests/unit/test_config_reference.py`` fails when the
     committed file differs.
     """
-    from dicomhub.cli import _settings_args, settings_flags
-
-    scratch = argparse.ArgumentParser()
-    _settings_args(scratch, server=True)
+    scratch = settings_parser()
     flags = settings_flags(scratch)
     helps = {a.dest: a.help or "" for a in scratch._actions}
     lines = [

@@ -18,45 +18,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+from dicomhub.cli.content import walk
+from dicomhub.cli.options import OFFLINE
+from dicomhub.cli.registry import arg, command
 from dicomhub.config import Settings
 from dicomhub.deid import Options, Profile, ProjectKey, Recipe, deidentify, load_secret
 from dicomhub.errors import DeidentificationError
 from dicomhub.model.identifiers import is_valid_uid
 
-__all__ = ["add_commands"]
-
-
-def add_commands(sub: Any, settings_args: Any) -> None:
-    p = sub.add_parser(
-        "deid",
-        help="de-identify DICOM files and folders into a new folder (PS3.15 Basic Profile + options)",
-        description="De-identify files offline. The project's secret is read from "
-        "$DICOMHUB_DEID_SECRET or the key file named by deid_key_file in the configuration.",
-    )
-    settings_args(p)
-    p.add_argument("paths", nargs="+", metavar="SRC", help="files or folders (recursive)")
-    p.add_argument("--out", required=True, help="output folder (STUDY/SERIES/INSTANCE.dcm below it)")
-    p.add_argument("--project", required=True, help="project name: keys every replacement value")
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help=f"a Table E.1-1 option (repeatable): {', '.join(Options.names())}",
-    )
-    p.add_argument("--recipe", help="TOML file of per-attribute overrides (see docs/deidentification.md)")
-    p.add_argument("--dry-run", action="store_true", help="write nothing; print what would change")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--burned-in",
-        choices=["refuse", "allow"],
-        default="refuse",
-        help="objects whose pixel data may show burned-in text: leave them out (default) or write them",
-    )
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    p.set_defaults(run=_run)
+__all__: list[str] = []
 
 
 @dataclass
@@ -68,9 +39,37 @@ class _Outcome:
     actions: list[dict[str, str]] = field(default_factory=list)
 
 
+@command(
+    "deid",
+    help="de-identify DICOM files and folders into a new folder (PS3.15 Basic Profile + options)",
+    description="De-identify files offline. The project's secret is read from "
+    "$DICOMHUB_DEID_SECRET or the key file named by deid_key_file in the configuration.",
+    # No archive: only the configuration (deid_key_file) is read.
+    shared=OFFLINE,
+    args=(
+        arg("paths", nargs="+", metavar="SRC", help="files or folders (recursive)"),
+        arg("--out", required=True, help="output folder (STUDY/SERIES/INSTANCE.dcm below it)"),
+        arg("--project", required=True, help="project name: keys every replacement value"),
+        arg(
+            "--option",
+            action="append",
+            default=[],
+            metavar="OPTION",
+            help=f"a Table E.1-1 option (repeatable): {', '.join(Options.names())}",
+        ),
+        arg("--recipe", help="TOML file of per-attribute overrides (see docs/deidentification.md)"),
+        arg("--dry-run", action="store_true", help="write nothing; print what would change"),
+        arg("--json", action="store_true", help="print the report as JSON"),
+        arg(
+            "--burned-in",
+            choices=["refuse", "allow"],
+            default="refuse",
+            help="objects whose pixel data may show burned-in text: leave them out (default) or write them",
+        ),
+        arg("--jobs", type=int, default=1, help="worker processes (default 1)"),
+    ),
+)
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.cli import _walk
-
     key_file = Path(settings.deid_key_file) if settings.deid_key_file else None
     try:
         # Read here, not through Settings: the secret must never sit in a value
@@ -84,7 +83,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     profile = Profile(name=args.project, options=options, recipe=recipe)
     key = ProjectKey.derive(secret, args.project)
     out_dir = Path(args.out)
-    files = list(_walk(args.paths))
+    files = list(walk(args.paths))
     job = _Job(profile, key, out_dir, args.dry_run, args.burned_in == "allow")
     outcomes: list[_Outcome] = []
     if args.jobs > 1 and len(files) > 1:  # below 2: in this process

@@ -15,81 +15,15 @@ import json
 import os
 from typing import Any
 
+from dicomhub.cli.options import ARCHIVE, INGEST
+from dicomhub.cli.registry import arg, command, group
 from dicomhub.config import Settings, parse_mask_region
 from dicomhub.model.caller import Caller
 
-__all__ = ["add_commands"]
+__all__: list[str] = []
 
-
-
-
-def add_commands(sub: Any, settings_args: Any) -> None:
-    job = sub.add_parser("deid-job", help="de-identify stored studies into new linked studies (runs)")
-    actions = job.add_subparsers(dest="deid_job_action", required=True)
-    start = actions.add_parser("start", help="de-identify a stored study (or one series) as a new study")
-    settings_args(start)
-    start.add_argument("study", metavar="STUDY_UID")
-    start.add_argument("--project", required=True)
-    start.add_argument("--reason", required=True, help="why (recorded with the run)")
-    start.add_argument("--series", metavar="SERIES_UID", help="only this series of the study")
-    start.add_argument(
-        "--option", action="append", default=[], help="a profile option, e.g. retain-uids (repeatable)"
-    )
-    start.add_argument("--burned-in", choices=["refuse", "mask", "allow"], help="overrides deid_burned_in")
-    start.add_argument(
-        "--mask",
-        action="append",
-        default=[],
-        metavar="X,Y,WIDTH,HEIGHT",
-        help="a region blanked under --burned-in mask (repeatable; default: deid_mask)",
-    )
-    start.add_argument("--now", action="store_true", help="run it in this process and wait")
-    start.add_argument("--json", action="store_true")
-    start.set_defaults(run=_start)
-    listing = actions.add_parser("list", help="runs, newest first")
-    settings_args(listing)
-    listing.add_argument("--limit", type=int, default=100)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_list)
-    show = actions.add_parser("show", help="one run with its per-instance outcomes")
-    settings_args(show)
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(run=_show)
-
-    reid = sub.add_parser(
-        "reidentify", help="originals behind replacement values (needs the reidentifier grant)"
-    )
-    settings_args(reid)
-    reid.add_argument("--project", required=True)
-    reid.add_argument("values", nargs="+", metavar="VALUE")
-    reid.add_argument("--json", action="store_true")
-    reid.set_defaults(run=_reidentify)
-
-    grant = sub.add_parser("deid-grant", help="grant (or --revoke) a role on a project to a principal")
-    settings_args(grant)
-    grant.add_argument("principal")
-    grant.add_argument("--project", required=True)
-    grant.add_argument("--role", required=True, choices=["reidentifier", "deidentifier"])
-    grant.add_argument("--revoke", action="store_true")
-    grant.set_defaults(run=_grant)
-
-    token = sub.add_parser("token", help="API tokens of principals (HTTP Authorization: Bearer)")
-    token_actions = token.add_subparsers(dest="token_action", required=True)
-    create = token_actions.add_parser("create", help="a new token (printed once, stored as SHA-256)")
-    settings_args(create)
-    create.add_argument("principal")
-    create.add_argument("--label", default="")
-    create.set_defaults(run=_token_create)
-    revoke = token_actions.add_parser("revoke", help="revoke a principal's tokens (or one, by --id)")
-    settings_args(revoke)
-    revoke.add_argument("principal")
-    revoke.add_argument("--id", type=int, help="only this token")
-    revoke.set_defaults(run=_token_revoke)
-    tokens = token_actions.add_parser("list", help="tokens (never their values)")
-    settings_args(tokens)
-    tokens.add_argument("--principal")
-    tokens.set_defaults(run=_token_list)
+group("deid-job", help="de-identify stored studies into new linked studies (runs)")
+group("token", help="API tokens of principals (HTTP Authorization: Bearer)")
 
 
 def _print_run(run: dict[str, Any], as_json: bool) -> None:
@@ -109,12 +43,34 @@ def _print_run(run: dict[str, Any], as_json: bool) -> None:
             print(f"  {item['status']}: {item['source_sop_instance_uid']}: {item['detail'] or ''}")
 
 
+@command(
+    "deid-job start",
+    help="de-identify a stored study (or one series) as a new study",
+    # The de-identified copies are stored through ingest.
+    shared=INGEST,
+    args=(
+        arg("study", metavar="STUDY_UID"),
+        arg("--project", required=True),
+        arg("--reason", required=True, help="why (recorded with the run)"),
+        arg("--series", metavar="SERIES_UID", help="only this series of the study"),
+        arg("--option", action="append", default=[], help="a profile option, e.g. retain-uids (repeatable)"),
+        arg("--burned-in", choices=["refuse", "mask", "allow"], help="overrides deid_burned_in"),
+        arg(
+            "--mask",
+            action="append",
+            default=[],
+            metavar="X,Y,WIDTH,HEIGHT",
+            help="a region blanked under --burned-in mask (repeatable; default: deid_mask)",
+        ),
+        arg("--now", action="store_true", help="run it in this process and wait"),
+        arg("--json", action="store_true"),
+    ),
+)
 def _start(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
     owner = f"cli:{os.getpid()}" if args.now else None
-    try:
+    with open_archive(settings) as archive:
         run = archive.deid.start_run(
             args.project,
             args.reason,
@@ -128,8 +84,6 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
         )
         if owner is not None:
             run = archive.deid.run_now(int(run["id"]), owner)
-    finally:
-        archive.close()
     _print_run(run, args.json)
     return 1 if args.now and run["status"] != "done" else 0
 
@@ -139,14 +93,17 @@ def _region(text: str) -> tuple[int, int, int, int]:
     return region.x, region.y, region.width, region.height
 
 
+@command(
+    "deid-job list",
+    help="runs, newest first",
+    shared=ARCHIVE,
+    args=(arg("--limit", type=int, default=100), arg("--json", action="store_true")),
+)
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         runs = archive.deid.runs(max(1, args.limit))
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -155,27 +112,37 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "deid-job show",
+    help="one run with its per-instance outcomes",
+    shared=ARCHIVE,
+    args=(arg("id", type=int), arg("--json", action="store_true")),
+)
 def _show(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         run = archive.deid.run(args.id)
-    finally:
-        archive.close()
     _print_run(run, args.json)
     return 0
 
 
+@command(
+    "reidentify",
+    help="originals behind replacement values (needs the reidentifier grant)",
+    shared=ARCHIVE,
+    args=(
+        arg("--project", required=True),
+        arg("values", nargs="+", metavar="VALUE"),
+        arg("--json", action="store_true"),
+    ),
+)
 def _reidentify(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
     caller = Caller.cli()
-    try:
+    with open_archive(settings) as archive:
         found = archive.deid.reidentify(args.project, args.values, caller.name, caller)
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps(found, indent=2))
     else:
@@ -185,12 +152,22 @@ def _reidentify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(found.values()) else 1
 
 
+@command(
+    "deid-grant",
+    help="grant (or --revoke) a role on a project to a principal",
+    shared=ARCHIVE,
+    args=(
+        arg("principal"),
+        arg("--project", required=True),
+        arg("--role", required=True, choices=["reidentifier", "deidentifier"]),
+        arg("--revoke", action="store_true"),
+    ),
+)
 def _grant(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
     actor = getpass.getuser()
-    try:
+    with open_archive(settings) as archive:
         if args.revoke:
             changed = archive.governance.revoke_grant(args.principal, args.role, args.project)
         else:
@@ -202,33 +179,39 @@ def _grant(settings: Settings, args: argparse.Namespace) -> int:
             project=args.project,
             detail={"principal": args.principal, "role": args.role},
         )
-    finally:
-        archive.close()
     verb = "revoked from" if args.revoke else "granted to"
     print(f"{args.role} on {args.project} {verb} {args.principal}" + ("" if changed else " (no change)"))
     return 0
 
 
+@command(
+    "token create",
+    help="a new token (printed once, stored as SHA-256)",
+    shared=ARCHIVE,
+    args=(arg("principal"), arg("--label", default="")),
+)
 def _token_create(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         token_id, token = archive.governance.create_token(args.principal, args.label)
         archive.governance.audit(
             getpass.getuser(), "token-create", "done", detail={"principal": args.principal, "token": token_id}
         )
-    finally:
-        archive.close()
     print(token)  # shown once: only its SHA-256 is kept
     return 0
 
 
+@command(
+    "token revoke",
+    help="revoke a principal's tokens (or one, by --id)",
+    shared=ARCHIVE,
+    args=(arg("principal"), arg("--id", type=int, help="only this token")),
+)
 def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         count = archive.governance.revoke_tokens(args.principal, args.id)
         archive.governance.audit(
             getpass.getuser(),
@@ -236,19 +219,17 @@ def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
             "done" if count else "unchanged",
             detail={"principal": args.principal, "token": args.id, "revoked": count},
         )
-    finally:
-        archive.close()
     print(f"{count} token(s) of {args.principal} revoked")
     return 0 if count else 1
 
 
+@command(
+    "token list", help="tokens (never their values)", shared=ARCHIVE, args=(arg("--principal"),)
+)
 def _token_list(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 
-    archive = open_archive(settings)
-    try:
+    with open_archive(settings) as archive:
         tokens = archive.governance.tokens(args.principal)
-    finally:
-        archive.close()
     print(json.dumps(tokens, indent=2))
     return 0

@@ -13,120 +13,21 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicomhub.cli.peer import deprecated
+from dicomhub.cli.options import ARCHIVE, INGEST
+from dicomhub.cli.registry import OneOf, arg, command, group
 from dicomhub.config import Settings
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.migration import ReconcileReport, RemoteArchive, RemoteKind
 
-__all__ = ["add_commands"]
+if TYPE_CHECKING:
+    from dicomhub.services.archive import Archive
+
+__all__ = ["print_report"]
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    remote = sub.add_parser("remote", help="deprecated: use `dicomhub peer` (migration peers)")
-    settings_args(remote)
-    actions = remote.add_subparsers(dest="remote_action", required=True)
-    add = actions.add_parser("add", help="add a remote archive")
-    settings_args(add)
-    add.add_argument("name")
-    kind = add.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--dimse", metavar="AET@HOST:PORT", help="a DIMSE archive (C-FIND, C-MOVE/C-GET)")
-    kind.add_argument("--dicomweb", metavar="URL", help="a DICOMweb archive's base URL (QIDO-RS, WADO-RS)")
-    kind.add_argument("--folder", metavar="PATH", help="a folder of DICOM files")
-    add.add_argument(
-        "--auth", default="", metavar="basic:USER:PASSWORD|bearer:TOKEN", help="DICOMweb credentials"
-    )
-    add.add_argument(
-        "--retrieve",
-        choices=["auto", "move", "get"],
-        default="auto",
-        help="DIMSE: C-MOVE to our AE, C-GET, or C-MOVE falling back to C-GET (default auto)",
-    )
-    add.add_argument(
-        "--find-limit",
-        type=int,
-        default=0,
-        help="the most answers the peer gives to one query (its result limit), 0 if unknown",
-    )
-    add.set_defaults(run=deprecated("remote", _remote_add))
-    listing = actions.add_parser("list", help="list remote archives")
-    settings_args(listing)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=deprecated("remote", _remote_list))
-    remove = actions.add_parser("remove", help="remove a remote archive, its inventory and jobs")
-    settings_args(remove)
-    remove.add_argument("name")
-    remove.set_defaults(run=deprecated("remote", _remote_remove))
-
-    inv = sub.add_parser("inventory", help="walk a remote archive and store what it holds (resumable)")
-    settings_args(inv)
-    inv.add_argument("name")
-    inv.add_argument("--from", dest="date_from", metavar="YYYYMMDD", help="first StudyDate")
-    inv.add_argument("--to", dest="date_to", metavar="YYYYMMDD", help="last StudyDate")
-    inv.add_argument("--refresh", action="store_true", help="start again instead of resuming")
-    inv.add_argument("--aet", help="our calling AE title (default: the configured one)")
-    inv.add_argument("--parallel", type=int, default=4, help="studies asked about at once (default 4)")
-    inv.set_defaults(run=_inventory)
-
-    rec = sub.add_parser(
-        "reconcile", help="compare a remote's inventory with this archive (exit 0 only when clean)"
-    )
-    settings_args(rec)
-    rec.add_argument("name")
-    rec.add_argument("--against", metavar="NAME", help="compare with another remote's inventory instead")
-    out = rec.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print the report as JSON")
-    out.add_argument("--csv", action="store_true", help="print one CSV row per study that differs")
-    rec.add_argument("--all", action="store_true", help="list the studies that match too")
-    rec.add_argument(
-        "--push", action="store_true", help="dicomhub is the source and NAME the target (after a push)"
-    )
-    rec.add_argument("--deid", metavar="PROJECT", help="compare the source as de-identified for PROJECT")
-    rec.add_argument("--deid-option", action="append", default=[], metavar="OPTION",
-                     help="the de-identification options of that migration (repeatable)")  # fmt: skip
-    rec.set_defaults(run=_reconcile)
-
-    mig = sub.add_parser(
-        "migrate",
-        help="pull what this archive lacks from a remote, or push to one with --to (resumable)",
-        description="`migrate NAME` pulls from the remote NAME into dicomhub; `migrate --to NAME` "
-        "pushes dicomhub's objects to the remote NAME (C-STORE or STOW-RS). --deid PROJECT "
-        "de-identifies every object on the way (the secret as for `dicomhub deid`).",
-    )
-    settings_args(mig)
-    mig.add_argument("name", nargs="?", help="the remote to pull from")
-    mig.add_argument("--to", metavar="NAME", help="push to this remote (a DIMSE or DICOMweb archive)")
-    mig.add_argument(
-        "--from",
-        dest="source",
-        metavar="local",
-        default="local",
-        help="what a push sends: local (dicomhub's own objects, the only source of a push)",
-    )
-    mig.add_argument("--deid", metavar="PROJECT", help="de-identify on the way, keyed by this project")
-    mig.add_argument(
-        "--deid-option",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help="a PS3.15 Table E.1-1 option for --deid (repeatable), as for `dicomhub deid --option`",
-    )
-    mig.add_argument("--reason", help="why the objects are de-identified (recorded with the run)")
-    mig.add_argument(
-        "--burned-in",
-        choices=["refuse", "mask", "allow"],
-        help="--deid policy for pixel data that may show burned-in text (default: the configured one)",
-    )
-    mig.add_argument("--since", metavar="YYYYMMDD", help="studies of this StudyDate or later")
-    mig.add_argument("--until", metavar="YYYYMMDD", help="studies of this StudyDate or earlier")
-    mig.add_argument("--modality", help="studies with a series of this modality")
-    mig.add_argument("--patient-list", metavar="FILE", help="studies of the Patient IDs in FILE (one a line)")
-    mig.add_argument("--parallel", type=int, default=4, help="series retrieved at once (default 4)")
-    mig.add_argument("--retries", type=int, default=4, help="attempts after the first per series (default 4)")
-    mig.add_argument("--aet", help="our AE title: calling AE and C-MOVE destination (default: configured)")
-    mig.add_argument("--quiet", action="store_true", help="no progress bar")
-    mig.set_defaults(run=_migrate)
+group("remote", help="deprecated: use `dicomhub peer` (migration peers)", deprecated_for="peer")
 
 
 def _parse_dimse(text: str) -> tuple[str, str, int]:
@@ -136,7 +37,7 @@ def _parse_dimse(text: str) -> tuple[str, str, int]:
     return match.group(1), match.group(2).strip("[]"), int(match.group(3))
 
 
-def _archive(settings: Settings) -> Any:
+def _archive(settings: Settings) -> Archive:
     from dicomhub.bootstrap import open_archive
 
     return open_archive(settings)
@@ -148,6 +49,35 @@ def _with_aet(settings: Settings, args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, aet=args.aet) if getattr(args, "aet", None) else settings
 
 
+@command(
+    "remote add",
+    help="add a remote archive",
+    shared=ARCHIVE,
+    args=(
+        arg("name"),
+        OneOf(
+            (
+                arg("--dimse", metavar="AET@HOST:PORT", help="a DIMSE archive (C-FIND, C-MOVE/C-GET)"),
+                arg("--dicomweb", metavar="URL", help="a DICOMweb archive's base URL (QIDO-RS, WADO-RS)"),
+                arg("--folder", metavar="PATH", help="a folder of DICOM files"),
+            ),
+            required=True,
+        ),
+        arg("--auth", default="", metavar="basic:USER:PASSWORD|bearer:TOKEN", help="DICOMweb credentials"),
+        arg(
+            "--retrieve",
+            choices=["auto", "move", "get"],
+            default="auto",
+            help="DIMSE: C-MOVE to our AE, C-GET, or C-MOVE falling back to C-GET (default auto)",
+        ),
+        arg(
+            "--find-limit",
+            type=int,
+            default=0,
+            help="the most answers the peer gives to one query (its result limit), 0 if unknown",
+        ),
+    ),
+)
 def _remote_add(settings: Settings, args: argparse.Namespace) -> int:
     if args.dimse:
         aet, host, port = _parse_dimse(args.dimse)
@@ -161,24 +91,21 @@ def _remote_add(settings: Settings, args: argparse.Namespace) -> int:
         )
     else:
         remote = RemoteArchive(args.name, RemoteKind.FOLDER, path=str(Path(args.folder).resolve()))
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         archive.migration.add_remote(remote)
-    finally:
-        archive.close()
     print(f"dicomhub: remote {remote.name}: {remote.describe()}")
     return 0
 
 
+@command(
+    "remote list", help="list remote archives", shared=ARCHIVE, args=(arg("--json", action="store_true"),)
+)
 def _remote_list(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         remotes = archive.migration.remotes()
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps([r.public() for r in remotes], indent=2))
         return 0
@@ -191,24 +118,39 @@ def _remote_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "remote remove",
+    help="remove a remote archive, its inventory and jobs",
+    shared=ARCHIVE,
+    args=(arg("name"),),
+)
 def _remote_remove(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         archive.migration.remove_remote(args.name)
-    finally:
-        archive.close()
     print(f"dicomhub: remote {args.name} removed")
     return 0
 
 
+@command(
+    "inventory",
+    help="walk a remote archive and store what it holds (resumable)",
+    shared=ARCHIVE,
+    args=(
+        arg("name"),
+        arg("--from", dest="date_from", metavar="YYYYMMDD", help="first StudyDate"),
+        arg("--to", dest="date_to", metavar="YYYYMMDD", help="last StudyDate"),
+        arg("--refresh", action="store_true", help="start again instead of resuming"),
+        arg("--aet", help="our calling AE title (default: the configured one)"),
+        arg("--parallel", type=int, default=4, help="studies asked about at once (default 4)"),
+    ),
+)
 def _inventory(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from dicomhub.migrate.runner import Migrator
 
     console = Console(stderr=True)
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
 
         def progress(phase: str, done: int, total: int) -> None:
             if console.is_terminal:
@@ -222,9 +164,7 @@ def _inventory(settings: Settings, args: argparse.Namespace) -> int:
             parallel=max(1, args.parallel),
             progress=progress,
         )
-        windows = len(archive.migration.repo.done_windows(archive.migration.remote(args.name)[0]))
-    finally:
-        archive.close()
+        windows = archive.migration.inventory_windows(args.name)
     series = sum(len(s.series) for s in inv.studies.values())
     print(
         f"dicomhub: {args.name}: {len(inv.studies)} studies, {series} series, {inv.instance_count} instances"
@@ -289,9 +229,28 @@ def print_report(report: ReconcileReport, args: argparse.Namespace) -> None:
     console.print("clean" if report.clean else f"{len(report.problems())} studies differ")
 
 
+@command(
+    "reconcile",
+    help="compare a remote's inventory with this archive (exit 0 only when clean)",
+    shared=ARCHIVE,
+    args=(
+        arg("name"),
+        arg("--against", metavar="NAME", help="compare with another remote's inventory instead"),
+        OneOf(
+            (
+                arg("--json", action="store_true", help="print the report as JSON"),
+                arg("--csv", action="store_true", help="print one CSV row per study that differs"),
+            )
+        ),
+        arg("--all", action="store_true", help="list the studies that match too"),
+        arg("--push", action="store_true", help="dicomhub is the source and NAME the target (after a push)"),
+        arg("--deid", metavar="PROJECT", help="compare the source as de-identified for PROJECT"),
+        arg("--deid-option", action="append", default=[], metavar="OPTION",
+            help="the de-identification options of that migration (repeatable)"),  # fmt: skip
+    ),
+)
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         mapping = None
         if args.deid:
             project, options = args.deid, list(args.deid_option)
@@ -299,12 +258,52 @@ def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
         report = archive.migration.reconcile(
             args.name, against=args.against, push=args.push, map_source=mapping
         )
-    finally:
-        archive.close()
     print_report(report, args)
     return 0 if report.clean else 1
 
 
+@command(
+    "migrate",
+    help="pull what this archive lacks from a remote, or push to one with --to (resumable)",
+    description="`migrate NAME` pulls from the remote NAME into dicomhub; `migrate --to NAME` "
+    "pushes dicomhub's objects to the remote NAME (C-STORE or STOW-RS). --deid PROJECT "
+    "de-identifies every object on the way (the secret as for `dicomhub deid`).",
+    # A pull stores what it retrieves through ingest.
+    shared=INGEST,
+    args=(
+        arg("name", nargs="?", help="the remote to pull from"),
+        arg("--to", metavar="NAME", help="push to this remote (a DIMSE or DICOMweb archive)"),
+        arg(
+            "--from",
+            dest="source",
+            metavar="local",
+            default="local",
+            help="what a push sends: local (dicomhub's own objects, the only source of a push)",
+        ),
+        arg("--deid", metavar="PROJECT", help="de-identify on the way, keyed by this project"),
+        arg(
+            "--deid-option",
+            action="append",
+            default=[],
+            metavar="OPTION",
+            help="a PS3.15 Table E.1-1 option for --deid (repeatable), as for `dicomhub deid --option`",
+        ),
+        arg("--reason", help="why the objects are de-identified (recorded with the run)"),
+        arg(
+            "--burned-in",
+            choices=["refuse", "mask", "allow"],
+            help="--deid policy for pixel data that may show burned-in text (default: the configured one)",
+        ),
+        arg("--since", metavar="YYYYMMDD", help="studies of this StudyDate or later"),
+        arg("--until", metavar="YYYYMMDD", help="studies of this StudyDate or earlier"),
+        arg("--modality", help="studies with a series of this modality"),
+        arg("--patient-list", metavar="FILE", help="studies of the Patient IDs in FILE (one a line)"),
+        arg("--parallel", type=int, default=4, help="series retrieved at once (default 4)"),
+        arg("--retries", type=int, default=4, help="attempts after the first per series (default 4)"),
+        arg("--aet", help="our AE title: calling AE and C-MOVE destination (default: configured)"),
+        arg("--quiet", action="store_true", help="no progress bar"),
+    ),
+)
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -341,9 +340,8 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     direction = "push" if args.to else "pull"
     console = Console(stderr=True)
     settings = _with_aet(settings, args)
-    archive = _archive(settings)
     owner = owner_name("cli")
-    try:
+    with _archive(settings) as archive:
         migrator = Migrator(archive, settings, retries=max(0, args.retries))
         job_id, resumed = migrator.start(
             name, selection, max(1, args.parallel), owner, direction=direction, transform=transform
@@ -376,8 +374,6 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
             state = migrator.run(job_id, owner, progress=show)
         job = archive.migration.job(job_id)
-    finally:
-        archive.close()
     p = job["progress"]
     print(
         f"dicomhub: migration job {job_id} {job['state']}: {p['series_done']}/{p['series']} series, "

@@ -9,99 +9,63 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dicomhub.cli.options import ARCHIVE
+from dicomhub.cli.registry import Arg, OneOf, arg, command, group
 from dicomhub.config import Settings
 from dicomhub.model.caller import Caller
 from dicomhub.model.peer import DIMSE_ROLES, Peer, Role
 from dicomhub.services.peers import coerce
 
-__all__ = ["add_commands", "deprecated"]
+if TYPE_CHECKING:
+    from dicomhub.services.archive import Archive
+
+__all__: list[str] = []
 
 _ROLES = ", ".join(r.value for r in Role)
 
 
-def deprecated(old: str, run: Callable[[Settings, argparse.Namespace], int]) -> Any:
-    """``run``, printing first (on stderr) that ``dicomhub OLD`` is now ``dicomhub peer``."""
-
-    def wrapped(settings: Settings, args: argparse.Namespace) -> int:
-        print(f"dicomhub: `{old}` is deprecated, use `dicomhub peer` (see docs/peers.md)", file=sys.stderr)
-        return run(settings, args)
-
-    return wrapped
-
-
-def _fields(p: argparse.ArgumentParser, adding: bool) -> None:
+def _fields(adding: bool) -> tuple[Arg | OneOf, ...]:
     # For update every option defaults to "not given" (SUPPRESS): only those given change.
     d: dict[str, Any] = {} if adding else {"default": argparse.SUPPRESS}
-    p.add_argument("--ae-title", metavar="AET", help="its AE title (default with --host: the name)", **d)
-    p.add_argument("--host", help="host name or address it connects from and listens on", **d)
-    p.add_argument("--port", type=int, help="the port it listens on (C-MOVE, commitment reports, push)", **d)
-    tls = p.add_mutually_exclusive_group()
-    tls.add_argument("--tls", dest="tls", action="store_true", help="call it over DICOM TLS", **d)
+    tls = [arg("--tls", dest="tls", action="store_true", help="call it over DICOM TLS", **d)]
     if not adding:
-        tls.add_argument("--no-tls", dest="tls", action="store_false", **d)
-    p.add_argument("--dicomweb", dest="dicomweb_url", metavar="URL", help="its DICOMweb base URL", **d)
-    p.add_argument(
-        "--auth",
-        metavar="env:VARIABLE|bearer:TOKEN|basic:USER:PASSWORD",
-        help="DICOMweb credentials; env:VARIABLE keeps the secret out of the index and the shell history",
-        **d,
+        tls.append(arg("--no-tls", dest="tls", action="store_false", **d))
+    return (
+        arg("--ae-title", metavar="AET", help="its AE title (default with --host: the name)", **d),
+        arg("--host", help="host name or address it connects from and listens on", **d),
+        arg("--port", type=int, help="the port it listens on (C-MOVE, commitment reports, push)", **d),
+        OneOf(tuple(tls)),
+        arg("--dicomweb", dest="dicomweb_url", metavar="URL", help="its DICOMweb base URL", **d),
+        arg(
+            "--auth",
+            metavar="env:VARIABLE|bearer:TOKEN|basic:USER:PASSWORD",
+            help="DICOMweb credentials; env:VARIABLE keeps the secret out of the index and the shell history",
+            **d,
+        ),
+        arg("--folder", metavar="PATH", help="a folder of DICOM files (a migration source)", **d),
+        arg("--principal", help="whose grants it acts with (default: its AE title)", **d),
+        arg("--tls-subject", metavar="CN", help="required client certificate Common Name", **d),
+        arg(
+            "--roles",
+            metavar="ROLE,...",
+            help=f"what it may do: {_ROLES} (default for add: store,query,retrieve for a DICOM peer, "
+            "+move-destination with a port; migration-source,migration-target otherwise)",
+            **d,
+        ),
+        arg("--migrate-via", choices=["dimse", "dicomweb", "folder"], **d),
+        arg("--retrieve", choices=["auto", "move", "get"], help="how a migration pulls over DIMSE", **d),
+        arg("--find-limit", type=int, metavar="N", help="its largest query answer (0: unknown)", **d),
+        arg("--description", **d),
     )
-    p.add_argument("--folder", metavar="PATH", help="a folder of DICOM files (a migration source)", **d)
-    p.add_argument("--principal", help="whose grants it acts with (default: its AE title)", **d)
-    p.add_argument("--tls-subject", metavar="CN", help="required client certificate Common Name", **d)
-    p.add_argument(
-        "--roles",
-        metavar="ROLE,...",
-        help=f"what it may do: {_ROLES} (default for add: store,query,retrieve for a DICOM peer, "
-        "+move-destination with a port; migration-source,migration-target otherwise)",
-        **d,
-    )
-    p.add_argument("--migrate-via", choices=["dimse", "dicomweb", "folder"], **d)
-    p.add_argument(
-        "--retrieve", choices=["auto", "move", "get"], help="how a migration pulls over DIMSE", **d
-    )
-    p.add_argument("--find-limit", type=int, metavar="N", help="its largest query answer (0: unknown)", **d)
-    p.add_argument("--description", **d)
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    peer = sub.add_parser("peer", help="the remote systems dicomhub talks to (AEs, archives, DICOMweb)")
-    actions = peer.add_subparsers(dest="peer_command", required=True)
-
-    p = actions.add_parser("add", help="register a peer")
-    settings_args(p)
-    p.add_argument("name")
-    _fields(p, adding=True)
-    p.set_defaults(run=_add)
-
-    p = actions.add_parser("list", help="every peer, from the index and the configuration file")
-    settings_args(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_list)
-
-    p = actions.add_parser("show", help="one peer")
-    settings_args(p)
-    p.add_argument("name")
-    p.set_defaults(run=_show)
-
-    p = actions.add_parser("update", help="change fields of a registered peer")
-    settings_args(p)
-    p.add_argument("name")
-    _fields(p, adding=False)
-    p.set_defaults(run=_update)
-
-    p = actions.add_parser("remove", help="remove a registered peer (and its migration inventory and jobs)")
-    settings_args(p)
-    p.add_argument("name")
-    p.set_defaults(run=_remove)
+group("peer", help="the remote systems dicomhub talks to (AEs, archives, DICOMweb)")
 
 
-def _archive(settings: Settings) -> Any:
+def _archive(settings: Settings) -> Archive:
     from dicomhub.bootstrap import open_archive
 
     return open_archive(settings)
@@ -118,6 +82,7 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+@command("peer add", help="register a peer", shared=ARCHIVE, args=(arg("name"), *_fields(adding=True)))
 def _add(settings: Settings, args: argparse.Namespace) -> int:
     fields = _changes(args)
     if fields.get("host") and not fields.get("ae_title"):
@@ -130,13 +95,10 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
                 {Role.MIGRATION_TARGET} if fields.get("dicomweb_url") else set()
             )
         fields["roles"] = [r.value for r in roles]
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         peer = archive.peers.add(
             Peer(args.name, **{k: coerce(k, v) for k, v in fields.items()}), Caller.cli()
         )
-    finally:
-        archive.close()
     print(
         f"dicomhub: peer {peer.name}: {peer.describe()} roles={','.join(sorted(r.value for r in peer.roles))}"
     )
@@ -148,12 +110,15 @@ def _row(p: Peer) -> str:
     return f"{p.name:<16} {p.source.value:<6} {roles:<40} {p.describe()}".rstrip()
 
 
+@command(
+    "peer list",
+    help="every peer, from the index and the configuration file",
+    shared=ARCHIVE,
+    args=(arg("--json", action="store_true"),),
+)
 def _list(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         peers = archive.peers.list()
-    finally:
-        archive.close()
     if args.json:
         print(json.dumps([p.public() for p in peers], indent=2))
         return 0
@@ -162,31 +127,35 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("peer show", help="one peer", shared=ARCHIVE, args=(arg("name"),))
 def _show(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         peer = archive.peers.require(args.name)
-    finally:
-        archive.close()
     print(json.dumps(peer.public(), indent=2))
     return 0
 
 
+@command(
+    "peer update",
+    help="change fields of a registered peer",
+    shared=ARCHIVE,
+    args=(arg("name"), *_fields(adding=False)),
+)
 def _update(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         peer = archive.peers.update(args.name, _changes(args), Caller.cli())
-    finally:
-        archive.close()
     print(f"dicomhub: peer {peer.name} updated: {_row(peer)}")
     return 0
 
 
+@command(
+    "peer remove",
+    help="remove a registered peer (and its migration inventory and jobs)",
+    shared=ARCHIVE,
+    args=(arg("name"),),
+)
 def _remove(settings: Settings, args: argparse.Namespace) -> int:
-    archive = _archive(settings)
-    try:
+    with _archive(settings) as archive:
         archive.peers.remove(args.name, Caller.cli())
-    finally:
-        archive.close()
     print(f"dicomhub: peer {args.name.strip()} removed")
     return 0

@@ -12,8 +12,10 @@ import argparse
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dicomhub.cli.options import ARCHIVE
+from dicomhub.cli.registry import arg, command, group
 from dicomhub.config import Settings
 from dicomhub.model.caller import Caller
 
@@ -21,79 +23,13 @@ if TYPE_CHECKING:
     from dicomhub.services.administration import SecurityAdministration
     from dicomhub.services.archive import Archive
 
-__all__ = ["add_commands"]
+__all__: list[str] = []
 
+group("user", help="users and services with API tokens (HTTP Authorization: Bearer)")
+group("grant", help="roles of principals at scopes")
+group("label", help="labels of studies (grants can name them)")
 
-
-
-def add_commands(sub: Any, settings_args: Any) -> None:
-    user = sub.add_parser("user", help="users and services with API tokens (HTTP Authorization: Bearer)")
-    users = user.add_subparsers(dest="user_action", required=True)
-    add = users.add_parser("add", help="add a user with grants; prints its first token once")
-    settings_args(add)
-    add.add_argument("name")
-    add.add_argument("--kind", choices=["user", "service"], default="user")
-    add.add_argument("--role", action="append", default=[], help="a role (repeatable, paired with --scope)")
-    add.add_argument(
-        "--scope",
-        action="append",
-        default=[],
-        help="archive, label:NAME, patient:ID, study:UID or project:NAME (one per --role)",
-    )
-    add.add_argument("--expires", type=float, metavar="DAYS", help="the token expires after DAYS")
-    add.set_defaults(run=_user_add)
-    listing = users.add_parser("list", help="users with their grants and active tokens")
-    settings_args(listing)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_user_list)
-    token = users.add_parser("token", help="a new token for a user (printed once)")
-    settings_args(token)
-    token.add_argument("name")
-    token.add_argument("--label", default="")
-    token.add_argument("--expires", type=float, metavar="DAYS")
-    token.set_defaults(run=_user_token)
-    revoke = users.add_parser("revoke", help="revoke a user's tokens (or one, by --token)")
-    settings_args(revoke)
-    revoke.add_argument("name")
-    revoke.add_argument("--token", type=int, metavar="ID")
-    revoke.set_defaults(run=_user_revoke)
-
-    grant = sub.add_parser("grant", help="roles of principals at scopes")
-    grants = grant.add_subparsers(dest="grant_action", required=True)
-    for action, text in (("add", "grant a role at a scope"), ("remove", "remove a grant")):
-        p = grants.add_parser(action, help=text)
-        settings_args(p)
-        p.add_argument("principal")
-        p.add_argument("role")
-        p.add_argument("scope", help="archive, label:NAME, patient:ID, study:UID or project:NAME")
-        p.set_defaults(run=_grant_add if action == "add" else _grant_remove)
-    glist = grants.add_parser("list", help="grants (of one principal)")
-    settings_args(glist)
-    glist.add_argument("principal", nargs="?")
-    glist.add_argument("--json", action="store_true")
-    glist.set_defaults(run=_grant_list)
-
-    label = sub.add_parser("label", help="labels of studies (grants can name them)")
-    labels = label.add_subparsers(dest="label_action", required=True)
-    for action, text in (("add", "label a study"), ("remove", "remove a label from a study")):
-        p = labels.add_parser(action, help=text)
-        settings_args(p)
-        p.add_argument("study", metavar="STUDY_UID")
-        p.add_argument("label")
-        p.set_defaults(run=_label_add if action == "add" else _label_remove)
-    llist = labels.add_parser("list", help="labels in use, or the labels of one study")
-    settings_args(llist)
-    llist.add_argument("study", nargs="?", metavar="STUDY_UID")
-    llist.set_defaults(run=_label_list)
-
-    audit = sub.add_parser("audit", help="the audit log, newest first")
-    settings_args(audit)
-    audit.add_argument("--study", metavar="UID", help="events that touched this study")
-    audit.add_argument("--principal", "--actor", dest="principal", metavar="NAME")
-    audit.add_argument("--action", help="login, query, retrieve, store, delete, label, security-change...")
-    audit.add_argument("--limit", type=int, default=1000)
-    audit.add_argument("--json", action="store_true", help="JSON (one array)")
-    audit.set_defaults(run=_audit)
+_SCOPE_HELP = "archive, label:NAME, patient:ID, study:UID or project:NAME"
 
 
 @contextlib.contextmanager
@@ -109,6 +45,18 @@ def _administration(settings: Settings) -> Iterator[tuple[Archive, SecurityAdmin
         archive.close()
 
 
+@command(
+    "user add",
+    help="add a user with grants; prints its first token once",
+    shared=ARCHIVE,
+    args=(
+        arg("name"),
+        arg("--kind", choices=["user", "service"], default="user"),
+        arg("--role", action="append", default=[], help="a role (repeatable, paired with --scope)"),
+        arg("--scope", action="append", default=[], help=f"{_SCOPE_HELP} (one per --role)"),
+        arg("--expires", type=float, metavar="DAYS", help="the token expires after DAYS"),
+    ),
+)
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     if len(args.role) != len(args.scope):
         print("dicomhub user add: give one --scope for each --role")
@@ -122,6 +70,12 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "user list",
+    help="users with their grants and active tokens",
+    shared=ARCHIVE,
+    args=(arg("--json", action="store_true"),),
+)
 def _user_list(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, _admin):
         principals = archive.access.principals()
@@ -134,6 +88,12 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "user token",
+    help="a new token for a user (printed once)",
+    shared=ARCHIVE,
+    args=(arg("name"), arg("--label", default=""), arg("--expires", type=float, metavar="DAYS")),
+)
 def _user_token(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         if not archive.access.principal_exists(args.name):
@@ -144,6 +104,12 @@ def _user_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "user revoke",
+    help="revoke a user's tokens (or one, by --token)",
+    shared=ARCHIVE,
+    args=(arg("name"), arg("--token", type=int, metavar="ID")),
+)
 def _user_revoke(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         count = admin.revoke(Caller.cli(), args.name, args.token)
@@ -151,6 +117,10 @@ def _user_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if count else 1
 
 
+_GRANT_ARGS = (arg("principal"), arg("role"), arg("scope", help=_SCOPE_HELP))
+
+
+@command("grant add", help="grant a role at a scope", shared=ARCHIVE, args=_GRANT_ARGS)
 def _grant_add(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         added = admin.grant(Caller.cli(), args.principal, args.role, args.scope)
@@ -158,6 +128,7 @@ def _grant_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("grant remove", help="remove a grant", shared=ARCHIVE, args=_GRANT_ARGS)
 def _grant_remove(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         removed = admin.revoke_grant(Caller.cli(), args.principal, args.role, args.scope)
@@ -169,6 +140,12 @@ def _grant_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if removed else 1
 
 
+@command(
+    "grant list",
+    help="grants (of one principal)",
+    shared=ARCHIVE,
+    args=(arg("principal", nargs="?"), arg("--json", action="store_true")),
+)
 def _grant_list(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, _admin):
         grants = archive.access.grants(args.principal)
@@ -180,6 +157,10 @@ def _grant_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+_LABEL_ARGS = (arg("study", metavar="STUDY_UID"), arg("label"))
+
+
+@command("label add", help="label a study", shared=ARCHIVE, args=_LABEL_ARGS)
 def _label_add(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         added = admin.add_label(Caller.cli(), args.study, args.label)
@@ -187,6 +168,7 @@ def _label_add(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command("label remove", help="remove a label from a study", shared=ARCHIVE, args=_LABEL_ARGS)
 def _label_remove(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, admin):
         removed = admin.remove_label(Caller.cli(), args.study, args.label)
@@ -194,6 +176,12 @@ def _label_remove(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if removed else 1
 
 
+@command(
+    "label list",
+    help="labels in use, or the labels of one study",
+    shared=ARCHIVE,
+    args=(arg("study", nargs="?", metavar="STUDY_UID"),),
+)
 def _label_list(settings: Settings, args: argparse.Namespace) -> int:
     with _administration(settings) as (archive, _admin):
         if args.study:
@@ -205,6 +193,18 @@ def _label_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "audit",
+    help="the audit log, newest first",
+    shared=ARCHIVE,
+    args=(
+        arg("--study", metavar="UID", help="events that touched this study"),
+        arg("--principal", "--actor", dest="principal", metavar="NAME"),
+        arg("--action", help="login, query, retrieve, store, delete, label, security-change..."),
+        arg("--limit", type=int, default=1000),
+        arg("--json", action="store_true", help="JSON (one array)"),
+    ),
+)
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.model.audit import AuditAction
     from dicomhub.services.audit import record_dict

@@ -8,43 +8,40 @@ import sys
 import time
 from typing import Any
 
+from dicomhub.cli.options import ARCHIVE
+from dicomhub.cli.registry import BLOB_JOBS, arg, command
 from dicomhub.config import Settings
 
-__all__ = ["add_commands"]
+__all__: list[str] = []
 
 
-def add_commands(sub: Any, settings_args: Any) -> None:
-    p = sub.add_parser(
-        "migrate-storage",
-        help="copy every blob to another store (file:// or s3://), verify it, then remove the old copy",
-        description="Run the nodes with --storage-url TARGET --storage-fallback-url SOURCE first, "
-        "so that reads find each blob wherever it is during the migration. Resumable: run it again "
-        "after an interruption.",
-    )
-    settings_args(p)
-    p.add_argument("--to", required=True, metavar="URL", help="the target store")
-    p.add_argument(
-        "--from",
-        dest="source",
-        metavar="URL",
-        help="the source store (default: --storage-fallback-url, else --storage-url)",
-    )
-    p.add_argument("--keep-source", action="store_true", help="leave the old copies in place")
-    p.add_argument("--jobs", type=int, default=4, help="blobs copied at a time (default 4)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_migrate_storage)
-
-
+@command(
+    "migrate-storage",
+    help="copy every blob to another store (file:// or s3://), verify it, then remove the old copy",
+    description="Run the nodes with --storage-url TARGET --storage-fallback-url SOURCE first, "
+    "so that reads find each blob wherever it is during the migration. Resumable: run it again "
+    "after an interruption.",
+    shared=ARCHIVE,
+    args=(
+        arg("--to", required=True, metavar="URL", help="the target store"),
+        arg(
+            "--from",
+            dest="source",
+            metavar="URL",
+            help="the source store (default: --storage-fallback-url, else --storage-url)",
+        ),
+        arg("--keep-source", action="store_true", help="leave the old copies in place"),
+        BLOB_JOBS,
+        arg("--json", action="store_true"),
+    ),
+)
 def _migrate_storage(settings: Settings, args: argparse.Namespace) -> int:
-    from dicomhub.bootstrap import configure_pydicom, open_storage_migration
+    from dicomhub.bootstrap import closed_after, configure_pydicom, open_storage_migration
 
     configure_pydicom()
-    migration, close = open_storage_migration(settings, args.to, args.source)
     started = time.monotonic()
-    try:
+    with closed_after(open_storage_migration(settings, args.to, args.source)) as migration:
         report = migration.run(remove_source=not args.keep_source, jobs=args.jobs)
-    finally:
-        close()
     seconds = time.monotonic() - started
     if args.json:
         print(json.dumps({**_as_dict(report), "seconds": round(seconds, 3)}, indent=2))

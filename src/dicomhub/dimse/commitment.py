@@ -11,24 +11,22 @@
   to commit to instances (for migration and forwarding) and waits for the
   report on the same association.
 
-These run rarely and off the store path, so they use pynetdicom.
+Both run on :mod:`dicomhub.dimse.requestor`, the one requestor engine.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pynetdicom import AE, evt
-from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from dicomhub.dimse.requestor import Association, AssociationError
 from dicomhub.model.commitment import (
     STORAGE_COMMITMENT_INSTANCE,
+    STORAGE_COMMITMENT_PUSH_MODEL,
     CommitmentItem,
     CommitmentResult,
 )
@@ -79,6 +77,35 @@ def _ref(entry: Dataset) -> CommitmentItem:
     return CommitmentItem(str(entry.ReferencedSOPClassUID), str(entry.ReferencedSOPInstanceUID))
 
 
+def _associate(
+    host: str,
+    port: int,
+    called_ae_title: str,
+    calling_ae_title: str,
+    timeout: float,
+    tls: ssl.SSLContext | None,
+    roles: dict[str, tuple[bool, bool]] | None = None,
+) -> Association:
+    try:
+        return Association.open(
+            host,
+            port,
+            called_ae_title,
+            calling_ae_title,
+            [(STORAGE_COMMITMENT_PUSH_MODEL, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE])],
+            roles=roles,
+            connect_timeout=min(timeout, 10.0),
+            acse_timeout=timeout,
+            dimse_timeout=timeout,
+            tls=tls,
+        )
+    except AssociationError as exc:
+        over = " over TLS" if tls else ""
+        raise CommitmentRefused(
+            f"cannot associate with {called_ae_title} at {host}:{port}{over}: {exc}"
+        ) from exc
+
+
 def send_report(
     host: str,
     port: int,
@@ -99,31 +126,23 @@ def send_report(
         When the peer cannot be associated, does not accept us as SCP, or
         answers with a failure status.
     """
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(StorageCommitmentPushModel, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE])
-    role = SCP_SCU_RoleSelectionNegotiation()
-    role.sop_class_uid = StorageCommitmentPushModel
-    role.scu_role = False
-    role.scp_role = True
-    # pynetdicom wraps the socket itself; a failed handshake only leaves the
-    # association unestablished (and logs the ssl error), so say TLS here.
-    tls_args = None if tls is None else (tls, host)
-    assoc = ae.associate(host, port, ae_title=called_ae_title, ext_neg=[role], tls_args=tls_args)
-    if not assoc.is_established:
-        raise CommitmentRefused(
-            f"cannot associate with {called_ae_title} at {host}:{port}" + (" over TLS" if tls else "")
-        )
+    roles = {STORAGE_COMMITMENT_PUSH_MODEL: (False, True)}
+    assoc = _associate(host, port, called_ae_title, calling_ae_title, timeout, tls, roles)
     try:
-        event_type, information = report_dataset(result)
-        status, _reply = assoc.send_n_event_report(
-            information, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE
-        )
-        code = int(getattr(status, "Status", -1)) if status else -1
-        if code != 0x0000:
+        if not assoc.role(STORAGE_COMMITMENT_PUSH_MODEL)[1]:
             raise CommitmentRefused(
-                f"{called_ae_title} answered the report with "
-                + (f"status 0x{code:04X}" if code >= 0 else "no response")
+                f"{called_ae_title} does not accept us in the Storage Commitment SCP role"
+            )
+        event_type, information = report_dataset(result)
+        try:
+            response = assoc.send_n_event_report(
+                STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, event_type, information
+            )
+        except AssociationError as exc:
+            raise CommitmentRefused(f"{called_ae_title} answered the report with no response: {exc}") from exc
+        if response.status != 0x0000:
+            raise CommitmentRefused(
+                f"{called_ae_title} answered the report with status 0x{response.status:04X}"
             )
     finally:
         assoc.release()
@@ -137,6 +156,7 @@ def request_commitment(
     transaction_uid: str,
     items: Sequence[CommitmentItem],
     timeout: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> CommitmentResult | None:
     """Ask a peer to commit to ``items``; the result if it reports on this association in time.
 
@@ -149,34 +169,26 @@ def request_commitment(
     CommitmentRefused
         When the association or the N-ACTION fails.
     """
-    received: list[Dataset] = []
-    done = threading.Event()
-
-    def on_report(event: evt.Event) -> tuple[int, None]:
-        received.append(event.event_information)
-        done.set()
-        return 0x0000, None  # pynetdicom wants (status, Event Reply)
-
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(StorageCommitmentPushModel, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE])
-    assoc = ae.associate(
-        host, port, ae_title=called_ae_title, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
-    )
-    if not assoc.is_established:
-        raise CommitmentRefused(f"cannot associate with {called_ae_title} at {host}:{port}")
+    assoc = _associate(host, port, called_ae_title, calling_ae_title, timeout, tls)
     try:
         info = Dataset()
         info.TransactionUID = transaction_uid
         info.ReferencedSOPSequence = DicomSequence([_item(i) for i in items])
-        status, _reply = assoc.send_n_action(info, 1, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
-        code = int(getattr(status, "Status", -1)) if status else -1
-        if code != 0x0000:
-            raise CommitmentRefused(
-                f"{called_ae_title} refused the commitment request: "
-                + (f"status 0x{code:04X}" if code >= 0 else "no response")
+        try:
+            response = assoc.send_n_action(
+                STORAGE_COMMITMENT_PUSH_MODEL, STORAGE_COMMITMENT_INSTANCE, 1, info
             )
-        done.wait(timeout)
+        except AssociationError as exc:
+            raise CommitmentRefused(f"{called_ae_title} refused the commitment request: {exc}") from exc
+        if response.status != 0x0000:
+            raise CommitmentRefused(
+                f"{called_ae_title} refused the commitment request: status 0x{response.status:04X}"
+            )
+        try:
+            report = assoc.wait_for_event_report(timeout)
+        except AssociationError:
+            report = None  # the peer ended the association: the report may come on one of its own
     finally:
         assoc.release()
-    return result_from_report(received[0]) if received else None
+    information = None if report is None else report.dataset
+    return None if information is None else result_from_report(information)

@@ -149,6 +149,9 @@ _UNLIMITED_PDU_CAP: Final = 64 << 20
 _LINGER_SECONDS: Final = 2.0
 _LINGER_MAX_BYTES: Final = 1 << 20
 _ABORT_SEND_TIMEOUT: Final = 5.0
+# The slowest transfer rate a P-DATA-TF body may have beyond the DIMSE timeout
+# (bytes per second): a 256 KiB PDU gets 4 s more, a 64 MiB one about 17 min.
+_MIN_PDU_RATE: Final = 64 << 10
 
 _EXPLICIT_VR_BE: Final = "1.2.840.10008.1.2.2"
 _UNCOMPRESSED: Final = (_EXPLICIT_VR_LE, _IMPLICIT_VR_LE, _EXPLICIT_VR_BE)
@@ -361,17 +364,17 @@ class _Association:
             self.sock.settimeout(timeout)
             self.current_timeout = timeout
 
-    def recv_exact(self, view: memoryview) -> None:
-        """Fill `view` from the socket.
+    def recv_exact(self, view: memoryview, deadline: float | None = None) -> None:
+        """Fill `view` from the socket (by ``deadline``, a :func:`time.monotonic` value).
 
         Raises
         ------
         _PeerGone
             On EOF or a socket error.
         TimeoutError
-            When the current timeout expires.
+            When the current timeout expires or ``deadline`` passes.
         """
-        P.recv_exact(self.sock, view)
+        P.recv_exact(self.sock, view, deadline)
 
     def send(self, data: bytes) -> None:
         try:
@@ -429,9 +432,13 @@ class _Association:
         """
         config = self.config
         self.set_timeout(config.acse_timeout)
+        # The whole A-ASSOCIATE-RQ within the ACSE timeout (the ARTIM timer of
+        # PS3.8 9.1.5), not each byte of it: a peer trickling it a byte a
+        # second would otherwise hold this thread for hours.
+        deadline = time.monotonic() + config.acse_timeout
         header = bytearray(6)
         try:
-            self.recv_exact(memoryview(header))
+            self.recv_exact(memoryview(header), deadline)
         except (TimeoutError, _PeerGone):
             LOGGER.info("connection from %s:%s closed before an A-ASSOCIATE-RQ", self.host, self.port)
             return False
@@ -446,7 +453,7 @@ class _Association:
             return False
         body = bytearray(length)
         try:
-            self.recv_exact(memoryview(body))
+            self.recv_exact(memoryview(body), deadline)
         except (TimeoutError, _PeerGone):
             LOGGER.info("truncated A-ASSOCIATE-RQ from %s:%s", self.host, self.port)
             return False
@@ -658,7 +665,12 @@ class _Association:
         """
         config = self.config
         header = bytearray(6)
-        self.recv_exact(memoryview(header))
+        # Deadlines for whole PDUs, not only for each wait (see recv_exact): a
+        # trickled header gets the timeout in effect, a trickled body the DIMSE
+        # timeout plus the time its length takes at _MIN_PDU_RATE.
+        timeout = self.current_timeout
+        deadline = None if not timeout or timeout < 0 else time.monotonic() + timeout
+        self.recv_exact(memoryview(header), deadline)
         pdu_type, _, length = _PDU_HEADER.unpack_from(header)
         if pdu_type == _P_DATA_TF:
             if length > self.pdu_limit:
@@ -667,7 +679,8 @@ class _Association:
                 )
             body = bytearray(length)
             self.set_timeout(config.dimse_timeout)
-            self.recv_exact(memoryview(body))
+            deadline = time.monotonic() + config.dimse_timeout + length / _MIN_PDU_RATE
+            self.recv_exact(memoryview(body), deadline)
             self.bytes_received += length
             self.handle_p_data(body)
             return True

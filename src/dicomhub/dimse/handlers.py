@@ -26,27 +26,23 @@ from dicomhub.dimse.fastpath import (
     QueryRequest,
     RetrievePlan,
     Sendable,
-    StoreOutcome,
-    StoreRequest,
 )
 from dicomhub.dimse.identifiers import encode_match
 from dicomhub.dimse.session import AssociationSession
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
-from dicomhub.iod import Finding
 from dicomhub.model.access import Access, Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
 from dicomhub.model.caller import Caller
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
+from dicomhub.model.ingest import InstanceOrigin, StoreRequest, StoreResponse
 from dicomhub.model.match import Match
 from dicomhub.model.peer import Peer, Role
-from dicomhub.model.policy import ValidationPolicy
 from dicomhub.model.query import Query, Single, UidList, query_from_identifier
 from dicomhub.model.records import InstanceRow
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
-from dicomhub.services.validation import has_errors
 
 __all__ = ["handle_find", "handle_n_action", "handle_retrieve", "handle_store"]
 
@@ -71,51 +67,18 @@ _UNIQUE_KEY = {
 }
 
 
-def handle_store(archive: Archive, req: StoreRequest, session: AssociationSession) -> StoreOutcome:
-    """C-STORE: the one ingest path; the status says what happened.
+def handle_store(archive: Archive, req: StoreRequest, session: AssociationSession) -> StoreResponse:
+    """C-STORE: one call of the one ingest path; the status says what happened.
 
-    Under the ``warn`` and ``reject`` validation policies the data set is
-    checked against its IOD before it is stored (``record``, the default,
-    leaves that to the background worker): ``reject`` refuses an object with
-    errors (0xA900, nothing stored), ``warn`` stores it and answers 0xB007.
-    Spooled large data sets are checked in the background only.
+    Validation, the duplicate decision and the transaction are the ingest
+    service's; this only translates its outcome: a refusal through the
+    status table, a stored object whose IOD validation (policy ``warn``)
+    found errors as 0xB007.
     """
     caller = session.caller
-    policy = archive.validation.policy_for(req.calling_ae_title)
-    findings: list[Finding] | None = None
-    if policy is not ValidationPolicy.RECORD and req.dataset_path is None:
-        findings = archive.validation.validate_bytes(req.dataset, req.transfer_syntax_uid)
-        if policy is ValidationPolicy.REJECT and has_errors(findings):
-            archive.validation.record(
-                req.sop_instance_uid, req.sop_class_uid, caller.ae_title, findings, rejected=True
-            )
-            first = next(f for f in findings if f.is_error)
-            LOGGER.warning(
-                "C-STORE of %s from %s refused by IOD validation: %s",
-                req.sop_instance_uid[:80],
-                caller.name,
-                first.message,
-            )
-            return StoreOutcome(status.STORE_DATASET_DOES_NOT_MATCH, f"IOD: {first.message}"[:64])
     try:
         session.require(Role.STORE)
-        if req.dataset_path is not None:
-            # A large data set, spooled to disk while it arrived.
-            result = archive.ingest.store_received_file(
-                req.dataset_path,
-                req.transfer_syntax_uid,
-                req.sop_class_uid,
-                req.sop_instance_uid,
-                caller,
-            )
-        else:
-            result = archive.ingest.store_received(
-                req.dataset,
-                req.transfer_syntax_uid,
-                req.sop_class_uid,
-                req.sop_instance_uid,
-                caller,
-            )
+        result = archive.ingest.store(req.received(), InstanceOrigin.c_store(req), caller)
     except DicomhubError as exc:
         code = status.store_status(exc)
         if code == status.NOT_AUTHORIZED:
@@ -129,18 +92,16 @@ def handle_store(archive: Archive, req: StoreRequest, session: AssociationSessio
             code,
             exc,
         )
-        return StoreOutcome(code, str(exc)[:64])
+        return StoreResponse(code, str(exc)[:64])
     except Exception as exc:
         LOGGER.exception("C-STORE of %s from %s failed", req.sop_instance_uid[:80], caller.name)
-        return StoreOutcome(status.STORE_PROCESSING_FAILURE, f"processing failure: {type(exc).__name__}"[:64])
+        comment = f"processing failure: {type(exc).__name__}"[:64]
+        return StoreResponse(status.STORE_PROCESSING_FAILURE, comment)
     LOGGER.debug("stored %s (%s)", result.sop_instance_uid, result.outcome.value)
     session.stored(result.study_instance_uid, result.series_instance_uid, ok=True)
-    if findings is not None:
-        archive.validation.record(result.sop_instance_uid, result.sop_class_uid, caller.ae_title, findings)
-        if has_errors(findings):
-            first = next(f for f in findings if f.is_error)
-            return StoreOutcome(status.STORE_DOES_NOT_MATCH_SOP_CLASS, f"IOD: {first.message}"[:64])
-    return StoreOutcome(status.SUCCESS)
+    if result.warning is not None:
+        return StoreResponse(status.STORE_DOES_NOT_MATCH_SOP_CLASS, f"IOD: {result.warning}"[:64])
+    return StoreResponse(status.SUCCESS)
 
 
 def _query(identifier: Dataset, model: str) -> Query:

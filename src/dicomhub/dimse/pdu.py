@@ -3,7 +3,7 @@
 PDU framing (PS3.8 9.3), P-DATA-TF PDVs and their message control header
 (PS3.8 E.2), and the group 0000 command set (always implicit VR little
 endian, PS3.7 6.3.1 / Annex E).  Only what :mod:`dicomhub.dimse.fastpath`
-and :mod:`dicomhub.dimse.scu` need; association negotiation itself is left to
+and :mod:`dicomhub.dimse.requestor` need; association negotiation itself is left to
 pynetdicom's PDU classes.
 
 Sending is zero-copy for data sets: a message is a list of buffers (one
@@ -23,6 +23,7 @@ import select
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -34,6 +35,7 @@ __all__ = [
     "PeerGone",
     "ProtocolError",
     "encode_command",
+    "encode_request",
     "encode_response",
     "encode_store_rq",
     "message_buffers",
@@ -76,8 +78,16 @@ C_ECHO_RSP: Final = 0x8030
 C_CANCEL_RQ: Final = 0x0FFF
 N_EVENT_REPORT_RQ: Final = 0x0100
 N_EVENT_REPORT_RSP: Final = 0x8100
+N_GET_RQ: Final = 0x0110
+N_GET_RSP: Final = 0x8110
+N_SET_RQ: Final = 0x0120
+N_SET_RSP: Final = 0x8120
 N_ACTION_RQ: Final = 0x0130
 N_ACTION_RSP: Final = 0x8130
+N_CREATE_RQ: Final = 0x0140
+N_CREATE_RSP: Final = 0x8140
+N_DELETE_RQ: Final = 0x0150
+N_DELETE_RSP: Final = 0x8150
 NO_DATA_SET: Final = 0x0101
 DATA_SET_PRESENT: Final = 0x0001
 
@@ -96,6 +106,7 @@ E_ERROR_COMMENT: Final = 0x0902
 E_AFFECTED_SOP_INSTANCE: Final = 0x1000
 E_REQUESTED_SOP_INSTANCE: Final = 0x1001
 E_EVENT_TYPE_ID: Final = 0x1002
+E_ATTRIBUTE_IDENTIFIER_LIST: Final = 0x1005
 E_ACTION_TYPE_ID: Final = 0x1008
 E_REMAINING: Final = 0x1020
 E_COMPLETED: Final = 0x1021
@@ -171,6 +182,11 @@ class Command:
     requested_sop_instance_uid: str | None = None
     action_type_id: int | None = None
     event_type_id: int | None = None
+    # C-GET/C-MOVE-RSP: Number of Remaining/Completed/Failed/Warning Sub-operations.
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
 
 
 def parse_command(data: bytes) -> Command:
@@ -228,6 +244,13 @@ def parse_command(data: bytes) -> Command:
         command.message_id_responded_to = us(E_MESSAGE_ID_RSP)
         command.status = us(E_STATUS)
         command.error_comment = text(E_ERROR_COMMENT)
+        if command_field in (C_GET_RSP, C_MOVE_RSP):
+            command.remaining = us(E_REMAINING)
+            command.completed = us(E_COMPLETED)
+            command.failed = us(E_FAILED)
+            command.warning = us(E_WARNING)
+        elif command_field == N_ACTION_RSP:
+            command.action_type_id = us(E_ACTION_TYPE_ID)
     elif command_field == C_MOVE_RQ:
         command.move_destination = text(E_MOVE_DESTINATION)
     elif command_field == N_ACTION_RQ:
@@ -332,6 +355,55 @@ def encode_n_event_report_rq(
             US_ELEMENT.pack(0, E_EVENT_TYPE_ID, 2, event_type_id),
         ]
     )
+
+
+def encode_request(
+    command_field: int,
+    message_id: int,
+    *,
+    affected_sop_class_uid: str | None = None,
+    requested_sop_class_uid: str | None = None,
+    affected_sop_instance_uid: str | None = None,
+    requested_sop_instance_uid: str | None = None,
+    has_data_set: bool = False,
+    priority: int | None = None,
+    move_destination: str | None = None,
+    event_type_id: int | None = None,
+    action_type_id: int | None = None,
+    attribute_identifier_list: Sequence[int] | None = None,
+) -> bytes:
+    """Encode any request command set of PS3.7 9.3 / 10.3 (elements in ascending tag order).
+
+    C-CANCEL-RQ takes `message_id` as its *Message ID Being Responded To*.
+    `attribute_identifier_list` (N-GET-RQ) holds tags as ``0xGGGGEEEE``.
+    """
+    parts = []
+    if affected_sop_class_uid:
+        parts.append(_uid(E_AFFECTED_SOP_CLASS, affected_sop_class_uid))
+    if requested_sop_class_uid:
+        parts.append(_uid(E_REQUESTED_SOP_CLASS, requested_sop_class_uid))
+    parts.append(US_ELEMENT.pack(0, E_COMMAND_FIELD, 2, command_field))
+    id_element = E_MESSAGE_ID_RSP if command_field == C_CANCEL_RQ else E_MESSAGE_ID
+    parts.append(US_ELEMENT.pack(0, id_element, 2, message_id & 0xFFFF))
+    if move_destination:
+        ae = move_destination.strip()[:16].encode("ascii", "replace")
+        parts.append(text_element(E_MOVE_DESTINATION, ae, b" "))
+    if priority is not None:
+        parts.append(US_ELEMENT.pack(0, E_PRIORITY, 2, priority))
+    parts.append(US_ELEMENT.pack(0, E_DATA_SET_TYPE, 2, DATA_SET_PRESENT if has_data_set else NO_DATA_SET))
+    if affected_sop_instance_uid:
+        parts.append(_uid(E_AFFECTED_SOP_INSTANCE, affected_sop_instance_uid))
+    if requested_sop_instance_uid:
+        parts.append(_uid(E_REQUESTED_SOP_INSTANCE, requested_sop_instance_uid))
+    if event_type_id is not None:
+        parts.append(US_ELEMENT.pack(0, E_EVENT_TYPE_ID, 2, event_type_id))
+    if attribute_identifier_list:
+        # AT values: group then element, each a little endian US (PS3.5 6.2).
+        tags = b"".join(struct.pack("<HH", tag >> 16, tag & 0xFFFF) for tag in attribute_identifier_list)
+        parts.append(ELEMENT_HEADER.pack(0, E_ATTRIBUTE_IDENTIFIER_LIST, len(tags)) + tags)
+    if action_type_id is not None:
+        parts.append(US_ELEMENT.pack(0, E_ACTION_TYPE_ID, 2, action_type_id))
+    return encode_command(parts)
 
 
 def encode_store_rq(
@@ -445,15 +517,20 @@ def send_buffers(sock: socket.socket, buffers: Sequence[bytes | memoryview]) -> 
         raise PeerGone(str(exc)) from exc
 
 
-def recv_exact(sock: socket.socket, view: memoryview) -> None:
+def recv_exact(sock: socket.socket, view: memoryview, deadline: float | None = None) -> None:
     """Fill `view` from the socket.
+
+    The socket's timeout bounds each wait for data, so a peer that trickles
+    a byte now and then would never time out; ``deadline`` (a
+    :func:`time.monotonic` value) bounds the whole read. It is checked after
+    each partial read, so a stuck read ends at most one socket timeout late.
 
     Raises
     ------
     PeerGone
         On EOF or a socket error.
     TimeoutError
-        When the socket's timeout expires.
+        When the socket's timeout expires, or ``deadline`` passed before `view` was full.
     """
     recv_into = sock.recv_into
     size = len(view)
@@ -464,6 +541,8 @@ def recv_exact(sock: socket.socket, view: memoryview) -> None:
             if not got:
                 raise PeerGone("connection closed by peer")
             pos += got
+            if deadline is not None and pos < size and time.monotonic() > deadline:
+                raise TimeoutError(f"{pos} of {size} bytes received before the deadline")
     except TimeoutError:
         raise
     except OSError as exc:

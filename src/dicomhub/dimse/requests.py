@@ -2,7 +2,10 @@
 
 These value types are the contract between :mod:`dicomhub.dimse.fastpath`
 (the association loop, which knows the protocol) and the handlers in
-:mod:`dicomhub.dimse.handlers` (which know the archive).
+:mod:`dicomhub.dimse.handlers` (which know the archive). The C-STORE pair
+lives in :mod:`dicomhub.model.ingest`, shared with the ingest service; it is
+re-exported here under the loop's names (``StoreOutcome`` is the C-STORE-RSP,
+:class:`~dicomhub.model.ingest.StoreResponse`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom.dataset import Dataset
+
+from dicomhub.model.ingest import StoreRequest, StoreResponse
 
 __all__ = [
     "QUERY_RETRIEVE_SOP_CLASSES",
@@ -41,48 +46,8 @@ GET_MODELS: Final = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1
 #: The Patient Root and Study Root FIND/MOVE/GET information models.
 QUERY_RETRIEVE_SOP_CLASSES: Final = FIND_MODELS | MOVE_MODELS | GET_MODELS
 
-
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
-    """One received C-STORE-RQ with its data set.
-
-    Attributes
-    ----------
-    calling_ae_title, called_ae_title : str
-        AE titles from the A-ASSOCIATE-RQ (stripped).
-    peer_host : str
-        IP address of the requestor.
-    message_id : int
-        *Message ID* (0000,0110) of the request.
-    sop_class_uid, sop_instance_uid : str
-        *Affected SOP Class/Instance UID* from the command set.
-    transfer_syntax_uid : str
-        Transfer syntax of the accepted presentation context the data set
-        was sent on.
-    dataset : bytes
-        The data set exactly as received (no File Meta), all fragments
-        joined; ``b""`` when `dataset_path` is set.
-    move_originator_ae_title, move_originator_message_id : str or None, int or None
-        Set when the store is a C-MOVE sub-operation.
-    dataset_path : str or None
-        Set for a data set larger than ``FastPathConfig.spool_threshold``:
-        a temporary file whose whole content is the data set exactly as
-        received (no File Meta).  It belongs to the association loop, which
-        deletes it as soon as ``on_store`` returns or raises; the callback
-        must have copied (or hard-linked) what it keeps by then.
-    """
-
-    calling_ae_title: str
-    called_ae_title: str
-    peer_host: str
-    message_id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-    dataset: bytes
-    move_originator_ae_title: str | None
-    move_originator_message_id: int | None
-    dataset_path: str | None = None
+# The association loop's name for the C-STORE-RSP it sends.
+StoreOutcome = StoreResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,23 +121,6 @@ class NActionOutcome:
     status: int
     report: Callable[[], tuple[int, Dataset]] | None = None
     delivered: Callable[[], None] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    """What to answer a C-STORE-RQ with.
-
-    Attributes
-    ----------
-    status : int
-        DIMSE status of the C-STORE-RSP.
-    error_comment : str or None
-        *Error Comment* (0000,0902); sent only for a non-success status and
-        truncated to the 64 characters LO allows.
-    """
-
-    status: int
-    error_comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
     Engine,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
     delete,
     func,
     insert,
@@ -29,33 +21,11 @@ from sqlalchemy import (
 )
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import metadata
+from dicomhub.index.schema import association_log
 from dicomhub.model.associations import AssociationRecord
 
-__all__ = ["AssociationLogRepository", "association_log"]
+__all__ = ["AssociationLogRepository"]
 
-_PK = BigInteger().with_variant(Integer(), "sqlite")
-
-association_log = Table(
-    "association_log",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("calling_ae_title", String(16), nullable=False),
-    Column("called_ae_title", String(16), nullable=False),
-    Column("peer_host", String(64), nullable=False),
-    # released / aborted / rejected
-    Column("outcome", String(16), nullable=False),
-    Column("reason", Text),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("milliseconds", Integer, nullable=False),
-    Column("accepted_contexts", Integer, nullable=False),
-    Column("rejected_contexts", Integer, nullable=False),
-    Column("contexts_json", Text),
-    Column("operations_json", Text, nullable=False),
-    Column("bytes_received", BigInteger, nullable=False),
-    Index("ix_association_log_started", "started_at"),
-    Index("ix_association_log_calling", "calling_ae_title"),
-)
 
 
 class AssociationLogRepository:
@@ -102,8 +72,7 @@ class AssociationLogRepository:
 
             item["contexts"] = json.loads(item.pop("contexts_json") or "null")
             item["operations"] = json.loads(item.pop("operations_json"))
-            started = item["started_at"]
-            item["started_at"] = (started if started.tzinfo else started.replace(tzinfo=dt.UTC)).isoformat()
+            item["started_at"] = item["started_at"].isoformat()
             out.append(item)
         return out
 

@@ -7,7 +7,6 @@ this is operations data, written by the background process and read by
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, select
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import move_cursor, read_cursor
 from dicomhub.index.schema import decode_check, instance, series, study
+from dicomhub.model.timestamps import iso_utc, utc_now
 
 __all__ = ["DecodeCheckRepository", "DecodeResult", "PendingInstance"]
 
@@ -83,7 +83,7 @@ class DecodeCheckRepository:
 
     def record(self, results: Sequence[DecodeResult], cursor_name: str, position: int) -> None:
         """Save results and move the cursor to ``position``, in one transaction."""
-        now = dt.datetime.now(dt.UTC)
+        now = utc_now()
         with engines.write(self.engine) as conn:
             uids = [r.sop_instance_uid for r in results]
             if uids:
@@ -155,7 +155,7 @@ class DecodeCheckRepository:
         out = []
         for r in rows:
             item = dict(r)
-            item["checked_at"] = _iso(item["checked_at"])
+            item["checked_at"] = iso_utc(item["checked_at"])
             out.append(item)
         return out
 
@@ -173,8 +173,3 @@ _FAILED_AND_HELD = (
     .join(series, series.c.pk == instance.c.series_pk)
     .join(study, study.c.pk == series.c.study_pk)
 )
-
-def _iso(value: dt.datetime) -> str:
-    if value.tzinfo is None:  # SQLite hands back naive datetimes
-        value = value.replace(tzinfo=dt.UTC)
-    return value.isoformat()

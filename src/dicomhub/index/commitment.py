@@ -10,14 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    DateTime,
     Engine,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
     func,
     insert,
     select,
@@ -25,31 +18,16 @@ from sqlalchemy import (
 )
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import metadata
+from dicomhub.index.schema import storage_commitment
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
+from dicomhub.model.timestamps import utc_now
 
-__all__ = ["CommitmentRepository", "StoredTransaction", "storage_commitment"]
+__all__ = ["CommitmentRepository", "StoredTransaction"]
 
 PENDING = "pending"  # the report is still to be delivered
 DELIVERED = "delivered"  # the requestor answered the N-EVENT-REPORT with success
 GAVE_UP = "gave-up"  # no delivery possible within the retry window
 
-storage_commitment = Table(
-    "storage_commitment",
-    metadata,
-    Column("transaction_uid", String(64), primary_key=True),
-    Column("calling_ae_title", String(16), nullable=False),
-    Column("peer_host", String(64)),
-    Column("items_json", Text, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
-    Column("last_error", Text),
-    Column("result_json", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True)),
-    Index("ix_storage_commitment_due", "state", "next_attempt_at"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +38,6 @@ class StoredTransaction:
     created_at: dt.datetime
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 class CommitmentRepository:
@@ -77,7 +49,7 @@ class CommitmentRepository:
     def save_request(self, request: CommitmentRequest) -> None:
         """Record (or renew, for a repeated Transaction UID) a pending transaction."""
         items = json.dumps([[i.sop_class_uid, i.sop_instance_uid] for i in request.items])
-        now = _now()
+        now = utc_now()
         values: dict[str, Any] = {
             "calling_ae_title": request.calling_ae_title[:16],
             "peer_host": request.peer_host[:64],
@@ -120,7 +92,7 @@ class CommitmentRepository:
                     select(storage_commitment)
                     .where(
                         storage_commitment.c.state == PENDING,
-                        storage_commitment.c.next_attempt_at <= _now(),
+                        storage_commitment.c.next_attempt_at <= utc_now(),
                     )
                     .order_by(storage_commitment.c.created_at)
                     .limit(limit)
@@ -136,7 +108,7 @@ class CommitmentRepository:
                 update(storage_commitment)
                 .where(storage_commitment.c.transaction_uid == result.transaction_uid)
                 .values(
-                    state=DELIVERED, delivered_at=_now(), result_json=_result_json(result), last_error=None
+                    state=DELIVERED, delivered_at=utc_now(), result_json=_result_json(result), last_error=None
                 )
             )
 
@@ -181,7 +153,7 @@ class CommitmentRepository:
             item["result"] = json.loads(r["result_json"]) if r["result_json"] else None
             for key in ("next_attempt_at", "created_at", "delivered_at"):
                 if item[key] is not None:
-                    item[key] = _aware(item[key]).isoformat()
+                    item[key] = item[key].isoformat()
             out.append(item)
         return out
 
@@ -191,7 +163,7 @@ def _transaction(row: Any) -> StoredTransaction:
     request = CommitmentRequest(
         row["transaction_uid"], items, row["calling_ae_title"], row["peer_host"] or ""
     )
-    return StoredTransaction(request, row["state"], int(row["attempts"]), _aware(row["created_at"]))
+    return StoredTransaction(request, row["state"], int(row["attempts"]), row["created_at"])
 
 
 def _result_json(result: CommitmentResult) -> str:

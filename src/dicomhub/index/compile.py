@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnClause
 
-from dicomhub.index.schema import instance, patient, series, study
-from dicomhub.index.security import study_label
+from dicomhub.index.schema import instance, patient, series, study, study_label
 from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import BY_KEYWORD, Attribute
 from dicomhub.model.identifiers import Level

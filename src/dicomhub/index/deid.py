@@ -1,37 +1,19 @@
-"""The governed side of de-identification.
-
-* ``deid_project``: one row per project; the fingerprint of its key (a keyed
-  digest, never the secret) detects a changed secret;
-* ``deid_run`` and ``deid_run_item``: who de-identified what, when and why, and
-  the per-instance progress that makes a run resumable;
-* ``deid_mapping``: original -> replacement per project and kind, the only
-  place re-identification reads;
-* the security tables (principals, tokens, grants, the audit log) are in
-  :mod:`dicomhub.index.security`; they are re-exported here for old imports.
+"""The governed side of de-identification: projects, runs and their items, and
+the original -> replacement mappings re-identification reads (the tables are in
+:mod:`dicomhub.index.schema.deid`).
 
 Every value comes in as a bound parameter; nothing here builds SQL text.
 """
-
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
     Table,
-    Text,
-    UniqueConstraint,
     and_,
     func,
     insert,
@@ -42,92 +24,19 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import metadata
-from dicomhub.index.security import SecurityRepository, api_token, audit_event, principal, role_grant
-
-__all__ = [
-    "DeidRepository",
-    "SecurityRepository",
-    "api_token",
-    "audit_event",
-    "deid_mapping",
-    "deid_project",
-    "deid_run",
-    "deid_run_item",
-    "principal",
-    "role_grant",
-]
-
-_PK = BigInteger().with_variant(Integer(), "sqlite")
-# Original values are UIDs, IDs and person names (PN: up to 3 x 64 characters per group).
-_VALUE = 400
-
-deid_project = Table(
-    "deid_project",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("key_fingerprint", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    sqlite_autoincrement=True,
+from dicomhub.index.schema import (
+    MAPPING_VALUE_LENGTH,
+    deid_mapping,
+    deid_project,
+    deid_run,
+    deid_run_item,
 )
+from dicomhub.index.security import SecurityRepository
+from dicomhub.model.timestamps import iso_utc, utc_now
 
-deid_run = Table(
-    "deid_run",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("project_pk", _PK, ForeignKey("deid_project.pk"), nullable=False, index=True),
-    # "archive": a new study in this archive; "export": objects sent to a peer.
-    Column("kind", String(16), nullable=False),
-    Column("actor", String(128), nullable=False),
-    Column("source_address", String(64), nullable=False, default=""),
-    Column("reason", Text, nullable=False),
-    Column("source_study_uid", String(64), nullable=False, index=True),
-    Column("source_series_uid", String(64)),
-    Column("target_study_uid", String(64), index=True),
-    Column("destination", String(16)),
-    Column("options", Text, nullable=False),  # JSON: option words and burned-in policy
-    Column("status", String(16), nullable=False, index=True),
-    Column("owner", String(64)),  # which process works on it
-    Column("total", Integer, nullable=False, default=0),
-    Column("stored", Integer, nullable=False, default=0),
-    Column("already_present", Integer, nullable=False, default=0),
-    Column("refused", Integer, nullable=False, default=0),
-    Column("failed", Integer, nullable=False, default=0),
-    Column("error", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("started_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    sqlite_autoincrement=True,
-)
+__all__ = ["DeidRepository", "SecurityRepository"]
 
-deid_run_item = Table(
-    "deid_run_item",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("run_pk", _PK, ForeignKey("deid_run.pk"), nullable=False),
-    Column("source_sop_instance_uid", String(64), nullable=False),
-    Column("target_sop_instance_uid", String(64)),
-    # pending, stored, already-present, refused, failed
-    Column("status", String(16), nullable=False),
-    Column("detail", Text),
-    UniqueConstraint("run_pk", "source_sop_instance_uid", name="uq_deid_run_item"),
-    Index("ix_deid_run_item_status", "run_pk", "status"),
-)
 
-deid_mapping = Table(
-    "deid_mapping",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("project_pk", _PK, ForeignKey("deid_project.pk"), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("original", String(_VALUE), nullable=False),
-    Column("replacement", String(_VALUE), nullable=False),
-    Column("first_run_pk", _PK, ForeignKey("deid_run.pk")),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("project_pk", "kind", "original", name="uq_deid_mapping"),
-    Index("ix_deid_mapping_replacement", "project_pk", "replacement"),
-)
 
 def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str]) -> Any:
     """INSERT ... ON CONFLICT (unique) DO NOTHING, in the connection's dialect."""
@@ -138,14 +47,6 @@ def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=unique)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
 
 
 def _run_dict(row: Any) -> dict[str, Any]:
@@ -153,7 +54,7 @@ def _run_dict(row: Any) -> dict[str, Any]:
     item["id"] = item.pop("pk")
     item["options"] = json.loads(item["options"])
     for key in ("created_at", "started_at", "finished_at"):
-        item[key] = _iso(item[key])
+        item[key] = iso_utc(item[key])
     return item
 
 
@@ -181,7 +82,7 @@ class DeidRepository:
         try:
             with engines.write(self.engine) as conn:
                 pk = conn.execute(
-                    insert(deid_project).values(name=name, key_fingerprint=fingerprint, created_at=_now())
+                    insert(deid_project).values(name=name, key_fingerprint=fingerprint, created_at=utc_now())
                 ).inserted_primary_key
         except IntegrityError:  # created meanwhile by another process
             found = self.project(name)
@@ -195,7 +96,7 @@ class DeidRepository:
             rows = conn.execute(
                 select(deid_project.c.name, deid_project.c.created_at).order_by(deid_project.c.name)
             ).all()
-        return [{"name": r[0], "created_at": _iso(r[1])} for r in rows]
+        return [{"name": r[0], "created_at": iso_utc(r[1])} for r in rows]
 
     # ---------------------------------------------------------------- runs
 
@@ -204,7 +105,7 @@ class DeidRepository:
         with engines.write(self.engine) as conn:
             row = dict(values)
             row["options"] = json.dumps(row["options"], sort_keys=True)
-            row.setdefault("created_at", _now())
+            row.setdefault("created_at", utc_now())
             if row.get("status") == "running":
                 row.setdefault("started_at", row["created_at"])
             row["total"] = len(source_instance_uids)
@@ -288,7 +189,7 @@ class DeidRepository:
                 update(deid_run)
                 .where(deid_run.c.pk == pk)
                 .values(
-                    status="running", owner=owner, started_at=func.coalesce(deid_run.c.started_at, _now())
+                    status="running", owner=owner, started_at=func.coalesce(deid_run.c.started_at, utc_now())
                 )
             )
         return int(pk)
@@ -348,7 +249,7 @@ class DeidRepository:
             conn.execute(
                 update(deid_run)
                 .where(deid_run.c.pk == run_pk)
-                .values(status=status, error=error, finished_at=_now(), owner=None)
+                .values(status=status, error=error, finished_at=utc_now(), owner=None)
             )
 
     def run_project_pk(self, run_pk: int) -> int:
@@ -371,10 +272,11 @@ class DeidRepository:
     ) -> None:
         """Insert the pairs not yet mapped; a pair already there (from an earlier run, or
         from a concurrent export in another process) keeps its first run."""
-        wanted = {(kind, original[:_VALUE]): replacement[:_VALUE] for kind, original, replacement in mappings}
+        cut = MAPPING_VALUE_LENGTH
+        wanted = {(kind, original[:cut]): replacement[:cut] for kind, original, replacement in mappings}
         if not wanted:
             return
-        now = _now()
+        now = utc_now()
         rows = [
             {
                 "project_pk": project_pk,

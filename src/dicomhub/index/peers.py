@@ -1,4 +1,5 @@
-"""The peer registry table (see :mod:`dicomhub.model.peer`).
+"""The peer registry in the index (see :mod:`dicomhub.model.peer`; the table is
+``peer`` in :mod:`dicomhub.index.schema.network`).
 
 Only peers managed at run time are here; those of the configuration file are
 held by :class:`dicomhub.services.peers.PeerService`. ``auth`` holds the
@@ -9,20 +10,10 @@ password is stored as is, readable by whoever can read the index.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
     Engine,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
     delete,
     insert,
     select,
@@ -31,37 +22,13 @@ from sqlalchemy import (
 
 from dicomhub.errors import Conflict
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import metadata
+from dicomhub.index.schema import peer
 from dicomhub.model.migration import RemoteKind
 from dicomhub.model.peer import Peer, PeerSource, parse_roles
+from dicomhub.model.timestamps import utc_now
 
-__all__ = ["PeerRepository", "peer"]
+__all__ = ["PeerRepository"]
 
-_PK = BigInteger().with_variant(Integer(), "sqlite")
-
-peer = Table(
-    "peer",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("ae_title", String(16), nullable=False),  # "": not a DIMSE peer
-    Column("host", String(255), nullable=False),
-    Column("port", Integer),  # NULL: calls us only, never called
-    Column("tls", Boolean, nullable=False),
-    Column("dicomweb_url", Text, nullable=False),
-    Column("auth", Text, nullable=False),
-    Column("folder", Text, nullable=False),
-    Column("principal", String(128), nullable=False),
-    Column("tls_subject", String(255), nullable=False),
-    Column("roles", String(255), nullable=False),  # comma separated Role values
-    Column("migrate_via", String(16), nullable=False),  # "": chosen from what it has
-    Column("retrieve", String(8), nullable=False),
-    Column("find_limit", Integer, nullable=False),
-    Column("description", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Index("ix_peer_ae_title", "ae_title"),
-)
 
 
 def _values(p: Peer) -> dict[str, Any]:
@@ -85,9 +52,6 @@ def _values(p: Peer) -> dict[str, Any]:
 
 
 def _peer(row: Any) -> Peer:
-    created = row.created_at
-    if created is not None and created.tzinfo is None:
-        created = created.replace(tzinfo=dt.UTC)  # SQLite drops the zone
     return Peer(
         name=row.name,
         ae_title=row.ae_title,
@@ -105,7 +69,7 @@ def _peer(row: Any) -> Peer:
         find_limit=row.find_limit,
         description=row.description,
         source=PeerSource.INDEX,
-        created_at=created,
+        created_at=row.created_at,
     )
 
 
@@ -115,7 +79,7 @@ class PeerRepository:
 
     def add(self, p: Peer) -> Peer:
         """Insert ``p``; :class:`Conflict` when its name is taken."""
-        now = dt.datetime.now(dt.UTC)
+        now = utc_now()
         with engines.write(self.engine) as conn:
             if conn.execute(select(peer.c.pk).where(peer.c.name == p.name)).first() is not None:
                 raise Conflict(f"a peer named {p.name!r} is registered already")
@@ -129,7 +93,7 @@ class PeerRepository:
             result = conn.execute(
                 update(peer)
                 .where(peer.c.name == p.name)
-                .values(**_values(p), updated_at=dt.datetime.now(dt.UTC))
+                .values(**_values(p), updated_at=utc_now())
             )
             if not result.rowcount:
                 return None

@@ -36,13 +36,16 @@ from dicomhub.index import engine as engines
 from dicomhub.index.compile import compile_query, patient_counts, scope_clause
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.schema import change, conflict, instance, patient, series, study
+from dicomhub.index.security import insert_labels
+from dicomhub.index.validation import ValidationRecord, insert_validation_records
 from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import Condition, Query
 from dicomhub.model.records import InstanceHeader, InstanceRow
+from dicomhub.model.timestamps import utc_now
 
-__all__ = ["AddOutcome", "AddResult", "IndexRepository", "SearchRow", "StoredBlob"]
+__all__ = ["AddOutcome", "AddResult", "Alongside", "IndexRepository", "SearchRow", "StoredBlob"]
 
 _ATTEMPTS = 5
 
@@ -62,6 +65,27 @@ class AddOutcome:
     result: AddResult
     existing: InstanceRow | None = None
     replaced_blob_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alongside:
+    """What ingest writes with an instance row, in the row's transaction: the labels
+    of its study and the findings of its IOD validation.
+
+    Written only when the row is (created or replaced): an object that is
+    already held keeps what it had. A failure of any of them rolls back the
+    row too, so a stored object never lacks its labels (which access control
+    reads) or its findings.
+    """
+
+    labels: tuple[str, ...] = ()
+    validation: ValidationRecord | None = None
+
+    def write(self, conn: Connection, study_instance_uid: str) -> None:
+        if self.labels:
+            insert_labels(conn, study_instance_uid, self.labels)
+        if self.validation is not None:
+            insert_validation_records(conn, [self.validation])
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +169,6 @@ _STUDY_BUMP = (
 )
 _INSERT_CHANGE = insert(change)
 
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _change(change_type: str, level: Level, uid: str, at: dt.datetime) -> dict[str, Any]:
@@ -246,8 +267,10 @@ class IndexRepository:
         content_sha256: str,
         source_ae_title: str | None,
         overwrite: bool,
+        alongside: Alongside | None = None,
     ) -> AddOutcome:
-        """Index an instance whose blob is already durable, in one transaction.
+        """Index an instance whose blob is already durable, in one transaction
+        (with what goes ``alongside`` it, when the row is written).
 
         Returns EXISTS (with the existing row) when the SOP Instance UID is
         already indexed and ``overwrite`` is false or the bytes are the same.
@@ -259,7 +282,7 @@ class IndexRepository:
         Conflict
             The series is indexed under another study.
         """
-        job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite)
+        job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite, alongside)
         for attempt in range(_ATTEMPTS):
             try:
                 outcome, parents = self._writer.run(job)
@@ -282,18 +305,24 @@ class IndexRepository:
         self,
         items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]],
         overwrite: bool,
+        alongside: Sequence[Alongside | None] | None = None,
     ) -> list[AddOutcome | BaseException]:
         """Index several instances (header, blob, content digest, source AE) in shared
-        transactions; each item gets its outcome or its error, as from :meth:`add_instance`."""
-        jobs = [self._add_job(h, b, c, ae, overwrite) for h, b, c, ae in items]
+        transactions; each item gets its outcome or its error, as from :meth:`add_instance`.
+        ``alongside`` has one entry per item."""
+        extras = list(alongside) if alongside is not None else [None] * len(items)
+        jobs = [
+            self._add_job(h, b, c, ae, overwrite, extra)
+            for (h, b, c, ae), extra in zip(items, extras, strict=True)
+        ]
         results = self._writer.run_all(jobs)
         out: list[AddOutcome | BaseException] = []
-        for (header, blob, content, ae), result in zip(items, results, strict=True):
+        for (header, blob, content, ae), extra, result in zip(items, extras, results, strict=True):
             if isinstance(result, IntegrityError):
                 # Lost a race with another writer: the one-by-one path retries.
                 self._parents.clear()
                 try:
-                    out.append(self.add_instance(header, blob, content, ae, overwrite))
+                    out.append(self.add_instance(header, blob, content, ae, overwrite, extra))
                 except BaseException as exc:
                     out.append(exc)
             elif isinstance(result, BaseException):
@@ -306,7 +335,9 @@ class IndexRepository:
         return out
 
     def add_new_instances(
-        self, items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]]
+        self,
+        items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]],
+        alongside: Sequence[Alongside | None] | None = None,
     ) -> list[AddOutcome] | None:
         """Index instances that are all new, in one transaction of a few multi-row statements.
 
@@ -318,7 +349,7 @@ class IndexRepository:
         item by item (:meth:`add_instances`), which gives each its own answer.
         """
         try:
-            created, parents = self._writer.run(functools.partial(self._insert_new, items))
+            created, parents = self._writer.run(functools.partial(self._insert_new, items, alongside))
         except (_NotAllNew, PatientMismatch, Conflict, IntegrityError):
             self._parents.clear()  # a remembered parent may be gone: the per-item path finds out
             return None
@@ -329,6 +360,7 @@ class IndexRepository:
     def _insert_new(
         self,
         items: Sequence[tuple[InstanceHeader, StoredBlob, str, str | None]],
+        alongside: Sequence[Alongside | None] | None,
         conn: Connection,
     ) -> tuple[list[AddOutcome], dict[str, _Parents]]:
         """Index ``items`` when all are new and unique, with multi-row statements.
@@ -349,7 +381,7 @@ class IndexRepository:
         if conn.execute(select(instance.c.pk).where(instance.c.sop_instance_uid.in_(uids)).limit(1)).first():
             raise _NotAllNew
         engines.serialize_appends(conn)
-        now = _now()
+        now = utc_now()
         changes: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         parents: dict[str, _Parents] = {}
@@ -371,6 +403,10 @@ class IndexRepository:
         conn.execute(_SERIES_BUMP, [{"b_pk": pk, "b_n": n} for pk, n in per_series.items()])
         conn.execute(_STUDY_BUMP, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
         conn.execute(_INSERT_CHANGE, changes)
+        if alongside is not None:
+            for (h, _b, _c, _ae), extra in zip(items, alongside, strict=True):
+                if extra is not None:
+                    extra.write(conn, h.study_instance_uid)
         return [AddOutcome(AddResult.CREATED) for _ in items], parents
 
     def _add_job(
@@ -380,6 +416,7 @@ class IndexRepository:
         content_sha256: str,
         source_ae_title: str | None,
         overwrite: bool,
+        alongside: Alongside | None = None,
     ) -> Callable[[Connection], tuple[AddOutcome, _Parents | None]]:
         def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
             existing = self._get_instance(conn, header.sop_instance_uid)
@@ -389,10 +426,14 @@ class IndexRepository:
                 engines.serialize_appends(conn)
                 self._remove_instance(conn, existing.pk)
                 parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
-                return AddOutcome(AddResult.REPLACED, existing, existing.blob_key), parents
-            engines.serialize_appends(conn)
-            parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
-            return AddOutcome(AddResult.CREATED), parents
+                outcome = AddOutcome(AddResult.REPLACED, existing, existing.blob_key)
+            else:
+                engines.serialize_appends(conn)
+                parents = self._insert(conn, header, blob, content_sha256, source_ae_title)
+                outcome = AddOutcome(AddResult.CREATED)
+            if alongside is not None:
+                alongside.write(conn, header.study_instance_uid)
+            return outcome, parents
 
         return job
 
@@ -405,7 +446,7 @@ class IndexRepository:
         source_ae_title: str | None,
     ) -> _Parents:
         """Index one instance under its (found or created) parents."""
-        now = _now()
+        now = utc_now()
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
         if known is not None and known.study_uid == h.study_instance_uid and (
@@ -501,7 +542,7 @@ class IndexRepository:
 
     def _remove_instance(self, conn: Connection, instance_pk: int) -> None:
         """Delete one instance row and keep the counts and empty parents right."""
-        now = _now()
+        now = utc_now()
         r = conn.execute(
             select(instance.c.sop_instance_uid, instance.c.series_pk, series.c.study_pk)
             .join(series, series.c.pk == instance.c.series_pk)
@@ -523,7 +564,7 @@ class IndexRepository:
         detail: str,
     ) -> None:
         """Record a refused copy; its blob stays in the store (quarantine)."""
-        now = _now()
+        now = utc_now()
         with engines.write(self.engine) as conn:
             engines.serialize_appends(conn)
             conn.execute(
@@ -804,7 +845,7 @@ class IndexRepository:
 
         def job(conn: Connection) -> dict[str, list[str]]:
             engines.serialize_appends(conn)
-            now = _now()
+            now = utc_now()
             removed: dict[str, list[str]] = {
                 "blob_keys": [], "instances": [], "series": [], "studies": [], "patients": [],
             }  # fmt: skip

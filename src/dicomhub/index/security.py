@@ -1,17 +1,8 @@
-"""The security tables: principals, API tokens, role grants, study labels and the audit log.
-
-* ``principal``: a user or a service, by name; grants and tokens hang off it;
-* ``api_token``: the SHA-256 of each token (never the token), optionally expiring;
-* ``role_grant``: (principal, role, scope) with the scope text of
-  :class:`dicomhub.model.access.Scope`;
-* ``study_label``: (study UID, label), by UID so that an ingest rule can label a
-  study in the transaction that creates it and a label outlives nothing it names;
-* ``audit_event`` and its ``audit_study`` rows: append-only, queryable by
-  principal, action, time and study.
+"""Principals, API tokens, role grants, study labels and the audit log: reads and
+writes of the security tables (:mod:`dicomhub.index.schema.security`).
 
 Every value comes in as a bound parameter; nothing here builds SQL text.
 """
-
 from __future__ import annotations
 
 import datetime as dt
@@ -20,18 +11,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     delete,
     func,
     insert,
@@ -41,109 +22,23 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import metadata, patient, study
-
-__all__ = [
-    "AuditRepository",
-    "SecurityRepository",
-    "api_token",
-    "audit_event",
-    "audit_study",
-    "principal",
-    "role_grant",
-    "study_label",
-]
-
-_PK = BigInteger().with_variant(Integer(), "sqlite")
-
-principal = Table(
-    "principal",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("kind", String(16), nullable=False, default="user"),  # user, service
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    sqlite_autoincrement=True,
+from dicomhub.index.schema import (
+    api_token,
+    audit_event,
+    audit_study,
+    patient,
+    principal,
+    role_grant,
+    study,
+    study_label,
 )
+from dicomhub.model.timestamps import iso_utc, utc_now
 
-api_token = Table(
-    "api_token",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False, index=True),
-    Column("token_sha256", String(64), nullable=False, unique=True),
-    Column("label", String(128), nullable=False, default=""),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True)),
-    Column("expires_at", DateTime(timezone=True)),
-    sqlite_autoincrement=True,
-)
-
-role_grant = Table(
-    "role_grant",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("principal_pk", _PK, ForeignKey("principal.pk"), nullable=False),
-    Column("role", String(32), nullable=False),
-    Column("scope", String(128), nullable=False),
-    Column("granted_by", String(128), nullable=False),
-    Column("granted_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("principal_pk", "role", "scope", name="uq_role_grant"),
-)
-
-study_label = Table(
-    "study_label",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("study_instance_uid", String(64), nullable=False),
-    Column("label", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("study_instance_uid", "label", name="uq_study_label"),
-    Index("ix_study_label_label", "label", "study_instance_uid"),
-)
-
-# Append-only: rows are inserted, never updated or deleted by dicomhub.
-audit_event = Table(
-    "audit_event",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False, index=True),
-    Column("action", String(32), nullable=False, index=True),
-    Column("outcome", String(4), nullable=False),
-    Column("principal", String(128), nullable=False, index=True),
-    Column("channel", String(16), nullable=False),
-    Column("ae_title", String(16), nullable=False, default=""),
-    Column("address", String(64), nullable=False, default=""),
-    Column("detail_json", Text, nullable=False),
-    sqlite_autoincrement=True,
-)
-
-audit_study = Table(
-    "audit_study",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("event_pk", _PK, ForeignKey("audit_event.pk"), nullable=False, index=True),
-    Column("study_instance_uid", String(64), nullable=False, index=True),
-    Column("patient_id", String(64), nullable=False, default=""),
-    Column("series_instance_uids", Text, nullable=False, default=""),  # backslash-separated
-    Column("number_of_instances", Integer, nullable=False, default=0),
-)
+__all__ = ["AuditRepository", "SecurityRepository"]
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite gives naive datetimes back; every stored time is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    stamp = utc(value)
-    return stamp.isoformat() if stamp is not None else None
 
 
 def insert_labels(conn: Connection, study_instance_uid: str, labels: Iterable[str]) -> None:
@@ -151,7 +46,7 @@ def insert_labels(conn: Connection, study_instance_uid: str, labels: Iterable[st
     from sqlalchemy.dialects import postgresql, sqlite
 
     rows = [
-        {"study_instance_uid": study_instance_uid, "label": label, "created_at": _now()}
+        {"study_instance_uid": study_instance_uid, "label": label, "created_at": utc_now()}
         for label in sorted(set(labels))
     ]
     if not rows:
@@ -176,7 +71,7 @@ class SecurityRepository:
         pk = conn.execute(select(principal.c.pk).where(principal.c.name == name)).scalar()
         if pk is None and create:
             inserted = conn.execute(
-                insert(principal).values(name=name, kind=kind, created_at=_now())
+                insert(principal).values(name=name, kind=kind, created_at=utc_now())
             ).inserted_primary_key
             assert inserted is not None
             pk = inserted[0]
@@ -198,7 +93,7 @@ class SecurityRepository:
             return self._principal_pk(conn, name, create=False) is not None
 
     def principals(self) -> list[dict[str, Any]]:
-        now = _now()
+        now = utc_now()
         active = (
             select(func.count(api_token.c.pk))
             .where(
@@ -222,7 +117,7 @@ class SecurityRepository:
             {
                 "name": r[0],
                 "kind": r[1],
-                "created_at": _iso(r[2]),
+                "created_at": iso_utc(r[2]),
                 "active_tokens": int(r[3]),
                 "grants": by_name.get(r[0], []),
             }
@@ -241,7 +136,7 @@ class SecurityRepository:
                     principal_pk=principal_pk,
                     token_sha256=token_sha256,
                     label=label,
-                    created_at=_now(),
+                    created_at=utc_now(),
                     expires_at=expires_at,
                 )
             ).inserted_primary_key
@@ -259,7 +154,7 @@ class SecurityRepository:
             )
             if token_id is not None:
                 query = query.where(api_token.c.pk == token_id)
-            return int(conn.execute(query.values(revoked_at=_now())).rowcount)
+            return int(conn.execute(query.values(revoked_at=utc_now())).rowcount)
 
     def tokens(self, principal_name: str | None = None) -> list[dict[str, Any]]:
         query = (
@@ -283,9 +178,9 @@ class SecurityRepository:
                 "id": r[0],
                 "principal": r[1],
                 "label": r[2],
-                "created_at": _iso(r[3]),
-                "revoked_at": _iso(r[4]),
-                "expires_at": _iso(r[5]),
+                "created_at": iso_utc(r[3]),
+                "revoked_at": iso_utc(r[4]),
+                "expires_at": iso_utc(r[5]),
             }
             for r in rows
         ]
@@ -306,7 +201,7 @@ class SecurityRepository:
             grants = conn.execute(
                 select(role_grant.c.role, role_grant.c.scope).where(role_grant.c.principal_pk == row[0])
             ).all()
-        return str(row[1]), utc(row[2]), utc(row[3]), [(str(g[0]), str(g[1])) for g in grants]
+        return str(row[1]), row[2], row[3], [(str(g[0]), str(g[1])) for g in grants]
 
     # ---------------------------------------------------------------- grants
 
@@ -321,7 +216,7 @@ class SecurityRepository:
                         role=role,
                         scope=scope,
                         granted_by=granted_by,
-                        granted_at=_now(),
+                        granted_at=utc_now(),
                     )
                 )
         except IntegrityError:
@@ -375,7 +270,7 @@ class SecurityRepository:
         else:
             rows = conn.execute(query).all()
         return [
-            {"principal": r[0], "role": r[1], "scope": r[2], "granted_by": r[3], "granted_at": _iso(r[4])}
+            {"principal": r[0], "role": r[1], "scope": r[2], "granted_by": r[3], "granted_at": iso_utc(r[4])}
             for r in rows
         ]
 
@@ -387,7 +282,7 @@ class SecurityRepository:
             with engines.write(self.engine) as conn:
                 conn.execute(
                     insert(study_label).values(
-                        study_instance_uid=study_instance_uid, label=label, created_at=_now()
+                        study_instance_uid=study_instance_uid, label=label, created_at=utc_now()
                     )
                 )
         except IntegrityError:
@@ -450,7 +345,7 @@ class AuditRepository:
         and their studies, and one commit for the batch."""
         if not events:
             return []
-        at = _now()
+        at = utc_now()
         with engines.write(self.engine) as conn:
             pks = [
                 int(row[0])
@@ -519,25 +414,6 @@ class AuditRepository:
                 ).mappings():
                     studies.setdefault(int(s["event_pk"]), []).append(dict(s))
         for row in rows:
-            row["at"] = utc(row["at"])
+            row["at"] = row["at"]
             row["detail"] = json.loads(row.pop("detail_json"))
         return [(row, studies.get(int(row["pk"]), [])) for row in rows]
-
-
-def legacy_audit_codes(action: str, outcome: str) -> tuple[str, str]:
-    """The AuditAction and AuditOutcome values of a de-identification audit entry
-    written with its own words (``deid-run-start``/``accepted``, ``reidentify``/
-    ``forbidden``...), which stay in the event's detail as ``event`` and ``result``."""
-    if action == "reidentify":
-        code = "reidentify"
-    elif action.startswith("deid"):
-        code = "deidentify"
-    else:
-        code = "security-change"
-    if outcome in ("unauthenticated", "forbidden"):
-        result = "8"
-    elif outcome in ("not-found", "invalid", "failed"):
-        result = "4"
-    else:
-        result = "0"
-    return code, result

@@ -8,18 +8,24 @@ validate`` and the admin endpoint.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, insert, or_, select
+from sqlalchemy import Connection, Engine, case, delete, func, insert, or_, select
 
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import move_cursor, read_cursor
 from dicomhub.index.schema import instance, validation_finding, validation_instance
+from dicomhub.model.timestamps import iso_utc, utc_now
 
-__all__ = ["FindingRow", "PendingValidation", "ValidationRecord", "ValidationRepository"]
+__all__ = [
+    "FindingRow",
+    "PendingValidation",
+    "ValidationRecord",
+    "ValidationRepository",
+    "insert_validation_records",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,48 @@ class PendingValidation:
     checked: bool
 
 
+def insert_validation_records(conn: Connection, records: Sequence[ValidationRecord]) -> None:
+    """Save the results of ``records`` inside the caller's transaction, replacing earlier
+    ones of the same objects (ingest writes an object's findings with its row)."""
+    now = utc_now()
+    uids = [r.sop_instance_uid for r in records]
+    for start in range(0, len(uids), 500):
+        chunk = uids[start : start + 500]
+        conn.execute(delete(validation_finding).where(validation_finding.c.sop_instance_uid.in_(chunk)))
+        conn.execute(delete(validation_instance).where(validation_instance.c.sop_instance_uid.in_(chunk)))
+    if not records:
+        return
+    conn.execute(
+        insert(validation_instance),
+        [
+            {
+                "sop_instance_uid": r.sop_instance_uid,
+                "sop_class_uid": r.sop_class_uid,
+                "source_ae_title": r.source_ae_title,
+                "errors": sum(1 for f in r.findings if f.severity == "error"),
+                "warnings": sum(1 for f in r.findings if f.severity != "error"),
+                "rejected": r.rejected,
+                "checked_at": now,
+            }
+            for r in records
+        ],
+    )
+    rows = [
+        {
+            "sop_instance_uid": r.sop_instance_uid,
+            "severity": f.severity,
+            "code": f.code,
+            "module": f.module,
+            "attribute": f.attribute[:256],
+            "message": f.message,
+        }
+        for r in records
+        for f in r.findings
+    ]
+    if rows:
+        conn.execute(insert(validation_finding), rows)
+
+
 class ValidationRepository:
     """Validation results and the cursor of the worker that produces them."""
 
@@ -67,47 +115,8 @@ class ValidationRepository:
 
     def record(self, records: Sequence[ValidationRecord], cursor: tuple[str, int] | None = None) -> None:
         """Save results (replacing earlier ones of the same objects) and move a cursor, in one transaction."""
-        now = dt.datetime.now(dt.UTC)
         with engines.write(self.engine) as conn:
-            uids = [r.sop_instance_uid for r in records]
-            for start in range(0, len(uids), 500):
-                chunk = uids[start : start + 500]
-                conn.execute(
-                    delete(validation_finding).where(validation_finding.c.sop_instance_uid.in_(chunk))
-                )
-                conn.execute(
-                    delete(validation_instance).where(validation_instance.c.sop_instance_uid.in_(chunk))
-                )
-            if records:
-                conn.execute(
-                    insert(validation_instance),
-                    [
-                        {
-                            "sop_instance_uid": r.sop_instance_uid,
-                            "sop_class_uid": r.sop_class_uid,
-                            "source_ae_title": r.source_ae_title,
-                            "errors": sum(1 for f in r.findings if f.severity == "error"),
-                            "warnings": sum(1 for f in r.findings if f.severity != "error"),
-                            "rejected": r.rejected,
-                            "checked_at": now,
-                        }
-                        for r in records
-                    ],
-                )
-                rows = [
-                    {
-                        "sop_instance_uid": r.sop_instance_uid,
-                        "severity": f.severity,
-                        "code": f.code,
-                        "module": f.module,
-                        "attribute": f.attribute[:256],
-                        "message": f.message,
-                    }
-                    for r in records
-                    for f in r.findings
-                ]
-                if rows:
-                    conn.execute(insert(validation_finding), rows)
+            insert_validation_records(conn, records)
             if cursor is not None:
                 move_cursor(conn, *cursor)
 
@@ -147,7 +156,7 @@ class ValidationRepository:
                 r.sop_class_uid,
                 r.blob_key,
                 r.source_ae_title,
-                r.checked_at is not None and _utc(r.checked_at) >= _utc(r.received_at),
+                r.checked_at is not None and r.checked_at >= r.received_at,
             )
             for r in rows
         ]
@@ -197,7 +206,7 @@ class ValidationRepository:
         out = []
         for r in rows:
             item = dict(r)
-            item["checked_at"] = _iso(item["checked_at"])
+            item["checked_at"] = iso_utc(item["checked_at"])
             item["rejected"] = bool(item["rejected"])
             out.append(item)
         return out
@@ -267,7 +276,7 @@ class ValidationRepository:
                 "instances_with_errors": int(r.with_errors or 0),
                 "instances_with_warnings": int(r.with_warnings or 0),
                 "instances_rejected": int(r.rejected or 0),
-                "last_checked_at": _iso(r.last_checked_at),
+                "last_checked_at": iso_utc(r.last_checked_at),
                 "top_findings": tops.get(r.source_ae_title, []),
             }
             for r in counts
@@ -281,11 +290,3 @@ def _held() -> Any:
 
 def _flag(condition: Any) -> Any:
     return case((condition, 1), else_=0)
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
-
-
-def _iso(value: dt.datetime) -> str:
-    return _utc(value).isoformat()

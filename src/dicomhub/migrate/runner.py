@@ -49,7 +49,6 @@ from dicomhub import codec
 from dicomhub.config import Settings, tls_client_context
 from dicomhub.deid import Options
 from dicomhub.errors import DicomhubError
-from dicomhub.index.migration import ITEM_DONE, ITEM_FAILED, ITEM_PENDING
 from dicomhub.migrate.sources import (
     DicomwebSource,
     DimseSource,
@@ -61,8 +60,12 @@ from dicomhub.migrate.sources import (
 from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open_target
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level
+from dicomhub.model.ingest import InstanceOrigin, Part10Object, ReceivedDataSet, StoreOutcome
 from dicomhub.model.migration import (
     HEARTBEAT_SECONDS,
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEM_PENDING,
     STALE_SECONDS,
     Inventory,
     InventorySeries,
@@ -76,7 +79,6 @@ from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.deidentify import MigrationDeid
-from dicomhub.services.ingest import StoreOutcome
 from dicomhub.services.migration import selected
 
 __all__ = ["Migrator", "Progress", "Transform", "owner_name"]
@@ -128,10 +130,13 @@ class Progress:
 class _StoreSink:
     """Stores what a source fetches through the archive's one store path."""
 
-    def __init__(self, archive: Archive, caller: Caller, transform: Transform | None) -> None:
+    def __init__(
+        self, archive: Archive, caller: Caller, transform: Transform | None, origin: InstanceOrigin
+    ) -> None:
         self.archive = archive
         self.caller = caller
         self.transform = transform
+        self.origin = origin
         self.bytes = 0  # stored (objects found already present count nothing)
 
     def _transformed(self, data: bytes) -> bytes:
@@ -149,9 +154,8 @@ class _StoreSink:
 
             part10 = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, None) + dataset
             return self.store_part10(part10)
-        result = self.archive.ingest.store_received(
-            dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, self.caller
-        )
+        received = ReceivedDataSet(transfer_syntax_uid, sop_class_uid, sop_instance_uid, dataset)
+        result = self.archive.ingest.store(received, self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
     def _count(self, size: int, outcome: StoreOutcome) -> int:
@@ -163,13 +167,13 @@ class _StoreSink:
     def store_part10(self, data: bytes) -> int:
         if self.transform is not None:
             data = self._transformed(data)
-        result = self.archive.ingest.store_part10(data, self.caller)
+        result = self.archive.ingest.store(Part10Object(data), self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
     def store_file(self, path: Path) -> int:
         if self.transform is not None:
             return self.store_part10(path.read_bytes())
-        result = self.archive.ingest.store_part10_file(path, self.caller)
+        result = self.archive.ingest.store(Part10Object(path=str(path)), self.origin, self.caller)
         return self._count(result.size, result.outcome)
 
 
@@ -180,6 +184,10 @@ def _tls(settings: Settings, remote: RemoteArchive) -> ssl.SSLContext | None:
     if remote.kind is not RemoteKind.DIMSE or not remote.tls:
         return None
     return tls_client_context(settings)
+
+
+# (item, state, attempts, instances done, bytes, error) of one series of a job.
+Outcome = tuple[dict[str, Any], str, int, int, int, str | None]
 
 
 class _Pusher:
@@ -210,13 +218,26 @@ class _Pusher:
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self._target().held(study_uid, series_uid)
 
-    def push_series(self, study_uid: str, series: InventorySeries, uid: Callable[[str], str]) -> int:
-        """Send what the target lacks of a stored series; return the bytes sent."""
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series -> SOP Instance UIDs the target holds of a study, in one query (None:
+        the target refuses a query over a whole study)."""
+        return self._target().held_study(study_uid)
+
+    def push_series(
+        self,
+        study_uid: str,
+        series: InventorySeries,
+        uid: Callable[[str], str],
+        there: set[str] | None = None,
+    ) -> int:
+        """Send what the target lacks of a stored series (``there``: what it holds,
+        asked of it when None); return the bytes sent."""
         query = Query(
             Level.SERIES, (Condition("SeriesInstanceUID", "UI", Single(series.series_instance_uid)),)
         )
         rows = self.archive.search.instances(query, self.caller)
-        there = self.held(uid(study_uid), uid(series.series_instance_uid))
+        if there is None:
+            there = self.held(uid(study_uid), uid(series.series_instance_uid))
         outgoing = [self._outgoing(row, uid) for row in rows if uid(row.sop_instance_uid) not in there]
         sent = self._target().send(outgoing)
         with self._lock:
@@ -657,14 +678,14 @@ class Migrator:
                 return pusher.held(uid(study_uid), uid(series_uid))
             return repo.local_instances_of_series(uid(series_uid))
 
-        def one(item: dict[str, Any]) -> tuple[dict[str, Any], str, int, int, int, str | None]:
+        def one(item: dict[str, Any]) -> Outcome:
             study_uid = item["study_instance_uid"]
             series = series_of.get(item["series_instance_uid"]) or InventorySeries(
                 item["series_instance_uid"]
             )
             expected = {uid(sop) for sop in series.instances}
             attempts, error = item["attempts"], None
-            sink = _StoreSink(self.archive, caller, transform)
+            sink = _StoreSink(self.archive, caller, transform, InstanceOrigin.migration(name))
             for attempt in range(self.retries + 1):
                 if stop.is_set():
                     return item, ITEM_PENDING, attempts, 0, sink.bytes, error
@@ -690,33 +711,75 @@ class Migrator:
                 done = 0
             return item, ITEM_FAILED if not stop.is_set() else ITEM_PENDING, attempts, done, sink.bytes, error
 
+        # A push checks what the target holds study by study: the series of a study are
+        # sent (what the target's inventory of the job lacked), then one query tells
+        # what arrived. A series that did not arrive is retried on its own.
+        known = self.service.repo.inventory(self.service.remote(name)[0]) if pusher is not None else None
+
+        def one_study(items: list[dict[str, Any]]) -> list[Outcome]:
+            if pusher is None or known is None or stop.is_set():
+                return [one(item) for item in items]
+            study_uid = items[0]["study_instance_uid"]
+            have = known.studies.get(uid(study_uid))
+            sent: dict[int, int] = {}
+            errors: dict[int, str] = {}
+            for item in items:
+                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
+                    item["series_instance_uid"]
+                )
+                there = have.series.get(uid(series.series_instance_uid)) if have else None
+                try:
+                    sent[item["pk"]] = pusher.push_series(
+                        study_uid, series, uid, set(there.instances) if there else set()
+                    )
+                except (DicomhubError, OSError) as exc:
+                    errors[item["pk"]] = str(exc) or type(exc).__name__
+            try:
+                after = pusher.held_study(uid(study_uid))
+            except (DicomhubError, OSError) as exc:
+                LOGGER.warning("study %s: what the target holds is unknown: %s", study_uid, exc)
+                after = None
+            out: list[Outcome] = []
+            for item in items:
+                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
+                    item["series_instance_uid"]
+                )
+                expected = {uid(sop) for sop in series.instances}
+                nbytes = sent.get(item["pk"], 0)
+                arrived = after is not None and expected <= after.get(uid(series.series_instance_uid), set())
+                if item["pk"] not in errors and arrived:
+                    out.append((item, ITEM_DONE, item["attempts"] + 1, len(series.instances), nbytes, None))
+                    continue
+                if item["pk"] in errors:
+                    LOGGER.warning("series %s: %s", series.series_instance_uid, errors[item["pk"]])
+                again = one({**item, "attempts": item["attempts"] + 1})
+                out.append((item, *again[1:4], again[4] + nbytes, again[5]))
+            return out
+
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        for entry in pending:
+            by_study.setdefault(
+                entry["study_instance_uid"] if pusher is not None else str(entry["pk"]), []
+            ).append(entry)
+
         with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix=f"migrate-{job_id}") as pool:
-            queue: Iterator[dict[str, Any]] = iter(pending)
-            running: set[Future[tuple[dict[str, Any], str, int, int, int, str | None]]] = set()
+            queue: Iterator[list[dict[str, Any]]] = iter(by_study.values())
+            running: set[Future[list[Outcome]]] = set()
 
             def refill() -> None:
                 while len(running) < max(1, parallel) and not stop.is_set():
-                    item = next(queue, None)
-                    if item is None:
+                    items = next(queue, None)
+                    if items is None:
                         return
-                    running.add(pool.submit(one, item))
+                    running.add(pool.submit(one_study, items))
 
             refill()
             while running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.discard(future)
-                    item, state, attempts, done, nbytes, error = future.result()
-                    repo.finish_item(
-                        item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error
-                    )
-                    with lock:
-                        shown.bytes_done += nbytes
-                        if state == ITEM_DONE:
-                            shown.series_done += 1
-                            shown.instances_done += item["expected_instances"]
-                        elif state == ITEM_FAILED:
-                            shown.series_failed += 1
+                    for item, state, attempts, done, nbytes, error in future.result():
+                        self._finished(repo, item, state, attempts, done, nbytes, error, shown, lock)
                     if progress:
                         progress(shown)
                 refill()
@@ -729,6 +792,27 @@ class Migrator:
         if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
             return JobState.STOPPED
         return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE
+
+    @staticmethod
+    def _finished(
+        repo: Any,
+        item: dict[str, Any],
+        state: str,
+        attempts: int,
+        done: int,
+        nbytes: int,
+        error: str | None,
+        shown: Progress,
+        lock: threading.Lock,
+    ) -> None:
+        repo.finish_item(item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error)
+        with lock:
+            shown.bytes_done += nbytes
+            if state == ITEM_DONE:
+                shown.series_done += 1
+                shown.instances_done += item["expected_instances"]
+            elif state == ITEM_FAILED:
+                shown.series_failed += 1
 
     def _fetch(
         self,

@@ -13,9 +13,7 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import ssl
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +23,10 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, build_role, evt
-from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 from pynetdicom.status import code_to_category
 
 from dicomhub.codec import transfer_syntaxes
+from dicomhub.dimse.requestor import Association, AssociationError, IncomingStore, Responses, StoreHandler
 from dicomhub.errors import DicomhubError
 from dicomhub.model.identifiers import is_valid_uid
 from dicomhub.model.migration import (
@@ -59,6 +51,10 @@ __all__ = [
 
 LOGGER = logging.getLogger("dicomhub.migrate")
 
+_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+_QUERY_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR Little Endian
 _STUDY_KEYS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber")
 
 
@@ -125,30 +121,6 @@ def _study(ds: Dataset) -> InventoryStudy | None:
 # --------------------------------------------------------------------------- DIMSE
 
 
-def _responses_to_the_requester(assoc: Association) -> None:
-    """Keep pynetdicom's reactor thread from taking the responses to our requests.
-
-    pynetdicom pauses the association's reactor before a request by clearing an
-    event and waiting for a flag the reactor sets *before* it blocks on that
-    event, so the reactor may still run one more loop after the requester thinks
-    it paused. That loop takes the next DIMSE message off the queue; a C-FIND
-    response taken so is dropped ("Received unexpected C-FIND service message")
-    and its match is lost. Under GIL contention (several associations at once,
-    as the inventory runs) this happened a few times in a thousand queries.
-    These associations only make requests (the C-STORE sub-operations of a C-GET
-    arrive in the requester's own response loop), so the reactor never needs a
-    DIMSE message: it is given none.
-    """
-    get_msg = assoc.dimse.get_msg
-
-    def requester_only(block: bool = False) -> Any:
-        if threading.current_thread() is assoc:
-            return None, None
-        return get_msg(block)
-
-    assoc.dimse.get_msg = requester_only  # type: ignore[method-assign]
-
-
 @dataclass
 class DimseSource:
     """A DIMSE archive: C-FIND for the inventory, C-MOVE or C-GET for the objects."""
@@ -159,66 +131,72 @@ class DimseSource:
     timeout: float = 60.0
     tls: ssl.SSLContext | None = None  # DICOM TLS client context (the peer has tls); None: plain TCP
 
-    def _associate(self, contexts: Sequence[Any], **kwargs: Any) -> Association:
-        ae = AE(ae_title=self.calling_ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
-        for context in contexts:
-            if isinstance(context, tuple):
-                ae.add_requested_context(*context)
-            else:
-                ae.add_requested_context(context)
-        # pynetdicom wraps the socket and checks the certificate against the host;
-        # a failed handshake only leaves the association unestablished.
-        tls_args = None if self.tls is None else (self.tls, self.remote.host)
-        assoc = ae.associate(
-            self.remote.host, self.remote.port, ae_title=self.remote.ae_title, tls_args=tls_args, **kwargs
-        )
-        if not assoc.is_established:
+    def _associate(
+        self,
+        contexts: Sequence[str | tuple[str, Sequence[str]]],
+        roles: dict[str, tuple[bool, bool]] | None = None,
+        on_c_store: StoreHandler | None = None,
+    ) -> Association:
+        """An association with the peer; a bare SOP Class in `contexts` is proposed
+        in the query syntaxes (Explicit and Implicit VR Little Endian)."""
+        proposed = [(c, _QUERY_SYNTAXES) if isinstance(c, str) else c for c in contexts]
+        try:
+            return Association.open(
+                self.remote.host,
+                self.remote.port,
+                self.remote.ae_title,
+                self.calling_ae_title,
+                proposed,
+                roles=roles,
+                connect_timeout=min(self.timeout, 10.0),
+                acse_timeout=self.timeout,
+                dimse_timeout=self.timeout,
+                tls=self.tls,
+                on_c_store=on_c_store,
+            )
+        except AssociationError as exc:
             over = "" if self.tls is None else " over TLS (handshake or certificate)"
             raise RemoteError(
                 f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port} "
-                f"refused or did not answer the association{over}"
-            )
-        _responses_to_the_requester(assoc)
-        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-        if sock is not None:
-            # Without it, each C-FIND waits on Nagle and delayed ACKs (tens of ms). It once
-            # seemed to garble Orthanc's answers; that was the reactor race above.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return assoc
+                f"refused or did not answer the association{over}: {exc}"
+            ) from exc
 
     def __post_init__(self) -> None:
         self._find_assoc: Association | None = None
 
     def _finder(self) -> Association:
         """One association for all the C-FINDs of a walk (set-up costs more than a query)."""
-        if self._find_assoc is None or not self._find_assoc.is_established:
-            self._find_assoc = self._associate([StudyRootQueryRetrieveInformationModelFind])
+        if self._find_assoc is None or not self._find_assoc.is_open:
+            self._find_assoc = self._associate([(_FIND, _QUERY_SYNTAXES)])
         return self._find_assoc
 
     def close(self) -> None:
-        if self._find_assoc is not None and self._find_assoc.is_established:
+        if self._find_assoc is not None and self._find_assoc.is_open:
             self._find_assoc.release()
         self._find_assoc = None
 
     def _find(self, assoc: Association, query: Dataset) -> tuple[list[Dataset], bool]:
         answers: list[Dataset] = []
         cut = False
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-            if not status:
-                raise RemoteError("C-FIND: no response from the peer (timeout or abort)")
-            code = int(status.Status)
-            category = code_to_category(code)
-            if category == "Pending":
-                if identifier is None:
-                    # pynetdicom could not decode the answer: the inventory would have a gap.
-                    raise RemoteError("C-FIND: an undecodable answer from the peer")
-                answers.append(identifier)
-            elif category in ("Cancel", "Warning"):
-                cut = True
-            elif category != "Success":
-                comment = status.get("ErrorComment", "")
-                raise RemoteError(f"C-FIND failed with status 0x{code:04X} {comment}".strip())
+        try:
+            for response in assoc.send_c_find(_FIND, query):
+                code = response.status
+                category = code_to_category(code)
+                if category == "Pending":
+                    try:
+                        identifier = response.dataset
+                    except Exception as exc:  # noqa: BLE001 - pydicom raises anything on garbage
+                        raise RemoteError(f"C-FIND: an undecodable answer from the peer: {exc}") from exc
+                    if identifier is None:
+                        raise RemoteError("C-FIND: a pending answer without an identifier")
+                    answers.append(identifier)
+                elif category in ("Cancel", "Warning"):
+                    cut = True
+                elif category != "Success":
+                    comment = response.error_comment or ""
+                    raise RemoteError(f"C-FIND failed with status 0x{code:04X} {comment}".strip())
+        except AssociationError as exc:
+            raise RemoteError(f"C-FIND: {exc}") from exc
         limit = self.remote.find_limit
         return answers, cut or (limit > 0 and len(answers) >= limit)
 
@@ -293,26 +271,75 @@ class DimseSource:
         out = []
         for answer in answers:
             uid = _text(answer, "SeriesInstanceUID")
-            if not uid:
-                continue
-            series = InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality"))
-            query = Dataset()
-            query.QueryRetrieveLevel = "IMAGE"
-            query.StudyInstanceUID = study_uid
-            query.SeriesInstanceUID = uid
-            query.SOPInstanceUID = ""
-            query.SOPClassUID = ""
-            instances, cut = self._find(assoc, query)
-            if cut:
-                raise RemoteError(f"the peer's answer for the instances of series {uid} is incomplete")
-            for i in instances:
+            if uid:
+                out.append(InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality")))
+        # The instances of all series in one query when the peer answers it (a C-FIND
+        # round trip costs more than its answers); series by series otherwise.
+        whole = self._study_instances(study_uid, with_class=True) if len(out) > 1 else None
+        for series in out:
+            if whole is not None:
+                found = whole.get(series.series_instance_uid, [])
+            else:
+                query = Dataset()
+                query.QueryRetrieveLevel = "IMAGE"
+                query.StudyInstanceUID = study_uid
+                query.SeriesInstanceUID = series.series_instance_uid
+                query.SOPInstanceUID = ""
+                query.SOPClassUID = ""
+                found, cut = self._find(assoc, query)
+                if cut:
+                    raise RemoteError(
+                        f"the peer's answer for the instances of series "
+                        f"{series.series_instance_uid} is incomplete"
+                    )
+            for i in found:
                 sop = _text(i, "SOPInstanceUID")
                 if sop:
                     series.instances[sop] = InventoryInstance(
                         _uid(sop, "SOP Instance UID"), _text(i, "SOPClassUID")
                     )
-            out.append(series)
         return out
+
+    def _study_instances(
+        self, study_uid: str, *, with_class: bool = False
+    ) -> dict[str, list[Dataset]] | None:
+        """The IMAGE-level answers of a whole study by Series Instance UID, in one C-FIND;
+        None when the peer refuses such a query (PS3.4 C.4.1.2.1 lets it insist on the
+        series UID), cuts its answer short, or leaves the series UID out of its answers."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = ""
+        query.SOPInstanceUID = ""
+        if with_class:
+            query.SOPClassUID = ""
+        try:
+            answers, cut = self._find(self._finder(), query)
+        except RemoteError as exc:
+            if self._find_assoc is None or not self._find_assoc.is_open:
+                raise  # the association broke: not a refusal
+            LOGGER.debug("study %s: no IMAGE-level query over the whole study: %s", study_uid, exc)
+            return None
+        if cut:
+            return None  # a find limit or a warning: asked series by series instead
+        out: dict[str, list[Dataset]] = {}
+        for answer in answers:
+            series_uid = _text(answer, "SeriesInstanceUID")
+            if not series_uid:
+                return None
+            out.setdefault(series_uid, []).append(answer)
+        return out
+
+    def study_instances(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series Instance UID -> the SOP Instance UIDs the peer holds, for a whole study
+        in one query (a push target is checked so); None if the peer refuses it."""
+        found = self._study_instances(study_uid)
+        if found is None:
+            return None
+        return {
+            series: {sop for sop in (_text(a, "SOPInstanceUID") for a in answers) if sop}
+            for series, answers in found.items()
+        }
 
     def series_instances(self, study_uid: str, series_uid: str) -> set[str]:
         """The SOP Instance UIDs the peer holds in a series (a push target is checked so)."""
@@ -336,27 +363,22 @@ class DimseSource:
     def move_series(self, study_uid: str, series: InventorySeries) -> int:
         """C-MOVE the series to dicomhub's own AE; return the completed sub-operations."""
         try:
-            assoc = self._associate([StudyRootQueryRetrieveInformationModelMove])
+            assoc = self._associate([(_MOVE, _QUERY_SYNTAXES)])
         except RemoteError as exc:
             raise MoveRefused(str(exc)) from exc
         if not assoc.accepted_contexts:
             assoc.release()
             raise MoveRefused("the peer does not accept C-MOVE (Study Root)")
-        completed, last = 0, None
+        completed = 0
         try:
-            for status, _identifier in assoc.send_c_move(
-                self._identifier(study_uid, series.series_instance_uid),
-                self.move_destination,
-                StudyRootQueryRetrieveInformationModelMove,
-            ):
-                if not status:
-                    raise RemoteError("C-MOVE: no response from the peer (timeout or abort)")
-                last = status
-                completed = int(status.get("NumberOfCompletedSuboperations", completed) or completed)
+            responses = assoc.send_c_move(
+                _MOVE, self._identifier(study_uid, series.series_instance_uid), self.move_destination
+            )
+            completed = _drain(responses, "C-MOVE")
         finally:
             assoc.release()
-        assert last is not None
-        code = int(last.Status)
+        assert responses.final is not None
+        code = responses.final.status
         if code_to_category(code) in ("Success", "Warning"):
             return completed
         if completed == 0:
@@ -376,40 +398,32 @@ class DimseSource:
         received = [0]
         failures: list[str] = []
 
-        def on_store(event: Any) -> int:
+        def on_store(request: IncomingStore) -> int:
             try:
                 sink.store_dataset(
-                    event.request.DataSet.getvalue(),
-                    str(event.context.transfer_syntax),
-                    str(event.request.AffectedSOPClassUID),
-                    str(event.request.AffectedSOPInstanceUID),
+                    request.data, request.transfer_syntax_uid, request.sop_class_uid, request.sop_instance_uid
                 )
             except DicomhubError as exc:
-                failures.append(f"{event.request.AffectedSOPInstanceUID}: {exc}")
+                failures.append(f"{request.sop_instance_uid}: {exc}")
                 return 0xA700 if "storage" in str(exc).lower() else 0xC000
             received[0] += 1
             return 0x0000
 
         assoc = self._associate(
-            [StudyRootQueryRetrieveInformationModelGet, *[(c, syntaxes) for c in classes]],
-            ext_neg=[build_role(c, scp_role=True) for c in classes],
-            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            [(_GET, _QUERY_SYNTAXES), *[(c, syntaxes) for c in classes]],
+            roles={c: (False, True) for c in classes},
+            on_c_store=on_store,
         )
-        last = None
         try:
-            for status, _identifier in assoc.send_c_get(
-                self._identifier(study_uid, series.series_instance_uid),
-                StudyRootQueryRetrieveInformationModelGet,
-            ):
-                if not status:
-                    raise RemoteError("C-GET: no response from the peer (timeout or abort)")
-                last = status
+            responses = assoc.send_c_get(_GET, self._identifier(study_uid, series.series_instance_uid))
+            _drain(responses, "C-GET")
         finally:
             assoc.release()
         if failures:
             raise RemoteError(f"{len(failures)} objects not stored: {failures[0]}")
-        if last is None or code_to_category(int(last.Status)) not in ("Success", "Warning"):
-            code = -1 if last is None else int(last.Status)
+        final = responses.final
+        if final is None or code_to_category(final.status) not in ("Success", "Warning"):
+            code = -1 if final is None else final.status
             raise RemoteError(f"C-GET failed with status 0x{code:04X}")
         return received[0]
 
@@ -417,6 +431,17 @@ class DimseSource:
         if self.remote.retrieve == "move":
             return self.move_series(study_uid, series)
         return self.get_series(study_uid, series, sink)
+
+
+def _drain(responses: Responses, what: str) -> int:
+    """Read a C-MOVE/C-GET's responses to the final one; its completed sub-operations."""
+    completed = 0
+    try:
+        for response in responses:
+            completed = response.command.completed if response.command.completed is not None else completed
+    except AssociationError as exc:
+        raise RemoteError(f"{what}: {exc}") from exc
+    return completed
 
 
 # --------------------------------------------------------------------------- DICOMweb
@@ -536,6 +561,25 @@ class DicomwebSource:
                 return set()
             raise
         return {sop for sop in (_json_value(a, "00080018") for a in answers) if sop}
+
+    def study_instances(self, study_uid: str) -> dict[str, set[str]] | None:
+        """Series Instance UID -> the SOP Instance UIDs the peer holds, for a whole study
+        in one QIDO-RS request; None if the answers do not name their series."""
+        path = f"/studies/{_uid(study_uid, 'Study Instance UID')}/instances"
+        try:
+            answers = self._qido(path, {"includefield": "0020000E"})
+        except RemoteError as exc:
+            if "HTTP 404" in str(exc):  # nothing of the study yet
+                return {}
+            raise
+        out: dict[str, set[str]] = {}
+        for answer in answers:
+            series, sop = _json_value(answer, "0020000E"), _json_value(answer, "00080018")
+            if not series:
+                return None
+            if sop:
+                out.setdefault(series, set()).add(sop)
+        return out
 
     def retrieve_series(self, study_uid: str, series: InventorySeries, sink: Sink) -> int:
         path = f"/studies/{study_uid}/series/{series.series_instance_uid}"

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from dicomhub.dimse.scu import StoreAssociation, StoreAssociationError
+from dicomhub.dimse.requestor import Association, AssociationError
 from dicomhub.errors import DicomhubError
 from dicomhub.migrate.sources import DicomwebSource, DimseSource, RemoteError
 from dicomhub.model.encoding import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
@@ -76,11 +76,11 @@ class DimseTarget:
         self.timeout = timeout
         self.tls = tls  # DICOM TLS client context for every association to it; None: plain TCP
         self.finder = DimseSource(remote, calling_ae_title, calling_ae_title, timeout, tls)
-        self._assoc: StoreAssociation | None = None
+        self._assoc: Association | None = None
         self._proposed: frozenset[tuple[str, tuple[str, ...]]] = frozenset()
         self._used = 0.0
 
-    def _association(self, contexts: Sequence[tuple[str, Sequence[str]]]) -> StoreAssociation:
+    def _association(self, contexts: Sequence[tuple[str, Sequence[str]]]) -> Association:
         wanted = frozenset((a, tuple(ts)) for a, ts in contexts)
         assoc = self._assoc
         fresh = time.monotonic() - self._used < _IDLE_REUSE
@@ -91,7 +91,7 @@ class DimseTarget:
         # classes or syntaxes alternate without a new association each time.
         merged = self._proposed | wanted if len(self._proposed | wanted) <= 128 else wanted
         try:
-            assoc = StoreAssociation.open(
+            assoc = Association.open(
                 self.remote.host,
                 self.remote.port,
                 self.remote.ae_title,
@@ -101,19 +101,23 @@ class DimseTarget:
                 dimse_timeout=self.timeout,
                 tls=self.tls,
             )
-        except StoreAssociationError as exc:
+        except AssociationError as exc:
             raise RemoteError(f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port}: {exc}") from exc
         self._assoc, self._proposed = assoc, merged
         return assoc
 
     def _release(self) -> None:
         if self._assoc is not None and self._assoc.is_open:
-            with contextlib.suppress(StoreAssociationError, OSError):
+            with contextlib.suppress(AssociationError, OSError):
                 self._assoc.release()
         self._assoc = None
 
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self.finder.series_instances(study_uid, series_uid)
+
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """What the target holds of a whole study, in one query (None: it refuses such a query)."""
+        return self.finder.study_instances(study_uid)
 
     def send(self, objects: Sequence[Outgoing]) -> Sent:
         sent = Sent()
@@ -135,7 +139,7 @@ class DimseTarget:
                 obj = objects[n]
                 try:
                     self._send_one(assoc, obj, n, sent)
-                except StoreAssociationError as exc:
+                except AssociationError as exc:
                     self._release()
                     if reused and n == 0:
                         # The peer closed the kept association meanwhile: a new one, once.
@@ -151,7 +155,7 @@ class DimseTarget:
             self._used = time.monotonic()
         return sent
 
-    def _send_one(self, assoc: StoreAssociation, obj: Outgoing, n: int, sent: Sent) -> None:
+    def _send_one(self, assoc: Association, obj: Outgoing, n: int, sent: Sent) -> None:
         """C-STORE one object as stored, or in an uncompressed syntax the peer accepted."""
         context = assoc.accepted(obj.sop_class_uid, obj.transfer_syntax_uid)
         fallback = None
@@ -210,6 +214,10 @@ class DicomwebTarget:
 
     def held(self, study_uid: str, series_uid: str) -> set[str]:
         return self.finder.series_instances(study_uid, series_uid)
+
+    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
+        """What the target holds of a whole study, in one query (None: it refuses such a query)."""
+        return self.finder.study_instances(study_uid)
 
     def _stow(self, parts: Sequence[bytes]) -> tuple[dict[str, int], str]:
         boundary = uuid.uuid4().hex.encode()

@@ -45,6 +45,7 @@ class Action(enum.Enum):
     DEIDENTIFY = "deidentify"
     REIDENTIFY = "reidentify"
     ADMINISTER = "administer"  # users, AEs, grants, audit log
+    SCHEDULE = "schedule"  # create and change orders and patients of record (HL7, FHIR, CLI, REST)
 
 
 # The built-in roles. Re-identification is deliberately in no role but its own:
@@ -58,6 +59,8 @@ ROLES: dict[str, frozenset[Action]] = {
     "curator": frozenset({Action.QUERY, Action.RETRIEVE, Action.LABEL, Action.DELETE}),
     "deidentifier": frozenset({Action.DEIDENTIFY}),
     "reidentifier": frozenset({Action.REIDENTIFY}),
+    # An order system's (or a front desk's) account: it writes orders and reads them back.
+    "scheduler": frozenset({Action.SCHEDULE, Action.QUERY}),
 }
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "AuditRecord",
     "AuditRecorder",
     "AuditedStudy",
+    "legacy_audit_codes",
 ]
 
 
@@ -40,6 +41,8 @@ class AuditAction(enum.Enum):
     DEIDENTIFY = "deidentify"
     REIDENTIFY = "reidentify"
     SECURITY_CHANGE = "security-change"  # users, tokens, AEs, grants
+    ORDER_RECORD = "order-record"  # an order created, changed, cancelled or discontinued
+    PATIENT_RECORD = "patient-record"  # demographics of record created, changed or merged
 
 
 class AuditOutcome(enum.Enum):
@@ -89,3 +92,22 @@ class AuditRecord:
     address: str
     studies: tuple[AuditedStudy, ...] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+def legacy_audit_codes(action: str, outcome: str) -> tuple[str, str]:
+    """The AuditAction and AuditOutcome values of a de-identification audit entry
+    written with its own words (``deid-run-start``/``accepted``, ``reidentify``/
+    ``forbidden``...), which stay in the event's detail as ``event`` and ``result``."""
+    if action == "reidentify":
+        code = "reidentify"
+    elif action.startswith("deid"):
+        code = "deidentify"
+    else:
+        code = "security-change"
+    if outcome in ("unauthenticated", "forbidden"):
+        result = "8"
+    elif outcome in ("not-found", "invalid", "failed"):
+        result = "4"
+    else:
+        result = "0"
+    return code, result

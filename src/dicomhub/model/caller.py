@@ -28,6 +28,7 @@ class Channel(enum.Enum):
     DIMSE = "dimse"
     HTTP = "http"
     CLI = "cli"
+    HL7 = "hl7"  # an HL7 v2 message over MLLP (name: the sending application)
     INTERNAL = "internal"
 
 

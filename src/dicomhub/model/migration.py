@@ -17,6 +17,9 @@ from typing import Any
 __all__ = [
     "ATTRIBUTES",
     "HEARTBEAT_SECONDS",
+    "ITEM_DONE",
+    "ITEM_FAILED",
+    "ITEM_PENDING",
     "STALE_SECONDS",
     "Difference",
     "Inventory",
@@ -36,6 +39,9 @@ __all__ = [
 #: the runner is taken to be gone (its job may be taken over).
 HEARTBEAT_SECONDS = 2.0
 STALE_SECONDS = 15.0
+
+#: States of one item (a series) of a migration job.
+ITEM_PENDING, ITEM_DONE, ITEM_FAILED = "pending", "done", "failed"
 
 
 class RemoteKind(enum.Enum):

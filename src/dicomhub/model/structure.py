@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 
+from pydicom.valuerep import VR
+
 from dicomhub.errors import InvalidRequest
 
 __all__ = ["TopLevel", "check_part10_complete", "dataset_offset", "scan_part10"]
@@ -30,6 +32,10 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# The File Meta group is always explicit VR little endian (PS3.10 7.1): an element
+# with any other two bytes in the VR field makes pydicom read the group as implicit
+# VR, so the header read after ingest would fail on an object ingest accepted.
+_VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
 
 
 def dataset_offset(data: bytes) -> int:
@@ -44,6 +50,8 @@ def dataset_offset(data: bytes) -> int:
             (group,) = struct.unpack_from("<H", data, pos)
             if group != 2:
                 return pos
+            if data[pos + 4 : pos + 6] not in _VRS:
+                raise InvalidRequest("File Meta Information element without an explicit VR")
             pos = _skip_explicit(data, pos, "<")
         raise InvalidRequest("truncated File Meta Information")
     (group_length,) = struct.unpack_from("<I", data, 140)

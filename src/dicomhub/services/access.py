@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,8 +114,6 @@ class AccessService:
         self.claim_grants = tuple(claim_grants)
         self.label_rules = tuple(label_rules)
         self._clock = clock
-        self._labelled: set[tuple[str, str]] = set()
-        self._labelled_lock = threading.Lock()
 
     # ---------------------------------------------------------------- authentication
 
@@ -273,7 +270,8 @@ class AccessService:
         return frozenset(rule.label for rule in self.label_rules if rule.applies(calling_ae, attributes.get))
 
     def labels_for_object(self, caller: Caller, header: InstanceHeader) -> frozenset[str]:
-        """The labels the ingest rules give an object stored by ``caller``."""
+        """The labels the ingest rules give an object stored by ``caller`` (ingest writes
+        them in the instance row's transaction)."""
         if not self.label_rules:
             return frozenset()
         return self.ingest_labels(caller.ae_title, _HeaderValues(header))
@@ -293,23 +291,6 @@ class AccessService:
         )
         if not access.permits(Action.STORE, facts):
             raise Forbidden(f"{caller.who} may not store into study {uid}")
-
-    def label_stored(self, caller: Caller, header: InstanceHeader) -> None:
-        """Attach the ingest rules' labels to the study of a newly stored object.
-
-        A label is written once per study and process (remembered here), so a
-        study of thousands of instances costs one insert per label.
-        """
-        labels = self.labels_for_object(caller, header)
-        uid = header.study_instance_uid
-        new = [label for label in labels if (uid, label) not in self._labelled]
-        if not new:
-            return
-        self.security.add_labels(uid, new)
-        with self._labelled_lock:
-            if len(self._labelled) > 100000:
-                self._labelled.clear()
-            self._labelled.update((uid, label) for label in new)
 
 
 def _access(grants: Iterable[tuple[str, str]]) -> Access:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
 
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
@@ -18,6 +20,7 @@ from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
+from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
@@ -57,8 +60,26 @@ class Archive:
     storage_check: StorageCheckService
     peers: PeerService
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
+    orders: OrderService
     close: Callable[[], None]
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""
         return self.index.usable() and self.blobs.usable()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # However the block ends, the engine's connections and the audit feed's thread go.
+        self.close()
+
+    def health(self) -> tuple[bool, bool]:
+        """Whether the index and the blob store (in this order) can be used now.
+
+        The adapters ask this rather than ``index`` and ``blobs``, which are here
+        for the composition root and tests: an adapter calls services only.
+        """
+        return self.index.usable(), self.blobs.usable()

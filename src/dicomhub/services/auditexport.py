@@ -25,6 +25,7 @@ from xml.etree import ElementTree as ET
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.audit import AuditAction, AuditOutcome, AuditRecord
+from dicomhub.model.timestamps import as_utc
 from dicomhub.services.audit import record_dict
 
 __all__ = [
@@ -67,6 +68,9 @@ _EVENT: dict[AuditAction, tuple[_Code, str]] = {
     AuditAction.DEIDENTIFY: (_dcm("110106", "Export"), "E"),
     AuditAction.REIDENTIFY: (_dcm("110103", "DICOM Instances Accessed"), "E"),
     AuditAction.SECURITY_CHANGE: (_dcm("110113", "Security Alert"), "E"),
+    # PS3.15 A.5.3.9 / A.5.3.10; the action code (C, U, D) of the change is set below.
+    AuditAction.ORDER_RECORD: (_dcm("110109", "Order Record"), "U"),
+    AuditAction.PATIENT_RECORD: (_dcm("110110", "Patient Record"), "U"),
 }
 # PS3.16 CID 401 / 403 event type codes that say more than the event ID.
 _EVENT_TYPE: dict[AuditAction, _Code] = {
@@ -101,6 +105,8 @@ def _access_point(participant: dict[str, str], address: str) -> None:
 def dicom_audit_message(record: AuditRecord, audit_source_id: str) -> ET.Element:
     """One ``AuditMessage`` element for ``record``; ``audit_source_id``: the archive's AE title."""
     event_id, action_code = _EVENT[record.action]
+    if record.action in (AuditAction.ORDER_RECORD, AuditAction.PATIENT_RECORD):
+        action_code = str(record.detail.get("action_code") or action_code)
     message = ET.Element("AuditMessage")
     event = ET.SubElement(
         message,
@@ -226,4 +232,4 @@ def parse_audit_time(text: str | None) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"{text[:40]!r} is not an ISO 8601 date or time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)

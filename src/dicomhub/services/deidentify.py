@@ -55,6 +55,7 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.model.access import Access
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import Level, require_uid
+from dicomhub.model.ingest import InstanceOrigin, OriginKind, StoreOutcome
 from dicomhub.model.migration import Inventory, InventoryInstance, InventorySeries
 from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
@@ -66,7 +67,7 @@ from dicomhub.services.governance import (
     GovernanceService,
     Unauthenticated,
 )
-from dicomhub.services.ingest import IngestService, StoreOutcome
+from dicomhub.services.ingest import IngestService
 from dicomhub.services.search import SearchService
 from dicomhub.storage.base import BlobStore
 
@@ -89,6 +90,7 @@ _SERVER_OWNER = "server:"
 _MAX_VALUES = 1000
 # The origin of every object a run stores: not a DIMSE peer, not a user upload.
 DEID_CALLER = Caller(Channel.INTERNAL, "deid")
+_DEID_ORIGIN = InstanceOrigin(OriginKind.DEIDENTIFICATION)
 
 
 class SecretChanged(Conflict):
@@ -376,7 +378,9 @@ class DeidService:
         ready = [o for o in outcomes if o.status == "ok" and o.data is not None]
         if not ready:
             return
-        stored = self.ingest.store_many([o.data for o in ready if o.data is not None], DEID_CALLER)
+        stored = self.ingest.store_many(
+            [o.data for o in ready if o.data is not None], DEID_CALLER, origin=_DEID_ORIGIN
+        )
         for outcome, result in zip(ready, stored, strict=True):
             outcome.data = None
             if isinstance(result, Exception):

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomhub.index.security import legacy_audit_codes
 from dicomhub.model.access import ROLES as ALL_ROLES
 from dicomhub.model.access import Access
-from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, legacy_audit_codes
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.services.access import AccessService, Forbidden, Unauthenticated, require_name, token_digest
 from dicomhub.services.audit import AuditService

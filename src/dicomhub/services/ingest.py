@@ -1,22 +1,29 @@
-"""The one store path: C-STORE, ``dicomhub import``, STOW-RS and migration.
+"""The one store path: C-STORE, STOW-RS, ``dicomhub import``, migration, de-identification.
 
-Order of work, so that a success is never a lie and a crash never leaves a
-visible half object:
+Every source calls :meth:`IngestService.store` (or, for objects that are
+acknowledged together, :meth:`IngestService.store_many`) with what it
+received, its :class:`~dicomhub.model.ingest.InstanceOrigin` and its caller,
+like Orthanc's ``ServerContext::Store``. Order of work, so that a success is
+never a lie and a crash never leaves a visible half object:
 
 1. parse the header only and validate the minimum (identifying UIDs, and a
    SOP class that is storable here: :class:`~dicomhub.model.sopclasses.StorableSOPClasses`,
-   the one table C-STORE negotiation, STOW-RS and import share);
-2. write the bytes as received under a fresh opaque key and fsync them;
-3. index them in one committed transaction;
-4. only then report success.
+   the one table C-STORE negotiation, STOW-RS and import share), and ask
+   access control;
+2. the one validation step (:meth:`IngestService._validate`): IOD validation
+   under the ``warn`` and ``reject`` policies, for every source alike;
+3. the one duplicate decision (:meth:`IngestService._decide`, on
+   :class:`~dicomhub.services.duplicates.DuplicateJudge`): the same object,
+   whatever its encoding, is already present; other content goes to the
+   duplicate policy;
+4. write the bytes as received under a fresh opaque key and fsync them;
+5. index them in one committed transaction, which also writes the study's
+   labels and the object's validation findings
+   (:class:`~dicomhub.index.repository.Alongside`): all of them or none;
+6. only then report success.
 
-A blob written in step 2 whose step 3 never happened is an orphan that
+A blob written in step 4 whose step 5 never happened is an orphan that
 ``dicomhub check`` finds; a row without its blob cannot exist.
-
-A SOP Instance UID that comes again is judged by the one duplicate decision
-(:class:`~dicomhub.services.duplicates.DuplicateJudge`): the same object,
-whatever its encoding, is already present; other content goes to the
-duplicate policy.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import hashlib
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -43,17 +51,27 @@ from dicomhub.errors import (
     StorageError,
     TranscodeError,
 )
-from dicomhub.index.repository import AddOutcome, AddResult, IndexRepository
+from dicomhub.index.repository import AddOutcome, AddResult, Alongside, IndexRepository
+from dicomhub.index.validation import ValidationRecord
 from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
 from dicomhub.model.identifiers import require_uid
+from dicomhub.model.ingest import (
+    UNSPECIFIED_ORIGIN,
+    InstanceOrigin,
+    Part10Object,
+    Received,
+    ReceivedDataSet,
+    StoreOutcome,
+    StoreResult,
+)
 from dicomhub.model.part10 import file_meta_header, has_part10_header
 from dicomhub.model.policy import CompressionRule, DuplicatePolicy, ValidationPolicy
-from dicomhub.model.records import InstanceHeader
+from dicomhub.model.records import InstanceHeader, InstanceRow
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.blobfiles import blob_as_file, mapped_blob
 from dicomhub.services.contentdigest import PENDING, content_digest, digests_of_blob
-from dicomhub.services.duplicates import BlobRef, DuplicateJudge, other_content
+from dicomhub.services.duplicates import BlobRef, DuplicateJudge, Incoming, other_content
 from dicomhub.services.validation import ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
 from dicomhub.telemetry.metrics import metrics
@@ -65,22 +83,35 @@ _CHUNK = 4 << 20
 LOGGER = logging.getLogger("dicomhub.ingest")
 
 
-class StoreOutcome(enum.Enum):
-    STORED = "stored"
-    ALREADY_PRESENT = "already-present"
-    REPLACED = "replaced"
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    """What the validation step found: the record to write with the row (None when the
+    policy leaves validation to the background worker) and the warning to report."""
+
+    record: ValidationRecord | None = None
+    warning: str | None = None
+
+
+_NOT_VALIDATED = _Validated()
+
+
+class _Verdict(enum.Enum):
+    NEW = "new"  # not held (or held with other content, under overwrite): index it
+    PRESENT = "present"  # held with the same content: answer already present
+    REFUSED = "refused"  # see _Decision.refusal
 
 
 @dataclass(frozen=True, slots=True)
-class StoreResult:
-    outcome: StoreOutcome
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    size: int
-    series_instance_uid: str = ""
-    # Stored, but IOD validation found errors (policy warn): the first one.
-    warning: str | None = None
+class _Decision:
+    """The duplicate decision for one object."""
+
+    verdict: _Verdict
+    refusal: DuplicateInstance | None = None
+    # Refused for other content: the copy is kept in quarantine (dicomhub conflicts).
+    quarantine: bool = False
+
+
+_NEW = _Decision(_Verdict.NEW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +122,11 @@ class _Prepared:
     header: InstanceHeader
     content_sha256: str
     size: int  # of the object as received
-    warning: str | None = None  # IOD validation (policy warn)
+    validated: _Validated = _NOT_VALIDATED
+
+    @property
+    def warning(self) -> str | None:
+        return self.validated.warning
 
 
 @dataclass(slots=True)
@@ -126,7 +161,7 @@ class IngestService:
         validation: ValidationService | None = None,
         *,
         store_guard: Callable[[Caller, InstanceHeader], None] | None = None,
-        labeller: Callable[[Caller, InstanceHeader], None] | None = None,
+        labeller: Callable[[Caller, InstanceHeader], Iterable[str]] | None = None,
         storable: StorableSOPClasses | None = None,
     ) -> None:
         """
@@ -136,13 +171,14 @@ class IngestService:
             Compression at rest: each rule with the transfer syntax UID it
             resolves to; the first rule matching an object decides.
         validation : ValidationService, optional
-            IOD validation of STOW-RS parts under the ``warn`` and ``reject``
-            policies (C-STORE applies them in its handler, before ingest).
+            IOD validation of every stored object under the ``warn`` and
+            ``reject`` policies (``record`` leaves it to the background worker).
         store_guard : callable, optional
             Raises when the caller may not store this object (access control),
             before it is indexed; not called for an unrestricted caller.
         labeller : callable, optional
-            Attaches the labels of the ingest rules to a newly stored object's study.
+            The labels the ingest rules give a newly stored object's study;
+            they are written in the instance row's transaction.
         storable : StorableSOPClasses, optional
             Which SOP classes may be stored (default: the standard's storage
             SOP classes only); an object of any other is refused with
@@ -157,6 +193,76 @@ class IngestService:
         self.compression = tuple(compression)
         self.validation = validation
         self.storable = storable or StorableSOPClasses()
+        # (study, label) pairs committed by this process: a study of thousands
+        # of instances costs one label insert, not one per instance.
+        self._labelled: set[tuple[str, str]] = set()
+        self._labelled_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the entry
+
+    def store(
+        self,
+        received: Received,
+        origin: InstanceOrigin,
+        caller: Caller,
+        *,
+        study_instance_uid: str | None = None,
+    ) -> StoreResult:
+        """Store one object: the one entry of every source.
+
+        Parameters
+        ----------
+        received : ReceivedDataSet or Part10Object
+            A data set as DIMSE delivers it (no File Meta: the command's
+            Affected SOP Class/Instance UIDs go into it, so they are
+            validated like the data set's own), or a Part 10 file; either in
+            memory or in a file (a spooled data set, an imported file), which
+            is never read into memory as a whole and is left in place.
+        origin : InstanceOrigin
+            Where it came from (logged with refusals).
+        caller : Caller
+            Who asks: access control, the per-AE validation policy, the
+            source AE title recorded with the instance.
+        study_instance_uid : str, optional
+            An object of any other study is refused (:class:`InvalidIdentifier`)
+            before anything is written (STOW-RS to a study's URL).
+
+        Returns
+        -------
+        StoreResult
+            Stored, replaced or already present, once durable and committed.
+
+        Raises
+        ------
+        DicomhubError
+            The refusal: invalid identifiers, a SOP class not storable here,
+            access control, IOD validation under ``reject``, the duplicate
+            policy, a patient mismatch; or a storage or index failure.
+        """
+        if isinstance(received, ReceivedDataSet):
+            require_uid(received.sop_class_uid, "Affected SOP Class UID")
+            require_uid(received.sop_instance_uid, "Affected SOP Instance UID")
+            if received.path is not None:
+                return self._store_spooled(received, received.path, origin, caller)
+            data = (
+                file_meta_header(
+                    received.sop_class_uid,
+                    received.sop_instance_uid,
+                    received.transfer_syntax_uid,
+                    caller.ae_title,
+                )
+                + received.dataset
+            )
+            return self._store(data, origin, caller, expect_instance_uid=received.sop_instance_uid)
+        if received.data is not None:
+            if not has_part10_header(received.data):
+                raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
+            return self._store(received.data, origin, caller, expect_study_uid=study_instance_uid)
+        if received.path is None:
+            raise InvalidRequest("nothing to store")
+        return self._store_part10_file(received.path, origin, caller, study_instance_uid)
+
+    # Shorthands for library callers and tests: each is one call of store().
 
     def store_received(
         self,
@@ -165,19 +271,11 @@ class IngestService:
         sop_class_uid: str,
         sop_instance_uid: str,
         caller: Caller,
+        origin: InstanceOrigin = UNSPECIFIED_ORIGIN,
     ) -> StoreResult:
-        """Store a data set received over the network (no File Meta yet).
-
-        The command's Affected SOP Class/Instance UIDs go into the File Meta
-        header, so they are validated like the data set's own.
-        """
-        require_uid(sop_class_uid, "Affected SOP Class UID")
-        require_uid(sop_instance_uid, "Affected SOP Instance UID")
-        data = (
-            file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title)
-            + dataset
-        )
-        return self._store(data, caller, expect_instance_uid=sop_instance_uid)
+        """:meth:`store` of a data set received over the network (no File Meta yet)."""
+        received = ReceivedDataSet(transfer_syntax_uid, sop_class_uid, sop_instance_uid, dataset)
+        return self.store(received, origin, caller)
 
     def store_received_file(
         self,
@@ -186,20 +284,51 @@ class IngestService:
         sop_class_uid: str,
         sop_instance_uid: str,
         caller: Caller,
+        origin: InstanceOrigin = UNSPECIFIED_ORIGIN,
     ) -> StoreResult:
-        """Store a large data set received over the network and spooled to ``path``.
+        """:meth:`store` of a large data set received over the network and spooled to ``path``."""
+        received = ReceivedDataSet(transfer_syntax_uid, sop_class_uid, sop_instance_uid, path=os.fspath(path))
+        return self.store(received, origin, caller)
 
-        Like :meth:`store_received`, but the data set is never held in
-        memory: the blob is written from the file in chunks (File Meta in
-        front, both digests computed on the way), then only its header is
-        read back for indexing. Objects this large are kept as received
-        (no compression at rest: encoding hundreds of MB before answering
-        would outlast the sender's DIMSE timeout). The spool file is left
-        for the caller to remove.
+    def store_part10(
+        self,
+        data: bytes,
+        caller: Caller,
+        *,
+        study_instance_uid: str | None = None,
+        origin: InstanceOrigin = UNSPECIFIED_ORIGIN,
+    ) -> StoreResult:
+        """:meth:`store` of a Part 10 file held in memory."""
+        return self.store(Part10Object(data), origin, caller, study_instance_uid=study_instance_uid)
+
+    def store_part10_file(
+        self,
+        path: str | os.PathLike[str],
+        caller: Caller,
+        *,
+        study_instance_uid: str | None = None,
+        origin: InstanceOrigin = UNSPECIFIED_ORIGIN,
+    ) -> StoreResult:
+        """:meth:`store` of the Part 10 file at ``path`` (left in place)."""
+        received = Part10Object(path=os.fspath(path))
+        return self.store(received, origin, caller, study_instance_uid=study_instance_uid)
+
+    # ------------------------------------------------------------------ one object
+
+    def _store_spooled(
+        self, received: ReceivedDataSet, path: str, origin: InstanceOrigin, caller: Caller
+    ) -> StoreResult:
+        """Store a large data set spooled to ``path``, never held in memory.
+
+        The blob is written from the file in chunks (File Meta in front, both
+        digests computed on the way), then only its header is read back for
+        indexing and the validation step reads the blob's file. Objects this
+        large are kept as received (no compression at rest: encoding hundreds
+        of MB before answering would outlast the sender's DIMSE timeout).
         """
-        require_uid(sop_class_uid, "Affected SOP Class UID")
-        require_uid(sop_instance_uid, "Affected SOP Instance UID")
-        meta = file_meta_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, caller.ae_title)
+        meta = file_meta_header(
+            received.sop_class_uid, received.sop_instance_uid, received.transfer_syntax_uid, caller.ae_title
+        )
         content = hashlib.sha256()
 
         def chunks() -> Iterator[bytes | memoryview]:
@@ -213,40 +342,84 @@ class IngestService:
         try:
             header = self._header_of_blob(blob.key)
             self.storable.require_storable(header.sop_class_uid)
-            if header.sop_instance_uid != sop_instance_uid:
+            if header.sop_instance_uid != received.sop_instance_uid:
                 raise InvalidIdentifier(
                     "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
                 )
             self._guard(caller, header)
+            validated = self._validate(header, caller, origin, BlobRef(blob.key))
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
-            if existing is not None:
-                difference = self.duplicates.difference(
-                    existing, digest, header.transfer_syntax_uid, BlobRef(blob.key)
-                )
-                if difference is None:
-                    self._discard(blob.key)
-                    if self.policy is DuplicatePolicy.REJECT:
-                        raise DuplicateInstance(
-                            f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
-                        )
-                    return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size)
-                if self.policy is not DuplicatePolicy.OVERWRITE:
-                    refusal = other_content(header, difference)
-                    self._record(refusal, blob, header, caller, "duplicate-different-content")
-                    raise refusal
+            decision = self._decide(header, existing, digest, BlobRef(blob.key))
+            answered = self._act(decision, header, origin, caller, blob, blob.size, validated.warning)
+            if answered is not None:
+                return answered
         except DicomhubError as exc:
             if not isinstance(exc, Conflict):
                 self._discard(blob.key)
             raise
-        prepared = _Prepared(b"", header, digest, blob.size)
+        prepared = _Prepared(b"", header, digest, blob.size, validated)
+        return self._index_one(prepared, blob, origin, caller)
+
+    def _store_part10_file(
+        self, path: str, origin: InstanceOrigin, caller: Caller, study_instance_uid: str | None
+    ) -> StoreResult:
+        """Store the Part 10 file at ``path`` without reading it into memory.
+
+        The file is memory-mapped: the header scan, the SHA-256 and the blob
+        write only slice, hash and ``write`` the buffer, all of which an
+        ``mmap`` supports as ``bytes`` does, so the pages come from the page
+        cache (reclaimable) rather than from a copy on the heap.
+        """
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise InvalidRequest("not a DICOM Part 10 file (empty)")
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            # Read-only mapping of a file nobody else writes: bytes in all but type.
+            data = cast(bytes, mapped)
+            if not has_part10_header(data):
+                raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
+            return self._store(data, origin, caller, expect_study_uid=study_instance_uid)
+        finally:
+            try:
+                mapped.close()
+            except BufferError:
+                # A view is still referenced (by a traceback in flight); the
+                # mapping goes when that is collected.
+                pass
+
+    def _store(
+        self,
+        data: bytes,
+        origin: InstanceOrigin,
+        caller: Caller,
+        expect_instance_uid: str | None = None,
+        expect_study_uid: str | None = None,
+    ) -> StoreResult:
+        prepared = self._prepare(data, origin, caller, expect_instance_uid, expect_study_uid)
+        if isinstance(prepared, StoreResult):
+            return prepared
+        blob = self._put_new(lambda key: self.blobs.put(key, prepared.data))
+        return self._index_one(prepared, blob, origin, caller)
+
+    def _index_one(
+        self, prepared: _Prepared, blob: BlobInfo, origin: InstanceOrigin, caller: Caller
+    ) -> StoreResult:
+        """Index one durable blob with its labels and findings (one transaction)."""
         try:
             added: AddOutcome | BaseException = self.index.add_instance(
-                header, blob, digest, caller.ae_title, overwrite=self.policy is DuplicatePolicy.OVERWRITE
+                prepared.header,
+                blob,
+                prepared.content_sha256,
+                caller.ae_title,
+                overwrite=self.policy is DuplicatePolicy.OVERWRITE,
+                alongside=self._alongside(prepared, caller),
             )
         except BaseException as exc:
             added = exc
-        return self._finish(prepared, blob, added, caller)
+        return self._finish(prepared, blob, added, origin, caller)
 
     def _header_of_blob(self, key: str) -> InstanceHeader:
         """Index values of a written blob, reading only its header pages."""
@@ -308,85 +481,20 @@ class IngestService:
             raise refusal
         return False
 
-    def store_part10(
-        self, data: bytes, caller: Caller, *, study_instance_uid: str | None = None
-    ) -> StoreResult:
-        """Store a Part 10 file (import, STOW-RS, migration).
-
-        With ``study_instance_uid``, an object of any other study is refused
-        (:class:`InvalidIdentifier`) before anything is written.
-        """
-        if not has_part10_header(data):
-            raise InvalidRequest("not a DICOM Part 10 file (no DICM prefix)")
-        return self._store(data, caller, expect_study_uid=study_instance_uid)
-
-    def store_part10_file(
-        self,
-        path: str | os.PathLike[str],
-        caller: Caller,
-        *,
-        study_instance_uid: str | None = None,
-    ) -> StoreResult:
-        """Store the Part 10 file at ``path`` without reading it into memory.
-
-        The file is memory-mapped: the header scan, the SHA-256 and the blob
-        write only slice, hash and ``write`` the buffer, all of which an
-        ``mmap`` supports as ``bytes`` does, so the pages come from the page
-        cache (reclaimable) rather than from a copy on the heap. The file is
-        left in place.
-        """
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise InvalidRequest("not a DICOM Part 10 file (empty)")
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            # Read-only mapping of a file nobody else writes: bytes in all but type.
-            return self.store_part10(
-                cast(bytes, mapped), caller, study_instance_uid=study_instance_uid
-            )
-        finally:
-            try:
-                mapped.close()
-            except BufferError:
-                # A view is still referenced (by a traceback in flight); the
-                # mapping goes when that is collected.
-                pass
-
-    def _store(
-        self,
-        data: bytes,
-        caller: Caller,
-        expect_instance_uid: str | None = None,
-        expect_study_uid: str | None = None,
-    ) -> StoreResult:
-        prepared = self._prepare(data, caller, expect_instance_uid, expect_study_uid)
-        if isinstance(prepared, StoreResult):
-            return prepared
-        blob = self._put_new(lambda key: self.blobs.put(key, prepared.data))
-        try:
-            added: AddOutcome | BaseException = self.index.add_instance(
-                prepared.header,
-                blob,
-                prepared.content_sha256,
-                caller.ae_title,
-                overwrite=self.policy is DuplicatePolicy.OVERWRITE,
-            )
-        except BaseException as exc:
-            added = exc
-        return self._finish(prepared, blob, added, caller)
-
     def store_many(
         self,
         items: Iterable[bytes | Iterator[bytes | memoryview]],
         caller: Caller,
         *,
         study_instance_uid: str | None = None,
+        origin: InstanceOrigin = UNSPECIFIED_ORIGIN,
     ) -> list[StoreResult | Exception]:
-        """Store several Part 10 objects that are acknowledged together (STOW-RS).
+        """:meth:`store` for several Part 10 objects that are acknowledged together
+        (STOW-RS, de-identification).
 
-        Same rules and outcomes as :meth:`store_part10`, item by item, in the
-        order of ``items``. An item is an object's bytes or an iterator of its
+        The same steps as :meth:`store` (validation, the duplicate decision,
+        one transaction per object's row, labels and findings), item by item,
+        with the same outcomes, in the order of ``items``. An item is an object's bytes or an iterator of its
         chunks; chunks are written to the object's blob as they are pulled
         (STOW-RS streams the parts of a request body this way) while they are
         in hand: nothing is held in memory, spooled or copied again. The blob
@@ -445,7 +553,9 @@ class IngestService:
                     results[i] = exc
                 live = []
         for start in range(0, len(live), _STORE_BATCH):
-            self._store_written(live[start : start + _STORE_BATCH], results, caller, study_instance_uid)
+            self._store_written(
+                live[start : start + _STORE_BATCH], results, origin, caller, study_instance_uid
+            )
         return results
 
     def _write_streamed(self, chunks: Iterator[bytes | memoryview]) -> _Written:
@@ -496,6 +606,7 @@ class IngestService:
         self,
         batch: Sequence[tuple[int, _Written]],
         results: list[StoreResult | Exception],
+        origin: InstanceOrigin,
         caller: Caller,
         study_instance_uid: str | None,
     ) -> None:
@@ -504,7 +615,7 @@ class IngestService:
         unsynced = False
         for i, w in batch:
             try:
-                prepared, blob, fresh = self._prepare_written(w, caller, study_instance_uid)
+                prepared, blob, fresh = self._prepare_written(w, origin, caller, study_instance_uid)
             except DicomhubError as exc:
                 results[i] = exc
                 continue
@@ -532,7 +643,8 @@ class IngestService:
         outcomes: Sequence[AddOutcome | BaseException] | None
         try:
             outcomes = self.index.add_new_instances(
-                [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending]
+                [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
+                [self._alongside(p, caller) for _i, p, _blob in pending],
             )
             if outcomes is None:
                 # Some are indexed already (or conflict): each is judged on its own,
@@ -545,12 +657,13 @@ class IngestService:
                 outcomes = self.index.add_instances(
                     [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
                     overwrite=overwrite,
+                    alongside=[self._alongside(p, caller) for _i, p, _blob in pending],
                 )
         except Exception as exc:
             outcomes = [exc] * len(pending)
         for (i, prepared, blob), added in zip(pending, outcomes, strict=True):
             try:
-                results[i] = self._finish(prepared, blob, added, caller)
+                results[i] = self._finish(prepared, blob, added, origin, caller)
             except Exception as exc:
                 results[i] = exc
 
@@ -591,17 +704,17 @@ class IngestService:
         for i, prepared, blob in pending:
             header = prepared.header
             existing = self.index.get_instance(header.sop_instance_uid)
-            if existing is None or self.duplicates.difference(
-                existing, prepared.content_sha256, header.transfer_syntax_uid, BlobRef(blob.key)
-            ):
+            # Under overwrite only: the decision is new (replace) or present.
+            decision = self._decide(header, existing, prepared.content_sha256, BlobRef(blob.key))
+            if decision.verdict is not _Verdict.PRESENT:
                 out.append((i, prepared, blob))
                 continue
             self._discard(blob.key)
-            results[i] = self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
+            results[i] = self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size, prepared.warning)
         return out
 
     def _prepare_written(
-        self, written: _Written, caller: Caller, expect_study_uid: str | None
+        self, written: _Written, origin: InstanceOrigin, caller: Caller, expect_study_uid: str | None
     ) -> tuple[_Prepared | StoreResult, BlobInfo, bool]:
         """As :meth:`_prepare`, for an object already in its (durable) blob.
 
@@ -611,10 +724,10 @@ class IngestService:
         kept in quarantine.
         """
         blob = written.blob
-        kept = False  # in quarantine: the blob stays
         try:
             header = written.header or self._check_written(written, expect_study_uid)
             self._guard(caller, header)
+            validated = self._validate(header, caller, origin, BlobRef(blob.key))
             target = self._compression_target(header)
             if target == header.transfer_syntax_uid:
                 target = None
@@ -624,32 +737,20 @@ class IngestService:
             if target:
                 whole, content = digests_of_blob(self.blobs, blob.key, blob.sha256)
                 blob = dataclasses.replace(blob, sha256=whole)
-            # Without compression the index transaction itself finds a
-            # duplicate (see _finish): no lookup of its own is needed. With
-            # it, a duplicate is found before it is encoded for nothing.
-            existing = self.index.get_instance(header.sop_instance_uid) if target else None
-            if existing is not None:
-                difference = self.duplicates.difference(
-                    existing, content, header.transfer_syntax_uid, BlobRef(blob.key)
-                )
-                if difference is None:
-                    if self.policy is DuplicatePolicy.REJECT:
-                        raise DuplicateInstance(
-                            f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
-                        )
-                    self._discard(blob.key)
-                    return self._result(StoreOutcome.ALREADY_PRESENT, header, blob.size), blob, False
-                if self.policy is not DuplicatePolicy.OVERWRITE:
-                    refusal = other_content(header, difference)
-                    # The blob is durable already: it is the quarantined copy.
-                    self._record(refusal, blob, header, caller, "duplicate-different-content")
-                    kept = True
-                    raise refusal
+                # Without compression the index transaction itself finds a
+                # duplicate (see _finish): no lookup of its own is needed. With
+                # it, a duplicate is found before it is encoded for nothing.
+                existing = self.index.get_instance(header.sop_instance_uid)
+                decision = self._decide(header, existing, content, BlobRef(blob.key))
+                answered = self._act(decision, header, origin, caller, blob, blob.size, validated.warning)
+                if answered is not None:
+                    return answered, blob, False
+        except Conflict:
+            raise  # the blob is the quarantined copy (_act kept it) or was never ours to remove
         except DicomhubError:
-            if not kept:
-                self._discard(blob.key)
+            self._discard(blob.key)
             raise
-        prepared = _Prepared(b"", header, content, blob.size, self._validated(blob.key, header, caller))
+        prepared = _Prepared(b"", header, content, blob.size, validated)
         if target is None:
             return prepared, blob, False
         with mapped_blob(self.blobs, blob.key) as data:
@@ -662,43 +763,143 @@ class IngestService:
             LOGGER.warning("%s kept as received: cannot write its compressed copy", header.sop_instance_uid)
             return prepared, blob, False
         self._discard(blob.key)
-        return _Prepared(b"", compressed.header, content, blob.size, prepared.warning), stored, True
+        return _Prepared(b"", compressed.header, content, blob.size, validated), stored, True
 
-    def _validated(self, key: str, header: InstanceHeader, caller: Caller) -> str | None:
-        """IOD validation of a written object under ``warn``/``reject``: the warning to
-        report, or None.
+    # ------------------------------------------------------------------ the shared steps
+
+    def _validate(
+        self, header: InstanceHeader, caller: Caller, origin: InstanceOrigin, source: Incoming
+    ) -> _Validated:
+        """The one validation step: IOD validation under the ``warn`` and ``reject``
+        policies of the caller's AE title (header only), for every source alike.
+
+        ``source`` is the object in hand (a Part 10 file's bytes) or its
+        written blob. Under ``record`` nothing is checked here: the background
+        worker checks the stored copy. The findings are written with the
+        instance row (:meth:`_alongside`); a refused object's are written on
+        their own, as there is no row.
 
         Raises
         ------
         DoesNotMatchIOD
-            Under ``reject``, for an object with errors (its blob is then removed).
+            Under ``reject``, for an object with errors.
         """
         if self.validation is None:
-            return None
-        policy = self.validation.policy_for(caller.ae_title or None)
+            return _NOT_VALIDATED
+        source_ae = caller.ae_title or None
+        policy = self.validation.policy_for(source_ae)
         if policy is ValidationPolicy.RECORD:
-            return None
-        with blob_as_file(self.blobs, key) as path:
-            findings = self.validation.validate_file(path)
+            return _NOT_VALIDATED
+        if isinstance(source, BlobRef):
+            with blob_as_file(self.blobs, source.key) as path:
+                findings = self.validation.validate_file(path)
+        else:
+            findings = self.validation.validate_bytes(source)
         errors = [f for f in findings if f.is_error]
-        rejected = policy is ValidationPolicy.REJECT and bool(errors)
-        source = caller.ae_title or None
-        self.validation.record(
-            header.sop_instance_uid, header.sop_class_uid, source, findings, rejected=rejected
-        )
-        if rejected:
-            self._discard(key)
-            raise DoesNotMatchIOD(f"{header.sop_instance_uid} does not match its IOD: {errors[0].message}")
-        return errors[0].message if errors else None
+        if policy is ValidationPolicy.REJECT and errors:
+            self.validation.record(
+                header.sop_instance_uid, header.sop_class_uid, source_ae, findings, rejected=True
+            )
+            LOGGER.warning(
+                "%s from %s refused by IOD validation: %s",
+                header.sop_instance_uid[:80],
+                origin.describe(),
+                errors[0].message,
+            )
+            raise DoesNotMatchIOD(f"IOD: {errors[0].message}")
+        record = self.validation.as_record(header.sop_instance_uid, header.sop_class_uid, source_ae, findings)
+        return _Validated(record, errors[0].message if errors else None)
+
+    def _decide(
+        self,
+        header: InstanceHeader,
+        existing: InstanceRow | None,
+        content: str,
+        incoming: Incoming,
+        *,
+        may_replace: bool = True,
+    ) -> _Decision:
+        """The one duplicate decision, under the duplicate policy.
+
+        Not held: new. Held with the same content (whatever its encoding,
+        :meth:`DuplicateJudge.difference`): already present, or refused under
+        ``reject``. Held with other content: replaced under ``overwrite``
+        (unless ``may_replace`` is false: the index has already declined to),
+        else refused with the copy kept in quarantine.
+        """
+        if existing is None:
+            return _NEW
+        difference = self.duplicates.difference(existing, content, header.transfer_syntax_uid, incoming)
+        if difference is None:
+            if self.policy is DuplicatePolicy.REJECT:
+                return _Decision(
+                    _Verdict.REFUSED,
+                    DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                    ),
+                )
+            return _Decision(_Verdict.PRESENT)
+        if self.policy is DuplicatePolicy.OVERWRITE and may_replace:
+            return _NEW
+        return _Decision(_Verdict.REFUSED, other_content(header, difference), quarantine=True)
+
+    def _act(
+        self,
+        decision: _Decision,
+        header: InstanceHeader,
+        origin: InstanceOrigin,
+        caller: Caller,
+        copy: BlobInfo | bytes,
+        size: int,
+        warning: str | None,
+    ) -> StoreResult | None:
+        """Carry out a decision on the new copy (its written blob, or its bytes not
+        yet written): None to go on and index it, else the answer.
+
+        Raises
+        ------
+        DuplicateInstance
+            Refused: the copy is kept in quarantine for other content (written
+            now when it was not yet), else removed.
+        """
+        if decision.verdict is _Verdict.NEW:
+            return None
+        if decision.verdict is _Verdict.PRESENT:
+            if isinstance(copy, BlobInfo):
+                self._discard(copy.key)
+            return self._result(StoreOutcome.ALREADY_PRESENT, header, size, warning)
+        refusal = decision.refusal
+        if refusal is None:  # REFUSED always carries its refusal
+            return None
+        if decision.quarantine:
+            blob = copy if isinstance(copy, BlobInfo) else self.blobs.put(self.blobs.new_key(), copy)
+            self._record(refusal, blob, header, origin, caller, "duplicate-different-content")
+        elif isinstance(copy, BlobInfo):
+            self._discard(copy.key)
+        raise refusal
+
+    def _alongside(self, prepared: _Prepared, caller: Caller) -> Alongside | None:
+        """The labels and findings to write in the row's transaction (None: nothing)."""
+        header = prepared.header
+        labels: tuple[str, ...] = ()
+        if self.labeller is not None:
+            uid = header.study_instance_uid
+            labels = tuple(
+                sorted(label for label in self.labeller(caller, header) if (uid, label) not in self._labelled)
+            )
+        if not labels and prepared.validated.record is None:
+            return None
+        return Alongside(labels, prepared.validated.record)
 
     def _prepare(
         self,
         data: bytes,
+        origin: InstanceOrigin,
         caller: Caller,
         expect_instance_uid: str | None = None,
         expect_study_uid: str | None = None,
     ) -> _Prepared | StoreResult:
-        """Validate, digest and check for duplicates: what to store, or the answer already."""
+        """Check, validate, digest and decide on duplicates: what to write, or the answer already."""
         header = extract_part10(data)
         self.storable.require_storable(header.sop_class_uid)
         if expect_instance_uid is not None and header.sop_instance_uid != expect_instance_uid:
@@ -711,21 +912,15 @@ class IngestService:
                 f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
             )
         self._guard(caller, header)
+        validated = self._validate(header, caller, origin, data)
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
         content = content_digest(data)
-        existing = self.index.get_instance(header.sop_instance_uid)
-        if existing is not None:
-            difference = self.duplicates.difference(existing, content, header.transfer_syntax_uid, data)
-            if difference is None:
-                if self.policy is DuplicatePolicy.REJECT:
-                    raise DuplicateInstance(
-                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
-                    )
-                return self._result(StoreOutcome.ALREADY_PRESENT, header, len(data))
-            if self.policy is not DuplicatePolicy.OVERWRITE:
-                self._quarantine(data, header, caller, other_content(header, difference))
-        return self._compressed(_Prepared(data, header, content, len(data)))
+        decision = self._decide(header, self.index.get_instance(header.sop_instance_uid), content, data)
+        answered = self._act(decision, header, origin, caller, data, len(data), validated.warning)
+        if answered is not None:
+            return answered
+        return self._compressed(_Prepared(data, header, content, len(data), validated))
 
     def _compressed(self, prepared: _Prepared, received_sha256: str = "") -> _Prepared:
         """The object to write: as received, or compressed at rest when a rule says so.
@@ -758,8 +953,7 @@ class IngestService:
             # Given when the received blob's digest is known already (STOW-RS).
             "original_sha256": received_sha256 or hashlib.sha256(prepared.data).hexdigest(),
         }
-        header = dataclasses.replace(stored, extra=extra)
-        return _Prepared(data, header, prepared.content_sha256, prepared.size)
+        return dataclasses.replace(prepared, data=data, header=dataclasses.replace(stored, extra=extra))
 
     def _compression_target(self, header: InstanceHeader) -> str | None:
         if not self.compression:
@@ -775,71 +969,71 @@ class IngestService:
         prepared: _Prepared,
         blob: BlobInfo,
         added: AddOutcome | BaseException,
+        origin: InstanceOrigin,
         caller: Caller,
     ) -> StoreResult:
         """Turn the index's answer for a written blob into the store's outcome (or refusal)."""
-        header, content = prepared.header, prepared.content_sha256
+        header = prepared.header
         if isinstance(added, (PatientMismatch, Conflict)):
-            self._record(added, blob, header, caller)
+            self._record(added, blob, header, origin, caller)
             raise added
         if isinstance(added, BaseException):
-            # Not indexed: the blob must not linger as an orphan.
+            # Not indexed (nor its labels and findings): the blob must not linger as an orphan.
             self._discard(blob.key)
             raise added
         if added.result is AddResult.EXISTS:
             # Another association (or an earlier part of the same request)
-            # stored the same UID between our check and our transaction.
-            difference = (
-                "the held copy is not known"
+            # stored the same UID between our check and our transaction: the
+            # same decision, except that the index replaces under overwrite
+            # by itself, so a difference here is a refusal.
+            decision = (
+                _Decision(_Verdict.REFUSED, other_content(header, "the held copy is not known"), True)
                 if added.existing is None
-                else self.duplicates.difference(
-                    added.existing, content, header.transfer_syntax_uid, BlobRef(blob.key)
+                else self._decide(
+                    header, added.existing, prepared.content_sha256, BlobRef(blob.key), may_replace=False
                 )
             )
-            if difference is None:
-                self._discard(blob.key)
-                if self.policy is DuplicatePolicy.REJECT:
-                    raise DuplicateInstance(
-                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
-                    )
-                return self._result(StoreOutcome.ALREADY_PRESENT, header, prepared.size)
-            refusal = other_content(header, difference)
-            self._record(refusal, blob, header, caller, "duplicate-different-content")
-            raise refusal
+            answered = self._act(decision, header, origin, caller, blob, prepared.size, prepared.warning)
+            if answered is not None:
+                return answered
         if added.replaced_blob_key:
             self._discard(added.replaced_blob_key)
-        outcome = (
-            StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
-        )
+        outcome = StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         if self.labeller is not None:
-            self.labeller(caller, header)
+            self._labels_committed(header, caller)
         return self._result(outcome, header, prepared.size, prepared.warning)
+
+    def _labels_committed(self, header: InstanceHeader, caller: Caller) -> None:
+        """Remember the labels just committed with a row, so that the study's next
+        instances skip them."""
+        if self.labeller is None:
+            return
+        uid = header.study_instance_uid
+        with self._labelled_lock:
+            if len(self._labelled) > 100000:
+                self._labelled.clear()
+            self._labelled.update((uid, label) for label in self.labeller(caller, header))
 
     def _guard(self, caller: Caller, header: InstanceHeader) -> None:
         if self.store_guard is not None and not caller.access.unrestricted:
             self.store_guard(caller, header)
-
-    def _quarantine(
-        self, data: bytes, header: InstanceHeader, caller: Caller, refusal: DuplicateInstance
-    ) -> None:
-        """Keep a refused copy in quarantine (``dicomhub conflicts``) and raise its refusal."""
-        blob = self.blobs.put(self.blobs.new_key(), data)
-        self._record(refusal, blob, header, caller, "duplicate-different-content")
-        raise refusal
 
     def _record(
         self,
         exc: Exception,
         blob: BlobInfo,
         header: InstanceHeader,
+        origin: InstanceOrigin,
         caller: Caller,
         kind: str | None = None,
     ) -> None:
+        """Keep a refused copy in quarantine (``dicomhub conflicts``)."""
         kind = kind or ("patient-mismatch" if isinstance(exc, PatientMismatch) else "conflict")
         LOGGER.warning(
-            "refused %s from %s (%s): %s; copy kept as blob %s",
+            "refused %s from %s [%s] (%s): %s; copy kept as blob %s",
             header.sop_instance_uid,
             caller.name or caller.channel.value,
+            origin.describe(),
             kind,
             exc,
             blob.key,

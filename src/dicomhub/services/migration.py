@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
-from dicomhub.index.migration import MigrationRepository
+from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (
@@ -29,6 +29,7 @@ from dicomhub.model.migration import (
     reconcile,
 )
 from dicomhub.model.peer import Peer, Role
+from dicomhub.model.timestamps import utc_now
 from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.peers import PeerService
 
@@ -125,6 +126,10 @@ class MigrationService:
         self.peers = peers if peers is not None else PeerService(PeerRepository(repository.engine))
         self.content_digests = content_digests
         self.peers.on_remove.append(self.forget)
+
+    def inventory_windows(self, name: str) -> int:
+        """How many date windows of the inventory of remote ``name`` are walked."""
+        return len(self.repo.done_windows(self.remote(name)[0]))
 
     def local_inventory(self, study_uids: Iterable[str] | None = None) -> Inventory:
         """What this archive holds, with every data set digest (those that STOW-RS left
@@ -308,10 +313,8 @@ class MigrationService:
         if job["heartbeat_at"] is None:
             resumable += [JobState.RUNNING, JobState.STOPPING]
         else:
-            beat = dt.datetime.fromisoformat(job["heartbeat_at"])
-            if beat.tzinfo is None:  # SQLite gives back what it stored: UTC, naive
-                beat = beat.replace(tzinfo=dt.UTC)
-            if (dt.datetime.now(dt.UTC) - beat).total_seconds() > STALE_SECONDS:
+            beat = dt.datetime.fromisoformat(job["heartbeat_at"])  # aware: the index gives UTC
+            if (utc_now() - beat).total_seconds() > STALE_SECONDS:
                 resumable += [JobState.RUNNING, JobState.STOPPING]
         self.repo.retry_failed_items(job_id)
         if not self.repo.set_job_state(job_id, JobState.PENDING, only_from=resumable):

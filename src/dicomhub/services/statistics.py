@@ -1,4 +1,5 @@
-"""Operator statistics: the association log and the archive's gauges, for the CLI and metrics."""
+"""Operator statistics: the association log, the archive's gauges and its quarantine,
+for the CLI and metrics."""
 
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ class StatisticsService:
     def archive_counts(self) -> dict[str, int]:
         """Patients, studies, series and instances held."""
         return self.index.counts()
+
+    def pending_counts(self) -> dict[str, int]:
+        """Work waiting for the background process, per queue (header metadata, data set digests)."""
+        return self.index.pending_counts()
+
+    def refused_copies(self) -> list[dict[str, Any]]:
+        """The refused copies kept in quarantine, with why (``dicomhub conflicts``)."""
+        return self.index.conflicts()

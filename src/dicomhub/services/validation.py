@@ -2,9 +2,11 @@
 
 Under the ``record`` policy (the default) objects are stored as received and a
 background worker checks each one shortly after ingest (header only), like
-the decode check. Under ``warn`` and ``reject`` the store path calls
-:meth:`ValidationService.validate_bytes` before it answers, and
-:meth:`ValidationService.record` after; the worker then skips those copies.
+the decode check. Under ``warn`` and ``reject`` the ingest path's one
+validation step calls :meth:`ValidationService.validate_bytes` (or
+:meth:`~ValidationService.validate_file`) before it answers, and writes the
+findings (:meth:`ValidationService.as_record`) in the instance row's
+transaction; the worker then skips those copies.
 Findings are kept per object with its source AE and read back by
 ``dicomhub validate`` and the admin endpoints.
 """
@@ -88,6 +90,16 @@ class ValidationService:
     def validate_file(self, path: str | os.PathLike[str]) -> list[Finding]:
         """Check a Part 10 file on disk (a spooled large object), header only."""
         return validate_part10(path)
+
+    def as_record(
+        self,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        source_ae_title: str | None,
+        findings: Sequence[Finding],
+    ) -> ValidationRecord:
+        """The findings of one object as the index writes them (with its row, at ingest)."""
+        return _record(sop_instance_uid, sop_class_uid, source_ae_title, findings, False)
 
     def record(
         self,

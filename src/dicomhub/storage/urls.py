@@ -29,9 +29,12 @@ def open_blob_store(
     ConfigurationError
         For a URL of another scheme or without a path/bucket.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "file":
+    try:
         parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" (urlsplit reads it as an IPv6 host)
+        raise ConfigurationError(f"storage URL {url!r} is not a URL ({exc})") from exc
+    scheme = parts.scheme
+    if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError(f"storage URL {url!r} is not of the form file:///absolute/path")
         return FileSystemBlobStore(Path(unquote(parts.path)))

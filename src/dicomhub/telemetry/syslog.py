@@ -84,7 +84,10 @@ def parse_target(url: str) -> SyslogTarget:
     ConfigurationError
         For another scheme, no host, or a bad port.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" (urlsplit reads it as an IPv6 host)
+        raise ConfigurationError(f"audit_syslog {url!r}: not a URL ({exc})") from exc
     transport = parts.scheme.lower()
     if transport not in _DEFAULT_PORTS or not parts.hostname:
         raise ConfigurationError(f"audit_syslog {url!r}: tls://HOST[:PORT], tcp://HOST[:PORT] or udp://HOST[:PORT]")

@@ -62,8 +62,7 @@ def create_app(
         )
 
     def healthz(_request: Request) -> JSONResponse:
-        index_ok = archive.index.usable()
-        storage_ok = archive.blobs.usable()
+        index_ok, storage_ok = archive.health()
         dimse_ok = dimse_alive()
         ok = index_ok and storage_ok and dimse_ok
         body = {

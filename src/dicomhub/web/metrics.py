@@ -61,7 +61,7 @@ class _ArchiveGauges:
             "data set digest, Storage Commitment reports not delivered yet.",
             labels=["queue"],
         )
-        for queue, n in self.archive.index.pending_counts().items():
+        for queue, n in self.archive.statistics.pending_counts().items():
             background.add_metric([queue], n)
         background.add_metric(["commitment-reports"], states.get("pending", 0))
         yield background

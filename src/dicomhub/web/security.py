@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from dicomhub.errors import InvalidRequest, NotFound
 from dicomhub.model.access import Action
 from dicomhub.model.audit import AuditAction
+from dicomhub.model.timestamps import as_utc
 from dicomhub.services.administration import SecurityAdministration
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import record_dict
@@ -62,7 +63,7 @@ def _time(request: Request, key: str) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(text)
     except ValueError as exc:
         raise InvalidRequest(f"{key} must be an ISO 8601 date or time") from exc
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)
 
 
 def dicomweb_routes(archive: Archive) -> list[BaseRoute]:

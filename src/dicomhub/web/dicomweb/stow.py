@@ -76,6 +76,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from xml.sax.saxutils import escape, quoteattr
 
+import anyio
+import anyio.to_thread
 import pydicom
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -100,10 +102,10 @@ from dicomhub.model.access import Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import is_valid_uid, require_uid
+from dicomhub.model.ingest import InstanceOrigin, StoreResult
 from dicomhub.model.structure import dataset_offset
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
-from dicomhub.services.ingest import StoreResult
 from dicomhub.telemetry.metrics import count_backend_error
 from dicomhub.web.auth import audit, caller_of, outcome_of
 from dicomhub.web.dicomweb.upload import BodyInterrupted, BodyPipe, MultipartReader, parse_media_type
@@ -153,6 +155,10 @@ _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
 
 # Body bytes received but not yet parsed and written (the worker thread's backlog).
 _PIPE_BYTES = 8 << 20
+# Body bytes that must arrive before an upload gets its worker thread.
+_START_BYTES = 64 << 10
+# Uploads ingested at once (each on a thread); more wait, their sockets paused.
+_UPLOAD_THREADS = 16
 # Failure texts sent back as Warning headers (the rest are only logged).
 _WARNING_HEADERS = 10
 
@@ -439,6 +445,9 @@ class StowService:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         self.archive = archive
         self.spool_root = settings.data_dir / "tmp"
+        # Uploads get threads of their own, not the shared pool's: uploads that
+        # stall (slow clients) must not leave QIDO-RS and WADO-RS without a thread.
+        self.upload_threads = anyio.CapacityLimiter(_UPLOAD_THREADS)
         self.public_base_url = settings.public_base_url
 
     def remove_leftovers(self) -> None:
@@ -468,18 +477,36 @@ class StowService:
         # each part into its blob as it arrives, then flushes and indexes them
         # all. Receiving overlaps with parsing and writing.
         pipe = BodyPipe(_PIPE_BYTES)
-        worker = asyncio.ensure_future(
-            run_in_threadpool(self._ingest_body, pipe, boundary, caller, study_instance_uid)
-        )
+
+        def start_worker() -> asyncio.Future[list[InstanceOutcome]]:
+            return asyncio.ensure_future(
+                anyio.to_thread.run_sync(
+                    self._ingest_body, pipe, boundary, caller, study_instance_uid, limiter=self.upload_threads
+                )
+            )
+
+        # The worker thread starts once _START_BYTES have arrived (or the whole body):
+        # a client trickling its body holds no thread of the shared pool (which QIDO
+        # and WADO need too) until the body deadlines of dicomhub.web.protocol end it.
+        worker: asyncio.Future[list[InstanceOutcome]] | None = None
+        received = 0
         try:
             async for chunk in request.stream():
-                if chunk and not await pipe.put(chunk):
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if worker is None and received >= _START_BYTES:
+                    worker = start_worker()
+                if not await pipe.put(chunk):
                     break  # the worker stopped reading (a malformed body): it answers
         except BaseException as exc:
             pipe.fail(exc)
-            with contextlib.suppress(BaseException):
-                await worker  # it removes what it wrote
+            if worker is not None:
+                with contextlib.suppress(BaseException):
+                    await worker  # it removes what it wrote
             raise
+        if worker is None:
+            worker = start_worker()
         pipe.close()
         try:
             outcomes = await worker
@@ -580,7 +607,10 @@ class StowService:
 
         try:
             results: list[StoreResult | Exception] = self.archive.ingest.store_many(
-                dicom_parts(), caller, study_instance_uid=study_instance_uid
+                dicom_parts(),
+                caller,
+                study_instance_uid=study_instance_uid,
+                origin=InstanceOrigin.stow_rs(caller.principal, caller.address or None),
             )
         except (InvalidRequest, BodyInterrupted):
             raise

@@ -18,7 +18,7 @@ import json
 import sqlalchemy as sa
 from alembic import op
 
-from dicomhub.index.security import legacy_audit_codes
+from dicomhub.model.audit import legacy_audit_codes
 
 revision = "0009"
 down_revision = "0008"

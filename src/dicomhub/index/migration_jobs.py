@@ -1,4 +1,6 @@
-"""Remote archives, their inventories, migration jobs and reconcile reports.
+"""Archive-to-archive migration: remote archives, their inventories, migration jobs
+and reconcile reports (tables in :mod:`dicomhub.index.schema.migration_jobs`; not
+to be confused with ``index/migrations``, the Alembic revisions of the schema).
 
 Everything a migration knows lives here, so that a migration interrupted by a
 crash or a restart resumes where it was: the inventory walk by the date
@@ -13,18 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
     and_,
     delete,
     func,
@@ -35,139 +26,35 @@ from sqlalchemy import (
 )
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import instance, metadata, patient, series, study
+from dicomhub.index.schema import (
+    instance,
+    inventory_instance,
+    inventory_series,
+    inventory_study,
+    inventory_window,
+    migration_item,
+    migration_job,
+    migration_remote,
+    patient,
+    reconcile_run,
+    series,
+    study,
+)
 from dicomhub.model.migration import (
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEM_PENDING,
     Inventory,
     InventoryInstance,
     InventorySeries,
     InventoryStudy,
     JobState,
 )
+from dicomhub.model.timestamps import utc_now
 
 __all__ = ["MigrationRepository"]
 
-_PK = BigInteger().with_variant(Integer(), "sqlite")
 
-# The inventory state of a migration peer, keyed by the peer's name: how to reach
-# it is in the peer registry (``peer``, revision 0014).
-migration_remote = Table(
-    "migration_remote",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
-    Column("inventory_complete", Boolean, nullable=False, default=False),
-    Column("inventory_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-# A date window of the inventory walk whose studies are all recorded.
-inventory_window = Table(
-    "inventory_window",
-    metadata,
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), primary_key=True),
-    Column("window", String(40), primary_key=True),
-    Column("studies", Integer, nullable=False),
-)
-
-inventory_study = Table(
-    "inventory_study",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
-    Column("study_instance_uid", String(64), nullable=False),
-    Column("patient_id", String(64), nullable=False, default=""),
-    Column("patient_name", String(324), nullable=False, default=""),
-    Column("study_date", String(18), nullable=False, default=""),
-    Column("accession_number", String(16), nullable=False, default=""),
-    # Its series and instances are recorded (the walk goes down study by study).
-    Column("complete", Boolean, nullable=False, default=False),
-    UniqueConstraint("remote_pk", "study_instance_uid", name="uq_inventory_study"),
-)
-
-inventory_series = Table(
-    "inventory_series",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
-    Column("study_instance_uid", String(64), nullable=False),
-    Column("series_instance_uid", String(64), nullable=False),
-    Column("modality", String(16), nullable=False, default=""),
-    UniqueConstraint("remote_pk", "series_instance_uid", name="uq_inventory_series"),
-    Index("ix_inventory_series_study", "remote_pk", "study_instance_uid"),
-)
-
-inventory_instance = Table(
-    "inventory_instance",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
-    Column("series_instance_uid", String(64), nullable=False),
-    Column("sop_instance_uid", String(64), nullable=False),
-    Column("sop_class_uid", String(64), nullable=False, default=""),
-    Column("content_sha256", String(64), nullable=False, default=""),
-    UniqueConstraint("remote_pk", "sop_instance_uid", name="uq_inventory_instance"),
-    Index("ix_inventory_instance_series", "remote_pk", "series_instance_uid"),
-)
-
-migration_job = Table(
-    "migration_job",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("selection_json", Text, nullable=False),
-    Column("parallel", Integer, nullable=False),
-    # Who runs it ("cli:PID" or "server:PID") and when it last said so: a
-    # running job whose heartbeat is old lost its runner and may be taken over.
-    Column("owner", String(64)),
-    Column("heartbeat_at", DateTime(timezone=True)),
-    Column("error", Text),
-    Column("reconcile_clean", Boolean),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    # pull: from the remote into dicomhub; push: from dicomhub to the remote (revision 0011).
-    Column("direction", String(8), nullable=False, server_default="pull"),
-    # The de-identification step on the way (project, options, reason, run), or NULL.
-    Column("transform_json", Text),
-    # What the report must say beyond the counts (objects sent in another syntax).
-    Column("notes", Text),
-    Index("ix_migration_job_state", "state"),
-)
-
-# One series to transfer, with what the source said it holds.
-migration_item = Table(
-    "migration_item",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("job_pk", _PK, ForeignKey("migration_job.pk", ondelete="CASCADE"), nullable=False),
-    Column("study_instance_uid", String(64), nullable=False),
-    Column("series_instance_uid", String(64), nullable=False),
-    Column("expected_instances", Integer, nullable=False),
-    Column("expected_bytes", BigInteger, nullable=False, default=0),
-    Column("state", String(16), nullable=False),  # pending / done / failed
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("transferred", Integer, nullable=False, default=0),
-    Column("transferred_bytes", BigInteger, nullable=False, default=0),
-    Column("error", Text),
-    Index("ix_migration_item_job", "job_pk", "state"),
-)
-
-reconcile_run = Table(
-    "reconcile_run",
-    metadata,
-    Column("pk", _PK, primary_key=True, autoincrement=True),
-    Column("remote_pk", _PK, ForeignKey("migration_remote.pk", ondelete="CASCADE"), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("clean", Boolean, nullable=False),
-    Column("report_json", Text, nullable=False),
-    Index("ix_reconcile_run_remote", "remote_pk", "at"),
-)
-
-ITEM_PENDING, ITEM_DONE, ITEM_FAILED = "pending", "done", "failed"
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def _job(row: Any) -> dict[str, Any]:
@@ -206,7 +93,7 @@ class MigrationRepository:
             pk = conn.execute(select(migration_remote.c.pk).where(migration_remote.c.name == name)).scalar()
             if pk is None:
                 conn.execute(
-                    insert(migration_remote).values(name=name, inventory_complete=False, created_at=_now())
+                    insert(migration_remote).values(name=name, inventory_complete=False, created_at=utc_now())
                 )
                 pk = conn.execute(
                     select(migration_remote.c.pk).where(migration_remote.c.name == name)
@@ -256,7 +143,7 @@ class MigrationRepository:
             conn.execute(
                 update(migration_remote)
                 .where(migration_remote.c.pk == remote_pk)
-                .values(inventory_complete=complete, inventory_at=_now() if complete else None)
+                .values(inventory_complete=complete, inventory_at=utc_now() if complete else None)
             )
 
     def done_windows(self, remote_pk: int) -> set[str]:
@@ -511,7 +398,7 @@ class MigrationRepository:
         transform: dict[str, Any] | None = None,
     ) -> int:
         """A new job: pending (for the server's worker), or running for ``owner`` already."""
-        now = _now()
+        now = utc_now()
         state = JobState.RUNNING if owner else JobState.PENDING
         with engines.write(self.engine) as conn:
             return int(
@@ -627,8 +514,8 @@ class MigrationRepository:
                 .values(
                     state=JobState.RUNNING.value,
                     owner=owner,
-                    heartbeat_at=_now(),
-                    updated_at=_now(),
+                    heartbeat_at=utc_now(),
+                    updated_at=utc_now(),
                     error=None,
                 )  # fmt: skip
             )
@@ -640,7 +527,7 @@ class MigrationRepository:
             conn.execute(
                 update(migration_job)
                 .where(migration_job.c.pk == job_pk, migration_job.c.owner == owner)
-                .values(heartbeat_at=_now())
+                .values(heartbeat_at=utc_now())
             )
             return conn.execute(select(migration_job.c.state).where(migration_job.c.pk == job_pk)).scalar()
 
@@ -653,7 +540,7 @@ class MigrationRepository:
         error: str | None = None,
         reconcile_clean: bool | None = None,
     ) -> bool:
-        values: dict[str, Any] = {"state": state.value, "updated_at": _now()}
+        values: dict[str, Any] = {"state": state.value, "updated_at": utc_now()}
         if error is not None:
             values["error"] = error
         if reconcile_clean is not None:
@@ -748,6 +635,6 @@ class MigrationRepository:
         with engines.write(self.engine) as conn:
             conn.execute(
                 insert(reconcile_run).values(
-                    remote_pk=remote_pk, at=_now(), clean=clean, report_json=json.dumps(report)
+                    remote_pk=remote_pk, at=utc_now(), clean=clean, report_json=json.dumps(report)
                 )
             )

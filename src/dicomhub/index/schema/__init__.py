@@ -1,0 +1,112 @@
+"""Every table of the index, in one package, on one ``MetaData``.
+
+One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
+:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`), all built from the shared
+column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
+Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
+default) and PostgreSQL.
+
+Importing this package defines every table, so ``metadata`` is complete for
+``create_all`` and for comparing with the Alembic head. The Alembic revisions
+(``index/migrations``) are frozen snapshots and never import this package: a
+table changed here needs a new revision there.
+"""
+
+from __future__ import annotations
+
+from dicomhub.index.schema.archive import (
+    change,
+    conflict,
+    instance,
+    patient,
+    series,
+    study,
+    worker_cursor,
+)
+from dicomhub.index.schema.base import metadata
+from dicomhub.index.schema.checks import (
+    decode_check,
+    validation_finding,
+    validation_instance,
+)
+from dicomhub.index.schema.deid import (
+    MAPPING_VALUE_LENGTH,
+    deid_mapping,
+    deid_project,
+    deid_run,
+    deid_run_item,
+)
+from dicomhub.index.schema.migration_jobs import (
+    inventory_instance,
+    inventory_series,
+    inventory_study,
+    inventory_window,
+    migration_item,
+    migration_job,
+    migration_remote,
+    reconcile_run,
+)
+from dicomhub.index.schema.network import (
+    association_log,
+    peer,
+    storage_commitment,
+)
+from dicomhub.index.schema.orders import (
+    imaging_order,
+    patient_merge,
+    patient_record,
+    requested_procedure,
+    scheduled_procedure_step,
+)
+from dicomhub.index.schema.security import (
+    api_token,
+    audit_event,
+    audit_study,
+    principal,
+    role_grant,
+    study_label,
+)
+from dicomhub.index.schema.types import PK, UtcDateTime
+
+__all__ = [
+    "MAPPING_VALUE_LENGTH",
+    "PK",
+    "UtcDateTime",
+    "api_token",
+    "association_log",
+    "audit_event",
+    "audit_study",
+    "change",
+    "conflict",
+    "decode_check",
+    "deid_mapping",
+    "deid_project",
+    "deid_run",
+    "deid_run_item",
+    "imaging_order",
+    "instance",
+    "inventory_instance",
+    "inventory_series",
+    "inventory_study",
+    "inventory_window",
+    "metadata",
+    "migration_item",
+    "migration_job",
+    "migration_remote",
+    "patient",
+    "patient_merge",
+    "patient_record",
+    "peer",
+    "principal",
+    "reconcile_run",
+    "requested_procedure",
+    "role_grant",
+    "scheduled_procedure_step",
+    "series",
+    "storage_commitment",
+    "study",
+    "study_label",
+    "validation_finding",
+    "validation_instance",
+    "worker_cursor",
+]
