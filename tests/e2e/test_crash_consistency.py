@@ -239,7 +239,7 @@ def test_kill9_rounds_lose_no_acknowledged_instance_and_leave_nothing_half_done(
 # -- kills during jobs ---------------------------------------------------------------
 
 JOB_STUDIES, JOB_SERIES_SIZE = 10, 6  # the pull: 20 series of 6 instances
-PUSH_SERIES, PUSH_SIZE = 16, 6  # stored here, then pushed
+PUSH_SERIES, PUSH_SIZE = 24, 6  # stored here, then pushed (C-STORE is quick: more than the pull)
 DEID_INSTANCES = 150
 SECRET_ENV = {"DICOMHUB_DEID_SECRET": DEID_SECRET}
 
@@ -261,14 +261,16 @@ def deid_run(srv: DicomhubServer, run_id: int, token: str) -> dict[str, Any]:
 
 
 def kill_mid_job(
-    srv: DicomhubServer, rng: random.Random, progress: Callable[[], tuple[int, bool]], what: str
+    srv: DicomhubServer, rng: random.Random, progress: Callable[[], tuple[int, int, bool]], what: str
 ) -> tuple[float, int]:
-    """kill -9 the server at a random point after ``progress`` first shows work done
-    (so the job is under way), and before it ends: (delay, work done at the kill)."""
+    """kill -9 the server at a random point after ``progress`` first shows work planned
+    (so the job is under way), and before it ends: (delay, work done at the kill).
+
+    ``progress``: (work planned or started, work done, job ended)."""
     wait_until(lambda: progress()[0] > 0 or None, timeout=120, interval=0.02, what=f"{what} under way")
     delay = rng.uniform(0.0, 0.6)
     time.sleep(delay)  # the random point of the kill (the test's input, not an assertion)
-    done, finished = progress()
+    _, done, finished = progress()
     srv.kill9()
     assert not finished, f"the {what} ended before the kill ({delay:.2f} s): make it longer"
     return delay, done
@@ -340,9 +342,11 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
         assert r.status_code == 201, r.text
         pull_id = r.json()["id"]
 
-        def pull_progress() -> tuple[int, bool]:
+        def pull_progress() -> tuple[int, int, bool]:
             job = migration_job(srv, pull_id)
-            return int(job["progress"]["instances_done"]), job["state"] == "done"
+            # The series to move are planned once the inventory is done: the transfer starts.
+            progress = job["progress"]
+            return int(progress["series"]), int(progress["instances_done"]), job["state"] == "done"
 
         delay, at_kill = kill_mid_job(srv, rng, pull_progress, "pull migration")
         srv.start()
@@ -355,7 +359,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
         assert held == pulled, f"seed {seed}: the pull lost, added or changed instances"
         orphans += only_orphans(srv)
         print(
-            f"pull: kill {delay:.2f} s after it started moving, {at_kill} instances done at the kill, "
+            f"pull: kill {delay:.2f} s after its series were planned, {at_kill} instances done at the kill, "
             f"done {resumed:.1f} s after the restart"
         )
 
@@ -372,9 +376,11 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
         assert r.status_code == 201, r.text
         push_id = r.json()["id"]
 
-        def push_progress() -> tuple[int, bool]:
+        def push_progress() -> tuple[int, int, bool]:
             job = migration_job(srv, push_id)
-            return int(job["progress"]["instances_done"]), job["state"] == "done"
+            # The series to move are planned once the inventory is done: the transfer starts.
+            progress = job["progress"]
+            return int(progress["series"]), int(progress["instances_done"]), job["state"] == "done"
 
         delay, at_kill = kill_mid_job(srv, rng, push_progress, "push migration")
         srv.start()
@@ -391,7 +397,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
         assert index_instances(srv).keys() == pulled.keys() | pushed.keys()
         orphans += only_orphans(srv)
         print(
-            f"push: kill {delay:.2f} s after it started moving, {at_kill} instances done at the kill, "
+            f"push: kill {delay:.2f} s after its series were planned, {at_kill} instances done at the kill, "
             f"done {resumed:.1f} s after the restart"
         )
 
@@ -423,7 +429,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
     run_id = r.json()["id"]
     before: dict[str, str] = {}
 
-    def deid_progress() -> tuple[int, bool]:
+    def deid_progress() -> tuple[int, int, bool]:
         run = deid_run(srv, run_id, token)
         before.clear()
         before.update(
@@ -431,7 +437,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
             for i in run["items"]
             if i["status"] in ("stored", "already-present")
         )
-        return int(run["stored"]), run["status"] == "done"
+        return int(run["stored"]), int(run["stored"]), run["status"] == "done"
 
     delay, at_kill = kill_mid_job(srv, rng, deid_progress, "de-identification run")
     srv.start()
