@@ -463,7 +463,8 @@ def run_background_worker(settings: Settings, parent: int) -> None:
 
 def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Event) -> None:
     """Run the migration jobs the HTTP API queues (and those a crashed server left), one at a time."""
-    from dicomhub.migrate.runner import STALE, Migrator, owner_name
+    from dicomhub.migrate.runner import STALE, Migrator, _owner_gone, owner_name
+    from dicomhub.model.migration import JobState
 
     owner = owner_name("server")
     migrator = Migrator(archive, settings)
@@ -472,6 +473,21 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
             job_id = archive.migration.repo.claim_job(
                 None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
             )
+            if job_id is None:
+                # A job whose server process on this host is gone (killed, crashed) is
+                # taken over at once, not after its heartbeat has gone stale: a
+                # restarted server resumes it seconds after it starts, not STALE later.
+                orphaned = [
+                    j["id"]
+                    for j in archive.migration.jobs()
+                    if j["state"] in (JobState.RUNNING.value, JobState.STOPPING.value)
+                    and str(j["owner"] or "").startswith("server:")
+                    and _owner_gone(j["owner"])
+                ]
+                if orphaned:
+                    job_id = archive.migration.repo.claim_job(
+                        min(orphaned), owner, dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+                    )
             if job_id is not None:
                 migrator.run(job_id, owner, stop=stop)
         except DicomhubError as exc:
