@@ -414,7 +414,13 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
     """A TOML table of VALUE = "ROLE@SCOPE" (or a list of those) as VALUE=ROLE@SCOPE entries."""
     entries = []
     for claim_value, grants in value.items():
-        for grant in [grants] if isinstance(grants, str) else list(grants):
+        if not isinstance(grants, (str, list)):
+            # e.g. `http_port = 42` written below [oidc_roles]: TOML puts it in the table.
+            raise ConfigurationError(
+                f"oidc_roles.{claim_value}: expected \"ROLE[@SCOPE]\" or a list of them, "
+                f"not {type(grants).__name__} {grants!r} (a setting below the [oidc_roles] table?)"
+            )
+        for grant in [grants] if isinstance(grants, str) else grants:
             entries.append(f"{claim_value}={_text(grant)}")
     return tuple(entries)
 

@@ -191,3 +191,13 @@ def test_implicit_vr_data_under_an_explicit_vr_syntax_is_still_accepted() -> Non
         warnings.simplefilter("ignore", UserWarning)  # pydicom: "Expected explicit VR, but found implicit VR"
         read_header(data)
         assert extract_part10(data).sop_instance_uid
+
+
+def test_a_setting_written_below_the_oidc_roles_table(tmp_path: Path) -> None:
+    # fuzz_config (second 10-minute run): TOML puts `http_port = 42` written after
+    # [oidc_roles] into that table, and its integer value raised TypeError out of
+    # load_settings instead of ConfigurationError naming it.
+    path = tmp_path / "dicomhub.toml"
+    path.write_text('[oidc_roles]\nradiologists = "reader"\nhttp_port = 42\n')
+    with pytest.raises(ConfigurationError, match=r"oidc_roles\.http_port"):
+        load_settings(config_file=path, environ={})
