@@ -467,9 +467,7 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
     migrator = Migrator(archive, settings)
     while not stop.wait(1.0):
         try:
-            job_id = archive.migration.repo.claim_job(
-                None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
-            )
+            job_id = archive.migration.claim_next_job(owner, dt.datetime.now(dt.UTC) - STALE, "server:%")
             if job_id is not None:
                 migrator.run(job_id, owner, stop=stop)
         except DicomhubError as exc:
