@@ -14,6 +14,7 @@ from dicomhub.errors import (
     DeidentificationError,
     DicomhubError,
     IndexUnavailable,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     StorageError,
@@ -51,6 +52,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (IndexUnavailable, 503),
+    (InsufficientStorage, 507),
     (StorageError, 503),
 )
 

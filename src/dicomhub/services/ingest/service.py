@@ -226,7 +226,7 @@ class IngestService(BatchIngest):
                     content.update(chunk)
                     yield chunk
 
-        blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
+        blob = self._put_new(lambda key: self.blobs.put_stream(key, chunks()))
         try:
             header = self._header_of_blob(blob.key)
             self.storable.require_storable(header.sop_class_uid)
@@ -289,7 +289,7 @@ class IngestService(BatchIngest):
         prepared = self._prepare(data, origin, caller, expect_instance_uid, expect_study_uid)
         if isinstance(prepared, StoreResult):
             return prepared
-        blob = self.blobs.put(self.blobs.new_key(), prepared.data)
+        blob = self._put_new(lambda key: self.blobs.put(key, prepared.data))
         return self._index_one(prepared, blob, origin, caller)
 
     def index_stored_blob(self, key: str, *, keep_refused: bool = False) -> bool:

@@ -330,6 +330,16 @@ class IngestSteps:
         )
         self.index.record_conflict(kind, header, header.sop_instance_uid, blob, caller.ae_title, str(exc))
 
+    def _put_new(self, write: Callable[[str], BlobInfo]) -> BlobInfo:
+        """Write a blob under a new key; when the write fails, remove whatever it may have
+        left: an S3 PUT can land after the client gave up on it (a read timeout)."""
+        key = self.blobs.new_key()
+        try:
+            return write(key)
+        except BaseException:
+            self._discard(key)
+            raise
+
     def _discard(self, key: str) -> None:
         try:
             self.blobs.delete(key)
