@@ -470,9 +470,7 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
     migrator = Migrator(archive, settings)
     while not stop.wait(1.0):
         try:
-            job_id = archive.migration.repo.claim_job(
-                None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
-            )
+            job_id = archive.migration.claim_next_job(owner, dt.datetime.now(dt.UTC) - STALE, "server:%")
             if job_id is None:
                 # A job whose server process on this host is gone (killed, crashed) is
                 # taken over at once, not after its heartbeat has gone stale: a
@@ -485,9 +483,7 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
                     and _owner_gone(j["owner"])
                 ]
                 if orphaned:
-                    job_id = archive.migration.repo.claim_job(
-                        min(orphaned), owner, dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-                    )
+                    job_id = archive.migration.claim_orphaned_job(min(orphaned), owner)
             if job_id is not None:
                 migrator.run(job_id, owner, stop=stop)
         except DicomhubError as exc:

@@ -33,7 +33,6 @@ import datetime as dt
 import logging
 import os
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -45,10 +44,10 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomhub import codec
-from dicomhub.config import Settings, tls_client_context
+from dicomhub.config import Settings
 from dicomhub.deid import Options
 from dicomhub.errors import DicomhubError
+from dicomhub.migrate.push import Outcome, Pusher, series_of_item, tls_context
 from dicomhub.migrate.sources import (
     DicomwebSource,
     DimseSource,
@@ -57,9 +56,7 @@ from dicomhub.migrate.sources import (
     RemoteError,
     open_source,
 )
-from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open_target
 from dicomhub.model.caller import Caller, Channel
-from dicomhub.model.identifiers import Level
 from dicomhub.model.ingest import InstanceOrigin, Part10Object, ReceivedDataSet, StoreOutcome
 from dicomhub.model.migration import (
     HEARTBEAT_SECONDS,
@@ -72,11 +69,8 @@ from dicomhub.model.migration import (
     InventoryStudy,
     JobState,
     ReconcileReport,
-    RemoteArchive,
     RemoteKind,
 )
-from dicomhub.model.query import Condition, Query, Single
-from dicomhub.model.records import InstanceRow
 from dicomhub.services.archive import Archive
 from dicomhub.services.deidentify import MigrationDeid
 from dicomhub.services.migration import selected
@@ -177,125 +171,6 @@ class _StoreSink:
         return self._count(result.size, result.outcome)
 
 
-def _tls(settings: Settings, remote: RemoteArchive) -> ssl.SSLContext | None:
-    """The DICOM TLS client context for a DIMSE peer with ``tls`` set, else None.
-    Never a fallback to plain TCP: a context that cannot be loaded is a
-    ConfigurationError, and the migration step fails with it."""
-    if remote.kind is not RemoteKind.DIMSE or not remote.tls:
-        return None
-    return tls_client_context(settings)
-
-
-# (item, state, attempts, instances done, bytes, error) of one series of a job.
-Outcome = tuple[dict[str, Any], str, int, int, int, str | None]
-
-
-class _Pusher:
-    """Sends this archive's series to a push target: one association (or HTTP client)
-    per worker thread, only the objects the target lacks, de-identified on the way
-    when the job has that step."""
-
-    def __init__(
-        self, archive: Archive, settings: Settings, remote: RemoteArchive, step: MigrationDeid | None
-    ) -> None:
-        self.archive, self.settings, self.remote, self.step = archive, settings, remote, step
-        self.caller = Caller(Channel.INTERNAL, f"migrate:{remote.name}")
-        self.transcoded: list[tuple[str, str, str]] = []  # (SOP Instance UID, stored TS, sent TS)
-        self._local = threading.local()
-        self._targets: list[DimseTarget | DicomwebTarget] = []
-        self._lock = threading.Lock()
-
-    def _target(self) -> DimseTarget | DicomwebTarget:
-        target: DimseTarget | DicomwebTarget | None = getattr(self._local, "target", None)
-        if target is None:
-            target = self._local.target = open_target(
-                self.remote, self.settings.aet, self.settings.dimse_timeout, _tls(self.settings, self.remote)
-            )
-            with self._lock:
-                self._targets.append(target)
-        return target
-
-    def held(self, study_uid: str, series_uid: str) -> set[str]:
-        return self._target().held(study_uid, series_uid)
-
-    def held_study(self, study_uid: str) -> dict[str, set[str]] | None:
-        """Series -> SOP Instance UIDs the target holds of a study, in one query (None:
-        the target refuses a query over a whole study)."""
-        return self._target().held_study(study_uid)
-
-    def push_series(
-        self,
-        study_uid: str,
-        series: InventorySeries,
-        uid: Callable[[str], str],
-        there: set[str] | None = None,
-    ) -> int:
-        """Send what the target lacks of a stored series (``there``: what it holds,
-        asked of it when None); return the bytes sent."""
-        query = Query(
-            Level.SERIES, (Condition("SeriesInstanceUID", "UI", Single(series.series_instance_uid)),)
-        )
-        rows = self.archive.search.instances(query, self.caller)
-        if there is None:
-            there = self.held(uid(study_uid), uid(series.series_instance_uid))
-        outgoing = [self._outgoing(row, uid) for row in rows if uid(row.sop_instance_uid) not in there]
-        sent = self._target().send(outgoing)
-        with self._lock:
-            self.transcoded.extend(sent.transcoded)
-        if sent.failures:
-            raise RemoteError(f"{len(sent.failures)} objects not sent: {sent.failures[0]}")
-        return sent.bytes
-
-    def _outgoing(self, row: InstanceRow, uid: Callable[[str], str]) -> Outgoing:
-        read = self.archive.retrieve.read
-        step = self.step
-        if step is None:
-
-            def in_syntax(syntax: str) -> bytes:
-                transcoded = self.archive.transcode.transcode(row, syntax)
-                try:
-                    return Path(transcoded.path).read_bytes()
-                finally:
-                    transcoded.close()
-
-            return Outgoing(
-                row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax_uid, lambda: read(row), in_syntax
-            )
-        kept: list[bytes] = []
-
-        def deidentified() -> bytes:
-            # De-identified when it is sent, once: a syntax fallback or a STOW-RS retry
-            # reuses the result (kept until the series is sent).
-            if not kept:
-                ds = step(dcmread(BytesIO(read(row))))
-                if str(ds.file_meta.TransferSyntaxUID) != row.transfer_syntax_uid:
-                    raise DicomhubError(
-                        f"{row.sop_instance_uid}: masking burned-in text changed its transfer syntax"
-                    )
-                out = BytesIO()
-                ds.save_as(out, enforce_file_format=True)
-                kept.append(out.getvalue())
-            return kept[0]
-
-        return Outgoing(
-            row.sop_class_uid,
-            uid(row.sop_instance_uid),
-            row.transfer_syntax_uid,
-            deidentified,
-            lambda syntax: codec.transcode_bytes(deidentified(), syntax),
-        )
-
-    def notes(self) -> str:
-        sop, stored, sent = self.transcoded[0]
-        return (
-            f"{len(self.transcoded)} objects sent in another transfer syntax than stored, because "
-            f"{self.remote.name} accepts none of theirs (first: {sop}, {stored} sent as {sent})"
-        )
-
-    def close(self) -> None:
-        for target in self._targets:
-            target.close()
-
 
 class Migrator:
     """Runs inventories and migration jobs of one archive (in the CLI or the server)."""
@@ -325,7 +200,7 @@ class Migrator:
             self.settings.aet,
             self.move_destination,
             self.settings.dimse_timeout,
-            _tls(self.settings, remote),
+            tls_context(self.settings, remote),
         )
 
     # -- inventory ---------------------------------------------------------
@@ -345,16 +220,15 @@ class Migrator:
         ``progress(phase, done, total)`` is called as windows and studies finish.
         """
         remote_pk, _remote = self.service.remote(name)
-        repo = self.service.repo
-        complete, _at = repo.inventory_state(remote_pk)
-        if refresh or complete:
-            repo.reset_inventory(remote_pk)
+        ledger = self.service
+        if refresh or ledger.inventory_complete(remote_pk):
+            ledger.restart_inventory(remote_pk)
         source = self._source(name)
         try:
             self._walk_windows(source, remote_pk, date_from, date_to, progress)
         finally:
             source.close()
-        pending = repo.incomplete_studies(remote_pk)
+        pending = ledger.studies_without_content(remote_pk)
         # Studies are asked about on several associations at once: a C-FIND round
         # trip, not the peer, is what limits one. Each thread has its own source.
         sources: list[DimseSource | DicomwebSource | FolderSource] = []
@@ -370,14 +244,13 @@ class Migrator:
         try:
             with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="inventory") as pool:
                 for n, (study_uid, found) in enumerate(pool.map(content, pending)):
-                    repo.record_study_content(remote_pk, study_uid, found)
+                    ledger.record_study_content(remote_pk, study_uid, found)
                     if progress:
                         progress("studies", n + 1, len(pending))
         finally:
             for each in sources:
                 each.close()
-        repo.set_inventory_complete(remote_pk, True)
-        return repo.inventory(remote_pk)
+        return ledger.finish_inventory(remote_pk)
 
     def _walk_windows(
         self,
@@ -387,8 +260,8 @@ class Migrator:
         date_to: str | None,
         progress: Callable[[str, int, int], None] | None,
     ) -> None:
-        repo = self.service.repo
-        done = repo.done_windows(remote_pk)
+        ledger = self.service
+        done = ledger.walked_windows(remote_pk)
         windows = 0
 
         def key(a: dt.date | None, b: dt.date | None) -> str:
@@ -417,7 +290,7 @@ class Migrator:
                 visit(a, mid)
                 visit(mid + 1 * dt.timedelta(days=1), b)
                 return
-            repo.record_window(remote_pk, key(a, b), studies)
+            ledger.record_window(remote_pk, key(a, b), studies)
             done.add(key(a, b))
             windows += 1
             if progress:
@@ -449,8 +322,7 @@ class Migrator:
         as it was created, so asking for another direction or step is refused.
         """
         remote_pk, _ = self.service.remote(name)
-        repo = self.service.repo
-        job_id = repo.unfinished_job(remote_pk)
+        job_id = self.service.unfinished_job(remote_pk)
         if job_id is None:
             job_id = self.service.create_job(
                 name, selection, parallel, owner=owner, direction=direction, transform=transform
@@ -467,8 +339,7 @@ class Migrator:
         stale = dt.datetime.now(dt.UTC) - STALE
         if _owner_gone(job["owner"]):
             stale = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-        repo.retry_failed_items(job_id)
-        if repo.claim_job(job_id, owner, stale) is None:
+        if not self.service.take_over(job_id, owner, stale):
             raise DicomhubError(
                 f"migration job {job_id} from {name!r} is being run by {job['owner']}; "
                 "stop it (POST /migrations/{id}/stop) or wait for it"
@@ -491,8 +362,8 @@ class Migrator:
         source mapped through the project's mapping with the target.
         """
         stop = stop or threading.Event()
-        repo = self.service.repo
-        job = self.service.job(job_id)
+        ledger = self.service
+        job = ledger.job(job_id)
         name, selection = job["remote"], job["selection"]
         push = job["direction"] == "push"
         remote_pk, remote = self.service.remote(name)
@@ -501,7 +372,7 @@ class Migrator:
         def beat() -> None:
             while not beat_done.wait(HEARTBEAT):
                 try:
-                    if repo.heartbeat(job_id, owner) == JobState.STOPPING.value:
+                    if ledger.heartbeat(job_id, owner):
                         stop.set()
                 except DicomhubError as exc:  # the index is busy: try again next beat
                     LOGGER.warning("migration job %s heartbeat failed: %s", job_id, exc)
@@ -514,25 +385,24 @@ class Migrator:
             uid = self._uid_mapper(steps)
             if push:
                 # What the target holds now: the items are what it lacks.
-                if not repo.has_items(job_id):
+                if not ledger.has_items(job_id):
                     self.inventory(name, refresh=True, parallel=job["parallel"])
                 source_inventory = self.service.local_inventory()
             else:
-                complete, _ = repo.inventory_state(remote_pk)
-                if not complete:
+                if not ledger.inventory_complete(remote_pk):
                     self.inventory(name, parallel=job["parallel"])
-                source_inventory = repo.inventory(remote_pk)
+                source_inventory = ledger.stored_inventory(remote_pk)
             studies = {u: s for u, s in source_inventory.studies.items() if selected(s, selection)}
-            if not repo.has_items(job_id):
+            if not ledger.has_items(job_id):
                 held = (
-                    repo.inventory(remote_pk)
+                    ledger.stored_inventory(remote_pk)
                     if push
                     else self.service.local_inventory([uid(u) for u in studies])
                 )
                 items = self._missing(studies, held, uid)
                 if steps is not None and items:
                     run_pk = self._start_deid_run(job_id, steps, name, push, owner, studies, items)
-                repo.add_items(job_id, items)
+                ledger.add_items(job_id, items)
             step = self.archive.deid.migration_step(run_pk) if run_pk is not None else None
             state = self._transfer(
                 job_id, remote.kind, name, source_inventory, job["parallel"], progress, stop,
@@ -543,7 +413,7 @@ class Migrator:
                 # (server restart): pending again, for the next runner.
                 asked = self.service.job(job_id)["state"] == JobState.STOPPING.value
                 final_stop = JobState.STOPPED if asked else JobState.PENDING
-                repo.set_job_state(job_id, final_stop)
+                ledger.end_job(job_id, final_stop)
                 return final_stop
             if push:  # the reconcile is against a fresh inventory of the target
                 self.inventory(name, refresh=True, parallel=job["parallel"])
@@ -551,17 +421,16 @@ class Migrator:
                 name, only=list(studies), push=push, map_source=self._mapping(steps)
             )
             final = JobState.DONE if report.clean and state is JobState.DONE else JobState.FAILED
-            error = (
-                None if final is JobState.DONE else _failure_text(report, repo.items(job_id, [ITEM_FAILED]))
-            )
-            repo.set_job_state(job_id, final, error=error or "", reconcile_clean=report.clean)
+            failed = ledger.job_items(job_id, [ITEM_FAILED]) if final is not JobState.DONE else []
+            error = None if final is JobState.DONE else _failure_text(report, failed)
+            ledger.end_job(job_id, final, error=error or "", reconcile_clean=report.clean)
             if run_pk is not None:
                 self.archive.deid.finish_migration_run(run_pk)
             return final
         except Exception as exc:
             # Retried items failed or the peer is unreachable: the job can be resumed.
             LOGGER.exception("migration job %s failed", job_id)
-            repo.set_job_state(job_id, JobState.FAILED, error=str(exc) or type(exc).__name__)
+            ledger.end_job(job_id, JobState.FAILED, error=str(exc) or type(exc).__name__)
             return JobState.FAILED
         finally:
             beat_done.set()
@@ -609,7 +478,7 @@ class Migrator:
             sops,
             steps.get("burned_in"),
         )
-        self.service.repo.set_job_transform(job_id, {**steps, "run": run_pk})
+        self.service.record_deid_run(job_id, steps, run_pk)
         return run_pk
 
     @staticmethod
@@ -641,14 +510,14 @@ class Migrator:
         step: MigrationDeid | None = None,
         uid: Callable[[str], str] = str,
     ) -> JobState:
-        repo = self.service.repo
+        ledger = self.service
         series_of = {
             series_uid: series
             for study in inventory.studies.values()
             for series_uid, series in study.series.items()
         }
-        pending = repo.items(job_id, [ITEM_PENDING])
-        counts = self.service.job(job_id)["progress"]
+        pending = ledger.job_items(job_id, [ITEM_PENDING])
+        counts = ledger.job(job_id)["progress"]
         shown = Progress(
             series_total=counts["series"],
             series_done=counts["series_done"],
@@ -661,7 +530,7 @@ class Migrator:
             progress(shown)
         _pk, remote = self.service.remote(name)
         transform = step if step is not None else self.transform
-        pusher = _Pusher(self.archive, self.settings, remote, step) if push else None
+        pusher = Pusher(self.archive, self.settings, remote, step) if push else None
         source = None if pusher is not None else self._source(name)
         caller = (
             Caller(Channel.DIMSE, remote.ae_title, remote.host)
@@ -676,13 +545,11 @@ class Migrator:
         def present(study_uid: str, series_uid: str) -> set[str]:
             if pusher is not None:
                 return pusher.held(uid(study_uid), uid(series_uid))
-            return repo.local_instances_of_series(uid(series_uid))
+            return ledger.held_instances_of_series(uid(series_uid))
 
         def one(item: dict[str, Any]) -> Outcome:
             study_uid = item["study_instance_uid"]
-            series = series_of.get(item["series_instance_uid"]) or InventorySeries(
-                item["series_instance_uid"]
-            )
+            series = series_of_item(series_of, item)
             expected = {uid(sop) for sop in series.instances}
             attempts, error = item["attempts"], None
             sink = _StoreSink(self.archive, caller, transform, InstanceOrigin.migration(name))
@@ -714,47 +581,13 @@ class Migrator:
         # A push checks what the target holds study by study: the series of a study are
         # sent (what the target's inventory of the job lacked), then one query tells
         # what arrived. A series that did not arrive is retried on its own.
-        known = self.service.repo.inventory(self.service.remote(name)[0]) if pusher is not None else None
+        known = self.service.stored_inventory(self.service.remote(name)[0]) if pusher is not None else None
 
         def one_study(items: list[dict[str, Any]]) -> list[Outcome]:
             if pusher is None or known is None or stop.is_set():
                 return [one(item) for item in items]
-            study_uid = items[0]["study_instance_uid"]
-            have = known.studies.get(uid(study_uid))
-            sent: dict[int, int] = {}
-            errors: dict[int, str] = {}
-            for item in items:
-                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
-                    item["series_instance_uid"]
-                )
-                there = have.series.get(uid(series.series_instance_uid)) if have else None
-                try:
-                    sent[item["pk"]] = pusher.push_series(
-                        study_uid, series, uid, set(there.instances) if there else set()
-                    )
-                except (DicomhubError, OSError) as exc:
-                    errors[item["pk"]] = str(exc) or type(exc).__name__
-            try:
-                after = pusher.held_study(uid(study_uid))
-            except (DicomhubError, OSError) as exc:
-                LOGGER.warning("study %s: what the target holds is unknown: %s", study_uid, exc)
-                after = None
-            out: list[Outcome] = []
-            for item in items:
-                series = series_of.get(item["series_instance_uid"]) or InventorySeries(
-                    item["series_instance_uid"]
-                )
-                expected = {uid(sop) for sop in series.instances}
-                nbytes = sent.get(item["pk"], 0)
-                arrived = after is not None and expected <= after.get(uid(series.series_instance_uid), set())
-                if item["pk"] not in errors and arrived:
-                    out.append((item, ITEM_DONE, item["attempts"] + 1, len(series.instances), nbytes, None))
-                    continue
-                if item["pk"] in errors:
-                    LOGGER.warning("series %s: %s", series.series_instance_uid, errors[item["pk"]])
-                again = one({**item, "attempts": item["attempts"] + 1})
-                out.append((item, *again[1:4], again[4] + nbytes, again[5]))
-            return out
+            have = known.studies.get(uid(items[0]["study_instance_uid"]))
+            return pusher.push_study(items, have, series_of, uid, one)
 
         by_study: dict[str, list[dict[str, Any]]] = {}
         for entry in pending:
@@ -779,7 +612,7 @@ class Migrator:
                 for future in finished:
                     running.discard(future)
                     for item, state, attempts, done, nbytes, error in future.result():
-                        self._finished(repo, item, state, attempts, done, nbytes, error, shown, lock)
+                        self._finished(item, state, attempts, done, nbytes, error, shown, lock)
                     if progress:
                         progress(shown)
                 refill()
@@ -788,14 +621,13 @@ class Migrator:
         if pusher is not None:
             pusher.close()
             if pusher.transcoded:
-                repo.set_job_notes(job_id, pusher.notes())
-        if stop.is_set() and repo.items(job_id, [ITEM_PENDING]):
+                ledger.set_job_notes(job_id, pusher.notes())
+        if stop.is_set() and ledger.job_items(job_id, [ITEM_PENDING]):
             return JobState.STOPPED
-        return JobState.FAILED if repo.items(job_id, [ITEM_FAILED]) else JobState.DONE
+        return JobState.FAILED if ledger.job_items(job_id, [ITEM_FAILED]) else JobState.DONE
 
-    @staticmethod
     def _finished(
-        repo: Any,
+        self,
         item: dict[str, Any],
         state: str,
         attempts: int,
@@ -805,7 +637,7 @@ class Migrator:
         shown: Progress,
         lock: threading.Lock,
     ) -> None:
-        repo.finish_item(item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error)
+        self.service.finish_item(item["pk"], state, attempts, done, item["transferred_bytes"] + nbytes, error)
         with lock:
             shown.bytes_done += nbytes
             if state == ITEM_DONE:

@@ -3,7 +3,8 @@
 Every store path (C-STORE, STOW-RS, import, migration, ``reindex``) asks
 :meth:`DuplicateJudge.difference` when a SOP Instance UID comes again. The
 answer is None for the same object, or the first difference in content,
-which the duplicate policy then acts on (keep, overwrite, reject).
+which the duplicate policy then acts on (keep, overwrite, reject):
+:meth:`DuplicateJudge.decide` is that decision, for the ingest path.
 
 The cheap path stays cheap: equal data set digests decide at once, so an
 identical resend costs one comparison of two strings. Only when the digests
@@ -15,18 +16,20 @@ syntax is the same object.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from dataclasses import dataclass
 
 from dicomhub import codec
 from dicomhub.errors import DicomhubError, DuplicateInstance
 from dicomhub.index.repository import IndexRepository
+from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.records import InstanceHeader, InstanceRow
 from dicomhub.services.blobfiles import blob_as_file
 from dicomhub.services.contentdigest import PENDING, content_digest_of_blob, digests_of_blob
 from dicomhub.storage.base import BlobStore
 
-__all__ = ["BlobRef", "DuplicateJudge", "Incoming", "other_content"]
+__all__ = ["BlobRef", "Decision", "DuplicateJudge", "Incoming", "Verdict", "other_content"]
 
 LOGGER = logging.getLogger("dicomhub.ingest")
 
@@ -42,6 +45,25 @@ class BlobRef:
 Incoming = bytes | BlobRef
 
 
+class Verdict(enum.Enum):
+    NEW = "new"  # not held (or held with other content, under overwrite): index it
+    PRESENT = "present"  # held with the same content: answer already present
+    REFUSED = "refused"  # see Decision.refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The duplicate decision for one object."""
+
+    verdict: Verdict
+    refusal: DuplicateInstance | None = None
+    # Refused for other content: the copy is kept in quarantine (dicomhub conflicts).
+    quarantine: bool = False
+
+
+NEW = Decision(Verdict.NEW)
+
+
 def other_content(header: InstanceHeader, difference: str) -> DuplicateInstance:
     """The refusal of a copy whose content differs from the held one (with the first difference)."""
     return DuplicateInstance(
@@ -55,6 +77,40 @@ class DuplicateJudge:
     def __init__(self, index: IndexRepository, blobs: BlobStore) -> None:
         self.index = index
         self.blobs = blobs
+
+    def decide(
+        self,
+        header: InstanceHeader,
+        existing: InstanceRow | None,
+        content: str,
+        incoming: Incoming,
+        policy: DuplicatePolicy,
+        *,
+        may_replace: bool = True,
+    ) -> Decision:
+        """The one duplicate decision, under the duplicate ``policy``.
+
+        Not held: new. Held with the same content (whatever its encoding,
+        :meth:`difference`): already present, or refused under
+        ``reject``. Held with other content: replaced under ``overwrite``
+        (unless ``may_replace`` is false: the index has already declined to),
+        else refused with the copy kept in quarantine.
+        """
+        if existing is None:
+            return NEW
+        difference = self.difference(existing, content, header.transfer_syntax_uid, incoming)
+        if difference is None:
+            if policy is DuplicatePolicy.REJECT:
+                return Decision(
+                    Verdict.REFUSED,
+                    DuplicateInstance(
+                        f"SOP Instance {header.sop_instance_uid} is already stored (policy: reject)"
+                    ),
+                )
+            return Decision(Verdict.PRESENT)
+        if policy is DuplicatePolicy.OVERWRITE and may_replace:
+            return NEW
+        return Decision(Verdict.REFUSED, other_content(header, difference), quarantine=True)
 
     def held_digest(self, existing: InstanceRow) -> str:
         """The data set digest of an indexed instance: when STOW-RS left it for later,

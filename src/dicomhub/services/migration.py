@@ -2,7 +2,8 @@
 inventories, reconciliation against this archive, and the state of migration jobs.
 
 The transfers themselves (C-FIND, C-MOVE, C-GET, QIDO-RS, WADO-RS) are done by
-:mod:`dicomhub.migrate`, which records what it does here; the HTTP API only
+:mod:`dicomhub.migrate`, which records what it does here, through the job
+ledger below (inventory walks, claims and heartbeats, items); the HTTP API only
 creates, lists and stops jobs, which a runner (the server's background worker
 or ``dicomhub migrate``) then picks up from the index.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dicomhub.errors import Conflict, InvalidRequest, NotFound
@@ -21,6 +22,7 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.migration import (
     STALE_SECONDS,
     Inventory,
+    InventorySeries,
     InventoryStudy,
     JobState,
     ReconcileReport,
@@ -320,3 +322,99 @@ class MigrationService:
         if not self.repo.set_job_state(job_id, JobState.PENDING, only_from=resumable):
             raise Conflict(f"migration job {job_id} is neither stopped, failed nor abandoned by its runner")
         return self.job(job_id)
+
+    # -- the job ledger: what a runner (dicomhub.migrate) records ----------
+    #
+    # ``remote_pk`` is the key :meth:`remote` gives with the remote archive: a
+    # runner asks for it once and walks and records under it.
+
+    def inventory_complete(self, remote_pk: int) -> bool:
+        """Whether the stored inventory of the remote is a finished walk."""
+        complete, _at = self.repo.inventory_state(remote_pk)
+        return complete
+
+    def restart_inventory(self, remote_pk: int) -> None:
+        """Forget the stored inventory of the remote, so that the next walk starts afresh."""
+        self.repo.reset_inventory(remote_pk)
+
+    def walked_windows(self, remote_pk: int) -> set[str]:
+        """The StudyDate windows of the current walk that are recorded already."""
+        return self.repo.done_windows(remote_pk)
+
+    def record_window(self, remote_pk: int, window: str, studies: Sequence[InventoryStudy]) -> None:
+        """Record the studies the remote has in one StudyDate window (committed)."""
+        self.repo.record_window(remote_pk, window, studies)
+
+    def studies_without_content(self, remote_pk: int) -> list[str]:
+        """Study Instance UIDs of the walk whose series and instances are not recorded yet."""
+        return self.repo.incomplete_studies(remote_pk)
+
+    def record_study_content(self, remote_pk: int, study_uid: str, series: list[InventorySeries]) -> None:
+        """Record the series and instances the remote holds of one study (committed)."""
+        self.repo.record_study_content(remote_pk, study_uid, series)
+
+    def finish_inventory(self, remote_pk: int) -> Inventory:
+        """Mark the walk complete; return the inventory it stored."""
+        self.repo.set_inventory_complete(remote_pk, True)
+        return self.repo.inventory(remote_pk)
+
+    def stored_inventory(self, remote_pk: int) -> Inventory:
+        """The stored inventory of the remote (complete or not)."""
+        return self.repo.inventory(remote_pk)
+
+    def held_instances_of_series(self, series_uid: str) -> set[str]:
+        """SOP Instance UIDs this archive holds of a series."""
+        return self.repo.local_instances_of_series(series_uid)
+
+    def unfinished_job(self, remote_pk: int) -> int | None:
+        """The job with the remote that is not done, if any (there is at most one)."""
+        return self.repo.unfinished_job(remote_pk)
+
+    def take_over(self, job_id: int, owner: str, stale_before: dt.datetime) -> bool:
+        """Claim an unfinished job for ``owner`` with its failed items pending again;
+        False when another runner's heartbeat is newer than ``stale_before``."""
+        self.repo.retry_failed_items(job_id)
+        return self.repo.claim_job(job_id, owner, stale_before) is not None
+
+    def claim_next_job(self, owner: str, stale_before: dt.datetime, owners_like: str) -> int | None:
+        """Claim the oldest pending job, or one whose runner (matching ``owners_like``,
+        SQL LIKE) has had no heartbeat since ``stale_before``."""
+        return self.repo.claim_job(None, owner, stale_before, owners_like=owners_like)
+
+    def claim_orphaned_job(self, job_id: int, owner: str) -> int | None:
+        """Claim a job whose runner is known to be gone, however fresh its last heartbeat."""
+        return self.repo.claim_job(job_id, owner, dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        """Renew ``owner``'s claim on the job; True when it is asked to stop."""
+        return self.repo.heartbeat(job_id, owner) == JobState.STOPPING.value
+
+    def has_items(self, job_id: int) -> bool:
+        return self.repo.has_items(job_id)
+
+    def add_items(self, job_id: int, items: Sequence[tuple[str, str, int]]) -> None:
+        """The job's items: (study, series, expected instances) to transfer."""
+        self.repo.add_items(job_id, items)
+
+    def job_items(self, job_id: int, states: Sequence[str]) -> list[dict[str, Any]]:
+        """The job's items in ``states`` (``ITEM_PENDING``, ``ITEM_FAILED``, ...)."""
+        return self.repo.items(job_id, states)
+
+    def finish_item(
+        self, item_pk: int, state: str, attempts: int, done: int, transferred_bytes: int, error: str | None
+    ) -> None:
+        """Record how one item ended (done, failed, or pending again when stopped)."""
+        self.repo.finish_item(item_pk, state, attempts, done, transferred_bytes, error)
+
+    def end_job(
+        self, job_id: int, state: JobState, *, error: str | None = None, reconcile_clean: bool | None = None
+    ) -> None:
+        """Leave the job in ``state`` (its runner is done with it, for now or for good)."""
+        self.repo.set_job_state(job_id, state, error=error, reconcile_clean=reconcile_clean)
+
+    def record_deid_run(self, job_id: int, steps: dict[str, Any], run_pk: int) -> None:
+        """Remember the job's de-identification run, so that a resumed job continues it."""
+        self.repo.set_job_transform(job_id, {**steps, "run": run_pk})
+
+    def set_job_notes(self, job_id: int, notes: str) -> None:
+        self.repo.set_job_notes(job_id, notes)

@@ -3,10 +3,9 @@
 Under the ``record`` policy (the default) objects are stored as received and a
 background worker checks each one shortly after ingest (header only), like
 the decode check. Under ``warn`` and ``reject`` the ingest path's one
-validation step calls :meth:`ValidationService.validate_bytes` (or
-:meth:`~ValidationService.validate_file`) before it answers, and writes the
-findings (:meth:`ValidationService.as_record`) in the instance row's
-transaction; the worker then skips those copies.
+validation step (:meth:`ValidationService.check_incoming`) checks the
+object before it is answered, and ingest writes the findings it returns in
+the instance row's transaction; the worker then skips those copies.
 Findings are kept per object with its source AE and read back by
 ``dicomhub validate`` and the admin endpoints.
 """
@@ -18,22 +17,40 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from dicomhub.errors import DicomhubError
+from dicomhub.errors import DicomhubError, DoesNotMatchIOD
 from dicomhub.index.engine import lease
 from dicomhub.index.validation import FindingRow, PendingValidation, ValidationRecord, ValidationRepository
 from dicomhub.iod.validate import Finding, Severity, validate_encoded, validate_part10
+from dicomhub.model.ingest import InstanceOrigin
 from dicomhub.model.policy import ValidationPolicy
+from dicomhub.model.records import InstanceHeader
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.blobfiles import blob_as_file
+from dicomhub.services.duplicates import BlobRef, Incoming
 from dicomhub.storage.base import BlobStore
 
-__all__ = ["ValidationService", "has_errors"]
+__all__ = ["NOT_VALIDATED", "Validated", "ValidationService", "has_errors"]
 
 LOGGER = logging.getLogger("dicomhub.validation")
+# A refusal at ingest is logged with the other refusals of the store path.
+_INGEST_LOGGER = logging.getLogger("dicomhub.ingest")
 
 _CURSOR = "validation"
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """What the validation step found: the record to write with the row (None when the
+    policy leaves validation to the background worker) and the warning to report."""
+
+    record: ValidationRecord | None = None
+    warning: str | None = None
+
+
+NOT_VALIDATED = Validated()
 
 
 def has_errors(findings: Sequence[Finding]) -> bool:
@@ -90,6 +107,51 @@ class ValidationService:
     def validate_file(self, path: str | os.PathLike[str]) -> list[Finding]:
         """Check a Part 10 file on disk (a spooled large object), header only."""
         return validate_part10(path)
+
+    def check_incoming(
+        self,
+        header: InstanceHeader,
+        source_ae_title: str | None,
+        origin: InstanceOrigin,
+        source: Incoming,
+        blobs: BlobStore,
+    ) -> Validated:
+        """The one validation step of ingest: IOD validation under the ``warn`` and
+        ``reject`` policies of the source's AE title (header only), for every source alike.
+
+        ``source`` is the object in hand (a Part 10 file's bytes) or its
+        written blob in ``blobs``. Under ``record`` nothing is checked here: the
+        background worker checks the stored copy. The findings are returned for
+        ingest to write with the instance row; a refused object's are written
+        here on their own, as there is no row.
+
+        Raises
+        ------
+        DoesNotMatchIOD
+            Under ``reject``, for an object with errors.
+        """
+        policy = self.policy_for(source_ae_title)
+        if policy is ValidationPolicy.RECORD:
+            return NOT_VALIDATED
+        if isinstance(source, BlobRef):
+            with blob_as_file(blobs, source.key) as path:
+                findings = self.validate_file(path)
+        else:
+            findings = self.validate_bytes(source)
+        errors = [f for f in findings if f.is_error]
+        if policy is ValidationPolicy.REJECT and errors:
+            self.record(
+                header.sop_instance_uid, header.sop_class_uid, source_ae_title, findings, rejected=True
+            )
+            _INGEST_LOGGER.warning(
+                "%s from %s refused by IOD validation: %s",
+                header.sop_instance_uid[:80],
+                origin.describe(),
+                errors[0].message,
+            )
+            raise DoesNotMatchIOD(f"IOD: {errors[0].message}")
+        record = self.as_record(header.sop_instance_uid, header.sop_class_uid, source_ae_title, findings)
+        return Validated(record, errors[0].message if errors else None)
 
     def as_record(
         self,
