@@ -9,6 +9,7 @@ objects to the running ``dicomhub serve`` instead, which stores them itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from dicomhub.model.structure import dataset_offset
 
 __all__ = [
     "DicomwebSource",
+    "FIND_CONTEXT",
     "DimseSource",
     "FolderSource",
     "MoveRefused",
@@ -55,6 +57,8 @@ _FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information M
 _MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 _GET = "1.2.840.10008.5.1.4.1.2.2.3"
 _QUERY_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR Little Endian
+#: The C-FIND presentation context, for a caller that asks on an association of its own.
+FIND_CONTEXT = (_FIND, _QUERY_SYNTAXES)
 _STUDY_KEYS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber")
 # Studies asked about together by list of UID matching, and the instances their
 # counts may add up to: one IMAGE-level answer stays small enough to hold.
@@ -176,6 +180,22 @@ class DimseSource:
         if self._find_assoc is None or not self._find_assoc.is_open:
             self._find_assoc = self._associate([(_FIND, _QUERY_SYNTAXES)])
         return self._find_assoc
+
+    def share(self, assoc: Association) -> None:
+        """Ask on ``assoc`` (the caller's, e.g. a push target's storage association, on
+        which the peer accepted :data:`FIND_CONTEXT`) instead of on one of its own.
+
+        A peer serves a fixed number of associations at a time (Orthanc: four
+        threads by default, each one waits up to a second on an idle association
+        it polls); a query association per worker next to the storage one held
+        each C-STORE up to that second.
+        """
+        if not any(abstract == _FIND for abstract, _ts in assoc.accepted_contexts):
+            return
+        if self._find_assoc is not None and self._find_assoc is not assoc and self._find_assoc.is_open:
+            with contextlib.suppress(AssociationError, OSError):
+                self._find_assoc.release()
+        self._find_assoc = assoc
 
     def close(self) -> None:
         if self._find_assoc is not None and self._find_assoc.is_open:
