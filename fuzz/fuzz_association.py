@@ -1,12 +1,12 @@
-"""Fuzz target: one whole fast-path association fed from the input bytes.
+"""Fuzz target: one whole association fed from the input bytes.
 
 The input is what a peer sends on a fresh connection: the A-ASSOCIATE-RQ,
 then P-DATA-TF PDUs (command sets, data set fragments), A-RELEASE-RQ or
 A-ABORT. It is written into a socket pair whose other end
-:func:`dicomhub.dimse.fastpath.serve_association` serves on this thread, so
+:func:`dicomhub.dimse.association.serve_association` serves on this thread, so
 PDU framing, the A-ASSOCIATE-RQ decoder and negotiation, command set
-decoding, message reassembly and the C-ECHO/C-STORE/C-FIND/C-GET/C-MOVE
-handling all see it, exactly as from the network.
+decoding, message reassembly and the providers' C-ECHO/C-STORE/C-FIND/C-GET/
+C-MOVE and N-ACTION handling all see it, exactly as from the network.
 
 Property (its docstring: "never raises because of anything the peer
 sends"): no exception and no ERROR log record (its last line of defence
@@ -29,8 +29,8 @@ import atheris
 with atheris.instrument_imports(include=["dicomhub"]):
     from pydicom.dataset import Dataset
 
-    from dicomhub.dimse.fastpath import FastPathConfig, StoreOutcome, serve_association
-    from dicomhub.dimse.requests import QueryRequest, StoreRequest
+    from dicomhub.dimse.association import serve_association
+    from dicomhub.dimse.requests import AssociationConfig, QueryRequest, StoreOutcome, StoreRequest
 
 from fuzzing import MemoryBound, PropertyViolation, main
 
@@ -46,7 +46,7 @@ _STORAGE = {
     )
 }
 _MAX_PDU = 16384
-CONFIG = FastPathConfig(
+CONFIG = AssociationConfig(
     ae_title="DICOMHUB",
     storage_contexts=_STORAGE,
     maximum_pdu_size=_MAX_PDU,

@@ -2,11 +2,11 @@
 
 The first byte selects the parser, the rest is its input:
 
-* ``0``: :func:`dicomhub.dimse.pdu.parse_command` (a reassembled command
+* ``0``: :func:`dicomhub.dimse.messages.parse_command` (a reassembled command
   set); documented error :class:`~dicomhub.dimse.pdu.ProtocolError`.
-* otherwise: :func:`dicomhub.dimse.negotiation.decode_associate_rq` (an
-  A-ASSOCIATE-RQ after its 6-byte PDU header). Its callers (``establish``,
-  ``peek_associate_request``) turn any :class:`Exception` into a refusal,
+* otherwise: :func:`dicomhub.dimse.acse.decode_associate_rq` (an
+  A-ASSOCIATE-RQ after its 6-byte PDU header). Its caller (``Association.establish``)
+  turns any :class:`Exception` into a refusal,
   since pynetdicom's decoder raises many types on garbage; so any
   ``Exception`` is allowed, but no hang, no memory past the bound, and a
   decoded request must carry its AE titles and contexts as ``str``/lists.
@@ -19,8 +19,9 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports(include=["dicomhub", "pynetdicom.pdu", "pynetdicom.pdu_items"]):
-    from dicomhub.dimse.negotiation import decode_associate_rq
-    from dicomhub.dimse.pdu import ProtocolError, parse_command
+    from dicomhub.dimse.acse import decode_associate_rq
+    from dicomhub.dimse.messages import parse_command
+    from dicomhub.dimse.pdu import ProtocolError
 
 from fuzzing import MemoryBound, PropertyViolation, main
 

@@ -5,7 +5,7 @@ Every seed is made here, at run time, from real sources:
 * ``association`` and ``pdu``: the bytes real DICOM peers send, captured on
   127.0.0.1. pynetdicom's ``AE`` and, when installed, DCMTK's ``echoscu``,
   ``storescu`` and ``findscu`` (with ``TCP_NODELAY=1``) talk to dicomhub's
-  fast path through a relay that records what the peer sends. ``pdu`` gets
+  association loop through a relay that records what the peer sends. ``pdu`` gets
   the A-ASSOCIATE-RQ bodies and the command sets found in those streams.
 * ``part10``: pydicom's test files (``pydicom.data.get_testdata_file``),
   plus a truncated copy of one.
@@ -45,8 +45,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicomhub.dimse.fastpath import FastPathConfig, StoreOutcome, serve_association
-from dicomhub.dimse.requests import QueryRequest, StoreRequest
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.requests import AssociationConfig, QueryRequest, StoreOutcome, StoreRequest
 
 __all__ = ["main"]
 
@@ -130,7 +130,7 @@ class _Recorder:
 
     def _relay(self, conn: socket.socket, address: tuple[str, int]) -> None:
         inner, outer = socket.socketpair()
-        config = FastPathConfig(
+        config = AssociationConfig(
             ae_title="DICOMHUB",
             storage_contexts={
                 str(cx.abstract_syntax): ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]

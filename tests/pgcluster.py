@@ -61,6 +61,7 @@ class PostgresCluster:
         self.settings = list(settings)
         self.port = 0
         self.root: Path | None = None
+        self._options: list[str] = []
         self._user: str | None = _UNPRIVILEGED if os.geteuid() == 0 else None
 
     # -------------------------------------------------------------- lifecycle
@@ -84,15 +85,30 @@ class PostgresCluster:
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options += [f"-c {s}" for s in self.settings]
+        self._options = options
         for _attempt in range(5):
             self.port = _free_port()
-            proc = self._run(
-                "pg_ctl", "-D", str(data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-                "-o", " ".join([f"-p {self.port}", *options]), "start", check=False,
-            )  # fmt: skip
-            if proc.returncode == 0:
+            if self._pg_ctl_start().returncode == 0:
                 return self
         raise RuntimeError(f"PostgreSQL did not start:\n{self.log_tail()}")
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        assert self.root is not None
+        return self._run(
+            "pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "server.log"), "-w", "-t", "60",
+            "-o", " ".join([f"-p {self.port}", *self._options]), "start", check=False,
+        )  # fmt: skip
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data (``pg_ctl stop -m fast|immediate``): an outage."""
+        assert self.root is not None
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", mode, "-w", "-t", "60", "stop")
+
+    def start_server(self) -> None:
+        """Start the server stopped by :meth:`stop_server` again, on the same port."""
+        proc = self._pg_ctl_start()
+        if proc.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again:\n{proc.stderr}\n{self.log_tail()}")
 
     def stop(self) -> None:
         """Stop the server and remove its data directory."""

@@ -123,7 +123,7 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
     """
     configure_pydicom()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = connect_engine(settings.index_url)
+    engine = connect_engine(settings.index_url, busy_timeout=settings.database_busy_timeout)
     try:
         return _wire_archive(settings, engine, upgrade)
     except BaseException:
@@ -310,6 +310,8 @@ def open_blob_store(settings: Settings) -> BlobStore:
         settings.storage_fallback_url,
         s3_endpoint_url=settings.s3_endpoint_url,
         s3_region=settings.s3_region,
+        s3_read_timeout=settings.s3_read_timeout,
+        s3_max_attempts=settings.s3_max_attempts,
     )
 
 
@@ -324,7 +326,7 @@ def open_storage_migration(
     source_url = source_url or settings.storage_fallback_url or settings.blob_store_url
     if source_url == target_url:
         raise ConfigurationError(f"the blobs are in {target_url} already")
-    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     source, target = open_store_at(source_url, **stores), open_store_at(target_url, **stores)
     engine = connect_engine(settings.index_url)  # last: nothing after it can fail and leak it
     return StorageMigration(BlobRecords(engine), source, target), engine.dispose
@@ -355,7 +357,7 @@ def restore_source(settings: Settings, src: Path, blobs_from: str | None = None)
     the blobs are then verified where they are.
     """
     manifest, _entries = read_manifest(src)
-    stores = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
+    stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     if blobs_from is None and manifest.blobs_copied:
         folder = src / "blobs"
         if not (folder / "ff" / "f").is_dir():
@@ -461,7 +463,8 @@ def run_background_worker(settings: Settings, parent: int) -> None:
 
 def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Event) -> None:
     """Run the migration jobs the HTTP API queues (and those a crashed server left), one at a time."""
-    from dicomhub.migrate.runner import STALE, Migrator, owner_name
+    from dicomhub.migrate.runner import STALE, Migrator, _owner_gone, owner_name
+    from dicomhub.model.migration import JobState
 
     owner = owner_name("server")
     migrator = Migrator(archive, settings)
@@ -470,6 +473,21 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
             job_id = archive.migration.repo.claim_job(
                 None, owner, dt.datetime.now(dt.UTC) - STALE, owners_like="server:%"
             )
+            if job_id is None:
+                # A job whose server process on this host is gone (killed, crashed) is
+                # taken over at once, not after its heartbeat has gone stale: a
+                # restarted server resumes it seconds after it starts, not STALE later.
+                orphaned = [
+                    j["id"]
+                    for j in archive.migration.jobs()
+                    if j["state"] in (JobState.RUNNING.value, JobState.STOPPING.value)
+                    and str(j["owner"] or "").startswith("server:")
+                    and _owner_gone(j["owner"])
+                ]
+                if orphaned:
+                    job_id = archive.migration.repo.claim_job(
+                        min(orphaned), owner, dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+                    )
             if job_id is not None:
                 migrator.run(job_id, owner, stop=stop)
         except DicomhubError as exc:

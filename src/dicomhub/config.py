@@ -153,6 +153,9 @@ class Settings:
     # reverse proxy), for absolute BulkDataURI and RetrieveURL values; empty: from each request.
     public_base_url: str = ""
     database_url: str = ""  # empty: SQLite in the data dir
+    # SQLite: seconds a write waits for another process's lock on the index before the
+    # store fails (C-STORE 0xA701, STOW-RS 503) rather than hanging the sender.
+    database_busy_timeout: float = 60.0
     # Where blobs live: file:///path or s3://bucket/prefix (empty: data_dir/blobs).
     storage_url: str = ""
     # Read also from here when a blob is not in storage_url: the old store
@@ -161,6 +164,10 @@ class Settings:
     # S3 endpoint and region when not from AWS_ENDPOINT_URL / AWS_REGION / ~/.aws.
     s3_endpoint_url: str = ""
     s3_region: str = ""  # the S3 region (empty: AWS_REGION or ~/.aws/config)
+    # Seconds to wait for an S3 response before the request is retried (botocore's
+    # standard retries, with backoff) and, after s3_max_attempts, fails the store.
+    s3_read_timeout: float = 60.0
+    s3_max_attempts: int = 4  # tries of one S3 request in all (1: no retry)
     # Compression at rest: the first matching rule decides (none: keep as received).
     compress: tuple[CompressionRule, ...] = ()
     allow_lossy_compression: bool = False  # a lossy `compress` rule needs this
@@ -316,6 +323,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "hl7_port": (0, 65535),
     "max_associations": (1, None),
     "http_body_min_rate": (0, None),
+    "s3_max_attempts": (1, 20),
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).
@@ -406,7 +414,13 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
     """A TOML table of VALUE = "ROLE@SCOPE" (or a list of those) as VALUE=ROLE@SCOPE entries."""
     entries = []
     for claim_value, grants in value.items():
-        for grant in [grants] if isinstance(grants, str) else list(grants):
+        if not isinstance(grants, (str, list)):
+            # e.g. `http_port = 42` written below [oidc_roles]: TOML puts it in the table.
+            raise ConfigurationError(
+                f"oidc_roles.{claim_value}: expected \"ROLE[@SCOPE]\" or a list of them, "
+                f"not {type(grants).__name__} {grants!r} (a setting below the [oidc_roles] table?)"
+            )
+        for grant in [grants] if isinstance(grants, str) else grants:
             entries.append(f"{claim_value}={_text(grant)}")
     return tuple(entries)
 

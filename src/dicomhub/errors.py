@@ -15,7 +15,8 @@ transport codes in one table, so no transport status appears here::
     │   └── PatientMismatch       study already held under another PatientID
     ├── StorageError              blob write/read failure
     │   ├── BlobMissing
-    │   └── ChecksumMismatch
+    │   ├── ChecksumMismatch
+    │   └── InsufficientStorage   no space left (disk full, quota)
     ├── IndexUnavailable
     ├── TranscodeError            pixel data cannot be decoded / encoded as asked
     ├── DeidentificationError     a de-identification cannot be done as asked
@@ -33,6 +34,7 @@ __all__ = [
     "DicomhubError",
     "DuplicateInstance",
     "IndexUnavailable",
+    "InsufficientStorage",
     "DoesNotMatchIOD",
     "InvalidIdentifier",
     "InvalidRequest",
@@ -95,6 +97,11 @@ class BlobMissing(StorageError):
 
 class ChecksumMismatch(StorageError):
     """A blob's bytes no longer match the recorded SHA-256."""
+
+
+class InsufficientStorage(StorageError):
+    """The blob store has no space left (a full disk or an exhausted quota); nothing was
+    stored, and a store may succeed again once space is freed."""
 
 
 class IndexUnavailable(DicomhubError):

@@ -212,7 +212,7 @@ def offline_deid(tmp_path: Path, corpus: Corpus, project: str, *options: str) ->
     rc, out = run_cli(
         "deid", str(corpus.root), "--out", str(out_dir), "--project", project,
         *(arg for option in options for arg in ("--option", option)),
-        "--data-dir", str(tmp_path / "unused"), env=SECRET_ENV,
+        env=SECRET_ENV,
     )  # fmt: skip
     assert rc == 0, out
     found = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, out_dir.rglob("*.dcm"))}

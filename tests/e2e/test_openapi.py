@@ -123,12 +123,16 @@ class Stored:
     ds: Dataset
     victim: Dataset  # deleted by test_delete_routes
     job_id: str  # a migration job
+    order: str = ""  # an order's id (REST and FHIR ServiceRequest)
+    patient: str = ""  # a patient of record's id (REST and FHIR Patient)
 
 
-def _values(ds: Dataset, job_id: str = "1") -> dict[str, str]:
+def _values(ds: Dataset, job_id: str = "1", order: str = "", patient: str = "") -> dict[str, str]:
     """Values for the path and required query parameters of the document."""
     return {
         "job_id": job_id,
+        "order": order,
+        "patient": patient,
         "name": "nobody",
         "study": ds.StudyInstanceUID,
         "series": ds.SeriesInstanceUID,
@@ -194,7 +198,17 @@ def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> 
         f"{server.base_url}/admin/peers/nobody", json={"ae_title": "NOBODY", "host": "127.0.0.1"}, timeout=30
     )
     assert r.status_code == 201, r.text
-    return Stored(ds, victim, job)
+    # An order (and so its patient of record) for the /api and /fhir routes.
+    r = httpx.post(
+        f"{server.base_url}/api/orders",
+        json={"accession_number": "OPENAPI1", "patient_id": "OPENAPI-P", "modality": "CT"},
+        timeout=30,
+    )
+    assert r.status_code == 201, r.text
+    order = r.json()["id"]
+    r = httpx.get(f"{server.base_url}/api/patients", timeout=30)
+    patient = next(p["id"] for p in r.json() if p["patient_id"] == "OPENAPI-P")
+    return Stored(ds, victim, job, order, patient)
 
 
 @pytest.fixture
@@ -245,7 +259,7 @@ def test_path_parameters_match_templates(doc: dict[str, Any]) -> None:
 def test_every_documented_get_answers_as_documented(
     client: httpx.Client, doc: dict[str, Any], stored: Stored
 ) -> None:
-    values = _values(stored.ds, stored.job_id)
+    values = _values(stored.ds, stored.job_id, stored.order, stored.patient)
     checked = 0
     secured = 0
     for path, item in doc["paths"].items():
@@ -267,8 +281,9 @@ def test_every_documented_get_answers_as_documented(
         checked += 1
     # 22 DICOMweb and server routes (/conformance, /metrics), 8 admin routes (6 + the two peer routes),
     # 2 migration routes,
-    # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export
-    assert checked == 39
+    # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
+    # 4 order and patient routes, 3 FHIR routes (metadata, Patient, ServiceRequest)
+    assert checked == 46
     assert secured == 2  # de-identification runs: the list and one run
 
 
@@ -349,6 +364,55 @@ def test_peer_routes_answer_as_documented(client: httpx.Client, doc: dict[str, A
         r = client.request(method.upper(), "/admin/peers/doc", json=body)
         assert r.status_code == status, r.text
         _check_response(doc, doc["paths"][path][method], r, f"{method.upper()} {path}")
+
+
+def test_order_and_fhir_writes_answer_as_documented(client: httpx.Client, doc: dict[str, Any]) -> None:
+    paths = doc["paths"]
+    r = client.post("/api/orders", json={"accession_number": "DOC1", "patient_id": "DOC-P", "modality": "MR"})
+    assert r.status_code == 201, r.text
+    _check_response(doc, paths["/api/orders"]["post"], r, "POST /api/orders")
+    order = r.json()["id"]
+    for path, status in (("/api/orders/{order}/discontinue", 200), ("/api/orders/{order}/cancel", 409)):
+        r = client.post(path.replace("{order}", order))
+        assert r.status_code == status, r.text
+        _check_response(doc, paths[path]["post"], r, f"POST {path}")
+    r = client.post("/api/orders", json={"accession_number": "DOC2", "patient_id": 7, "modality": "MR"})
+    assert r.status_code == 400, r.text
+    _check_response(doc, paths["/api/orders"]["post"], r, "POST /api/orders bad")
+    for body, status in (({"patient_id": "DOC-P", "patient_sex": "F"}, 200), ({"patient_id": "DOC-Q"}, 201)):
+        r = client.post("/api/patients", json=body)
+        assert r.status_code == status, r.text
+        _check_response(doc, paths["/api/patients"]["post"], r, "POST /api/patients")
+    fhir = {"Content-Type": "application/fhir+json"}
+    patient = {"resourceType": "Patient", "identifier": [{"value": "DOC-F"}], "gender": "male"}
+    for body, status in ((patient, 201), (patient, 200), ({**patient, "gender": 3}, 400)):
+        r = client.post("/fhir/Patient", json=body, headers=fhir)
+        assert r.status_code == status, r.text
+        _check_response(doc, paths["/fhir/Patient"]["post"], r, "POST /fhir/Patient")
+    r = client.post("/fhir/Patient", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+    _check_response(doc, paths["/fhir/Patient"]["post"], r, "POST /fhir/Patient text")
+    created = {**patient, "id": "doc-new", "identifier": [{"value": "DOC-N"}]}
+    r = client.put("/fhir/Patient/doc-new", json=created, headers=fhir)
+    assert r.status_code == 201, r.text
+    _check_response(doc, paths["/fhir/Patient/{patient}"]["put"], r, "PUT /fhir/Patient")
+    request = {
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/doc-new"},
+        "identifier": [{"type": {"coding": [{"code": "ACSN"}]}, "value": "DOC3"}],
+    }  # fmt: skip
+    r = client.post("/fhir/ServiceRequest", json=request, headers=fhir)
+    assert r.status_code == 201, r.text
+    _check_response(doc, paths["/fhir/ServiceRequest"]["post"], r, "POST /fhir/ServiceRequest")
+    rid = r.json()["id"]
+    path = "/fhir/ServiceRequest/{order}"
+    for body, status in (({**request, "id": rid, "intent": "plan"}, 422), ({**request, "id": rid}, 200)):
+        r = client.put(path.replace("{order}", rid), json=body, headers=fhir)
+        assert r.status_code == status, r.text
+        _check_response(doc, paths[path]["put"], r, f"PUT {path}")
+    r = client.get(path.replace("{order}", "no-such-order"))
+    assert r.status_code == 404, r.text
+    _check_response(doc, paths[path]["get"], r, f"GET {path} unknown")
 
 
 def _part10(ds: Dataset) -> bytes:

@@ -193,8 +193,8 @@ def disposed(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
     closed: list[Any] = []
     real = bootstrap.connect_engine
 
-    def connect(url: str) -> Any:
-        engine = real(url)
+    def connect(url: str, *args: Any, **kwargs: Any) -> Any:
+        engine = real(url, *args, **kwargs)
         dispose = engine.dispose
 
         def recorded(close: bool = True) -> None:

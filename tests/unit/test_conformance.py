@@ -21,8 +21,8 @@ from dicomhub.bootstrap import open_archive
 from dicomhub.config import RemoteAE, Settings
 from dicomhub.conformance import build_statement, http_routes_of, render_html, render_markdown
 from dicomhub.conformance.model import ConformanceStatement
-from dicomhub.dimse.negotiation import acceptor_contexts
-from dicomhub.dimse.server import fast_path_config
+from dicomhub.dimse.acse import acceptor_contexts
+from dicomhub.dimse.server import association_config
 from dicomhub.web.app import create_app
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
@@ -84,7 +84,7 @@ def statement(routes: list[tuple[str, str]]) -> ConformanceStatement:
 def test_claims_are_exactly_the_acceptor_contexts(statement: ConformanceStatement) -> None:
     expected = {
         (str(cx.abstract_syntax), str(ts), bool(cx.scu_role))
-        for cx in acceptor_contexts(fast_path_config(Settings()))
+        for cx in acceptor_contexts(association_config(Settings()))
         for ts in cx.transfer_syntax
     }
     claimed = statement.accepted_pairs()
@@ -93,7 +93,7 @@ def test_claims_are_exactly_the_acceptor_contexts(statement: ConformanceStatemen
 
 
 def test_storage_grouped_only_when_identical(statement: ConformanceStatement) -> None:
-    config = fast_path_config(Settings())
+    config = association_config(Settings())
     for group in statement.groups("storage"):
         syntaxes = [ts.uid for ts in group.transfer_syntaxes]
         for uid, _name in group.abstract_syntaxes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomhub.errors import BlobMissing, StorageError
+from dicomhub.errors import BlobMissing, InsufficientStorage, StorageError
 from dicomhub.storage.base import BlobInfo, new_blob_key
 from dicomhub.storage.filesystem import FileSystemBlobStore
 from dicomhub.storage.memory import MemoryBlobStore
@@ -126,3 +127,37 @@ def test_memory_store_put_stream_and_open_range() -> None:
     assert store.open_range(key, 5, 10) == b"0123456789"
     with pytest.raises(BlobMissing):
         store.open_range(new_blob_key(), 0, 1)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_is_insufficient_storage_and_leaves_the_pooled_file_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+    key = store.new_key()
+    real_write = os.write
+
+    def full(fd: int, data: object) -> int:
+        real_write(fd, bytes(memoryview(data)[:3]))  # type: ignore[arg-type]  # part of it fits
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(InsufficientStorage, match=os.strerror(code)):
+        store.put(key, b"0123456789")
+    monkeypatch.undo()
+    assert (tmp_path / "blobs" / key[:2] / key[2] / key).stat().st_size == 0
+
+
+def test_other_write_failures_are_plain_storage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileSystemBlobStore(tmp_path / "blobs", fsync=False)
+    key = store.new_key()
+
+    def broken(_fd: int, _data: object) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "write", broken)
+    with pytest.raises(StorageError) as caught:
+        store.put(key, b"0123456789")
+    assert not isinstance(caught.value, InsufficientStorage)

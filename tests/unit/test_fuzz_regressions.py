@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,73 @@ def test_storage_url_with_an_unbalanced_bracket() -> None:
 
     with pytest.raises(ConfigurationError, match="storage URL"):
         open_blob_store("s3://[bucket/prefix")
+
+
+def _with_sequence() -> bytes:
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = "1.2.3.4.5.6"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    item = Dataset()
+    item.CodeValue = "T-D0050"
+    item.CodingSchemeDesignator = "SRT"
+    item.CodeMeaning = "Tissue of a long enough meaning"
+    ds.AnatomicRegionSequence = Sequence([item])
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "ID-1"
+    return _part10(ds)
+
+
+@pytest.mark.parametrize("vr", [b"&O", b"\x00\x00", b"ZZ", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "keyword_tag", [b"\x08\x00\x00\x01", b"\x08\x00\x02\x01", b"\x08\x00\x04\x01", b"\x10\x00\x10\x00"]
+)
+def test_an_element_without_a_valid_vr_is_stored_only_if_its_header_is_readable(
+    vr: bytes, keyword_tag: bytes
+) -> None:
+    # fuzz_part10 (second 10-minute run): an element inside a sequence item with
+    # "&O" in its VR field passed ingest's walk (read as a short VR), while pydicom
+    # read on as implicit VR and failed at the end of the object: stored, but its
+    # header unreadable. Now an element without a valid VR leaves the decision to
+    # pydicom: accepted exactly when the header can be read.
+    data = bytes(_replace_vr(_with_sequence(), keyword_tag, vr))
+    try:
+        header = extract_part10(data)
+    except InvalidRequest:
+        return  # refused: nothing stored, whatever pydicom makes of it
+    assert header.sop_instance_uid == "1.2.3.4.5.6"
+    read_header(data)  # accepted: the stored header can be read (raised InvalidRequest before)
+
+
+def _replace_vr(data: bytes, tag: bytes, vr: bytes) -> bytearray:
+    out = bytearray(data)
+    at = out.index(tag, 132)
+    out[at + 4 : at + 6] = vr
+    return out
+
+
+def test_implicit_vr_data_under_an_explicit_vr_syntax_is_still_accepted() -> None:
+    # pydicom reads such objects (it detects the implicit VR at the data set's start);
+    # the stricter walk must not refuse them (a sample file pydicom ships).
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg.dcm")
+    assert path is not None
+    data = Path(str(path)).read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: "Expected explicit VR, but found implicit VR"
+        read_header(data)
+        assert extract_part10(data).sop_instance_uid
+
+
+def test_a_setting_written_below_the_oidc_roles_table(tmp_path: Path) -> None:
+    # fuzz_config (second 10-minute run): TOML puts `http_port = 42` written after
+    # [oidc_roles] into that table, and its integer value raised TypeError out of
+    # load_settings instead of ConfigurationError naming it.
+    path = tmp_path / "dicomhub.toml"
+    path.write_text('[oidc_roles]\nradiologists = "reader"\nhttp_port = 42\n')
+    with pytest.raises(ConfigurationError, match=r"oidc_roles\.http_port"):
+        load_settings(config_file=path, environ={})

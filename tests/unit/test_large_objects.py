@@ -1,13 +1,13 @@
 """Large objects over DIMSE without holding them in memory (issue 4, item 6).
 
-* Receiving: a C-STORE data set past ``FastPathConfig.spool_threshold`` is
+* Receiving: a C-STORE data set past ``AssociationConfig.spool_threshold`` is
   spooled to a file handed to ``on_store`` as ``StoreRequest.dataset_path``,
   and the file is gone afterwards whatever happened (on_store raising, peer
   abort, closed connection, protocol error, release or timeout mid-message).
 * Sending: a :class:`FileRegion` from ``Sendable.read`` goes out with
-  ``sendfile`` (or ``preadv`` into one buffer) on C-GET (fastpath) and C-MOVE
+  ``sendfile`` (or ``preadv`` into one buffer) on C-GET (the association itself) and C-MOVE
   (``scu.StoreAssociation``), honouring ``delete_after``.
-* Memory: 200 MB through the fast path, measured with tracemalloc.
+* Memory: 200 MB through the association loop, measured with tracemalloc.
 
 Everything runs in-process on loopback: ``serve_association`` per connection,
 driven by pynetdicom or by :class:`~dicomhub.dimse.scu.StoreAssociation`.
@@ -35,16 +35,18 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
-from dicomhub.dimse.fastpath import (
-    FastPathConfig,
+from dicomhub.dimse import transport as T
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.requests import (
+    AssociationConfig,
     FileRegion,
     QueryRequest,
     RetrievePlan,
     Sendable,
     StoreOutcome,
     StoreRequest,
-    serve_association,
 )
 from dicomhub.dimse.scu import AssociationAborted, StoreAssociation
 from tests.unit.accept_loop import AcceptLoop
@@ -112,7 +114,7 @@ def sha256_of(path: str | Path, offset: int = 0, length: int | None = None) -> s
 # ---------------------------------------------------------------------------
 
 
-def make_config(**overrides: object) -> FastPathConfig:
+def make_config(**overrides: object) -> AssociationConfig:
     values: dict[str, object] = {
         "ae_title": "DICOMHUB",
         "storage_contexts": {CTImageStorage: [ExplicitVRLittleEndian]},
@@ -122,7 +124,7 @@ def make_config(**overrides: object) -> FastPathConfig:
         "query_retrieve": True,
     }
     values.update(overrides)
-    return FastPathConfig(**values)  # type: ignore[arg-type]
+    return AssociationConfig(**values)  # type: ignore[arg-type]
 
 
 class Listener(AcceptLoop):
@@ -130,7 +132,7 @@ class Listener(AcceptLoop):
 
     def __init__(
         self,
-        config: FastPathConfig,
+        config: AssociationConfig,
         on_store: Callable[[StoreRequest], StoreOutcome],
         on_retrieve: Callable[[QueryRequest], RetrievePlan] | None = None,
     ) -> None:
@@ -266,8 +268,8 @@ def test_message_cut_short_leaves_no_spool_file(
     listener = listen(received, spool_threshold=4096, spool_dir=str(tmp_path), dimse_timeout=0.5)
     assoc, cid = storage_scu(listener.port)
     sock = assoc.sock
-    command = P.encode_store_rq(1, CTImageStorage, "1.2.3.4")
-    P.send_buffers(sock, P.message_buffers(cid, command, None, 0))
+    command = M.encode_store_rq(1, CTImageStorage, "1.2.3.4")
+    T.send_buffers(sock, P.message_buffers(cid, command, None, 0))
     fragment = b"\x00" * 8000
     for _ in range(3):  # well past the threshold, never the last fragment
         sock.sendall(P.P_DATA_HEADERS.pack(P.P_DATA_TF, 0, len(fragment) + 6, len(fragment) + 2, cid, 0))
@@ -619,24 +621,24 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = "1.2.3"
-        command = P.encode_command(
+        command = M.encode_command(
             [
-                P.text_element(P.E_AFFECTED_SOP_CLASS, STUDY_GET.encode(), b"\x00"),
-                P.US_ELEMENT.pack(0, P.E_COMMAND_FIELD, 2, P.C_GET_RQ),
-                P.US_ELEMENT.pack(0, P.E_MESSAGE_ID, 2, 1),
-                P.US_ELEMENT.pack(0, P.E_PRIORITY, 2, 0),
-                P.US_ELEMENT.pack(0, P.E_DATA_SET_TYPE, 2, 1),
+                M.text_element(M.E_AFFECTED_SOP_CLASS, STUDY_GET.encode(), b"\x00"),
+                M.US_ELEMENT.pack(0, M.E_COMMAND_FIELD, 2, M.C_GET_RQ),
+                M.US_ELEMENT.pack(0, M.E_MESSAGE_ID, 2, 1),
+                M.US_ELEMENT.pack(0, M.E_PRIORITY, 2, 0),
+                M.US_ELEMENT.pack(0, M.E_DATA_SET_TYPE, 2, 1),
             ]
         )
-        P.send_buffers(sock, P.message_buffers(1, command, encode(identifier), 65536))
+        T.send_buffers(sock, P.message_buffers(1, command, encode(identifier), 65536))
         while True:
             pdu_type, body = read_pdu(sock)
             assert pdu_type == P.P_DATA_TF
             length, cid, control = P.PDV_HEADER.unpack_from(body)
             fragment = memoryview(body)[6 : 4 + length]
             if control & 0x01:
-                rsp = P.parse_command(bytes(fragment))
-                if rsp.command_field == P.C_STORE_RQ:
+                rsp = M.parse_command(bytes(fragment))
+                if rsp.command_field == M.C_STORE_RQ:
                     assert rsp.message_id is not None
                     store_message_id = rsp.message_id
                     if vanish:
@@ -644,7 +646,7 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         raise ConnectionResetError("vanished")
                     continue
-                assert rsp.command_field == P.C_GET_RSP
+                assert rsp.command_field == M.C_GET_RSP
                 if rsp.status != 0xFF00:
                     assert rsp.status == 0
                     break
@@ -652,8 +654,8 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
             digest.update(fragment)
             size += len(fragment)
             if control & 0x02:
-                answer = P.encode_response(P.C_STORE_RSP, store_message_id, CTImageStorage, "1.2.3.4", 0)
-                P.send_buffers(sock, P.message_buffers(cid, answer, None, 65536))
+                answer = M.encode_response(M.C_STORE_RSP, store_message_id, CTImageStorage, "1.2.3.4", 0)
+                T.send_buffers(sock, P.message_buffers(cid, answer, None, 65536))
         sock.sendall(P.RELEASE_RQ_PDU)
         read_pdu(sock)
     finally:
@@ -663,8 +665,8 @@ def raw_c_get(port: int, vanish: bool = False) -> tuple[int, str]:
 
 def read_pdu(sock: socket.socket) -> tuple[int, bytearray]:
     header = bytearray(6)
-    P.recv_exact(sock, memoryview(header))
+    T.recv_exact(sock, memoryview(header))
     pdu_type, _, length = P.PDU_HEADER.unpack(header)
     body = bytearray(length)
-    P.recv_exact(sock, memoryview(body))
+    T.recv_exact(sock, memoryview(body))
     return pdu_type, body

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
+from dicomhub.dimse.acse import _prefer_requestor_syntax, acceptor_contexts
 from dicomhub.dimse.contexts import STORAGE_SOP_CLASSES, STORAGE_TRANSFER_SYNTAXES
-from dicomhub.dimse.fastpath import _prefer_requestor_syntax
-from dicomhub.dimse.negotiation import acceptor_contexts
-from dicomhub.dimse.requests import FastPathConfig
+from dicomhub.dimse.requests import AssociationConfig
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ELE, ILE, EBE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 J2K, JLS = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80"
-CONFIG = FastPathConfig(
+CONFIG = AssociationConfig(
     ae_title="DICOMHUB", storage_contexts={sop: STORAGE_TRANSFER_SYNTAXES for sop in STORAGE_SOP_CLASSES}
 )
 

@@ -14,9 +14,9 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from dicomhub.config import load_settings
 from dicomhub.conformance import build_statement, render_markdown
+from dicomhub.dimse.acse import acceptor_contexts_for
 from dicomhub.dimse.contexts import STORAGE_SOP_CLASSES
-from dicomhub.dimse.negotiation import acceptor_contexts_for
-from dicomhub.dimse.server import fast_path_config
+from dicomhub.dimse.server import association_config
 from dicomhub.dimse.status import store_status
 from dicomhub.errors import ConfigurationError, SOPClassNotSupported
 from dicomhub.index.engine import connect_engine, migrate
@@ -158,7 +158,7 @@ def _proposed(*uids: str) -> list[PresentationContext]:
 
 
 def _accepted(settings_overrides: dict[str, object], *uids: str) -> set[str]:
-    config = fast_path_config(load_settings(settings_overrides, environ={}))
+    config = association_config(load_settings(settings_overrides, environ={}))
     proposed = _proposed(*uids)
     results, _roles = negotiate_as_acceptor(proposed, acceptor_contexts_for(config, proposed), {})
     return {str(r.abstract_syntax) for r in results if r.result == 0x00}
@@ -175,7 +175,7 @@ def test_negotiation_accepts_retired_classes_by_default_and_private_only_when_co
 
 
 def test_unknown_classes_get_the_scu_role_for_c_get() -> None:
-    config = fast_path_config(load_settings({"accept_unknown_sop_classes": True}, environ={}))
+    config = association_config(load_settings({"accept_unknown_sop_classes": True}, environ={}))
     proposed = _proposed(PRIVATE)
     extra = [cx for cx in acceptor_contexts_for(config, proposed) if cx.abstract_syntax == PRIVATE]
     assert len(extra) == 1 and extra[0].scu_role and extra[0].scp_role

@@ -3,9 +3,9 @@
 Nothing here is a hand-written list of SOP classes or transfer syntaxes:
 
 - accepted presentation contexts come from
-  :func:`dicomhub.dimse.negotiation.acceptor_contexts` on the
-  :class:`~dicomhub.dimse.requests.FastPathConfig` that
-  :func:`dicomhub.dimse.server.fast_path_config` builds for the DIMSE workers;
+  :func:`dicomhub.dimse.acse.acceptor_contexts` on the
+  :class:`~dicomhub.dimse.requests.AssociationConfig` that
+  :func:`dicomhub.dimse.server.association_config` builds for the DIMSE workers;
 - what this install decodes and encodes comes from
   :func:`dicomhub.codec.transfer_syntaxes`;
 - the Storage SCU behaviour of C-GET/C-MOVE (stored syntax, lossless
@@ -33,15 +33,16 @@ from pydicom.uid import UID
 
 from dicomhub import __version__, codec
 from dicomhub.config import RemoteAE, Settings
-from dicomhub.dimse import fastpath, status
-from dicomhub.dimse.negotiation import acceptor_contexts
+from dicomhub.dimse import status
+from dicomhub.dimse.acse import acceptor_contexts
+from dicomhub.dimse.providers.query_retrieve import move_proposals
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
-    FastPathConfig,
+    AssociationConfig,
     Sendable,
 )
-from dicomhub.dimse.server import fast_path_config
+from dicomhub.dimse.server import association_config
 from dicomhub.model.peer import Peer
 from dicomhub.model.sopclasses import storage_sop_class
 from dicomhub.services.transcode import TranscodeService
@@ -244,7 +245,7 @@ def _syntax_row(uid: str, catalogue: dict[str, codec.TransferSyntax]) -> SyntaxR
     return SyntaxRow(uid, ts.title, ts.can_decode, ts.can_encode, ts.lossy)
 
 
-def _kind(uid: str, config: FastPathConfig) -> str:
+def _kind(uid: str, config: AssociationConfig) -> str:
     if uid == VERIFICATION_SOP_CLASS:
         return "verification"
     if uid in config.storage_contexts:
@@ -255,7 +256,7 @@ def _kind(uid: str, config: FastPathConfig) -> str:
 
 
 def _accepted_groups(
-    config: FastPathConfig, catalogue: dict[str, codec.TransferSyntax]
+    config: AssociationConfig, catalogue: dict[str, codec.TransferSyntax]
 ) -> tuple[AcceptedContextGroup, ...]:
     """Group the acceptor's contexts by (kind, transfer syntaxes, roles), in their order."""
     groups: dict[tuple[str, tuple[str, ...], bool | None, bool | None], list[str]] = {}
@@ -297,7 +298,7 @@ def _retrieve_syntaxes(stored_syntaxes: Iterable[str]) -> tuple[RetrieveSyntaxRo
             read=bytes,
             alternatives=TranscodeService.alternatives(stored),
         )
-        proposals = fastpath.move_proposals([instance])  # the function the C-MOVE path calls
+        proposals = move_proposals([instance])  # the function the C-MOVE path calls
         rows.append(
             RetrieveSyntaxRow(
                 stored,
@@ -481,7 +482,7 @@ def _parameters(settings: Settings) -> tuple[Parameter, ...]:
 def build_statement(
     settings: Settings,
     http_routes: Sequence[tuple[str, str]] = (),
-    config: FastPathConfig | None = None,
+    config: AssociationConfig | None = None,
 ) -> ConformanceStatement:
     """Build the conformance statement of a server running with ``settings``.
 
@@ -492,15 +493,15 @@ def build_statement(
     http_routes : sequence of (str, str)
         (method, path template) of every route of the HTTP application
         (HEAD left out), e.g. from :func:`http_routes_of`.
-    config : FastPathConfig, optional
+    config : AssociationConfig, optional
         The association loop's configuration; by default the one the DIMSE
-        workers build (:func:`dicomhub.dimse.server.fast_path_config`).
+        workers build (:func:`dicomhub.dimse.server.association_config`).
 
     Returns
     -------
     ConformanceStatement
     """
-    config = config or fast_path_config(settings)
+    config = config or association_config(settings)
     catalogue = {ts.uid: ts for ts in codec.transfer_syntaxes()}
     accepted = _accepted_groups(config, catalogue)
     stored = [ts.uid for g in accepted if g.kind == "storage" for ts in g.transfer_syntaxes]

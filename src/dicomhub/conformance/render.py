@@ -551,7 +551,9 @@ def _dicomweb(st: ConformanceStatement, h: _Numbering, ts_label: Callable[[str],
             f"Under `http://{st.host}:{st.http_port}/dicomweb`, from the same index and storage as DIMSE. "
             "QIDO-RS matching is that of C-FIND; `limit`/`offset`, `includefield` and "
             "`fuzzymatching` are supported. STOW-RS stores through the same path as C-STORE (objects "
-            "kept as received). Errors are JSON with a reason (400, 404, 406, 409, 415, 503). "
+            "kept as received). Errors are JSON with a reason (400, 404, 406, 409, 415, 503, 507); "
+            "a STOW-RS request of which nothing could be stored for want of resources is answered "
+            "507 (blob store full) or 503 (index or object store unavailable). "
             "No authentication (section 7)."
         ),
         h(3, "Resources"),

@@ -6,7 +6,7 @@ transfer syntax below,
 each kept as received: an archive must take what a modality sends even when
 this install cannot decode it (the decode check reports those), and
 retrieval transcodes where a receiver needs another syntax. (Verification and the Query/Retrieve models are
-negotiated by :mod:`dicomhub.dimse.fastpath` itself.)
+negotiated by :mod:`dicomhub.dimse.acse` itself.)
 """
 
 from __future__ import annotations

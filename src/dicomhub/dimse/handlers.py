@@ -1,7 +1,7 @@
 """DIMSE requests -> service calls -> statuses.
 
 One ``handle_<service>`` per DIMSE service, called by the association code in
-:mod:`dicomhub.dimse.fastpath` on the association's thread. Each translates
+:mod:`dicomhub.dimse.providers` on the association's thread. Each translates
 errors through :mod:`dicomhub.dimse.status`; none lets an exception escape.
 """
 
@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset
 from dicomhub.config import DeidExport, Settings, tls_client_context
 from dicomhub.dimse import status
 from dicomhub.dimse.commitment import report_dataset
-from dicomhub.dimse.fastpath import (
+from dicomhub.dimse.identifiers import encode_match
+from dicomhub.dimse.requests import (
     FileRegion,
     Identifier,
     NActionOutcome,
@@ -27,7 +28,6 @@ from dicomhub.dimse.fastpath import (
     RetrievePlan,
     Sendable,
 )
-from dicomhub.dimse.identifiers import encode_match
 from dicomhub.dimse.session import AssociationSession
 from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.model.access import Access, Action

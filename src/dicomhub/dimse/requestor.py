@@ -52,7 +52,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import pdu as P
+from dicomhub.dimse import transport as T
 from dicomhub.dimse.requests import FileRegion
 
 __all__ = [
@@ -163,7 +165,7 @@ class Response:
         `transfer_syntax_uid`.
     """
 
-    command: P.Command
+    command: M.Command
     data: bytes | None
     transfer_syntax_uid: str
 
@@ -261,7 +263,7 @@ class Responses(Iterator[Response]):
             return
         self.cancelled = True
         self._assoc._send_command(
-            self._assoc._last_context, P.encode_request(P.C_CANCEL_RQ, self.message_id), None
+            self._assoc._last_context, M.encode_request(M.C_CANCEL_RQ, self.message_id), None
         )
 
     def close(self) -> None:
@@ -420,7 +422,7 @@ class Association:
         except AssociationError:
             _close(sock)
             raise
-        except (OSError, P.PeerGone) as exc:
+        except (OSError, T.PeerGone) as exc:
             _close(sock)
             raise AssociationError(f"association with {host}:{port} failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - pynetdicom's decoder raises anything
@@ -494,7 +496,7 @@ class Association:
 
     def send_c_echo(self, sop_class_uid: str = "1.2.840.10008.1.1") -> int:
         """Send C-ECHO-RQ; return the response's Status."""
-        return self._request(sop_class_uid, P.C_ECHO_RQ, P.C_ECHO_RSP, None, affected=True).status
+        return self._request(sop_class_uid, M.C_ECHO_RQ, M.C_ECHO_RSP, None, affected=True).status
 
     def send_c_store(
         self,
@@ -536,9 +538,9 @@ class Association:
                 raise AssociationAborted("the association is closed")
             # Opened before anything is sent: a missing file fails this
             # store only, not the association.
-            fd = P.open_region(dataset) if isinstance(dataset, FileRegion) else -1
+            fd = T.open_region(dataset) if isinstance(dataset, FileRegion) else -1
             try:
-                command = P.encode_store_rq(
+                command = M.encode_store_rq(
                     message_id,
                     sop_class_uid,
                     sop_instance_uid,
@@ -548,24 +550,24 @@ class Association:
                 with self._failing():
                     self.sock.settimeout(self.dimse_timeout)
                     if isinstance(dataset, FileRegion):
-                        P.send_file_message(self.sock, context_id, command, fd, dataset, self.peer_max_pdu)
+                        T.send_file_message(self.sock, context_id, command, fd, dataset, self.peer_max_pdu)
                     else:
-                        P.send_buffers(
+                        T.send_buffers(
                             self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu)
                         )
-                rsp = self._await_response(message_id, P.C_STORE_RSP)
+                rsp = self._await_response(message_id, M.C_STORE_RSP)
                 return rsp.status, rsp.error_comment
             finally:
                 if fd >= 0:
                     os.close(fd)
         finally:
-            P.release_region(dataset)
+            T.release_region(dataset)
 
     # -- C-FIND, C-GET, C-MOVE ---------------------------------------------
 
     def send_c_find(self, sop_class_uid: str, identifier: Dataset, priority: int = 0) -> Responses:
         """Send C-FIND-RQ; iterate the responses (pending ones carry the matches)."""
-        return self._retrieve(sop_class_uid, P.C_FIND_RQ, P.C_FIND_RSP, identifier, priority)
+        return self._retrieve(sop_class_uid, M.C_FIND_RQ, M.C_FIND_RSP, identifier, priority)
 
     def send_c_get(
         self,
@@ -582,14 +584,14 @@ class Association:
         """
         if on_c_store is not None:
             self.on_c_store = on_c_store
-        return self._retrieve(sop_class_uid, P.C_GET_RQ, P.C_GET_RSP, identifier, priority)
+        return self._retrieve(sop_class_uid, M.C_GET_RQ, M.C_GET_RSP, identifier, priority)
 
     def send_c_move(
         self, sop_class_uid: str, identifier: Dataset, move_destination: str, priority: int = 0
     ) -> Responses:
         """Send C-MOVE-RQ to `move_destination`; iterate the responses."""
         return self._retrieve(
-            sop_class_uid, P.C_MOVE_RQ, P.C_MOVE_RSP, identifier, priority, move_destination=move_destination
+            sop_class_uid, M.C_MOVE_RQ, M.C_MOVE_RSP, identifier, priority, move_destination=move_destination
         )
 
     def _retrieve(
@@ -603,7 +605,7 @@ class Association:
     ) -> Responses:
         cid, ts = self.context_for(sop_class_uid)
         message_id = self._message_id()
-        command = P.encode_request(
+        command = M.encode_request(
             request_field,
             message_id,
             affected_sop_class_uid=sop_class_uid,
@@ -621,7 +623,7 @@ class Association:
     ) -> Response:
         """N-EVENT-REPORT-RQ with the Event Information; the response (Event Reply in ``dataset``)."""
         return self._request(
-            sop_class_uid, P.N_EVENT_REPORT_RQ, P.N_EVENT_REPORT_RSP, information,
+            sop_class_uid, M.N_EVENT_REPORT_RQ, M.N_EVENT_REPORT_RSP, information,
             affected=True, sop_instance_uid=sop_instance_uid, event_type_id=event_type_id,
         )  # fmt: skip
 
@@ -633,14 +635,14 @@ class Association:
         The response's ``dataset`` is the Attribute List.
         """
         return self._request(
-            sop_class_uid, P.N_GET_RQ, P.N_GET_RSP, None,
+            sop_class_uid, M.N_GET_RQ, M.N_GET_RSP, None,
             sop_instance_uid=sop_instance_uid, attribute_identifier_list=attribute_identifier_list,
         )  # fmt: skip
 
     def send_n_set(self, sop_class_uid: str, sop_instance_uid: str, modification: Dataset) -> Response:
         """N-SET-RQ with the Modification List; the response."""
         return self._request(
-            sop_class_uid, P.N_SET_RQ, P.N_SET_RSP, modification, sop_instance_uid=sop_instance_uid
+            sop_class_uid, M.N_SET_RQ, M.N_SET_RSP, modification, sop_instance_uid=sop_instance_uid
         )
 
     def send_n_action(
@@ -648,7 +650,7 @@ class Association:
     ) -> Response:
         """N-ACTION-RQ with the Action Information; the response (Action Reply in ``dataset``)."""
         return self._request(
-            sop_class_uid, P.N_ACTION_RQ, P.N_ACTION_RSP, information,
+            sop_class_uid, M.N_ACTION_RQ, M.N_ACTION_RSP, information,
             sop_instance_uid=sop_instance_uid, action_type_id=action_type_id,
         )  # fmt: skip
 
@@ -659,8 +661,8 @@ class Association:
         Affected SOP Instance UID)."""
         return self._request(
             sop_class_uid,
-            P.N_CREATE_RQ,
-            P.N_CREATE_RSP,
+            M.N_CREATE_RQ,
+            M.N_CREATE_RSP,
             attributes,
             affected=True,
             sop_instance_uid=sop_instance_uid,
@@ -669,7 +671,7 @@ class Association:
     def send_n_delete(self, sop_class_uid: str, sop_instance_uid: str) -> Response:
         """N-DELETE-RQ; the response."""
         return self._request(
-            sop_class_uid, P.N_DELETE_RQ, P.N_DELETE_RSP, None, sop_instance_uid=sop_instance_uid
+            sop_class_uid, M.N_DELETE_RQ, M.N_DELETE_RSP, None, sop_instance_uid=sop_instance_uid
         )
 
     def wait_for_event_report(self, timeout: float) -> EventReport | None:
@@ -709,7 +711,7 @@ class Association:
         message_id = self._message_id()
         # PS3.7 10.3: Affected SOP Class/Instance for N-EVENT-REPORT and N-CREATE,
         # Requested SOP Class/Instance for N-GET, N-SET, N-ACTION, N-DELETE.
-        command = P.encode_request(
+        command = M.encode_request(
             request_field,
             message_id,
             affected_sop_class_uid=sop_class_uid if affected else None,
@@ -732,7 +734,7 @@ class Association:
         self._last_context = context_id
         with self._failing():
             self.sock.settimeout(self.dimse_timeout)
-            P.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
+            T.send_buffers(self.sock, P.message_buffers(context_id, command, dataset, self.peer_max_pdu))
 
     def _await_response(self, message_id: int, response_field: int) -> Response:
         """Serve what the peer sends until the response to `message_id` comes."""
@@ -776,23 +778,23 @@ class Association:
             return
         self._serve(cid, command, data)
 
-    def _serve(self, cid: int, command: P.Command, data: bytes | None) -> None:
+    def _serve(self, cid: int, command: M.Command, data: bytes | None) -> None:
         """Answer a request of the peer: C-STORE-RQ, N-EVENT-REPORT-RQ; anything else aborts."""
         ts = self._contexts.get(cid, ("", _IMPLICIT_VR_LE))[1]
         field, message_id = command.command_field, command.message_id or 0
         sop_class, sop_instance = command.sop_class_uid or "", command.sop_instance_uid or ""
-        if field == P.C_STORE_RQ and data is not None:
+        if field == M.C_STORE_RQ and data is not None:
             incoming = IncomingStore(sop_class, sop_instance, ts, data, command.move_originator_ae_title)
             status = self._call(self.on_c_store, incoming, "C-STORE")
-            rsp = P.encode_response(P.C_STORE_RSP, message_id, sop_class, sop_instance, status)
-        elif field == P.N_EVENT_REPORT_RQ:
+            rsp = M.encode_response(M.C_STORE_RSP, message_id, sop_class, sop_instance, status)
+        elif field == M.N_EVENT_REPORT_RQ:
             report = EventReport(sop_class, sop_instance, command.event_type_id or 0, data, ts)
             status = (
                 self._call(self.on_n_event_report, report, "N-EVENT-REPORT") if self.on_n_event_report else 0
             )
             if status == STATUS_SUCCESS:
                 self.event_reports.append(report)
-            rsp = P.encode_response(P.N_EVENT_REPORT_RSP, message_id, sop_class, sop_instance, status)
+            rsp = M.encode_response(M.N_EVENT_REPORT_RSP, message_id, sop_class, sop_instance, status)
         else:
             self.abort()
             raise AssociationAborted(
@@ -811,25 +813,25 @@ class Association:
             LOGGER.exception("%s handler failed", what)
             return STATUS_CANNOT_UNDERSTAND if what == "C-STORE" else STATUS_PROCESSING_FAILURE
 
-    def _receive(self, timeout: float) -> tuple[int, P.Command, bytes | None]:
+    def _receive(self, timeout: float) -> tuple[int, M.Command, bytes | None]:
         """Read PDUs until one whole message: (context ID, command set, data set or None)."""
         self.sock.settimeout(timeout)
         fragments: list[bytes] = []
         data: list[bytes] = []
-        command: P.Command | None = None
+        command: M.Command | None = None
         while True:
             pdu_type, body = _read_pdu(self.sock, _MAX_INCOMING_PDU)
             if pdu_type == P.A_ABORT:
                 self._open = False
                 _close(self.sock)
-                raise P.PeerGone("A-ABORT from peer")
+                raise T.PeerGone("A-ABORT from peer")
             if pdu_type == P.A_RELEASE_RQ:
                 self._open = False
                 try:
                     self.sock.sendall(P.RELEASE_RP_PDU)
                 finally:
                     _close(self.sock)
-                raise P.PeerGone("the peer released the association")
+                raise T.PeerGone("the peer released the association")
             if pdu_type != P.P_DATA_TF:
                 raise P.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X}")
             pos, end = 0, len(body)
@@ -843,7 +845,7 @@ class Association:
                 if control & 0x01:
                     fragments.append(body[pos + 6 : item_end])
                     if control & 0x02:
-                        command = P.parse_command(b"".join(fragments))
+                        command = M.parse_command(b"".join(fragments))
                         if not command.has_data_set:
                             return cid, command, None
                 elif command is None:
@@ -877,7 +879,7 @@ class Association:
                 if pdu_type == P.A_RELEASE_RQ:  # release collision: answer and finish
                     sock.sendall(P.RELEASE_RP_PDU)
                     break
-        except (OSError, P.PeerGone, P.ProtocolError):
+        except (OSError, T.PeerGone, P.ProtocolError):
             pass
         _close(sock)
 
@@ -917,7 +919,7 @@ class _Failing:
             raise AssociationAborted(f"protocol error from {name}: {exc}") from exc
         if isinstance(exc, TimeoutError) and not self.timeouts:
             return  # the caller's own deadline (raised on)
-        if isinstance(exc, P.PeerGone | TimeoutError | OSError):
+        if isinstance(exc, T.PeerGone | TimeoutError | OSError):
             self.assoc.abort()
             raise AssociationAborted(f"association with {name} failed: {exc or type(exc).__name__}") from exc
 
@@ -983,12 +985,12 @@ def _handshake(sock: socket.socket, context: ssl.SSLContext, host: str, port: in
 
 def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytes]:
     header = bytearray(6)
-    P.recv_exact(sock, memoryview(header))
+    T.recv_exact(sock, memoryview(header))
     pdu_type, _, length = P.PDU_HEADER.unpack(header)
     if length > limit:
         raise P.ProtocolError(f"PDU of {length} bytes is too large")
     body = bytearray(length)
-    P.recv_exact(sock, memoryview(body))
+    T.recv_exact(sock, memoryview(body))
     return pdu_type, bytes(body)
 
 

@@ -1,8 +1,9 @@
 """What the DIMSE association loop and its callers exchange: requests, outcomes, plans.
 
-These value types are the contract between :mod:`dicomhub.dimse.fastpath`
-(the association loop, which knows the protocol) and the handlers in
-:mod:`dicomhub.dimse.handlers` (which know the archive). The C-STORE pair
+These value types are the contract between the providers of
+:mod:`dicomhub.dimse.providers` (run by :mod:`dicomhub.dimse.association`,
+they know the protocol) and the handlers in :mod:`dicomhub.dimse.handlers`
+(which know the archive), plus the association's configuration. The C-STORE pair
 lives in :mod:`dicomhub.model.ingest`, shared with the ingest service; it is
 re-exported here under the loop's names (``StoreOutcome`` is the C-STORE-RSP,
 :class:`~dicomhub.model.ingest.StoreResponse`).
@@ -11,12 +12,13 @@ re-exported here under the loop's names (``StoreOutcome`` is the C-STORE-RSP,
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from pydicom.dataset import Dataset
 
+from dicomhub.dimse.transport import EncodedDataSet, FileRegion
 from dicomhub.model.ingest import StoreRequest, StoreResponse
 
 __all__ = [
@@ -24,7 +26,7 @@ __all__ = [
     "VERIFICATION_SOP_CLASS",
     "AssociationInfo",
     "EncodedDataSet",
-    "FastPathConfig",
+    "AssociationConfig",
     "FileRegion",
     "FindCallback",
     "Identifier",
@@ -48,35 +50,6 @@ QUERY_RETRIEVE_SOP_CLASSES: Final = FIND_MODELS | MOVE_MODELS | GET_MODELS
 
 # The association loop's name for the C-STORE-RSP it sends.
 StoreOutcome = StoreResponse
-
-
-@dataclass(frozen=True, slots=True)
-class FileRegion:
-    """A data set to send that lies in a file: `length` bytes from `offset`.
-
-    Sent in P-DATA-TF PDUs straight from the file (``os.sendfile``), never
-    read into memory as a whole.
-
-    Attributes
-    ----------
-    path : str
-        The file; opened just before the C-STORE-RQ goes out.
-    offset, length : int
-        Where the data set (no File Meta) starts in the file, and its size.
-    delete_after : bool
-        The file is a temporary one (e.g. a transcoded copy): it is unlinked
-        once sent, and also when sending fails or is not attempted after
-        the region was handed over.
-    """
-
-    path: str
-    offset: int
-    length: int
-    delete_after: bool = False
-
-
-#: A data set to send: in memory, or a region of a file.
-EncodedDataSet = bytes | memoryview | FileRegion
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +227,8 @@ RetrieveCallback = Callable[[QueryRequest], "RetrievePlan | tuple[int, str | Non
 
 
 @dataclass(frozen=True)
-class FastPathConfig:
-    """Static configuration of the fast path.
+class AssociationConfig:
+    """Static configuration of the acceptor: what it negotiates, its limits and timeouts.
 
     Attributes
     ----------
@@ -283,17 +256,12 @@ class FastPathConfig:
         Accept the Patient/Study Root FIND, GET and MOVE models with the
         uncompressed transfer syntaxes, and offer the SCU role (for C-GET
         sub-operations) on every storage context.  Needs the `on_find` and
-        `on_retrieve` callbacks of :func:`serve_association`; requests
+        `on_retrieve` callbacks of
+        :func:`~dicomhub.dimse.association.serve_association`; requests
         arriving without them are answered 0x0122.
     storage_commitment : bool
         Accept the Storage Commitment Push Model (N-ACTION in, N-EVENT-REPORT
         out on the same association); needs the `on_n_action` callback.
-    fallback_abstract_syntaxes : collection of str or None
-        The abstract syntaxes the other stack (pynetdicom) would serve.  With
-        ``None`` (default) any abstract syntax the fast path does not serve
-        sends the association to the other stack; otherwise only those in
-        this collection do, and the rest are simply rejected on the fast path
-        (as the other stack would reject them too).
     spool_threshold : int
         A C-STORE data set that grows past this many bytes is written to a
         spool file as it arrives instead of being kept in memory, and handed
@@ -320,7 +288,6 @@ class FastPathConfig:
     require_called_ae_title: bool = False
     query_retrieve: bool = False
     storage_commitment: bool = False
-    fallback_abstract_syntaxes: Collection[str] | None = None
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
     accept_unknown_storage: bool = False

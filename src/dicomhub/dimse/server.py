@@ -4,10 +4,11 @@ One Python process uses one core, so ``dicomhub serve`` runs the DIMSE side
 in several worker processes that share one listening socket. Each worker
 accepts connections (deferring to a less busy sibling, so that parallel
 associations spread over the cores) and runs each association on its own
-thread with :mod:`dicomhub.dimse.fastpath`: Verification, Storage and
-Query/Retrieve (FIND, GET, MOVE) on a blocking socket, built on pynetdicom's
-PDU classes and negotiation. pynetdicom's own reactor polls its socket with
-1 ms sleeps, which capped a store at a few hundred instances per second.
+thread with :func:`dicomhub.dimse.association.serve_association`: the
+providers of Verification, Storage, Query/Retrieve (FIND, GET, MOVE) and
+Storage Commitment on a blocking socket, built on pynetdicom's PDU classes
+and negotiation. (pynetdicom's own reactor polls its socket with 1 ms
+sleeps, which capped a store at a few hundred instances per second.)
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
 from dicomhub.config import Settings, tls_server_context
-from dicomhub.dimse import fastpath
+from dicomhub.dimse import association
 from dicomhub.dimse.contexts import (
     STORAGE_SOP_CLASSES,
     STORAGE_TRANSFER_SYNTAXES,
 )
 from dicomhub.dimse.handlers import handle_find, handle_n_action, handle_retrieve, handle_store
+from dicomhub.dimse.requests import AssociationConfig, AssociationInfo, Rejection
 from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -40,7 +42,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.telemetry import context as log_context
 from dicomhub.telemetry.metrics import mark_process_dead
 
-__all__ = ["DimseWorkers", "bind_listener", "fast_path_config"]
+__all__ = ["DimseWorkers", "bind_listener", "association_config"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -59,13 +61,13 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def fast_path_config(settings: Settings) -> fastpath.FastPathConfig:
+def association_config(settings: Settings) -> AssociationConfig:
     """The association loop's configuration for ``settings``: what every worker negotiates.
 
     The conformance statement (:mod:`dicomhub.conformance`) is generated from
     this same value, so it describes exactly what the server accepts.
     """
-    return fastpath.FastPathConfig(
+    return AssociationConfig(
         ae_title=settings.aet,
         # The standard's storage classes and the private ones configured; with
         # accept_unknown_sop_classes any unregistered class proposed is accepted too.
@@ -77,8 +79,6 @@ def fast_path_config(settings: Settings) -> fastpath.FastPathConfig:
         verification=True,
         query_retrieve=True,
         storage_commitment=True,
-        # Nothing is handed to another stack: what is not served here is rejected.
-        fallback_abstract_syntaxes=frozenset(),
         maximum_pdu_size=settings.maximum_pdu_size,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -112,7 +112,7 @@ class _Worker:
         # instead of at its next timeout (a signal alone only interrupts it to be retried).
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.fast_config = fast_path_config(settings)
+        self.association_config = association_config(settings)
         self.recorder = AssociationRecorder(archive.statistics.record)
         # The DICOM TLS port's listener, and the context its connections are wrapped in.
         self.tls_listener = tls_listener
@@ -179,10 +179,10 @@ class _Worker:
             session = AssociationSession(self.archive, self.settings, str(address[0]), tls_subject, tls)
             bound = session
 
-            fastpath.serve_association(
+            association.serve_association(
                 conn,
                 address,
-                self.fast_config,
+                self.association_config,
                 lambda req: handle_store(self.archive, req, bound),
                 accept_association=lambda info: self._accept_association(info, bound),
                 on_find=lambda req: handle_find(self.archive, self.settings, req, bound),
@@ -219,13 +219,13 @@ class _Worker:
             return None
 
     def _accept_association(
-        self, info: fastpath.AssociationInfo, session: AssociationSession
-    ) -> str | fastpath.Rejection | None:
-        refusal: str | fastpath.Rejection | None = None
+        self, info: AssociationInfo, session: AssociationSession
+    ) -> str | Rejection | None:
+        refusal: str | Rejection | None = None
         if self.settings.known_aes_only and not self.archive.peers.known(info.calling_ae_title):
             refusal = f"calling AE title {info.calling_ae_title!r} is not a known AE"
         elif sum(int(n) for n in self.load[:]) > self.settings.max_associations:
-            refusal = fastpath.Rejection.local_limit_exceeded("too many concurrent associations")
+            refusal = Rejection.local_limit_exceeded("too many concurrent associations")
         if refusal is not None:
             session.refused(info, refusal if isinstance(refusal, str) else refusal.reason)
             return refusal

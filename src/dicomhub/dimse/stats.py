@@ -1,4 +1,4 @@
-"""Association statistics: the fast path's events, folded into one record per
+"""Association statistics: the association loop's events, folded into one record per
 association and written to the association log in batches.
 
 Each association runs on its own thread, so the record being built lives in
@@ -45,7 +45,7 @@ def _status_class(status: object) -> str:
 
 
 class AssociationRecorder:
-    """``on_event`` hook of :func:`dicomhub.dimse.fastpath.serve_association`."""
+    """``on_event`` hook of :func:`dicomhub.dimse.association.serve_association`."""
 
     def __init__(self, write: Callable[[Sequence[AssociationRecord]], None], interval: float = 1.0) -> None:
         self._write = write

@@ -68,6 +68,21 @@ QR_SUBOPS_FAILED_OR_WARNING: Final = 0xB000
 N_MISSING_ATTRIBUTE: Final = 0x0120
 N_INVALID_ARGUMENT_VALUE: Final = 0x0115
 
+# General statuses of DIMSE-N (and C-ECHO) (PS3.7 C.4, Table C-1), answered by
+# the association for what no provider can answer, and by providers.
+NO_SUCH_ATTRIBUTE: Final = 0x0105
+INVALID_ATTRIBUTE_VALUE: Final = 0x0106
+PROCESSING_FAILURE: Final = 0x0110
+NO_SUCH_SOP_INSTANCE: Final = 0x0112
+NO_SUCH_EVENT_TYPE: Final = 0x0113
+NO_SUCH_SOP_CLASS: Final = 0x0118
+CLASS_INSTANCE_CONFLICT: Final = 0x0119
+MISSING_ATTRIBUTE: Final = 0x0120
+SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+NO_SUCH_ACTION: Final = 0x0123
+DUPLICATE_SOP_INSTANCE: Final = 0x0111
+UNRECOGNIZED_OPERATION: Final = 0x0211
+
 # Error -> status tables (most specific first); the conformance statement lists them too.
 STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, NOT_AUTHORIZED),

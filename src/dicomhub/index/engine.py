@@ -68,22 +68,26 @@ def is_postgresql(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def connect_engine(url: str, pool_size: int = 8, max_overflow: int = 16) -> Engine:
+def connect_engine(
+    url: str, pool_size: int = 8, max_overflow: int = 16, *, busy_timeout: float = 60.0
+) -> Engine:
     """Create the engine for ``url`` with dicomhub's per-dialect settings.
 
-    On PostgreSQL every process of a node keeps up to ``pool_size`` idle
-    connections (plus ``max_overflow`` under load); ``max_connections`` of the
-    server must cover nodes x processes x (pool_size + max_overflow).
+    On SQLite a write waits up to ``busy_timeout`` seconds for another
+    connection's lock, then fails (IndexUnavailable). On PostgreSQL every
+    process of a node keeps up to ``pool_size`` idle connections (plus
+    ``max_overflow`` under load); ``max_connections`` of the server must cover
+    nodes x processes x (pool_size + max_overflow).
     """
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"timeout": 60.0, "check_same_thread": False},
+            connect_args={"timeout": busy_timeout, "check_same_thread": False},
             pool_size=8,
             max_overflow=32,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout)
         return engine
     return create_engine(
         url,
@@ -97,7 +101,7 @@ def connect_engine(url: str, pool_size: int = 8, max_overflow: int = 16) -> Engi
     )
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take over transaction control from pysqlite (it would otherwise
@@ -107,7 +111,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute(f"PRAGMA busy_timeout={max(0, int(busy_timeout * 1000))}")
         # DICOM matching is case-sensitive except for PN, which is matched on
         # a case-folded column; SQLite's LIKE folds ASCII case by default.
         cur.execute("PRAGMA case_sensitive_like=ON")

@@ -1,7 +1,7 @@
 """The one table of indexed attributes.
 
 Each entry says which level an attribute belongs to, which column holds it and
-how it is matched. The index schema, header extraction, C-FIND and (later)
+how it is matched. The index schema, header extraction, C-FIND and
 QIDO-RS all read this table, so adding a matching key is a one-line change
 plus a migration.
 

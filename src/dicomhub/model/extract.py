@@ -19,7 +19,7 @@ from dicomhub.errors import InvalidIdentifier, InvalidRequest
 from dicomhub.model.attributes import INDEXED, Attribute
 from dicomhub.model.identifiers import Level, require_uid
 from dicomhub.model.records import InstanceHeader
-from dicomhub.model.structure import check_part10_complete, dataset_offset, scan_part10
+from dicomhub.model.structure import InvalidVR, check_part10_complete, dataset_offset, scan_part10
 
 __all__ = ["extract_header", "extract_part10", "person_name_key", "read_header"]
 
@@ -177,7 +177,11 @@ def extract_part10(data: bytes) -> InstanceHeader:
     except (struct.error, InvalidRequest) as exc:
         raise InvalidRequest("not a readable DICOM object: bad File Meta Information") from exc
     if ts in _FAST_SYNTAXES:
-        found = scan_part10(data, ts, _WANTED)
+        try:
+            found = scan_part10(data, ts, _WANTED)
+        except InvalidVR:
+            found = None  # pydicom decides below
+    if ts in _FAST_SYNTAXES and found is not None:
         try:
             values: dict[str, Any] = {a.keyword: None for a in INDEXED}
             for tag, (_vr, offset, length) in found.items():
@@ -195,5 +199,10 @@ def extract_part10(data: bytes) -> InstanceHeader:
     header = extract_header(read_header(data))
     if not header.transfer_syntax_uid:
         raise InvalidRequest("the File Meta Information has no Transfer Syntax UID")
-    check_part10_complete(data, header.transfer_syntax_uid)
+    try:
+        check_part10_complete(data, header.transfer_syntax_uid)
+    except InvalidVR:
+        # pydicom read the whole header (e.g. an implicit VR data set under an explicit
+        # VR transfer syntax, which pydicom detects); the walk cannot follow its framing.
+        pass
     return header

@@ -202,7 +202,7 @@ class StoreRequest:
     move_originator_ae_title, move_originator_message_id : str or None, int or None
         Set when the store is a C-MOVE sub-operation.
     dataset_path : str or None
-        Set for a data set larger than ``FastPathConfig.spool_threshold``:
+        Set for a data set larger than ``AssociationConfig.spool_threshold``:
         a temporary file whose whole content is the data set exactly as
         received (no File Meta).  It belongs to the association loop, which
         deletes it as soon as ``on_store`` returns or raises; the callback

@@ -1,4 +1,4 @@
-"""The protocol-neutral query model shared by C-FIND and (later) QIDO-RS.
+"""The protocol-neutral query model shared by C-FIND and QIDO-RS.
 
 A C-FIND identifier or a set of QIDO-RS parameters becomes a :class:`Query`:
 a level, a list of :class:`Condition` (attribute + matcher) and the return

@@ -19,7 +19,18 @@ from pydicom.valuerep import VR
 
 from dicomhub.errors import InvalidRequest
 
-__all__ = ["TopLevel", "check_part10_complete", "dataset_offset", "scan_part10"]
+__all__ = ["InvalidVR", "TopLevel", "check_part10_complete", "dataset_offset", "scan_part10"]
+
+
+
+class InvalidVR(InvalidRequest):
+    """An element of an explicit VR data set whose VR field holds no VR.
+
+    Its framing cannot be walked (pydicom guesses on as implicit VR, which
+    some real objects need at their start); :func:`~dicomhub.model.extract.extract_part10`
+    lets pydicom decide whether such an object is readable.
+    """
+
 
 # (VR as bytes or b"" when implicit, value offset, value length) by tag.
 TopLevel = dict[int, tuple[bytes, int, int]]
@@ -32,8 +43,8 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-# The File Meta group is always explicit VR little endian (PS3.10 7.1): an element
-# with any other two bytes in the VR field makes pydicom read the group as implicit
+# In an explicit VR data set (and the File Meta group is always one, PS3.10 7.1) an
+# element with any other two bytes in the VR field makes pydicom read on as implicit
 # VR, so the header read after ingest would fail on an object ingest accepted.
 _VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
 
@@ -140,6 +151,10 @@ def _walk(
             vr = b""
         else:
             vr = data[pos + 4 : pos + 6]
+            if vr not in _VRS:
+                # pydicom would read on as implicit VR from here and fail (or read
+                # other elements than this walk): the stored header could not be read.
+                raise InvalidVR(f"element ({group:04X},{tag & 0xFFFF:04X}) has no valid VR")
             if vr in _LONG_VRS:
                 if pos + 12 > n:
                     raise InvalidRequest("the data set is truncated")

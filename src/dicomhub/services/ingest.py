@@ -338,7 +338,7 @@ class IngestService:
                     content.update(chunk)
                     yield chunk
 
-        blob = self.blobs.put_stream(self.blobs.new_key(), chunks())
+        blob = self._put_new(lambda key: self.blobs.put_stream(key, chunks()))
         try:
             header = self._header_of_blob(blob.key)
             self.storable.require_storable(header.sop_class_uid)
@@ -401,7 +401,7 @@ class IngestService:
         prepared = self._prepare(data, origin, caller, expect_instance_uid, expect_study_uid)
         if isinstance(prepared, StoreResult):
             return prepared
-        blob = self.blobs.put(self.blobs.new_key(), prepared.data)
+        blob = self._put_new(lambda key: self.blobs.put(key, prepared.data))
         return self._index_one(prepared, blob, origin, caller)
 
     def _index_one(
@@ -1041,6 +1041,16 @@ class IngestService:
         self.index.record_conflict(
             kind, header, header.sop_instance_uid, blob, caller.ae_title, str(exc)
         )
+
+    def _put_new(self, write: Callable[[str], BlobInfo]) -> BlobInfo:
+        """Write a blob under a new key; when the write fails, remove whatever it may have
+        left: an S3 PUT can land after the client gave up on it (a read timeout)."""
+        key = self.blobs.new_key()
+        try:
+            return write(key)
+        except BaseException:
+            self._discard(key)
+            raise
 
     def _discard(self, key: str) -> None:
         try:

@@ -17,7 +17,7 @@ __all__ = ["RetrieveService"]
 
 
 class RetrieveService:
-    """Finds the instances a C-GET/C-MOVE (later WADO) asks for, and reads them."""
+    """Finds the instances a C-GET or C-MOVE asks for, and reads them."""
 
     def __init__(
         self, search: SearchService, blobs: BlobStore, spool_dir: str | os.PathLike[str] | None = None

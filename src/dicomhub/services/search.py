@@ -1,6 +1,6 @@
 """Search: a :class:`Query` in, identifiers (pydicom data sets) out.
 
-Shared by C-FIND and (later) QIDO-RS. Indexed attributes come from columns;
+Shared by C-FIND and QIDO-RS. Indexed attributes come from columns;
 computed ones (counts, ModalitiesInStudy) from aggregates; anything else
 from the header of the first instance below each match. Conditions on
 attributes that are not indexed are applied here, in Python, to that header.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import os
 import threading
@@ -28,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomhub.errors import BlobMissing, StorageError
+from dicomhub.errors import BlobMissing, InsufficientStorage, StorageError
 from dicomhub.storage.base import DEFERRED_DIGEST, BlobInfo, BlobStat, valid_blob_key
 
 __all__ = ["FileSystemBlobStore"]
@@ -101,7 +102,7 @@ class FileSystemBlobStore:
             try:
                 os.close(os.open(folder / key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
             except OSError as exc:
-                raise StorageError(f"cannot create blob files: {exc.strerror or exc}") from exc
+                raise _write_error("cannot create blob files", exc) from exc
             keys.append(key)
         if self._fsync:
             _fsync_dir(folder)
@@ -161,14 +162,14 @@ class FileSystemBlobStore:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             except OSError as exc:
-                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+                raise _write_error("cannot write blob", exc) from exc
             size, digest = self._write(fd, chunks, sha256)
             try:
                 os.rename(tmp, path)
                 if self._fsync:
                     _fsync_dir(path.parent)
             except OSError as exc:
-                raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+                raise _write_error("cannot write blob", exc) from exc
         except BaseException:
             # Also when the chunks' source failed: no temporary file stays.
             try:
@@ -189,7 +190,7 @@ class FileSystemBlobStore:
         try:
             fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
-            raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+            raise _write_error("cannot write blob", exc) from exc
         size, digest = self._write(fd, chunks, sha256, durable, truncate_on_error=True)
         return BlobInfo(key=key, size=size, sha256=digest)
 
@@ -227,13 +228,13 @@ class FileSystemBlobStore:
                         written = os.write(fd, view)
                         view = view[written:]
                 except OSError as exc:
-                    raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+                    raise _write_error("cannot write blob", exc) from exc
             if self._fsync and durable:
                 try:
                     # Also makes the new size durable: the data is reachable.
                     os.fdatasync(fd)
                 except OSError as exc:
-                    raise StorageError(f"cannot write blob: {exc.strerror or exc}") from exc
+                    raise _write_error("cannot write blob", exc) from exc
             elif self._fsync and size:
                 _start_writeback(fd)
         except BaseException:
@@ -255,7 +256,7 @@ class FileSystemBlobStore:
         try:
             fd = os.open(self.root, os.O_RDONLY)
         except OSError as exc:
-            raise StorageError(f"cannot flush blobs: {exc.strerror or exc}") from exc
+            raise _write_error("cannot flush blobs", exc) from exc
         try:
             if _LIBC is not None and _LIBC.syncfs(fd) == 0:
                 return
@@ -329,6 +330,15 @@ class FileSystemBlobStore:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
+# A full disk or an exhausted quota: the store may succeed once space is freed, which
+# the adapters tell apart from other write failures (HTTP 507 rather than 503).
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _write_error(what: str, exc: OSError) -> StorageError:
+    """A failed write as the StorageError to raise: InsufficientStorage when out of space."""
+    kind = InsufficientStorage if exc.errno in _NO_SPACE else StorageError
+    return kind(f"{what}: {exc.strerror or exc}")
 
 
 def _start_writeback(fd: int) -> None:

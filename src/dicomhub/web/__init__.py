@@ -1,1 +1,1 @@
-"""The HTTP side: health now, DICOMweb under /dicomweb later."""
+"""The HTTP side: DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under /dicomweb, admin, health and metrics."""

@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import admin, audit, deid, dicomweb, migrations, peers, security
+from dicomhub.web import admin, audit, deid, dicomweb, fhir, migrations, orders, peers, security
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
@@ -99,7 +99,7 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
                 expose_headers=["ETag", "Content-Type", "Content-Length", "Warning"],
             ),
@@ -117,6 +117,8 @@ def create_app(
             ),
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
+            Mount("/fhir", routes=fhir.routes(archive)),
+            Mount("/api", routes=orders.routes(archive)),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
             *security.routes(archive, backlog),

@@ -14,6 +14,7 @@ from dicomhub.errors import (
     DeidentificationError,
     DicomhubError,
     IndexUnavailable,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     StorageError,
@@ -26,6 +27,7 @@ __all__ = [
     "NotAcceptable",
     "UnsupportedMediaType",
     "error_response",
+    "http_status",
     "json_object",
     "row_id",
 ]
@@ -51,6 +53,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (IndexUnavailable, 503),
+    (InsufficientStorage, 507),
     (StorageError, 503),
 )
 
@@ -80,15 +83,20 @@ def row_id(text: str, what: str) -> int:
     return value
 
 
+def http_status(exc: Exception) -> int:
+    """The HTTP status of an error from the table (500: not a dicomhub error we expect)."""
+    return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
+
+
 def error_response(exc: Exception) -> Response:
     """The HTTP response for a dicomhub error: status from the table, reason in the body."""
     count_backend_error(exc, "http")
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return JSONResponse({"error": str(exc), "status": status}, status_code=status, headers=headers)
-    LOGGER.error("unexpected error: %s", exc, exc_info=exc)
-    return JSONResponse({"error": "internal error", "status": 500}, status_code=500)
+    status = http_status(exc)
+    if status == 500:
+        LOGGER.error("unexpected error: %s", exc, exc_info=exc)
+        return JSONResponse({"error": "internal error", "status": 500}, status_code=500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": str(exc), "status": status}, status_code=status, headers=headers)
 
 
 async def _handle(_request: Request, exc: Exception) -> Response:

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from dicomhub import __version__
+from dicomhub.web.openapi_orders import order_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
 
@@ -918,6 +919,7 @@ def _paths() -> Json:
     paths.update(_audit_paths())
     paths.update(_security_paths())
     paths.update(_peer_paths())
+    paths.update(order_paths())
     return paths
 
 
@@ -1443,6 +1445,8 @@ def openapi_document() -> Json:
             {"name": "Migration", "description": "Migration jobs from remote archives"},
             {"name": "Labels", "description": "Study labels (grants can name them)"},
             {"name": "Access control", "description": "Users, tokens, grants and the audit log"},
+            {"name": "Orders", "description": "Orders and patients of record (docs/orders.md)"},
+            {"name": "FHIR", "description": "FHIR R4 Patient and ServiceRequest (JSON)"},
         ],
         # With access control on (serve --auth) every route but /healthz and this
         # document needs a bearer token; without it, none does.

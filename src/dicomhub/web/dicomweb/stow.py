@@ -16,7 +16,11 @@ it should it fail, and the outcome).
 
 Response status (PS3.18 10.5.3): 200 when every instance was stored without
 warning, 202 when some were stored and others failed or were stored with
-warnings, 409 when none was stored; 400 for a malformed body, 415 for a
+warnings, 409 when none was stored; but when none was stored only because the
+archive is out of resources (the failures are all 0xA700), 507 Insufficient
+Storage for a full blob store and 503 Service Unavailable otherwise (the
+index or the object store cannot be reached), with the same body: the
+request may succeed unchanged later, unlike a conflict. 400 for a malformed body, 415 for a
 Content-Type other than ``multipart/related`` with ``application/dicom``
 parts, 406 when the Accept header allows neither DICOM JSON nor XML.
 
@@ -61,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -86,6 +91,7 @@ from dicomhub.errors import (
     DoesNotMatchIOD,
     DuplicateInstance,
     IndexUnavailable,
+    InsufficientStorage,
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
@@ -186,6 +192,8 @@ class InstanceOutcome:
     study_instance_uid: str = ""
     series_instance_uid: str = ""
     message: str = ""
+    # Failed for want of space in the blob store (InsufficientStorage).
+    no_space: bool = False
 
 
 # ------------------------------------------------------------------ response body
@@ -283,6 +291,9 @@ def store_response_xml(
 def _http_status(outcomes: Sequence[InstanceOutcome]) -> int:
     stored = sum(1 for o in outcomes if o.stored)
     if stored == 0:
+        if outcomes and all(o.reason == OUT_OF_RESOURCES for o in outcomes):
+            # Nothing is wrong with the request: the same one may succeed later.
+            return 507 if any(o.no_space for o in outcomes) else 503
         return 409
     if stored < len(outcomes) or any(o.reason is not None for o in outcomes):
         return 202
@@ -502,7 +513,12 @@ class StowService:
         except DicomhubError as exc:
             await run_in_threadpool(self._audit, caller, request, [], exc)
             raise
-        await run_in_threadpool(self._audit, caller, request, outcomes, None)
+        try:
+            await run_in_threadpool(self._audit, caller, request, outcomes, None)
+        except DicomhubError as exc:
+            # The instances are stored (or refused) whatever becomes of the audit record:
+            # answering 503 now would tell the client that stored instances were not.
+            LOGGER.error("STOW-RS: cannot record the audit event: %s", exc)
         base = dicomweb_base(request, self.public_base_url)
         if media_type == DICOM_XML:
             content = store_response_xml(outcomes, base, study_instance_uid)
@@ -621,7 +637,10 @@ class StowService:
             elif isinstance(result, DicomhubError):
                 reason = failure_reason(result)
                 LOGGER.warning("STOW-RS part %d refused (0x%04X): %s", part.index + 1, reason, result)
-                outcomes.append(_failed(part, reason, f"part {part.index + 1}: {result}"))
+                failed = _failed(part, reason, f"part {part.index + 1}: {result}")
+                if isinstance(result, InsufficientStorage):
+                    failed = dataclasses.replace(failed, no_space=True)
+                outcomes.append(failed)
             else:
                 outcomes.append(
                     _failed(part, PROCESSING_FAILURE, f"part {part.index + 1}: internal error {result}")

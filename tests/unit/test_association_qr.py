@@ -1,4 +1,4 @@
-"""Tests of Query/Retrieve on the DIMSE fast path (C-FIND/C-GET/C-MOVE/C-CANCEL).
+"""Tests of Query/Retrieve through the association loop (C-FIND/C-GET/C-MOVE/C-CANCEL).
 
 ``serve_association`` runs per connection on a loopback listener with
 callbacks backed by a tiny in-memory archive; it is driven by pynetdicom
@@ -40,16 +40,15 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
-from dicomhub.dimse import fastpath
-from dicomhub.dimse.fastpath import (
-    FastPathConfig,
+from dicomhub.dimse import messages as M
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.requests import (
+    AssociationConfig,
     QueryRequest,
     RetrievePlan,
     Sendable,
     StoreOutcome,
     StoreRequest,
-    is_fast_path_request,
-    serve_association,
 )
 from dicomhub.dimse.scu import AssociationRejected, StoreAssociation, StoreAssociationError
 from tests.unit.accept_loop import AcceptLoop
@@ -212,7 +211,7 @@ def archive() -> Archive:
 # ---------------------------------------------------------------------------
 
 
-def make_config(**overrides: object) -> FastPathConfig:
+def make_config(**overrides: object) -> AssociationConfig:
     values: dict[str, object] = {
         "ae_title": "DICOMHUB",
         "storage_contexts": {CTImageStorage: [*UNCOMPRESSED, JPEG2000Lossless]},
@@ -222,11 +221,11 @@ def make_config(**overrides: object) -> FastPathConfig:
         "query_retrieve": True,
     }
     values.update(overrides)
-    return FastPathConfig(**values)  # type: ignore[arg-type]
+    return AssociationConfig(**values)  # type: ignore[arg-type]
 
 
 class Listener(AcceptLoop):
-    def __init__(self, config: FastPathConfig, archive: Archive) -> None:
+    def __init__(self, config: AssociationConfig, archive: Archive) -> None:
         self.config = config
         self.archive = archive
         self.events: list[tuple[str, dict[str, object]]] = []
@@ -309,24 +308,8 @@ def rq_primitive(abstract_syntaxes: list[str]) -> A_ASSOCIATE:
     return rq
 
 
-def test_is_fast_path_request_with_query_retrieve() -> None:
-    plain = make_config(query_retrieve=False)
-    qr = make_config()
-    assert not is_fast_path_request(rq_primitive([STUDY_FIND]), plain)
-    assert is_fast_path_request(rq_primitive([STUDY_FIND, STUDY_GET, CTImageStorage]), qr)
-    assert is_fast_path_request(rq_primitive([PATIENT_FIND, STUDY_MOVE]), qr)
-    worklist = "1.2.840.10008.5.1.4.31"
-    # Unknown abstract syntaxes go to the other stack by default ...
-    assert not is_fast_path_request(rq_primitive([STUDY_FIND, worklist]), qr)
-    # ... unless it is known not to serve them either (then they are just rejected).
-    nobody = make_config(fallback_abstract_syntaxes=frozenset({STUDY_FIND}))
-    assert is_fast_path_request(rq_primitive([STUDY_FIND, worklist]), nobody)
-    pynetdicom_mwl = make_config(fallback_abstract_syntaxes=frozenset({worklist}))
-    assert not is_fast_path_request(rq_primitive([STUDY_FIND, worklist]), pynetdicom_mwl)
-
-
 def test_response_with_suboperation_counts() -> None:
-    raw = fastpath._encode_response(
+    raw = M.encode_response(
         0x8010, 3, STUDY_GET, None, 0xFF00, suboperations=(5, 1, 2, 3), has_data_set=True
     )
     ds = read_dataset(BytesIO(raw), True, True)
@@ -337,7 +320,7 @@ def test_response_with_suboperation_counts() -> None:
     assert ds.NumberOfWarningSuboperations == 3
     assert ds.CommandDataSetType != 0x0101
     final = read_dataset(
-        BytesIO(fastpath._encode_response(0x8021, 3, STUDY_MOVE, None, 0, suboperations=(None, 4, 0, 0))),
+        BytesIO(M.encode_response(0x8021, 3, STUDY_MOVE, None, 0, suboperations=(None, 4, 0, 0))),
         True,
         True,
     )

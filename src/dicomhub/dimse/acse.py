@@ -1,44 +1,65 @@
-"""Association requests: routing checks, peeking, decoding, and the contexts we accept.
+"""ACSE: association establishment, rejection and the presentation contexts we accept.
 
 The cold path of an association (once per association), on pynetdicom's PDU
-classes and :func:`pynetdicom.presentation.negotiate_as_acceptor`.
+classes (:class:`~pynetdicom.pdu.A_ASSOCIATE_RQ` to decode the request,
+:class:`~pynetdicom.pdu.A_ASSOCIATE_AC` / :class:`~pynetdicom.pdu.A_ASSOCIATE_RJ`
+to encode the answer) and :func:`pynetdicom.presentation.negotiate_as_acceptor`,
+which also answers SCP/SCU role selection (PS3.7 D.3.3.4) exactly as
+pynetdicom would.  Release and abort are single fixed PDUs
+(:mod:`dicomhub.dimse.pdu`); the association loop sends them.
+
+References
+----------
+PS3.8 Sections 7.1 (A-ASSOCIATE), 9.3.2-9.3.4 (A-ASSOCIATE-RQ/AC/RJ),
+Table 9-21 (rejection reasons); PS3.7 Annex D.3.3 (extended negotiation,
+role selection).
 """
 
 from __future__ import annotations
 
 import logging
-import select
-import socket
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from pydicom.uid import UID
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.presentation import PresentationContext
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from dicomhub.dimse import pdu as P
 from dicomhub.dimse.contexts import STORAGE_TRANSFER_SYNTAXES
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
     VERIFICATION_SOP_CLASS,
-    FastPathConfig,
+    AssociationConfig,
 )
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from dicomhub.model.sopclasses import StorableSOPClasses
 
 __all__ = [
+    "APPLICATION_CONTEXT_NAME",
+    "MAX_ASSOCIATE_RQ",
     "acceptor_contexts",
     "acceptor_contexts_for",
+    "context_outcome",
     "decode_associate_rq",
-    "is_fast_path_request",
-    "peek_associate_request",
+    "encode_rejection",
+    "negotiate",
+    "refusal_of",
     "storage_syntaxes",
 ]
 
-LOGGER = logging.getLogger("dicomhub.dimse.fastpath")
+LOGGER = logging.getLogger("dicomhub.dimse.acse")
+
+#: The DICOM application context (PS3.7 A.2.1).
+APPLICATION_CONTEXT_NAME: Final = "1.2.840.10008.3.1.1.1"
 
 _IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 _EXPLICIT_VR_LE: Final = "1.2.840.10008.1.2.1"
@@ -51,132 +72,6 @@ _PDU_HEADER = P.PDU_HEADER
 # A-ASSOCIATE-RQs are a few kB even with 128 contexts; anything bigger than
 # this is garbage or an attack, and must not make us allocate or wait for it.
 MAX_ASSOCIATE_RQ: Final = 1 << 20
-
-
-def is_fast_path_request(rq: A_ASSOCIATE, config: FastPathConfig) -> bool:
-    """Return whether the fast path can serve this association request.
-
-    Parameters
-    ----------
-    rq : pynetdicom.pdu_primitives.A_ASSOCIATE
-        The decoded A-ASSOCIATE-RQ (see :func:`peek_associate_request`).
-    config : FastPathConfig
-        The fast path configuration.
-
-    Returns
-    -------
-    bool
-        ``True`` when at least one presentation context is proposed and every
-        proposed abstract syntax is Verification (if ``config.verification``),
-        a storage SOP class in ``config.storage_contexts``, one of the six
-        Q/R models (if ``config.query_retrieve``), or one the other stack
-        does not serve either (see ``config.fallback_abstract_syntaxes``).
-    """
-    contexts = rq.presentation_context_definition_list
-    if not contexts:
-        return False
-    fallback = config.fallback_abstract_syntaxes
-    for context in contexts:
-        uid = context.abstract_syntax
-        if uid is None:
-            return False
-        text = str(uid)
-        if text == VERIFICATION_SOP_CLASS:
-            if config.verification:
-                continue
-        elif text in config.storage_contexts:
-            continue
-        elif config.query_retrieve and text in QUERY_RETRIEVE_SOP_CLASSES:
-            continue
-        elif config.storage_commitment and text == STORAGE_COMMITMENT_PUSH_MODEL:
-            continue
-        if fallback is None or text in fallback:
-            return False
-    return True
-
-
-def peek_associate_request(sock: socket.socket, timeout: float) -> A_ASSOCIATE | None:
-    """Decode the first PDU on `sock` as an A-ASSOCIATE-RQ without consuming it.
-
-    The bytes are read with ``MSG_PEEK`` so they stay in the socket's receive
-    queue: whichever stack the connection is routed to afterwards (this
-    module or pynetdicom) reads the request itself.
-
-    Parameters
-    ----------
-    sock : socket.socket
-        A freshly accepted connection.
-    timeout : float
-        Seconds to wait for the complete PDU.
-
-    Returns
-    -------
-    pynetdicom.pdu_primitives.A_ASSOCIATE or None
-        The request primitive, or ``None`` when the peer sent something else,
-        garbage, a PDU larger than 1 MiB, closed the connection, or did not
-        send a complete PDU within `timeout`.
-    """
-    previous_timeout = sock.gettimeout()
-    deadline = time.monotonic() + timeout
-    try:
-        header = _peek_exact(sock, 6, deadline)
-        if header is None or header[0] != _A_ASSOCIATE_RQ:
-            return None
-        length = _UINT4_BE.unpack_from(header, 2)[0]
-        if length < 68 or length > MAX_ASSOCIATE_RQ:
-            return None
-        pdu = _peek_exact(sock, 6 + length, deadline)
-        if pdu is None:
-            return None
-        return decode_associate_rq(memoryview(pdu)[6:])[0]
-    except Exception:  # noqa: BLE001 - garbage must never escape the listener
-        LOGGER.debug("peek of A-ASSOCIATE-RQ failed", exc_info=True)
-        return None
-    finally:
-        try:
-            sock.settimeout(previous_timeout)
-        except OSError:
-            pass
-
-
-def _peek_exact(sock: socket.socket, size: int, deadline: float) -> bytes | None:
-    """Wait until `size` bytes are queued on `sock` and return them, unconsumed.
-
-    ``MSG_PEEK | MSG_WAITALL`` does not wait on a socket with a timeout (it is
-    non-blocking underneath), so a short PDU tail is waited for with a small
-    back-off; the common case (whole PDU in one segment) never sleeps.
-    """
-    delay = 0.0005
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(size, socket.MSG_PEEK)
-        except (TimeoutError, BlockingIOError):
-            return None
-        if not data:
-            return None  # closed before sending anything
-        if len(data) >= size:
-            return data
-        if _peer_hung_up(sock):
-            return None
-        time.sleep(min(delay, max(remaining, 0.0)))
-        delay = min(delay * 2, 0.05)
-
-
-def _peer_hung_up(sock: socket.socket) -> bool:
-    """Return whether the peer closed its side (only detectable with poll)."""
-    rdhup = getattr(select, "POLLRDHUP", 0)
-    if not rdhup or not hasattr(select, "poll"):
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | rdhup)
-    for _, mask in poller.poll(0):
-        if mask & (rdhup | select.POLLHUP | select.POLLERR):
-            return True
-    return False
 
 
 _KNOWN_USER_SUB_ITEMS: Final = frozenset(range(0x51, 0x5A))
@@ -254,11 +149,11 @@ def decode_associate_rq(body: memoryview) -> tuple[A_ASSOCIATE, int]:
 # Acceptor contexts (built once per configuration)
 # --------------------------------------------------------------------------
 
-_CONTEXT_CACHE: dict[int, tuple[FastPathConfig, list[PresentationContext]]] = {}
+_CONTEXT_CACHE: dict[int, tuple[AssociationConfig, list[PresentationContext]]] = {}
 _CONTEXT_CACHE_LOCK = threading.Lock()
 
 
-def acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
+def acceptor_contexts(config: AssociationConfig) -> list[PresentationContext]:
     """Return the supported presentation contexts for `config`.
 
     Building ~150 :class:`PresentationContext` objects validates every UID and
@@ -298,7 +193,7 @@ def acceptor_contexts(config: FastPathConfig) -> list[PresentationContext]:
     return result
 
 
-def storage_syntaxes(config: FastPathConfig, abstract_syntax: str) -> Sequence[str]:
+def storage_syntaxes(config: AssociationConfig, abstract_syntax: str) -> Sequence[str]:
     """The transfer syntaxes accepted for ``abstract_syntax`` as a storage SOP class.
 
     Those of ``config.storage_contexts``; with ``config.accept_unknown_storage``
@@ -314,7 +209,9 @@ def storage_syntaxes(config: FastPathConfig, abstract_syntax: str) -> Sequence[s
 
 
 def acceptor_contexts_for(
-    config: FastPathConfig, proposed: Sequence[PresentationContext]
+    config: AssociationConfig,
+    proposed: Sequence[PresentationContext],
+    provided: Callable[[str], Sequence[str]] | None = None,
 ) -> list[PresentationContext]:
     """The supported presentation contexts for one A-ASSOCIATE-RQ.
 
@@ -328,23 +225,31 @@ def acceptor_contexts_for(
 
     Parameters
     ----------
-    config : FastPathConfig
+    config : AssociationConfig
         The association loop's configuration.
     proposed : sequence of PresentationContext
         The requestor's presentation context definition list.
+    provided : callable, optional
+        For a proposed SOP class the configuration does not list: the
+        transfer syntaxes of a provider registered for it (empty: none);
+        such contexts accept both roles.
 
     Returns
     -------
     list of PresentationContext
     """
     contexts = acceptor_contexts(config)
-    if not config.accept_unknown_storage:
+    if not config.accept_unknown_storage and provided is None:
         return contexts
     known = {str(cx.abstract_syntax) for cx in contexts}
     extra: dict[str, PresentationContext] = {}
     for context in proposed:
         uid = "" if context.abstract_syntax is None else str(context.abstract_syntax)
         if uid in known or uid in extra:
+            continue
+        syntaxes = provided(uid) if provided is not None else ()
+        if syntaxes:
+            extra[uid] = _context(uid, syntaxes, roles=True)
             continue
         syntaxes = storage_syntaxes(config, uid)
         if syntaxes:
@@ -363,3 +268,128 @@ def _context(
         context.scu_role = True
         context.scp_role = True
     return context
+
+
+# --------------------------------------------------------------------------
+# Accepting and rejecting
+# --------------------------------------------------------------------------
+
+
+def refusal_of(
+    rq: A_ASSOCIATE, protocol_version: int, config: AssociationConfig
+) -> tuple[tuple[int, int, int], str] | None:
+    """The ACSE-level reason to reject `rq`, if any: ((result, source, diagnostic), text).
+
+    PS3.8 Table 9-21: protocol version, application context name, called AE
+    title (only with ``config.require_called_ae_title``).  The archive's own
+    policy (known AEs, load) is asked by the association afterwards.
+    """
+    if not protocol_version & 1:
+        return (1, 2, 2), "protocol version not supported"
+    if str(rq.application_context_name) != APPLICATION_CONTEXT_NAME:
+        return (1, 1, 2), f"application context {rq.application_context_name} not supported"
+    if config.require_called_ae_title and rq.called_ae_title.strip() != config.ae_title.strip():
+        return (1, 1, 7), "called AE title not recognised"
+    return None
+
+
+def encode_rejection(result: int, source: int, diagnostic: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4)."""
+    rj = A_ASSOCIATE()
+    rj.result = result
+    rj.result_source = source
+    rj.diagnostic = diagnostic
+    return bytes(A_ASSOCIATE_RJ(rj).encode())
+
+
+def negotiate(
+    rq: A_ASSOCIATE,
+    config: AssociationConfig,
+    provided: Callable[[str], Sequence[str]] | None = None,
+) -> tuple[bytes, list[PresentationContext]]:
+    """Negotiate the presentation contexts of `rq`; return the encoded A-ASSOCIATE-AC and the results.
+
+    Every proposed context is answered, rejected ones included; with no
+    acceptable context at all the A-ASSOCIATE-AC still goes out, as DCMTK
+    does.  SCP/SCU role selection: pynetdicom's acceptor defaults (no roles
+    configured) accept the context with us as SCP and send no reply item; the
+    contexts built with roles (storage with Q/R for C-GET, Storage
+    Commitment, registered providers) accept what the requestor proposes,
+    so ``as_scu``/``as_scp`` of each result say what we may do on it.
+
+    Parameters
+    ----------
+    provided : callable, optional
+        See :func:`acceptor_contexts_for`.
+    """
+    roles = {
+        item.sop_class_uid: (item.scu_role, item.scp_role)
+        for item in rq.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
+    }
+    results, role_items = negotiate_as_acceptor(
+        rq.presentation_context_definition_list,
+        acceptor_contexts_for(config, rq.presentation_context_definition_list, provided),
+        roles,
+    )
+    _prefer_requestor_syntax(results, rq.presentation_context_definition_list, config)
+    ac = A_ASSOCIATE()
+    ac.application_context_name = UID(APPLICATION_CONTEXT_NAME)
+    ac.calling_ae_title = rq.calling_ae_title
+    ac.called_ae_title = rq.called_ae_title
+    ac.result = 0x00
+    ac.result_source = 0x01
+    ac.presentation_context_definition_results_list = results
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = config.maximum_pdu_size
+    class_uid = ImplementationClassUIDNotification()
+    class_uid.implementation_class_uid = UID(config.implementation_class_uid)
+    user_info: list[object] = [max_length, class_uid]
+    if config.implementation_version_name:
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = config.implementation_version_name
+        user_info.append(version)
+    user_info.extend(role_items)
+    ac.user_information = user_info  # type: ignore[assignment]
+    return bytes(A_ASSOCIATE_AC(ac).encode()), results
+
+
+def context_outcome(
+    result: PresentationContext, proposal: PresentationContext | None
+) -> tuple[str, int, str | None, list[str] | None]:
+    """(abstract syntax, result, accepted transfer syntax, proposed syntaxes if refused)."""
+    code = int(result.result) if result.result is not None else 2
+    accepted = str(result.transfer_syntax[0]) if code == 0 and result.transfer_syntax else None
+    offered = None
+    if code != 0 and proposal is not None:
+        offered = [str(ts) for ts in proposal.transfer_syntax]
+    return str(result.abstract_syntax or ""), code, accepted, offered
+
+
+def _prefer_requestor_syntax(
+    results: list[PresentationContext],
+    proposed: Sequence[PresentationContext],
+    config: AssociationConfig,
+) -> None:
+    """Accept a storage context in the requestor's first supported syntax when it is compressed.
+
+    pynetdicom picks the acceptor's first preference, which puts the
+    uncompressed syntaxes first. An archive keeps what it receives, so when
+    the requestor puts a compressed syntax first, that is the better choice:
+    a modality that proposes JPEG 2000 first sends what it holds instead of
+    decompressing it, and a C-GET requestor that asks for it first (``getscu
+    +xv``) gets JPEG 2000 objects without a transcode. Among the uncompressed
+    syntaxes our own order stays (explicit, implicit, then big endian): DCMTK
+    tools offer ``[big endian, implicit]`` as a secondary context and must get
+    implicit VR little endian there, not big endian.
+    """
+    by_id = {cx.context_id: cx.transfer_syntax for cx in proposed}
+    for context in results:
+        if context.result != 0x00:
+            continue
+        ours = storage_syntaxes(config, str(context.abstract_syntax))
+        if not ours:
+            continue
+        first = next((str(ts) for ts in by_id.get(context.context_id, ()) if ts in ours), None)
+        if first is not None and first not in _UNCOMPRESSED:
+            context.transfer_syntax = [UID(first)]

@@ -1,4 +1,4 @@
-"""Tests of the Storage/Verification DIMSE fast path (dicomhub.dimse.fastpath).
+"""Tests of the association loop with Storage and Verification (dicomhub.dimse.association).
 
 A tiny accept loop on 127.0.0.1:0 runs ``serve_association`` per connection;
 it is driven by pynetdicom (always available), raw sockets (protocol edge
@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -32,7 +31,6 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    MRImageStorage,
     generate_uid,
 )
 from pynetdicom import AE, build_context
@@ -45,15 +43,14 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-from dicomhub.dimse import fastpath
-from dicomhub.dimse.fastpath import (
+from dicomhub.dimse import messages as M
+from dicomhub.dimse.association import serve_association
+from dicomhub.dimse.pdu import ProtocolError
+from dicomhub.dimse.requests import (
+    AssociationConfig,
     AssociationInfo,
-    FastPathConfig,
     StoreOutcome,
     StoreRequest,
-    is_fast_path_request,
-    peek_associate_request,
-    serve_association,
 )
 from tests.unit.accept_loop import AcceptLoop
 
@@ -63,7 +60,7 @@ TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 STORAGE = {str(cx.abstract_syntax): TRANSFER_SYNTAXES for cx in AllStoragePresentationContexts}
 
 
-def make_config(**overrides: object) -> FastPathConfig:
+def make_config(**overrides: object) -> AssociationConfig:
     values: dict[str, object] = {
         "ae_title": "DICOMHUB",
         "storage_contexts": STORAGE,
@@ -72,7 +69,7 @@ def make_config(**overrides: object) -> FastPathConfig:
         "network_timeout": 10.0,
     }
     values.update(overrides)
-    return FastPathConfig(**values)  # type: ignore[arg-type]
+    return AssociationConfig(**values)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------
@@ -83,23 +80,17 @@ def make_config(**overrides: object) -> FastPathConfig:
 class Listener(AcceptLoop):
     """Accept loop calling serve_association per connection, recording stores."""
 
-    def __init__(
-        self, config: FastPathConfig, refuse: frozenset[str] = frozenset(), peek: bool = False
-    ) -> None:
+    def __init__(self, config: AssociationConfig, refuse: frozenset[str] = frozenset()) -> None:
         self.config = config
         self.refuse = refuse
-        self.peek = peek
         self.status = 0x0000
         self.error_comment: str | None = None
         self.raise_in_store = False
         self.requests: list[StoreRequest] = []
         self.events: list[tuple[str, dict[str, object]]] = []
-        self.peeked: list[A_ASSOCIATE | None] = []
         super().__init__()
 
     def serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        if self.peek:
-            self.peeked.append(peek_associate_request(sock, 5.0))
         serve_association(sock, address, self.config, self.on_store, self.accept, self.on_event)
 
     def on_store(self, request: StoreRequest) -> StoreOutcome:
@@ -323,7 +314,7 @@ def assert_listener_alive(listener: Listener) -> None:
 
 
 def test_response_encoding_decodes_with_pydicom() -> None:
-    raw = fastpath._encode_response(0x8001, 7, CTImageStorage, "1.2.3.45", 0xA900, "é" + "x" * 100)
+    raw = M.encode_response(0x8001, 7, CTImageStorage, "1.2.3.45", 0xA900, "é" + "x" * 100)
     ds = read_dataset(BytesIO(raw), True, True)
     assert ds.CommandGroupLength == len(raw) - 12
     assert ds.CommandField == 0x8001
@@ -335,7 +326,7 @@ def test_response_encoding_decodes_with_pydicom() -> None:
     assert len(ds.ErrorComment) == 64
     # A success never carries an error comment.
     ok = read_dataset(
-        BytesIO(fastpath._encode_response(0x8001, 7, CTImageStorage, "1.2.3", 0, "nope")),
+        BytesIO(M.encode_response(0x8001, 7, CTImageStorage, "1.2.3", 0, "nope")),
         True,
         True,
     )
@@ -353,7 +344,7 @@ def test_command_parsing() -> None:
         MoveOriginatorApplicationEntityTitle="MOVER ",
         MoveOriginatorMessageID=9,
     )
-    command = fastpath._parse_command(raw)
+    command = M.parse_command(raw)
     assert command.command_field == 1
     assert command.message_id == 42
     assert command.sop_class_uid == CTImageStorage
@@ -361,90 +352,10 @@ def test_command_parsing() -> None:
     assert command.has_data_set
     assert command.move_originator_ae_title == "MOVER"
     assert command.move_originator_message_id == 9
-    with pytest.raises(fastpath._ProtocolError):
-        fastpath._parse_command(raw[:-3])
-    with pytest.raises(fastpath._ProtocolError):
-        fastpath._parse_command(b"\x08\x00\x16\x00\x02\x00\x00\x00ab")  # group 0008
-
-
-# ---------------------------------------------------------------------------
-# Routing helpers
-# ---------------------------------------------------------------------------
-
-
-def test_is_fast_path_request() -> None:
-    config = make_config()
-    assert is_fast_path_request(associate_rq_primitive([CTImageStorage, MRImageStorage]), config)
-    assert is_fast_path_request(associate_rq_primitive([Verification]), config)
-    assert is_fast_path_request(associate_rq_primitive([Verification, CTImageStorage]), config)
-    assert not is_fast_path_request(
-        associate_rq_primitive([StudyRootQueryRetrieveInformationModelFind]), config
-    )
-    assert not is_fast_path_request(
-        associate_rq_primitive([CTImageStorage, StudyRootQueryRetrieveInformationModelFind]),
-        config,
-    )
-    # Storage classes outside the configuration go to pynetdicom.
-    only_ct = make_config(storage_contexts={CTImageStorage: TRANSFER_SYNTAXES})
-    assert not is_fast_path_request(associate_rq_primitive([MRImageStorage]), only_ct)
-    no_echo = make_config(verification=False)
-    assert not is_fast_path_request(associate_rq_primitive([Verification]), no_echo)
-
-
-def test_peek_leaves_the_request_in_the_socket() -> None:
-    rq_bytes = encode_rq(associate_rq_primitive([CTImageStorage, Verification]))
-    server = socket.create_server(("127.0.0.1", 0))
-    with server, socket.create_connection(server.getsockname()) as client:
-        sock, _ = server.accept()
-        with sock:
-            # Send in two parts so the peek has to wait for the tail.
-            client.sendall(rq_bytes[:20])
-            threading.Timer(0.05, client.sendall, args=(rq_bytes[20:],)).start()
-            rq = peek_associate_request(sock, 5.0)
-            assert rq is not None
-            assert rq.calling_ae_title == "RAWSCU"
-            assert rq.called_ae_title == "DICOMHUB"
-            abstract = [str(cx.abstract_syntax) for cx in rq.presentation_context_definition_list]
-            assert abstract == [CTImageStorage, Verification]
-            assert rq.maximum_length_received == 16384
-            # pynetdicom-style read afterwards gets the whole, unconsumed PDU.
-            sock.settimeout(5)
-            assert read_pdu(sock) == rq_bytes
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", id="http"),
-        pytest.param(b"\x04\x00\x00\x00\x00\x10" + b"\x00" * 16, id="p-data-first"),
-        pytest.param(b"\x01\x00\xff\xff\xff\xf0" + b"\x00" * 100, id="absurd-length"),
-        pytest.param(b"\x01\x00\x00\x00\x00\x50" + b"\xff" * 0x50, id="garbage-rq"),
-        pytest.param(b"\x01\x00\x00\x00", id="short-then-close"),
-        pytest.param(b"", id="nothing"),
-    ],
-)
-def test_peek_returns_none_for_garbage(payload: bytes) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    with server, socket.create_connection(server.getsockname()) as client:
-        sock, _ = server.accept()
-        with sock:
-            if payload:
-                client.sendall(payload)
-            if payload in (b"", b"\x01\x00\x00\x00"):
-                client.shutdown(socket.SHUT_WR)
-            started = time.monotonic()
-            assert peek_associate_request(sock, 1.0) is None
-            assert time.monotonic() - started < 2.0
-
-
-def test_peek_times_out_on_a_silent_peer() -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    with server, socket.create_connection(server.getsockname()):
-        sock, _ = server.accept()
-        with sock:
-            started = time.monotonic()
-            assert peek_associate_request(sock, 0.2) is None
-            assert 0.15 < time.monotonic() - started < 2.0
+    with pytest.raises(ProtocolError):
+        M.parse_command(raw[:-3])
+    with pytest.raises(ProtocolError):
+        M.parse_command(b"\x08\x00\x16\x00\x02\x00\x00\x00ab")  # group 0008
 
 
 # ---------------------------------------------------------------------------
@@ -524,7 +435,7 @@ def test_on_store_exception_answers_c210(
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", listener.port)
-    with caplog.at_level(logging.ERROR, logger="dicomhub.dimse.fastpath"):
+    with caplog.at_level(logging.ERROR, logger="dicomhub.dimse"):
         assert assoc.send_c_store(make_ct(tmp_path / "a.dcm", ExplicitVRLittleEndian)).Status == (
             0xC210
         )
@@ -582,19 +493,6 @@ def test_role_selection_answered_like_pynetdicom(listen: Callable[..., Listener]
         assert response[position + 6] == 0x00
         sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
         assert read_pdu(sock)[0] == 0x06
-
-
-def test_peek_then_serve(listen: Callable[..., Listener], tmp_path: Path) -> None:
-    """The server's real sequence: peek to route, then serve the same socket."""
-    listener = listen(peek=True)
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", listener.port)
-    assert assoc.is_established
-    assert assoc.send_c_store(make_ct(tmp_path / "a.dcm", ExplicitVRLittleEndian)).Status == 0
-    assoc.release()
-    (peeked,) = listener.peeked
-    assert peeked is not None and is_fast_path_request(peeked, listener.config)
 
 
 # ---------------------------------------------------------------------------
