@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     and_,
     delete,
@@ -200,58 +201,71 @@ class MigrationRepository:
         self, remote_pk: int, study_uid: str, content: Iterable[InventorySeries]
     ) -> None:
         """Replace a study's series and instances and mark the study complete, in one transaction."""
-        content = list(content)
+        self.record_studies_content(remote_pk, {study_uid: content})
+
+    def record_studies_content(
+        self, remote_pk: int, contents: Mapping[str, Iterable[InventorySeries]]
+    ) -> None:
+        """:meth:`record_study_content` for several studies, in one transaction (a commit
+        per study would cost more than its rows)."""
         with engines.write(self.engine) as conn:
-            old_series = select(inventory_series.c.series_instance_uid).where(
+            for study_uid, content in contents.items():
+                self._record_study_content(conn, remote_pk, study_uid, list(content))
+
+    @staticmethod
+    def _record_study_content(
+        conn: Connection, remote_pk: int, study_uid: str, content: list[InventorySeries]
+    ) -> None:
+        old_series = select(inventory_series.c.series_instance_uid).where(
+            inventory_series.c.remote_pk == remote_pk,
+            inventory_series.c.study_instance_uid == study_uid,
+        )
+        conn.execute(
+            delete(inventory_instance).where(
+                inventory_instance.c.remote_pk == remote_pk,
+                inventory_instance.c.series_instance_uid.in_(old_series),
+            )
+        )
+        conn.execute(
+            delete(inventory_series).where(
                 inventory_series.c.remote_pk == remote_pk,
                 inventory_series.c.study_instance_uid == study_uid,
             )
+        )
+        if content:
             conn.execute(
-                delete(inventory_instance).where(
-                    inventory_instance.c.remote_pk == remote_pk,
-                    inventory_instance.c.series_instance_uid.in_(old_series),
-                )
+                insert(inventory_series),
+                [
+                    {
+                        "remote_pk": remote_pk,
+                        "study_instance_uid": study_uid,
+                        "series_instance_uid": s.series_instance_uid,
+                        "modality": s.modality,
+                    }
+                    for s in content
+                ],
             )
-            conn.execute(
-                delete(inventory_series).where(
-                    inventory_series.c.remote_pk == remote_pk,
-                    inventory_series.c.study_instance_uid == study_uid,
-                )
+        rows = [
+            {
+                "remote_pk": remote_pk,
+                "series_instance_uid": s.series_instance_uid,
+                "sop_instance_uid": i.sop_instance_uid,
+                "sop_class_uid": i.sop_class_uid,
+                "content_sha256": i.content_sha256,
+            }
+            for s in content
+            for i in s.instances.values()
+        ]
+        if rows:
+            conn.execute(insert(inventory_instance), rows)
+        conn.execute(
+            update(inventory_study)
+            .where(
+                inventory_study.c.remote_pk == remote_pk,
+                inventory_study.c.study_instance_uid == study_uid,
             )
-            if content:
-                conn.execute(
-                    insert(inventory_series),
-                    [
-                        {
-                            "remote_pk": remote_pk,
-                            "study_instance_uid": study_uid,
-                            "series_instance_uid": s.series_instance_uid,
-                            "modality": s.modality,
-                        }
-                        for s in content
-                    ],
-                )
-            rows = [
-                {
-                    "remote_pk": remote_pk,
-                    "series_instance_uid": s.series_instance_uid,
-                    "sop_instance_uid": i.sop_instance_uid,
-                    "sop_class_uid": i.sop_class_uid,
-                    "content_sha256": i.content_sha256,
-                }
-                for s in content
-                for i in s.instances.values()
-            ]
-            if rows:
-                conn.execute(insert(inventory_instance), rows)
-            conn.execute(
-                update(inventory_study)
-                .where(
-                    inventory_study.c.remote_pk == remote_pk,
-                    inventory_study.c.study_instance_uid == study_uid,
-                )
-                .values(complete=True)
-            )
+            .values(complete=True)
+        )
 
     def inventory(self, remote_pk: int) -> Inventory:
         inv = Inventory()

@@ -84,6 +84,7 @@ LOGGER = logging.getLogger("dicomhub.migrate")
 Transform = Callable[[Dataset], Dataset]
 
 _EARLIEST = dt.date(1900, 1, 1)
+_LISTED_STUDIES = 64  # studies of a DIMSE peer one inventory worker asks about at once
 HEARTBEAT = HEARTBEAT_SECONDS
 STALE = dt.timedelta(seconds=STALE_SECONDS)
 
@@ -234,19 +235,28 @@ class Migrator:
         sources: list[DimseSource | DicomwebSource | FolderSource] = []
         local = threading.local()
 
-        def content(study_uid: str) -> tuple[str, list[InventorySeries]]:
+        # A DIMSE peer is asked about a batch of studies at once (three C-FINDs, not
+        # three per study); a batch is committed in one transaction.
+        batch = _LISTED_STUDIES if isinstance(source, DimseSource) else 1
+
+        def content(study_uids: list[str]) -> dict[str, list[InventorySeries]]:
             mine = getattr(local, "source", None)
             if mine is None:
                 mine = local.source = self._source(name)
                 sources.append(mine)
-            return study_uid, mine.study_content(study_uid)
+            if isinstance(mine, DimseSource):
+                return mine.studies_content(study_uids)
+            return {study_uid: mine.study_content(study_uid) for study_uid in study_uids}
 
+        batches = [pending[i : i + batch] for i in range(0, len(pending), batch)]
         try:
             with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="inventory") as pool:
-                for n, (study_uid, found) in enumerate(pool.map(content, pending)):
-                    ledger.record_study_content(remote_pk, study_uid, found)
+                n = 0
+                for found in pool.map(content, batches):
+                    ledger.record_studies_content(remote_pk, found)
+                    n += len(found)
                     if progress:
-                        progress("studies", n + 1, len(pending))
+                        progress("studies", n, len(pending))
         finally:
             for each in sources:
                 each.close()

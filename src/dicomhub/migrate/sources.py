@@ -9,6 +9,7 @@ objects to the running ``dicomhub serve`` instead, which stores them itself.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -40,6 +41,7 @@ from dicomhub.model.structure import dataset_offset
 
 __all__ = [
     "DicomwebSource",
+    "FIND_CONTEXT",
     "DimseSource",
     "FolderSource",
     "MoveRefused",
@@ -55,7 +57,13 @@ _FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information M
 _MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 _GET = "1.2.840.10008.5.1.4.1.2.2.3"
 _QUERY_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR Little Endian
+#: The C-FIND presentation context, for a caller that asks on an association of its own.
+FIND_CONTEXT = (_FIND, _QUERY_SYNTAXES)
 _STUDY_KEYS = ("PatientID", "PatientName", "StudyDate", "AccessionNumber")
+# Studies asked about together by list of UID matching, and the instances their
+# counts may add up to: one IMAGE-level answer stays small enough to hold.
+_LIST_STUDIES = 32
+_LIST_INSTANCES = 2000
 
 
 class RemoteError(DicomhubError):
@@ -163,12 +171,31 @@ class DimseSource:
 
     def __post_init__(self) -> None:
         self._find_assoc: Association | None = None
+        # The peer answered SERIES/IMAGE queries over a list of studies wrongly or not
+        # at all: every study is then asked on its own (its queries are baseline).
+        self._no_study_lists = False
 
     def _finder(self) -> Association:
         """One association for all the C-FINDs of a walk (set-up costs more than a query)."""
         if self._find_assoc is None or not self._find_assoc.is_open:
             self._find_assoc = self._associate([(_FIND, _QUERY_SYNTAXES)])
         return self._find_assoc
+
+    def share(self, assoc: Association) -> None:
+        """Ask on ``assoc`` (the caller's, e.g. a push target's storage association, on
+        which the peer accepted :data:`FIND_CONTEXT`) instead of on one of its own.
+
+        A peer serves a fixed number of associations at a time (Orthanc: four
+        threads by default, each one waits up to a second on an idle association
+        it polls); a query association per worker next to the storage one held
+        each C-STORE up to that second.
+        """
+        if not any(abstract == _FIND for abstract, _ts in assoc.accepted_contexts):
+            return
+        if self._find_assoc is not None and self._find_assoc is not assoc and self._find_assoc.is_open:
+            with contextlib.suppress(AssociationError, OSError):
+                self._find_assoc.release()
+        self._find_assoc = assoc
 
     def close(self) -> None:
         if self._find_assoc is not None and self._find_assoc.is_open:
@@ -235,6 +262,113 @@ class DimseSource:
             )  # fmt: skip
             self.close()  # a new association for the next attempt
         raise RemoteError(f"study {study_uid}: the peer's answers do not add up to its own counts")
+
+    def studies_content(self, study_uids: Sequence[str]) -> dict[str, list[InventorySeries]]:
+        """The series and instances of several studies, mostly in three C-FINDs a batch.
+
+        The studies' counts, their series and their instances are each asked for a
+        list of Study Instance UIDs (List of UID Matching, PS3.4 C.2.2.2.2); three
+        round trips then do the work of three per study. A hierarchical SERIES or
+        IMAGE query may insist on one study UID (PS3.4 C.4.1.2.1), so the answers of
+        a study count only when they add up to the counts the peer gives for it; any
+        other study is asked on its own, as :meth:`study_content` does.
+        """
+        out: dict[str, list[InventorySeries]] = {}
+        if not self._no_study_lists and len(study_uids) > 1:
+            for batch in self._batches(study_uids):
+                out.update(self._listed_content(batch))
+        for study_uid in study_uids:
+            if study_uid not in out:
+                out[study_uid] = self.study_content(study_uid)
+        return out
+
+    def _batches(self, study_uids: Sequence[str]) -> Iterator[dict[str, tuple[int, int]]]:
+        """Studies with the counts the peer gives for them, in batches of bounded size."""
+        for start in range(0, len(study_uids), _LIST_STUDIES):
+            if self._no_study_lists:
+                return
+            chunk = study_uids[start : start + _LIST_STUDIES]
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = list(chunk)
+            query.NumberOfStudyRelatedSeries = None
+            query.NumberOfStudyRelatedInstances = None
+            answers, cut = self._find(self._finder(), query)
+            counts: dict[str, tuple[int, int]] = {}
+            for answer in answers:
+                uid = _text(answer, "StudyInstanceUID")
+                try:
+                    counts[uid] = (
+                        int(answer.get("NumberOfStudyRelatedSeries")),
+                        int(answer.get("NumberOfStudyRelatedInstances")),
+                    )
+                except (TypeError, ValueError):
+                    continue
+            if cut or not counts:
+                continue  # no counts to check a listed answer against: study by study
+            batch: dict[str, tuple[int, int]] = {}
+            for uid, (series, instances) in counts.items():
+                if uid not in chunk:
+                    continue
+                if batch and sum(n for _s, n in batch.values()) + instances > _LIST_INSTANCES:
+                    yield batch
+                    batch = {}
+                batch[uid] = (series, instances)
+            if batch:
+                yield batch
+
+    def _listed_content(self, expected: dict[str, tuple[int, int]]) -> dict[str, list[InventorySeries]]:
+        """The studies of ``expected`` whose listed SERIES and IMAGE answers add up to
+        their counts; the others are left out (to be asked on their own)."""
+        if len(expected) == 1:
+            return {}  # one study: its own queries cost the same
+        query = Dataset()
+        query.QueryRetrieveLevel = "SERIES"
+        query.StudyInstanceUID = list(expected)
+        query.SeriesInstanceUID = ""
+        query.Modality = ""
+        try:
+            series_answers, cut = self._find(self._finder(), query)
+            if cut:
+                return {}
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = list(expected)
+            query.SeriesInstanceUID = ""
+            query.SOPInstanceUID = ""
+            query.SOPClassUID = ""
+            image_answers, cut = self._find(self._finder(), query)
+            if cut:
+                return {}
+        except RemoteError as exc:
+            if self._find_assoc is None or not self._find_assoc.is_open:
+                raise  # the association broke: not a refusal
+            LOGGER.debug("no SERIES/IMAGE query over a list of studies: %s", exc)
+            self._no_study_lists = True
+            return {}
+        found: dict[str, dict[str, InventorySeries]] = {uid: {} for uid in expected}
+        for answer in series_answers:
+            study_uid, uid = _text(answer, "StudyInstanceUID"), _text(answer, "SeriesInstanceUID")
+            if study_uid in found and uid:
+                series = InventorySeries(_uid(uid, "Series Instance UID"), _text(answer, "Modality"))
+                found[study_uid][uid] = series
+        owner = {series: study for study, all_series in found.items() for series in all_series}
+        for answer in image_answers:
+            series_uid, sop = _text(answer, "SeriesInstanceUID"), _text(answer, "SOPInstanceUID")
+            at = owner.get(series_uid)
+            if at is not None and sop:
+                found[at][series_uid].instances[sop] = InventoryInstance(
+                    _uid(sop, "SOP Instance UID"), _text(answer, "SOPClassUID")
+                )
+        out: dict[str, list[InventorySeries]] = {}
+        for study, all_series in found.items():
+            content = list(all_series.values())
+            if (len(content), sum(len(s.instances) for s in content)) == expected[study]:
+                out[study] = content
+        if not out and any(n for _s, n in expected.values()):
+            # Nothing added up: the peer does not match lists below the study level.
+            self._no_study_lists = True
+        return out
 
     def _study_counts(self, study_uid: str) -> tuple[int, int] | None:
         """(NumberOfStudyRelatedSeries, NumberOfStudyRelatedInstances), when the peer gives them."""

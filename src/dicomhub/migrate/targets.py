@@ -22,7 +22,7 @@ import httpx
 
 from dicomhub.dimse.requestor import Association, AssociationError
 from dicomhub.errors import DicomhubError
-from dicomhub.migrate.sources import DicomwebSource, DimseSource, RemoteError
+from dicomhub.migrate.sources import FIND_CONTEXT, DicomwebSource, DimseSource, RemoteError
 from dicomhub.model.encoding import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from dicomhub.model.migration import RemoteArchive, RemoteKind
 from dicomhub.model.structure import dataset_offset
@@ -66,6 +66,8 @@ class DimseTarget:
     The storage association is kept for the next series while that needs no other
     presentation context and it has not been idle long (peers close idle ones:
     Orthanc after 5 s): setting one up costs more than sending a small series.
+    It proposes the C-FIND context too, and the checks of what arrived are asked
+    on it: one association per worker, not two (see :meth:`DimseSource.share`).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class DimseTarget:
         except AssociationError as exc:
             raise RemoteError(f"{self.remote.ae_title}@{self.remote.host}:{self.remote.port}: {exc}") from exc
         self._assoc, self._proposed = assoc, merged
+        self.finder.share(assoc)  # the checks of what arrived go on it too
         return assoc
 
     def _release(self) -> None:
@@ -128,6 +131,7 @@ class DimseTarget:
             contexts.append((pair[0], [pair[1]]))
         for sop_class in sorted({o.sop_class_uid for o in objects}):
             contexts.append((sop_class, list(_FALLBACKS)))
+        contexts.append((FIND_CONTEXT[0], list(FIND_CONTEXT[1])))
         if len(contexts) > 128:
             raise RemoteError("more than 128 presentation contexts for one series")
         kept = self._assoc

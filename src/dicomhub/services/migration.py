@@ -353,6 +353,10 @@ class MigrationService:
         """Record the series and instances the remote holds of one study (committed)."""
         self.repo.record_study_content(remote_pk, study_uid, series)
 
+    def record_studies_content(self, remote_pk: int, found: dict[str, list[InventorySeries]]) -> None:
+        """Record the series and instances the remote holds of several studies (one commit)."""
+        self.repo.record_studies_content(remote_pk, found)
+
     def finish_inventory(self, remote_pk: int) -> Inventory:
         """Mark the walk complete; return the inventory it stored."""
         self.repo.set_inventory_complete(remote_pk, True)
