@@ -186,9 +186,12 @@ def test_killed_push_resumes_without_duplicates_or_gaps(
         count = 0
         while time.monotonic() < deadline and proc.poll() is None:
             count = int(orthanc_rest(target, "GET", "/statistics")["CountInstances"])
-            if count >= 12:
+            # Kill at the first object the target holds: the push checks what arrived study by
+            # study on its storage association, fast enough to finish the corpus within a
+            # few polls of a loaded machine.
+            if count >= 1:
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         assert proc.poll() is None, f"migrate ended before it could be killed:\n{log.read_text()}"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
