@@ -16,6 +16,8 @@ within :class:`MemoryBound`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import atheris
 
 with atheris.instrument_imports(include=["dicomhub"]):
@@ -58,13 +60,14 @@ def test_one_input(data: bytes) -> None:
             body = decode_json_object(data[1:])
             if data[0] % 2 == 0:
                 patient = patient_from_fhir(parse_patient(body))
-                answer = patient_to_fhir(patient)
+                # the route answers with the stored patient, which has its resource id
+                answer = patient_to_fhir(dataclasses.replace(patient, resource_id="p1"))
                 kind = "Patient"
             else:
                 resource = parse_service_request(body)
                 subject_of(resource)
                 order = order_from_fhir(resource, _PATIENT, _EXISTING if data[0] & 2 else None)
-                answer = order_to_fhir(order, "p1")
+                answer = order_to_fhir(dataclasses.replace(order, order_id=order.order_id or "o2"), "p1")
                 kind = "ServiceRequest"
         except InvalidRequest:
             return
