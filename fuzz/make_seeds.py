@@ -15,6 +15,10 @@ Every seed is made here, at run time, from real sources:
 * ``accept``, ``qido``, ``config``: Accept headers as DICOMweb clients send
   them, QIDO-RS query strings from PS3.18 examples and the README, and TOML
   files in the README's format.
+* ``hl7``: ORM^O01 (NW, SC, DC, CA), OMI^O23, ADT^A01/A04/A08/A40 in the
+  shapes the end-to-end tests send, in UTF-8 and ISO 8859-1.
+* ``fhir``: Patient and ServiceRequest bodies as the end-to-end tests send
+  them (first byte: 0 Patient, 1 ServiceRequest, 3 its update).
 
 Usage: ``python fuzz/make_seeds.py [OUT_DIR]`` (default ``fuzz/corpus``).
 """
@@ -22,6 +26,7 @@ Usage: ``python fuzz/make_seeds.py [OUT_DIR]`` (default ``fuzz/corpus``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -104,6 +109,111 @@ CONFIG_FILES = (
     '"cardio-staff" = ["reader@label:cardio", "uploader@label:cardio"]\n',
     'cors_origins = ["https://viewer.example.org"]\npublic_base_url = "https://pacs.example.org/dicomweb"\n'
     "acse_timeout = 30\ndimse_timeout = 60.5\nknown_aes_only = true\n",
+)
+
+_MSH = "MSH|^~\\&|RIS|HOSP|DICOMHUB|ARCH|20260101120000||{type}|{id}|P|2.5.1||||||{charset}"
+_PID = "PID|||{pid}^^^HOSP^MR||{name}||19700102|M"
+
+
+def _orm(control: str, accession: str, status: str = "") -> list[str]:
+    return [
+        _MSH.format(type="ORM^O01", id=f"orm{control}{accession}", charset="UNICODE UTF-8"),
+        _PID.format(pid="P1", name="Doe^Jane"),
+        "PV1||O|||||^Welby^Marcus",
+        f"ORC|{control}|PL{accession}|FL{accession}||{status}",
+        f"OBR|1|PL{accession}|FL{accession}|CTHEAD^CT Head^LOCAL||||||||||||||{accession}|RP{accession}"
+        f"|SPS{accession}|CTAE|||CT|||^^^20260301101500^^S",
+    ]
+
+
+HL7_MESSAGES = (
+    _orm("NW", "A1"),
+    _orm("SC", "A1", "IP"),
+    _orm("DC", "A1"),
+    _orm("CA", "A2"),
+    [
+        _MSH.format(type="OMI^O23^OMI_O23", id="7", charset="UNICODE UTF-8"),
+        _PID.format(pid="P1", name="Doe^Jane"),
+        "ORC|NW|PLA3|FLA3",
+        "TQ1|||||||20260302080000||S",
+        "OBR|1|PLA3|FLA3|MRKNEE^MR Knee^LOCAL",
+        "IPC|A3|RPA3|1.2.826.0.1.3680043.2.1143.77|SPSA3|MR||MR1||MRAE",
+    ],
+    *(
+        [
+            _MSH.format(type=f"ADT^{event}", id=f"adt{event}", charset="UNICODE UTF-8"),
+            _PID.format(pid="P1", name=name),
+        ]
+        for event, name in (("A01", "Müller^Jürgen^K^^Dr"), ("A04", "Doe^Jane"), ("A08", "Doe^Jane^Q"))
+    ),
+    [
+        _MSH.format(type="ADT^A40", id="m1", charset="UNICODE UTF-8"),
+        _PID.format(pid="P9", name="Doe^Jane"),
+        "MRG|P1^^^HOSP",
+    ],
+    [_MSH.format(type="ADT^A08", id="l1", charset="8859/1"), _PID.format(pid="P2", name="Ødegård^Åse")],
+)
+
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+_DCM = "http://dicom.nema.org/resources/ontology/DCM"
+FHIR_BODIES: tuple[tuple[int, dict[str, object]], ...] = (
+    (
+        0,
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": "HOSP", "value": "P1"}],
+            "name": [{"family": "Doe", "given": ["Jane", "Q"]}],
+            "birthDate": "1970-01-02",
+            "gender": "female",
+        },
+    ),
+    (
+        0,
+        {
+            "resourceType": "Patient",
+            "id": "p1",
+            "identifier": [
+                {"use": "usual", "type": {"coding": [{"system": _V2_0203, "code": "MR"}]}, "value": "P2"},
+                {"value": "OTHER7"},
+            ],
+            "name": [{"use": "official", "family": "Müller", "given": ["Jürgen"], "prefix": ["Dr"]}],
+            "gender": "male",
+        },
+    ),
+    *(
+        (
+            selector,
+            {
+                "resourceType": "ServiceRequest",
+                "status": status,
+                "intent": "order",
+                "identifier": [
+                    {"type": {"coding": [{"system": _V2_0203, "code": "ACSN"}]}, "value": "FA1"},
+                    {"type": {"coding": [{"system": _V2_0203, "code": "PLAC"}]}, "value": "PLFA1"},
+                ],
+                "subject": {"reference": "Patient/p1"},
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "24627-2", "display": "CT Chest"}]
+                },
+                "occurrenceDateTime": "2026-03-01T10:15:00+00:00",
+                "performerType": {"coding": [{"system": _DCM, "code": "CT"}]},
+                "priority": "stat",
+                "reasonCode": [{"text": "follow-up"}],
+                "requester": {"display": "Welby^Marcus"},
+            },
+        )
+        for selector, status in ((1, "active"), (3, "active"), (3, "revoked"))
+    ),
+    (
+        1,
+        {
+            "resourceType": "ServiceRequest",
+            "status": "active",
+            "intent": "proposal",
+            "identifier": [{"type": {"coding": [{"system": _V2_0203, "code": "ACSN"}]}, "value": "FB1"}],
+            "subject": {"identifier": {"system": "HOSP", "value": "P1"}},
+        },
+    ),
 )
 
 
@@ -291,6 +401,12 @@ def _multipart_seeds() -> Iterator[bytes]:
     yield bytes([len(email_boundary)]) + email_boundary + struct.pack(">H", 512) + b"preamble\r\n" + body
 
 
+def _hl7_seeds() -> Iterator[bytes]:
+    for segments in HL7_MESSAGES:
+        codec = "latin-1" if segments[0].endswith("8859/1") else "utf-8"
+        yield "\r".join(segments).encode(codec)
+
+
 def _write(folder: Path, seeds: Iterator[bytes] | list[bytes]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
@@ -312,6 +428,8 @@ def main(out: Path) -> dict[str, int]:
         "accept": _write(out / "accept", [h.encode() for h in ACCEPT_HEADERS]),
         "qido": _write(out / "qido", [q.encode() for q in QIDO_QUERIES]),
         "config": _write(out / "config", [c.encode() for c in CONFIG_FILES]),
+        "hl7": _write(out / "hl7", _hl7_seeds()),
+        "fhir": _write(out / "fhir", [bytes([k]) + json.dumps(b).encode() for k, b in FHIR_BODIES]),
     }
     return counts
 

@@ -18,11 +18,12 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from dicomhub.config import load_settings
 from dicomhub.errors import ConfigurationError, InvalidRequest
+from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10, read_header
 from dicomhub.services.headers import header_to_json
 from dicomhub.web.dicomweb import stow
 from dicomhub.web.dicomweb.upload import MultipartReader, parse_media_type
-from dicomhub.web.errors import UnsupportedMediaType
+from dicomhub.web.errors import UnsupportedMediaType, decode_json_object
 
 
 def _part10(ds: Dataset) -> bytes:
@@ -201,3 +202,29 @@ def test_a_setting_written_below_the_oidc_roles_table(tmp_path: Path) -> None:
     path.write_text('[oidc_roles]\nradiologists = "reader"\nhttp_port = 42\n')
     with pytest.raises(ConfigurationError, match=r"oidc_roles\.http_port"):
         load_settings(config_file=path, environ={})
+
+
+def test_deeply_nested_json_body_is_invalid_request() -> None:
+    # fhir: "[[[[..." nested past the interpreter's recursion limit made
+    # json.loads raise RecursionError, a 500 instead of a 400 OperationOutcome
+    # (and the same for every JSON body of the REST API).
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        decode_json_object(b"[" * 100_000)
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        decode_json_object(b'{"resourceType": "Patient", "extension": ' + b"[" * 100_000)
+    assert decode_json_object(b'{"a": [[1]]}') == {"a": [[1]]}
+
+
+def test_hl7_message_with_repeated_encoding_characters_is_rejected() -> None:
+    # hl7: MSH-2 "^" followed by NULs (a separator used twice) made the hl7
+    # package fail an assertion: handle's last resort answered AE "internal
+    # error". It is an AR naming MSH-2 now, before the parser sees it.
+    from dicomhub.hl7.messages import handle
+
+    raw = b"MSH|^\x00\x00\x00\x00~\\&|RIS|HOSP|DICOMHUB|ARCH|20260101||ADT^A08|l1|P|2.5\rPID|||P2^^^HOSP"
+
+    def caller_of(name: str) -> Caller:
+        raise AssertionError("a rejected message acts as nobody")
+
+    ack = handle(raw, None, caller_of)  # type: ignore[arg-type]  # never reached
+    assert b"MSA|AR|l1|" in ack and b"ERR||MSH^2|102^" in ack

@@ -159,6 +159,20 @@ def _value(segment: Any, field: int, rep: int = 1, comp: int = 1, sub: int = 1) 
     return str(node)
 
 
+def _check_encoding_characters(text: str) -> None:
+    """Refuse an MSH-1/MSH-2 whose separators (with the defaults the parser fills
+    in) are not all different: the ``hl7`` package would fail an assertion."""
+    plan = hl7.parser.create_parse_plan(text)
+    used = plan.separators + plan.esc
+    if len(set(used)) != len(used):
+        raise Hl7Reject(
+            "AR",
+            DATA_TYPE_ERROR,
+            f"MSH-1/MSH-2 encoding characters {text[3:8]!r} are not distinct separators",
+            "MSH-2",
+        )
+
+
 # ---------------------------------------------------------------- mapping
 
 
@@ -451,7 +465,9 @@ def handle(raw: bytes, orders: OrderService, caller_of: Callable[[str], Caller])
     try:
         text = decode(raw)
         try:
-            parsed = hl7.parse(text.replace("\n", "\r").rstrip("\r"))
+            message_text = text.replace("\n", "\r").rstrip("\r")
+            _check_encoding_characters(message_text)
+            parsed = hl7.parse(message_text)
         except (hl7.ParseException, IndexError, ValueError) as exc:
             raise Hl7Reject(
                 "AR", SEGMENT_SEQUENCE_ERROR, f"the message does not parse: {exc}", "MSH"

@@ -26,6 +26,7 @@ __all__ = [
     "EXCEPTION_HANDLERS",
     "NotAcceptable",
     "UnsupportedMediaType",
+    "decode_json_object",
     "error_response",
     "http_status",
     "json_object",
@@ -63,10 +64,19 @@ async def json_object(request: Request, max_bytes: int = 1 << 20) -> dict[str, A
     raw = await request.body()
     if len(raw) > max_bytes:
         raise InvalidRequest("request body too large")
+    return decode_json_object(raw or b"{}")
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; InvalidRequest when it is not JSON or not an object."""
     try:
-        body = json.loads(raw or b"{}")
+        body = json.loads(raw)
     except ValueError as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from exc
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: "[[[[..." from a client
+        # would otherwise be a 500 instead of a 400.
+        raise InvalidRequest("the body is not JSON a server can read: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     return body

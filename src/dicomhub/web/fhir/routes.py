@@ -14,7 +14,6 @@ same as for HL7, the CLI and ``/api/orders``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +32,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.services.orders import OrderKey, OrderService
 from dicomhub.telemetry.metrics import count_backend_error
 from dicomhub.web.auth import caller_of
-from dicomhub.web.errors import UnsupportedMediaType, http_status
+from dicomhub.web.errors import UnsupportedMediaType, decode_json_object, http_status
 from dicomhub.web.fhir.resources import (
     FHIR_ID,
     Unprocessable,
@@ -98,13 +97,7 @@ async def _resource(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > _MAX_BODY:
         raise InvalidRequest(f"the resource is larger than {_MAX_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body must be a JSON object (a FHIR resource)")
-    return body
+    return decode_json_object(raw)
 
 
 def _path_id(request: Request, name: str) -> str:
