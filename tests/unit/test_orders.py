@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dicomhub.errors import Conflict
+from dicomhub.errors import Conflict, NotFound
 from dicomhub.hl7.messages import handle
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.orders import OrderRepository
 from dicomhub.model.access import Access, Grant, Scope, ScopeKind
+from dicomhub.model.audit import AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.orders import (
     IllegalTransition,
@@ -128,6 +129,41 @@ def test_hl7_orm_life_cycle_through_the_service(service: OrderService) -> None:
     assert code == "AE" and "cannot change" in err
     code, err = reply(_orm("CA", "7", accession="NOPE"))
     assert code == "AE" and "|204^" in err
+
+
+def test_hl7_message_with_several_orders_is_applied_whole(tmp_path: Path) -> None:
+    """A later ORC group that fails takes the earlier ones back: AE means nothing
+    applied (so a corrected resend is accepted), and the audit trail says so."""
+    engine = connect_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    migrate(engine)
+    events: list[AuditEvent] = []
+
+    class Recorder:
+        def record(self, event: AuditEvent) -> None:
+            events.append(event)
+
+    service = OrderService(OrderRepository(engine), Recorder())
+
+    def reply(raw: bytes) -> tuple[str, str]:
+        return _ack(handle(raw, service, lambda app: Caller(Channel.HL7, app)))
+
+    def groups(msg_id: str, *accessions: str) -> bytes:
+        segments = _orm("NW", msg_id).decode("utf-8").split("\r")
+        head, group = segments[:3], segments[3:5]
+        body = [seg.replace("ACC1", acc) for acc in accessions for seg in group]
+        return _frame(*head, *body)
+
+    assert reply(_orm("NW", "1")) == ("AA", "")
+    code, err = reply(groups("2", "ACC2", "ACC1"))  # the second group places ACC1 again
+    assert code == "AE" and "|205^" in err
+    with pytest.raises(NotFound):
+        service.order(OrderKey(accession_number="ACC2"), HL7)
+    rolled_back = [e for e in events if "rolled back" in str(e.detail.get("reason", ""))]
+    assert len(rolled_back) == 1 and rolled_back[0].outcome is AuditOutcome.MINOR_FAILURE
+    assert not [e for e in events[1:] if e.outcome is AuditOutcome.SUCCESS]
+    assert reply(groups("3", "ACC2", "ACC3")) == ("AA", "")  # the corrected resend
+    assert {o.accession_number for o in service.orders(HL7)} == {"ACC1", "ACC2", "ACC3"}
+    assert [e.outcome for e in events[-2:]] == [AuditOutcome.SUCCESS, AuditOutcome.SUCCESS]
 
 
 def test_hl7_rejects_what_it_cannot_read(service: OrderService) -> None:

@@ -2,7 +2,7 @@
 
 Read (docs/orders.md has the table of segments and fields):
 
-- ``ORM^O01`` and ``OMI^O23``: one order per ORC group; ORC-1 NW places,
+- ``ORM^O01`` and ``OMI^O23``: one order per ORC group, all applied or none; ORC-1 NW places,
   XO replaces, CA cancels, DC discontinues, SC moves the steps to ORC-5
   (IP, CM, DC, CA); the order is named by its Accession Number (OBR-18 or
   IPC-1), else the placer order number (ORC-2 or OBR-2).
@@ -388,8 +388,11 @@ def _apply(m: _Message, kind: tuple[str, str], orders: OrderService, caller: Cal
         groups = _groups(m)
         if not groups:
             raise Hl7Reject("AE", SEGMENT_SEQUENCE_ERROR, f"{kind[0]} without an ORC segment", "ORC")
-        for group in groups:
-            _apply_order(m, group, patient, orders, caller)
+        # One message, one outcome: a later group that fails takes the earlier ones
+        # back with it, so the AE means "nothing applied" and a corrected resend works.
+        with orders.unit_of_work():
+            for group in groups:
+                _apply_order(m, group, patient, orders, caller)
     elif kind[1] == "A40":
         mrg = m.first("MRG")
         prior = m.get(mrg, 1, 1, 1)

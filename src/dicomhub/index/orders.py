@@ -11,16 +11,22 @@ status); ``patient_merge`` every ADT^A40 received, so that the archive can
 apply it to its studies.
 
 An order is saved whole: its procedures and steps are replaced in the same
-transaction as the order row, so a reader never sees half an update. Steps
+transaction as the order row, so a reader never sees half an update. Several
+changes that must stand or fall together (the ORC groups of one HL7 message)
+run inside :meth:`OrderRepository.unit_of_work`: every read and write of the
+calling thread then uses that one transaction, committed when the unit ends
+and rolled back whole when it raises. Steps
 are named by (Accession Number, Scheduled Procedure Step ID), never by their
 row key, which a save may change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -90,6 +96,50 @@ class OrderRepository:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # The open unit of work of each thread (the HL7 listener, the web server
+        # and the DIMSE providers call in from their own threads).
+        self._unit = threading.local()
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """Run the calls inside in one write transaction: all of them or none.
+
+        Nested units join the outer one. An integrity error inside (two orders
+        with one Accession Number) becomes :class:`Conflict`, as it does for a
+        single change.
+        """
+        if getattr(self._unit, "conn", None) is not None:
+            yield
+            return
+        try:
+            with engines.write(self.engine) as conn:
+                self._unit.conn = conn
+                try:
+                    yield
+                finally:
+                    self._unit.conn = None
+        except IntegrityError as exc:
+            raise Conflict(f"an order with this Accession Number exists already: {exc.orig}") from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        conn = getattr(self._unit, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with engines.write(self.engine) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        # Inside a unit, reads see its own uncommitted changes (an order placed by an
+        # earlier group of the same message).
+        conn = getattr(self._unit, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with engines.read(self.engine) as conn:
+            yield conn
 
     # ------------------------------------------------------------ patients
 
@@ -139,26 +189,26 @@ class OrderRepository:
 
     def put_patient(self, p: Patient) -> tuple[Patient, bool]:
         """Insert or update the demographics of ``p.ref``; (the stored patient, created)."""
-        with engines.write(self.engine) as conn:
+        with self._write() as conn:
             existed = self._patient_row(conn, p.ref) is not None
             pk = self._ensure_patient(conn, p, overwrite=True)
             row = conn.execute(select(patient_record).where(patient_record.c.pk == pk)).one()
             return self._to_patient(conn, row), not existed
 
     def patient(self, ref: PatientRef) -> Patient | None:
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             row = self._patient_row(conn, ref)
             return None if row is None else self._to_patient(conn, row)
 
     def patient_by_resource_id(self, resource_id: str) -> Patient | None:
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(patient_record).where(patient_record.c.resource_id == resource_id)
             ).first()
             return None if row is None else self._to_patient(conn, row)
 
     def patients(self, limit: int = 1000) -> list[Patient]:
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(patient_record)
                 .order_by(patient_record.c.patient_id, patient_record.c.issuer_of_patient_id)
@@ -170,7 +220,7 @@ class OrderRepository:
         """Record ``m``: the surviving patient exists afterwards (with ``surviving``'s
         demographics), the prior one (when known) points at it, and the orders of the
         prior patient move to it. Returns how many orders moved."""
-        with engines.write(self.engine) as conn:
+        with self._write() as conn:
             target = self._ensure_patient(conn, surviving, overwrite=True)
             prior = self._patient_row(conn, m.prior)
             moved = 0
@@ -205,7 +255,7 @@ class OrderRepository:
         return int(moved)
 
     def merges(self) -> list[PatientMerge]:
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             rows = conn.execute(select(patient_merge).order_by(patient_merge.c.pk)).all()
         return [
             PatientMerge(
@@ -301,7 +351,7 @@ class OrderRepository:
 
     def order(self, *, order_id: str = "", accession_number: str = "", placer: str = "") -> Order | None:
         """The order with this id, else Accession Number, else placer order number."""
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             row = self._find(conn, order_id=order_id, accession_number=accession_number, placer=placer)
             return None if row is None else self._load(conn, row)
 
@@ -315,7 +365,7 @@ class OrderRepository:
         query = select(imaging_order).order_by(imaging_order.c.pk).limit(limit)
         if status:
             query = query.where(imaging_order.c.status.in_([s.value for s in status]))
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             if patient is not None:
                 row = self._patient_row(conn, patient)
                 if row is None:
@@ -404,7 +454,7 @@ class OrderRepository:
         demographics: Patient | None,
     ) -> tuple[Order | None, Order]:
         now = utc_now()
-        with engines.write(self.engine) as conn:
+        with self._write() as conn:
             row = self._find(conn, lock=True, **find)
             before = None if row is None else self._load(conn, row)
             after = change(before)
@@ -437,7 +487,7 @@ class OrderRepository:
             return before, self._load(conn, stored)
 
     def accession_taken(self, accession_number: str, other_than: str = "") -> bool:
-        with engines.read(self.engine) as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(imaging_order.c.order_id).where(imaging_order.c.accession_number == accession_number)
             ).first()

@@ -9,16 +9,21 @@ Every channel calls the same use cases, so the state rules of
   not a study: a label or patient scoped grant does not reach it).
 
 Each change is audited (Order Record / Patient Record, PS3.15 A.5.3.9-10)
-with its outcome, refusals included. The Modality Worklist and MPPS providers
+with its outcome, refusals included. Changes made inside
+:meth:`OrderService.unit_of_work` (the ORC groups of one HL7 message) stand or
+fall together; their audit records are written when the unit ends, and a
+change a later failure rolled back is recorded as not applied. The Modality Worklist and MPPS providers
 read and move orders through :meth:`OrderService.orders` and
 :meth:`OrderService.move_step`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from dicomhub.errors import Conflict, DicomhubError, InvalidRequest, NotFound
 from dicomhub.index.orders import OrderRepository
@@ -113,6 +118,38 @@ class OrderService:
     def __init__(self, repo: OrderRepository, audit: AuditRecorder | None = None) -> None:
         self.repo = repo
         self.audit = audit
+        # Per thread: the audit events of the open unit of work, written at its end.
+        self._unit = threading.local()
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[None]:
+        """The changes made inside are one transaction: all applied, or none.
+
+        Their audit events wait for the outcome: on failure, the changes that had
+        succeeded are recorded as rolled back with the reason, so the audit trail
+        never claims an order that the index does not hold. Nested units join.
+        """
+        if getattr(self._unit, "events", None) is not None:
+            yield
+            return
+        events: list[AuditEvent] = []
+        self._unit.events = events
+        try:
+            with self.repo.unit_of_work():
+                yield
+        except BaseException as exc:
+            self._unit.events = None
+            reason = f"rolled back with the rest of its message: {exc}"[:500]
+            for event in events:
+                if event.outcome is AuditOutcome.SUCCESS:
+                    event = dataclasses.replace(
+                        event, outcome=AuditOutcome.MINOR_FAILURE, detail={**event.detail, "reason": reason}
+                    )
+                self._write_audit(event)
+            raise
+        self._unit.events = None
+        for event in events:
+            self._write_audit(event)
 
     # ------------------------------------------------------------ access and audit
 
@@ -136,9 +173,16 @@ class OrderService:
         detail: dict[str, object],
         studies: Sequence[AuditedStudy] = (),
     ) -> None:
-        if self.audit is None:
-            return
-        self.audit.record(AuditEvent(action, outcome, caller, tuple(studies), detail))
+        event = AuditEvent(action, outcome, caller, tuple(studies), detail)
+        pending = getattr(self._unit, "events", None)
+        if pending is not None:
+            pending.append(event)
+        else:
+            self._write_audit(event)
+
+    def _write_audit(self, event: AuditEvent) -> None:
+        if self.audit is not None:
+            self.audit.record(event)
 
     def _audited(
         self,
