@@ -463,7 +463,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
 
 def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Event) -> None:
     """Run the migration jobs the HTTP API queues (and those a crashed server left), one at a time."""
-    from dicomhub.migrate.runner import STALE, Migrator, _owner_gone, owner_name
+    from dicomhub.migrate.runner import STALE, Migrator, owner_gone, owner_name
     from dicomhub.model.migration import JobState
 
     owner = owner_name("server")
@@ -480,7 +480,7 @@ def run_migration_jobs(archive: Archive, settings: Settings, stop: threading.Eve
                     for j in archive.migration.jobs()
                     if j["state"] in (JobState.RUNNING.value, JobState.STOPPING.value)
                     and str(j["owner"] or "").startswith("server:")
-                    and _owner_gone(j["owner"])
+                    and owner_gone(j["owner"])
                 ]
                 if orphaned:
                     job_id = archive.migration.claim_orphaned_job(min(orphaned), owner)

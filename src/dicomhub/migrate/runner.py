@@ -75,7 +75,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.services.deidentify import MigrationDeid
 from dicomhub.services.migration import selected
 
-__all__ = ["Migrator", "Progress", "Transform", "owner_name"]
+__all__ = ["Migrator", "Progress", "Transform", "owner_gone", "owner_name"]
 
 LOGGER = logging.getLogger("dicomhub.migrate")
 
@@ -93,7 +93,7 @@ def owner_name(kind: str) -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}"
 
 
-def _owner_gone(owner: str | None) -> bool:
+def owner_gone(owner: str | None) -> bool:
     """True when ``owner`` was a process on this host that no longer exists."""
     if not owner:
         return True
@@ -347,7 +347,7 @@ class Migrator:
                 + "; resume it with the same direction and --deid, or stop it first"
             )
         stale = dt.datetime.now(dt.UTC) - STALE
-        if _owner_gone(job["owner"]):
+        if owner_gone(job["owner"]):
             stale = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
         if not self.service.take_over(job_id, owner, stale):
             raise DicomhubError(
