@@ -6,6 +6,9 @@ import logging
 import threading
 import time
 
+import pytest
+
+from dicomhub.errors import DoesNotMatchIOD, IndexUnavailable
 from dicomhub.services.background import run_until_stopped
 
 LOGGER = logging.getLogger("test.background")
@@ -98,3 +101,39 @@ def test_work_runs_anyway_when_storing_never_settles() -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_an_outage_is_one_warning_and_other_failures_keep_their_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outcomes: list[Exception | int] = [
+        *[IndexUnavailable("index write failed: OperationalError")] * 5,
+        0,
+        DoesNotMatchIOD("a broken object"),
+        0,
+    ]
+    done = threading.Event()
+
+    def step() -> int:
+        if not outcomes:
+            done.set()
+            return 0
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    stop = threading.Event()
+    caplog.set_level(logging.WARNING, logger=LOGGER.name)
+    thread = threading.Thread(target=run_until_stopped, args=(stop, step, "test job", LOGGER, 0.01))
+    thread.start()
+    assert done.wait(10)
+    stop.set()
+    thread.join(5)
+    messages = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert messages == [
+        (logging.WARNING, "test job paused: index write failed: OperationalError; retrying every 0.0 s",
+         False),  # fmt: skip
+        (logging.WARNING, "test job resumed", False),
+        (logging.ERROR, "test job failed; retrying", True),
+    ]

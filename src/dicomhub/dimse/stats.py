@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from dicomhub.errors import IndexUnavailable
 from dicomhub.model.associations import AssociationRecord
 from dicomhub.telemetry.metrics import metrics
 
@@ -141,6 +142,9 @@ class AssociationRecorder:
             return
         try:
             self._write(batch)
+        except IndexUnavailable as exc:
+            # An outage meets every flush: one line, not a traceback every interval.
+            LOGGER.warning("could not write %d association log rows: %s", len(batch), exc)
         except Exception:  # noqa: BLE001 - statistics must never disturb the service
             LOGGER.exception("could not write %d association log rows", len(batch))
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from dicomhub.errors import DicomhubError
+from dicomhub.errors import BlobMissing, ChecksumMismatch, DicomhubError, IndexUnavailable, StorageError
 from dicomhub.telemetry.metrics import count_backend_error
 
 __all__ = ["SETTLE_SECONDS", "run_until_stopped"]
@@ -43,10 +43,12 @@ def run_until_stopped(
     a modality sending a study, a STOW-RS client between requests). When the
     archive has been busy for ``patience`` seconds, a turn runs anyway, to the
     end, so that the work never starves. An index failure is logged and
-    retried after ``idle``. With ``claim`` (see :func:`dicomhub.index.engine.lease`),
-    a turn runs only while this process holds the job's claim: when several
-    nodes share one database, one of them does the work and the others skip
-    their turn.
+    retried after ``idle``: an outage of the index or the blob store (which
+    every turn would meet again) is one warning when it starts and one when
+    the job resumes, not a traceback every ``idle`` seconds. With ``claim``
+    (see :func:`dicomhub.index.engine.lease`), a turn runs only while this
+    process holds the job's claim: when several nodes share one database, one
+    of them does the work and the others skip their turn.
     """
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -55,6 +57,7 @@ def run_until_stopped(
     seen = -1
     moved_at = time.monotonic()  # when the change log was last seen moving (or the start)
     waiting_since: float | None = None
+    in_outage = False
     while not stop.wait(idle):
         try:
             overdue = False
@@ -75,4 +78,19 @@ def run_until_stopped(
                         break  # storing again: wait for it to settle
         except DicomhubError as exc:
             count_backend_error(exc, "background")
-            logger.exception("%s failed; retrying", name)
+            if not _outage(exc):
+                logger.exception("%s failed; retrying", name)
+            elif not in_outage:
+                logger.warning("%s paused: %s; retrying every %.1f s", name, exc, idle)
+            in_outage = _outage(exc)
+        else:
+            if in_outage:
+                logger.warning("%s resumed", name)
+            in_outage = False
+
+
+def _outage(exc: DicomhubError) -> bool:
+    """A back end that is down or full, not a fault of the data being worked on."""
+    if isinstance(exc, IndexUnavailable):
+        return True
+    return isinstance(exc, StorageError) and not isinstance(exc, BlobMissing | ChecksumMismatch)
