@@ -228,3 +228,24 @@ def test_hl7_message_with_repeated_encoding_characters_is_rejected() -> None:
 
     ack = handle(raw, None, caller_of)  # type: ignore[arg-type]  # never reached
     assert b"MSA|AR|l1|" in ack and b"ERR||MSH^2|102^" in ack
+
+
+def test_fhir_name_with_dicom_delimiters_is_refused_and_names_read_back_valid() -> None:
+    # fhir: a HumanName prefix "^^r" became the DICOM name "^^^^^r", whose five
+    # components are empty: the Patient read back had name.text "" and failed
+    # the R4B models (a 500 on every read of that patient). A name part with a
+    # DICOM delimiter is a 400 now, and an empty name is left out of the answer.
+    from dicomhub.model.orders import Patient, PatientRef
+    from dicomhub.web.fhir.resources import parse_patient, patient_from_fhir, patient_to_fhir
+
+    body = {"resourceType": "Patient", "identifier": [{"value": "P7"}],
+            "name": [{"use": "official", "prefix": ["^^r"]}]}  # fmt: skip
+    with pytest.raises(InvalidRequest, match="may not contain"):
+        patient_from_fhir(parse_patient(body))
+    body["name"] = [{"family": "Doe", "given": ["Jo=hn"]}]
+    with pytest.raises(InvalidRequest, match="may not contain"):
+        patient_from_fhir(parse_patient(body))
+    answer = patient_to_fhir(Patient(PatientRef("P7"), patient_name="^^^^^r", resource_id="p7"))
+    assert "name" not in answer
+    answer = patient_to_fhir(Patient(PatientRef("P7"), patient_name="Doe^John", resource_id="p7"))
+    assert answer["name"] == [{"use": "official", "text": "John Doe", "family": "Doe", "given": ["John"]}]

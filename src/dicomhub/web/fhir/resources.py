@@ -146,13 +146,23 @@ def _pn(name: Any) -> str:
         " ".join(name.prefix or ()),
         " ".join(name.suffix or ()),
     ]
+    text = str(name.text or "")
+    for part in (*parts, text):
+        # They would shift the components (and groups) of the DICOM name they become.
+        if "^" in part or "=" in part:
+            raise InvalidRequest(
+                f"a name part may not contain '^' or '=' (DICOM name delimiters): {part[:64]!r}"
+            )
     pn = "^".join(parts).rstrip("^")
-    return pn or (name.text or "")
+    return pn or text
 
 
 def _human_name(pn: str) -> dict[str, Any]:
     family, given, middle, prefix, suffix = (pn.split("^") + [""] * 5)[:5]
-    name: dict[str, Any] = {"text": " ".join(p for p in (prefix, given, middle, family, suffix) if p)}
+    name: dict[str, Any] = {}
+    text = " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+    if text:  # FHIR strings are never empty
+        name["text"] = text
     if family:
         name["family"] = family
     if given or middle:
@@ -201,8 +211,9 @@ def patient_to_fhir(patient: Patient) -> dict[str, Any]:
     }
     if patient.updated_at is not None:
         body["meta"] = {"lastUpdated": patient.updated_at.isoformat()}
-    if patient.patient_name:
-        body["name"] = [{"use": "official", **_human_name(patient.patient_name)}]
+    name = _human_name(patient.patient_name)
+    if name:
+        body["name"] = [{"use": "official", **name}]
     if patient.patient_sex in _SEX:
         body["gender"] = _SEX[patient.patient_sex]
     if len(patient.patient_birth_date) == 8:
