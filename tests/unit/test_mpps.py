@@ -259,7 +259,11 @@ def test_delivery_retries_until_accepted(services: tuple[MppsService, OrderServi
 
     assert mpps.deliver_due(down) == 1
     (state,) = mpps.repo.outbox()
-    assert state["state"] == "pending" and state["attempts"] == 1 and "nobody listens" in str(state["last_error"])
+    assert (
+        state["state"] == "pending"
+        and state["attempts"] == 1
+        and "nobody listens" in str(state["last_error"])
+    )
     assert mpps.deliver_due(up) == 0  # not due yet: it waits before the next attempt
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
     with pytest.MonkeyPatch.context() as mp:

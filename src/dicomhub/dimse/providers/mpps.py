@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from dicomhub.dimse.association import Association
     from dicomhub.services.mpps import MppsService
 
-__all__ = ["ModalityPerformedProcedureStepProvider"]
+__all__ = ["MPPS_STATUSES", "ModalityPerformedProcedureStepProvider"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -63,6 +63,27 @@ _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
     (PerformedStepFinal, S.PROCESSING_FAILURE),
     (NotFound, S.NO_SUCH_SOP_INSTANCE),
     (InvalidRequest, S.INVALID_OBJECT_INSTANCE),
+)
+
+
+#: For the conformance statement: (status, meaning, cause) of every answer on purpose.
+MPPS_STATUSES: tuple[tuple[int, str, str], ...] = (
+    (S.SUCCESS, "Success", "N-CREATE recorded (the step IN PROGRESS), N-SET applied, N-GET answered"),
+    (
+        S.MISSING_ATTRIBUTE,
+        "Missing Attribute",
+        "a Type 1/2 attribute of N-CREATE, or one the final state requires",
+    ),
+    (
+        S.INVALID_ATTRIBUTE_VALUE,
+        "Invalid Attribute Value",
+        "a status not allowed; an attribute N-SET may not set",
+    ),
+    (S.NO_SUCH_ATTRIBUTE, "No Such Attribute", "N-SET of an attribute the MPPS IOD does not have"),
+    (S.DUPLICATE_SOP_INSTANCE, "Duplicate SOP Instance", "N-CREATE of a step already held"),
+    (S.NO_SUCH_SOP_INSTANCE, "No Such SOP Instance", "N-SET or N-GET of an unknown step"),
+    (S.PROCESSING_FAILURE, "Processing Failure", "N-SET of a COMPLETED or DISCONTINUED step; index failure"),
+    (S.INVALID_OBJECT_INSTANCE, "Invalid Object Instance", "a SOP Instance UID that is not a UID"),
 )
 
 
