@@ -219,7 +219,7 @@ def test_the_order_moves_with_the_performed_step(services: tuple[MppsService, Or
     stored = mpps.get("1.2.3.100").dataset()
     assert stored.PerformedSeriesSequence[0].SeriesInstanceUID == "1.2.3.4.1"
     # One ORC-5 per change, in order: IP then CM, for the order system's ids.
-    queued = [entry.message.message for entry in mpps.repo.due()]
+    queued = [entry.message.message for entry in mpps.repo.pending()]
     assert len(queued) == 2
     parsed = [hl7.parse(text) for text in queued]
     assert [str(m.segment("ORC")[5]) for m in parsed] == ["IP", "CM"]
@@ -236,38 +236,53 @@ def test_discontinued_and_unscheduled(services: tuple[MppsService, OrderService]
     mpps.set("1.2.3.1", n_set("DISCONTINUED", series=False), MODALITY)
     assert _status(orders) is StepStatus.DISCONTINUED
     # No order with this Accession Number: kept, unlinked, nothing sent.
-    before = len(mpps.repo.due())
+    before = len(mpps.repo.pending())
     made = mpps.create(n_create(accession="NOPE"), None, MODALITY)
     assert made.sop_instance_uid.startswith("2.25.") and made.linked_orders == ()
-    assert len(mpps.repo.due()) == before
+    assert len(mpps.repo.pending()) == before
     assert [s.sop_instance_uid for s in mpps.steps(Caller.cli(), linked=False)] == [made.sop_instance_uid]
     assert [s.status for s in mpps.steps(Caller.cli(), status=[PerformedStepStatus.DISCONTINUED])] == [
         PerformedStepStatus.DISCONTINUED
     ]
 
 
-def test_delivery_retries_until_accepted(services: tuple[MppsService, OrderService]) -> None:
+def test_delivery_retries_in_order_until_accepted(services: tuple[MppsService, OrderService]) -> None:
     mpps, _orders = services
     mpps.create(n_create(), "1.2.3.5", MODALITY)
-    sent: list[tuple[str, str]] = []
+    mpps.set("1.2.3.5", n_set(), MODALITY)
+    sent: list[str] = []
 
     def down(destination: str, message: str) -> None:
+        sent.append(message)
         raise ConnectionRefusedError("nobody listens")
 
     def up(destination: str, message: str) -> None:
-        sent.append((destination, message))
+        assert destination == "127.0.0.1:1"
+        sent.append(message)
 
+    # The IN PROGRESS message fails; the COMPLETED one waits behind it.
     assert mpps.deliver_due(down) == 1
-    (state,) = mpps.repo.outbox()
-    assert (
-        state["state"] == "pending"
-        and state["attempts"] == 1
-        and "nobody listens" in str(state["last_error"])
-    )
+    newest, oldest = mpps.repo.outbox()
+    assert oldest["state"] == "pending" and oldest["attempts"] == 1
+    assert "nobody listens" in str(oldest["last_error"]) and newest["attempts"] == 0
+    sent.clear()
     assert mpps.deliver_due(up) == 0  # not due yet: it waits before the next attempt
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("dicomhub.index.mpps.utc_now", lambda: later)
-        assert mpps.deliver_due(up) == 1
-    assert sent and sent[0][0] == "127.0.0.1:1" and "ORC|SC|" in sent[0][1]
-    assert mpps.repo.outbox()[0]["state"] == "delivered"
+    assert mpps.deliver_due(up, now=later) == 2
+    assert [hl7.parse(m).segment("ORC")[5][0] for m in sent] == ["IP", "CM"]
+    assert [m["state"] for m in mpps.repo.outbox()] == ["delivered", "delivered"]
+    # A step the order cannot start again (COMPLETED): linked, nothing moves, nothing is sent.
+    again = mpps.create(n_create(), "1.2.3.6", MODALITY)
+    assert again.linked_orders and len(mpps.repo.pending()) == 0
+    # Given up after the retry window: it no longer holds the destination back.
+    mpps.orders.place_order(
+        Order(
+            "ACC2",
+            PatientRef("P1", "HOSP"),
+            procedures=(RequestedProcedure("RP1", steps=(ScheduledProcedureStep("SPS1"),)),),
+        ),
+        Caller.cli(),
+    )
+    mpps.create(n_create(accession="ACC2"), "1.2.3.7", MODALITY)
+    assert mpps.deliver_due(down, now=later + dt.timedelta(days=4)) == 1
+    assert mpps.repo.outbox()[0]["state"] == "gave-up"

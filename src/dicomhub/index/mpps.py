@@ -43,13 +43,21 @@ def _cut(value: str, length: int = 64) -> str:
 class OutboxEntry:
     """A queued HL7 message as the delivery loop sees it."""
 
-    __slots__ = ("attempts", "created_at", "message", "pk")
+    __slots__ = ("attempts", "created_at", "message", "next_attempt_at", "pk")
 
-    def __init__(self, pk: int, message: Hl7Outgoing, attempts: int, created_at: dt.datetime) -> None:
+    def __init__(
+        self,
+        pk: int,
+        message: Hl7Outgoing,
+        attempts: int,
+        created_at: dt.datetime,
+        next_attempt_at: dt.datetime,
+    ) -> None:
         self.pk = pk
         self.message = message
         self.attempts = attempts
         self.created_at = created_at
+        self.next_attempt_at = next_attempt_at
 
 
 class MppsRepository:
@@ -220,14 +228,12 @@ class MppsRepository:
 
     # ------------------------------------------------------------ outbox
 
-    def due(self, limit: int = 20) -> list[OutboxEntry]:
-        """Pending messages whose next attempt is due, oldest first."""
+    def pending(self, limit: int = 100) -> list[OutboxEntry]:
+        """Messages still to deliver, oldest first (due or not: the delivery keeps each
+        destination's order, so a message waits while an older one to it is pending)."""
         with engines.read(self.engine) as conn:
             rows = conn.execute(
-                select(hl7_outbox)
-                .where(hl7_outbox.c.state == PENDING, hl7_outbox.c.next_attempt_at <= utc_now())
-                .order_by(hl7_outbox.c.pk)
-                .limit(limit)
+                select(hl7_outbox).where(hl7_outbox.c.state == PENDING).order_by(hl7_outbox.c.pk).limit(limit)
             ).all()
         return [
             OutboxEntry(
@@ -235,6 +241,7 @@ class MppsRepository:
                 Hl7Outgoing(r.destination, r.control_id, r.message, r.subject),
                 int(r.attempts),
                 r.created_at,
+                r.next_attempt_at,
             )
             for r in rows
         ]

@@ -151,6 +151,18 @@ class MppsService:
             except DicomhubError as exc:
                 LOGGER.warning("MPPS: order %s not moved to %s: %s", order.accession_number, to.value, exc)
 
+    @staticmethod
+    def _movable(order: Order, step_id: str | None, to: StepStatus) -> bool:
+        """Whether the life cycle lets ``order``'s step (or some step) move to ``to`` now,
+        as :meth:`_move_orders` would move it: no status message for a move that cannot happen."""
+        steps = [s for s in order.steps if step_id is None or s.step_id == step_id]
+        sources = {
+            StepStatus.IN_PROGRESS: {StepStatus.SCHEDULED},
+            StepStatus.COMPLETED: {StepStatus.IN_PROGRESS, *([StepStatus.SCHEDULED] if step_id else [])},
+            StepStatus.DISCONTINUED: {StepStatus.SCHEDULED, StepStatus.IN_PROGRESS},
+        }[to]
+        return any(s.status in sources for s in steps)
+
     def _targets(self, step: PerformedProcedureStep) -> list[tuple[Order, str | None]]:
         targets: list[tuple[Order, str | None]] = []
         for ref in step.refs:
@@ -186,8 +198,15 @@ class MppsService:
         for ref in refs:
             order = self._order_of(ref)
             links.append((ref, "" if order is None else order.order_id))
-            if order is not None:
+            if order is not None and self._movable(order, self._step_id(order, ref), StepStatus.IN_PROGRESS):
                 targets.append((order, self._step_id(order, ref)))
+            elif order is not None:
+                LOGGER.warning(
+                    "MPPS %s: order %s has no step to start (it is %s); linked, not moved",
+                    sop_instance_uid,
+                    order.accession_number,
+                    order.status.value,
+                )
         step = PerformedProcedureStep(
             sop_instance_uid=sop_instance_uid,
             status=PerformedStepStatus.IN_PROGRESS,
@@ -229,7 +248,8 @@ class MppsService:
             after = dataclasses.replace(before, status=status, attributes=_json(merged))
             if status is before.status:
                 return after, []
-            ended.extend(self._targets(before))
+            to = _ORDER_STATES[status]
+            ended.extend(t for t in self._targets(before) if self._movable(*t, to))
             return after, self._messages(ended, status, sop_instance_uid)
 
         stored = self.repo.change(sop_instance_uid, change)
@@ -270,13 +290,27 @@ class MppsService:
     # ------------------------------------------------------------ delivery
 
     def deliver_due(self, send: SendHl7, now: dt.datetime | None = None) -> int:
-        """Try every due message once; return how many were tried."""
-        due = self.repo.due()
-        for entry in due:
-            self._deliver(entry, send, now or dt.datetime.now(dt.UTC))
-        return len(due)
+        """Try each due message once, in order per destination; return how many were tried.
 
-    def _deliver(self, entry: OutboxEntry, send: SendHl7, now: dt.datetime) -> None:
+        A destination's messages go out in the order of the changes they report: while
+        its oldest pending message waits for a retry, the newer ones wait too (an order
+        system must not read COMPLETED before IN PROGRESS)."""
+        now = now or dt.datetime.now(dt.UTC)
+        held: set[str] = set()
+        tried = 0
+        for entry in self.repo.pending():
+            destination = entry.message.destination
+            if destination in held:
+                continue
+            if entry.next_attempt_at > now:
+                held.add(destination)
+                continue
+            tried += 1
+            if not self._deliver(entry, send, now):
+                held.add(destination)
+        return tried
+
+    def _deliver(self, entry: OutboxEntry, send: SendHl7, now: dt.datetime) -> bool:
         message = entry.message
         try:
             send(message.destination, message.message)
@@ -294,9 +328,11 @@ class MppsService:
                 f"next attempt at {retry_at:%H:%M:%S}" if retry_at else "giving up",
             )
             self.repo.attempt_failed(entry.pk, f"{exc.__class__.__name__}: {exc}", retry_at)
-            return
+            # A message given up on no longer holds back the newer ones.
+            return retry_at is None
         self.repo.delivered(entry.pk)
         LOGGER.info("MPPS status message %s delivered to %s", message.control_id, message.destination)
+        return True
 
     def run_delivery(self, stop: threading.Event, send: SendHl7, idle: float = 1.0) -> None:
         """Loop until ``stop``: deliver due messages (the background process runs this)."""
