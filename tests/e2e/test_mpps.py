@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
@@ -209,7 +210,8 @@ def modality(hub: DicomhubServer) -> Iterator[Modality]:
 
 
 def _tags(command: Dataset) -> list[int]:
-    return [int(t) for t in command.get("AttributeIdentifierList", [])]
+    value = command.get("AttributeIdentifierList", [])
+    return [int(t) for t in (value if isinstance(value, list | MultiValue) else [value])]
 
 
 def test_in_progress_then_completed(hub: DicomhubServer, ris: MllpListener, modality: Modality) -> None:
