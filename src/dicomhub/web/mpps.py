@@ -49,7 +49,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
         return JSONResponse([s.public() for s in found])
 
     async def show_step(request: Request) -> JSONResponse:
-        uid = str(request.path_params["uid"])
+        uid = str(request.path_params["mpps"])
         caller = caller_of(request)
 
         def find() -> dict[str, object]:
@@ -61,7 +61,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
     return [
         Route("/mpps", list_steps, methods=["GET"]),
-        Route("/mpps/{uid}", show_step, methods=["GET"]),
+        Route("/mpps/{mpps}", show_step, methods=["GET"]),
     ]
 
 
@@ -136,17 +136,17 @@ def mpps_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/api/mpps/{uid}": {
+        "/api/mpps/{mpps}": {
             "get": {
                 "operationId": "getPerformedProcedureStep",
                 "summary": "One performed procedure step with its attributes (DICOM JSON)",
                 "tags": ["Orders"],
                 "parameters": [
                     {
-                        "name": "uid",
+                        "name": "mpps",
                         "in": "path",
                         "required": True,
-                        "description": "Its SOP Instance UID.",
+                        "description": "The performed procedure step's SOP Instance UID.",
                         "schema": _STRING,
                     }
                 ],
