@@ -60,7 +60,6 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 )
 def _show(settings: Settings, args: argparse.Namespace) -> int:
     with _archive(settings) as archive:
-        archive.orders._may_read(Caller.cli())
-        step = archive.mpps.get(args.uid)
+        step = archive.mpps.show(args.uid, Caller.cli())
     print(json.dumps({**step.public(), "attributes": step.dataset().to_json_dict()}, indent=2))
     return 0

@@ -153,7 +153,11 @@ _SERIES_ITEM_FINAL_1 = (
 # N-SET "Not allowed" (Table F.7.2-1): what identifies the step, its patient and schedule.
 _NOT_SETTABLE = frozenset(
     {
-        *_CREATE_TYPE_1[:-2],
+        SCHEDULED_STEP_ATTRIBUTES,
+        _t(0x0040, 0x0253),  # Performed Procedure Step ID
+        _t(0x0040, 0x0241),  # Performed Station AE Title
+        _t(0x0040, 0x0244),  # Performed Procedure Step Start Date
+        _t(0x0040, 0x0245),  # Performed Procedure Step Start Time
         _t(0x0008, 0x0060),  # Modality
         _t(0x0008, 0x0016),  # SOP Class UID
         _t(0x0008, 0x0018),  # SOP Instance UID
@@ -198,13 +202,9 @@ def _settable(tag: int) -> bool:
     group, element = tag >> 16, tag & 0xFFFF
     if group & 1:
         return True  # private attributes: the modality's own business, kept as sent
-    # The Radiation Dose and Billing and Material Management modules (PS3.3 C.4.16-17).
-    return (
-        tag in _SETTABLE
-        or (group == 0x0040 and 0x0293 <= element <= 0x0324)
-        or group == 0x0040
-        and (0x030E <= element <= 0x0310)
-    )
+    # Besides the table's own: the Radiation Dose and the Billing and Material
+    # Management modules (PS3.3 C.4.16, C.4.17), all in (0040,0293)-(0040,0324).
+    return tag in _SETTABLE or (group == 0x0040 and 0x0293 <= element <= 0x0324)
 
 
 def _name(tag: int) -> str:

@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 
 from dicomhub.errors import DicomhubError, InvalidRequest, NotFound
 from dicomhub.index.engine import lease
-from dicomhub.index.mpps import Links, MppsRepository, OutboxEntry
+from dicomhub.index.mpps import MppsRepository, OutboxEntry
 from dicomhub.model.caller import Caller
 from dicomhub.model.identifiers import require_uid
 from dicomhub.model.mpps import (
@@ -216,7 +216,7 @@ class MppsService:
             modality=str(attributes.get("Modality", "") or ""),
             patient_id=str(attributes.get("PatientID", "") or ""),
         )
-        stored = self.repo.create(step, _links(links), self._messages(targets, step.status, sop_instance_uid))
+        stored = self.repo.create(step, links, self._messages(targets, step.status, sop_instance_uid))
         LOGGER.info(
             "MPPS %s IN PROGRESS from %s (%s)",
             sop_instance_uid,
@@ -258,8 +258,13 @@ class MppsService:
             self._move_orders(ended, stored.status, caller)
         return stored
 
+    def show(self, sop_instance_uid: str, caller: Caller) -> PerformedProcedureStep:
+        """The step, for a caller who may read orders (REST, CLI). NotFound when unknown."""
+        self.orders._may_read(caller)
+        return self.get(sop_instance_uid)
+
     def get(self, sop_instance_uid: str) -> PerformedProcedureStep:
-        """The step (N-GET, REST). NotFound when unknown."""
+        """The step, for the modality (N-GET). NotFound when unknown."""
         step = self.repo.get(sop_instance_uid)
         if step is None:
             raise NotFound(f"no performed procedure step {sop_instance_uid}")
@@ -344,7 +349,3 @@ class MppsService:
                         self.deliver_due(send)
             except DicomhubError:
                 LOGGER.exception("MPPS status delivery failed; retrying")
-
-
-def _links(links: list[tuple[ScheduledStepRef, str]]) -> Links:
-    return links

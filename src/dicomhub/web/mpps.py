@@ -53,8 +53,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
         caller = caller_of(request)
 
         def find() -> dict[str, object]:
-            archive.orders._may_read(caller)
-            step = mpps.get(uid)
+            step = mpps.show(uid, caller)
             return {**step.public(), "attributes": step.dataset().to_json_dict()}
 
         return JSONResponse(await run_in_threadpool(find))
