@@ -27,6 +27,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
@@ -187,7 +188,7 @@ class Modality:
         assert self.assoc.is_established
 
     def _received(self, event: evt.Event) -> None:
-        self.last = event.message.command_set  # type: ignore[attr-defined]
+        self.last = event.message.command_set
 
     def create(self, ds: Dataset, uid: str | None) -> tuple[int, Dataset]:
         status, _ = self.assoc.send_n_create(ds, MPPS, uid)
@@ -224,8 +225,8 @@ def test_in_progress_then_completed(hub: DicomhubServer, ris: MllpListener, moda
     order = _order(hub, "M1")
     assert order["status"] == "COMPLETED"
     assert order["procedures"][0]["steps"][0]["status"] == "COMPLETED"
-    status, got = modality.assoc.send_n_get([0x00400340, 0x00400252], MPPS, uid)
-    assert status.Status == 0x0000 and got is not None
+    result, got = modality.assoc.send_n_get([Tag(0x00400340), Tag(0x00400252)], MPPS, uid)
+    assert result.Status == 0x0000 and got is not None
     assert got.PerformedProcedureStepStatus == "COMPLETED"
     assert got.PerformedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.8.498.1.1"
     listed = httpx.get(f"{hub.base_url}/api/mpps", timeout=10).json()
@@ -289,8 +290,8 @@ def test_refusals(hub: DicomhubServer, modality: Modality) -> None:
     # Once COMPLETED it may no longer be updated: 0x0110 saying why.
     status, command = modality.set(modification_list("DISCONTINUED"), uid)
     assert status == 0x0110 and "may no longer be updated" in command.ErrorComment
-    status, got = modality.assoc.send_n_get([0x00400252], MPPS, uid)
-    assert got is not None and got.PerformedProcedureStepStatus == "COMPLETED"
+    result, got = modality.assoc.send_n_get([Tag(0x00400252)], MPPS, uid)
+    assert result.Status == 0x0000 and got is not None and got.PerformedProcedureStepStatus == "COMPLETED"
     assert_alive(hub)
     # The association and the server go on serving.
     assert modality.create(attribute_list("M3"), generate_uid())[0] == 0x0000

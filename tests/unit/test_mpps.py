@@ -21,6 +21,7 @@ from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.mpps import (
+    MODALITY_PERFORMED_PROCEDURE_STEP,
     DuplicatePerformedStep,
     InvalidAttributeValue,
     MissingAttribute,
@@ -286,3 +287,36 @@ def test_delivery_retries_in_order_until_accepted(services: tuple[MppsService, O
     mpps.create(n_create(accession="ACC2"), "1.2.3.7", MODALITY)
     assert mpps.deliver_due(down, now=later + dt.timedelta(days=4)) == 1
     assert mpps.repo.outbox()[0]["state"] == "gave-up"
+
+
+# ---------------------------------------------------------------- the provider
+
+
+def test_each_refusal_has_its_status() -> None:
+    from dicomhub.dimse.providers.mpps import _refusal
+
+    cases = [
+        (MissingAttribute("m", (0x00400241,)), 0x0120, (0x00400241,)),
+        (InvalidAttributeValue("i", (0x00400252,)), 0x0106, (0x00400252,)),
+        (NoSuchAttribute("n", (0x00280010,)), 0x0105, (0x00280010,)),
+        (DuplicatePerformedStep("d"), 0x0111, None),
+        (PerformedStepFinal("Performed Procedure Step Object may no longer be updated"), 0x0110, None),
+        (NotFound("no step"), 0x0112, None),
+    ]
+    for exc, status, tags in cases:
+        response = _refusal(exc)
+        assert (response.status, response.attribute_identifier_list) == (status, tags), exc
+        assert response.error_comment == str(exc)[:64]
+
+
+def test_the_provider_is_registered_and_negotiated(services: tuple[MppsService, OrderService]) -> None:
+    from dicomhub.config import Settings
+    from dicomhub.dimse.acse import acceptor_contexts
+    from dicomhub.dimse.association import default_providers, provider_table
+    from dicomhub.dimse.providers.mpps import ModalityPerformedProcedureStepProvider
+    from dicomhub.dimse.server import association_config
+
+    config = association_config(Settings())
+    assert MODALITY_PERFORMED_PROCEDURE_STEP in {str(c.abstract_syntax) for c in acceptor_contexts(config)}
+    table = provider_table(default_providers(config, lambda request: None, mpps=services[0]))  # type: ignore[arg-type,return-value]
+    assert isinstance(table[MODALITY_PERFORMED_PROCEDURE_STEP], ModalityPerformedProcedureStepProvider)
