@@ -33,6 +33,7 @@ from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.migration_jobs import MigrationRepository
+from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
@@ -56,6 +57,7 @@ from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
+from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
@@ -89,6 +91,7 @@ __all__ = [
     "open_reindex",
     "restore_source",
     "open_storage_migration",
+    "mpps_sender",
     "run_background_worker",
     "run_dimse_worker",
     "run_migration_jobs",
@@ -189,6 +192,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         burned_in=settings.deid_burned_in,
         mask=[(r.x, r.y, r.width, r.height) for r in settings.deid_mask],
     )
+    orders = OrderService(OrderRepository(engine), audit)
     return Archive(
         index=index,
         blobs=blobs,
@@ -216,7 +220,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ),
         peers=peers,
         aes=ApplicationEntityService(peers),
-        orders=OrderService(OrderRepository(engine), audit),
+        orders=orders,
+        mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -415,7 +420,7 @@ def run_dimse_worker(
 def run_background_worker(settings: Settings, parent: int) -> None:
     """Entry point of the background process: header metadata, data set digests, the
     decode check, IOD validation, the delivery of Storage Commitment reports and
-    de-identification runs.
+    of MPPS status messages (HL7), and de-identification runs.
 
     A process of its own, because the work is pure Python: as a thread of the
     HTTP process it held the GIL for milliseconds at a time and QIDO-RS
@@ -443,6 +448,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             daemon=True,
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
+        threading.Thread(
+            target=archive.mpps.run_delivery, args=(stop, mpps_sender(settings)), name="mpps-hl7", daemon=True
+        ),
         threading.Thread(
             target=archive.content_digests.run_worker, args=(stop,), name="content-digests", daemon=True
         ),
@@ -543,6 +551,16 @@ def commitment_deliverer(
         )
 
     return deliver
+
+
+def mpps_sender(settings: Settings) -> Callable[[str, str], None]:
+    """Sends the MPPS status messages over MLLP (see :class:`dicomhub.services.mpps.MppsService`)."""
+    from dicomhub.hl7.client import send_message
+
+    def send(destination: str, message: str) -> None:
+        send_message(destination, message, timeout=settings.network_timeout)
+
+    return send
 
 
 def serve(settings: Settings) -> None:

@@ -217,6 +217,9 @@ class Settings:
     tls_verify_client: bool = False  # require a client certificate signed by tls_ca
     dimse_tls_port: int = 0  # 0: no DICOM TLS port
     hl7_port: int = 0  # HL7 v2 over MLLP: orders and patients in (docs/orders.md); 0: no listener
+    # host:port of the order system's MLLP listener that gets an ORM^O01 status message
+    # whenever an MPPS moves an order (docs/orders.md); "": none sent
+    mpps_hl7_destination: str = ""
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # serve's log level
     # Operations (docs/operations.md): the log line format, the HTTP access log,
@@ -990,7 +993,16 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], None]], ...] = (
     (("dimse_tls_port", "https", "tls_cert", "tls_key", "tls_verify_client", "tls_ca"), _validate_tls),
     (("public_base_url",), _validate_public_base_url),
     (("audit_syslog",), _validate_audit_syslog),
+    (("mpps_hl7_destination",), lambda s: _validate_host_port(s.mpps_hl7_destination)),
 )
+
+
+def _validate_host_port(value: str) -> None:
+    if not value:
+        return
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"{value!r} is not host:port (e.g. ris.example.org:2575)")
 
 
 def _is_loopback(host: str) -> bool:

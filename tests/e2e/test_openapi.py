@@ -31,6 +31,7 @@ from dicomhub.web.app import create_app
 from dicomhub.web.openapi import openapi_document
 
 from .helpers import DicomhubServer, run_cli, store_ok
+from .test_mpps import Modality, attribute_list
 
 pytestmark = pytest.mark.e2e
 
@@ -125,12 +126,16 @@ class Stored:
     job_id: str  # a migration job
     order: str = ""  # an order's id (REST and FHIR ServiceRequest)
     patient: str = ""  # a patient of record's id (REST and FHIR Patient)
+    mpps: str = ""  # a performed procedure step's SOP Instance UID
 
 
-def _values(ds: Dataset, job_id: str = "1", order: str = "", patient: str = "") -> dict[str, str]:
+def _values(
+    ds: Dataset, job_id: str = "1", order: str = "", patient: str = "", mpps: str = ""
+) -> dict[str, str]:
     """Values for the path and required query parameters of the document."""
     return {
         "job_id": job_id,
+        "mpps": mpps,
         "order": order,
         "patient": patient,
         "name": "nobody",
@@ -208,7 +213,14 @@ def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> 
     order = r.json()["id"]
     r = httpx.get(f"{server.base_url}/api/patients", timeout=30)
     patient = next(p["id"] for p in r.json() if p["patient_id"] == "OPENAPI-P")
-    return Stored(ds, victim, job, order, patient)
+    # A performed procedure step (MPPS N-CREATE) for /api/mpps/{mpps}.
+    modality = Modality(server)
+    try:
+        status, command = modality.create(attribute_list("OPENAPI1"), None)
+    finally:
+        modality.close()
+    assert status == 0x0000
+    return Stored(ds, victim, job, order, patient, str(command.AffectedSOPInstanceUID))
 
 
 @pytest.fixture
@@ -259,7 +271,7 @@ def test_path_parameters_match_templates(doc: dict[str, Any]) -> None:
 def test_every_documented_get_answers_as_documented(
     client: httpx.Client, doc: dict[str, Any], stored: Stored
 ) -> None:
-    values = _values(stored.ds, stored.job_id, stored.order, stored.patient)
+    values = _values(stored.ds, stored.job_id, stored.order, stored.patient, stored.mpps)
     checked = 0
     secured = 0
     for path, item in doc["paths"].items():
@@ -282,8 +294,8 @@ def test_every_documented_get_answers_as_documented(
     # 22 DICOMweb and server routes (/conformance, /metrics), 8 admin routes (6 + the two peer routes),
     # 2 migration routes,
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
-    # 4 order and patient routes, 3 FHIR routes (metadata, Patient, ServiceRequest)
-    assert checked == 46
+    # 4 order and patient routes, 3 FHIR routes (metadata, Patient, ServiceRequest), 2 MPPS routes
+    assert checked == 48
     assert secured == 2  # de-identification runs: the list and one run
 
 

@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deid",
     "deidserver",
     "migration",
+    "mpps",
     "orders",
     "peer",
     "security",

@@ -241,6 +241,11 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     _switch(p, "--tls-verify-client", "require a client certificate signed by --tls-ca")
     p.add_argument("--dimse-tls-port", type=int, help="DICOM TLS port (default: none)")
     p.add_argument("--hl7-port", type=int, help="HL7 v2 (MLLP) port for orders and patients (default: none)")
+    p.add_argument(
+        "--mpps-hl7-destination",
+        metavar="HOST:PORT",
+        help="send an HL7 ORM^O01 status message there when an MPPS moves an order (default: none)",
+    )
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 

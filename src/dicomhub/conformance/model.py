@@ -35,6 +35,7 @@ from dicomhub import __version__, codec
 from dicomhub.config import RemoteAE, Settings
 from dicomhub.dimse import status
 from dicomhub.dimse.acse import acceptor_contexts
+from dicomhub.dimse.providers.mpps import MPPS_STATUSES
 from dicomhub.dimse.providers.query_retrieve import move_proposals
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
@@ -342,6 +343,7 @@ def _statuses() -> tuple[StatusRow, ...]:
         StatusRow("Query/Retrieve FIND", status.CANCEL, "Cancel", "C-CANCEL received"),
         StatusRow("Query/Retrieve GET/MOVE", status.CANCEL, "Cancel", "C-CANCEL received"),
     ]
+    rows += [StatusRow("MPPS", code, meaning, cause) for code, meaning, cause in MPPS_STATUSES]
     return tuple(rows)
 
 

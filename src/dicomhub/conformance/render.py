@@ -26,6 +26,7 @@ from dicomhub.conformance.model import (
     build_statement,
     uid_name,
 )
+from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
 
 __all__ = ["FORMATS", "conformance_renderer", "document", "render", "render_html", "render_markdown"]
 
@@ -422,6 +423,7 @@ def _networking(
             + (", ".join(_code(r) for r in st.compression_rules) if st.compression_rules else "off")
             + ". The statuses returned:"
         ),
+        *_mpps_text(st),
         Table(
             ("Service", "Status", "Meaning", "Cause"),
             tuple((s.service, f"0x{s.code:04X}", s.meaning, s.cause) for s in st.statuses),
@@ -464,6 +466,31 @@ def _networking(
     ]
     blocks += _dicomweb(st, h, ts_label)
     return blocks
+
+
+def _mpps_text(st: ConformanceStatement) -> list[Block]:
+    """Modality Performed Procedure Step (PS3.4 F.7), when it is accepted."""
+    if not any(uid == MODALITY_PERFORMED_PROCEDURE_STEP for _kind, uid, _ in _accepted_uids(st)):
+        return []
+    return [
+        Para(
+            "Modality Performed Procedure Step (SCP of N-CREATE, N-SET, N-GET): an N-CREATE must "
+            "carry Performed Procedure Step Status IN PROGRESS and the Type 1 and 2 attributes of "
+            "PS3.4 Table F.7.2-1 (also in each Scheduled Step Attributes Sequence item); the SOP "
+            "Instance UID is the requestor's, or made by the SCP (2.25 root) and returned. An N-SET "
+            "may change the status to COMPLETED (End Date and Time and a Performed Series Sequence "
+            "item required) or DISCONTINUED (End Date and Time required) and the attributes the "
+            "table allows in N-SET; a step COMPLETED or DISCONTINUED may no longer be updated. "
+            "Failures name the attributes in the Attribute Identifier List and the reason in the "
+            "Error Comment. The steps are kept (no deletion) and move the scheduled procedure steps "
+            "of the order with the step's Accession Number; an HL7 ORM^O01 status message reports "
+            "each move when `mpps_hl7_destination` is set. The statuses returned:"
+        )
+    ]
+
+
+def _accepted_uids(st: ConformanceStatement) -> list[tuple[str, str, str]]:
+    return [(g.kind, uid, name) for g in st.accepted for uid, name in g.abstract_syntaxes]
 
 
 def _storage_classes_text(st: ConformanceStatement) -> str:

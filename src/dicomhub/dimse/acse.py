@@ -41,6 +41,7 @@ from dicomhub.dimse.requests import (
     AssociationConfig,
 )
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
+from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
 from dicomhub.model.sopclasses import StorableSOPClasses
 
 __all__ = [
@@ -184,6 +185,10 @@ def acceptor_contexts(config: AssociationConfig) -> list[PresentationContext]:
         # report later on an association we open) gets what it asks for.
         contexts[STORAGE_COMMITMENT_PUSH_MODEL] = _context(
             STORAGE_COMMITMENT_PUSH_MODEL, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE], roles=True
+        )
+    if config.modality_performed_procedure_step:
+        contexts[MODALITY_PERFORMED_PROCEDURE_STEP] = _context(
+            MODALITY_PERFORMED_PROCEDURE_STEP, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE]
         )
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:

@@ -41,6 +41,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from pynetdicom.presentation import PresentationContext
@@ -63,6 +64,7 @@ from dicomhub.dimse.pdu import (
 )
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
 from dicomhub.dimse.providers.commitment import StorageCommitmentProvider
+from dicomhub.dimse.providers.mpps import ModalityPerformedProcedureStepProvider
 from dicomhub.dimse.providers.query_retrieve import QueryRetrieveProvider
 from dicomhub.dimse.providers.storage import StorageProvider
 from dicomhub.dimse.providers.verification import VerificationProvider
@@ -80,6 +82,9 @@ from dicomhub.dimse.requests import (
 
 __all__ = ["Association", "default_providers", "provider_table", "serve_association"]
 
+if TYPE_CHECKING:
+    from dicomhub.services.mpps import MppsService
+
 LOGGER = logging.getLogger("dicomhub.dimse.association")
 
 _C_CONTROL = frozenset({M.C_CANCEL_RQ, M.C_STORE_RSP})
@@ -93,6 +98,7 @@ def default_providers(
     on_find: FindCallback | None = None,
     on_retrieve: RetrieveCallback | None = None,
     on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
+    mpps: MppsService | None = None,
 ) -> list[Provider]:
     """The service class providers of the archive, as `config` enables them.
 
@@ -108,6 +114,8 @@ def default_providers(
         providers.append(QueryRetrieveProvider(on_find, on_retrieve))
     if config.storage_commitment and on_n_action is not None:
         providers.append(StorageCommitmentProvider(on_n_action))
+    if config.modality_performed_procedure_step and mpps is not None:
+        providers.append(ModalityPerformedProcedureStepProvider(mpps))
     return providers
 
 
@@ -497,6 +505,7 @@ class Association(UpperLayer):
                 error_comment=response.error_comment,
                 has_data_set=data is not None,
                 type_id=type_id if field in (M.N_EVENT_REPORT_RQ, M.N_ACTION_RQ) else None,
+                attribute_identifier_list=response.attribute_identifier_list or (),
             ),
             data,
         )
@@ -761,6 +770,7 @@ def serve_association(
     on_retrieve: RetrieveCallback | None = None,
     on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
     providers: Sequence[Provider] = (),
+    mpps: MppsService | None = None,
 ) -> None:
     """Run one whole association on the calling thread and close the socket.
 
@@ -807,7 +817,7 @@ def serve_association(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not a TCP socket (e.g. a socketpair in tests)
-        table = [*default_providers(config, on_store, on_find, on_retrieve, on_n_action), *providers]
+        table = [*default_providers(config, on_store, on_find, on_retrieve, on_n_action, mpps), *providers]
         association = Association(sock, address, config, table, accept_association, on_event)
         if association.establish():
             association.run()

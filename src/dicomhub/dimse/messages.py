@@ -300,6 +300,9 @@ class NResponse:
         request's (an N-CREATE without one must set it).
     error_comment : str or None
         Sent with a failure status only.
+    attribute_identifier_list : tuple of int or None
+        Sent with a failure status only: the tags (``0xGGGGEEEE``) the failure
+        concerns (e.g. 0x0120 *Missing Attribute*, 0x0106 *Invalid Attribute Value*).
     after : callable or None
         Called once the response is sent, on the association's thread (for
         example to send an N-EVENT-REPORT that must follow the response).
@@ -310,6 +313,7 @@ class NResponse:
     sop_instance_uid: str | None = None
     error_comment: str | None = None
     after: Callable[[], None] | None = None
+    attribute_identifier_list: tuple[int, ...] | None = None
 
 
 def text_element(element: int, value: bytes, pad: bytes) -> bytes:
@@ -493,6 +497,7 @@ def encode_n_response(
     error_comment: str | None = None,
     has_data_set: bool = False,
     type_id: int | None = None,
+    attribute_identifier_list: Sequence[int] = (),
 ) -> bytes:
     """Encode a DIMSE-N response command set (PS3.7 10.3).
 
@@ -518,9 +523,14 @@ def encode_n_response(
         parts.append(text_element(E_ERROR_COMMENT, comment, b" "))
     if sop_instance_uid:
         parts.append(_uid(E_AFFECTED_SOP_INSTANCE, sop_instance_uid))
-    if type_id is not None:
-        element = E_EVENT_TYPE_ID if command_field == N_EVENT_REPORT_RSP else E_ACTION_TYPE_ID
-        parts.append(US_ELEMENT.pack(0, element, 2, type_id))
+    if type_id is not None and command_field == N_EVENT_REPORT_RSP:
+        parts.append(US_ELEMENT.pack(0, E_EVENT_TYPE_ID, 2, type_id))
+    if attribute_identifier_list and status != 0x0000:
+        # (0000,1005) lies between Event Type ID (1002) and Action Type ID (1008).
+        tags = b"".join(_AT_VALUE.pack(tag >> 16, tag & 0xFFFF) for tag in attribute_identifier_list)
+        parts.append(ELEMENT_HEADER.pack(0, E_ATTRIBUTE_IDENTIFIER_LIST, len(tags)) + tags)
+    if type_id is not None and command_field != N_EVENT_REPORT_RSP:
+        parts.append(US_ELEMENT.pack(0, E_ACTION_TYPE_ID, 2, type_id))
     return encode_command(parts)
 
 

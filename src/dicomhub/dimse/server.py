@@ -5,8 +5,8 @@ in several worker processes that share one listening socket. Each worker
 accepts connections (deferring to a less busy sibling, so that parallel
 associations spread over the cores) and runs each association on its own
 thread with :func:`dicomhub.dimse.association.serve_association`: the
-providers of Verification, Storage, Query/Retrieve (FIND, GET, MOVE) and
-Storage Commitment on a blocking socket, built on pynetdicom's PDU classes
+providers of Verification, Storage, Query/Retrieve (FIND, GET, MOVE),
+Storage Commitment and MPPS on a blocking socket, built on pynetdicom's PDU classes
 and negotiation. (pynetdicom's own reactor polls its socket with 1 ms
 sleeps, which capped a store at a few hundred instances per second.)
 """
@@ -79,6 +79,7 @@ def association_config(settings: Settings) -> AssociationConfig:
         verification=True,
         query_retrieve=True,
         storage_commitment=True,
+        modality_performed_procedure_step=True,
         maximum_pdu_size=settings.maximum_pdu_size,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -189,6 +190,7 @@ class _Worker:
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req, bound),
                 on_n_action=lambda req: handle_n_action(self.archive, req, bound),
                 on_event=self.recorder.on_event,
+                mpps=self.archive.mpps,
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])

@@ -20,6 +20,7 @@ from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.migration import MigrationService
+from dicomhub.services.mpps import MppsService
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.retrieve import RetrieveService
@@ -61,6 +62,7 @@ class Archive:
     peers: PeerService
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
+    mpps: MppsService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -1,7 +1,8 @@
 """Every table of the index, in one package, on one ``MetaData``.
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
-:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`), all built from the shared
+:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
+:mod:`.mpps`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -46,6 +47,7 @@ from dicomhub.index.schema.migration_jobs import (
     migration_remote,
     reconcile_run,
 )
+from dicomhub.index.schema.mpps import hl7_outbox, performed_procedure_step, performed_step_link
 from dicomhub.index.schema.network import (
     association_log,
     peer,
@@ -83,6 +85,7 @@ __all__ = [
     "deid_project",
     "deid_run",
     "deid_run_item",
+    "hl7_outbox",
     "imaging_order",
     "instance",
     "inventory_instance",
@@ -97,6 +100,8 @@ __all__ = [
     "patient_merge",
     "patient_record",
     "peer",
+    "performed_procedure_step",
+    "performed_step_link",
     "principal",
     "reconcile_run",
     "requested_procedure",
