@@ -217,6 +217,9 @@ class Settings:
     tls_verify_client: bool = False  # require a client certificate signed by tls_ca
     dimse_tls_port: int = 0  # 0: no DICOM TLS port
     hl7_port: int = 0  # HL7 v2 over MLLP: orders and patients in (docs/orders.md); 0: no listener
+    # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
+    # updates and merges with this issuer (or none) reach the stored studies.
+    patient_id_issuer: str = ""
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # serve's log level
     # Operations (docs/operations.md): the log line format, the HTTP access log,
