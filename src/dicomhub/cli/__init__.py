@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deidserver",
     "migration",
     "orders",
+    "patients",
     "peer",
     "security",
     "storage",

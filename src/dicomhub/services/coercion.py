@@ -101,6 +101,10 @@ class ArchivePatients:
             modified_at=utc_now(),
         )
 
+    def knows(self, ref: PatientRef) -> bool:
+        """True when the archive holds studies of ``ref`` (as :meth:`reaches` decides)."""
+        return self.reaches(ref) and self.repo.patient_demographics(ref.patient_id) is not None
+
     def update(self, patient: Patient, caller: Caller) -> ArchivePatientChange | None:
         """The change an update of ``patient``'s demographics makes to the archive, or None."""
         if not self.reaches(patient.ref):

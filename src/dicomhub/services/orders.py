@@ -268,8 +268,10 @@ class OrderService:
 
     def merge_patients(self, surviving: Patient, prior: PatientRef, caller: Caller, source: str) -> int:
         """ADT^A40: ``prior`` becomes ``surviving`` (created with these demographics when
-        unknown); the prior patient's orders move. The merge is recorded even when the
-        prior patient has no record here: the archive's studies may still carry it."""
+        unknown); the prior patient's orders move, and with the archive wired its studies
+        too. The merge is recorded when the prior patient has no record here but the
+        archive's studies carry it; NotFound when neither knows it (with no archive
+        wired, the merge is recorded regardless)."""
 
         change: list[ArchivePatientChange | None] = [None]
 
@@ -280,6 +282,8 @@ class OrderService:
                 raise InvalidRequest("the prior patient needs a Patient ID")
             if prior == checked.ref:
                 raise InvalidRequest(f"patient {prior} cannot be merged into itself")
+            if self.archive is not None and self.repo.patient(prior) is None and not self.archive.knows(prior):
+                raise NotFound(f"no patient {prior} to merge: not a patient of record, and no stored study")
             change[0] = self.archive.merge(checked, prior, caller) if self.archive is not None else None
             return self.repo.merge(PatientMerge(checked.ref, prior, source), checked, change[0])
 

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from dicomhub import __version__
 from dicomhub.web.openapi_orders import order_paths
+from dicomhub.web.openapi_patients import patient_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
 
@@ -920,6 +921,7 @@ def _paths() -> Json:
     paths.update(_security_paths())
     paths.update(_peer_paths())
     paths.update(order_paths())
+    paths.update(patient_paths())
     return paths
 
 
