@@ -282,7 +282,8 @@ class OrderService:
                 raise InvalidRequest("the prior patient needs a Patient ID")
             if prior == checked.ref:
                 raise InvalidRequest(f"patient {prior} cannot be merged into itself")
-            if self.archive is not None and self.repo.patient(prior) is None and not self.archive.knows(prior):
+            unknown = self.archive is not None and not self.archive.knows(prior)
+            if unknown and self.repo.patient(prior) is None:
                 raise NotFound(f"no patient {prior} to merge: not a patient of record, and no stored study")
             change[0] = self.archive.merge(checked, prior, caller) if self.archive is not None else None
             return self.repo.merge(PatientMerge(checked.ref, prior, source), checked, change[0])
