@@ -3,7 +3,7 @@
 One server (``--hl7-port``, patient_id_issuer HOSP) for the module. A study
 stored with storescu, then ADT^A08 over MLLP (the ``hl7`` package's client):
 findscu (patient and study level) and QIDO-RS show the new demographics;
-getscu and WADO-RS give objects with the new Patient module and the old
+getscu, movescu (to storescp) and WADO-RS give objects with the new Patient module and the old
 values in Original Attributes Sequence, while the stored blob and its SHA-256
 stay as received. ADT^A40 moves a study under the surviving Patient ID;
 ``dicomhub study set-patient`` and ``PUT /api/studies/{uid}/patient`` move one
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import datagen
@@ -28,11 +29,13 @@ from .helpers import (
     HOST,
     DicomhubServer,
     ServerPool,
+    StoreSCP,
     assert_alive,
     find,
     free_port,
     get,
     index_rows,
+    move,
     read_blob,
     read_dir,
     run_cli,
@@ -47,10 +50,18 @@ PID = "PID|||{pid}^^^HOSP^MR||{name}||{birth}|{sex}"
 
 
 @pytest.fixture(scope="module")
-def hub(module_servers: ServerPool) -> DicomhubServer:
+def dest(storescp_factory: Callable[..., StoreSCP]) -> StoreSCP:
+    return storescp_factory(aet="COERCEDEST")
+
+
+@pytest.fixture(scope="module")
+def hub(module_servers: ServerPool, dest: StoreSCP) -> DicomhubServer:
     port = free_port()
     srv = module_servers.start(
-        "coerce", args=["--hl7-port", str(port)], env={"DICOMHUB_PATIENT_ID_ISSUER": "HOSP"}
+        "coerce",
+        args=["--hl7-port", str(port)],
+        env={"DICOMHUB_PATIENT_ID_ISSUER": "HOSP"},
+        remote_aes={dest.aet: dest.address},
     )
     srv.hl7_port = port  # type: ignore[attr-defined]
     return srv
@@ -167,7 +178,9 @@ def test_a08_reaches_query_and_retrieve_without_touching_blobs(hub: DicomhubServ
     assert _blobs(hub, study) == before
 
 
-def test_a40_moves_studies_and_unknown_prior_is_refused(hub: DicomhubServer, tmp_path: Path) -> None:
+def test_a40_moves_studies_and_unknown_prior_is_refused(
+    hub: DicomhubServer, dest: StoreSCP, tmp_path: Path
+) -> None:
     study, _ = _store_study(hub, tmp_path / "in", "PM_OLD", n=1)
     merge = (MSH.format(type="ADT^A40", id="m1"), PID.format(pid="PM_NEW", name="New^Name", birth="", sex=""),
              "MRG|PM_OLD^^^HOSP")  # fmt: skip
@@ -175,10 +188,14 @@ def test_a40_moves_studies_and_unknown_prior_is_refused(hub: DicomhubServer, tmp
     (found,) = find(hub, "STUDY", {"PatientID": "PM_NEW", "StudyInstanceUID": None}, tmp_path / "new")
     assert found.StudyInstanceUID == study
     assert find(hub, "STUDY", {"PatientID": "PM_OLD", "StudyInstanceUID": None}, tmp_path / "old") == []
-    res = get(hub, "STUDY", {"StudyInstanceUID": study}, tmp_path / "get")
-    (ds,) = read_dir(tmp_path / "get").values()
+    # C-MOVE: the C-STORE sub-operations carry the surviving patient.
+    dest.clear()
+    res = move(hub, dest.aet, "STUDY", {"StudyInstanceUID": study})
+    assert res.returncode == 0 and res.final_counts()["completed"] == 1, res.output[-3000:]
+    (ds,) = read_dir(dest.out_dir).values()
     assert (ds.PatientID, str(ds.PatientName)) == ("PM_NEW", "New^Name")
-    assert ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID == "PM_OLD", res.output
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert (old.PatientID, str(old.PatientName)) == ("PM_OLD", "Doe^John")
 
     survivor = PID.format(pid="PM_NEW", name="New^Name", birth="", sex="")
     unknown = (MSH.format(type="ADT^A40", id="m2"), survivor, "MRG|NOBODY^^^HOSP")

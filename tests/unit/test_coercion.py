@@ -145,6 +145,19 @@ def test_update_merge_and_set_patient_reach_the_index_and_the_objects(archive: A
     assert str(sent.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Doe^John"
     assert hashlib.sha256(archive.retrieve.read(rows[0])).hexdigest() == rows[0].sha256
     assert archive.retrieve.read(rows[0]) == stored
+    # The other ways out: a spooled copy (large objects, stores without files) and
+    # a re-encoded or transcoded WADO answer are corrected too.
+    assert archive.retrieve.local_path(rows[0], coerced[a]) is None
+    spooled = Path(archive.retrieve.spooled_copy(rows[0], coerced[a]))
+    try:
+        assert str(dcmread(spooled).PatientName) == "Roe^Jane"
+    finally:
+        spooled.unlink()
+    for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.5"):
+        body = b"".join(archive.wado.encoded(rows[0], syntax, coerced[a]))
+        out = dcmread(io.BytesIO(body))
+        assert (out.file_meta.TransferSyntaxUID, str(out.PatientName)) == (syntax, "Roe^Jane")
+        assert str(out.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Doe^John"
     (_row, meta) = archive.wado.metadata(CLI, a, instance=None)[0]
     assert json.loads(meta)["00100010"]["Value"] == [{"Alphabetic": "Roe^Jane"}]
 
@@ -163,5 +176,5 @@ def test_update_merge_and_set_patient_reach_the_index_and_the_objects(archive: A
     # One audit record per change, naming the studies it reached.
     events = [e for e in archive.audit.events(limit=100) if e.detail.get("archive")]
     assert [(e.detail["archive"], {s.study_instance_uid for s in e.studies}) for e in events] == [
-        ("set-patient", {c}), ("merge", {b}), ("update", {a}),
+        ("set-patient", {a, b, c}), ("merge", {a, b}), ("update", {a}),
     ]  # fmt: skip

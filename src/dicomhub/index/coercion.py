@@ -78,7 +78,9 @@ class PatientCoercionRepository:
         With ``from_patient_id``: every study of that archive patient (an update
         when it is the target's Patient ID, a merge otherwise; a patient left
         without studies is removed). With ``study_uids``: those studies (an
-        operator's correction). Returns the Study Instance UIDs reached.
+        operator's correction). The studies the target patient already has get a
+        record too, since the target's demographics may have changed. Returns the
+        Study Instance UIDs reached.
         """
         t = change.target
         values = {"patient_name": t.patient_name, "patient_name_key": person_name_key(t.patient_name),
@@ -111,6 +113,12 @@ class PatientCoercionRepository:
             conn.execute(update(patient).where(patient.c.pk == target_pk).values(**values))
         if not rows:
             return []
+        # The target's own studies show its (possibly new) demographics in the index
+        # too, so their objects must leave with them: they get a record as well.
+        kept = conn.execute(
+            select(study.c.pk, study.c.study_instance_uid).where(study.c.patient_pk == target_pk)
+        ).all()
+        rows = list({r.pk: r for r in [*rows, *kept]}.values())
         now = utc_now()
         study_pks = [r.pk for r in rows]
         previous = set(
