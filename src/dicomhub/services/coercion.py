@@ -121,20 +121,24 @@ class ArchivePatients:
             self.repo, self._target(surviving, "merge", caller), from_patient_id=prior.patient_id
         )
 
-    def record(self, change: ArchivePatientChange | None, caller: Caller, detail: dict[str, object]) -> None:
-        """One audit record for the studies an update or merge reached (none: no record)."""
-        if change is None or not change.studies or self.audit is None:
-            return
+    @staticmethod
+    def audited(
+        change: ArchivePatientChange | None, detail: dict[str, object]
+    ) -> tuple[dict[str, object], tuple[AuditedStudy, ...]] | None:
+        """The detail and studies of the one audit record for the studies an update or
+        merge reached; None when it reached none (no record)."""
+        if change is None or not change.studies:
+            return None
         studies = tuple(AuditedStudy(uid, change.target.patient_id) for uid in change.studies)
-        self.audit.record(
-            AuditEvent(
-                AuditAction.PATIENT_RECORD,
-                AuditOutcome.SUCCESS,
-                caller,
-                studies,
-                {**detail, "archive": change.target.reason, "studies": len(studies)},
+        return {**detail, "archive": change.target.reason, "studies": len(studies)}, studies
+
+    def record(self, change: ArchivePatientChange | None, caller: Caller, detail: dict[str, object]) -> None:
+        """Write the audit record of :meth:`audited`, when there is one."""
+        found = self.audited(change, detail)
+        if found is not None and self.audit is not None:
+            self.audit.record(
+                AuditEvent(AuditAction.PATIENT_RECORD, AuditOutcome.SUCCESS, caller, found[1], found[0])
             )
-        )
 
     def set_patient(
         self,

@@ -189,6 +189,14 @@ class OrderService:
         else:
             self._write_audit(event)
 
+    def _record_archive(
+        self, change: ArchivePatientChange | None, caller: Caller, detail: dict[str, object]
+    ) -> None:
+        # Through _record, so that inside a unit of work it waits for the outcome.
+        found = ArchivePatients.audited(change, detail)
+        if found is not None:
+            self._record(AuditAction.PATIENT_RECORD, caller, AuditOutcome.SUCCESS, found[0], found[1])
+
     def _write_audit(self, event: AuditEvent) -> None:
         if self.audit is not None:
             self.audit.record(event)
@@ -263,7 +271,7 @@ class OrderService:
         result = self._audited(AuditAction.PATIENT_RECORD, caller, detail, run)
         assert isinstance(result, Patient)
         if self.archive is not None:
-            self.archive.record(change[0], caller, detail)
+            self._record_archive(change[0], caller, detail)
         return result, created[0]
 
     def merge_patients(self, surviving: Patient, prior: PatientRef, caller: Caller, source: str) -> int:
@@ -294,7 +302,7 @@ class OrderService:
         result = self._audited(AuditAction.PATIENT_RECORD, caller, detail, run)
         assert isinstance(result, int)
         if self.archive is not None:
-            self.archive.record(change[0], caller, detail)
+            self._record_archive(change[0], caller, detail)
         return result
 
     def merges(self, caller: Caller) -> list[PatientMerge]:
