@@ -29,6 +29,7 @@ from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.backup import IndexBackup
 from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
+from dicomhub.index.coercion import PatientCoercionRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
@@ -48,6 +49,7 @@ from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
 from dicomhub.services.backup import BackupService, read_manifest
+from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.decodecheck import DecodeCheckService
@@ -180,6 +182,10 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         environ=os.environ,  # for env:VARIABLE credentials
     )
     governance = GovernanceService(access, audit)
+    order_repo = OrderRepository(engine)
+    patients = ArchivePatients(
+        PatientCoercionRepository(engine), order_repo, audit, issuer=settings.patient_id_issuer
+    )
     deid = DeidService(
         DeidRepository(engine),
         governance,
@@ -192,7 +198,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         burned_in=settings.deid_burned_in,
         mask=[(r.x, r.y, r.width, r.height) for r in settings.deid_mask],
     )
-    orders = OrderService(OrderRepository(engine), audit)
+    orders = OrderService(order_repo, audit, patients)
     return Archive(
         index=index,
         blobs=blobs,
@@ -200,9 +206,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         content_digests=content_digests,
         ingest=ingest,
         search=search,
-        retrieve=RetrieveService(search, blobs, settings.spool_dir),
+        retrieve=RetrieveService(search, blobs, settings.spool_dir, patients),
         delete=DeleteService(index, blobs, access.study_facts),
-        wado=WadoService(index, search, blobs, transcode),
+        wado=WadoService(index, search, blobs, transcode, patients),
         transcode=transcode,
         decode_check=DecodeCheckService(
             DecodeCheckRepository(engine), blobs, settings.decode_check, last_change=index.last_change
@@ -222,6 +228,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         aes=ApplicationEntityService(peers),
         orders=orders,
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
+        patients=patients,
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

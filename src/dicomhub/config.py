@@ -220,6 +220,9 @@ class Settings:
     # host:port of the order system's MLLP listener that gets an ORM^O01 status message
     # whenever an MPPS moves an order (docs/orders.md); "": none sent
     mpps_hl7_destination: str = ""
+    # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
+    # updates and merges with this issuer (or none) reach the stored studies.
+    patient_id_issuer: str = ""
     https: bool = False  # the HTTP port speaks HTTPS
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"  # serve's log level
     # Operations (docs/operations.md): the log line format, the HTTP access log,

@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "migration",
     "mpps",
     "orders",
+    "patients",
     "peer",
     "security",
     "storage",

@@ -125,8 +125,10 @@ def document(st: ConformanceStatement) -> list[Block]:
         Para(
             f"{st.product} is a DICOM archive. It stores objects it receives over DIMSE (C-STORE) and "
             "DICOMweb (STOW-RS), and serves them back over DIMSE Query/Retrieve (C-FIND, C-GET, C-MOVE) "
-            "and DICOMweb (QIDO-RS, WADO-RS, WADO-URI). It does not create or modify objects, and "
-            "supports no media interchange."
+            "and DICOMweb (QIDO-RS, WADO-RS, WADO-URI). It keeps objects as received and creates "
+            "none; the copies it sends of a study whose patient was corrected (patient update, merge, "
+            "operator correction) carry the corrected Patient module, with the replaced values in "
+            "Original Attributes Sequence (0400,0561). It supports no media interchange."
         ),
         Table(("SOP Classes", "User of Service (SCU)", "Provider of Service (SCP)"), _overview_rows(st)),
     ]
@@ -341,7 +343,12 @@ def _networking(
             "syntax in the C-GET order for which the requestor accepted the SCU role is used. A "
             "sub-operation that cannot be served that way fails (counted in the final response); the "
             "others go on. The abstract syntax of each context is the SOP class of the instances "
-            "(any of the storage SOP classes of 4.2.1.4); the role is SCU; no extended negotiation."
+            "(any of the storage SOP classes of 4.2.1.4); the role is SCU; no extended negotiation. "
+            "Attribute coercion: for a study filed under corrected patient demographics, Patient's Name, "
+            "Patient ID, Issuer of Patient ID, Patient's Birth Date and Patient's Sex are replaced by the "
+            "values of record, and the replaced values are kept in a new item of Original Attributes "
+            "Sequence (0400,0561) with Reason for the Attribute Modification CORRECT (PS3.3 C.12.1); "
+            "the same holds for WADO-RS and WADO-URI."
         ),
         Table(
             ("Stored in", "C-MOVE presentation contexts proposed", "C-GET order"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import ssl
 from collections.abc import Callable, Iterator
 
@@ -33,6 +34,7 @@ from dicomhub.errors import DicomhubError, InvalidIdentifier, UnknownDestination
 from dicomhub.model.access import Access, Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditOutcome
 from dicomhub.model.caller import Caller
+from dicomhub.model.coercion import PatientCoercion
 from dicomhub.model.commitment import CommitmentItem, CommitmentRequest, CommitmentResult
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.identifiers import Level
@@ -196,33 +198,37 @@ def _retrieve_query(identifier: Dataset, model: str) -> Query:
     return query
 
 
-def _sendable(archive: Archive, row: InstanceRow) -> Sendable:
+def _sendable(archive: Archive, row: InstanceRow, coercion: PatientCoercion | None = None) -> Sendable:
     """One C-GET/C-MOVE sub-operation: the stored data set, or a transcoded copy.
 
     Small objects are read whole (the fastest path for the common case);
     large ones are sent from their file. Transcoded copies are temporary
-    files that the sender removes once sent.
+    files that the sender removes once sent. With a patient ``coercion`` the
+    copy sent carries the corrected Patient module (read whole, or spooled).
     """
 
     def read() -> memoryview | FileRegion:
         if row.size > _SEND_FROM_FILE:
-            path = archive.retrieve.local_path(row)
-            # A store without files (S3): a spooled copy, sent the same way and removed after.
+            path = archive.retrieve.local_path(row, coercion)
+            # A store without files (S3) or a corrected copy: spooled, sent the same way and removed after.
             spooled = path is None
             if path is None:
-                path = archive.retrieve.spooled_copy(row)
+                path = archive.retrieve.spooled_copy(row, coercion)
             with open(path, "rb") as fh:
                 offset = dataset_offset(fh.read(_HEAD))
-            return FileRegion(path, offset, row.size - offset, delete_after=spooled)
-        raw = archive.retrieve.read(row)
+            return FileRegion(path, offset, os.path.getsize(path) - offset, delete_after=spooled)
+        raw = archive.retrieve.read(row, coercion)
         return memoryview(raw)[dataset_offset(raw) :]
 
     def convert(transfer_syntax_uid: str) -> bytes | FileRegion:
         if transfer_syntax_uid in little_endian_alternatives(row.transfer_syntax_uid) and (
             row.size <= _SEND_FROM_FILE
         ):
-            return reencode(archive.retrieve.read(row), transfer_syntax_uid)
+            return reencode(archive.retrieve.read(row, coercion), transfer_syntax_uid)
         copy = archive.transcode.transcode(row, transfer_syntax_uid)
+        if coercion is not None:
+            data = archive.retrieve.coerce_file(copy.path, coercion)
+            return data[dataset_offset(data) :]
         return FileRegion(copy.path, copy.dataset_offset, copy.size - copy.dataset_offset, delete_after=True)
 
     return Sendable(
@@ -294,7 +300,12 @@ def handle_retrieve(
     profile = None if is_get else settings.deid_export_for(req.move_destination or "")
     if profile is not None and rows:
         return _deidentified_plan(archive, profile, rows, caller, destination, destination_tls)
-    return RetrievePlan([_sendable(archive, row) for row in rows], destination, destination_tls)
+    coerced = archive.retrieve.coercions(rows)
+    return RetrievePlan(
+        [_sendable(archive, row, coerced.get(row.study_instance_uid)) for row in rows],
+        destination,
+        destination_tls,
+    )
 
 
 def _move_destination(archive: Archive, settings: Settings, ae_title: str) -> Peer:

@@ -187,11 +187,16 @@ class OrderRepository:
             )
         return int(row.pk)
 
-    def put_patient(self, p: Patient) -> tuple[Patient, bool]:
-        """Insert or update the demographics of ``p.ref``; (the stored patient, created)."""
+    def put_patient(
+        self, p: Patient, also: Callable[[Connection], None] | None = None
+    ) -> tuple[Patient, bool]:
+        """Insert or update the demographics of ``p.ref``; (the stored patient, created).
+        ``also``: more to change in the same transaction (the archive's studies)."""
         with self._write() as conn:
             existed = self._patient_row(conn, p.ref) is not None
             pk = self._ensure_patient(conn, p, overwrite=True)
+            if also is not None:
+                also(conn)
             row = conn.execute(select(patient_record).where(patient_record.c.pk == pk)).one()
             return self._to_patient(conn, row), not existed
 
@@ -216,11 +221,16 @@ class OrderRepository:
             ).all()
             return [self._to_patient(conn, r) for r in rows]
 
-    def merge(self, m: PatientMerge, surviving: Patient) -> int:
+    def merge(
+        self, m: PatientMerge, surviving: Patient, also: Callable[[Connection], None] | None = None
+    ) -> int:
         """Record ``m``: the surviving patient exists afterwards (with ``surviving``'s
         demographics), the prior one (when known) points at it, and the orders of the
-        prior patient move to it. Returns how many orders moved."""
+        prior patient move to it. Returns how many orders moved. ``also``: more to
+        change in the same transaction (the archive's studies)."""
         with self._write() as conn:
+            if also is not None:
+                also(conn)
             target = self._ensure_patient(conn, surviving, overwrite=True)
             prior = self._patient_row(conn, m.prior)
             moved = 0

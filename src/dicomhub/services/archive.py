@@ -11,6 +11,7 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.audit import AuditService
+from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
 from dicomhub.services.decodecheck import DecodeCheckService
@@ -63,6 +64,7 @@ class Archive:
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
     mpps: MppsService
+    patients: ArchivePatients  # patient updates in the archive, coercion on the way out
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from dicomhub.errors import Conflict, DicomhubError, InvalidRequest, NotFound
+from dicomhub.index.coercion import ArchivePatientChange
 from dicomhub.index.orders import OrderRepository
 from dicomhub.model.access import Action
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecorder
@@ -45,6 +46,7 @@ from dicomhub.model.orders import (
     start,
 )
 from dicomhub.services.access import Forbidden
+from dicomhub.services.coercion import ArchivePatients
 
 __all__ = ["OrderKey", "OrderService"]
 
@@ -115,9 +117,16 @@ def _carry_states(before: Order, after: Order) -> Order:
 class OrderService:
     """Orders and patients of record; see the module docstring."""
 
-    def __init__(self, repo: OrderRepository, audit: AuditRecorder | None = None) -> None:
+    def __init__(
+        self,
+        repo: OrderRepository,
+        audit: AuditRecorder | None = None,
+        archive: ArchivePatients | None = None,
+    ) -> None:
+        """``archive``: carries patient updates and merges to the archive's studies."""
         self.repo = repo
         self.audit = audit
+        self.archive = archive
         # Per thread: the audit events of the open unit of work, written at its end.
         self._unit = threading.local()
 
@@ -180,6 +189,14 @@ class OrderService:
         else:
             self._write_audit(event)
 
+    def _record_archive(
+        self, change: ArchivePatientChange | None, caller: Caller, detail: dict[str, object]
+    ) -> None:
+        # Through _record, so that inside a unit of work it waits for the outcome.
+        found = ArchivePatients.audited(change, detail)
+        if found is not None:
+            self._record(AuditAction.PATIENT_RECORD, caller, AuditOutcome.SUCCESS, found[0], found[1])
+
     def _write_audit(self, event: AuditEvent) -> None:
         if self.audit is not None:
             self.audit.record(event)
@@ -233,6 +250,7 @@ class OrderService:
         FHIR Patient); (patient, created). ``resource_id``: the id the resource is
         PUT at (FHIR update-as-create), which must then be this patient's."""
         created = [False]
+        change: list[ArchivePatientChange | None] = [None]
 
         def run() -> Patient:
             self._may_write(caller, "change patients of record")
@@ -244,19 +262,26 @@ class OrderService:
                         f"patient resource {resource_id} is Patient ID {at.ref}, not {checked.ref}"
                     )
                 checked = dataclasses.replace(checked, resource_id=resource_id)
-            stored, created[0] = self.repo.put_patient(checked)
+            change[0] = self.archive.update(checked, caller) if self.archive is not None else None
+            stored, created[0] = self.repo.put_patient(checked, change[0])
             return stored
 
         detail: dict[str, object] = {"patient_id": patient.ref.patient_id,
                                      "issuer_of_patient_id": patient.ref.issuer_of_patient_id}  # fmt: skip
         result = self._audited(AuditAction.PATIENT_RECORD, caller, detail, run)
         assert isinstance(result, Patient)
+        if self.archive is not None:
+            self._record_archive(change[0], caller, detail)
         return result, created[0]
 
     def merge_patients(self, surviving: Patient, prior: PatientRef, caller: Caller, source: str) -> int:
         """ADT^A40: ``prior`` becomes ``surviving`` (created with these demographics when
-        unknown); the prior patient's orders move. The merge is recorded even when the
-        prior patient has no record here: the archive's studies may still carry it."""
+        unknown); the prior patient's orders move, and with the archive wired its studies
+        too. The merge is recorded when the prior patient has no record here but the
+        archive's studies carry it; NotFound when neither knows it (with no archive
+        wired, the merge is recorded regardless)."""
+
+        change: list[ArchivePatientChange | None] = [None]
 
         def run() -> int:
             self._may_write(caller, "merge patients")
@@ -265,13 +290,19 @@ class OrderService:
                 raise InvalidRequest("the prior patient needs a Patient ID")
             if prior == checked.ref:
                 raise InvalidRequest(f"patient {prior} cannot be merged into itself")
-            return self.repo.merge(PatientMerge(checked.ref, prior, source), checked)
+            unknown = self.archive is not None and not self.archive.knows(prior)
+            if unknown and self.repo.patient(prior) is None:
+                raise NotFound(f"no patient {prior} to merge: not a patient of record, and no stored study")
+            change[0] = self.archive.merge(checked, prior, caller) if self.archive is not None else None
+            return self.repo.merge(PatientMerge(checked.ref, prior, source), checked, change[0])
 
         detail: dict[str, object] = {"merge": True, "patient_id": surviving.ref.patient_id,
                                      "prior_patient_id": prior.patient_id,
                                      "prior_issuer_of_patient_id": prior.issuer_of_patient_id}  # fmt: skip
         result = self._audited(AuditAction.PATIENT_RECORD, caller, detail, run)
         assert isinstance(result, int)
+        if self.archive is not None:
+            self._record_archive(change[0], caller, detail)
         return result
 
     def merges(self, caller: Caller) -> list[PatientMerge]:

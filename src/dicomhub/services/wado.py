@@ -36,6 +36,7 @@ from dicomhub import codec
 from dicomhub.errors import DicomhubError, InvalidRequest, NotFound, TranscodeError
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller
+from dicomhub.model.coercion import PatientCoercion, coerce_json
 from dicomhub.model.encoding import little_endian_alternatives, reencode
 from dicomhub.model.extract import read_header
 from dicomhub.model.identifiers import Level, require_uid
@@ -43,6 +44,7 @@ from dicomhub.model.part10 import file_meta_header
 from dicomhub.model.query import Condition, Query, Single
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.blobfiles import blob_as_file
+from dicomhub.services.coercion import ArchivePatients, coerce_part10
 from dicomhub.services.headers import header_to_json
 from dicomhub.services.search import SearchService
 from dicomhub.services.transcode import TranscodeService
@@ -172,11 +174,18 @@ class WadoService:
         search: SearchService,
         blobs: BlobStore,
         transcode: TranscodeService,
+        patients: ArchivePatients | None = None,
     ) -> None:
+        """``patients``: the patient coercions objects and metadata leave with."""
         self.index = index
         self.search = search
         self.blobs = blobs
         self.transcode = transcode
+        self.patients = patients
+
+    def coercions(self, rows: Sequence[InstanceRow]) -> dict[str, PatientCoercion]:
+        """The patient coercions of the studies of ``rows``, by Study Instance UID."""
+        return {} if self.patients is None or not rows else self.patients.coercions(rows)
 
     # ------------------------------------------------------------ finding
 
@@ -234,6 +243,13 @@ class WadoService:
             out.append((row, text))
         if computed:
             self.index.set_header_json(computed)
+        coerced = self.coercions([row for row, _text in out])
+        if coerced:
+            out = [
+                (row, text if row.study_instance_uid not in coerced
+                 else coerce_json(text, coerced[row.study_instance_uid]))
+                for row, text in out
+            ]  # fmt: skip
         return out
 
     # ------------------------------------------------------------ bytes
@@ -279,17 +295,22 @@ class WadoService:
         """
         return self.transcode.can_produce(row, transfer_syntax_uid, allow_lossy=True)
 
-    def encoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
+    def encoded(
+        self, row: InstanceRow, transfer_syntax_uid: str, coercion: PatientCoercion | None = None
+    ) -> Iterator[bytes]:
         """The Part 10 object of ``row`` in ``transfer_syntax_uid``, in chunks.
 
         Transcoding happens in this call, into a temporary file that the
-        returned iterator streams and then removes.
+        returned iterator streams and then removes. With a patient ``coercion``
+        the object is corrected in memory (one at a time) after any transcoding.
 
         Raises
         ------
         CannotEncode
             When the stored object cannot be given in that syntax.
         """
+        if coercion is not None:
+            return self._coerced(self.encoded(row, transfer_syntax_uid), coercion)
         if transfer_syntax_uid == row.transfer_syntax_uid:
             return self.stream(row)
         if not self.can_encode(row, transfer_syntax_uid):
@@ -302,6 +323,12 @@ class WadoService:
         ):
             return self._reencoded(row, transfer_syntax_uid)
         return self._transcoded(row, transfer_syntax_uid)
+
+    @staticmethod
+    def _coerced(chunks: Iterator[bytes], coercion: PatientCoercion) -> Iterator[bytes]:
+        data = coerce_part10(b"".join(chunks), coercion)
+        for start in range(0, len(data), _CHUNK):
+            yield data[start : start + _CHUNK]
 
     def _transcoded(self, row: InstanceRow, transfer_syntax_uid: str) -> Iterator[bytes]:
         # Transcoded now rather than when the first chunk is pulled, so that a

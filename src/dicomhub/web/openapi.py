@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from dicomhub import __version__
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
+from dicomhub.web.openapi_patients import patient_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
 
@@ -922,6 +923,7 @@ def _paths() -> Json:
     paths.update(_peer_paths())
     paths.update(order_paths())
     paths.update(mpps_paths())
+    paths.update(patient_paths())
     return paths
 
 

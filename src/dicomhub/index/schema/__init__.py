@@ -30,6 +30,7 @@ from dicomhub.index.schema.checks import (
     validation_finding,
     validation_instance,
 )
+from dicomhub.index.schema.coercion import patient_coercion
 from dicomhub.index.schema.deid import (
     MAPPING_VALUE_LENGTH,
     deid_mapping,
@@ -97,6 +98,7 @@ __all__ = [
     "migration_job",
     "migration_remote",
     "patient",
+    "patient_coercion",
     "patient_merge",
     "patient_record",
     "peer",

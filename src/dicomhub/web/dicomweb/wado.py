@@ -235,14 +235,19 @@ class _Wado:
         # The first part is prepared before the response starts: when it cannot
         # be produced (e.g. an image too small for the encoder) the answer is a
         # 406, not a broken stream.
-        first = self.wado.encoded(*plan[0])
+        # Studies filed under corrected demographics go out with them (one lookup).
+        coerced = self.wado.coercions(rows)
+        first = self.wado.encoded(*plan[0], coerced.get(plan[0][0].study_instance_uid))
 
         def parts() -> Iterator[Part]:
             for i, (row, ts) in enumerate(plan):
-                yield Part(part_headers(ts), first if i == 0 else self.wado.encoded(row, ts))
+                yield Part(
+                    part_headers(ts),
+                    first if i == 0 else self.wado.encoded(row, ts, coerced.get(row.study_instance_uid)),
+                )
 
         headers = {"Content-Type": multipart_content_type(DICOM, boundary)}
-        if all(ts == row.transfer_syntax_uid for row, ts in plan):
+        if not coerced and all(ts == row.transfer_syntax_uid for row, ts in plan):
             # Objects go out as stored: every size is known up front.
             sizes = ((part_headers(ts), row.size) for row, ts in plan)
             headers["Content-Length"] = str(multipart_length(sizes, boundary))
@@ -469,7 +474,7 @@ class _Wado:
                 # object that cannot be decoded goes out as stored rather than not at all.
                 ts = EXPLICIT_VR_LE if self.wado.can_encode(row, EXPLICIT_VR_LE) else row.transfer_syntax_uid
             return StreamingResponse(
-                self.wado.encoded(row, ts),
+                self.wado.encoded(row, ts, self.wado.coercions([row]).get(row.study_instance_uid)),
                 media_type=DICOM,
                 headers={"Content-Disposition": f'attachment; filename="{row.sop_instance_uid}.dcm"'},
             )
