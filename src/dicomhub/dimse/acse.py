@@ -42,6 +42,7 @@ from dicomhub.dimse.requests import (
 )
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
 __all__ = [
     "APPLICATION_CONTEXT_NAME",
@@ -185,6 +186,8 @@ def acceptor_contexts(config: AssociationConfig) -> list[PresentationContext]:
         contexts[STORAGE_COMMITMENT_PUSH_MODEL] = _context(
             STORAGE_COMMITMENT_PUSH_MODEL, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE], roles=True
         )
+    if config.modality_worklist:
+        contexts[MODALITY_WORKLIST_FIND] = _context(MODALITY_WORKLIST_FIND, _UNCOMPRESSED)
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:
         if len(_CONTEXT_CACHE) >= 16:

@@ -262,6 +262,9 @@ class AssociationConfig:
     storage_commitment : bool
         Accept the Storage Commitment Push Model (N-ACTION in, N-EVENT-REPORT
         out on the same association); needs the `on_n_action` callback.
+    modality_worklist : bool
+        Accept the Modality Worklist Information Model - FIND with the
+        uncompressed transfer syntaxes; needs the `on_worklist_find` callback.
     spool_threshold : int
         A C-STORE data set that grows past this many bytes is written to a
         spool file as it arrives instead of being kept in memory, and handed
@@ -288,6 +291,7 @@ class AssociationConfig:
     require_called_ae_title: bool = False
     query_retrieve: bool = False
     storage_commitment: bool = False
+    modality_worklist: bool = False
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
     accept_unknown_storage: bool = False

@@ -29,6 +29,7 @@ from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
+from dicomhub.services.worklist import WorklistService
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["Archive"]
@@ -61,6 +62,7 @@ class Archive:
     peers: PeerService
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
+    worklist: WorklistService
     close: Callable[[], None]
 
     def usable(self) -> bool:
