@@ -26,8 +26,8 @@ from pathlib import Path
 
 import hl7.client
 import pydicom
-from pydicom import config
 import pytest
+from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -57,8 +57,8 @@ class Step:
     def orm(self, msg_id: str, control: str = "NW", order_status: str = "") -> str:
         obr = ["OBR", "1", f"PL{self.accession}", f"FL{self.accession}", "CTHEAD^Head^LOCAL"]
         obr += [""] * 13 + [self.accession, f"RP{self.accession}", f"SPS{self.accession}", self.station]
-        obr += ["", "", self.modality, "", "", f"^^^{self.start}^^R", "", "", "", "", "", "", f"ID^{self.physician}"]
-        # OBR-34 is an NDL: its name starts at the second component.
+        obr += ["", "", self.modality, "", "", f"^^^{self.start}^^R"] + [""] * 6
+        obr.append(f"ID^{self.physician}")  # OBR-34 is an NDL: its name starts at the second component
         return "\r".join(
             [
                 MSH.format(type="ORM^O01", id=msg_id),
