@@ -10,6 +10,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomhub.dimse.messages import decode_dataset
+from dicomhub.dimse.worklist import encode_answer
 from dicomhub.errors import InvalidIdentifier
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.orders import OrderRepository
@@ -25,7 +27,7 @@ from dicomhub.model.orders import (
     StepStatus,
 )
 from dicomhub.model.query import Single, Wildcard
-from dicomhub.model.worklist import worklist_answer, worklist_query
+from dicomhub.model.worklist import answer_dataset, worklist_answer, worklist_query
 from dicomhub.services.access import Forbidden
 from dicomhub.services.orders import OrderKey, OrderService
 from dicomhub.services.worklist import WorklistService
@@ -175,6 +177,10 @@ def test_matching_in_sql(services: tuple[OrderService, WorklistService]) -> None
     assert _accessions(worklist, percent) == []
 
 
+def _flat(ds: Dataset) -> list[tuple[int, str]]:
+    return [(int(e.tag), "" if e.VR == "SQ" else str(e.value or "")) for e in ds.iterall()]
+
+
 def test_answers_carry_only_the_asked_keys(services: tuple[OrderService, WorklistService]) -> None:
     _, worklist = services
     ds = _identifier(Modality="CT")
@@ -185,7 +191,11 @@ def test_answers_carry_only_the_asked_keys(services: tuple[OrderService, Worklis
     ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription = ""
     q = worklist_query(ds)
     entry = next(iter(worklist.find(q, SCHEDULER)))
-    answer = worklist_answer(entry, q)
+    answer = answer_dataset(worklist_answer(entry, q))
+    # The DIMSE layer frames the same answer without pydicom: both readings agree.
+    for syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+        framed = decode_dataset([memoryview(encode_answer(worklist_answer(entry, q), syntax))], syntax)
+        assert _flat(framed) == _flat(answer)
     assert {e.keyword for e in answer} == {
         "SpecificCharacterSet",  # the step description is not ASCII
         "PatientName",

@@ -9,9 +9,12 @@ with the reason as Error Comment; one QUERY audit event per request.
 
 from __future__ import annotations
 
+import functools
 import logging
+import struct
 from collections.abc import Iterator
 
+from dicomhub.dimse import messages as M
 from dicomhub.dimse import status
 from dicomhub.dimse.providers.worklist import WorklistResponse
 from dicomhub.dimse.requests import QueryRequest
@@ -19,16 +22,60 @@ from dicomhub.dimse.session import AssociationSession
 from dicomhub.errors import DicomhubError
 from dicomhub.model.audit import AuditAction, AuditOutcome
 from dicomhub.model.peer import Role
-from dicomhub.model.worklist import MODALITY_WORKLIST_FIND, worklist_answer
+from dicomhub.model.worklist import MODALITY_WORKLIST_FIND, AnswerElement, answer_dataset, worklist_answer
 from dicomhub.services.archive import Archive
 
-__all__ = ["handle_worklist_find"]
+__all__ = ["encode_answer", "handle_worklist_find"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
 _PENDING = 0xFF00
 # PS3.4 K.4.1.3.1 (Table K.4-1): pending, one or more Optional Keys not supported.
 _PENDING_KEYS_NOT_SUPPORTED = 0xFF01
+_IMPLICIT = "1.2.840.10008.1.2"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = struct.pack("<HHI", 0xFFFE, 0xE000, _UNDEFINED)
+_ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_END = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+
+
+def encode_answer(answer: tuple[AnswerElement, ...], transfer_syntax_uid: str) -> bytes:
+    """``answer`` encoded in ``transfer_syntax_uid``: little endian framed here (sequences and
+    items of undefined length), big endian through pydicom. Text is UTF-8, which the answer
+    announces with Specific Character Set when it is not ASCII."""
+    if transfer_syntax_uid == _BIG_ENDIAN:
+        return M.encode_dataset(answer_dataset(answer), transfer_syntax_uid)
+    out = bytearray()
+    _write(out, answer, transfer_syntax_uid == _IMPLICIT)
+    return bytes(out)
+
+
+def _write(out: bytearray, elements: tuple[AnswerElement, ...], implicit: bool) -> None:
+    for tag, vr, value in elements:
+        group, element = tag >> 16, tag & 0xFFFF
+        if isinstance(value, str):
+            body = value.encode("utf-8")
+            if len(body) % 2:
+                body += b"\x00" if vr == "UI" else b" "
+            length = len(body)
+        else:
+            body, length = b"", _UNDEFINED
+        if implicit:
+            out += struct.pack("<HHI", group, element, length)
+        elif vr in _LONG_VRS:
+            out += struct.pack("<HH2s2xI", group, element, vr.encode(), length)
+        else:
+            out += struct.pack("<HH2sH", group, element, vr.encode(), length)
+        if isinstance(value, str):
+            out += body
+            continue
+        for item in value:
+            out += _ITEM
+            _write(out, item, implicit)
+            out += _ITEM_END
+        out += _SEQUENCE_END
 
 
 def handle_worklist_find(
@@ -47,7 +94,7 @@ def handle_worklist_find(
             LOGGER.info("worklist C-FIND from %s: keys not supported: %s", caller.name, query.unsupported)
         for entry in archive.worklist.find(query, caller):
             count += 1
-            yield WorklistResponse(pending, worklist_answer(entry, query))
+            yield WorklistResponse(pending, functools.partial(encode_answer, worklist_answer(entry, query)))
     except DicomhubError as exc:
         code = status.find_status(exc)
         LOGGER.warning("worklist C-FIND from %s failed (0x%04X): %s", caller.name, code, exc)

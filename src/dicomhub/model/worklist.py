@@ -24,7 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from functools import lru_cache
+from typing import NamedTuple
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -34,12 +38,14 @@ from dicomhub.model.orders import CodedEntry, StepStatus
 from dicomhub.model.query import Matcher, Single, UidList, Universal, ValueList, Wildcard, parse_matcher
 
 __all__ = [
+    "AnswerElement",
     "MATCHING_KEYS",
     "MODALITY_WORKLIST_FIND",
     "OFFERED_STATES",
     "StartRange",
     "WorklistEntry",
     "WorklistQuery",
+    "answer_dataset",
     "worklist_answer",
     "worklist_query",
 ]
@@ -291,9 +297,7 @@ def _start_range(date_text: str, time_text: str) -> StartRange | None:
     d_lower = None if lo is None else _date(lo, "Scheduled Procedure Step Start Date")
     d_upper = None if hi is None else _date(hi, "Scheduled Procedure Step Start Date")
     if d_lower is not None and d_upper is not None and d_lower > d_upper:
-        raise InvalidIdentifier(
-            f"Start Date range ends before it starts: {date_text!r}"
-        )
+        raise InvalidIdentifier(f"Start Date range ends before it starts: {date_text!r}")
     lower = None if d_lower is None else datetime.combine(d_lower, t_lower or time.min)
     upper = None if d_upper is None else datetime.combine(d_upper, t_upper or time.max)
     return StartRange(lower, upper)
@@ -363,26 +367,49 @@ def worklist_query(identifier: Dataset) -> WorklistQuery:
 # ---------------------------------------------------------------- answer
 
 
-def _code_item(code: CodedEntry, asked: Dataset | None) -> Dataset:
-    item = Dataset()
-    values = {"CodeValue": code.value, "CodingSchemeDesignator": code.scheme, "CodeMeaning": code.meaning}
-    keys = [e.keyword for e in asked] if asked is not None and len(asked) else list(values)
-    for key in keys:
-        if key in values:
-            setattr(item, key, values[key])
-        elif key:
-            setattr(item, key, None)
-    return item
+class AnswerElement(NamedTuple):
+    """One element of an answer: text, or (VR SQ) its items, each a tuple of elements in tag order.
+
+    Answers are built as these plain tuples rather than pydicom data sets: a broad query
+    answers thousands of steps, and the DIMSE layer frames them directly."""
+
+    tag: int
+    vr: str
+    value: str | tuple[tuple[AnswerElement, ...], ...]
 
 
-def _code_sequence(code: CodedEntry, asked: object) -> Sequence:
+@lru_cache(maxsize=512)
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - only the standard's keywords get here
+        raise KeyError(keyword)
+    return int(tag), dictionary_VR(tag)[:2]
+
+
+def _element(keyword: str, value: str) -> AnswerElement:
+    tag, vr = _tag_vr(keyword)
+    return AnswerElement(tag, vr, () if vr == "SQ" else value)
+
+
+def _item(elements: list[AnswerElement]) -> tuple[AnswerElement, ...]:
+    return tuple(sorted(elements, key=lambda e: e.tag))
+
+
+def _template(value: object) -> Dataset | None:
+    """The item of a request's sequence that says which item keys to return (None: all)."""
+    return value[0] if isinstance(value, Sequence) and len(value) and len(value[0]) else None
+
+
+def _code_items(code: CodedEntry, asked: object) -> tuple[tuple[AnswerElement, ...], ...]:
     if not code:
-        return Sequence([])
-    template = asked[0] if isinstance(asked, Sequence) and len(asked) else None
-    return Sequence([_code_item(code, template)])
+        return ()
+    values = {"CodeValue": code.value, "CodingSchemeDesignator": code.scheme, "CodeMeaning": code.meaning}
+    template = _template(asked)
+    keys = [e.keyword for e in template if e.keyword] if template is not None else list(values)
+    return (_item([_element(key, values.get(key, "")) for key in keys]),)
 
 
-def _top_values(e: WorklistEntry) -> dict[str, object]:
+def _top_values(e: WorklistEntry) -> dict[str, str]:
     return {
         "PatientName": e.patient_name,
         "PatientID": e.patient_id,
@@ -401,7 +428,7 @@ def _top_values(e: WorklistEntry) -> dict[str, object]:
     }
 
 
-def _step_values(e: WorklistEntry) -> dict[str, object]:
+def _step_values(e: WorklistEntry) -> dict[str, str]:
     return {
         "Modality": e.modality,
         "ScheduledStationAETitle": e.station_ae_title,
@@ -416,55 +443,71 @@ def _step_values(e: WorklistEntry) -> dict[str, object]:
     }
 
 
-def _step_item(e: WorklistEntry, asked: Dataset | None) -> Dataset:
-    item = Dataset()
+def _step_item(e: WorklistEntry, asked: Dataset | None) -> tuple[AnswerElement, ...]:
     values = _step_values(e)
-    keys = [sub.keyword for sub in asked] if asked is not None and len(asked) else list(_STEP_RETURN)
-    for key in keys:
-        if not key:
-            continue
+    keys: list[tuple[str, DataElement | None]]
+    if asked is None:
+        keys = [(key, None) for key in _STEP_RETURN]
+    else:
+        keys = [(sub.keyword, sub) for sub in asked if sub.keyword and not sub.tag.is_private]
+    elements = []
+    for key, requested in keys:
         if key == "ScheduledProtocolCodeSequence":
-            template = asked.get(key) if asked is not None else None
-            item.ScheduledProtocolCodeSequence = _code_sequence(e.protocol_code, template)
+            tag, vr = _tag_vr(key)
+            template = requested.value if requested is not None else None
+            elements.append(AnswerElement(tag, vr, _code_items(e.protocol_code, template)))
         elif key in values:
-            setattr(item, key, values[key] or None)
-        else:
-            # A key of the item not held: zero-length (for a sequence, no items).
-            setattr(item, key, Sequence([]) if _is_sequence(asked, key) else None)
-    return item
+            elements.append(_element(key, values[key]))
+        elif requested is not None:
+            # A key of the item not held: zero-length (a sequence: no items).
+            elements.append(
+                AnswerElement(int(requested.tag), requested.VR, () if requested.VR == "SQ" else "")
+            )
+    return _item(elements)
 
 
-def _is_sequence(ds: Dataset | None, key: str) -> bool:
-    return ds is not None and key in ds and ds[key].VR == "SQ"
+def _ascii(elements: tuple[AnswerElement, ...]) -> bool:
+    for element in elements:
+        if isinstance(element.value, str):
+            if not element.value.isascii():
+                return False
+        elif not all(_ascii(item) for item in element.value):
+            return False
+    return True
 
 
-def worklist_answer(entry: WorklistEntry, query: WorklistQuery) -> Dataset:
-    """The C-FIND answer for ``entry``: the keys the request asked for, with their values
-    of record (zero-length where none), plus Specific Character Set when a value is not ASCII."""
-    answer = Dataset()
+def worklist_answer(entry: WorklistEntry, query: WorklistQuery) -> tuple[AnswerElement, ...]:
+    """The C-FIND answer for ``entry``, in tag order: the keys the request asked for, with their
+    values of record (zero-length where none), plus Specific Character Set ``ISO_IR 192`` when
+    a value is not ASCII (values are sent as UTF-8)."""
     values = _top_values(entry)
-    non_ascii = False
+    elements: list[AnswerElement] = []
     for elem in query.identifier:
         key = elem.keyword
         if elem.tag.group in (0x0000, 0x0002) or key in _IGNORED or not key or elem.tag.is_private:
             continue
         if key == _SPS:
-            template = elem.value[0] if isinstance(elem.value, Sequence) and len(elem.value) else None
-            item = _step_item(entry, template)
-            answer.ScheduledProcedureStepSequence = Sequence([item])
-            non_ascii = non_ascii or not all(str(v.value or "").isascii() for v in item if v.VR != "SQ")
+            tag, vr = _tag_vr(key)
+            elements.append(AnswerElement(tag, vr, (_step_item(entry, _template(elem.value)),)))
         elif key == "RequestedProcedureCodeSequence":
-            answer.RequestedProcedureCodeSequence = _code_sequence(entry.procedure_code, elem.value)
+            tag, vr = _tag_vr(key)
+            elements.append(AnswerElement(tag, vr, _code_items(entry.procedure_code, elem.value)))
         elif key in values:
-            value = values[key]
-            setattr(answer, key, value or None)
-            non_ascii = non_ascii or not str(value).isascii()
-        elif elem.VR == "SQ":
-            answer[elem.tag] = type(elem)(elem.tag, "SQ", Sequence([]))
+            elements.append(_element(key, values[key]))
         else:
-            answer[elem.tag] = type(elem)(elem.tag, elem.VR, None)
-    if non_ascii or not all(
-        str(c).isascii() for c in (entry.procedure_code.meaning, entry.protocol_code.meaning)
-    ):
-        answer.SpecificCharacterSet = "ISO_IR 192"
+            elements.append(AnswerElement(int(elem.tag), elem.VR, () if elem.VR == "SQ" else ""))
+    answer = _item(elements)
+    if not _ascii(answer):
+        answer = _item([*answer, _element("SpecificCharacterSet", "ISO_IR 192")])
     return answer
+
+
+def answer_dataset(answer: tuple[AnswerElement, ...]) -> Dataset:
+    """``answer`` as a pydicom data set (for big endian, and for reading in tests)."""
+    ds = Dataset()
+    for tag, vr, value in answer:
+        if isinstance(value, str):
+            ds.add(DataElement(tag, vr, value or None))
+        else:
+            ds.add(DataElement(tag, vr, Sequence([answer_dataset(item) for item in value])))
+    return ds

@@ -53,7 +53,7 @@ class WorklistResponse(NamedTuple):
     """One C-FIND-RSP: pending with an identifier, or final (with an Error Comment on failure)."""
 
     status: int
-    identifier: Dataset | None = None
+    identifier: Dataset | Callable[[str], bytes] | None = None  # a callable encodes in the given syntax
     comment: str | None = None
 
 
