@@ -16,7 +16,7 @@ import datagen
 import httpx
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import BasicGrayscalePrintManagementMeta, Verification  # type: ignore[attr-defined]
 
 from .helpers import HOST, DicomhubServer, ServerPool, echo, metric_samples, run_cli_split, store_ok
 
@@ -55,7 +55,7 @@ def busy(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -
     assert rc == 0, out
     ae = AE(ae_title="WLCLIENT")
     ae.add_requested_context(Verification)
-    ae.add_requested_context(ModalityWorklistInformationFind)
+    ae.add_requested_context(BasicGrayscalePrintManagementMeta)
     assoc = ae.associate(HOST, server.dimse_port, ae_title=server.aet)
     assert assoc.is_established
     assoc.send_c_echo()
