@@ -70,8 +70,9 @@ def place_orders(data_dir: Path, steps: int, days: int) -> None:
         for n in range(steps):
             modality = MODALITIES[n % len(MODALITIES)]
             station = f"{modality}{(n // len(MODALITIES)) % STATIONS_PER_MODALITY + 1}"
-            # Spread over the days (today in the middle), 07:00-19:00.
-            day = (n * 7919) % days - days // 2
+            # Each station's steps spread evenly over the days (today in the middle), 07:00-19:00.
+            per_station = len(MODALITIES) * STATIONS_PER_MODALITY
+            day = (n // per_station) % days - days // 2
             start = today + dt.timedelta(days=day, minutes=(n * 37) % 720)
             step = ScheduledProcedureStep(
                 step_id=f"S{n}",
