@@ -40,6 +40,7 @@ from dicomhub.index.peers import PeerRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
+from dicomhub.index.worklist import WorklistRepository
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.model.sopclasses import StorableSOPClasses
@@ -72,6 +73,7 @@ from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
+from dicomhub.services.worklist import WorklistService
 from dicomhub.storage.base import BlobStore
 from dicomhub.storage.urls import open_blob_store as open_store_at
 from dicomhub.storage.urls import open_blob_stores
@@ -229,6 +231,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         orders=orders,
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
         patients=patients,
+        worklist=WorklistService(WorklistRepository(engine)),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

@@ -16,13 +16,14 @@ import datagen
 import httpx
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import BasicGrayscalePrintManagementMeta, Verification  # type: ignore[attr-defined]
 
 from .helpers import HOST, DicomhubServer, ServerPool, echo, metric_samples, run_cli_split, store_ok
 
 pytestmark = pytest.mark.e2e
 
-WORKLIST = "1.2.840.10008.5.1.4.31"
+# A SOP class dicomhub does not provide (Basic Grayscale Print Management Meta).
+NOT_PROVIDED = "1.2.840.10008.5.1.1.9"
 
 
 def wait_for_rows(
@@ -54,7 +55,7 @@ def busy(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -
     assert rc == 0, out
     ae = AE(ae_title="WLCLIENT")
     ae.add_requested_context(Verification)
-    ae.add_requested_context(ModalityWorklistInformationFind)
+    ae.add_requested_context(BasicGrayscalePrintManagementMeta)
     assoc = ae.associate(HOST, server.dimse_port, ae_title=server.aet)
     assert assoc.is_established
     assoc.send_c_echo()
@@ -73,7 +74,7 @@ def test_admin_associations_say_what_was_proposed_and_refused(busy: DicomhubServ
     assert row["outcome"] == "released" and row["called_ae_title"] == busy.aet
     assert row["accepted_contexts"] == 1 and row["rejected_contexts"] == 1
     contexts = {c[0]: c for c in row["contexts"]}  # type: ignore[union-attr]
-    worklist = contexts[WORKLIST]
+    worklist = contexts[NOT_PROVIDED]
     assert worklist[1] == 3  # abstract syntax not supported (PS3.8 Table 9-18)
     assert worklist[2] is None and "1.2.840.10008.1.2" in worklist[3]
     verification = contexts["1.2.840.10008.1.1"]

@@ -165,13 +165,15 @@ def _accepted(settings_overrides: dict[str, object], *uids: str) -> set[str]:
 
 
 def test_negotiation_accepts_retired_classes_by_default_and_private_only_when_configured() -> None:
+    # Modality Worklist - FIND is accepted as its own service (never as storage); the
+    # DICOMDIR's class stays refused whatever the storage settings say.
     proposal = (US_RETIRED, XA_BIPLANE_RETIRED, PRIVATE, WORKLIST_FIND, DICOMDIR)
-    assert _accepted({}, *proposal) == {US_RETIRED, XA_BIPLANE_RETIRED}
+    assert _accepted({}, *proposal) == {US_RETIRED, XA_BIPLANE_RETIRED, WORKLIST_FIND}
     assert _accepted({"accept_sop_classes": [PRIVATE]}, *proposal) == {
-        US_RETIRED, XA_BIPLANE_RETIRED, PRIVATE,
+        US_RETIRED, XA_BIPLANE_RETIRED, PRIVATE, WORKLIST_FIND,
     }  # fmt: skip
     unknown = _accepted({"accept_unknown_sop_classes": True}, *proposal, PRIVATE + ".7")
-    assert unknown == {US_RETIRED, XA_BIPLANE_RETIRED, PRIVATE, PRIVATE + ".7"}
+    assert unknown == {US_RETIRED, XA_BIPLANE_RETIRED, PRIVATE, PRIVATE + ".7", WORKLIST_FIND}
 
 
 def test_unknown_classes_get_the_scu_role_for_c_get() -> None:

@@ -27,6 +27,7 @@ from dicomhub.conformance.model import (
     uid_name,
 )
 from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
+from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
 __all__ = ["FORMATS", "conformance_renderer", "document", "render", "render_html", "render_markdown"]
 
@@ -418,6 +419,19 @@ def _networking(
         ]
     if other:
         blocks += [h(5, "Activity - Other Services"), _context_table(other)]
+        if any(uid == MODALITY_WORKLIST_FIND for g in other for uid, _name in g.abstract_syntaxes):
+            blocks.append(
+                Para(
+                    "Modality Worklist (PS3.4 Annex K): one pending response (0xFF00; 0xFF01 when a key "
+                    "is not supported) per scheduled procedure step in state SCHEDULED, with the keys "
+                    "asked for. Matching: Patient's Name, Patient ID, Issuer of Patient ID, Accession "
+                    "Number, Requested Procedure ID, Study Instance UID, and in the Scheduled Procedure "
+                    "Step Sequence Modality, Scheduled Station AE Title, Scheduled Performing Physician's "
+                    "Name, Scheduled Procedure Step ID and Status (single value, list, wildcard, universal) "
+                    "and Start Date and Time as one combined range (C.2.2.2.5.1). C-CANCEL: 0xFE00; a "
+                    "malformed identifier: 0xA900 with an Error Comment."
+                )
+            )
     blocks += [
         h(4, "SOP Specific Conformance"),
         Para(

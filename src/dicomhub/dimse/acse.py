@@ -43,6 +43,7 @@ from dicomhub.dimse.requests import (
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
 __all__ = [
     "APPLICATION_CONTEXT_NAME",
@@ -190,6 +191,8 @@ def acceptor_contexts(config: AssociationConfig) -> list[PresentationContext]:
         contexts[MODALITY_PERFORMED_PROCEDURE_STEP] = _context(
             MODALITY_PERFORMED_PROCEDURE_STEP, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE]
         )
+    if config.modality_worklist:
+        contexts[MODALITY_WORKLIST_FIND] = _context(MODALITY_WORKLIST_FIND, _UNCOMPRESSED)
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:
         if len(_CONTEXT_CACHE) >= 16:

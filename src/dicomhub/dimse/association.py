@@ -68,6 +68,7 @@ from dicomhub.dimse.providers.mpps import ModalityPerformedProcedureStepProvider
 from dicomhub.dimse.providers.query_retrieve import QueryRetrieveProvider
 from dicomhub.dimse.providers.storage import StorageProvider
 from dicomhub.dimse.providers.verification import VerificationProvider
+from dicomhub.dimse.providers.worklist import WorklistFindCallback, WorklistProvider
 from dicomhub.dimse.requests import (
     AssociationConfig,
     AssociationInfo,
@@ -99,6 +100,7 @@ def default_providers(
     on_retrieve: RetrieveCallback | None = None,
     on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
     mpps: MppsService | None = None,
+    on_worklist_find: WorklistFindCallback | None = None,
 ) -> list[Provider]:
     """The service class providers of the archive, as `config` enables them.
 
@@ -116,6 +118,8 @@ def default_providers(
         providers.append(StorageCommitmentProvider(on_n_action))
     if config.modality_performed_procedure_step and mpps is not None:
         providers.append(ModalityPerformedProcedureStepProvider(mpps))
+    if config.modality_worklist and on_worklist_find is not None:
+        providers.append(WorklistProvider(on_worklist_find))
     return providers
 
 
@@ -171,6 +175,8 @@ class Association(UpperLayer):
         allowed = {M.C_STORE_RQ, M.C_ECHO_RQ, *_N_COMMANDS}
         if config.query_retrieve:
             allowed |= _QUERY_RETRIEVE_COMMANDS | _C_CONTROL
+        if config.modality_worklist:
+            allowed |= {M.C_FIND_RQ, M.C_CANCEL_RQ}
         self.allowed_commands = frozenset(allowed)
         # Message ID of an N-EVENT-REPORT-RQ we sent -> what to call on success.
         self.pending_reports: dict[int, Callable[[], None] | None] = {}
@@ -769,6 +775,7 @@ def serve_association(
     on_find: FindCallback | None = None,
     on_retrieve: RetrieveCallback | None = None,
     on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
+    on_worklist_find: WorklistFindCallback | None = None,
     providers: Sequence[Provider] = (),
     mpps: MppsService | None = None,
 ) -> None:
@@ -801,6 +808,9 @@ def serve_association(
         Storage Commitment (needs ``config.storage_commitment``): called with
         the :class:`NActionRequest`; its :class:`NActionOutcome` gives the
         N-ACTION-RSP status and the N-EVENT-REPORT sent right after it.
+    on_worklist_find : callable, optional
+        Modality Worklist C-FIND (needs ``config.modality_worklist``); see
+        :class:`~dicomhub.dimse.providers.worklist.WorklistProvider`.
     providers : sequence of Provider, optional
         More service classes, registered after :func:`default_providers`
         (so they win a SOP class both name); their SOP classes are accepted
@@ -817,7 +827,13 @@ def serve_association(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass  # not a TCP socket (e.g. a socketpair in tests)
-        table = [*default_providers(config, on_store, on_find, on_retrieve, on_n_action, mpps), *providers]
+        table = [
+            *default_providers(
+                config, on_store, on_find, on_retrieve, on_n_action,
+                mpps=mpps, on_worklist_find=on_worklist_find,
+            ),  # fmt: skip
+            *providers,
+        ]
         association = Association(sock, address, config, table, accept_association, on_event)
         if association.establish():
             association.run()

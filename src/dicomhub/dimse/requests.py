@@ -265,6 +265,9 @@ class AssociationConfig:
     modality_performed_procedure_step : bool
         Accept the Modality Performed Procedure Step SOP Class (N-CREATE,
         N-SET, N-GET); needs the `mpps` service.
+    modality_worklist : bool
+        Accept the Modality Worklist Information Model - FIND with the
+        uncompressed transfer syntaxes; needs the `on_worklist_find` callback.
     spool_threshold : int
         A C-STORE data set that grows past this many bytes is written to a
         spool file as it arrives instead of being kept in memory, and handed
@@ -292,6 +295,7 @@ class AssociationConfig:
     query_retrieve: bool = False
     storage_commitment: bool = False
     modality_performed_procedure_step: bool = False
+    modality_worklist: bool = False
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
     accept_unknown_storage: bool = False

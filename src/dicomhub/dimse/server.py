@@ -6,8 +6,8 @@ accepts connections (deferring to a less busy sibling, so that parallel
 associations spread over the cores) and runs each association on its own
 thread with :func:`dicomhub.dimse.association.serve_association`: the
 providers of Verification, Storage, Query/Retrieve (FIND, GET, MOVE),
-Storage Commitment and MPPS on a blocking socket, built on pynetdicom's PDU classes
-and negotiation. (pynetdicom's own reactor polls its socket with 1 ms
+Modality Worklist, Storage Commitment and MPPS on a blocking socket, built on
+pynetdicom's PDU classes and negotiation. (pynetdicom's own reactor polls its socket with 1 ms
 sleeps, which capped a store at a few hundred instances per second.)
 """
 
@@ -37,6 +37,7 @@ from dicomhub.dimse.handlers import handle_find, handle_n_action, handle_retriev
 from dicomhub.dimse.requests import AssociationConfig, AssociationInfo, Rejection
 from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
+from dicomhub.dimse.worklist import handle_worklist_find
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.services.archive import Archive
 from dicomhub.telemetry import context as log_context
@@ -80,6 +81,7 @@ def association_config(settings: Settings) -> AssociationConfig:
         query_retrieve=True,
         storage_commitment=True,
         modality_performed_procedure_step=True,
+        modality_worklist=True,
         maximum_pdu_size=settings.maximum_pdu_size,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -189,6 +191,7 @@ class _Worker:
                 on_find=lambda req: handle_find(self.archive, self.settings, req, bound),
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req, bound),
                 on_n_action=lambda req: handle_n_action(self.archive, req, bound),
+                on_worklist_find=lambda req: handle_worklist_find(self.archive, req, bound),
                 on_event=self.recorder.on_event,
                 mpps=self.archive.mpps,
             )

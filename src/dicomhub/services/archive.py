@@ -31,6 +31,7 @@ from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
+from dicomhub.services.worklist import WorklistService
 from dicomhub.storage.base import BlobStore
 
 __all__ = ["Archive"]
@@ -65,6 +66,7 @@ class Archive:
     orders: OrderService
     mpps: MppsService
     patients: ArchivePatients  # patient updates in the archive, coercion on the way out
+    worklist: WorklistService
     close: Callable[[], None]
 
     def usable(self) -> bool:
