@@ -32,6 +32,7 @@ from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
+from dicomhub.index.links import StudyLinkRepository
 from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
@@ -55,6 +56,7 @@ from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
@@ -154,6 +156,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         dict(settings.validation_ae),
         last_change=index.last_change,
     )
+    orders = OrderService(OrderRepository(engine))
+    links = StudyLinkService(StudyLinkRepository(engine), orders)
+    orders.placed.append(links.link_for_order)
     ingest = IngestService(
         index,
         blobs,
@@ -165,11 +170,14 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         storable=StorableSOPClasses.from_settings(
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
+        linker=links.link_stored,
     )
     configured = configured_peers(settings.peers, settings.remote_aes)
     # Opened last: its sender thread is closed only by the archive's close.
     feed = open_audit_feed(settings)
     audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
+    orders.audit = audit
+    links.audit = audit
     peers = PeerService(
         PeerRepository(engine),
         configured,
@@ -216,7 +224,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ),
         peers=peers,
         aes=ApplicationEntityService(peers),
-        orders=OrderService(OrderRepository(engine), audit),
+        orders=orders,
+        links=links,
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

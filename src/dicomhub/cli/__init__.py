@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deidserver",
     "migration",
     "orders",
+    "links",
     "peer",
     "security",
     "storage",

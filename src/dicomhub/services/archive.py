@@ -19,6 +19,7 @@ from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
@@ -61,6 +62,7 @@ class Archive:
     peers: PeerService
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
+    links: StudyLinkService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -113,6 +113,9 @@ class OrderService:
     def __init__(self, repo: OrderRepository, audit: AuditRecorder | None = None) -> None:
         self.repo = repo
         self.audit = audit
+        # Called with an order just placed or replaced, after its commit (linking
+        # stored studies to it); a failure there is logged, never the order's.
+        self.placed: list[Callable[[Order], None]] = []
 
     # ------------------------------------------------------------ access and audit
 
@@ -127,6 +130,22 @@ class OrderService:
         if access.study_filter(Action.QUERY).everything or access.may(Action.SCHEDULE):
             return
         raise Forbidden(f"{caller.who} may not read orders (needs query at the archive scope, or schedule)")
+
+    def check_read(self, caller: Caller) -> None:
+        """Raise Forbidden unless ``caller`` may read orders (also what goes with them)."""
+        self._may_read(caller)
+
+    def check_write(self, caller: Caller, what: str) -> None:
+        """Raise Forbidden unless ``caller`` may change orders (``what``: for the message)."""
+        self._may_write(caller, what)
+
+    def _notify(self, order: Order) -> Order:
+        for listener in self.placed:
+            try:
+                listener(order)
+            except Exception:
+                LOGGER.exception("after order %s changed", order.accession_number)
+        return order
 
     def _record(
         self,
@@ -298,7 +317,7 @@ class OrderService:
             )
             return _checked_order(fresh)
 
-        return self._change(caller, "place order", key, change, demographics, action_code="C")
+        return self._notify(self._change(caller, "place order", key, change, demographics, action_code="C"))
 
     def replace_order(
         self,
@@ -334,7 +353,7 @@ class OrderService:
             )
             return _checked_order(merged)
 
-        return self._change(caller, "replace order", key, change, demographics)
+        return self._notify(self._change(caller, "replace order", key, change, demographics))
 
     def cancel_order(self, key: OrderKey, caller: Caller) -> Order:
         """Cancel before any step started (HL7 ORC-1 CA); IllegalTransition after."""

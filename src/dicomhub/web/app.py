@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from dicomhub import __version__
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web import admin, audit, deid, dicomweb, fhir, migrations, orders, peers, security
+from dicomhub.web import admin, audit, deid, dicomweb, fhir, links, migrations, orders, peers, security
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.metrics import metrics_endpoint
@@ -118,7 +118,7 @@ def create_app(
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
             Mount("/fhir", routes=fhir.routes(archive)),
-            Mount("/api", routes=orders.routes(archive)),
+            Mount("/api", routes=links.routes(archive) + orders.routes(archive)),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
             *security.routes(archive, backlog),

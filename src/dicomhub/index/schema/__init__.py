@@ -1,7 +1,8 @@
 """Every table of the index, in one package, on one ``MetaData``.
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
-:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`), all built from the shared
+:mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
+:mod:`.links`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -36,6 +37,7 @@ from dicomhub.index.schema.deid import (
     deid_run,
     deid_run_item,
 )
+from dicomhub.index.schema.links import study_order_link
 from dicomhub.index.schema.migration_jobs import (
     inventory_instance,
     inventory_series,
@@ -106,6 +108,7 @@ __all__ = [
     "storage_commitment",
     "study",
     "study_label",
+    "study_order_link",
     "validation_finding",
     "validation_instance",
     "worker_cursor",

@@ -1,0 +1,189 @@
+"""Studies and the orders they were acquired for: linking and reconciliation.
+
+A study is linked when it arrives after its order (:meth:`StudyLinkService.link_stored`,
+called by ingest once per new study and process, after the instance is committed)
+and when the order arrives after it (:meth:`StudyLinkService.link_for_order`, called
+when an order is placed or replaced). The rules are :func:`dicomhub.model.links.match_order`.
+A link never changes the order's state: MPPS and the order system do that.
+
+Studies that match no order form the reconciliation list (:meth:`unmatched`), and an
+operator links one by hand (:meth:`link_by_hand`), audited as a change of the order
+(Order Record). Access control is that of orders (:class:`~dicomhub.services.orders.OrderService`):
+reading takes ``query`` at the archive scope or ``schedule``, linking ``schedule``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from io import BytesIO
+
+import pydicom
+from pydicom.tag import Tag
+
+from dicomhub.errors import DicomhubError, NotFound
+from dicomhub.index.links import StudyLinkRepository
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecorder
+from dicomhub.model.caller import Caller
+from dicomhub.model.links import LinkedStudy, MatchedBy, OrderKeys, StudyKeys, UnmatchedStudy, match_order
+from dicomhub.model.orders import Order
+from dicomhub.model.records import InstanceHeader
+from dicomhub.services.access import Forbidden
+from dicomhub.services.orders import OrderKey, OrderService
+
+__all__ = ["StudyLinkService", "requested_procedure_id"]
+
+LOGGER = logging.getLogger("dicomhub.orders")
+
+_REQUEST_ATTRIBUTES = Tag(0x0040, 0x0275)
+_SEEN_MAX = 100000
+
+
+def requested_procedure_id(data: bytes) -> str:
+    """The first Requested Procedure ID (0040,1001) in the Request Attributes Sequence
+    of the Part 10 object ``data``; "" when there is none or it cannot be read.
+
+    Parses the header up to that sequence only (``specific_tags``), once per study.
+    """
+    if not data:
+        return ""
+    try:
+        ds = pydicom.dcmread(
+            BytesIO(data), stop_before_pixels=True, force=True, specific_tags=[_REQUEST_ATTRIBUTES]
+        )
+        for item in ds.get("RequestAttributesSequence", None) or ():
+            value = str(item.get("RequestedProcedureID", "") or "").strip()
+            if value:
+                return value[:16]
+    except Exception:  # an unreadable sequence: the other keys still link the study
+        return ""
+    return ""
+
+
+class StudyLinkService:
+    """Links between stored studies and orders; see the module docstring."""
+
+    def __init__(
+        self, repo: StudyLinkRepository, orders: OrderService, audit: AuditRecorder | None = None
+    ) -> None:
+        self.repo = repo
+        self.orders = orders
+        self.audit = audit
+        # Studies this process has looked at: a study of thousands of instances
+        # costs one lookup, not one per instance.
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ automatic links
+
+    def link_stored(self, header: InstanceHeader, data: bytes = b"") -> None:
+        """Ingest's step after an instance was committed: link its study the first time
+        this process sees it. ``data``: the Part 10 object when in memory, for its
+        Request Attributes Sequence. Never raises: the store succeeded already, and
+        a study left unlinked shows in the reconciliation list."""
+        uid = header.study_instance_uid
+        with self._lock:
+            if uid in self._seen:
+                return
+            if len(self._seen) > _SEEN_MAX:
+                self._seen.clear()
+            self._seen.add(uid)
+        try:
+            if self.repo.has_row(uid):
+                return
+            keys = StudyKeys(
+                uid, str(header.study.get("accession_number") or ""), requested_procedure_id(data)
+            )
+            self._link(keys, "ingest")
+        except Exception:
+            with self._lock:
+                self._seen.discard(uid)  # try again with its next instance
+            LOGGER.exception("could not link study %s to an order", uid)
+
+    def _link(self, keys: StudyKeys, by: str) -> OrderKeys | None:
+        found = match_order(keys, self.repo.candidate_orders(keys))
+        if found is None:
+            self.repo.record(keys, None, None, by)
+            return None
+        order, how = found
+        if self.repo.record(keys, order.order_pk, how, by):
+            LOGGER.info(
+                "study %s linked to order %s by %s",
+                keys.study_instance_uid,
+                order.accession_number,
+                how.value,
+            )
+        return order
+
+    def link_for_order(self, order: Order) -> None:
+        """After an order was placed or replaced: link the stored studies it names that
+        are linked to no order yet. Never raises (the order is committed already)."""
+        try:
+            pk = self.repo.order_pk(order.order_id)
+            if pk is None:
+                return
+            mine = OrderKeys(
+                pk,
+                order.accession_number,
+                frozenset(p.procedure_id for p in order.procedures if p.procedure_id),
+                frozenset(p.study_instance_uid for p in order.procedures if p.study_instance_uid),
+            )
+            for keys in self.repo.unlinked_studies_for(mine):
+                # All candidates, not just this order: the study must match it alone.
+                self._link(keys, "order")
+        except Exception:
+            LOGGER.exception("could not link the stored studies of order %s", order.accession_number)
+
+    # ------------------------------------------------------------ reconciliation
+
+    def unmatched(
+        self, caller: Caller, *, offset: int = 0, limit: int = 100
+    ) -> tuple[list[UnmatchedStudy], int]:
+        """One page of the studies linked to no order, and their total."""
+        self.orders.check_read(caller)
+        return self.repo.unmatched(max(offset, 0), max(min(limit, 1000), 1))
+
+    def linked_studies(self, key: OrderKey, caller: Caller) -> list[LinkedStudy]:
+        order = self.orders.order(key, caller)
+        return self.repo.linked_studies(order.order_id)
+
+    def order_ids_of(self, study_instance_uids: list[str]) -> dict[str, str]:
+        """Study -> the id of its order; for readers that checked access already."""
+        return self.repo.orders_of_studies(study_instance_uids)
+
+    def link_by_hand(self, study_instance_uid: str, key: OrderKey, caller: Caller) -> Order:
+        """Link a stored study to an order (moving it from another order if it was
+        linked); audited as a change of the order."""
+        detail: dict[str, object] = {"change": "link study", "key": str(key), "study": study_instance_uid}
+        try:
+            self.orders.check_write(caller, "link studies to orders")
+            order = self.orders.order(key, caller)
+            keys = self.repo.study_keys(study_instance_uid)
+            if keys is None:
+                raise NotFound(f"no study {study_instance_uid}")
+            pk = self.repo.order_pk(order.order_id)
+            if pk is None:  # deleted between the two reads
+                raise NotFound(f"no order {key}")
+            self.repo.record(keys, pk, MatchedBy.MANUAL, caller.who, replace=True)
+        except DicomhubError as exc:
+            outcome = (
+                AuditOutcome.SERIOUS_FAILURE if isinstance(exc, Forbidden) else AuditOutcome.MINOR_FAILURE
+            )
+            self._record(caller, outcome, {**detail, "reason": str(exc)[:500]}, study_instance_uid, "")
+            raise
+        self._record(caller, AuditOutcome.SUCCESS, {**detail, "order": order.order_id,
+                     "accession_number": order.accession_number}, study_instance_uid,
+                     order.patient.patient_id)  # fmt: skip
+        return order
+
+    def _record(
+        self,
+        caller: Caller,
+        outcome: AuditOutcome,
+        detail: dict[str, object],
+        study_uid: str,
+        patient_id: str,
+    ) -> None:
+        if self.audit is not None:
+            studies = (AuditedStudy(study_uid, patient_id),) if study_uid else ()
+            self.audit.record(AuditEvent(AuditAction.ORDER_RECORD, outcome, caller, studies, detail))
