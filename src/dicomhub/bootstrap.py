@@ -55,6 +55,7 @@ from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
+from dicomhub.services.imagingstudy import ImagingStudyService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
@@ -226,6 +227,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         aes=ApplicationEntityService(peers),
         orders=orders,
         links=links,
+        imaging_studies=ImagingStudyService(search, links, orders),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

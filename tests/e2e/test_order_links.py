@@ -23,8 +23,11 @@ from typing import Any
 import datagen
 import httpx
 import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from .helpers import DicomhubServer, ServerPool, run_cli, store_ok
+from .helpers import DicomhubServer, ServerPool, ls_json, run_cli, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +167,103 @@ def test_unmatched_study_is_listed_and_linked_by_hand(hub: Hub) -> None:
     # The CLI: a clear message and a non-zero exit for an unknown study.
     code, out = hub.cli("order", "link", "1.2.3.998", acc)
     assert code != 0 and "no study 1.2.3.998" in out, out
+
+
+def _fhir(hub: Hub, path: str, who: str = "ris", **params: str) -> httpx.Response:
+    with hub.client(who, accept=FHIR) as c:
+        r = c.get(f"/fhir/{path}", params=params)
+    assert r.headers["content-type"].startswith(FHIR), r.text
+    return r
+
+
+def _outcome(r: httpx.Response, status: int, words: str) -> None:
+    assert r.status_code == status, r.text
+    outcome = OperationOutcome.model_validate(r.json())
+    assert words in (outcome.issue[0].diagnostics or ""), r.text
+
+
+def _entries(r: httpx.Response) -> list[ImagingStudy]:
+    assert r.status_code == 200, r.text
+    bundle = Bundle.model_validate(r.json())
+    assert bundle.type == "searchset"
+    studies = [e.resource for e in bundle.entry or []]
+    assert all(isinstance(s, ImagingStudy) for s in studies)
+    return studies  # type: ignore[return-value]
+
+
+def test_fhir_imaging_study_read_and_search(hub: Hub) -> None:
+    pid, acc = f"P5{hub.tag}", f"L5{hub.tag}"
+    with hub.client() as c:
+        r = c.post("/api/patients", json={"patient_id": pid, "patient_name": "Roe^Ann"})
+        assert r.status_code == 201, r.text
+        patient_resource = r.json()["id"]
+    order_id = hub.order(acc, pid)["id"]
+    uid = hub.send("fhir", count=2, accession=acc, patient_id=pid, patient_name="Roe^Ann",
+                   study_description="Chest CT", study_date="20240102", study_time="093000")  # fmt: skip
+    unlinked = hub.send("fhir-unlinked", accession=f"UN{hub.tag}", patient_id=f"P6{hub.tag}",
+                        patient_name="Poe^Ed", requested_procedure_id=None)  # fmt: skip
+
+    raw = _fhir(hub, f"ImagingStudy/{uid}").json()
+    study = ImagingStudy.model_validate(raw)
+    assert study.id == uid and study.status == "available"
+    assert study.numberOfSeries == 1 and study.numberOfInstances == 2
+    # Study Date and Time in the server's zone (the test's: same machine), with its offset.
+    assert raw["started"].startswith("2024-01-02T09:30:00") and study.description == "Chest CT"
+    assert study.subject.reference == f"Patient/{patient_resource}"
+    assert [b.reference for b in study.basedOn or []] == [f"ServiceRequest/{order_id}"]
+    assert {(i.system, i.value) for i in study.identifier or []} >= {("urn:dicom:uid", f"urn:oid:{uid}")}
+    series = (study.series or [])[0]
+    assert series.modality.code == "CT" and series.numberOfInstances == 2
+    assert [i.number for i in series.instance or []] == [1, 2]
+    assert all(i.sopClass.code == "urn:oid:1.2.840.10008.5.1.4.1.1.2" for i in series.instance or [])
+    endpoint = (study.contained or [])[0]
+    assert study.endpoint[0].reference == f"#{endpoint.id}"
+    assert endpoint.connectionType.code == "dicom-wado-rs"
+    assert endpoint.address == f"{hub.server.base_url}/dicomweb"
+    # The DICOMweb address serves the study.
+    with hub.client() as c:
+        r = c.get(f"{endpoint.address}/studies/{uid}/series", headers={"Accept": "application/dicom+json"})
+        assert r.status_code == 200 and len(r.json()) == 1, r.text
+
+    # A study of no patient of record names its patient by identifier.
+    other = ImagingStudy.model_validate(_fhir(hub, f"ImagingStudy/{unlinked}").json())
+    assert other.subject.reference is None and other.subject.identifier.value == f"P6{hub.tag}"
+    assert not other.basedOn
+
+    def ids(**params: str) -> list[str]:
+        return [str(s.id) for s in _entries(_fhir(hub, "ImagingStudy", **params))]
+
+    assert ids(patient=f"Patient/{patient_resource}") == [uid]
+    assert ids(**{"patient.identifier": f"P6{hub.tag}"}) == [unlinked]
+    assert ids(identifier=f"urn:dicom:uid|urn:oid:{uid}") == [uid]
+    assert ids(identifier=acc) == [uid]
+    assert ids(basedon=f"ServiceRequest/{order_id}") == [uid]
+    assert _entries(_fhir(hub, "ImagingStudy", identifier="NO-SUCH-ACC")) == []
+
+
+def test_fhir_imaging_study_paging(hub: Hub) -> None:
+    # Every study in the archive (at least the two of the test above), one per page,
+    # following the next links.
+    seen: list[str] = []
+    r = _fhir(hub, "ImagingStudy", _count="1")
+    while True:
+        page = _entries(r)
+        assert len(page) <= 1
+        seen += [str(s.id) for s in page]
+        links = {link.relation: link.url for link in Bundle.model_validate(r.json()).link or []}
+        if "next" not in links:
+            break
+        with hub.client(accept=FHIR) as c:
+            r = c.get(str(links["next"]))
+    stored = {str(s["StudyInstanceUID"]) for s in ls_json(hub.server.data_dir)}
+    assert len(seen) == len(set(seen)) and set(seen) == stored and len(seen) >= 2
+
+
+def test_fhir_imaging_study_errors(hub: Hub) -> None:
+    _outcome(_fhir(hub, "ImagingStudy/1.2.3.4.404"), 404, "1.2.3.4.404")
+    _outcome(_fhir(hub, "ImagingStudy/not_an_id!"), 400, "not a FHIR id")
+    _outcome(_fhir(hub, "ImagingStudy", colour="red"), 400, "unknown search parameter")
+    _outcome(_fhir(hub, "ImagingStudy", _count="0"), 400, "_count")
+    _outcome(_fhir(hub, "ImagingStudy", identifier="urn:other|x"), 400, "identifier system")
+    _outcome(_fhir(hub, "ImagingStudy", **{"patient.identifier": "P*"}), 400, "not a value to match exactly")
+    _outcome(_fhir(hub, "ImagingStudy", patient="Patient/nosuchpatient"), 404, "nosuchpatient")

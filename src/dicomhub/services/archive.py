@@ -18,6 +18,7 @@ from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
+from dicomhub.services.imagingstudy import ImagingStudyService
 from dicomhub.services.ingest import IngestService
 from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
@@ -63,6 +64,7 @@ class Archive:
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
     links: StudyLinkService
+    imaging_studies: ImagingStudyService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -18,6 +18,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.web import admin, audit, deid, dicomweb, fhir, links, migrations, orders, peers, security
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
+from dicomhub.web.fhir import imagingstudy
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.openapi import openapi_endpoint
@@ -117,7 +118,7 @@ def create_app(
             ),
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
-            Mount("/fhir", routes=fhir.routes(archive)),
+            Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),
             Mount("/api", routes=links.routes(archive) + orders.routes(archive)),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),

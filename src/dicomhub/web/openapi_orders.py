@@ -374,4 +374,37 @@ def _link_paths() -> Json:
 
 def order_paths() -> Json:
     """The paths of the order REST API and of ``/fhir``."""
-    return {**_rest_paths(), **_link_paths(), **_fhir_paths()}
+    return {**_rest_paths(), **_link_paths(), **_fhir_paths(), **_imaging_study_paths()}
+
+
+def _imaging_study_paths() -> Json:
+    def query(name: str, description: str, kind: str = "string") -> Json:
+        return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
+
+    search = [
+        query("patient", "Patient/<id>: studies of that patient of record."),
+        query("patient.identifier", "[system|]Patient ID."),
+        query("identifier", "urn:dicom:uid|urn:oid:<Study Instance UID>, or an Accession Number."),
+        query("basedon", "ServiceRequest/<id>: the studies linked to that order."),
+        query("_id", "The ImagingStudy id (the Study Instance UID)."),
+        query("_count", "Page size, 1-100 (default 20).", "integer"),
+        query("_offset", "Skip this many.", "integer"),
+    ]
+    return {
+        "/fhir/ImagingStudy": {
+            "get": _fhir_operation(
+                "fhirSearchImagingStudy",
+                "Search the stored studies (a searchset Bundle, paged)",
+                {"200": ("The matching studies the caller may query.", "Bundle")},
+                parameters=search,
+            ),
+        },
+        "/fhir/ImagingStudy/{study}": {
+            "get": _fhir_operation(
+                "fhirReadImagingStudy",
+                "Read a stored study",
+                {"200": ("The ImagingStudy.", "ImagingStudy")},
+                parameters=[_param("study", "The Study Instance UID.")],
+            ),
+        },
+    }
