@@ -158,7 +158,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         last_change=index.last_change,
     )
     orders = OrderService(OrderRepository(engine))
-    links = StudyLinkService(StudyLinkRepository(engine), orders)
+    links = StudyLinkService(StudyLinkRepository(engine), orders, blobs=blobs)
     orders.placed.append(links.link_for_order)
     ingest = IngestService(
         index,

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import load_settings
@@ -19,6 +22,7 @@ from dicomhub.model.links import MatchedBy
 from dicomhub.model.orders import Order, PatientRef, RequestedProcedure, ScheduledProcedureStep, StepStatus
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
+from dicomhub.services.links import requested_procedure_id
 from dicomhub.services.orders import OrderKey
 from tests import datagen
 
@@ -35,11 +39,15 @@ def archive(tmp_path: Path, index_url: str) -> Iterator[Archive]:
     arch.close()
 
 
-def _store(archive: Archive, **kwargs: object) -> str:
-    ds: Dataset = datagen.make_dataset(**kwargs)  # type: ignore[arg-type]
+def _bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    archive.ingest.store_part10(buf.getvalue(), CLI)
+    return buf.getvalue()
+
+
+def _store(archive: Archive, **kwargs: object) -> str:
+    ds: Dataset = datagen.make_dataset(**kwargs)  # type: ignore[arg-type]
+    archive.ingest.store_part10(_bytes(ds), CLI)
     return str(ds.StudyInstanceUID)
 
 
@@ -118,3 +126,29 @@ def test_link_by_hand_moves_a_study_and_is_refused_without_schedule(archive: Arc
     # A later placement naming the study does not take it back from a manual link.
     _place(archive, "D3", study_uid=uid)
     assert _linked(archive, "D2") == {uid: MatchedBy.MANUAL}
+
+
+def test_a_spooled_object_is_read_from_its_blob(archive: Archive, tmp_path: Path) -> None:
+    # Large DIMSE objects (and STOW-RS batches) are not kept in memory by ingest: the
+    # Request Attributes Sequence is read from the head of the stored blob.
+    ds = datagen.make_dataset(accession="NOPE2", requested_procedure_id="RPSPOOL")
+    spooled = tmp_path / "spooled.bin"
+    with spooled.open("wb") as fh:
+        out = DicomFileLike(fh)
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_dataset(out, ds)  # the data set alone, as a C-STORE delivers it
+    archive.ingest.store_received_file(
+        spooled, ExplicitVRLittleEndian, str(ds.SOPClassUID), str(ds.SOPInstanceUID), CLI
+    )
+    _place(archive, "E1", procedure_id="RPSPOOL")
+    assert _linked(archive, "E1") == {str(ds.StudyInstanceUID): MatchedBy.REQUESTED_PROCEDURE_ID}
+
+
+def test_requested_procedure_id_reads_a_head_cut_short() -> None:
+    ds = datagen.make_dataset(requested_procedure_id="RPHEAD", rows=64, cols=64)
+    data = _bytes(ds)
+    assert requested_procedure_id(data) == "RPHEAD"
+    # Cut inside the pixel data: the sequence before it is still read.
+    assert requested_procedure_id(data[: len(data) - 1000]) == "RPHEAD"
+    assert requested_procedure_id(data[:200]) == ""
+    assert requested_procedure_id(b"") == ""

@@ -18,8 +18,8 @@ import logging
 import threading
 from io import BytesIO
 
-import pydicom
-from pydicom.tag import Tag
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 from dicomhub.errors import DicomhubError, NotFound
 from dicomhub.index.links import StudyLinkRepository
@@ -30,32 +30,36 @@ from dicomhub.model.orders import Order
 from dicomhub.model.records import InstanceHeader
 from dicomhub.services.access import Forbidden
 from dicomhub.services.orders import OrderKey, OrderService
+from dicomhub.storage.base import BlobStore
 
 __all__ = ["StudyLinkService", "requested_procedure_id"]
 
 LOGGER = logging.getLogger("dicomhub.orders")
 
-_REQUEST_ATTRIBUTES = Tag(0x0040, 0x0275)
+_REQUEST_ATTRIBUTES = 0x00400275
+# How much of a stored object is read for that sequence when ingest did not keep the
+# object in memory (STOW-RS batches, large spooled objects): the header before it.
+_HEADER_PREFIX = 256 * 1024
 _SEEN_MAX = 100000
+
+
+def _past_request_attributes(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return int(tag) > _REQUEST_ATTRIBUTES
 
 
 def requested_procedure_id(data: bytes) -> str:
     """The first Requested Procedure ID (0040,1001) in the Request Attributes Sequence
-    of the Part 10 object ``data``; "" when there is none or it cannot be read.
-
-    Parses the header up to that sequence only (``specific_tags``), once per study.
-    """
+    of the Part 10 object ``data`` (or its first bytes); "" when there is none or it
+    cannot be read. Parsing stops at the first element after that sequence."""
     if not data:
         return ""
     try:
-        ds = pydicom.dcmread(
-            BytesIO(data), stop_before_pixels=True, force=True, specific_tags=[_REQUEST_ATTRIBUTES]
-        )
+        ds = read_partial(BytesIO(data), stop_when=_past_request_attributes, force=True)
         for item in ds.get("RequestAttributesSequence", None) or ():
             value = str(item.get("RequestedProcedureID", "") or "").strip()
             if value:
                 return value[:16]
-    except Exception:  # an unreadable sequence: the other keys still link the study
+    except Exception:  # unreadable or cut short: the other keys still link the study
         return ""
     return ""
 
@@ -64,9 +68,14 @@ class StudyLinkService:
     """Links between stored studies and orders; see the module docstring."""
 
     def __init__(
-        self, repo: StudyLinkRepository, orders: OrderService, audit: AuditRecorder | None = None
+        self,
+        repo: StudyLinkRepository,
+        orders: OrderService,
+        audit: AuditRecorder | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.repo = repo
+        self.blobs = blobs
         self.orders = orders
         self.audit = audit
         # Studies this process has looked at: a study of thousands of instances
@@ -76,11 +85,12 @@ class StudyLinkService:
 
     # ------------------------------------------------------------ automatic links
 
-    def link_stored(self, header: InstanceHeader, data: bytes = b"") -> None:
+    def link_stored(self, header: InstanceHeader, data: bytes = b"", blob_key: str = "") -> None:
         """Ingest's step after an instance was committed: link its study the first time
-        this process sees it. ``data``: the Part 10 object when in memory, for its
-        Request Attributes Sequence. Never raises: the store succeeded already, and
-        a study left unlinked shows in the reconciliation list."""
+        this process sees it. ``data``: the Part 10 object when in memory, else its
+        first bytes are read from ``blob_key``, for its Request Attributes Sequence.
+        Never raises: the store succeeded already, and a study left unlinked shows in
+        the reconciliation list."""
         uid = header.study_instance_uid
         with self._lock:
             if uid in self._seen:
@@ -91,6 +101,8 @@ class StudyLinkService:
         try:
             if self.repo.has_row(uid):
                 return
+            if not data and blob_key and self.blobs is not None:
+                data = self.blobs.open_range(blob_key, 0, _HEADER_PREFIX)
             keys = StudyKeys(
                 uid, str(header.study.get("accession_number") or ""), requested_procedure_id(data)
             )

@@ -73,7 +73,7 @@ class IngestSteps:
         store_guard: Callable[[Caller, InstanceHeader], None] | None = None,
         labeller: Callable[[Caller, InstanceHeader], Iterable[str]] | None = None,
         storable: StorableSOPClasses | None = None,
-        linker: Callable[[InstanceHeader, bytes], None] | None = None,
+        linker: Callable[[InstanceHeader, bytes, str], None] | None = None,
     ) -> None:
         """
         Parameters
@@ -95,9 +95,9 @@ class IngestSteps:
             SOP classes only); an object of any other is refused with
             :class:`~dicomhub.errors.SOPClassNotSupported` before anything is written.
         linker : callable, optional
-            Called after a row is committed with its header and the object (when in
-            memory, else empty): links its study to its order. It looks a study up
-            once per process and never raises.
+            Called after a row is committed with its header, the object (when in
+            memory, else empty) and its blob key: links its study to its order. It
+            looks a study up once per process and never raises.
         """
         self.linker = linker
         self.store_guard = store_guard
@@ -298,7 +298,7 @@ class IngestSteps:
         if self.labeller is not None:
             self._labels_committed(header, caller)
         if self.linker is not None:
-            self.linker(header, prepared.data)
+            self.linker(header, prepared.data, blob.key)
         return self._result(outcome, header, prepared.size, prepared.warning)
 
     def _labels_committed(self, header: InstanceHeader, caller: Caller) -> None:
