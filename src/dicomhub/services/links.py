@@ -115,7 +115,11 @@ class StudyLinkService:
     def _link(self, keys: StudyKeys, by: str) -> OrderKeys | None:
         found = match_order(keys, self.repo.candidate_orders(keys))
         if found is None:
-            self.repo.record(keys, None, None, by)
+            # An unmatched study needs a row only to keep its Requested Procedure ID
+            # for an order that comes later (no row is unmatched too): most studies of
+            # a site without orders cost no write.
+            if keys.requested_procedure_id:
+                self.repo.record(keys, None, None, by)
             return None
         order, how = found
         if self.repo.record(keys, order.order_pk, how, by):
