@@ -9,6 +9,7 @@ linking existed, or whose linking failed) counts as unmatched.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
@@ -19,7 +20,54 @@ from dicomhub.index.schema import imaging_order, patient, requested_procedure, s
 from dicomhub.model.links import LinkedStudy, MatchedBy, OrderKeys, StudyKeys, UnmatchedStudy
 from dicomhub.model.timestamps import utc_now
 
-__all__ = ["StudyLinkRepository"]
+__all__ = ["StudyLinkRepository", "StudyLinkWrite"]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyLinkWrite:
+    """A study's first link row, written in its first instance's transaction (see
+    :class:`~dicomhub.index.repository.Alongside`) so that linking at ingest costs no
+    commit of its own. A row that exists already is kept, or linked when unmatched."""
+
+    keys: StudyKeys
+    order_pk: int | None
+    matched_by: MatchedBy | None
+    by: str
+
+    def write(self, conn: Connection) -> None:
+        _record(conn, self.keys, self.order_pk, self.matched_by, self.by, replace=False)
+
+
+def _record(
+    conn: Connection,
+    keys: StudyKeys,
+    order_pk: int | None,
+    matched_by: MatchedBy | None,
+    by: str,
+    *,
+    replace: bool,
+) -> bool:
+    values: dict[str, Any] = {
+        "order_pk": order_pk,
+        "matched_by": "" if matched_by is None else matched_by.value,
+        "linked_by": by[:64],
+        "linked_at": utc_now(),
+    }
+    where = study_order_link.c.study_instance_uid == keys.study_instance_uid
+    row = conn.execute(select(study_order_link.c.order_pk).where(where)).first()
+    if row is None:
+        conn.execute(
+            insert(study_order_link).values(
+                study_instance_uid=keys.study_instance_uid,
+                requested_procedure_id=keys.requested_procedure_id[:16],
+                **values,
+            )
+        )
+        return True
+    if order_pk is None or (row.order_pk is not None and not replace):
+        return bool(row.order_pk == order_pk)
+    guard = where if replace else and_(where, study_order_link.c.order_pk.is_(None))
+    return bool(conn.execute(update(study_order_link).where(guard).values(**values)).rowcount)
 
 
 class StudyLinkRepository:
@@ -108,9 +156,11 @@ class StudyLinkRepository:
                 for r in conn.execute(query).all()
             ]
 
-    def has_row(self, study_instance_uid: str) -> bool:
+    def first_look(self, study_instance_uid: str, accession_number: str) -> tuple[bool, list[OrderKeys]]:
+        """For a study seen the first time, in one read: whether it has a link row
+        already, and the order its Accession Number names (if any)."""
         with engines.read(self.engine) as conn:
-            return (
+            has_row = (
                 conn.execute(
                     select(study_order_link.c.pk).where(
                         study_order_link.c.study_instance_uid == study_instance_uid
@@ -118,6 +168,16 @@ class StudyLinkRepository:
                 ).first()
                 is not None
             )
+            if has_row or not accession_number:
+                return has_row, []
+            pks = (
+                conn.execute(
+                    select(imaging_order.c.pk).where(imaging_order.c.accession_number == accession_number)
+                )
+                .scalars()
+                .all()
+            )
+            return False, self._order_keys(conn, pks)
 
     def study_exists(self, study_instance_uid: str) -> bool:
         with engines.read(self.engine) as conn:
@@ -196,29 +256,9 @@ class StudyLinkRepository:
         """Note that ``keys``' study was looked at, linked to ``order_pk`` (None: to no
         order). An existing link is kept unless ``replace`` (a link by hand); an
         existing unmatched row is linked. True when the row now says ``order_pk``."""
-        values: dict[str, Any] = {
-            "order_pk": order_pk,
-            "matched_by": "" if matched_by is None else matched_by.value,
-            "linked_by": by[:64],
-            "linked_at": utc_now(),
-        }
-        where = study_order_link.c.study_instance_uid == keys.study_instance_uid
         try:
             with engines.write(self.engine) as conn:
-                row = conn.execute(select(study_order_link.c.order_pk).where(where)).first()
-                if row is None:
-                    conn.execute(
-                        insert(study_order_link).values(
-                            study_instance_uid=keys.study_instance_uid,
-                            requested_procedure_id=keys.requested_procedure_id[:16],
-                            **values,
-                        )
-                    )
-                    return True
-                if order_pk is None or (row.order_pk is not None and not replace):
-                    return bool(row.order_pk == order_pk)
-                guard = where if replace else and_(where, study_order_link.c.order_pk.is_(None))
-                return bool(conn.execute(update(study_order_link).where(guard).values(**values)).rowcount)
+                return _record(conn, keys, order_pk, matched_by, by, replace=replace)
         except IntegrityError:
             # Another process recorded the same study first: its row stands.
             return False

@@ -22,7 +22,7 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
 from dicomhub.errors import DicomhubError, NotFound
-from dicomhub.index.links import StudyLinkRepository
+from dicomhub.index.links import StudyLinkRepository, StudyLinkWrite
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecorder
 from dicomhub.model.caller import Caller
 from dicomhub.model.links import LinkedStudy, MatchedBy, OrderKeys, StudyKeys, UnmatchedStudy, match_order
@@ -85,32 +85,50 @@ class StudyLinkService:
 
     # ------------------------------------------------------------ automatic links
 
-    def link_stored(self, header: InstanceHeader, data: bytes = b"", blob_key: str = "") -> None:
-        """Ingest's step after an instance was committed: link its study the first time
-        this process sees it. ``data``: the Part 10 object when in memory, else its
-        first bytes are read from ``blob_key``, for its Request Attributes Sequence.
-        Never raises: the store succeeded already, and a study left unlinked shows in
-        the reconciliation list."""
+    def link_stored(
+        self, header: InstanceHeader, data: bytes = b"", blob_key: str = ""
+    ) -> StudyLinkWrite | None:
+        """Ingest's step before an instance is indexed: the link row of its study to write
+        in the instance's transaction, the first time this process sees the study (None
+        after, or when there is nothing to write). ``data``: the Part 10 object when in
+        memory, else its first bytes are read from ``blob_key``, for its Request
+        Attributes Sequence. Never raises: a study left unlinked shows in the
+        reconciliation list, and a store must not fail for it."""
         uid = header.study_instance_uid
         with self._lock:
             if uid in self._seen:
-                return
+                return None
             if len(self._seen) > _SEEN_MAX:
                 self._seen.clear()
             self._seen.add(uid)
         try:
-            if self.repo.has_row(uid):
-                return
+            accession_number = str(header.study.get("accession_number") or "")
+            has_row, by_accession = self.repo.first_look(uid, accession_number)
+            if has_row:
+                return None
+            # The Accession Number decides first: when it names an order, the header
+            # need not be read for the Request Attributes Sequence.
+            found = match_order(StudyKeys(uid, accession_number), by_accession)
+            if found is not None:
+                order, how = found
+                LOGGER.info("study %s linked to order %s by %s", uid, order.accession_number, how.value)
+                return StudyLinkWrite(StudyKeys(uid, accession_number), order.order_pk, how, "ingest")
             if not data and blob_key and self.blobs is not None:
                 data = self.blobs.open_range(blob_key, 0, _HEADER_PREFIX)
-            keys = StudyKeys(
-                uid, str(header.study.get("accession_number") or ""), requested_procedure_id(data)
-            )
-            self._link(keys, "ingest")
+            keys = StudyKeys(uid, accession_number, requested_procedure_id(data))
+            found = match_order(keys, self.repo.candidate_orders(keys))
+            if found is None:
+                # An unmatched study needs a row only to keep its Requested Procedure ID
+                # for an order that comes later (no row is unmatched too).
+                return StudyLinkWrite(keys, None, None, "ingest") if keys.requested_procedure_id else None
+            order, how = found
+            LOGGER.info("study %s linked to order %s by %s", uid, order.accession_number, how.value)
+            return StudyLinkWrite(keys, order.order_pk, how, "ingest")
         except Exception:
             with self._lock:
                 self._seen.discard(uid)  # try again with its next instance
             LOGGER.exception("could not link study %s to an order", uid)
+            return None
 
     def _link(self, keys: StudyKeys, by: str) -> OrderKeys | None:
         found = match_order(keys, self.repo.candidate_orders(keys))

@@ -1,4 +1,5 @@
-"""Studies linked to the orders they were acquired for (see dicomhub.index.links).
+"""Studies linked to the orders they were acquired for (see dicomhub.index.links), and
+the indexes on requested procedures that linking looks them up by.
 
 Revision ID: 0018
 Revises: 0015
@@ -31,7 +32,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_study_order_link_order", "study_order_link", ["order_pk"])
     op.create_index("ix_study_order_link_procedure", "study_order_link", ["requested_procedure_id"])
+    op.create_index("ix_requested_procedure_procedure_id", "requested_procedure", ["procedure_id"])
+    op.create_index("ix_requested_procedure_study", "requested_procedure", ["study_instance_uid"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_requested_procedure_study", "requested_procedure")
+    op.drop_index("ix_requested_procedure_procedure_id", "requested_procedure")
     op.drop_table("study_order_link")
