@@ -1,10 +1,9 @@
 """Studies and the orders they were acquired for: linking and reconciliation.
 
 A study is linked when it arrives after its order (:meth:`StudyLinkService.link_stored`,
-called by ingest once per new study and process; the row is written in the
-instance's transaction)
-and when the order arrives after it (:meth:`StudyLinkService.link_for_order`, called
-when an order is placed or replaced). The rules are :func:`dicomhub.model.links.match_order`.
+asked by ingest once per new study and process; the row is written in the instance's
+transaction) and when the order arrives after it (:meth:`StudyLinkService.link_for_order`,
+called when an order is placed or replaced). The rules are :func:`dicomhub.model.links.match_order`.
 A link never changes the order's state: MPPS and the order system do that.
 
 Studies that match no order form the reconciliation list (:meth:`unmatched`), and an
