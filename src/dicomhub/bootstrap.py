@@ -33,6 +33,7 @@ from dicomhub.index.coercion import PatientCoercionRepository
 from dicomhub.index.commitment import CommitmentRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
+from dicomhub.index.links import StudyLinkRepository
 from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
@@ -58,7 +59,9 @@ from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
+from dicomhub.services.imagingstudy import ImagingStudyService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
@@ -161,6 +164,12 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         dict(settings.validation_ae),
         last_change=index.last_change,
     )
+    # The order services are needed by ingest (linking studies to orders); their
+    # audit and the archive's patients are set once those exist, below.
+    order_repo = OrderRepository(engine)
+    orders = OrderService(order_repo)
+    links = StudyLinkService(StudyLinkRepository(engine), orders, blobs=blobs)
+    orders.placed.append(links.link_for_order)
     ingest = IngestService(
         index,
         blobs,
@@ -172,11 +181,13 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         storable=StorableSOPClasses.from_settings(
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
+        linker=links.link_stored,
     )
     configured = configured_peers(settings.peers, settings.remote_aes)
     # Opened last: its sender thread is closed only by the archive's close.
     feed = open_audit_feed(settings)
     audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
+    links.audit = audit
     peers = PeerService(
         PeerRepository(engine),
         configured,
@@ -184,10 +195,10 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         environ=os.environ,  # for env:VARIABLE credentials
     )
     governance = GovernanceService(access, audit)
-    order_repo = OrderRepository(engine)
     patients = ArchivePatients(
         PatientCoercionRepository(engine), order_repo, audit, issuer=settings.patient_id_issuer
     )
+    orders.audit, orders.archive = audit, patients
     deid = DeidService(
         DeidRepository(engine),
         governance,
@@ -200,7 +211,6 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         burned_in=settings.deid_burned_in,
         mask=[(r.x, r.y, r.width, r.height) for r in settings.deid_mask],
     )
-    orders = OrderService(order_repo, audit, patients)
     return Archive(
         index=index,
         blobs=blobs,
@@ -232,6 +242,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
         patients=patients,
         worklist=WorklistService(WorklistRepository(engine)),
+        links=links,
+        imaging_studies=ImagingStudyService(search, links, orders),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

@@ -294,8 +294,9 @@ def test_every_documented_get_answers_as_documented(
     # 22 DICOMweb and server routes (/conformance, /metrics), 8 admin routes (6 + the two peer routes),
     # 2 migration routes,
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
-    # 4 order and patient routes, 3 FHIR routes (metadata, Patient, ServiceRequest), 2 MPPS routes
-    assert checked == 48
+    # 4 order and patient routes, the unmatched studies, 3 FHIR routes (metadata, Patient,
+    # ServiceRequest), the 2 of ImagingStudy (search, read) and 2 MPPS routes
+    assert checked == 51
     assert secured == 2  # de-identification runs: the list and one run
 
 

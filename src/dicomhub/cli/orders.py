@@ -152,7 +152,9 @@ def _one(settings: Settings, args: argparse.Namespace, action: str) -> int:
         except NotFound:
             key = OrderKey(accession_number=args.order)  # not an id: an Accession Number
         if action == "show":
-            print(json.dumps(archive.orders.order(key, Caller.cli()).public(), indent=2))
+            shown = archive.orders.order(key, Caller.cli()).public()
+            shown["studies"] = [s.public() for s in archive.links.linked_studies(key, Caller.cli())]
+            print(json.dumps(shown, indent=2))
             return 0
         change = (
             archive.orders.cancel_order if action == "cancel" else archive.orders.discontinue_order

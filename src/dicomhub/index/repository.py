@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
+from dicomhub.index.links import StudyLinkWrite
 from dicomhub.index.schema import change, conflict, instance, patient, series, study
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
 from dicomhub.index.security import insert_labels
@@ -76,10 +77,13 @@ class Alongside:
 
     labels: tuple[str, ...] = ()
     validation: ValidationRecord | None = None
+    study_link: StudyLinkWrite | None = None  # the study's link to its order (index/links.py)
 
     def write(self, conn: Connection, study_instance_uid: str) -> None:
         if self.labels:
             insert_labels(conn, study_instance_uid, self.labels)
+        if self.study_link is not None:
+            self.study_link.write(conn)
         if self.validation is not None:
             insert_validation_records(conn, [self.validation])
 

@@ -19,7 +19,9 @@ from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
 from dicomhub.services.governance import GovernanceService
 from dicomhub.services.headers import HeaderService
+from dicomhub.services.imagingstudy import ImagingStudyService
 from dicomhub.services.ingest import IngestService
+from dicomhub.services.links import StudyLinkService
 from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.orders import OrderService
@@ -67,6 +69,8 @@ class Archive:
     mpps: MppsService
     patients: ArchivePatients  # patient updates in the archive, coercion on the way out
     worklist: WorklistService
+    links: StudyLinkService
+    imaging_studies: ImagingStudyService
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -126,6 +126,9 @@ class OrderService:
         """``archive``: carries patient updates and merges to the archive's studies."""
         self.repo = repo
         self.audit = audit
+        # Called with an order just placed or replaced, after its commit (linking
+        # stored studies to it); a failure there is logged, never the order's.
+        self.placed: list[Callable[[Order], None]] = []
         self.archive = archive
         # Per thread: the audit events of the open unit of work, written at its end.
         self._unit = threading.local()
@@ -134,20 +137,23 @@ class OrderService:
     def unit_of_work(self) -> Iterator[None]:
         """The changes made inside are one transaction: all applied, or none.
 
-        Their audit events wait for the outcome: on failure, the changes that had
-        succeeded are recorded as rolled back with the reason, so the audit trail
-        never claims an order that the index does not hold. Nested units join.
+        The ``placed`` listeners hear of the orders after the commit, and not at
+        all when the unit is rolled back. The audit events wait for the outcome:
+        on failure, the changes that had succeeded are recorded as rolled back
+        with the reason, so the audit trail never claims an order that the index
+        does not hold. Nested units join.
         """
         if getattr(self._unit, "events", None) is not None:
             yield
             return
         events: list[AuditEvent] = []
-        self._unit.events = events
+        changed: list[Order] = []
+        self._unit.events, self._unit.changed = events, changed
         try:
             with self.repo.unit_of_work():
                 yield
         except BaseException as exc:
-            self._unit.events = None
+            self._unit.events = self._unit.changed = None
             reason = f"rolled back with the rest of its message: {exc}"[:500]
             for event in events:
                 if event.outcome is AuditOutcome.SUCCESS:
@@ -156,9 +162,11 @@ class OrderService:
                     )
                 self._write_audit(event)
             raise
-        self._unit.events = None
+        self._unit.events = self._unit.changed = None
         for event in events:
             self._write_audit(event)
+        for order in changed:  # committed now: what listens may read it on its own connections
+            self._notify(order)
 
     # ------------------------------------------------------------ access and audit
 
@@ -173,6 +181,26 @@ class OrderService:
         if access.study_filter(Action.QUERY).everything or access.may(Action.SCHEDULE):
             return
         raise Forbidden(f"{caller.who} may not read orders (needs query at the archive scope, or schedule)")
+
+    def check_read(self, caller: Caller) -> None:
+        """Raise Forbidden unless ``caller`` may read orders (also what goes with them)."""
+        self._may_read(caller)
+
+    def check_write(self, caller: Caller, what: str) -> None:
+        """Raise Forbidden unless ``caller`` may change orders (``what``: for the message)."""
+        self._may_write(caller, what)
+
+    def _notify(self, order: Order) -> Order:
+        pending = getattr(self._unit, "changed", None)
+        if pending is not None:
+            pending.append(order)  # told once the unit of work has committed
+            return order
+        for listener in self.placed:
+            try:
+                listener(order)
+            except Exception:
+                LOGGER.exception("after order %s changed", order.accession_number)
+        return order
 
     def _record(
         self,
@@ -373,7 +401,7 @@ class OrderService:
             )
             return _checked_order(fresh)
 
-        return self._change(caller, "place order", key, change, demographics, action_code="C")
+        return self._notify(self._change(caller, "place order", key, change, demographics, action_code="C"))
 
     def replace_order(
         self,
@@ -409,7 +437,7 @@ class OrderService:
             )
             return _checked_order(merged)
 
-        return self._change(caller, "replace order", key, change, demographics)
+        return self._notify(self._change(caller, "replace order", key, change, demographics))
 
     def cancel_order(self, key: OrderKey, caller: Caller) -> Order:
         """Cancel before any step started (HL7 ORC-1 CA); IllegalTransition after."""

@@ -21,6 +21,7 @@ from dicomhub.web import (
     deid,
     dicomweb,
     fhir,
+    links,
     migrations,
     mpps,
     orders,
@@ -30,6 +31,7 @@ from dicomhub.web import (
 )
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
+from dicomhub.web.fhir import imagingstudy
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.openapi import openapi_endpoint
@@ -129,8 +131,16 @@ def create_app(
             ),
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
-            Mount("/fhir", routes=fhir.routes(archive)),
-            Mount("/api", routes=[*orders.routes(archive), *mpps.routes(archive), *patients.routes(archive)]),
+            Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),
+            Mount(
+                "/api",
+                routes=[
+                    *links.routes(archive),
+                    *orders.routes(archive),
+                    *mpps.routes(archive),
+                    *patients.routes(archive),
+                ],
+            ),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
             *security.routes(archive, backlog),

@@ -58,6 +58,19 @@ _ORDER: Json = {
         },
         "source": _STRING,
         "procedures": {"type": "array", "items": {"type": "object"}},
+        "studies": {
+            "type": "array",
+            "description": "The stored studies linked to the order (read-back only).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "study_instance_uid": _STRING,
+                    "matched_by": {"type": "string", "enum": ["accession", "procedure", "study", "manual"]},
+                    "linked_by": _STRING,
+                    "linked_at": _NULLABLE,
+                },
+            },
+        },
         "created_at": _NULLABLE,
         "updated_at": _NULLABLE,
     },
@@ -311,6 +324,87 @@ def _fhir_paths() -> Json:
     }
 
 
+def _link_paths() -> Json:
+    order = _param("order", "The order's Accession Number, or its id.")
+    page = [
+        {"name": "offset", "in": "query", "description": "Skip this many.", "schema": {"type": "integer"}},
+        {
+            "name": "limit",
+            "in": "query",
+            "description": "At most this many (1-1000).",
+            "schema": {"type": "integer"},
+        },
+    ]
+    unmatched = {
+        "type": "object",
+        "required": ["total", "offset", "limit", "studies"],
+        "properties": {
+            "total": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "limit": {"type": "integer"},
+            "studies": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    body = {
+        "type": "object",
+        "required": ["study_instance_uid"],
+        "properties": {"study_instance_uid": _STRING},
+        "additionalProperties": False,
+    }
+    return {
+        "/api/orders/unmatched": {
+            "get": _operation(
+                "listUnmatchedStudies",
+                "Stored studies that match no order, oldest first",
+                {"200": _json("One page of them, with their total.", unmatched)},
+                parameters=page,
+            ),
+        },
+        "/api/orders/{order}/studies": {
+            "post": _operation(
+                "linkStudy",
+                "Link a stored study to the order by hand (audited)",
+                {"200": _json("The order with its linked studies.", _ORDER)},
+                parameters=[order],
+                requestBody={"required": True, "content": {"application/json": {"schema": body}}},
+            ),
+        },
+    }
+
+
 def order_paths() -> Json:
     """The paths of the order REST API and of ``/fhir``."""
-    return {**_rest_paths(), **_fhir_paths()}
+    return {**_rest_paths(), **_link_paths(), **_fhir_paths(), **_imaging_study_paths()}
+
+
+def _imaging_study_paths() -> Json:
+    def query(name: str, description: str, kind: str = "string") -> Json:
+        return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
+
+    search = [
+        query("patient", "Patient/<id>: studies of that patient of record."),
+        query("patient.identifier", "[system|]Patient ID."),
+        query("identifier", "urn:dicom:uid|urn:oid:<Study Instance UID>, or an Accession Number."),
+        query("basedon", "ServiceRequest/<id>: the studies linked to that order."),
+        query("_id", "The ImagingStudy id (the Study Instance UID)."),
+        query("_count", "Page size, 1-100 (default 20).", "integer"),
+        query("_offset", "Skip this many.", "integer"),
+    ]
+    return {
+        "/fhir/ImagingStudy": {
+            "get": _fhir_operation(
+                "fhirSearchImagingStudy",
+                "Search the stored studies (a searchset Bundle, paged)",
+                {"200": ("The matching studies the caller may query.", "Bundle")},
+                parameters=search,
+            ),
+        },
+        "/fhir/ImagingStudy/{study}": {
+            "get": _fhir_operation(
+                "fhirReadImagingStudy",
+                "Read a stored study",
+                {"200": ("The ImagingStudy.", "ImagingStudy")},
+                parameters=[_param("study", "The Study Instance UID.")],
+            ),
+        },
+    }

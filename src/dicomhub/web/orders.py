@@ -170,8 +170,16 @@ def routes(archive: Archive) -> list[BaseRoute]:
         placed = await run_in_threadpool(orders.place_order, order, caller_of(request), patient)
         return JSONResponse(placed.public(), status_code=201)
 
+    def _shown(request: Request) -> dict[str, Any]:
+        order = _find(request)
+        shown = order.public()
+        # Order read-back lists the studies linked to it (services/links.py).
+        linked = archive.links.linked_studies(OrderKey(order_id=order.order_id), caller_of(request))
+        shown["studies"] = [s.public() for s in linked]
+        return shown
+
     async def show_order(request: Request) -> JSONResponse:
-        return JSONResponse((await run_in_threadpool(_find, request)).public())
+        return JSONResponse(await run_in_threadpool(_shown, request))
 
     async def cancel_order(request: Request) -> JSONResponse:
         order = await run_in_threadpool(_find, request)

@@ -2,7 +2,7 @@
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
-:mod:`.mpps`), all built from the shared
+:mod:`.mpps`, :mod:`.links`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -38,6 +38,7 @@ from dicomhub.index.schema.deid import (
     deid_run,
     deid_run_item,
 )
+from dicomhub.index.schema.links import study_order_link
 from dicomhub.index.schema.migration_jobs import (
     inventory_instance,
     inventory_series,
@@ -113,6 +114,7 @@ __all__ = [
     "storage_commitment",
     "study",
     "study_label",
+    "study_order_link",
     "validation_finding",
     "validation_instance",
     "worker_cursor",

@@ -73,6 +73,9 @@ requested_procedure = Table(
     Column("study_instance_uid", String(64), nullable=False),
     Column("priority", String(16), nullable=False),
     UniqueConstraint("order_pk", "procedure_id", name="uq_requested_procedure_id"),
+    # Linking a stored study to its order looks procedures up by these (index/links.py).
+    Index("ix_requested_procedure_procedure_id", "procedure_id"),
+    Index("ix_requested_procedure_study", "study_instance_uid"),
 )
 
 scheduled_procedure_step = Table(

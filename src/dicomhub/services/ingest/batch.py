@@ -216,10 +216,12 @@ class BatchIngest(IngestSteps):
             return
         overwrite = self.policy is DuplicatePolicy.OVERWRITE
         outcomes: Sequence[AddOutcome | BaseException] | None
+        # Computed once: the study linker looks each study up only once per process.
+        extras = {i: self._alongside(p, caller, blob.key) for i, p, blob in pending}
         try:
             outcomes = self.index.add_new_instances(
                 [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
-                [self._alongside(p, caller) for _i, p, _blob in pending],
+                [extras[i] for i, _p, _blob in pending],
             )
             if outcomes is None:
                 # Some are indexed already (or conflict): each is judged on its own,
@@ -232,7 +234,7 @@ class BatchIngest(IngestSteps):
                 outcomes = self.index.add_instances(
                     [(p.header, blob, p.content_sha256, caller.ae_title) for _i, p, blob in pending],
                     overwrite=overwrite,
-                    alongside=[self._alongside(p, caller) for _i, p, _blob in pending],
+                    alongside=[extras[i] for i, _p, _blob in pending],
                 )
         except Exception as exc:
             outcomes = [exc] * len(pending)

@@ -25,6 +25,7 @@ from dicomhub.errors import (
     PatientMismatch,
     TranscodeError,
 )
+from dicomhub.index.links import StudyLinkWrite
 from dicomhub.index.repository import AddOutcome, AddResult, Alongside, IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
@@ -73,6 +74,7 @@ class IngestSteps:
         store_guard: Callable[[Caller, InstanceHeader], None] | None = None,
         labeller: Callable[[Caller, InstanceHeader], Iterable[str]] | None = None,
         storable: StorableSOPClasses | None = None,
+        linker: Callable[[InstanceHeader, bytes, str], StudyLinkWrite | None] | None = None,
     ) -> None:
         """
         Parameters
@@ -93,7 +95,13 @@ class IngestSteps:
             Which SOP classes may be stored (default: the standard's storage
             SOP classes only); an object of any other is refused with
             :class:`~dicomhub.errors.SOPClassNotSupported` before anything is written.
+        linker : callable, optional
+            Called before a row is indexed with its header, the object (when in
+            memory, else empty) and its blob key: the link of its study to its order
+            to write in the row's transaction, or None. It looks a study up once per
+            process and never raises.
         """
+        self.linker = linker
         self.store_guard = store_guard
         self.labeller = labeller
         self.index = index
@@ -168,18 +176,19 @@ class IngestSteps:
             self._discard(copy.key)
         raise refusal
 
-    def _alongside(self, prepared: Prepared, caller: Caller) -> Alongside | None:
-        """The labels and findings to write in the row's transaction (None: nothing)."""
+    def _alongside(self, prepared: Prepared, caller: Caller, blob_key: str = "") -> Alongside | None:
+        """The labels, findings and study link to write in the row's transaction (None: nothing)."""
         header = prepared.header
+        link = None if self.linker is None else self.linker(header, prepared.data, blob_key)
         labels: tuple[str, ...] = ()
         if self.labeller is not None:
             uid = header.study_instance_uid
             labels = tuple(
                 sorted(label for label in self.labeller(caller, header) if (uid, label) not in self._labelled)
             )
-        if not labels and prepared.validated.record is None:
+        if not labels and prepared.validated.record is None and link is None:
             return None
-        return Alongside(labels, prepared.validated.record)
+        return Alongside(labels, prepared.validated.record, link)
 
     def _prepare(
         self,
@@ -376,7 +385,7 @@ class IngestSteps:
                 prepared.content_sha256,
                 caller.ae_title,
                 overwrite=self.policy is DuplicatePolicy.OVERWRITE,
-                alongside=self._alongside(prepared, caller),
+                alongside=self._alongside(prepared, caller, blob.key),
             )
         except BaseException as exc:
             added = exc

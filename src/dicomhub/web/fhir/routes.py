@@ -47,7 +47,7 @@ from dicomhub.web.fhir.resources import (
     subject_of,
 )
 
-__all__ = ["FHIR_JSON", "routes"]
+__all__ = ["FHIR_JSON", "FhirResponse", "answering_outcomes", "routes"]
 
 LOGGER = logging.getLogger("dicomhub.web.fhir")
 
@@ -88,6 +88,9 @@ def _answering_outcomes(endpoint: Endpoint) -> Endpoint:
     run.__name__ = endpoint.__name__
     run.__doc__ = endpoint.__doc__
     return run
+
+
+answering_outcomes = _answering_outcomes  # for the other /fhir route modules
 
 
 async def _resource(request: Request) -> dict[str, Any]:
@@ -205,8 +208,24 @@ def _capabilities() -> dict[str, Any]:
                 {
                     "mode": "server",
                     "resource": [
-                        {"type": kind, "interaction": interactions, "updateCreate": True}
-                        for kind in ("Patient", "ServiceRequest")
+                        *(
+                            {"type": kind, "interaction": interactions, "updateCreate": True}
+                            for kind in ("Patient", "ServiceRequest")
+                        ),
+                        {
+                            "type": "ImagingStudy",
+                            "interaction": [{"code": "read"}, {"code": "search-type"}],
+                            "searchParam": [
+                                {"name": name, "type": kind}
+                                for name, kind in (
+                                    ("patient", "reference"),
+                                    ("patient.identifier", "token"),
+                                    ("identifier", "token"),
+                                    ("basedon", "reference"),
+                                    ("_id", "token"),
+                                )
+                            ],
+                        },
                     ],
                 }
             ],
