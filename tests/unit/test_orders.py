@@ -143,6 +143,14 @@ def test_hl7_message_with_several_orders_is_applied_whole(tmp_path: Path) -> Non
             events.append(event)
 
     service = OrderService(OrderRepository(engine), Recorder())
+    heard: list[tuple[str, bool]] = []  # what the placed listeners see, and whether it is committed
+    elsewhere = OrderRepository(engine)  # its own connections, as the study linker's
+
+    def listener(order: Order) -> None:
+        committed = elsewhere.order(accession_number=order.accession_number) is not None
+        heard.append((order.accession_number, committed))
+
+    service.placed.append(listener)
 
     def reply(raw: bytes) -> tuple[str, str]:
         return _ack(handle(raw, service, lambda app: Caller(Channel.HL7, app)))
@@ -164,6 +172,7 @@ def test_hl7_message_with_several_orders_is_applied_whole(tmp_path: Path) -> Non
     assert reply(groups("3", "ACC2", "ACC3")) == ("AA", "")  # the corrected resend
     assert {o.accession_number for o in service.orders(HL7)} == {"ACC1", "ACC2", "ACC3"}
     assert [e.outcome for e in events[-2:]] == [AuditOutcome.SUCCESS, AuditOutcome.SUCCESS]
+    assert heard == [("ACC1", True), ("ACC2", True), ("ACC3", True)]  # never the rolled-back ACC2
 
 
 def test_hl7_rejects_what_it_cannot_read(service: OrderService) -> None:
