@@ -178,3 +178,19 @@ def test_update_merge_and_set_patient_reach_the_index_and_the_objects(archive: A
     assert [(e.detail["archive"], {s.study_instance_uid for s in e.studies}) for e in events] == [
         ("set-patient", {a, b, c}), ("merge", {a, b}), ("update", {a}),
     ]  # fmt: skip
+
+
+def test_a_study_that_arrives_after_its_patient_was_corrected_leaves_corrected(archive: Archive) -> None:
+    a, later, other = datagen.uid(), datagen.uid(), datagen.uid()
+    _store(archive, a, "P1")
+    _store(archive, other, "P9")
+    archive.orders.put_patient(Patient(PatientRef("P1", "HOSP"), "Roe^Jane", "19810203", "F"), CLI)
+    _store(archive, later, "P1")  # the modality still sends the old name
+    (found,) = _studies(archive, StudyInstanceUID=later)
+    assert str(found.PatientName) == "Roe^Jane"  # the index keeps the corrected patient
+    rows = archive.retrieve.instances(archive.wado.query(later), CLI)
+    coerced = archive.retrieve.coercions([*rows, *archive.retrieve.instances(archive.wado.query(other), CLI)])
+    assert set(coerced) == {later}  # P9 was never corrected
+    sent = dcmread(io.BytesIO(archive.retrieve.read(rows[0], coerced[later])))
+    assert (str(sent.PatientName), sent.PatientBirthDate) == ("Roe^Jane", "19810203")
+    assert str(sent.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Doe^John"

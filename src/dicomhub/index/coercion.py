@@ -10,6 +10,7 @@ archive change together or not at all.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -53,18 +54,33 @@ class PatientCoercionRepository:
 
     def coercions(self, study_instance_uids: Iterable[str]) -> dict[str, PatientCoercion]:
         """The coercions of these studies, by Study Instance UID (one query; the
-        studies without one are simply absent)."""
+        studies without one are simply absent).
+
+        A study that arrived after its patient was corrected has no record of its
+        own, yet the index files it under the corrected patient (whose row shows
+        the corrected demographics): it leaves with the newest record of any study
+        of that patient, so what is sent agrees with what is queried.
+        """
         uids = sorted(set(study_instance_uids))
-        found: dict[str, PatientCoercion] = {}
+        # Per study: (newest first, its own record before a sibling's) -> the record.
+        best: dict[str, tuple[tuple[dt.datetime, bool], PatientCoercion]] = {}
+        wanted, sibling = study.alias("wanted"), study.alias("sibling")
+        fields = [c for c in patient_coercion.c if c.name != "study_instance_uid"]
+        query = (
+            select(wanted.c.study_instance_uid, sibling.c.study_instance_uid.label("sibling_uid"), *fields)
+            .join(sibling, sibling.c.patient_pk == wanted.c.patient_pk)
+            .join(patient_coercion, patient_coercion.c.study_instance_uid == sibling.c.study_instance_uid)
+        )  # fmt: skip
         with engines.read(self.engine) as conn:
             for start in range(0, len(uids), 500):
-                for row in conn.execute(
-                    select(patient_coercion).where(
-                        patient_coercion.c.study_instance_uid.in_(uids[start : start + 500])
-                    )
-                ):
-                    found[row.study_instance_uid] = PatientCoercion(**row._mapping)
-        return found
+                chunk = uids[start : start + 500]
+                for row in conn.execute(query.where(wanted.c.study_instance_uid.in_(chunk))):
+                    uid = row.study_instance_uid
+                    rank = (row.modified_at, row.sibling_uid == uid)
+                    if uid not in best or rank > best[uid][0]:
+                        values = {c.name: getattr(row, c.name) for c in fields}
+                        best[uid] = (rank, PatientCoercion(study_instance_uid=uid, **values))
+        return {uid: coercion for uid, (_rank, coercion) in best.items()}
 
     def run(self, change: ArchivePatientChange) -> list[str]:
         """``change`` in a transaction of its own (operator corrections)."""
