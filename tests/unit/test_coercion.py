@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import load_settings
-from dicomhub.errors import NotFound
+from dicomhub.errors import NotFound, PatientMismatch
 from dicomhub.model.caller import Caller
 from dicomhub.model.coercion import PatientCoercion, coerce_json, coerce_patient
 from dicomhub.model.orders import Patient, PatientRef
@@ -194,3 +194,25 @@ def test_a_study_that_arrives_after_its_patient_was_corrected_leaves_corrected(a
     sent = dcmread(io.BytesIO(archive.retrieve.read(rows[0], coerced[later])))
     assert (str(sent.PatientName), sent.PatientBirthDate) == ("Roe^Jane", "19810203")
     assert str(sent.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientName) == "Doe^John"
+
+
+def test_late_objects_of_a_corrected_study_join_it_and_others_are_still_refused(archive: Archive) -> None:
+    moved, plain = datagen.uid(), datagen.uid()
+    _store(archive, moved, "P1")
+    _store(archive, plain, "P2")
+    archive.patients.set_patient(moved, PatientRef("P7"), CLI)
+    # The modality sends the rest of the study with the Patient ID it had: a new
+    # series, so that nothing the ingest path remembers decides for the index.
+    late = datagen.make_dataset(study_uid=moved, patient_id="P1", series_uid=datagen.uid(), instance_number=9)
+    archive.ingest.store_part10(_encode(late), CLI)
+    (found,) = _studies(archive, StudyInstanceUID=moved)
+    assert str(found.PatientID) == "P7"
+    assert not _studies(archive, PatientID="P1")  # no patient made for the old id
+    rows = archive.retrieve.instances(archive.wado.query(moved), CLI)
+    coerced = archive.retrieve.coercions(rows)
+    sent = [dcmread(io.BytesIO(archive.retrieve.read(r, coerced[moved]))) for r in rows]
+    assert sorted((int(ds.InstanceNumber), str(ds.PatientID)) for ds in sent) == [(1, "P7"), (9, "P7")]
+    # A study that was never corrected still refuses another patient's object.
+    intruder = datagen.make_dataset(study_uid=plain, patient_id="P3", series_uid=datagen.uid())
+    with pytest.raises(PatientMismatch):
+        archive.ingest.store_part10(_encode(intruder), CLI)

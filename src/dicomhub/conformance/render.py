@@ -439,7 +439,9 @@ def _networking(
             f"(same SOP Instance UID) follow the duplicate policy `{st.duplicate_policy}`: keep (same "
             "content, in whatever transfer syntax: success; other content refused, kept in quarantine), "
             "overwrite, or reject. An "
-            "instance whose study is held under another PatientID is refused (0xC402). Compression at "
+            "instance whose study is held under another PatientID is refused (0xC402), unless the "
+            "study was filed under its patient by a correction (patient update, merge or "
+            "set-patient): then it joins the study. Compression at "
             "rest: "
             + (", ".join(_code(r) for r in st.compression_rules) if st.compression_rules else "off")
             + ". The statuses returned:"

@@ -34,7 +34,7 @@ from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.links import StudyLinkWrite
-from dicomhub.index.schema import change, conflict, instance, patient, series, study
+from dicomhub.index.schema import change, conflict, instance, patient, patient_coercion, series, study
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
 from dicomhub.index.security import insert_labels
 from dicomhub.index.validation import ValidationRecord, insert_validation_records
@@ -86,6 +86,16 @@ class Alongside:
             self.study_link.write(conn)
         if self.validation is not None:
             insert_validation_records(conn, [self.validation])
+
+
+def _corrected(conn: Connection, study_instance_uid: str) -> bool:
+    """Whether the study was filed under its patient by a correction (index/coercion.py)."""
+    found = conn.execute(
+        select(patient_coercion.c.study_instance_uid).where(
+            patient_coercion.c.study_instance_uid == study_instance_uid
+        )
+    ).first()
+    return found is not None
 
 
 # Statements built once: SQLAlchemy compiles and caches a constant statement
@@ -408,12 +418,22 @@ class IndexRepository(IndexSearch):
     def _insert_parents(
         self, conn: Connection, h: InstanceHeader, now: dt.datetime, changes: list[dict[str, Any]]
     ) -> tuple[int, int]:
-        """Find or create the patient, study and series of ``h``; return (series, study) keys."""
+        """Find or create the patient, study and series of ``h``; return (series, study) keys.
+
+        An object of a study held under another Patient ID is refused
+        (:class:`PatientMismatch`), unless the study was corrected (filed under
+        another patient by an update, a merge or an operator: it has a patient
+        coercion record): then it is a late object of that study, still carrying
+        the old values, and joins it where it is now; it leaves the archive
+        corrected like the rest of the study.
+        """
+        st = conn.execute(_SELECT_STUDY, {"b_uid": h.study_instance_uid}).first()
         patient_pk = conn.execute(_SELECT_PATIENT, {"b_pid": h.patient_id}).scalar()
+        if st is not None and patient_pk != st[1] and _corrected(conn, h.study_instance_uid):
+            patient_pk = st[1]
         if patient_pk is None:
             patient_pk = conn.execute(_INSERT_PATIENT, {**h.patient, "created_at": now}).scalar_one()
             changes.append(_change("created", Level.PATIENT, h.patient_id[:64], now))
-        st = conn.execute(_SELECT_STUDY, {"b_uid": h.study_instance_uid}).first()
         if st is None:
             study_pk = conn.execute(
                 _INSERT_STUDY,
