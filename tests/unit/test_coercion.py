@@ -200,7 +200,10 @@ def test_late_objects_of_a_corrected_study_join_it_and_others_are_still_refused(
     moved, plain = datagen.uid(), datagen.uid()
     _store(archive, moved, "P1")
     _store(archive, plain, "P2")
+    before = archive.index.last_change()
     archive.patients.set_patient(moved, PatientRef("P7"), CLI)
+    logged = {(c["change_type"], c["level"], c["uid"]) for c in archive.index.changes(since=before)}
+    assert logged == {("created", "PATIENT", "P7"), ("updated", "STUDY", moved), ("deleted", "PATIENT", "P1")}
     # The modality sends the rest of the study with the Patient ID it had: a new
     # series, so that nothing the ingest path remembers decides for the index.
     late = datagen.make_dataset(study_uid=moved, patient_id="P1", series_uid=datagen.uid(), instance_number=9)

@@ -16,12 +16,17 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from dicomhub.index import engine as engines
+from dicomhub.index.schema import change as change_log
 from dicomhub.index.schema import patient, patient_coercion, study
 from dicomhub.model.coercion import PatientCoercion
 from dicomhub.model.extract import person_name_key
 from dicomhub.model.timestamps import utc_now
 
 __all__ = ["ArchivePatientChange", "PatientCoercionRepository"]
+
+
+def _logged(change_type: str, level: str, uid: str, at: dt.datetime) -> dict[str, object]:
+    return {"change_type": change_type, "level": level, "uid": uid[:64], "at": at}
 
 
 class ArchivePatientChange:
@@ -117,6 +122,7 @@ class PatientCoercionRepository:
                 )
             ).all()
         target_pk = conn.execute(select(patient.c.pk).where(patient.c.patient_id == t.patient_id)).scalar()
+        created = target_pk is None
         if target_pk is None:
             if not rows:
                 return []
@@ -149,10 +155,16 @@ class PatientCoercionRepository:
                                                "modifying_system", "modified_at")}  # fmt: skip
         conn.execute(delete(patient_coercion).where(patient_coercion.c.study_instance_uid.in_(uids)))
         conn.execute(insert(patient_coercion), [{"study_instance_uid": u, **record} for u in uids])
+        # The change log (what followers of the archive read) says which studies changed.
+        changes = [_logged("created", "PATIENT", t.patient_id, now)] if created else []
+        changes += [_logged("updated", "STUDY", u, now) for u in uids]
         for pk in previous:
             left = conn.execute(select(study.c.pk).where(study.c.patient_pk == pk).limit(1)).first()
             if left is None:
+                gone = conn.execute(select(patient.c.patient_id).where(patient.c.pk == pk)).scalar()
                 conn.execute(delete(patient).where(patient.c.pk == pk))
+                changes.append(_logged("deleted", "PATIENT", str(gone), now))
+        conn.execute(insert(change_log), changes)
         return uids
 
     def studies_of(self, patient_id: str) -> list[str]:
