@@ -320,3 +320,26 @@ def test_the_provider_is_registered_and_negotiated(services: tuple[MppsService, 
     assert MODALITY_PERFORMED_PROCEDURE_STEP in {str(c.abstract_syntax) for c in acceptor_contexts(config)}
     table = provider_table(default_providers(config, lambda request: None, mpps=services[0]))  # type: ignore[arg-type,return-value]
     assert isinstance(table[MODALITY_PERFORMED_PROCEDURE_STEP], ModalityPerformedProcedureStepProvider)
+
+
+def test_a_peer_without_the_store_role_may_not_report(services: tuple[MppsService, OrderService]) -> None:
+    from types import SimpleNamespace
+
+    from dicomhub.dimse.providers.mpps import ModalityPerformedProcedureStepProvider
+    from dicomhub.services.access import Forbidden
+
+    mpps, orders = services
+
+    def refuse() -> None:
+        raise Forbidden("peer VIEWER does not have the role store")
+
+    assoc = SimpleNamespace(calling_ae="VIEWER", host="127.0.0.1")
+    request = M.NRequest(M.N_CREATE_RQ, 1, 1, MODALITY_PERFORMED_PROCEDURE_STEP, "1.2.3.200",
+                         "1.2.840.10008.1.2.1", n_create())  # fmt: skip
+    refused = ModalityPerformedProcedureStepProvider(mpps, refuse).n_create(assoc, request)  # type: ignore[arg-type]
+    assert refused.status == 0x0124 and "role store" in (refused.error_comment or "")
+    with pytest.raises(NotFound):
+        mpps.get("1.2.3.200")  # nothing stored
+    assert _status(orders) is StepStatus.SCHEDULED  # and the order did not move
+    allowed = ModalityPerformedProcedureStepProvider(mpps, lambda: None).n_create(assoc, request)  # type: ignore[arg-type]
+    assert allowed.status == 0x0000 and _status(orders) is StepStatus.IN_PROGRESS

@@ -101,6 +101,7 @@ def default_providers(
     on_n_action: Callable[[NActionRequest], NActionOutcome] | None = None,
     mpps: MppsService | None = None,
     on_worklist_find: WorklistFindCallback | None = None,
+    mpps_authorize: Callable[[], None] | None = None,
 ) -> list[Provider]:
     """The service class providers of the archive, as `config` enables them.
 
@@ -117,7 +118,7 @@ def default_providers(
     if config.storage_commitment and on_n_action is not None:
         providers.append(StorageCommitmentProvider(on_n_action))
     if config.modality_performed_procedure_step and mpps is not None:
-        providers.append(ModalityPerformedProcedureStepProvider(mpps))
+        providers.append(ModalityPerformedProcedureStepProvider(mpps, mpps_authorize))
     if config.modality_worklist and on_worklist_find is not None:
         providers.append(WorklistProvider(on_worklist_find))
     return providers
@@ -778,6 +779,7 @@ def serve_association(
     on_worklist_find: WorklistFindCallback | None = None,
     providers: Sequence[Provider] = (),
     mpps: MppsService | None = None,
+    mpps_authorize: Callable[[], None] | None = None,
 ) -> None:
     """Run one whole association on the calling thread and close the socket.
 
@@ -811,6 +813,10 @@ def serve_association(
     on_worklist_find : callable, optional
         Modality Worklist C-FIND (needs ``config.modality_worklist``); see
         :class:`~dicomhub.dimse.providers.worklist.WorklistProvider`.
+    mpps, mpps_authorize : MppsService, callable, optional
+        MPPS (needs ``config.modality_performed_procedure_step``), and the check
+        that the calling peer may report performed steps (raises ``Forbidden``);
+        see :class:`~dicomhub.dimse.providers.mpps.ModalityPerformedProcedureStepProvider`.
     providers : sequence of Provider, optional
         More service classes, registered after :func:`default_providers`
         (so they win a SOP class both name); their SOP classes are accepted
@@ -830,7 +836,7 @@ def serve_association(
         table = [
             *default_providers(
                 config, on_store, on_find, on_retrieve, on_n_action,
-                mpps=mpps, on_worklist_find=on_worklist_find,
+                mpps=mpps, on_worklist_find=on_worklist_find, mpps_authorize=mpps_authorize,
             ),  # fmt: skip
             *providers,
         ]

@@ -39,6 +39,7 @@ from dicomhub.dimse.session import AssociationSession
 from dicomhub.dimse.stats import AssociationRecorder
 from dicomhub.dimse.worklist import handle_worklist_find
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomhub.model.peer import Role
 from dicomhub.services.archive import Archive
 from dicomhub.telemetry import context as log_context
 from dicomhub.telemetry.metrics import mark_process_dead
@@ -194,6 +195,7 @@ class _Worker:
                 on_worklist_find=lambda req: handle_worklist_find(self.archive, req, bound),
                 on_event=self.recorder.on_event,
                 mpps=self.archive.mpps,
+                mpps_authorize=lambda: bound.require(Role.STORE),
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])

@@ -20,12 +20,16 @@ a SOP Instance UID that is not a UID        0x0117 Invalid Object Instance
 ==========================================  ======
 
 The modality acts as itself (its calling AE title): like an HL7 sender it
-reports what it did, and the order moves accordingly.
+reports what it did, and the order moves accordingly. N-CREATE and N-SET
+change the archive's records, so they need what sending objects needs: the
+``authorize`` check the association gives (the ``store`` role of a registered
+peer; 0x0124 Not Authorized otherwise). N-GET reads back what was reported.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from pydicom.dataset import Dataset
@@ -45,6 +49,7 @@ from dicomhub.model.mpps import (
     NoSuchAttribute,
     PerformedStepFinal,
 )
+from dicomhub.services.access import Forbidden
 
 if TYPE_CHECKING:
     from dicomhub.dimse.association import Association
@@ -56,6 +61,7 @@ LOGGER = logging.getLogger("dicomhub.dimse")
 
 # Most specific first: the first class the error is an instance of decides.
 _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
+    (Forbidden, S.NOT_AUTHORIZED),
     (MissingAttribute, S.MISSING_ATTRIBUTE),
     (NoSuchAttribute, S.NO_SUCH_ATTRIBUTE),
     (InvalidAttributeValue, S.INVALID_ATTRIBUTE_VALUE),
@@ -99,8 +105,10 @@ class ModalityPerformedProcedureStepProvider(Provider):
     sop_classes = frozenset({MODALITY_PERFORMED_PROCEDURE_STEP})
     name: ClassVar[str] = "modality performed procedure step"
 
-    def __init__(self, service: MppsService) -> None:
+    def __init__(self, service: MppsService, authorize: Callable[[], None] | None = None) -> None:
+        """``authorize``: raises :class:`Forbidden` when the calling peer may not report steps."""
         self._service = service
+        self._authorize = authorize or (lambda: None)
 
     @staticmethod
     def _caller(assoc: Association) -> Caller:
@@ -110,6 +118,7 @@ class ModalityPerformedProcedureStepProvider(Provider):
         if request.dataset is None:
             return NResponse(S.MISSING_ATTRIBUTE, error_comment="N-CREATE without an Attribute List")
         try:
+            self._authorize()
             step = self._service.create(request.dataset, request.sop_instance_uid, self._caller(assoc))
         except DicomhubError as exc:
             LOGGER.warning("MPPS N-CREATE from %s refused: %s", assoc.calling_ae, exc)
@@ -122,6 +131,7 @@ class ModalityPerformedProcedureStepProvider(Provider):
             return NResponse(S.MISSING_ATTRIBUTE, error_comment="N-SET without a Modification List")
         assert request.sop_instance_uid is not None  # the association checked it
         try:
+            self._authorize()
             self._service.set(request.sop_instance_uid, request.dataset, self._caller(assoc))
         except DicomhubError as exc:
             LOGGER.warning("MPPS N-SET from %s refused: %s", assoc.calling_ae, exc)
