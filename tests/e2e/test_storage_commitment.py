@@ -78,11 +78,25 @@ def request(
     *,
     wait: float = 0.0,
 ) -> tuple[str, int]:
-    """Send one N-ACTION; with ``reports`` the modality answers a report on this association."""
+    """Send one N-ACTION; with ``reports`` the modality answers a report on this association.
+
+    Without ``reports`` the modality refuses the report that follows on this association
+    (0x0110), and releases only once it has: pynetdicom left without a handler answers the
+    report by itself, which races its own A-RELEASE (an exception in its reactor thread
+    when the report arrives after the release request).
+    """
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(StorageCommitmentPushModel)
-    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler)] if reports is not None else []
-    assoc = ae.associate(HOST, server.dimse_port, ae_title=server.aet, evt_handlers=handlers)
+    refused = threading.Event()
+
+    def refuse(event: evt.Event) -> tuple[int, None]:
+        refused.set()
+        return 0x0110, None
+
+    handler = reports.handler if reports is not None else refuse
+    assoc = ae.associate(
+        HOST, server.dimse_port, ae_title=server.aet, evt_handlers=[(evt.EVT_N_EVENT_REPORT, handler)]
+    )
     assert assoc.is_established
     transaction = generate_uid()
     try:
@@ -91,6 +105,8 @@ def request(
         )
         if reports is not None and wait:
             reports.wait_for(transaction, wait)
+        if reports is None and status and status.Status == 0x0000:
+            assert refused.wait(20), "no report on the requesting association"
     finally:
         assoc.release()
     return transaction, int(status.Status)
@@ -212,8 +228,8 @@ def test_report_on_a_new_association_after_the_first_is_gone(
     port, reports, _ae = modality_scp
     server = servers.start(remote_aes={MODALITY: (HOST, port)})
     series = stored_series(server, tmp_path)
-    # No report handler on the requesting association: pynetdicom refuses the
-    # report there, so the archive must deliver it on an association of its own.
+    # The modality refuses the report on the requesting association, so the
+    # archive must deliver it on an association of its own.
     transaction, status = request(server, refs_of(series), None)
     assert status == 0x0000
     event_type, info = reports.wait_for(transaction, 30)
