@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from pydicom.dataset import Dataset
@@ -34,6 +34,7 @@ from dicomhub.dimse.dul import PeerAborted
 from dicomhub.dimse.messages import Command
 from dicomhub.dimse.pdu import ProtocolError
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
+from dicomhub.dimse.providers.cfind import answer_c_find, send_final_c_find
 from dicomhub.dimse.requests import (
     FIND_MODELS,
     GET_MODELS,
@@ -42,7 +43,6 @@ from dicomhub.dimse.requests import (
     EncodedDataSet,
     FileRegion,
     FindCallback,
-    Identifier,
     QueryRequest,
     RetrieveCallback,
     Sendable,
@@ -65,7 +65,6 @@ _MAX_MOVE_CONTEXTS: Final = 128
 _STATUS_SUCCESS: Final = 0x0000
 _STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 _STATUS_PENDING: Final = 0xFF00
-_STATUS_PENDING_WARNING: Final = 0xFF01
 _STATUS_CANCEL: Final = 0xFE00
 _STATUS_UNABLE_TO_PROCESS: Final = 0xC000
 _STATUS_BAD_IDENTIFIER: Final = 0xA900
@@ -165,53 +164,13 @@ class QueryRetrieveProvider(Provider):
         matches = 0
         if request is not None and self._on_find is None:
             final, comment = _STATUS_SOP_CLASS_NOT_SUPPORTED, "C-FIND is not configured"
-        elif request is not None:
-            final, comment = _STATUS_SUCCESS, None
-            iterator: Iterator[tuple[int, Identifier | None]] | None = None
-            try:
-                assert self._on_find is not None
-                iterator = iter(self._on_find(request))
-                while True:
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        break
-                    if assoc.cancel_requested(message_id):
-                        final = _STATUS_CANCEL
-                        break
-                    status, identifier = int(item[0]), item[1]
-                    if status not in (_STATUS_PENDING, _STATUS_PENDING_WARNING):
-                        final = status
-                        break
-                    if identifier is None:
-                        LOGGER.warning("on_find yielded a pending status without identifier")
-                        continue
-                    data = M.encode_dataset(identifier, transfer_syntax)
-                    assoc.raise_transport_error()
-                    assoc.send_message(
-                        context_id,
-                        M.encode_response(M.C_FIND_RSP, message_id, model, None, status, has_data_set=True),
-                        data,
-                    )
-                    matches += 1
-            except (ProtocolError, T.PeerGone, PeerAborted):
-                raise
-            except Exception:  # noqa: BLE001 - a failing query must not kill the association
-                LOGGER.exception("C-FIND from %s failed; answering 0xC000", assoc.calling_ae)
-                final, comment = _STATUS_UNABLE_TO_PROCESS, "unable to process"
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # noqa: BLE001
-                        LOGGER.exception("closing the on_find iterator failed")
-            if final == _STATUS_SUCCESS and assoc.cancel_requested(message_id):
-                final = _STATUS_CANCEL
-        assoc.raise_transport_error()
-        assoc.send_message(
-            context_id, M.encode_response(M.C_FIND_RSP, message_id, model, None, final, comment)
-        )
+        if request is not None and self._on_find is not None:
+            on_find = self._on_find
+            final, matches = answer_c_find(
+                assoc, context_id, message_id, model, transfer_syntax, lambda: on_find(request), "C-FIND"
+            )
+        else:
+            send_final_c_find(assoc, context_id, message_id, model, final, comment)
         elapsed = time.perf_counter() - started
         LOGGER.info(
             "C-FIND from %s: %d matches, status 0x%04X in %.1f ms",

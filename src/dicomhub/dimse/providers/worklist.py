@@ -4,11 +4,11 @@ A callback that knows nothing of the protocol does the archive's part
 (:func:`dicomhub.dimse.worklist.handle_worklist_find`): it yields one
 :class:`WorklistResponse` per scheduled procedure step, status 0xFF00 (0xFF01
 when the request had keys the worklist does not support), then the final one.
-This module frames them: a pending C-FIND-RSP with its identifier per answer,
-C-CANCEL looked for between answers (answered 0xFE00, the iterator closed),
-and a failure status with its Error Comment (0xA900 for a bad identifier,
-0xC000 when the query could not be run). Synchronous operations only, like
-:mod:`dicomhub.dimse.providers.query_retrieve`.
+This module reads the request; :func:`~dicomhub.dimse.providers.cfind.answer_c_find`
+frames the answers as for Query/Retrieve: a pending C-FIND-RSP with its
+identifier per answer, C-CANCEL looked for between answers (answered 0xFE00,
+the iterator closed), and a failure status with its Error Comment (0xA900 for
+a bad identifier, 0xC000 when the query could not be run).
 
 References
 ----------
@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple
 from pydicom.dataset import Dataset
 
 from dicomhub.dimse import messages as M
-from dicomhub.dimse import transport as T
-from dicomhub.dimse.dul import PeerAborted
 from dicomhub.dimse.messages import Command
-from dicomhub.dimse.pdu import ProtocolError
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
+from dicomhub.dimse.providers.cfind import answer_c_find, send_final_c_find
 from dicomhub.dimse.requests import QueryRequest
 from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
@@ -41,10 +39,6 @@ __all__ = ["WorklistFindCallback", "WorklistProvider", "WorklistResponse"]
 LOGGER = logging.getLogger("dicomhub.dimse")
 
 _IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
-_SUCCESS: Final = 0x0000
-_PENDING: Final = frozenset({0xFF00, 0xFF01})
-_CANCEL: Final = 0xFE00
-_UNABLE_TO_PROCESS: Final = 0xC000
 _BAD_IDENTIFIER: Final = 0xA900
 _SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 
@@ -121,62 +115,14 @@ class WorklistProvider(Provider):
         request, final, comment, transfer_syntax = self._request(assoc, command, context, fragments)
         fragments.clear()
         answers = 0
-        error_comment: str | None = comment or None
         if request is not None:
-            final, error_comment = _SUCCESS, None
-            iterator: Iterator[WorklistResponse] | None = None
-            try:
-                iterator = iter(self._on_find(request))
-                for response in iterator:
-                    if assoc.cancel_requested(message_id):
-                        final = _CANCEL
-                        break
-                    if response.status not in _PENDING:
-                        final, error_comment = response.status, response.comment
-                        break
-                    if response.identifier is None:
-                        continue
-                    data = M.encode_dataset(response.identifier, transfer_syntax)
-                    assoc.raise_transport_error()
-                    assoc.send_message(
-                        context_id,
-                        M.encode_response(
-                            M.C_FIND_RSP,
-                            message_id,
-                            MODALITY_WORKLIST_FIND,
-                            None,
-                            response.status,
-                            has_data_set=True,
-                        ),
-                        data,
-                    )
-                    answers += 1
-            except (ProtocolError, T.PeerGone, PeerAborted):
-                raise
-            except Exception:  # noqa: BLE001 - a failing query must not end the association
-                LOGGER.exception("worklist C-FIND from %s failed; answering 0xC000", assoc.calling_ae)
-                final, error_comment = _UNABLE_TO_PROCESS, "unable to process"
-            finally:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # noqa: BLE001
-                        LOGGER.exception("closing the worklist iterator failed")
-            if final == _SUCCESS and assoc.cancel_requested(message_id):
-                final = _CANCEL
-        assoc.raise_transport_error()
-        assoc.send_message(
-            context_id,
-            M.encode_response(
-                M.C_FIND_RSP,
-                message_id,
-                MODALITY_WORKLIST_FIND,
-                None,
-                final,
-                (error_comment or "")[:64] or None,
-            ),
-        )
+            on_find = self._on_find
+            final, answers = answer_c_find(
+                assoc, context_id, message_id, MODALITY_WORKLIST_FIND, transfer_syntax,
+                lambda: on_find(request), "worklist C-FIND",
+            )  # fmt: skip
+        else:
+            send_final_c_find(assoc, context_id, message_id, MODALITY_WORKLIST_FIND, final, comment)
         elapsed = time.perf_counter() - started
         LOGGER.info(
             "worklist C-FIND from %s: %d answers, status 0x%04X in %.1f ms",

@@ -1,0 +1,102 @@
+"""C-FIND responses streamed from an iterator: what every C-FIND SCP does the same way.
+
+Query/Retrieve and Modality Worklist differ in what they match, not in how the
+answers go out (PS3.7 9.1.2, 9.3.2.3): a pending C-FIND-RSP with its identifier
+per answer, C-CANCEL looked for between answers (0xFE00, and the iterator
+closed so the query stops), a final status from the iterator when it gives
+one, 0xC000 when the query raises, and the final C-FIND-RSP. A lost peer is
+not answered: its transport error goes up to the association.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+from dicomhub.dimse import messages as M
+from dicomhub.dimse import transport as T
+from dicomhub.dimse.dul import PeerAborted
+from dicomhub.dimse.pdu import ProtocolError
+from dicomhub.dimse.requests import Identifier
+
+if TYPE_CHECKING:
+    from dicomhub.dimse.association import Association
+
+__all__ = ["Answer", "answer_c_find", "send_final_c_find"]
+
+LOGGER = logging.getLogger("dicomhub.dimse")
+
+_SUCCESS: Final = 0x0000
+_PENDING: Final = frozenset({0xFF00, 0xFF01})
+_CANCEL: Final = 0xFE00
+_UNABLE_TO_PROCESS: Final = 0xC000
+
+#: What a query yields: (status, identifier) or (status, identifier, error comment).
+#: The identifier is a data set, a callable that encodes it in the given transfer
+#: syntax, or None (skipped while pending; a final status carries none).
+Answer = tuple[int, Identifier | None] | tuple[int, Identifier | None, str | None]
+
+
+def answer_c_find(
+    assoc: Association,
+    context_id: int,
+    message_id: int,
+    sop_class_uid: str,
+    transfer_syntax: str,
+    query: Callable[[], Iterable[Answer]],
+    what: str,
+) -> tuple[int, int]:
+    """Run ``query()`` and send its answers and the final C-FIND-RSP; (final status, answers sent).
+
+    ``what`` names the query in the log ("C-FIND", "worklist C-FIND").
+    """
+    final, comment, answers = _SUCCESS, None, 0
+    iterator = None
+    try:
+        iterator = iter(query())
+        for answer in iterator:
+            if assoc.cancel_requested(message_id):
+                final = _CANCEL
+                break
+            status, identifier = int(answer[0]), answer[1]
+            if status not in _PENDING:
+                final, comment = status, (answer[2] if len(answer) == 3 else None)
+                break
+            if identifier is None:
+                continue
+            data = M.encode_dataset(identifier, transfer_syntax)
+            assoc.raise_transport_error()
+            assoc.send_message(
+                context_id,
+                M.encode_response(M.C_FIND_RSP, message_id, sop_class_uid, None, status, has_data_set=True),
+                data,
+            )
+            answers += 1
+    except (ProtocolError, T.PeerGone, PeerAborted):
+        raise
+    except Exception:  # noqa: BLE001 - a failing query must not end the association
+        LOGGER.exception("%s from %s failed; answering 0xC000", what, assoc.calling_ae)
+        final, comment = _UNABLE_TO_PROCESS, "unable to process"
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                LOGGER.exception("closing the %s iterator failed", what)
+    if final == _SUCCESS and assoc.cancel_requested(message_id):
+        final = _CANCEL
+    send_final_c_find(assoc, context_id, message_id, sop_class_uid, final, comment)
+    return final, answers
+
+
+def send_final_c_find(
+    assoc: Association, context_id: int, message_id: int, sop_class_uid: str, status: int, comment: str | None
+) -> None:
+    """The final C-FIND-RSP (the Error Comment is an LO: at most 64 characters)."""
+    error_comment = (comment or "")[:64] or None
+    assoc.raise_transport_error()
+    assoc.send_message(
+        context_id, M.encode_response(M.C_FIND_RSP, message_id, sop_class_uid, None, status, error_comment)
+    )
