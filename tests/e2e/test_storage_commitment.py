@@ -71,31 +71,42 @@ def action_information(transaction_uid: str, refs: list[tuple[str, str]]) -> Dat
     return ds
 
 
-def request(
-    server: DicomhubServer,
-    refs: list[tuple[str, str]],
-    reports: Reports | None,
-    *,
-    wait: float = 0.0,
-) -> tuple[str, int]:
-    """Send one N-ACTION; with ``reports`` the modality answers a report on this association.
+def request(server: DicomhubServer, refs: list[tuple[str, str]], reports: Reports | None) -> tuple[str, int]:
+    """Send one N-ACTION and release once the report on this association is answered.
 
-    Without ``reports`` the modality refuses the report that follows on this association
-    (0x0110), and releases only once it has: pynetdicom left without a handler answers the
-    report by itself, which races its own A-RELEASE (an exception in its reactor thread
-    when the report arrives after the release request).
+    With ``reports`` the modality accepts the report that follows on this association;
+    without, it refuses it (0x0110) and the archive must deliver it elsewhere. Either
+    way the release waits until the answer has left the socket: pynetdicom runs the
+    handler on one thread and sends its answer from another, so releasing as soon as
+    the handler has run (or with no handler at all) raced the answer against the
+    A-RELEASE-RQ and failed with an invalid-event exception in its reactor thread.
     """
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(StorageCommitmentPushModel)
-    refused = threading.Event()
+    answer_queued = threading.Event()
+    answered = threading.Event()
 
     def refuse(event: evt.Event) -> tuple[int, None]:
-        refused.set()
         return 0x0110, None
 
-    handler = reports.handler if reports is not None else refuse
+    def on_dimse_sent(event: evt.Event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            answer_queued.set()
+
+    def on_pdu_sent(event: evt.Event) -> None:
+        # The answer's P-DATA is the only PDU sent after it was queued.
+        if answer_queued.is_set():
+            answered.set()
+
     assoc = ae.associate(
-        HOST, server.dimse_port, ae_title=server.aet, evt_handlers=[(evt.EVT_N_EVENT_REPORT, handler)]
+        HOST,
+        server.dimse_port,
+        ae_title=server.aet,
+        evt_handlers=[
+            (evt.EVT_N_EVENT_REPORT, reports.handler if reports is not None else refuse),
+            (evt.EVT_DIMSE_SENT, on_dimse_sent),
+            (evt.EVT_PDU_SENT, on_pdu_sent),
+        ],
     )
     assert assoc.is_established
     transaction = generate_uid()
@@ -103,10 +114,8 @@ def request(
         status, _ = assoc.send_n_action(
             action_information(transaction, refs), 1, StorageCommitmentPushModel, WELL_KNOWN
         )
-        if reports is not None and wait:
-            reports.wait_for(transaction, wait)
-        if reports is None and status and status.Status == 0x0000:
-            assert refused.wait(20), "no report on the requesting association"
+        if status and status.Status == 0x0000:
+            assert answered.wait(20), "no report on the requesting association"
     finally:
         assoc.release()
     return transaction, int(status.Status)
@@ -142,7 +151,7 @@ def uids(seq: object) -> set[str]:
 def test_commit_after_storing_on_the_same_association(server: DicomhubServer, tmp_path: Path) -> None:
     series = stored_series(server, tmp_path)
     reports = Reports()
-    transaction, status = request(server, refs_of(series), reports, wait=20)
+    transaction, status = request(server, refs_of(series), reports)
     assert status == 0x0000
     event_type, info = reports.wait_for(transaction, 1)
     assert event_type == 1  # Storage Commitment Request Successful
@@ -191,7 +200,7 @@ def test_instances_never_stored_and_class_conflicts_fail(server: DicomhubServer,
     )
     reports = Reports()
     refs = [refs_of(series)[0], (CT, missing), wrong_class]
-    transaction, status = request(server, refs, reports, wait=20)
+    transaction, status = request(server, refs, reports)
     assert status == 0x0000
     event_type, info = reports.wait_for(transaction, 1)
     assert event_type == 2  # Storage Commitment Request Complete - Failures Exist
@@ -213,7 +222,7 @@ def test_a_blob_damaged_on_disk_is_not_committed(servers: ServerPool, tmp_path: 
     data[-10] ^= 0xFF  # one bit pattern in the pixel data: the header still parses
     write_blob(server.data_dir, str(key), bytes(data))
     reports = Reports()
-    transaction, status = request(server, refs_of(series), reports, wait=20)
+    transaction, status = request(server, refs_of(series), reports)
     event_type, info = reports.wait_for(transaction, 1)
     assert status == 0x0000 and event_type == 2
     assert {str(i.ReferencedSOPInstanceUID): int(i.FailureReason) for i in info.FailedSOPSequence} == {
