@@ -1,0 +1,282 @@
+"""Print Management: the PS3.4 H state rules of one association's print session, and the renderer.
+
+The renderer is checked by pixels: each image box's region of the film holds
+the input image resampled into the box (aspect kept, centred) with its
+polarity applied, within a tolerance of 2 gray levels on average and 8 at any
+pixel away from the image's edges (interpolation at the edges blends with the
+border).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomhub.model.printing import (
+    BASIC_FILM_BOX,
+    BASIC_FILM_SESSION,
+    BASIC_GRAYSCALE_IMAGE_BOX,
+    ClassInstanceConflict,
+    DuplicateFilmSession,
+    ImageLargerThanBox,
+    InvalidPrintAttribute,
+    NoFilmBoxes,
+    NoFilmSession,
+    NoSuchPrintInstance,
+    PrintSession,
+    PrintWarning,
+    density_level,
+    film_pixels,
+    layout_boxes,
+)
+from dicomhub.services.printrender import image_pixels, placement, render_film
+
+DPI = 20  # small films keep the tests fast: 14INX17IN = 280 x 340
+
+
+def gradient(rows: int, columns: int, bits: int = 8) -> NDArray[np.uint16]:
+    y, x = np.mgrid[0:rows, 0:columns]
+    top = (1 << bits) - 1
+    return ((x * 3 + y * 5) % (top + 1)).astype(np.uint16)
+
+
+def picture(values: NDArray[np.uint16], bits: int = 8, interpretation: str = "MONOCHROME2") -> Dataset:
+    ds = Dataset()
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = interpretation
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = values.astype(np.uint8 if bits == 8 else "<u2").tobytes()
+    return ds
+
+
+def image_set(item: Dataset, position: int, **extra: str) -> Dataset:
+    ds = Dataset()
+    ds.ImageBoxPosition = position
+    ds.BasicGrayscaleImageSequence = Sequence([item])
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def film_box_attributes(layout: str, **extra: str) -> Dataset:
+    ds = Dataset()
+    ds.ImageDisplayFormat = layout
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def new_session() -> PrintSession:
+    session = PrintSession(DPI)
+    session.create_film_session(None, Dataset())
+    return session
+
+
+# -- layouts ------------------------------------------------------------------
+
+
+def test_standard_layout_is_columns_then_rows() -> None:
+    boxes = layout_boxes("STANDARD\\3,2")
+    assert len(boxes) == 6
+    assert boxes[0] == (0, 0, 1 / 3, 0.5)
+    assert boxes[2] == (2 / 3, 0, 1, 0.5)  # first row ends at the right edge
+    assert boxes[3] == (0, 0.5, 1 / 3, 1)
+
+
+def test_row_and_col_layouts() -> None:
+    rows = layout_boxes("ROW\\1,2")
+    assert rows == [(0, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]
+    cols = layout_boxes("COL\\2,1")
+    # left column has two images, right one: positions left to right, then top to bottom
+    assert cols == [(0, 0, 0.5, 0.5), (0.5, 0, 1, 1), (0, 0.5, 0.5, 1)]
+
+
+@pytest.mark.parametrize(
+    "layout", ["SLIDE", "STANDARD\\0,1", "STANDARD\\11,1", "STANDARD\\2", "CUSTOM\\1", "ROW\\a"]
+)
+def test_unsupported_layouts_are_invalid_attribute_values(layout: str) -> None:
+    with pytest.raises(InvalidPrintAttribute) as caught:
+        layout_boxes(layout)
+    assert caught.value.tags == (0x20100010,)
+
+
+def test_film_pixels_and_densities() -> None:
+    assert film_pixels("14INX17IN", "PORTRAIT", 150) == (2100, 2550)
+    assert film_pixels("14INX17IN", "LANDSCAPE", 150) == (2550, 2100)
+    assert (density_level("BLACK"), density_level("WHITE"), density_level("150")) == (0, 255, 128)
+
+
+# -- state rules --------------------------------------------------------------
+
+
+def test_film_box_needs_a_film_session_and_one_session_per_association() -> None:
+    session = PrintSession(DPI)
+    with pytest.raises(NoFilmSession):
+        session.create_film_box(None, film_box_attributes("STANDARD\\1,1"), False)
+    session.create_film_session(None, Dataset())
+    with pytest.raises(DuplicateFilmSession):
+        session.create_film_session(None, Dataset())
+
+
+def test_film_box_creates_its_image_boxes_and_refuses_unsupported_values() -> None:
+    session = new_session()
+    box = session.create_film_box(None, film_box_attributes("STANDARD\\2,2", FilmSizeID="8INX10IN"), False)
+    assert [image.position for image in box.image_boxes] == [1, 2, 3, 4]
+    assert {session.kind_of(image.sop_instance_uid) for image in box.image_boxes} == {
+        BASIC_GRAYSCALE_IMAGE_BOX
+    }
+    for bad in (
+        {"FilmSizeID": "35MMX35MM"},
+        {"FilmOrientation": "SIDEWAYS"},
+        {"MagnificationType": "SINC"},
+        {"BorderDensity": "GREEN"},
+    ):
+        with pytest.raises(InvalidPrintAttribute):
+            session.create_film_box(None, film_box_attributes("STANDARD\\1,1", **bad), False)
+    assert len(session.film_session.film_boxes) == 1  # type: ignore[union-attr]
+
+
+def test_image_box_rules() -> None:
+    session = new_session()
+    box = session.create_film_box(None, film_box_attributes("STANDARD\\2,1"), False)
+    first, second = box.image_boxes
+    image = picture(gradient(16, 16))
+    with pytest.raises(InvalidPrintAttribute):  # position outside this box's place
+        session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, first.sop_instance_uid, image_set(image, 3))
+    with pytest.raises(NoSuchPrintInstance):
+        session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, "1.2.3.4", image_set(image, 1))
+    with pytest.raises(ClassInstanceConflict):
+        session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, box.sop_instance_uid, image_set(image, 1))
+    with pytest.raises(InvalidPrintAttribute):  # color image in a grayscale box
+        session.set_image_box(
+            BASIC_GRAYSCALE_IMAGE_BOX, first.sop_instance_uid, image_set(picture(gradient(4, 4), 8, "RGB"), 1)
+        )
+    assert (
+        session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, first.sop_instance_uid, image_set(image, 1)) is None
+    )
+    # 14INX17IN at 20 dpi in 2 columns: boxes 140 x 340 pixels
+    assert session.box_pixels(box, 2) == (140, 340)
+    large = picture(gradient(100, 200))
+    assert (
+        session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, second.sop_instance_uid, image_set(large, 2))
+        is PrintWarning.IMAGE_DEMAGNIFIED
+    )
+    with pytest.raises(ImageLargerThanBox):
+        session.set_image_box(
+            BASIC_GRAYSCALE_IMAGE_BOX,
+            second.sop_instance_uid,
+            image_set(large, 2, MagnificationType="NONE"),
+        )
+
+
+def test_print_rules() -> None:
+    session = new_session()
+    assert session.film_session is not None
+    with pytest.raises(NoFilmBoxes):
+        session.print_film_session(session.film_session.sop_instance_uid, False)
+    box = session.create_film_box(None, film_box_attributes("STANDARD\\1,2"), False)
+    films, warning = session.print_film_box(box.sop_instance_uid, False)
+    assert len(films) == 1 and warning is PrintWarning.EMPTY_FILM_BOX
+    films, warning = session.print_film_session(session.film_session.sop_instance_uid, False)
+    assert warning is PrintWarning.EMPTY_FILM_SESSION
+    session.set_image_box(
+        BASIC_GRAYSCALE_IMAGE_BOX, box.image_boxes[0].sop_instance_uid, image_set(picture(gradient(8, 8)), 1)
+    )
+    assert session.print_film_box(box.sop_instance_uid, False)[1] is None
+    with pytest.raises(ClassInstanceConflict):
+        session.print_film_box(session.film_session.sop_instance_uid, False)
+    session.delete_film_box(box.sop_instance_uid)
+    assert session.kind_of(box.sop_instance_uid) is None
+    assert session.kind_of(box.image_boxes[0].sop_instance_uid) is None
+    session.delete_film_session(session.film_session.sop_instance_uid)
+    assert session.film_session is None
+
+
+def test_film_session_copies() -> None:
+    session = PrintSession(DPI)
+    bad = Dataset()
+    bad.NumberOfCopies = 0
+    with pytest.raises(InvalidPrintAttribute):
+        session.create_film_session(None, bad)
+    made = session.create_film_session(None, Dataset())
+    change = Dataset()
+    change.NumberOfCopies = 3
+    session.set_film_session(made.sop_instance_uid, change)
+    assert made.attributes["NumberOfCopies"] == "3"
+    with pytest.raises(ClassInstanceConflict):
+        box = session.create_film_box(None, film_box_attributes("STANDARD\\1,1"), False)
+        session.set_film_session(box.sop_instance_uid, change)
+    assert {session.kind_of(made.sop_instance_uid)} == {BASIC_FILM_SESSION}
+    assert session.kind_of(box.sop_instance_uid) == BASIC_FILM_BOX
+
+
+# -- renderer -------------------------------------------------------------------
+
+
+def expected_region(values: NDArray[np.uint8], size: tuple[int, int]) -> NDArray[np.float64]:
+    return np.asarray(Image.fromarray(values, "L").resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+@pytest.mark.parametrize(("layout", "polarity"), [("STANDARD\\2,2", "NORMAL"), ("ROW\\1,3", "REVERSE")])
+def test_each_box_holds_its_image_resampled_with_polarity(layout: str, polarity: str) -> None:
+    session = new_session()
+    box = session.create_film_box(
+        None, film_box_attributes(layout, BorderDensity="BLACK", EmptyImageDensity="WHITE"), False
+    )
+    inputs = []
+    for n, image in enumerate(box.image_boxes[:-1]):  # the last box stays empty
+        values = gradient(40 + 10 * n, 60, bits=12)
+        inputs.append(values)
+        session.set_image_box(
+            BASIC_GRAYSCALE_IMAGE_BOX,
+            image.sop_instance_uid,
+            image_set(picture(values, 12), image.position, Polarity=polarity),
+        )
+    film = np.asarray(render_film(box, False, DPI), dtype=np.float64)
+    height, width = film.shape
+    assert (width, height) == film_pixels("14INX17IN", "PORTRAIT", DPI)
+    for values, (x0, y0, x1, y1) in zip(inputs, box.boxes, strict=False):
+        cell = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
+        eight = (values >> 4).astype(np.uint8)
+        if polarity == "REVERSE":
+            eight = 255 - eight
+        left, top, w, h = placement(cell, (values.shape[1], values.shape[0]), "BILINEAR")
+        # aspect kept: the image fills the cell in one dimension
+        assert w == cell[2] - cell[0] or h == cell[3] - cell[1]
+        assert abs(w / h - values.shape[1] / values.shape[0]) < 0.05
+        region = film[top : top + h, left : left + w]
+        want = expected_region(eight, (w, h))
+        inner = (slice(1, -1), slice(1, -1))
+        assert np.abs(region - want).mean() <= 2
+        assert np.abs(region[inner] - want[inner]).max() <= 8
+        # outside the image but inside the cell: border density (black)
+        if top > cell[1]:
+            assert film[cell[1], cell[0] : cell[2]].max() == 0
+        if left > cell[0]:
+            assert film[cell[1] : cell[3], cell[0]].max() == 0
+    x0, y0, x1, y1 = box.boxes[-1]
+    empty = film[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)]
+    assert empty.min() == 255  # empty image density WHITE
+
+
+def test_monochrome1_is_inverted_and_none_keeps_size() -> None:
+    values = gradient(10, 12)
+    ds = picture(values, 8, "MONOCHROME1")
+    assert np.array_equal(image_pixels(ds, False, "NORMAL"), 255 - values.astype(np.uint8))
+    assert np.array_equal(image_pixels(ds, False, "REVERSE"), values.astype(np.uint8))
+    session = new_session()
+    box = session.create_film_box(None, film_box_attributes("STANDARD\\1,1", MagnificationType="NONE"), False)
+    session.set_image_box(
+        BASIC_GRAYSCALE_IMAGE_BOX, box.image_boxes[0].sop_instance_uid, image_set(picture(values), 1)
+    )
+    film = np.asarray(render_film(box, False, DPI))
+    left, top = (280 - 12) // 2, (340 - 10) // 2
+    assert np.array_equal(film[top : top + 10, left : left + 12], values.astype(np.uint8))
