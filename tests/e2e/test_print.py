@@ -8,6 +8,7 @@
   and ``dicomhub print-jobs`` list the jobs with their source AE; each film's PNG is
   checked by pixels (every image box's region holds its image resampled, polarity
   applied, within 3 gray levels on average);
+- N-GET of the Print Job named in the N-ACTION response: Execution Status DONE;
 - the refusals of PS3.4 H with their statuses, the server staying up;
 - an association aborted in the middle of a session leaves no job.
 """
@@ -40,6 +41,7 @@ FILM_BOX = "1.2.840.10008.5.1.1.2"
 GRAYSCALE_IMAGE_BOX = "1.2.840.10008.5.1.1.4"
 PRINTER = "1.2.840.10008.5.1.1.16"
 PRINTER_INSTANCE = "1.2.840.10008.5.1.1.17"
+PRINT_JOB = "1.2.840.10008.5.1.1.14"
 DPI = 30
 
 
@@ -100,6 +102,7 @@ class PrintScu:
         self.ae = AE(ae_title=calling)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60
         self.ae.add_requested_context(GRAYSCALE_META, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.add_requested_context(PRINT_JOB, [ExplicitVRLittleEndian])
         self.last = Dataset()
         self.assoc = self.ae.associate(
             HOST, hub.dimse_port, ae_title=hub.aet, evt_handlers=[(evt.EVT_DIMSE_RECV, self._received)]
@@ -213,6 +216,10 @@ def test_print_two_layouts(hub: DicomhubServer, scu: PrintScu) -> None:
     status, action_reply = scu.action(FILM_SESSION, session)  # both film boxes: one job, two films
     assert status == 0 and action_reply is not None
     second_job = action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID
+    status, job_status = scu.assoc.send_n_get([0x21000020, 0x21000070], PRINT_JOB, second_job)
+    assert int(status.Status) == 0 and job_status is not None
+    assert (job_status.ExecutionStatus, job_status.Originator) == ("DONE", "PRINTSCU")
+    assert int(scu.assoc.send_n_get([0x21000020], PRINT_JOB, generate_uid())[0].Status) == 0x0112
     assert scu.delete(FILM_BOX, box_uid) == 0
     assert scu.delete(FILM_SESSION, session) == 0
     scu.release()

@@ -834,6 +834,7 @@ def _print_management_text() -> str:
         f"column. Film Size IDs: {', '.join(FILM_SIZES)}; Film Orientation PORTRAIT, LANDSCAPE; "
         "Magnification Type REPLICATE, BILINEAR (default), CUBIC, NONE; Polarity NORMAL, REVERSE; "
         "Border and Empty Image Density BLACK, WHITE or 0-300. Each print is one print job whose films "
-        "are rendered to PNG (see the Print statuses below); Presentation LUT, Print Job N-GET and "
-        "N-EVENT-REPORT are not supported."
+        "are rendered to PNG (see the Print statuses below). Print Job SOP Class (negotiated on its own): "
+        "N-GET of a job's Execution Status (always DONE: a print is answered once its job is stored). "
+        "Presentation LUT and N-EVENT-REPORT are not supported."
     )

@@ -51,6 +51,7 @@ __all__ = [
     "META_SOP_CLASSES",
     "PRINTER",
     "PRINTER_INSTANCE",
+    "PRINT_JOB",
     "ClassInstanceConflict",
     "DuplicateFilmSession",
     "FilmBox",
@@ -77,6 +78,7 @@ BASIC_FILM_BOX: Final = "1.2.840.10008.5.1.1.2"
 BASIC_GRAYSCALE_IMAGE_BOX: Final = "1.2.840.10008.5.1.1.4"
 BASIC_COLOR_IMAGE_BOX: Final = "1.2.840.10008.5.1.1.4.1"
 PRINTER: Final = "1.2.840.10008.5.1.1.16"
+PRINT_JOB: Final = "1.2.840.10008.5.1.1.14"
 PRINTER_INSTANCE: Final = "1.2.840.10008.5.1.1.17"
 
 #: The SOP classes each meta SOP class groups (PS3.4 H.3.1, H.3.2); messages on a

@@ -127,6 +127,17 @@ class PrintService:
             raise NotFound(f"no print job {job_id[:64]}")
         return found
 
+    def job_status(self, job_id: str) -> PrintJob:
+        """A job as the printing modality asks for it (Print Job N-GET): by its id alone.
+
+        Its id is a random UID the modality got in the N-ACTION response; what
+        the status tells (state, times, the calling AE) shows no image.
+        """
+        found = self._repository.get(job_id)
+        if found is None:
+            raise NotFound(f"no print job {job_id[:64]}")
+        return found
+
     def film_png(self, job_id: str, number: int, caller: Caller) -> bytes:
         """The PNG of film `number` (1-based) of a job; raises NotFound."""
         job = self.job(job_id, caller)

@@ -50,6 +50,7 @@ from dicomhub.model.printing import (
     BASIC_FILM_SESSION,
     BASIC_GRAYSCALE_IMAGE_BOX,
     META_SOP_CLASSES,
+    PRINT_JOB,
     PRINTER,
     PRINTER_INSTANCE,
     ClassInstanceConflict,
@@ -149,7 +150,8 @@ class PrintManagementProvider(Provider):
         at the film session's creation and at each print).
     """
 
-    sop_classes = frozenset(META_SOP_CLASSES)
+    # The Print Job SOP Class is in neither meta SOP class: negotiated on its own (PS3.4 H.4.6).
+    sop_classes = frozenset({*META_SOP_CLASSES, PRINT_JOB})
     name: ClassVar[str] = "print management"
 
     def __init__(self, service: PrintService, authorize: Callable[[], None] | None = None) -> None:
@@ -165,6 +167,8 @@ class PrintManagementProvider(Provider):
         return self._session
 
     def serves(self, abstract_syntax: str, sop_class_uid: str) -> bool:
+        if abstract_syntax == PRINT_JOB:
+            return sop_class_uid == PRINT_JOB
         return sop_class_uid in META_SOP_CLASSES.get(abstract_syntax, ())
 
     @staticmethod
@@ -175,6 +179,8 @@ class PrintManagementProvider(Provider):
     # -- N-GET: the Printer ---------------------------------------------------
 
     def n_get(self, assoc: Association, request: NRequest) -> NResponse:
+        if request.sop_class_uid == PRINT_JOB:
+            return self._print_job(request)
         if request.sop_class_uid != PRINTER:
             return NResponse(S.UNRECOGNIZED_OPERATION, error_comment="N-GET is for the Printer only here")
         if request.sop_instance_uid != PRINTER_INSTANCE:
@@ -182,6 +188,29 @@ class PrintManagementProvider(Provider):
         answer = Dataset()
         wanted = request.attribute_identifier_list
         for keyword, value in _PRINTER_ATTRIBUTES.items():
+            if not wanted or int(Tag(keyword)) in wanted:
+                setattr(answer, keyword, value)
+        return NResponse(S.SUCCESS, dataset=answer)
+
+    def _print_job(self, request: NRequest) -> NResponse:
+        """N-GET of a Print Job (PS3.4 H.4.6): its Execution Status; the id is its only key."""
+        assert request.sop_instance_uid is not None
+        try:
+            job = self._service.job_status(request.sop_instance_uid)
+        except DicomhubError as exc:
+            return _refusal(exc)
+        attributes = {
+            "ExecutionStatus": job.state.value,
+            "ExecutionStatusInfo": "NORMAL" if job.state.value != "FAILURE" else "UNKNOWN",
+            "CreationDate": job.created_at.strftime("%Y%m%d"),
+            "CreationTime": job.created_at.strftime("%H%M%S"),
+            "PrintPriority": job.film_session.get("PrintPriority") or "MED",
+            "PrinterName": _PRINTER_ATTRIBUTES["PrinterName"],
+            "Originator": job.calling_ae_title,
+        }
+        answer = Dataset()
+        wanted = request.attribute_identifier_list
+        for keyword, value in attributes.items():
             if not wanted or int(Tag(keyword)) in wanted:
                 setattr(answer, keyword, value)
         return NResponse(S.SUCCESS, dataset=answer)
