@@ -8,6 +8,7 @@
   and ``dicomhub print-jobs`` list the jobs with their source AE; each film's PNG is
   checked by pixels (every image box's region holds its image resampled, polarity
   applied, within 3 gray levels on average);
+- a color film on the color meta SOP class (RGB, checked by pixels);
 - N-GET of the Print Job named in the N-ACTION response: Execution Status DONE;
 - the refusals of PS3.4 H with their statuses, the server staying up;
 - an association aborted in the middle of a session leaves no job.
@@ -36,6 +37,8 @@ from .helpers import HOST, DicomhubServer, ServerPool, assert_alive, run_cli
 pytestmark = pytest.mark.e2e
 
 GRAYSCALE_META = "1.2.840.10008.5.1.1.9"
+COLOR_META = "1.2.840.10008.5.1.1.18"
+COLOR_IMAGE_BOX = "1.2.840.10008.5.1.1.4.1"
 FILM_SESSION = "1.2.840.10008.5.1.1.1"
 FILM_BOX = "1.2.840.10008.5.1.1.2"
 GRAYSCALE_IMAGE_BOX = "1.2.840.10008.5.1.1.4"
@@ -98,10 +101,11 @@ class PrintScu:
     """A pynetdicom association proposing the grayscale print meta SOP class; keeps the last
     response's command set (for the Affected SOP Instance UID the SCP chose)."""
 
-    def __init__(self, hub: DicomhubServer, calling: str = "PRINTSCU") -> None:
+    def __init__(self, hub: DicomhubServer, calling: str = "PRINTSCU", meta: str = GRAYSCALE_META) -> None:
+        self.meta = meta
         self.ae = AE(ae_title=calling)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60
-        self.ae.add_requested_context(GRAYSCALE_META, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.add_requested_context(meta, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.add_requested_context(PRINT_JOB, [ExplicitVRLittleEndian])
         self.last = Dataset()
         self.assoc = self.ae.associate(
@@ -113,19 +117,19 @@ class PrintScu:
         self.last = event.message.command_set
 
     def create(self, ds: Dataset, sop_class: str, uid: str | None = None) -> tuple[int, Dataset | None, str]:
-        status, reply = self.assoc.send_n_create(ds, sop_class, uid, meta_uid=GRAYSCALE_META)
+        status, reply = self.assoc.send_n_create(ds, sop_class, uid, meta_uid=self.meta)
         return int(status.Status), reply, str(self.last.get("AffectedSOPInstanceUID", ""))
 
     def set(self, ds: Dataset, sop_class: str, uid: str) -> int:
-        status, _ = self.assoc.send_n_set(ds, sop_class, uid, meta_uid=GRAYSCALE_META)
+        status, _ = self.assoc.send_n_set(ds, sop_class, uid, meta_uid=self.meta)
         return int(status.Status)
 
     def action(self, sop_class: str, uid: str) -> tuple[int, Dataset | None]:
-        status, reply = self.assoc.send_n_action(None, 1, sop_class, uid, meta_uid=GRAYSCALE_META)
+        status, reply = self.assoc.send_n_action(None, 1, sop_class, uid, meta_uid=self.meta)
         return int(status.Status), reply
 
     def delete(self, sop_class: str, uid: str) -> int:
-        status = self.assoc.send_n_delete(sop_class, uid, meta_uid=GRAYSCALE_META)
+        status = self.assoc.send_n_delete(sop_class, uid, meta_uid=self.meta)
         return int(status.Status)
 
     def release(self) -> None:
@@ -275,6 +279,43 @@ def test_refusals(hub: DicomhubServer, scu: PrintScu) -> None:
     assert scu.action(FILM_BOX, empty)[0] == 0xB603
     assert len(jobs(hub)) == before + 1
     assert_alive(hub)
+
+
+def test_print_color(hub: DicomhubServer) -> None:
+    client = PrintScu(hub, "COLORSCU", COLOR_META)
+    assert client.create(session_attributes("COLOR"), FILM_SESSION, generate_uid())[0] == 0
+    status, reply, box = client.create(film_box("STANDARD\\1,1", FilmSizeID="8INX10IN"), FILM_BOX)
+    assert status == 0 and reply is not None
+    assert reply.ReferencedImageBoxSequence[0].ReferencedSOPClassUID == COLOR_IMAGE_BOX
+    rgb = np.zeros((20, 16, 3), dtype=np.uint8)
+    rgb[...] = (200, 100, 30)
+    rgb[:10, :, 2] = 250
+    item = Dataset()
+    item.Rows, item.Columns, item.SamplesPerPixel = 20, 16, 3
+    item.PhotometricInterpretation = "RGB"
+    item.PlanarConfiguration = 0
+    item.BitsAllocated = item.BitsStored = 8
+    item.HighBit, item.PixelRepresentation = 7, 0
+    item.PixelData = rgb.tobytes()
+    change = Dataset()
+    change.ImageBoxPosition = 1
+    change.BasicColorImageSequence = Sequence([item])
+    only = reply.ReferencedImageBoxSequence[0].ReferencedSOPInstanceUID
+    # a grayscale image box class on the color meta SOP class is not one it groups: 0x0118
+    assert client.set(change, GRAYSCALE_IMAGE_BOX, only) == 0x0118
+    assert client.set(change, COLOR_IMAGE_BOX, only) == 0
+    status, action_reply = client.action(FILM_BOX, box)
+    assert status == 0 and action_reply is not None
+    job = action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID
+    client.release()
+    r = httpx.get(f"{hub.base_url}/print/jobs/{job}/films/1.png", timeout=10)
+    assert r.status_code == 200
+    film = Image.open(io.BytesIO(r.content))
+    assert film.mode == "RGB" and film.size == (8 * DPI, 10 * DPI)
+    pixels = np.asarray(film, dtype=np.int16)
+    # 16x20 scaled x15 fills the 240x300 film: top half blue 250, bottom half blue 30
+    assert np.abs(pixels[60, 120] - (200, 100, 250)).max() <= 2
+    assert np.abs(pixels[240, 120] - (200, 100, 30)).max() <= 2
 
 
 def test_aborted_session_leaves_no_job(hub: DicomhubServer) -> None:

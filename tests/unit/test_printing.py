@@ -280,3 +280,34 @@ def test_monochrome1_is_inverted_and_none_keeps_size() -> None:
     film = np.asarray(render_film(box, False, DPI))
     left, top = (280 - 12) // 2, (340 - 10) // 2
     assert np.array_equal(film[top : top + 10, left : left + 12], values.astype(np.uint8))
+
+
+def test_color_image_box_renders_rgb_with_planar_configuration() -> None:
+    session = PrintSession(DPI)
+    session.create_film_session(None, Dataset())
+    box = session.create_film_box(None, film_box_attributes("STANDARD\\1,1", FilmSizeID="8INX10IN"), True)
+    rgb = np.zeros((20, 16, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 30
+    rgb[:10, :, 2] = 250
+    item = Dataset()
+    item.Rows, item.Columns = 20, 16
+    item.SamplesPerPixel = 3
+    item.PhotometricInterpretation = "RGB"
+    item.PlanarConfiguration = 1  # colour-by-plane: R plane, G plane, B plane
+    item.BitsAllocated = item.BitsStored = 8
+    item.HighBit = 7
+    item.PixelRepresentation = 0
+    item.PixelData = rgb.transpose(2, 0, 1).tobytes()
+    change = Dataset()
+    change.ImageBoxPosition = 1
+    change.BasicColorImageSequence = Sequence([item])
+    assert box.image_boxes[0].sop_class_uid == "1.2.840.10008.5.1.1.4.1"
+    assert (
+        session.set_image_box("1.2.840.10008.5.1.1.4.1", box.image_boxes[0].sop_instance_uid, change) is None
+    )
+    film = render_film(box, True, DPI)
+    assert film.mode == "RGB" and film.size == (160, 200)
+    pixels = np.asarray(film, dtype=np.int16)
+    # 16x20 fills the 160x200 film exactly (x10): top half blue 250, bottom half blue 30
+    assert np.abs(pixels[50, 80] - (200, 100, 250)).max() <= 2
+    assert np.abs(pixels[150, 80] - (200, 100, 30)).max() <= 2
