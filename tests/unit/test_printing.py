@@ -20,8 +20,9 @@ from dicomhub.model.printing import (
     BASIC_FILM_BOX,
     BASIC_FILM_SESSION,
     BASIC_GRAYSCALE_IMAGE_BOX,
+    MAXIMUM_FILM_BOXES,
     ClassInstanceConflict,
-    DuplicateFilmSession,
+    DuplicatePrintInstance,
     ImageLargerThanBox,
     InvalidPrintAttribute,
     NoFilmBoxes,
@@ -29,6 +30,7 @@ from dicomhub.model.printing import (
     NoSuchPrintInstance,
     PrintSession,
     PrintWarning,
+    ResourceLimitation,
     density_level,
     film_pixels,
     layout_boxes,
@@ -122,7 +124,7 @@ def test_film_box_needs_a_film_session_and_one_session_per_association() -> None
     with pytest.raises(NoFilmSession):
         session.create_film_box(None, film_box_attributes("STANDARD\\1,1"), False)
     session.create_film_session(None, Dataset())
-    with pytest.raises(DuplicateFilmSession):
+    with pytest.raises(DuplicatePrintInstance):
         session.create_film_session(None, Dataset())
 
 
@@ -311,3 +313,19 @@ def test_color_image_box_renders_rgb_with_planar_configuration() -> None:
     # 16x20 fills the 160x200 film exactly (x10): top half blue 250, bottom half blue 30
     assert np.abs(pixels[50, 80] - (200, 100, 250)).max() <= 2
     assert np.abs(pixels[150, 80] - (200, 100, 30)).max() <= 2
+
+
+def test_film_boxes_per_session_are_bounded() -> None:
+    session = new_session()
+    for _ in range(MAXIMUM_FILM_BOXES):
+        session.create_film_box(None, film_box_attributes("STANDARD\\1,1"), False)
+    with pytest.raises(ResourceLimitation):
+        session.create_film_box(None, film_box_attributes("STANDARD\\1,1"), False)
+    first = session.film_session.film_boxes[0]  # type: ignore[union-attr]
+    session.delete_film_box(first.sop_instance_uid)
+    with pytest.raises(DuplicatePrintInstance):  # an image box's UID is taken
+        session.create_film_box(
+            session.film_session.film_boxes[0].image_boxes[0].sop_instance_uid,  # type: ignore[union-attr]
+            film_box_attributes("STANDARD\\1,1"),
+            False,
+        )

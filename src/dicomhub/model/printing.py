@@ -47,13 +47,14 @@ __all__ = [
     "BASIC_GRAYSCALE_IMAGE_BOX",
     "BASIC_GRAYSCALE_PRINT_MANAGEMENT_META",
     "FILM_SIZES",
+    "MAXIMUM_FILM_BOXES",
     "MAXIMUM_LAYOUT",
     "META_SOP_CLASSES",
     "PRINTER",
     "PRINTER_INSTANCE",
     "PRINT_JOB",
     "ClassInstanceConflict",
-    "DuplicateFilmSession",
+    "DuplicatePrintInstance",
     "FilmBox",
     "FilmSession",
     "ImageBox",
@@ -66,6 +67,7 @@ __all__ = [
     "PrintViolation",
     "PrintWarning",
     "PrintedFilm",
+    "ResourceLimitation",
     "density_level",
     "film_pixels",
     "layout_boxes",
@@ -108,6 +110,10 @@ FILM_SIZES: Final[Mapping[str, tuple[float, float]]] = {
     "A3": (297 / 25.4, 420 / 25.4),
 }
 
+#: Film boxes one film session may hold at once: what an association keeps in memory is
+#: bounded (each image box holds its preformatted image until the session ends).
+MAXIMUM_FILM_BOXES: Final = 100
+
 #: The largest number of columns or rows (STANDARD), or of rows / columns and of
 #: images in one of them (ROW, COL), a layout may have.
 MAXIMUM_LAYOUT: Final = 10
@@ -148,8 +154,8 @@ class InvalidPrintAttribute(PrintViolation):
     """A value the printer does not support (layout, film size, position...): 0x0106."""
 
 
-class DuplicateFilmSession(PrintViolation):
-    """A second Basic Film Session on one association: 0x0111."""
+class DuplicatePrintInstance(PrintViolation):
+    """A second Basic Film Session on one association, or an instance UID already used: 0x0111."""
 
 
 class NoFilmSession(PrintViolation):
@@ -166,6 +172,10 @@ class ImageLargerThanBox(PrintViolation):
 
 class NoFilmBoxes(PrintViolation):
     """N-ACTION print of a film session without film boxes: 0xC600 (PS3.4 H.4.1.2.4.2)."""
+
+
+class ResourceLimitation(PrintViolation):
+    """More film boxes than :data:`MAXIMUM_FILM_BOXES` in one film session: 0x0213 (PS3.7 C.4.5)."""
 
 
 class NoSuchPrintInstance(NotFound):
@@ -371,7 +381,7 @@ class PrintSession:
     def create_film_session(self, sop_instance_uid: str | None, attributes: Dataset) -> FilmSession:
         """N-CREATE of the Basic Film Session."""
         if self.film_session is not None:
-            raise DuplicateFilmSession("a film session exists already on this association")
+            raise DuplicatePrintInstance("a film session exists already on this association")
         kept = _film_session_attributes(attributes, {"NumberOfCopies": "1"})
         self.film_session = FilmSession(sop_instance_uid or _new_uid(), kept)
         return self.film_session
@@ -410,8 +420,10 @@ class PrintSession:
         """N-CREATE of a Basic Film Box; creates its image boxes."""
         if self.film_session is None:
             raise NoFilmSession("no film session: create the Basic Film Session first")
+        if len(self.film_session.film_boxes) >= MAXIMUM_FILM_BOXES:
+            raise ResourceLimitation(f"at most {MAXIMUM_FILM_BOXES} film boxes per film session")
         if sop_instance_uid is not None and self.kind_of(sop_instance_uid) is not None:
-            raise DuplicateFilmSession(f"{sop_instance_uid[:64]} exists already")
+            raise DuplicatePrintInstance(f"{sop_instance_uid[:64]} exists already")
         display_format = str(attributes.get("ImageDisplayFormat", "") or "")
         if not display_format:
             raise InvalidPrintAttribute("Image Display Format is required", [_IMAGE_DISPLAY_FORMAT])

@@ -23,6 +23,7 @@ an instance this association does not hold                  0x0112
 an instance of another SOP class than the one named         0x0119
 an image larger than its box with Magnification Type NONE   0xC603
 print of a film session without film boxes                  0xC600
+more than 100 film boxes in one film session                0x0213
 print of a film box without images (empty page)             0xB603
 print of a film session without images                      0xB602
 an image larger than its box, demagnified                   0xB604
@@ -54,7 +55,7 @@ from dicomhub.model.printing import (
     PRINTER,
     PRINTER_INSTANCE,
     ClassInstanceConflict,
-    DuplicateFilmSession,
+    DuplicatePrintInstance,
     ImageLargerThanBox,
     InvalidPrintAttribute,
     NoFilmBoxes,
@@ -63,6 +64,7 @@ from dicomhub.model.printing import (
     PrintSession,
     PrintViolation,
     PrintWarning,
+    ResourceLimitation,
 )
 from dicomhub.services.access import Forbidden
 
@@ -76,6 +78,7 @@ LOGGER = logging.getLogger("dicomhub.dimse")
 
 NO_FILM_BOXES: Final = 0xC600  # PS3.4 H.4.1.2.4.2
 IMAGE_LARGER_THAN_BOX: Final = 0xC603  # PS3.4 H.4.3.1.2.1.2
+RESOURCE_LIMITATION: Final = 0x0213  # PS3.7 C.4.5 (N-CREATE)
 EMPTY_FILM_SESSION: Final = 0xB602
 EMPTY_FILM_BOX: Final = 0xB603
 IMAGE_DEMAGNIFIED: Final = 0xB604
@@ -85,11 +88,12 @@ _PRINT_ACTION: Final = 1  # PS3.4 H.4.1.2.4 / H.4.2.2.4: Action Type ID 1 = Prin
 # Most specific first: the first class the error is an instance of decides.
 _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
     (Forbidden, S.NOT_AUTHORIZED),
-    (DuplicateFilmSession, S.DUPLICATE_SOP_INSTANCE),
+    (DuplicatePrintInstance, S.DUPLICATE_SOP_INSTANCE),
     (NoFilmSession, S.INVALID_OBJECT_INSTANCE),
     (ClassInstanceConflict, S.CLASS_INSTANCE_CONFLICT),
     (ImageLargerThanBox, IMAGE_LARGER_THAN_BOX),
     (NoFilmBoxes, NO_FILM_BOXES),
+    (ResourceLimitation, RESOURCE_LIMITATION),
     (InvalidPrintAttribute, S.INVALID_ATTRIBUTE_VALUE),
     (NotFound, S.NO_SUCH_SOP_INSTANCE),
 )
@@ -117,6 +121,7 @@ PRINT_STATUSES: tuple[tuple[int, str, str], ...] = (
     (S.CLASS_INSTANCE_CONFLICT, "Class-Instance Conflict", "an instance of another SOP class"),
     (IMAGE_LARGER_THAN_BOX, "Failure", "image larger than its box with Magnification Type NONE"),
     (NO_FILM_BOXES, "Failure", "print of a film session without film boxes"),
+    (RESOURCE_LIMITATION, "Resource Limitation", "more than 100 film boxes in one film session"),
     (S.NO_SUCH_ACTION, "No Such Action", "an Action Type ID other than 1 (Print)"),
     (S.PROCESSING_FAILURE, "Processing Failure", "the job could not be stored"),
 )
