@@ -9,6 +9,7 @@
   checked by pixels (every image box's region holds its image resampled, polarity
   applied, within 3 gray levels on average);
 - a color film on the color meta SOP class (RGB, checked by pixels);
+- a Presentation LUT (a table) referenced by a film box maps the film's values;
 - N-GET of the Print Job named in the N-ACTION response: Execution Status DONE;
 - the refusals of PS3.4 H with their statuses, the server staying up;
 - an association aborted in the middle of a session leaves no job.
@@ -45,6 +46,7 @@ GRAYSCALE_IMAGE_BOX = "1.2.840.10008.5.1.1.4"
 PRINTER = "1.2.840.10008.5.1.1.16"
 PRINTER_INSTANCE = "1.2.840.10008.5.1.1.17"
 PRINT_JOB = "1.2.840.10008.5.1.1.14"
+PRESENTATION_LUT = "1.2.840.10008.5.1.1.23"
 DPI = 30
 
 
@@ -107,6 +109,7 @@ class PrintScu:
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60
         self.ae.add_requested_context(meta, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.add_requested_context(PRINT_JOB, [ExplicitVRLittleEndian])
+        self.ae.add_requested_context(PRESENTATION_LUT, [ExplicitVRLittleEndian])
         self.last = Dataset()
         self.assoc = self.ae.associate(
             HOST, hub.dimse_port, ae_title=hub.aet, evt_handlers=[(evt.EVT_DIMSE_RECV, self._received)]
@@ -316,6 +319,38 @@ def test_print_color(hub: DicomhubServer) -> None:
     # 16x20 scaled x15 fills the 240x300 film: top half blue 250, bottom half blue 30
     assert np.abs(pixels[60, 120] - (200, 100, 250)).max() <= 2
     assert np.abs(pixels[240, 120] - (200, 100, 30)).max() <= 2
+
+
+def test_presentation_lut(hub: DicomhubServer, scu: PrintScu) -> None:
+    """An inverting Presentation LUT (10-bit entries) referenced by the film box inverts the film."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 0, 10])  # LUT Descriptor
+    item.add_new(0x00283006, "OW", np.array([1023 - 4 * v for v in range(256)], "<u2").tobytes())
+    lut = Dataset()
+    lut.PresentationLUTSequence = Sequence([item])
+    status, _ = scu.assoc.send_n_create(lut, PRESENTATION_LUT, "1.2.826.0.1.3680043.10.1419.9.1")
+    assert int(status.Status) == 0
+    shape = Dataset()
+    shape.PresentationLUTShape = "INVERSE"  # softcopy only
+    assert int(scu.assoc.send_n_create(shape, PRESENTATION_LUT, generate_uid())[0].Status) == 0x0106
+    assert scu.create(session_attributes("LUT"), FILM_SESSION, generate_uid())[0] == 0
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = PRESENTATION_LUT
+    reference.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.10.1419.9.1"
+    attributes = film_box("STANDARD\\1,1", FilmSizeID="8INX10IN", MagnificationType="REPLICATE")
+    attributes.ReferencedPresentationLUTSequence = Sequence([reference])
+    status, reply, box = scu.create(attributes, FILM_BOX)
+    assert status == 0 and reply is not None
+    values = gradient(20, 16, 5)  # x15 fills the 240x300 film
+    only = reply.ReferencedImageBoxSequence[0].ReferencedSOPInstanceUID
+    assert scu.set(image_box(values, 1), GRAYSCALE_IMAGE_BOX, only) == 0
+    status, action_reply = scu.action(FILM_BOX, box)
+    assert status == 0 and action_reply is not None
+    job = action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID
+    film = film_png(hub, job, 1)
+    sampled = film[7::15, 7::15]
+    assert sampled.shape == values.shape
+    assert np.abs(sampled - (255 - values.astype(np.float64))).max() <= 1
 
 
 def test_aborted_session_leaves_no_job(hub: DicomhubServer) -> None:

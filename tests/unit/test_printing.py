@@ -16,11 +16,13 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from dicomhub.model.presentationlut import InvalidPresentationLut
 from dicomhub.model.printing import (
     BASIC_FILM_BOX,
     BASIC_FILM_SESSION,
     BASIC_GRAYSCALE_IMAGE_BOX,
     MAXIMUM_FILM_BOXES,
+    PRESENTATION_LUT,
     ClassInstanceConflict,
     DuplicatePrintInstance,
     ImageLargerThanBox,
@@ -329,3 +331,79 @@ def test_film_boxes_per_session_are_bounded() -> None:
             film_box_attributes("STANDARD\\1,1"),
             False,
         )
+
+
+def lut_attributes(table: list[int] | None = None, shape: str | None = None, bits: int = 12) -> Dataset:
+    ds = Dataset()
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    if table is not None:
+        item = Dataset()
+        item.LUTDescriptor = [len(table), 0, bits]
+        item.LUTData = table
+        ds.PresentationLUTSequence = Sequence([item])
+    return ds
+
+
+def referencing(uid: str) -> Sequence:
+    item = Dataset()
+    item.ReferencedSOPClassUID = PRESENTATION_LUT
+    item.ReferencedSOPInstanceUID = uid
+    return Sequence([item])
+
+
+def test_presentation_lut_rules() -> None:
+    session = PrintSession(DPI)
+    assert session.create_presentation_lut(None, lut_attributes(shape="IDENTITY")).table is None
+    assert session.create_presentation_lut(None, lut_attributes(shape="LIN OD")).shape == "LIN OD"
+    for bad in (
+        lut_attributes(shape="INVERSE"),  # softcopy only
+        lut_attributes(),
+        lut_attributes([0, 4095], shape="IDENTITY"),
+        lut_attributes([0, 5000]),  # beyond 12 bits
+        lut_attributes([0, 100], bits=8),
+    ):
+        with pytest.raises(InvalidPresentationLut):
+            session.create_presentation_lut(None, bad)
+    lut = session.create_presentation_lut("1.2.3.99", lut_attributes([0, 4095]))
+    with pytest.raises(DuplicatePrintInstance):
+        session.create_presentation_lut("1.2.3.99", lut_attributes([0, 4095]))
+    session.create_film_session(None, Dataset())
+    attributes = film_box_attributes("STANDARD\\1,1")
+    attributes.ReferencedPresentationLUTSequence = referencing("1.2.3.4")
+    with pytest.raises(InvalidPrintAttribute) as caught:
+        session.create_film_box(None, attributes, False)
+    assert caught.value.tags == (0x20500500,)
+    attributes.ReferencedPresentationLUTSequence = referencing(lut.sop_instance_uid)
+    box = session.create_film_box(None, attributes, False)
+    session.delete_presentation_lut(lut.sop_instance_uid)
+    assert box.presentation_lut is lut  # the film box keeps what it referenced
+    assert box.attributes()["PresentationLUT"] == "2 entries of 12 bits"
+    with pytest.raises(NoSuchPrintInstance):
+        session.delete_presentation_lut(lut.sop_instance_uid)
+
+
+def test_presentation_lut_maps_values_to_p_values() -> None:
+    """A gamma table on the film box; an inverting one on one image box overrides it."""
+    session = PrintSession(DPI)
+    gamma = [round(4095 * (v / 255) ** 2) for v in range(256)]
+    film_lut = session.create_presentation_lut(None, lut_attributes(gamma))
+    invert = session.create_presentation_lut(None, lut_attributes([1023 - v for v in range(1024)], bits=10))
+    session.create_film_session(None, Dataset())
+    attributes = film_box_attributes("STANDARD\\2,1", MagnificationType="REPLICATE")
+    attributes.ReferencedPresentationLUTSequence = referencing(film_lut.sop_instance_uid)
+    box = session.create_film_box(None, attributes, False)
+    values = gradient(17, 7)  # 7x17 into a 140x340 box: x20 exactly, REPLICATE keeps values
+    left, right = box.image_boxes
+    session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, left.sop_instance_uid, image_set(picture(values), 1))
+    change = image_set(picture(values), 2)
+    change.ReferencedPresentationLUTSequence = referencing(invert.sop_instance_uid)
+    session.set_image_box(BASIC_GRAYSCALE_IMAGE_BOX, right.sop_instance_uid, change)
+    film = np.asarray(render_film(box, False, DPI), dtype=np.int64)
+    for placed, want in (
+        (film[0:340, 0:140], np.round(255 * (values / 255.0) ** 2)),
+        (film[0:340, 140:280], 255 - np.round(values.astype(np.float64) * 1023 / 255) * 255 / 1023),
+    ):
+        sampled = placed[10::20, 10::20]  # the centre of each replicated pixel
+        assert sampled.shape == values.shape
+        assert np.abs(sampled - want).max() <= 1

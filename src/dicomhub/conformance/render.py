@@ -836,5 +836,7 @@ def _print_management_text() -> str:
         "Border and Empty Image Density BLACK, WHITE or 0-300. Each print is one print job whose films "
         "are rendered to PNG (see the Print statuses below). Print Job SOP Class (negotiated on its own): "
         "N-GET of a job's Execution Status (always DONE: a print is answered once its job is stored). "
-        "Presentation LUT and N-EVENT-REPORT are not supported."
+        "Presentation LUT SOP Class (negotiated on its own): N-CREATE with Presentation LUT Shape "
+        "IDENTITY or LIN OD, or a Presentation LUT Sequence (first value mapped 0, 10 to 16 bits), "
+        "N-DELETE; referenced by a film box or an image box. N-EVENT-REPORT is not sent."
     )

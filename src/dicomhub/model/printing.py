@@ -38,6 +38,7 @@ from typing import Final
 from pydicom.dataset import Dataset
 
 from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.model.presentationlut import PRESENTATION_LUT, PresentationLut, presentation_lut_from
 
 __all__ = [
     "BASIC_COLOR_IMAGE_BOX",
@@ -53,6 +54,7 @@ __all__ = [
     "PRINTER",
     "PRINTER_INSTANCE",
     "PRINT_JOB",
+    "PRESENTATION_LUT",
     "ClassInstanceConflict",
     "DuplicatePrintInstance",
     "FilmBox",
@@ -140,6 +142,8 @@ _POLARITY: Final = 0x20200020
 _PREFORMATTED_GRAYSCALE: Final = 0x20200110
 _PREFORMATTED_COLOR: Final = 0x20200111
 _NUMBER_OF_COPIES: Final = 0x20000010
+_REFERENCED_PRESENTATION_LUT: Final = 0x20500500
+_MAXIMUM_PRESENTATION_LUTS: Final = 100
 
 
 class PrintViolation(InvalidRequest):
@@ -294,6 +298,7 @@ class ImageBox:
     polarity: str = "NORMAL"
     magnification_type: str | None = None
     image: Dataset | None = None
+    presentation_lut: PresentationLut | None = None
 
 
 @dataclass
@@ -310,10 +315,13 @@ class FilmBox:
     trim: str
     image_boxes: list[ImageBox]
     boxes: list[tuple[float, float, float, float]]
+    presentation_lut: PresentationLut | None = None
 
     def attributes(self) -> dict[str, str]:
         """The film box attributes kept with a print job."""
+        lut = self.presentation_lut.attributes() if self.presentation_lut is not None else {}
         return {
+            **lut,
             "ImageDisplayFormat": self.image_display_format,
             "FilmOrientation": self.film_orientation,
             "FilmSizeID": self.film_size_id,
@@ -357,6 +365,7 @@ class PrintSession:
         self.film_session: FilmSession | None = None
         self._film_boxes: dict[str, FilmBox] = {}
         self._image_boxes: dict[str, tuple[FilmBox, ImageBox]] = {}
+        self._presentation_luts: dict[str, PresentationLut] = {}
 
     # -- lookup ---------------------------------------------------------------
 
@@ -366,8 +375,41 @@ class PrintSession:
             return BASIC_FILM_SESSION
         if sop_instance_uid in self._film_boxes:
             return BASIC_FILM_BOX
+        if sop_instance_uid in self._presentation_luts:
+            return PRESENTATION_LUT
         held = self._image_boxes.get(sop_instance_uid)
         return held[1].sop_class_uid if held is not None else None
+
+    # -- presentation LUT (PS3.4 H.4.9) --------------------------------------
+
+    def create_presentation_lut(self, sop_instance_uid: str | None, attributes: Dataset) -> PresentationLut:
+        """N-CREATE of a Presentation LUT (no film session needed)."""
+        if sop_instance_uid is not None and self.kind_of(sop_instance_uid) is not None:
+            raise DuplicatePrintInstance(f"{sop_instance_uid[:64]} exists already")
+        if len(self._presentation_luts) >= _MAXIMUM_PRESENTATION_LUTS:
+            raise ResourceLimitation(f"at most {_MAXIMUM_PRESENTATION_LUTS} presentation LUTs")
+        lut = presentation_lut_from(sop_instance_uid or _new_uid(), attributes)
+        self._presentation_luts[lut.sop_instance_uid] = lut
+        return lut
+
+    def delete_presentation_lut(self, sop_instance_uid: str) -> None:
+        """N-DELETE of a Presentation LUT; film and image boxes keep the one they referenced."""
+        self._check(PRESENTATION_LUT, sop_instance_uid)
+        del self._presentation_luts[sop_instance_uid]
+
+    def _referenced_lut(self, attributes: Dataset, current: PresentationLut | None) -> PresentationLut | None:
+        sequence = attributes.get("ReferencedPresentationLUTSequence")
+        if sequence is None:
+            return current
+        if len(sequence) == 0:
+            return None
+        uid = str(sequence[0].get("ReferencedSOPInstanceUID", ""))
+        lut = self._presentation_luts.get(uid)
+        if len(sequence) != 1 or lut is None:
+            raise InvalidPrintAttribute(
+                f"no Presentation LUT {uid[:40]} on this association", [_REFERENCED_PRESENTATION_LUT]
+            )
+        return lut
 
     def _check(self, sop_class_uid: str, sop_instance_uid: str) -> None:
         kind = self.kind_of(sop_instance_uid)
@@ -428,6 +470,7 @@ class PrintSession:
         if not display_format:
             raise InvalidPrintAttribute("Image Display Format is required", [_IMAGE_DISPLAY_FORMAT])
         boxes = layout_boxes(display_format)
+        presentation_lut = self._referenced_lut(attributes, None)
         film_size = _text(attributes, "FilmSizeID", _DEFAULT_FILM_SIZE)
         if film_size not in FILM_SIZES:
             raise InvalidPrintAttribute(f"unsupported Film Size ID {film_size[:16]!r}", [_FILM_SIZE_ID])
@@ -449,6 +492,7 @@ class PrintSession:
                 ImageBox(_new_uid(), image_class, position) for position in range(1, len(boxes) + 1)
             ],
             boxes=boxes,
+            presentation_lut=presentation_lut,
         )
         self.film_session.film_boxes.append(box)
         self._film_boxes[box.sop_instance_uid] = box
@@ -529,7 +573,9 @@ class PrintSession:
                 )
             if larger:
                 warning = PrintWarning.IMAGE_DEMAGNIFIED
+        presentation_lut = self._referenced_lut(modifications, image.presentation_lut)
         image.polarity, image.magnification_type, image.image = polarity, magnification, picture
+        image.presentation_lut = presentation_lut
         return warning
 
 

@@ -13,7 +13,9 @@ shows:
   lets through only when it fits);
 * gray levels: MONOCHROME2 as it is, MONOCHROME1 inverted, 12-bit images
   scaled to 8 bits by dropping their low bits; Polarity REVERSE inverts
-  (PS3.3 C.13.5.1). Pixel value 255 is the least density (clear film).
+  (PS3.3 C.13.5.1); then the Presentation LUT of the image box (else of the
+  film box) maps them to P-values (:mod:`dicomhub.model.presentationlut`).
+  Pixel value 255 is the least density (clear film).
 
 Densities given in hundredths of optical density map linearly onto the gray
 levels (:func:`dicomhub.model.printing.density_level`).  Trim is recorded
@@ -30,6 +32,7 @@ from numpy.typing import NDArray
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from dicomhub.model.presentationlut import PresentationLut
 from dicomhub.model.printing import FilmBox, density_level, film_pixels
 
 __all__ = ["image_pixels", "placement", "render_film", "to_png"]
@@ -41,8 +44,14 @@ _FILTERS: Final = {
 }
 
 
-def image_pixels(picture: Dataset, color: bool, polarity: str) -> NDArray[np.uint8]:
-    """The 8-bit pixels of a preformatted image, as printed (rows x columns [x 3])."""
+def image_pixels(
+    picture: Dataset, color: bool, polarity: str, presentation_lut: PresentationLut | None = None
+) -> NDArray[np.uint8]:
+    """The 8-bit pixels of a preformatted image, as printed (rows x columns [x 3]).
+
+    Grayscale: MONOCHROME1 and Polarity REVERSE invert the stored values, then
+    a Presentation LUT table (if any) maps them to P-values (PS3.3 C.11.4).
+    """
     rows, columns = int(picture.Rows), int(picture.Columns)
     allocated = int(picture.BitsAllocated)
     data = bytes(picture.PixelData)
@@ -56,10 +65,20 @@ def image_pixels(picture: Dataset, color: bool, polarity: str) -> NDArray[np.uin
         dtype = np.dtype("<u2") if allocated == 16 else np.dtype(np.uint8)
         values = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
         bits = int(picture.get("BitsStored", allocated))
-        values = np.bitwise_and(values, (1 << bits) - 1)
-        pixels = (values >> (bits - 8)).astype(np.uint8) if bits > 8 else values.astype(np.uint8)
+        top = (1 << bits) - 1
+        values = np.bitwise_and(values, top).astype(np.int64)
         if str(picture.PhotometricInterpretation).upper() == "MONOCHROME1":
-            pixels = 255 - pixels
+            values = top - values
+        if polarity == "REVERSE":
+            values = top - values
+        if presentation_lut is not None and presentation_lut.table is not None:
+            table = np.asarray(presentation_lut.table, dtype=np.int64)
+            index = (values * (len(table) - 1) + top // 2) // top
+            out_top = (1 << presentation_lut.bits) - 1
+            mapped: NDArray[np.uint8] = ((table[index] * 255 + out_top // 2) // out_top).astype(np.uint8)
+            return mapped
+        eight: NDArray[np.uint8] = (values >> max(bits - 8, 0)).astype(np.uint8)
+        return eight
     if polarity == "REVERSE":
         pixels = 255 - pixels
     return np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -99,7 +118,8 @@ def render_film(film_box: FilmBox, color: bool, dpi: int) -> Image.Image:
         if image_box.image is None:
             film.paste(empty, box)
             continue
-        pixels = image_pixels(image_box.image, color, image_box.polarity)
+        lut = image_box.presentation_lut or film_box.presentation_lut
+        pixels = image_pixels(image_box.image, color, image_box.polarity, None if color else lut)
         picture = Image.fromarray(pixels, mode)
         magnification = image_box.magnification_type or film_box.magnification_type
         left, top, new_width, new_height = placement(box, picture.size, magnification)

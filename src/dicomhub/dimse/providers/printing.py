@@ -44,6 +44,7 @@ from dicomhub.dimse import status as S
 from dicomhub.dimse.messages import NRequest, NResponse
 from dicomhub.dimse.providers.base import Provider
 from dicomhub.errors import DicomhubError, NotFound
+from dicomhub.model.presentationlut import PRESENTATION_LUT, InvalidPresentationLut
 from dicomhub.model.printing import (
     BASIC_COLOR_IMAGE_BOX,
     BASIC_COLOR_PRINT_MANAGEMENT_META,
@@ -95,6 +96,7 @@ _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
     (NoFilmBoxes, NO_FILM_BOXES),
     (ResourceLimitation, RESOURCE_LIMITATION),
     (InvalidPrintAttribute, S.INVALID_ATTRIBUTE_VALUE),
+    (InvalidPresentationLut, S.INVALID_ATTRIBUTE_VALUE),
     (NotFound, S.NO_SUCH_SOP_INSTANCE),
 )
 
@@ -115,7 +117,8 @@ PRINT_STATUSES: tuple[tuple[int, str, str], ...] = (
     (
         S.INVALID_ATTRIBUTE_VALUE,
         "Invalid Attribute Value",
-        "layout, film size, orientation, density, polarity, magnification, position or image not supported",
+        "layout, film size, orientation, density, polarity, magnification, position, image or "
+        "Presentation LUT not supported",
     ),
     (S.NO_SUCH_SOP_INSTANCE, "No Such SOP Instance", "an instance the association does not hold"),
     (S.CLASS_INSTANCE_CONFLICT, "Class-Instance Conflict", "an instance of another SOP class"),
@@ -140,7 +143,7 @@ _PRINTER_ATTRIBUTES: Final = {
 
 def _refusal(exc: DicomhubError) -> NResponse:
     code = next((c for kind, c in _STATUSES if isinstance(exc, kind)), S.PROCESSING_FAILURE)
-    tags = exc.tags if isinstance(exc, PrintViolation) and exc.tags else None
+    tags = exc.tags if isinstance(exc, PrintViolation | InvalidPresentationLut) and exc.tags else None
     return NResponse(code, error_comment=str(exc)[:64], attribute_identifier_list=tags)
 
 
@@ -156,7 +159,8 @@ class PrintManagementProvider(Provider):
     """
 
     # The Print Job SOP Class is in neither meta SOP class: negotiated on its own (PS3.4 H.4.6).
-    sop_classes = frozenset({*META_SOP_CLASSES, PRINT_JOB})
+    # So are the Print Job and Presentation LUT SOP Classes (PS3.4 H.4.6, H.4.9).
+    sop_classes = frozenset({*META_SOP_CLASSES, PRINT_JOB, PRESENTATION_LUT})
     name: ClassVar[str] = "print management"
 
     def __init__(self, service: PrintService, authorize: Callable[[], None] | None = None) -> None:
@@ -172,8 +176,8 @@ class PrintManagementProvider(Provider):
         return self._session
 
     def serves(self, abstract_syntax: str, sop_class_uid: str) -> bool:
-        if abstract_syntax == PRINT_JOB:
-            return sop_class_uid == PRINT_JOB
+        if abstract_syntax in (PRINT_JOB, PRESENTATION_LUT):
+            return sop_class_uid == abstract_syntax
         return sop_class_uid in META_SOP_CLASSES.get(abstract_syntax, ())
 
     @staticmethod
@@ -225,6 +229,9 @@ class PrintManagementProvider(Provider):
     def n_create(self, assoc: Association, request: NRequest) -> NResponse:
         attributes = request.dataset if request.dataset is not None else Dataset()
         try:
+            if request.sop_class_uid == PRESENTATION_LUT:
+                lut = self.session.create_presentation_lut(request.sop_instance_uid, attributes)
+                return NResponse(S.SUCCESS, sop_instance_uid=lut.sop_instance_uid, dataset=attributes)
             if request.sop_class_uid == BASIC_FILM_SESSION:
                 self._authorize()
                 session = self.session.create_film_session(request.sop_instance_uid, attributes)
@@ -321,6 +328,8 @@ class PrintManagementProvider(Provider):
                 self.session.delete_film_session(request.sop_instance_uid)
             elif request.sop_class_uid == BASIC_FILM_BOX:
                 self.session.delete_film_box(request.sop_instance_uid)
+            elif request.sop_class_uid == PRESENTATION_LUT:
+                self.session.delete_presentation_lut(request.sop_instance_uid)
             else:
                 return NResponse(S.UNRECOGNIZED_OPERATION, error_comment="no N-DELETE for this SOP class")
         except DicomhubError as exc:
