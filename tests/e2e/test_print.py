@@ -248,6 +248,8 @@ def test_print_two_layouts(hub: DicomhubServer, scu: PrintScu) -> None:
     rows = [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 0.5, 1.0), (0.5, 0.5, 1.0, 1.0)]
     check_film(film_png(hub, second_job, 2), rows, [wide, None, pictures[2]])
     assert httpx.get(f"{hub.base_url}/print/jobs/{second_job}/films/3.png", timeout=10).status_code == 404
+    assert httpx.get(f"{hub.base_url}/print/jobs/{second_job}/films/x.png", timeout=10).status_code == 400
+    assert httpx.get(f"{hub.base_url}/print/jobs/2.25.1/films/1.png", timeout=10).status_code == 404
 
     code, out = run_cli("print-jobs", "--json", "--data-dir", str(hub.data_dir))
     assert code == 0, out
