@@ -133,6 +133,10 @@ def main() -> int:
         assoc = ae.associate(HOST, dimse_port, ae_title="DICOMHUB", max_pdu=262144)
         if not assoc.is_established:
             raise SystemExit("association not established")
+        # pynetdicom's requestor reactor can steal a response that comes back within
+        # microseconds (pynetdicom issue #875); only send_*() may read messages here.
+        get_msg = assoc.dimse.get_msg
+        assoc.dimse.get_msg = lambda block=False: get_msg(block=True) if block else (None, None)
         dimse: list[float] = []
         printing: list[float] = []
         try:

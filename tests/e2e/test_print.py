@@ -99,6 +99,24 @@ def film_box(layout: str, **extra: str) -> Dataset:
     return ds
 
 
+def blocking_reads_only(assoc: Any) -> None:
+    """Leave the messages of `assoc` to its ``send_*()`` calls.
+
+    pynetdicom's requestor reactor can take a response off the queue between two
+    requests when it comes back within microseconds ("Received unexpected N-SET
+    service message" and a DIMSE timeout; pynetdicom issue #875): the reactor
+    passes its checkpoint just as the next ``send_*()`` pauses it. A print SCU
+    expects no requests from the printer, so the reactor's non-blocking reads are
+    turned off; the blocking reads of ``send_*()`` are unchanged.
+    """
+    get_msg = assoc.dimse.get_msg
+
+    def blocking_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = blocking_only
+
+
 class PrintScu:
     """A pynetdicom association proposing the grayscale print meta SOP class; keeps the last
     response's command set (for the Affected SOP Instance UID the SCP chose)."""
@@ -115,6 +133,7 @@ class PrintScu:
             HOST, hub.dimse_port, ae_title=hub.aet, evt_handlers=[(evt.EVT_DIMSE_RECV, self._received)]
         )
         assert self.assoc.is_established
+        blocking_reads_only(self.assoc)
 
     def _received(self, event: evt.Event) -> None:
         self.last = event.message.command_set
