@@ -38,6 +38,7 @@ from dicomhub.index.migration_jobs import MigrationRepository
 from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
+from dicomhub.index.printing import PrintJobRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.validation import ValidationRepository
@@ -67,6 +68,7 @@ from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
+from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
@@ -240,6 +242,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         aes=ApplicationEntityService(peers),
         orders=orders,
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
+        printing=PrintService(PrintJobRepository(engine), blobs, settings.print_dpi),
         patients=patients,
         worklist=WorklistService(WorklistRepository(engine)),
         links=links,

@@ -220,6 +220,9 @@ class Settings:
     # host:port of the order system's MLLP listener that gets an ORM^O01 status message
     # whenever an MPPS moves an order (docs/orders.md); "": none sent
     mpps_hl7_destination: str = ""
+    # Resolution of the films printed to the archive's Print SCP, in pixels per inch
+    # of the Film Size ID (14INX17IN at 150: 2100 x 2550 pixels; docs/printing.md).
+    print_dpi: int = 150
     # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
     # updates and merges with this issuer (or none) reach the stored studies.
     patient_id_issuer: str = ""
@@ -330,6 +333,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "max_associations": (1, None),
     "http_body_min_rate": (0, None),
     "s3_max_attempts": (1, 20),
+    "print_dpi": (25, 600),
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).

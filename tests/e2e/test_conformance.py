@@ -146,7 +146,7 @@ def test_what_is_not_listed_is_rejected(server: DicomhubServer, statement: Confo
     rng = random.Random(8)
     unregistered = [f"1.2.826.0.1.3680043.9.7433.{rng.randrange(1, 10**9)}" for _ in range(4)]
     not_provided = [
-        "1.2.840.10008.5.1.1.9",  # Basic Grayscale Print Management Meta SOP Class
+        "1.2.840.10008.5.1.4.33",  # Instance Availability Notification SOP Class
         "1.2.840.10008.5.1.4.1.2.3.1",  # Patient/Study Only Q/R - FIND (retired)
     ]
     assert not set(unregistered + not_provided) & abstracts

@@ -32,6 +32,7 @@ from dicomhub.web.openapi import openapi_document
 
 from .helpers import DicomhubServer, run_cli, store_ok
 from .test_mpps import Modality, attribute_list
+from .test_print import FILM_BOX, FILM_SESSION, PrintScu, film_box, session_attributes
 
 pytestmark = pytest.mark.e2e
 
@@ -127,14 +128,17 @@ class Stored:
     order: str = ""  # an order's id (REST and FHIR ServiceRequest)
     patient: str = ""  # a patient of record's id (REST and FHIR Patient)
     mpps: str = ""  # a performed procedure step's SOP Instance UID
+    print_job: str = ""  # a print job's id
 
 
 def _values(
-    ds: Dataset, job_id: str = "1", order: str = "", patient: str = "", mpps: str = ""
+    ds: Dataset, job_id: str = "1", order: str = "", patient: str = "", mpps: str = "", print_job: str = ""
 ) -> dict[str, str]:
     """Values for the path and required query parameters of the document."""
     return {
         "job_id": job_id,
+        "job": print_job,
+        "film": "1.png",
         "mpps": mpps,
         "order": order,
         "patient": patient,
@@ -220,7 +224,17 @@ def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         modality.close()
     assert status == 0x0000
-    return Stored(ds, victim, job, order, patient, str(command.AffectedSOPInstanceUID))
+    # A print job (one empty film) for the /print routes.
+    printer = PrintScu(server)
+    try:
+        assert printer.create(session_attributes(), FILM_SESSION, datagen.uid())[0] == 0x0000
+        _status, _reply, box = printer.create(film_box("STANDARD\\1,1"), FILM_BOX)
+        printed, reply = printer.action(FILM_BOX, box)
+    finally:
+        printer.release()
+    assert printed == 0xB603 and reply is not None  # an empty film prints with a warning
+    print_job = str(reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID)
+    return Stored(ds, victim, job, order, patient, str(command.AffectedSOPInstanceUID), print_job)
 
 
 @pytest.fixture
@@ -271,7 +285,7 @@ def test_path_parameters_match_templates(doc: dict[str, Any]) -> None:
 def test_every_documented_get_answers_as_documented(
     client: httpx.Client, doc: dict[str, Any], stored: Stored
 ) -> None:
-    values = _values(stored.ds, stored.job_id, stored.order, stored.patient, stored.mpps)
+    values = _values(stored.ds, stored.job_id, stored.order, stored.patient, stored.mpps, stored.print_job)
     checked = 0
     secured = 0
     for path, item in doc["paths"].items():
@@ -295,8 +309,8 @@ def test_every_documented_get_answers_as_documented(
     # 2 migration routes,
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
     # 4 order and patient routes, the unmatched studies, 3 FHIR routes (metadata, Patient,
-    # ServiceRequest), the 2 of ImagingStudy (search, read) and 2 MPPS routes
-    assert checked == 51
+    # ServiceRequest), the 2 of ImagingStudy (search, read), 2 MPPS routes and 3 print routes
+    assert checked == 54
     assert secured == 2  # de-identification runs: the list and one run
 
 

@@ -16,14 +16,14 @@ import datagen
 import httpx
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import BasicGrayscalePrintManagementMeta, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from .helpers import HOST, DicomhubServer, ServerPool, echo, metric_samples, run_cli_split, store_ok
 
 pytestmark = pytest.mark.e2e
 
-# A SOP class dicomhub does not provide (Basic Grayscale Print Management Meta).
-NOT_PROVIDED = "1.2.840.10008.5.1.1.9"
+# A SOP class dicomhub does not provide (Instance Availability Notification).
+NOT_PROVIDED = "1.2.840.10008.5.1.4.33"
 
 
 def wait_for_rows(
@@ -55,7 +55,7 @@ def busy(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -
     assert rc == 0, out
     ae = AE(ae_title="WLCLIENT")
     ae.add_requested_context(Verification)
-    ae.add_requested_context(BasicGrayscalePrintManagementMeta)
+    ae.add_requested_context(NOT_PROVIDED)
     assoc = ae.associate(HOST, server.dimse_port, ae_title=server.aet)
     assert assoc.is_established
     assoc.send_c_echo()

@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mpps",
     "orders",
     "patients",
+    "printing",
     "links",
     "peer",
     "security",

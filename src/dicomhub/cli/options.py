@@ -246,6 +246,9 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="send an HL7 ORM^O01 status message there when an MPPS moves an order (default: none)",
     )
+    p.add_argument(
+        "--print-dpi", type=int, help="resolution of printed films, pixels per inch (default: 150)"
+    )
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 

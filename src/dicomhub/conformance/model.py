@@ -36,6 +36,7 @@ from dicomhub.config import RemoteAE, Settings
 from dicomhub.dimse import status
 from dicomhub.dimse.acse import acceptor_contexts
 from dicomhub.dimse.providers.mpps import MPPS_STATUSES
+from dicomhub.dimse.providers.printing import PRINT_STATUSES
 from dicomhub.dimse.providers.query_retrieve import move_proposals
 from dicomhub.dimse.requests import (
     QUERY_RETRIEVE_SOP_CLASSES,
@@ -344,6 +345,7 @@ def _statuses() -> tuple[StatusRow, ...]:
         StatusRow("Query/Retrieve GET/MOVE", status.CANCEL, "Cancel", "C-CANCEL received"),
     ]
     rows += [StatusRow("MPPS", code, meaning, cause) for code, meaning, cause in MPPS_STATUSES]
+    rows += [StatusRow("Print", code, meaning, cause) for code, meaning, cause in PRINT_STATUSES]
     return tuple(rows)
 
 
@@ -380,6 +382,8 @@ def _service(method: str, path: str) -> str:
         return "De-identification"
     if path.startswith("/migrations"):
         return "Migration"
+    if path.startswith("/print"):
+        return "Print"
     if "/labels" in path or path.startswith(("/users", "/grants", "/audit")):
         return "Access control"
     if not path.startswith("/dicomweb"):
@@ -423,7 +427,7 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = (
         "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
-        "De-identification", "Migration", "Access control",
+        "De-identification", "Migration", "Print", "Access control",
     )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))
 

@@ -27,6 +27,7 @@ from dicomhub.conformance.model import (
     uid_name,
 )
 from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
+from dicomhub.model.printing import FILM_SIZES, MAXIMUM_LAYOUT, META_SOP_CLASSES
 from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
 __all__ = ["FORMATS", "conformance_renderer", "document", "render", "render_html", "render_markdown"]
@@ -432,6 +433,8 @@ def _networking(
                     "malformed identifier: 0xA900 with an Error Comment."
                 )
             )
+        if any(uid in META_SOP_CLASSES for g in other for uid, _name in g.abstract_syntaxes):
+            blocks.append(Para(_print_management_text()))
     blocks += [
         h(4, "SOP Specific Conformance"),
         Para(
@@ -816,4 +819,24 @@ def _access_control(st: ConformanceStatement) -> str:
         "studies; a C-MOVE to another AE than the caller's needs the export right, and sends only the "
         "studies the destination's own principal may retrieve. Every association and operation is "
         "recorded in the audit log (exportable as DICOM audit messages, PS3.15 A.5)."
+    )
+
+
+def _print_management_text() -> str:
+    """What the Print SCP supports (PS3.4 Annex H), from the model's own tables."""
+    return (
+        "Print Management (PS3.4 Annex H), Basic Grayscale and Basic Color Print Management Meta SOP "
+        "Classes: Printer (N-GET of 1.2.840.10008.5.1.1.17, status always NORMAL), Basic Film Session "
+        "(N-CREATE, N-SET, N-ACTION Print, N-DELETE; one per association), Basic Film Box (N-CREATE, "
+        "N-ACTION Print, N-DELETE), Basic Grayscale/Color Image Box (N-SET of the preformatted image: "
+        "MONOCHROME1/2 of 8 or 12 bits, RGB of 8 bits). Image Display Formats: STANDARD\\C,R, "
+        f"ROW\\n,... and COL\\n,... with 1 to {MAXIMUM_LAYOUT} columns, rows and images per row or "
+        f"column. Film Size IDs: {', '.join(FILM_SIZES)}; Film Orientation PORTRAIT, LANDSCAPE; "
+        "Magnification Type REPLICATE, BILINEAR (default), CUBIC, NONE; Polarity NORMAL, REVERSE; "
+        "Border and Empty Image Density BLACK, WHITE or 0-300. Each print is one print job whose films "
+        "are rendered to PNG (see the Print statuses below). Print Job SOP Class (negotiated on its own): "
+        "N-GET of a job's Execution Status (always DONE: a print is answered once its job is stored). "
+        "Presentation LUT SOP Class (negotiated on its own): N-CREATE with Presentation LUT Shape "
+        "IDENTITY or LIN OD, or a Presentation LUT Sequence (first value mapped 0, 10 to 16 bits), "
+        "N-DELETE; referenced by a film box or an image box. N-EVENT-REPORT is not sent."
     )

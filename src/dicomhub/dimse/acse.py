@@ -42,6 +42,8 @@ from dicomhub.dimse.requests import (
 )
 from dicomhub.model.commitment import STORAGE_COMMITMENT_PUSH_MODEL
 from dicomhub.model.mpps import MODALITY_PERFORMED_PROCEDURE_STEP
+from dicomhub.model.presentationlut import PRESENTATION_LUT
+from dicomhub.model.printing import META_SOP_CLASSES, PRINT_JOB
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
@@ -193,6 +195,9 @@ def acceptor_contexts(config: AssociationConfig) -> list[PresentationContext]:
         )
     if config.modality_worklist:
         contexts[MODALITY_WORKLIST_FIND] = _context(MODALITY_WORKLIST_FIND, _UNCOMPRESSED)
+    if config.print_management:
+        for meta in (*sorted(META_SOP_CLASSES), PRINT_JOB, PRESENTATION_LUT):
+            contexts[meta] = _context(meta, [_EXPLICIT_VR_LE, _IMPLICIT_VR_LE])
     result = list(contexts.values())
     with _CONTEXT_CACHE_LOCK:
         if len(_CONTEXT_CACHE) >= 16:

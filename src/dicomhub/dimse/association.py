@@ -65,6 +65,7 @@ from dicomhub.dimse.pdu import (
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
 from dicomhub.dimse.providers.commitment import StorageCommitmentProvider
 from dicomhub.dimse.providers.mpps import ModalityPerformedProcedureStepProvider
+from dicomhub.dimse.providers.printing import PrintManagementProvider
 from dicomhub.dimse.providers.query_retrieve import QueryRetrieveProvider
 from dicomhub.dimse.providers.storage import StorageProvider
 from dicomhub.dimse.providers.verification import VerificationProvider
@@ -85,6 +86,7 @@ __all__ = ["Association", "default_providers", "provider_table", "serve_associat
 
 if TYPE_CHECKING:
     from dicomhub.services.mpps import MppsService
+    from dicomhub.services.printing import PrintService
 
 LOGGER = logging.getLogger("dicomhub.dimse.association")
 
@@ -102,6 +104,8 @@ def default_providers(
     mpps: MppsService | None = None,
     on_worklist_find: WorklistFindCallback | None = None,
     mpps_authorize: Callable[[], None] | None = None,
+    printing: PrintService | None = None,
+    print_authorize: Callable[[], None] | None = None,
 ) -> list[Provider]:
     """The service class providers of the archive, as `config` enables them.
 
@@ -121,6 +125,8 @@ def default_providers(
         providers.append(ModalityPerformedProcedureStepProvider(mpps, mpps_authorize))
     if config.modality_worklist and on_worklist_find is not None:
         providers.append(WorklistProvider(on_worklist_find))
+    if config.print_management and printing is not None:
+        providers.append(PrintManagementProvider(printing, print_authorize))  # per association: its session
     return providers
 
 
@@ -541,7 +547,7 @@ class Association(UpperLayer):
         provider = self.table.get(context.abstract_syntax) if context is not None else None
         if context is None or provider is None:
             return NResponse(S.SOP_CLASS_NOT_SUPPORTED, error_comment="SOP class not accepted here")
-        if sop_class != context.abstract_syntax:
+        if sop_class is None or not provider.serves(context.abstract_syntax, sop_class):
             return NResponse(S.NO_SUCH_SOP_CLASS, error_comment="SOP class is not the context's")
         if sop_instance is None and field != M.N_CREATE_RQ:
             return NResponse(S.NO_SUCH_SOP_INSTANCE, error_comment="no SOP Instance UID")
@@ -780,6 +786,8 @@ def serve_association(
     providers: Sequence[Provider] = (),
     mpps: MppsService | None = None,
     mpps_authorize: Callable[[], None] | None = None,
+    printing: PrintService | None = None,
+    print_authorize: Callable[[], None] | None = None,
 ) -> None:
     """Run one whole association on the calling thread and close the socket.
 
@@ -837,6 +845,7 @@ def serve_association(
             *default_providers(
                 config, on_store, on_find, on_retrieve, on_n_action,
                 mpps=mpps, on_worklist_find=on_worklist_find, mpps_authorize=mpps_authorize,
+                printing=printing, print_authorize=print_authorize,
             ),  # fmt: skip
             *providers,
         ]

@@ -268,6 +268,9 @@ class AssociationConfig:
     modality_worklist : bool
         Accept the Modality Worklist Information Model - FIND with the
         uncompressed transfer syntaxes; needs the `on_worklist_find` callback.
+    print_management : bool
+        Accept the Basic Grayscale and Color Print Management Meta SOP
+        Classes (PS3.4 H); needs the `printing` service.
     spool_threshold : int
         A C-STORE data set that grows past this many bytes is written to a
         spool file as it arrives instead of being kept in memory, and handed
@@ -296,6 +299,7 @@ class AssociationConfig:
     storage_commitment: bool = False
     modality_performed_procedure_step: bool = False
     modality_worklist: bool = False
+    print_management: bool = False
     spool_threshold: int = 16 << 20
     spool_dir: str | None = None
     accept_unknown_storage: bool = False

@@ -83,6 +83,7 @@ def association_config(settings: Settings) -> AssociationConfig:
         storage_commitment=True,
         modality_performed_procedure_step=True,
         modality_worklist=True,
+        print_management=True,
         maximum_pdu_size=settings.maximum_pdu_size,
         implementation_class_uid=IMPLEMENTATION_CLASS_UID,
         implementation_version_name=IMPLEMENTATION_VERSION_NAME,
@@ -196,6 +197,9 @@ class _Worker:
                 on_event=self.recorder.on_event,
                 mpps=self.archive.mpps,
                 mpps_authorize=lambda: bound.require(Role.STORE),
+                # Printing adds films to the archive, as sending objects does.
+                printing=self.archive.printing,
+                print_authorize=lambda: bound.require(Role.STORE),
             )
         except Exception:
             LOGGER.exception("association from %s:%s failed", *address[:2])

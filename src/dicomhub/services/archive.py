@@ -26,6 +26,7 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
+from dicomhub.services.printing import PrintService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.statistics import StatisticsService
@@ -67,6 +68,7 @@ class Archive:
     aes: ApplicationEntityService  # the ``dicomhub ae`` view of ``peers``, kept for its callers
     orders: OrderService
     mpps: MppsService
+    printing: PrintService
     patients: ArchivePatients  # patient updates in the archive, coercion on the way out
     worklist: WorklistService
     links: StudyLinkService

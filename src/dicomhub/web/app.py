@@ -27,6 +27,7 @@ from dicomhub.web import (
     orders,
     patients,
     peers,
+    printing,
     security,
 )
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
@@ -131,6 +132,7 @@ def create_app(
             ),
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
+            Mount("/print", routes=printing.routes(archive)),
             Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),
             Mount(
                 "/api",

@@ -28,6 +28,7 @@ from dicomhub import __version__
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
+from dicomhub.web.printing import print_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
 
@@ -923,6 +924,7 @@ def _paths() -> Json:
     paths.update(_peer_paths())
     paths.update(order_paths())
     paths.update(mpps_paths())
+    paths.update(print_paths())
     paths.update(patient_paths())
     return paths
 
@@ -1451,6 +1453,7 @@ def openapi_document() -> Json:
             {"name": "Access control", "description": "Users, tokens, grants and the audit log"},
             {"name": "Orders", "description": "Orders and patients of record (docs/orders.md)"},
             {"name": "FHIR", "description": "FHIR R4 Patient and ServiceRequest (JSON)"},
+            {"name": "Printing", "description": "Print jobs of the Print SCP (docs/printing.md)"},
         ],
         # With access control on (serve --auth) every route but /healthz and this
         # document needs a bearer token; without it, none does.

@@ -67,6 +67,14 @@ class Provider:
     transfer_syntaxes: Sequence[str] = (_EXPLICIT_VR_LE, _IMPLICIT_VR_LE)
     name: ClassVar[str] = "provider"
 
+    def serves(self, abstract_syntax: str, sop_class_uid: str) -> bool:
+        """Whether a DIMSE-N request naming `sop_class_uid` belongs on a context of `abstract_syntax`.
+
+        The SOP class itself by default; a meta SOP class provider (PS3.4
+        H.3.1: print management) answers for the classes the meta class groups.
+        """
+        return sop_class_uid == abstract_syntax
+
     # -- DIMSE-C -------------------------------------------------------------
 
     def c_echo(

@@ -2,7 +2,7 @@
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
-:mod:`.mpps`, :mod:`.links`), all built from the shared
+:mod:`.mpps`, :mod:`.links`, :mod:`.printing`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -62,6 +62,7 @@ from dicomhub.index.schema.orders import (
     requested_procedure,
     scheduled_procedure_step,
 )
+from dicomhub.index.schema.printing import print_film, print_job
 from dicomhub.index.schema.security import (
     api_token,
     audit_event,
@@ -106,6 +107,8 @@ __all__ = [
     "performed_procedure_step",
     "performed_step_link",
     "principal",
+    "print_film",
+    "print_job",
     "reconcile_run",
     "requested_procedure",
     "role_grant",

@@ -1,0 +1,147 @@
+"""Print Management use cases: a printed film session or film box becomes a print job.
+
+The DIMSE provider keeps the association's print session
+(:class:`~dicomhub.model.printing.PrintSession`); when the SCU prints, it
+hands the films here.  Each film is rendered to a PNG
+(:mod:`dicomhub.services.printrender`), written to the blob store (durable),
+and only then is the job indexed with all its films in one transaction, so
+the N-ACTION is answered Success only for a job that is complete and
+durable.  If anything fails on the way, the pictures already written are
+removed and no job is listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+
+from dicomhub.errors import NotFound
+from dicomhub.index.printing import PrintJobRepository
+from dicomhub.model.access import Action
+from dicomhub.model.caller import Caller
+from dicomhub.model.printing import PrintedFilm, PrintSession
+from dicomhub.model.printjobs import ExecutionStatus, PrintFilmRecord, PrintJob
+from dicomhub.model.timestamps import utc_now
+from dicomhub.services.access import Forbidden
+from dicomhub.services.printrender import render_film, to_png
+from dicomhub.storage.base import BlobStore
+
+__all__ = ["PrintService"]
+
+LOGGER = logging.getLogger("dicomhub.printing")
+
+
+class PrintService:
+    """Print jobs: made from printed films, listed, their films read back.
+
+    Parameters
+    ----------
+    repository : PrintJobRepository
+    blobs : BlobStore
+        Where the film pictures go.
+    dpi : int
+        Resolution films are rendered at (pixels per inch of the film size).
+    """
+
+    def __init__(self, repository: PrintJobRepository, blobs: BlobStore, dpi: int = 150) -> None:
+        self._repository = repository
+        self._blobs = blobs
+        self.dpi = dpi
+
+    def new_session(self) -> PrintSession:
+        """A print session for one association, at this service's resolution."""
+        return PrintSession(self.dpi)
+
+    def print_films(
+        self, films: Sequence[PrintedFilm], calling_ae_title: str, film_session_uid: str
+    ) -> PrintJob:
+        """Render, store and index `films` as one print job.
+
+        Raises
+        ------
+        StorageError
+            When a picture cannot be written (nothing is indexed then).
+        """
+        written: list[str] = []
+        records: list[PrintFilmRecord] = []
+        try:
+            for number, film in enumerate(films, start=1):
+                picture = render_film(film.film_box, film.color, self.dpi)
+                data = to_png(picture)
+                key = self._blobs.new_key()
+                sha256 = hashlib.sha256(data).hexdigest()
+                info = self._blobs.put(key, data, sha256)
+                written.append(key)
+                records.append(
+                    PrintFilmRecord(
+                        number=number,
+                        film_box_uid=film.film_box.sop_instance_uid,
+                        film_box=film.film_box.attributes(),
+                        images=sum(1 for image in film.film_box.image_boxes if image.image is not None),
+                        width=picture.width,
+                        height=picture.height,
+                        blob_key=key,
+                        size=info.size,
+                        sha256=sha256,
+                    )
+                )
+            job = PrintJob(
+                job_id=f"2.25.{uuid.uuid4().int}",
+                state=ExecutionStatus.DONE,
+                calling_ae_title=calling_ae_title,
+                film_session_uid=film_session_uid,
+                film_session=dict(films[0].film_session) if films else {},
+                color=any(film.color for film in films),
+                created_at=utc_now(),
+                films=tuple(records),
+            )
+            self._repository.add(job)
+        except BaseException:
+            for key in written:
+                try:
+                    self._blobs.delete(key)
+                except Exception:  # noqa: BLE001 - garbage for reconciliation; the job is what matters
+                    LOGGER.warning("film picture %s of a failed print job not removed", key)
+            raise
+        LOGGER.info("print job %s from %s: %d film(s)", job.job_id, calling_ae_title, len(records))
+        return job
+
+    @staticmethod
+    def _may_read(caller: Caller) -> None:
+        # Films show any patient's images: reading them takes querying the whole archive.
+        if not caller.access.study_filter(Action.QUERY).everything:
+            raise Forbidden(f"{caller.who} may not read print jobs (needs query at the archive scope)")
+
+    def jobs(self, caller: Caller, limit: int = 100) -> list[PrintJob]:
+        """The newest print jobs, newest first."""
+        self._may_read(caller)
+        return self._repository.jobs(limit)
+
+    def job(self, job_id: str, caller: Caller) -> PrintJob:
+        """One job; raises NotFound."""
+        self._may_read(caller)
+        found = self._repository.get(job_id)
+        if found is None:
+            raise NotFound(f"no print job {job_id[:64]}")
+        return found
+
+    def job_status(self, job_id: str) -> PrintJob:
+        """A job as the printing modality asks for it (Print Job N-GET): by its id alone.
+
+        Its id is a random UID the modality got in the N-ACTION response; what
+        the status tells (state, times, the calling AE) shows no image.
+        """
+        found = self._repository.get(job_id)
+        if found is None:
+            raise NotFound(f"no print job {job_id[:64]}")
+        return found
+
+    def film_png(self, job_id: str, number: int, caller: Caller) -> bytes:
+        """The PNG of film `number` (1-based) of a job; raises NotFound."""
+        job = self.job(job_id, caller)
+        for film in job.films:
+            if film.number == number:
+                return self._blobs.read(film.blob_key)
+        raise NotFound(f"print job {job_id[:64]} has no film {number}")
