@@ -214,7 +214,6 @@ class Association(UpperLayer):
         except Exception:  # noqa: BLE001
             LOGGER.exception("on_event hook failed for %r", name)
 
-
     # -- association establishment -----------------------------------------
 
     def establish(self) -> bool:
@@ -305,13 +304,10 @@ class Association(UpperLayer):
                     "rejected_contexts": len(results) - len(self.contexts),
                     # What was proposed and what became of it (PS3.8 Table 9-18
                     # results): the syntaxes offered are kept for refused contexts only.
-                    "contexts": [
-                        acse.context_outcome(r, proposed.get(r.context_id)) for r in results
-                    ],
+                    "contexts": [acse.context_outcome(r, proposed.get(r.context_id)) for r in results],
                 },
             )
         return True
-
 
     def refuse_garbage(self, what: str, reason: int) -> None:
         LOGGER.warning("aborting connection from %s:%s: %s", self.host, self.port, what)
@@ -344,7 +340,6 @@ class Association(UpperLayer):
             },
         )
 
-
     def run(self) -> None:
         """Serve the established association until release, abort or error."""
         config = self.config
@@ -376,7 +371,6 @@ class Association(UpperLayer):
             self.finish_aborted("A-ABORT from peer", by="peer")
         except T.PeerGone as exc:
             self.finish_aborted(f"transport closed ({exc})", by="peer")
-
 
     # -- providers -----------------------------------------------------------
 
@@ -522,9 +516,7 @@ class Association(UpperLayer):
             ),
             data,
         )
-        LOGGER.info(
-            "%s %s from %s: status 0x%04X", M.N_REQUESTS[field], sop_class, self.calling_ae, status
-        )
+        LOGGER.info("%s %s from %s: status 0x%04X", M.N_REQUESTS[field], sop_class, self.calling_ae, status)
         self.emit(
             "n_request",
             {"calling_ae_title": self.calling_ae, "operation": M.N_REQUESTS[field], "status": status},
@@ -691,11 +683,9 @@ class Association(UpperLayer):
             return True
         return message_id in self.cancelled
 
-
     def sub_message_id(self) -> int:
         self.next_message_id = self.next_message_id % 0xFFFF + 1
         return self.next_message_id
-
 
     def report_answered(self, command: Command) -> None:
         """N-EVENT-REPORT-RSP to a report of ours: success records it delivered."""
@@ -715,7 +705,6 @@ class Association(UpperLayer):
                 self.calling_ae,
                 command.status if command.status is not None else -1,
             )
-
 
     def counts(self) -> dict[str, object]:
         return {
@@ -767,8 +756,6 @@ class Association(UpperLayer):
         counts["reason"] = why
         counts["by"] = by
         self.emit("aborted", counts)
-
-
 
 
 def serve_association(
@@ -843,9 +830,16 @@ def serve_association(
             pass  # not a TCP socket (e.g. a socketpair in tests)
         table = [
             *default_providers(
-                config, on_store, on_find, on_retrieve, on_n_action,
-                mpps=mpps, on_worklist_find=on_worklist_find, mpps_authorize=mpps_authorize,
-                printing=printing, print_authorize=print_authorize,
+                config,
+                on_store,
+                on_find,
+                on_retrieve,
+                on_n_action,
+                mpps=mpps,
+                on_worklist_find=on_worklist_find,
+                mpps_authorize=mpps_authorize,
+                printing=printing,
+                print_authorize=print_authorize,
             ),  # fmt: skip
             *providers,
         ]

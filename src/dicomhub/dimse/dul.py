@@ -343,9 +343,7 @@ class UpperLayer:
         fragments = self.data_fragments
         self.data_fragments = []
         try:
-            fd, path = tempfile.mkstemp(
-                prefix="dicomhub-spool-", suffix=".part", dir=self.config.spool_dir
-            )
+            fd, path = tempfile.mkstemp(prefix="dicomhub-spool-", suffix=".part", dir=self.config.spool_dir)
         except OSError as exc:
             self.spool_failure(exc)
             return
@@ -405,4 +403,3 @@ class UpperLayer:
                 pass
             except OSError:
                 LOGGER.warning("cannot delete spool file %s", path, exc_info=True)
-

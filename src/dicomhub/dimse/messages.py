@@ -436,8 +436,6 @@ def encode_store_rq(
     return encode_command(parts)
 
 
-
-
 def encode_request(
     command_field: int,
     message_id: int,

@@ -66,7 +66,6 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-
 def abort_pdu(reason: int, source: int = 2) -> bytes:
     """An A-ABORT PDU (PS3.8 9.3.8); source 2 = service provider, 0 = service user."""
     return PDU_HEADER.pack(A_ABORT, 0, 4) + bytes((0, 0, source, reason))
@@ -114,5 +113,3 @@ def message_buffers(
             out.append(pack(P_DATA_TF, 0, n + 6, n + 2, context_id, control))
             out.append(piece)
     return out
-
-

@@ -124,7 +124,9 @@ class AssociationRecorder:
             self._local.record = None
             counters = metrics()
             counters.associations.labels(calling_ae=record.calling_ae_title, outcome=name).inc()
-            counters.dimse_received_bytes.labels(calling_ae=record.calling_ae_title).inc(record.bytes_received)
+            counters.dimse_received_bytes.labels(calling_ae=record.calling_ae_title).inc(
+                record.bytes_received
+            )
             if record.rejected_contexts:
                 counters.contexts_rejected.labels(calling_ae=record.calling_ae_title).inc(
                     record.rejected_contexts

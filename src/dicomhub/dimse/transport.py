@@ -57,9 +57,7 @@ _IOV_BATCH: Final = 512
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 # os.sendfile() errors that mean "not on this kind of file/socket": fall back
 # to pread + send for the rest of the region.
-_NO_SENDFILE: Final = frozenset(
-    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTSOCK}
-)
+_NO_SENDFILE: Final = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOTSOCK})
 # After the last PDU of an association (A-RELEASE-RP, A-ABORT, A-ASSOCIATE-RJ)
 # the requestor is the one that closes (PS3.8 ARTIM); closing first while its
 # bytes are unread would turn our FIN into an RST that can destroy that PDU.
@@ -69,7 +67,6 @@ _LINGER_MAX_BYTES: Final = 1 << 20
 
 class PeerGone(Exception):
     """The transport closed or failed; nothing more can be sent."""
-
 
 
 @dataclass(frozen=True, slots=True)

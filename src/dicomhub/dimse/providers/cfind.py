@@ -6,6 +6,9 @@ per answer, C-CANCEL looked for between answers (0xFE00, and the iterator
 closed so the query stops), a final status from the iterator when it gives
 one, 0xC000 when the query raises, and the final C-FIND-RSP. A lost peer is
 not answered: its transport error goes up to the association.
+
+The identifier such a request carries is read here too (:func:`read_query_request`),
+for C-GET and C-MOVE as well: they are refused for the same reasons.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from typing import TYPE_CHECKING, Final
 from dicomhub.dimse import messages as M
 from dicomhub.dimse import transport as T
 from dicomhub.dimse.dul import PeerAborted
+from dicomhub.dimse.messages import Command
 from dicomhub.dimse.pdu import ProtocolError
-from dicomhub.dimse.requests import Identifier
+from dicomhub.dimse.requests import Identifier, QueryRequest
 
 if TYPE_CHECKING:
     from dicomhub.dimse.association import Association
+    from dicomhub.dimse.providers.base import AcceptedContext
 
-__all__ = ["Answer", "answer_c_find", "send_final_c_find"]
+__all__ = ["Answer", "answer_c_find", "read_query_request", "send_final_c_find"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
 
@@ -31,11 +36,53 @@ _SUCCESS: Final = 0x0000
 _PENDING: Final = frozenset({0xFF00, 0xFF01})
 _CANCEL: Final = 0xFE00
 _UNABLE_TO_PROCESS: Final = 0xC000
+_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
+_BAD_IDENTIFIER: Final = 0xA900
+_IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
 
 #: What a query yields: (status, identifier) or (status, identifier, error comment).
 #: The identifier is a data set, a callable that encodes it in the given transfer
 #: syntax, or None (skipped while pending; a final status carries none).
 Answer = tuple[int, Identifier | None] | tuple[int, Identifier | None, str | None]
+
+
+def read_query_request(
+    assoc: Association,
+    command: Command,
+    context: AcceptedContext | None,
+    fragments: list[memoryview],
+    models: frozenset[str],
+) -> tuple[QueryRequest | None, int, str | None, str]:
+    """Check the context against ``models`` and decode the request's identifier.
+
+    Returns (request or None, refusal status, error comment, transfer syntax of the
+    context): 0x0122 when the SOP class is not one of ``models`` or not the
+    context's, 0xA900 when the identifier is missing or cannot be decoded.
+    """
+    assert command.message_id is not None  # the association checked the command set
+    message_id = command.message_id
+    model = command.sop_class_uid or ""
+    transfer_syntax = context[1] if context else _IMPLICIT_VR_LE
+    if context is None or context[0] != model or model not in models:
+        return None, _SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted", transfer_syntax
+    if not command.has_data_set:
+        return None, _BAD_IDENTIFIER, "request without an identifier", transfer_syntax
+    try:
+        identifier = M.decode_dataset(fragments, transfer_syntax)
+    except Exception as exc:  # noqa: BLE001 - garbage from the peer
+        LOGGER.warning("undecodable identifier in a %s request from %s: %r", model, assoc.calling_ae, exc)
+        return None, _BAD_IDENTIFIER, "cannot decode the identifier", transfer_syntax
+    request = QueryRequest(
+        calling_ae_title=assoc.calling_ae,
+        called_ae_title=assoc.called_ae,
+        peer_host=assoc.host,
+        message_id=message_id,
+        sop_class_uid=model,
+        identifier=identifier,
+        move_destination=command.move_destination,
+        is_cancelled=lambda: assoc.cancel_requested(message_id),
+    )
+    return request, 0, None, transfer_syntax
 
 
 def answer_c_find(

@@ -34,7 +34,7 @@ from dicomhub.dimse.dul import PeerAborted
 from dicomhub.dimse.messages import Command
 from dicomhub.dimse.pdu import ProtocolError
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
-from dicomhub.dimse.providers.cfind import answer_c_find, send_final_c_find
+from dicomhub.dimse.providers.cfind import answer_c_find, read_query_request, send_final_c_find
 from dicomhub.dimse.requests import (
     FIND_MODELS,
     GET_MODELS,
@@ -43,7 +43,6 @@ from dicomhub.dimse.requests import (
     EncodedDataSet,
     FileRegion,
     FindCallback,
-    QueryRequest,
     RetrieveCallback,
     Sendable,
 )
@@ -67,7 +66,6 @@ _STATUS_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 _STATUS_PENDING: Final = 0xFF00
 _STATUS_CANCEL: Final = 0xFE00
 _STATUS_UNABLE_TO_PROCESS: Final = 0xC000
-_STATUS_BAD_IDENTIFIER: Final = 0xA900
 _STATUS_UNKNOWN_DESTINATION: Final = 0xA801
 _STATUS_SUBOPS_FAILED: Final = 0xA702
 _STATUS_SUBOPS_WARNING: Final = 0xB000
@@ -105,46 +103,6 @@ class QueryRetrieveProvider(Provider):
         self._on_find = on_find
         self._on_retrieve = on_retrieve
 
-    def _request(
-        self,
-        assoc: Association,
-        command: Command,
-        context: AcceptedContext | None,
-        fragments: list[memoryview],
-        models: frozenset[str],
-    ) -> tuple[QueryRequest | None, int, str | None, str]:
-        """Check the context and decode the identifier.
-
-        Returns
-        -------
-        tuple
-            (request or None, refusal status, error comment, transfer syntax).
-        """
-        assert command.message_id is not None
-        message_id = command.message_id
-        model = command.sop_class_uid or ""
-        transfer_syntax = context[1] if context else _IMPLICIT_VR_LE
-        if context is None or context[0] != model or model not in models:
-            return None, _STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted", transfer_syntax
-        if not command.has_data_set:
-            return None, _STATUS_BAD_IDENTIFIER, "request without an identifier", transfer_syntax
-        try:
-            identifier = M.decode_dataset(fragments, transfer_syntax)
-        except Exception as exc:  # noqa: BLE001 - garbage from the peer
-            LOGGER.warning("undecodable identifier from %s: %r", assoc.calling_ae, exc)
-            return None, _STATUS_BAD_IDENTIFIER, "cannot decode the identifier", transfer_syntax
-        request = QueryRequest(
-            calling_ae_title=assoc.calling_ae,
-            called_ae_title=assoc.called_ae,
-            peer_host=assoc.host,
-            message_id=message_id,
-            sop_class_uid=model,
-            identifier=identifier,
-            move_destination=command.move_destination,
-            is_cancelled=lambda: assoc.cancel_requested(message_id),
-        )
-        return request, 0, None, transfer_syntax
-
     def c_find(
         self,
         assoc: Association,
@@ -157,7 +115,7 @@ class QueryRetrieveProvider(Provider):
         message_id = command.message_id
         assert message_id is not None
         model = command.sop_class_uid or ""
-        request, final, comment, transfer_syntax = self._request(
+        request, final, comment, transfer_syntax = read_query_request(
             assoc, command, context, fragments, FIND_MODELS
         )
         fragments.clear()
@@ -225,7 +183,7 @@ class QueryRetrieveProvider(Provider):
         message_id = command.message_id
         assert message_id is not None
         model = command.sop_class_uid or ""
-        request, refusal, comment, transfer_syntax = self._request(
+        request, refusal, comment, transfer_syntax = read_query_request(
             assoc, command, context, fragments, GET_MODELS if is_get else MOVE_MODELS
         )
         fragments.clear()
@@ -527,9 +485,7 @@ def _move_sub_operation(
     originator_message_id: int,
 ) -> int | None:
     """Send one instance on the C-MOVE sub-association; return its status (None = failed)."""
-    picked = _context_and_data(
-        instance, store.accepted, f"C-MOVE to {store.called_ae_title}: not accepted"
-    )
+    picked = _context_and_data(instance, store.accepted, f"C-MOVE to {store.called_ae_title}: not accepted")
     if picked is None:
         return None
     context_id, data = picked

@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from pydicom.dataset import Dataset
 
-from dicomhub.dimse import messages as M
 from dicomhub.dimse.messages import Command
 from dicomhub.dimse.providers.base import AcceptedContext, Provider
-from dicomhub.dimse.providers.cfind import answer_c_find, send_final_c_find
+from dicomhub.dimse.providers.cfind import answer_c_find, read_query_request, send_final_c_find
 from dicomhub.dimse.requests import QueryRequest
 from dicomhub.model.worklist import MODALITY_WORKLIST_FIND
 
@@ -37,10 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["WorklistFindCallback", "WorklistProvider", "WorklistResponse"]
 
 LOGGER = logging.getLogger("dicomhub.dimse")
-
-_IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
-_BAD_IDENTIFIER: Final = 0xA900
-_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 
 
 class WorklistResponse(NamedTuple):
@@ -70,37 +65,6 @@ class WorklistProvider(Provider):
     def __init__(self, on_find: WorklistFindCallback) -> None:
         self._on_find = on_find
 
-    def _request(
-        self,
-        assoc: Association,
-        command: Command,
-        context: AcceptedContext | None,
-        fragments: list[memoryview],
-    ) -> tuple[QueryRequest | None, int, str, str]:
-        assert command.message_id is not None  # the association checked the command set
-        message_id = command.message_id
-        transfer_syntax = context[1] if context else _IMPLICIT_VR_LE
-        if context is None or context[0] != MODALITY_WORKLIST_FIND or command.sop_class_uid != context[0]:
-            return None, _SOP_CLASS_NOT_SUPPORTED, "SOP class not accepted", transfer_syntax
-        if not command.has_data_set:
-            return None, _BAD_IDENTIFIER, "request without an identifier", transfer_syntax
-        try:
-            identifier = M.decode_dataset(fragments, transfer_syntax)
-        except Exception as exc:  # noqa: BLE001 - garbage from the peer
-            LOGGER.warning("undecodable worklist identifier from %s: %r", assoc.calling_ae, exc)
-            return None, _BAD_IDENTIFIER, "cannot decode the identifier", transfer_syntax
-        request = QueryRequest(
-            calling_ae_title=assoc.calling_ae,
-            called_ae_title=assoc.called_ae,
-            peer_host=assoc.host,
-            message_id=message_id,
-            sop_class_uid=MODALITY_WORKLIST_FIND,
-            identifier=identifier,
-            move_destination=None,
-            is_cancelled=lambda: assoc.cancel_requested(message_id),
-        )
-        return request, 0, "", transfer_syntax
-
     def c_find(
         self,
         assoc: Association,
@@ -112,7 +76,9 @@ class WorklistProvider(Provider):
         started = time.perf_counter()
         message_id = command.message_id
         assert message_id is not None
-        request, final, comment, transfer_syntax = self._request(assoc, command, context, fragments)
+        request, final, comment, transfer_syntax = read_query_request(
+            assoc, command, context, fragments, self.sop_classes
+        )
         fragments.clear()
         answers = 0
         if request is not None:
