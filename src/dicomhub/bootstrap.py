@@ -52,6 +52,7 @@ from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
 from dicomhub.services.backup import BackupService, read_manifest
+from dicomhub.services.changes import ChangeFeedService
 from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
@@ -247,6 +248,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         worklist=WorklistService(WorklistRepository(engine)),
         links=links,
         imaging_studies=ImagingStudyService(search, links, orders),
+        changes=ChangeFeedService(index),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 

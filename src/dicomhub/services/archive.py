@@ -11,6 +11,7 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
 from dicomhub.services.aes import ApplicationEntityService
 from dicomhub.services.audit import AuditService
+from dicomhub.services.changes import ChangeFeedService
 from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
@@ -73,6 +74,7 @@ class Archive:
     worklist: WorklistService
     links: StudyLinkService
     imaging_studies: ImagingStudyService
+    changes: ChangeFeedService  # the change log as a feed (GET /changes)
     close: Callable[[], None]
 
     def usable(self) -> bool:

@@ -18,6 +18,7 @@ from dicomhub.services.archive import Archive
 from dicomhub.web import (
     admin,
     audit,
+    changes,
     deid,
     dicomweb,
     fhir,
@@ -145,6 +146,7 @@ def create_app(
             ),
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
+            *changes.routes(archive),
             *security.routes(archive, backlog),
         ],
         middleware=middleware,

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from dicomhub import __version__
+from dicomhub.web.changes import change_paths
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
@@ -925,6 +926,7 @@ def _paths() -> Json:
     paths.update(order_paths())
     paths.update(mpps_paths())
     paths.update(print_paths())
+    paths.update(change_paths())
     paths.update(patient_paths())
     return paths
 
