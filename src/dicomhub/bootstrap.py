@@ -41,6 +41,7 @@ from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
+from dicomhub.index.stability import StabilityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.worklist import WorklistRepository
 from dicomhub.model.audit import AuditOutcome, AuditRecord
@@ -73,6 +74,7 @@ from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.storagemigration import StorageMigration
@@ -249,6 +251,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         links=links,
         imaging_studies=ImagingStudyService(search, links, orders),
         changes=ChangeFeedService(index),
+        stability=StabilityService(
+            StabilityRepository(engine), settings.stable_age, claim=lambda name: lease(engine, name)
+        ),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
 
@@ -475,6 +480,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
             daemon=True,
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
+        threading.Thread(target=archive.stability.run_worker, args=(stop,), name="stability", daemon=True),
         threading.Thread(
             target=archive.mpps.run_delivery, args=(stop, mpps_sender(settings)), name="mpps-hl7", daemon=True
         ),

@@ -223,6 +223,9 @@ class Settings:
     # Resolution of the films printed to the archive's Print SCP, in pixels per inch
     # of the Film Size ID (14INX17IN at 150: 2100 x 2550 pixels; docs/printing.md).
     print_dpi: int = 150
+    # Seconds without a new instance after which a study or series is announced
+    # stable (a "stable" change in the change feed; docs/changes.md).
+    stable_age: float = 60.0
     # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
     # updates and merges with this issuer (or none) reach the stored studies.
     patient_id_issuer: str = ""
@@ -334,6 +337,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "http_body_min_rate": (0, None),
     "s3_max_attempts": (1, 20),
     "print_dpi": (25, 600),
+    "stable_age": (1, 86400),
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).

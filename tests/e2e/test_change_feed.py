@@ -1,8 +1,9 @@
 """The change feed on a real ``dicomhub serve --auth``: pages of ``GET /changes`` that
 resume where the last ended, a long poll woken by a store, the Server-Sent Events form
-resumed with ``Last-Event-ID``, and the refusal of a reader limited to one label.
+resumed with ``Last-Event-ID``, the refusal of a reader limited to one label, and the
+``stable`` announcement of a study once no instance has come for ``stable_age``.
 
-Objects arrive over STOW-RS (httpx); the feed is read with httpx.
+Objects arrive over STOW-RS (httpx) and DCMTK storescu; the feed is read with httpx.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests import datagen
-from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli
+from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -164,3 +166,42 @@ def test_only_callers_who_see_the_whole_archive_follow_the_feed(hub: Hub) -> Non
     for params in ({"since": "-1"}, {"limit": "x"}, {"wait": "31"}, {"wait": "nan"}):
         r = hub.get("/changes", **params)
         assert r.status_code == 400, (params, r.text)
+
+
+def _stable_after(url: str, since: int, level: str, uid: str, timeout: float = 30) -> tuple[int, float]:
+    """(seq, monotonic time) of the first ``stable`` change of ``uid`` after ``since``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page = httpx.get(
+            f"{url}/changes", params={"since": since, "limit": 1000, "wait": 5}, timeout=30
+        ).json()
+        for c in page["changes"]:
+            if (c["change_type"], c["level"], c["uid"]) == ("stable", level, uid):
+                return int(c["seq"]), time.monotonic()
+        since = page["last"]
+    raise AssertionError(f"{level} {uid} not announced stable within {timeout} s")
+
+
+def test_a_study_is_announced_stable_once_quiet_and_again_after_a_late_instance(
+    servers: ServerPool, tmp_path: Path
+) -> None:
+    server = servers.start(args=["--stable-age", "2"])
+    url = server.base_url
+    study = datagen.uid()
+    first = datagen.write_ct_series(tmp_path / "a", 2, study_uid=study)
+    start = httpx.get(f"{url}/changes", params={"limit": 1000}).json()["last"]
+    store_ok(server, tmp_path / "a", expect=2)
+    stored_at = time.monotonic()
+    seq, seen_at = _stable_after(url, start, "STUDY", study)
+    assert seen_at - stored_at >= 1.5  # not before the study was quiet for about 2 s
+    _stable_after(url, start, "SERIES", str(first[0].SeriesInstanceUID))
+    # Announced once: nothing more while the study stays quiet.
+    time.sleep(3)
+    later = httpx.get(f"{url}/changes", params={"since": seq, "limit": 1000}).json()["changes"]
+    assert not [c for c in later if c["uid"] == study]
+    # A late instance makes it unstable; it is announced again once quiet.
+    (tmp_path / "b").mkdir()
+    datagen.write_instance(tmp_path / "b" / "late.dcm", study_uid=study, patient_id=str(first[0].PatientID))
+    store_ok(server, tmp_path / "b", expect=1)
+    again, _ = _stable_after(url, seq, "STUDY", study)
+    assert again > seq

@@ -249,6 +249,11 @@ def _security_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--print-dpi", type=int, help="resolution of printed films, pixels per inch (default: 150)"
     )
+    p.add_argument(
+        "--stable-age",
+        type=float,
+        help="seconds without a new instance before a study or series is announced stable (default: 60)",
+    )
     p.add_argument("--https", action="store_true", default=None, help="serve HTTPS on the HTTP port")
 
 

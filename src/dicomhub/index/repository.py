@@ -133,6 +133,26 @@ _STUDY_BUMP = (
         updated_at=bindparam("b_now"),
     )
 )
+# A store also makes the study and series unstable again: the stability detector
+# (dicomhub.index.stability) announces them once no store has come for a while.
+_SERIES_STORED = (
+    update(series)
+    .where(series.c.pk == bindparam("b_pk"))
+    .values(
+        number_of_instances=series.c.number_of_instances + bindparam("b_n"),
+        updated_at=bindparam("b_now"),
+        stable_at=None,
+    )
+)
+_STUDY_STORED = (
+    update(study)
+    .where(study.c.pk == bindparam("b_pk"))
+    .values(
+        number_of_instances=study.c.number_of_instances + bindparam("b_n"),
+        updated_at=bindparam("b_now"),
+        stable_at=None,
+    )
+)
 _INSERT_CHANGE = insert(change)
 
 
@@ -351,8 +371,8 @@ class IndexRepository(IndexSearch):
             per_study[known.study_pk] = per_study.get(known.study_pk, 0) + 1
             changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
         conn.execute(_INSERT_INSTANCE, rows)
-        conn.execute(_SERIES_BUMP, [{"b_pk": pk, "b_n": n} for pk, n in per_series.items()])
-        conn.execute(_STUDY_BUMP, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
+        conn.execute(_SERIES_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_series.items()])
+        conn.execute(_STUDY_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
         conn.execute(_INSERT_CHANGE, changes)
         if alongside is not None:
             for (h, _b, _c, _ae), extra in zip(items, alongside, strict=True):
@@ -409,8 +429,8 @@ class IndexRepository(IndexSearch):
         conn.execute(
             _INSERT_INSTANCE, self._instance_row(h, blob, content_sha256, source_ae_title, now, series_pk)
         )
-        conn.execute(_SERIES_BUMP, {"b_pk": series_pk, "b_n": 1})
-        conn.execute(_STUDY_BUMP, {"b_pk": study_pk, "b_n": 1, "b_now": now})
+        conn.execute(_SERIES_STORED, {"b_pk": series_pk, "b_n": 1, "b_now": now})
+        conn.execute(_STUDY_STORED, {"b_pk": study_pk, "b_n": 1, "b_now": now})
         changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
         conn.execute(_INSERT_CHANGE, changes)
         return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
@@ -463,7 +483,13 @@ class IndexRepository(IndexSearch):
         if se is None:
             series_pk = conn.execute(
                 _INSERT_SERIES,
-                {**h.series, "study_pk": study_pk, "number_of_instances": 0, "created_at": now},
+                {
+                    **h.series,
+                    "study_pk": study_pk,
+                    "number_of_instances": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             ).scalar_one()
             modality = h.series.get("modality") or ""
             mods = [m for m in (modalities or "").split("\\") if m]

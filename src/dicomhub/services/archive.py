@@ -30,6 +30,7 @@ from dicomhub.services.peers import PeerService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
+from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
@@ -75,6 +76,7 @@ class Archive:
     links: StudyLinkService
     imaging_studies: ImagingStudyService
     changes: ChangeFeedService  # the change log as a feed (GET /changes)
+    stability: StabilityService  # announces stable studies and series in the change log
     close: Callable[[], None]
 
     def usable(self) -> bool:

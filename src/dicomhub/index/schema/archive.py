@@ -62,6 +62,9 @@ study = Table(
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Cleared by every store into the study, set when it is announced stable (migration 0023).
+    Column("stable_at", UtcDateTime),
+    Index("ix_study_stable_at_updated_at", "stable_at", "updated_at"),
     sqlite_autoincrement=True,
 )
 
@@ -79,6 +82,9 @@ series = Table(
     Column("series_time", String(28)),
     Column("number_of_instances", Integer, nullable=False, default=0),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime),
+    Column("stable_at", UtcDateTime),
+    Index("ix_series_stable_at_updated_at", "stable_at", "updated_at"),
     sqlite_autoincrement=True,
 )
 
