@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Select, Table, insert, select, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import change, series, study
@@ -25,6 +25,11 @@ from dicomhub.model.identifiers import Level
 __all__ = ["StabilityRepository"]
 
 STABLE = "stable"
+
+
+def _due(table: Table, cutoff: dt.datetime, *columns: Any) -> Select[Any]:
+    """Rows not announced since their last store, which came before ``cutoff``."""
+    return select(table.c.pk, *columns).where(table.c.stable_at.is_(None), table.c.updated_at <= cutoff)
 
 
 class StabilityRepository:
@@ -37,14 +42,18 @@ class StabilityRepository:
         """Mark up to ``limit`` series and ``limit`` studies last stored into before
         ``cutoff`` as stable at ``now``; (level, UID) of each, series first."""
         announced: list[tuple[str, str]] = []
+        # Most turns find nothing: look in a read transaction first, so that an idle
+        # turn never takes SQLite's write lock from a store.
+        with engines.read(self.engine) as conn:
+            if not any(conn.execute(_due(table, cutoff).limit(1)).first() for table in (series, study)):
+                return announced
         with engines.write(self.engine) as conn:
             for table, level, uid_column in (
                 (series, Level.SERIES, series.c.series_instance_uid),
                 (study, Level.STUDY, study.c.study_instance_uid),
             ):
                 rows = conn.execute(
-                    select(table.c.pk, uid_column)
-                    .where(table.c.stable_at.is_(None), table.c.updated_at <= cutoff)
+                    _due(table, cutoff, uid_column)
                     .order_by(table.c.updated_at)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
