@@ -17,7 +17,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from xml.etree import ElementTree
@@ -43,6 +43,7 @@ from dicomhub.index.repository import IndexRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.stability import StabilityRepository
 from dicomhub.index.validation import ValidationRepository
+from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
@@ -81,6 +82,7 @@ from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
+from dicomhub.services.webhooks import Poster, WebhookService
 from dicomhub.services.worklist import WorklistService
 from dicomhub.storage.base import BlobStore
 from dicomhub.storage.urls import open_blob_store as open_store_at
@@ -253,6 +255,14 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         changes=ChangeFeedService(index),
         stability=StabilityService(
             StabilityRepository(engine), settings.stable_age, claim=lambda name: lease(engine, name)
+        ),
+        webhooks=WebhookService(
+            settings.webhooks,
+            index,
+            WebhookRepository(engine),
+            webhook_poster(),
+            os.environ,
+            claim=lambda name: lease(engine, name),
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
     )
@@ -481,6 +491,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
         threading.Thread(target=archive.stability.run_worker, args=(stop,), name="stability", daemon=True),
+        threading.Thread(target=archive.webhooks.run_worker, args=(stop,), name="webhooks", daemon=True),
         threading.Thread(
             target=archive.mpps.run_delivery, args=(stop, mpps_sender(settings)), name="mpps-hl7", daemon=True
         ),
@@ -586,6 +597,21 @@ def commitment_deliverer(
     return deliver
 
 
+def webhook_poster() -> Poster:
+    """Posts webhook deliveries with httpx (see :class:`dicomhub.services.webhooks.WebhookService`)."""
+    import httpx
+
+    client = httpx.Client(follow_redirects=False)
+
+    def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        try:
+            return client.post(url, content=body, headers=dict(headers), timeout=timeout).status_code
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc) or type(exc).__name__) from exc
+
+    return post
+
+
 def mpps_sender(settings: Settings) -> Callable[[str, str], None]:
     """Sends the MPPS status messages over MLLP (see :class:`dicomhub.services.mpps.MppsService`)."""
     from dicomhub.hl7.client import send_message
@@ -634,6 +660,7 @@ def _serve_with_metrics(settings: Settings) -> None:
     from dicomhub.web.protocol import http_protocol
 
     archive = open_archive(settings)  # migrates the index before any worker starts
+    archive.webhooks.begin()  # before anything can be stored
     # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
     tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
     try:

@@ -61,6 +61,7 @@ from dicomhub.model.policy import (
     parse_compression_rule,
 )
 from dicomhub.model.sopclasses import StorableSOPClasses
+from dicomhub.model.webhooks import Webhook, parse_webhooks
 from dicomhub.peerconfig import parse_peers
 
 __all__ = [
@@ -226,6 +227,8 @@ class Settings:
     # Seconds without a new instance after which a study or series is announced
     # stable (a "stable" change in the change feed; docs/changes.md).
     stable_age: float = 60.0
+    # [[webhook]] tables of the config file (dicomhub.model.webhooks); see docs/changes.md
+    webhooks: tuple[Webhook, ...] = ()
     # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
     # updates and merges with this issuer (or none) reach the stored studies.
     patient_id_issuer: str = ""
@@ -341,7 +344,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).
-_ALIASES: dict[str, str] = {"remote_ae": "remote_aes", "peer": "peers"}
+_ALIASES: dict[str, str] = {"remote_ae": "remote_aes", "peer": "peers", "webhook": "webhooks"}
 
 #: ``DICOMHUB_`` variables that are not settings, and what reads them. Any other
 #: ``DICOMHUB_`` variable that names no setting is an error (a typo would
@@ -412,9 +415,16 @@ def _peer_item(item: Any) -> Peer:
     raise ConfigurationError("peers are [[peer]] tables of the configuration file (docs/peers.md)")
 
 
+def _webhook_item(item: Any) -> Webhook:
+    if isinstance(item, Webhook | Mapping):
+        return parse_webhooks([item])[0]
+    raise ConfigurationError("webhooks are [[webhook]] tables of the configuration file (docs/changes.md)")
+
+
 # Item types of tuple-valued settings other than str; a new item type needs a row here.
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
+    Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
     DeidExport: _ItemForm(_typed_or(DeidExport, parse_deid_export), "AET=PROJECT[:OPTION,...]", ";"),
@@ -790,8 +800,8 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key == "peer":  # [[peer]] tables may stand beside [dicomhub] (docs/peers.md)
-                take("peers", data[key], Source("file", where(key).removeprefix("file ")))
+            if key in ("peer", "webhook"):  # [[peer]], [[webhook]] may stand beside [dicomhub]
+                take(_ALIASES[key], data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
                 hint = hint or _suggest(key, known)
@@ -1005,7 +1015,12 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], None]], ...] = (
     (("public_base_url",), _validate_public_base_url),
     (("audit_syslog",), _validate_audit_syslog),
     (("mpps_hl7_destination",), lambda s: _validate_host_port(s.mpps_hl7_destination)),
+    (("webhooks",), lambda s: _validate_webhooks(s.webhooks)),
 )
+
+
+def _validate_webhooks(hooks: tuple[Webhook, ...]) -> None:
+    parse_webhooks(list(hooks))  # the names are unique across the tables
 
 
 def _validate_host_port(value: str) -> None:

@@ -30,7 +30,7 @@ from dicomhub.config import Settings
 from dicomhub.web.app import create_app
 from dicomhub.web.openapi import openapi_document
 
-from .helpers import DicomhubServer, run_cli, store_ok
+from .helpers import DicomhubServer, ServerPool, run_cli, store_ok
 from .test_mpps import Modality, attribute_list
 from .test_print import FILM_BOX, FILM_SESSION, PrintScu, film_box, session_attributes
 
@@ -185,6 +185,17 @@ def doc() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def server(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) -> DicomhubServer:
+    """The default server with a webhook named as every {name} parameter is (its receiver
+    is not there: the deliveries fail, which the delivery log route shows as well)."""
+    config = tmp_path_factory.mktemp("openapi-config") / "dicomhub.toml"
+    config.write_text(
+        '[[webhook]]\nname = "nobody"\nurl = "http://127.0.0.1:9/"\nsecret = "env:OPENAPI_HOOK"\n'
+    )
+    return module_servers.start(args=["--config", str(config)], env={"OPENAPI_HOOK": "k"})
+
+
+@pytest.fixture(scope="module")
 def stored(server: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> Stored:
     root = tmp_path_factory.mktemp("openapi")
     study = datagen.uid()
@@ -316,8 +327,8 @@ def test_every_documented_get_answers_as_documented(
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
     # 4 order and patient routes, the unmatched studies, 3 FHIR routes (metadata, Patient,
     # ServiceRequest), the 2 of ImagingStudy (search, read), 2 MPPS routes, 3 print routes
-    # and the 2 of the change feed (a page, the event stream)
-    assert checked == 56
+    # the 2 of the change feed (a page, the event stream) and the 2 of webhooks
+    assert checked == 58
     assert secured == 2  # de-identification runs: the list and one run
 
 

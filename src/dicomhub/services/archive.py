@@ -36,6 +36,7 @@ from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
+from dicomhub.services.webhooks import WebhookService
 from dicomhub.services.worklist import WorklistService
 from dicomhub.storage.base import BlobStore
 
@@ -77,6 +78,7 @@ class Archive:
     imaging_studies: ImagingStudyService
     changes: ChangeFeedService  # the change log as a feed (GET /changes)
     stability: StabilityService  # announces stable studies and series in the change log
+    webhooks: WebhookService  # delivers the change log's events to the configured webhooks
     close: Callable[[], None]
 
     def usable(self) -> bool:

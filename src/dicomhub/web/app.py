@@ -30,6 +30,7 @@ from dicomhub.web import (
     peers,
     printing,
     security,
+    webhooks,
 )
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
@@ -131,7 +132,9 @@ def create_app(
             Mount(
                 "/dicomweb", routes=[*security.dicomweb_routes(archive), *dicomweb.routes(archive, settings)]
             ),
-            Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
+            Mount(
+                "/admin", routes=[*admin.routes(archive), *peers.routes(archive), *webhooks.routes(archive)]
+            ),
             Mount("/deid", routes=deid.routes(archive)),
             Mount("/print", routes=printing.routes(archive)),
             Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),

@@ -30,6 +30,7 @@ from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.printing import print_paths
+from dicomhub.web.webhooks import webhook_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
 
@@ -927,6 +928,7 @@ def _paths() -> Json:
     paths.update(mpps_paths())
     paths.update(print_paths())
     paths.update(change_paths())
+    paths.update(webhook_paths())
     paths.update(patient_paths())
     return paths
 

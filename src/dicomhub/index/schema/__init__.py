@@ -2,7 +2,7 @@
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
-:mod:`.mpps`, :mod:`.links`, :mod:`.printing`), all built from the shared
+:mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -72,8 +72,10 @@ from dicomhub.index.schema.security import (
     study_label,
 )
 from dicomhub.index.schema.types import PK, UtcDateTime
+from dicomhub.index.schema.webhooks import webhook_delivery
 
 __all__ = [
+    "webhook_delivery",
     "MAPPING_VALUE_LENGTH",
     "PK",
     "UtcDateTime",
