@@ -27,6 +27,7 @@ from dicomhub.web import (
     orders,
     patients,
     peers,
+    printclient,
     printing,
     security,
 )
@@ -132,7 +133,7 @@ def create_app(
             ),
             Mount("/admin", routes=[*admin.routes(archive), *peers.routes(archive)]),
             Mount("/deid", routes=deid.routes(archive)),
-            Mount("/print", routes=printing.routes(archive)),
+            Mount("/print", routes=[*printing.routes(archive), *printclient.routes(archive)]),
             Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),
             Mount(
                 "/api",

@@ -28,6 +28,7 @@ from dicomhub import __version__
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
+from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
@@ -925,6 +926,7 @@ def _paths() -> Json:
     paths.update(order_paths())
     paths.update(mpps_paths())
     paths.update(print_paths())
+    paths.update(print_request_paths())
     paths.update(patient_paths())
     return paths
 
