@@ -375,7 +375,7 @@ def test_refusals(hub: DicomhubServer, study: Study, failing: FailingPrinter) ->
         hub, {"printer": "LASER", "study": study.uid, "series": study.ct_series, "layout": "STANDARD\\3,3"}
     )
     assert r.status_code == 409 and "N-CREATE Basic Film Box" in r.json()["error"], r.text
-    assert "status 0x" in r.json()["error"]
+    assert "status 0x0106" in r.json()["error"]  # Invalid Attribute Value
     r = post_print(hub, {"printer": "BROKEN", "study": study.uid, "series": study.ct_series})
     assert r.status_code == 409 and "FAILURE (FILM JAM)" in r.json()["error"], r.text
     assert failing.requests == ["1.2.840.10008.5.1.1.16"]  # the N-GET of the Printer, nothing after

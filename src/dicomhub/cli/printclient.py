@@ -44,12 +44,16 @@ def _archive(settings: Settings) -> Archive:
         arg("--copies", type=int, default=1),
         arg("--medium", default="PAPER", help="Medium Type (default PAPER)"),
         arg("--destination", help="Film Destination (e.g. MAGAZINE, PROCESSOR)"),
-        arg("--color", action=argparse.BooleanOptionalAction, default=None,
-            help="print in colour (a colour printer only); default: when an image has colour"),
+        arg("--color", action="store_true", help="print in colour (a colour printer only)"),
+        arg("--grayscale", action="store_true",
+            help="print in grey on a colour printer (default: colour when an image has colour)"),
         arg("--json", action="store_true", help="the outcome as JSON"),
     ),
 )  # fmt: skip
 def _print(settings: Settings, args: argparse.Namespace) -> int:
+    if args.color and args.grayscale:
+        print("dicomhub print: --color or --grayscale, not both", file=sys.stderr)
+        return 2
     request = PrintRequest(
         printer=args.printer,
         study=args.study,
@@ -61,7 +65,7 @@ def _print(settings: Settings, args: argparse.Namespace) -> int:
         copies=args.copies,
         medium=args.medium,
         destination=args.destination,
-        color=args.color,
+        color=True if args.color else False if args.grayscale else None,
     )
     with _archive(settings) as archive:
         if archive.print_client is None:
