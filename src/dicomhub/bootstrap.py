@@ -253,7 +253,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         imaging_studies=ImagingStudyService(search, links, orders),
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(
-            wado, settings.printers, DimseFilmPrinter(settings.aet, settings.dimse_timeout)
+            wado, settings.printers, DimseFilmPrinter(settings.aet, settings.dimse_timeout), audit
         ),
     )
 

@@ -13,11 +13,13 @@ import pytest
 
 from dicomhub.config import load_settings
 from dicomhub.errors import ConfigurationError, InvalidRequest, NotFound
+from dicomhub.model.audit import AuditAction, AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller
 from dicomhub.model.printclient import (
     FilmImage,
     FilmOutcome,
     Printer,
+    PrinterRefused,
     PrintOutcome,
     PrintRequest,
     check_print_request,
@@ -153,11 +155,14 @@ def rgb() -> RenderSource:
 class FakePrinter:
     def __init__(self) -> None:
         self.calls: list[tuple[Printer, PrintRequest, Sequence[Sequence[FilmImage]], bool]] = []
+        self.refuse: str | None = None
 
     def __call__(
         self, printer: Printer, request: PrintRequest, films: Sequence[Sequence[FilmImage]], color: bool
     ) -> PrintOutcome:
         self.calls.append((printer, request, films, color))
+        if self.refuse:
+            raise PrinterRefused(self.refuse, 0x0106)
         outcomes = tuple(
             FilmOutcome(n, f"fb{n}", tuple(i.sop_instance_uid for i in film), 0)
             for n, film in enumerate(films, 1)
@@ -165,11 +170,19 @@ class FakePrinter:
         return PrintOutcome(printer.name, "fs", color, outcomes)
 
 
+class FakeAudit:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
 def service(
-    sources: dict[str, RenderSource], printers: Sequence[Printer]
+    sources: dict[str, RenderSource], printers: Sequence[Printer], audit: FakeAudit | None = None
 ) -> tuple[PrintClientService, FakePrinter]:
     fake = FakePrinter()
-    return PrintClientService(FakeWado(sources), printers, fake), fake  # type: ignore[arg-type]
+    return PrintClientService(FakeWado(sources), printers, fake, audit), fake  # type: ignore[arg-type]
 
 
 GREY = Printer("GREY", "GP", "h", 104)
@@ -220,3 +233,17 @@ def test_service_colour() -> None:
     ((_p, _r, films, color),) = fake.calls
     assert color is False and len(films[0][0].pixels) == 24
     assert films[0][0].pixels[0] == round(200 * 0.299)  # the luminance of (200, 0, 0)
+
+
+def test_service_audits_an_export_to_the_printer() -> None:
+    audit = FakeAudit()
+    svc, fake = service({"1.2.1": grey(1), "1.2.2": grey(2)}, [GREY], audit)
+    svc.print_instances(PrintRequest("GREY", "1.2", layout="STANDARD\\2,1"), Caller.cli())
+    fake.refuse = "printer GREY refused N-CREATE Basic Film Box with status 0x0106"
+    with pytest.raises(PrinterRefused):
+        svc.print_instances(PrintRequest("GREY", "1.2"), Caller.cli())
+    done, refused = audit.events
+    assert done.action is AuditAction.EXPORT and done.outcome is AuditOutcome.SUCCESS
+    assert done.detail["destination"] == "GP"
+    assert done.studies[0].study_instance_uid == "1.2" and done.studies[0].number_of_instances == 2
+    assert refused.outcome is AuditOutcome.MAJOR_FAILURE and "0x0106" in refused.detail["reason"]

@@ -147,6 +147,15 @@ class _Session:
             )
         return response
 
+    def _attributes(self, what: str, response: Response) -> Dataset:
+        """The response's data set; a printer answering one that does not decode is refused."""
+        try:
+            return response.dataset or Dataset()
+        except Exception as exc:  # noqa: BLE001 - pydicom's decoder raises anything on garbage
+            raise PrinterRefused(
+                f"{self.where} answered {what} with an undecodable data set: {exc!r}"
+            ) from exc
+
     def run(self, films: Sequence[Sequence[FilmImage]]) -> PrintOutcome:
         printer_status = self._printer_status()
         response = self._check(
@@ -169,8 +178,7 @@ class _Session:
 
     def _printer_status(self) -> str | None:
         response = self.assoc.send_n_get(PRINTER, PRINTER_INSTANCE, (_PRINTER_STATUS, _PRINTER_STATUS_INFO))
-        self._check("N-GET Printer", response)
-        attributes = response.dataset or Dataset()
+        attributes = self._attributes("N-GET Printer", self._check("N-GET Printer", response))
         status = str(attributes.get("PrinterStatus", "") or "").strip().upper() or None
         info = str(attributes.get("PrinterStatusInfo", "") or "").strip()
         if status == "FAILURE":
@@ -196,10 +204,13 @@ class _Session:
         box.ReferencedFilmSessionSequence = DicomSequence([reference])
         response = self._check("N-CREATE Basic Film Box", self.assoc.send_n_create(BASIC_FILM_BOX, None, box))
         film_box_uid = response.command.sop_instance_uid
-        created = response.dataset or Dataset()
+        created = self._attributes("N-CREATE Basic Film Box", response)
         image_boxes = [
-            str(item.ReferencedSOPInstanceUID) for item in created.get("ReferencedImageBoxSequence", [])
+            str(item.get("ReferencedSOPInstanceUID", "") or "")
+            for item in created.get("ReferencedImageBoxSequence", None) or []
         ]
+        if not all(image_boxes):
+            raise PrinterRefused(f"{self.where} named an image box without its SOP Instance UID")
         if not film_box_uid or len(image_boxes) < len(images):
             raise PrinterRefused(
                 f"{self.where} created a film box with {len(image_boxes)} image box(es) "

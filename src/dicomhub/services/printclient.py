@@ -23,10 +23,12 @@ import numpy as np
 from PIL import Image
 
 from dicomhub.errors import InvalidRequest, NotFound
+from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecorder
 from dicomhub.model.caller import Caller
 from dicomhub.model.printclient import (
     FilmImage,
     Printer,
+    PrinterRefused,
     PrintOutcome,
     PrintRequest,
     check_print_request,
@@ -78,10 +80,17 @@ def fit_to_box(display: Array, box: tuple[int, int]) -> Array:
 class PrintClientService:
     """Print from the archive to the configured DICOM printers."""
 
-    def __init__(self, wado: WadoService, printers: Sequence[Printer], film_printer: FilmPrinter) -> None:
+    def __init__(
+        self,
+        wado: WadoService,
+        printers: Sequence[Printer],
+        film_printer: FilmPrinter,
+        audit: AuditRecorder | None = None,
+    ) -> None:
         self.wado = wado
         self.printers = {p.name: p for p in printers}
         self.film_printer = film_printer
+        self.audit = audit
 
     def printer(self, name: str) -> Printer:
         """The configured printer ``name`` (also found by its AE title).
@@ -129,7 +138,32 @@ class PrintClientService:
             "printing %d image(s) on %d film(s) of %s to %s (%s)",
             len(images), len(films), request.layout, printer.name, printer,
         )  # fmt: skip
-        return self.film_printer(printer, request, films, color)
+        try:
+            outcome = self.film_printer(printer, request, films, color)
+        except PrinterRefused as exc:
+            self._audit(caller, request, printer, rows, AuditOutcome.MAJOR_FAILURE, str(exc))
+            raise
+        self._audit(caller, request, printer, rows, AuditOutcome.SUCCESS, None)
+        return outcome
+
+    def _audit(
+        self,
+        caller: Caller,
+        request: PrintRequest,
+        printer: Printer,
+        rows: Sequence[InstanceRow],
+        outcome: AuditOutcome,
+        reason: str | None,
+    ) -> None:
+        # Films carry the images out of the archive: an Export (PS3.15 A.5.3.6) to the printer.
+        if self.audit is None:
+            return
+        series = tuple(dict.fromkeys(row.series_instance_uid for row in rows))
+        detail: dict[str, object] = {"destination": printer.ae_title, "printer": printer.name}
+        if reason is not None:
+            detail["reason"] = reason
+        study = AuditedStudy(request.study, series_instance_uids=series, number_of_instances=len(rows))
+        self.audit.record(AuditEvent(AuditAction.EXPORT, outcome, caller, (study,), detail))
 
     def _rows(self, request: PrintRequest, caller: Caller) -> list[InstanceRow]:
         if request.instances and len(request.instances) == 1:
