@@ -247,3 +247,13 @@ def test_service_audits_an_export_to_the_printer() -> None:
     assert done.detail["destination"] == "GP"
     assert done.studies[0].study_instance_uid == "1.2" and done.studies[0].number_of_instances == 2
     assert refused.outcome is AuditOutcome.MAJOR_FAILURE and "0x0106" in refused.detail["reason"]
+
+
+def test_service_refuses_more_films_than_a_session_holds() -> None:
+    sources = {f"1.2.{n}": grey(n) for n in range(101)}
+    svc, fake = service(sources, [GREY])
+    with pytest.raises(InvalidRequest, match="more than 100 films"):
+        svc.print_instances(PrintRequest("GREY", "1.2"), Caller.cli())
+    assert fake.calls == []
+    outcome = svc.print_instances(PrintRequest("GREY", "1.2", layout="STANDARD\\2,1"), Caller.cli())
+    assert len(outcome.films) == 51

@@ -33,16 +33,20 @@ from dicomhub.model.printclient import (
     PrintRequest,
     check_print_request,
 )
-from dicomhub.model.printing import film_pixels, layout_boxes
+from dicomhub.model.printing import MAXIMUM_FILM_BOXES, film_pixels, layout_boxes
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.display import Window, to_display
 from dicomhub.services.wado import CannotDecode, WadoService
 
-__all__ = ["FilmPrinter", "PrintClientService", "box_pixels", "fit_to_box"]
+__all__ = ["MAXIMUM_FILMS", "FilmPrinter", "PrintClientService", "box_pixels", "fit_to_box"]
 
 LOGGER = logging.getLogger("dicomhub.services.printclient")
 
 Array = np.ndarray[Any, Any]
+
+#: Films one request may print: as many film boxes as one film session of dicomhub's own
+#: Print SCP holds, and a bound on the images rendered in memory for one request.
+MAXIMUM_FILMS = MAXIMUM_FILM_BOXES
 
 
 class FilmPrinter(Protocol):
@@ -126,13 +130,18 @@ class PrintClientService:
         rows = self._rows(request, caller)
         if request.color and not printer.color:
             raise InvalidRequest(f"printer {printer.name!r} is not configured for colour")
+        per_film = len(layout_boxes(request.layout))
+        if -(-len(rows) // per_film) > MAXIMUM_FILMS:
+            raise InvalidRequest(
+                f"{len(rows)} images make more than {MAXIMUM_FILMS} films of {request.layout}: "
+                "print fewer instances or a larger layout"
+            )
         box = box_pixels(request, printer.dpi)
         displays = [(row.sop_instance_uid, self._display(row)) for row in rows]
         # Colour when asked, else when the printer takes it and some image has it.
         wanted = request.color if request.color is not None else any(d.ndim == 3 for _u, d in displays)
         color = printer.color and wanted
         images = [_film_image(uid, display, box, color) for uid, display in displays]
-        per_film = len(layout_boxes(request.layout))
         films = [images[i : i + per_film] for i in range(0, len(images), per_film)]
         LOGGER.info(
             "printing %d image(s) on %d film(s) of %s to %s (%s)",
