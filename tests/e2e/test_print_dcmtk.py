@@ -391,24 +391,23 @@ def test_caller_must_read_the_study(module_servers: ServerPool, study: Study, dc
         f'[printers.LASER]\naet = "LASERCAM"\nhost = "{HOST}"\nport = {dcmprscp.port}\ndpi = {DPI}\n'
     )
     hub.args = ["--config", str(config), "--auth"]
-    # With --auth, associations authenticate too: the study goes in through the CLI.
+    # With --auth, associations authenticate too: the study and the token go in through
+    # the CLI, before the server starts.
     rc, out = run_cli("import", "--data-dir", str(hub.data_dir), str(study.directory))
     assert rc == 0, out
+    rc, out = run_cli("token", "create", "viewer", "--data-dir", str(hub.data_dir))
+    assert rc == 0, out
+    token = out.strip().splitlines()[-1]
     hub.start()
-    tokens = {}
-    for principal in ("outsider", "viewer"):
-        rc, out = run_cli("token", "create", principal, "--data-dir", str(hub.data_dir))
-        assert rc == 0, out
-        tokens[principal] = out.strip().splitlines()[-1]
+    body = {"printer": "LASER", "study": study.uid, "instances": [study.ct[0].SOPInstanceUID]}
+    assert post_print(hub, body).status_code == 401
+    r = post_print(hub, body, token)  # no grant yet: the study does not exist for it
+    assert r.status_code == 404, r.text
     rc, out = run_cli(
         "grant", "add", "viewer", "reader", f"study:{study.uid}", "--data-dir", str(hub.data_dir)
     )
     assert rc == 0, out
-    body = {"printer": "LASER", "study": study.uid, "instances": [study.ct[0].SOPInstanceUID]}
-    assert post_print(hub, body).status_code == 401
-    r = post_print(hub, body, tokens["outsider"])
-    assert r.status_code == 404, r.text
-    r = post_print(hub, body, tokens["viewer"])
+    r = post_print(hub, body, token)
     assert r.status_code == 200, r.text
     assert r.json()["films"][0]["instances"] == [study.ct[0].SOPInstanceUID]
     hub.stop()
