@@ -13,7 +13,8 @@ meta SOP class end to end) and a pynetdicom printer that reports FAILURE.
   hardcopy image is scaled down to the box (aspect ratio kept) and matches the windowed
   source resampled, within 2 gray levels on average;
 - a colour image goes to a colour printer (dicomhub's own Print SCP) as RGB on the
-  Basic Color Print Management Meta SOP Class; the job's film matches it by pixels;
+  Basic Color Print Management Meta SOP Class, with the film session's copies, medium and
+  destination; the job's film matches it by pixels;
 - refusals: unknown printer, unknown study, a malformed request, a layout the printer
   does not support (its failure status), a printer in FAILURE, an unreachable printer;
   a caller who may not read the study is told it is not found; the server stays up;
@@ -339,7 +340,15 @@ def test_cli_prints_large_image_scaled_to_box(hub: DicomhubServer, dcmprscp: Dcm
 def test_color_print_to_color_printer(hub: DicomhubServer, study: Study) -> None:
     r = post_print(
         hub,
-        {"printer": "SELF", "study": study.uid, "series": study.color_series, "film_size": "8INX10IN"},
+        {
+            "printer": "SELF",
+            "study": study.uid,
+            "series": study.color_series,
+            "film_size": "8INX10IN",
+            "copies": 3,
+            "medium": "BLUE FILM",
+            "destination": "MAGAZINE",
+        },
     )
     assert r.status_code == 200, r.text
     assert r.json()["color"] is True
@@ -347,6 +356,10 @@ def test_color_print_to_color_printer(hub: DicomhubServer, study: Study) -> None
     jobs = httpx.get(f"{hub.base_url}/print/jobs", timeout=10).json()
     (job,) = [job for job in jobs if job["film_session_uid"] == session]
     assert job["source_ae"] == hub.aet and job["color"] is True and len(job["films"]) == 1
+    assert job["film_session"]["NumberOfCopies"] == "3"
+    assert job["film_session"]["MediumType"] == "BLUE FILM"
+    assert job["film_session"]["FilmDestination"] == "MAGAZINE"
+    assert job["films"][0]["FilmSizeID"] == "8INX10IN" and job["films"][0]["images"] == 1
     png = httpx.get(f"{hub.base_url}/print/jobs/{job['id']}/films/1.png", timeout=10)
     assert png.status_code == 200
     film = np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB"), dtype=np.float64)
