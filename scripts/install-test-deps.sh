@@ -11,7 +11,8 @@
 set -euo pipefail
 
 need=()
-for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmdjpeg dcmdjpls dcmdrle dcmconv; do
+for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmdjpeg dcmdjpls dcmdrle dcmconv \
+  dcmprscp dcmprscu dcmpsprt; do
   [ -x "/usr/bin/$tool" ] || need=(dcmtk)
 done
 [ -x /usr/bin/gdcmconv ] || need+=(libgdcm-tools)

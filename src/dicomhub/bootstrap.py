@@ -71,6 +71,7 @@ from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
+from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
@@ -218,6 +219,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         burned_in=settings.deid_burned_in,
         mask=[(r.x, r.y, r.width, r.height) for r in settings.deid_mask],
     )
+    from dicomhub.dimse.printscu import DimseFilmPrinter  # the Print SCU's requestor
+
+    wado = WadoService(index, search, blobs, transcode, patients)
     return Archive(
         index=index,
         blobs=blobs,
@@ -227,7 +231,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir, patients),
         delete=DeleteService(index, blobs, access.study_facts),
-        wado=WadoService(index, search, blobs, transcode, patients),
+        wado=wado,
         transcode=transcode,
         decode_check=DecodeCheckService(
             DecodeCheckRepository(engine), blobs, settings.decode_check, last_change=index.last_change
@@ -265,6 +269,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             claim=lambda name: lease(engine, name),
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
+        print_client=PrintClientService(
+            wado, settings.printers, DimseFilmPrinter(settings.aet, settings.dimse_timeout), audit
+        ),
     )
 
 

@@ -63,6 +63,7 @@ from dicomhub.model.policy import (
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.model.webhooks import Webhook, parse_webhooks
 from dicomhub.peerconfig import parse_peers
+from dicomhub.printerconfig import Printer, printer_item, printers_table
 
 __all__ = [
     "NON_SETTING_VARIABLES",
@@ -130,6 +131,9 @@ class Settings:
     remote_aes: tuple[RemoteAE, ...] = ()
     # [[peer]] tables of the config file (dicomhub.peerconfig); see docs/peers.md
     peers: tuple[Peer, ...] = ()
+    # DICOM printers `dicomhub print` and POST /print/requests may print to: [printers.NAME]
+    # tables of aet, host, port, color, dpi (docs/printing.md).
+    printers: tuple[Printer, ...] = ()
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
     known_aes_only: bool = False
     max_associations: int = 64
@@ -425,6 +429,7 @@ def _webhook_item(item: Any) -> Webhook:
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
+    Printer: _ItemForm(printer_item, "NAME=AET@HOST:PORT[:color]"),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
     DeidExport: _ItemForm(_typed_or(DeidExport, parse_deid_export), "AET=PROJECT[:OPTION,...]", ";"),
@@ -452,6 +457,7 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
 # Settings that the file may also give as a table, and how that table becomes the value.
 _TABLES: dict[str, tuple[Callable[[Mapping[str, Any]], Any], str]] = {
     "oidc_roles": (_oidc_roles_table, 'a table VALUE = "ROLE[@SCOPE]"'),
+    "printers": (printers_table, "[printers.NAME] tables of aet, host, port, color, dpi"),
 }
 
 

@@ -42,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "orders",
     "patients",
     "printing",
+    "printclient",
     "links",
     "peer",
     "security",

@@ -320,6 +320,10 @@ class Association:
         self._open = True
         self._next_id = 0
         self._last_context = min(contexts) if contexts else 1
+        # SOP class -> the abstract syntax whose context carries it: the classes of a
+        # meta SOP class (PS3.4 H.3.1: Basic Film Session on the Print Management
+        # meta class's context) travel on the meta class's context.
+        self.context_classes: dict[str, str] = {}
 
     # -- establishment -----------------------------------------------------
 
@@ -475,8 +479,9 @@ class Association:
         AssociationError
             When the peer accepted no context for it.
         """
+        wanted = self.context_classes.get(str(sop_class_uid), str(sop_class_uid))
         for cid, (abstract_syntax, ts) in sorted(self._contexts.items()):
-            if abstract_syntax == sop_class_uid:
+            if abstract_syntax == wanted:
                 return cid, ts
         raise AssociationError(f"{self.called_ae_title} accepted no presentation context for {sop_class_uid}")
 

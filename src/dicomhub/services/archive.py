@@ -27,6 +27,7 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
+from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
@@ -80,6 +81,8 @@ class Archive:
     stability: StabilityService  # announces stable studies and series in the change log
     webhooks: WebhookService  # delivers the change log's events to the configured webhooks
     close: Callable[[], None]
+    # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
+    print_client: PrintClientService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

@@ -28,6 +28,7 @@ from dicomhub.web import (
     orders,
     patients,
     peers,
+    printclient,
     printing,
     security,
     webhooks,
@@ -136,7 +137,7 @@ def create_app(
                 "/admin", routes=[*admin.routes(archive), *peers.routes(archive), *webhooks.routes(archive)]
             ),
             Mount("/deid", routes=deid.routes(archive)),
-            Mount("/print", routes=printing.routes(archive)),
+            Mount("/print", routes=[*printing.routes(archive), *printclient.routes(archive)]),
             Mount("/fhir", routes=fhir.routes(archive) + imagingstudy.routes(archive, settings)),
             Mount(
                 "/api",

@@ -29,6 +29,7 @@ from dicomhub.web.changes import change_paths
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
+from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 from dicomhub.web.webhooks import webhook_paths
 
@@ -929,6 +930,7 @@ def _paths() -> Json:
     paths.update(print_paths())
     paths.update(change_paths())
     paths.update(webhook_paths())
+    paths.update(print_request_paths())
     paths.update(patient_paths())
     return paths
 
