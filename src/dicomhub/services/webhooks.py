@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.model.timestamps import utc_now
 from dicomhub.model.webhooks import Webhook, backoff, event_of, signature
 from dicomhub.services.background import run_until_stopped
@@ -34,28 +35,6 @@ LOGGER = logging.getLogger("dicomhub.webhooks")
 #: Posts (url, body, headers, timeout) and returns the HTTP status; raises OSError
 #: when the receiver cannot be reached or does not answer in time.
 Poster = Callable[[str, bytes, Mapping[str, str], float], int]
-
-
-class DeliveryLog(Protocol):
-    """What delivery needs of the index (:class:`~dicomhub.index.webhooks.WebhookRepository`)."""
-
-    def position(self, webhook: str) -> int: ...
-    def record(
-        self,
-        webhook: str,
-        seq: int,
-        event: str,
-        uid: str,
-        attempt: int,
-        outcome: str,
-        status_code: int | None,
-        error: str,
-        at: Any,
-        *,
-        done_up_to: int | None,
-    ) -> None: ...
-    def skip_to(self, webhook: str, position: int) -> None: ...
-    def deliveries(self, webhook: str, limit: int = 100) -> list[dict[str, Any]]: ...
 
 
 @dataclass
@@ -71,7 +50,7 @@ class WebhookService:
         self,
         hooks: Sequence[Webhook],
         log: ChangeLog,
-        deliveries: DeliveryLog,
+        deliveries: WebhookRepository,
         post: Poster,
         environ: Mapping[str, str],
         *,
