@@ -25,6 +25,7 @@ from xml.etree import ElementTree
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings, tls_client_context, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
+from dicomhub.index.analytics import MetadataRows
 from dicomhub.index.associations import AssociationLogRepository
 from dicomhub.index.backup import IndexBackup
 from dicomhub.index.blobs import BlobRecords
@@ -51,6 +52,7 @@ from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.peerconfig import configured_peers
 from dicomhub.services.access import AccessService, parse_claim_grants, parse_label_rules
 from dicomhub.services.aes import ApplicationEntityService
+from dicomhub.services.analytics import MetadataExport
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit import AuditService
 from dicomhub.services.backup import BackupService, read_manifest
@@ -257,6 +259,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         links=links,
         imaging_studies=ImagingStudyService(search, links, orders),
         changes=ChangeFeedService(index),
+        analytics=MetadataExport(index, MetadataRows(engine), headers.header_json),
         stability=StabilityService(
             StabilityRepository(engine), settings.stable_age, claim=lambda name: lease(engine, name)
         ),

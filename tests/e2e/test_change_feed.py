@@ -1,7 +1,8 @@
 """The change feed on a real ``dicomhub serve --auth``: pages of ``GET /changes`` that
 resume where the last ended, a long poll woken by a store, the Server-Sent Events form
 resumed with ``Last-Event-ID``, the refusal of a reader limited to one label, and the
-``stable`` announcement of a study once no instance has come for ``stable_age``.
+``stable`` announcement of a study once no instance has come for ``stable_age``, and
+``dicomhub export-metadata`` writing what changed as Parquet.
 
 Objects arrive over STOW-RS (httpx) and DCMTK storescu; the feed is read with httpx.
 """
@@ -9,6 +10,7 @@ Objects arrive over STOW-RS (httpx) and DCMTK storescu; the feed is read with ht
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.parquet as pq
 import pytest
 from pydicom.dataset import Dataset
 
@@ -205,3 +208,26 @@ def test_a_study_is_announced_stable_once_quiet_and_again_after_a_late_instance(
     store_ok(server, tmp_path / "b", expect=1)
     again, _ = _stable_after(url, seq, "STUDY", study)
     assert again > seq
+
+
+def test_export_metadata_writes_what_changed_since_the_last_run(hub: Hub, tmp_path: Path) -> None:
+    """``dicomhub export-metadata`` beside the running server, on its index and blobs."""
+    out = tmp_path / "lake"
+    args = ("export-metadata", "--data-dir", str(hub.server.data_dir), "--output", str(out), "--json")
+    rc, text = run_cli(*args)
+    assert rc == 0, text
+    ds = datagen.make_dataset(patient_id="LAKE1", modality="MR", rows=8, cols=8)
+    hub.stow(ds)
+    rc, text = run_cli(*args)
+    assert rc == 0, text
+    written = json.loads(text.strip().splitlines()[-1])
+    rows = pq.read_table(written["file"]).to_pylist()
+    (row,) = [r for r in rows if r["sop_instance_uid"] == str(ds.SOPInstanceUID)]
+    assert (row["patient_id"], row["modality"], row["change_type"]) == ("LAKE1", "MR", "created")
+    assert json.loads(row["header_json"])["00100020"]["Value"] == ["LAKE1"]
+    rc, text = run_cli(*args)
+    assert rc == 0 and json.loads(text.strip().splitlines()[-1])["file"] is None, text
+    rc, text = run_cli(
+        "export-metadata", "--data-dir", str(hub.server.data_dir), "--output", str(written["file"])
+    )
+    assert rc != 0 and "not a folder" in text

@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "patients",
     "printing",
     "printclient",
+    "analytics",
     "links",
     "peer",
     "security",

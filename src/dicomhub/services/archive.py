@@ -10,6 +10,7 @@ from typing import Self
 from dicomhub.index.repository import IndexRepository
 from dicomhub.services.access import AccessService
 from dicomhub.services.aes import ApplicationEntityService
+from dicomhub.services.analytics import MetadataExport
 from dicomhub.services.audit import AuditService
 from dicomhub.services.changes import ChangeFeedService
 from dicomhub.services.coercion import ArchivePatients
@@ -80,6 +81,7 @@ class Archive:
     changes: ChangeFeedService  # the change log as a feed (GET /changes)
     stability: StabilityService  # announces stable studies and series in the change log
     webhooks: WebhookService  # delivers the change log's events to the configured webhooks
+    analytics: MetadataExport  # the index and headers as Parquet (dicomhub export-metadata)
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
     print_client: PrintClientService | None = None

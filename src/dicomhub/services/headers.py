@@ -76,8 +76,16 @@ class HeaderService:
 
     def headers(self, instance_pks: Sequence[int]) -> dict[int, Dataset]:
         """Header data sets by instance pk (missing instances are left out)."""
+        return {
+            pk: Dataset.from_json(text, bulk_data_uri_handler=_no_bulk)
+            for pk, text in self.header_json(instance_pks).items()
+        }
+
+    def header_json(self, instance_pks: Sequence[int]) -> dict[int, str]:
+        """Headers as DICOM JSON text by instance pk (missing instances are left out);
+        the ones not prepared yet are read from their blobs now, and kept."""
         stored = self.index.header_json(instance_pks)
-        out: dict[int, Dataset] = {}
+        out: dict[int, str] = {}
         computed: list[tuple[int, str]] = []
         for pk, (text, key) in stored.items():
             if text is None:
@@ -88,7 +96,7 @@ class HeaderService:
                     continue
                 text = header_to_json(ds)
                 computed.append((pk, text))
-            out[pk] = Dataset.from_json(text, bulk_data_uri_handler=_no_bulk)
+            out[pk] = text
         if computed:
             self.index.set_header_json(computed)
         return out
