@@ -3,7 +3,8 @@
 The DIMSE provider keeps the association's print session
 (:class:`~dicomhub.model.printing.PrintSession`); when the SCU prints, it
 hands the films here.  Each film is rendered to a PNG
-(:mod:`dicomhub.services.printrender`), written to the blob store (durable),
+(:mod:`dicomhub.services.printrender`) and a page of the job's PDF
+(:mod:`dicomhub.services.printpdf`), all written to the blob store (durable),
 and only then is the job indexed with all its films in one transaction, so
 the N-ACTION is answered Success only for a job that is complete and
 durable.  If anything fails on the way, the pictures already written are
@@ -22,9 +23,10 @@ from dicomhub.index.printing import PrintJobRepository
 from dicomhub.model.access import Action
 from dicomhub.model.caller import Caller
 from dicomhub.model.printing import PrintedFilm, PrintSession
-from dicomhub.model.printjobs import ExecutionStatus, PrintFilmRecord, PrintJob
+from dicomhub.model.printjobs import ExecutionStatus, PrintDocument, PrintFilmRecord, PrintJob
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.access import Forbidden
+from dicomhub.services.printpdf import FilmPdf
 from dicomhub.services.printrender import render_film, to_png
 from dicomhub.storage.base import BlobStore
 
@@ -66,9 +68,11 @@ class PrintService:
         """
         written: list[str] = []
         records: list[PrintFilmRecord] = []
+        pdf = FilmPdf()
         try:
             for number, film in enumerate(films, start=1):
                 picture = render_film(film.film_box, film.color, self.dpi)
+                pdf.add_film(picture, film.film_box.film_size_id, film.film_box.film_orientation)
                 data = to_png(picture)
                 key = self._blobs.new_key()
                 sha256 = hashlib.sha256(data).hexdigest()
@@ -87,6 +91,7 @@ class PrintService:
                         sha256=sha256,
                     )
                 )
+            document = self._put(pdf.finish(), written)
             job = PrintJob(
                 job_id=f"2.25.{uuid.uuid4().int}",
                 state=ExecutionStatus.DONE,
@@ -96,6 +101,7 @@ class PrintService:
                 color=any(film.color for film in films),
                 created_at=utc_now(),
                 films=tuple(records),
+                pdf=document,
             )
             self._repository.add(job)
         except BaseException:
@@ -107,6 +113,13 @@ class PrintService:
             raise
         LOGGER.info("print job %s from %s: %d film(s)", job.job_id, calling_ae_title, len(records))
         return job
+
+    def _put(self, data: bytes, written: list[str]) -> PrintDocument:
+        key = self._blobs.new_key()
+        sha256 = hashlib.sha256(data).hexdigest()
+        info = self._blobs.put(key, data, sha256)
+        written.append(key)
+        return PrintDocument(key, info.size, sha256)
 
     @staticmethod
     def _may_read(caller: Caller) -> None:
@@ -137,6 +150,13 @@ class PrintService:
         if found is None:
             raise NotFound(f"no print job {job_id[:64]}")
         return found
+
+    def job_pdf(self, job_id: str, caller: Caller) -> bytes:
+        """The PDF of a job (one page per film, at the film's size); raises NotFound."""
+        job = self.job(job_id, caller)
+        if job.pdf is None:
+            raise NotFound(f"print job {job_id[:64]} was printed before PDFs were kept")
+        return self._blobs.read(job.pdf.blob_key)
 
     def film_png(self, job_id: str, number: int, caller: Caller) -> bytes:
         """The PNG of film `number` (1-based) of a job; raises NotFound."""
