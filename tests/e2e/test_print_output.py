@@ -4,7 +4,10 @@ pynetdicom as the print SCU):
 - the job's PDF at ``GET /print/jobs/{id}.pdf`` and ``dicomhub print-jobs --pdf``: one
   page per film, each page's MediaBox the Film Size ID in points (turned for LANDSCAPE),
   each page's image the film's PNG pixel for pixel; an unknown job is a 404 with a reason
-  and a CLI message with a non-zero exit.
+  and a CLI message with a non-zero exit;
+- N-SET of a film box: Trim, Magnification Type, Border Density and Min/Max Density
+  change the printed film (checked by pixels, within 1 gray level); an attribute fixed at
+  N-CREATE is 0x0105 No Such Attribute, an unsupported value 0x0106, the server stays up.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from .helpers import DicomhubServer, ServerPool, run_cli
+from .helpers import DicomhubServer, ServerPool, assert_alive, run_cli
 from .test_print import (
     FILM_BOX,
     FILM_SESSION,
@@ -113,3 +117,43 @@ def test_job_pdf(hub: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) 
         "print-jobs", "--pdf", "2.25.42", "--output", str(out), "--data-dir", str(hub.data_dir)
     )
     assert code != 0 and "no print job 2.25.42" in text
+
+
+def test_film_box_n_set(hub: DicomhubServer) -> None:
+    scu = PrintScu(hub, "NSETSCU")
+    assert scu.create(session_attributes("N-SET"), FILM_SESSION, generate_uid())[0] == 0
+    status, reply, box = scu.create(film_box("STANDARD\\1,1", FilmSizeID="8INX10IN"), FILM_BOX)
+    assert status == 0 and reply is not None
+    only = reply.ReferencedImageBoxSequence[0].ReferencedSOPInstanceUID
+    values = np.zeros((4, 4), np.uint8)
+    values[:, 2:] = 255
+    assert scu.set(image_box(values, 1), GRAYSCALE_IMAGE_BOX, only) == 0
+
+    fixed = film_box("STANDARD\\2,2")  # the layout is fixed at N-CREATE
+    assert scu.set(fixed, FILM_BOX, box) == 0x0105
+    bad = Dataset()
+    bad.MinDensity, bad.MaxDensity = 200, 100
+    assert scu.set(bad, FILM_BOX, box) == 0x0106
+    change = Dataset()
+    change.Trim = "YES"
+    change.MagnificationType = "REPLICATE"
+    change.BorderDensity = "WHITE"
+    change.MinDensity, change.MaxDensity = 30, 270
+    assert scu.set(change, FILM_BOX, box) == 0
+    status, action_reply = scu.action(FILM_BOX, box)
+    assert status == 0 and action_reply is not None
+    job = str(action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID)
+    scu.release()
+
+    png = httpx.get(f"{hub.base_url}/print/jobs/{job}/films/1.png", timeout=10)
+    pixels = np.asarray(Image.open(io.BytesIO(png.content)), dtype=np.int16)
+    assert pixels.shape == (10 * DPI, 8 * DPI)  # 300 x 240: the 4x4 image x60 at y 30
+    white, black = 255 * (1 - 30 / 300), 255 * (1 - 270 / 300)
+    assert np.abs(pixels[40:260, 10:110] - black).max() <= 1
+    assert np.abs(pixels[40:260, 130:230] - white).max() <= 1
+    assert (pixels[0:29, :] == 255).all()  # white border above the image...
+    assert (pixels[29, :] == 0).all()  # ...and the trim box just above it (1 pixel at 30 dpi)
+    assert (pixels[30:270, 0] == 0).all()  # the image fills the width: its edge column is the trim
+    listed = httpx.get(f"{hub.base_url}/print/jobs/{job}", timeout=10).json()
+    assert listed["films"][0]["Trim"] == "YES" and listed["films"][0]["MinDensity"] == "30"
+    assert_alive(hub)

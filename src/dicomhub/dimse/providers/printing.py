@@ -19,6 +19,7 @@ answer                                                      status
 a second film session on the association                    0x0111
 a film box before any film session                          0x0117
 a layout, film size, density, position... not supported     0x0106
+N-SET of a film box attribute fixed at its N-CREATE         0x0105
 an instance this association does not hold                  0x0112
 an instance of another SOP class than the one named         0x0119
 an image larger than its box with Magnification Type NONE   0xC603
@@ -61,6 +62,7 @@ from dicomhub.model.printing import (
     InvalidPrintAttribute,
     NoFilmBoxes,
     NoFilmSession,
+    NoSuchPrintAttribute,
     PrintedFilm,
     PrintSession,
     PrintViolation,
@@ -95,6 +97,7 @@ _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
     (ImageLargerThanBox, IMAGE_LARGER_THAN_BOX),
     (NoFilmBoxes, NO_FILM_BOXES),
     (ResourceLimitation, RESOURCE_LIMITATION),
+    (NoSuchPrintAttribute, S.NO_SUCH_ATTRIBUTE),
     (InvalidPrintAttribute, S.INVALID_ATTRIBUTE_VALUE),
     (InvalidPresentationLut, S.INVALID_ATTRIBUTE_VALUE),
     (NotFound, S.NO_SUCH_SOP_INSTANCE),
@@ -119,6 +122,11 @@ PRINT_STATUSES: tuple[tuple[int, str, str], ...] = (
         "Invalid Attribute Value",
         "layout, film size, orientation, density, polarity, magnification, position, image or "
         "Presentation LUT not supported",
+    ),
+    (
+        S.NO_SUCH_ATTRIBUTE,
+        "No Such Attribute",
+        "N-SET of a film box attribute fixed at N-CREATE (layout, film size, orientation...)",
     ),
     (S.NO_SUCH_SOP_INSTANCE, "No Such SOP Instance", "an instance the association does not hold"),
     (S.CLASS_INSTANCE_CONFLICT, "Class-Instance Conflict", "an instance of another SOP class"),
@@ -274,6 +282,9 @@ class PrintManagementProvider(Provider):
         try:
             if request.sop_class_uid == BASIC_FILM_SESSION:
                 self.session.set_film_session(request.sop_instance_uid, modifications)
+                return NResponse(S.SUCCESS)
+            if request.sop_class_uid == BASIC_FILM_BOX:
+                self.session.set_film_box(request.sop_instance_uid, modifications)
                 return NResponse(S.SUCCESS)
             if request.sop_class_uid in (BASIC_GRAYSCALE_IMAGE_BOX, BASIC_COLOR_IMAGE_BOX):
                 warning = self.session.set_image_box(
