@@ -67,6 +67,7 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
+from dicomhub.services.osprinter import OsPrinter
 from dicomhub.services.peers import PeerService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
@@ -242,7 +243,12 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         aes=ApplicationEntityService(peers),
         orders=orders,
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
-        printing=PrintService(PrintJobRepository(engine), blobs, settings.print_dpi),
+        printing=PrintService(
+            PrintJobRepository(engine),
+            blobs,
+            settings.print_dpi,
+            OsPrinter(settings.print_os_command) if settings.print_os_command else None,
+        ),
         patients=patients,
         worklist=WorklistService(WorklistRepository(engine)),
         links=links,

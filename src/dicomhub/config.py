@@ -223,6 +223,10 @@ class Settings:
     # Resolution of the films printed to the archive's Print SCP, in pixels per inch
     # of the Film Size ID (14INX17IN at 150: 2100 x 2550 pixels; docs/printing.md).
     print_dpi: int = 150
+    # An operating-system printer each print job's PDF is handed to (docs/printing.md):
+    # the command and its arguments, run without a shell with the PDF on its standard
+    # input (["lp", "-d", "film"] for a CUPS queue); empty: none.
+    print_os_command: tuple[str, ...] = ()
     # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
     # updates and merges with this issuer (or none) reach the stored studies.
     patient_id_issuer: str = ""

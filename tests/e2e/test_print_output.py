@@ -7,28 +7,47 @@ pynetdicom as the print SCU):
   and a CLI message with a non-zero exit;
 - N-SET of a film box: Trim, Magnification Type, Border Density and Min/Max Density
   change the printed film (checked by pixels, within 1 gray level); an attribute fixed at
-  N-CREATE is 0x0105 No Such Attribute, an unsupported value 0x0106, the server stays up.
+  N-CREATE is 0x0105 No Such Attribute, an unsupported value 0x0106, the server stays up;
+- the operating-system printer and N-EVENT-REPORT: the server's ``print_os_command`` is a
+  small recording script standing in for CUPS ``lp`` (a mock of an OS printer: a real
+  cupsd with a PDF queue does not install and start in seconds as an unprivileged
+  process). It keeps each PDF it is given, or fails with a message on its standard error
+  while a FAIL file exists. An SCU that proposed the Print Job SOP Class gets the job's
+  reports (Printing, then Done or Failure) and the Printer's (Failure, then Normal again);
+  the PDF the printer got is the job's PDF; a failed job records the command's message;
+  an SCU that did not propose the Print Job SOP Class gets no job report.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import sys
+import threading
+import time
 import zlib
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
 
-from .helpers import DicomhubServer, ServerPool, assert_alive, run_cli
+from .helpers import HOST, DicomhubServer, ServerPool, assert_alive, run_cli
 from .test_print import (
     FILM_BOX,
     FILM_SESSION,
     GRAYSCALE_IMAGE_BOX,
+    GRAYSCALE_META,
+    PRINT_JOB,
+    PRINTER,
+    PRINTER_INSTANCE,
     PrintScu,
+    blocking_reads_only,
     film_box,
     gradient,
     image_box,
@@ -39,10 +58,105 @@ pytestmark = pytest.mark.e2e
 
 DPI = 30
 
+# Stands in for `lp`: keeps the PDF from its standard input, or fails like lp does.
+RECORDING_PRINTER = """
+import pathlib, sys, uuid
+spool = pathlib.Path(sys.argv[1])
+pdf = sys.stdin.buffer.read()
+if (spool / "FAIL").exists():
+    sys.stderr.write("lp: The printer or class does not exist.\\n")
+    sys.exit(1)
+(spool / (uuid.uuid4().hex + ".pdf")).write_bytes(pdf)
+"""
+
 
 @pytest.fixture(scope="module")
-def hub(module_servers: ServerPool) -> DicomhubServer:
-    return module_servers.start("print-output", args=["--print-dpi", str(DPI)])
+def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture(scope="module")
+def hub(module_servers: ServerPool, spool: Path) -> DicomhubServer:
+    script = spool.parent / "fake_lp.py"
+    script.write_text(RECORDING_PRINTER)
+    command = ",".join([sys.executable, str(script), str(spool)])
+    return module_servers.start(
+        "print-output", args=["--print-dpi", str(DPI)], env={"DICOMHUB_PRINT_OS_COMMAND": command}
+    )
+
+
+class ReportedScu(PrintScu):
+    """A print SCU that takes N-EVENT-REPORTs: keeps them, answers Success, and tells when
+    its answers have left the socket (releasing before that raced them, see
+    test_storage_commitment.request). Without `print_job` it does not propose the Print
+    Job SOP Class (and so must get no job report)."""
+
+    def __init__(self, hub: DicomhubServer, calling: str, print_job: bool = True) -> None:  # noqa: PLW0231
+        self.meta = GRAYSCALE_META
+        self.last = Dataset()
+        self.reports: list[tuple[str, str, int, Dataset]] = []
+        self._queued = self._sent = 0
+        self._lock = threading.Condition()
+        self.ae = AE(ae_title=calling)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60
+        self.ae.add_requested_context(GRAYSCALE_META, [ExplicitVRLittleEndian])
+        if print_job:
+            self.ae.add_requested_context(PRINT_JOB, [ExplicitVRLittleEndian])
+        self.assoc = self.ae.associate(
+            HOST,
+            hub.dimse_port,
+            ae_title=hub.aet,
+            evt_handlers=[
+                (evt.EVT_N_EVENT_REPORT, self._report),
+                (evt.EVT_DIMSE_SENT, self._dimse_sent),
+                (evt.EVT_PDU_SENT, self._pdu_sent),
+                (evt.EVT_DIMSE_RECV, self._received),
+            ],
+        )
+        assert self.assoc.is_established
+        blocking_reads_only(self.assoc)
+
+    def _report(self, event: evt.Event) -> tuple[int, None]:
+        request = event.request
+        with self._lock:
+            self.reports.append(
+                (
+                    str(request.AffectedSOPClassUID),
+                    str(request.AffectedSOPInstanceUID),
+                    int(request.EventTypeID),
+                    event.event_information,
+                )
+            )
+        return 0x0000, None
+
+    def _dimse_sent(self, event: evt.Event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            with self._lock:
+                self._queued += 1
+
+    def _pdu_sent(self, event: evt.Event) -> None:
+        with self._lock:
+            self._sent = self._queued
+            self._lock.notify_all()
+
+    def answered(self, count: int, timeout: float = 30) -> list[tuple[str, str, int, Dataset]]:
+        """Wait until `count` reports are answered on the wire; the reports."""
+        with self._lock:
+            assert self._lock.wait_for(lambda: self._sent >= count, timeout), f"reports: {self.reports}"
+            return list(self.reports)
+
+    def print_one(self) -> str:
+        """A film session with one 1x1 film box holding an image, printed; the job's id."""
+        session = generate_uid()
+        assert self.create(session_attributes("EVENTS"), FILM_SESSION, session)[0] == 0
+        status, reply, _box = self.create(film_box("STANDARD\\1,1"), FILM_BOX)
+        assert status == 0 and reply is not None
+        only = reply.ReferencedImageBoxSequence[0].ReferencedSOPInstanceUID
+        assert self.set(image_box(gradient(16, 16, 0), 1), GRAYSCALE_IMAGE_BOX, only) == 0
+        status, action_reply = self.action(FILM_SESSION, session)
+        assert status == 0 and action_reply is not None
+        assert self.delete(FILM_SESSION, session) == 0
+        return str(action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID)
 
 
 def _pdf_pages(pdf: bytes) -> list[tuple[tuple[float, float], bytes, tuple[int, int]]]:
@@ -73,7 +187,7 @@ def _pdf_pages(pdf: bytes) -> list[tuple[tuple[float, float], bytes, tuple[int, 
 
 
 def test_job_pdf(hub: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) -> None:
-    scu = PrintScu(hub, "PDFSCU")
+    scu = ReportedScu(hub, "PDFSCU", print_job=False)
     session = generate_uid()
     assert scu.create(session_attributes("PDF"), FILM_SESSION, session)[0] == 0
     status, reply, _first = scu.create(film_box("STANDARD\\1,2"), FILM_BOX)
@@ -120,7 +234,7 @@ def test_job_pdf(hub: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_film_box_n_set(hub: DicomhubServer) -> None:
-    scu = PrintScu(hub, "NSETSCU")
+    scu = ReportedScu(hub, "NSETSCU", print_job=False)
     assert scu.create(session_attributes("N-SET"), FILM_SESSION, generate_uid())[0] == 0
     status, reply, box = scu.create(film_box("STANDARD\\1,1", FilmSizeID="8INX10IN"), FILM_BOX)
     assert status == 0 and reply is not None
@@ -156,4 +270,65 @@ def test_film_box_n_set(hub: DicomhubServer) -> None:
     assert (pixels[30:270, 0] == 0).all()  # the image fills the width: its edge column is the trim
     listed = httpx.get(f"{hub.base_url}/print/jobs/{job}", timeout=10).json()
     assert listed["films"][0]["Trim"] == "YES" and listed["films"][0]["MinDensity"] == "30"
+    assert_alive(hub)
+
+
+def job_state(hub: DicomhubServer, job: str) -> dict[str, Any]:
+    r = httpx.get(f"{hub.base_url}/print/jobs/{job}", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_os_printer_and_event_reports(hub: DicomhubServer, spool: Path) -> None:
+    scu = ReportedScu(hub, "EVENTSCU")
+    job = scu.print_one()
+    reports = scu.answered(2)
+    assert [(c, i, e) for c, i, e, _ in reports] == [
+        (PRINT_JOB, job, 2),
+        (PRINT_JOB, job, 3),
+    ]  # Printing, Done
+    assert reports[1][3].ExecutionStatusInfo == "NORMAL" and reports[1][3].FilmSessionLabel == "EVENTS"
+    status, got = scu.assoc.send_n_get([0x21000020], PRINT_JOB, job)
+    assert status.Status == 0 and got is not None and got.ExecutionStatus == "DONE"
+    printed = [path.read_bytes() for path in spool.glob("*.pdf")]
+    pdf = httpx.get(f"{hub.base_url}/print/jobs/{job}.pdf", timeout=10).content
+    assert pdf in printed
+    assert job_state(hub, job)["state"] == "DONE"
+
+    (spool / "FAIL").write_text("")
+    failed = scu.print_one()
+    reports = scu.answered(5)[2:]  # the job: Printing, Failure; the Printer: Failure
+    assert [(c, i, e) for c, i, e, _ in reports] == [
+        (PRINT_JOB, failed, 2),
+        (PRINT_JOB, failed, 4),
+        (PRINTER, PRINTER_INSTANCE, 3),
+    ]
+    assert reports[2][3].PrinterStatusInfo == "PRINTER DOWN"
+    status, printer = scu.assoc.send_n_get([0x21100010], PRINTER, PRINTER_INSTANCE, meta_uid=GRAYSCALE_META)
+    assert status.Status == 0 and printer is not None and printer.PrinterStatus == "FAILURE"
+    state = job_state(hub, failed)
+    assert state["state"] == "FAILURE" and "The printer or class does not exist" in state["status_info"]
+
+    (spool / "FAIL").unlink()
+    again = scu.print_one()
+    reports = scu.answered(8)[5:]
+    assert [(c, i, e) for c, i, e, _ in reports] == [
+        (PRINT_JOB, again, 2),
+        (PRINT_JOB, again, 3),
+        (PRINTER, PRINTER_INSTANCE, 1),  # Normal again
+    ]
+    scu.release()
+
+    # Without the Print Job SOP Class: printed, but no job report.
+    quiet = ReportedScu(hub, "QUIETSCU", print_job=False)
+    job = quiet.print_one()
+    deadline = time.monotonic() + 20
+    while job_state(hub, job)["state"] != "DONE" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job_state(hub, job)["state"] == "DONE"
+    # one more exchange: a report sent after the print would have arrived before its answer
+    status, _ = quiet.assoc.send_n_get([0x21100010], PRINTER, PRINTER_INSTANCE, meta_uid=GRAYSCALE_META)
+    assert status.Status == 0
+    assert quiet.reports == []
+    quiet.release()
     assert_alive(hub)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["ExecutionStatus", "PrintDocument", "PrintFilmRecord", "PrintJob"]
+__all__ = ["ExecutionStatus", "PrintDocument", "PrintFilmRecord", "PrintJob", "PrinterStatus"]
 
 
 class ExecutionStatus(Enum):
@@ -24,6 +24,14 @@ class ExecutionStatus(Enum):
     PRINTING = "PRINTING"
     DONE = "DONE"
     FAILURE = "FAILURE"
+
+
+@dataclass(frozen=True)
+class PrinterStatus:
+    """Printer Status (2110,0010) and Printer Status Info (2110,0020) (PS3.3 C.13.9)."""
+
+    status: str = "NORMAL"  # NORMAL, WARNING, FAILURE
+    info: str = "NORMAL"
 
 
 @dataclass(frozen=True)
