@@ -15,7 +15,11 @@ pynetdicom as the print SCU):
   while a FAIL file exists. An SCU that proposed the Print Job SOP Class gets the job's
   reports (Printing, then Done or Failure) and the Printer's (Failure, then Normal again);
   the PDF the printer got is the job's PDF; a failed job records the command's message;
-  an SCU that did not propose the Print Job SOP Class gets no job report.
+  an SCU that did not propose the Print Job SOP Class gets no job report;
+- archiving (``print_archive``): each job's PDF is an Encapsulated PDF instance that
+  QIDO-RS finds (in the printed images' study when they name one, else in the calling
+  AE's own study under patient PRINTS) and whose document, retrieved with WADO-RS, is
+  the bytes of ``GET /print/jobs/{id}.pdf``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -81,8 +86,26 @@ def hub(module_servers: ServerPool, spool: Path) -> DicomhubServer:
     script.write_text(RECORDING_PRINTER)
     command = ",".join([sys.executable, str(script), str(spool)])
     return module_servers.start(
-        "print-output", args=["--print-dpi", str(DPI)], env={"DICOMHUB_PRINT_OS_COMMAND": command}
+        "print-output",
+        args=["--print-dpi", str(DPI)],
+        env={"DICOMHUB_PRINT_OS_COMMAND": command, "DICOMHUB_PRINT_ARCHIVE": "true"},
     )
+
+
+def archived_pdf(hub: DicomhubServer, job: str) -> Dataset:
+    """The job's Encapsulated PDF instance, found with QIDO-RS and retrieved with WADO-RS."""
+    uid = job_state(hub, job)["archived_sop_instance_uid"]
+    assert uid
+    found = httpx.get(f"{hub.base_url}/dicomweb/instances", params={"SOPInstanceUID": uid}, timeout=10)
+    assert found.status_code == 200, found.text
+    [match] = found.json()
+    assert match["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.104.1"]
+    study, series = match["0020000D"]["Value"][0], match["0020000E"]["Value"][0]
+    return DICOMwebClient(url=hub.base_url + "/dicomweb").retrieve_instance(study, series, uid)
+
+
+def document(ds: Dataset) -> bytes:
+    return bytes(ds.EncapsulatedDocument)[: int(ds.EncapsulatedDocumentLength)]
 
 
 class ReportedScu(PrintScu):
@@ -219,6 +242,10 @@ def test_job_pdf(hub: DicomhubServer, tmp_path_factory: pytest.TempPathFactory) 
         assert np.array_equal(np.frombuffer(pixels, np.uint8), np.asarray(film).ravel())
     listed = httpx.get(f"{hub.base_url}/print/jobs/{job}", timeout=10).json()
     assert listed["pdf"]["size"] == len(r.content)
+    # Archived in the calling AE's own study (the images name no study).
+    archived = archived_pdf(hub, job)
+    assert document(archived) == r.content and archived.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert archived.PatientID == "PRINTS" and archived.Modality == "DOC"
 
     out = tmp_path_factory.mktemp("pdf") / "job.pdf"
     code, text = run_cli("print-jobs", "--pdf", job, "--output", str(out), "--data-dir", str(hub.data_dir))
@@ -332,3 +359,29 @@ def test_os_printer_and_event_reports(hub: DicomhubServer, spool: Path) -> None:
     assert quiet.reports == []
     quiet.release()
     assert_alive(hub)
+
+
+def test_archived_in_the_printed_images_study(hub: DicomhubServer) -> None:
+    scu = ReportedScu(hub, "IDENTSCU", print_job=False)
+    session = generate_uid()
+    assert scu.create(session_attributes("IDENT"), FILM_SESSION, session)[0] == 0
+    status, reply, _box = scu.create(film_box("STANDARD\\1,1"), FILM_BOX)
+    assert status == 0 and reply is not None
+    change = image_box(gradient(16, 16, 2), 1)
+    item = change.BasicGrayscaleImageSequence[0]
+    study = generate_uid()
+    item.PatientID, item.PatientName, item.StudyInstanceUID = "P-PRINTED", "Printed^Pat", study
+    only = reply.ReferencedImageBoxSequence[0].ReferencedSOPInstanceUID
+    assert scu.set(change, GRAYSCALE_IMAGE_BOX, only) == 0
+    status, action_reply = scu.action(FILM_SESSION, session)
+    assert status == 0 and action_reply is not None
+    job = str(action_reply.ReferencedPrintJobSequence[0].ReferencedSOPInstanceUID)
+    scu.release()
+    archived = archived_pdf(hub, job)
+    assert (archived.StudyInstanceUID, archived.PatientID) == (study, "P-PRINTED")
+    pdf = httpx.get(f"{hub.base_url}/print/jobs/{job}.pdf", timeout=10)
+    assert document(archived) == pdf.content
+    studies = httpx.get(
+        f"{hub.base_url}/dicomweb/studies", params={"PatientID": "P-PRINTED"}, timeout=10
+    ).json()
+    assert [s["0020000D"]["Value"][0] for s in studies] == [study]

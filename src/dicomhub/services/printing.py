@@ -41,6 +41,7 @@ from dicomhub.model.printjobs import (
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.access import Forbidden
 from dicomhub.services.osprinter import OsPrinter
+from dicomhub.services.printarchive import PrintArchive
 from dicomhub.services.printpdf import FilmPdf
 from dicomhub.services.printrender import render_film, to_png
 from dicomhub.storage.base import BlobStore
@@ -62,6 +63,9 @@ class PrintService:
         Resolution films are rendered at (pixels per inch of the film size).
     printer : OsPrinter, optional
         Where each job's PDF is printed after the print is answered.
+    archive : PrintArchive, optional
+        Where each job's PDF is also stored as an Encapsulated PDF instance,
+        before the print is answered.
     """
 
     def __init__(
@@ -70,11 +74,13 @@ class PrintService:
         blobs: BlobStore,
         dpi: int = 150,
         printer: OsPrinter | None = None,
+        archive: PrintArchive | None = None,
     ) -> None:
         self._repository = repository
         self._blobs = blobs
         self.dpi = dpi
         self._printer = printer
+        self._archive = archive
         self._status = PrinterStatus()
         self._status_lock = threading.Lock()
 
@@ -117,7 +123,16 @@ class PrintService:
                         sha256=sha256,
                     )
                 )
-            document = self._put(pdf.finish(), written)
+            data = pdf.finish()
+            document = self._put(data, written)
+            created_at = utc_now()
+            archived = (
+                None
+                if self._archive is None
+                # An archived PDF whose job then fails to be indexed stays: it is a whole
+                # object of its own, found like any other.
+                else self._archive.store(data, films, calling_ae_title, created_at)
+            )
             job = PrintJob(
                 job_id=f"2.25.{uuid.uuid4().int}",
                 state=ExecutionStatus.DONE if self._printer is None else ExecutionStatus.PENDING,
@@ -125,9 +140,10 @@ class PrintService:
                 film_session_uid=film_session_uid,
                 film_session=dict(films[0].film_session) if films else {},
                 color=any(film.color for film in films),
-                created_at=utc_now(),
+                created_at=created_at,
                 films=tuple(records),
                 pdf=document,
+                archived_sop_instance_uid=archived,
             )
             self._repository.add(job)
         except BaseException:
