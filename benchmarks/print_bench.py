@@ -7,9 +7,10 @@ film, N-CREATE of a ``STANDARD\\4,5`` film box (14INX17IN), 20 N-SETs of 512x512
 PNG, stored and indexed). Reports films/s and the time split:
 
 - DIMSE: N-CREATE and the 20 N-SETs (request to response, 5.2 MB of pixels);
-- print: the N-ACTION round trip (render + PNG + blob + index);
-- of which render and PNG: the same film rendered in this process with the
-  server's renderer (``dicomhub.services.printrender``), at the same resolution.
+- print: the N-ACTION round trip (render + PNG + PDF page + blobs + index);
+- of which render and PNG, and the PDF page: the same film rendered in this
+  process with the server's renderer (``dicomhub.services.printrender``) and
+  added to a job PDF (``dicomhub.services.printpdf``), at the same resolution.
 
     .venv/bin/python benchmarks/print_bench.py [--films 10] [--dpi 150] [--json out.json] [--keep]
 """
@@ -83,9 +84,11 @@ def film_box() -> Dataset:
     return ds
 
 
-def render_in_process(images: list[Dataset], dpi: int, repeat: int) -> list[float]:
-    """Seconds to render and PNG-encode the same film with the server's code."""
+def render_in_process(images: list[Dataset], dpi: int, repeat: int) -> tuple[list[float], list[float]]:
+    """Seconds to render and PNG-encode the same film with the server's code, and to
+    make it a page of a job's PDF."""
     from dicomhub.model.printing import PrintSession
+    from dicomhub.services.printpdf import FilmPdf
     from dicomhub.services.printrender import render_film, to_png
 
     session = PrintSession(dpi)
@@ -93,12 +96,18 @@ def render_in_process(images: list[Dataset], dpi: int, repeat: int) -> list[floa
     box = session.create_film_box(None, film_box(), False)
     for position, (item, image_box) in enumerate(zip(images, box.image_boxes, strict=True), start=1):
         session.set_image_box(IMAGE_BOX, image_box.sop_instance_uid, modification(item, position))
-    out = []
+    out, pdf = [], []
     for _ in range(repeat):
         started = time.perf_counter()
-        to_png(render_film(box, False, dpi))
+        film = render_film(box, False, dpi)
+        to_png(film)
         out.append(time.perf_counter() - started)
-    return out
+        started = time.perf_counter()
+        document = FilmPdf()
+        document.add_film(film, box.film_size_id, box.film_orientation)
+        document.finish()
+        pdf.append(time.perf_counter() - started)
+    return out, pdf
 
 
 def main() -> int:
@@ -169,7 +178,7 @@ def main() -> int:
         finally:
             assoc.release()
             ae.shutdown()
-        render = render_in_process(images, args.dpi, min(args.films, 5))
+        render, pdf = render_in_process(images, args.dpi, min(args.films, 5))
         figures = {
             "films": args.films,
             "layout": LAYOUT,
@@ -180,6 +189,7 @@ def main() -> int:
             "dimse_create_and_sets_s_median": round(statistics.median(dimse), 3),
             "print_action_s_median": round(statistics.median(printing), 3),
             "render_and_png_in_process_s_median": round(statistics.median(render), 3),
+            "pdf_page_in_process_s_median": round(statistics.median(pdf), 3),
         }
         print(
             f"{args.films} films {LAYOUT} of 512x512 at {args.dpi} dpi: "
@@ -187,7 +197,8 @@ def main() -> int:
             f"({figures['per_film_s']} s per film); per film, median: N-CREATE + 20 N-SET "
             f"{figures['dimse_create_and_sets_s_median']} s, N-ACTION print "
             f"{figures['print_action_s_median']} s, of which render + PNG (in process) "
-            f"{figures['render_and_png_in_process_s_median']} s"
+            f"{figures['render_and_png_in_process_s_median']} s and the PDF page "
+            f"{figures['pdf_page_in_process_s_median']} s"
         )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")

@@ -48,6 +48,7 @@ from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
+from dicomhub.model.identifiers import is_valid_uid
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.peerconfig import configured_peers
 from dicomhub.services.access import AccessService, parse_claim_grants, parse_label_rules
@@ -72,7 +73,9 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.oidc import OidcVerifier
 from dicomhub.services.orders import OrderService
+from dicomhub.services.osprinter import OsPrinter
 from dicomhub.services.peers import PeerService
+from dicomhub.services.printarchive import PrintArchive
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
@@ -253,7 +256,13 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         aes=ApplicationEntityService(peers),
         orders=orders,
         mpps=MppsService(MppsRepository(engine), orders, settings.mpps_hl7_destination, settings.aet),
-        printing=PrintService(PrintJobRepository(engine), blobs, settings.print_dpi),
+        printing=PrintService(
+            PrintJobRepository(engine),
+            blobs,
+            settings.print_dpi,
+            OsPrinter(settings.print_os_command) if settings.print_os_command else None,
+            _print_archive(settings, ingest),
+        ),
         patients=patients,
         worklist=WorklistService(WorklistRepository(engine)),
         links=links,
@@ -577,6 +586,14 @@ def start_hl7_listener(settings: Settings, archive: Archive) -> MllpListener | N
         max_connections=settings.max_associations,
     )
     return listener.start()
+
+
+def _print_archive(settings: Settings, ingest: IngestService) -> PrintArchive | None:
+    """Where print jobs are archived as Encapsulated PDF, if ``print_archive`` is on."""
+    study = settings.print_archive_study_uid.strip()
+    if study and not is_valid_uid(study):
+        raise ConfigurationError(f"print_archive_study_uid {study[:70]!r} is not a UID")
+    return PrintArchive(ingest, study or None) if settings.print_archive else None
 
 
 def commitment_deliverer(

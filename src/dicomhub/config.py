@@ -233,6 +233,16 @@ class Settings:
     stable_age: float = 60.0
     # [[webhook]] tables of the config file (dicomhub.model.webhooks); see docs/changes.md
     webhooks: tuple[Webhook, ...] = ()
+    # An operating-system printer each print job's PDF is handed to (docs/printing.md):
+    # the command and its arguments, run without a shell with the PDF on its standard
+    # input (["lp", "-d", "film"] for a CUPS queue); empty: none.
+    print_os_command: tuple[str, ...] = ()
+    # Keep each print job's PDF as an Encapsulated PDF instance too (docs/printing.md),
+    # in the study of the printed images when they name one.
+    print_archive: bool = False
+    # The study archived prints go to when their images name none (a study kept for
+    # prints); empty: one study per calling AE title.
+    print_archive_study_uid: str = ""
     # The Issuer of Patient ID the archive's own Patient IDs belong to: patient
     # updates and merges with this issuer (or none) reach the stored studies.
     patient_id_issuer: str = ""

@@ -1,5 +1,5 @@
 """``dicomhub print-jobs``: the print jobs the Print SCP made (docs/printing.md), newest
-first; ``--film`` writes one film's PNG.
+first; ``--film`` writes one film's PNG, ``--pdf`` a job's PDF.
 """
 
 from __future__ import annotations
@@ -30,22 +30,30 @@ def _archive(settings: Settings) -> Archive:
 
 @command(
     "print-jobs",
-    help="print jobs received by the Print SCP, newest first (or one film's PNG)",
+    help="print jobs received by the Print SCP, newest first (or one film's PNG, a job's PDF)",
     shared=ARCHIVE,
     args=(
         arg("--limit", type=int, default=100),
         arg("--json", action="store_true"),
         arg("--job", help="only this job (its id)"),
         arg("--film", type=int, metavar="N", help="with --job and --output: write film N's PNG"),
-        arg("--output", type=Path, help="where --film writes the PNG"),
+        arg("--pdf", metavar="ID", help="with --output: write the PDF of job ID"),
+        arg("--output", type=Path, help="where --film writes the PNG, --pdf the PDF"),
     ),
 )
 def _print_jobs(settings: Settings, args: argparse.Namespace) -> int:
     if args.film is not None and (args.job is None or args.output is None):
         print("dicomhub print-jobs: --film needs --job and --output", file=sys.stderr)
         return 2
+    if args.pdf is not None and (args.output is None or args.film is not None):
+        print("dicomhub print-jobs: --pdf needs --output (and no --film)", file=sys.stderr)
+        return 2
     with _archive(settings) as archive:
         try:
+            if args.pdf is not None:
+                data = archive.printing.job_pdf(args.pdf, Caller.cli())
+                args.output.write_bytes(data)
+                return 0
             if args.film is not None:
                 args.output.write_bytes(archive.printing.film_png(args.job, args.film, Caller.cli()))
                 return 0
@@ -53,7 +61,7 @@ def _print_jobs(settings: Settings, args: argparse.Namespace) -> int:
                 found = [archive.printing.job(args.job, Caller.cli())]
             else:
                 found = archive.printing.jobs(Caller.cli(), max(1, args.limit))
-        except DicomhubError as exc:
+        except (DicomhubError, OSError) as exc:  # OSError: --output cannot be written
             print(f"dicomhub print-jobs: {exc}", file=sys.stderr)
             return 1
     if args.json:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import print_film, print_job
-from dicomhub.model.printjobs import ExecutionStatus, PrintFilmRecord, PrintJob
+from dicomhub.model.printjobs import ExecutionStatus, PrintDocument, PrintFilmRecord, PrintJob
 
 __all__ = ["PrintJobRepository"]
 
@@ -36,6 +36,11 @@ class PrintJobRepository:
                     film_session=json.dumps(dict(job.film_session)),
                     color=job.color,
                     created_at=job.created_at,
+                    pdf_blob_key=None if job.pdf is None else job.pdf.blob_key,
+                    pdf_size=None if job.pdf is None else job.pdf.size,
+                    pdf_sha256=None if job.pdf is None else job.pdf.sha256,
+                    status_info=job.status_info,
+                    archived_sop_instance_uid=job.archived_sop_instance_uid,
                 )
             )
             key = result.inserted_primary_key
@@ -86,7 +91,32 @@ class PrintJobRepository:
                 )
                 for film in films
             ),
+            pdf=(
+                None
+                if row.pdf_blob_key is None
+                else PrintDocument(row.pdf_blob_key, int(row.pdf_size), str(row.pdf_sha256))
+            ),
+            status_info=row.status_info,
+            archived_sop_instance_uid=row.archived_sop_instance_uid,
         )
+
+    def set_state(self, job_id: str, state: ExecutionStatus, status_info: str | None = None) -> None:
+        """Record what the printer made of a job (``status_info``: why it failed)."""
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(print_job)
+                .where(print_job.c.job_id == job_id)
+                .values(state=state.value, status_info=status_info)
+            )
+
+    def set_archived(self, job_id: str, sop_instance_uid: str) -> None:
+        """Record the Encapsulated PDF instance a job was archived as."""
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(print_job)
+                .where(print_job.c.job_id == job_id)
+                .values(archived_sop_instance_uid=sop_instance_uid)
+            )
 
     def get(self, job_id: str) -> PrintJob | None:
         with engines.read(self.engine) as conn:

@@ -50,6 +50,7 @@ class OriginKind(enum.Enum):
     MIGRATION = "migration"
     DEIDENTIFICATION = "deidentification"
     ROUTING = "routing"
+    PRINT = "print"  # a print job archived as an Encapsulated PDF (the Print SCP)
     # Tests and library callers that name no source (the caller says who asked).
     UNSPECIFIED = "unspecified"
 

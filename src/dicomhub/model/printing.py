@@ -64,12 +64,14 @@ __all__ = [
     "InvalidPrintAttribute",
     "NoFilmBoxes",
     "NoFilmSession",
+    "NoSuchPrintAttribute",
     "NoSuchPrintInstance",
     "PrintSession",
     "PrintViolation",
     "PrintWarning",
     "PrintedFilm",
     "ResourceLimitation",
+    "FILM_BOX_SETTABLE",
     "density_level",
     "film_pixels",
     "layout_boxes",
@@ -137,6 +139,10 @@ _MAGNIFICATION_TYPE: Final = 0x20100060
 _BORDER_DENSITY: Final = 0x20100100
 _EMPTY_IMAGE_DENSITY: Final = 0x20100110
 _TRIM: Final = 0x20100140
+_SMOOTHING_TYPE: Final = 0x20100080
+_MIN_DENSITY: Final = 0x20100120
+_MAX_DENSITY: Final = 0x20100130
+_CONFIGURATION_INFORMATION: Final = 0x20100150
 _IMAGE_BOX_POSITION: Final = 0x20200010
 _POLARITY: Final = 0x20200020
 _PREFORMATTED_GRAYSCALE: Final = 0x20200110
@@ -144,6 +150,24 @@ _PREFORMATTED_COLOR: Final = 0x20200111
 _NUMBER_OF_COPIES: Final = 0x20000010
 _REFERENCED_PRESENTATION_LUT: Final = 0x20500500
 _MAXIMUM_PRESENTATION_LUTS: Final = 100
+
+#: What N-SET may change on a Basic Film Box (PS3.4 H.4.2.2.2, Table H.4-7), as DCMTK's
+#: ``dcmprscp`` also accepts: anything else is 0x0105 No Such Attribute.
+FILM_BOX_SETTABLE: Final = frozenset(
+    {
+        _MAGNIFICATION_TYPE,
+        _SMOOTHING_TYPE,
+        _BORDER_DENSITY,
+        _EMPTY_IMAGE_DENSITY,
+        _MIN_DENSITY,
+        _MAX_DENSITY,
+        _TRIM,
+        _CONFIGURATION_INFORMATION,
+        _REFERENCED_PRESENTATION_LUT,
+        0x2010015E,  # Illumination (with a Presentation LUT)
+        0x20100160,  # Reflected Ambient Light
+    }
+)
 
 
 class PrintViolation(InvalidRequest):
@@ -180,6 +204,10 @@ class NoFilmBoxes(PrintViolation):
 
 class ResourceLimitation(PrintViolation):
     """More film boxes than :data:`MAXIMUM_FILM_BOXES` in one film session: 0x0213 (PS3.7 C.4.5)."""
+
+
+class NoSuchPrintAttribute(PrintViolation):
+    """An attribute the SOP class does not let N-SET change: 0x0105 (PS3.4 H.4.2.2.2)."""
 
 
 class NoSuchPrintInstance(NotFound):
@@ -316,12 +344,27 @@ class FilmBox:
     image_boxes: list[ImageBox]
     boxes: list[tuple[float, float, float, float]]
     presentation_lut: PresentationLut | None = None
+    min_density: int = 0
+    max_density: int = _MAXIMUM_DENSITY
+    smoothing_type: str = ""
+    configuration_information: str = ""
 
     def attributes(self) -> dict[str, str]:
         """The film box attributes kept with a print job."""
         lut = self.presentation_lut.attributes() if self.presentation_lut is not None else {}
+        recorded = {
+            keyword: value
+            for keyword, value in (
+                ("SmoothingType", self.smoothing_type),
+                ("ConfigurationInformation", self.configuration_information),
+            )
+            if value
+        }
         return {
             **lut,
+            **recorded,
+            "MinDensity": str(self.min_density),
+            "MaxDensity": str(self.max_density),
             "ImageDisplayFormat": self.image_display_format,
             "FilmOrientation": self.film_orientation,
             "FilmSizeID": self.film_size_id,
@@ -494,11 +537,37 @@ class PrintSession:
             boxes=boxes,
             presentation_lut=presentation_lut,
         )
+        for name, value in _film_box_values(attributes, box).items():
+            setattr(box, name, value)
         self.film_session.film_boxes.append(box)
         self._film_boxes[box.sop_instance_uid] = box
         for image in box.image_boxes:
             self._image_boxes[image.sop_instance_uid] = (box, image)
         return box
+
+    def set_film_box(self, sop_instance_uid: str, modifications: Dataset) -> None:
+        """N-SET of a Basic Film Box: only what PS3.4 H.4.2.2.2 lets change (:data:`FILM_BOX_SETTABLE`).
+
+        All or nothing: a refused value leaves the film box as it was.
+
+        Raises
+        ------
+        NoSuchPrintAttribute
+            For an attribute fixed at N-CREATE (layout, film size, orientation...) or
+            not a film box's.
+        InvalidPrintAttribute
+            For a value the printer does not support.
+        """
+        self._check(BASIC_FILM_BOX, sop_instance_uid)
+        box = self._film_boxes[sop_instance_uid]
+        fixed = [int(element.tag) for element in modifications if int(element.tag) not in FILM_BOX_SETTABLE]
+        if fixed:
+            names = ", ".join(f"({tag >> 16:04X},{tag & 0xFFFF:04X})" for tag in fixed[:3])
+            raise NoSuchPrintAttribute(f"N-SET of a film box cannot change {names}", fixed)
+        values = _film_box_values(modifications, box)
+        values["presentation_lut"] = self._referenced_lut(modifications, box.presentation_lut)
+        for name, value in values.items():
+            setattr(box, name, value)
 
     def print_film_box(
         self, sop_instance_uid: str, color: bool
@@ -577,6 +646,56 @@ class PrintSession:
         image.polarity, image.magnification_type, image.image = polarity, magnification, picture
         image.presentation_lut = presentation_lut
         return warning
+
+
+def _film_box_values(attributes: Dataset, box: FilmBox) -> dict[str, object]:
+    """The film box fields `attributes` change, checked, with `box`'s values as the defaults."""
+    values: dict[str, object] = {}
+    if "MagnificationType" in attributes:
+        values["magnification_type"] = _choice(
+            attributes, "MagnificationType", _MAGNIFICATION_TYPE, _MAGNIFICATIONS, box.magnification_type
+        )
+    if "BorderDensity" in attributes:
+        values["border_density"] = _density(attributes, "BorderDensity", _BORDER_DENSITY, box.border_density)
+    if "EmptyImageDensity" in attributes:
+        values["empty_image_density"] = _density(
+            attributes, "EmptyImageDensity", _EMPTY_IMAGE_DENSITY, box.empty_image_density
+        )
+    if "Trim" in attributes:
+        values["trim"] = _choice(attributes, "Trim", _TRIM, _TRIMS, box.trim)
+    low = _hundredths(attributes, "MinDensity", _MIN_DENSITY, box.min_density)
+    high = _hundredths(attributes, "MaxDensity", _MAX_DENSITY, box.max_density)
+    if low >= high:
+        raise InvalidPrintAttribute(
+            f"Min Density {low} must be below Max Density {high}", [_MIN_DENSITY, _MAX_DENSITY]
+        )
+    values["min_density"], values["max_density"] = low, high
+    # Recorded with the job; resampling is the Magnification Type's, and there are no
+    # configuration options: both are accepted as a modality may always send them.
+    if "SmoothingType" in attributes:
+        values["smoothing_type"] = _text(attributes, "SmoothingType", "")[:16]
+    if "ConfigurationInformation" in attributes:
+        information = str(attributes.get("ConfigurationInformation") or "")
+        if len(information) > 1024:  # ST
+            raise InvalidPrintAttribute(
+                "Configuration Information longer than 1024", [_CONFIGURATION_INFORMATION]
+            )
+        values["configuration_information"] = information
+    return values
+
+
+def _hundredths(dataset: Dataset, keyword: str, tag: int, default: int) -> int:
+    """A Min/Max Density: hundredths of optical density within what this printer renders."""
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if not 0 <= number <= _MAXIMUM_DENSITY:
+        raise InvalidPrintAttribute(f"{keyword} must be 0 to {_MAXIMUM_DENSITY}", [tag])
+    return number
 
 
 def _film_session_attributes(attributes: Dataset, current: Mapping[str, str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Print jobs as the archive keeps them: what each printed N-ACTION produced (PS3.4 H.4.5).
 
-A job is written once, complete, after its films are rendered, so its
-Execution Status is ``DONE`` when it can be seen; ``FAILURE`` is kept for jobs
-a later printer back end could not print.
+A job is written once, complete, after its films and its PDF are rendered
+and stored.  Without an operating-system printer its Execution Status is
+``DONE`` when it can be seen; with one it is ``PRINTING`` until the printer
+command has taken the PDF (``DONE``) or refused it (``FAILURE``, with the
+command's message as ``status_info``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["ExecutionStatus", "PrintFilmRecord", "PrintJob"]
+__all__ = ["ExecutionStatus", "PrintDocument", "PrintFilmRecord", "PrintJob", "PrinterStatus"]
 
 
 class ExecutionStatus(Enum):
@@ -22,6 +24,14 @@ class ExecutionStatus(Enum):
     PRINTING = "PRINTING"
     DONE = "DONE"
     FAILURE = "FAILURE"
+
+
+@dataclass(frozen=True)
+class PrinterStatus:
+    """Printer Status (2110,0010) and Printer Status Info (2110,0020) (PS3.3 C.13.9)."""
+
+    status: str = "NORMAL"  # NORMAL, WARNING, FAILURE
+    info: str = "NORMAL"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,15 @@ class PrintFilmRecord:
 
 
 @dataclass(frozen=True)
+class PrintDocument:
+    """The job's PDF (one page per film) as a blob."""
+
+    blob_key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class PrintJob:
     """A print job: the Print Job SOP Instance UID is its ``job_id``."""
 
@@ -63,6 +82,9 @@ class PrintJob:
     color: bool
     created_at: dt.datetime
     films: tuple[PrintFilmRecord, ...]
+    pdf: PrintDocument | None = None
+    status_info: str | None = None
+    archived_sop_instance_uid: str | None = None
 
     def as_json(self) -> dict[str, object]:
         """As ``GET /print/jobs`` and ``dicomhub print-jobs --json`` show it."""
@@ -75,4 +97,7 @@ class PrintJob:
             "color": self.color,
             "created_at": self.created_at.isoformat(),
             "films": [film.as_json() for film in self.films],
+            "pdf": None if self.pdf is None else {"size": self.pdf.size, "sha256": self.pdf.sha256},
+            "status_info": self.status_info,
+            "archived_sop_instance_uid": self.archived_sop_instance_uid,
         }

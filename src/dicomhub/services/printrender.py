@@ -18,8 +18,12 @@ shows:
   Pixel value 255 is the least density (clear film).
 
 Densities given in hundredths of optical density map linearly onto the gray
-levels (:func:`dicomhub.model.printing.density_level`).  Trim is recorded
-with the job but not drawn.
+levels (:func:`dicomhub.model.printing.density_level`: 0 is white, 300
+black).  A grayscale image's gray levels are then squeezed into the film
+box's Min Density (for its white) to Max Density (for its black); the
+defaults 0 and 300 leave them as they are.  Trim ``YES`` draws a box around
+each image, just outside it, in black on a light border and in white on a
+dark one, :func:`trim_width` pixels wide.
 """
 
 from __future__ import annotations
@@ -29,13 +33,13 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 
 from dicomhub.model.presentationlut import PresentationLut
 from dicomhub.model.printing import FilmBox, density_level, film_pixels
 
-__all__ = ["image_pixels", "placement", "render_film", "to_png"]
+__all__ = ["density_range", "image_pixels", "placement", "render_film", "to_png", "trim_width"]
 
 _FILTERS: Final = {
     "REPLICATE": Image.Resampling.NEAREST,
@@ -84,6 +88,24 @@ def image_pixels(
     return np.ascontiguousarray(pixels, dtype=np.uint8)
 
 
+def density_range(pixels: NDArray[np.uint8], min_density: int, max_density: int) -> NDArray[np.uint8]:
+    """Gray levels squeezed into Min Density (level 255) to Max Density (level 0).
+
+    Each level is the density ``max - (max - min) * p / 255`` in hundredths of
+    optical density, shown as :func:`~dicomhub.model.printing.density_level` shows it.
+    """
+    p = np.arange(256, dtype=np.float64)
+    density = max_density - (max_density - min_density) * p / 255
+    table = np.clip(np.rint(255 * (1 - density / 300)), 0, 255).astype(np.uint8)
+    mapped: NDArray[np.uint8] = table[pixels]
+    return mapped
+
+
+def trim_width(dpi: int) -> int:
+    """Width in pixels of a trim box: about 1/3 mm, at least one pixel."""
+    return max(1, round(dpi / 75))
+
+
 def placement(
     box: tuple[int, int, int, int], image_size: tuple[int, int], magnification: str
 ) -> tuple[int, int, int, int]:
@@ -111,8 +133,11 @@ def render_film(film_box: FilmBox, color: bool, dpi: int) -> Image.Image:
     def gray(level: int) -> int | tuple[int, int, int]:
         return (level, level, level) if color else level
 
-    film = Image.new(mode, (width, height), gray(density_level(film_box.border_density)))
+    border = density_level(film_box.border_density)
+    film = Image.new(mode, (width, height), gray(border))
     empty = gray(density_level(film_box.empty_image_density))
+    squeeze = (film_box.min_density, film_box.max_density) != (0, 300)
+    trims: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]] = []
     for image_box, (x0, y0, x1, y1) in zip(film_box.image_boxes, film_box.boxes, strict=True):
         box = (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
         if image_box.image is None:
@@ -120,6 +145,8 @@ def render_film(film_box: FilmBox, color: bool, dpi: int) -> Image.Image:
             continue
         lut = image_box.presentation_lut or film_box.presentation_lut
         pixels = image_pixels(image_box.image, color, image_box.polarity, None if color else lut)
+        if squeeze and not color:
+            pixels = density_range(pixels, film_box.min_density, film_box.max_density)
         picture = Image.fromarray(pixels, mode)
         magnification = image_box.magnification_type or film_box.magnification_type
         left, top, new_width, new_height = placement(box, picture.size, magnification)
@@ -129,7 +156,35 @@ def render_film(film_box: FilmBox, color: bool, dpi: int) -> Image.Image:
         elif (new_width, new_height) != picture.size:
             picture = picture.resize((new_width, new_height), _FILTERS[magnification])
         film.paste(picture, (left, top))
+        trims.append((box, (left, top, new_width, new_height)))
+    if film_box.trim == "YES":
+        # After all images: a box reaching into a neighbouring cell is not pasted over.
+        _draw_trims(film, trims, trim_width(dpi), 0 if border >= 128 else 255, color)
     return film
+
+
+def _draw_trims(
+    film: Image.Image,
+    trims: list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]],
+    width: int,
+    level: int,
+    color: bool,
+) -> None:
+    """A frame `width` wide just outside each placed image.
+
+    Kept inside the image's cell: where the image touches the cell's edge the frame
+    covers the image's outermost pixels there instead (a trim box is always seen).
+    """
+    draw = ImageDraw.Draw(film)
+    fill = (level, level, level) if color else level
+    for (cx0, cy0, cx1, cy1), (left, top, w, h) in trims:
+        frame = (
+            max(cx0, left - width),
+            max(cy0, top - width),
+            min(cx1, left + w + width) - 1,
+            min(cy1, top + h + width) - 1,
+        )
+        draw.rectangle(frame, outline=fill, width=width)
 
 
 def to_png(film: Image.Image) -> bytes:

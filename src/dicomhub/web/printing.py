@@ -1,5 +1,6 @@
-"""``/print/jobs``: the print jobs the Print SCP made (as ``dicomhub print-jobs``), and
-the PNG of each film; read-only, as the printing modalities are the only writers.
+"""``/print/jobs``: the print jobs the Print SCP made (as ``dicomhub print-jobs``), the
+PNG of each film and the job's PDF; read-only, as the printing modalities are the only
+writers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.printjobs import ExecutionStatus
 from dicomhub.services.archive import Archive
+from dicomhub.services.printpdf import PDF_MEDIA_TYPE
 from dicomhub.web.auth import caller_of
 
 __all__ = ["print_paths", "routes"]
@@ -35,6 +37,13 @@ def routes(archive: Archive) -> list[BaseRoute]:
         job = await run_in_threadpool(printing.job, str(request.path_params["job"]), caller_of(request))
         return JSONResponse(job.as_json())
 
+    async def pdf(request: Request) -> Response:
+        job_id = str(request.path_params["job"])
+        data = await run_in_threadpool(printing.job_pdf, job_id, caller_of(request))
+        # inline: a browser shows the films; the name is the job's, for "save as".
+        disposition = f'inline; filename="print-job-{job_id[:64]}.pdf"'
+        return Response(data, media_type=PDF_MEDIA_TYPE, headers={"Content-Disposition": disposition})
+
     async def film(request: Request) -> Response:
         name = str(request.path_params["film"])
         number_text, dot, extension = name.partition(".")
@@ -47,6 +56,8 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
     return [
         Route("/jobs", list_jobs, methods=["GET"]),
+        # Before /jobs/{job}, which would take "ID.pdf" as a job id.
+        Route("/jobs/{job}.pdf", pdf, methods=["GET"]),
         Route("/jobs/{job}", show_job, methods=["GET"]),
         # {film} is "N.png" (a template parameter must be a whole path segment in OpenAPI).
         Route("/jobs/{job}/films/{film}", film, methods=["GET"]),
@@ -84,6 +95,19 @@ _JOB: dict[str, Any] = {
         "color": {"type": "boolean"},
         "created_at": _STRING,
         "films": {"type": "array", "items": _FILM},
+        "pdf": {
+            "description": "The job's PDF (GET /print/jobs/{id}.pdf), null for jobs printed before PDFs.",
+            "type": ["object", "null"],
+            "properties": {"size": {"type": "integer"}, "sha256": _STRING},
+        },
+        "status_info": {
+            "description": "Why the job failed (the operating-system printer's message), else null.",
+            "type": ["string", "null"],
+        },
+        "archived_sop_instance_uid": {
+            "description": "The Encapsulated PDF instance the job was archived as, else null.",
+            "type": ["string", "null"],
+        },
     },
 }
 
@@ -139,6 +163,22 @@ def print_paths() -> dict[str, Any]:
                     "200": {"description": "The job.", "content": {"application/json": {"schema": _JOB}}},
                     **errors,
                     "404": _error("No such job."),
+                },
+            }
+        },
+        "/print/jobs/{job}.pdf": {
+            "get": {
+                "operationId": "getPrintJobPdf",
+                "summary": "The PDF of a print job: one page per film, each the film's size",
+                "tags": ["Printing"],
+                "parameters": [job],
+                "responses": {
+                    "200": {
+                        "description": "The films as printed, lossless.",
+                        "content": {PDF_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **errors,
+                    "404": _error("No such job, or a job printed before PDFs were kept."),
                 },
             }
         },

@@ -13,12 +13,26 @@ aborted session leaves nothing half printed.  The rules are
 Messages come on the meta SOP class's presentation context and name a
 contained class (PS3.4 H.3.1): :meth:`serves` tells the association which.
 
+N-EVENT-REPORT (PS3.4 H.4.4.1.1, H.4.6.1.1) goes out on the printing
+association once the N-ACTION response has been sent: the Print Job's
+Execution Status when it changes after the answer, which it does only when an
+operating-system printer takes the job (``PENDING`` when answered, then event
+2 *Printing*, then 3 *Done* or 4 *Failure*; without one a job is ``DONE``
+when answered and nothing follows), only to an SCU whose Print Job SOP
+Class context was accepted (it asked for job reports by proposing it), and
+the Printer's status (1 *Normal*, 2 *Warning*, 3 *Failure*) on the meta SOP
+class context whenever it differs from what this association was last told
+(``NORMAL`` at first, as N-GET says).  A print SCU reads them while it waits
+for its next response (DCMTK's ``DVPSPrintMessageHandler``) or as they come
+(pynetdicom); they are not waited for.
+
 ==========================================================  ======
 answer                                                      status
 ==========================================================  ======
 a second film session on the association                    0x0111
 a film box before any film session                          0x0117
 a layout, film size, density, position... not supported     0x0106
+N-SET of a film box attribute fixed at its N-CREATE         0x0105
 an instance this association does not hold                  0x0112
 an instance of another SOP class than the one named         0x0119
 an image larger than its box with Magnification Type NONE   0xC603
@@ -61,12 +75,14 @@ from dicomhub.model.printing import (
     InvalidPrintAttribute,
     NoFilmBoxes,
     NoFilmSession,
+    NoSuchPrintAttribute,
     PrintedFilm,
     PrintSession,
     PrintViolation,
     PrintWarning,
     ResourceLimitation,
 )
+from dicomhub.model.printjobs import ExecutionStatus, PrinterStatus, PrintJob
 from dicomhub.services.access import Forbidden
 
 if TYPE_CHECKING:
@@ -95,6 +111,7 @@ _STATUSES: tuple[tuple[type[DicomhubError], int], ...] = (
     (ImageLargerThanBox, IMAGE_LARGER_THAN_BOX),
     (NoFilmBoxes, NO_FILM_BOXES),
     (ResourceLimitation, RESOURCE_LIMITATION),
+    (NoSuchPrintAttribute, S.NO_SUCH_ATTRIBUTE),
     (InvalidPrintAttribute, S.INVALID_ATTRIBUTE_VALUE),
     (InvalidPresentationLut, S.INVALID_ATTRIBUTE_VALUE),
     (NotFound, S.NO_SUCH_SOP_INSTANCE),
@@ -120,6 +137,11 @@ PRINT_STATUSES: tuple[tuple[int, str, str], ...] = (
         "layout, film size, orientation, density, polarity, magnification, position, image or "
         "Presentation LUT not supported",
     ),
+    (
+        S.NO_SUCH_ATTRIBUTE,
+        "No Such Attribute",
+        "N-SET of a film box attribute fixed at N-CREATE (layout, film size, orientation...)",
+    ),
     (S.NO_SUCH_SOP_INSTANCE, "No Such SOP Instance", "an instance the association does not hold"),
     (S.CLASS_INSTANCE_CONFLICT, "Class-Instance Conflict", "an instance of another SOP class"),
     (IMAGE_LARGER_THAN_BOX, "Failure", "image larger than its box with Magnification Type NONE"),
@@ -129,10 +151,17 @@ PRINT_STATUSES: tuple[tuple[int, str, str], ...] = (
     (S.PROCESSING_FAILURE, "Processing Failure", "the job could not be stored"),
 )
 
-# Printer attributes answered to N-GET (PS3.3 C.13.9); the printer is always ready.
+# Event Type IDs of the Print Job (PS3.4 H.4.6.1.1) and Printer (H.4.4.1.1) reports.
+JOB_EVENTS: Final = {
+    ExecutionStatus.PENDING: 1,
+    ExecutionStatus.PRINTING: 2,
+    ExecutionStatus.DONE: 3,
+    ExecutionStatus.FAILURE: 4,
+}
+PRINTER_EVENTS: Final = {"NORMAL": 1, "WARNING": 2, "FAILURE": 3}
+
+# Printer attributes answered to N-GET (PS3.3 C.13.9); the status is the service's.
 _PRINTER_ATTRIBUTES: Final = {
-    "PrinterStatus": "NORMAL",
-    "PrinterStatusInfo": "NORMAL",
     "PrinterName": "DICOMHUB",
     "Manufacturer": "dicomhub",
     "ManufacturerModelName": "dicomhub print SCP",
@@ -167,6 +196,7 @@ class PrintManagementProvider(Provider):
         self._service = service
         self._authorize = authorize or (lambda: None)
         self._session: PrintSession | None = None
+        self._printer_told = PrinterStatus()  # what this association last heard (N-GET says NORMAL)
 
     @property
     def session(self) -> PrintSession:
@@ -196,7 +226,14 @@ class PrintManagementProvider(Provider):
             return NResponse(S.NO_SUCH_SOP_INSTANCE, error_comment="the Printer is 1.2.840.10008.5.1.1.17")
         answer = Dataset()
         wanted = request.attribute_identifier_list
-        for keyword, value in _PRINTER_ATTRIBUTES.items():
+        printer = self._service.printer_status()
+        self._printer_told = printer
+        attributes = {
+            "PrinterStatus": printer.status,
+            "PrinterStatusInfo": printer.info,
+            **_PRINTER_ATTRIBUTES,
+        }
+        for keyword, value in attributes.items():
             if not wanted or int(Tag(keyword)) in wanted:
                 setattr(answer, keyword, value)
         return NResponse(S.SUCCESS, dataset=answer)
@@ -275,6 +312,9 @@ class PrintManagementProvider(Provider):
             if request.sop_class_uid == BASIC_FILM_SESSION:
                 self.session.set_film_session(request.sop_instance_uid, modifications)
                 return NResponse(S.SUCCESS)
+            if request.sop_class_uid == BASIC_FILM_BOX:
+                self.session.set_film_box(request.sop_instance_uid, modifications)
+                return NResponse(S.SUCCESS)
             if request.sop_class_uid in (BASIC_GRAYSCALE_IMAGE_BOX, BASIC_COLOR_IMAGE_BOX):
                 warning = self.session.set_image_box(
                     request.sop_class_uid, request.sop_instance_uid, modifications
@@ -315,9 +355,52 @@ class PrintManagementProvider(Provider):
         item.ReferencedSOPClassUID = "1.2.840.10008.5.1.1.14"
         item.ReferencedSOPInstanceUID = job.job_id
         reply.ReferencedPrintJobSequence = DicomSequence([item])
+        after = self._after_print(assoc, request.context_id, job)
         if warning is not None:
-            return NResponse(_WARNINGS[warning], dataset=reply, error_comment=warning.value[:64])
-        return NResponse(S.SUCCESS, dataset=reply)
+            return NResponse(_WARNINGS[warning], dataset=reply, error_comment=warning.value[:64], after=after)
+        return NResponse(S.SUCCESS, dataset=reply, after=after)
+
+    # -- N-EVENT-REPORT: job and printer status --------------------------------
+
+    def _after_print(self, assoc: Association, context_id: int, job: PrintJob) -> Callable[[], None]:
+        """What follows the N-ACTION response: the job to the printer, and the reports."""
+        job_context = next(
+            (cid for cid, context in assoc.contexts.items() if context.abstract_syntax == PRINT_JOB), None
+        )
+
+        def report_job(state: PrintJob) -> None:
+            if job_context is None:
+                return  # the SCU did not negotiate the Print Job SOP Class: no job reports
+            information = Dataset()
+            information.ExecutionStatusInfo = (
+                "NORMAL" if state.state is not ExecutionStatus.FAILURE else "UNKNOWN"
+            )
+            information.FilmSessionLabel = state.film_session.get("FilmSessionLabel", "")
+            information.PrinterName = _PRINTER_ATTRIBUTES["PrinterName"]
+            assoc.send_n_event_report(
+                job_context, PRINT_JOB, state.job_id, JOB_EVENTS[state.state], information
+            )
+
+        def after() -> None:
+            # A job is DONE when its N-ACTION is answered unless an operating-system
+            # printer takes it: only then does its state change, and only changes are
+            # reported (PENDING -> PRINTING -> DONE or FAILURE).  Transport errors go up
+            # to the association loop, as for any message sent; forward() prints the
+            # job whether or not the peer is still there to hear of it.
+            final = self._service.forward(job, report_job)
+            if final is not job:
+                report_job(final)
+            printer = self._service.printer_status()
+            if printer != self._printer_told:
+                self._printer_told = printer
+                information = Dataset()
+                information.PrinterStatusInfo = printer.info
+                information.PrinterName = _PRINTER_ATTRIBUTES["PrinterName"]
+                assoc.send_n_event_report(
+                    context_id, PRINTER, PRINTER_INSTANCE, PRINTER_EVENTS[printer.status], information
+                )
+
+        return after
 
     # -- N-DELETE -------------------------------------------------------------
 

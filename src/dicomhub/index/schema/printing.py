@@ -2,7 +2,9 @@
 
 ``print_job`` is written with its ``print_film`` rows in one transaction once
 the films are rendered and their pictures stored, so a job is never half
-there; ``print_film.blob_key`` names the PNG in the blob store.
+there; ``print_film.blob_key`` names the PNG in the blob store and
+``print_job.pdf_blob_key`` the job's PDF.  ``state`` and ``status_info`` change
+afterwards only when an operating-system printer reports back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ print_job = Table(
     Column("film_session", Text, nullable=False),  # JSON: copies, priority, medium, label
     Column("color", Boolean, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # The job's PDF (one page per film); NULL for jobs printed before PDFs were made.
+    Column("pdf_blob_key", String(64), nullable=True),
+    Column("pdf_size", Integer, nullable=True),
+    Column("pdf_sha256", String(64), nullable=True),
+    # Why a job FAILED (the operating-system printer's message), else NULL.
+    Column("status_info", Text, nullable=True),
+    # The Encapsulated PDF instance the job was archived as, if archiving is on.
+    Column("archived_sop_instance_uid", String(64), nullable=True),
     Index("ix_print_job_created", "created_at"),
 )
 

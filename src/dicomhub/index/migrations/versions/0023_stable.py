@@ -1,7 +1,7 @@
 """Stable studies and series: when each last changed and when it was announced stable.
 
 Revision ID: 0023
-Revises: 0020
+Revises: 0021
 Create Date: 2026-12-06
 
 ``stable_at`` is cleared whenever an instance is stored into the study or series and
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0023"
-down_revision = "0020"
+down_revision = "0021"
 branch_labels = None
 depends_on = None
 
