@@ -21,7 +21,7 @@ from dicomhub.services.audit_writer import AuditWriter
 CLI = Caller.cli()
 
 
-def _event(n: int) -> AuditEvent:
+def _event(n: int | str) -> AuditEvent:
     return AuditEvent(AuditAction.QUERY, AuditOutcome.SUCCESS, CLI, (), {"n": n})
 
 
@@ -33,9 +33,12 @@ class _Recorder:
 
     def record_many(self, events: Sequence[AuditEvent]) -> None:
         self.threads.add(threading.current_thread().name)
-        if self.fail:
+        if self.fail or any(e.detail["n"] == "bad" for e in events):
             raise RuntimeError("audit store down")
         self.batches.append([int(str(e.detail["n"])) for e in events])
+
+    def record(self, event: AuditEvent) -> None:
+        self.record_many([event])
 
 
 def test_events_gathered_within_the_linger_go_in_one_batch_on_the_writer_thread() -> None:
@@ -71,7 +74,18 @@ def test_a_failing_audit_store_is_logged_and_does_not_block_flush(caplog: pytest
     writer = AuditWriter(_Recorder(fail=True), linger=0.0)
     writer.submit(_event(1))
     assert writer.flush(timeout=5)
-    assert "cannot write 1 audit events" in caplog.text
+    assert "cannot write an audit event" in caplog.text
+    writer.close()
+
+
+def test_one_bad_event_loses_no_other_of_its_batch(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = _Recorder()
+    writer = AuditWriter(recorder, linger=30.0)
+    for n in (1, "bad", 2):
+        writer.submit(_event(n))
+    assert writer.flush(timeout=5)
+    assert recorder.batches == [[1], [2]]
+    assert "cannot write an audit event" in caplog.text
     writer.close()
 
 

@@ -11,7 +11,8 @@ seconds in one transaction (:meth:`AuditService.record_many`).
 
 A crash of the process loses the events of the last ``linger`` seconds at
 most; :meth:`AuditWriter.flush` (end of an association, shutdown) writes
-everything submitted before it returns.
+everything submitted before it returns. The HTTP side queues the events of
+reads the same way (``AuditBacklog`` in :mod:`dicomhub.web.auth`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from dicomhub.model.audit import AuditEvent
+from dicomhub.telemetry.metrics import metrics
 
 __all__ = ["AuditWriter"]
 
@@ -34,6 +36,8 @@ _MAX_BATCH: Final = 1000
 
 
 class _Recorder(Protocol):
+    def record(self, event: AuditEvent) -> None: ...
+
     def record_many(self, events: Sequence[AuditEvent]) -> None: ...
 
 
@@ -60,6 +64,7 @@ class AuditWriter:
             if not self._closed:
                 self._pending.append(event)
                 self._submitted += 1
+                metrics().queue_depth.labels(queue="audit-dimse").inc()
                 if self._thread is None:
                     # Started on first use: a process that never submits has no thread.
                     self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -101,6 +106,7 @@ class AuditWriter:
                 if not self._pending:
                     self._hurry.clear()
             self._write(batch)
+            metrics().queue_depth.labels(queue="audit-dimse").dec(len(batch))
             with self._lock:
                 self._done += len(batch)
                 self._lock.notify_all()
@@ -108,5 +114,9 @@ class AuditWriter:
     def _write(self, events: list[AuditEvent]) -> None:
         try:
             self._recorder.record_many(events)
-        except Exception:  # noqa: BLE001 - the audit store may be down; the operation is done
-            LOGGER.exception("cannot write %d audit events", len(events))
+        except Exception:  # noqa: BLE001 - one by one, so that one bad event loses no other
+            for event in events:
+                try:
+                    self._recorder.record(event)
+                except Exception:  # noqa: BLE001 - the audit store may be down; the operation is done
+                    LOGGER.exception("cannot write an audit event: %s", event)
