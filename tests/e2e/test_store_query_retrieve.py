@@ -134,13 +134,14 @@ def test_find_patient_level_patient_root(hub: DicomhubServer, stored: Stored, tm
 def test_find_is_audited_after_the_answer(hub: DicomhubServer, stored: Stored, tmp_path: Path) -> None:
     # The QUERY event is committed behind the final C-FIND-RSP, at the latest when the
     # association ends; it names the level, the matching keys and the matches.
-    keys = {"PatientID": stored.pid, "StudyInstanceUID": None}
+    keys = {"PatientID": stored.pid, "AccessionNumber": "ACCSQR1", "StudyInstanceUID": None}
     assert len(find(hub, "STUDY", keys, tmp_path, model="P")) == 1
 
     def audited() -> list[dict[str, object]] | None:
         rc, out = run_cli("audit", "--action", "query", "--json", "--data-dir", str(hub.data_dir))
         assert rc == 0, out
-        events = [e for e in json.loads(out) if e["detail"].get("keys", {}).get("PatientID") == stored.pid]
+        events = json.loads(out)
+        events = [e for e in events if e["detail"].get("keys", {}).get("AccessionNumber") == "ACCSQR1"]
         return events or None
 
     [event] = wait_until(audited, timeout=10, what="the QUERY audit event")
