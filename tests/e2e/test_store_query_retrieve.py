@@ -3,6 +3,7 @@ C-GET and C-MOVE (the issue's "done when")."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from .helpers import (
     ls_json,
     move,
     read_dir,
+    run_cli,
     store_ok,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -126,6 +129,24 @@ def test_find_patient_level_patient_root(hub: DicomhubServer, stored: Stored, tm
     assert rsp[0].PatientBirthDate == "19650302"
     assert rsp[0].PatientSex == "M"
     assert rsp[0].QueryRetrieveLevel == "PATIENT"
+
+
+def test_find_is_audited_after_the_answer(hub: DicomhubServer, stored: Stored, tmp_path: Path) -> None:
+    # The QUERY event is committed behind the final C-FIND-RSP, at the latest when the
+    # association ends; it names the level, the matching keys and the matches.
+    keys = {"PatientID": stored.pid, "AccessionNumber": "ACCSQR1", "StudyInstanceUID": None}
+    assert len(find(hub, "STUDY", keys, tmp_path, model="P")) == 1
+
+    def audited() -> list[dict[str, object]] | None:
+        rc, out = run_cli("audit", "--action", "query", "--json", "--data-dir", str(hub.data_dir))
+        assert rc == 0, out
+        events = json.loads(out)
+        events = [e for e in events if e["detail"].get("keys", {}).get("AccessionNumber") == "ACCSQR1"]
+        return events or None
+
+    [event] = wait_until(audited, timeout=10, what="the QUERY audit event")
+    assert event["outcome"] == "0"
+    assert event["detail"]["level"] == "STUDY" and event["detail"]["matches"] == 1
 
 
 @pytest.mark.parametrize("model", ["S", "P"])

@@ -184,6 +184,16 @@ class UpperLayer:
         """Send a command (and data set) within the peer's maximum PDU length."""
         T.send_buffers(self.sock, message_buffers(context_id, command, dataset, self.peer_max_pdu))
 
+    def frame_message(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
+    ) -> list[bytes | memoryview]:
+        """A message framed as :meth:`send_message` sends it, for :meth:`send_framed`."""
+        return message_buffers(context_id, command, dataset, self.peer_max_pdu)
+
+    def send_framed(self, buffers: list[bytes | memoryview]) -> None:
+        """Send framed messages (:meth:`frame_message`, concatenated) with one ``sendmsg``."""
+        T.send_buffers(self.sock, buffers)
+
     def send_abort(self, reason: int) -> None:
         """Send A-ABORT (source 2 = service provider); best effort."""
         try:

@@ -143,17 +143,19 @@ def handle_find(
     except DicomhubError as exc:
         code = status.find_status(exc)
         LOGGER.warning("C-FIND from %s failed (0x%04X): %s", caller.name, code, exc)
-        session.audit(AuditAction.QUERY, AuditOutcome.MAJOR_FAILURE, detail={**detail, "reason": str(exc)})
+        session.audit_later(
+            AuditAction.QUERY, AuditOutcome.MAJOR_FAILURE, detail={**detail, "reason": str(exc)}
+        )
         yield code, None
         return
     except GeneratorExit:
         # C-CANCEL (or the association ended) between two matches.
-        session.audit(
+        session.audit_later(
             AuditAction.QUERY, AuditOutcome.SUCCESS, detail={**detail, "matches": count, "cancelled": True}
         )
         raise
-    LOGGER.info("C-FIND %s from %s: %d matches", query.level.value, caller.name, count)
-    session.audit(
+    LOGGER.debug("C-FIND %s from %s: %d matches", query.level.value, caller.name, count)
+    session.audit_later(
         AuditAction.QUERY, AuditOutcome.SUCCESS, _queried_study(req.identifier), {**detail, "matches": count}
     )
     yield status.SUCCESS, None

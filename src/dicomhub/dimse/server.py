@@ -41,6 +41,7 @@ from dicomhub.dimse.worklist import handle_worklist_find
 from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomhub.model.peer import Role
 from dicomhub.services.archive import Archive
+from dicomhub.services.audit_writer import AuditWriter
 from dicomhub.telemetry import context as log_context
 from dicomhub.telemetry.metrics import mark_process_dead
 
@@ -119,6 +120,8 @@ class _Worker:
         os.set_blocking(self._wake_w, False)
         self.association_config = association_config(settings)
         self.recorder = AssociationRecorder(archive.statistics.record)
+        # QUERY audit events are committed in batches behind the final C-FIND-RSP.
+        self.audit_writer = AuditWriter(archive.audit)
         # The DICOM TLS port's listener, and the context its connections are wrapped in.
         self.tls_listener = tls_listener
         self.tls_context = tls_server_context(settings) if tls_listener is not None else None
@@ -181,7 +184,9 @@ class _Worker:
                 if wrapped is None:
                     return
                 conn, tls_subject = wrapped, _common_name(wrapped)
-            session = AssociationSession(self.archive, self.settings, str(address[0]), tls_subject, tls)
+            session = AssociationSession(
+                self.archive, self.settings, str(address[0]), tls_subject, tls, self.audit_writer
+            )
             bound = session
 
             association.serve_association(
@@ -300,6 +305,7 @@ def serve_worker(
         worker.serve_forever()
     finally:
         worker.recorder.stop()
+        worker.audit_writer.close()
 
 
 class DimseWorkers:

@@ -8,7 +8,10 @@ the audit events of the association: one LOGIN per attempt, and one STORE per
 study when the association ends ("DICOM Instances Transferred"), so that the
 C-STORE hot path costs no extra transaction. A crash of the worker loses the
 STORE events of the associations in progress (the instances themselves are
-stored and indexed); every other event is written as it happens.
+stored and indexed). QUERY events go to the worker's
+:class:`~dicomhub.services.audit_writer.AuditWriter`, committed in batches
+just after the final C-FIND-RSP instead of before it (the matches have gone
+out by then anyway); every other event is written as it happens.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.peer import Peer, Role
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
+from dicomhub.services.audit_writer import AuditWriter
 from dicomhub.services.peers import AssociationRefused
 
 __all__ = ["AssociationSession", "record_audit"]
@@ -51,11 +55,20 @@ class AssociationSession:
     """The caller of one association and its pending audit events."""
 
     def __init__(
-        self, archive: Archive, settings: Settings, host: str, tls_subject: str | None, tls: bool = False
+        self,
+        archive: Archive,
+        settings: Settings,
+        host: str,
+        tls_subject: str | None,
+        tls: bool = False,
+        audit_writer: AuditWriter | None = None,
     ) -> None:
         """``tls``: the connection came on the DICOM TLS port; ``tls_subject``: the Common
-        Name of its verified client certificate (None without one)."""
+        Name of its verified client certificate (None without one); ``audit_writer``:
+        where :meth:`audit_later` queues events (without one they are written at once)."""
         self.archive = archive
+        self.audit_writer = audit_writer
+        self._queued = False
         self.settings = settings
         self.host = host
         self.tls = tls
@@ -127,7 +140,10 @@ class AssociationSession:
         self.audit(AuditAction.LOGIN, AuditOutcome.SERIOUS_FAILURE, detail={"reason": reason, "tls": True})
 
     def end(self) -> None:
-        """The association is over: write its STORE events, one per study."""
+        """The association is over: write its STORE events, one per study, and wait for
+        its queued events."""
+        if self.audit_writer is not None and self._queued:
+            self.audit_writer.flush()
         stored, self._stored = self._stored, {}
         for study_uid, tally in stored.items():
             outcome = (
@@ -186,6 +202,31 @@ class AssociationSession:
         else:
             tally.failures += 1
 
+    def audit_later(
+        self,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        studies: tuple[AuditedStudy, ...] = (),
+        detail: dict[str, object] | None = None,
+    ) -> None:
+        """Like :meth:`audit`, but committed by the audit writer shortly after (see the module)."""
+        if self.audit_writer is None:
+            self.audit(action, outcome, studies, detail)
+            return
+        self._queued = True
+        self.audit_writer.submit(self._event(action, outcome, studies, detail))
+
+    def _event(
+        self,
+        action: AuditAction,
+        outcome: AuditOutcome,
+        studies: tuple[AuditedStudy, ...],
+        detail: dict[str, object] | None,
+    ) -> AuditEvent:
+        return AuditEvent(
+            action, outcome, self.caller, studies, {k: v for k, v in (detail or {}).items() if v is not None}
+        )
+
     def audit(
         self,
         action: AuditAction,
@@ -193,13 +234,4 @@ class AssociationSession:
         studies: tuple[AuditedStudy, ...] = (),
         detail: dict[str, object] | None = None,
     ) -> None:
-        record_audit(
-            self.archive,
-            AuditEvent(
-                action,
-                outcome,
-                self.caller,
-                studies,
-                {k: v for k, v in (detail or {}).items() if v is not None},
-            ),
-        )
+        record_audit(self.archive, self._event(action, outcome, studies, detail))

@@ -9,11 +9,20 @@ not answered: its transport error goes up to the association.
 
 The identifier such a request carries is read here too (:func:`read_query_request`),
 for C-GET and C-MOVE as well: they are refused for the same reasons.
+
+Answers that come faster than one per :data:`_COALESCE_SECONDS` are sent
+together, with the final response, in one ``sendmsg``: each send on its own
+costs a system call, TCP segment and a wake-up of the client for a ~300-byte
+PDU, which made up most of the per-match time of a query with 100 matches as
+DCMTK's ``findscu`` saw it. The first answer, and any answer after a pause,
+still goes out at once, so a slow query streams as before and a C-CANCEL
+after the first answers still finds the query running.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -39,6 +48,10 @@ _UNABLE_TO_PROCESS: Final = 0xC000
 _SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 _BAD_IDENTIFIER: Final = 0xA900
 _IMPLICIT_VR_LE: Final = "1.2.840.10008.1.2"
+# Answers within this time of the last send wait for the next send (see the module) ...
+_COALESCE_SECONDS: Final = 0.002
+# ... unless this many bytes are waiting already.
+_COALESCE_BYTES: Final = 64 * 1024
 
 #: What a query yields: (status, identifier) or (status, identifier, error comment).
 #: The identifier is a data set, a callable that encodes it in the given transfer
@@ -100,6 +113,8 @@ def answer_c_find(
     """
     final, comment, answers = _SUCCESS, None, 0
     iterator = None
+    waiting: list[bytes | memoryview] = []  # framed answers not yet sent
+    waiting_bytes, last_send = 0, -_COALESCE_SECONDS
     try:
         iterator = iter(query())
         for answer in iterator:
@@ -114,12 +129,17 @@ def answer_c_find(
                 continue
             data = M.encode_dataset(identifier, transfer_syntax)
             assoc.raise_transport_error()
-            assoc.send_message(
+            waiting += assoc.frame_message(
                 context_id,
                 M.encode_response(M.C_FIND_RSP, message_id, sop_class_uid, None, status, has_data_set=True),
                 data,
             )
+            waiting_bytes += len(data)
             answers += 1
+            now = time.monotonic()
+            if now - last_send >= _COALESCE_SECONDS or waiting_bytes >= _COALESCE_BYTES:
+                assoc.send_framed(waiting)
+                waiting, waiting_bytes, last_send = [], 0, now
     except (ProtocolError, T.PeerGone, PeerAborted):
         raise
     except Exception:  # noqa: BLE001 - a failing query must not end the association
@@ -134,16 +154,24 @@ def answer_c_find(
                 LOGGER.exception("closing the %s iterator failed", what)
     if final == _SUCCESS and assoc.cancel_requested(message_id):
         final = _CANCEL
-    send_final_c_find(assoc, context_id, message_id, sop_class_uid, final, comment)
+    send_final_c_find(assoc, context_id, message_id, sop_class_uid, final, comment, waiting)
     return final, answers
 
 
 def send_final_c_find(
-    assoc: Association, context_id: int, message_id: int, sop_class_uid: str, status: int, comment: str | None
+    assoc: Association,
+    context_id: int,
+    message_id: int,
+    sop_class_uid: str,
+    status: int,
+    comment: str | None,
+    waiting: list[bytes | memoryview] | None = None,
 ) -> None:
-    """The final C-FIND-RSP (the Error Comment is an LO: at most 64 characters)."""
+    """The final C-FIND-RSP (the Error Comment is an LO: at most 64 characters), in one
+    send with the framed answers still ``waiting``."""
     error_comment = (comment or "")[:64] or None
     assoc.raise_transport_error()
-    assoc.send_message(
+    final = assoc.frame_message(
         context_id, M.encode_response(M.C_FIND_RSP, message_id, sop_class_uid, None, status, error_comment)
     )
+    assoc.send_framed([*waiting, *final] if waiting else final)
