@@ -38,7 +38,7 @@ def page(browser: Browser) -> Iterator[Page]:
     context.set_default_timeout(15_000)
     tab = context.new_page()
     errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on("pageerror", lambda exc: errors.append(f"{exc}: {exc.stack}"))
     yield tab
     context.close()
     assert errors == [], f"uncaught errors in the page: {errors}"
@@ -46,4 +46,6 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # The top of the page, with nothing focused: the same picture from run to run.
+    page.evaluate("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))

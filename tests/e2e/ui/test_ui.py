@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 from pydicom.dataset import Dataset
 
@@ -185,3 +186,156 @@ def test_paging_walks_the_results(page: Page, hub: Hub) -> None:
     assert len(seen) == 3
     page.go_back()
     expect(page.locator("#page-info")).to_have_text("Page 2")
+
+
+# ---------------------------------------------------------------- study page
+
+
+def test_study_page_shows_series_thumbnails_labels_and_the_header(page: Page, hub: Hub) -> None:
+    study = hub.jane[0].StudyInstanceUID
+    log_in(page, hub, hub.admin, f"/ui/studies/{study}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Doe^Jane: Chest CT")
+    series = page.locator("#series li")
+    expect(series).to_have_count(1)
+    expect(series.first).to_have_attribute("data-series", hub.jane[0].SeriesInstanceUID)
+    expect(series.first).to_contain_text(f"{CT_SLICES} instances")
+    thumb = series.first.locator("img")
+    expect(thumb).to_have_attribute("alt", "Thumbnail of series 1")
+    assert thumb.evaluate("img => img.complete && img.naturalWidth") > 0
+    # Labels: the one given at load, one added and removed through the page.
+    expect(page.locator("#labels li")).to_have_text(["cardio×"])
+    page.get_by_label("New label").fill("teaching")
+    page.get_by_role("button", name="Add label").click()
+    expect(page.locator("#labels li span")).to_have_text(["cardio", "teaching"])
+    labels = httpx.get(f"{hub.url}/dicomweb/studies/{study}/labels", headers=bearer(hub.admin)).json()
+    assert sorted(labels) == ["cardio", "teaching"]
+    page.get_by_role("button", name="Remove label teaching").click()
+    expect(page.locator("#labels li span")).to_have_text(["cardio"])
+    # The header: every instance of the series to choose from, a filter that keeps what matches.
+    expect(page.locator("#header-instance option")).to_have_count(CT_SLICES)
+    expect(page.locator("#header")).to_contain_text("(0010,0010) PatientName PN Doe^Jane")
+    page.get_by_label("Filter tags").fill("0028,1052")
+    visible = page.locator("#header li:visible")
+    expect(visible).to_have_count(1)
+    expect(visible).to_have_text("(0028,1052) RescaleIntercept DS -1024")
+    page.get_by_label("Filter tags").fill("requestedprocedureid")
+    # The sequence stays visible around its matching item.
+    expect(page.locator("#header li:visible summary").first).to_contain_text("RequestAttributesSequence")
+    page.get_by_label("Filter tags").fill("")
+    screenshot(page, "study")
+
+
+# ---------------------------------------------------------------- viewer
+
+
+def viewer_url(ds: Dataset) -> str:
+    return f"/ui/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/viewer"
+
+
+def canvas_grey(page: Page) -> np.ndarray:
+    """The viewer canvas's pixels (its own resolution, one value per pixel: R = G = B)."""
+    rgba = page.locator("#image").evaluate(
+        "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+    )
+    size = int(np.sqrt(len(rgba) // 4))
+    pixels = np.array(rgba, dtype=np.uint8).reshape(size, size, 4)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 3] == 255).all()
+    return pixels[..., 0]
+
+
+def server_rendering(hub: Hub, ds: Dataset, center: float, width: float) -> np.ndarray:
+    """The archive's own /rendered PNG (lossless) of frame 1 of ``ds`` in the window."""
+    url = (
+        f"{hub.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1/rendered"
+    )
+    r = httpx.get(
+        url, params={"window": f"{center:g},{width:g}"}, headers={**bearer(hub.admin), "Accept": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    return np.asarray(Image.open(io.BytesIO(r.content)).convert("L"))
+
+
+def assert_matches(canvas: np.ndarray, rendered: np.ndarray) -> None:
+    assert canvas.shape == rendered.shape
+    diff = np.abs(canvas.astype(np.int16) - rendered.astype(np.int16))
+    # Rounding half-way values (JS Math.round vs numpy's rint) may differ by one.
+    assert diff.max() <= 1, f"{np.count_nonzero(diff > 1)} pixels differ by more than 1"
+    assert np.unique(canvas).size > 3, "a blank or binary picture proves nothing"
+
+
+def shown(page: Page, ds: Dataset, center: float, width: float) -> None:
+    """Wait until the canvas shows ``ds`` in the window (the viewer marks what it drew)."""
+    canvas = page.locator("#image")
+    expect(canvas).to_have_attribute("data-instance", ds.SOPInstanceUID)
+    expect(canvas).to_have_attribute("data-window-center", f"{center:g}")
+    expect(canvas).to_have_attribute("data-window-width", f"{width:g}")
+
+
+def window_of(page: Page) -> tuple[float, float]:
+    canvas = page.locator("#image")
+    return float(canvas.get_attribute("data-window-center") or "nan"), float(
+        canvas.get_attribute("data-window-width") or "nan"
+    )
+
+
+def test_viewer_draws_ct_slices_as_the_server_renders_them(page: Page, hub: Hub) -> None:
+    first = hub.jane[0]
+    log_in(
+        page, hub, hub.admin, f"/ui/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/viewer"
+    )
+    # The header's window (40/400) first.
+    shown(page, first, 40, 400)
+    assert_matches(canvas_grey(page), server_rendering(hub, first, 40, 400))
+    expect(page.locator("#overlay-bl")).to_have_text(f"Image 1/{CT_SLICES} (instance 1)")
+    expect(page.locator("#overlay-tl")).to_contain_text("Doe^Jane")
+    # Keys and the wheel scroll: three down, one back up, then a preset.
+    viewport = page.get_by_role("application")
+    viewport.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowDown")
+    viewport.hover()
+    page.mouse.wheel(0, -100)
+    third = hub.jane[2]
+    shown(page, third, 40, 400)
+    page.get_by_role("button", name="Lung").click()
+    shown(page, third, -600, 1500)
+    assert_matches(canvas_grey(page), server_rendering(hub, third, -600, 1500))
+    expect(page.locator("#overlay-br")).to_contain_text("W 1500 L -600")
+
+
+def test_a_window_level_drag_changes_the_picture_with_no_round_trip(page: Page, hub: Hub) -> None:
+    first = hub.jane[0]
+    log_in(
+        page, hub, hub.admin, f"/ui/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/viewer"
+    )
+    shown(page, first, 40, 400)
+    before = canvas_grey(page)
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    box = page.locator("#viewport").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y - 40, steps=6)
+    page.mouse.up()
+    center, width = window_of(page)
+    # Right widens, up lowers the level: 400 / 256 per screen pixel.
+    assert width > 400 and center < 40, (center, width)
+    after = canvas_grey(page)
+    assert np.count_nonzero(after != before) > before.size // 10
+    assert_matches(after, server_rendering(hub, first, center, width))
+    assert [url for url in requests if "/dicomweb/" in url] == [], "the drag asked the server"
+    # Zoom and pan move the picture on the screen, not its pixels.
+    page.get_by_role("button", name="Zoom in").click()
+    expect(page.locator("#overlay-br")).to_contain_text("Zoom 125%")
+    page.keyboard.down("Shift")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 50, y + 20, steps=3)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    assert "translate(50px, 20px)" in (page.locator("#image").get_attribute("style") or "")
+    assert window_of(page) == (center, width)
+    screenshot(page, "viewer")

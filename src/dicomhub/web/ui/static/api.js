@@ -119,6 +119,11 @@ export function formatDate(da) {
   return /^\d{8}$/.test(da) ? `${da.slice(0, 4)}-${da.slice(4, 6)}-${da.slice(6, 8)}` : da;
 }
 
+export function formatTime(tm) {
+  const m = /^(\d{2})(\d{2})?(\d{2})?/.exec(tm || "");
+  return m ? [m[1], m[2], m[3]].filter(Boolean).join(":") + tm.slice(m[0].length) : tm;
+}
+
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attributes)) {

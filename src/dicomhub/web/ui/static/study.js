@@ -1,7 +1,7 @@
 // The study page: its attributes (QIDO-RS), series with thumbnails and counts, labels
 // (the label routes), and the full header of an instance as a searchable tag tree
 // (WADO-RS metadata, named with the dictionary at /ui/dictionary.json).
-import { DICOMWEB, dicomJson, el, formatDate, imageUrl, json, ok, setStatus, start, text } from "./api.js";
+import { DICOMWEB, dicomJson, el, formatDate, formatTime, imageUrl, json, ok, setStatus, start, text } from "./api.js";
 
 const study = document.getElementById("main").dataset.study;
 const base = `${DICOMWEB}/studies/${encodeURIComponent(study)}`;
@@ -36,7 +36,8 @@ async function showAttributes() {
   const dl = document.getElementById("attributes");
   dl.replaceChildren();
   for (const [label, key] of ATTRIBUTES) {
-    const value = key.endsWith("Date") ? formatDate(text(item, key)) : text(item, key);
+    const raw = text(item, key);
+    const value = key.endsWith("Date") ? formatDate(raw) : key.endsWith("Time") ? formatTime(raw) : raw;
     dl.append(el("dt", { text: label }), el("dd", { text: value }));
   }
 }
@@ -175,15 +176,6 @@ function filterHeader() {
   const needle = plain(document.getElementById("header-filter").value.trim());
   for (const li of document.querySelectorAll("#header li")) {
     li.hidden = Boolean(needle) && !plain(li.textContent).includes(needle);
-  }
-}
-
-document.getElementById("header-filter").value.trim().toLowerCase().replace(/[(),]/g, "");
-  for (const li of document.querySelectorAll("#header li")) {
-    const hay = (li.dataset.text || "").replace(/[(),]/g, "");
-    const inside = li.querySelector("li:not([hidden])");
-    li.hidden = Boolean(needle) && !hay.includes(needle) && !li.textContent.toLowerCase().replace(/[(),]/g, "").includes(needle);
-    if (inside && needle) li.hidden = false;
   }
 }
 
