@@ -64,7 +64,7 @@ def ct_series(patient_name: str, patient_id: str, n: int, **kwargs: object) -> l
 
 
 def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def stow(url: str, token: str, datasets: list[Dataset]) -> None:
@@ -339,3 +339,45 @@ def test_a_window_level_drag_changes_the_picture_with_no_round_trip(page: Page, 
     assert "translate(50px, 20px)" in (page.locator("#image").get_attribute("style") or "")
     assert window_of(page) == (center, width)
     screenshot(page, "viewer")
+
+
+# ---------------------------------------------------------------- access
+
+
+def test_a_reader_limited_to_one_label_never_sees_another_study(page: Page, hub: Hub) -> None:
+    jane, richard = hub.jane[0], hub.richard[0]
+    log_in(page, hub, hub.reader)
+    expect(page.get_by_role("status")).to_have_text("Studies 1–1")
+    assert listed_studies(page) == {jane.StudyInstanceUID}
+    search(page, Patient_name="roe*")
+    expect(page.get_by_role("status")).to_have_text("No study matches.")
+    expect(page.locator("#studies tbody tr")).to_have_count(0)
+    # Another study's pages, opened by URL, show nothing of it.
+    page.goto(f"{hub.url}/ui/studies/{richard.StudyInstanceUID}")
+    expect(page.get_by_role("status")).to_have_text("No such study, or you may not see it.")
+    expect(page.locator("#attributes dd")).to_have_count(0)
+    expect(page.locator("#series li")).to_have_count(0)
+    page.goto(hub.url + viewer_url(richard))
+    expect(page.get_by_role("status")).to_have_text("No such series, or you may not see it.")
+    assert page.locator("#image").get_attribute("data-draws") is None
+    assert "Roe" not in page.locator("body").inner_text()
+    # Its own study opens and draws.
+    page.goto(hub.url + viewer_url(jane))
+    shown(page, jane, 40, 400)
+
+
+def test_without_access_control_the_ui_needs_no_log_in(page: Page, module_servers: ServerPool) -> None:
+    server = module_servers.start(name="open")
+    ds = datagen.make_dataset(modality="MR", patient_name="Open^Access")
+    stow(server.base_url, "", [ds])
+    # A tablet held upright: the page fits its width (the results table scrolls on its own).
+    page.set_viewport_size({"width": 768, "height": 1024})
+    page.goto(server.base_url + "/")
+    expect(page.locator("#studies tbody tr")).to_have_count(1)
+    expect(page.locator("#login")).to_be_hidden()
+    expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.get_by_role("link", name="Open^Access").click()
+    expect(page.locator("#series li")).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "study-tablet")

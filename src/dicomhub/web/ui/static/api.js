@@ -43,7 +43,8 @@ async function failure(response) {
 // A DICOM JSON search or metadata request: [] for 204 and a 404 of a study one may not see.
 export async function dicomJson(path) {
   const response = await request(path, { headers: { Accept: "application/dicom+json" } });
-  if (response.status === 204) return { items: [], more: false };
+  // 404: no such resource, or one the caller may not see (the archive does not tell them apart).
+  if (response.status === 204 || response.status === 404) return { items: [], more: false };
   if (!response.ok) throw await failure(response);
   const warning = response.headers.get("Warning") || "";
   return { items: await response.json(), more: warning.includes("exceeded the limit") };
