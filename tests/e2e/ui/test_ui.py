@@ -49,15 +49,28 @@ def phantom(z: int, rows: int = SIZE, cols: int = SIZE) -> np.ndarray:
     return np.clip(np.rint(hu + 1024), 0, 4095).astype(np.uint16)
 
 
-def ct_series(patient_name: str, patient_id: str, n: int, **kwargs: object) -> list[Dataset]:
-    study, series = datagen.uid(), datagen.uid()
+def fixed_uid(study: int, series: int = 0, instance: int = 0) -> str:
+    """UIDs that are the same from run to run, so that the screenshots in docs/ui/ are too."""
+    return f"2.25.1818{study:03d}{series:03d}{instance:04d}"
+
+
+def ct_series(patient_name: str, patient_id: str, n: int, number: int, **kwargs: object) -> list[Dataset]:
+    study, series = fixed_uid(number), fixed_uid(number, 1)
     out = []
     for i in range(1, n + 1):
         ds = datagen.make_dataset(
-            modality="CT", patient_name=patient_name, patient_id=patient_id, study_uid=study,
-            series_uid=series, instance_number=i, rows=SIZE, cols=SIZE,
-            extra={"WindowCenter": "40", "WindowWidth": "400"}, **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
+            modality="CT",
+            patient_name=patient_name,
+            patient_id=patient_id,
+            study_uid=study,
+            series_uid=series,
+            sop_uid=fixed_uid(number, 1, i),
+            instance_number=i,
+            rows=SIZE,
+            cols=SIZE,
+            extra={"WindowCenter": "40", "WindowWidth": "400"},
+            **kwargs,  # type: ignore[arg-type]
+        )
         ds.PixelData = phantom(i).tobytes()
         out.append(ds)
     return out
@@ -114,9 +127,18 @@ def hub(module_servers: ServerPool) -> Hub:
     h = Hub(module_servers.start(args=["--auth"]))
     h.admin = h.user("root", "admin", "archive")
     h.reader = h.user("cardiologist", "reader", "label:cardio")
-    h.jane = ct_series("Doe^Jane", "P-JANE", CT_SLICES, study_description="Chest CT")
-    h.richard = ct_series("Roe^Richard", "P-RICHARD", 2, study_description="Head CT", accession="ACC-R")
-    h.john = [datagen.make_dataset(modality="MR", patient_name="Doe^John", patient_id="P-JOHN")]
+    h.jane = ct_series("Doe^Jane", "P-JANE", CT_SLICES, 1, study_description="Chest CT")
+    h.richard = ct_series("Roe^Richard", "P-RICHARD", 2, 2, study_description="Head CT", accession="ACC-R")
+    h.john = [
+        datagen.make_dataset(
+            modality="MR",
+            patient_name="Doe^John",
+            patient_id="P-JOHN",
+            study_uid=fixed_uid(3),
+            series_uid=fixed_uid(3, 1),
+            sop_uid=fixed_uid(3, 1, 1),
+        )
+    ]
     for series in (h.jane, h.richard, h.john):
         stow(h.url, h.admin, series)
     r = httpx.put(
@@ -368,7 +390,13 @@ def test_a_reader_limited_to_one_label_never_sees_another_study(page: Page, hub:
 
 def test_without_access_control_the_ui_needs_no_log_in(page: Page, module_servers: ServerPool) -> None:
     server = module_servers.start(name="open")
-    ds = datagen.make_dataset(modality="MR", patient_name="Open^Access")
+    ds = datagen.make_dataset(
+        modality="MR",
+        patient_name="Open^Access",
+        study_uid=fixed_uid(4),
+        series_uid=fixed_uid(4, 1),
+        sop_uid=fixed_uid(4, 1, 1),
+    )
     stow(server.base_url, "", [ds])
     # A tablet held upright: the page fits its width (the results table scrolls on its own).
     page.set_viewport_size({"width": 768, "height": 1024})
