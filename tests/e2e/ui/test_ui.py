@@ -407,5 +407,7 @@ def test_without_access_control_the_ui_needs_no_log_in(page: Page, module_server
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.get_by_role("link", name="Open^Access").click()
     expect(page.locator("#series li")).to_have_count(1)
+    # The page is complete (the header of its one instance shown) before its picture is taken.
+    expect(page.locator("#header")).to_contain_text("Open^Access")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, "study-tablet")
