@@ -388,6 +388,19 @@ def test_a_reader_limited_to_one_label_never_sees_another_study(page: Page, hub:
     shown(page, jane, 40, 400)
 
 
+def test_pages_are_public_shells_that_refuse_malformed_uids(hub: Hub) -> None:
+    page = httpx.get(hub.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "Doe" not in page.text  # the shell holds no archive data: its script asks for it
+    assert httpx.get(hub.url + "/dicomweb/studies").status_code == 401
+    bad = httpx.get(hub.url + "/ui/studies/1.2.3%22%3E%3Cb%20onclick%3Dalert(1)%3E")
+    assert bad.status_code == 400 and "UID" in bad.json()["error"]
+    bad = httpx.get(f"{hub.url}/ui/studies/{hub.jane[0].StudyInstanceUID}/series/x.1/viewer")
+    assert bad.status_code == 400
+    assert httpx.get(hub.url + "/ui/static/no-such.js").status_code == 404
+
+
 def test_without_access_control_the_ui_needs_no_log_in(page: Page, module_servers: ServerPool) -> None:
     server = module_servers.start(name="open")
     ds = datagen.make_dataset(
