@@ -26,6 +26,8 @@ from tests import datagen
 from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli
 from tests.e2e.ui.conftest import screenshot
 
+pytestmark = pytest.mark.e2e
+
 CT_SLICES = 12
 SIZE = 128
 
