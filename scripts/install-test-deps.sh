@@ -7,7 +7,9 @@
 # peer archive of the migration tests and benchmarks) and a PostgreSQL server
 # (the tests start a throw-away cluster from /usr/lib/postgresql/*/bin, see
 # tests/pgcluster.py), nginx and systemd-analyze (tests/e2e/test_deploy_examples.py runs the
-# examples of docs/deploy/ through them). Debian/Ubuntu; uses sudo when not root.
+# examples of docs/deploy/ through them) and Debian's chromium (the browser tests of
+# tests/browser/ drive it through Playwright: Playwright's own browser download is not
+# used). Debian/Ubuntu; uses sudo when not root.
 set -euo pipefail
 
 need=()
@@ -24,6 +26,7 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || ! command -v 
 fi
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

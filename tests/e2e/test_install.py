@@ -4,7 +4,7 @@ A fresh virtual environment gets pydicom, numpy and SQLAlchemy at the lowest ver
 pyproject.toml allows, then dicomhub from a copy of the source tree (a regular, non-editable
 install with a real resolve, no constraints file): pip must keep what it found, since it
 satisfies the ranges, and the installed dicomhub must run (without uvloop and httptools too)
-and answer a C-ECHO. Wheels come
+and answer a C-ECHO and serve the web UI. Wheels come
 from pip's cache, so a second run downloads nothing; the venv is made without its own pip
 (pip runs from the test's interpreter with ``--python``), which saves seeding one.
 """
@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .helpers import ServerPool, echo
@@ -91,3 +92,8 @@ def test_pip_install_keeps_preinstalled_versions_and_serves(
     server = servers.start(aet="INSTALLED")  # waits for /healthz over HTTP
     rc, out = echo(server)
     assert rc == 0 and "Received Echo Response (Success)" in out, out
+    # The web UI's templates and scripts are package data of the installed wheel.
+    page = httpx.get(server.base_url + "/", timeout=30)
+    assert page.status_code == 200 and "<h1>Studies</h1>" in page.text, page.text[:300]
+    script = httpx.get(server.base_url + "/ui/static/viewer.js", timeout=30)
+    assert script.status_code == 200 and "transfer-syntax=1.2.840.10008.1.2.1" in script.text

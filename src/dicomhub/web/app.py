@@ -31,6 +31,7 @@ from dicomhub.web import (
     printclient,
     printing,
     security,
+    ui,
     webhooks,
 )
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
@@ -152,6 +153,8 @@ def create_app(
             *migrations.routes(archive),
             *changes.routes(archive),
             *security.routes(archive, backlog),
+            # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
+            *ui.routes(),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

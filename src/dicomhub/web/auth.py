@@ -1,8 +1,9 @@
 """Authentication of HTTP requests, the Caller of each request, and its audit records.
 
-With ``auth_required`` every request but the public ones (the health check and
-the OpenAPI description) carries ``Authorization: Bearer <token>``: an API token
-or, with OpenID Connect configured, a JWT. A request without valid credentials
+With ``auth_required`` every request but the public ones (the health check,
+the OpenAPI description, and the web UI's pages and assets) carries
+``Authorization: Bearer <token>``: an API token or, with OpenID Connect
+configured, a JWT. A request without valid credentials
 gets 401 with ``WWW-Authenticate: Bearer`` and a JSON reason, and the refusal is
 audited (LOGIN, serious failure). The routes of the administration API need
 ADMINISTER. Without ``auth_required`` every request is an unrestricted caller,
@@ -35,6 +36,7 @@ __all__ = [
     "AuditBacklog",
     "AuthMiddleware",
     "PUBLIC_PATHS",
+    "PUBLIC_PREFIXES",
     "audit",
     "audit_after_response",
     "caller_of",
@@ -43,7 +45,11 @@ __all__ = [
 
 LOGGER = logging.getLogger("dicomhub.web.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/"})
+# The web UI's pages and assets (web/ui/) are public: they carry no archive data, and
+# their scripts ask the archive with the token the person typed in, so a page can
+# offer the log-in form that a 401 could not.
+PUBLIC_PREFIXES = ("/ui/",)
 # Path prefixes of the administration API: ADMINISTER on top of authentication.
 ADMIN_PREFIXES = ("/admin", "/migrations", "/users", "/grants", "/audit")
 _SCOPE_KEY = "dicomhub.caller"
@@ -240,7 +246,7 @@ class AuthMiddleware:
             return
         address = _address(scope)
         path = str(scope.get("path", ""))
-        if not self.required or path in PUBLIC_PATHS:
+        if not self.required or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             scope[_SCOPE_KEY] = Caller(Channel.HTTP, "", address)
             await self._call(scope, receive, send)
             return

@@ -29,6 +29,7 @@ from dicomhub.web.changes import change_paths
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
+from dicomhub.web.openapi_ui import ui_paths
 from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 from dicomhub.web.webhooks import webhook_paths
@@ -932,6 +933,7 @@ def _paths() -> Json:
     paths.update(webhook_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
+    paths.update(ui_paths())
     return paths
 
 
@@ -1460,6 +1462,7 @@ def openapi_document() -> Json:
             {"name": "Orders", "description": "Orders and patients of record (docs/orders.md)"},
             {"name": "FHIR", "description": "FHIR R4 Patient and ServiceRequest (JSON)"},
             {"name": "Printing", "description": "Print jobs of the Print SCP (docs/printing.md)"},
+            {"name": "UI", "description": "The web UI's pages (docs/ui.md)"},
         ],
         # With access control on (serve --auth) every route but /healthz and this
         # document needs a bearer token; without it, none does.

@@ -1,0 +1,77 @@
+"""The OpenAPI description of the web UI's routes (merged into
+:func:`dicomhub.web.openapi.openapi_document`).
+
+The pages are HTML shells, public like ``/healthz``: they carry no archive data,
+and their scripts call the DICOMweb routes with the caller's token. The static
+assets under ``/ui/static`` are files, not operations, and are not described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ui_paths"]
+
+Json = dict[str, Any]
+
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_ERROR: Json = {"$ref": "#/components/schemas/Error"}
+
+
+def _uid(name: str, what: str) -> Json:
+    return {"name": name, "in": "path", "required": True, "description": what, "schema": {"type": "string"}}
+
+
+def _page(operation_id: str, summary: str, *parameters: Json) -> Json:
+    responses: Json = {"200": {"description": "The page (HTML; its script asks DICOMweb).", "content": _HTML}}
+    if parameters:
+        responses["400"] = {
+            "description": "A malformed UID in the path.",
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    operation: Json = {
+        "tags": ["UI"],
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": responses,
+    }
+    if parameters:
+        operation["parameters"] = list(parameters)
+    return {"get": operation}
+
+
+def ui_paths() -> Json:
+    study = _uid("study", "Study Instance UID.")
+    series = _uid("series", "Series Instance UID.")
+    return {
+        "/": _page("uiFindStudies", "The web UI: find studies"),
+        "/ui/studies/{study}": _page("uiStudy", "The web UI: one study (series, labels, headers)", study),
+        "/ui/studies/{study}/series/{series}/viewer": _page(
+            "uiViewer", "The web UI: the viewer of one series", study, series
+        ),
+        "/ui/dictionary.json": {
+            "get": {
+                "tags": ["UI"],
+                "operationId": "uiDictionary",
+                "summary": "The DICOM data dictionary the UI's tag tree names attributes with",
+                "responses": {
+                    "200": {
+                        "description": "Tag (8 hex digits) -> [keyword, name].",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "minItems": 2,
+                                        "maxItems": 2,
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+    }
