@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -10,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -447,3 +450,54 @@ class StoreSCP:
         if self._fh:
             self._fh.close()
             self._fh = None
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary work folder for one benchmark run, removed afterwards unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class LocalDicomhub:
+    """A ``dicomhub serve`` a benchmark started (see :func:`running_dicomhub`)."""
+
+    http_port: int
+    dimse_port: int
+    hl7_port: int  # 0: no HL7 listener
+    log_path: Path
+
+
+@contextlib.contextmanager
+def running_dicomhub(
+    command: Sequence[str], work: Path, data: Path, extra_args: Sequence[str] = (), *, hl7: bool = False
+) -> Iterator[LocalDicomhub]:
+    """``dicomhub serve`` on free loopback ports with its data in ``data``, ready (health
+    check answered, DIMSE and HL7 ports open) when the block starts; stopped when it ends."""
+    http_port, dimse_port, hl7_port = free_port(), free_port(), free_port() if hl7 else 0
+    cmd = [
+        *command, "serve", "--data-dir", str(data), "--host", HOST,
+        "--http-port", str(http_port), "--dimse-port", str(dimse_port),
+        *(["--hl7-port", str(hl7_port)] if hl7 else []), *extra_args,
+    ]  # fmt: skip
+    log(f"starting dicomhub: {shlex.join(cmd)}")
+    log_path = work / "dicomhub.log"
+    proc, logfh = spawn(cmd, log_path, env=dcmtk_env(), cwd=work)
+    try:
+        deadline = time.monotonic() + 90
+        ports = [dimse_port] + ([hl7_port] if hl7 else [])
+        while not (http_ok(f"http://{HOST}:{http_port}/healthz") and all(port_open(HOST, p) for p in ports)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"dicomhub did not start:\n{tail(log_path)}")
+            time.sleep(0.1)
+        yield LocalDicomhub(http_port, dimse_port, hl7_port, log_path)
+    finally:
+        stop_process(proc, "dicomhub")
+        logfh.close()

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,16 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
     HOST,
-    dcmtk_env,
     find_dicomhub,
-    free_port,
     http_json,
-    http_ok,
     log,
-    port_open,
-    spawn,
-    stop_process,
-    tail,
+    running_dicomhub,
+    work_dir,
 )
 
 SB, EB = b"\x0b", b"\x1c\x0d"
@@ -89,21 +82,11 @@ def main() -> int:
         parser.error("at most 10,000 messages (what GET /api/orders lists at once, to check them)")
 
     command = find_dicomhub(args.dicomhub_cmd)
-    work = Path(tempfile.mkdtemp(prefix="hl7-bench-"))
-    data = work / "data"
-    http_port, dimse_port, hl7_port = free_port(), free_port(), free_port()
-    cmd = [
-        *command, "serve", "--data-dir", str(data), "--host", HOST, "--http-port", str(http_port),
-        "--dimse-port", str(dimse_port), "--hl7-port", str(hl7_port), *args.dicomhub_arg,
-    ]  # fmt: skip
-    log(f"starting dicomhub: {' '.join(cmd)}")
-    proc, logfh = spawn(cmd, work / "dicomhub.log", env=dcmtk_env(), cwd=work)
-    try:
-        deadline = time.monotonic() + 90
-        while not (http_ok(f"http://{HOST}:{http_port}/healthz") and port_open(HOST, hl7_port)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"dicomhub did not start:\n{tail(work / 'dicomhub.log')}")
-            time.sleep(0.1)
+    with (
+        work_dir("hl7-bench-", args.keep) as work,
+        running_dicomhub(command, work, work / "data", args.dicomhub_arg, hl7=True) as hub,
+    ):
+        http_port, hl7_port = hub.http_port, hub.hl7_port
         total = args.warmup + args.count
         rtts: list[float] = []
         with socket.create_connection((HOST, hl7_port), timeout=30) as sock:
@@ -140,13 +123,6 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
         return 0
-    finally:
-        stop_process(proc, "dicomhub")
-        logfh.close()
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,15 +34,10 @@ from pynetdicom import AE  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
     HOST,
-    dcmtk_env,
     find_dicomhub,
-    free_port,
-    http_ok,
     log,
-    port_open,
-    spawn,
-    stop_process,
-    tail,
+    running_dicomhub,
+    work_dir,
 )
 
 MWL = "1.2.840.10008.5.1.4.31"
@@ -155,70 +148,57 @@ def main() -> int:
     args = parser.parse_args()
 
     command = find_dicomhub(args.dicomhub_cmd)
-    work = Path(tempfile.mkdtemp(prefix="mwl-bench-"))
-    data = work / "data"
-    log(f"placing {args.steps} orders through the service layer")
-    started = time.perf_counter()
-    place_orders(data, args.steps, args.days)
-    log(f"placed in {time.perf_counter() - started:.1f} s")
-    http_port, dimse_port = free_port(), free_port()
-    cmd = [
-        *command, "serve", "--data-dir", str(data), "--host", HOST,
-        "--http-port", str(http_port), "--dimse-port", str(dimse_port),
-    ]  # fmt: skip
-    proc, logfh = spawn(cmd, work / "dicomhub.log", env=dcmtk_env(), cwd=work)
+    with work_dir("mwl-bench-", args.keep) as work:
+        data = work / "data"
+        log(f"placing {args.steps} orders through the service layer")
+        started = time.perf_counter()
+        place_orders(data, args.steps, args.days)
+        log(f"placed in {time.perf_counter() - started:.1f} s")
+        with running_dicomhub(command, work, data) as hub:
+            return _measure(args, hub.dimse_port)
+
+
+def _measure(args: argparse.Namespace, dimse_port: int) -> int:
+    """The timed queries on one association; prints and returns the exit status."""
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(MWL)
+    assoc = ae.associate(HOST, dimse_port, ae_title="DICOMHUB")
+    if not assoc.is_established:
+        raise SystemExit("association not established")
     try:
-        deadline = time.monotonic() + 90
-        while not (http_ok(f"http://{HOST}:{http_port}/healthz") and port_open(HOST, dimse_port)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"dicomhub did not start:\n{tail(work / 'dicomhub.log')}")
-            time.sleep(0.1)
-        ae = AE(ae_title="CT1")
-        ae.add_requested_context(MWL)
-        assoc = ae.associate(HOST, dimse_port, ae_title="DICOMHUB")
-        if not assoc.is_established:
-            raise SystemExit("association not established")
-        try:
-            today = dt.date.today().strftime("%Y%m%d")
-            typical = identifier("CT", "CT1", today)
-            timed(assoc, typical, 2)  # warm-up
-            typical_ms, typical_answers = timed(assoc, typical, args.queries)
-            broad_ms, broad_answers = timed(assoc, identifier(), args.broad_queries)
-        finally:
-            assoc.release()
-            ae.shutdown()
-        figures = {
-            "steps": args.steps,
-            "typical": {
-                "queries": args.queries,
-                "answers": typical_answers,
-                "p50_ms": round(statistics.median(typical_ms), 1),
-                "p95_ms": round(pct(typical_ms, 0.95), 1),
-            },
-            "broad": {
-                "queries": args.broad_queries,
-                "answers": broad_answers,
-                "p50_ms": round(statistics.median(broad_ms), 1),
-                "p95_ms": round(pct(broad_ms, 0.95), 1),
-            },
-        }
-        for name in ("typical", "broad"):
-            f = figures[name]
-            assert isinstance(f, dict)
-            print(
-                f"MWL C-FIND {name} ({f['answers']} answers of {args.steps} steps): "
-                f"p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms over {f['queries']} queries"
-            )
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        return 0
+        today = dt.date.today().strftime("%Y%m%d")
+        typical = identifier("CT", "CT1", today)
+        timed(assoc, typical, 2)  # warm-up
+        typical_ms, typical_answers = timed(assoc, typical, args.queries)
+        broad_ms, broad_answers = timed(assoc, identifier(), args.broad_queries)
     finally:
-        stop_process(proc, "dicomhub")
-        logfh.close()
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        assoc.release()
+        ae.shutdown()
+    figures = {
+        "steps": args.steps,
+        "typical": {
+            "queries": args.queries,
+            "answers": typical_answers,
+            "p50_ms": round(statistics.median(typical_ms), 1),
+            "p95_ms": round(pct(typical_ms, 0.95), 1),
+        },
+        "broad": {
+            "queries": args.broad_queries,
+            "answers": broad_answers,
+            "p50_ms": round(statistics.median(broad_ms), 1),
+            "p95_ms": round(pct(broad_ms, 0.95), 1),
+        },
+    }
+    for name in ("typical", "broad"):
+        f = figures[name]
+        assert isinstance(f, dict)
+        print(
+            f"MWL C-FIND {name} ({f['answers']} answers of {args.steps} steps): "
+            f"p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms over {f['queries']} queries"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

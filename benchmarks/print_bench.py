@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,15 +34,9 @@ from pynetdicom import AE  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
     HOST,
-    dcmtk_env,
     find_dicomhub,
-    free_port,
-    http_ok,
-    log,
-    port_open,
-    spawn,
-    stop_process,
-    tail,
+    running_dicomhub,
+    work_dir,
 )
 
 META = "1.2.840.10008.5.1.1.9"
@@ -122,20 +114,12 @@ def main() -> int:
     args = parser.parse_args()
 
     command = find_dicomhub(args.dicomhub_cmd)
-    work = Path(tempfile.mkdtemp(prefix="print-bench-"))
-    http_port, dimse_port = free_port(), free_port()
-    cmd = [
-        *command, "serve", "--data-dir", str(work / "data"), "--host", HOST,
-        "--http-port", str(http_port), "--dimse-port", str(dimse_port), "--print-dpi", str(args.dpi),
-    ]  # fmt: skip
-    proc, logfh = spawn(cmd, work / "dicomhub.log", env=dcmtk_env(), cwd=work)
     images = [image(n) for n in range(20)]
-    try:
-        deadline = time.monotonic() + 90
-        while not (http_ok(f"http://{HOST}:{http_port}/healthz") and port_open(HOST, dimse_port)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"dicomhub did not start:\n{tail(work / 'dicomhub.log')}")
-            time.sleep(0.1)
+    with (
+        work_dir("print-bench-", args.keep) as work,
+        running_dicomhub(command, work, work / "data", ["--print-dpi", str(args.dpi)]) as hub,
+    ):
+        dimse_port = hub.dimse_port
         ae = AE(ae_title="PRINTBENCH")
         ae.dimse_timeout = 120
         ae.add_requested_context(META, [ExplicitVRLittleEndian])
@@ -203,13 +187,6 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + "\n")
         return 0
-    finally:
-        stop_process(proc, "dicomhub")
-        logfh.close()
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
