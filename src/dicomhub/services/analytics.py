@@ -16,7 +16,7 @@ A reader wanting the current state keeps, per SOP Instance UID, the row with the
 highest ``seq`` and drops deleted entities. The file is written under a temporary name
 and renamed, then the state file is replaced the same way: a run stopped midway
 leaves either nothing or a whole file, and the next run writes what was not recorded.
-The schema is documented in docs/analytics.md (:data:`SCHEMA` is its source).
+The schema is documented in docs/analytics.md (:func:`schema` is its source).
 """
 
 from __future__ import annotations
@@ -26,36 +26,44 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from dicomhub.index.analytics import METADATA_COLUMNS, MetadataRows
 from dicomhub.services.changes import ChangeLog
 
-__all__ = ["SCHEMA", "ExportResult", "MetadataExport"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["ExportResult", "MetadataExport", "schema"]
 
 _STATE = "_export-state.json"  # "_": Arrow, Spark and DuckDB folder readers skip it
-_TYPED_COLUMNS: Final = {
-    "series_number": pa.int32(),
-    "instance_number": pa.int32(),
-    "size": pa.int64(),
-    "received_at": pa.timestamp("us", tz="UTC"),
-}  # the other attribute columns are text
 
-#: The columns of every exported file, in order.
-SCHEMA: Final = pa.schema(
-    [
-        pa.field("seq", pa.int64(), nullable=False),
-        pa.field("change_type", pa.string(), nullable=False),
-        pa.field("level", pa.string(), nullable=False),
-        pa.field("uid", pa.string(), nullable=False),
-        pa.field("changed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        *(pa.field(name, _TYPED_COLUMNS.get(name, pa.string())) for name in METADATA_COLUMNS),
-        pa.field("header_json", pa.string()),
-    ]
-)
+
+def schema() -> pa.Schema:
+    """The columns of every exported file, in order.
+
+    pyarrow is imported here, not with the module: it adds about 60 MB to a process,
+    and every process of the server imports this module but only the export runs it.
+    """
+    import pyarrow as pa
+
+    typed = {
+        "series_number": pa.int32(),
+        "instance_number": pa.int32(),
+        "size": pa.int64(),
+        "received_at": pa.timestamp("us", tz="UTC"),
+    }  # the other attribute columns are text
+    return pa.schema(
+        [
+            pa.field("seq", pa.int64(), nullable=False),
+            pa.field("change_type", pa.string(), nullable=False),
+            pa.field("level", pa.string(), nullable=False),
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("changed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            *(pa.field(name, typed.get(name, pa.string())) for name in METADATA_COLUMNS),
+            pa.field("header_json", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +116,10 @@ class MetadataExport:
         if since == first:
             return ExportResult(None, 0, first, first)
         path = output / f"metadata-{first + 1:012d}-{since:012d}.parquet"
-        _atomically(path, lambda tmp: pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), tmp))
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        _atomically(path, lambda tmp: pq.write_table(pa.Table.from_pylist(records, schema=schema()), tmp))
         _atomically(output / _STATE, lambda tmp: tmp.write_text(json.dumps({"last": since}) + "\n"))
         return ExportResult(path, len(records), first + 1, since)
 
