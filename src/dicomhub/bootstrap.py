@@ -625,14 +625,20 @@ def commitment_deliverer(
 
 
 def webhook_poster() -> Poster:
-    """Posts webhook deliveries with httpx (see :class:`dicomhub.services.webhooks.WebhookService`)."""
-    import httpx
+    """Posts webhook deliveries with httpx (see :class:`dicomhub.services.webhooks.WebhookService`).
 
-    client = httpx.Client(follow_redirects=False)
+    httpx is imported and its client made on the first delivery: every process opens
+    the archive, only the background process delivers, and only when webhooks exist.
+    """
+    clients: list[Any] = []
 
     def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
+        import httpx
+
+        if not clients:
+            clients.append(httpx.Client(follow_redirects=False))
         try:
-            return client.post(url, content=body, headers=dict(headers), timeout=timeout).status_code
+            return int(clients[0].post(url, content=body, headers=dict(headers), timeout=timeout).status_code)
         except httpx.HTTPError as exc:
             raise OSError(str(exc) or type(exc).__name__) from exc
 
