@@ -297,8 +297,10 @@ def test_large_upload_is_streamed(servers: ServerPool) -> None:
     assert after - before < sent // 4, (
         f"VmHWM grew from {before >> 20} to {after >> 20} MiB for {sent >> 20} MiB"
     )
-    # And stayed well under the body in absolute terms (the PostgreSQL + S3 back end's
-    # libraries, psycopg and boto3, add about 40 MiB to the baseline).
-    assert after < sent * 2 // 3, f"VmHWM {after >> 20} MiB for a {sent >> 20} MiB body"
+    # And stayed well under the body in absolute terms. The bound is mostly the HTTP
+    # process's baseline (about 160 MiB on PostgreSQL + S3, whose psycopg and boto3 add
+    # about 40 MiB, with the print, FHIR and UI modules): the growth check above is the
+    # streaming check, this one says the body was never held whole.
+    assert after < sent * 3 // 4, f"VmHWM {after >> 20} MiB for a {sent >> 20} MiB body"
     assert study_instance_count(hub.data_dir, study) == LARGE_PARTS + 1
     assert not list((hub.data_dir / "tmp").glob("stow-*/*"))  # spool files removed
