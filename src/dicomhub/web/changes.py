@@ -11,6 +11,7 @@ the server until it timed out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomhub.errors import InvalidRequest
+from dicomhub.model.caller import Caller
 from dicomhub.model.changes import ChangePage
 from dicomhub.services.archive import Archive
 from dicomhub.services.changes import MAX_LIMIT, MAX_WAIT
@@ -31,6 +33,7 @@ __all__ = ["change_paths", "routes"]
 
 STREAM_SECONDS: Final = 30.0
 _STREAM_POLL: Final = 5.0  # the longest wait of one page inside a stream (a keep-alive follows)
+_POLL: Final = 0.25  # how often a waiting request reads the change log again
 
 
 def _number(request: Request, name: str, default: float, high: float, *, integer: bool) -> float:
@@ -60,11 +63,22 @@ def routes(archive: Archive) -> list[BaseRoute]:
     """The routes of the change feed, at the root of the HTTP server."""
     feed = archive.changes
 
+    async def waited(caller: Caller, since: int, limit: int, wait: float) -> ChangePage:
+        # The wait is on the event loop between short reads, not in a worker thread:
+        # a thread held per waiting follower would exhaust Starlette's pool (40).
+        deadline = time.monotonic() + wait
+        while True:
+            found: ChangePage = await run_in_threadpool(feed.page, caller, since, limit)
+            left = deadline - time.monotonic()
+            if found.changes or left <= 0:
+                return found
+            await asyncio.sleep(min(_POLL, left))
+
     async def page(request: Request) -> JSONResponse:
         since = _since(request)
         limit = int(_number(request, "limit", 100, MAX_LIMIT, integer=True))
         wait = _number(request, "wait", 0.0, MAX_WAIT, integer=False)
-        found: ChangePage = await run_in_threadpool(feed.page, caller_of(request), since, max(limit, 1), wait)
+        found = await waited(caller_of(request), since, max(limit, 1), wait)
         return JSONResponse(found.as_json())
 
     async def stream(request: Request) -> StreamingResponse:
@@ -80,7 +94,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
                 left = ends - time.monotonic()
                 if left <= 0:
                     return
-                found = await run_in_threadpool(feed.page, caller, since, 100, min(_STREAM_POLL, left))
+                found = await waited(caller, since, 100, min(_STREAM_POLL, left))
                 if not found.changes:
                     yield ": keep-alive\n\n"
                 for change in found.changes:
