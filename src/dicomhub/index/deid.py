@@ -215,6 +215,12 @@ class DeidRepository:
         new mappings (kind, original, replacement) and the run's counters."""
         results = list(results)
         with engines.write(self.engine) as conn:
+            # Workers record their batches of one run side by side. Under READ
+            # COMMITTED each count below would miss another batch still being
+            # written and the last commit would store the smaller counters: the
+            # run's row lock orders the batches so each count sees the ones
+            # before it. (SQLite serializes writers already.)
+            conn.execute(select(deid_run.c.pk).where(deid_run.c.pk == run_pk).with_for_update())
             for source, target, status, detail in results:
                 conn.execute(
                     update(deid_run_item)
