@@ -213,10 +213,13 @@ class _Worker:
             except OSError:
                 pass
         finally:
-            if session is not None:
-                session.end()
+            # The slot is free once the association is over: give it back before
+            # the bookkeeping (an index write), or a peer that associates again
+            # right after its release is refused for an association already gone.
             with self.load.get_lock():
                 self.load[self.index] -= 1
+            if session is not None:
+                session.end()
 
     def _handshake(self, conn: socket.socket, address: tuple[str, int]) -> ssl.SSLSocket | None:
         """The TLS handshake of a DICOM TLS connection; None (logged, audited) when it fails."""
