@@ -17,12 +17,12 @@ work=$(mktemp -d -t dicomhub-tests-XXXXXX)
 pg_log="$work/postgres-s3.log"
 
 DICOMHUB_TEST_BACKEND=postgres-s3 "$python" -m pytest -p no:cacheprovider \
-  --basetemp="$work/postgres-s3" "$@" -m "not backend_neutral" tests/e2e >"$pg_log" 2>&1 &
+  --basetemp="$work/postgres-s3" --durations=30 "$@" -m "not backend_neutral" tests/e2e >"$pg_log" 2>&1 &
 pg_pid=$!
 # A test run stopped by CI or ^C stops the other one too.
 trap 'kill "$pg_pid" 2>/dev/null' INT TERM EXIT
 
-DICOMHUB_TEST_BACKEND=sqlite-file "$python" -m pytest --basetemp="$work/sqlite-file" "$@"
+DICOMHUB_TEST_BACKEND=sqlite-file "$python" -m pytest --basetemp="$work/sqlite-file" --durations=30 "$@"
 sqlite_rc=$?
 
 wait "$pg_pid"

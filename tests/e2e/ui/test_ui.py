@@ -26,7 +26,10 @@ from tests import datagen
 from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli
 from tests.e2e.ui.conftest import screenshot
 
-pytestmark = pytest.mark.e2e
+# The pages read through the search, WADO-RS and access services, which the QIDO-RS, WADO-RS
+# and access-control tests run on both back ends; what is tested here is the browser side,
+# so the PostgreSQL + S3 run leaves these out (they are the slowest e2e module per test).
+pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
 CT_SLICES = 12
 SIZE = 128
