@@ -134,24 +134,27 @@ _STUDY_BUMP = (
     )
 )
 # A store also makes the study and series unstable again: the stability detector
-# (dicomhub.index.stability) announces them once no store has come for a while.
+# (dicomhub.index.stability) announces them once no store has come for a while. The
+# clearing is a statement of its own that writes only when ``stable_at`` is set (once
+# per study that was announced), so a store's updates leave ``stable_at``'s index alone.
 _SERIES_STORED = (
     update(series)
     .where(series.c.pk == bindparam("b_pk"))
     .values(
         number_of_instances=series.c.number_of_instances + bindparam("b_n"),
         updated_at=bindparam("b_now"),
-        stable_at=None,
     )
 )
-_STUDY_STORED = (
+_STUDY_STORED = _STUDY_BUMP
+_SERIES_UNSTABLE = (
+    update(series)
+    .where(series.c.pk == bindparam("b_pk"), series.c.stable_at.is_not(None))
+    .values(stable_at=None)
+)
+_STUDY_UNSTABLE = (
     update(study)
-    .where(study.c.pk == bindparam("b_pk"))
-    .values(
-        number_of_instances=study.c.number_of_instances + bindparam("b_n"),
-        updated_at=bindparam("b_now"),
-        stable_at=None,
-    )
+    .where(study.c.pk == bindparam("b_pk"), study.c.stable_at.is_not(None))
+    .values(stable_at=None)
 )
 _INSERT_CHANGE = insert(change)
 
@@ -373,6 +376,8 @@ class IndexRepository(IndexSearch):
         conn.execute(_INSERT_INSTANCE, rows)
         conn.execute(_SERIES_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_series.items()])
         conn.execute(_STUDY_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
+        conn.execute(_SERIES_UNSTABLE, [{"b_pk": pk} for pk in per_series])
+        conn.execute(_STUDY_UNSTABLE, [{"b_pk": pk} for pk in per_study])
         conn.execute(_INSERT_CHANGE, changes)
         if alongside is not None:
             for (h, _b, _c, _ae), extra in zip(items, alongside, strict=True):
@@ -431,6 +436,8 @@ class IndexRepository(IndexSearch):
         )
         conn.execute(_SERIES_STORED, {"b_pk": series_pk, "b_n": 1, "b_now": now})
         conn.execute(_STUDY_STORED, {"b_pk": study_pk, "b_n": 1, "b_now": now})
+        conn.execute(_SERIES_UNSTABLE, {"b_pk": series_pk})
+        conn.execute(_STUDY_UNSTABLE, {"b_pk": study_pk})
         changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
         conn.execute(_INSERT_CHANGE, changes)
         return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)

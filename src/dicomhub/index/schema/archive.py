@@ -64,7 +64,7 @@ study = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     # Cleared by every store into the study, set when it is announced stable (migration 0023).
     Column("stable_at", UtcDateTime),
-    Index("ix_study_stable_at_updated_at", "stable_at", "updated_at"),
+    Index("ix_study_stable_at", "stable_at"),
     sqlite_autoincrement=True,
 )
 
@@ -84,7 +84,7 @@ series = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime),
     Column("stable_at", UtcDateTime),
-    Index("ix_series_stable_at_updated_at", "stable_at", "updated_at"),
+    Index("ix_series_stable_at", "stable_at"),
     sqlite_autoincrement=True,
 )
 
