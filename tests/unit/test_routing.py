@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,8 @@ class Recorder:
 
 
 class Setup:
-    def __init__(self, tmp: Path, *routes: Route) -> None:
-        engine = connect_engine(f"sqlite:///{tmp / 'index.sqlite'}")
+    def __init__(self, tmp: Path, *routes: Route, url: str = "") -> None:
+        engine = connect_engine(url or f"sqlite:///{tmp / 'index.sqlite'}")
         migrate(engine, lock_dir=tmp)
         self.index = IndexRepository(engine)
         self.ingest = IngestService(self.index, MemoryBlobStore(), DuplicatePolicy.KEEP)
@@ -261,6 +262,21 @@ def test_a_claimed_item_is_not_claimed_again_until_its_lease_ends(tmp_path: Path
     assert s.service.items("sent") == []
     s.queue.mark_sent([int(first[0]["pk"])], "node-b", later)
     assert len(s.service.items("sent")) == 1
+
+
+def test_two_nodes_claiming_at_once_get_disjoint_items(tmp_path: Path, index_url: str) -> None:
+    # On PostgreSQL the claims are FOR UPDATE SKIP LOCKED; on SQLite write transactions are serial.
+    s = Setup(tmp_path, route(), url=index_url)
+    study = datagen.uid()
+    for _ in range(6):
+        s.store(study_uid=study)
+    s.service.enqueue_step()
+    now = utc_now()
+    with ThreadPoolExecutor(3) as pool:
+        claims = list(pool.map(lambda owner: s.queue.claim(owner, now, 60, 2), ["a", "b", "c"]))
+    pks = [int(item["pk"]) for claim in claims for item in claim]
+    assert len(pks) == 6 and len(set(pks)) == 6  # each item claimed by exactly one node
+    assert s.queue.claim("d", now, 60, 10) == []
 
 
 def test_route_test_counts_matching_instances_and_an_unknown_peer_stops_begin(tmp_path: Path) -> None:
