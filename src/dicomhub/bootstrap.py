@@ -41,6 +41,7 @@ from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
 from dicomhub.index.repository import IndexRepository
+from dicomhub.index.routing import RouteRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.stability import StabilityRepository
 from dicomhub.index.validation import ValidationRepository
@@ -80,6 +81,7 @@ from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.retrieve import RetrieveService
+from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
@@ -279,6 +281,9 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             webhook_poster(),
             os.environ,
             claim=lambda name: lease(engine, name),
+        ),
+        routing=RoutingService(
+            settings.routes, index, RouteRepository(engine), peers, claim=lambda name: lease(engine, name)
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(
@@ -493,6 +498,9 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     configure_logging(settings.log_level, settings.log_format)
     archive = open_archive(settings, upgrade=False)
+    from dicomhub.migrate.outbound import sender_factory  # routing's senders: this process only
+
+    archive.routing.use_senders(sender_factory(archive, settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [
@@ -511,6 +519,12 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
         threading.Thread(target=archive.stability.run_worker, args=(stop,), name="stability", daemon=True),
         threading.Thread(target=archive.webhooks.run_worker, args=(stop,), name="webhooks", daemon=True),
+        threading.Thread(
+            target=archive.routing.run_enqueuer, args=(stop,), name="route-enqueue", daemon=True
+        ),
+        threading.Thread(
+            target=archive.routing.run_forwarder, args=(stop,), name="route-forward", daemon=True
+        ),
         threading.Thread(
             target=archive.mpps.run_delivery, args=(stop, mpps_sender(settings)), name="mpps-hl7", daemon=True
         ),
@@ -694,6 +708,7 @@ def _serve_with_metrics(settings: Settings) -> None:
 
     archive = open_archive(settings)  # migrates the index before any worker starts
     archive.webhooks.begin()  # before anything can be stored
+    archive.routing.begin()  # an unknown peer stops serve here; the enqueuer starts at now
     # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
     tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
     try:

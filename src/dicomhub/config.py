@@ -51,7 +51,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
-from dicomhub.errors import ConfigurationError
+from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.peer import Peer
 from dicomhub.model.policy import (
     CompressionRule,
@@ -60,6 +60,7 @@ from dicomhub.model.policy import (
     ValidationPolicy,
     parse_compression_rule,
 )
+from dicomhub.model.routing import Route, parse_routes
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.model.webhooks import Webhook, parse_webhooks
 from dicomhub.peerconfig import parse_peers
@@ -233,6 +234,9 @@ class Settings:
     stable_age: float = 60.0
     # [[webhook]] tables of the config file (dicomhub.model.webhooks); see docs/changes.md
     webhooks: tuple[Webhook, ...] = ()
+    # [[route]] tables of the config file (dicomhub.model.routing): forward what is
+    # stored, or studies once stable, to peers or folders; see docs/routing.md
+    routes: tuple[Route, ...] = ()
     # An operating-system printer each print job's PDF is handed to (docs/printing.md):
     # the command and its arguments, run without a shell with the PDF on its standard
     # input (["lp", "-d", "film"] for a CUPS queue); empty: none.
@@ -358,7 +362,12 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).
-_ALIASES: dict[str, str] = {"remote_ae": "remote_aes", "peer": "peers", "webhook": "webhooks"}
+_ALIASES: dict[str, str] = {
+    "remote_ae": "remote_aes",
+    "peer": "peers",
+    "webhook": "webhooks",
+    "route": "routes",
+}
 
 #: ``DICOMHUB_`` variables that are not settings, and what reads them. Any other
 #: ``DICOMHUB_`` variable that names no setting is an error (a typo would
@@ -435,10 +444,17 @@ def _webhook_item(item: Any) -> Webhook:
     raise ConfigurationError("webhooks are [[webhook]] tables of the configuration file (docs/changes.md)")
 
 
+def _route_item(item: Any) -> Route:
+    if isinstance(item, Route | Mapping):
+        return parse_routes([item])[0]
+    raise ConfigurationError("routes are [[route]] tables of the configuration file (docs/routing.md)")
+
+
 # Item types of tuple-valued settings other than str; a new item type needs a row here.
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
+    Route: _ItemForm(_route_item, "[[route]] tables of the configuration file (docs/routing.md)"),
     Printer: _ItemForm(printer_item, "NAME=AET@HOST:PORT[:color]"),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
@@ -816,7 +832,7 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key in ("peer", "webhook"):  # [[peer]], [[webhook]] may stand beside [dicomhub]
+            if key in ("peer", "webhook", "route"):  # [[peer]], [[webhook]], [[route]] beside [dicomhub]
                 take(_ALIASES[key], data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
@@ -1001,7 +1017,6 @@ def _validate_compression(s: Settings) -> None:
     # Resolved here so that a typo or a lossy rule stops `serve` at start-up,
     # not at the first matching object.
     from dicomhub.codec import transfer_syntax
-    from dicomhub.errors import DicomhubError
 
     for rule in s.compress:
         try:
@@ -1032,7 +1047,27 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], None]], ...] = (
     (("audit_syslog",), _validate_audit_syslog),
     (("mpps_hl7_destination",), lambda s: _validate_host_port(s.mpps_hl7_destination)),
     (("webhooks",), lambda s: _validate_webhooks(s.webhooks)),
+    (("routes",), lambda s: _validate_routes(s.routes)),
 )
+
+
+def _validate_routes(routes: tuple[Route, ...]) -> None:
+    # Resolved here so that a typo stops `serve` at start-up. Whether each peer
+    # exists is asked when the archive is open (peers may live in the index).
+    from dicomhub.codec import transfer_syntax
+
+    parse_routes(list(routes))  # the names are unique across the tables
+    for route in routes:
+        if not route.transfer_syntax:
+            continue
+        try:
+            syntax = transfer_syntax(route.transfer_syntax)
+        except DicomhubError as exc:
+            raise ConfigurationError(f"[[route]] {route.name}: {exc}") from exc
+        if not syntax.can_encode:
+            raise ConfigurationError(
+                f"[[route]] {route.name}: {syntax.title} cannot be encoded in this install"
+            )
 
 
 def _validate_webhooks(hooks: tuple[Webhook, ...]) -> None:

@@ -31,6 +31,7 @@ from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.retrieve import RetrieveService
+from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
@@ -81,6 +82,7 @@ class Archive:
     changes: ChangeFeedService  # the change log as a feed (GET /changes)
     stability: StabilityService  # announces stable studies and series in the change log
     webhooks: WebhookService  # delivers the change log's events to the configured webhooks
+    routing: RoutingService  # forwards what is stored by the [[route]] rules, through a durable queue
     analytics: MetadataExport  # the index and headers as Parquet (dicomhub export-metadata)
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.

@@ -1,0 +1,314 @@
+"""The outbound queue of routing in the index (:mod:`dicomhub.index.schema.routing`).
+
+Rows are added in the transaction that moves the enqueuer's cursor past the change
+log entries they come from, so a crash repeats entries (the unique key absorbs
+them), never skips one. A node claims due rows with ``SELECT ... FOR UPDATE SKIP
+LOCKED`` (PostgreSQL: two nodes never take the same row) and an owner with a
+lease; SQLite has one node, whose write transactions are serial anyway. A row is
+marked sent only by the owner that claimed it, so a node that lost its lease
+while sending cannot overwrite another node's outcome.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from dicomhub.index import engine as engines
+from dicomhub.index.cursors import move_cursor
+from dicomhub.index.schema import (
+    change,
+    instance,
+    patient,
+    route_item,
+    series,
+    study,
+    study_label,
+    worker_cursor,
+)
+from dicomhub.model.attributes import INDEXED
+from dicomhub.model.identifiers import Level
+from dicomhub.model.records import InstanceRow
+from dicomhub.model.routing import backoff
+
+__all__ = ["CURSOR", "RouteRepository"]
+
+CURSOR = "route-enqueue"
+_TABLE = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series, Level.IMAGE: instance}
+_CHUNK = 500  # UIDs per IN (...) list
+
+
+def _facts_query() -> Any:
+    columns = [_TABLE[a.level].c[a.column].label(a.keyword) for a in INDEXED if a.column in _TABLE[a.level].c]
+    return select(
+        *columns,
+        instance.c.source_ae_title.label("calling_ae"),
+        instance.c.sop_class_uid.label("sop_class"),
+        instance.c.pk.label("_pk"),
+        instance.c.transfer_syntax_uid.label("_ts"),
+        instance.c.blob_key.label("_blob_key"),
+        instance.c.size.label("_size"),
+        instance.c.sha256.label("_sha256"),
+        instance.c.content_sha256.label("_content_sha256"),
+    ).select_from(instance.join(series).join(study).join(patient))
+
+
+def _public(row: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key == "pk":
+            continue
+        out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return out
+
+
+class RouteRepository:
+    """The enqueuer's cursor and the outbound queue."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---------------------------------------------------------------- enqueue
+
+    def position(self) -> int:
+        """The last change log entry enqueued from; the newest entry the first time
+        (routes forward what is stored from then on, not the archive's history)."""
+        where = select(worker_cursor.c.position).where(worker_cursor.c.name == CURSOR)
+        with engines.read(self.engine) as conn:
+            found = conn.execute(where).scalar()
+        if found is not None:
+            return int(found)
+        with engines.write(self.engine) as conn:
+            found = conn.execute(where).scalar()
+            if found is None:
+                found = conn.execute(select(func.max(change.c.seq))).scalar() or 0
+                move_cursor(conn, CURSOR, int(found))
+        return int(found)
+
+    def facts(
+        self, *, sop_instance_uids: Sequence[str] = (), study_instance_uid: str = ""
+    ) -> list[tuple[InstanceRow, dict[str, set[str]]]]:
+        """Stored instances (by SOP Instance UIDs, or all of a study) with what rules match on:
+        each indexed attribute by keyword, ``calling_ae``, ``sop_class`` and ``label``."""
+        queries = []
+        if study_instance_uid:
+            queries.append(_facts_query().where(study.c.study_instance_uid == study_instance_uid))
+        uids = list(sop_instance_uids)
+        for i in range(0, len(uids), _CHUNK):
+            queries.append(_facts_query().where(instance.c.sop_instance_uid.in_(uids[i : i + _CHUNK])))
+        out: list[tuple[InstanceRow, dict[str, set[str]]]] = []
+        with engines.read(self.engine) as conn:
+            rows = [dict(r) for q in queries for r in conn.execute(q).mappings()]
+            studies = sorted({str(r["StudyInstanceUID"]) for r in rows})
+            labels: dict[str, set[str]] = {}
+            for i in range(0, len(studies), _CHUNK):
+                q = select(study_label.c.study_instance_uid, study_label.c.label).where(
+                    study_label.c.study_instance_uid.in_(studies[i : i + _CHUNK])
+                )
+                for uid, label in conn.execute(q):
+                    labels.setdefault(str(uid), set()).add(str(label))
+        for r in rows:
+            row = InstanceRow(
+                int(r["_pk"]), str(r["SOPInstanceUID"]), str(r["sop_class"]), str(r["_ts"]),
+                str(r["_blob_key"]), int(r["_size"]), str(r["_sha256"]), str(r["_content_sha256"] or ""),
+                str(r["StudyInstanceUID"]), str(r["SeriesInstanceUID"]),
+            )  # fmt: skip
+            facts = {
+                k: {str(v)} for k, v in r.items() if not k.startswith("_") and v is not None and str(v) != ""
+            }
+            facts["label"] = labels.get(row.study_instance_uid, set())
+            out.append((row, facts))
+        return out
+
+    def enqueue(self, items: Iterable[tuple[str, str, str, str]], up_to: int, now: dt.datetime) -> int:
+        """Queue (route, destination, study UID, SOP UID) items not queued before, and move
+        the cursor to ``up_to``, in one transaction; how many were new."""
+        wanted = {(r, d, sop): st for r, d, st, sop in items}
+        added = 0
+        with engines.write(self.engine) as conn:
+            sops = sorted({sop for _r, _d, sop in wanted})
+            for i in range(0, len(sops), _CHUNK):
+                there = conn.execute(
+                    select(route_item.c.route, route_item.c.destination, route_item.c.sop_instance_uid).where(
+                        route_item.c.sop_instance_uid.in_(sops[i : i + _CHUNK])
+                    )
+                ).all()
+                for key in there:
+                    wanted.pop((str(key[0]), str(key[1]), str(key[2])), None)
+            if wanted:
+                conn.execute(
+                    insert(route_item),
+                    [
+                        {
+                            "route": r, "destination": d, "study_instance_uid": st, "sop_instance_uid": sop,
+                            "state": "queued", "attempts": 0, "not_before": now, "owner": None,
+                            "lease_until": None, "last_error": "", "created_at": now, "updated_at": now,
+                        }
+                        for (r, d, sop), st in wanted.items()
+                    ],
+                )  # fmt: skip
+                added = len(wanted)
+            move_cursor(conn, CURSOR, up_to)
+        return added
+
+    # ---------------------------------------------------------------- forward
+
+    def claim(self, owner: str, now: dt.datetime, lease: float, limit: int) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` due items of one (route, destination), oldest first,
+        preferring the study of the oldest; [] when nothing is due."""
+        due = and_(
+            route_item.c.state == "queued",
+            route_item.c.not_before <= now,
+            or_(route_item.c.lease_until.is_(None), route_item.c.lease_until < now),
+        )
+        with engines.write(self.engine) as conn:
+            first = (
+                conn.execute(
+                    select(route_item.c.route, route_item.c.destination, route_item.c.study_instance_uid)
+                    .where(due)
+                    .order_by(route_item.c.pk)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                .mappings()
+                .first()
+            )
+            if first is None:
+                return []
+            same = and_(
+                due, route_item.c.route == first["route"], route_item.c.destination == first["destination"]
+            )
+            # The oldest item's study first: one association carries a study.
+            in_study = route_item.c.study_instance_uid == first["study_instance_uid"]
+            rows = (
+                conn.execute(
+                    select(route_item)
+                    .where(same)
+                    .order_by(in_study.desc(), route_item.c.pk)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                .mappings()
+                .all()
+            )
+            pks = [int(r["pk"]) for r in rows]
+            if pks:
+                until = now + dt.timedelta(seconds=lease)
+                conn.execute(
+                    update(route_item).where(route_item.c.pk.in_(pks)).values(owner=owner, lease_until=until)
+                )
+            return [dict(r) for r in rows]
+
+    def mark_sent(self, pks: Sequence[int], owner: str, now: dt.datetime) -> None:
+        if not pks:
+            return
+        with engines.write(self.engine) as conn:
+            conn.execute(
+                update(route_item)
+                .where(route_item.c.pk.in_(list(pks)), route_item.c.owner == owner)
+                .values(state="sent", owner=None, lease_until=None, last_error="", updated_at=now)
+            )
+
+    def mark_failed(
+        self, failures: Sequence[tuple[int, int, str]], owner: str, max_attempts: int, now: dt.datetime
+    ) -> int:
+        """(pk, attempts before, error) per item; returns how many are now dead."""
+        dead = 0
+        with engines.write(self.engine) as conn:
+            for pk, attempts, error in failures:
+                attempt = attempts + 1
+                gone = attempt >= max_attempts
+                dead += gone
+                conn.execute(
+                    update(route_item)
+                    .where(route_item.c.pk == pk, route_item.c.owner == owner)
+                    .values(
+                        state="dead" if gone else "queued", attempts=attempt, last_error=error[:2000],
+                        not_before=now + dt.timedelta(seconds=backoff(attempt)), owner=None,
+                        lease_until=None, updated_at=now,
+                    )
+                )  # fmt: skip
+        return dead
+
+    def renew(self, pks: Sequence[int], owner: str, until: dt.datetime) -> None:
+        """Extend the lease of items still being sent."""
+        if pks:
+            with engines.write(self.engine) as conn:
+                conn.execute(
+                    update(route_item)
+                    .where(route_item.c.pk.in_(list(pks)), route_item.c.owner == owner)
+                    .values(lease_until=until)
+                )
+
+    def owners(self) -> list[str]:
+        """The nodes holding claims now."""
+        with engines.read(self.engine) as conn:
+            q = select(route_item.c.owner).where(route_item.c.owner.is_not(None)).distinct()
+            return [str(o) for (o,) in conn.execute(q)]
+
+    def release(self, owner: str) -> int:
+        """Free the claims of ``owner`` (a process known to be gone); how many."""
+        with engines.write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    update(route_item).where(route_item.c.owner == owner).values(owner=None, lease_until=None)
+                ).rowcount
+            )
+
+    # ---------------------------------------------------------------- observe and manage
+
+    def depth(self) -> list[dict[str, Any]]:
+        """Item counts per (route, destination, state)."""
+        q = (
+            select(
+                route_item.c.route, route_item.c.destination, route_item.c.state, func.count().label("count")
+            )
+            .group_by(route_item.c.route, route_item.c.destination, route_item.c.state)
+            .order_by(route_item.c.route, route_item.c.destination, route_item.c.state)
+        )
+        with engines.read(self.engine) as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def items(
+        self, *, state: str = "", route: str = "", study_instance_uid: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Queue items, oldest first."""
+        q = select(route_item).order_by(route_item.c.pk).limit(limit)
+        if state:
+            q = q.where(route_item.c.state == state)
+        if route:
+            q = q.where(route_item.c.route == route)
+        if study_instance_uid:
+            q = q.where(route_item.c.study_instance_uid == study_instance_uid)
+        with engines.read(self.engine) as conn:
+            return [_public(r) for r in conn.execute(q).mappings()]
+
+    def retry(self, *, route: str, dead_only: bool, now: dt.datetime) -> int:
+        """Make failed items (dead ones; with ``dead_only`` only those) due now, with
+        their attempts counted afresh; how many."""
+        failed = route_item.c.state == "dead"
+        if not dead_only:
+            # A queued item being sent now (an owner) stays with its sender.
+            waiting = and_(
+                route_item.c.state == "queued", route_item.c.attempts > 0, route_item.c.owner.is_(None)
+            )
+            failed = or_(failed, waiting)
+        q = update(route_item).where(failed)
+        if route:
+            q = q.where(route_item.c.route == route)
+        with engines.write(self.engine) as conn:
+            return int(
+                conn.execute(
+                    q.values(
+                        state="queued",
+                        attempts=0,
+                        not_before=now,
+                        lease_until=None,
+                        owner=None,
+                        updated_at=now,
+                    )
+                ).rowcount
+            )

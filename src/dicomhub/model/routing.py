@@ -1,0 +1,181 @@
+"""Routing: rules that forward what the archive stores to other systems, as
+Orthanc's ``OnStoredInstance`` / ``OnStableStudy`` scripts and dcm4chee's export
+rules do.
+
+A rule is a ``[[route]]`` table of the configuration file::
+
+    [[route]]
+    name = "ct-to-pacs"                   # letters, digits, . _ - (at most 24)
+    on = "stored"                         # or "stable": when the study is stable
+    when = { Modality = "CT", calling_ae = "CT1" }
+    to = ["pacs", "folder:/srv/export"]   # peer names, or folder:ABSOLUTE-PATH
+    transfer_syntax = "1.2.840.10008.1.2.1"  # optional: transcode before sending
+    max_attempts = 10                     # then the item is dead (manual retry)
+
+``when`` holds conditions that must all hold: an indexed attribute by its DICOM
+keyword (``Modality``, ``StudyDescription``, ... of
+:mod:`dicomhub.model.attributes`), ``calling_ae`` (the AE title that sent the
+object), ``sop_class`` (its SOP Class UID) or ``label`` (one of the study's
+labels). A value is matched exactly, or as a DICOM wildcard with ``*`` and ``?``
+(PS3.4 C.2.2.2.4), case-sensitively; a list of values matches any of them. A rule
+without conditions matches everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dicomhub.errors import ConfigurationError
+from dicomhub.model.attributes import BY_KEYWORD
+
+__all__ = [
+    "FOLDER_PREFIX",
+    "STATES",
+    "TRIGGERS",
+    "Condition",
+    "Route",
+    "backoff",
+    "parse_routes",
+]
+
+TRIGGERS: Final = ("stored", "stable")
+#: States of a queue item: waiting (first try or a retry), sent, or dead (given up).
+STATES: Final = ("queued", "sent", "dead")
+FOLDER_PREFIX: Final = "folder:"
+#: Keys of ``when`` that are not indexed attributes.
+_SPECIAL: Final = ("calling_ae", "sop_class", "label")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")
+_FIELDS: Final = {"name", "on", "when", "to", "transfer_syntax", "max_attempts"}
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next attempt after ``attempts`` failed ones: 1, 2, 4, ... 300."""
+    return float(min(300, 2 ** max(0, attempts - 1)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(value: str) -> re.Pattern[str]:
+    # Only * and ? are special (C.2.2.2.4); everything else matches itself.
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value), re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """``key`` must have one of ``values`` (each exact or a wildcard)."""
+
+    key: str
+    values: tuple[str, ...]
+
+    def holds(self, found: Collection[str]) -> bool:
+        """Whether any of the values ``found`` for the key matches any pattern."""
+        return any(_pattern(p).fullmatch(v) for p in self.values for v in found)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One configured rule (see the module docstring)."""
+
+    name: str
+    on: str
+    to: tuple[str, ...]
+    when: tuple[Condition, ...] = ()
+    transfer_syntax: str = ""
+    max_attempts: int = 10
+
+    def matches(self, facts: Mapping[str, Collection[str]]) -> bool:
+        """Whether an instance with ``facts`` (key -> its values) meets every condition."""
+        return all(c.holds(facts.get(c.key, ())) for c in self.when)
+
+    def peers(self) -> tuple[str, ...]:
+        """The destinations that name peers (not folders)."""
+        return tuple(d for d in self.to if not d.startswith(FOLDER_PREFIX))
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "on": self.on,
+            "when": {c.key: list(c.values) if len(c.values) > 1 else c.values[0] for c in self.when},
+            "to": list(self.to),
+            "transfer_syntax": self.transfer_syntax or None,
+            "max_attempts": self.max_attempts,
+        }
+
+
+def _condition(key: str, value: Any, where: str) -> Condition:
+    if key not in _SPECIAL and key not in BY_KEYWORD:
+        known = ", ".join([*_SPECIAL, *sorted(BY_KEYWORD)])
+        raise ConfigurationError(f"{where}: unknown condition {key!r} (one of {known})")
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) and v and len(v) <= 64 for v in values):
+        raise ConfigurationError(
+            f"{where}: when.{key} must be a text of 1 to 64 characters or a list of them"
+        )
+    return Condition(key, tuple(values))
+
+
+def _destination(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{where}: to must list peer names or folder:PATH destinations")
+    if value.startswith(FOLDER_PREFIX):
+        path = value.removeprefix(FOLDER_PREFIX)
+        if not path.startswith("/") or "\x00" in path:
+            raise ConfigurationError(f"{where}: {value!r}: a folder destination is folder:ABSOLUTE-PATH")
+        return value
+    if len(value) > 64 or "/" in value or "\\" in value:
+        raise ConfigurationError(f"{where}: {value!r} cannot name a peer")
+    return value.strip()
+
+
+def _route(table: Mapping[str, Any], where: str) -> Route:
+    unknown = set(table) - _FIELDS
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(_FIELDS))})"
+        )
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(f"{where}: name must be 1 to 24 letters, digits, '.', '_' or '-'")
+    where = f"[[route]] {name}"
+    on = table.get("on", "stored")
+    if on not in TRIGGERS:
+        raise ConfigurationError(f"{where}: on must be one of {', '.join(TRIGGERS)}")
+    when = table.get("when", {})
+    if not isinstance(when, Mapping):
+        raise ConfigurationError(f"{where}: when must be an inline table of conditions")
+    to = table.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to:
+        raise ConfigurationError(f"{where}: to must list at least one destination")
+    destinations = tuple(_destination(d, where) for d in to)
+    if len(set(destinations)) != len(destinations):
+        raise ConfigurationError(f"{where}: a destination is listed twice")
+    syntax = table.get("transfer_syntax", "")
+    if not isinstance(syntax, str):
+        raise ConfigurationError(f"{where}: transfer_syntax must be a transfer syntax UID or name")
+    attempts = table.get("max_attempts", 10)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+        raise ConfigurationError(f"{where}: max_attempts must be an integer from 1 to 100")
+    conditions = tuple(_condition(str(k), v, where) for k, v in when.items())
+    return Route(name, str(on), destinations, conditions, syntax.strip(), attempts)
+
+
+def parse_routes(value: Any) -> tuple[Route, ...]:
+    """The ``[[route]]`` tables of a configuration file, checked (names unique)."""
+    if isinstance(value, Route):
+        return (value,)
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(t, Mapping | Route) for t in value):
+        raise ConfigurationError("routes are [[route]] tables of the configuration file")
+    routes = tuple(
+        t if isinstance(t, Route) else _route(t, f"[[route]] #{i + 1}") for i, t in enumerate(value)
+    )
+    names = [r.name for r in routes]
+    if len(set(names)) != len(names):
+        raise ConfigurationError("two [[route]] tables have the same name")
+    return routes

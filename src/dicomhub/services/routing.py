@@ -1,0 +1,357 @@
+"""Routing: the configured rules (:mod:`dicomhub.model.routing`) applied to what is
+stored, through a durable outbound queue in the index.
+
+Two background jobs:
+
+* the **enqueuer** follows the change log with its own cursor: an instance stored
+  (``created`` at the image level) is matched against the ``on = "stored"`` rules,
+  a study announced stable against the ``on = "stable"`` ones, and each match adds
+  one queue item per destination. What it reads is committed already, so nothing
+  is forwarded before it is durable here. With several nodes one of them enqueues
+  (the job's claim).
+* the **forwarder** claims due items of one destination (several nodes each take
+  their own, see :mod:`dicomhub.index.routing`), sends them on one association or
+  HTTP client, and marks each sent as soon as the peer confirmed it (one C-STORE,
+  one STOW-RS request), before the next: a crash resends at most what was in
+  flight. A failed item is retried after 1 s, 2 s, 4 s ...
+  5 min; after its rule's ``max_attempts`` it is dead, with the last error, until a
+  manual retry.
+
+Sending is an adapter's (:class:`Sender`, made by ``open_sender``): services know
+no DICOM network library.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from dicomhub.errors import ConfigurationError, DicomhubError, InvalidRequest
+from dicomhub.index.routing import RouteRepository
+from dicomhub.model.identifiers import Level
+from dicomhub.model.records import InstanceRow
+from dicomhub.model.routing import STATES, Route
+from dicomhub.model.timestamps import utc_now
+from dicomhub.services.background import run_until_stopped
+from dicomhub.services.changes import ChangeLog
+
+__all__ = ["RoutingService", "Sender", "SenderFactory"]
+
+LOGGER = logging.getLogger("dicomhub.routing")
+
+_BATCH = 50  # items claimed at once (one destination, preferably one study)
+LEASE_SECONDS = 120.0  # how long a claim lasts without renewal; a dead node's items wait this long
+
+
+class Sender(Protocol):
+    """One open connection to a destination (an association, an HTTP client, a folder).
+
+    ``batch``: how many instances one :meth:`send` takes. Each call's sent items are
+    marked before the next call, so this is what a crash may send twice: 1 where the
+    peer confirms each instance (C-STORE, a folder), more for one STOW-RS request.
+    """
+
+    batch: int
+
+    def send(self, rows: Sequence[InstanceRow]) -> dict[str, str]:
+        """Send the instances; return the error per SOP Instance UID that failed
+        (absent: sent). Raises DicomhubError when none could be sent."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Makes the sender of a destination (a peer name or folder:PATH) for a rule.
+SenderFactory = Callable[[str, Route], Sender]
+
+
+class _Peers(Protocol):
+    def get(self, name: str) -> Any: ...
+
+
+class RoutingService:
+    """Routing rules, their queue, and the two jobs that fill and empty it."""
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        log: ChangeLog,
+        queue: RouteRepository,
+        peers: _Peers,
+        open_sender: SenderFactory | None = None,
+        *,
+        claim: Callable[[str], AbstractContextManager[bool]] | None = None,
+        lease: float = LEASE_SECONDS,
+    ) -> None:
+        self.routes = tuple(routes)
+        self._by_name = {r.name: r for r in self.routes}
+        self._log = log
+        self._queue = queue
+        self._peers = peers
+        self._open_sender = open_sender
+        self._claim = claim
+        self._lease = lease
+        # Unique per process: a restarted node must not find its dead self's claims its own.
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def begin(self) -> None:
+        """Check every destination names a peer it can send to, and give the enqueuer
+        its place (the newest change log entry the first time). Called by ``serve``
+        before it accepts anything.
+
+        Raises
+        ------
+        ConfigurationError
+            For a rule naming an unknown peer, or a peer with no DIMSE address
+            and no DICOMweb URL.
+        """
+        self.check()
+        if self.routes:
+            self._queue.position()
+            self._release_dead_claims()
+
+    def _release_dead_claims(self) -> None:
+        """Free the items claimed by processes of this host that are gone (a ``kill -9``,
+        a crash): a restarted node takes them up at once, not after their lease. Other
+        hosts' claims are left to their leases."""
+        host = self.owner.split(":", 1)[0]
+        for owner in self._queue.owners():
+            name, _sep, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if name == host and pid.isdigit() and not _alive(int(pid)):
+                released = self._queue.release(owner)
+                LOGGER.warning("routing: %d items claimed by %s (gone) released", released, owner)
+
+    def check(self) -> None:
+        """The peer checks of :meth:`begin` (see there)."""
+        for route in self.routes:
+            for name in route.peers():
+                peer = self._peers.get(name)
+                if peer is None:
+                    raise ConfigurationError(
+                        f"[[route]] {route.name}: no peer {name!r} (see `dicomhub peer list`)"
+                    )
+                if not (peer.dicomweb_url or (peer.host and peer.port) or peer.folder):
+                    raise ConfigurationError(
+                        f"[[route]] {route.name}: peer {name!r} has no DIMSE address (host, port), "
+                        "DICOMweb URL or folder to send to"
+                    )
+
+    def use_senders(self, open_sender: SenderFactory) -> None:
+        """Wire the senders (the background process does: only it forwards)."""
+        self._open_sender = open_sender
+
+    # ---------------------------------------------------------------- enqueue
+
+    def enqueue_step(self) -> int:
+        """Read the change log after the cursor once; how many entries were read."""
+        if not self.routes:
+            return 0
+        entries = self._log.changes(self._queue.position(), 200)
+        if not entries:
+            return 0
+        stored = [
+            str(e["uid"])
+            for e in entries
+            if e["change_type"] == "created" and e["level"] == Level.IMAGE.value
+        ]
+        stable = [
+            str(e["uid"]) for e in entries if e["change_type"] == "stable" and e["level"] == Level.STUDY.value
+        ]
+        items: list[tuple[str, str, str, str]] = []
+        on_stored = [r for r in self.routes if r.on == "stored"]
+        on_stable = [r for r in self.routes if r.on == "stable"]
+        if on_stored and stored:
+            items += _matched(on_stored, self._queue.facts(sop_instance_uids=stored))
+        for study_uid in dict.fromkeys(stable) if on_stable else ():
+            items += _matched(on_stable, self._queue.facts(study_instance_uid=study_uid))
+        added = self._queue.enqueue(items, int(entries[-1]["seq"]), utc_now())
+        if added:
+            LOGGER.info("routing: %d items queued", added)
+        return len(entries)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward_step(self) -> int:
+        """Claim and send one batch of due items; how many were finished (sent or dead)."""
+        if self._open_sender is None or not self.routes:
+            return 0
+        claimed = self._queue.claim(self.owner, utc_now(), self._lease, _BATCH)
+        if not claimed:
+            return 0
+        route = self._by_name.get(str(claimed[0]["route"]))
+        destination = str(claimed[0]["destination"])
+        if route is None or destination not in route.to:
+            # A rule or destination removed from the configuration: its items wait
+            # (dead) until the rule is back or they are looked at.
+            error = "the rule or destination is no longer configured"
+            failures = [(int(c["pk"]), int(c["attempts"]), error) for c in claimed]
+            self._queue.mark_failed(failures, self.owner, 0, utc_now())
+            return len(claimed)
+        found = {row.sop_instance_uid: row for row, _f in self._queue.facts(
+            sop_instance_uids=[str(c["sop_instance_uid"]) for c in claimed])}  # fmt: skip
+        finished = 0
+        try:
+            sender = self._open_sender(destination, route)
+        except DicomhubError as exc:
+            return self._failed(route, destination, claimed, {}, str(exc))
+        step = max(1, sender.batch)
+        try:
+            for i in range(0, len(claimed), step):
+                part = claimed[i : i + step]
+                rows = [
+                    found[str(c["sop_instance_uid"])] for c in part if str(c["sop_instance_uid"]) in found
+                ]
+                gone = {str(c["sop_instance_uid"]): "no longer stored here" for c in part
+                        if str(c["sop_instance_uid"]) not in found}  # fmt: skip
+                try:
+                    errors = {**sender.send(rows), **gone} if rows else gone
+                except Exception as exc:  # noqa: BLE001 - any fault of a send fails its items, not the job
+                    if not isinstance(exc, DicomhubError):
+                        LOGGER.exception("routing %s -> %s: sending failed", route.name, destination)
+                    # Nothing of this step went: it and the rest of the batch wait.
+                    reason = str(exc) or type(exc).__name__
+                    return finished + self._failed(route, destination, claimed[i:], {}, reason)
+                sent = [int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors]
+                self._queue.mark_sent(sent, self.owner, utc_now())
+                finished += len(sent)
+                if errors:
+                    finished += self._failed(route, destination, part, errors, "")
+                rest = [int(c["pk"]) for c in claimed[i + step :]]
+                self._queue.renew(rest, self.owner, utc_now() + dt.timedelta(seconds=self._lease))
+        finally:
+            sender.close()
+        return finished
+
+    def _failed(
+        self,
+        route: Route,
+        destination: str,
+        items: Sequence[Mapping[str, Any]],
+        errors: Mapping[str, str],
+        error: str,
+    ) -> int:
+        failures = [
+            (int(c["pk"]), int(c["attempts"]), errors.get(str(c["sop_instance_uid"]), error))
+            for c in items
+            if error or str(c["sop_instance_uid"]) in errors
+        ]
+        dead = self._queue.mark_failed(failures, self.owner, route.max_attempts, utc_now())
+        first = failures[0][2] if failures else ""
+        LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", route.name, destination,
+                       len(failures), dead, first)  # fmt: skip
+        return dead
+
+    # ---------------------------------------------------------------- observe and manage
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The rules, each with its queue depth per destination and state."""
+        depth = self._queue.depth()
+        out = []
+        for route in self.routes:
+            counts: dict[str, dict[str, int]] = {d: dict.fromkeys(STATES, 0) for d in route.to}
+            for row in depth:
+                if row["route"] == route.name and row["destination"] in counts:
+                    counts[str(row["destination"])][str(row["state"])] = int(row["count"])
+            out.append({**route.public(), "queue": counts})
+        return out
+
+    def depth(self) -> list[dict[str, Any]]:
+        """Item counts per (route, destination, state), of every route in the queue."""
+        return self._queue.depth()
+
+    def items(self, state: str = "", route: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Queue items, oldest first; InvalidRequest for an unknown state."""
+        if state and state not in STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(STATES)}")
+        return self._queue.items(state=state, route=route, limit=limit)
+
+    def retry(self, route: str = "", dead_only: bool = False) -> int:
+        """Make failed items due now with their attempts counted afresh (dead ones;
+        without ``dead_only`` also those waiting for a retry); how many."""
+        if route and route not in self._by_name:
+            raise InvalidRequest(f"no route {route!r} is configured")
+        count = self._queue.retry(route=route, dead_only=dead_only, now=utc_now())
+        LOGGER.info("routing: %d items requeued by hand", count)
+        return count
+
+    def test(self, study_instance_uid: str) -> dict[str, Any]:
+        """Which rules the stored study matches: per rule, how many of its instances."""
+        facts = self._queue.facts(study_instance_uid=study_instance_uid)
+        if not facts:
+            raise InvalidRequest(f"no study {study_instance_uid} is stored")
+        return {
+            "study_instance_uid": study_instance_uid,
+            "instances": len(facts),
+            "routes": [
+                {
+                    "name": r.name,
+                    "on": r.on,
+                    "to": list(r.to),
+                    "matched": sum(1 for _row, f in facts if r.matches(f)),
+                }
+                for r in self.routes
+            ],
+        }
+
+    def study_status(self, study_instance_uid: str) -> dict[str, Any]:
+        """The queue items of one study, and their counts per route, destination and state."""
+        items = self._queue.items(study_instance_uid=study_instance_uid, limit=100000)
+        counts: dict[str, dict[str, dict[str, int]]] = {}
+        for item in items:
+            per = counts.setdefault(item["route"], {}).setdefault(
+                item["destination"], dict.fromkeys(STATES, 0)
+            )
+            per[item["state"]] = per.get(item["state"], 0) + 1
+        return {"study_instance_uid": study_instance_uid, "routes": counts, "items": items}
+
+    # ---------------------------------------------------------------- jobs
+
+    def run_enqueuer(self, stop: threading.Event) -> None:
+        """Enqueue until ``stop`` (nothing to do without rules)."""
+        if not self.routes:
+            return
+        claim = self._claim
+        run_until_stopped(
+            stop,
+            self.enqueue_step,
+            "routing enqueuer",
+            LOGGER,
+            idle=0.5,
+            claim=(lambda: claim("route-enqueue")) if claim is not None else None,
+        )
+
+    def run_forwarder(self, stop: threading.Event) -> None:
+        """Forward until ``stop``; every node forwards, each its own claimed items."""
+        if not self.routes or self._open_sender is None:
+            return
+        run_until_stopped(stop, self.forward_step, "routing forwarder", LOGGER, idle=0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def _matched(
+    routes: Sequence[Route], facts: Sequence[tuple[InstanceRow, Mapping[str, Collection[str]]]]
+) -> list[tuple[str, str, str, str]]:
+    return [
+        (route.name, destination, row.study_instance_uid, row.sop_instance_uid)
+        for row, f in facts
+        for route in routes
+        if route.matches(f)
+        for destination in route.to
+    ]
