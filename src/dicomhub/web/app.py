@@ -30,6 +30,7 @@ from dicomhub.web import (
     peers,
     printclient,
     printing,
+    repair,
     security,
     ui,
     webhooks,
@@ -135,7 +136,13 @@ def create_app(
                 "/dicomweb", routes=[*security.dicomweb_routes(archive), *dicomweb.routes(archive, settings)]
             ),
             Mount(
-                "/admin", routes=[*admin.routes(archive), *peers.routes(archive), *webhooks.routes(archive)]
+                "/admin",
+                routes=[
+                    *admin.routes(archive),
+                    *peers.routes(archive),
+                    *webhooks.routes(archive),
+                    *repair.routes(archive),
+                ],
             ),
             Mount("/deid", routes=deid.routes(archive)),
             Mount("/print", routes=[*printing.routes(archive), *printclient.routes(archive)]),

@@ -32,6 +32,7 @@ from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.openapi_ui import ui_paths
 from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
+from dicomhub.web.repair import repair_paths
 from dicomhub.web.webhooks import webhook_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
@@ -931,6 +932,7 @@ def _paths() -> Json:
     paths.update(print_paths())
     paths.update(change_paths())
     paths.update(webhook_paths())
+    paths.update(repair_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
     paths.update(ui_paths())
