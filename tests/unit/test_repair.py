@@ -23,6 +23,7 @@ from dicomhub.model.caller import Caller
 from dicomhub.model.migration import RemoteArchive, RemoteKind
 from dicomhub.model.peer import Peer, Role
 from dicomhub.model.repair import RepairTarget
+from dicomhub.model.structure import dataset_offset
 from dicomhub.services.archive import Archive
 from dicomhub.services.repair import RepairService
 from tests.datagen import make_dataset, write_dataset
@@ -207,3 +208,26 @@ def _encode(ds: object, syntax: str | None = None) -> bytes:
         out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True
     )
     return out.getvalue()
+
+
+def test_without_digests_a_damaged_stowed_object_is_found_by_parsing_and_nothing_is_proof(
+    tmp_path: Path,
+) -> None:
+    for s in _setup(tmp_path):
+        data = write_dataset(tmp_path / "stow.dcm", make_dataset(instance_number=9, seed=9)).read_bytes()
+        [result] = s.archive.ingest.store_many([data], Caller.cli())
+        assert not isinstance(result, Exception)
+        sop = str(dcmread(BytesIO(data)).SOPInstanceUID)
+        key, _size, sha256, _syntax = s.row(sop)
+        assert sha256 == ""  # left for the background process, which has not run
+        # The same size (which the index does keep), but no data set any more.
+        stored = s.archive.blobs.read(key)
+        damaged = stored[: dataset_offset(stored)] + b"\xff" * (len(stored) - dataset_offset(stored))
+        s.archive.blobs.delete(key)
+        s.archive.blobs.put(key, damaged)
+        s.peer.copies[sop] = data  # the very object: still nothing to prove it with
+        report = s.service.repair()
+        [item] = report.items
+        assert (item.sop_instance_uid, item.problem, item.outcome) == (sop, "unreadable", "failed")
+        assert "no data set digest" in item.reason and "left for later too" in item.reason
+        assert s.row(sop)[0] == key and s.archive.blobs.read(key) == damaged

@@ -319,8 +319,9 @@ class RepairService:
             return self._compressed(target, copy, "the same bytes as received")
         if target.content_sha256 in (PENDING, UNREADABLE):
             raise _Refused(
-                "the index holds no data set digest for this instance (STOW-RS left it for later), "
-                "so only a byte-identical copy is proof, and this one is not"
+                "the index holds no data set digest for this instance (STOW-RS left it for later): "
+                "only a copy with the stored blob's SHA-256 is proof"
+                + ("" if target.sha256 else ", and that was left for later too")
             )
         if content_digest(copy) != target.content_sha256:
             raise _Refused(
