@@ -40,6 +40,7 @@ from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
+from dicomhub.index.repair import RepairRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.routing import RouteRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
@@ -47,6 +48,7 @@ from dicomhub.index.stability import StabilityRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
+from dicomhub.migrate.repairsource import PeerInstanceFetcher
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.model.identifiers import is_valid_uid
@@ -80,6 +82,7 @@ from dicomhub.services.printarchive import PrintArchive
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
+from dicomhub.services.repair import RepairService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
@@ -288,6 +291,14 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(
             wado, settings.printers, DimseFilmPrinter(settings.aet, settings.dimse_timeout), audit
+        ),
+        repair=RepairService(
+            RepairRepository(engine),
+            blobs,
+            peers,
+            PeerInstanceFetcher(settings),
+            audit,
+            claim=lambda name: lease(engine, name),
         ),
     )
 

@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "analytics",
     "links",
     "peer",
+    "repair",
     "routing",
     "security",
     "storage",

@@ -30,6 +30,7 @@ from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
+from dicomhub.services.repair import RepairService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
@@ -87,6 +88,8 @@ class Archive:
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
     print_client: PrintClientService | None = None
+    # Repair from peers (dicomhub repair, POST /admin/repair); None where nothing wired it.
+    repair: RepairService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

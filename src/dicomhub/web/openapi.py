@@ -33,6 +33,7 @@ from dicomhub.web.openapi_ui import ui_paths
 from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 from dicomhub.web.routing import route_paths
+from dicomhub.web.repair import repair_paths
 from dicomhub.web.webhooks import webhook_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
@@ -933,6 +934,7 @@ def _paths() -> Json:
     paths.update(change_paths())
     paths.update(webhook_paths())
     paths.update(route_paths())
+    paths.update(repair_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
     paths.update(ui_paths())
