@@ -41,8 +41,10 @@ from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
 from dicomhub.index.repository import IndexRepository
+from dicomhub.index.retention import RetentionRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.stability import StabilityRepository
+from dicomhub.index.trash import TrashRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
@@ -79,6 +81,7 @@ from dicomhub.services.printarchive import PrintArchive
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
+from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
@@ -86,6 +89,7 @@ from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import Poster, WebhookService
@@ -227,6 +231,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     from dicomhub.dimse.printscu import DimseFilmPrinter  # the Print SCU's requestor
 
     wado = WadoService(index, search, blobs, transcode, patients)
+    trash = TrashRepository(engine)
+    delete = DeleteService(index, blobs, access.study_facts, trash, settings.trash_keep)
     return Archive(
         index=index,
         blobs=blobs,
@@ -235,7 +241,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir, patients),
-        delete=DeleteService(index, blobs, access.study_facts),
+        delete=delete,
         wado=wado,
         transcode=transcode,
         decode_check=DecodeCheckService(
@@ -278,6 +284,15 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             WebhookRepository(engine),
             webhook_poster(),
             os.environ,
+            claim=lambda name: lease(engine, name),
+        ),
+        trash=TrashService(trash, index, blobs, settings.trash_keep, audit, lambda name: lease(engine, name)),
+        retention=RetentionService(
+            RetentionRepository(engine),
+            delete,
+            settings.retention,
+            settings.retention_interval,
+            audit,
             claim=lambda name: lease(engine, name),
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
@@ -510,6 +525,8 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
         threading.Thread(target=archive.stability.run_worker, args=(stop,), name="stability", daemon=True),
+        threading.Thread(target=archive.trash.run_worker, args=(stop,), name="trash-purge", daemon=True),
+        threading.Thread(target=archive.retention.run_worker, args=(stop,), name="retention", daemon=True),
         threading.Thread(target=archive.webhooks.run_worker, args=(stop,), name="webhooks", daemon=True),
         threading.Thread(
             target=archive.mpps.run_delivery, args=(stop, mpps_sender(settings)), name="mpps-hl7", daemon=True

@@ -329,9 +329,9 @@ def test_every_documented_get_answers_as_documented(
     # 2 label routes, 4 access-control routes (users, tokens, grants, audit), the audit export,
     # 4 order and patient routes, the unmatched studies, 3 FHIR routes (metadata, Patient,
     # ServiceRequest), the 2 of ImagingStudy (search, read), 2 MPPS routes, 4 print routes
-    # (with a job's PDF), the 2 of the change feed (a page, the event stream), the 2 of webhooks
-    # and the web UI's 4 (3 pages and the data dictionary)
-    assert checked == 63
+    # (with a job's PDF), the 2 of the change feed (a page, the event stream), the 2 of webhooks,
+    # the web UI's 4 (3 pages and the data dictionary) and the trash
+    assert checked == 64
     assert secured == 2  # de-identification runs: the list and one run
 
 

@@ -48,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "peer",
     "security",
     "storage",
+    "trash",
 )
 
 for _module in COMMAND_MODULES:

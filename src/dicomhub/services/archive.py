@@ -30,12 +30,14 @@ from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
+from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import WebhookService
@@ -82,6 +84,8 @@ class Archive:
     stability: StabilityService  # announces stable studies and series in the change log
     webhooks: WebhookService  # delivers the change log's events to the configured webhooks
     analytics: MetadataExport  # the index and headers as Parquet (dicomhub export-metadata)
+    trash: TrashService  # deleted objects kept for trash_keep: list, restore, purge
+    retention: RetentionService  # the [[retention]] rules, by command and in the background
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
     print_client: PrintClientService | None = None

@@ -31,6 +31,7 @@ from dicomhub.web import (
     printclient,
     printing,
     security,
+    trash,
     ui,
     webhooks,
 )
@@ -152,6 +153,7 @@ def create_app(
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
             *changes.routes(archive),
+            *trash.routes(archive),
             *security.routes(archive, backlog),
             # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
             *ui.routes(),

@@ -2,7 +2,7 @@
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
-:mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`), all built from the shared
+:mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`, :mod:`.trash`), all built from the shared
 column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -71,6 +71,7 @@ from dicomhub.index.schema.security import (
     role_grant,
     study_label,
 )
+from dicomhub.index.schema.trash import trash
 from dicomhub.index.schema.types import PK, UtcDateTime
 from dicomhub.index.schema.webhooks import webhook_delivery
 
@@ -120,6 +121,7 @@ __all__ = [
     "study",
     "study_label",
     "study_order_link",
+    "trash",
     "validation_finding",
     "validation_instance",
     "worker_cursor",
