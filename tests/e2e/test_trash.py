@@ -65,6 +65,7 @@ def _store(server: DicomhubServer, src: Path, count: int = 1, **kwargs: Any) -> 
     """``count`` instances of one study written to ``src`` (a new folder) and sent with storescu."""
     study = kwargs.pop("study_uid", None) or datagen.uid()
     pid = kwargs.pop("patient_id", None) or "T" + datagen.uid()[-8:]
+    kwargs.setdefault("series_uid", datagen.uid())  # one series per call
     made = [
         datagen.write_instance(
             src / f"{study[-6:]}-{n}.dcm", study_uid=study, patient_id=pid, instance_number=n, **kwargs
@@ -144,8 +145,8 @@ def test_delete_to_trash_and_restore(hub: DicomhubServer, tmp_path: Path) -> Non
     assert set(r.json()["restored"]) == sops and r.json()["conflicts"] == []
     found = []
     for se in {str(d.SeriesInstanceUID) for d in instances}:
-        keys = {"StudyInstanceUID": study, "SeriesInstanceUID": se, "SOPInstanceUID": None}
-        found += [str(d.SOPInstanceUID) for d in find(hub, "IMAGE", keys, tmp_path / se)]
+        query = {"StudyInstanceUID": study, "SeriesInstanceUID": se, "SOPInstanceUID": None}
+        found += [str(d.SOPInstanceUID) for d in find(hub, "IMAGE", query, tmp_path / se)]
     assert sorted(found) == sorted(sops)
     (qido,) = _qido_studies(hub, study)
     assert qido["00201208"]["Value"] == [3] and qido["00201206"]["Value"] == [2]
