@@ -42,9 +42,11 @@ from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
 from dicomhub.index.repair import RepairRepository
 from dicomhub.index.repository import IndexRepository
+from dicomhub.index.retention import RetentionRepository
 from dicomhub.index.routing import RouteRepository
 from dicomhub.index.security import AuditRepository, SecurityRepository
 from dicomhub.index.stability import StabilityRepository
+from dicomhub.index.trash import TrashRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
@@ -83,6 +85,7 @@ from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
 from dicomhub.services.repair import RepairService
+from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
@@ -91,6 +94,7 @@ from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import Poster, WebhookService
@@ -232,6 +236,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     from dicomhub.dimse.printscu import DimseFilmPrinter  # the Print SCU's requestor
 
     wado = WadoService(index, search, blobs, transcode, patients)
+    trash = TrashRepository(engine)
+    delete = DeleteService(index, blobs, access.study_facts, trash, settings.trash_keep)
     return Archive(
         index=index,
         blobs=blobs,
@@ -240,7 +246,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ingest=ingest,
         search=search,
         retrieve=RetrieveService(search, blobs, settings.spool_dir, patients),
-        delete=DeleteService(index, blobs, access.study_facts),
+        delete=delete,
         wado=wado,
         transcode=transcode,
         decode_check=DecodeCheckService(
@@ -287,6 +293,15 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         ),
         routing=RoutingService(
             settings.routes, index, RouteRepository(engine), peers, claim=lambda name: lease(engine, name)
+        ),
+        trash=TrashService(trash, index, blobs, settings.trash_keep, audit, lambda name: lease(engine, name)),
+        retention=RetentionService(
+            RetentionRepository(engine),
+            delete,
+            settings.retention,
+            settings.retention_interval,
+            audit,
+            claim=lambda name: lease(engine, name),
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(
@@ -529,6 +544,8 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         ),
         threading.Thread(target=archive.deid.run_worker, args=(stop,), name="deid-runs", daemon=True),
         threading.Thread(target=archive.stability.run_worker, args=(stop,), name="stability", daemon=True),
+        threading.Thread(target=archive.trash.run_worker, args=(stop,), name="trash-purge", daemon=True),
+        threading.Thread(target=archive.retention.run_worker, args=(stop,), name="retention", daemon=True),
         threading.Thread(target=archive.webhooks.run_worker, args=(stop,), name="webhooks", daemon=True),
         threading.Thread(
             target=archive.routing.run_enqueuer, args=(stop,), name="route-enqueue", daemon=True

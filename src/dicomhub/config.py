@@ -60,6 +60,7 @@ from dicomhub.model.policy import (
     ValidationPolicy,
     parse_compression_rule,
 )
+from dicomhub.model.retention import Duration, RetentionRule, parse_duration, parse_retention_rules
 from dicomhub.model.routing import Route, parse_routes
 from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.model.webhooks import Webhook, parse_webhooks
@@ -237,6 +238,15 @@ class Settings:
     # [[route]] tables of the config file (dicomhub.model.routing): forward what is
     # stored, or studies once stable, to peers or folders; see docs/routing.md
     routes: tuple[Route, ...] = ()
+    # How long a deleted study, series or instance stays in the trash, restorable, before it
+    # is purged for good (docs/trash-and-retention.md); 0: a delete removes it for good at once.
+    trash_keep: Duration = Duration(7 * 86400)
+    # [[retention]] tables of the config file: studies that go to the trash once they are
+    # older than a duration (dicomhub.model.retention); see docs/trash-and-retention.md
+    retention: tuple[RetentionRule, ...] = ()
+    # How often the background process applies the [[retention]] rules; 0: only
+    # `dicomhub retention run` applies them.
+    retention_interval: Duration = Duration(86400)
     # An operating-system printer each print job's PDF is handed to (docs/printing.md):
     # the command and its arguments, run without a shell with the PDF on its standard
     # input (["lp", "-d", "film"] for a CUPS queue); empty: none.
@@ -438,6 +448,14 @@ def _peer_item(item: Any) -> Peer:
     raise ConfigurationError("peers are [[peer]] tables of the configuration file (docs/peers.md)")
 
 
+def _retention_item(item: Any) -> RetentionRule:
+    if isinstance(item, RetentionRule | Mapping):
+        return parse_retention_rules([item])[0]
+    raise ConfigurationError(
+        "retention rules are [[retention]] tables of the configuration file (docs/trash-and-retention.md)"
+    )
+
+
 def _webhook_item(item: Any) -> Webhook:
     if isinstance(item, Webhook | Mapping):
         return parse_webhooks([item])[0]
@@ -455,6 +473,9 @@ _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
     Route: _ItemForm(_route_item, "[[route]] tables of the configuration file (docs/routing.md)"),
+    RetentionRule: _ItemForm(
+        _retention_item, "[[retention]] tables of the configuration file (docs/trash-and-retention.md)"
+    ),
     Printer: _ItemForm(printer_item, "NAME=AET@HOST:PORT[:color]"),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
@@ -513,6 +534,8 @@ def _parse(tp: Any, value: Any) -> Any:
             return word in _TRUE
         words = ", ".join(f"{t}/{f}" for t, f in zip(_TRUE, _FALSE, strict=True))
         raise ConfigurationError(f"{value!r} is not a boolean (allowed: {words}, in any case)")
+    if tp is Duration:
+        return parse_duration(value.strip() if isinstance(value, str) else value)
     if tp is int or tp is float:
         kind = "an integer" if tp is int else "a number"
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -564,6 +587,8 @@ def _describe(tp: Any) -> str:
         return "integer"
     if tp is float:
         return "number"
+    if tp is Duration:
+        return "duration: seconds, or a number with s, m, h, d, w or y (`7d`)"
     if tp is str:
         return "string"
     if tp is Path:
@@ -832,8 +857,8 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key in ("peer", "webhook", "route"):  # [[peer]], [[webhook]], [[route]] beside [dicomhub]
-                take(_ALIASES[key], data[key], Source("file", where(key).removeprefix("file ")))
+            if key in ("peer", "webhook", "route", "retention"):  # these tables may stand beside [dicomhub]
+                take(_ALIASES.get(key, key), data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
                 hint = hint or _suggest(key, known)
@@ -1048,6 +1073,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], None]], ...] = (
     (("mpps_hl7_destination",), lambda s: _validate_host_port(s.mpps_hl7_destination)),
     (("webhooks",), lambda s: _validate_webhooks(s.webhooks)),
     (("routes",), lambda s: _validate_routes(s.routes)),
+    (("retention",), lambda s: _validate_retention(s.retention)),
 )
 
 
@@ -1068,6 +1094,10 @@ def _validate_routes(routes: tuple[Route, ...]) -> None:
             raise ConfigurationError(
                 f"[[route]] {route.name}: {syntax.title} cannot be encoded in this install"
             )
+
+
+def _validate_retention(rules: tuple[RetentionRule, ...]) -> None:
+    parse_retention_rules(list(rules))  # the names are unique across the tables
 
 
 def _validate_webhooks(hooks: tuple[Webhook, ...]) -> None:

@@ -1,7 +1,8 @@
 """DELETE of studies, series and instances against a real ``dicomhub serve``.
 
 Each test stores its own study (two CT instances in one series, one MR
-instance in another) plus a bystander study, deletes over HTTP, and checks
+instance in another) plus a bystander study, deletes over HTTP (for good:
+``trash_keep`` 0), and checks
 QIDO-RS, C-FIND, the blobs in the data dir, the change log (read with
 the index) and that the rest can still be retrieved with getscu.
 """
@@ -18,7 +19,7 @@ from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from . import helpers
-from .helpers import DicomhubServer, find, get, read_dir, store_ok
+from .helpers import DicomhubServer, ServerPool, find, get, read_dir, store_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -92,6 +93,13 @@ def first(result: list[dict[str, object]], tag: str) -> object:
     attr = result[0][tag]
     assert isinstance(attr, dict)
     return attr["Value"][0]
+
+
+@pytest.fixture(scope="module")
+def server(module_servers: ServerPool) -> DicomhubServer:
+    """A delete for good (``trash_keep`` 0), as every delete was before the trash; what
+    a delete into the trash does is in test_trash.py."""
+    return module_servers.start(env={"DICOMHUB_TRASH_KEEP": "0"})
 
 
 @pytest.fixture(scope="module")

@@ -330,9 +330,9 @@ def test_every_documented_get_answers_as_documented(
     # 4 order and patient routes, the unmatched studies, 3 FHIR routes (metadata, Patient,
     # ServiceRequest), the 2 of ImagingStudy (search, read), 2 MPPS routes, 4 print routes
     # (with a job's PDF), the 2 of the change feed (a page, the event stream), the 2 of webhooks,
-    # the 3 of routing (rules, queue, a study's routing) and the web UI's 4 (3 pages and the
-    # data dictionary)
-    assert checked == 66
+    # the 3 of routing (rules, queue, a study's routing), the web UI's 4 (3 pages and the
+    # data dictionary) and the trash
+    assert checked == 67
     assert secured == 2  # de-identification runs: the list and one run
 
 

@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "routing",
     "security",
     "storage",
+    "trash",
 )
 
 for _module in COMMAND_MODULES:

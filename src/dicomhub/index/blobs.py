@@ -1,8 +1,8 @@
 """SQL of the storage check: which blobs the index refers to, with their size and digest.
 
 ``dicomhub check``, ``dicomhub migrate-storage`` and Storage Commitment
-compare these rows with what the blob store holds. Both instance rows and
-kept copies of refused objects (conflicts) refer to blobs. Their one write:
+compare these rows with what the blob store holds. Instance rows, kept copies
+of refused objects (conflicts) and the trash (deleted, not yet purged) refer to blobs. Their one write:
 the digest of a blob that STOW-RS left for later, once one of them has
 computed it (see :mod:`dicomhub.services.contentdigest`).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, Subquery, literal, select, union_all, update
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import conflict, instance
+from dicomhub.index.schema import conflict, instance, trash
 
 __all__ = ["BlobRecord", "BlobRecords", "referenced_in"]
 
@@ -30,7 +30,7 @@ class BlobRecord:
     size: int
     sha256: str
     sop_instance_uid: str
-    kind: str  # "instance" or "conflict" (a refused copy kept for review)
+    kind: str  # "instance", "conflict" (a refused copy kept for review) or "trash" (deleted)
 
 
 def _referenced() -> Subquery:
@@ -48,6 +48,13 @@ def _referenced() -> Subquery:
             conflict.c.sha256,
             conflict.c.sop_instance_uid,
             literal("conflict").label("kind"),
+        ),
+        select(
+            trash.c.blob_key,
+            trash.c.size,
+            trash.c.sha256,
+            trash.c.sop_instance_uid,
+            literal("trash").label("kind"),
         ),
     ).subquery()
 

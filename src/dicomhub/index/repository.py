@@ -704,6 +704,8 @@ class IndexRepository(IndexSearch):
         study_instance_uid: str,
         series_instance_uid: str | None = None,
         sop_instance_uid: str | None = None,
+        *,
+        before_removal: Callable[[Connection, Sequence[int]], None] | None = None,
     ) -> dict[str, list[str]]:
         """Remove a study, series or instance and everything below it, in one transaction.
 
@@ -711,6 +713,8 @@ class IndexRepository(IndexSearch):
         left empty are removed, and a ``deleted`` change row is appended per
         removed instance, series, study and patient. The blobs are not
         touched: the caller deletes them once this has committed.
+        ``before_removal(conn, instance_pks)`` runs in the same transaction
+        just before the instance rows go (the trash copies them there).
 
         Returns
         -------
@@ -761,6 +765,8 @@ class IndexRepository(IndexSearch):
                     f"instance {sop_instance_uid} not found in series {series_instance_uid}"
                 )
             inst_pks = [int(r[0]) for r in inst_rows]
+            if before_removal is not None:
+                before_removal(conn, inst_pks)
             for start in range(0, len(inst_pks), 500):
                 conn.execute(delete(instance).where(instance.c.pk.in_(inst_pks[start : start + 500])))
             for _pk, uid, key in inst_rows:

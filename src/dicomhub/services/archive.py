@@ -31,6 +31,7 @@ from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.repair import RepairService
+from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.routing import RoutingService
 from dicomhub.services.search import SearchService
@@ -38,6 +39,7 @@ from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
 from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
+from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import WebhookService
@@ -85,6 +87,8 @@ class Archive:
     webhooks: WebhookService  # delivers the change log's events to the configured webhooks
     routing: RoutingService  # forwards what is stored by the [[route]] rules, through a durable queue
     analytics: MetadataExport  # the index and headers as Parquet (dicomhub export-metadata)
+    trash: TrashService  # deleted objects kept for trash_keep: list, restore, purge
+    retention: RetentionService  # the [[retention]] rules, by command and in the background
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
     print_client: PrintClientService | None = None

@@ -30,9 +30,10 @@ from dicomhub.web import (
     peers,
     printclient,
     printing,
-    routing,
     repair,
+    routing,
     security,
+    trash,
     ui,
     webhooks,
 )
@@ -161,6 +162,7 @@ def create_app(
             *audit.routes(archive, settings, backlog),
             *migrations.routes(archive),
             *changes.routes(archive),
+            *trash.routes(archive),
             *security.routes(archive, backlog),
             # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
             *ui.routes(),

@@ -32,8 +32,9 @@ from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.openapi_ui import ui_paths
 from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
-from dicomhub.web.routing import route_paths
 from dicomhub.web.repair import repair_paths
+from dicomhub.web.routing import route_paths
+from dicomhub.web.trash import trash_paths
 from dicomhub.web.webhooks import webhook_paths
 
 __all__ = ["OPENAPI_VERSION", "openapi_document", "openapi_endpoint"]
@@ -935,6 +936,7 @@ def _paths() -> Json:
     paths.update(webhook_paths())
     paths.update(route_paths())
     paths.update(repair_paths())
+    paths.update(trash_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
     paths.update(ui_paths())
@@ -1467,6 +1469,10 @@ def openapi_document() -> Json:
             {"name": "FHIR", "description": "FHIR R4 Patient and ServiceRequest (JSON)"},
             {"name": "Printing", "description": "Print jobs of the Print SCP (docs/printing.md)"},
             {"name": "UI", "description": "The web UI's pages (docs/ui.md)"},
+            {
+                "name": "Trash",
+                "description": "Deleted studies kept for trash_keep (docs/trash-and-retention.md)",
+            },
         ],
         # With access control on (serve --auth) every route but /healthz and this
         # document needs a bearer token; without it, none does.

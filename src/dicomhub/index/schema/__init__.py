@@ -2,8 +2,9 @@
 
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
-:mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`, :mod:`.routing`), all
-built from the shared column types of :mod:`.types` (one surrogate key type, one UTC timestamp type).
+:mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`, :mod:`.routing`,
+:mod:`.trash`), all built from the shared column types of :mod:`.types` (one surrogate key
+type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
 
@@ -72,6 +73,7 @@ from dicomhub.index.schema.security import (
     role_grant,
     study_label,
 )
+from dicomhub.index.schema.trash import trash
 from dicomhub.index.schema.types import PK, UtcDateTime
 from dicomhub.index.schema.webhooks import webhook_delivery
 
@@ -122,6 +124,7 @@ __all__ = [
     "study",
     "study_label",
     "study_order_link",
+    "trash",
     "validation_finding",
     "validation_instance",
     "worker_cursor",

@@ -1,7 +1,8 @@
 """DICOMweb: delete a study, series or instance.
 
 ``DELETE`` on a study, series or instance resource removes it and everything
-below it; 204 on success, 404 for a resource that is not held. This is the
+below it (into the trash for ``trash_keep``: :mod:`dicomhub.services.trash`); 204
+on success, 404 for a resource that is not held. This is the
 delete of the DICOMweb dialects of dcm4chee and Orthanc (PS3.18 does not
 define one).
 """
@@ -48,7 +49,7 @@ def _deleted(
         AuditAction.DELETE,
         AuditOutcome.SUCCESS,
         [AuditedStudy(study[:64], "", result.series, len(result.instances))],
-        {"path": request.url.path[:256], "patients_removed": list(result.patients)},
+        {"path": request.url.path[:256], "patients_removed": list(result.patients), "trash": result.trashed},
     )
     return Response(status_code=204)
 
