@@ -359,6 +359,8 @@ _STORE_MEANINGS: Final = {
     status.STORE_PATIENT_MISMATCH: "Error: Cannot understand (study held under another patient)",
     status.STORE_CONFLICT: "Error: Cannot understand (refused by policy)",
     status.STORE_PROCESSING_FAILURE: "Failure: Processing failure",
+    status.STORE_SUBSEQUENT_OCCURRENCE_OF_REJECTED: "Refused: Subsequent occurrence of a rejected object",
+    status.STORE_REJECTION_FAILED_NO_SUCH_INSTANCE: "Refused: Rejection failed, no such instance",
 }
 _QR_MEANINGS: Final = {
     status.QR_OUT_OF_RESOURCES: "Refused: Out of Resources",

@@ -30,6 +30,7 @@ from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
+from dicomhub.services.rejection import RejectionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
@@ -85,6 +86,8 @@ class Archive:
     close: Callable[[], None]
     # The Print SCU (printing to the configured DICOM printers); None where nothing wired it.
     print_client: PrintClientService | None = None
+    # Rejects instances on request with a rejection note (IHE IOCM); None where nothing wired it.
+    rejection: RejectionService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""
