@@ -80,13 +80,15 @@ class UnknownDestination(NotFound):
 
 
 class RejectionFailed(NotFound):
-    """A rejection note references an instance the archive does not hold: the note is
-    refused as a whole (dcm4chee-arc's 0xA772), nothing is rejected."""
+    """A rejection note references an instance the archive does not hold.
+
+    The note is refused as a whole (dcm4chee-arc's 0xA772): nothing is rejected."""
 
 
 class RejectedObject(DicomhubError):
-    """An object whose SOP Instance UID a rejection note rejected, sent again: refused
-    before anything is written (dcm4chee-arc's 0xA771), so no copy is kept."""
+    """An object whose SOP Instance UID a rejection note rejected, sent again.
+
+    It is refused before anything is written (dcm4chee-arc's 0xA771): no copy is kept."""
 
 
 class Conflict(DicomhubError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dicomhub.cli.options import INGEST
+from dicomhub.cli.options import ARCHIVE
 from dicomhub.cli.registry import arg, command
 from dicomhub.config import Settings
 from dicomhub.errors import InvalidRequest
@@ -23,7 +23,7 @@ __all__: list[str] = []
 @command(
     "reject",
     help="reject a study, series or instance with a rejection note (IHE IOCM)",
-    shared=INGEST,
+    shared=ARCHIVE,
     args=(
         arg("study", help="Study Instance UID"),
         arg("--series", help="only this Series Instance UID"),

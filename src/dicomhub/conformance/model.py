@@ -390,6 +390,8 @@ def _service(method: str, path: str) -> str:
         return "Access control"
     if not path.startswith("/dicomweb"):
         return "Admin" if path.startswith("/admin") else "Server"
+    if method == "POST" and path.endswith("/reject"):
+        return "Reject (IHE IOCM)"
     if method == "POST":
         return "STOW-RS"
     if method == "DELETE":
@@ -424,11 +426,12 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
             response = tuple(f'multipart/related; type="{m}"' for m in frame_types)
         elif method == "GET" and path.startswith("/dicomweb/studies"):
             response = (f'multipart/related; type="{wado.DICOM}"',)
-        if method == "POST" and path.startswith("/dicomweb"):  # STOW-RS
+        if method == "POST" and path.startswith("/dicomweb") and not path.endswith("/reject"):  # STOW-RS
             request = (f'multipart/related; type="{wado.DICOM}"',)
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = (
-        "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
+        "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Reject (IHE IOCM)",
+        "Server", "Admin",
         "De-identification", "Migration", "Print", "Access control",
     )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))
