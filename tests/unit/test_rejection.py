@@ -182,7 +182,9 @@ def test_a_rejection_note_hides_what_it_rejects_from_queries_and_counts(archive:
     stored = archive.ingest.store_part10(part10_bytes(note), CLI)
     assert stored.outcome is StoreOutcome.STORED
     # The note's series and series b stay; series a (all rejected) is gone.
-    series = {ds.SeriesInstanceUID for ds in archive.find("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")}
+    series = {
+        ds.SeriesInstanceUID for ds in archive.find("SERIES", StudyInstanceUID=study, SeriesInstanceUID="")
+    }
     assert series == {b[0].SeriesInstanceUID, note.SeriesInstanceUID}
     found = archive.find("STUDY", StudyInstanceUID=study, NumberOfStudyRelatedInstances="",
                          NumberOfStudyRelatedSeries="")  # fmt: skip
@@ -230,6 +232,11 @@ def test_a_note_for_instances_not_held_is_refused_whole(archive: _Archive) -> No
     wrong_series = SOPReference(study, datagen.uid(), CT, a[1].SOPInstanceUID)
     with pytest.raises(RejectionFailed):
         archive.ingest.store_part10(part10_bytes(_note(RejectionReason.SAFETY, [wrong_series], a[0])), CLI)
+    # A note rejects in its own study only (access control grants storing per study).
+    elsewhere = _note(RejectionReason.SAFETY, [_ref(a[1])], a[0])
+    elsewhere.StudyInstanceUID = datagen.uid()
+    with pytest.raises(InvalidRequest, match="another study"):
+        archive.ingest.store_part10(part10_bytes(elsewhere), CLI)
     assert archive.rejections.rejections(study) == []
     assert archive.index.get_instance(note.SOPInstanceUID) is None
     assert len(archive.find("IMAGE", StudyInstanceUID=study, SOPInstanceUID="")) == 3
@@ -263,7 +270,9 @@ def test_a_retention_expiry_deletes_what_it_rejects_and_still_refuses_it(archive
     assert archive.ingest.store_part10(part10_bytes(note), CLI).outcome is StoreOutcome.STORED
     assert all(archive.index.get_instance(ds.SOPInstanceUID) is None for ds in a)
     assert not any(archive.blobs.exists(key) for key in keys)
-    assert {ds.SOPInstanceUID for ds in archive.find("IMAGE", True, StudyInstanceUID=study, SOPInstanceUID="")} == {
+    assert {
+        ds.SOPInstanceUID for ds in archive.find("IMAGE", True, StudyInstanceUID=study, SOPInstanceUID="")
+    } == {
         b[0].SOPInstanceUID,
         note.SOPInstanceUID,
     }

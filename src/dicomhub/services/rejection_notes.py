@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from dicomhub.errors import DicomhubError, NotFound, RejectedObject, RejectionFailed
+from dicomhub.errors import DicomhubError, InvalidRequest, NotFound, RejectedObject, RejectionFailed
 from dicomhub.index.rejection import RejectionRepository, RejectionWrite
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome
 from dicomhub.model.caller import Caller
@@ -66,13 +66,20 @@ class RejectionNotes:
         RejectionFailed
             It references an instance that is not held (in the series and study it names).
         InvalidRequest
-            It is a malformed rejection note.
+            It is a malformed rejection note, or it references instances of another study.
         """
         if header.sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT:
             return None
         note = rejection_note_of(data)
         if note is None:
             return None
+        # Access control grants storing per study: a note may only reject in its own.
+        others = {r.study_instance_uid for r in note.references} - {note.study_instance_uid}
+        if others:
+            raise InvalidRequest(
+                f"rejection note {note.sop_instance_uid} of study {note.study_instance_uid} "
+                f"references instances of another study ({sorted(others)[0]})"
+            )
         missing = self.repository.missing(note.references)
         if missing:
             names = ", ".join(r.sop_instance_uid for r in missing[:5])
