@@ -40,6 +40,7 @@ from dicomhub.index.mpps import MppsRepository
 from dicomhub.index.orders import OrderRepository
 from dicomhub.index.peers import PeerRepository
 from dicomhub.index.printing import PrintJobRepository
+from dicomhub.index.rejection import RejectionRepository
 from dicomhub.index.repair import RepairRepository
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.retention import RetentionRepository
@@ -84,6 +85,8 @@ from dicomhub.services.printarchive import PrintArchive
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.reindex import ReindexService
+from dicomhub.services.rejection import RejectionService
+from dicomhub.services.rejection_notes import RejectionNotes
 from dicomhub.services.repair import RepairService
 from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
@@ -192,6 +195,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     orders = OrderService(order_repo)
     links = StudyLinkService(StudyLinkRepository(engine), orders, blobs=blobs)
     orders.placed.append(links.link_for_order)
+    rejection_notes = RejectionNotes(RejectionRepository(engine))
     ingest = IngestService(
         index,
         blobs,
@@ -204,12 +208,15 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             settings.accept_sop_classes, settings.accept_unknown_sop_classes
         ),
         linker=links.link_stored,
+        rejections=rejection_notes,
     )
     configured = configured_peers(settings.peers, settings.remote_aes)
     # Opened last: its sender thread is closed only by the archive's close.
     feed = open_audit_feed(settings)
     audit = AuditService(AuditRepository(engine), forward=feed[0] if feed else None)
     links.audit = audit
+    delete = DeleteService(index, blobs, access.study_facts)
+    rejection_notes.audit, rejection_notes.delete = audit, delete
     peers = PeerService(
         PeerRepository(engine),
         configured,
@@ -315,6 +322,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             audit,
             claim=lambda name: lease(engine, name),
         ),
+        rejection=RejectionService(ingest, wado, headers, access.study_facts),
     )
 
 

@@ -9,10 +9,12 @@ transport codes in one table, so no transport status appears here::
     │   ├── DoesNotMatchIOD       refused by IOD validation (policy reject)
     │   └── SOPClassNotSupported  an object of a SOP class that is not storable here
     ├── NotFound                  unknown resource or move destination
-    │   └── UnknownDestination
+    │   ├── UnknownDestination
+    │   └── RejectionFailed       a rejection note references an instance not held
     ├── Conflict                  policy refusal on store
     │   ├── DuplicateInstance     same SOP Instance UID already held
     │   └── PatientMismatch       study already held under another PatientID
+    ├── RejectedObject            an instance a rejection note rejected, sent again
     ├── StorageError              blob write/read failure
     │   ├── BlobMissing
     │   ├── ChecksumMismatch
@@ -40,6 +42,8 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PatientMismatch",
+    "RejectedObject",
+    "RejectionFailed",
     "SOPClassNotSupported",
     "StorageError",
     "TranscodeError",
@@ -73,6 +77,18 @@ class NotFound(DicomhubError):
 
 class UnknownDestination(NotFound):
     """A C-MOVE destination that is not a configured remote AE."""
+
+
+class RejectionFailed(NotFound):
+    """A rejection note references an instance the archive does not hold.
+
+    The note is refused as a whole (dcm4chee-arc's 0xA772): nothing is rejected."""
+
+
+class RejectedObject(DicomhubError):
+    """An object whose SOP Instance UID a rejection note rejected, sent again.
+
+    It is refused before anything is written (dcm4chee-arc's 0xA771): no copy is kept."""
 
 
 class Conflict(DicomhubError):

@@ -43,6 +43,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "patients",
     "printing",
     "printclient",
+    "rejection",
     "analytics",
     "links",
     "peer",

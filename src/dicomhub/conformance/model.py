@@ -359,6 +359,8 @@ _STORE_MEANINGS: Final = {
     status.STORE_PATIENT_MISMATCH: "Error: Cannot understand (study held under another patient)",
     status.STORE_CONFLICT: "Error: Cannot understand (refused by policy)",
     status.STORE_PROCESSING_FAILURE: "Failure: Processing failure",
+    status.STORE_SUBSEQUENT_OCCURRENCE_OF_REJECTED: "Refused: Subsequent occurrence of a rejected object",
+    status.STORE_REJECTION_FAILED_NO_SUCH_INSTANCE: "Refused: Rejection failed, no such instance",
 }
 _QR_MEANINGS: Final = {
     status.QR_OUT_OF_RESOURCES: "Refused: Out of Resources",
@@ -388,6 +390,8 @@ def _service(method: str, path: str) -> str:
         return "Access control"
     if not path.startswith("/dicomweb"):
         return "Admin" if path.startswith("/admin") else "Server"
+    if method == "POST" and path.endswith("/reject"):
+        return "Reject (IHE IOCM)"
     if method == "POST":
         return "STOW-RS"
     if method == "DELETE":
@@ -422,11 +426,12 @@ def _http_operations(routes: Iterable[tuple[str, str]]) -> tuple[HttpOperation, 
             response = tuple(f'multipart/related; type="{m}"' for m in frame_types)
         elif method == "GET" and path.startswith("/dicomweb/studies"):
             response = (f'multipart/related; type="{wado.DICOM}"',)
-        if method == "POST" and path.startswith("/dicomweb"):  # STOW-RS
+        if method == "POST" and path.startswith("/dicomweb") and not path.endswith("/reject"):  # STOW-RS
             request = (f'multipart/related; type="{wado.DICOM}"',)
         out.append(HttpOperation(_service(method, path), method, path, request, response))
     order = (
-        "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Server", "Admin",
+        "QIDO-RS", "WADO-RS", "WADO-URI", "STOW-RS", "Delete (not in PS3.18)", "Reject (IHE IOCM)",
+        "Server", "Admin",
         "De-identification", "Migration", "Print", "Access control",
     )  # fmt: skip
     return tuple(sorted(out, key=lambda o: (order.index(o.service), o.path, o.method)))

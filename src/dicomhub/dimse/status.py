@@ -18,6 +18,8 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    RejectedObject,
+    RejectionFailed,
     SOPClassNotSupported,
     StorageError,
     UnknownDestination,
@@ -48,6 +50,10 @@ STORE_DUPLICATE_REFUSED: Final = 0xC401
 STORE_PATIENT_MISMATCH: Final = 0xC402
 STORE_CONFLICT: Final = 0xC403
 STORE_PROCESSING_FAILURE: Final = 0xC210
+# IHE IOCM refusals, with dcm4chee-arc's codes (its StoreService): an object of a
+# rejected instance sent again; a rejection note referencing an instance not held.
+STORE_SUBSEQUENT_OCCURRENCE_OF_REJECTED: Final = 0xA771
+STORE_REJECTION_FAILED_NO_SUCH_INSTANCE: Final = 0xA772
 # PS3.7 C.5.x "Refused: SOP Class not supported" (general status): the data set's
 # SOP class is not storable here (see dicomhub.model.sopclasses).
 STORE_SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
@@ -87,6 +93,8 @@ UNRECOGNIZED_OPERATION: Final = 0x0211
 # Error -> status tables (most specific first); the conformance statement lists them too.
 STORE_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, NOT_AUTHORIZED),
+    (RejectedObject, STORE_SUBSEQUENT_OCCURRENCE_OF_REJECTED),
+    (RejectionFailed, STORE_REJECTION_FAILED_NO_SUCH_INSTANCE),
     (DuplicateInstance, STORE_DUPLICATE_REFUSED),
     (PatientMismatch, STORE_PATIENT_MISMATCH),
     (Conflict, STORE_CONFLICT),

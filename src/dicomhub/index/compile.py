@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, FromClause, Select, and_, exists, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnClause
 
+from dicomhub.index.rejection import visible_clause
 from dicomhub.index.schema import instance, patient, series, study, study_label
 from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import BY_KEYWORD, Attribute
@@ -186,6 +187,9 @@ def compile_query(
     scope : ColumnElement, optional
         An access-control predicate of the caller, AND-ed inside the query so
         that counts, limits and offsets only ever see permitted rows.
+
+    Rejected instances (and series and studies holding nothing else) are
+    left out unless ``query.include_rejected`` (:mod:`dicomhub.index.rejection`).
     """
     level = query.level
     where: list[ColumnElement[bool]] = []
@@ -207,6 +211,10 @@ def compile_query(
             where.append(clause)
     if scope is not None:
         where.append(scope)
+    if not query.include_rejected:
+        visible = visible_clause(level)
+        if visible is not None:
+            where.append(visible)
     if columns is None:
         columns = [patient, study, series, instance][: level.depth + 1]
     table = _TABLE[level]

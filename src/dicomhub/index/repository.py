@@ -34,6 +34,7 @@ from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.links import StudyLinkWrite
+from dicomhub.index.rejection import RejectionWrite
 from dicomhub.index.schema import change, conflict, instance, patient, patient_coercion, series, study
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
 from dicomhub.index.security import insert_labels
@@ -78,6 +79,9 @@ class Alongside:
     labels: tuple[str, ...] = ()
     validation: ValidationRecord | None = None
     study_link: StudyLinkWrite | None = None  # the study's link to its order (index/links.py)
+    # The rejections of a rejection note (index/rejection.py): a note that cannot
+    # reject what it references is refused with them.
+    rejection: RejectionWrite | None = None
 
     def write(self, conn: Connection, study_instance_uid: str) -> None:
         if self.labels:
@@ -86,6 +90,8 @@ class Alongside:
             self.study_link.write(conn)
         if self.validation is not None:
             insert_validation_records(conn, [self.validation])
+        if self.rejection is not None:
+            self.rejection.write(conn)
 
 
 def _corrected(conn: Connection, study_instance_uid: str) -> bool:

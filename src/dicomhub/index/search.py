@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicomhub.errors import IndexUnavailable
 from dicomhub.index import engine as engines
 from dicomhub.index.compile import compile_query, patient_counts, scope_clause
+from dicomhub.index.rejection import visible_counts
 from dicomhub.index.schema import instance, patient, series, study
 from dicomhub.model.access import StudyFilter
 from dicomhub.model.attributes import INDEXED
@@ -64,8 +65,9 @@ class SearchRow:
     representative_pk: int | None
 
 
-def result_columns(level: Level) -> list[Any]:
-    """The attribute columns of ``level`` and every level above it, plus aggregates."""
+def result_columns(level: Level, include_rejected: bool = False) -> list[Any]:
+    """The attribute columns of ``level`` and every level above it, plus aggregates
+    (counts without rejected instances unless ``include_rejected``)."""
     tables = {
         Level.PATIENT: patient,
         Level.STUDY: study,
@@ -76,14 +78,21 @@ def result_columns(level: Level) -> list[Any]:
     for attr in INDEXED:
         if attr.level.depth <= level.depth:
             cols.append(tables[attr.level].c[attr.column])
+    counts: dict[str, Any] = {} if include_rejected else visible_counts(level)
     if level.depth >= Level.STUDY.depth:
         cols += [
             study.c.modalities_in_study,
-            study.c.number_of_series,
-            study.c.number_of_instances.label("study_number_of_instances"),
+            counts.get("number_of_series", study.c.number_of_series).label("number_of_series"),
+            counts.get("study_number_of_instances", study.c.number_of_instances).label(
+                "study_number_of_instances"
+            ),
         ]
     if level.depth >= Level.SERIES.depth:
-        cols.append(series.c.number_of_instances.label("series_number_of_instances"))
+        cols.append(
+            counts.get("series_number_of_instances", series.c.number_of_instances).label(
+                "series_number_of_instances"
+            )
+        )
     if level is Level.IMAGE:
         cols += [instance.c.transfer_syntax_uid, instance.c.size]
     return cols
@@ -107,7 +116,9 @@ class IndexSearch:
         extra: list[Any] = []
         if level is Level.PATIENT:
             extra = [v.label(k) for k, v in patient_counts(permitted).items()]
-        compiled = compile_query(query, columns=result_columns(level), scope=scope_clause(level, permitted))
+        compiled = compile_query(
+            query, columns=result_columns(level, query.include_rejected), scope=scope_clause(level, permitted)
+        )
         stmt = compiled.statement
         rep_cols = self._representative_columns(level)
         stmt = stmt.add_columns(*extra, *rep_cols)
@@ -152,7 +163,9 @@ class IndexSearch:
     ) -> tuple[list[tuple[InstanceRow, int]], tuple[Condition, ...]]:
         """Instances below the matches of ``query`` (for C-GET/C-MOVE) in the studies
         ``permitted`` covers (None: all), with their pks."""
-        image_query = Query(level=Level.IMAGE, conditions=query.conditions)
+        image_query = Query(
+            level=Level.IMAGE, conditions=query.conditions, include_rejected=query.include_rejected
+        )
         compiled = compile_query(
             image_query,
             columns=[
@@ -186,7 +199,9 @@ class IndexSearch:
         For WADO-RS metadata: the JSON text (None when not prepared yet) comes
         with the row, so a series' metadata reads no blob.
         """
-        image_query = Query(level=Level.IMAGE, conditions=query.conditions)
+        image_query = Query(
+            level=Level.IMAGE, conditions=query.conditions, include_rejected=query.include_rejected
+        )
         compiled = compile_query(
             image_query,
             columns=[

@@ -51,6 +51,7 @@ class OriginKind(enum.Enum):
     DEIDENTIFICATION = "deidentification"
     ROUTING = "routing"
     PRINT = "print"  # a print job archived as an Encapsulated PDF (the Print SCP)
+    REJECTION = "rejection"  # a rejection note the archive made (dicomhub reject, REST reject)
     # Tests and library callers that name no source (the caller says who asked).
     UNSPECIFIED = "unspecified"
 

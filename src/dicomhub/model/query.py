@@ -118,6 +118,9 @@ class Query:
     offset: int = 0
     fuzzy_person_names: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # Instances rejected by a rejection note (IHE IOCM) are hidden unless asked for
+    # (QIDO-RS and WADO-RS ``includerejected=true``); see dicomhub.index.rejection.
+    include_rejected: bool = False
 
     def condition(self, keyword: str) -> Condition | None:
         for cond in self.conditions:

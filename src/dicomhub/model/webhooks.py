@@ -41,6 +41,7 @@ _EVENT_OF: Final[dict[tuple[str, str], str]] = {
     ("deleted", "SERIES"): "deleted",
     ("deleted", "IMAGE"): "deleted",
     ("updated", "STUDY"): "updated",
+    ("rejected", "IMAGE"): "rejected",  # by a rejection note (IHE IOCM)
 }
 EVENTS: Final = frozenset(_EVENT_OF.values())
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")

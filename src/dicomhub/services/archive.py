@@ -30,6 +30,7 @@ from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
+from dicomhub.services.rejection import RejectionService
 from dicomhub.services.repair import RepairService
 from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
@@ -94,6 +95,8 @@ class Archive:
     print_client: PrintClientService | None = None
     # Repair from peers (dicomhub repair, POST /admin/repair); None where nothing wired it.
     repair: RepairService | None = None
+    # Rejects instances on request with a rejection note (IHE IOCM); None where nothing wired it.
+    rejection: RejectionService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

@@ -190,8 +190,11 @@ class WadoService:
     # ------------------------------------------------------------ finding
 
     @staticmethod
-    def query(study: str, series: str | None = None, instance: str | None = None) -> Query:
-        """An IMAGE-level query for the instances below the given UIDs.
+    def query(
+        study: str, series: str | None = None, instance: str | None = None, *, include_rejected: bool = False
+    ) -> Query:
+        """An IMAGE-level query for the instances below the given UIDs (rejected ones
+        only with ``include_rejected``).
 
         Raises
         ------
@@ -207,26 +210,40 @@ class WadoService:
             conditions.append(
                 Condition("SOPInstanceUID", "UI", Single(require_uid(instance, "SOPInstanceUID")))
             )
-        return Query(level=Level.IMAGE, conditions=tuple(conditions))
+        return Query(level=Level.IMAGE, conditions=tuple(conditions), include_rejected=include_rejected)
 
     def instances(
-        self, caller: Caller, study: str, series: str | None = None, instance: str | None = None
+        self,
+        caller: Caller,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        *,
+        include_rejected: bool = False,
     ) -> list[InstanceRow]:
         """The instances of a study, series or instance; :class:`NotFound` when there are none."""
-        rows = self.search.instances(self.query(study, series, instance), caller)
+        query = self.query(study, series, instance, include_rejected=include_rejected)
+        rows = self.search.instances(query, caller)
         if not rows:
             raise NotFound(_what(study, series, instance))
         return rows
 
     def metadata(
-        self, caller: Caller, study: str, series: str | None = None, instance: str | None = None
+        self,
+        caller: Caller,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        *,
+        include_rejected: bool = False,
     ) -> list[tuple[InstanceRow, str]]:
         """Instances and their header as DICOM JSON text (``bulkdata:GGGGEEEE`` placeholders).
 
         The JSON comes from the index in the same query as the rows; headers
         not prepared yet are computed from the blob and saved.
         """
-        pairs = self.search.instances_with_header_json(self.query(study, series, instance), caller)
+        query = self.query(study, series, instance, include_rejected=include_rejected)
+        pairs = self.search.instances_with_header_json(query, caller)
         if not pairs:
             raise NotFound(_what(study, series, instance))
         out: list[tuple[InstanceRow, str]] = []

@@ -17,6 +17,7 @@ from dicomhub.errors import (
     InsufficientStorage,
     InvalidRequest,
     NotFound,
+    RejectedObject,
     StorageError,
 )
 from dicomhub.services.governance import Forbidden, Unauthenticated
@@ -53,6 +54,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (RejectedObject, 409),
     (IndexUnavailable, 503),
     (InsufficientStorage, 507),
     (StorageError, 503),

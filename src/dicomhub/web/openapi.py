@@ -29,6 +29,7 @@ from dicomhub.web.changes import change_paths
 from dicomhub.web.mpps import mpps_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
+from dicomhub.web.openapi_rejection import include_rejected_parameter, reject_paths
 from dicomhub.web.openapi_ui import ui_paths
 from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
@@ -442,6 +443,7 @@ def _qido_parameters() -> list[Json]:
             {"type": "boolean"},
             "Fuzzy (case-insensitive, word) matching of person names.",
         ),
+        include_rejected_parameter(),
     ]
 
 
@@ -489,6 +491,7 @@ def _metadata_operation(path: str, operation_id: str, what: str) -> Json:
             ),
             "parameters": [
                 *_uid_params(*_scope(path)),
+                include_rejected_parameter(),
                 {
                     "name": "If-None-Match",
                     "in": "header",
@@ -939,6 +942,7 @@ def _paths() -> Json:
     paths.update(trash_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
+    paths.update(reject_paths())
     paths.update(ui_paths())
     return paths
 

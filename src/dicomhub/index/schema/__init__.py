@@ -3,8 +3,8 @@
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
 :mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`, :mod:`.routing`,
-:mod:`.trash`), all built from the shared column types of :mod:`.types` (one surrogate key
-type, one UTC timestamp type).
+:mod:`.trash`, :mod:`.rejection`), all built from the shared column types of :mod:`.types`
+(one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
 
@@ -64,6 +64,7 @@ from dicomhub.index.schema.orders import (
     scheduled_procedure_step,
 )
 from dicomhub.index.schema.printing import print_film, print_job
+from dicomhub.index.schema.rejection import rejected_instance
 from dicomhub.index.schema.routing import route_item
 from dicomhub.index.schema.security import (
     api_token,
@@ -116,6 +117,7 @@ __all__ = [
     "print_job",
     "reconcile_run",
     "route_item",
+    "rejected_instance",
     "requested_procedure",
     "role_grant",
     "scheduled_procedure_step",

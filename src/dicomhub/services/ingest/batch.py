@@ -304,6 +304,7 @@ class BatchIngest(IngestSteps):
         try:
             header = written.header or self._check_written(written, expect_study_uid)
             self._guard(caller, header)
+            rejection = self._rejection(header, caller, BlobRef(blob.key))
             validated = self._validate(header, caller, origin, BlobRef(blob.key))
             target = self._compression_target(header)
             if target == header.transfer_syntax_uid:
@@ -327,7 +328,7 @@ class BatchIngest(IngestSteps):
         except DicomhubError:
             self._discard(blob.key)
             raise
-        prepared = Prepared(b"", header, content, blob.size, validated)
+        prepared = Prepared(b"", header, content, blob.size, validated, rejection)
         if target is None:
             return prepared, blob, False
         with mapped_blob(self.blobs, blob.key) as data:
@@ -340,4 +341,4 @@ class BatchIngest(IngestSteps):
             LOGGER.warning("%s kept as received: cannot write its compressed copy", header.sop_instance_uid)
             return prepared, blob, False
         self._discard(blob.key)
-        return Prepared(b"", compressed.header, content, blob.size, validated), stored, True
+        return Prepared(b"", compressed.header, content, blob.size, validated, rejection), stored, True

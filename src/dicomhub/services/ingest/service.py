@@ -235,6 +235,7 @@ class IngestService(BatchIngest):
                     "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
                 )
             self._guard(caller, header)
+            rejection = self._rejection(header, caller, BlobRef(blob.key))
             validated = self._validate(header, caller, origin, BlobRef(blob.key))
             digest = content.hexdigest()
             existing = self.index.get_instance(header.sop_instance_uid)
@@ -246,7 +247,7 @@ class IngestService(BatchIngest):
             if not isinstance(exc, Conflict):
                 self._discard(blob.key)
             raise
-        prepared = Prepared(b"", header, digest, blob.size, validated)
+        prepared = Prepared(b"", header, digest, blob.size, validated, rejection)
         return self._index_one(prepared, blob, origin, caller)
 
     def _store_part10_file(

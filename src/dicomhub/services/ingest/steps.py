@@ -26,6 +26,7 @@ from dicomhub.errors import (
     TranscodeError,
 )
 from dicomhub.index.links import StudyLinkWrite
+from dicomhub.index.rejection import RejectionWrite
 from dicomhub.index.repository import AddOutcome, AddResult, Alongside, IndexRepository
 from dicomhub.model.caller import Caller
 from dicomhub.model.extract import extract_part10
@@ -36,6 +37,7 @@ from dicomhub.model.sopclasses import StorableSOPClasses
 from dicomhub.services.blobfiles import mapped_blob
 from dicomhub.services.contentdigest import content_digest
 from dicomhub.services.duplicates import BlobRef, Decision, DuplicateJudge, Incoming, Verdict, other_content
+from dicomhub.services.rejection_notes import RejectionNotes
 from dicomhub.services.validation import NOT_VALIDATED, Validated, ValidationService
 from dicomhub.storage.base import BlobInfo, BlobStore
 from dicomhub.telemetry.metrics import metrics
@@ -54,6 +56,7 @@ class Prepared:
     content_sha256: str
     size: int  # of the object as received
     validated: Validated = NOT_VALIDATED
+    rejection: RejectionWrite | None = None  # when the object is a rejection note
 
     @property
     def warning(self) -> str | None:
@@ -75,6 +78,7 @@ class IngestSteps:
         labeller: Callable[[Caller, InstanceHeader], Iterable[str]] | None = None,
         storable: StorableSOPClasses | None = None,
         linker: Callable[[InstanceHeader, bytes, str], StudyLinkWrite | None] | None = None,
+        rejections: RejectionNotes | None = None,
     ) -> None:
         """
         Parameters
@@ -100,8 +104,12 @@ class IngestSteps:
             memory, else empty) and its blob key: the link of its study to its order
             to write in the row's transaction, or None. It looks a study up once per
             process and never raises.
+        rejections : RejectionNotes, optional
+            Refuses objects of rejected instances and reads rejection notes
+            (IHE IOCM); their rejections are written in the note's transaction.
         """
         self.linker = linker
+        self.rejections = rejections
         self.store_guard = store_guard
         self.labeller = labeller
         self.index = index
@@ -186,9 +194,9 @@ class IngestSteps:
             labels = tuple(
                 sorted(label for label in self.labeller(caller, header) if (uid, label) not in self._labelled)
             )
-        if not labels and prepared.validated.record is None and link is None:
+        if not labels and prepared.validated.record is None and link is None and prepared.rejection is None:
             return None
-        return Alongside(labels, prepared.validated.record, link)
+        return Alongside(labels, prepared.validated.record, link, prepared.rejection)
 
     def _prepare(
         self,
@@ -211,6 +219,7 @@ class IngestSteps:
                 f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
             )
         self._guard(caller, header)
+        rejection = self._rejection(header, caller, data)
         validated = self._validate(header, caller, origin, data)
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
@@ -219,7 +228,7 @@ class IngestSteps:
         answered = self._act(decision, header, origin, caller, data, len(data), validated.warning)
         if answered is not None:
             return answered
-        return self._compressed(Prepared(data, header, content, len(data), validated))
+        return self._compressed(Prepared(data, header, content, len(data), validated, rejection))
 
     def _compressed(self, prepared: Prepared, received_sha256: str = "") -> Prepared:
         """The object to write: as received, or compressed at rest when a rule says so.
@@ -300,6 +309,8 @@ class IngestSteps:
         outcome = StoreOutcome.REPLACED if added.result is AddResult.REPLACED else StoreOutcome.STORED
         if self.labeller is not None:
             self._labels_committed(header, caller)
+        if prepared.rejection is not None and self.rejections is not None:
+            self.rejections.applied(prepared.rejection, caller)
         return self._result(outcome, header, prepared.size, prepared.warning)
 
     def _labels_committed(self, header: InstanceHeader, caller: Caller) -> None:
@@ -312,6 +323,18 @@ class IngestSteps:
             if len(self._labelled) > 100000:
                 self._labelled.clear()
             self._labelled.update((uid, label) for label in self.labeller(caller, header))
+
+    def _rejection(self, header: InstanceHeader, caller: Caller, source: Incoming) -> RejectionWrite | None:
+        """Refuse an object of a rejected instance; the rejections of a rejection note."""
+        if self.rejections is None:
+            return None
+        self.rejections.refuse_rejected(header)
+        if not self.rejections.may_be_note(header):
+            return None
+        if isinstance(source, BlobRef):
+            with mapped_blob(self.blobs, source.key) as data:
+                return self.rejections.rejection_of(header, bytes(data), caller)
+        return self.rejections.rejection_of(header, source, caller)
 
     def _guard(self, caller: Caller, header: InstanceHeader) -> None:
         if self.store_guard is not None and not caller.access.unrestricted:

@@ -1,4 +1,4 @@
-"""DICOMweb (PS3.18) under ``/dicomweb``: QIDO-RS, WADO-RS, STOW-RS, WADO-URI, delete."""
+"""DICOMweb (PS3.18) under ``/dicomweb``: QIDO-RS, WADO-RS, STOW-RS, WADO-URI, delete, reject."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from starlette.routing import BaseRoute
 
 from dicomhub.config import Settings
 from dicomhub.services.archive import Archive
-from dicomhub.web.dicomweb import delete, qido, stow, wado
+from dicomhub.web.dicomweb import delete, qido, rejection, stow, wado
 
 __all__ = ["routes"]
 
@@ -18,4 +18,5 @@ def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
         *wado.routes(archive, settings),
         *stow.routes(archive, settings),
         *delete.routes(archive, settings),
+        *rejection.routes(archive, settings),
     ]

@@ -47,6 +47,7 @@ from dicomhub.model.query import (
 from dicomhub.services.archive import Archive
 from dicomhub.web.auth import audit_after_response, caller_of, outcome_of
 from dicomhub.web.dicomweb.dicomjson import match_to_xml, matches_to_json_bytes
+from dicomhub.web.dicomweb.rejection import INCLUDE_REJECTED, include_rejected_value
 from dicomhub.web.dicomweb.urls import dicomweb_base
 from dicomhub.web.errors import NotAcceptable
 
@@ -124,7 +125,9 @@ _UNIQUE_KEY = {
     Level.SERIES: "SeriesInstanceUID",
     Level.IMAGE: "SOPInstanceUID",
 }
-_RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"})
+_RESERVED = frozenset(
+    {"limit", "offset", "fuzzymatching", "includefield", "accept", "charset", INCLUDE_REJECTED}
+)
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DIGITS_RE = re.compile(r"^[0-9]{1,18}$")
 
@@ -243,6 +246,7 @@ def parse_qido_params(
     limit_text: str | None = None
     offset_text: str | None = None
     fuzzy = False
+    include_rejected = False
     accept: str | None = None
     for name, value in params:
         lname = name.lower()
@@ -255,6 +259,8 @@ def parse_qido_params(
                 if value.strip().lower() not in ("true", "false"):
                     raise InvalidRequest(f"fuzzymatching must be true or false, not {value!r}")
                 fuzzy = value.strip().lower() == "true"
+            elif lname == INCLUDE_REJECTED:
+                include_rejected = include_rejected_value(value)
             elif lname == "includefield":
                 for item in value.split(","):
                     item = item.strip()
@@ -330,6 +336,7 @@ def parse_qido_params(
         limit=limit + 1,
         offset=offset,
         fuzzy_person_names=fuzzy,
+        include_rejected=include_rejected,
     )
     return QidoRequest(
         query=query,

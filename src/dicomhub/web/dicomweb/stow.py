@@ -43,6 +43,10 @@ InvalidRequest (not Part 10, truncated),    0xC000  Cannot understand
 a part that is not ``application/dicom``
 StorageError, IndexUnavailable              0xA700  Out of resources
 Forbidden (no STORE grant for the study)    0x0124  Refused: not authorized
+RejectedObject (its instance was rejected   0xA771  Subsequent occurrence of a
+by a rejection note)                                rejected object (IHE IOCM)
+RejectionFailed (a rejection note           0xA772  Rejection failed: no such
+referencing an instance not held)                   instance (IHE IOCM)
 anything else (logged with its traceback)   0x0110  Processing failure
 ==========================================  ======  ==============================
 
@@ -95,6 +99,8 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    RejectedObject,
+    RejectionFailed,
     SOPClassNotSupported,
     StorageError,
 )
@@ -139,9 +145,14 @@ DUPLICATE_SOP_INSTANCE: Final = 0x0111
 PROCESSING_FAILURE: Final = 0x0110
 NOT_AUTHORIZED: Final = 0x0124  # PS3.4 Table GG.4-1: Refused: not authorized
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122  # PS3.7 C.5: Refused: SOP Class not supported
+# IHE IOCM refusals: the C-STORE statuses of dcm4chee-arc, which its STOW-RS reports too.
+SUBSEQUENT_OCCURRENCE_OF_REJECTED: Final = 0xA771
+REJECTION_FAILED_NO_SUCH_INSTANCE: Final = 0xA772
 
 _FAILURE_REASONS: tuple[tuple[type[Exception], int], ...] = (
     (Forbidden, NOT_AUTHORIZED),
+    (RejectedObject, SUBSEQUENT_OCCURRENCE_OF_REJECTED),
+    (RejectionFailed, REJECTION_FAILED_NO_SUCH_INSTANCE),
     (DuplicateInstance, DUPLICATE_SOP_INSTANCE),
     (PatientMismatch, DATASET_DOES_NOT_MATCH),
     (Conflict, DUPLICATE_SOP_INSTANCE),

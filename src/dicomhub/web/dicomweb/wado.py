@@ -70,6 +70,7 @@ from dicomhub.web.dicomweb.multipart import (
     new_boundary,
     parse_accept,
 )
+from dicomhub.web.dicomweb.rejection import include_rejected
 from dicomhub.web.dicomweb.render import (
     RENDERED_TYPES,
     Viewport,
@@ -185,7 +186,9 @@ class _Wado:
         caller may not retrieve is not found, and audited as a refusal)."""
         caller = _caller(request)
         try:
-            rows = self.wado.instances(caller, study, series, instance)
+            rows = self.wado.instances(
+                caller, study, series, instance, include_rejected=include_rejected(request)
+            )
         except DicomhubError as exc:
             self._audit(request, caller, study, [], exc)
             raise
@@ -263,7 +266,9 @@ class _Wado:
         study, series, instance = _uids(request)
         caller = _caller(request)
         try:
-            pairs = self.wado.metadata(caller, study, series, instance)
+            pairs = self.wado.metadata(
+                caller, study, series, instance, include_rejected=include_rejected(request)
+            )
         except DicomhubError as exc:
             self._audit(request, caller, study, [], exc)
             raise
