@@ -8,7 +8,7 @@ the SQL of a query comes from :mod:`dicomhub.index.compile`, per dialect.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,7 @@ def result_columns(level: Level, include_rejected: bool = False) -> list[Any]:
     for attr in INDEXED:
         if attr.level.depth <= level.depth:
             cols.append(tables[attr.level].c[attr.column])
-    counts: dict[str, Any] = {} if include_rejected else visible_counts(level)
+    counts: Mapping[str, Any] = {} if include_rejected else visible_counts(level)
     if level.depth >= Level.STUDY.depth:
         cols += [
             study.c.modalities_in_study,
