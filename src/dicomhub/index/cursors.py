@@ -3,12 +3,12 @@ in the same transaction as the job's results, so a crash repeats work, never ski
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import worker_cursor
+from dicomhub.index.schema import change, worker_cursor
 
-__all__ = ["move_cursor", "read_cursor"]
+__all__ = ["change_log_position", "move_cursor", "read_cursor"]
 
 
 def read_cursor(engine: Engine, name: str) -> int:
@@ -25,3 +25,20 @@ def move_cursor(conn: Connection, name: str, position: int) -> None:
     ).rowcount
     if not moved:
         conn.execute(insert(worker_cursor).values(name=name, position=position))
+
+
+def change_log_position(engine: Engine, name: str) -> int:
+    """Position in the change log of the named follower (a webhook, routing); the newest
+    entry the first time, written so: a new follower reports what happens from now
+    on, not the archive's whole history."""
+    where = select(worker_cursor.c.position).where(worker_cursor.c.name == name)
+    with engines.read(engine) as conn:
+        found = conn.execute(where).scalar()
+    if found is not None:
+        return int(found)
+    with engines.write(engine) as conn:
+        found = conn.execute(where).scalar()
+        if found is None:
+            found = conn.execute(select(func.max(change.c.seq))).scalar() or 0
+            move_cursor(conn, name, int(found))
+    return int(found)

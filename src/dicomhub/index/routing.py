@@ -18,16 +18,14 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from dicomhub.index import engine as engines
-from dicomhub.index.cursors import move_cursor
+from dicomhub.index.cursors import change_log_position, move_cursor
 from dicomhub.index.schema import (
-    change,
     instance,
     patient,
     route_item,
     series,
     study,
     study_label,
-    worker_cursor,
 )
 from dicomhub.model.attributes import INDEXED
 from dicomhub.model.identifiers import Level
@@ -76,17 +74,7 @@ class RouteRepository:
     def position(self) -> int:
         """The last change log entry enqueued from; the newest entry the first time
         (routes forward what is stored from then on, not the archive's history)."""
-        where = select(worker_cursor.c.position).where(worker_cursor.c.name == CURSOR)
-        with engines.read(self.engine) as conn:
-            found = conn.execute(where).scalar()
-        if found is not None:
-            return int(found)
-        with engines.write(self.engine) as conn:
-            found = conn.execute(where).scalar()
-            if found is None:
-                found = conn.execute(select(func.max(change.c.seq))).scalar() or 0
-                move_cursor(conn, CURSOR, int(found))
-        return int(found)
+        return change_log_position(self.engine, CURSOR)
 
     def facts(
         self, *, sop_instance_uids: Sequence[str] = (), study_instance_uid: str = ""

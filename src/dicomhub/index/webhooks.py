@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, insert, select
 
 from dicomhub.index import engine as engines
-from dicomhub.index.cursors import move_cursor
-from dicomhub.index.schema import change, webhook_delivery, worker_cursor
+from dicomhub.index.cursors import change_log_position, move_cursor
+from dicomhub.index.schema import webhook_delivery
 
 __all__ = ["WebhookRepository"]
 
@@ -36,18 +36,7 @@ class WebhookRepository:
         A webhook seen for the first time starts at the newest entry: it reports what
         happens from now on, not the archive's whole history.
         """
-        name = _cursor_name(webhook)
-        where = select(worker_cursor.c.position).where(worker_cursor.c.name == name)
-        with engines.read(self.engine) as conn:
-            found = conn.execute(where).scalar()
-        if found is not None:
-            return int(found)
-        with engines.write(self.engine) as conn:
-            found = conn.execute(where).scalar()
-            if found is None:
-                found = conn.execute(select(func.max(change.c.seq))).scalar() or 0
-                move_cursor(conn, name, int(found))
-        return int(found)
+        return change_log_position(self.engine, _cursor_name(webhook))
 
     def record(
         self,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.model.tables import named_tables
 
 __all__ = [
     "Duration",
@@ -176,17 +177,4 @@ def parse_retention_rules(value: Any) -> tuple[RetentionRule, ...]:
     ConfigurationError
         Naming the table and the key that is wrong.
     """
-    if isinstance(value, RetentionRule):
-        return (value,)
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list | tuple) or not all(isinstance(t, Mapping | RetentionRule) for t in value):
-        raise ConfigurationError("retention rules are [[retention]] tables of the configuration file")
-    rules = tuple(
-        t if isinstance(t, RetentionRule) else _rule(t, f"[[retention]] #{i + 1}")
-        for i, t in enumerate(value)
-    )
-    names = [r.name for r in rules]
-    if len(set(names)) != len(names):
-        raise ConfigurationError("two [[retention]] tables have the same name")
-    return rules
+    return named_tables(value, RetentionRule, _rule, "retention", "retention rules")

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from dicomhub.errors import ConfigurationError
 from dicomhub.model.attributes import BY_KEYWORD
+from dicomhub.model.tables import named_tables
 
 __all__ = [
     "FOLDER_PREFIX",
@@ -166,16 +167,4 @@ def _route(table: Mapping[str, Any], where: str) -> Route:
 
 def parse_routes(value: Any) -> tuple[Route, ...]:
     """The ``[[route]]`` tables of a configuration file, checked (names unique)."""
-    if isinstance(value, Route):
-        return (value,)
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(t, Mapping | Route) for t in value):
-        raise ConfigurationError("routes are [[route]] tables of the configuration file")
-    routes = tuple(
-        t if isinstance(t, Route) else _route(t, f"[[route]] #{i + 1}") for i, t in enumerate(value)
-    )
-    names = [r.name for r in routes]
-    if len(set(names)) != len(names):
-        raise ConfigurationError("two [[route]] tables have the same name")
-    return routes
+    return named_tables(value, Route, _route, "route", "routes")

@@ -28,6 +28,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.model.tables import named_tables
 
 __all__ = ["EVENTS", "Webhook", "backoff", "event_of", "parse_webhooks", "signature"]
 
@@ -113,16 +114,4 @@ def _webhook(table: Mapping[str, Any], where: str) -> Webhook:
 
 def parse_webhooks(value: Any) -> tuple[Webhook, ...]:
     """The ``[[webhook]]`` tables of a configuration file, checked (names unique)."""
-    if isinstance(value, Webhook):
-        return (value,)
-    if isinstance(value, Mapping):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(t, Mapping | Webhook) for t in value):
-        raise ConfigurationError("webhooks are [[webhook]] tables of the configuration file")
-    hooks = tuple(
-        t if isinstance(t, Webhook) else _webhook(t, f"[[webhook]] #{i + 1}") for i, t in enumerate(value)
-    )
-    names = [h.name for h in hooks]
-    if len(set(names)) != len(names):
-        raise ConfigurationError("two [[webhook]] tables have the same name")
-    return hooks
+    return named_tables(value, Webhook, _webhook, "webhook", "webhooks")
