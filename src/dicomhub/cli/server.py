@@ -1,7 +1,7 @@
 """``dicomhub serve`` and ``dicomhub conformance``: the server, and the statement of what it would run.
 
 ``serve`` only parses here; the processes it starts and stops are the
-composition root's (:func:`dicomhub.bootstrap.serve`).
+composition root's (:func:`dicomhub.bootstrap.processes.serve`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"dicomhub: {refusal}", file=sys.stderr)
         return 2
-    from dicomhub.bootstrap import serve
+    from dicomhub.bootstrap.processes import serve
 
     serve(settings)
     return 0

@@ -322,7 +322,7 @@ class DimseWorkers:
         tls_listener: socket.socket | None = None,
     ) -> None:
         """``worker_main(settings, listener, index, load, parent_pid, tls_listener)`` runs one
-        worker (the composition root provides it: :func:`dicomhub.bootstrap.run_dimse_worker`).
+        worker (the composition root provides it: :func:`dicomhub.bootstrap.processes.run_dimse_worker`).
         ``tls_listener``: the DICOM TLS port's socket, shared the same way."""
         self.settings = settings
         self.listener = listener
