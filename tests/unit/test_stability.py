@@ -8,6 +8,7 @@ import datetime as dt
 import io
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
 from dicomhub.index.engine import connect_engine, migrate
@@ -60,3 +61,34 @@ def test_stable_once_quiet_and_again_after_a_late_instance(tmp_path: Path, index
     clock[0] += dt.timedelta(seconds=31)
     assert service.step() == 2
     assert stable_changes(index)[2:] == [("SERIES", str(late.SeriesInstanceUID)), ("STUDY", study)]
+
+
+def test_a_late_instance_in_the_same_series_unsettles_it_after_the_skip_window(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store skips clearing ``stable_at`` it cleared less than ``unstable_for`` ago (the
+    detector cannot have announced since); past that it clears again."""
+    import dicomhub.index.repository as repository
+
+    engine = connect_engine(index_url)
+    migrate(engine, lock_dir=tmp_path)
+    index = IndexRepository(engine, unstable_for=30)
+    ingest = IngestService(index, MemoryBlobStore(), DuplicatePolicy.KEEP)
+    clock = [utc_now()]
+    service = StabilityService(StabilityRepository(engine), 60, clock=lambda: clock[0])
+    ticks = [1000.0]
+    monkeypatch.setattr(repository.time, "monotonic", lambda: ticks[0])
+
+    first = datagen.make_dataset(patient_id="ST2")
+    ingest.store_part10(encode(first), CLI)
+    study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    clock[0] += dt.timedelta(seconds=61)
+    assert service.step() == 2  # quiet for the stable age: announced
+
+    # The same series, a stable age later (as the detector requires): cleared again.
+    ticks[0] += 61
+    late = datagen.make_dataset(patient_id="ST2", study_uid=study, series_uid=series)
+    ingest.store_part10(encode(late), CLI)
+    clock[0] = utc_now() + dt.timedelta(seconds=61)
+    assert service.step() == 2
+    assert stable_changes(index)[2:] == [("SERIES", series), ("STUDY", study)]

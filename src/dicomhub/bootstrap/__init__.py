@@ -153,7 +153,9 @@ def open_archive(settings: Settings, *, upgrade: bool = True) -> Archive:
 def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     if upgrade:
         migrate(engine, lock_dir=settings.data_dir)
-    index = IndexRepository(engine)
+    # Half the stable age: a store skips clearing stable_at it cleared that recently
+    # (see IndexRepository), with room for clock skew between nodes.
+    index = IndexRepository(engine, unstable_for=settings.stable_age / 2)
     blobs = open_blob_store(settings)
     headers = HeaderService(index, blobs)
     content_digests = ContentDigestService(index, blobs)

@@ -7,10 +7,13 @@ SQLAlchemy; exceptions from the driver are translated here or in
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import functools
+import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -187,6 +190,9 @@ class _Parents:
     study_uid: str
     study_pk: int
     series_pk: int
+    # When (time.monotonic) a committed store of this process cleared the series'
+    # and study's stable_at: see IndexRepository.unstable_for.
+    cleared_at: float = -math.inf
 
 
 K = TypeVar("K")
@@ -223,8 +229,15 @@ class _LRU(Generic[K, V]):
 class IndexRepository(IndexSearch):
     """The index of one archive, on one SQLAlchemy engine (its queries: :class:`IndexSearch`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, unstable_for: float = 0.0) -> None:
+        """``unstable_for``: seconds during which a store need not clear ``stable_at``
+        again after this process's last store into the same series cleared it. The
+        stability detector announces a study only once no store came for its
+        ``stable_age``; every store writes ``updated_at``, so within a fraction of that
+        age the detector cannot have set ``stable_at`` since (half of it leaves room for
+        clock skew between nodes). 0: every store clears."""
         self.engine = engine
+        self.unstable_for = unstable_for
         self._writer = GroupCommitter(engine)
         # Series UID -> keys of its parents, for the stores that fill a
         # series one instance at a time (most of them).
@@ -389,6 +402,8 @@ class IndexRepository(IndexSearch):
             for (h, _b, _c, _ae), extra in zip(items, alongside, strict=True):
                 if extra is not None:
                     extra.write(conn, h.study_instance_uid)
+        ticks = time.monotonic()
+        parents = {uid: dataclasses.replace(known, cleared_at=ticks) for uid, known in parents.items()}
         return [AddOutcome(AddResult.CREATED) for _ in items], parents
 
     def _add_job(
@@ -431,10 +446,11 @@ class IndexRepository(IndexSearch):
         now = utc_now()
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
+        cleared_at = -math.inf
         if known is not None and known.study_uid == h.study_instance_uid and (
             known.patient_id == h.patient_id
         ):
-            series_pk, study_pk = known.series_pk, known.study_pk
+            series_pk, study_pk, cleared_at = known.series_pk, known.study_pk, known.cleared_at
         else:
             series_pk, study_pk = self._insert_parents(conn, h, now, changes)
         conn.execute(
@@ -442,11 +458,14 @@ class IndexRepository(IndexSearch):
         )
         conn.execute(_SERIES_STORED, {"b_pk": series_pk, "b_n": 1, "b_now": now})
         conn.execute(_STUDY_STORED, {"b_pk": study_pk, "b_n": 1, "b_now": now})
-        conn.execute(_SERIES_UNSTABLE, {"b_pk": series_pk})
-        conn.execute(_STUDY_UNSTABLE, {"b_pk": study_pk})
+        ticks = time.monotonic()
+        if ticks - cleared_at >= self.unstable_for:
+            conn.execute(_SERIES_UNSTABLE, {"b_pk": series_pk})
+            conn.execute(_STUDY_UNSTABLE, {"b_pk": study_pk})
+            cleared_at = ticks
         changes.append(_change("created", Level.IMAGE, h.sop_instance_uid, now))
         conn.execute(_INSERT_CHANGE, changes)
-        return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
+        return _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk, cleared_at)
 
     def _insert_parents(
         self, conn: Connection, h: InstanceHeader, now: dt.datetime, changes: list[dict[str, Any]]
