@@ -35,6 +35,7 @@ from dicomhub.model.timestamps import utc_now
 __all__ = [
     "RejectionRepository",
     "RejectionWrite",
+    "rejection_row",
     "visible_clause",
     "visible_counts",
 ]
@@ -87,6 +88,13 @@ def visible_clause(level: Level) -> ColumnElement[bool] | None:
     if level is Level.STUDY:
         return _study_visible()
     return None
+
+
+@functools.cache
+def rejection_row(conn: Connection, sop_instance_uid: str) -> dict[str, Any] | None:
+    """The ``rejected_instance`` row of an instance, or None, in the caller's transaction."""
+    row = conn.execute(_REJECTION_OF, {"b_uid": sop_instance_uid}).mappings().first()
+    return None if row is None else dict(row)
 
 
 @functools.cache
@@ -223,8 +231,7 @@ class RejectionRepository:
     def rejection_of(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The rejection of an instance (its ``rejected_instance`` row), or None."""
         with engines.read(self.engine) as conn:
-            row = conn.execute(_REJECTION_OF, {"b_uid": sop_instance_uid}).mappings().first()
-        return None if row is None else dict(row)
+            return rejection_row(conn, sop_instance_uid)
 
     def missing(self, refs: Sequence[SOPReference]) -> list[SOPReference]:
         """The references that are not held (in the series and study they name)."""

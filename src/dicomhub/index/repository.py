@@ -37,7 +37,7 @@ from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.links import StudyLinkWrite
-from dicomhub.index.rejection import RejectionWrite
+from dicomhub.index.rejection import RejectionWrite, rejection_row
 from dicomhub.index.schema import change, conflict, instance, patient, patient_coercion, series, study
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
 from dicomhub.index.security import insert_labels
@@ -248,6 +248,14 @@ class IndexRepository(IndexSearch):
     def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
         with engines.read(self.engine) as conn:
             return self._get_instance(conn, sop_instance_uid)
+
+    def get_instance_and_rejection(
+        self, sop_instance_uid: str
+    ) -> tuple[InstanceRow | None, dict[str, Any] | None]:
+        """The instance's row and its rejection (IHE IOCM), in one read: what a store
+        asks before it writes anything."""
+        with engines.read(self.engine) as conn:
+            return self._get_instance(conn, sop_instance_uid), rejection_row(conn, sop_instance_uid)
 
     def _get_instance(self, conn: Connection, sop_instance_uid: str) -> InstanceRow | None:
         r = conn.execute(_SELECT_INSTANCE, {"b_uid": sop_instance_uid}).mappings().first()

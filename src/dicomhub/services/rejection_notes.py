@@ -18,6 +18,8 @@ asks for every object:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from dicomhub.errors import DicomhubError, InvalidRequest, NotFound, RejectedObject, RejectionFailed
 from dicomhub.index.rejection import RejectionRepository, RejectionWrite
@@ -46,7 +48,12 @@ class RejectionNotes:
 
     def refuse_rejected(self, header: InstanceHeader) -> None:
         """Raise :class:`RejectedObject` when ``header``'s instance was rejected."""
-        found = self.repository.rejection_of(header.sop_instance_uid)
+        self.refuse(header, self.repository.rejection_of(header.sop_instance_uid))
+
+    @staticmethod
+    def refuse(header: InstanceHeader, found: Mapping[str, Any] | None) -> None:
+        """Raise :class:`RejectedObject` when ``found`` (the instance's rejection row, read
+        by the caller) says it was rejected."""
         if found is not None:
             raise RejectedObject(
                 f"subsequent occurrence of rejected object {header.sop_instance_uid} "

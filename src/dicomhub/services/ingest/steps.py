@@ -219,12 +219,18 @@ class IngestSteps:
                 f"{header.study_instance_uid}, not to the target study {expect_study_uid}"
             )
         self._guard(caller, header)
-        rejection = self._rejection(header, caller, data)
+        # What is held under the UID and whether it was rejected: one read of the index.
+        if self.rejections is not None:
+            existing, rejected = self.index.get_instance_and_rejection(header.sop_instance_uid)
+            self.rejections.refuse(header, rejected)
+            rejection = self._note(header, caller, data)
+        else:
+            existing, rejection = self.index.get_instance(header.sop_instance_uid), None
         validated = self._validate(header, caller, origin, data)
         # Duplicates are judged on the data set alone: the File Meta differs
         # between senders (Source AE Title, implementation UIDs) for the same object.
         content = content_digest(data)
-        decision = self._decide(header, self.index.get_instance(header.sop_instance_uid), content, data)
+        decision = self._decide(header, existing, content, data)
         answered = self._act(decision, header, origin, caller, data, len(data), validated.warning)
         if answered is not None:
             return answered
@@ -329,7 +335,11 @@ class IngestSteps:
         if self.rejections is None:
             return None
         self.rejections.refuse_rejected(header)
-        if not self.rejections.may_be_note(header):
+        return self._note(header, caller, source)
+
+    def _note(self, header: InstanceHeader, caller: Caller, source: Incoming) -> RejectionWrite | None:
+        """The rejections ``header``'s object makes, when it is a rejection note."""
+        if self.rejections is None or not self.rejections.may_be_note(header):
             return None
         if isinstance(source, BlobRef):
             with mapped_blob(self.blobs, source.key) as data:
