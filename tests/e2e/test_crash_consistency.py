@@ -261,19 +261,30 @@ def deid_run(srv: DicomhubServer, run_id: int, token: str) -> dict[str, Any]:
 
 
 def kill_mid_job(
-    srv: DicomhubServer, rng: random.Random, progress: Callable[[], tuple[int, int, bool]], what: str
+    srv: DicomhubServer,
+    rng: random.Random,
+    progress: Callable[[], tuple[int, int, bool]],
+    what: str,
+    total: int,
 ) -> tuple[float, int]:
-    """kill -9 the server at a random point after ``progress`` first shows work planned
-    (so the job is under way), and before it ends: (delay, work done at the kill).
+    """kill -9 the server at a random point of the job: once ``progress`` shows work
+    planned (the job is under way) and a random share of the ``total`` work done, below
+    two thirds, so that the job has not ended; (seconds since under way, work done).
 
-    ``progress``: (work planned or started, work done, job ended)."""
+    ``progress``: (work planned or started, work done, job ended). A point chosen by
+    time alone missed the job when the machine was quick: the point is work done."""
     wait_until(lambda: progress()[0] > 0 or None, timeout=120, interval=0.02, what=f"{what} under way")
-    delay = rng.uniform(0.0, 0.6)
-    time.sleep(delay)  # the random point of the kill (the test's input, not an assertion)
+    started = time.monotonic()
+    # The random point of the kill (the test's input, not an assertion).
+    target = rng.randint(0, max(0, total * 2 // 3))
+    wait_until(
+        lambda: (lambda p: p[1] >= target or p[2] or None)(progress()),
+        timeout=120, interval=0.01, what=f"{what}: {target} of {total} done",
+    )  # fmt: skip
     _, done, finished = progress()
     srv.kill9()
-    assert not finished, f"the {what} ended before the kill ({delay:.2f} s): make it longer"
-    return delay, done
+    assert not finished, f"the {what} ended before the kill ({done} of {total} done)"
+    return time.monotonic() - started, done
 
 
 def index_instances(srv: DicomhubServer) -> dict[str, bytes]:
@@ -348,7 +359,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
             progress = job["progress"]
             return int(progress["series"]), int(progress["instances_done"]), job["state"] == "done"
 
-        delay, at_kill = kill_mid_job(srv, rng, pull_progress, "pull migration")
+        delay, at_kill = kill_mid_job(srv, rng, pull_progress, "pull migration", len(pulled))
         srv.start()
         restarted = time.monotonic()
         job = wait_job(srv, pull_id)
@@ -382,7 +393,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
             progress = job["progress"]
             return int(progress["series"]), int(progress["instances_done"]), job["state"] == "done"
 
-        delay, at_kill = kill_mid_job(srv, rng, push_progress, "push migration")
+        delay, at_kill = kill_mid_job(srv, rng, push_progress, "push migration", len(pushed))
         srv.start()
         restarted = time.monotonic()
         job = wait_job(srv, push_id)
@@ -439,7 +450,7 @@ def test_kill9_during_migration_and_deidentification_jobs_resumes_them_without_l
         )
         return int(run["stored"]), int(run["stored"]), run["status"] == "done"
 
-    delay, at_kill = kill_mid_job(srv, rng, deid_progress, "de-identification run")
+    delay, at_kill = kill_mid_job(srv, rng, deid_progress, "de-identification run", DEID_INSTANCES)
     srv.start()
     restarted = time.monotonic()
     run = wait_until(
