@@ -285,7 +285,12 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             claim=lambda name: lease(engine, name),
         ),
         routing=RoutingService(
-            settings.routes, index, RouteRepository(engine), peers, claim=lambda name: lease(engine, name)
+            settings.routes,
+            index,
+            RouteRepository(engine),
+            peers,
+            claim=lambda name: lease(engine, name),
+            lease=settings.route_lease,
         ),
         trash=TrashService(trash, index, blobs, settings.trash_keep, audit, lambda name: lease(engine, name)),
         retention=RetentionService(
