@@ -142,8 +142,12 @@ def test_split_then_merge_back(hub: DicomhubServer, tmp_path: Path) -> None:
     assert [len(_images(hub, study)), len(_images(hub, new))] == [2, 1]
     assert {m["0020000E"]["Value"][0] for m in _images(hub, study)} == {keep}
 
-    done = _cli(hub, "study", "merge", study, new, "--reason", "split was wrong")
-    assert done["kind"] == "merge-studies"
+    # The merge back over REST (as dicomhub study merge).
+    r = httpx.post(
+        f"{hub.base_url}/api/studies/{study}/merge", json={"sources": [new], "reason": "undo"}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["kind"] == "merge-studies"
     assert [len(_images(hub, study)), len(_images(hub, new))] == [3, 0]
     merged = [m for m in _images(hub, study) if m["0020000E"]["Value"][0] != keep]
     assert len(merged) == 1
@@ -172,4 +176,27 @@ def test_merge_patients_and_refusals(hub: DicomhubServer, tmp_path: Path) -> Non
     # Only the merge is recorded, and it is found by either study.
     records = _cli(hub, "study", "corrections", b)
     assert [(r["kind"], r["original_values"]["studies"]) for r in records] == [("merge-patients", [b])]
+    r = httpx.get(f"{hub.base_url}/admin/corrections", params={"study": b}, timeout=30)
+    assert r.status_code == 200 and r.json() == records, r.text
+
+
+def test_rest_refusals(hub: DicomhubServer, tmp_path: Path) -> None:
+    study, _ = _study(hub, tmp_path / "s", "REST1", series=(1,))
+    api = f"{hub.base_url}/api/studies"
+    with httpx.Client(timeout=60) as http:
+        for path, body, status, says in [
+            (f"{api}/{study}/modify", {"set": {"Frobnicate": "1"}}, 400, "not a DICOM keyword"),
+            (f"{api}/{study}/modify", {"set": {"SOPInstanceUID": "1.2"}, "new_uids": True}, 400, "is a UID"),
+            (f"{api}/{study}/modify", {"set": {"StudyDate": "2024"}, "new_uids": True}, 400, "StudyDate"),
+            (f"{api}/{study}/modify", {"set": {"StudyID": "1"}, "new_uids": "yes"}, 400, "new_uids"),
+            (f"{api}/{study}/split", {"series": [datagen.uid()]}, 404, "is not in study"),
+            (f"{api}/{datagen.uid()}/modify", {"set": {"StudyID": "1"}, "new_uids": True}, 404, "no "),
+            (f"{api}/not..uid/modify", {"set": {"StudyID": "1"}}, 400, "StudyInstanceUID"),
+        ]:
+            r = http.post(path, json=body)
+            assert (r.status_code, says in r.text) == (status, True), (path, body, r.text)
+        r = http.get(f"{hub.base_url}/admin/corrections", params={"study": study})
+        assert (r.status_code, r.json()) == (200, [])
+    assert len(_images(hub, study)) == 1
+    assert_alive(hub)
     assert_alive(hub)
