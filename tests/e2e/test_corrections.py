@@ -81,17 +81,34 @@ def _wado_one(srv: DicomhubServer, study: str) -> Dataset:
     return pydicom.dcmread(io.BytesIO(parts[0][1]))
 
 
-def test_modify_in_place_patient(hub: DicomhubServer, tmp_path: Path) -> None:
+def test_modify_in_place(hub: DicomhubServer, tmp_path: Path) -> None:
     study, _ = _study(hub, tmp_path / "s", "MODP1")
-    done = _cli(hub, "study", "modify", study, "--set", "PatientName=Roe^Jane", "--reason", "typo at desk")
+    done = _cli(hub, "study", "modify", study, "--set", "PatientName=Roe^Jane",
+                "--set", "AccessionNumber=ACC9", "--set", "StudyDescription=Fixed")  # fmt: skip
     assert (done["new_study_instance_uid"], done["original_values"], done["new_values"]) == (
-        study, {"PatientName": "Doe^Jane"}, {"PatientName": "Roe^Jane"},
-    )  # fmt: skip
-    (found,) = find(hub, "STUDY", {"StudyInstanceUID": study, "PatientName": None}, tmp_path / "f")
-    assert str(found.PatientName) == "Roe^Jane"
+        study,
+        {"PatientName": "Doe^Jane", "AccessionNumber": "ACC1", "StudyDescription": "Test study"},
+        {"PatientName": "Roe^Jane", "AccessionNumber": "ACC9", "StudyDescription": "Fixed"},
+    )
+    keys = {"StudyInstanceUID": study, "PatientName": None, "AccessionNumber": None, "StudyDescription": None}
+    (found,) = find(hub, "STUDY", keys, tmp_path / "f")
+    assert (str(found.PatientName), found.AccessionNumber, found.StudyDescription) == (
+        "Roe^Jane",
+        "ACC9",
+        "Fixed",
+    )
     ds = _wado_one(hub, study)
-    assert (str(ds.PatientName), str(ds.StudyInstanceUID)) == ("Roe^Jane", study)
-    assert str(ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientName) == "Doe^Jane"
+    assert (str(ds.PatientName), ds.AccessionNumber, ds.StudyInstanceUID) == ("Roe^Jane", "ACC9", study)
+    old = Dataset()
+    for item in ds.OriginalAttributesSequence:
+        old.update(item.ModifiedAttributesSequence[0])
+    assert (str(old.PatientName), old.AccessionNumber, old.StudyDescription) == (
+        "Doe^Jane",
+        "ACC1",
+        "Test study",
+    )
+    r = httpx.get(f"{hub.base_url}/dicomweb/studies/{study}/metadata", timeout=30.0)
+    assert r.status_code == 200 and {m["00080050"]["Value"][0] for m in r.json()} == {"ACC9"}, r.text
 
 
 def test_modify_with_new_uids(hub: DicomhubServer, tmp_path: Path) -> None:
@@ -161,7 +178,6 @@ def test_merge_patients_and_refusals(hub: DicomhubServer, tmp_path: Path) -> Non
     refusals = [
         (("study", "merge", a, b), "--force"),  # two patients
         (("study", "split", a, "--series", b_series), "is not in study"),
-        (("study", "modify", a, "--set", "AccessionNumber=X"), "--new-uids"),
         (("patient", "merge", "--into", "PATA", "--from", "NOBODY"), "no study"),
     ]
     for args, says in refusals:

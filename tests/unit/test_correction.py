@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from dicomhub.errors import InvalidRequest
+from dicomhub.model.coercion import PatientCoercion, coerce_json, coerce_patient
 from dicomhub.model.correction import Reissue, SourceDisposition, parse_assignments, reissue
 
 
@@ -88,3 +90,38 @@ def test_reissue_shares_series_uids_and_keeps_what_it_replaced() -> None:
     old = item.ModifiedAttributesSequence[0]
     assert (old.StudyInstanceUID, old.SOPInstanceUID, old.AccessionNumber) == ("1.2.1", "1.2.1.1.1", "A1")
     assert "PatientName" not in old  # unchanged values are not recorded as modified
+
+
+def _study_coercion(**values: str) -> PatientCoercion:
+    return PatientCoercion(
+        study_instance_uid="1.2.1", patient_id="", issuer_of_patient_id="", patient_name="",
+        patient_birth_date="", patient_sex="", reason="modify", modifying_system="dicomhub cli op",
+        modified_at=dt.datetime(2026, 12, 7, tzinfo=dt.UTC), study_values=tuple(values.items()),
+        patient=False,
+    )  # fmt: skip
+
+
+def test_study_coercion_alone_leaves_the_patient_module_as_stored() -> None:
+    ds = _instance("1.2.1.1", "1.2.1.1.1")
+    ds.PatientID = "P1"
+    assert coerce_patient(ds, _study_coercion(AccessionNumber="A9", StudyDescription="Fixed"))
+    assert (ds.AccessionNumber, ds.StudyDescription, ds.PatientID, str(ds.PatientName)) == (
+        "A9", "Fixed", "P1", "Doe^Jane",
+    )  # fmt: skip
+    old = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert old.AccessionNumber == "A1" and "StudyDescription" not in old and "PatientID" not in old
+    # Once it carries them, nothing more is recorded.
+    assert not coerce_patient(ds, _study_coercion(AccessionNumber="A9", StudyDescription="Fixed"))
+
+
+def test_study_coercion_of_dicom_json() -> None:
+    ds = _instance("1.2.1.1", "1.2.1.1.1")
+    ds.ReferringPhysicianName = "Old^Doc"
+    text = json.dumps(ds.to_json_dict())
+    out = Dataset.from_json(coerce_json(text, _study_coercion(ReferringPhysicianName="New^Doc")))
+    assert str(out.ReferringPhysicianName) == "New^Doc"
+    assert (
+        str(out.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].ReferringPhysicianName)
+        == "Old^Doc"
+    )
+    assert out.SOPInstanceUID == "1.2.1.1.1"

@@ -30,7 +30,7 @@ from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import validate_value
 
 from dicomhub.errors import InvalidRequest
-from dicomhub.model.coercion import PATIENT_KEYWORDS
+from dicomhub.model.coercion import PATIENT_KEYWORDS, STUDY_KEYWORDS
 
 __all__ = [
     "PATIENT_KEYWORDS",
@@ -43,15 +43,6 @@ __all__ = [
     "reissue",
 ]
 
-# General Study module (PS3.3 C.7.2.1) attributes a correction may set.
-STUDY_KEYWORDS = (
-    "AccessionNumber",
-    "StudyDescription",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 # The identifying UIDs a correction makes itself (and records in the UID map).
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 

@@ -346,30 +346,39 @@ class CorrectionService:
         header: Dataset,
         reason: str,
     ) -> dict[str, Any]:
-        study_level = [k for k in values if k not in PATIENT_KEYWORDS]
-        if study_level:
-            raise InvalidRequest(
-                f"{', '.join(study_level)}: study attributes change with new UIDs only (--new-uids)"
+        """Patient module values through the patient coercion; study values into the
+        study row (queries) and its study coercion (the way out), with the record."""
+        after = dict(values)
+        if any(k in PATIENT_KEYWORDS for k in values):
+            ref = PatientRef(
+                values.get("PatientID", _text(header, "PatientID")),
+                values.get(
+                    "IssuerOfPatientID", "" if "PatientID" in values else _text(header, "IssuerOfPatientID")
+                ),
             )
-        ref = PatientRef(
-            values.get("PatientID", _text(header, "PatientID")),
-            values.get(
-                "IssuerOfPatientID", "" if "PatientID" in values else _text(header, "IssuerOfPatientID")
-            ),
-        )
-        done = self.patients.set_patient(
-            study,
-            ref,
-            caller,
-            patient_name=values.get("PatientName", _text(header, "PatientName")),
-            patient_birth_date=values.get("PatientBirthDate", _text(header, "PatientBirthDate")),
-            patient_sex=values.get("PatientSex", _text(header, "PatientSex")),
-        )
-        after = done.values()
-        return self._record(
-            caller, CorrectionKind.MODIFY, study, study, reason, SourceDisposition.KEEP, dict(before),
-            {k: after.get(k, v) for k, v in values.items()}, {},
-        )  # fmt: skip
+            done = self.patients.set_patient(
+                study,
+                ref,
+                caller,
+                patient_name=values.get("PatientName", _text(header, "PatientName")),
+                patient_birth_date=values.get("PatientBirthDate", _text(header, "PatientBirthDate")),
+                patient_sex=values.get("PatientSex", _text(header, "PatientSex")),
+            )
+            after.update({k: v for k, v in done.values().items() if k in values})
+        record: dict[str, Any] = {
+            "kind": CorrectionKind.MODIFY.value, "study_instance_uid": study, "new_study_instance_uid": study,
+            "made_by": caller.who, "reason": reason, "source": SourceDisposition.KEEP.value,
+            "original_values": dict(before), "new_values": after, "uid_map": {},
+        }  # fmt: skip
+        study_values = {k: v for k, v in values.items() if k in STUDY_KEYWORDS}
+        if study_values:
+            pk = self.repo.modify_in_place(study, study_values, _system(caller), **record)
+            if pk is None:
+                raise NotFound(f"no study {study}")
+        else:
+            pk = self.repo.add(**record)
+        return {"id": pk, **{k: v for k, v in record.items() if k != "made_by" and k != "reason"},
+                "studies": [study]}  # fmt: skip
 
     def _patient(self, patient_id: str) -> Patient:
         known = self.orders.repo.patient(PatientRef(patient_id))

@@ -32,7 +32,7 @@ from dicomhub.index.schema.checks import (
     validation_instance,
 )
 from dicomhub.index.schema.coercion import patient_coercion
-from dicomhub.index.schema.correction import correction
+from dicomhub.index.schema.correction import correction, study_coercion
 from dicomhub.index.schema.deid import (
     MAPPING_VALUE_LENGTH,
     deid_mapping,
@@ -126,6 +126,7 @@ __all__ = [
     "series",
     "storage_commitment",
     "study",
+    "study_coercion",
     "study_label",
     "study_order_link",
     "trash",

@@ -6,6 +6,10 @@ original and the new attribute values, and the old -> new UID map of the
 objects it wrote again. The map is what makes a correction reversible by its
 record: the originals are rejected (hidden, still stored) or kept, and the
 record names each one's replacement.
+
+``study_coercion`` holds, per study corrected in place, the study attributes its
+objects leave the archive with (the stored bytes stay as received; see
+:mod:`dicomhub.model.coercion`), as ``patient_coercion`` does for the Patient module.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy import Column, Index, String, Table, Text
 from dicomhub.index.schema.base import metadata
 from dicomhub.index.schema.types import PK, UtcDateTime
 
-__all__ = ["correction"]
+__all__ = ["correction", "study_coercion"]
 
 correction = Table(
     "correction",
@@ -38,4 +42,14 @@ correction = Table(
     Index("ix_correction_study", "study_instance_uid"),
     Index("ix_correction_new_study", "new_study_instance_uid"),
     sqlite_autoincrement=True,
+)
+
+study_coercion = Table(
+    "study_coercion",
+    metadata,
+    Column("study_instance_uid", String(64), primary_key=True),
+    # {keyword: value}: the study attributes as corrected (accumulated over corrections).
+    Column("values_json", Text, nullable=False),
+    Column("modifying_system", String(64), nullable=False),
+    Column("modified_at", UtcDateTime, nullable=False),
 )

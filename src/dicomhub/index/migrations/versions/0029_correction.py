@@ -1,5 +1,5 @@
-"""Corrections of stored studies: who, when, why, old and new values, UID map
-(see dicomhub.index.schema.correction).
+"""Corrections of stored studies: who, when, why, old and new values, UID map;
+the study attributes of studies corrected in place (see dicomhub.index.schema.correction).
 
 Revision ID: 0029
 Revises: 0027
@@ -38,9 +38,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_correction_study", "correction", ["study_instance_uid"])
     op.create_index("ix_correction_new_study", "correction", ["new_study_instance_uid"])
+    op.create_table(
+        "study_coercion",
+        sa.Column("study_instance_uid", sa.String(64), primary_key=True),
+        sa.Column("values_json", sa.Text, nullable=False),
+        sa.Column("modifying_system", sa.String(64), nullable=False),
+        sa.Column("modified_at", _UTC, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("study_coercion")
     op.drop_index("ix_correction_new_study", "correction")
     op.drop_index("ix_correction_study", "correction")
     op.drop_table("correction")
