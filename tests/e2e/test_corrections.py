@@ -149,7 +149,14 @@ def test_modify_with_new_uids(hub: DicomhubServer, tmp_path: Path) -> None:
     code, out = run_cli(
         "audit", "--action", "correction", "--study", new, "--json", "--data-dir", str(hub.data_dir)
     )
-    assert code == 0 and json.loads(out[out.index("[") :])[0]["outcome"] in ("0", "success"), out
+    assert code == 0, out
+    (event,) = json.loads(out[out.index("[") :])
+    assert (event["outcome"], event["detail"]["kind"], event["detail"]["correction"]) == (
+        "0",
+        "modify",
+        done["id"],
+    )
+    assert {s["study_instance_uid"] for s in event["studies"]} == {study, new}
 
 
 def test_split_then_merge_back(hub: DicomhubServer, tmp_path: Path) -> None:
