@@ -51,7 +51,7 @@ from dicomhub.model.identifiers import require_uid
 from dicomhub.model.ingest import InstanceOrigin, OriginKind
 from dicomhub.model.orders import Patient, PatientRef
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.rejection import RejectionReason, read_rejection_note
+from dicomhub.model.rejection import KEY_OBJECT_SELECTION_DOCUMENT, RejectionReason, read_rejection_note
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.access import Forbidden
 from dicomhub.services.coercion import ArchivePatients, coerce_part10
@@ -122,6 +122,8 @@ class CorrectionService:
             if not values:
                 raise InvalidRequest("nothing to modify: give at least one Keyword=Value")
             disposition = SourceDisposition.parse(source)
+            if not new_uids and disposition is not SourceDisposition.REJECT:
+                raise InvalidRequest("source keep applies to a modify with new UIDs only")
             rows, header = self._study(caller, study)
             before = {k: _text(header, k) for k in values}
             if not new_uids:
@@ -289,11 +291,16 @@ class CorrectionService:
         kept: list[InstanceRow] = []
         header: Dataset | None = None
         for row in rows:
-            ds = self._read(row, stop_before_pixels=True)
-            if read_rejection_note(ds) is not None:
-                continue
+            # Only a Key Object Selection document can be a rejection note: the other
+            # objects are read for the header alone, and only the first of them.
+            if row.sop_class_uid == KEY_OBJECT_SELECTION_DOCUMENT:
+                ds = self._read(row, stop_before_pixels=True)
+                if read_rejection_note(ds) is not None:
+                    continue
+                header = header or ds
+            elif header is None:
+                header = self._read(row, stop_before_pixels=True)
             kept.append(row)
-            header = header or ds
         if header is None:
             raise NotFound(f"no study {study}")
         coercion = self.wado.coercions(kept).get(study)
