@@ -1,11 +1,13 @@
 """Corrections of stored studies by an operator: modify, split, merge (studies
 and patients), each recorded with the original and new values and audited.
 
-*In place or under new UIDs.* Patient module changes without new UIDs go
-through the patient coercion of :mod:`dicomhub.services.coercion` (the stored
-bytes stay; copies leave with the corrected Patient module and the old values
-in Original Attributes Sequence). Everything else writes the objects again
-under new UIDs, as IHE IOCM "move" does: each object is read, given its new
+*In place or under new UIDs.* Without new UIDs the stored bytes stay: Patient
+module changes go through the patient coercion of :mod:`dicomhub.services.coercion`,
+study attributes into the study row and its study coercion
+(:meth:`~dicomhub.index.corrections.CorrectionRepository.modify_in_place`); copies
+leave with the corrected values and the old ones in Original Attributes Sequence.
+With new UIDs (and for split and merge) the objects are written again, as IHE
+IOCM "move" does: each object is read, given its new
 Study/Series/SOP Instance UIDs and values (:func:`dicomhub.model.correction.reissue`),
 and stored through the one ingest path (durable and indexed before it counts);
 then the originals are rejected with an IOCM rejection note (Incorrect Modality
@@ -111,9 +113,10 @@ class CorrectionService:
     ) -> dict[str, Any]:
         """Set study and Patient module attributes of a study.
 
-        Without ``new_uids`` only Patient module attributes can change (in place,
-        by patient coercion); with it, every object is written again under new
-        UIDs and the originals are rejected or kept (``source``).
+        Without ``new_uids`` in place: the Patient module by patient coercion, study
+        attributes in the study row and its study coercion (the stored bytes stay);
+        with it, every object is written again under new UIDs and the originals are
+        rejected or kept (``source``).
         """
         detail: dict[str, Any] = {"modify": study, "new_uids": new_uids, "source": source}
 
