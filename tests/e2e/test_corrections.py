@@ -83,6 +83,7 @@ def _wado_one(srv: DicomhubServer, study: str) -> Dataset:
 
 def test_modify_in_place(hub: DicomhubServer, tmp_path: Path) -> None:
     study, _ = _study(hub, tmp_path / "s", "MODP1")
+    since = httpx.get(f"{hub.base_url}/changes", params={"limit": "1000"}, timeout=30).json()["last"]
     done = _cli(hub, "study", "modify", study, "--set", "PatientName=Roe^Jane",
                 "--set", "AccessionNumber=ACC9", "--set", "StudyDescription=Fixed")  # fmt: skip
     assert (done["new_study_instance_uid"], done["original_values"], done["new_values"]) == (
@@ -109,6 +110,11 @@ def test_modify_in_place(hub: DicomhubServer, tmp_path: Path) -> None:
     )
     r = httpx.get(f"{hub.base_url}/dicomweb/studies/{study}/metadata", timeout=30.0)
     assert r.status_code == 200 and {m["00080050"]["Value"][0] for m in r.json()} == {"ACC9"}, r.text
+    # Routing and webhooks follow the change log: the study is announced as updated.
+    page = httpx.get(
+        f"{hub.base_url}/changes", params={"since": str(since), "limit": "1000"}, timeout=30
+    ).json()
+    assert ("updated", "STUDY", study) in {(c["change_type"], c["level"], c["uid"]) for c in page["changes"]}
 
 
 def test_modify_with_new_uids(hub: DicomhubServer, tmp_path: Path) -> None:
