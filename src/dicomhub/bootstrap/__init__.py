@@ -25,6 +25,7 @@ from dicomhub.index.blobs import BlobRecords
 from dicomhub.index.checks import DecodeCheckRepository
 from dicomhub.index.coercion import PatientCoercionRepository
 from dicomhub.index.commitment import CommitmentRepository
+from dicomhub.index.corrections import CorrectionRepository
 from dicomhub.index.deid import DeidRepository
 from dicomhub.index.engine import connect_engine, lease, migrate
 from dicomhub.index.links import StudyLinkRepository
@@ -59,6 +60,7 @@ from dicomhub.services.changes import ChangeFeedService
 from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
+from dicomhub.services.corrections import CorrectionService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
@@ -229,6 +231,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     from dicomhub.dimse.printscu import DimseFilmPrinter  # the Print SCU's requestor
 
     wado = WadoService(index, search, blobs, transcode, patients)
+    rejection = RejectionService(ingest, wado, headers, access.study_facts)
     trash = TrashRepository(engine)
     delete = DeleteService(index, blobs, access.study_facts, trash, settings.trash_keep)
     return Archive(
@@ -313,7 +316,10 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             audit,
             claim=lambda name: lease(engine, name),
         ),
-        rejection=RejectionService(ingest, wado, headers, access.study_facts),
+        rejection=rejection,
+        corrections=CorrectionService(
+            CorrectionRepository(engine), wado, ingest, rejection, patients, orders, audit
+        ),
     )
 
 
@@ -515,4 +521,3 @@ def webhook_poster() -> Poster:
             raise OSError(str(exc) or type(exc).__name__) from exc
 
     return post
-

@@ -41,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mpps",
     "orders",
     "patients",
+    "corrections",
     "printing",
     "printclient",
     "rejection",

@@ -10,14 +10,17 @@ archive change together or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.schema import change as change_log
-from dicomhub.index.schema import patient, patient_coercion, study
+from dicomhub.index.schema import patient, patient_coercion, study, study_coercion
 from dicomhub.model.coercion import PatientCoercion
 from dicomhub.model.extract import person_name_key
 from dicomhub.model.timestamps import utc_now
@@ -69,6 +72,7 @@ class PatientCoercionRepository:
         uids = sorted(set(study_instance_uids))
         # Per study: (newest first, its own record before a sibling's) -> the record.
         best: dict[str, tuple[tuple[dt.datetime, bool], PatientCoercion]] = {}
+        studies: dict[str, Any] = {}
         wanted, sibling = study.alias("wanted"), study.alias("sibling")
         fields = [c for c in patient_coercion.c if c.name != "study_instance_uid"]
         query = (
@@ -85,7 +89,25 @@ class PatientCoercionRepository:
                     if uid not in best or rank > best[uid][0]:
                         values = {c.name: getattr(row, c.name) for c in fields}
                         best[uid] = (rank, PatientCoercion(study_instance_uid=uid, **values))
-        return {uid: coercion for uid, (_rank, coercion) in best.items()}
+                corrected = conn.execute(
+                    select(study_coercion).where(study_coercion.c.study_instance_uid.in_(chunk))
+                ).all()
+                studies.update({r.study_instance_uid: r for r in corrected})
+        found = {uid: coercion for uid, (_rank, coercion) in best.items()}
+        # Study attributes corrected in place join the study's patient coercion, or
+        # leave alone (the Patient module as stored) when its patient was not corrected.
+        for uid, row in studies.items():
+            pairs = tuple(sorted(json.loads(row.values_json).items()))
+            if uid in found:
+                found[uid] = dataclasses.replace(found[uid], study_values=pairs)
+            else:
+                found[uid] = PatientCoercion(
+                    study_instance_uid=uid, patient_id="", issuer_of_patient_id="", patient_name="",
+                    patient_birth_date="", patient_sex="", reason="modify",
+                    modifying_system=row.modifying_system, modified_at=row.modified_at,
+                    study_values=pairs, patient=False,
+                )  # fmt: skip
+        return found
 
     def run(self, change: ArchivePatientChange) -> list[str]:
         """``change`` in a transaction of its own (operator corrections)."""

@@ -43,6 +43,7 @@ class AuditAction(enum.Enum):
     SECURITY_CHANGE = "security-change"  # users, tokens, AEs, grants
     ORDER_RECORD = "order-record"  # an order created, changed, cancelled or discontinued
     PATIENT_RECORD = "patient-record"  # demographics of record created, changed or merged
+    CORRECTION = "correction"  # stored studies modified, split or merged by an operator
 
 
 class AuditOutcome(enum.Enum):

@@ -52,6 +52,7 @@ class OriginKind(enum.Enum):
     ROUTING = "routing"
     PRINT = "print"  # a print job archived as an Encapsulated PDF (the Print SCP)
     REJECTION = "rejection"  # a rejection note the archive made (dicomhub reject, REST reject)
+    CORRECTION = "correction"  # an object written again by a correction (modify, split, merge)
     # Tests and library callers that name no source (the caller says who asked).
     UNSPECIFIED = "unspecified"
 

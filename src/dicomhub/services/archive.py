@@ -16,6 +16,7 @@ from dicomhub.services.changes import ChangeFeedService
 from dicomhub.services.coercion import ArchivePatients
 from dicomhub.services.commitment import CommitmentService
 from dicomhub.services.contentdigest import ContentDigestService
+from dicomhub.services.corrections import CorrectionService
 from dicomhub.services.decodecheck import DecodeCheckService
 from dicomhub.services.deidentify import DeidService
 from dicomhub.services.delete import DeleteService
@@ -97,6 +98,8 @@ class Archive:
     repair: RepairService | None = None
     # Rejects instances on request with a rejection note (IHE IOCM); None where nothing wired it.
     rejection: RejectionService | None = None
+    # Modify, split and merge stored studies, merge patients (recorded); None where nothing wired it.
+    corrections: CorrectionService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

@@ -71,6 +71,7 @@ _EVENT: dict[AuditAction, tuple[_Code, str]] = {
     # PS3.15 A.5.3.9 / A.5.3.10; the action code (C, U, D) of the change is set below.
     AuditAction.ORDER_RECORD: (_dcm("110109", "Order Record"), "U"),
     AuditAction.PATIENT_RECORD: (_dcm("110110", "Patient Record"), "U"),
+    AuditAction.CORRECTION: (_dcm("110103", "DICOM Instances Accessed"), "U"),
 }
 # PS3.16 CID 401 / 403 event type codes that say more than the event ID.
 _EVENT_TYPE: dict[AuditAction, _Code] = {

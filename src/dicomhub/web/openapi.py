@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from dicomhub import __version__
 from dicomhub.web.changes import change_paths
 from dicomhub.web.mpps import mpps_paths
+from dicomhub.web.openapi_corrections import correction_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.openapi_rejection import include_rejected_parameter, reject_paths
@@ -942,6 +943,7 @@ def _paths() -> Json:
     paths.update(trash_paths())
     paths.update(print_request_paths())
     paths.update(patient_paths())
+    paths.update(correction_paths())
     paths.update(reject_paths())
     paths.update(ui_paths())
     return paths
@@ -1470,6 +1472,7 @@ def openapi_document() -> Json:
             {"name": "Labels", "description": "Study labels (grants can name them)"},
             {"name": "Access control", "description": "Users, tokens, grants and the audit log"},
             {"name": "Orders", "description": "Orders and patients of record (docs/orders.md)"},
+            {"name": "Corrections", "description": "Modify, split, merge studies (docs/corrections.md)"},
             {"name": "FHIR", "description": "FHIR R4 Patient and ServiceRequest (JSON)"},
             {"name": "Printing", "description": "Print jobs of the Print SCP (docs/printing.md)"},
             {"name": "UI", "description": "The web UI's pages (docs/ui.md)"},

@@ -3,7 +3,7 @@
 One module per group of tables (:mod:`.archive`, :mod:`.checks`, :mod:`.network`,
 :mod:`.security`, :mod:`.deid`, :mod:`.migration_jobs`, :mod:`.orders`,
 :mod:`.mpps`, :mod:`.links`, :mod:`.printing`, :mod:`.webhooks`, :mod:`.routing`,
-:mod:`.trash`, :mod:`.rejection`), all built from the shared column types of :mod:`.types`
+:mod:`.trash`, :mod:`.rejection`, :mod:`.correction`), all built from the shared column types of :mod:`.types`
 (one surrogate key type, one UTC timestamp type).
 Generic SQLAlchemy types only, so that the same schema runs on SQLite (embedded
 default) and PostgreSQL.
@@ -32,6 +32,7 @@ from dicomhub.index.schema.checks import (
     validation_instance,
 )
 from dicomhub.index.schema.coercion import patient_coercion
+from dicomhub.index.schema.correction import correction, study_coercion
 from dicomhub.index.schema.deid import (
     MAPPING_VALUE_LENGTH,
     deid_mapping,
@@ -89,6 +90,7 @@ __all__ = [
     "audit_study",
     "change",
     "conflict",
+    "correction",
     "decode_check",
     "deid_mapping",
     "deid_project",
@@ -124,6 +126,7 @@ __all__ = [
     "series",
     "storage_commitment",
     "study",
+    "study_coercion",
     "study_label",
     "study_order_link",
     "trash",
