@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.peer import Peer
+from dicomhub.model.plugins import PluginConfig, parse_plugin_name, plugins_table
 from dicomhub.model.policy import (
     CompressionRule,
     DecodeCheckMode,
@@ -238,6 +239,9 @@ class Settings:
     # [[route]] tables of the config file (dicomhub.model.routing): forward what is
     # stored, or studies once stable, to peers or folders; see docs/routing.md
     routes: tuple[Route, ...] = ()
+    # Python plugins to load from the dicomhub.plugins entry points: [plugins] enabled = [...]
+    # with a [plugins.NAME] table of each one's settings; none runs unless listed (docs/plugins.md)
+    plugins: tuple[PluginConfig, ...] = ()
     # How long a deleted study, series or instance stays in the trash, restorable, before it
     # is purged for good (docs/trash-and-retention.md); 0: a delete removes it for good at once.
     trash_keep: Duration = Duration(7 * 86400)
@@ -318,9 +322,7 @@ def parse_remote_ae(text: str) -> RemoteAE:
     except ValueError as exc:
         raise ConfigurationError(f"remote AE {text!r} is not of the form AET=HOST:PORT") from exc
     if not remote.ae_title or len(remote.ae_title) > 16 or not 0 < remote.port < 65536:
-        raise ConfigurationError(
-            f"remote AE {text!r}: AE title of 1-16 characters and a valid port"
-        )
+        raise ConfigurationError(f"remote AE {text!r}: AE title of 1-16 characters and a valid port")
     return remote
 
 
@@ -472,6 +474,9 @@ def _route_item(item: Any) -> Route:
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
+    PluginConfig: _ItemForm(
+        parse_plugin_name, "plugin names (settings: [plugins.NAME] tables, docs/plugins.md)"
+    ),
     Route: _ItemForm(_route_item, "[[route]] tables of the configuration file (docs/routing.md)"),
     RetentionRule: _ItemForm(
         _retention_item, "[[retention]] tables of the configuration file (docs/trash-and-retention.md)"
@@ -493,7 +498,7 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
         if not isinstance(grants, (str, list)):
             # e.g. `http_port = 42` written below [oidc_roles]: TOML puts it in the table.
             raise ConfigurationError(
-                f"oidc_roles.{claim_value}: expected \"ROLE[@SCOPE]\" or a list of them, "
+                f'oidc_roles.{claim_value}: expected "ROLE[@SCOPE]" or a list of them, '
                 f"not {type(grants).__name__} {grants!r} (a setting below the [oidc_roles] table?)"
             )
         for grant in [grants] if isinstance(grants, str) else grants:
@@ -505,6 +510,7 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
 _TABLES: dict[str, tuple[Callable[[Mapping[str, Any]], Any], str]] = {
     "oidc_roles": (_oidc_roles_table, 'a table VALUE = "ROLE[@SCOPE]"'),
     "printers": (printers_table, "[printers.NAME] tables of aet, host, port, color, dpi"),
+    "plugins": (plugins_table, "a [plugins] table: enabled = [NAMES], [plugins.NAME] settings"),
 }
 
 
@@ -731,6 +737,8 @@ def display_value(value: Any) -> str:
         return f"{value.x},{value.y},{value.width},{value.height}"
     if isinstance(value, CompressionRule):
         return f"{value.key}={value.transfer_syntax}"
+    if isinstance(value, PluginConfig):
+        return value.name
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], ValidationPolicy):
         return f"{value[0]}={value[1].value}"
     if isinstance(value, tuple):
@@ -857,7 +865,13 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key in ("peer", "webhook", "route", "retention"):  # these tables may stand beside [dicomhub]
+            if key in (
+                "peer",
+                "webhook",
+                "route",
+                "retention",
+                "plugins",
+            ):  # these may stand beside [dicomhub]
                 take(_ALIASES.get(key, key), data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
@@ -1184,8 +1198,10 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext:
             context.load_verify_locations(cafile=settings.tls_ca)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(f"cannot load the TLS certificate, key or CA bundle: {exc}") from exc
-    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_verify_client else (
-        ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE
+    context.verify_mode = (
+        ssl.CERT_REQUIRED
+        if settings.tls_verify_client
+        else (ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE)
     )
     return context
 

@@ -183,4 +183,3 @@ class StorageCheckService:
             report.problems.append(StorageProblem("orphan", key, None, f"cannot remove: {exc}"))
             return
         report.removed.append(key)
-
