@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from dicomhub.errors import ConfigurationError
@@ -34,7 +33,9 @@ class PluginConfig:
     """One enabled plugin: its entry point's name and its ``[plugins.NAME]`` table."""
 
     name: str
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # A plain dict (Settings are pickled into the worker processes); the loader hands
+    # the plugin a read-only view of it.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def parse_plugin_name(value: Any) -> PluginConfig:
@@ -67,4 +68,4 @@ def plugins_table(table: Mapping[str, Any]) -> tuple[PluginConfig, ...]:
             raise ConfigurationError(
                 f"[plugins.{key}] configures a plugin that plugins.enabled does not list"
             )
-    return tuple(PluginConfig(n, MappingProxyType(dict(table.get(n, {})))) for n in names)
+    return tuple(PluginConfig(n, dict(table.get(n, {}))) for n in names)

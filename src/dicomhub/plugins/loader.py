@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable, Iterable, Sequence
+from types import MappingProxyType
 
 from dicomhub.errors import ConfigurationError
 from dicomhub.model.plugins import PluginConfig
@@ -56,7 +57,7 @@ def load_plugins(
                 f"plugin {config.name!r} cannot be imported ({ep.value}): {type(exc).__name__}: {exc}"
             ) from exc
         try:
-            plugin = factory(config.options)
+            plugin = factory(MappingProxyType(dict(config.options)))
         except Exception as exc:
             raise ConfigurationError(
                 f"plugin {config.name!r} refused its settings: {type(exc).__name__}: {exc}"
