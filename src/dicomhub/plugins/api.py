@@ -130,7 +130,7 @@ class ArchiveEvent:
 
     event: str
     seq: int  # the change log's sequence number: the same event may come again (at least once)
-    level: str  # "INSTANCE" for stored, "STUDY" for stable_study
+    level: str  # "IMAGE" for stored, "STUDY" for stable_study
     uid: str  # the SOP Instance UID, or the Study Instance UID
     at: datetime
 
