@@ -40,7 +40,7 @@ def plugin_host(settings: Settings) -> PluginHost:
                 return host
         host = PluginHost(load_plugins(settings.plugins))
         host.check_routes(settings.routes)
-        _loaded.append((settings, host))
+        _loaded[:] = [(settings, host)]  # one Settings per process; tests make many
         return host
 
 
