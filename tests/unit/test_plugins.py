@@ -19,12 +19,13 @@ from pydicom.dataset import Dataset
 from dicomhub.bootstrap.plugins import ingest_class
 from dicomhub.config import InvalidSettings, load_settings
 from dicomhub.dimse.status import store_status
-from dicomhub.errors import ConfigurationError, PluginFailure, RefusedByPlugin
+from dicomhub.errors import ConfigurationError, InvalidIdentifier, PluginFailure, RefusedByPlugin
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.ingest import InstanceOrigin, OriginKind, Part10Object, ReceivedDataSet, StoreOutcome
 from dicomhub.model.plugins import PluginConfig
+from dicomhub.model.routing import parse_routes
 from dicomhub.plugins.api import ACCEPT, Modify, Plugin, ReceivedObject, ReceiveResult, Reject
 from dicomhub.plugins.host import PluginHost
 from dicomhub.plugins.loader import load_plugins
@@ -230,6 +231,35 @@ def test_a_c_store_data_set_is_hooked_with_its_calling_ae(
     good = InstanceOrigin(OriginKind.C_STORE, calling_ae_title="MODALITY")
     assert ingest.store(received, good, MODALITY).outcome is StoreOutcome.STORED
     assert _stored(ingest, str(ds.SOPInstanceUID)).InstitutionName == "Stamped"
+
+
+def test_a_c_store_data_set_whose_uid_differs_from_the_command_is_refused_though_modified(
+    hooked: tuple[HookedIngestService, _Reader],
+) -> None:
+    ingest, _reader = hooked
+    ds = datagen.make_dataset(rows=8, cols=8)
+    data = encode(ds)
+    dataset = data[data.index(b"DICM") + 4 :]
+    dataset = dataset[12 + int.from_bytes(dataset[8:12], "little") :]
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    received = ReceivedDataSet(syntax, str(ds.SOPClassUID), "1.2.3.4", dataset)
+    with pytest.raises(InvalidIdentifier, match="differs from the request's Affected SOP Instance UID"):
+        ingest.store(received, InstanceOrigin(OriginKind.C_STORE, calling_ae_title="MODALITY"), MODALITY)
+    assert ingest.index.get_instance(str(ds.SOPInstanceUID)) is None
+
+
+def test_a_route_to_a_plugin_that_cannot_send_is_a_configuration_error() -> None:
+    plugin = _Counting({})
+    plugin.name = "counting"
+    host = PluginHost([plugin])
+    (route,) = parse_routes([{"name": "r", "to": ["plugin:counting:x"]}])
+    with pytest.raises(ConfigurationError, match="names no enabled plugin with a routing destination"):
+        host.check_routes([route])
+    (other,) = parse_routes([{"name": "r", "to": ["plugin:absent"]}])
+    with pytest.raises(ConfigurationError, match="'plugin:absent' names no enabled plugin"):
+        host.check_routes([other])
+    with pytest.raises(ConfigurationError, match="a plugin destination is plugin:NAME"):
+        parse_routes([{"name": "r", "to": ["plugin:Bad Name"]}])
 
 
 @pytest.mark.parametrize(

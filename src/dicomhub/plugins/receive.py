@@ -27,7 +27,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from dicomhub.errors import InvalidRequest, PluginFailure, RefusedByPlugin
+from dicomhub.errors import InvalidIdentifier, InvalidRequest, PluginFailure, RefusedByPlugin
 from dicomhub.model.caller import Caller
 from dicomhub.model.ingest import (
     UNSPECIFIED_ORIGIN,
@@ -169,6 +169,14 @@ class ReceiveHooks:
                 )
         if not changes:
             return received
+        if isinstance(received, ReceivedDataSet) and _value(source.header(), "SOPInstanceUID") != (
+            received.sop_instance_uid
+        ):
+            # The changed object goes on as a Part 10 file, which store() does not
+            # compare with the command: compare it here, as store() would have.
+            raise InvalidIdentifier(
+                "the data set's SOP Instance UID differs from the request's Affected SOP Instance UID"
+            )
         return Part10Object(_changed(source, changes, plugin_names=[p.name for p in self.plugins]))
 
 
