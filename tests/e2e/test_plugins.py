@@ -218,3 +218,18 @@ def test_config_check_names_a_plugin_that_is_not_installed(tmp_path: Path) -> No
     rc, out = run_cli("config", "check", "--config", str(config), "--data-dir", str(tmp_path / "data"))
     assert rc == 2, out
     assert "plugin 'nosuchplugin' is enabled but not installed" in out
+
+
+def test_import_reports_the_plugins_refusal_and_exits_non_zero(tmp_path: Path) -> None:
+    config = tmp_path / "dicomhub.toml"
+    config.write_text(
+        '[plugins]\nenabled = ["example"]\n\n[plugins.example]\nreject_when = { BodyPartExamined = "FOOT" }\n'
+    )
+    datagen.write_instance(
+        tmp_path / "in" / "foot.dcm", patient_id="PLUGIMP", body_part="FOOT", rows=8, cols=8
+    )
+    rc, out = run_cli(
+        "import", str(tmp_path / "in"), "--config", str(config), "--data-dir", str(tmp_path / "data")
+    )
+    assert rc == 1, out
+    assert "refused by plugin example: BodyPartExamined FOOT is not accepted here" in out
