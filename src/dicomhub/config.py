@@ -322,7 +322,9 @@ def parse_remote_ae(text: str) -> RemoteAE:
     except ValueError as exc:
         raise ConfigurationError(f"remote AE {text!r} is not of the form AET=HOST:PORT") from exc
     if not remote.ae_title or len(remote.ae_title) > 16 or not 0 < remote.port < 65536:
-        raise ConfigurationError(f"remote AE {text!r}: AE title of 1-16 characters and a valid port")
+        raise ConfigurationError(
+            f"remote AE {text!r}: AE title of 1-16 characters and a valid port"
+        )
     return remote
 
 
@@ -474,9 +476,7 @@ def _route_item(item: Any) -> Route:
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
-    PluginConfig: _ItemForm(
-        parse_plugin_name, "plugin names (settings: [plugins.NAME] tables, docs/plugins.md)"
-    ),
+    PluginConfig: _ItemForm(parse_plugin_name, "plugin names (their settings: [plugins.NAME] tables)"),
     Route: _ItemForm(_route_item, "[[route]] tables of the configuration file (docs/routing.md)"),
     RetentionRule: _ItemForm(
         _retention_item, "[[retention]] tables of the configuration file (docs/trash-and-retention.md)"
@@ -498,7 +498,7 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
         if not isinstance(grants, (str, list)):
             # e.g. `http_port = 42` written below [oidc_roles]: TOML puts it in the table.
             raise ConfigurationError(
-                f'oidc_roles.{claim_value}: expected "ROLE[@SCOPE]" or a list of them, '
+                f"oidc_roles.{claim_value}: expected \"ROLE[@SCOPE]\" or a list of them, "
                 f"not {type(grants).__name__} {grants!r} (a setting below the [oidc_roles] table?)"
             )
         for grant in [grants] if isinstance(grants, str) else grants:
@@ -865,13 +865,8 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key in (
-                "peer",
-                "webhook",
-                "route",
-                "retention",
-                "plugins",
-            ):  # these may stand beside [dicomhub]
+            # these tables may stand beside [dicomhub]
+            if key in ("peer", "webhook", "route", "retention", "plugins"):
                 take(_ALIASES.get(key, key), data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""
@@ -1198,10 +1193,8 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext:
             context.load_verify_locations(cafile=settings.tls_ca)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigurationError(f"cannot load the TLS certificate, key or CA bundle: {exc}") from exc
-    context.verify_mode = (
-        ssl.CERT_REQUIRED
-        if settings.tls_verify_client
-        else (ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE)
+    context.verify_mode = ssl.CERT_REQUIRED if settings.tls_verify_client else (
+        ssl.CERT_OPTIONAL if settings.tls_ca else ssl.CERT_NONE
     )
     return context
 

@@ -105,7 +105,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
                 threading.Thread(
                     target=archive.plugin_events.run_worker, args=(stop,), name="plugin-events", daemon=True
                 )
-            ]  # fmt: skip
+            ]
             if archive.plugin_events is not None
             else []
         ),

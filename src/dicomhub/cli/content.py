@@ -177,7 +177,10 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
         table.add_column(key, overflow="fold")
     for row in rows:
         table.add_row(
-            *("\\".join(v) if isinstance(v, list) else ("" if v is None else str(v)) for v in row.values())
+            *(
+                "\\".join(v) if isinstance(v, list) else ("" if v is None else str(v))
+                for v in row.values()
+            )
         )
     Console().print(table)
     return 0

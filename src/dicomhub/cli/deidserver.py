@@ -223,7 +223,9 @@ def _token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if count else 1
 
 
-@command("token list", help="tokens (never their values)", shared=ARCHIVE, args=(arg("--principal"),))
+@command(
+    "token list", help="tokens (never their values)", shared=ARCHIVE, args=(arg("--principal"),)
+)
 def _token_list(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
 

@@ -245,13 +245,8 @@ def print_report(report: ReconcileReport, args: argparse.Namespace) -> None:
         arg("--all", action="store_true", help="list the studies that match too"),
         arg("--push", action="store_true", help="dicomhub is the source and NAME the target (after a push)"),
         arg("--deid", metavar="PROJECT", help="compare the source as de-identified for PROJECT"),
-        arg(
-            "--deid-option",
-            action="append",
-            default=[],
-            metavar="OPTION",
-            help="the de-identification options of that migration (repeatable)",
-        ),  # fmt: skip
+        arg("--deid-option", action="append", default=[], metavar="OPTION",
+            help="the de-identification options of that migration (repeatable)"),  # fmt: skip
     ),
 )
 def _reconcile(settings: Settings, args: argparse.Namespace) -> int:

@@ -156,7 +156,9 @@ def _one(settings: Settings, args: argparse.Namespace, action: str) -> int:
             shown["studies"] = [s.public() for s in archive.links.linked_studies(key, Caller.cli())]
             print(json.dumps(shown, indent=2))
             return 0
-        change = archive.orders.cancel_order if action == "cancel" else archive.orders.discontinue_order
+        change = (
+            archive.orders.cancel_order if action == "cancel" else archive.orders.discontinue_order
+        )
         done = change(key, Caller.cli())
     print(f"dicomhub: order {done.order_id} is {done.status.value}")
     return 0

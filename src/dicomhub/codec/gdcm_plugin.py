@@ -78,7 +78,6 @@ def _gdcm() -> ModuleType | None:
     module: ModuleType = gdcm
     return module
 
-
 _HTJ2K = (uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K)
 
 # pydicom's plugin protocol: the syntaxes this plugin can decode and what it needs.

@@ -151,7 +151,9 @@ def _locate_pixels(fh: BinaryIO, little: bool, implicit: bool) -> PixelElement |
     return PixelElement(_PIXEL_TAGS[tag], vr, value_offset, None, end)
 
 
-def open_source(src: str | os.PathLike[str] | BinaryIO, *, parse_body: bool = True, name: str = "") -> Source:
+def open_source(
+    src: str | os.PathLike[str] | BinaryIO, *, parse_body: bool = True, name: str = ""
+) -> Source:
     """Open `src` and read everything but the pixel data.
 
     Parameters

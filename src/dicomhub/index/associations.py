@@ -27,6 +27,7 @@ from dicomhub.model.associations import AssociationRecord
 __all__ = ["AssociationLogRepository"]
 
 
+
 class AssociationLogRepository:
     """Rows of the association log, and aggregates over them."""
 

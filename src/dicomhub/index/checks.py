@@ -110,7 +110,9 @@ class DecodeCheckRepository:
         with engines.read(self.engine) as conn:
             return int(
                 conn.execute(
-                    select(func.count()).select_from(_FAILED_AND_HELD).where(decode_check.c.ok.is_(False))
+                    select(func.count())
+                    .select_from(_FAILED_AND_HELD)
+                    .where(decode_check.c.ok.is_(False))
                 ).scalar_one()
             )
 

@@ -29,12 +29,15 @@ DELIVERED = "delivered"  # the requestor answered the N-EVENT-REPORT with succes
 GAVE_UP = "gave-up"  # no delivery possible within the retry window
 
 
+
 @dataclass(frozen=True, slots=True)
 class StoredTransaction:
     request: CommitmentRequest
     state: str
     attempts: int
     created_at: dt.datetime
+
+
 
 
 class CommitmentRepository:

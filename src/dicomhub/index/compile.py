@@ -112,7 +112,9 @@ def _fuzzy_clause(column: ColumnClause[object], value: str) -> ColumnElement[boo
     return and_(*parts)
 
 
-def _column_clause(attr: Attribute, cond: Condition, fuzzy: bool = False) -> ColumnElement[bool] | None:
+def _column_clause(
+    attr: Attribute, cond: Condition, fuzzy: bool = False
+) -> ColumnElement[bool] | None:
     table = _TABLE[attr.level]
     column: ColumnClause[object] = table.c[attr.column]
     folded = attr.column in _PN_KEY
@@ -280,7 +282,9 @@ def patient_counts(permitted: StudyFilter | None = None) -> dict[str, ColumnElem
         "NumberOfPatientRelatedSeries": select(func.coalesce(func.sum(study.c.number_of_series), 0))
         .where(*where)
         .scalar_subquery(),
-        "NumberOfPatientRelatedInstances": select(func.coalesce(func.sum(study.c.number_of_instances), 0))
+        "NumberOfPatientRelatedInstances": select(
+            func.coalesce(func.sum(study.c.number_of_instances), 0)
+        )
         .where(*where)
         .scalar_subquery(),
     }

@@ -4,7 +4,6 @@ the original -> replacement mappings re-identification reads (the tables are in
 
 Every value comes in as a bound parameter; nothing here builds SQL text.
 """
-
 from __future__ import annotations
 
 import json
@@ -38,6 +37,7 @@ from dicomhub.model.timestamps import iso_utc, utc_now
 __all__ = ["DeidRepository", "SecurityRepository"]
 
 
+
 def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str]) -> Any:
     """INSERT ... ON CONFLICT (unique) DO NOTHING, in the connection's dialect."""
     from sqlalchemy.dialects import postgresql, sqlite
@@ -45,6 +45,8 @@ def _insert_ignoring_duplicates(conn: Connection, table: Table, unique: list[str
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=unique)
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=unique)
+
+
 
 
 def _run_dict(row: Any) -> dict[str, Any]:

@@ -56,6 +56,8 @@ from dicomhub.model.timestamps import utc_now
 __all__ = ["MigrationRepository"]
 
 
+
+
 def _job(row: Any) -> dict[str, Any]:
     return {
         "id": row.pk,

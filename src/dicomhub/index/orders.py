@@ -62,7 +62,6 @@ from dicomhub.model.timestamps import utc_now
 
 __all__ = ["OrderRepository"]
 
-
 def _inserted(result: Any) -> int:
     key = result.inserted_primary_key
     if key is None:  # pragma: no cover - every table here has an autoincrement key

@@ -30,6 +30,7 @@ from dicomhub.model.timestamps import utc_now
 __all__ = ["PeerRepository"]
 
 
+
 def _values(p: Peer) -> dict[str, Any]:
     return {
         "name": p.name,
@@ -90,7 +91,9 @@ class PeerRepository:
         """Overwrite the peer named ``p.name``; None when there is none."""
         with engines.write(self.engine) as conn:
             result = conn.execute(
-                update(peer).where(peer.c.name == p.name).values(**_values(p), updated_at=utc_now())
+                update(peer)
+                .where(peer.c.name == p.name)
+                .values(**_values(p), updated_at=utc_now())
             )
             if not result.rowcount:
                 return None

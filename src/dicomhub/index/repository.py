@@ -110,7 +110,9 @@ def _corrected(conn: Connection, study_instance_uid: str) -> bool:
 # Statements built once: SQLAlchemy compiles and caches a constant statement
 # object cheaply, while a statement built per call costs ~50 us to key and
 # compile. The ingest path runs about ten of them per instance.
-_SELECT_INSTANCE = select(*INSTANCE_COLUMNS).where(instance.c.sop_instance_uid == bindparam("b_uid"))
+_SELECT_INSTANCE = select(*INSTANCE_COLUMNS).where(
+    instance.c.sop_instance_uid == bindparam("b_uid")
+)
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
 _SELECT_STUDY = select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
@@ -164,6 +166,7 @@ _STUDY_UNSTABLE = (
     .values(stable_at=None)
 )
 _INSERT_CHANGE = insert(change)
+
 
 
 def _change(change_type: str, level: Level, uid: str, at: dt.datetime) -> dict[str, Any]:
@@ -452,10 +455,8 @@ class IndexRepository(IndexSearch):
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
         cleared_at = -math.inf
-        if (
-            known is not None
-            and known.study_uid == h.study_instance_uid
-            and (known.patient_id == h.patient_id)
+        if known is not None and known.study_uid == h.study_instance_uid and (
+            known.patient_id == h.patient_id
         ):
             series_pk, study_pk, cleared_at = known.series_pk, known.study_pk, known.cleared_at
         else:
@@ -515,7 +516,8 @@ class IndexRepository(IndexSearch):
                     select(patient.c.patient_id).where(patient.c.pk == study_patient_pk)
                 ).scalar()
                 raise PatientMismatch(
-                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, not {h.patient_id!r}"
+                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, "
+                    f"not {h.patient_id!r}"
                 )
         se = conn.execute(_SELECT_SERIES, {"b_uid": h.series_instance_uid}).first()
         if se is None:
@@ -692,7 +694,9 @@ class IndexRepository(IndexSearch):
     def changes(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with engines.read(self.engine) as conn:
             rows = (
-                conn.execute(select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit))
+                conn.execute(
+                    select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit)
+                )
                 .mappings()
                 .all()
             )
@@ -767,7 +771,9 @@ class IndexRepository(IndexSearch):
             }  # fmt: skip
             changes: list[dict[str, Any]] = []
             st = conn.execute(
-                select(study.c.pk, study.c.patient_pk).where(study.c.study_instance_uid == study_instance_uid)
+                select(study.c.pk, study.c.patient_pk).where(
+                    study.c.study_instance_uid == study_instance_uid
+                )
             ).first()
             if st is None:
                 raise NotFound(f"study {study_instance_uid} not found")
@@ -781,14 +787,16 @@ class IndexRepository(IndexSearch):
             if level is not Level.STUDY and not series_rows:
                 raise NotFound(f"series {series_instance_uid} not found in study {study_instance_uid}")
             series_pks = [pk for pk, _uid in series_rows]
-            inst_stmt = select(instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key).where(
-                instance.c.series_pk.in_(series_pks)
-            )
+            inst_stmt = select(
+                instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key
+            ).where(instance.c.series_pk.in_(series_pks))
             if level is Level.IMAGE:
                 inst_stmt = inst_stmt.where(instance.c.sop_instance_uid == sop_instance_uid)
             inst_rows = conn.execute(inst_stmt).all()
             if level is Level.IMAGE and not inst_rows:
-                raise NotFound(f"instance {sop_instance_uid} not found in series {series_instance_uid}")
+                raise NotFound(
+                    f"instance {sop_instance_uid} not found in series {series_instance_uid}"
+                )
             inst_pks = [int(r[0]) for r in inst_rows]
             if before_removal is not None:
                 before_removal(conn, inst_pks)
@@ -813,7 +821,9 @@ class IndexRepository(IndexSearch):
                 removed["series"].append(se_uid)
                 changes.append(_change("deleted", Level.SERIES, se_uid, now))
             left = conn.execute(
-                select(series.c.modality, series.c.number_of_instances).where(series.c.study_pk == study_pk)
+                select(series.c.modality, series.c.number_of_instances).where(
+                    series.c.study_pk == study_pk
+                )
             ).all()
             if left:
                 mods = sorted({str(m) for m, _n in left if m})

@@ -3,7 +3,6 @@ writes of the security tables (:mod:`dicomhub.index.schema.security`).
 
 Every value comes in as a bound parameter; nothing here builds SQL text.
 """
-
 from __future__ import annotations
 
 import datetime as dt
@@ -36,6 +35,10 @@ from dicomhub.index.schema import (
 from dicomhub.model.timestamps import iso_utc, utc_now
 
 __all__ = ["AuditRepository", "SecurityRepository"]
+
+
+
+
 
 
 def insert_labels(conn: Connection, study_instance_uid: str, labels: Iterable[str]) -> None:

@@ -77,4 +77,6 @@ class WebhookRepository:
                 .order_by(webhook_delivery.c.pk.desc())
                 .limit(limit)
             ).mappings()
-            return [{k: (v.isoformat() if k == "at" else v) for k, v in r.items() if k != "pk"} for r in rows]
+            return [
+                {k: (v.isoformat() if k == "at" else v) for k, v in r.items() if k != "pk"} for r in rows
+            ]

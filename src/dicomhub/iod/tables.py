@@ -244,6 +244,7 @@ def _module(
     return _Module(_tree(kept), top)
 
 
+
 def _tree(entries: list[_Entry]) -> tuple[Requirement, ...]:
     """Nest the flat (path, keyword, type, condition) entries of a module into requirement trees."""
     # node: keyword -> [type, children, condition]; a sequence only seen as a path gets type "3".

@@ -172,6 +172,7 @@ class _StoreSink:
         return self._count(result.size, result.outcome)
 
 
+
 class Migrator:
     """Runs inventories and migration jobs of one archive (in the CLI or the server)."""
 

@@ -232,10 +232,8 @@ class LabelRule:
         label, sep, rest = text.partition("=")
         keyword, sep2, value = rest.partition(":")
         label, keyword = label.strip(), keyword.strip()
-        if (
-            not (sep and sep2)
-            or not _LABEL.match(label)
-            or not (keyword == cls.CALLING_AE or _KEYWORD.match(keyword))
+        if not (sep and sep2) or not _LABEL.match(label) or not (
+            keyword == cls.CALLING_AE or _KEYWORD.match(keyword)
         ):
             raise ValueError(f"label rule {text!r}: use LABEL=calling_ae:AET or LABEL=Keyword:value")
         return cls(label, keyword, value.strip() if keyword == cls.CALLING_AE else value)

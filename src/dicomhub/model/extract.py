@@ -121,9 +121,9 @@ def _build(values: dict[str, Any], ts: str, charset: str) -> InstanceHeader:
 _CHARSET_TAG = 0x00080005
 _WANTED = frozenset({a.tag for a in INDEXED} | {_CHARSET_TAG})
 _BY_TAG: dict[int, Attribute] = {a.tag: a for a in INDEXED}
-_FAST_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}) | frozenset(
-    f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202, 203)
-)
+_FAST_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+) | frozenset(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 201, 202, 203))
 
 
 class _NeedsPydicom(Exception):

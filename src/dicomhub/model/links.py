@@ -114,7 +114,6 @@ def match_order(study: StudyKeys, candidates: Sequence[OrderKeys]) -> tuple[Orde
     its Requested Procedure ID, but one that names two orders' procedures never
     falls through to its Study Instance UID.
     """
-
     def by_accession(o: OrderKeys) -> bool:
         return bool(study.accession_number) and o.accession_number == study.accession_number
 

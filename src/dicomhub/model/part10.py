@@ -78,7 +78,9 @@ def file_meta_header(
             _element(0x0002, 0x0010, b"UI", _ui(transfer_syntax_uid)),
             _element(0x0002, 0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
             _element(0x0002, 0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
-            _element(0x0002, 0x0016, b"AE", _text(source_ae_title.strip()[:16])) if source_ae_title else b"",
+            _element(0x0002, 0x0016, b"AE", _text(source_ae_title.strip()[:16]))
+            if source_ae_title
+            else b"",
         )
     )
     group_length = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))

@@ -22,6 +22,7 @@ from dicomhub.errors import InvalidRequest
 __all__ = ["InvalidVR", "TopLevel", "check_part10_complete", "dataset_offset", "scan_part10"]
 
 
+
 class InvalidVR(InvalidRequest):
     """An element of an explicit VR data set whose VR field holds no VR.
 

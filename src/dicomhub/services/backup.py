@@ -427,7 +427,6 @@ class BackupService:
             return
         report.rows_removed.append(entry.sop_instance_uid)
 
-
 def _mismatch(size: int, sha256: str | None, info: BlobInfo) -> str:
     """Why ``info`` is not the blob of ``size`` bytes with ``sha256`` (empty when it is)."""
     if info.size != size:
@@ -435,3 +434,5 @@ def _mismatch(size: int, sha256: str | None, info: BlobInfo) -> str:
     if sha256 and info.sha256 and info.sha256 != sha256:
         return f"SHA-256 {info.sha256}, {sha256} expected"
     return ""
+
+

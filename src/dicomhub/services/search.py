@@ -81,14 +81,20 @@ class SearchService:
             chunk = rows[chunk_start : chunk_start + 500]
             headers: dict[int, Dataset] = {}
             if need_headers:
-                headers = self.headers.headers([r.representative_pk for r in chunk if r.representative_pk])
+                headers = self.headers.headers(
+                    [r.representative_pk for r in chunk if r.representative_pk]
+                )
             for row in chunk:
                 yield self._identifier(query, row, headers.get(row.representative_pk or -1))
 
-    def _filter(self, rows: list[SearchRow], residual: tuple[Condition, ...]) -> Iterator[SearchRow]:
+    def _filter(
+        self, rows: list[SearchRow], residual: tuple[Condition, ...]
+    ) -> Iterator[SearchRow]:
         for start in range(0, len(rows), 500):
             chunk = rows[start : start + 500]
-            headers = self.headers.headers([r.representative_pk for r in chunk if r.representative_pk])
+            headers = self.headers.headers(
+                [r.representative_pk for r in chunk if r.representative_pk]
+            )
             for row in chunk:
                 ds = headers.get(row.representative_pk or -1)
                 if ds is None:
@@ -122,7 +128,9 @@ class SearchService:
             match.set(keyword, value)
         return match
 
-    def instances(self, query: Query, caller: Caller, action: Action = Action.RETRIEVE) -> list[InstanceRow]:
+    def instances(
+        self, query: Query, caller: Caller, action: Action = Action.RETRIEVE
+    ) -> list[InstanceRow]:
         """The instances below the matches of a retrieve identifier (C-GET/C-MOVE) in
         the studies the ``caller`` may ``action``."""
         permitted = _permitted(caller, action)
@@ -133,7 +141,9 @@ class SearchService:
             return [row for row, _pk in pairs]
         headers = self.headers.headers([pk for _row, pk in pairs])
         return [
-            row for row, pk in pairs if pk in headers and all(self._matches(c, headers[pk]) for c in residual)
+            row
+            for row, pk in pairs
+            if pk in headers and all(self._matches(c, headers[pk]) for c in residual)
         ]
 
     def instances_with_header_json(

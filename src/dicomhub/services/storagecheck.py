@@ -183,3 +183,4 @@ class StorageCheckService:
             report.problems.append(StorageProblem("orphan", key, None, f"cannot remove: {exc}"))
             return
         report.removed.append(key)
+

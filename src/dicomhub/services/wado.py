@@ -357,7 +357,9 @@ class WadoService:
             raise CannotEncode(str(exc)) from exc
         return result.chunks()
 
-    def frames_in(self, row: InstanceRow, numbers: Sequence[int], transfer_syntax_uid: str) -> list[bytes]:
+    def frames_in(
+        self, row: InstanceRow, numbers: Sequence[int], transfer_syntax_uid: str
+    ) -> list[bytes]:
         """Frames ``numbers`` (1-based) decoded and, for a compressed target, re-encoded.
 
         Raises

@@ -54,7 +54,9 @@ class BlobStore(Protocol):
         """A fresh opaque key to :meth:`put` a new blob under."""
         ...
 
-    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         """Write ``data`` under ``key`` (a new key) and return its info.
 
         Returns only once the bytes are on stable storage, unless ``durable``

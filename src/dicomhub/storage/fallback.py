@@ -41,7 +41,9 @@ class FallbackBlobStore:
     def new_key(self) -> str:
         return self.primary.new_key()
 
-    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         return self.primary.put(key, data, sha256, durable=durable)
 
     def put_stream(

@@ -130,7 +130,9 @@ class FileSystemBlobStore:
         if self._fsync:
             os.sync()  # the new folders' entries, once
 
-    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         return self._store(key, (data,), sha256 or None, durable)
 
     def put_stream(

@@ -26,7 +26,9 @@ class MemoryBlobStore:
     def new_key(self) -> str:
         return new_blob_key()
 
-    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         with self._lock:
             self._blobs[key] = bytes(data)
             self._created[key] = time.time()

@@ -155,7 +155,9 @@ class S3BlobStore:
     def new_key(self) -> str:
         return new_blob_key()
 
-    def put(self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True) -> BlobInfo:
+    def put(
+        self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
+    ) -> BlobInfo:
         view = memoryview(data)
         if len(view) > self.part_size:
             return self._multipart(key, _slices(view, self.part_size))
@@ -348,7 +350,9 @@ class S3BlobStore:
         prefix = self.location.prefix
         while True:
             extra = {"ContinuationToken": token} if token else {}
-            page = self._call("list objects", None, self._client.list_objects_v2, Prefix=prefix, **extra)
+            page = self._call(
+                "list objects", None, self._client.list_objects_v2, Prefix=prefix, **extra
+            )
             for item in page.get("Contents", []):
                 name = item["Key"][len(prefix) :]
                 if valid_blob_key(name):

@@ -90,9 +90,7 @@ def parse_target(url: str) -> SyslogTarget:
         raise ConfigurationError(f"audit_syslog {url!r}: not a URL ({exc})") from exc
     transport = parts.scheme.lower()
     if transport not in _DEFAULT_PORTS or not parts.hostname:
-        raise ConfigurationError(
-            f"audit_syslog {url!r}: tls://HOST[:PORT], tcp://HOST[:PORT] or udp://HOST[:PORT]"
-        )
+        raise ConfigurationError(f"audit_syslog {url!r}: tls://HOST[:PORT], tcp://HOST[:PORT] or udp://HOST[:PORT]")
     try:
         port = parts.port or _DEFAULT_PORTS[transport]
     except ValueError as exc:

@@ -59,7 +59,9 @@ def routes(archive: Archive) -> list[BaseRoute]:
             caller = caller_of(request)
             project = deid.get("project")
             # /migrations needs ADMINISTER already; de-identifying also needs the project's grant.
-            if not isinstance(project, str) or not caller.access.permits_project(Action.DEIDENTIFY, project):
+            if not isinstance(project, str) or not caller.access.permits_project(
+                Action.DEIDENTIFY, project
+            ):
                 raise Forbidden(f"{caller.who} may not de-identify for project {project!r}")
             actor = caller.principal or f"http:{caller.address or 'unknown'}"
             deid = {**deid, "actor": actor}

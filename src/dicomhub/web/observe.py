@@ -131,7 +131,7 @@ class ObserveMiddleware:
         address = str(client[0]) if client else ""
         ACCESS_LOGGER.log(
             level,
-            "%s %s %d %.1f ms %d bytes principal=%s client=%s",
+            '%s %s %d %.1f ms %d bytes principal=%s client=%s',
             method,
             path,
             status,

@@ -914,9 +914,7 @@ def _paths() -> Json:
         paths,
         _STUDY + "/thumbnail",
         _rendered_operation(
-            _STUDY + "/thumbnail",
-            "retrieveStudyThumbnail",
-            "Thumbnail of a study (its middle instance)",
+            _STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
             thumbnail=True,
         ),
     )

@@ -395,7 +395,9 @@ def _sop_uids(head: bytes) -> tuple[str, str]:
 
 
 def _read_head(data: bytes, specific_tags: list[int] | None = None) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=specific_tags)
+    return pydicom.dcmread(
+        io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=specific_tags
+    )
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"

@@ -29,7 +29,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text),
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index("ix_decode_check_syntax", "decode_check", ["transfer_syntax_uid", "sop_class_uid", "ok"])
+    op.create_index(
+        "ix_decode_check_syntax", "decode_check", ["transfer_syntax_uid", "sop_class_uid", "ok"]
+    )
     op.create_table(
         "worker_cursor",
         sa.Column("name", sa.String(32), primary_key=True),
