@@ -28,6 +28,8 @@ run: install
 test-deps: $(BIN)/python
 	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# The example plugin the plugin tests enable (tests/e2e/test_plugins.py).
+	$(BIN)/python -m pip install --quiet --no-deps -e examples/plugins/dicomhub-example-plugin
 
 test: test-deps
 	$(BIN)/ruff check src tests benchmarks fuzz

@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.peer import Peer
+from dicomhub.model.plugins import PluginConfig, parse_plugin_name, plugins_table
 from dicomhub.model.policy import (
     CompressionRule,
     DecodeCheckMode,
@@ -242,6 +243,9 @@ class Settings:
     # (renewed after each send): when a node dies, another takes its items over after
     # this long. Keep it well above one send's time, or a slow send may go twice.
     route_lease: float = 120.0
+    # Python plugins to load from the dicomhub.plugins entry points: [plugins] enabled = [...]
+    # with a [plugins.NAME] table of each one's settings; none runs unless listed (docs/plugins.md)
+    plugins: tuple[PluginConfig, ...] = ()
     # How long a deleted study, series or instance stays in the trash, restorable, before it
     # is purged for good (docs/trash-and-retention.md); 0: a delete removes it for good at once.
     trash_keep: Duration = Duration(7 * 86400)
@@ -477,6 +481,7 @@ def _route_item(item: Any) -> Route:
 _ITEM_FORMS: dict[Any, _ItemForm] = {
     Peer: _ItemForm(_peer_item, "[[peer]] tables of the configuration file (docs/peers.md)"),
     Webhook: _ItemForm(_webhook_item, "[[webhook]] tables of the configuration file (docs/changes.md)"),
+    PluginConfig: _ItemForm(parse_plugin_name, "plugin names (their settings: [plugins.NAME] tables)"),
     Route: _ItemForm(_route_item, "[[route]] tables of the configuration file (docs/routing.md)"),
     RetentionRule: _ItemForm(
         _retention_item, "[[retention]] tables of the configuration file (docs/trash-and-retention.md)"
@@ -510,6 +515,7 @@ def _oidc_roles_table(value: Mapping[str, Any]) -> tuple[str, ...]:
 _TABLES: dict[str, tuple[Callable[[Mapping[str, Any]], Any], str]] = {
     "oidc_roles": (_oidc_roles_table, 'a table VALUE = "ROLE[@SCOPE]"'),
     "printers": (printers_table, "[printers.NAME] tables of aet, host, port, color, dpi"),
+    "plugins": (plugins_table, "a [plugins] table: enabled = [NAMES], [plugins.NAME] settings"),
 }
 
 
@@ -736,6 +742,8 @@ def display_value(value: Any) -> str:
         return f"{value.x},{value.y},{value.width},{value.height}"
     if isinstance(value, CompressionRule):
         return f"{value.key}={value.transfer_syntax}"
+    if isinstance(value, PluginConfig):
+        return value.name
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], ValidationPolicy):
         return f"{value[0]}={value[1].value}"
     if isinstance(value, tuple):
@@ -862,7 +870,8 @@ def _read_file(
     if isinstance(data.get("dicomhub"), dict):
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
-            if key in ("peer", "webhook", "route", "retention"):  # these tables may stand beside [dicomhub]
+            # these tables may stand beside [dicomhub]
+            if key in ("peer", "webhook", "route", "retention", "plugins"):
                 take(_ALIASES.get(key, key), data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""

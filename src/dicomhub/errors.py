@@ -15,6 +15,8 @@ transport codes in one table, so no transport status appears here::
     │   ├── DuplicateInstance     same SOP Instance UID already held
     │   └── PatientMismatch       study already held under another PatientID
     ├── RejectedObject            an instance a rejection note rejected, sent again
+    ├── RefusedByPlugin           a plugin's receive hook refused it, with its status
+    ├── PluginFailure             a plugin's hook raised (processing failure)
     ├── StorageError              blob write/read failure
     │   ├── BlobMissing
     │   ├── ChecksumMismatch
@@ -42,6 +44,8 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PatientMismatch",
+    "PluginFailure",
+    "RefusedByPlugin",
     "RejectedObject",
     "RejectionFailed",
     "SOPClassNotSupported",
@@ -89,6 +93,23 @@ class RejectedObject(DicomhubError):
     """An object whose SOP Instance UID a rejection note rejected, sent again.
 
     It is refused before anything is written (dcm4chee-arc's 0xA771): no copy is kept."""
+
+
+class RefusedByPlugin(DicomhubError):
+    """A plugin's receive hook refused the object before anything was written.
+
+    ``status`` is the plugin's DICOM failure status (0xA7xx, 0xA9xx or 0xCxxx):
+    C-STORE answers with it and STOW-RS reports it as the Failure Reason."""
+
+    def __init__(self, plugin: str, status: int, reason: str) -> None:
+        super().__init__(f"refused by plugin {plugin}: {reason}")
+        self.plugin = plugin
+        self.status = status
+        self.reason = reason
+
+
+class PluginFailure(DicomhubError):
+    """A plugin's hook raised instead of answering: a processing failure, logged."""
 
 
 class Conflict(DicomhubError):

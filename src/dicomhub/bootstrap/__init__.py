@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from xml.etree import ElementTree
 
+from dicomhub.bootstrap.plugins import hook_ingest, ingest_class, plugin_events, plugin_host
 from dicomhub.codec import transfer_syntax
 from dicomhub.config import Settings
 from dicomhub.errors import ConfigurationError, DicomhubError
@@ -184,7 +185,8 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     links = StudyLinkService(StudyLinkRepository(engine), orders, blobs=blobs)
     orders.placed.append(links.link_for_order)
     rejection_notes = RejectionNotes(RejectionRepository(engine))
-    ingest = IngestService(
+    host = plugin_host(settings)  # a broken plugin or plugin destination stops here
+    ingest = ingest_class(host)(
         index,
         blobs,
         settings.duplicate_policy,
@@ -198,6 +200,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         linker=links.link_stored,
         rejections=rejection_notes,
     )
+    hook_ingest(ingest, host)
     configured = configured_peers(settings.peers, settings.remote_aes)
     # Opened last: its sender thread is closed only by the archive's close.
     feed = open_audit_feed(settings)
@@ -320,6 +323,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
         corrections=CorrectionService(
             CorrectionRepository(engine), wado, ingest, rejection, patients, orders, audit
         ),
+        plugin_events=plugin_events(host, engine, index),
     )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicomhub.bootstrap import configure_logging, open_archive
+from dicomhub.bootstrap.plugins import plugin_host
 from dicomhub.config import Settings, tls_client_context, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.commitment import CommitmentResult
@@ -80,7 +81,7 @@ def run_background_worker(settings: Settings, parent: int) -> None:
     archive = open_archive(settings, upgrade=False)
     from dicomhub.migrate.outbound import sender_factory  # routing's senders: this process only
 
-    archive.routing.use_senders(sender_factory(archive, settings))
+    archive.routing.use_senders(sender_factory(archive, settings, plugin_host(settings)))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [
@@ -99,6 +100,15 @@ def run_background_worker(settings: Settings, parent: int) -> None:
         threading.Thread(target=archive.trash.run_worker, args=(stop,), name="trash-purge", daemon=True),
         threading.Thread(target=archive.retention.run_worker, args=(stop,), name="retention", daemon=True),
         threading.Thread(target=archive.webhooks.run_worker, args=(stop,), name="webhooks", daemon=True),
+        *(
+            [
+                threading.Thread(
+                    target=archive.plugin_events.run_worker, args=(stop,), name="plugin-events", daemon=True
+                )
+            ]
+            if archive.plugin_events is not None
+            else []
+        ),
         threading.Thread(
             target=archive.routing.run_enqueuer, args=(stop,), name="route-enqueue", daemon=True
         ),
@@ -257,6 +267,8 @@ def _serve_with_metrics(settings: Settings) -> None:
 
     archive = open_archive(settings)  # migrates the index before any worker starts
     archive.webhooks.begin()  # before anything can be stored
+    if archive.plugin_events is not None:
+        archive.plugin_events.begin()
     archive.routing.begin()  # an unknown peer stops serve here; the enqueuer starts at now
     # dimse_port 0 with a TLS port: DICOM TLS only (its listener serves as both).
     tls_only = settings.dimse_port == 0 and settings.dimse_tls_port > 0
@@ -288,7 +300,12 @@ def _serve_with_metrics(settings: Settings) -> None:
         return found
 
     app = create_app(
-        archive, settings, dimse_alive=workers.alive, conformance=conformance, processes=processes
+        archive,
+        settings,
+        dimse_alive=workers.alive,
+        conformance=conformance,
+        processes=processes,
+        plugin_host=plugin_host(settings),
     )
     try:
         hl7 = start_hl7_listener(settings, archive)

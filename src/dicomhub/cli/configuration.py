@@ -72,6 +72,9 @@ def _check(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from dicomhub.config import anonymous_network_refusal
+    from dicomhub.errors import ConfigurationError
+    from dicomhub.plugins.host import PluginHost
+    from dicomhub.plugins.loader import load_plugins
 
     try:
         loaded = load_from_args(args)
@@ -80,6 +83,10 @@ def _check(args: argparse.Namespace) -> int:
     refusal = anonymous_network_refusal(loaded.settings)
     if refusal is not None:  # a configuration serve refuses to start with
         return _report([Problem(str(loaded.sources["host"]), "host", refusal)], args.json)
+    try:  # the enabled plugins load as serve would load them
+        PluginHost(load_plugins(loaded.settings.plugins)).check_routes(loaded.settings.routes)
+    except ConfigurationError as exc:
+        return _report([Problem(str(loaded.sources["plugins"]), "plugins", str(exc))], args.json)
     rows = _rows(loaded)
     if args.json:
         settings = {name: {"value": plain, "source": source} for name, _text, plain, source in rows}

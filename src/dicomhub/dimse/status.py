@@ -18,6 +18,7 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    RefusedByPlugin,
     RejectedObject,
     RejectionFailed,
     SOPClassNotSupported,
@@ -129,6 +130,8 @@ def _lookup(table: tuple[tuple[type[Exception], int], ...], exc: Exception, defa
 
 def store_status(exc: Exception) -> int:
     """The C-STORE status for an error raised by the ingest service."""
+    if isinstance(exc, RefusedByPlugin):
+        return exc.status  # the plugin's own failure status, checked when it was made
     return _lookup(STORE_STATUSES, exc, STORE_PROCESSING_FAILURE)
 
 

@@ -22,7 +22,8 @@ from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open
 from dicomhub.model.identifiers import is_valid_uid
 from dicomhub.model.migration import RemoteKind
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.routing import FOLDER_PREFIX, Route
+from dicomhub.model.routing import FOLDER_PREFIX, PLUGIN_PREFIX, Route
+from dicomhub.plugins.host import PluginHost
 from dicomhub.services.archive import Archive
 from dicomhub.services.routing import Sender, SenderFactory
 
@@ -93,8 +94,9 @@ class FolderSender:
         pass
 
 
-def sender_factory(archive: Archive, settings: Settings) -> SenderFactory:
-    """The ``open_sender`` of :class:`~dicomhub.services.routing.RoutingService`."""
+def sender_factory(archive: Archive, settings: Settings, plugins: PluginHost | None = None) -> SenderFactory:
+    """The ``open_sender`` of :class:`~dicomhub.services.routing.RoutingService`
+    (``plugins``: the enabled plugins, for ``plugin:NAME:ARGUMENT`` destinations)."""
 
     def stored(row: InstanceRow) -> bytes:
         return archive.retrieve.read(row)
@@ -125,6 +127,10 @@ def sender_factory(archive: Archive, settings: Settings) -> SenderFactory:
 
         if destination.startswith(FOLDER_PREFIX):
             return FolderSender(destination.removeprefix(FOLDER_PREFIX), part10)
+        if destination.startswith(PLUGIN_PREFIX):
+            if plugins is None:
+                raise DicomhubError(f"{destination}: no plugins are loaded in this process")
+            return plugins.sender(destination, part10)
         peer = archive.peers.require(destination)
         remote = peer.remote(archive.peers.credentials(peer))
         if remote.kind is RemoteKind.FOLDER:

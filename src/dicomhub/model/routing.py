@@ -35,6 +35,7 @@ from dicomhub.model.tables import named_tables
 
 __all__ = [
     "FOLDER_PREFIX",
+    "PLUGIN_PREFIX",
     "STATES",
     "TRIGGERS",
     "Condition",
@@ -47,6 +48,9 @@ TRIGGERS: Final = ("stored", "stable")
 #: States of a queue item: waiting (first try or a retry), sent, or dead (given up).
 STATES: Final = ("queued", "sent", "dead")
 FOLDER_PREFIX: Final = "folder:"
+#: ``plugin:NAME:ARGUMENT``: handed to the enabled plugin NAME's ``send`` (docs/plugins.md).
+PLUGIN_PREFIX: Final = "plugin:"
+_PLUGIN_DESTINATION = re.compile(r"^plugin:[a-z][a-z0-9_-]{0,31}(:[^\x00]{0,200})?$")
 #: Keys of ``when`` that are not indexed attributes.
 _SPECIAL: Final = ("calling_ae", "sop_class", "label")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")
@@ -92,8 +96,8 @@ class Route:
         return all(c.holds(facts.get(c.key, ())) for c in self.when)
 
     def peers(self) -> tuple[str, ...]:
-        """The destinations that name peers (not folders)."""
-        return tuple(d for d in self.to if not d.startswith(FOLDER_PREFIX))
+        """The destinations that name peers (not folders nor plugins)."""
+        return tuple(d for d in self.to if not d.startswith((FOLDER_PREFIX, PLUGIN_PREFIX)))
 
     def public(self) -> dict[str, Any]:
         return {
@@ -125,6 +129,10 @@ def _destination(value: Any, where: str) -> str:
         path = value.removeprefix(FOLDER_PREFIX)
         if not path.startswith("/") or "\x00" in path:
             raise ConfigurationError(f"{where}: {value!r}: a folder destination is folder:ABSOLUTE-PATH")
+        return value
+    if value.startswith(PLUGIN_PREFIX):
+        if not _PLUGIN_DESTINATION.match(value):
+            raise ConfigurationError(f"{where}: {value!r}: a plugin destination is plugin:NAME[:ARGUMENT]")
         return value
     if len(value) > 64 or "/" in value or "\\" in value:
         raise ConfigurationError(f"{where}: {value!r} cannot name a peer")

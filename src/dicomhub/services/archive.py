@@ -29,6 +29,7 @@ from dicomhub.services.migration import MigrationService
 from dicomhub.services.mpps import MppsService
 from dicomhub.services.orders import OrderService
 from dicomhub.services.peers import PeerService
+from dicomhub.services.plugin_events import PluginEventService
 from dicomhub.services.printclient import PrintClientService
 from dicomhub.services.printing import PrintService
 from dicomhub.services.rejection import RejectionService
@@ -100,6 +101,8 @@ class Archive:
     rejection: RejectionService | None = None
     # Modify, split and merge stored studies, merge patients (recorded); None where nothing wired it.
     corrections: CorrectionService | None = None
+    # Hands stored / stable-study events to the plugins' hooks; None where nothing wired it.
+    plugin_events: PluginEventService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route
 
 from dicomhub import __version__
 from dicomhub.config import Settings
+from dicomhub.plugins.host import PluginHost
 from dicomhub.services.archive import Archive
 from dicomhub.web import (
     admin,
@@ -29,6 +30,7 @@ from dicomhub.web import (
     orders,
     patients,
     peers,
+    plugins,
     printclient,
     printing,
     repair,
@@ -54,6 +56,7 @@ def create_app(
     dimse_alive: Callable[[], bool] = lambda: True,
     conformance: Callable[[str], str] | None = None,
     processes: Callable[[], Mapping[str, int]] | None = None,
+    plugin_host: PluginHost | None = None,
 ) -> Starlette:
     """Build the HTTP application on ``archive``.
 
@@ -64,7 +67,8 @@ def create_app(
     without it); the composition root injects it, since the statement is
     generated from the DIMSE and web layers together. ``processes`` gives
     ``{role: pid}`` of the server's processes for ``dicomhub_process_*`` in
-    ``/metrics``.
+    ``/metrics``. ``plugin_host``: the enabled plugins, whose routes are mounted
+    under ``/plugins/NAME``.
     """
 
     def conformance_statement(request: Request) -> Response:
@@ -167,6 +171,7 @@ def create_app(
             *changes.routes(archive),
             *trash.routes(archive),
             *security.routes(archive, backlog),
+            *plugins.routes(archive, plugin_host),
             # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
             *ui.routes(),
         ],

@@ -99,6 +99,7 @@ from dicomhub.errors import (
     InvalidIdentifier,
     InvalidRequest,
     PatientMismatch,
+    RefusedByPlugin,
     RejectedObject,
     RejectionFailed,
     SOPClassNotSupported,
@@ -186,6 +187,8 @@ _FAILURE_REASON = (0x00081197, "US", "FailureReason")
 def failure_reason(exc: Exception) -> int:
     """The STOW-RS Failure Reason for an error raised by the ingest service."""
     count_backend_error(exc, "http")
+    if isinstance(exc, RefusedByPlugin):
+        return exc.status
     for cls, reason in _FAILURE_REASONS:
         if isinstance(exc, cls):
             return reason
