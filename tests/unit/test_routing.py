@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index import engine as engines
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.routing import RouteRepository
-from dicomhub.index.schema import route_item, worker_cursor
+from dicomhub.index.schema import rejected_instance, route_item, worker_cursor
 from dicomhub.index.stability import StabilityRepository
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.identifiers import Level
 from dicomhub.model.ingest import InstanceOrigin, OriginKind
 from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.records import InstanceRow
@@ -291,3 +292,53 @@ def test_route_test_counts_matching_instances_and_an_unknown_peer_stops_begin(tm
     unknown = RoutingService([route(to=["nowhere"])], s.index, s.queue, Peers(), s.sender)
     with pytest.raises(ConfigurationError, match="no peer 'nowhere'"):
         unknown.begin()
+
+
+def test_items_whose_instance_was_rejected_or_deleted_since_are_skipped_not_sent(tmp_path: Path) -> None:
+    s = Setup(tmp_path, route())
+    study = datagen.uid()
+    kept, rejected, deleted = (s.store(study_uid=study) for _ in range(3))
+    s.service.enqueue_step()
+    now = utc_now()
+    with engines.write(s.queue.engine) as conn:
+        conn.execute(
+            insert(rejected_instance).values(
+                sop_instance_uid=rejected.SOPInstanceUID, series_instance_uid=rejected.SeriesInstanceUID,
+                study_instance_uid=study, sop_class_uid=rejected.SOPClassUID, code_value="113001",
+                coding_scheme="DCM", rejection_note_uid=datagen.uid(), rejected_by="TEST", at=now,
+            )
+        )  # fmt: skip
+    s.index.delete_entity(Level.IMAGE, study, str(deleted.SeriesInstanceUID), str(deleted.SOPInstanceUID))
+    assert s.service.forward_step() == 3
+    assert s.sender.sent == [kept.SOPInstanceUID]
+    reasons = {i["sop_instance_uid"]: i["last_error"] for i in s.service.items("skipped")}
+    assert "rejected" in reasons[rejected.SOPInstanceUID] and "deleted" in reasons[deleted.SOPInstanceUID]
+    assert len(reasons) == 2 and [i["sop_instance_uid"] for i in s.service.items("sent")] == [
+        kept.SOPInstanceUID
+    ]
+    # Skipped is final: a retry of failed items does not send them.
+    assert s.service.retry() == 0 and s.service.forward_step() == 0
+
+
+def test_sent_items_are_marked_a_batch_at_a_time_with_their_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Setup(tmp_path, route())
+    study = datagen.uid()
+    stored = [s.store(study_uid=study) for _ in range(12)]
+    s.sender.refuse = {stored[5].SOPInstanceUID}
+    s.service.enqueue_step()
+    settles: list[dict[str, Any]] = []
+    real = s.queue.settle
+
+    def settle(owner: str, now: dt.datetime, **outcome: Any) -> int:
+        settles.append(outcome)
+        return real(owner, now, **outcome)
+
+    monkeypatch.setattr(s.queue, "settle", settle)
+    assert s.service.forward_step() == 11  # the Recorder takes 10 a send: two sends
+    # One write per send (the second has no failure but ends the batch), not one per instance.
+    assert [(len(o.get("sent", ())), len(o.get("failures", ()))) for o in settles] == [(9, 1), (2, 0)]
+    assert len(s.service.items("sent")) == 11
+    [waiting] = s.service.items("queued")
+    assert waiting["sop_instance_uid"] == stored[5].SOPInstanceUID and waiting["attempts"] == 1

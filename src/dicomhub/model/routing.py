@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 TRIGGERS: Final = ("stored", "stable")
-#: States of a queue item: waiting (first try or a retry), sent, or dead (given up).
-STATES: Final = ("queued", "sent", "dead")
+#: States of a queue item: waiting (first try or a retry), sent, dead (given up), or
+#: skipped (its instance was rejected, deleted or trashed before it went).
+STATES: Final = ("queued", "sent", "dead", "skipped")
 FOLDER_PREFIX: Final = "folder:"
 #: Keys of ``when`` that are not indexed attributes.
 _SPECIAL: Final = ("calling_ae", "sop_class", "label")

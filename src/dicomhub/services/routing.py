@@ -11,9 +11,12 @@ Two background jobs:
   (the job's claim).
 * the **forwarder** claims due items of one destination (several nodes each take
   their own, see :mod:`dicomhub.index.routing`), sends them on one association or
-  HTTP client, and marks each sent as soon as the peer confirmed it (one C-STORE,
-  one STOW-RS request), before the next: a crash resends at most what was in
-  flight. A failed item is retried after 1 s, 2 s, 4 s ...
+  HTTP client, and marks what the peer confirmed (C-STORE responses, a STOW-RS
+  response) sent a batch at a time: in one transaction once 16 are confirmed, or
+  0.2 s after the first of them went, or with a failure. A crash resends at most
+  those and the one in flight. An item whose instance was rejected (IOCM),
+  deleted or trashed since it was queued is skipped, not sent. A failed item is
+  retried after 1 s, 2 s, 4 s ...
   5 min; after its rule's ``max_attempts`` it is dead, with the last error, until a
   manual retry.
 
@@ -28,6 +31,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -47,6 +51,13 @@ __all__ = ["RoutingService", "Sender", "SenderFactory"]
 LOGGER = logging.getLogger("dicomhub.routing")
 
 _BATCH = 50  # items claimed at once (one destination, preferably one study)
+# Items confirmed by the peer are marked sent together: at most this many, and never
+# later than this many seconds after the first of them was sent. A kill -9 resends
+# what was confirmed but not marked yet, so the two bound what a crash may resend.
+_MARK_EVERY = 16
+_MARK_WITHIN = 0.2
+_REJECTED = "skipped: rejected (IOCM) before it was sent"
+_GONE = "skipped: deleted or trashed before it was sent"
 LEASE_SECONDS = 120.0  # how long a claim lasts without renewal; a dead node's items wait this long
 
 
@@ -195,40 +206,52 @@ class RoutingService:
             failures = [(int(c["pk"]), int(c["attempts"]), error) for c in claimed]
             self._queue.mark_failed(failures, self.owner, 0, utc_now())
             return len(claimed)
-        found = {row.sop_instance_uid: row for row, _f in self._queue.facts(
-            sop_instance_uids=[str(c["sop_instance_uid"]) for c in claimed])}  # fmt: skip
-        finished = 0
+        uids = [str(c["sop_instance_uid"]) for c in claimed]
+        found = {row.sop_instance_uid: row for row, _f in self._queue.facts(sop_instance_uids=uids)}
+        # Nothing to send any more: rejected (IOCM) or gone (deleted, trashed) since queued.
+        rejected = self._queue.rejected(uids)
+        skipped = [
+            (int(c["pk"]), _REJECTED if str(c["sop_instance_uid"]) in rejected else _GONE)
+            for c in claimed
+            if str(c["sop_instance_uid"]) in rejected or str(c["sop_instance_uid"]) not in found
+        ]
+        if skipped:
+            self._queue.settle(self.owner, utc_now(), skipped=skipped)
+            LOGGER.info("routing %s -> %s: %d items skipped (rejected or deleted since queued)",
+                        route.name, destination, len(skipped))  # fmt: skip
+            dropped = {pk for pk, _why in skipped}
+            claimed = [c for c in claimed if int(c["pk"]) not in dropped]
+            if not claimed:
+                return len(skipped)
         try:
             sender = self._open_sender(destination, route)
         except DicomhubError as exc:
-            return self._failed(route, destination, claimed, {}, str(exc))
+            return len(skipped) + self._failed(route, destination, claimed, {}, str(exc))
+        marks = _Marks(self, route, destination)
         step = max(1, sender.batch)
         try:
             for i in range(0, len(claimed), step):
                 part = claimed[i : i + step]
-                rows = [
-                    found[str(c["sop_instance_uid"])] for c in part if str(c["sop_instance_uid"]) in found
-                ]
-                gone = {str(c["sop_instance_uid"]): "no longer stored here" for c in part
-                        if str(c["sop_instance_uid"]) not in found}  # fmt: skip
+                rows = [found[str(c["sop_instance_uid"])] for c in part]
+                began = time.monotonic()
                 try:
-                    errors = {**sender.send(rows), **gone} if rows else gone
+                    errors = sender.send(rows)
                 except Exception as exc:  # noqa: BLE001 - any fault of a send fails its items, not the job
                     if not isinstance(exc, DicomhubError):
                         LOGGER.exception("routing %s -> %s: sending failed", route.name, destination)
                     # Nothing of this step went: it and the rest of the batch wait.
-                    reason = str(exc) or type(exc).__name__
-                    return finished + self._failed(route, destination, claimed[i:], {}, reason)
-                sent = [int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors]
-                self._queue.mark_sent(sent, self.owner, utc_now())
-                finished += len(sent)
+                    marks.fail(claimed[i:], str(exc) or type(exc).__name__)
+                    break
+                marks.sent([int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors], began)
                 if errors:
-                    finished += self._failed(route, destination, part, errors, "")
-                rest = [int(c["pk"]) for c in claimed[i + step :]]
-                self._queue.renew(rest, self.owner, utc_now() + dt.timedelta(seconds=self._lease))
+                    marks.fail([c for c in part if str(c["sop_instance_uid"]) in errors], "", errors)
+                marks.flush_if_due([int(c["pk"]) for c in claimed[i + step :]])
         finally:
-            sender.close()
-        return finished
+            try:
+                marks.flush([])
+            finally:
+                sender.close()
+        return len(skipped) + marks.finished
 
     def _failed(
         self,
@@ -333,6 +356,54 @@ class RoutingService:
         if not self.routes or self._open_sender is None:
             return
         run_until_stopped(stop, self.forward_step, "routing forwarder", LOGGER, idle=0.5)
+
+
+class _Marks:
+    """The outcomes of one batch, written a few statements at a time (see ``_MARK_EVERY``)."""
+
+    def __init__(self, service: RoutingService, route: Route, destination: str) -> None:
+        self._service = service
+        self._route = route
+        self._destination = destination
+        self._sent: list[int] = []
+        self._since = 0.0  # when the first unmarked sent item began to go
+        self._failures: list[tuple[int, int, str]] = []
+        self.finished = 0
+
+    def sent(self, pks: Sequence[int], began: float) -> None:
+        if pks and not self._sent:
+            self._since = began
+        self._sent += pks
+
+    def fail(self, items: Sequence[Mapping[str, Any]], error: str, errors: Mapping[str, str] = {}) -> None:
+        self._failures += [
+            (int(c["pk"]), int(c["attempts"]), errors.get(str(c["sop_instance_uid"]), error)) for c in items
+        ]
+
+    def flush_if_due(self, rest: Sequence[int]) -> None:
+        """Write what is pending when there are enough, it waited long enough, or an
+        item failed; renew the lease of ``rest``, the items still to send."""
+        due = len(self._sent) >= _MARK_EVERY or (
+            self._sent and time.monotonic() - self._since >= _MARK_WITHIN
+        )
+        if due or self._failures:
+            self.flush(rest)
+
+    def flush(self, rest: Sequence[int]) -> None:
+        service = self._service
+        now = utc_now()
+        failures, self._failures = self._failures, []
+        sent, self._sent = self._sent, []
+        if not (sent or failures or rest):
+            return
+        dead = service._queue.settle(
+            service.owner, now, sent=sent, failures=failures, max_attempts=self._route.max_attempts,
+            renew=rest, lease_until=now + dt.timedelta(seconds=service._lease),
+        )  # fmt: skip
+        self.finished += len(sent) + dead
+        if failures:
+            LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
+                           self._destination, len(failures), dead, failures[0][2])  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
