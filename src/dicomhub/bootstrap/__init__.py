@@ -229,6 +229,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
     from dicomhub.dimse.printscu import DimseFilmPrinter  # the Print SCU's requestor
 
     wado = WadoService(index, search, blobs, transcode, patients)
+    rejection = RejectionService(ingest, wado, headers, access.study_facts)
     trash = TrashRepository(engine)
     delete = DeleteService(index, blobs, access.study_facts, trash, settings.trash_keep)
     return Archive(
@@ -295,6 +296,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             settings.retention_interval,
             audit,
             claim=lambda name: lease(engine, name),
+            rejection=rejection,
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(
@@ -308,7 +310,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             audit,
             claim=lambda name: lease(engine, name),
         ),
-        rejection=RejectionService(ingest, wado, headers, access.study_facts),
+        rejection=rejection,
     )
 
 
@@ -510,4 +512,3 @@ def webhook_poster() -> Poster:
             raise OSError(str(exc) or type(exc).__name__) from exc
 
     return post
-
