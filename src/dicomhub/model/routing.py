@@ -10,6 +10,8 @@ A rule is a ``[[route]]`` table of the configuration file::
     when = { Modality = "CT", calling_ae = "CT1" }
     to = ["pacs", "folder:/srv/export"]   # peer names, or folder:ABSOLUTE-PATH
     transfer_syntax = "1.2.840.10008.1.2.1"  # optional: transcode before sending
+    deidentify = "study-x"                # optional: de-identify with this project first
+    deidentify_options = ["retain-uids"]  # optional: options of the profile (PS3.15 E.1-1)
     max_attempts = 10                     # then the item is dead (manual retry)
 
 ``when`` holds conditions that must all hold: an indexed attribute by its DICOM
@@ -19,6 +21,11 @@ object), ``sop_class`` (its SOP Class UID) or ``label`` (one of the study's
 labels). A value is matched exactly, or as a DICOM wildcard with ``*`` and ``?``
 (PS3.4 C.2.2.2.4), case-sensitively; a list of values matches any of them. A rule
 without conditions matches everything.
+
+``deidentify`` is the rule's, not a destination's: ``to`` stays a plain list of
+names, and a rule that sends identified to one peer and de-identified to another is
+two rules with the same ``when``. What leaves is de-identified with the project's key
+and recorded in its mapping, as for a de-identifying C-MOVE destination.
 """
 
 from __future__ import annotations
@@ -51,7 +58,9 @@ FOLDER_PREFIX: Final = "folder:"
 #: Keys of ``when`` that are not indexed attributes.
 _SPECIAL: Final = ("calling_ae", "sop_class", "label")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")
-_FIELDS: Final = {"name", "on", "when", "to", "transfer_syntax", "max_attempts"}
+_FIELDS: Final = {
+    "name", "on", "when", "to", "transfer_syntax", "max_attempts", "deidentify", "deidentify_options",
+}  # fmt: skip
 
 
 def backoff(attempts: int) -> float:
@@ -87,6 +96,8 @@ class Route:
     when: tuple[Condition, ...] = ()
     transfer_syntax: str = ""
     max_attempts: int = 10
+    deidentify: str = ""  # a de-identification project: what leaves is de-identified
+    deidentify_options: tuple[str, ...] = ()
 
     def matches(self, facts: Mapping[str, Collection[str]]) -> bool:
         """Whether an instance with ``facts`` (key -> its values) meets every condition."""
@@ -104,6 +115,8 @@ class Route:
             "to": list(self.to),
             "transfer_syntax": self.transfer_syntax or None,
             "max_attempts": self.max_attempts,
+            "deidentify": self.deidentify or None,
+            "deidentify_options": list(self.deidentify_options),
         }
 
 
@@ -162,8 +175,21 @@ def _route(table: Mapping[str, Any], where: str) -> Route:
     attempts = table.get("max_attempts", 10)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
         raise ConfigurationError(f"{where}: max_attempts must be an integer from 1 to 100")
+    project = table.get("deidentify", "")
+    if not isinstance(project, str) or len(project.strip()) > 64 or not project.isprintable():
+        raise ConfigurationError(
+            f"{where}: deidentify must name a de-identification project (1 to 64 characters)"
+        )
+    options = table.get("deidentify_options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ConfigurationError(f"{where}: deidentify_options must be a list of option names")
+    if options and not project.strip():
+        raise ConfigurationError(f'{where}: deidentify_options needs deidentify = "PROJECT"')
     conditions = tuple(_condition(str(k), v, where) for k, v in when.items())
-    return Route(name, str(on), destinations, conditions, syntax.strip(), attempts)
+    return Route(
+        name, str(on), destinations, conditions, syntax.strip(), attempts, project.strip(),
+        tuple(o.strip() for o in options),
+    )  # fmt: skip
 
 
 def parse_routes(value: Any) -> tuple[Route, ...]:

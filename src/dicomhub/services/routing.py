@@ -100,6 +100,7 @@ class RoutingService:
         *,
         claim: Callable[[str], AbstractContextManager[bool]] | None = None,
         lease: float = LEASE_SECONDS,
+        check_deidentify: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self.routes = tuple(routes)
         self._by_name = {r.name: r for r in self.routes}
@@ -109,6 +110,7 @@ class RoutingService:
         self._open_sender = open_sender
         self._claim = claim
         self._lease = lease
+        self._check_deidentify = check_deidentify
         # Unique per process: a restarted node must not find its dead self's claims its own.
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -121,7 +123,8 @@ class RoutingService:
         ------
         ConfigurationError
             For a rule naming an unknown peer, or a peer with no DIMSE address
-            and no DICOMweb URL.
+            and no DICOMweb URL; for a ``deidentify`` project that cannot
+            de-identify (no secret, another secret than its own, a bad option).
         """
         self.check()
         if self.routes:
@@ -141,8 +144,17 @@ class RoutingService:
                 LOGGER.warning("routing: %d items claimed by %s (gone) released", released, owner)
 
     def check(self) -> None:
-        """The peer checks of :meth:`begin` (see there)."""
+        """The peer and de-identification checks of :meth:`begin` (see there)."""
         for route in self.routes:
+            if route.deidentify:
+                try:
+                    if self._check_deidentify is None:
+                        raise DicomhubError("this server cannot de-identify")
+                    self._check_deidentify(route.deidentify, route.deidentify_options)
+                except DicomhubError as exc:
+                    raise ConfigurationError(
+                        f"[[route]] {route.name}: deidentify {route.deidentify!r}: {exc}"
+                    ) from None
             for name in route.peers():
                 peer = self._peers.get(name)
                 if peer is None:
