@@ -342,3 +342,38 @@ def test_sent_items_are_marked_a_batch_at_a_time_with_their_failures(
     assert len(s.service.items("sent")) == 11
     [waiting] = s.service.items("queued")
     assert waiting["sop_instance_uid"] == stored[5].SOPInstanceUID and waiting["attempts"] == 1
+
+
+def test_a_deidentifying_rule_is_checked_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.config import load_settings
+
+    made: list[bool] = []
+
+    def check(secret: str | None, **table: Any) -> None:
+        # The archive reads the secret from the process environment, as serve does.
+        if secret is None:
+            monkeypatch.delenv("DICOMHUB_DEID_SECRET", raising=False)
+        else:
+            monkeypatch.setenv("DICOMHUB_DEID_SECRET", secret)
+        rule = {"name": "anon", "to": [f"folder:{tmp_path}/out"], "deidentify": "proj", **table}
+        settings = load_settings({"data_dir": tmp_path / "data", "routes": [rule]}, environ={})
+        with open_archive(settings) as archive:
+            try:
+                archive.routing.check()
+            finally:
+                made.append(archive.deid.repo.project("proj") is not None)
+
+    secret = "a-routing-secret-0123456789abcdef"
+    with pytest.raises(ConfigurationError, match=r"\[\[route\]\] anon: deidentify 'proj': .*SECRET"):
+        check(None)
+    with pytest.raises(ConfigurationError, match="unknown de-identification option 'nope'"):
+        check(secret, deidentify_options=["nope"])
+    check(secret, deidentify_options=["retain-uids"])
+    assert made == [False, False, False]  # checking makes no project
+    with open_archive(load_settings({"data_dir": tmp_path / "data"}, environ={})) as archive:
+        archive.deid.project_key("proj")  # made with this secret
+    with pytest.raises(ConfigurationError, match="not the one project 'proj' was created with"):
+        check("another-secret-0123456789abcdefgh")
+    with pytest.raises(ConfigurationError, match="deidentify_options needs deidentify"):
+        parse_routes([{"name": "r", "to": ["a"], "deidentify_options": ["retain-uids"]}])
