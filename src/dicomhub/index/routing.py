@@ -20,6 +20,8 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, updat
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import change_log_position, move_cursor
 from dicomhub.index.schema import (
+    deid_mapping,
+    deid_project,
     instance,
     patient,
     rejected_instance,
@@ -260,6 +262,22 @@ class RouteRepository:
                     .values(lease_until=lease_until)
                 )
         return dead
+
+    def deidentified(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of the instances are made by de-identification: a project's replacement
+        UIDs (its mapping, indexed by project and replacement)."""
+        uids = list(sop_instance_uids)
+        found: set[str] = set()
+        projects = select(deid_project.c.pk).scalar_subquery()
+        with engines.read(self.engine) as conn:
+            for i in range(0, len(uids), _CHUNK):
+                q = select(deid_mapping.c.replacement).where(
+                    deid_mapping.c.project_pk.in_(projects),
+                    deid_mapping.c.replacement.in_(uids[i : i + _CHUNK]),
+                    deid_mapping.c.kind == "uid",
+                )
+                found.update(str(u) for (u,) in conn.execute(q))
+        return found
 
     def rejected(self, sop_instance_uids: Sequence[str]) -> set[str]:
         """Which of the instances a rejection note rejected (IOCM)."""

@@ -8,7 +8,10 @@ is sent, unless it is stored in that syntax already. So is its ``deidentify``: e
 send's instances become the objects of an ``export`` run of the project
 (:meth:`~dicomhub.services.deidentify.DeidService.export_items`, as a de-identifying
 C-MOVE destination), de-identified as they are sent and recorded in the project's
-mapping; they go under their replacement UIDs, up to 16 a send.
+mapping; they go under their replacement UIDs, up to 16 a send. A ``project:NAME``
+destination is a server-side de-identification run of the project over each send's
+instances of a study (:meth:`~dicomhub.services.deidentify.DeidService.start_run`),
+which the background process then stores here as a new study.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.identifiers import is_valid_uid
 from dicomhub.model.migration import RemoteKind
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.routing import FOLDER_PREFIX, Route
+from dicomhub.model.routing import FOLDER_PREFIX, PROJECT_PREFIX, Route
 from dicomhub.services.archive import Archive
-from dicomhub.services.deidentify import ExportItem
+from dicomhub.services.deidentify import DeidService, ExportItem
 from dicomhub.services.routing import Sender, SenderFactory
 
-__all__ = ["FolderSender", "sender_factory"]
+__all__ = ["FolderSender", "ProjectSender", "sender_factory"]
 
 ROUTING_CALLER = Caller(Channel.INTERNAL, "routing")
 _DEID_BATCH = 16  # instances of one export run (one send)
@@ -131,6 +134,38 @@ class _Deidentifying:
         self._inner.close()
 
 
+class ProjectSender:
+    """De-identification into this archive: a pending run of the project per study of a
+    send. Its items are sent once the run is recorded (durable); the background
+    process de-identifies and stores them, with its own recovery and outcomes (see
+    ``dicomhub deid-job show``)."""
+
+    batch = 50
+
+    def __init__(self, deid: DeidService, project: str, route: Route) -> None:
+        self._deid = deid
+        self._project = project
+        self._route = route
+
+    def send(self, rows: Sequence[InstanceRow]) -> dict[str, str]:
+        by_study: dict[str, list[str]] = {}
+        for row in rows:
+            by_study.setdefault(row.study_instance_uid, []).append(row.sop_instance_uid)
+        errors: dict[str, str] = {}
+        for study, uids in by_study.items():
+            try:
+                self._deid.start_run(
+                    self._project, f"route {self._route.name}", ROUTING_CALLER,
+                    study_uid=study, options=self._route.deidentify_options, only=set(uids),
+                )  # fmt: skip
+            except DicomhubError as exc:
+                errors.update(dict.fromkeys(uids, str(exc)))
+        return errors
+
+    def close(self) -> None:
+        pass
+
+
 def sender_factory(archive: Archive, settings: Settings) -> SenderFactory:
     """The ``open_sender`` of :class:`~dicomhub.services.routing.RoutingService`."""
 
@@ -197,6 +232,8 @@ def sender_factory(archive: Archive, settings: Settings) -> SenderFactory:
             )
 
         sender: Sender
+        if destination.startswith(PROJECT_PREFIX):
+            return ProjectSender(archive.deid, destination.removeprefix(PROJECT_PREFIX), route)
         if destination.startswith(FOLDER_PREFIX):
             sender = FolderSender(destination.removeprefix(FOLDER_PREFIX), part10, name)
         else:

@@ -8,7 +8,7 @@ A rule is a ``[[route]]`` table of the configuration file::
     name = "ct-to-pacs"                   # letters, digits, . _ - (at most 24)
     on = "stored"                         # or "stable": when the study is stable
     when = { Modality = "CT", calling_ae = "CT1" }
-    to = ["pacs", "folder:/srv/export"]   # peer names, or folder:ABSOLUTE-PATH
+    to = ["pacs", "folder:/srv/export"]   # peer names, folder:ABSOLUTE-PATH, project:NAME
     transfer_syntax = "1.2.840.10008.1.2.1"  # optional: transcode before sending
     deidentify = "study-x"                # optional: de-identify with this project first
     deidentify_options = ["retain-uids"]  # optional: options of the profile (PS3.15 E.1-1)
@@ -21,6 +21,10 @@ object), ``sop_class`` (its SOP Class UID) or ``label`` (one of the study's
 labels). A value is matched exactly, or as a DICOM wildcard with ``*`` and ``?``
 (PS3.4 C.2.2.2.4), case-sensitively; a list of values matches any of them. A rule
 without conditions matches everything.
+
+A ``project:NAME`` destination de-identifies into this archive, as a new study, with
+the project's key and mapping: a server-side de-identification run of the project
+over the instances (run by the background process).
 
 ``deidentify`` is the rule's, not a destination's: ``to`` stays a plain list of
 names, and a rule that sends identified to one peer and de-identified to another is
@@ -42,6 +46,7 @@ from dicomhub.model.tables import named_tables
 
 __all__ = [
     "FOLDER_PREFIX",
+    "PROJECT_PREFIX",
     "STATES",
     "TRIGGERS",
     "Condition",
@@ -55,6 +60,7 @@ TRIGGERS: Final = ("stored", "stable")
 #: skipped (its instance was rejected, deleted or trashed before it went).
 STATES: Final = ("queued", "sent", "dead", "skipped")
 FOLDER_PREFIX: Final = "folder:"
+PROJECT_PREFIX: Final = "project:"
 #: Keys of ``when`` that are not indexed attributes.
 _SPECIAL: Final = ("calling_ae", "sop_class", "label")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")
@@ -104,8 +110,12 @@ class Route:
         return all(c.holds(facts.get(c.key, ())) for c in self.when)
 
     def peers(self) -> tuple[str, ...]:
-        """The destinations that name peers (not folders)."""
-        return tuple(d for d in self.to if not d.startswith(FOLDER_PREFIX))
+        """The destinations that name peers (not folders nor projects)."""
+        return tuple(d for d in self.to if not d.startswith((FOLDER_PREFIX, PROJECT_PREFIX)))
+
+    def projects(self) -> tuple[str, ...]:
+        """The de-identification projects of ``project:`` destinations."""
+        return tuple(d.removeprefix(PROJECT_PREFIX) for d in self.to if d.startswith(PROJECT_PREFIX))
 
     def public(self) -> dict[str, Any]:
         return {
@@ -134,11 +144,20 @@ def _condition(key: str, value: Any, where: str) -> Condition:
 
 def _destination(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{where}: to must list peer names or folder:PATH destinations")
+        raise ConfigurationError(
+            f"{where}: to must list peer names, folder:PATH or project:NAME destinations"
+        )
     if value.startswith(FOLDER_PREFIX):
         path = value.removeprefix(FOLDER_PREFIX)
         if not path.startswith("/") or "\x00" in path:
             raise ConfigurationError(f"{where}: {value!r}: a folder destination is folder:ABSOLUTE-PATH")
+        return value
+    if value.startswith(PROJECT_PREFIX):
+        project = value.removeprefix(PROJECT_PREFIX)
+        if not project.strip() or len(project) > 64 or not project.isprintable():
+            raise ConfigurationError(
+                f"{where}: {value!r}: a project destination is project:NAME (1 to 64 characters)"
+            )
         return value
     if len(value) > 64 or "/" in value or "\\" in value:
         raise ConfigurationError(f"{where}: {value!r} cannot name a peer")
@@ -183,8 +202,16 @@ def _route(table: Mapping[str, Any], where: str) -> Route:
     options = table.get("deidentify_options", [])
     if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
         raise ConfigurationError(f"{where}: deidentify_options must be a list of option names")
-    if options and not project.strip():
-        raise ConfigurationError(f'{where}: deidentify_options needs deidentify = "PROJECT"')
+    into_project = any(d.startswith(PROJECT_PREFIX) for d in destinations)
+    if options and not (project.strip() or into_project):
+        raise ConfigurationError(
+            f'{where}: deidentify_options needs deidentify = "PROJECT" or a project: destination'
+        )
+    if project.strip() and into_project:
+        raise ConfigurationError(
+            f"{where}: a project: destination de-identifies with its own project; "
+            "deidentify is for peers and folders (write two rules)"
+        )
     conditions = tuple(_condition(str(k), v, where) for k, v in when.items())
     return Route(
         name, str(on), destinations, conditions, syntax.strip(), attempts, project.strip(),

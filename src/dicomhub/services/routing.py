@@ -41,7 +41,7 @@ from dicomhub.errors import ConfigurationError, DicomhubError, InvalidRequest
 from dicomhub.index.routing import RouteRepository
 from dicomhub.model.identifiers import Level
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.routing import STATES, Route
+from dicomhub.model.routing import PROJECT_PREFIX, STATES, Route
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.changes import ChangeLog
@@ -58,6 +58,7 @@ _MARK_EVERY = 16
 _MARK_WITHIN = 0.2
 _REJECTED = "skipped: rejected (IOCM) before it was sent"
 _GONE = "skipped: deleted or trashed before it was sent"
+_OUTPUT = "skipped: made by a de-identification run, not de-identified again"
 LEASE_SECONDS = 120.0  # how long a claim lasts without renewal; a dead node's items wait this long
 
 
@@ -155,6 +156,13 @@ class RoutingService:
                     raise ConfigurationError(
                         f"[[route]] {route.name}: deidentify {route.deidentify!r}: {exc}"
                     ) from None
+            for project in route.projects():
+                try:
+                    if self._check_deidentify is None:
+                        raise DicomhubError("this server cannot de-identify")
+                    self._check_deidentify(project, route.deidentify_options)
+                except DicomhubError as exc:
+                    raise ConfigurationError(f"[[route]] {route.name}: project:{project}: {exc}") from None
             for name in route.peers():
                 peer = self._peers.get(name)
                 if peer is None:
@@ -222,10 +230,13 @@ class RoutingService:
         found = {row.sop_instance_uid: row for row, _f in self._queue.facts(sop_instance_uids=uids)}
         # Nothing to send any more: rejected (IOCM) or gone (deleted, trashed) since queued.
         rejected = self._queue.rejected(uids)
+        # What a de-identification run made is not de-identified again into a project
+        # (a rule matching its own output would loop).
+        outputs = self._queue.deidentified(uids) if destination.startswith(PROJECT_PREFIX) else set()
         skipped = [
-            (int(c["pk"]), _REJECTED if str(c["sop_instance_uid"]) in rejected else _GONE)
+            (int(c["pk"]), _REJECTED if uid in rejected else _GONE if uid not in found else _OUTPUT)
             for c in claimed
-            if str(c["sop_instance_uid"]) in rejected or str(c["sop_instance_uid"]) not in found
+            if (uid := str(c["sop_instance_uid"])) in rejected or uid not in found or uid in outputs
         ]
         if skipped:
             self._queue.settle(self.owner, utc_now(), skipped=skipped)
