@@ -190,9 +190,10 @@ def sender_factory(archive: Archive, settings: Settings) -> SenderFactory:
         def prepare(rows: Sequence[InstanceRow]) -> None:
             exported.clear()
             originals.clear()
+            # The run's destination column holds an AE title (16 characters): the reason names it whole.
             items = archive.deid.export_items(
-                route.deidentify, route.deidentify_options, f"route {route.name} to {destination}",
-                rows, ROUTING_CALLER,
+                route.deidentify, route.deidentify_options, destination[:16], rows, ROUTING_CALLER,
+                reason=f"route {route.name} to {destination}",
             )  # fmt: skip
             for row, item in zip(rows, items, strict=True):
                 exported[row.sop_instance_uid] = item

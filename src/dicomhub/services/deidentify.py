@@ -458,8 +458,10 @@ class DeidService:
         destination: str,
         rows: Sequence[InstanceRow],
         caller: Caller,
+        reason: str = "",
     ) -> list[ExportItem]:
-        """The objects of a C-MOVE to a de-identifying destination.
+        """The objects of a C-MOVE to a de-identifying destination (``destination``: its
+        AE title; ``reason``: what the run says it is for, the C-MOVE by default).
 
         An ``export`` run records them (and an audit event the move); each
         object is de-identified when it is read for sending, and its mapping
@@ -476,7 +478,7 @@ class DeidService:
                 "kind": "export",
                 "actor": caller.name or caller.channel.value,
                 "source_address": caller.address,
-                "reason": f"C-MOVE to {destination} (de-identifying destination)",
+                "reason": reason or f"C-MOVE to {destination} (de-identifying destination)",
                 "source_study_uid": study,
                 "destination": destination,
                 "options": {
