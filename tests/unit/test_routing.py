@@ -422,3 +422,35 @@ def test_a_project_destination_deidentifies_into_the_archive_once(
         skipped = {i["sop_instance_uid"]: i["last_error"] for i in routing.items("skipped")}
         assert set(skipped) == made and all("de-identification run" in e for e in skipped.values())
         assert len(archive.deid.runs()) == 1
+
+
+def test_a_deidentifying_rule_writes_a_folder_under_the_replacement_uids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pydicom
+
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.config import load_settings
+    from dicomhub.migrate.outbound import sender_factory
+
+    monkeypatch.setenv("DICOMHUB_DEID_SECRET", "a-routing-secret-0123456789abcdef")
+    out = tmp_path / "out"
+    rule = {"name": "anon", "to": [f"folder:{out}"], "deidentify": "trial", "transfer_syntax": "rle"}
+    settings = load_settings({"data_dir": tmp_path / "data", "routes": [rule]}, environ={})
+    with open_archive(settings) as archive:
+        archive.routing.begin()
+        archive.routing.use_senders(sender_factory(archive, settings))
+        ds = datagen.make_dataset(patient_id="FOLDER-PID", patient_name="Folder^Patient")
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        archive.ingest.store_part10(buf.getvalue(), Caller(Channel.DIMSE, "CT1"))
+        archive.routing.enqueue_step()
+        assert archive.routing.forward_step() == 1
+        [written] = list(out.iterdir())
+        got = pydicom.dcmread(written)
+        assert written.name == f"{got.SOPInstanceUID}.dcm" and got.SOPInstanceUID != ds.SOPInstanceUID
+        assert got.PatientID != "FOLDER-PID" and "Folder" not in str(got.PatientName)
+        assert str(got.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.5"  # de-identified, then transcoded
+        [run] = archive.deid.runs()
+        assert run["kind"] == "export" and run["reason"] == f"route anon to folder:{out}"
+        assert run["status"] == "done" and run["stored"] == 1
