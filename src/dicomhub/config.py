@@ -238,6 +238,10 @@ class Settings:
     # [[route]] tables of the config file (dicomhub.model.routing): forward what is
     # stored, or studies once stable, to peers or folders; see docs/routing.md
     routes: tuple[Route, ...] = ()
+    # Seconds a node's claim on the routing items it is sending lasts without renewal
+    # (renewed after each send): when a node dies, another takes its items over after
+    # this long. Keep it well above one send's time, or a slow send may go twice.
+    route_lease: float = 120.0
     # How long a deleted study, series or instance stays in the trash, restorable, before it
     # is purged for good (docs/trash-and-retention.md); 0: a delete removes it for good at once.
     trash_keep: Duration = Duration(7 * 86400)
@@ -369,6 +373,7 @@ _BOUNDS: dict[str, tuple[int | None, int | None]] = {
     "s3_max_attempts": (1, 20),
     "print_dpi": (25, 600),
     "stable_age": (1, 86400),
+    "route_lease": (1, 86400),
 }
 
 # Other names of a setting in the file and the environment (the repeatable flag's singular).

@@ -38,6 +38,7 @@ from .helpers import (
     index_rows,
     read_blob,
     run_cli,
+    run_cli_split,
     run_dcmtk,
     split_multipart,
     write_blob,
@@ -232,3 +233,47 @@ def test_admin_repair_over_dicomweb_and_nothing_indexed_twice(loaded: DicomhubSe
         ("store", 1, 1),  # newest first: POST /admin/repair
         ("store", 2, 1),
     ]
+
+
+def test_repair_from_a_folder_finds_the_copy_by_its_header_not_its_name(
+    loaded: DicomhubServer, study: Study, tmp_path: Path
+) -> None:
+    """The instance the peers could not prove is still damaged; a folder of Part 10
+    files (a backup) mends it. Files are known by the SOP Instance UID of their header:
+    one named after the damaged instance holds another, the right one is nested under
+    a neutral name, beside a file that is no DICOM at all."""
+    hub = loaded
+    other = study.sops[OTHER]
+    keys = blobs(hub)
+    damaged = read_blob(hub.data_dir, keys[other])
+    wrong, backup = tmp_path / "wrong", tmp_path / "backup"
+    wrong.mkdir()
+    (wrong / "copy.dcm").write_bytes((study.peer_dir / f"{OTHER}.dcm").read_bytes())  # another object
+    (backup / "nested").mkdir(parents=True)
+    (backup / f"{other}.dcm").write_bytes((study.hub_dir / "0.dcm").read_bytes())
+    (backup / "nested" / "x.bin").write_bytes((study.hub_dir / f"{OTHER}.dcm").read_bytes())
+    (backup / "notes.txt").write_text("not DICOM")
+
+    rc, out = cli(hub, "repair", "--from", f"folder:{tmp_path / 'absent'}")
+    assert rc != 0 and "not a folder" in out, out
+    r = httpx.post(f"{hub.base_url}/admin/repair", json={"from": [f"folder:{backup}"]}, timeout=30)
+    assert r.status_code == 404, r.text  # a server-side path is no peer name over HTTP
+
+    rc, out, err = run_cli_split(
+        "repair", "--json", "--from", f"folder:{wrong}", study.study_uid, "--data-dir", str(hub.data_dir)
+    )
+    assert rc == 1, out + err
+    [item] = json.loads(out)["items"]
+    assert item["outcome"] == "failed" and "refused: its data set differs" in item["reason"], item
+    assert blobs(hub)[other] == keys[other] and read_blob(hub.data_dir, keys[other]) == damaged
+
+    rc, out = cli(hub, "repair", "--from", f"folder:{wrong}", "--from", f"folder:{backup}")
+    assert rc == 0, out
+    assert f"repaired: {other} (size-mismatch" in out and f"from folder:{backup}" in out, out
+    restored = read_blob(hub.data_dir, blobs(hub)[other])
+    assert restored is not None
+    assert dataset_digest(restored) == dataset_digest((study.hub_dir / f"{OTHER}.dcm").read_bytes())
+    rc, out = cli(hub, "check")
+    assert rc == 0, out
+    rows = index_rows(hub.data_dir, "SELECT count(*), count(DISTINCT sop_instance_uid) FROM instance")
+    assert rows == [(N, N)]

@@ -231,3 +231,35 @@ def test_without_digests_a_damaged_stowed_object_is_found_by_parsing_and_nothing
         assert (item.sop_instance_uid, item.problem, item.outcome) == (sop, "unreadable", "failed")
         assert "no data set digest" in item.reason and "left for later too" in item.reason
         assert s.row(sop)[0] == key and s.archive.blobs.read(key) == damaged
+
+
+def test_a_folder_copy_is_found_by_the_uid_in_its_header_and_read_again_when_it_changed(
+    tmp_path: Path,
+) -> None:
+    from dicomhub.errors import DicomhubError
+    from dicomhub.migrate.repairsource import PeerInstanceFetcher
+
+    folder = tmp_path / "backup"
+    (folder / "deep").mkdir(parents=True)
+    first, second = make_dataset(seed=1), make_dataset(seed=2)
+    sop1, sop2 = str(first.SOPInstanceUID), str(second.SOPInstanceUID)
+    # Named after the other instance: the name counts for nothing.
+    data1 = write_dataset(folder / "deep" / f"{sop2}.dcm", first).read_bytes()
+    (folder / "junk.dcm").write_bytes(b"not DICOM at all")
+    fetcher = PeerInstanceFetcher(load_settings({"data_dir": str(tmp_path / "data")}, environ={}))
+    remote = RemoteArchive("folder", RemoteKind.FOLDER, path=str(folder))
+
+    def target(sop: str) -> RepairTarget:
+        return RepairTarget(0, sop, "", "", "", 0, "", "", "", "", None, None, None)
+
+    assert fetcher.fetch(remote, target(sop1)) == data1
+    with pytest.raises(DicomhubError, match="no file under"):
+        fetcher.fetch(remote, target(sop2))
+    # Added after the first read, and the first file replaced by another object: read again.
+    data2 = write_dataset(folder / "later.bin", second).read_bytes()
+    assert fetcher.fetch(remote, target(sop2)) == data2
+    write_dataset(folder / "deep" / f"{sop2}.dcm", second)
+    with pytest.raises(DicomhubError, match="no file under"):
+        fetcher.fetch(remote, target(sop1))
+    with pytest.raises(DicomhubError, match="is not a folder"):
+        fetcher.fetch(RemoteArchive("x", RemoteKind.FOLDER, path=str(tmp_path / "absent")), target(sop1))

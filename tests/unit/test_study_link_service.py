@@ -152,3 +152,13 @@ def test_requested_procedure_id_reads_a_head_cut_short() -> None:
     assert requested_procedure_id(data[: len(data) - 1000]) == "RPHEAD"
     assert requested_procedure_id(data[:200]) == ""
     assert requested_procedure_id(b"") == ""
+
+
+def test_requested_procedure_id_skips_the_parse_only_when_the_tag_is_absent() -> None:
+    with_sequence = _bytes(datagen.make_dataset(requested_procedure_id="RPGATE", rows=8, cols=8))
+    assert requested_procedure_id(with_sequence, ExplicitVRLittleEndian) == "RPGATE"
+    without = _bytes(datagen.make_dataset(requested_procedure_id=None, rows=8, cols=8))
+    assert b"\x40\x00\x75\x02" not in without
+    assert requested_procedure_id(without, ExplicitVRLittleEndian) == ""
+    # A deflated data set hides the tag's bytes: it is always parsed.
+    assert requested_procedure_id(with_sequence, "1.2.840.10008.1.2.1.99") == "RPGATE"

@@ -293,6 +293,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             RouteRepository(engine),
             peers,
             claim=lambda name: lease(engine, name),
+            lease=settings.route_lease,
             check_deidentify=functools.partial(check_project, deid),
         ),
         trash=TrashService(trash, index, blobs, settings.trash_keep, audit, lambda name: lease(engine, name)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from dicomhub.cli.options import ARCHIVE
@@ -12,6 +13,8 @@ from dicomhub.cli.registry import arg, command
 from dicomhub.config import Settings
 
 __all__: list[str] = []
+
+_FOLDER = "folder:"
 
 
 @command(
@@ -28,8 +31,9 @@ __all__: list[str] = []
             action="append",
             default=[],
             metavar="PEER",
-            help="the peer to fetch from (repeatable, asked in this order; default: every "
-            "migration-source peer)",
+            help="the peer to fetch from, or folder:PATH, a folder of Part 10 files (a backup, an "
+            "export) found by the SOP Instance UIDs in their headers (repeatable; peers are asked "
+            "first, in this order, then folders; default: every migration-source peer)",
         ),
         arg("--dry-run", action="store_true", help="list what would be repaired and from where"),
         arg("--json", action="store_true"),
@@ -38,12 +42,17 @@ __all__: list[str] = []
 )
 def _repair(settings: Settings, args: argparse.Namespace) -> int:
     from dicomhub.bootstrap import open_archive
-    from dicomhub.errors import DicomhubError
+    from dicomhub.errors import ConfigurationError, DicomhubError
 
     with open_archive(settings) as archive:
         if archive.repair is None:  # pragma: no cover - open_archive wires it
             raise DicomhubError("repair is not available in this process")
-        report = archive.repair.repair(args.studies, args.peers, dry_run=args.dry_run)
+        peers = [p for p in args.peers if not p.startswith(_FOLDER)]
+        folders = [os.path.abspath(p[len(_FOLDER) :]) for p in args.peers if p.startswith(_FOLDER)]
+        for folder in folders:
+            if not os.path.isdir(folder):
+                raise ConfigurationError(f"--from folder:{folder}: not a folder")
+        report = archive.repair.repair(args.studies, peers, dry_run=args.dry_run, folders=folders)
     if args.json:
         print(json.dumps({**dataclasses.asdict(report), "ok": report.ok}, indent=2))
         return 0 if report.ok else 1

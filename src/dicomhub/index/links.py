@@ -112,22 +112,19 @@ class StudyLinkRepository:
     def candidate_orders(self, keys: StudyKeys) -> list[OrderKeys]:
         """The orders any of ``keys`` names (one indexed lookup per key)."""
         with engines.read(self.engine) as conn:
-            pks: list[int] = []
-            if keys.accession_number:
-                pks += (
-                    conn.execute(
-                        select(imaging_order.c.pk).where(
-                            imaging_order.c.accession_number == keys.accession_number
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-            wanted = [requested_procedure.c.study_instance_uid == keys.study_instance_uid]
-            if keys.requested_procedure_id:
-                wanted.append(requested_procedure.c.procedure_id == keys.requested_procedure_id)
-            pks += conn.execute(select(requested_procedure.c.order_pk).where(or_(*wanted))).scalars().all()
-            return self._order_keys(conn, pks)
+            return self._order_keys(conn, self._named(conn, keys))
+
+    @staticmethod
+    def _named(conn: Connection, keys: StudyKeys) -> list[int]:
+        pks: list[int] = []
+        if keys.accession_number:
+            by_accession = imaging_order.c.accession_number == keys.accession_number
+            pks += conn.execute(select(imaging_order.c.pk).where(by_accession)).scalars().all()
+        wanted = [requested_procedure.c.study_instance_uid == keys.study_instance_uid]
+        if keys.requested_procedure_id:
+            wanted.append(requested_procedure.c.procedure_id == keys.requested_procedure_id)
+        pks += conn.execute(select(requested_procedure.c.order_pk).where(or_(*wanted))).scalars().all()
+        return pks
 
     def unlinked_studies_for(self, order: OrderKeys) -> list[StudyKeys]:
         """Stored studies not linked to any order that ``order``'s keys name."""
@@ -158,7 +155,8 @@ class StudyLinkRepository:
 
     def first_look(self, study_instance_uid: str, accession_number: str) -> tuple[bool, list[OrderKeys]]:
         """For a study seen the first time, in one read: whether it has a link row
-        already, and the order its Accession Number names (if any)."""
+        already, and else the orders its Accession Number or its Study Instance UID
+        names (the candidates of a study without a Requested Procedure ID)."""
         with engines.read(self.engine) as conn:
             has_row = (
                 conn.execute(
@@ -168,16 +166,10 @@ class StudyLinkRepository:
                 ).first()
                 is not None
             )
-            if has_row or not accession_number:
-                return has_row, []
-            pks = (
-                conn.execute(
-                    select(imaging_order.c.pk).where(imaging_order.c.accession_number == accession_number)
-                )
-                .scalars()
-                .all()
-            )
-            return False, self._order_keys(conn, pks)
+            if has_row:
+                return True, []
+            named = self._named(conn, StudyKeys(study_instance_uid, accession_number))
+            return False, self._order_keys(conn, named)
 
     def study_exists(self, study_instance_uid: str) -> bool:
         with engines.read(self.engine) as conn:

@@ -127,7 +127,10 @@ _INSERT_INSTANCE = insert(instance)
 _SERIES_ADDED = (
     update(study)
     .where(study.c.pk == bindparam("b_pk"))
-    .values(number_of_series=study.c.number_of_series + 1, modalities_in_study=bindparam("b_mods"))
+    # A new series makes its study unstable: cleared here, not by a statement of its own.
+    .values(
+        number_of_series=study.c.number_of_series + 1, modalities_in_study=bindparam("b_mods"), stable_at=None
+    )
 )
 _SERIES_BUMP = (
     update(series)
@@ -388,13 +391,16 @@ class IndexRepository(IndexSearch):
         parents: dict[str, _Parents] = {}
         per_series: dict[int, int] = {}
         per_study: dict[int, int] = {}
+        fresh: set[int] = set()  # series inserted here: neither it nor its study needs clearing
         for h, blob, content_sha256, source_ae_title in items:
             known = parents.get(h.series_instance_uid) or self._parents.get(h.series_instance_uid)
             if known is None or known.study_uid != h.study_instance_uid or known.patient_id != h.patient_id:
                 if h.series_instance_uid in parents:
                     raise _NotAllNew  # the per-item path reports the conflict for this item only
-                series_pk, study_pk = self._insert_parents(conn, h, now, changes)
+                series_pk, study_pk, created = self._insert_parents(conn, h, now, changes)
                 known = _Parents(h.patient_id, h.study_instance_uid, study_pk, series_pk)
+                if created:
+                    fresh.add(series_pk)
             parents[h.series_instance_uid] = known
             rows.append(self._instance_row(h, blob, content_sha256, source_ae_title, now, known.series_pk))
             per_series[known.series_pk] = per_series.get(known.series_pk, 0) + 1
@@ -403,8 +409,11 @@ class IndexRepository(IndexSearch):
         conn.execute(_INSERT_INSTANCE, rows)
         conn.execute(_SERIES_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_series.items()])
         conn.execute(_STUDY_STORED, [{"b_pk": pk, "b_n": n, "b_now": now} for pk, n in per_study.items()])
-        conn.execute(_SERIES_UNSTABLE, [{"b_pk": pk} for pk in per_series])
-        conn.execute(_STUDY_UNSTABLE, [{"b_pk": pk} for pk in per_study])
+        stale = [pk for pk in per_series if pk not in fresh]
+        if stale:
+            conn.execute(_SERIES_UNSTABLE, [{"b_pk": pk} for pk in stale])
+            stale_studies = {p.study_pk for p in parents.values() if p.series_pk in stale}
+            conn.execute(_STUDY_UNSTABLE, [{"b_pk": pk} for pk in sorted(stale_studies)])
         conn.execute(_INSERT_CHANGE, changes)
         if alongside is not None:
             for (h, _b, _c, _ae), extra in zip(items, alongside, strict=True):
@@ -455,19 +464,22 @@ class IndexRepository(IndexSearch):
         changes: list[dict[str, Any]] = []
         known = self._parents.get(h.series_instance_uid)
         cleared_at = -math.inf
+        created = False
         if known is not None and known.study_uid == h.study_instance_uid and (
             known.patient_id == h.patient_id
         ):
             series_pk, study_pk, cleared_at = known.series_pk, known.study_pk, known.cleared_at
         else:
-            series_pk, study_pk = self._insert_parents(conn, h, now, changes)
+            series_pk, study_pk, created = self._insert_parents(conn, h, now, changes)
         conn.execute(
             _INSERT_INSTANCE, self._instance_row(h, blob, content_sha256, source_ae_title, now, series_pk)
         )
         conn.execute(_SERIES_STORED, {"b_pk": series_pk, "b_n": 1, "b_now": now})
         conn.execute(_STUDY_STORED, {"b_pk": study_pk, "b_n": 1, "b_now": now})
         ticks = time.monotonic()
-        if ticks - cleared_at >= self.unstable_for:
+        if created:
+            cleared_at = ticks  # a new series has no stable_at, and _SERIES_ADDED cleared its study's
+        elif ticks - cleared_at >= self.unstable_for:
             conn.execute(_SERIES_UNSTABLE, {"b_pk": series_pk})
             conn.execute(_STUDY_UNSTABLE, {"b_pk": study_pk})
             cleared_at = ticks
@@ -477,8 +489,9 @@ class IndexRepository(IndexSearch):
 
     def _insert_parents(
         self, conn: Connection, h: InstanceHeader, now: dt.datetime, changes: list[dict[str, Any]]
-    ) -> tuple[int, int]:
-        """Find or create the patient, study and series of ``h``; return (series, study) keys.
+    ) -> tuple[int, int, bool]:
+        """Find or create the patient, study and series of ``h``; return (series, study) keys
+        and whether the series was created (its study's ``stable_at`` is cleared then).
 
         An object of a study held under another Patient ID is refused
         (:class:`PatientMismatch`), unless the study was corrected (filed under
@@ -537,11 +550,11 @@ class IndexRepository(IndexSearch):
                 mods = sorted([*mods, modality])
             conn.execute(_SERIES_ADDED, {"b_pk": study_pk, "b_mods": "\\".join(mods)})
             changes.append(_change("created", Level.SERIES, h.series_instance_uid, now))
-        else:
-            series_pk, series_study_pk = se
-            if series_study_pk != study_pk:
-                raise Conflict(f"series {h.series_instance_uid} is held under another study")
-        return int(series_pk), int(study_pk)
+            return int(series_pk), int(study_pk), True
+        series_pk, series_study_pk = se
+        if series_study_pk != study_pk:
+            raise Conflict(f"series {h.series_instance_uid} is held under another study")
+        return int(series_pk), int(study_pk), False
 
     @staticmethod
     def _instance_row(

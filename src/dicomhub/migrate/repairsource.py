@@ -1,4 +1,5 @@
-"""One instance from a peer, for ``dicomhub repair``: C-GET or WADO-RS of a SOP Instance UID.
+"""One instance from a peer, for ``dicomhub repair``: C-GET or WADO-RS of a SOP Instance UID,
+or the file of a folder (a backup, an export) whose header carries it.
 
 The copy is handed back as received, for :mod:`dicomhub.services.repair` to
 verify before anything is replaced: WADO-RS asks for the peer's stored
@@ -7,12 +8,20 @@ knows, so that a peer that keeps objects as received sends them unchanged.
 A C-GET sub-operation's data set gets a File Meta group around it (the data
 set digest the copy is verified by leaves the File Meta out).
 
+A folder is looked at by content only: every file under it (recursively, links to
+folders not followed) is read up to its pixel data, and a file counts for the SOP
+Instance UID its header names, whatever the file is called. The map is kept for the
+next instance and read again when an instance is not in it or its file changed.
+
 Every process that opens an archive makes a fetcher, and few ever repair:
 the network modules are imported on the first fetch.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomhub.config import Settings
@@ -36,12 +45,32 @@ class PeerInstanceFetcher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._folders: dict[str, dict[str, list[Path]]] = {}  # folder -> SOP Instance UID -> files
+        self._lock = threading.Lock()
 
     def fetch(self, remote: RemoteArchive, target: RepairTarget) -> bytes:
         """The peer's copy of ``target`` as a Part 10 object; RemoteError when it has none."""
+        if remote.kind is RemoteKind.FOLDER:
+            return self._from_folder(remote.path, target.sop_instance_uid)
         if remote.kind is RemoteKind.DICOMWEB:
             return self._wado(remote, target)
         return self._c_get(remote, target)
+
+    def _from_folder(self, folder: str, sop_instance_uid: str) -> bytes:
+        from dicomhub.migrate.sources import RemoteError
+
+        with self._lock:
+            for fresh in (False, True):
+                if fresh or folder not in self._folders:
+                    self._folders[folder] = _scan(folder)
+                for path in self._folders[folder].get(sop_instance_uid, []):
+                    try:
+                        data = path.read_bytes()
+                    except OSError:
+                        continue
+                    if _sop_instance_uid(path) == sop_instance_uid:  # not changed since the scan
+                        return data
+        raise RemoteError(f"no file under {folder} holds the SOP Instance UID")
 
     def _wado(self, remote: RemoteArchive, target: RepairTarget) -> bytes:
         from dicomhub.migrate.sources import DicomwebSource, RemoteError, _multipart_parts
@@ -126,3 +155,33 @@ class PeerInstanceFetcher:
             file_meta_header(got.sop_class_uid, got.sop_instance_uid, got.transfer_syntax_uid, None)
             + got.data
         )
+
+
+def _sop_instance_uid(path: Path) -> str | None:
+    """The SOP Instance UID in the header of the Part 10 file ``path``; None when it is none."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(ds.SOPInstanceUID) if "SOPInstanceUID" in ds else None
+    except Exception:  # noqa: BLE001 - a file pydicom cannot read is no DICOM file: passed over
+        return None
+
+
+def _scan(folder: str) -> dict[str, list[Path]]:
+    """SOP Instance UID -> the files under ``folder`` whose header carries it, in path order.
+
+    Raises RemoteError when ``folder`` is not a folder."""
+    from dicomhub.migrate.sources import RemoteError
+
+    if not os.path.isdir(folder):
+        raise RemoteError(f"{folder} is not a folder")
+    found: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            uid = _sop_instance_uid(path)
+            if uid:
+                found.setdefault(uid, []).append(path)
+    return found

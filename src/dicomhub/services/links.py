@@ -37,6 +37,10 @@ __all__ = ["StudyLinkService", "requested_procedure_id"]
 LOGGER = logging.getLogger("dicomhub.orders")
 
 _REQUEST_ATTRIBUTES = 0x00400275
+# The tag as it appears in the bytes: little endian (every syntax but one retired) and big.
+_REQUEST_ATTRIBUTES_LE = b"\x40\x00\x75\x02"
+_REQUEST_ATTRIBUTES_BE = b"\x00\x40\x02\x75"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 # How much of a stored object is read for that sequence when ingest did not keep the
 # object in memory (STOW-RS batches, large spooled objects): the header before it.
 _HEADER_PREFIX = 256 * 1024
@@ -47,11 +51,24 @@ def _past_request_attributes(tag: BaseTag, _vr: str | None, _length: int) -> boo
     return int(tag) > _REQUEST_ATTRIBUTES
 
 
-def requested_procedure_id(data: bytes) -> str:
+def requested_procedure_id(data: bytes, transfer_syntax_uid: str = "") -> str:
     """The first Requested Procedure ID (0040,1001) in the Request Attributes Sequence
     of the Part 10 object ``data`` (or its first bytes); "" when there is none or it
-    cannot be read. Parsing stops at the first element after that sequence."""
+    cannot be read. Parsing stops at the first element after that sequence.
+
+    With the object's ``transfer_syntax_uid`` known and not deflated, an object whose
+    bytes do not hold the sequence's tag is answered without parsing: most objects
+    carry no such sequence, and parsing their header cost a third of a millisecond per
+    new study on the C-STORE path. A match in other bytes (pixel data) only means the
+    header is parsed as before."""
     if not data:
+        return ""
+    if (
+        transfer_syntax_uid
+        and transfer_syntax_uid != _DEFLATED
+        and _REQUEST_ATTRIBUTES_LE not in data
+        and _REQUEST_ATTRIBUTES_BE not in data
+    ):
         return ""
     try:
         ds = read_partial(BytesIO(data), stop_when=_past_request_attributes, force=True)
@@ -103,11 +120,14 @@ class StudyLinkService:
             self._seen.add(uid)
         try:
             accession_number = str(header.study.get("accession_number") or "")
-            has_row, by_accession = self.repo.first_look(uid, accession_number)
+            # One read: whether the study has a link row, and the orders its Accession
+            # Number or its Study Instance UID names.
+            has_row, named = self.repo.first_look(uid, accession_number)
             if has_row:
                 return None
             # The Accession Number decides first: when it names an order, the header
             # need not be read for the Request Attributes Sequence.
+            by_accession = [o for o in named if accession_number and o.accession_number == accession_number]
             found = match_order(StudyKeys(uid, accession_number), by_accession)
             if found is not None:
                 order, how = found
@@ -115,8 +135,11 @@ class StudyLinkService:
                 return StudyLinkWrite(StudyKeys(uid, accession_number), order.order_pk, how, "ingest")
             if not data and blob_key and self.blobs is not None:
                 data = self.blobs.open_range(blob_key, 0, _HEADER_PREFIX)
-            keys = StudyKeys(uid, accession_number, requested_procedure_id(data))
-            found = match_order(keys, self.repo.candidate_orders(keys))
+            keys = StudyKeys(uid, accession_number, requested_procedure_id(data, header.transfer_syntax_uid))
+            # Without a Requested Procedure ID the orders named are all the candidates;
+            # with one, the orders naming it are looked up too.
+            candidates = self.repo.candidate_orders(keys) if keys.requested_procedure_id else named
+            found = match_order(keys, candidates)
             if found is None:
                 # An unmatched study needs a row only to keep its Requested Procedure ID
                 # for an order that comes later (no row is unmatched too).

@@ -152,9 +152,12 @@ class RepairService:
         *,
         dry_run: bool = False,
         caller: Caller | None = None,
+        folders: Sequence[str] = (),
     ) -> RepairReport:
         """Check the blobs of ``study_uids`` (empty: every instance) and restore the
-        damaged ones from ``peer_names`` (empty: every migration-source peer).
+        damaged ones from ``peer_names``, then ``folders`` of Part 10 files (a backup, an
+        export; given by the operator of the command line, never over HTTP). With
+        neither: every migration-source peer.
 
         Raises
         ------
@@ -170,7 +173,9 @@ class RepairService:
         for uid in study_uids:
             if not is_valid_uid(uid):
                 raise InvalidIdentifier(f"not a Study Instance UID: {uid[:80]!r}")
-        sources = self._sources(peer_names)
+        sources = self._sources(peer_names) if peer_names or not folders else []
+        # An ad-hoc folder is asked as a peer with only that folder, named as given.
+        sources += [Peer(f"folder:{path}", folder=path, migrate_via=RemoteKind.FOLDER) for path in folders]
         if self.claim is None or dry_run:
             return self._run(study_uids, sources, dry_run, caller)
         with self.claim("peer-repair") as mine:
@@ -182,12 +187,17 @@ class RepairService:
         if names:
             found = [self.peers.require(name) for name in names]
             for peer in found:
-                if not (peer.dimse or peer.dicomweb_url):
+                if not (peer.dimse or peer.dicomweb_url or peer.folder):
                     raise InvalidRequest(
-                        f"peer {peer.name} has neither a DIMSE address nor a DICOMweb URL to fetch from"
+                        f"peer {peer.name} has neither a DIMSE address, a DICOMweb URL "
+                        "nor a folder to fetch from"
                     )
             return found
-        return [p for p in self.peers.list() if p.may(Role.MIGRATION_SOURCE) and (p.dimse or p.dicomweb_url)]
+        return [
+            p
+            for p in self.peers.list()
+            if p.may(Role.MIGRATION_SOURCE) and (p.dimse or p.dicomweb_url or p.folder)
+        ]
 
     def _run(
         self, study_uids: Sequence[str], sources: list[Peer], dry_run: bool, caller: Caller | None
@@ -403,14 +413,18 @@ class RepairService:
 
 
 def _via(peer: Peer) -> RemoteKind:
-    """How a copy is fetched: as the peer's migrations do, else DICOMweb when it has a URL."""
+    """How a copy is fetched: as the peer's migrations do, else DICOMweb when it has a URL,
+    else DIMSE when it has an address, else from its folder."""
+    if peer.folder and (peer.migrate_via is RemoteKind.FOLDER or not (peer.dimse or peer.dicomweb_url)):
+        return RemoteKind.FOLDER
     if peer.via is RemoteKind.DIMSE and peer.dimse:
         return RemoteKind.DIMSE
     return RemoteKind.DICOMWEB if peer.dicomweb_url else RemoteKind.DIMSE
 
 
 def _describe(peer: Peer) -> str:
-    return f"{peer.name} ({'C-GET' if _via(peer) is RemoteKind.DIMSE else 'WADO-RS'})"
+    how = {RemoteKind.DIMSE: "C-GET", RemoteKind.DICOMWEB: "WADO-RS", RemoteKind.FOLDER: "folder"}
+    return f"{peer.name} ({how[_via(peer)]})"
 
 
 def _studies(items: Iterable[RepairItem]) -> list[AuditedStudy]:
