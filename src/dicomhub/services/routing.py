@@ -12,10 +12,11 @@ Two background jobs:
 * the **forwarder** claims due items of one destination (several nodes each take
   their own, see :mod:`dicomhub.index.routing`), sends them on one association or
   HTTP client, and marks what the peer confirmed (C-STORE responses, a STOW-RS
-  response) sent a batch at a time: in one transaction once 16 are confirmed, or
-  0.2 s after the first of them went, or with a failure. A crash resends at most
-  those and the one in flight. An item whose instance was rejected (IOCM),
-  deleted or trashed since it was queued is skipped, not sent. A failed item is
+  response) sent by group commit: a writer thread writes the outcomes as they come,
+  those that arrive during a write going together in the next one, so the sending
+  never waits for the index and a crash resends at most what was in flight. An item
+  whose instance was rejected (IOCM), deleted or trashed since it was queued is
+  skipped, not sent. A failed item is
   retried after 1 s, 2 s, 4 s ...
   5 min; after its rule's ``max_attempts`` it is dead, with the last error, until a
   manual retry.
@@ -31,7 +32,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -51,11 +51,6 @@ __all__ = ["RoutingService", "Sender", "SenderFactory"]
 LOGGER = logging.getLogger("dicomhub.routing")
 
 _BATCH = 50  # items claimed at once (one destination, preferably one study)
-# Items confirmed by the peer are marked sent together: at most this many, and never
-# later than this many seconds after the first of them was sent. A kill -9 resends
-# what was confirmed but not marked yet, so the two bound what a crash may resend.
-_MARK_EVERY = 16
-_MARK_WITHIN = 0.2
 _REJECTED = "skipped: rejected (IOCM) before it was sent"
 _GONE = "skipped: deleted or trashed before it was sent"
 _OUTPUT = "skipped: made by a de-identification run, not de-identified again"
@@ -66,8 +61,9 @@ class Sender(Protocol):
     """One open connection to a destination (an association, an HTTP client, a folder).
 
     ``batch``: how many instances one :meth:`send` takes. Each call's sent items are
-    marked before the next call, so this is what a crash may send twice: 1 where the
-    peer confirms each instance (C-STORE, a folder), more for one STOW-RS request.
+    marked as soon as it returns (written while the next call goes), so this is about
+    what a crash may send twice: 1 where the peer confirms each instance (C-STORE, a
+    folder), more for one STOW-RS request.
     """
 
     batch: int
@@ -256,22 +252,20 @@ class RoutingService:
             for i in range(0, len(claimed), step):
                 part = claimed[i : i + step]
                 rows = [found[str(c["sop_instance_uid"])] for c in part]
-                began = time.monotonic()
                 try:
                     errors = sender.send(rows)
                 except Exception as exc:  # noqa: BLE001 - any fault of a send fails its items, not the job
                     if not isinstance(exc, DicomhubError):
                         LOGGER.exception("routing %s -> %s: sending failed", route.name, destination)
                     # Nothing of this step went: it and the rest of the batch wait.
-                    marks.fail(claimed[i:], str(exc) or type(exc).__name__)
+                    marks.add([], claimed[i:], str(exc) or type(exc).__name__)
                     break
-                marks.sent([int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors], began)
-                if errors:
-                    marks.fail([c for c in part if str(c["sop_instance_uid"]) in errors], "", errors)
-                marks.flush_if_due([int(c["pk"]) for c in claimed[i + step :]])
+                sent = [int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors]
+                failed = [c for c in part if str(c["sop_instance_uid"]) in errors]
+                marks.add(sent, failed, "", errors, rest=[int(c["pk"]) for c in claimed[i + step :]])
         finally:
             try:
-                marks.flush([])
+                marks.close()
             finally:
                 sender.close()
         return len(skipped) + marks.finished
@@ -382,51 +376,80 @@ class RoutingService:
 
 
 class _Marks:
-    """The outcomes of one batch, written a few statements at a time (see ``_MARK_EVERY``)."""
+    """Writes the outcomes of one batch as they come, on a thread of its own (group
+    commit): while one write is under way the next outcomes gather, and go in the
+    next write (one transaction, a few statements). The sending never waits for the
+    index, and what the peer confirmed is marked within one write's time: a kill -9
+    leaves unmarked only what is in flight (on the wire, or confirmed and being
+    written)."""
 
     def __init__(self, service: RoutingService, route: Route, destination: str) -> None:
         self._service = service
         self._route = route
         self._destination = destination
+        self._ready = threading.Condition()
         self._sent: list[int] = []
-        self._since = 0.0  # when the first unmarked sent item began to go
         self._failures: list[tuple[int, int, str]] = []
+        self._rest: list[int] = []  # the items still to send: their lease is renewed
+        self._closed = False
+        self._error: BaseException | None = None
         self.finished = 0
+        self._thread = threading.Thread(target=self._write, name="routing-marks", daemon=True)
+        self._thread.start()
 
-    def sent(self, pks: Sequence[int], began: float) -> None:
-        if pks and not self._sent:
-            self._since = began
-        self._sent += pks
-
-    def fail(self, items: Sequence[Mapping[str, Any]], error: str, errors: Mapping[str, str] = {}) -> None:
-        self._failures += [
-            (int(c["pk"]), int(c["attempts"]), errors.get(str(c["sop_instance_uid"]), error)) for c in items
+    def add(
+        self,
+        sent: Sequence[int],
+        failed: Sequence[Mapping[str, Any]],
+        error: str,
+        errors: Mapping[str, str] | None = None,
+        rest: Sequence[int] = (),
+    ) -> None:
+        """Items ``sent``, items ``failed`` (with ``error``, or theirs in ``errors``)."""
+        by_uid = errors or {}
+        failures = [
+            (int(c["pk"]), int(c["attempts"]), by_uid.get(str(c["sop_instance_uid"]), error)) for c in failed
         ]
+        with self._ready:
+            self._sent += sent
+            self._failures += failures
+            self._rest = list(rest)
+            self._ready.notify()
 
-    def flush_if_due(self, rest: Sequence[int]) -> None:
-        """Write what is pending when there are enough, it waited long enough, or an
-        item failed; renew the lease of ``rest``, the items still to send."""
-        due = len(self._sent) >= _MARK_EVERY or (
-            self._sent and time.monotonic() - self._since >= _MARK_WITHIN
-        )
-        if due or self._failures:
-            self.flush(rest)
+    def close(self) -> None:
+        """Wait until everything added is written; raise what a write raised."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
-    def flush(self, rest: Sequence[int]) -> None:
+    def _write(self) -> None:
         service = self._service
-        now = utc_now()
-        failures, self._failures = self._failures, []
-        sent, self._sent = self._sent, []
-        if not (sent or failures or rest):
-            return
-        dead = service._queue.settle(
-            service.owner, now, sent=sent, failures=failures, max_attempts=self._route.max_attempts,
-            renew=rest, lease_until=now + dt.timedelta(seconds=service._lease),
-        )  # fmt: skip
-        self.finished += len(sent) + dead
-        if failures:
-            LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
-                           self._destination, len(failures), dead, failures[0][2])  # fmt: skip
+        while True:
+            with self._ready:
+                while not (self._sent or self._failures or self._closed):
+                    self._ready.wait()
+                sent, self._sent = self._sent, []
+                failures, self._failures = self._failures, []
+                rest = self._rest
+                if not (sent or failures):
+                    return  # closed, nothing left
+            try:
+                now = utc_now()
+                dead = service._queue.settle(
+                    service.owner, now, sent=sent, failures=failures, max_attempts=self._route.max_attempts,
+                    renew=rest, lease_until=now + dt.timedelta(seconds=service._lease),
+                )  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - raised again by close()
+                # Unmarked items stay claimed: retried (resent) once their lease ends.
+                self._error = exc
+                return
+            self.finished += len(sent) + dead
+            if failures:
+                LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
+                               self._destination, len(failures), dead, failures[0][2])  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
