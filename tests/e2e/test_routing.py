@@ -107,12 +107,12 @@ def test_a_ct_rule_sends_the_ct_instances_and_a_stable_rule_waits_for_stability(
     assert received(scp) == cts  # the MR never went to the CT rule's peer, nothing went twice
 
     rules = {r["name"]: r for r in routing.get("/admin/routes")}
-    assert rules["ct"]["queue"]["scp"] == {"queued": 0, "sent": 2, "dead": 0}
+    assert rules["ct"]["queue"]["scp"] == {"queued": 0, "sent": 2, "dead": 0, "skipped": 0}
     assert rules["stable-mr"]["on"] == "stable" and rules["stable-mr"]["when"]["Modality"] == "MR"
     study = routing.get(f"/admin/routes/studies/{ct[0].StudyInstanceUID}")
-    assert study["routes"] == {"ct": {"scp": {"queued": 0, "sent": 2, "dead": 0}}}
+    assert study["routes"] == {"ct": {"scp": {"queued": 0, "sent": 2, "dead": 0, "skipped": 0}}}
     assert routing.get(f"/admin/routes/studies/{mr.StudyInstanceUID}")["routes"] == {
-        "stable-mr": {f"folder:{routing.folder}": {"queued": 0, "sent": 1, "dead": 0}}
+        "stable-mr": {f"folder:{routing.folder}": {"queued": 0, "sent": 1, "dead": 0, "skipped": 0}}
     }
 
     rc, out = routing.cli("route", "test", str(ct[0].StudyInstanceUID))

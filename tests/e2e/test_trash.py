@@ -248,3 +248,24 @@ def test_keep_time_and_background_retention(module_servers: ServerPool, tmp_path
     )
     assert _trash(server) == {}
     assert index_rows(server.data_dir, "SELECT count(*) FROM trash") == [(0,)]
+
+
+def test_a_reject_rule_rejects_instead_of_deleting(hub: DicomhubServer, tmp_path: Path) -> None:
+    """A rule with ``action = "reject"`` (a configuration of its own, run by the command
+    while the server runs): the study's instances are rejected for an expired retention
+    period (113039) and hidden, not put in the trash."""
+    stored = _store(hub, tmp_path / "x", 2, modality="CT", study_date="19000101")
+    study = str(stored[0].StudyInstanceUID)
+    config = tmp_path / "reject.toml"
+    config.write_text('[[retention]]\nname = "expired"\nolder_than = "100y"\naction = "reject"\n')
+    cli = ("--config", str(config), "--data-dir", str(hub.data_dir))
+    rc, out = run_cli("retention", "run", "--dry-run", *cli)
+    assert rc == 0 and "expired: reject" in out and "would reject 1 studies" in out and study in out, out
+    rc, out = run_cli("retention", "run", "--json", *cli)
+    assert rc == 0, out
+    assert json.loads(out)["rules"][0]["rejected"] == [study]
+    r = httpx.get(f"{hub.base_url}/dicomweb/studies/{study}/instances", timeout=30)
+    assert r.status_code in (200, 204), r.text
+    left = [] if r.status_code == 204 else [i["00080016"]["Value"][0] for i in r.json()]
+    assert left == ["1.2.840.10008.5.1.4.1.1.88.59"]  # only the rejection note (a KOS) is found
+    assert study not in _trash(hub)

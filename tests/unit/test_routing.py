@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.index import engine as engines
 from dicomhub.index.engine import connect_engine, migrate
 from dicomhub.index.repository import IndexRepository
 from dicomhub.index.routing import RouteRepository
-from dicomhub.index.schema import route_item, worker_cursor
+from dicomhub.index.schema import rejected_instance, route_item, worker_cursor
 from dicomhub.index.stability import StabilityRepository
 from dicomhub.model.caller import Caller, Channel
+from dicomhub.model.identifiers import Level
 from dicomhub.model.ingest import InstanceOrigin, OriginKind
 from dicomhub.model.policy import DuplicatePolicy
 from dicomhub.model.records import InstanceRow
@@ -291,3 +292,165 @@ def test_route_test_counts_matching_instances_and_an_unknown_peer_stops_begin(tm
     unknown = RoutingService([route(to=["nowhere"])], s.index, s.queue, Peers(), s.sender)
     with pytest.raises(ConfigurationError, match="no peer 'nowhere'"):
         unknown.begin()
+
+
+def test_items_whose_instance_was_rejected_or_deleted_since_are_skipped_not_sent(tmp_path: Path) -> None:
+    s = Setup(tmp_path, route())
+    study = datagen.uid()
+    kept, rejected, deleted = (s.store(study_uid=study) for _ in range(3))
+    s.service.enqueue_step()
+    now = utc_now()
+    with engines.write(s.queue.engine) as conn:
+        conn.execute(
+            insert(rejected_instance).values(
+                sop_instance_uid=rejected.SOPInstanceUID, series_instance_uid=rejected.SeriesInstanceUID,
+                study_instance_uid=study, sop_class_uid=rejected.SOPClassUID, code_value="113001",
+                coding_scheme="DCM", rejection_note_uid=datagen.uid(), rejected_by="TEST", at=now,
+            )
+        )  # fmt: skip
+    s.index.delete_entity(Level.IMAGE, study, str(deleted.SeriesInstanceUID), str(deleted.SOPInstanceUID))
+    assert s.service.forward_step() == 3
+    assert s.sender.sent == [kept.SOPInstanceUID]
+    reasons = {i["sop_instance_uid"]: i["last_error"] for i in s.service.items("skipped")}
+    assert "rejected" in reasons[rejected.SOPInstanceUID] and "deleted" in reasons[deleted.SOPInstanceUID]
+    assert len(reasons) == 2 and [i["sop_instance_uid"] for i in s.service.items("sent")] == [
+        kept.SOPInstanceUID
+    ]
+    # Skipped is final: a retry of failed items does not send them.
+    assert s.service.retry() == 0 and s.service.forward_step() == 0
+
+
+def test_sent_items_are_marked_a_batch_at_a_time_with_their_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = Setup(tmp_path, route())
+    study = datagen.uid()
+    stored = [s.store(study_uid=study) for _ in range(12)]
+    s.sender.refuse = {stored[5].SOPInstanceUID}
+    s.service.enqueue_step()
+    settles: list[dict[str, Any]] = []
+    real = s.queue.settle
+
+    def settle(owner: str, now: dt.datetime, **outcome: Any) -> int:
+        settles.append(outcome)
+        return real(owner, now, **outcome)
+
+    monkeypatch.setattr(s.queue, "settle", settle)
+    assert s.service.forward_step() == 11  # the Recorder takes 10 a send: two sends
+    # At most one write per send (a failure flushes at once; else 16 items or 0.2 s, or
+    # the end of the batch), not one per instance.
+    outcomes = [(len(o.get("sent", ())), len(o.get("failures", ()))) for o in settles]
+    assert 1 <= len(outcomes) <= 2 and [sum(n) for n in zip(*outcomes, strict=True)] == [11, 1], outcomes
+    assert len(s.service.items("sent")) == 11
+    [waiting] = s.service.items("queued")
+    assert waiting["sop_instance_uid"] == stored[5].SOPInstanceUID and waiting["attempts"] == 1
+
+
+def test_a_deidentifying_rule_is_checked_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.config import load_settings
+
+    made: list[bool] = []
+
+    def check(secret: str | None, **table: Any) -> None:
+        # The archive reads the secret from the process environment, as serve does.
+        if secret is None:
+            monkeypatch.delenv("DICOMHUB_DEID_SECRET", raising=False)
+        else:
+            monkeypatch.setenv("DICOMHUB_DEID_SECRET", secret)
+        rule = {"name": "anon", "to": [f"folder:{tmp_path}/out"], "deidentify": "proj", **table}
+        settings = load_settings({"data_dir": tmp_path / "data", "routes": [rule]}, environ={})
+        with open_archive(settings) as archive:
+            try:
+                archive.routing.check()
+            finally:
+                made.append(archive.deid.repo.project("proj") is not None)
+
+    secret = "a-routing-secret-0123456789abcdef"
+    with pytest.raises(ConfigurationError, match=r"\[\[route\]\] anon: deidentify 'proj': .*SECRET"):
+        check(None)
+    with pytest.raises(ConfigurationError, match="unknown de-identification option 'nope'"):
+        check(secret, deidentify_options=["nope"])
+    check(secret, deidentify_options=["retain-uids"])
+    assert made == [False, False, False]  # checking makes no project
+    with open_archive(load_settings({"data_dir": tmp_path / "data"}, environ={})) as archive:
+        archive.deid.project_key("proj")  # made with this secret
+    with pytest.raises(ConfigurationError, match="not the one project 'proj' was created with"):
+        check("another-secret-0123456789abcdefgh")
+    with pytest.raises(ConfigurationError, match="deidentify_options needs deidentify"):
+        parse_routes([{"name": "r", "to": ["a"], "deidentify_options": ["retain-uids"]}])
+
+
+def test_a_project_destination_deidentifies_into_the_archive_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.config import load_settings
+    from dicomhub.migrate.outbound import sender_factory
+
+    monkeypatch.setenv("DICOMHUB_DEID_SECRET", "a-routing-secret-0123456789abcdef")
+    rule = {"name": "anon", "to": ["project:trial"], "when": {"Modality": "CT"}}
+    settings = load_settings({"data_dir": tmp_path / "data", "routes": [rule]}, environ={})
+    with open_archive(settings) as archive:
+        routing = archive.routing
+        routing.begin()
+        routing.use_senders(sender_factory(archive, settings))
+        study = datagen.uid()
+        sources = [datagen.make_dataset(study_uid=study, instance_number=n + 1) for n in range(2)]
+        for ds in sources:
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            archive.ingest.store_part10(buf.getvalue(), Caller(Channel.DIMSE, "CT1"))
+        routing.enqueue_step()
+        assert routing.forward_step() == 2  # handed to one run of the project
+        [run] = archive.deid.runs()
+        assert (run["project"], run["kind"], run["total"], run["status"]) == (
+            "trial",
+            "archive",
+            2,
+            "pending",
+        )
+        assert run["source_study_uid"] == study and run["reason"] == "route anon"
+        assert archive.deid.repo.claim_run("test-owner", stale_owner_prefix="none") == run["id"]
+        done = archive.deid.run_now(run["id"], "test-owner")
+        assert done["status"] == "done" and done["stored"] == 2
+        made = {i["target_sop_instance_uid"] for i in done["items"]}
+        assert made.isdisjoint(str(ds.SOPInstanceUID) for ds in sources)
+        # The new study is CT too, so the rule matches it: skipped, not de-identified again.
+        routing.enqueue_step()
+        assert routing.forward_step() == 2
+        skipped = {i["sop_instance_uid"]: i["last_error"] for i in routing.items("skipped")}
+        assert set(skipped) == made and all("de-identification run" in e for e in skipped.values())
+        assert len(archive.deid.runs()) == 1
+
+
+def test_a_deidentifying_rule_writes_a_folder_under_the_replacement_uids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pydicom
+
+    from dicomhub.bootstrap import open_archive
+    from dicomhub.config import load_settings
+    from dicomhub.migrate.outbound import sender_factory
+
+    monkeypatch.setenv("DICOMHUB_DEID_SECRET", "a-routing-secret-0123456789abcdef")
+    out = tmp_path / "out"
+    rule = {"name": "anon", "to": [f"folder:{out}"], "deidentify": "trial", "transfer_syntax": "rle"}
+    settings = load_settings({"data_dir": tmp_path / "data", "routes": [rule]}, environ={})
+    with open_archive(settings) as archive:
+        archive.routing.begin()
+        archive.routing.use_senders(sender_factory(archive, settings))
+        ds = datagen.make_dataset(patient_id="FOLDER-PID", patient_name="Folder^Patient")
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        archive.ingest.store_part10(buf.getvalue(), Caller(Channel.DIMSE, "CT1"))
+        archive.routing.enqueue_step()
+        assert archive.routing.forward_step() == 1
+        [written] = list(out.iterdir())
+        got = pydicom.dcmread(written)
+        assert written.name == f"{got.SOPInstanceUID}.dcm" and got.SOPInstanceUID != ds.SOPInstanceUID
+        assert got.PatientID != "FOLDER-PID" and "Folder" not in str(got.PatientName)
+        assert str(got.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.5"  # de-identified, then transcoded
+        [run] = archive.deid.runs()
+        assert run["kind"] == "export" and run["reason"] == f"route anon to folder:{out}"
+        assert run["status"] == "done" and run["stored"] == 1

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import InvalidSettings, load_settings
 from dicomhub.errors import ConfigurationError, Conflict, NotFound
+from dicomhub.index.schema import rejected_instance
 from dicomhub.model.access import Access, Grant, Scope
 from dicomhub.model.caller import Caller, Channel
 from dicomhub.model.retention import Duration, RetentionBasis, parse_duration, parse_retention_rules
@@ -237,7 +239,7 @@ def test_durations_and_retention_tables() -> None:
     for table, words in (
         ({"name": "r"}, "older_than is required"),
         ({"name": "r", "older_than": "1d", "by": "study_time"}, "by must be"),
-        ({"name": "r", "older_than": "1d", "action": "reject"}, "action delete"),
+        ({"name": "r", "older_than": "1d", "action": "archive"}, "action delete or reject"),
         ({"name": "r", "older_than": "1d", "colour": "x"}, "unknown key"),
         ({"name": "bad name", "older_than": "1d"}, "name must be"),
         ({"name": "r", "older_than": 0}, "more than 0"),
@@ -263,3 +265,44 @@ def test_retention_and_trash_settings_from_a_file(tmp_path: Path) -> None:
     path.write_text('[[retention]]\nname = "old"\nolder_than = "ten years"\n', encoding="utf-8")
     with pytest.raises(InvalidSettings, match="older_than"):
         load_settings(config_file=path, environ={})
+
+
+def test_a_reject_rule_rejects_its_studies_for_retention_expiry(tmp_path: Path, index_url: str) -> None:
+    rules = [{"name": "expired", "older_than": "365d", "action": "reject", "modality": "CT"}]
+    settings = load_settings(
+        {"data_dir": tmp_path / "data", "database_url": index_url, "retention": rules}, environ={}
+    )
+    archive = open_archive(settings)
+    try:
+        old, new = datagen.uid(), datagen.uid()
+        stored = _store(archive, old, 2, modality="CT", study_date="20100101")
+        _store(archive, new, 1, modality="CT", study_date=utc_now().strftime("%Y%m%d"))
+        (dry,) = archive.retention.run(dry_run=True).rules
+        assert [c.study_instance_uid for c in dry.studies] == [old] and dry.rule.action.value == "reject"
+        assert archive.index.counts()["instances"] == 3  # a dry run rejects nothing
+
+        (ran,) = archive.retention.run().rules
+        assert ran.rejected == [old] and ran.deleted == [] and ran.failed == []
+        with archive.index.engine.connect() as conn:
+            rows = conn.execute(
+                select(rejected_instance.c.sop_instance_uid, rejected_instance.c.code_value).where(
+                    rejected_instance.c.study_instance_uid == old
+                )
+            ).all()
+        assert sorted(rows) == sorted((str(d.SOPInstanceUID), "113039") for d in stored)
+        (event,) = [e for e in archive.audit.events(old) if e.detail.get("retention") == "expired"]
+        assert event.detail["action"] == "reject" and event.detail["rejected"] == "113039"
+        # Hidden like every rejected instance (and, for this title, deleted): only the note is left.
+        assert archive.wado.instances(CLI, new) and _sops(archive, old) == {event.detail["rejection_note"]}
+        # Done once: the next run takes nothing (only the note is left of the study).
+        (again,) = archive.retention.run().rules
+        assert again.studies == [] and again.rejected == []
+    finally:
+        archive.close()
+
+
+def _sops(archive: Archive, study: str) -> set[str]:
+    try:
+        return {r.sop_instance_uid for r in archive.wado.instances(CLI, study)}
+    except NotFound:
+        return set()

@@ -8,6 +8,7 @@ of ``dicomhub serve`` that run the archive are in :mod:`dicomhub.bootstrap.proce
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -86,6 +87,7 @@ from dicomhub.services.repair import RepairService
 from dicomhub.services.retention import RetentionService
 from dicomhub.services.retrieve import RetrieveService
 from dicomhub.services.routing import RoutingService
+from dicomhub.services.routing_deid import check_project
 from dicomhub.services.search import SearchService
 from dicomhub.services.stability import StabilityService
 from dicomhub.services.statistics import StatisticsService
@@ -297,6 +299,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             peers,
             claim=lambda name: lease(engine, name),
             lease=settings.route_lease,
+            check_deidentify=functools.partial(check_project, deid),
         ),
         trash=TrashService(trash, index, blobs, settings.trash_keep, audit, lambda name: lease(engine, name)),
         retention=RetentionService(
@@ -306,6 +309,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             settings.retention_interval,
             audit,
             claim=lambda name: lease(engine, name),
+            rejection=rejection,
         ),
         close=_closer(engine.dispose, feed[1] if feed else None),
         print_client=PrintClientService(

@@ -11,6 +11,7 @@ from dicomhub.cli.options import ARCHIVE
 from dicomhub.cli.registry import arg, command, group
 from dicomhub.config import Settings
 from dicomhub.model.identifiers import require_uid
+from dicomhub.model.routing import STATES
 
 if TYPE_CHECKING:
     from dicomhub.services.archive import Archive
@@ -54,7 +55,7 @@ def _test(settings: Settings, args: argparse.Namespace) -> int:
     help="the outbound queue's depth per route, destination and state",
     shared=ARCHIVE,
     args=(
-        arg("--state", choices=["queued", "sent", "dead"], help="list the items in this state instead"),
+        arg("--state", choices=list(STATES), help="list the items in this state instead"),
         arg("--route", default="", help="only this route's items (with --state)"),
         arg("--limit", type=int, default=100, help="at most this many items (with --state)"),
         arg("--json", action="store_true"),

@@ -110,10 +110,15 @@ def _purge(settings: Settings, args: argparse.Namespace) -> int:
 
 @command(
     "retention run",
-    help="apply the [[retention]] rules now (their studies go to the trash), or list them with --dry-run",
+    help="apply the [[retention]] rules now (their studies go to the trash, or are rejected), "
+    "or list them with --dry-run",
     shared=ARCHIVE,
     args=(
-        arg("--dry-run", action="store_true", help="list the studies each rule takes, delete nothing"),
+        arg(
+            "--dry-run",
+            action="store_true",
+            help="list the studies each rule takes, delete or reject nothing",
+        ),
         arg("--json", action="store_true"),
     ),
 )
@@ -137,15 +142,19 @@ def _retention_run(settings: Settings, args: argparse.Namespace) -> int:
                         for c in r.studies
                     ],
                     "deleted": r.deleted,
+                    "rejected": r.rejected,
                     "failed": [{"study_instance_uid": u, "reason": why} for u, why in r.failed],
                 }
                 for r in report.rules
             ],
         }, indent=2))  # fmt: skip
     else:
-        verb = "would delete" if report.dry_run else "deleted"
         for r in report.rules:
-            count = len(r.studies) if report.dry_run else len(r.deleted)
+            action = r.rule.action.value
+            verb = (
+                f"would {action}" if report.dry_run else {"delete": "deleted", "reject": "rejected"}[action]
+            )
+            count = len(r.studies) if report.dry_run else len(r.deleted) + len(r.rejected)
             print(f"{r.rule}: {verb} {count} studies")
             for c in r.studies:
                 print(f"  {c.study_instance_uid} {c.patient_id} {c.study_date or '-'} {c.modalities}")

@@ -11,8 +11,16 @@ from sqlalchemy import ColumnElement, Engine, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
-from dicomhub.index.schema import instance, patient, series, study, study_label, worker_cursor
-from dicomhub.model.retention import RetentionBasis, RetentionRule
+from dicomhub.index.schema import (
+    instance,
+    patient,
+    rejected_instance,
+    series,
+    study,
+    study_label,
+    worker_cursor,
+)
+from dicomhub.model.retention import RetentionAction, RetentionBasis, RetentionRule
 
 __all__ = ["RetentionCandidate", "RetentionRepository"]
 
@@ -76,6 +84,27 @@ class RetentionRepository:
                     select(instance.c.pk)
                     .join(series, series.c.pk == instance.c.series_pk)
                     .where(series.c.study_pk == study.c.pk, instance.c.source_ae_title == rule.source)
+                )
+            )
+        if rule.action is RetentionAction.REJECT:
+            # A study with nothing left to reject (rejected before, only notes left) is done.
+            conditions.append(
+                exists(
+                    select(instance.c.pk)
+                    .join(series, series.c.pk == instance.c.series_pk)
+                    .where(
+                        series.c.study_pk == study.c.pk,
+                        ~exists(
+                            select(rejected_instance.c.pk).where(
+                                rejected_instance.c.sop_instance_uid == instance.c.sop_instance_uid
+                            )
+                        ),
+                        ~exists(
+                            select(rejected_instance.c.pk).where(
+                                rejected_instance.c.rejection_note_uid == instance.c.sop_instance_uid
+                            )
+                        ),
+                    )
                 )
             )
         query = (

@@ -15,13 +15,16 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
 
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import change_log_position, move_cursor
 from dicomhub.index.schema import (
+    deid_mapping,
+    deid_project,
     instance,
     patient,
+    rejected_instance,
     route_item,
     series,
     study,
@@ -191,35 +194,102 @@ class RouteRepository:
             return [dict(r) for r in rows]
 
     def mark_sent(self, pks: Sequence[int], owner: str, now: dt.datetime) -> None:
-        if not pks:
-            return
-        with engines.write(self.engine) as conn:
-            conn.execute(
-                update(route_item)
-                .where(route_item.c.pk.in_(list(pks)), route_item.c.owner == owner)
-                .values(state="sent", owner=None, lease_until=None, last_error="", updated_at=now)
-            )
+        """Mark items sent (only those ``owner`` still holds)."""
+        self.settle(owner, now, sent=pks)
 
     def mark_failed(
         self, failures: Sequence[tuple[int, int, str]], owner: str, max_attempts: int, now: dt.datetime
     ) -> int:
         """(pk, attempts before, error) per item; returns how many are now dead."""
+        return self.settle(owner, now, failures=failures, max_attempts=max_attempts)
+
+    def settle(
+        self,
+        owner: str,
+        now: dt.datetime,
+        *,
+        sent: Sequence[int] = (),
+        skipped: Sequence[tuple[int, str]] = (),
+        failures: Sequence[tuple[int, int, str]] = (),
+        max_attempts: int = 0,
+        renew: Sequence[int] = (),
+        lease_until: dt.datetime | None = None,
+    ) -> int:
+        """The outcome of a batch in one transaction and a few statements: items
+        ``sent``, items ``skipped`` (pk, why: nothing to send any more), ``failures``
+        (pk, attempts before, error; dead after ``max_attempts``), and the lease of
+        the items still to send (``renew``) moved to ``lease_until``. Only items
+        ``owner`` still holds change. Returns how many failures are now dead."""
+        mine = route_item.c.owner == owner
         dead = 0
         with engines.write(self.engine) as conn:
+            if sent:
+                conn.execute(
+                    update(route_item)
+                    .where(route_item.c.pk.in_(list(sent)), mine)
+                    .values(state="sent", owner=None, lease_until=None, last_error="", updated_at=now)
+                )
+            outcomes = [
+                {"item": pk, "to_state": "skipped", "to_attempts": None, "error": why[:2000],
+                 "next_try": now} for pk, why in skipped
+            ]  # fmt: skip
             for pk, attempts, error in failures:
                 attempt = attempts + 1
                 gone = attempt >= max_attempts
                 dead += gone
+                outcomes.append(
+                    {"item": pk, "to_state": "dead" if gone else "queued", "to_attempts": attempt,
+                     "error": error[:2000], "next_try": now + dt.timedelta(seconds=backoff(attempt))}
+                )  # fmt: skip
+            if outcomes:
+                # One statement, executed for many rows (executemany).
                 conn.execute(
                     update(route_item)
-                    .where(route_item.c.pk == pk, route_item.c.owner == owner)
+                    .where(route_item.c.pk == bindparam("item"), mine)
                     .values(
-                        state="dead" if gone else "queued", attempts=attempt, last_error=error[:2000],
-                        not_before=now + dt.timedelta(seconds=backoff(attempt)), owner=None,
-                        lease_until=None, updated_at=now,
-                    )
+                        state=bindparam("to_state"),
+                        attempts=func.coalesce(bindparam("to_attempts", type_=route_item.c.attempts.type),
+                                               route_item.c.attempts),
+                        last_error=bindparam("error"), not_before=bindparam("next_try"),
+                        owner=None, lease_until=None, updated_at=now,
+                    ),
+                    outcomes,
                 )  # fmt: skip
+            if renew and lease_until is not None:
+                conn.execute(
+                    update(route_item)
+                    .where(route_item.c.pk.in_(list(renew)), mine)
+                    .values(lease_until=lease_until)
+                )
         return dead
+
+    def deidentified(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of the instances are made by de-identification: a project's replacement
+        UIDs (its mapping, indexed by project and replacement)."""
+        uids = list(sop_instance_uids)
+        found: set[str] = set()
+        projects = select(deid_project.c.pk).scalar_subquery()
+        with engines.read(self.engine) as conn:
+            for i in range(0, len(uids), _CHUNK):
+                q = select(deid_mapping.c.replacement).where(
+                    deid_mapping.c.project_pk.in_(projects),
+                    deid_mapping.c.replacement.in_(uids[i : i + _CHUNK]),
+                    deid_mapping.c.kind == "uid",
+                )
+                found.update(str(u) for (u,) in conn.execute(q))
+        return found
+
+    def rejected(self, sop_instance_uids: Sequence[str]) -> set[str]:
+        """Which of the instances a rejection note rejected (IOCM)."""
+        uids = list(sop_instance_uids)
+        found: set[str] = set()
+        with engines.read(self.engine) as conn:
+            for i in range(0, len(uids), _CHUNK):
+                q = select(rejected_instance.c.sop_instance_uid).where(
+                    rejected_instance.c.sop_instance_uid.in_(uids[i : i + _CHUNK])
+                )
+                found.update(str(u) for (u,) in conn.execute(q))
+        return found
 
     def renew(self, pks: Sequence[int], owner: str, until: dt.datetime) -> None:
         """Extend the lease of items still being sent."""

@@ -9,13 +9,18 @@ A retention rule is a ``[[retention]]`` table of the configuration file::
     modality = "MR"            # optional: studies with a series of this modality
     label = "research"         # optional: studies carrying this label
     source = "OLD_CT"          # optional: studies with an instance sent by this AE title
-    action = "delete"          # the only action: the study goes to the trash
+    action = "delete"          # or "reject": an IOCM rejection (113039, see below)
 
 The conditions of one rule all have to hold. A study's age ``by = "study_date"`` is
 counted from its Study Date (a study without a valid one, YYYYMMDD, is never old by
 it); ``by = "received"`` from the last time an instance of it was received, so a
 study still receiving instances is never taken. What a rule deletes goes to the
-trash like any delete (for ``trash_keep``), where it can be restored.
+trash like any delete (for ``trash_keep``), where it can be restored. A ``reject``
+rule stores a rejection note (IHE IOCM) with the title (113039, DCM, "Data Retention
+Policy Expired", CID 7011) for the study instead: its instances are hidden from
+queries and retrievals like every rejected instance, then deleted, as a note of that
+title received from a modality would have them; a study already rejected is not
+taken again.
 """
 
 from __future__ import annotations
@@ -92,9 +97,11 @@ class RetentionBasis(enum.Enum):
 
 
 class RetentionAction(enum.Enum):
-    """What happens to a study a rule takes: ``delete`` moves it to the trash."""
+    """What happens to a study a rule takes: ``delete`` moves it to the trash,
+    ``reject`` rejects it for an expired retention period (IOCM)."""
 
     DELETE = "delete"
+    REJECT = "reject"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +162,9 @@ def _rule(table: Mapping[str, Any], where: str) -> RetentionRule:
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: older_than: {exc}") from None
     except ValueError:
-        raise ConfigurationError(f"{where}: by must be study_date or received, and action delete") from None
+        raise ConfigurationError(
+            f"{where}: by must be study_date or received, and action delete or reject"
+        ) from None
     if older_than <= 0:
         raise ConfigurationError(f"{where}: older_than must be more than 0")
     return RetentionRule(

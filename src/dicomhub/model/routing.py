@@ -8,8 +8,10 @@ A rule is a ``[[route]]`` table of the configuration file::
     name = "ct-to-pacs"                   # letters, digits, . _ - (at most 24)
     on = "stored"                         # or "stable": when the study is stable
     when = { Modality = "CT", calling_ae = "CT1" }
-    to = ["pacs", "folder:/srv/export"]   # peer names, or folder:ABSOLUTE-PATH
+    to = ["pacs", "folder:/srv/export"]   # peer names, folder:ABSOLUTE-PATH, project:NAME
     transfer_syntax = "1.2.840.10008.1.2.1"  # optional: transcode before sending
+    deidentify = "study-x"                # optional: de-identify with this project first
+    deidentify_options = ["retain-uids"]  # optional: options of the profile (PS3.15 E.1-1)
     max_attempts = 10                     # then the item is dead (manual retry)
 
 ``when`` holds conditions that must all hold: an indexed attribute by its DICOM
@@ -19,6 +21,15 @@ object), ``sop_class`` (its SOP Class UID) or ``label`` (one of the study's
 labels). A value is matched exactly, or as a DICOM wildcard with ``*`` and ``?``
 (PS3.4 C.2.2.2.4), case-sensitively; a list of values matches any of them. A rule
 without conditions matches everything.
+
+A ``project:NAME`` destination de-identifies into this archive, as a new study, with
+the project's key and mapping: a server-side de-identification run of the project
+over the instances (run by the background process).
+
+``deidentify`` is the rule's, not a destination's: ``to`` stays a plain list of
+names, and a rule that sends identified to one peer and de-identified to another is
+two rules with the same ``when``. What leaves is de-identified with the project's key
+and recorded in its mapping, as for a de-identifying C-MOVE destination.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from dicomhub.model.tables import named_tables
 __all__ = [
     "FOLDER_PREFIX",
     "PLUGIN_PREFIX",
+    "PROJECT_PREFIX",
     "STATES",
     "TRIGGERS",
     "Condition",
@@ -45,16 +57,20 @@ __all__ = [
 ]
 
 TRIGGERS: Final = ("stored", "stable")
-#: States of a queue item: waiting (first try or a retry), sent, or dead (given up).
-STATES: Final = ("queued", "sent", "dead")
+#: States of a queue item: waiting (first try or a retry), sent, dead (given up), or
+#: skipped (its instance was rejected, deleted or trashed before it went).
+STATES: Final = ("queued", "sent", "dead", "skipped")
 FOLDER_PREFIX: Final = "folder:"
 #: ``plugin:NAME:ARGUMENT``: handed to the enabled plugin NAME's ``send`` (docs/plugins.md).
 PLUGIN_PREFIX: Final = "plugin:"
 _PLUGIN_DESTINATION = re.compile(r"^plugin:[a-z][a-z0-9_-]{0,31}(:[^\x00]{0,200})?$")
+PROJECT_PREFIX: Final = "project:"
 #: Keys of ``when`` that are not indexed attributes.
 _SPECIAL: Final = ("calling_ae", "sop_class", "label")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,24}$")
-_FIELDS: Final = {"name", "on", "when", "to", "transfer_syntax", "max_attempts"}
+_FIELDS: Final = {
+    "name", "on", "when", "to", "transfer_syntax", "max_attempts", "deidentify", "deidentify_options",
+}  # fmt: skip
 
 
 def backoff(attempts: int) -> float:
@@ -90,14 +106,20 @@ class Route:
     when: tuple[Condition, ...] = ()
     transfer_syntax: str = ""
     max_attempts: int = 10
+    deidentify: str = ""  # a de-identification project: what leaves is de-identified
+    deidentify_options: tuple[str, ...] = ()
 
     def matches(self, facts: Mapping[str, Collection[str]]) -> bool:
         """Whether an instance with ``facts`` (key -> its values) meets every condition."""
         return all(c.holds(facts.get(c.key, ())) for c in self.when)
 
     def peers(self) -> tuple[str, ...]:
-        """The destinations that name peers (not folders nor plugins)."""
-        return tuple(d for d in self.to if not d.startswith((FOLDER_PREFIX, PLUGIN_PREFIX)))
+        """The destinations that name peers (not folders, plugins nor projects)."""
+        return tuple(d for d in self.to if not d.startswith((FOLDER_PREFIX, PLUGIN_PREFIX, PROJECT_PREFIX)))
+
+    def projects(self) -> tuple[str, ...]:
+        """The de-identification projects of ``project:`` destinations."""
+        return tuple(d.removeprefix(PROJECT_PREFIX) for d in self.to if d.startswith(PROJECT_PREFIX))
 
     def public(self) -> dict[str, Any]:
         return {
@@ -107,6 +129,8 @@ class Route:
             "to": list(self.to),
             "transfer_syntax": self.transfer_syntax or None,
             "max_attempts": self.max_attempts,
+            "deidentify": self.deidentify or None,
+            "deidentify_options": list(self.deidentify_options),
         }
 
 
@@ -124,7 +148,9 @@ def _condition(key: str, value: Any, where: str) -> Condition:
 
 def _destination(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{where}: to must list peer names or folder:PATH destinations")
+        raise ConfigurationError(
+            f"{where}: to must list peer names, folder:PATH or project:NAME destinations"
+        )
     if value.startswith(FOLDER_PREFIX):
         path = value.removeprefix(FOLDER_PREFIX)
         if not path.startswith("/") or "\x00" in path:
@@ -133,6 +159,13 @@ def _destination(value: Any, where: str) -> str:
     if value.startswith(PLUGIN_PREFIX):
         if not _PLUGIN_DESTINATION.match(value):
             raise ConfigurationError(f"{where}: {value!r}: a plugin destination is plugin:NAME[:ARGUMENT]")
+        return value
+    if value.startswith(PROJECT_PREFIX):
+        project = value.removeprefix(PROJECT_PREFIX)
+        if not project.strip() or len(project) > 64 or not project.isprintable():
+            raise ConfigurationError(
+                f"{where}: {value!r}: a project destination is project:NAME (1 to 64 characters)"
+            )
         return value
     if len(value) > 64 or "/" in value or "\\" in value:
         raise ConfigurationError(f"{where}: {value!r} cannot name a peer")
@@ -169,8 +202,29 @@ def _route(table: Mapping[str, Any], where: str) -> Route:
     attempts = table.get("max_attempts", 10)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
         raise ConfigurationError(f"{where}: max_attempts must be an integer from 1 to 100")
+    project = table.get("deidentify", "")
+    if not isinstance(project, str) or len(project.strip()) > 64 or not project.isprintable():
+        raise ConfigurationError(
+            f"{where}: deidentify must name a de-identification project (1 to 64 characters)"
+        )
+    options = table.get("deidentify_options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) and o.strip() for o in options):
+        raise ConfigurationError(f"{where}: deidentify_options must be a list of option names")
+    into_project = any(d.startswith(PROJECT_PREFIX) for d in destinations)
+    if options and not (project.strip() or into_project):
+        raise ConfigurationError(
+            f'{where}: deidentify_options needs deidentify = "PROJECT" or a project: destination'
+        )
+    if project.strip() and into_project:
+        raise ConfigurationError(
+            f"{where}: a project: destination de-identifies with its own project; "
+            "deidentify is for peers and folders (write two rules)"
+        )
     conditions = tuple(_condition(str(k), v, where) for k, v in when.items())
-    return Route(name, str(on), destinations, conditions, syntax.strip(), attempts)
+    return Route(
+        name, str(on), destinations, conditions, syntax.strip(), attempts, project.strip(),
+        tuple(o.strip() for o in options),
+    )  # fmt: skip
 
 
 def parse_routes(value: Any) -> tuple[Route, ...]:

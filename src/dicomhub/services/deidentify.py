@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,10 @@ class DeidService:
         burned_in: str | None = None,
         mask: Sequence[Region] = (),
         owner: str | None = None,
+        only: Collection[str] = (),
     ) -> dict[str, Any]:
-        """Record a pending run over a stored study or series; the background process runs it.
+        """Record a pending run over a stored study or series (``only``: just these SOP
+        Instance UIDs of it, as routing asks); the background process runs it.
 
         The burned-in policy and mask regions (default: the configured ones) are
         recorded with the run, so that whichever process runs it applies them.
@@ -211,6 +213,10 @@ class DeidService:
             raise InvalidRequest("burned-in policy mask needs mask regions (deid_mask)")
         project_pk, _key = self.project_key(project)
         rows = self._source_rows(study_uid, series_uid, caller)
+        if only:
+            rows = [r for r in rows if r.sop_instance_uid in only]
+            if not rows:
+                raise NotFound("none of the instances to de-identify is stored")
         run_pk = self.repo.create_run(
             {
                 "project_pk": project_pk,
@@ -452,8 +458,10 @@ class DeidService:
         destination: str,
         rows: Sequence[InstanceRow],
         caller: Caller,
+        reason: str = "",
     ) -> list[ExportItem]:
-        """The objects of a C-MOVE to a de-identifying destination.
+        """The objects of a C-MOVE to a de-identifying destination (``destination``: its
+        AE title; ``reason``: what the run says it is for, the C-MOVE by default).
 
         An ``export`` run records them (and an audit event the move); each
         object is de-identified when it is read for sending, and its mapping
@@ -470,7 +478,7 @@ class DeidService:
                 "kind": "export",
                 "actor": caller.name or caller.channel.value,
                 "source_address": caller.address,
-                "reason": f"C-MOVE to {destination} (de-identifying destination)",
+                "reason": reason or f"C-MOVE to {destination} (de-identifying destination)",
                 "source_study_uid": study,
                 "destination": destination,
                 "options": {

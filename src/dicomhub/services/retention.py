@@ -1,9 +1,12 @@
 """Retention: apply the ``[[retention]]`` rules (:mod:`dicomhub.model.retention`).
 
-Each rule's studies are deleted through the one delete
+Each ``delete`` rule's studies are deleted through the one delete
 (:class:`~dicomhub.services.delete.DeleteService`), so they go to the trash (for
-``trash_keep``) and the change log says ``deleted``; every study a run deletes is
-one DELETE audit event naming the rule. ``dicomhub retention run --dry-run`` lists
+``trash_keep``) and the change log says ``deleted``; each ``reject`` rule's studies
+are rejected through the one rejection (:class:`~dicomhub.services.rejection.
+RejectionService`: a stored note titled "Data Retention Policy Expired", audited and
+applied like one received). Every study a run takes is one DELETE audit event naming
+the rule. ``dicomhub retention run --dry-run`` lists
 what a run would take without deleting. The background process applies the rules
 every ``retention_interval`` seconds; the time of the last run is kept in the index
 and the job is claimed, so with several nodes one of them runs it, once per interval.
@@ -22,10 +25,12 @@ from dicomhub.errors import DicomhubError, IndexUnavailable, NotFound
 from dicomhub.index.retention import RetentionCandidate, RetentionRepository
 from dicomhub.model.audit import AuditAction, AuditedStudy, AuditEvent, AuditOutcome, AuditRecorder
 from dicomhub.model.caller import Caller, Channel
-from dicomhub.model.retention import RetentionRule
+from dicomhub.model.rejection import RejectionReason
+from dicomhub.model.retention import RetentionAction, RetentionRule
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.delete import DeleteService
+from dicomhub.services.rejection import RejectionService
 
 __all__ = ["RetentionCandidate", "RetentionReport", "RetentionService", "RuleOutcome"]
 
@@ -42,6 +47,7 @@ class RuleOutcome:
     rule: RetentionRule
     studies: list[RetentionCandidate] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # by a reject rule
     failed: list[tuple[str, str]] = field(default_factory=list)  # (Study Instance UID, why)
 
 
@@ -70,8 +76,10 @@ class RetentionService:
         audit: AuditRecorder | None = None,
         claim: Callable[[str], AbstractContextManager[bool]] | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        rejection: RejectionService | None = None,
     ) -> None:
         self.repository = repository
+        self.rejection = rejection
         self.delete = delete
         self.rules = tuple(rules)
         self.interval = float(interval)
@@ -118,6 +126,9 @@ class RetentionService:
         self, rule: RetentionRule, candidate: RetentionCandidate, caller: Caller, outcome: RuleOutcome
     ) -> None:
         uid = candidate.study_instance_uid
+        if rule.action is RetentionAction.REJECT:
+            self._reject(rule, candidate, caller, outcome)
+            return
         try:
             result = self.delete.delete_study(uid, caller, reason=f"retention rule {rule.name}")
         except NotFound:
@@ -136,6 +147,30 @@ class RetentionService:
             "retention rule %s: study %s (%d instances) deleted%s",
             rule.name, uid, len(result.instances), " into the trash" if result.trashed else "",
         )  # fmt: skip
+
+    def _reject(
+        self, rule: RetentionRule, candidate: RetentionCandidate, caller: Caller, outcome: RuleOutcome
+    ) -> None:
+        uid = candidate.study_instance_uid
+        try:
+            if self.rejection is None:
+                raise DicomhubError("no rejection service to apply a reject rule")
+            note = self.rejection.reject(caller, RejectionReason.RETENTION, uid)
+        except NotFound:
+            return  # rejected or deleted meanwhile
+        except IndexUnavailable:
+            raise
+        except DicomhubError as exc:
+            outcome.failed.append((uid, str(exc)))
+            self._record(caller, AuditOutcome.MAJOR_FAILURE, rule, AuditedStudy(uid, candidate.patient_id),
+                         {"action": "reject", "error": str(exc)[:256]})  # fmt: skip
+            return
+        outcome.rejected.append(uid)
+        studied = AuditedStudy(uid, candidate.patient_id, number_of_instances=candidate.instances)
+        self._record(caller, AuditOutcome.SUCCESS, rule, studied,
+                     {"action": "reject", "rejected": RejectionReason.RETENTION.code_value,
+                      "rejection_note": note.sop_instance_uid})  # fmt: skip
+        LOGGER.info("retention rule %s: study %s rejected (note %s)", rule.name, uid, note.sop_instance_uid)
 
     def _record(
         self,
@@ -166,8 +201,9 @@ class RetentionService:
         # Recorded at the start of the run: the next one comes one interval after this one began.
         self.repository.set_last_run(now)
         deleted = sum(len(r.deleted) for r in report.rules)
-        if deleted:
-            LOGGER.info("retention run: %d studies deleted", deleted)
+        rejected = sum(len(r.rejected) for r in report.rules)
+        if deleted or rejected:
+            LOGGER.info("retention run: %d studies deleted, %d rejected", deleted, rejected)
         return 0  # one run per interval: nothing more to do in this turn
 
     def run_worker(self, stop: threading.Event) -> None:

@@ -11,9 +11,13 @@ Two background jobs:
   (the job's claim).
 * the **forwarder** claims due items of one destination (several nodes each take
   their own, see :mod:`dicomhub.index.routing`), sends them on one association or
-  HTTP client, and marks each sent as soon as the peer confirmed it (one C-STORE,
-  one STOW-RS request), before the next: a crash resends at most what was in
-  flight. A failed item is retried after 1 s, 2 s, 4 s ...
+  HTTP client, and marks what the peer confirmed (C-STORE responses, a STOW-RS
+  response) sent by group commit: a writer thread writes the outcomes as they come,
+  those that arrive during a write going together in the next one, so the sending
+  never waits for the index and a crash resends at most what was in flight. An item
+  whose instance was rejected (IOCM), deleted or trashed since it was queued is
+  skipped, not sent. A failed item is
+  retried after 1 s, 2 s, 4 s ...
   5 min; after its rule's ``max_attempts`` it is dead, with the last error, until a
   manual retry.
 
@@ -37,7 +41,7 @@ from dicomhub.errors import ConfigurationError, DicomhubError, InvalidRequest
 from dicomhub.index.routing import RouteRepository
 from dicomhub.model.identifiers import Level
 from dicomhub.model.records import InstanceRow
-from dicomhub.model.routing import STATES, Route
+from dicomhub.model.routing import PROJECT_PREFIX, STATES, Route
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.changes import ChangeLog
@@ -47,6 +51,9 @@ __all__ = ["RoutingService", "Sender", "SenderFactory"]
 LOGGER = logging.getLogger("dicomhub.routing")
 
 _BATCH = 50  # items claimed at once (one destination, preferably one study)
+_REJECTED = "skipped: rejected (IOCM) before it was sent"
+_GONE = "skipped: deleted or trashed before it was sent"
+_OUTPUT = "skipped: made by a de-identification run, not de-identified again"
 LEASE_SECONDS = 120.0  # how long a claim lasts without renewal; a dead node's items wait this long
 
 
@@ -54,8 +61,9 @@ class Sender(Protocol):
     """One open connection to a destination (an association, an HTTP client, a folder).
 
     ``batch``: how many instances one :meth:`send` takes. Each call's sent items are
-    marked before the next call, so this is what a crash may send twice: 1 where the
-    peer confirms each instance (C-STORE, a folder), more for one STOW-RS request.
+    marked as soon as it returns (written while the next call goes), so this is about
+    what a crash may send twice: 1 where the peer confirms each instance (C-STORE, a
+    folder), more for one STOW-RS request.
     """
 
     batch: int
@@ -89,6 +97,7 @@ class RoutingService:
         *,
         claim: Callable[[str], AbstractContextManager[bool]] | None = None,
         lease: float = LEASE_SECONDS,
+        check_deidentify: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self.routes = tuple(routes)
         self._by_name = {r.name: r for r in self.routes}
@@ -98,6 +107,7 @@ class RoutingService:
         self._open_sender = open_sender
         self._claim = claim
         self._lease = lease
+        self._check_deidentify = check_deidentify
         # Unique per process: a restarted node must not find its dead self's claims its own.
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -110,7 +120,8 @@ class RoutingService:
         ------
         ConfigurationError
             For a rule naming an unknown peer, or a peer with no DIMSE address
-            and no DICOMweb URL.
+            and no DICOMweb URL; for a ``deidentify`` project that cannot
+            de-identify (no secret, another secret than its own, a bad option).
         """
         self.check()
         if self.routes:
@@ -130,8 +141,24 @@ class RoutingService:
                 LOGGER.warning("routing: %d items claimed by %s (gone) released", released, owner)
 
     def check(self) -> None:
-        """The peer checks of :meth:`begin` (see there)."""
+        """The peer and de-identification checks of :meth:`begin` (see there)."""
         for route in self.routes:
+            if route.deidentify:
+                try:
+                    if self._check_deidentify is None:
+                        raise DicomhubError("this server cannot de-identify")
+                    self._check_deidentify(route.deidentify, route.deidentify_options)
+                except DicomhubError as exc:
+                    raise ConfigurationError(
+                        f"[[route]] {route.name}: deidentify {route.deidentify!r}: {exc}"
+                    ) from None
+            for project in route.projects():
+                try:
+                    if self._check_deidentify is None:
+                        raise DicomhubError("this server cannot de-identify")
+                    self._check_deidentify(project, route.deidentify_options)
+                except DicomhubError as exc:
+                    raise ConfigurationError(f"[[route]] {route.name}: project:{project}: {exc}") from None
             for name in route.peers():
                 peer = self._peers.get(name)
                 if peer is None:
@@ -195,40 +222,53 @@ class RoutingService:
             failures = [(int(c["pk"]), int(c["attempts"]), error) for c in claimed]
             self._queue.mark_failed(failures, self.owner, 0, utc_now())
             return len(claimed)
-        found = {row.sop_instance_uid: row for row, _f in self._queue.facts(
-            sop_instance_uids=[str(c["sop_instance_uid"]) for c in claimed])}  # fmt: skip
-        finished = 0
+        uids = [str(c["sop_instance_uid"]) for c in claimed]
+        found = {row.sop_instance_uid: row for row, _f in self._queue.facts(sop_instance_uids=uids)}
+        # Nothing to send any more: rejected (IOCM) or gone (deleted, trashed) since queued.
+        rejected = self._queue.rejected(uids)
+        # What a de-identification run made is not de-identified again into a project
+        # (a rule matching its own output would loop).
+        outputs = self._queue.deidentified(uids) if destination.startswith(PROJECT_PREFIX) else set()
+        skipped = [
+            (int(c["pk"]), _REJECTED if uid in rejected else _GONE if uid not in found else _OUTPUT)
+            for c in claimed
+            if (uid := str(c["sop_instance_uid"])) in rejected or uid not in found or uid in outputs
+        ]
+        if skipped:
+            self._queue.settle(self.owner, utc_now(), skipped=skipped)
+            LOGGER.info("routing %s -> %s: %d items skipped (rejected or deleted since queued)",
+                        route.name, destination, len(skipped))  # fmt: skip
+            dropped = {pk for pk, _why in skipped}
+            claimed = [c for c in claimed if int(c["pk"]) not in dropped]
+            if not claimed:
+                return len(skipped)
         try:
             sender = self._open_sender(destination, route)
         except DicomhubError as exc:
-            return self._failed(route, destination, claimed, {}, str(exc))
+            return len(skipped) + self._failed(route, destination, claimed, {}, str(exc))
+        marks = _Marks(self, route, destination)
         step = max(1, sender.batch)
         try:
             for i in range(0, len(claimed), step):
                 part = claimed[i : i + step]
-                rows = [
-                    found[str(c["sop_instance_uid"])] for c in part if str(c["sop_instance_uid"]) in found
-                ]
-                gone = {str(c["sop_instance_uid"]): "no longer stored here" for c in part
-                        if str(c["sop_instance_uid"]) not in found}  # fmt: skip
+                rows = [found[str(c["sop_instance_uid"])] for c in part]
                 try:
-                    errors = {**sender.send(rows), **gone} if rows else gone
+                    errors = sender.send(rows)
                 except Exception as exc:  # noqa: BLE001 - any fault of a send fails its items, not the job
                     if not isinstance(exc, DicomhubError):
                         LOGGER.exception("routing %s -> %s: sending failed", route.name, destination)
                     # Nothing of this step went: it and the rest of the batch wait.
-                    reason = str(exc) or type(exc).__name__
-                    return finished + self._failed(route, destination, claimed[i:], {}, reason)
+                    marks.add([], claimed[i:], str(exc) or type(exc).__name__)
+                    break
                 sent = [int(c["pk"]) for c in part if str(c["sop_instance_uid"]) not in errors]
-                self._queue.mark_sent(sent, self.owner, utc_now())
-                finished += len(sent)
-                if errors:
-                    finished += self._failed(route, destination, part, errors, "")
-                rest = [int(c["pk"]) for c in claimed[i + step :]]
-                self._queue.renew(rest, self.owner, utc_now() + dt.timedelta(seconds=self._lease))
+                failed = [c for c in part if str(c["sop_instance_uid"]) in errors]
+                marks.add(sent, failed, "", errors, rest=[int(c["pk"]) for c in claimed[i + step :]])
         finally:
-            sender.close()
-        return finished
+            try:
+                marks.close()
+            finally:
+                sender.close()
+        return len(skipped) + marks.finished
 
     def _failed(
         self,
@@ -333,6 +373,83 @@ class RoutingService:
         if not self.routes or self._open_sender is None:
             return
         run_until_stopped(stop, self.forward_step, "routing forwarder", LOGGER, idle=0.5)
+
+
+class _Marks:
+    """Writes the outcomes of one batch as they come, on a thread of its own (group
+    commit): while one write is under way the next outcomes gather, and go in the
+    next write (one transaction, a few statements). The sending never waits for the
+    index, and what the peer confirmed is marked within one write's time: a kill -9
+    leaves unmarked only what is in flight (on the wire, or confirmed and being
+    written)."""
+
+    def __init__(self, service: RoutingService, route: Route, destination: str) -> None:
+        self._service = service
+        self._route = route
+        self._destination = destination
+        self._ready = threading.Condition()
+        self._sent: list[int] = []
+        self._failures: list[tuple[int, int, str]] = []
+        self._rest: list[int] = []  # the items still to send: their lease is renewed
+        self._closed = False
+        self._error: BaseException | None = None
+        self.finished = 0
+        self._thread = threading.Thread(target=self._write, name="routing-marks", daemon=True)
+        self._thread.start()
+
+    def add(
+        self,
+        sent: Sequence[int],
+        failed: Sequence[Mapping[str, Any]],
+        error: str,
+        errors: Mapping[str, str] | None = None,
+        rest: Sequence[int] = (),
+    ) -> None:
+        """Items ``sent``, items ``failed`` (with ``error``, or theirs in ``errors``)."""
+        by_uid = errors or {}
+        failures = [
+            (int(c["pk"]), int(c["attempts"]), by_uid.get(str(c["sop_instance_uid"]), error)) for c in failed
+        ]
+        with self._ready:
+            self._sent += sent
+            self._failures += failures
+            self._rest = list(rest)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Wait until everything added is written; raise what a write raised."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _write(self) -> None:
+        service = self._service
+        while True:
+            with self._ready:
+                while not (self._sent or self._failures or self._closed):
+                    self._ready.wait()
+                sent, self._sent = self._sent, []
+                failures, self._failures = self._failures, []
+                rest = self._rest
+                if not (sent or failures):
+                    return  # closed, nothing left
+            try:
+                now = utc_now()
+                dead = service._queue.settle(
+                    service.owner, now, sent=sent, failures=failures, max_attempts=self._route.max_attempts,
+                    renew=rest, lease_until=now + dt.timedelta(seconds=service._lease),
+                )  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - raised again by close()
+                # Unmarked items stay claimed: retried (resent) once their lease ends.
+                self._error = exc
+                return
+            self.finished += len(sent) + dead
+            if failures:
+                LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
+                               self._destination, len(failures), dead, failures[0][2])  # fmt: skip
 
 
 def _alive(pid: int) -> bool:

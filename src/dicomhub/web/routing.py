@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.identifiers import require_uid
+from dicomhub.model.routing import STATES
 from dicomhub.services.archive import Archive
 
 __all__ = ["route_paths", "routes"]
@@ -59,7 +60,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_STATE = {"type": "string", "enum": ["queued", "sent", "dead"]}
+_STATE = {"type": "string", "enum": list(STATES)}
 _COUNTS = {
     "type": "object",
     "description": "Items per state.",

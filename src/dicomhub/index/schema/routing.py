@@ -1,7 +1,9 @@
 """The outbound queue of routing: one row per (route, destination, instance).
 
 A row is ``queued`` until it is sent, and ``dead`` once its route's
-``max_attempts`` failed (kept with the last error for a manual retry). A node
+``max_attempts`` failed (kept with the last error for a manual retry); ``skipped``
+when its instance was rejected, deleted or trashed before it went (the reason in
+``last_error``). A node
 that works on a row claims it: ``owner`` and ``lease_until``; a row whose lease
 ran out (the node died) is claimed again by any node. The enqueuer's place in the
 change log is its ``worker_cursor`` row (``route-enqueue``), moved in the
@@ -25,7 +27,7 @@ route_item = Table(
     Column("destination", String(1024), nullable=False),  # a peer name or folder:PATH
     Column("study_instance_uid", String(64), nullable=False),
     Column("sop_instance_uid", String(64), nullable=False),
-    Column("state", String(8), nullable=False),  # queued, sent, dead
+    Column("state", String(8), nullable=False),  # queued, sent, dead, skipped
     Column("attempts", Integer, nullable=False),
     Column("not_before", UtcDateTime, nullable=False),  # when it may be tried (again)
     Column("owner", String(80)),  # the node working on it, until lease_until
