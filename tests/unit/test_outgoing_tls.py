@@ -19,7 +19,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomhub.config import Settings, tls_client_context
+from dicomhub.config import Settings
+from dicomhub.config.checks import tls_client_context
 from dicomhub.dimse.commitment import CommitmentRefused, send_report
 from dicomhub.migrate.sources import DimseSource, RemoteError
 from dicomhub.model.commitment import CommitmentResult

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from dicomhub.bootstrap import configure_logging, open_archive
 from dicomhub.bootstrap.plugins import plugin_host
-from dicomhub.config import Settings, tls_client_context, tls_server_context
+from dicomhub.config import Settings
+from dicomhub.config.checks import tls_client_context, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.archive import Archive

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dicomhub.cli.options import SERVER
 from dicomhub.cli.registry import arg, command
-from dicomhub.config import Settings, anonymous_network_refusal
+from dicomhub.config import Settings
+from dicomhub.config.checks import anonymous_network_refusal
 
 __all__: list[str] = []
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomhub.config import DeidExport, Settings, tls_client_context
+from dicomhub.config import DeidExport, Settings
+from dicomhub.config.checks import tls_client_context
 from dicomhub.dimse import status
 from dicomhub.dimse.commitment import report_dataset
 from dicomhub.dimse.identifiers import encode_match

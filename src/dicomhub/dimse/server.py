@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
-from dicomhub.config import Settings, tls_server_context
+from dicomhub.config import Settings
+from dicomhub.config.checks import tls_server_context
 from dicomhub.dimse import association
 from dicomhub.dimse.contexts import (
     STORAGE_SOP_CLASSES,

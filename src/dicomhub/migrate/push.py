@@ -20,7 +20,8 @@ from typing import Any
 from pydicom import dcmread
 
 from dicomhub import codec
-from dicomhub.config import Settings, tls_client_context
+from dicomhub.config import Settings
+from dicomhub.config.checks import tls_client_context
 from dicomhub.errors import DicomhubError
 from dicomhub.migrate.sources import RemoteError
 from dicomhub.migrate.targets import DicomwebTarget, DimseTarget, Outgoing, open_target
