@@ -177,6 +177,46 @@ def tail(path: Path, n: int = 15) -> str:
 # --------------------------------------------------------------------------- servers
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its descendants (Linux /proc)."""
+    parents: dict[int, tuple[int, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _cpu) in parents.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(parents[pid][1] for pid in tree if pid in parents)
+
+
+def wait_quiet(pid: int, limit: float = 20.0, step: float = 0.25, busy: float = 0.05) -> float:
+    """Wait until the process tree of ``pid`` has finished starting up: two consecutive
+    ``step`` intervals in which it used under ``busy`` of a core. A server answers its
+    health check before its workers have imported everything and its background jobs
+    have made their first pass; a timed run started then measures that start-up, not
+    the server. Returns the seconds waited (at most ``limit``)."""
+    start = time.monotonic()
+    quiet, last = 0, _tree_cpu_seconds(pid)
+    while quiet < 2 and time.monotonic() - start < limit:
+        time.sleep(step)
+        now = _tree_cpu_seconds(pid)
+        quiet = quiet + 1 if now - last < busy * step else 0
+        last = now
+    return time.monotonic() - start
+
+
 @dataclass
 class Server:
     """A DIMSE server under test.  Managed servers can be restarted with an empty archive."""
@@ -284,6 +324,7 @@ class OrthancServer(Server):
                 raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{tail(self.logfile())}")
             if http_ok(url) and port_open(HOST, self.port):
                 self.version_str = self.version()
+                wait_quiet(self.proc.pid)
                 return
             time.sleep(0.1)
         raise RuntimeError(f"Orthanc did not become ready:\n{tail(self.logfile())}")
@@ -395,6 +436,7 @@ class DicomhubServer(Server):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dicomhub exited with {self.proc.returncode}:\n{tail(self.logfile())}")
             if http_ok(url) and port_open(HOST, self.port):
+                wait_quiet(self.proc.pid)
                 return
             time.sleep(0.1)
         raise RuntimeError(f"dicomhub did not become ready:\n{tail(self.logfile())}")
