@@ -38,9 +38,8 @@ from dicomhub.dimse.requestor import (
     AssociationError,
     AssociationRejected,
     IncomingStore,
-    decode_dataset,
-    encode_dataset,
 )
+from dicomhub.dimse.responses import decode_dataset, encode_dataset
 
 HOST = "127.0.0.1"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]

@@ -14,13 +14,8 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from dicomhub.bootstrap import open_archive
-from dicomhub.config import (
-    Settings,
-    anonymous_network_refusal,
-    load_settings,
-    tls_client_context,
-    tls_server_context,
-)
+from dicomhub.config import Settings, load_settings
+from dicomhub.config.checks import anonymous_network_refusal, tls_client_context, tls_server_context
 from dicomhub.conformance import build_statement, render_markdown
 from dicomhub.errors import ConfigurationError, InvalidRequest, NotFound
 from dicomhub.model.applicationentity import ApplicationEntity
