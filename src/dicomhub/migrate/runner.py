@@ -73,6 +73,7 @@ from dicomhub.model.migration import (
 )
 from dicomhub.services.archive import Archive
 from dicomhub.services.deidentify import MigrationDeid
+from dicomhub.services.liveness import process_alive
 from dicomhub.services.migration import selected
 
 __all__ = ["Migrator", "Progress", "Transform", "owner_gone", "owner_name"]
@@ -100,13 +101,7 @@ def owner_gone(owner: str | None) -> bool:
     parts = owner.split(":")
     if len(parts) != 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
         return False
-    try:
-        os.kill(int(parts[2]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return int(parts[2]) == os.getpid()
+    return not process_alive(int(parts[2])) or int(parts[2]) == os.getpid()
 
 
 @dataclass

@@ -45,6 +45,7 @@ from dicomhub.model.routing import PROJECT_PREFIX, STATES, Route
 from dicomhub.model.timestamps import utc_now
 from dicomhub.services.background import run_until_stopped
 from dicomhub.services.changes import ChangeLog
+from dicomhub.services.liveness import process_alive
 
 __all__ = ["RoutingService", "Sender", "SenderFactory"]
 
@@ -136,7 +137,7 @@ class RoutingService:
         for owner in self._queue.owners():
             name, _sep, rest = owner.partition(":")
             pid = rest.partition(":")[0]
-            if name == host and pid.isdigit() and not _alive(int(pid)):
+            if name == host and pid.isdigit() and not process_alive(int(pid)):
                 released = self._queue.release(owner)
                 LOGGER.warning("routing: %d items claimed by %s (gone) released", released, owner)
 
@@ -450,16 +451,6 @@ class _Marks:
             if failures:
                 LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
                                self._destination, len(failures), dead, failures[0][2])  # fmt: skip
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process: alive
-    return True
 
 
 def _matched(
