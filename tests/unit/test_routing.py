@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,6 +264,38 @@ def test_a_claimed_item_is_not_claimed_again_until_its_lease_ends(tmp_path: Path
     s.queue.mark_sent([int(first[0]["pk"])], "node-a", later)
     assert s.service.items("sent") == []
     s.queue.mark_sent([int(first[0]["pk"])], "node-b", later)
+    assert len(s.service.items("sent")) == 1
+
+
+def test_a_node_sending_slowly_keeps_its_lease_so_no_other_node_sends_again(tmp_path: Path) -> None:
+    """A send that outlasts the lease (a slow peer, a loaded machine) is not taken over
+    by another node while the sending node lives: the lease is renewed as it sends."""
+    s = Setup(tmp_path, route())
+    s.store()
+    s.service.enqueue_step()
+    slow = threading.Event()
+    recorder = s.sender
+
+    def open_slow(destination: str, rule: Route) -> Sender:
+        sender = recorder(destination, rule)
+        real = sender.send
+
+        def send(rows: Sequence[InstanceRow]) -> dict[str, str]:
+            slow.set()
+            time.sleep(1.5)  # five leases of 0.3 s
+            return real(rows)
+
+        sender.send = send  # type: ignore[method-assign]
+        return sender
+
+    node_a = RoutingService(s.service.routes, s.index, s.queue, Peers(), open_slow, lease=0.3)
+    forwarding = threading.Thread(target=node_a.forward_step)
+    forwarding.start()
+    assert slow.wait(10)
+    time.sleep(0.9)  # three leases
+    taken = s.queue.claim("node-b", utc_now(), 60, 10)
+    forwarding.join()
+    assert taken == [] and len(recorder.sent) == 1
     assert len(s.service.items("sent")) == 1
 
 

@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -247,7 +248,7 @@ class RoutingService:
             sender = self._open_sender(destination, route)
         except DicomhubError as exc:
             return len(skipped) + self._failed(route, destination, claimed, {}, str(exc))
-        marks = _Marks(self, route, destination)
+        marks = _Marks(self, route, destination, [int(c["pk"]) for c in claimed])
         step = max(1, sender.batch)
         try:
             for i in range(0, len(claimed), step):
@@ -382,9 +383,16 @@ class _Marks:
     next write (one transaction, a few statements). The sending never waits for the
     index, and what the peer confirmed is marked within one write's time: a kill -9
     leaves unmarked only what is in flight (on the wire, or confirmed and being
-    written)."""
+    written).
 
-    def __init__(self, service: RoutingService, route: Route, destination: str) -> None:
+    The thread also keeps the batch's lease while it is being sent, renewing it
+    every third of the lease: a slow peer or a loaded machine must not let another
+    node take over (and send again) the items of a node that is alive and sending.
+    Only a node that stopped (killed, hung) lets its lease run out."""
+
+    def __init__(
+        self, service: RoutingService, route: Route, destination: str, claimed: Sequence[int]
+    ) -> None:
         self._service = service
         self._route = route
         self._destination = destination
@@ -392,6 +400,7 @@ class _Marks:
         self._sent: list[int] = []
         self._failures: list[tuple[int, int, str]] = []
         self._rest: list[int] = []  # the items still to send: their lease is renewed
+        self._held = set(claimed)  # claimed and not yet marked: the lease kept
         self._closed = False
         self._error: BaseException | None = None
         self.finished = 0
@@ -415,6 +424,8 @@ class _Marks:
             self._sent += sent
             self._failures += failures
             self._rest = list(rest)
+            self._held.difference_update(sent)
+            self._held.difference_update(pk for pk, _n, _e in failures)
             self._ready.notify()
 
     def close(self) -> None:
@@ -428,15 +439,23 @@ class _Marks:
 
     def _write(self) -> None:
         service = self._service
+        every = service._lease / 3
+        renewal = time.monotonic() + every
         while True:
             with self._ready:
-                while not (self._sent or self._failures or self._closed):
-                    self._ready.wait()
+                while not (self._sent or self._failures or self._closed) and time.monotonic() < renewal:
+                    self._ready.wait(max(0.0, renewal - time.monotonic()))
                 sent, self._sent = self._sent, []
                 failures, self._failures = self._failures, []
                 rest = self._rest
-                if not (sent or failures):
+                held = sorted(self._held)
+                if self._closed and not (sent or failures):
                     return  # closed, nothing left
+            if time.monotonic() >= renewal:
+                self._keep_lease(held)
+                renewal = time.monotonic() + every
+            if not (sent or failures):
+                continue
             try:
                 now = utc_now()
                 dead = service._queue.settle(
@@ -451,6 +470,14 @@ class _Marks:
             if failures:
                 LOGGER.warning("routing %s -> %s: %d items failed (%d now dead): %s", self._route.name,
                                self._destination, len(failures), dead, failures[0][2])  # fmt: skip
+
+    def _keep_lease(self, held: Sequence[int]) -> None:
+        service = self._service
+        try:
+            service._queue.renew(held, service.owner, utc_now() + dt.timedelta(seconds=service._lease))
+        except Exception:  # noqa: BLE001 - the next renewal (or the marks) tries again
+            LOGGER.warning("routing %s -> %s: the lease of %d items could not be renewed",
+                           self._route.name, self._destination, len(held), exc_info=True)  # fmt: skip
 
 
 def _matched(
