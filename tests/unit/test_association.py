@@ -390,7 +390,7 @@ def test_pynetdicom_storage_scu(listen: Callable[..., Listener], tmp_path: Path)
         received = decode(request)
         assert received.SOPInstanceUID == ds.SOPInstanceUID
         assert received.PixelData == ds.PixelData
-    assert listener.event_names() == ["associated", "store", "store", "store", "released"]
+    assert listener.event_names() == ["associated", "store", "store", "store", "releasing", "released"]
     released = listener.events[-1][1]
     assert released["stores"] == 3
 
@@ -705,7 +705,7 @@ def test_echoscu(listen: Callable[..., Listener]) -> None:
     result = run_dcmtk("echoscu", "-aec", "DICOMHUB", "127.0.0.1", str(listener.port))
     assert result.returncode == 0, result.stderr
     listener.wait_for_event("released")
-    assert listener.event_names() == ["associated", "echo", "released"]
+    assert listener.event_names() == ["associated", "echo", "releasing", "released"]
 
 
 @pytest.mark.e2e

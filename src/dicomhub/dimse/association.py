@@ -723,6 +723,8 @@ class Association(UpperLayer):
                 "A-RELEASE-RQ from %s in the middle of a message; the message is dropped",
                 self.calling_ae,
             )
+        # Before the A-RELEASE-RP: a peer may associate again the moment it has it.
+        self.emit("releasing", {})
         try:
             self.send(RELEASE_RP_PDU)
         except T.PeerGone:
@@ -795,9 +797,9 @@ def serve_association(
         ``None`` to accept it.
     on_event : callable, optional
         Statistics hook called with ``"associated"``, ``"rejected"``,
-        ``"released"``, ``"aborted"``, ``"store"``, ``"echo"``, ``"find"``,
-        ``"get"`` or ``"move"`` and a dict of details; exceptions from it are
-        logged and ignored.
+        ``"releasing"`` (just before the A-RELEASE-RP goes), ``"released"``,
+        ``"aborted"``, ``"store"``, ``"echo"``, ``"find"``, ``"get"`` or
+        ``"move"`` and a dict of details; exceptions from it are logged and ignored.
     on_find, on_retrieve : callable, optional
         C-FIND, and C-GET / C-MOVE (need ``config.query_retrieve``); see
         :class:`~dicomhub.dimse.providers.query_retrieve.QueryRetrieveProvider`.

@@ -174,6 +174,17 @@ class _Worker:
 
     def _serve_connection(self, conn: socket.socket, address: tuple[str, int], tls: bool = False) -> None:
         session: AssociationSession | None = None
+        freed = False
+
+        def free_slot() -> None:
+            # Once per association: when it is released (before the A-RELEASE-RP, as
+            # the peer may associate again the moment it has it), or when it ends.
+            nonlocal freed
+            if not freed:
+                freed = True
+                with self.load.get_lock():
+                    self.load[self.index] -= 1
+
         # Every log line of this association's thread carries its id (a new thread
         # starts with an empty context, so nothing to reset afterwards).
         log_context.association_id.set(log_context.new_id())
@@ -190,6 +201,12 @@ class _Worker:
             )
             bound = session
 
+            def on_event(name: str, details: dict[str, object]) -> None:
+                if name == "releasing":
+                    free_slot()
+                else:
+                    self.recorder.on_event(name, details)
+
             association.serve_association(
                 conn,
                 address,
@@ -200,7 +217,7 @@ class _Worker:
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req, bound),
                 on_n_action=lambda req: handle_n_action(self.archive, req, bound),
                 on_worklist_find=lambda req: handle_worklist_find(self.archive, req, bound),
-                on_event=self.recorder.on_event,
+                on_event=on_event,
                 mpps=self.archive.mpps,
                 mpps_authorize=lambda: bound.require(Role.STORE),
                 # Printing adds films to the archive, as sending objects does.
@@ -217,8 +234,7 @@ class _Worker:
             # The slot is free once the association is over: give it back before
             # the bookkeeping (an index write), or a peer that associates again
             # right after its release is refused for an association already gone.
-            with self.load.get_lock():
-                self.load[self.index] -= 1
+            free_slot()
             if session is not None:
                 session.end()
 
