@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -177,9 +178,9 @@ def tail(path: Path, n: int = 15) -> str:
 # --------------------------------------------------------------------------- servers
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system) used so far by ``root`` and its descendants (Linux /proc)."""
-    parents: dict[int, tuple[int, float]] = {}
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Every process of the machine: pid -> (parent pid, CPU seconds used so far)."""
+    table: dict[int, tuple[int, float]] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -190,15 +191,72 @@ def _tree_cpu_seconds(root: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        parents[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, float]]) -> set[int]:
     tree, grew = {root}, True
     while grew:
         grew = False
-        for pid, (ppid, _cpu) in parents.items():
+        for pid, (ppid, _cpu) in table.items():
             if ppid in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    return sum(parents[pid][1] for pid in tree if pid in parents)
+    return tree
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its descendants (Linux /proc)."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in _tree(root, table) if pid in table)
+
+
+def tree_memory_kb(root: int) -> tuple[int, int]:
+    """Resident and proportional set size (kB) of ``root`` and its descendants.
+
+    RSS counts a page shared by several processes of the tree once in each of them;
+    PSS divides it among them, so the tree's PSS is what it really takes.
+    """
+    rss = pss = 0
+    for pid in _tree(root, _process_table()):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    key, _sep, value = line.partition(":")
+                    if key == "Rss":
+                        rss += int(value.split()[0])
+                    elif key == "Pss":
+                        pss += int(value.split()[0])
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+    return rss, pss
+
+
+class MemoryPeak:
+    """Samples :func:`tree_memory_kb` of a process tree every ``interval`` seconds in a
+    thread, between ``with`` and its end; ``rss_mb`` and ``pss_mb`` are the peaks."""
+
+    def __init__(self, root: int, interval: float = 0.2) -> None:
+        self.root, self.interval = root, interval
+        self.rss_mb = self.pss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="memory-peak", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            rss, pss = tree_memory_kb(self.root)
+            self.rss_mb, self.pss_mb = max(self.rss_mb, rss / 1024), max(self.pss_mb, pss / 1024)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def wait_quiet(pid: int, limit: float = 20.0, step: float = 0.25, busy: float = 0.05) -> float:

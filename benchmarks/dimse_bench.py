@@ -18,6 +18,7 @@ See benchmarks/README.md.  Quick smoke run:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -41,6 +42,7 @@ from _common import (  # noqa: E402
     SCU_AET,
     DicomhubServer,
     ExternalServer,
+    MemoryPeak,
     OrthancServer,
     Server,
     StoreSCP,
@@ -350,6 +352,7 @@ class Bench:
                 m.note = "servers not emptied (external target), single run"
                 reps = 1
             elapsed_runs: dict[str, list[float]] = {s.key: [] for s in self.servers}
+            peaks: dict[str, list[tuple[float, float]]] = {s.key: [] for s in self.servers}
             errors: dict[str, str] = {}
             for rep in range(max(1, reps)):
                 self.empty_all()  # every timed ingest goes into an empty archive
@@ -361,7 +364,12 @@ class Bench:
                     before = self.instances(s)
                     log(f"{label}: {s.label} run {rep + 1}/{reps} ...")
                     timeout = 120 + (0.5 if what == "ct" else 0.1) * count
-                    elapsed, err = self.storescu(s, src, timeout=timeout, tag=f"{key}-{rep}")
+                    with contextlib.ExitStack() as stack:
+                        # The whole process tree's memory while it ingests (managed servers).
+                        peak = stack.enter_context(MemoryPeak(s.proc.pid)) if s.proc else None
+                        elapsed, err = self.storescu(s, src, timeout=timeout, tag=f"{key}-{rep}")
+                    if peak is not None:
+                        peaks[s.key].append((peak.rss_mb, peak.pss_mb))
                     if err is None and before is not None:
                         err = self.verify_stored(s, before + count)
                     self.contents[s.key].add(what)
@@ -390,8 +398,31 @@ class Bench:
                         "bytes": nbytes,
                         "associations": nassoc,
                         "runs_inst_s": [round(count / e, 1) for e in runs],
+                        "peak_rss_mb": [round(r) for r, _p in peaks[s.key]],
+                        "peak_pss_mb": [round(p) for _r, p in peaks[s.key]],
                     },
                 )
+            if key == "store_small_4":
+                self.memory_figures(label, peaks)
+
+    def memory_figures(self, label: str, peaks: dict[str, list[tuple[float, float]]]) -> None:
+        """Peak RSS and PSS of each server's process tree during ``label`` (median of its runs).
+
+        RSS counts pages that the tree's processes share once per process; PSS shares
+        them out, so it is what the tree takes from the machine. Orthanc is one process.
+        """
+        for which, index in (("RSS", 0), ("PSS", 1)):
+            m = Measurement(f"memory_{which.lower()}", f"peak {which} of the tree, {label}", "MB", "<=", 1.0)
+            for s in self.servers:
+                values = [run[index] for run in peaks[s.key]]
+                m.figures[s.key] = Figure(
+                    statistics.median(values) if values else None, None if values else "not sampled"
+                )
+            self.results.append(m)
+        pss = self.results[-1].figures.get(self.subject_key or "")
+        rss = self.results[-2].figures.get("orthanc")
+        if pss and rss and pss.value and rss.value:
+            self.results[-1].note = f"subject's peak PSS / Orthanc's peak RSS = {pss.value / rss.value:.2f}"
 
     def instances(self, s: Server) -> int | None:
         if isinstance(s, OrthancServer) and s.proc is not None:
@@ -644,6 +675,8 @@ class Bench:
             return "n/a"
         if m.unit == "ms":
             return f"{f.value:.2f} ms"
+        if m.unit == "MB":
+            return f"{f.value:.0f} MB"
         s = f"{f.value:.0f} /s"
         if "mb_s" in f.extra:
             s += f" ({f.extra['mb_s']:.0f} MB/s)"

@@ -8,7 +8,7 @@ from pathlib import Path
 import datagen
 import pytest
 
-from .helpers import DicomhubServer, ServerPool, echo, store_ok, study_instance_count
+from .helpers import DicomhubServer, ServerPool, descendant_pids, echo, store_ok, study_instance_count
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
@@ -40,19 +40,6 @@ def test_sigterm_stops_server(servers: ServerPool) -> None:
     assert rc in (0, -15, 143), f"unexpected exit code after SIGTERM: {rc}\n{srv.log_tail()}"
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def test_workers_end_with_a_killed_server(servers: ServerPool) -> None:
     """kill -9 of the server process alone must not leave workers serving the port."""
     import os
@@ -61,8 +48,9 @@ def test_workers_end_with_a_killed_server(servers: ServerPool) -> None:
 
     srv = servers.start()
     assert srv.proc is not None
-    workers = _children(srv.proc.pid)
-    assert workers, "dicomhub serve runs its DIMSE side in worker processes"
+    # Its children (the fork server, the resource tracker) and theirs (the workers).
+    workers = descendant_pids(srv.proc.pid)
+    assert len(workers) >= 3, f"dicomhub serve runs its DIMSE side in worker processes: {workers}"
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(10)
     deadline = time.monotonic() + 10

@@ -17,6 +17,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,26 @@ __all__ = [
     "run_migration_jobs",
     "serve",
     "start_hl7_listener",
+    "worker_context",
 ]
 
 _LOGGER = logging.getLogger("dicomhub")
+
+
+def worker_context() -> ForkServerContext:
+    """How the DIMSE workers and the background process start: forked by a fork server
+    that has imported what they run (:mod:`dicomhub.bootstrap.preload`).
+
+    Spawned, each of them imported pydicom, pynetdicom, SQLAlchemy and the archive
+    anew, about 80 MB of private memory each. Forked from one process that imported
+    them once, they share those pages (copy-on-write) and the tree's proportional set
+    size drops by about a quarter. Not forked from the server process itself: it runs
+    threads by then (HTTP, webhooks, routing), and a worker restarted after a crash
+    would be forked from a process whose locks another thread may hold.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dicomhub.bootstrap.preload"])
+    return context
 
 
 def run_dimse_worker(
@@ -283,9 +301,10 @@ def _serve_with_metrics(settings: Settings) -> None:
     except OSError as exc:
         archive.close()
         raise DicomhubError(f"cannot listen on {settings.host} for DIMSE: {exc.strerror}") from exc
-    workers = DimseWorkers(settings, listener, run_dimse_worker, tls_listener)
+    context = worker_context()
+    workers = DimseWorkers(settings, listener, run_dimse_worker, tls_listener, context)
     workers.start()
-    background = multiprocessing.get_context("spawn").Process(
+    background = context.Process(
         target=run_background_worker,
         args=(settings, os.getpid()),
         name="dicomhub-background",

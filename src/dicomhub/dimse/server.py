@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any
 
@@ -43,6 +44,7 @@ from dicomhub.model.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSI
 from dicomhub.model.peer import Role
 from dicomhub.services.archive import Archive
 from dicomhub.services.audit_writer import AuditWriter
+from dicomhub.services.liveness import process_alive
 from dicomhub.telemetry import context as log_context
 from dicomhub.telemetry.metrics import mark_process_dead
 
@@ -286,7 +288,10 @@ def die_with_parent(parent: int) -> None:
     An orphaned worker would keep accepting on the shared socket with no
     supervisor, and a restarted server could not take the port back. The
     parent's pid comes from the parent itself: the parent may already be gone
-    by the time this runs.
+    by the time this runs. Workers are forked by the fork server, not by the
+    server process itself, so ``os.getppid()`` names the fork server: the
+    death signal comes when the fork server ends (it ends with the server
+    process), and a thread watches the server process itself.
     """
     try:
         import ctypes
@@ -299,10 +304,10 @@ def die_with_parent(parent: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent:
+            if not process_alive(parent):
                 os._exit(0)
 
-    if os.getppid() != parent:
+    if not process_alive(parent):
         os._exit(0)
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -337,15 +342,18 @@ class DimseWorkers:
         listener: socket.socket,
         worker_main: Callable[..., None],
         tls_listener: socket.socket | None = None,
+        context: ForkServerContext | SpawnContext | None = None,
     ) -> None:
         """``worker_main(settings, listener, index, load, parent_pid, tls_listener)`` runs one
         worker (the composition root provides it: :func:`dicomhub.bootstrap.processes.run_dimse_worker`).
-        ``tls_listener``: the DICOM TLS port's socket, shared the same way."""
+        ``tls_listener``: the DICOM TLS port's socket, shared the same way.
+        ``context``: how worker processes start (the composition root gives a fork
+        server, see :func:`dicomhub.bootstrap.processes.worker_context`); spawn without it."""
         self.settings = settings
         self.listener = listener
         self.tls_listener = tls_listener
         self._worker_main = worker_main
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx: ForkServerContext | SpawnContext = context or multiprocessing.get_context("spawn")
         self.load = self._ctx.Array("i", settings.worker_count)
         self.processes: list[Any] = [None] * settings.worker_count
         self._stopping = threading.Event()
