@@ -25,8 +25,6 @@ import datetime as dt
 from typing import Any
 from urllib.parse import urlencode
 
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.imagingstudy import ImagingStudy
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,7 +36,7 @@ from dicomhub.model.caller import Caller
 from dicomhub.services.archive import Archive
 from dicomhub.services.imagingstudy import ImagingStudyService, StudyView
 from dicomhub.web.auth import caller_of
-from dicomhub.web.fhir.resources import FHIR_ID
+from dicomhub.web.fhir.resources import FHIR_ID, fhir_model
 from dicomhub.web.fhir.routes import FhirResponse, answering_outcomes
 
 __all__ = ["imaging_study_to_fhir", "routes"]
@@ -135,8 +133,10 @@ def imaging_study_to_fhir(study: StudyView, dicomweb: str) -> dict[str, Any]:
         resource["series"].append(series)
     if not resource["series"]:
         del resource["series"]
-    out: dict[str, Any] = ImagingStudy.model_validate(resource).model_dump(
-        mode="json", exclude_none=True, by_alias=True
+    out: dict[str, Any] = (
+        fhir_model("ImagingStudy")
+        .model_validate(resource)
+        .model_dump(mode="json", exclude_none=True, by_alias=True)
     )
     return out
 
@@ -263,7 +263,7 @@ def routes(archive: Archive, settings: Settings) -> list[BaseRoute]:
             links.append({"relation": "next", "url": page(offset + count)})
         if offset > 0:
             links.append({"relation": "previous", "url": page(max(offset - count, 0))})
-        bundle = Bundle.model_validate(
+        bundle = fhir_model("Bundle").model_validate(
             {
                 "resourceType": "Bundle",
                 "type": "searchset",

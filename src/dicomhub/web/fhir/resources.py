@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib
 import re
 from typing import Any
-
-from fhir.resources.R4B.operationoutcome import OperationOutcome
-from fhir.resources.R4B.patient import Patient as FhirPatient
-from fhir.resources.R4B.servicerequest import ServiceRequest as FhirServiceRequest
 
 from dicomhub.errors import InvalidRequest
 from dicomhub.model.orders import (
@@ -42,6 +39,7 @@ __all__ = [
     "FHIR_ID",
     "ORDER_INTENTS",
     "Unprocessable",
+    "fhir_model",
     "fhir_status",
     "operation_outcome",
     "order_from_fhir",
@@ -100,14 +98,25 @@ def _validated(model: type[Any], body: dict[str, Any]) -> Any:
         raise InvalidRequest(f"invalid {kind}: {exc}") from None
 
 
+def fhir_model(resource_type: str) -> Any:
+    """The R4B model class of ``resource_type`` (``"Patient"``, ``"ImagingStudy"``, ...).
+
+    Imported on first use, not with this module: ``fhir.resources`` and pydantic take
+    about 15 MB, which a server answering no FHIR request (most of them) need not pay
+    in its HTTP process.
+    """
+    module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+    return getattr(module, resource_type)
+
+
 def parse_patient(body: dict[str, Any]) -> Any:
     """``body`` as a validated R4B Patient; InvalidRequest with the model's message."""
-    return _validated(FhirPatient, body)
+    return _validated(fhir_model("Patient"), body)
 
 
 def parse_service_request(body: dict[str, Any]) -> Any:
     """``body`` as a validated R4B ServiceRequest; InvalidRequest with the model's message."""
-    return _validated(FhirServiceRequest, body)
+    return _validated(fhir_model("ServiceRequest"), body)
 
 
 def _dumped(resource: Any) -> dict[str, Any]:
@@ -117,7 +126,7 @@ def _dumped(resource: Any) -> dict[str, Any]:
 
 def operation_outcome(severity: str, code: str, diagnostics: str) -> dict[str, Any]:
     """An OperationOutcome with one issue (FHIR R4 OperationOutcome; ``code`` from IssueType)."""
-    outcome = OperationOutcome.model_validate(
+    outcome = fhir_model("OperationOutcome").model_validate(
         {
             "resourceType": "OperationOutcome",
             "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics[:2000]}],
@@ -219,7 +228,7 @@ def patient_to_fhir(patient: Patient) -> dict[str, Any]:
     if len(patient.patient_birth_date) == 8:
         d = patient.patient_birth_date
         body["birthDate"] = f"{d[:4]}-{d[4:6]}-{d[6:]}"
-    return _dumped(FhirPatient.model_validate(body))
+    return _dumped(fhir_model("Patient").model_validate(body))
 
 
 # ---------------------------------------------------------------- ServiceRequest
@@ -405,4 +414,4 @@ def order_to_fhir(order: Order, patient_resource_id: str) -> dict[str, Any]:
                 body["performerType"] = {"coding": [{"system": _DCM, "code": step.modality}]}
             if step.start is not None:
                 body["occurrenceDateTime"] = step.start.astimezone().isoformat()
-    return _dumped(FhirServiceRequest.model_validate(body))
+    return _dumped(fhir_model("ServiceRequest").model_validate(body))

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,6 +35,7 @@ from dicomhub.web.errors import UnsupportedMediaType, decode_json_object, http_s
 from dicomhub.web.fhir.resources import (
     FHIR_ID,
     Unprocessable,
+    fhir_model,
     fhir_status,
     operation_outcome,
     order_from_fhir,
@@ -195,7 +195,7 @@ class _Intake:
 
 def _capabilities() -> dict[str, Any]:
     interactions = [{"code": c} for c in ("read", "update", "create")]
-    statement = CapabilityStatement.model_validate(
+    statement = fhir_model("CapabilityStatement").model_validate(
         {
             "resourceType": "CapabilityStatement",
             "status": "active",
