@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import jwt
-
 from dicomhub.errors import ConfigurationError
 
 __all__ = [
@@ -297,6 +295,8 @@ class OidcVerifier:
             raise
         if not isinstance(document.get("keys"), list):
             raise ConfigurationError(f"the JWKS {source} has no 'keys' list")
+        import jwt  # on first use: PyJWT and cryptography take ~8 MB a server without OIDC need not pay
+
         keys: dict[str, Any] = {}
         for index, jwk in enumerate(document["keys"]):
             # Keycloak publishes its encryption key (use "enc") beside the signing ones.
@@ -374,6 +374,8 @@ class OidcVerifier:
             not yet valid, of another issuer or audience, not an access token, or
             lacks the principal claim.
         """
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
