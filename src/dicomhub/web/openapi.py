@@ -48,6 +48,7 @@ from dicomhub.web.openapi_dicomweb import (
     stow_operation,
     wado_uri_operation,
 )
+from dicomhub.web.openapi_operate import operate_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.openapi_rejection import reject_paths
@@ -468,9 +469,7 @@ def _paths() -> Json:
                     "200": {
                         "description": summary + ".",
                         "content": {
-                            "application/json": {
-                                "schema": {"type": "array", "items": ref("schemas", schema)}
-                            }
+                            "application/json": {"schema": {"type": "array", "items": ref("schemas", schema)}}
                         },
                     }
                 },
@@ -508,7 +507,9 @@ def _paths() -> Json:
         paths,
         STUDY + "/thumbnail",
         rendered_operation(
-            STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
+            STUDY + "/thumbnail",
+            "retrieveStudyThumbnail",
+            "Thumbnail of a study (its middle instance)",
             thumbnail=True,
         ),
     )
@@ -535,6 +536,8 @@ def _paths() -> Json:
     paths.update(correction_paths())
     paths.update(reject_paths())
     paths.update(ui_paths())
+    for path, operations in operate_paths().items():
+        _merge(paths, path, operations)
     return paths
 
 
