@@ -96,8 +96,8 @@ grantForm.addEventListener("submit", async (event) => {
 });
 
 for (const select of [userForm.elements.role, grantForm.elements.role]) {
-  for (const role of ROLES) select.add(new Option(role));
-  select.value = "reader";
+  // "reader" selected by default, so that a form's reset returns to it and not to "admin".
+  for (const role of ROLES) select.add(new Option(role, role, role === "reader", role === "reader"));
 }
 
 start(async () => {
