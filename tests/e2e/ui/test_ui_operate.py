@@ -6,7 +6,8 @@ One ``dicomhub serve --auth`` for the module, with a stored CT study labelled
 administrator registers the server itself as a peer and verifies it (C-ECHO and
 QIDO-RS succeed; a peer nobody listens for fails), adds a user whose token then
 works and stops working when revoked, starts a de-identification of the study
-from the study page and watches it reach "done", and finds the C-ECHO on the
+from the study page and watches it reach "done", then a migration from a
+DICOMweb peer (the archive itself) started with the form, and finds the C-ECHO on the
 association page; the reader sees no Admin menu and "not allowed" on an admin
 page. The API tests (run on both back ends) check the new routes' refusals.
 """
@@ -20,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import datagen
-from tests.e2e.helpers import DicomhubServer, ServerPool, free_port, run_cli
+from tests.e2e.helpers import DicomhubServer, ServerPool, free_port, run_cli, wait_until
 from tests.e2e.ui.conftest import screenshot
 from tests.e2e.ui.test_ui import bearer, stow
 
@@ -213,7 +214,7 @@ def test_admin_adds_a_user_whose_token_works_until_revoked(page: Page, hub: Hub)
 
 
 @browser_test
-def test_a_deidentification_started_from_the_study_page_reaches_done(page: Page, hub: Hub) -> None:
+def test_a_deidentification_from_the_study_page_and_a_migration_reach_done(page: Page, hub: Hub) -> None:
     log_in(page, hub, hub.admin, f"/ui/studies/{STUDY}")
     page.get_by_role("link", name="De-identify this study…").click()
     expect(page.get_by_label("Study Instance UID")).to_have_value(STUDY)
@@ -227,6 +228,24 @@ def test_a_deidentification_started_from_the_study_page_reaches_done(page: Page,
     run = httpx.get(f"{hub.url}/deid/jobs", headers=bearer(hub.admin)).json()[0]
     assert (run["status"], run["stored"], run["source_study_uid"]) == ("done", 2, STUDY)
     expect(row).to_contain_text(run["target_study_uid"])
+
+    # A migration from a DICOMweb peer (this archive itself: everything is already here).
+    mirror = {
+        "dicomweb_url": f"{hub.url}/dicomweb",
+        "auth": f"bearer:{hub.admin}",
+        "roles": ["migration-source"],
+    }
+    r = httpx.put(f"{hub.url}/admin/peers/mirror", json=mirror, headers=bearer(hub.admin))
+    assert r.status_code == 201, r.text
+    page.reload()
+    page.get_by_label("Direction").select_option("remote")
+    page.get_by_label("Peer", exact=True).select_option("mirror")
+    page.get_by_label("Studies since").fill("2000-01-01")
+    page.get_by_role("button", name="Start migration").click()
+    migration = page.locator("#migration-jobs tbody tr").first
+    expect(migration.locator(".state")).to_have_text("done", timeout=30_000)
+    (job,) = httpx.get(f"{hub.url}/migrations", headers=bearer(hub.admin)).json()
+    assert (job["remote"], job["direction"], job["selection"]) == ("mirror", "pull", {"since": "20000101"})
     screenshot(page, "admin-jobs", mask=[page.locator("#deid-jobs td:nth-child(6)")])
 
 
@@ -238,7 +257,15 @@ def test_the_association_and_health_pages(page: Page, hub: Hub) -> None:
         headers=bearer(hub.admin),
     )
     assert r.status_code in (200, 201), r.text
+    before = len(httpx.get(f"{hub.url}/admin/associations", headers=bearer(hub.admin)).json())
     assert httpx.post(f"{hub.url}/admin/peers/echo-target/echo", headers=bearer(hub.admin)).json()["ok"]
+
+    def logged() -> bool:
+        # The DIMSE process writes its association log about once a second.
+        found = httpx.get(f"{hub.url}/admin/associations", headers=bearer(hub.admin)).json()
+        return len(found) > before
+
+    wait_until(logged, timeout=10, what="the C-ECHO's association in the log")
     log_in(page, hub, hub.admin, "/ui/admin/associations")
     # The archive called itself: calling and called AE are both its own; the C-ECHO is counted.
     row = page.locator("#associations tbody tr").first
