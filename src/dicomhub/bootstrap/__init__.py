@@ -47,6 +47,7 @@ from dicomhub.index.trash import TrashRepository
 from dicomhub.index.validation import ValidationRepository
 from dicomhub.index.webhooks import WebhookRepository
 from dicomhub.index.worklist import WorklistRepository
+from dicomhub.migrate.probe import NetworkPeerProbe
 from dicomhub.migrate.repairsource import PeerInstanceFetcher
 from dicomhub.model.audit import AuditOutcome, AuditRecord
 from dicomhub.model.identifiers import is_valid_uid
@@ -96,6 +97,7 @@ from dicomhub.services.storagemigration import StorageMigration
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
+from dicomhub.services.verification import PeerVerificationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import Poster, WebhookService
 from dicomhub.services.worklist import WorklistService
@@ -328,6 +330,7 @@ def _wire_archive(settings: Settings, engine: Engine, upgrade: bool) -> Archive:
             CorrectionRepository(engine), wado, ingest, rejection, patients, orders, audit
         ),
         plugin_events=plugin_events(host, engine, index),
+        verification=PeerVerificationService(peers, NetworkPeerProbe(settings)),
     )
 
 

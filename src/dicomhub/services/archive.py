@@ -44,6 +44,7 @@ from dicomhub.services.storagecheck import StorageCheckService
 from dicomhub.services.transcode import TranscodeService
 from dicomhub.services.trash import TrashService
 from dicomhub.services.validation import ValidationService
+from dicomhub.services.verification import PeerVerificationService
 from dicomhub.services.wado import WadoService
 from dicomhub.services.webhooks import WebhookService
 from dicomhub.services.worklist import WorklistService
@@ -103,6 +104,8 @@ class Archive:
     corrections: CorrectionService | None = None
     # Hands stored / stable-study events to the plugins' hooks; None where nothing wired it.
     plugin_events: PluginEventService | None = None
+    # C-ECHO / QIDO-RS of a registered peer (POST /admin/peers/NAME/echo); None where nothing wired it.
+    verification: PeerVerificationService | None = None
 
     def usable(self) -> bool:
         """True when the index and the blob store can be used now."""

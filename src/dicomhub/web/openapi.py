@@ -48,6 +48,7 @@ from dicomhub.web.openapi_dicomweb import (
     stow_operation,
     wado_uri_operation,
 )
+from dicomhub.web.openapi_operate import operate_paths
 from dicomhub.web.openapi_orders import order_paths
 from dicomhub.web.openapi_patients import patient_paths
 from dicomhub.web.openapi_rejection import reject_paths
@@ -535,6 +536,8 @@ def _paths() -> Json:
     paths.update(correction_paths())
     paths.update(reject_paths())
     paths.update(ui_paths())
+    for path, operations in operate_paths().items():
+        _merge(paths, path, operations)
     return paths
 
 

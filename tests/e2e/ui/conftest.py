@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, sync_playwright
 
 CHROMIUM = os.environ.get("DICOMHUB_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "ui"
@@ -47,11 +47,12 @@ def page(browser: Browser) -> Iterator[Page]:
     assert errors == [], f"uncaught errors in the page: {errors}"
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, mask: Sequence[Locator] = ()) -> None:
+    """``mask``: what differs from run to run (ports, new UIDs, times), covered by boxes."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # The top of the page, with nothing focused: the same picture from run to run.
     page.evaluate("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
-    taken = page.screenshot()
+    taken = page.screenshot(mask=list(mask))
     path = SCREENSHOTS / f"{name}.png"
     # Chromium's rasteriser varies by a few anti-aliased pixels from run to run: the file is
     # rewritten only when the page looks different, so that a test run leaves git clean.

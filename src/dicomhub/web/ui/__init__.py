@@ -5,7 +5,8 @@ modules served from ``/ui/static``; no build step, nothing fetched from a CDN.
 The shells hold no archive data: their scripts call QIDO-RS, WADO-RS and the
 label routes with the caller's own bearer token, so every page shows exactly
 what the same request over DICOMweb would. One module per page group:
-``find`` (``/``), ``study`` (the study page) and ``viewer``; ``pages`` holds
+``find`` (``/``), ``study`` (the study page), ``viewer`` and ``admin``
+(``/ui/admin/...``, for administrators); ``pages`` holds
 what they share (templates, the static mount).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from dicomhub.web.ui import find, study, viewer
+from dicomhub.web.ui import admin, find, study, viewer
 from dicomhub.web.ui.pages import static_mount
 
 __all__ = ["routes"]
@@ -21,4 +22,4 @@ __all__ = ["routes"]
 
 def routes() -> list[BaseRoute]:
     """The UI's pages and its static assets, at the root of the application."""
-    return [*find.routes(), *study.routes(), *viewer.routes(), static_mount()]
+    return [*find.routes(), *study.routes(), *viewer.routes(), *admin.routes(), static_mount()]

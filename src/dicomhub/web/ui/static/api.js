@@ -146,6 +146,7 @@ export function setStatus(message, isError = false) {
 // Run a page: its errors go to the status line, a refused token to the log-in form.
 export function start(main) {
   setUpLogin();
+  showAdminMenu();
   main().catch((error) => {
     if (error instanceof Unauthorized) return;
     setStatus(String(error.message || error), true);
@@ -183,4 +184,19 @@ function setUpLogin() {
     sessionStorage.setItem(TOKEN_KEY, value);
     window.location.reload();
   });
+}
+
+// ---- the Admin menu, and any element marked data-admin: shown to callers with the
+// administer grant (to everyone without access control). Only a convenience: the
+// admin routes check the grant again.
+
+function showAdminMenu() {
+  fetch("/api/me", { headers: headers() })
+    .then((response) => (response.ok ? response.json() : null))
+    .then((me) => {
+      if (!me) return;
+      for (const node of document.querySelectorAll("[data-admin]")) node.hidden = !me.administer;
+      if (me.name && token()) document.getElementById("who").textContent = `Logged in as ${me.name}`;
+    })
+    .catch(() => {});
 }
