@@ -24,8 +24,8 @@ group("ohif", help="the OHIF viewer served at /ohif")
 
 
 def _dicomweb_root(settings: Settings) -> str:
-    # Relative (the viewer's own origin) unless the server has a public base URL.
-    return f"{settings.public_base_url.rstrip('/')}/dicomweb" if settings.public_base_url else ""
+    # public_base_url is the DICOMweb root as clients reach it; without it, the viewer's origin.
+    return settings.public_base_url.rstrip("/")
 
 
 @command(
