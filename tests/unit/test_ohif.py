@@ -15,7 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from dicomhub.errors import InvalidRequest
+from dicomhub.errors import ConfigurationError, InvalidRequest
 from dicomhub.services import ohif
 from dicomhub.web.ohif import ohif_mount
 
@@ -139,3 +139,18 @@ def test_ohif_routes(tmp_path: Path) -> None:
     assert client.get("/ohif/app-config.js").headers["cache-control"] == "no-cache"
     assert client.get("/ohif/%2e%2e/%2e%2e/etc/passwd").status_code in (400, 404)
     assert client.post("/ohif/").status_code == 405
+
+
+def test_fetching_without_npm_or_registry_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigurationError, match="npm is not installed"):
+        ohif.fetch_from_registry("3.13.2", tmp_path)
+    # An npm that cannot reach its registry (what npm prints offline).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    npm = bin_dir / "npm"
+    npm.write_text("#!/bin/sh\necho 'npm error code ENOTFOUND' >&2\nexit 1\n")
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(ConfigurationError, match="offline or no such version.*ENOTFOUND"):
+        ohif.fetch_from_registry("3.13.2", tmp_path)
