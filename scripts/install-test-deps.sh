@@ -27,9 +27,18 @@ fi
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-[ ${#need[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-echo "installing ${need[*]} (apt-get)"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "installing ${need[*]} (apt-get)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The prebuilt OHIF viewer (npm's @ohif/app) that tests/e2e/ui/test_ohif.py installs with
+# `dicomhub ohif install --from-tarball` (the tests talk only to 127.0.0.1): fetched once.
+OHIF_VERSION=3.13.2
+OHIF_CACHE="${DICOMHUB_TEST_OHIF_DIR:-$HOME/.cache/dicomhub-test/ohif}"
+if [ ! -f "$OHIF_CACHE/ohif-app-$OHIF_VERSION.tgz" ]; then
+  mkdir -p "$OHIF_CACHE"
+  npm pack --silent "@ohif/app@$OHIF_VERSION" --pack-destination "$OHIF_CACHE" >/dev/null
+fi

@@ -53,6 +53,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "security",
     "storage",
     "trash",
+    "ohif",
 )
 
 for _module in COMMAND_MODULES:

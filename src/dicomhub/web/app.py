@@ -46,6 +46,7 @@ from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.fhir import imagingstudy
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
+from dicomhub.web.ohif import ohif_mount
 from dicomhub.web.openapi import openapi_endpoint
 
 __all__ = ["create_app"]
@@ -176,6 +177,7 @@ def create_app(
             *plugins.routes(archive, plugin_host),
             # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
             *ui.routes(),
+            ohif_mount(settings.data_dir, settings.public_base_url),
         ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,

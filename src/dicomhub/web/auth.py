@@ -45,11 +45,12 @@ __all__ = [
 
 LOGGER = logging.getLogger("dicomhub.web.auth")
 
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/", "/ohif"})
 # The web UI's pages and assets (web/ui/) are public: they carry no archive data, and
 # their scripts ask the archive with the token the person typed in, so a page can
-# offer the log-in form that a 401 could not.
-PUBLIC_PREFIXES = ("/ui/",)
+# offer the log-in form that a 401 could not. So are the OHIF viewer's files (web/ohif.py):
+# OHIF sends the same token to DICOMweb.
+PUBLIC_PREFIXES = ("/ui/", "/ohif/")
 # Path prefixes of the administration API: ADMINISTER on top of authentication.
 ADMIN_PREFIXES = ("/admin", "/migrations", "/users", "/grants", "/audit")
 _SCOPE_KEY = "dicomhub.caller"

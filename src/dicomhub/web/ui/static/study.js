@@ -193,3 +193,6 @@ start(async () => {
   const [, series] = await Promise.all([showLabels(), showSeries()]);
   await fillInstances(series);
 });
+
+// The link to the OHIF viewer (when the server has it installed).
+import "./ohif-link.js";
