@@ -56,6 +56,7 @@ from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 from dicomhub.web.repair import repair_paths
 from dicomhub.web.routing import route_paths
+from dicomhub.web.studyactions import study_action_paths
 from dicomhub.web.trash import trash_paths
 from dicomhub.web.webhooks import webhook_paths
 
@@ -468,9 +469,7 @@ def _paths() -> Json:
                     "200": {
                         "description": summary + ".",
                         "content": {
-                            "application/json": {
-                                "schema": {"type": "array", "items": ref("schemas", schema)}
-                            }
+                            "application/json": {"schema": {"type": "array", "items": ref("schemas", schema)}}
                         },
                     }
                 },
@@ -508,7 +507,9 @@ def _paths() -> Json:
         paths,
         STUDY + "/thumbnail",
         rendered_operation(
-            STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
+            STUDY + "/thumbnail",
+            "retrieveStudyThumbnail",
+            "Thumbnail of a study (its middle instance)",
             thumbnail=True,
         ),
     )
@@ -535,6 +536,7 @@ def _paths() -> Json:
     paths.update(correction_paths())
     paths.update(reject_paths())
     paths.update(ui_paths())
+    paths.update(study_action_paths())
     return paths
 
 
