@@ -13,6 +13,10 @@ listed under ``/admin/routes/queue`` as route ``(send)``) and answers 202;
 the study's sends, which the UI polls. Both need the EXPORT right on the study
 (404 for a study the caller may not see at all, 403 when it may see but not
 export it); the queueing is audited as an EXPORT.
+
+``GET /api/rights`` and ``GET /api/studies/{study}/rights`` tell the UI which
+actions to offer (store; retrieve, export, delete on a study, and whether a delete
+goes to the trash). They only hide buttons: each action's own route decides.
 """
 
 from __future__ import annotations
@@ -126,7 +130,32 @@ def routes(archive: Archive) -> list[BaseRoute]:
         location = f"/api/studies/{study}/send"
         return JSONResponse({**queued, "status": location}, status_code=202, headers={"Location": location})
 
+    def rights(request: Request) -> JSONResponse:
+        caller = caller_of(request)
+        body = {"principal": caller.principal, "store": caller.access.may(Action.STORE)}
+        return JSONResponse(body, headers=_NO_STORE)
+
+    def study_rights(request: Request) -> JSONResponse:
+        study = _study(request)
+        caller = caller_of(request)
+        archive.wado.instances(caller, study)  # 404 for a study the caller may not see
+
+        def may(action: Action) -> bool:
+            return archive.access.permits_study(caller.access, action, study)
+
+        trash = archive.delete.trash is not None
+        body = {
+            "study_instance_uid": study,
+            "retrieve": may(Action.RETRIEVE),
+            "export": may(Action.EXPORT),
+            "delete": may(Action.DELETE),
+            "trash_keep": archive.trash.keep if trash else 0,
+        }
+        return JSONResponse(body, headers=_NO_STORE)
+
     return [
+        Route("/rights", rights, methods=["GET"]),
+        Route("/studies/{study}/rights", study_rights, methods=["GET"]),
         Route("/studies/{study}/archive.zip", archive_zip, methods=["GET"]),
         Route("/studies/{study}/send", send_state, methods=["GET"]),
         Route("/studies/{study}/send", send, methods=["POST"]),
@@ -177,7 +206,57 @@ def study_action_paths() -> dict[str, Any]:
             },
         },
     }
+    flag = {"type": "boolean"}
     return {
+        "/api/rights": {
+            "get": {
+                "tags": ["UI"],
+                "operationId": "callerRights",
+                "summary": "Whether the caller may store at all (the UI shows its upload to those who may).",
+                "responses": {
+                    "200": {
+                        "description": "The caller's study-blind rights.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"principal": {"type": ["string", "null"]}, "store": flag},
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/api/studies/{study}/rights": {
+            "get": {
+                "tags": ["UI"],
+                "operationId": "studyRights",
+                "summary": "What the caller may do with a study (the UI shows those buttons only).",
+                "parameters": [_STUDY],
+                "responses": {
+                    "200": {
+                        "description": "The rights, and the trash's keep time in seconds (0: no trash).",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "study_instance_uid": {"type": "string"},
+                                        "retrieve": flag,
+                                        "export": flag,
+                                        "delete": flag,
+                                        "trash_keep": {"type": "number"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _error("Not a UID."),
+                    "404": _error("No such study, or one the caller may not see."),
+                },
+            }
+        },
         "/api/studies/{study}/archive.zip": {
             "get": {
                 "tags": ["UI"],
