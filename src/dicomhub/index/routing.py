@@ -199,6 +199,11 @@ class RouteRepository:
             route_item.c.not_before <= now,
             or_(route_item.c.lease_until.is_(None), route_item.c.lease_until < now),
         )
+        # A read first: an idle forwarder (every server runs one, rules or not) looks
+        # twice a second and must not take SQLite's write lock each time.
+        with engines.read(self.engine) as conn:
+            if conn.execute(select(route_item.c.pk).where(due).limit(1)).first() is None:
+                return []
         with engines.write(self.engine) as conn:
             first = (
                 conn.execute(
