@@ -15,7 +15,9 @@ component) and a ``DICOMDIR`` is added, built by pydicom's
 :class:`~pydicom.fileset.FileSet` from the headers only (read without their
 pixel data, one object at a time): the file-set is written to a temporary
 folder holding nothing but these headers and the DICOMDIR, which is small, and
-the real files are streamed under the File IDs it chose.
+the real files are streamed under the File IDs it chose. The DICOMDIR is made
+before the response starts, so a study that cannot be a file-set (a SOP class
+pydicom has no directory record for) is a 409 with the reason.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
+from dicomhub.errors import Conflict
 from dicomhub.model.records import InstanceRow
 from dicomhub.services.wado import WadoService
 
@@ -84,21 +87,32 @@ class StudyZip:
     def file_ids(self) -> tuple[dict[str, str], bytes]:
         """The PS3.10 File ID (``/``-separated) per SOP Instance UID, and the DICOMDIR bytes."""
         fs = FileSet()
-        with tempfile.TemporaryDirectory(prefix="dicomhub-dicomdir-") as folder:
-            for row in self.rows:
-                fs.add(self.header(row))
-            root = Path(folder) / "fileset"
-            fs.write(root)
-            ids = {str(i.SOPInstanceUID): str(i.FileID).replace(os.sep, "/") for i in fs}
-            dicomdir = (root / "DICOMDIR").read_bytes()
+        try:
+            with tempfile.TemporaryDirectory(prefix="dicomhub-dicomdir-") as folder:
+                for number, row in enumerate(self.rows, 1):
+                    fs.add(_recordable(self.header(row), number))
+                root = Path(folder) / "fileset"
+                fs.write(root)
+                ids = {str(i.SOPInstanceUID): str(i.FileID).replace(os.sep, "/") for i in fs}
+                dicomdir = (root / "DICOMDIR").read_bytes()
+        except (KeyError, ValueError, NotImplementedError) as exc:
+            # A SOP class without a directory record, or a header pydicom cannot file.
+            raise Conflict(f"the study cannot be written as a PS3.10 file-set: {exc}") from exc
         return ids, dicomdir
+
+    def prepare(self, dicomdir: bool) -> Iterator[bytes]:
+        """:meth:`stream`, with the DICOMDIR made now: its failure is an error answer,
+        not a ZIP broken off after its first bytes went out."""
+        names, index = self.file_ids() if dicomdir else (None, b"")
+        return self._stream(names, index)
 
     def stream(self, dicomdir: bool = False) -> Iterator[bytes]:
         """The ZIP, block by block (with ``dicomdir``: a file-set with its DICOMDIR)."""
-        names = {r.sop_instance_uid: zip_name(r) for r in self.rows}
-        index = b""
-        if dicomdir:
-            names, index = self.file_ids()
+        return self.prepare(dicomdir)
+
+    def _stream(self, file_ids: dict[str, str] | None, index: bytes) -> Iterator[bytes]:
+        dicomdir = file_ids is not None
+        names = file_ids if file_ids is not None else {r.sop_instance_uid: zip_name(r) for r in self.rows}
         sink = _Sink()
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
             if dicomdir:
@@ -117,6 +131,20 @@ class StudyZip:
 
 def sink_size(sink: _Sink) -> int:
     return sum(len(p) for p in sink._parts)  # noqa: SLF001 - the sink is this module's own
+
+
+# Type 1 in the directory records (PS3.3 F.5) but only Type 2 in most objects: what a
+# header leaves empty is filled in the record (never in the file), as dcmmkdir's
+# --invent does.
+_INVENTED = {"PatientID": "UNKNOWN", "StudyDate": "19000101", "StudyTime": "000000", "StudyID": "1",
+             "Modality": "OT", "SeriesNumber": "0"}  # fmt: skip
+
+
+def _recordable(header: Dataset, number: int) -> Dataset:
+    for keyword, value in (*_INVENTED.items(), ("InstanceNumber", str(number))):
+        if keyword not in header or header[keyword].VM == 0:
+            setattr(header, keyword, value)
+    return header
 
 
 def _entry(name: str) -> zipfile.ZipInfo:

@@ -83,7 +83,7 @@ def routes(archive: Archive) -> list[BaseRoute]:
         rows = visible(request, caller_of(request), study, AuditAction.RETRIEVE)
         name = f"{study}{'-dicomdir' if dicomdir else ''}.zip"
         return StreamingResponse(
-            study_zip(archive.wado, rows).stream(dicomdir),
+            study_zip(archive.wado, rows).prepare(dicomdir),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{name}"', **_NO_STORE},
         )
@@ -279,6 +279,7 @@ def study_action_paths() -> dict[str, Any]:
                     "400": _error("Not a UID, or a bad dicomdir value."),
                     "401": _error("No valid credentials."),
                     "404": _error("No such study, or one the caller may not retrieve."),
+                    "409": _error("With dicomdir: the study cannot be written as a PS3.10 file-set."),
                 },
             }
         },

@@ -88,7 +88,7 @@ def test_an_uploaded_folder_is_stored_file_by_file(page: Page, hub: Hub, tmp_pat
     log_in(page, hub, hub.admin)
     expect(page.get_by_role("heading", name="Upload")).to_be_visible()
     page.locator("#upload-folder").set_input_files(folder)
-    expect(page.get_by_role("status").filter(has_text="files done")).to_have_text("4 of 4 files done")
+    expect(page.locator("#upload-status")).to_have_text("4 of 4 files done")
     results = page.locator("#upload-results tbody tr")
     expect(results).to_have_count(4)
     names = results.locator("td:first-child").all_inner_texts()
