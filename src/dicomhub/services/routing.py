@@ -129,7 +129,8 @@ class RoutingService:
         self.check()
         if self.routes:
             self._queue.position()
-            self._release_dead_claims()
+        # Sends by hand use the queue without rules: a dead node's claims are freed either way.
+        self._release_dead_claims()
 
     def _release_dead_claims(self) -> None:
         """Free the items claimed by processes of this host that are gone (a ``kill -9``,
