@@ -56,6 +56,9 @@ class _Sink(io.RawIOBase):
         self._parts.append(bytes(data))
         return len(data)
 
+    def size(self) -> int:
+        return sum(len(p) for p in self._parts)
+
     def take(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()
@@ -104,7 +107,7 @@ class StudyZip:
         """:meth:`stream`, with the DICOMDIR made now: its failure is an error answer,
         not a ZIP broken off after its first bytes went out."""
         names, index = self.file_ids() if dicomdir else (None, b"")
-        return self._stream(names, index)
+        return (block for block in self._stream(names, index) if block)
 
     def stream(self, dicomdir: bool = False) -> Iterator[bytes]:
         """The ZIP, block by block (with ``dicomdir``: a file-set with its DICOMDIR)."""
@@ -123,14 +126,10 @@ class StudyZip:
                 with archive.open(_entry(names[row.sop_instance_uid]), "w", force_zip64=True) as entry:
                     for chunk in self.chunks(row):
                         entry.write(chunk)
-                        if sink_size(sink) >= _BLOCK:
+                        if sink.size() >= _BLOCK:
                             yield sink.take()
                 yield sink.take()
         yield sink.take()
-
-
-def sink_size(sink: _Sink) -> int:
-    return sum(len(p) for p in sink._parts)  # noqa: SLF001 - the sink is this module's own
 
 
 # Type 1 in the directory records (PS3.3 F.5) but only Type 2 in most objects: what a
