@@ -359,7 +359,7 @@ class RoutingService:
         """
         peer = self._peers.get(destination)
         if peer is None:
-            raise InvalidRequest(f"no peer {destination!r} (see GET /api/peers)")
+            raise InvalidRequest(f"no peer {destination!r} (see `dicomhub peer list`)")
         if not (peer.dicomweb_url or (peer.host and peer.port)):
             raise InvalidRequest(f"peer {destination!r} has no DIMSE address or DICOMweb URL to send to")
         facts = self._queue.facts(study_instance_uid=study_instance_uid)
