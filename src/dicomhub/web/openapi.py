@@ -469,7 +469,9 @@ def _paths() -> Json:
                     "200": {
                         "description": summary + ".",
                         "content": {
-                            "application/json": {"schema": {"type": "array", "items": ref("schemas", schema)}}
+                            "application/json": {
+                                "schema": {"type": "array", "items": ref("schemas", schema)}
+                            }
                         },
                     }
                 },
@@ -507,9 +509,7 @@ def _paths() -> Json:
         paths,
         STUDY + "/thumbnail",
         rendered_operation(
-            STUDY + "/thumbnail",
-            "retrieveStudyThumbnail",
-            "Thumbnail of a study (its middle instance)",
+            STUDY + "/thumbnail", "retrieveStudyThumbnail", "Thumbnail of a study (its middle instance)",
             thumbnail=True,
         ),
     )
