@@ -488,3 +488,29 @@ def test_a_deidentifying_rule_writes_a_folder_under_the_replacement_uids(
         [run] = archive.deid.runs()
         assert run["kind"] == "export" and run["reason"] == f"route anon to folder:{out}"
         assert run["status"] == "done" and run["stored"] == 1
+
+
+def test_a_send_by_hand_queues_a_study_without_rules_and_sends_it_again_when_asked(tmp_path: Path) -> None:
+    s = Setup(tmp_path)  # no rules at all: the forwarder still sends what is asked for
+    study = datagen.uid()
+    first, second = s.store(study_uid=study), s.store(study_uid=study, modality="MR")
+    s.store()  # another study: not sent
+    with pytest.raises(DicomhubError, match="no peer 'nowhere'"):
+        s.service.send_study(study, "nowhere")
+    with pytest.raises(DicomhubError, match="no study"):
+        s.service.send_study(datagen.uid(), "pacs")
+    assert s.service.send_study(study, "pacs")["queued"] == 2
+    s.sender.down = True
+    assert s.service.forward_step() == 0
+    [failed] = s.service.sends(study)
+    assert (failed["queued"], failed["sent"], failed["last_error"]) == (2, 0, "connection refused")
+    s.sender.down = False
+    s.due_now()
+    assert s.service.forward_step() == 2
+    assert sorted(s.sender.sent) == sorted([first.SOPInstanceUID, second.SOPInstanceUID])
+    [done] = s.service.sends(study)
+    assert (done["to"], done["queued"], done["sent"]) == ("pacs", 0, 2)
+    # Asked again: the same items are due again (not deduplicated away), and go again.
+    assert s.service.send_study(study, "pacs")["queued"] == 2
+    assert s.service.forward_step() == 2 and len(s.sender.sent) == 4
+    assert {d["route"] for d in s.service.depth()} == {"(send)"}

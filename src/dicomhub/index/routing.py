@@ -145,6 +145,50 @@ class RouteRepository:
             move_cursor(conn, CURSOR, up_to)
         return added
 
+    def queue_again(
+        self, route: str, destination: str, items: Sequence[tuple[str, str]], now: dt.datetime
+    ) -> int:
+        """Queue (study UID, SOP UID) items of ``route`` to ``destination`` now, whatever
+        became of earlier ones (sent, dead): a send asked for by hand is sent again.
+        Items being sent this moment (an owner) stay with their sender. How many are due."""
+        wanted = dict((sop, st) for st, sop in items)
+        due = 0
+        with engines.write(self.engine) as conn:
+            sops = sorted(wanted)
+            for i in range(0, len(sops), _CHUNK):
+                part = sops[i : i + _CHUNK]
+                mine = and_(
+                    route_item.c.route == route,
+                    route_item.c.destination == destination,
+                    route_item.c.sop_instance_uid.in_(part),
+                )
+                found = conn.execute(select(route_item.c.sop_instance_uid).where(mine)).scalars()
+                there = {str(u) for u in found}
+                due += int(
+                    conn.execute(
+                        update(route_item)
+                        .where(mine, route_item.c.owner.is_(None))
+                        .values(state="queued", attempts=0, not_before=now, lease_until=None,
+                                last_error="", updated_at=now)
+                    ).rowcount
+                )  # fmt: skip
+                new = [sop for sop in part if sop not in there]
+                if new:
+                    conn.execute(
+                        insert(route_item),
+                        [
+                            {
+                                "route": route, "destination": destination, "study_instance_uid": wanted[sop],
+                                "sop_instance_uid": sop, "state": "queued", "attempts": 0, "not_before": now,
+                                "owner": None, "lease_until": None, "last_error": "", "created_at": now,
+                                "updated_at": now,
+                            }
+                            for sop in new
+                        ],
+                    )  # fmt: skip
+                    due += len(new)
+        return due
+
     # ---------------------------------------------------------------- forward
 
     def claim(self, owner: str, now: dt.datetime, lease: float, limit: int) -> list[dict[str, Any]]:
@@ -155,6 +199,11 @@ class RouteRepository:
             route_item.c.not_before <= now,
             or_(route_item.c.lease_until.is_(None), route_item.c.lease_until < now),
         )
+        # A read first: an idle forwarder (every server runs one, rules or not) looks
+        # twice a second and must not take SQLite's write lock each time.
+        with engines.read(self.engine) as conn:
+            if conn.execute(select(route_item.c.pk).where(due).limit(1)).first() is None:
+                return []
         with engines.write(self.engine) as conn:
             first = (
                 conn.execute(

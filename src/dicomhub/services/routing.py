@@ -48,7 +48,7 @@ from dicomhub.services.background import run_until_stopped
 from dicomhub.services.changes import ChangeLog
 from dicomhub.services.liveness import process_alive
 
-__all__ = ["RoutingService", "Sender", "SenderFactory"]
+__all__ = ["SEND_ROUTE", "RoutingService", "Sender", "SenderFactory"]
 
 LOGGER = logging.getLogger("dicomhub.routing")
 
@@ -56,6 +56,9 @@ _BATCH = 50  # items claimed at once (one destination, preferably one study)
 _REJECTED = "skipped: rejected (IOCM) before it was sent"
 _GONE = "skipped: deleted or trashed before it was sent"
 _OUTPUT = "skipped: made by a de-identification run, not de-identified again"
+#: The queue's route name of the sends asked for by hand (``POST /api/studies/{study}/send``);
+#: no configured rule can have it (rule names are letters, digits, ``. _ -``).
+SEND_ROUTE = "(send)"
 LEASE_SECONDS = 120.0  # how long a claim lasts without renewal; a dead node's items wait this long
 
 
@@ -128,7 +131,8 @@ class RoutingService:
         self.check()
         if self.routes:
             self._queue.position()
-            self._release_dead_claims()
+        # Sends by hand use the queue without rules: a dead node's claims are freed either way.
+        self._release_dead_claims()
 
     def _release_dead_claims(self) -> None:
         """Free the items claimed by processes of this host that are gone (a ``kill -9``,
@@ -210,13 +214,16 @@ class RoutingService:
 
     def forward_step(self) -> int:
         """Claim and send one batch of due items; how many were finished (sent or dead)."""
-        if self._open_sender is None or not self.routes:
+        if self._open_sender is None:
             return 0
         claimed = self._queue.claim(self.owner, utc_now(), self._lease, _BATCH)
         if not claimed:
             return 0
-        route = self._by_name.get(str(claimed[0]["route"]))
         destination = str(claimed[0]["destination"])
+        route = self._by_name.get(str(claimed[0]["route"]))
+        if str(claimed[0]["route"]) == SEND_ROUTE:
+            # A send by hand: the objects as stored, with a rule's default attempts.
+            route = Route(name=SEND_ROUTE, on="stored", to=(destination,))
         if route is None or destination not in route.to:
             # A rule or destination removed from the configuration: its items wait
             # (dead) until the rule is back or they are looked at.
@@ -343,6 +350,43 @@ class RoutingService:
             ],
         }
 
+    def send_study(self, study_instance_uid: str, destination: str) -> dict[str, Any]:
+        """Queue every stored instance of a study for ``destination`` (a peer name), to be
+        sent by the forwarder like a rule's items (retried, observable, durable).
+
+        Raises
+        ------
+        InvalidRequest
+            For an unknown peer or one with no address to send to, or no such study.
+        """
+        peer = self._peers.get(destination)
+        if peer is None:
+            raise InvalidRequest(f"no peer {destination!r} (see `dicomhub peer list`)")
+        if not (peer.dicomweb_url or (peer.host and peer.port)):
+            raise InvalidRequest(f"peer {destination!r} has no DIMSE address or DICOMweb URL to send to")
+        facts = self._queue.facts(study_instance_uid=study_instance_uid)
+        if not facts:
+            raise InvalidRequest(f"no study {study_instance_uid} is stored")
+        items = [(row.study_instance_uid, row.sop_instance_uid) for row, _f in facts]
+        queued = self._queue.queue_again(SEND_ROUTE, destination, items, utc_now())
+        LOGGER.info("send: %d instances of %s queued for %s", queued, study_instance_uid, destination)
+        return {"study_instance_uid": study_instance_uid, "to": destination, "queued": queued}
+
+    def sends(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The sends by hand of a study: per destination, its item counts by state and
+        the last error of a failed item."""
+        items = self._queue.items(study_instance_uid=study_instance_uid, route=SEND_ROUTE, limit=100000)
+        out: dict[str, dict[str, Any]] = {}
+        for item in items:
+            per = out.setdefault(
+                item["destination"], {"to": item["destination"], **dict.fromkeys(STATES, 0), "last_error": ""}
+            )
+            per[item["state"]] = per.get(item["state"], 0) + 1
+            if item["last_error"]:
+                per["last_error"] = item["last_error"]
+            per["updated_at"] = max(str(per.get("updated_at", "")), str(item["updated_at"]))
+        return list(out.values())
+
     def study_status(self, study_instance_uid: str) -> dict[str, Any]:
         """The queue items of one study, and their counts per route, destination and state."""
         items = self._queue.items(study_instance_uid=study_instance_uid, limit=100000)
@@ -371,8 +415,9 @@ class RoutingService:
         )
 
     def run_forwarder(self, stop: threading.Event) -> None:
-        """Forward until ``stop``; every node forwards, each its own claimed items."""
-        if not self.routes or self._open_sender is None:
+        """Forward until ``stop``; every node forwards, each its own claimed items (with no
+        rules too: sends asked for by hand go through the same queue)."""
+        if self._open_sender is None:
             return
         run_until_stopped(stop, self.forward_step, "routing forwarder", LOGGER, idle=0.5)
 

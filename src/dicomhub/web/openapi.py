@@ -57,6 +57,7 @@ from dicomhub.web.printclient import print_request_paths
 from dicomhub.web.printing import print_paths
 from dicomhub.web.repair import repair_paths
 from dicomhub.web.routing import route_paths
+from dicomhub.web.studyactions import study_action_paths
 from dicomhub.web.trash import trash_paths
 from dicomhub.web.webhooks import webhook_paths
 
@@ -538,6 +539,7 @@ def _paths() -> Json:
     paths.update(ui_paths())
     for path, operations in operate_paths().items():
         _merge(paths, path, operations)
+    paths.update(study_action_paths())
     return paths
 
 
