@@ -46,6 +46,7 @@ from dicomhub.web.fhir import imagingstudy
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.openapi import openapi_endpoint
+from dicomhub.web.studychecks import routes as study_check_routes
 
 __all__ = ["create_app"]
 
@@ -164,6 +165,7 @@ def create_app(
                     *mpps.routes(archive),
                     *patients.routes(archive),
                     *corrections.api_routes(archive),
+                    *study_check_routes(archive),
                 ],
             ),
             *audit.routes(archive, settings, backlog),

@@ -74,4 +74,43 @@ def ui_paths() -> Json:
                 },
             }
         },
+        "/api/studies/{study}/findings": _study_findings(study),
+    }
+
+
+def _study_findings(study: Json) -> Json:
+    return {
+        "get": {
+            "tags": ["UI"],
+            "operationId": "studyFindings",
+            "summary": "The validation findings and decode failures of one study (its page shows them)",
+            "description": "For whoever may query the study; 404 for everyone else.",
+            "parameters": [study],
+            "responses": {
+                "200": {
+                    "description": "`validation`: IOD findings (as /admin/validation); "
+                    "`decode_failures`: instances whose pixel data did not decode.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["validation", "decode_failures"],
+                                "properties": {
+                                    "validation": {"type": "array", "items": {"type": "object"}},
+                                    "decode_failures": {"type": "array", "items": {"type": "object"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": {
+                    "description": "A malformed UID.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+                "404": {
+                    "description": "No such study, or not one the caller may query.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+            },
+        }
     }
