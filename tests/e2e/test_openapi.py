@@ -331,8 +331,9 @@ def test_every_documented_get_answers_as_documented(
     # ServiceRequest), the 2 of ImagingStudy (search, read), 2 MPPS routes, 4 print routes
     # (with a job's PDF), the 2 of the change feed (a page, the event stream), the 2 of webhooks,
     # the 3 of routing (rules, queue, a study's routing), the web UI's 4 (3 pages and the
-    # data dictionary), the trash and the corrections, a study's findings
-    assert checked == 69
+    # data dictionary), the trash and the corrections, a study's findings, the study viewer
+    # and its hanging protocol
+    assert checked == 71
     assert secured == 2  # de-identification runs: the list and one run
 
 

@@ -43,6 +43,7 @@ from dicomhub.web import (
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.fhir import imagingstudy
+from dicomhub.web.hanging import routes as hanging_routes
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.openapi import openapi_endpoint
@@ -166,6 +167,7 @@ def create_app(
                     *patients.routes(archive),
                     *corrections.api_routes(archive),
                     *study_check_routes(archive),
+                    *hanging_routes(archive, settings),
                 ],
             ),
             *audit.routes(archive, settings, backlog),
