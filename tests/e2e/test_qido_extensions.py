@@ -173,3 +173,23 @@ def test_study_findings_for_those_who_may_query_the_study(hub: Hub) -> None:
     audit = hub.get("/audit", hub.admin, study=hub.studies[0])
     assert audit.status_code == 200 and audit.json(), audit.text
     assert hub.get("/audit", hub.reader, study=hub.studies[0]).status_code == 403
+
+
+def test_hanging_layout_with_a_prior_found_through_the_callers_searches(hub: Hub) -> None:
+    # An earlier CT of P3 (stored last: the tests above count four studies).
+    prior = datagen.make_dataset(
+        patient_id="P3", patient_name="Name^3", study_date="20200101", accession="A9"
+    )
+    stow(hub.server.base_url, hub.admin, [prior])
+    r = hub.get(f"/api/studies/{hub.studies[3]}/hanging", hub.admin)
+    assert r.status_code == 200, r.text
+    layout = r.json()
+    assert (layout["protocol"], layout["rows"], layout["columns"]) == ("ct", 1, 2)
+    current, earlier = layout["viewports"]
+    assert current["study"] == hub.studies[3] and not current["prior"]
+    assert earlier["study"] == str(prior.StudyInstanceUID) and earlier["prior"]
+    assert earlier["series"] == str(prior.SeriesInstanceUID)
+    # A study the reader may not query has no layout for it.
+    assert hub.get(f"/api/studies/{hub.studies[3]}/hanging", hub.reader).status_code == 404
+    mine = hub.get(f"/api/studies/{hub.studies[0]}/hanging", hub.reader)
+    assert mine.status_code == 200 and all(v is None or not v["prior"] for v in mine.json()["viewports"])
