@@ -179,3 +179,14 @@ def test_study_viewer_hangs_a_ct_mr_study_and_plays_cine(page: Page, hub: Hub) -
     still = canvas.get_attribute("data-frame")
     page.wait_for_timeout(300)
     assert canvas.get_attribute("data-frame") == still
+    # The series viewer plays it too; a single image shows no cine controls.
+    page.goto(f"{hub.url}/ui/studies/{fixed_uid(60)}/series/{fixed_uid(60, 1)}/viewer")
+    image = page.locator("#image")
+    expect(image).to_have_attribute("data-frame", "1")
+    expect(page.get_by_label("Frames/s")).to_have_value("20")
+    page.get_by_role("button", name="Play").click()
+    expect(image).not_to_have_attribute("data-frame", "1")
+    page.get_by_role("button", name="Pause").click()
+    page.goto(f"{hub.url}/ui/studies/{study_uid(1)}/series/{fixed_uid(41, 1)}/viewer")
+    expect(page.locator("#image")).to_have_attribute("data-draws", "1")
+    expect(page.get_by_role("button", name="Play")).to_be_hidden()

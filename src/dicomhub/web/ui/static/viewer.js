@@ -4,7 +4,7 @@
 // window (PS3.3 C.11.2.1.2.1, the same formula as /rendered) are applied here, so a
 // window/level drag redraws from the pixel values in memory with no round trip.
 import { DICOMWEB, dicomJson, formatDate, setStatus, start, text } from "./api.js";
-import { imagesOf, loadFrame, markFirstImage, paint } from "./viewport.js";
+import { cineRate, imagesOf, loadFrame, markFirstImage, paint } from "./viewport.js";
 
 const main = document.getElementById("main");
 const study = main.dataset.study;
@@ -199,6 +199,29 @@ for (const button of document.querySelectorAll("[data-preset]")) {
 }
 window.addEventListener("resize", layout);
 
+// Cine: the images in turn at the frames per second shown, looping (a multi-frame
+// object's rate comes from its header; see viewport.js's cineRate).
+const play = document.getElementById("play");
+const fps = document.getElementById("fps");
+let cine = null;
+function stopCine() {
+  if (cine) clearInterval(cine);
+  cine = null;
+  play.textContent = "Play";
+  play.setAttribute("aria-pressed", "false");
+}
+function startCine() {
+  stopCine();
+  const rate = Math.max(1, Math.min(120, Number(fps.value) || 10));
+  play.textContent = "Pause";
+  play.setAttribute("aria-pressed", "true");
+  cine = setInterval(() => show(state.index + 1 < state.images.length ? state.index + 1 : 0), 1000 / rate);
+}
+play.addEventListener("click", () => (cine ? stopCine() : startCine()));
+fps.addEventListener("change", () => {
+  if (cine) startCine();
+});
+
 start(async () => {
   document.getElementById("back").href = `/ui/studies/${encodeURIComponent(study)}`;
   setStatus("Loading the series…");
@@ -214,6 +237,11 @@ start(async () => {
   document.title = `${meta.name} ${meta.description} · dicomhub`;
   state.images = imagesOf(items);
   slider.max = String(state.images.length);
+  if (state.images.length > 1) {
+    document.getElementById("cine").hidden = false;
+    const multiFrame = items.find((item) => Number((item["00280008"] || {}).Value?.[0] || 1) > 1);
+    fps.value = String(Math.round(cineRate(multiFrame || head) * 100) / 100);
+  }
   await show(0);
   setStatus(`${state.images.length} image${state.images.length === 1 ? "" : "s"}`);
 });
