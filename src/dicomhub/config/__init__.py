@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.model.hanging import HangingProtocol, parse_hanging_protocols
 from dicomhub.model.peer import Peer
 from dicomhub.model.plugins import PluginConfig, parse_plugin_name, plugins_table
 from dicomhub.model.policy import (
@@ -244,6 +245,10 @@ class Settings:
     # [[retention]] tables of the config file: studies that go to the trash once they are
     # older than a duration (dicomhub.model.retention); see docs/trash-and-retention.md
     retention: tuple[RetentionRule, ...] = ()
+    # [[hanging_protocol]] tables of the config file: how the web UI's study viewer lays a
+    # study out (name, modalities, rows, columns, viewports, priors), tried in order before
+    # the built-in ones for CT, MR, CR/DX and mammography; see docs/ui.md
+    hanging_protocols: tuple[HangingProtocol, ...] = ()
     # How often the background process applies the [[retention]] rules; 0: only
     # `dicomhub retention run` applies them.
     retention_interval: Duration = Duration(86400)
@@ -378,6 +383,7 @@ _ALIASES: dict[str, str] = {
     "peer": "peers",
     "webhook": "webhooks",
     "route": "routes",
+    "hanging_protocol": "hanging_protocols",
 }
 
 #: ``DICOMHUB_`` variables that are not settings, and what reads them. Any other
@@ -463,6 +469,14 @@ def _webhook_item(item: Any) -> Webhook:
     raise ConfigurationError("webhooks are [[webhook]] tables of the configuration file (docs/changes.md)")
 
 
+def _hanging_protocol_item(item: Any) -> HangingProtocol:
+    if isinstance(item, HangingProtocol | Mapping):
+        return parse_hanging_protocols([item])[0]
+    raise ConfigurationError(
+        "hanging protocols are [[hanging_protocol]] tables of the configuration file (docs/ui.md)"
+    )
+
+
 def _route_item(item: Any) -> Route:
     if isinstance(item, Route | Mapping):
         return parse_routes([item])[0]
@@ -479,6 +493,9 @@ _ITEM_FORMS: dict[Any, _ItemForm] = {
         _retention_item, "[[retention]] tables of the configuration file (docs/trash-and-retention.md)"
     ),
     Printer: _ItemForm(printer_item, "NAME=AET@HOST:PORT[:color]"),
+    HangingProtocol: _ItemForm(
+        _hanging_protocol_item, "[[hanging_protocol]] tables of the configuration file (docs/ui.md)"
+    ),
     RemoteAE: _ItemForm(_remote_ae_item, "AET=HOST:PORT (or, in the file, tables of aet, host, port)"),
     # Entries hold commas of their own (option lists, coordinates): ";" between them.
     DeidExport: _ItemForm(_typed_or(DeidExport, parse_deid_export), "AET=PROJECT[:OPTION,...]", ";"),
@@ -863,7 +880,7 @@ def _read_file(
         prefix, section = ("dicomhub",), data["dicomhub"]
         for key in data:
             # these tables may stand beside [dicomhub]
-            if key in ("peer", "webhook", "route", "retention", "plugins"):
+            if key in ("peer", "webhook", "route", "retention", "plugins", "hanging_protocol"):
                 take(_ALIASES.get(key, key), data[key], Source("file", where(key).removeprefix("file ")))
             elif key != "dicomhub":
                 hint = f"; move it into [dicomhub] as dicomhub.{key}" if key in known else ""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, insert, select
 
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import move_cursor, read_cursor
@@ -131,8 +131,12 @@ class DecodeCheckRepository:
             ).all()
         return [{"transfer_syntax_uid": ts, "decoder": dec, "objects": int(n)} for ts, dec, n in rows]
 
-    def failures(self) -> list[dict[str, Any]]:
-        """Stored instances whose pixel data did not decode, newest check first."""
+    def failures(self, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
+        """Stored instances (of one study, when given) whose pixel data did not decode,
+        newest check first."""
+        where: list[ColumnElement[bool]] = [decode_check.c.ok.is_(False)]
+        if study_instance_uid is not None:
+            where.append(study.c.study_instance_uid == study_instance_uid)
         with engines.read(self.engine) as conn:
             rows = (
                 conn.execute(
@@ -146,7 +150,7 @@ class DecodeCheckRepository:
                         decode_check.c.checked_at,
                     )
                     .select_from(_FAILED_AND_HELD)
-                    .where(decode_check.c.ok.is_(False))
+                    .where(*where)
                     .order_by(decode_check.c.checked_at.desc())
                 )
                 .mappings()

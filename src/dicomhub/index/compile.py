@@ -21,6 +21,7 @@ from dicomhub.model.attributes import BY_KEYWORD, Attribute
 from dicomhub.model.identifiers import Level
 from dicomhub.model.query import (
     Condition,
+    OrderKey,
     Query,
     Range,
     Single,
@@ -34,7 +35,9 @@ __all__ = [
     "CompiledQuery",
     "compile_query",
     "fuzzy_words",
+    "labelled_clause",
     "like_pattern",
+    "order_columns",
     "patient_counts",
     "scope_clause",
     "study_clause",
@@ -209,6 +212,8 @@ def compile_query(
             residual.append(cond)
         else:
             where.append(clause)
+    if query.labels and level.depth >= Level.STUDY.depth:
+        where.append(labelled_clause(query.labels))
     if scope is not None:
         where.append(scope)
     if not query.include_rejected:
@@ -221,13 +226,52 @@ def compile_query(
     stmt: Select[tuple[object, ...]] = select(*columns).select_from(_from_clause(level))
     if where:
         stmt = stmt.where(and_(*where))
-    stmt = stmt.order_by(table.c.pk)
+    # The pk last: a stable order, so that offset pages neither repeat nor skip a match.
+    stmt = stmt.order_by(*order_columns(query.order_by, level), table.c.pk)
     if not residual:
         if query.limit is not None:
             stmt = stmt.limit(query.limit)
         if query.offset:
             stmt = stmt.offset(query.offset)
     return CompiledQuery(statement=stmt, residual=tuple(residual))
+
+
+def labelled_clause(labels: Sequence[str]) -> ColumnElement[bool]:
+    """A predicate on the ``study`` table: the study carries one of ``labels``
+    (an index seek on ``ix_study_label_label``)."""
+    return exists(
+        select(study_label.c.pk).where(
+            study_label.c.study_instance_uid == study.c.study_instance_uid,
+            study_label.c.label.in_(sorted(set(labels))),
+        )
+    )
+
+
+# The indexed column each orderable key sorts by (PatientName by its folded key:
+# the order a case-insensitive search would show).
+_ORDER_COLUMN = {
+    "StudyDate": (Level.STUDY, "study_date"),
+    "PatientName": (Level.PATIENT, "patient_name_key"),
+    "PatientID": (Level.PATIENT, "patient_id"),
+    "AccessionNumber": (Level.STUDY, "accession_number"),
+}
+
+
+def order_columns(keys: Sequence[OrderKey], level: Level) -> list[ColumnElement[object]]:
+    """ORDER BY terms for ``keys`` in a query at ``level``; keys of a lower level
+    than the query's are ignored (they have no single value per match).
+
+    Plain column order, so that a sorted first page can walk the column's index;
+    where a missing value sorts is then the dialect's (SQLite: as the smallest,
+    PostgreSQL: as the largest)."""
+    terms: list[ColumnElement[object]] = []
+    for key in keys:
+        key_level, name = _ORDER_COLUMN[key.keyword]
+        if key_level.depth > level.depth:
+            continue
+        column = _TABLE[key_level].c[name]
+        terms.append(column.desc() if key.descending else column.asc())
+    return terms
 
 
 def study_clause(permitted: StudyFilter) -> ColumnElement[bool]:

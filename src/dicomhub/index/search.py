@@ -9,7 +9,7 @@ the SQL of a query comes from :mod:`dicomhub.index.compile`, per dialect.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Engine, RowMapping, func, select
@@ -136,6 +136,23 @@ class IndexSearch:
             for r in result
         ]
         return rows, compiled.residual
+
+    def count(self, query: Query, permitted: StudyFilter | None = None) -> int | None:
+        """How many entities match ``query`` in the studies ``permitted`` covers,
+        whatever its limit and offset; None when conditions remain that SQL cannot
+        express (the caller then counts the filtered rows)."""
+        level = query.level
+        table = {Level.PATIENT: patient, Level.STUDY: study, Level.SERIES: series}.get(level, instance)
+        compiled = compile_query(
+            replace(query, limit=None, offset=0, order_by=()),
+            columns=[table.c.pk],
+            scope=scope_clause(level, permitted),
+        )
+        if compiled.residual:
+            return None
+        stmt = select(func.count()).select_from(compiled.statement.order_by(None).subquery())
+        with engines.read(self.engine) as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     def _representative_columns(self, level: Level) -> list[Any]:
         """The first instance below each match, whose header answers non-indexed keys."""

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, delete, func, insert, or_, select
+from sqlalchemy import Connection, Engine, Select, case, delete, func, insert, or_, select
 
 from dicomhub.index import engine as engines
 from dicomhub.index.cursors import move_cursor, read_cursor
-from dicomhub.index.schema import instance, validation_finding, validation_instance
+from dicomhub.index.schema import instance, series, study, validation_finding, validation_instance
 from dicomhub.model.timestamps import iso_utc, utc_now
 
 __all__ = [
@@ -105,6 +105,15 @@ def insert_validation_records(conn: Connection, records: Sequence[ValidationReco
         conn.execute(insert(validation_finding), rows)
 
 
+def series_of_study(study_instance_uid: str) -> Select[tuple[int]]:
+    """The pks of the series of one study, for ``instance.series_pk IN (...)``."""
+    return (
+        select(series.c.pk)
+        .join(study, study.c.pk == series.c.study_pk)
+        .where(study.c.study_instance_uid == study_instance_uid)
+    )
+
+
 class ValidationRepository:
     """Validation results and the cursor of the worker that produces them."""
 
@@ -169,9 +178,12 @@ class ValidationRepository:
         source_ae_title: str | None = None,
         sop_instance_uid: str | None = None,
         severity: str | None = None,
+        study_instance_uid: str | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        """Findings, newest check first, of objects still held (or refused by policy)."""
+        """Findings, newest check first, of objects still held (or refused by policy);
+        with ``study_instance_uid``, of the objects held in that study (series by the
+        study's index, instances by ``series_pk``'s)."""
         query = (
             select(
                 validation_instance.c.sop_instance_uid,
@@ -201,6 +213,8 @@ class ValidationRepository:
             query = query.where(validation_instance.c.sop_instance_uid == sop_instance_uid)
         if severity is not None:
             query = query.where(validation_finding.c.severity == severity)
+        if study_instance_uid is not None:
+            query = query.where(instance.c.series_pk.in_(series_of_study(study_instance_uid)))
         with engines.read(self.engine) as conn:
             rows = conn.execute(query).mappings().all()
         out = []

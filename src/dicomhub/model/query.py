@@ -20,12 +20,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from dicomhub.errors import InvalidIdentifier
+from dicomhub.errors import InvalidIdentifier, InvalidRequest
 from dicomhub.model.identifiers import Level
 
 __all__ = [
     "Condition",
+    "ORDERABLE",
     "Matcher",
+    "OrderKey",
     "Query",
     "Range",
     "SequenceMatch",
@@ -36,6 +38,7 @@ __all__ = [
     "Wildcard",
     "matches",
     "parse_matcher",
+    "parse_order_by",
     "query_from_identifier",
 ]
 
@@ -103,6 +106,45 @@ class Condition:
     matcher: Matcher
 
 
+# dicomhub's sort extension (QIDO-RS ``orderby``): only keys held in indexed columns,
+# so that a sorted page is an index walk and not a sort of the whole archive.
+ORDERABLE = frozenset({"StudyDate", "PatientName", "PatientID", "AccessionNumber"})
+
+
+@dataclass(frozen=True, slots=True)
+class OrderKey:
+    """Sort the matches by ``keyword``, newest/greatest first when ``descending``."""
+
+    keyword: str
+    descending: bool = False
+
+
+def parse_order_by(text: str) -> tuple[OrderKey, ...]:
+    """Parse ``StudyDate,-PatientName`` (a ``-`` sorts that key descending).
+
+    Raises
+    ------
+    InvalidRequest
+        For a key outside :data:`ORDERABLE` or a key given twice.
+    """
+    keys: list[OrderKey] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        descending = item.startswith("-")
+        keyword = item.lstrip("+-").strip()
+        if keyword not in ORDERABLE:
+            raise InvalidRequest(
+                f"cannot sort by {keyword!r}: orderby accepts {', '.join(sorted(ORDERABLE))} "
+                "(prefix - for descending)"
+            )
+        if any(k.keyword == keyword for k in keys):
+            raise InvalidRequest(f"orderby names {keyword} twice")
+        keys.append(OrderKey(keyword, descending))
+    return tuple(keys)
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     """A search at one level of the hierarchy.
@@ -121,6 +163,10 @@ class Query:
     # Instances rejected by a rejection note (IHE IOCM) are hidden unless asked for
     # (QIDO-RS and WADO-RS ``includerejected=true``); see dicomhub.index.rejection.
     include_rejected: bool = False
+    # dicomhub extensions of QIDO-RS: studies carrying any of ``labels``; matches
+    # sorted by ``order_by`` (then by the order of storage) instead of storage order.
+    labels: tuple[str, ...] = ()
+    order_by: tuple[OrderKey, ...] = ()
 
     def condition(self, keyword: str) -> Condition | None:
         for cond in self.conditions:

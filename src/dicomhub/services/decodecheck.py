@@ -52,9 +52,9 @@ class DecodeCheckService:
     def failure_count(self) -> int:
         return self.checks.failure_count()
 
-    def failures(self) -> list[dict[str, Any]]:
-        """Stored instances whose pixel data did not decode."""
-        return self.checks.failures()
+    def failures(self, study_instance_uid: str | None = None) -> list[dict[str, Any]]:
+        """Stored instances (of one study, when given) whose pixel data did not decode."""
+        return self.checks.failures(study_instance_uid)
 
     def decoders(self) -> list[dict[str, Any]]:
         """Objects decoded by each decoder, per transfer syntax (``transfer_syntax_uid``,

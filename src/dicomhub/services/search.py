@@ -9,6 +9,7 @@ attributes that are not indexed are applied here, in Python, to that header.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -86,6 +87,19 @@ class SearchService:
                 )
             for row in chunk:
                 yield self._identifier(query, row, headers.get(row.representative_pk or -1))
+
+    def count(self, query: Query, caller: Caller, action: Action = Action.QUERY) -> int:
+        """How many matches :meth:`search` would yield without ``query``'s limit and
+        offset: one COUNT over the same SQL, or the filtered rows when conditions
+        on non-indexed attributes remain."""
+        permitted = _permitted(caller, action)
+        if permitted is not None and permitted.nothing:
+            return 0
+        counted = self.index.count(query, permitted)
+        if counted is not None:
+            return counted
+        rows, residual = self.index.search(replace(query, limit=None, offset=0), permitted=permitted)
+        return sum(1 for _row in self._filter(rows, residual))
 
     def _filter(
         self, rows: list[SearchRow], residual: tuple[Condition, ...]

@@ -234,11 +234,16 @@ class ValidationService:
         *,
         sop_instance_uid: str | None = None,
         severity: str | None = None,
+        study_instance_uid: str | None = None,
     ) -> list[dict[str, Any]]:
         """Findings as JSON-ready dicts, newest first: sop_instance_uid, sop_class_uid,
         source_ae_title, severity, code, module, attribute, message, checked_at, rejected."""
         return self.repo.findings(
-            source_ae_title=source_ae, sop_instance_uid=sop_instance_uid, severity=severity, limit=limit
+            source_ae_title=source_ae,
+            sop_instance_uid=sop_instance_uid,
+            severity=severity,
+            study_instance_uid=study_instance_uid,
+            limit=limit,
         )
 
     def summary(self) -> list[dict[str, Any]]:

@@ -45,10 +45,12 @@ from dicomhub.web import (
 from dicomhub.web.auth import AuditBacklog, AuthMiddleware
 from dicomhub.web.errors import EXCEPTION_HANDLERS
 from dicomhub.web.fhir import imagingstudy
+from dicomhub.web.hanging import routes as hanging_routes
 from dicomhub.web.metrics import metrics_endpoint
 from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.ohif import ohif_mount
 from dicomhub.web.openapi import openapi_endpoint
+from dicomhub.web.studychecks import routes as study_check_routes
 
 __all__ = ["create_app"]
 
@@ -169,6 +171,8 @@ def create_app(
                     *corrections.api_routes(archive),
                     *me.routes(),
                     *studyactions.routes(archive),
+                    *study_check_routes(archive),
+                    *hanging_routes(archive, settings),
                 ],
             ),
             *audit.routes(archive, settings, backlog),

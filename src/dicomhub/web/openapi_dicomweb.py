@@ -90,7 +90,41 @@ def _qido_parameters() -> list[Json]:
             "Fuzzy (case-insensitive, word) matching of person names.",
         ),
         include_rejected_parameter(),
+        # dicomhub's extensions (not PS3.18).
+        {
+            "name": "label",
+            "in": "query",
+            "style": "form",
+            "explode": True,
+            "description": (
+                "dicomhub extension: only studies carrying one of these labels (comma-separated "
+                "or repeated); inside the caller's grants, never beyond them."
+            ),
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+            },
+        },
+        query_param(
+            "orderby",
+            {"type": "string", "pattern": "^[-+]?[A-Za-z]+(,[-+]?[A-Za-z]+)*$"},
+            "dicomhub extension: sort the matches (across pages) by StudyDate, PatientName, "
+            "PatientID or AccessionNumber, comma-separated, `-` for descending; any other key is "
+            "refused (400).",
+        ),
+        query_param(
+            "count",
+            {"type": "boolean"},
+            "dicomhub extension: `true` adds an X-Total-Count header, the number of matches "
+            "regardless of limit and offset.",
+        ),
     ]
+
+
+_TOTAL_COUNT: Json = {
+    "description": "With count=true: the number of matches regardless of limit and offset.",
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def qido_operation(path: str, operation_id: str, summary: str) -> Json:
@@ -107,12 +141,12 @@ def qido_operation(path: str, operation_id: str, summary: str) -> Json:
             "responses": {
                 "200": {
                     "description": "The matches.",
-                    "headers": {"Warning": ref("headers", "Warning")},
+                    "headers": {"Warning": ref("headers", "Warning"), "X-Total-Count": _TOTAL_COUNT},
                     "content": {DICOM_JSON: {"schema": ref("schemas", "DicomJsonArray")}},
                 },
                 "204": {
                     "description": "No match.",
-                    "headers": {"Warning": ref("headers", "Warning")},
+                    "headers": {"Warning": ref("headers", "Warning"), "X-Total-Count": _TOTAL_COUNT},
                 },
                 "400": ref("responses", "BadRequest"),
                 "406": ref("responses", "NotAcceptable"),

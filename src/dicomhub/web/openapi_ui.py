@@ -74,4 +74,101 @@ def ui_paths() -> Json:
                 },
             }
         },
+        "/api/studies/{study}/findings": _study_findings(study),
+        "/ui/studies/{study}/viewer": _page(
+            "uiStudyViewer", "The web UI: one study laid out by a hanging protocol", study
+        ),
+        "/api/studies/{study}/hanging": _hanging(study),
+    }
+
+
+def _hanging(study: Json) -> Json:
+    display = {
+        "type": ["object", "null"],
+        "description": "What hangs in the viewport (null: empty): a series, or one image of it.",
+        "properties": {
+            "study": {"type": "string"},
+            "series": {"type": "string"},
+            "instance": {"type": ["string", "null"]},
+            "modality": {"type": "string"},
+            "description": {"type": "string"},
+            "laterality": {"type": "string"},
+            "view": {"type": "string"},
+            "images": {"type": "integer"},
+            "prior": {"type": "boolean"},
+        },
+    }
+    return {
+        "get": {
+            "tags": ["UI"],
+            "operationId": "studyHanging",
+            "summary": "The hanging protocol for one study and what goes into each viewport",
+            "description": "Built from the caller's own searches: 404 for a study the caller may not query.",
+            "parameters": [study],
+            "responses": {
+                "200": {
+                    "description": "The protocol's name, its grid and the viewports row by row.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["protocol", "rows", "columns", "viewports"],
+                                "properties": {
+                                    "protocol": {"type": "string"},
+                                    "rows": {"type": "integer", "minimum": 1},
+                                    "columns": {"type": "integer", "minimum": 1},
+                                    "viewports": {"type": "array", "items": display},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": {
+                    "description": "A malformed UID.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+                "404": {
+                    "description": "No such study, or not one the caller may query.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+            },
+        }
+    }
+
+
+def _study_findings(study: Json) -> Json:
+    return {
+        "get": {
+            "tags": ["UI"],
+            "operationId": "studyFindings",
+            "summary": "The validation findings and decode failures of one study (its page shows them)",
+            "description": "For whoever may query the study; 404 for everyone else.",
+            "parameters": [study],
+            "responses": {
+                "200": {
+                    "description": "`validation`: IOD findings (as /admin/validation); "
+                    "`decode_failures`: instances whose pixel data did not decode.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["validation", "decode_failures"],
+                                "properties": {
+                                    "validation": {"type": "array", "items": {"type": "object"}},
+                                    "decode_failures": {"type": "array", "items": {"type": "object"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": {
+                    "description": "A malformed UID.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+                "404": {
+                    "description": "No such study, or not one the caller may query.",
+                    "content": {"application/json": {"schema": _ERROR}},
+                },
+            },
+        }
     }

@@ -374,7 +374,7 @@ def test_a_window_level_drag_changes_the_picture_with_no_round_trip(page: Page, 
 def test_a_reader_limited_to_one_label_never_sees_another_study(page: Page, hub: Hub) -> None:
     jane, richard = hub.jane[0], hub.richard[0]
     log_in(page, hub, hub.reader)
-    expect(page.get_by_role("status")).to_have_text("Studies 1–1")
+    expect(page.get_by_role("status")).to_have_text("Studies 1–1 of 1")
     assert listed_studies(page) == {jane.StudyInstanceUID}
     search(page, Patient_name="roe*")
     expect(page.get_by_role("status")).to_have_text("No study matches.")

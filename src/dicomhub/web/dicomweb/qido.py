@@ -37,13 +37,16 @@ from dicomhub.model.identifiers import Level
 from dicomhub.model.match import Match, vr_of
 from dicomhub.model.query import (
     Condition,
+    OrderKey,
     Query,
     SequenceMatch,
     Single,
     UidList,
     Universal,
     parse_matcher,
+    parse_order_by,
 )
+from dicomhub.services.access import require_label
 from dicomhub.services.archive import Archive
 from dicomhub.web.auth import audit_after_response, caller_of, outcome_of
 from dicomhub.web.dicomweb.dicomjson import match_to_xml, matches_to_json_bytes
@@ -125,9 +128,14 @@ _UNIQUE_KEY = {
     Level.SERIES: "SeriesInstanceUID",
     Level.IMAGE: "SOPInstanceUID",
 }
-_RESERVED = frozenset(
-    {"limit", "offset", "fuzzymatching", "includefield", "accept", "charset", INCLUDE_REJECTED}
+# dicomhub's extensions (not in PS3.18): ``label`` (studies carrying any of the
+# labels), ``orderby`` (sort key list) and ``count=true`` (an X-Total-Count header).
+_EXTENSIONS = frozenset({"label", "orderby", "count"})
+_RESERVED = (
+    frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset", INCLUDE_REJECTED})
+    | _EXTENSIONS
 )
+TOTAL_COUNT_HEADER = "X-Total-Count"
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DIGITS_RE = re.compile(r"^[0-9]{1,18}$")
 
@@ -146,6 +154,14 @@ class QidoRequest:
     explicit: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
     accept: str | None = None
+    count: bool = False
+
+
+def _true_or_false(name: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false, not {value!r}")
+    return text == "true"
 
 
 @dataclass
@@ -248,17 +264,24 @@ def parse_qido_params(
     fuzzy = False
     include_rejected = False
     accept: str | None = None
+    labels: list[str] = []
+    order_by: tuple[OrderKey, ...] = ()
+    count = False
     for name, value in params:
         lname = name.lower()
         if lname in _RESERVED:
-            if lname == "limit":
+            if lname == "label":
+                labels += _labels(value, level)
+            elif lname == "orderby":
+                order_by = parse_order_by(value)
+            elif lname == "count":
+                count = _true_or_false("count", value)
+            elif lname == "limit":
                 limit_text = value
             elif lname == "offset":
                 offset_text = value
             elif lname == "fuzzymatching":
-                if value.strip().lower() not in ("true", "false"):
-                    raise InvalidRequest(f"fuzzymatching must be true or false, not {value!r}")
-                fuzzy = value.strip().lower() == "true"
+                fuzzy = _true_or_false("fuzzymatching", value)
             elif lname == INCLUDE_REJECTED:
                 include_rejected = include_rejected_value(value)
             elif lname == "includefield":
@@ -337,6 +360,8 @@ def parse_qido_params(
         offset=offset,
         fuzzy_person_names=fuzzy,
         include_rejected=include_rejected,
+        labels=tuple(dict.fromkeys(labels)),
+        order_by=order_by,
     )
     return QidoRequest(
         query=query,
@@ -345,7 +370,21 @@ def parse_qido_params(
         explicit=explicit | (frozenset(keys.return_keys) & _WEB_COMPUTED),
         warnings=tuple(warnings),
         accept=accept,
+        count=count,
     )
+
+
+def _labels(value: str, level: Level) -> list[str]:
+    """The labels of one ``label`` parameter (comma-separated), checked as label names."""
+    if level is Level.PATIENT:  # pragma: no cover - QIDO-RS has no patient resource
+        raise InvalidRequest("label filters studies")
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        out.append(require_label(item))
+    return out
 
 
 # ---------------------------------------------------------------- content negotiation
@@ -618,6 +657,7 @@ def _search_endpoint(archive: Archive, settings: Settings, resource: _Resource) 
         except DicomhubError as exc:
             _audit_query(archive, request, caller, scope, outcome_of(exc), 0)
             raise
+        total = archive.search.count(req.query, caller) if req.count else None
         _audit_query(archive, request, caller, scope, AuditOutcome.SUCCESS, len(matches))
         warnings = list(req.warnings)
         if len(matches) > req.limit:
@@ -634,6 +674,8 @@ def _search_endpoint(archive: Archive, settings: Settings, resource: _Resource) 
             _finish(match, req, resource.level, base, all_keys)
         LOGGER.info("QIDO-RS %s from %s: %d matches", request.url.path, caller.address, len(matches))
         headers = _warning_header(warnings)
+        if total is not None:
+            headers[TOTAL_COUNT_HEADER] = str(total)
         if not matches:
             return Response(status_code=204, headers=headers)
         if representation == Representation.XML:

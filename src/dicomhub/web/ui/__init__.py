@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from dicomhub.web.ui import admin, find, study, viewer
+from dicomhub.web.ui import admin, find, study, studyviewer, viewer
 from dicomhub.web.ui.pages import static_mount
 
 __all__ = ["routes"]
@@ -22,4 +22,11 @@ __all__ = ["routes"]
 
 def routes() -> list[BaseRoute]:
     """The UI's pages and its static assets, at the root of the application."""
-    return [*find.routes(), *study.routes(), *viewer.routes(), *admin.routes(), static_mount()]
+    return [
+        *find.routes(),
+        *study.routes(),
+        *viewer.routes(),
+        *studyviewer.routes(),
+        *admin.routes(),
+        static_mount(),
+    ]

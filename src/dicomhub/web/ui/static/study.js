@@ -2,6 +2,7 @@
 // (the label routes), and the full header of an instance as a searchable tag tree
 // (WADO-RS metadata, named with the dictionary at /ui/dictionary.json).
 import { DICOMWEB, dicomJson, el, formatDate, formatTime, imageUrl, json, ok, setStatus, start, text } from "./api.js";
+import { showAccess, showChecks } from "./study_extras.js";
 
 const study = document.getElementById("main").dataset.study;
 const base = `${DICOMWEB}/studies/${encodeURIComponent(study)}`;
@@ -190,7 +191,7 @@ document.getElementById("label-form").addEventListener("submit", (event) => {
 
 start(async () => {
   await showAttributes();
-  const [, series] = await Promise.all([showLabels(), showSeries()]);
+  const [, series] = await Promise.all([showLabels(), showSeries(), showChecks(study), showAccess(study)]);
   await fillInstances(series);
 });
 

@@ -3,7 +3,8 @@
 // the archive transcodes), and the Modality LUT (Rescale Slope/Intercept) and the VOI
 // window (PS3.3 C.11.2.1.2.1, the same formula as /rendered) are applied here, so a
 // window/level drag redraws from the pixel values in memory with no round trip.
-import { DICOMWEB, dicomJson, formatDate, request, setStatus, start, text } from "./api.js";
+import { DICOMWEB, dicomJson, formatDate, setStatus, start, text } from "./api.js";
+import { cineRate, imagesOf, loadFrame, markFirstImage, paint } from "./viewport.js";
 
 const main = document.getElementById("main");
 const study = main.dataset.study;
@@ -13,7 +14,6 @@ const canvas = document.getElementById("image");
 const viewport = document.getElementById("viewport");
 const context = canvas.getContext("2d");
 const slider = document.getElementById("slice");
-const FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1';
 
 // Center and width in modality units (Hounsfield for CT).
 const PRESETS = {
@@ -26,99 +26,9 @@ const PRESETS = {
 const state = { images: [], index: 0, window: null, zoom: 1, panX: 0, panY: 0, frame: null };
 const cache = new Map();
 
-function first(item, tag) {
-  const v = item[tag] && item[tag].Value;
-  return v && v.length ? v[0] : undefined;
-}
-
-function num(item, tag, fallback) {
-  const v = Number(first(item, tag));
-  return Number.isFinite(v) ? v : fallback;
-}
-
-// One entry per frame: what decoding and the overlay need from its instance's header.
-function imagesOf(metadata) {
-  const images = [];
-  metadata.sort((a, b) => num(a, "00200013", 0) - num(b, "00200013", 0));
-  for (const item of metadata) {
-    const frames = num(item, "00280008", 1);
-    const center = num(item, "00281050", NaN);
-    const width = num(item, "00281051", NaN);
-    const header = {
-      instance: first(item, "00080018"),
-      instanceNumber: num(item, "00200013", 0),
-      rows: num(item, "00280010", 0),
-      columns: num(item, "00280011", 0),
-      samples: num(item, "00280002", 1),
-      planar: num(item, "00280006", 0),
-      bitsAllocated: num(item, "00280100", 16),
-      bitsStored: num(item, "00280101", num(item, "00280100", 16)),
-      signed: num(item, "00280103", 0) === 1,
-      photometric: String(first(item, "00280004") || "MONOCHROME2").trim().toUpperCase(),
-      slope: num(item, "00281053", 1),
-      intercept: num(item, "00281052", 0),
-      window: Number.isFinite(center) && Number.isFinite(width) && width >= 1 ? [center, width] : null,
-    };
-    for (let f = 1; f <= frames; f += 1) images.push({ ...header, frame: f, frames });
-  }
-  return images;
-}
-
-function partBody(buffer, contentType) {
-  const match = /boundary="?([^";]+)"?/i.exec(contentType || "");
-  if (!match) return new Uint8Array(buffer);
-  const bytes = new Uint8Array(buffer);
-  const find = (needle, from) => {
-    outer: for (let i = from; i <= bytes.length - needle.length; i += 1) {
-      for (let j = 0; j < needle.length; j += 1) if (bytes[i + j] !== needle[j]) continue outer;
-      return i;
-    }
-    return -1;
-  };
-  const encode = (s) => new TextEncoder().encode(s);
-  const start = find(encode("\r\n\r\n"), find(encode(`--${match[1]}`), 0)) + 4;
-  const end = find(encode(`\r\n--${match[1]}`), start);
-  return bytes.slice(start, end < 0 ? bytes.length : end);
-}
-
-// Stored values of one frame as numbers (sign and bits stored as the header says).
-function storedValues(image, body) {
-  const count = image.rows * image.columns * image.samples;
-  const buffer = body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength);
-  let raw;
-  if (image.bitsAllocated === 8) raw = new Uint8Array(buffer, 0, count);
-  else if (image.bitsAllocated === 16) raw = image.signed ? new Int16Array(buffer, 0, count) : new Uint16Array(buffer, 0, count);
-  else if (image.bitsAllocated === 32) raw = image.signed ? new Int32Array(buffer, 0, count) : new Uint32Array(buffer, 0, count);
-  else throw new Error(`cannot display ${image.bitsAllocated} bits allocated`);
-  const bits = image.bitsStored;
-  if (bits >= image.bitsAllocated || image.samples !== 1) return raw;
-  const out = new Int32Array(count);
-  const shift = 32 - bits;
-  for (let i = 0; i < count; i += 1) {
-    out[i] = image.signed ? (raw[i] << shift) >> shift : raw[i] & ((1 << bits) - 1);
-  }
-  return out;
-}
-
 function fetchFrame(index) {
   if (cache.has(index)) return cache.get(index);
-  const image = state.images[index];
-  const url = `${seriesUrl}/instances/${encodeURIComponent(image.instance)}/frames/${image.frame}`;
-  const promise = request(url, { headers: { Accept: FRAME_ACCEPT } }).then(async (response) => {
-    if (!response.ok) throw new Error(`frame ${image.frame} of instance ${image.instanceNumber}: ${response.status}`);
-    const body = partBody(await response.arrayBuffer(), response.headers.get("Content-Type"));
-    const values = storedValues(image, body);
-    let low = Infinity;
-    let high = -Infinity;
-    if (image.samples === 1) {
-      for (let i = 0; i < values.length; i += 1) {
-        const v = values[i] * image.slope + image.intercept;
-        if (v < low) low = v;
-        if (v > high) high = v;
-      }
-    }
-    return { image, values, low, high };
-  });
+  const promise = loadFrame(seriesUrl, state.images[index]);
   promise.catch(() => cache.delete(index));
   cache.set(index, promise);
   return promise;
@@ -132,53 +42,14 @@ function defaultWindow(frame) {
 function draw() {
   const frame = state.frame;
   if (!frame) return;
-  const { image, values } = frame;
+  const { image } = frame;
   if (canvas.width !== image.columns || canvas.height !== image.rows) {
     canvas.width = image.columns;
     canvas.height = image.rows;
     layout();
   }
-  const out = context.createImageData(image.columns, image.rows);
-  const px = out.data;
-  const n = image.rows * image.columns;
-  if (image.samples === 3) {
-    const top = image.bitsAllocated === 8 ? 1 : 255 / ((1 << Math.min(image.bitsStored, 16)) - 1);
-    for (let i = 0; i < n; i += 1) {
-      for (let s = 0; s < 3; s += 1) {
-        const v = image.planar === 1 ? values[s * n + i] : values[i * 3 + s];
-        px[i * 4 + s] = Math.round(v * top);
-      }
-      px[i * 4 + 3] = 255;
-    }
-  } else {
-    const invert = image.photometric === "MONOCHROME1";
-    const { slope, intercept } = image;
-    const win = state.window;
-    let scale;
-    let offset;
-    if (win) {
-      const [c, w] = win;
-      // ((v - (c - 0.5)) / (w - 1) + 0.5) * 255, as a * v + b.
-      scale = w <= 1 ? 0 : 255 / (w - 1);
-      offset = w <= 1 ? 0 : (0.5 - (c - 0.5) / (w - 1)) * 255;
-    } else {
-      scale = frame.high > frame.low ? 255 / (frame.high - frame.low) : 0;
-      offset = -frame.low * scale;
-    }
-    const threshold = win ? win[0] - 0.5 : 0;
-    const binary = win && win[1] <= 1;
-    for (let i = 0; i < n; i += 1) {
-      const v = values[i] * slope + intercept;
-      let g = binary ? (v <= threshold ? 0 : 255) : v * scale + offset;
-      g = g < 0 ? 0 : g > 255 ? 255 : Math.round(g);
-      if (invert) g = 255 - g;
-      px[i * 4] = g;
-      px[i * 4 + 1] = g;
-      px[i * 4 + 2] = g;
-      px[i * 4 + 3] = 255;
-    }
-  }
-  context.putImageData(out, 0, 0);
+  paint(context, frame, state.window);
+  markFirstImage();
   canvas.dataset.instance = image.instance;
   canvas.dataset.frame = String(image.frame);
   canvas.dataset.windowCenter = state.window ? String(state.window[0]) : "";
@@ -328,6 +199,29 @@ for (const button of document.querySelectorAll("[data-preset]")) {
 }
 window.addEventListener("resize", layout);
 
+// Cine: the images in turn at the frames per second shown, looping (a multi-frame
+// object's rate comes from its header; see viewport.js's cineRate).
+const play = document.getElementById("play");
+const fps = document.getElementById("fps");
+let cine = null;
+function stopCine() {
+  if (cine) clearInterval(cine);
+  cine = null;
+  play.textContent = "Play";
+  play.setAttribute("aria-pressed", "false");
+}
+function startCine() {
+  stopCine();
+  const rate = Math.max(1, Math.min(120, Number(fps.value) || 10));
+  play.textContent = "Pause";
+  play.setAttribute("aria-pressed", "true");
+  cine = setInterval(() => show(state.index + 1 < state.images.length ? state.index + 1 : 0), 1000 / rate);
+}
+play.addEventListener("click", () => (cine ? stopCine() : startCine()));
+fps.addEventListener("change", () => {
+  if (cine) startCine();
+});
+
 start(async () => {
   document.getElementById("back").href = `/ui/studies/${encodeURIComponent(study)}`;
   setStatus("Loading the series…");
@@ -343,6 +237,11 @@ start(async () => {
   document.title = `${meta.name} ${meta.description} · dicomhub`;
   state.images = imagesOf(items);
   slider.max = String(state.images.length);
+  if (state.images.length > 1) {
+    document.getElementById("cine").hidden = false;
+    const multiFrame = items.find((item) => Number((item["00280008"] || {}).Value?.[0] || 1) > 1);
+    fps.value = String(Math.round(cineRate(multiFrame || head) * 100) / 100);
+  }
   await show(0);
   setStatus(`${state.images.length} image${state.images.length === 1 ? "" : "s"}`);
 });
