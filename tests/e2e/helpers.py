@@ -7,6 +7,7 @@ is 10-30x slower without it).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -933,3 +934,52 @@ def write_blob(data_dir: Path, key: str, data: bytes) -> None:
         client.put_object(Bucket=bucket, Key=name, Body=data)  # type: ignore[attr-defined]
         return
     (Path(data_dir) / "blobs" / key[:2] / key[2] / key).write_bytes(data)
+
+
+# ---------------------------------------------------------------- HTTP clients of an --auth server
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of ``token`` (none for an empty token: no access control)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def stow(url: str, token: str, datasets: Sequence[Dataset], timeout: float = 60.0) -> None:
+    """Store ``datasets`` over STOW-RS at the server ``url`` (one request); asserts 200."""
+    boundary = "e2e-stow-boundary"
+    parts = []
+    for ds in datasets:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        parts.append(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buf.getvalue() + b"\r\n"
+        )
+    r = httpx.post(
+        f"{url}/dicomweb/studies",
+        content=b"".join(parts) + f"--{boundary}--\r\n".encode(),
+        headers={
+            **bearer(token),
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+        timeout=timeout,
+    )
+    assert r.status_code == 200, r.text
+
+
+def add_user(server: DicomhubServer, name: str, role: str, scope: str, admin_token: str = "") -> str:
+    """A new user's token: with ``admin_token`` over HTTP (faster), else by the CLI."""
+    if admin_token:
+        r = httpx.post(
+            f"{server.base_url}/users",
+            json={"name": name, "grants": [{"role": role, "scope": scope}]},
+            headers=bearer(admin_token),
+            timeout=30,
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+    rc, out = run_cli(
+        "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(server.data_dir)
+    )
+    assert rc == 0, out
+    return out.strip().splitlines()[-1]

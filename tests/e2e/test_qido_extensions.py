@@ -11,7 +11,6 @@ query the study only; the audit log answers per study for an admin only.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import httpx
@@ -20,32 +19,11 @@ from pydicom.dataset import Dataset
 
 from tests import datagen
 from tests.e2e import codec_data as cd
-from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli, wait_until
+from tests.e2e.helpers import DicomhubServer, ServerPool, add_user, stow, wait_until
 
 pytestmark = pytest.mark.e2e
 
 DATES = ["20200301", "20210101", "20190505", "20220202"]
-
-
-def stow(url: str, token: str, datasets: list[Dataset]) -> None:
-    boundary = "qido-ext-boundary"
-    body = b""
-    for ds in datasets:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buf.getvalue() + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    r = httpx.post(
-        f"{url}/dicomweb/studies",
-        content=body,
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        },
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
 
 
 @dataclass
@@ -58,11 +36,7 @@ class Hub:
     corrupt: Dataset | None = None
 
     def user(self, name: str, role: str, scope: str) -> str:
-        rc, out = run_cli(
-            "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-        )
-        assert rc == 0, out
-        return out.strip().splitlines()[-1]
+        return add_user(self.server, name, role, scope)
 
     def get(self, path: str, token: str, **params: str) -> httpx.Response:
         return httpx.get(

@@ -28,7 +28,17 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 
-from tests.e2e.helpers import HOST, DicomhubServer, ServerPool, StoreSCP, clean_env, read_dir, run_cli
+from tests.e2e.helpers import (
+    HOST,
+    DicomhubServer,
+    ServerPool,
+    StoreSCP,
+    add_user,
+    bearer,
+    clean_env,
+    read_dir,
+    stow,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -49,45 +59,10 @@ class Hub:
 
     def user(self, name: str, role: str, scope: str) -> str:
         """A user's token: the first (the admin) by the CLI, the others over HTTP (faster)."""
-        if not self.admin:
-            rc, out = run_cli(
-                "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-            )
-            assert rc == 0, out
-            return out.strip().splitlines()[-1]
-        r = httpx.post(
-            f"{self.server.base_url}/users",
-            json={"name": name, "grants": [{"role": role, "scope": scope}]},
-            headers={"Authorization": f"Bearer {self.admin}"},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["token"])
+        return add_user(self.server, name, role, scope, self.admin)
 
     def get(self, path: str, token: str, **params: str) -> httpx.Response:
-        return httpx.get(f"{self.server.base_url}{path}", params=params, headers=_bearer(token), timeout=30)
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _stow(hub: Hub, *datasets: Dataset) -> None:
-    boundary = "study-actions"
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + _part10(ds) + b"\r\n"
-        for ds in datasets
-    )
-    r = httpx.post(
-        f"{hub.server.base_url}/dicomweb/studies",
-        content=body + f"--{boundary}--\r\n".encode(),
-        headers={
-            **_bearer(hub.admin),
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        },
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
+        return httpx.get(f"{self.server.base_url}{path}", params=params, headers=bearer(token), timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +81,10 @@ def hub(module_servers: ServerPool, tmp_path_factory: pytest.TempPathFactory) ->
         datagen.make_dataset(study_uid=a, patient_id="PA", series_number=2, rows=8, cols=8, modality="MR"),
         datagen.make_dataset(study_uid=b, patient_id="PB", rows=8, cols=8),
     ]
-    _stow(h, *made)
+    stow(h.server.base_url, h.admin, made)
     for ds in made:
         h.files.setdefault(str(ds.StudyInstanceUID), {})[str(ds.SOPInstanceUID)] = _part10(ds)
-    r = httpx.put(f"{server.base_url}/dicomweb/studies/{a}/labels/alpha", headers=_bearer(h.admin))
+    r = httpx.put(f"{server.base_url}/dicomweb/studies/{a}/labels/alpha", headers=bearer(h.admin))
     assert r.status_code == 201, r.text
     h.reader = h.user("alpha-reader", "reader", "label:alpha")
     yield h
@@ -167,11 +142,11 @@ def test_refusals(hub: Hub) -> None:
     assert hub.get(f"/api/studies/{a}/archive.zip", "dh_nonsense").status_code == 401
     url = f"{hub.server.base_url}/api/studies/{a}/send"
     # The reader sees study A but may not export it; nor see B at all.
-    assert httpx.post(url, json={"to": "pacs"}, headers=_bearer(hub.reader)).status_code == 403
+    assert httpx.post(url, json={"to": "pacs"}, headers=bearer(hub.reader)).status_code == 403
     assert hub.get(f"/api/studies/{b}/send", hub.reader).status_code == 404
-    r = httpx.post(url, json={"to": "nowhere"}, headers=_bearer(hub.admin))
+    r = httpx.post(url, json={"to": "nowhere"}, headers=bearer(hub.admin))
     assert r.status_code == 400 and "nowhere" in r.json()["error"], r.text
-    assert httpx.post(url, json={}, headers=_bearer(hub.admin)).status_code == 400
+    assert httpx.post(url, json={}, headers=bearer(hub.admin)).status_code == 400
 
 
 def _sends(hub: Hub, study: str) -> dict[str, Any]:
@@ -185,7 +160,7 @@ def test_send_queues_the_study_for_a_peer_where_it_arrives(hub: Hub) -> None:
     a, _b = _studies(hub)
     assert [p["name"] for p in _sends(hub, a)["peers"]] == ["pacs"]
     send = f"{hub.server.base_url}/api/studies/{a}/send"
-    r = httpx.post(send, json={"to": "pacs"}, headers=_bearer(hub.admin))
+    r = httpx.post(send, json={"to": "pacs"}, headers=bearer(hub.admin))
     assert r.status_code == 202, r.text
     assert r.json()["queued"] == 2 and r.headers["location"] == f"/api/studies/{a}/send"
     deadline = time.monotonic() + 30
@@ -196,9 +171,9 @@ def test_send_queues_the_study_for_a_peer_where_it_arrives(hub: Hub) -> None:
     received = read_dir(hub.scp.out_dir)
     assert set(received) == set(hub.files[a])
     # Asked again, it is sent again (a send by hand is not deduplicated away).
-    r = httpx.post(send, json={"to": "pacs"}, headers=_bearer(hub.admin))
+    r = httpx.post(send, json={"to": "pacs"}, headers=bearer(hub.admin))
     assert r.status_code == 202 and r.json()["queued"] == 2, r.text
     events = httpx.get(
-        f"{hub.server.base_url}/audit", params={"action": "export"}, headers=_bearer(hub.admin)
+        f"{hub.server.base_url}/audit", params={"action": "export"}, headers=bearer(hub.admin)
     ).json()
     assert any(e["detail"].get("destination") == "pacs" for e in events), events

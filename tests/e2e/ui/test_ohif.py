@@ -28,9 +28,9 @@ from playwright.sync_api import Browser, Page, expect
 from pydicom.dataset import Dataset
 
 from tests.e2e.codec_data import J2K_LOSSLESS, compressed
-from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli
+from tests.e2e.helpers import DicomhubServer, ServerPool, add_user, bearer, run_cli, stow
 from tests.e2e.ui.conftest import LAPTOP
-from tests.e2e.ui.test_ui import bearer, ct_series, stow
+from tests.e2e.ui.test_ui import ct_series
 
 pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
 
@@ -55,11 +55,7 @@ class Hub:
         return self.server.base_url
 
     def user(self, name: str, role: str, scope: str) -> str:
-        rc, out = run_cli(
-            "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-        )
-        assert rc == 0, out
-        return out.strip().splitlines()[-1]
+        return add_user(self.server, name, role, scope)
 
 
 @pytest.fixture(scope="module")

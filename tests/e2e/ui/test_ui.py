@@ -23,7 +23,7 @@ from playwright.sync_api import Page, expect
 from pydicom.dataset import Dataset
 
 from tests import datagen
-from tests.e2e.helpers import DicomhubServer, ServerPool, run_cli
+from tests.e2e.helpers import DicomhubServer, ServerPool, add_user, bearer, stow
 from tests.e2e.ui.conftest import screenshot
 
 # The pages read through the search, WADO-RS and access services, which the QIDO-RS, WADO-RS
@@ -81,31 +81,6 @@ def ct_series(patient_name: str, patient_id: str, n: int, number: int, **kwargs:
     return out
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def stow(url: str, token: str, datasets: list[Dataset]) -> None:
-    boundary = "ui-test-boundary"
-    body = b""
-    for ds in datasets:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buf.getvalue() + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    r = httpx.post(
-        f"{url}/dicomweb/studies",
-        content=body,
-        headers={
-            **bearer(token),
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Accept": "application/dicom+json",
-        },
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-
-
 @dataclass
 class Hub:
     server: DicomhubServer
@@ -120,11 +95,7 @@ class Hub:
         return self.server.base_url
 
     def user(self, name: str, role: str, scope: str) -> str:
-        rc, out = run_cli(
-            "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-        )
-        assert rc == 0, out
-        return out.strip().splitlines()[-1]
+        return add_user(self.server, name, role, scope)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import datagen
-from tests.e2e.helpers import HOST, DicomhubServer, ServerPool, StoreSCP, read_dir, run_cli
+from tests.e2e.helpers import HOST, DicomhubServer, ServerPool, StoreSCP, add_user, read_dir
 
 # Browser side only (the routes are tested on both back ends by test_study_actions.py).
 pytestmark = [pytest.mark.e2e, pytest.mark.backend_neutral]
@@ -42,19 +42,7 @@ class Hub:
 
     def user(self, name: str, role: str, scope: str) -> str:
         """A user's token: the first (the admin) by the CLI, the others over HTTP (faster)."""
-        if not self.admin:
-            rc, out = run_cli(
-                "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-            )
-            assert rc == 0, out
-            return out.strip().splitlines()[-1]
-        r = httpx.post(
-            f"{self.server.base_url}/users",
-            json={"name": name, "grants": [{"role": role, "scope": scope}]},
-            headers={"Authorization": f"Bearer {self.admin}"},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["token"])
+        return add_user(self.server, name, role, scope, self.admin)
 
     def instances(self, study: str) -> set[str]:
         r = httpx.get(

@@ -21,9 +21,16 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests import datagen
-from tests.e2e.helpers import DicomhubServer, ServerPool, free_port, run_cli, wait_until
+from tests.e2e.helpers import (
+    DicomhubServer,
+    ServerPool,
+    add_user,
+    bearer,
+    free_port,
+    stow,
+    wait_until,
+)
 from tests.e2e.ui.conftest import screenshot
-from tests.e2e.ui.test_ui import bearer, stow
 
 pytestmark = [pytest.mark.e2e]
 # The browser side (like test_ui.py) runs once, on SQLite: the pages only call the routes.
@@ -44,11 +51,7 @@ class Hub:
         return self.server.base_url
 
     def user(self, name: str, role: str, scope: str) -> str:
-        rc, out = run_cli(
-            "user", "add", name, "--role", role, "--scope", scope, "--data-dir", str(self.server.data_dir)
-        )
-        assert rc == 0, out
-        return out.strip().splitlines()[-1]
+        return add_user(self.server, name, role, scope)
 
 
 @pytest.fixture(scope="module")
