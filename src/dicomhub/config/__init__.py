@@ -204,8 +204,7 @@ class Settings:
     oidc_role_claim: str = ""
     oidc_roles: tuple[str, ...] = ()
     # Log-in from the web UI through the issuer (authorization code flow with PKCE):
-    # the UI's public client id at the provider (empty: no such log-in), the name on
-    # its button and the scopes asked for.
+    # the UI's public client id at the provider; empty: the UI offers no such log-in.
     oidc_ui_client_id: str = ""
     oidc_ui_provider_name: str = ""
     oidc_ui_scope: str = "openid"
