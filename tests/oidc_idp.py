@@ -14,17 +14,26 @@ signs access tokens shaped as they issue them (RS256, ``kid`` in the header):
   ``azp`` the calling app, ``roles``, ``groups`` (object ids), ``oid``, ``tid``,
   ``scp``, ``ver: 2.0``, and ``nbf``.
 
+The Keycloak realm also runs the authorization code flow with PKCE (RFC 7636,
+S256) for a public client: its authorization endpoint approves ``login_user``
+at once (no form) and sends the browser back with a code and the state; its
+token endpoint exchanges that code, once, for an access token of that user,
+after checking the client, the redirect URI and the code verifier.
+
 Every request path is recorded, so that tests can count fetches.
 """
 
 from __future__ import annotations
 
 import abc
+import base64
+import hashlib
 import json
 import secrets
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,9 +107,58 @@ class Provider(abc.ABC):
 
 
 @dataclass
+class _Grant:
+    client_id: str
+    redirect_uri: str
+    challenge: str
+
+
+@dataclass
 class KeycloakRealm(Provider):
     realm: str = "hospital"
     client: str = "dicomhub"
+    # Who the authorization endpoint logs in, and with which realm roles (None: refuse).
+    login_user: str | None = None
+    login_roles: tuple[str, ...] = ()
+    codes: dict[str, _Grant] = field(default_factory=dict)
+
+    @property
+    def authorization_path(self) -> str:
+        return self.issuer_path + "/protocol/openid-connect/auth"
+
+    @property
+    def token_path(self) -> str:
+        return self.issuer_path + "/protocol/openid-connect/token"
+
+    def authorize(self, query: dict[str, str]) -> tuple[int, Any]:
+        """Approve ``login_user`` at once: a redirect back with a code and the state."""
+        redirect_uri = query.get("redirect_uri", "")
+        if query.get("response_type") != "code" or query.get("client_id") != self.client or not redirect_uri:
+            return 400, {"error": "invalid_request"}
+        if query.get("code_challenge_method") != "S256" or not query.get("code_challenge"):
+            return 400, {"error": "invalid_request", "error_description": "PKCE S256 required"}
+        back: dict[str, str] = {"state": query.get("state", "")}
+        if self.login_user is None:
+            back["error"] = "access_denied"
+        else:
+            code = secrets.token_urlsafe(24)
+            self.codes[code] = _Grant(self.client, redirect_uri, query["code_challenge"])
+            back["code"] = code
+        return 302, redirect_uri + "?" + urllib.parse.urlencode(back)
+
+    def token(self, form: dict[str, str]) -> tuple[int, Any]:
+        """Exchange a code (once) for an access token of ``login_user`` (RFC 6749 4.1.3)."""
+        grant = self.codes.pop(form.get("code", ""), None)
+        if form.get("grant_type") != "authorization_code" or grant is None:
+            return 400, {"error": "invalid_grant"}
+        if form.get("client_id") != grant.client_id or form.get("redirect_uri") != grant.redirect_uri:
+            return 400, {"error": "invalid_grant", "error_description": "client or redirect_uri"}
+        digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
+        if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant.challenge:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE verification failed"}
+        assert self.login_user is not None
+        token = self.access_token(self.login_user, realm_roles=self.login_roles)
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": 300, "scope": "openid"}
 
     def jwks(self) -> dict[str, Any]:
         keys = [
@@ -283,7 +341,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         idp = self.server.idp
         idp.record(self.path)
-        status, body = idp.answer(self.path)
+        self._send(*idp.answer(self.path))
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        idp = self.server.idp
+        idp.record(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+        if self.path == idp.keycloak.token_path:
+            self._send(*idp.keycloak.token(form))
+        else:
+            self._send(404, {"error": "not found"})
+
+    def _send(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         if status in (301, 302):
@@ -348,6 +418,9 @@ class IdentityProvider:
     def answer(self, path: str) -> tuple[int, Any]:
         if path in self.redirects:
             return 302, self.redirects[path]
+        route, _, query = path.partition("?")
+        if route == self.keycloak.authorization_path:
+            return self.keycloak.authorize(dict(urllib.parse.parse_qsl(query)))
         for provider in (self.keycloak, self.entra):
             if path == provider.discovery_path:
                 return 200, provider.discovery()

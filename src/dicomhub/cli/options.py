@@ -228,6 +228,14 @@ def _security_args(p: argparse.ArgumentParser) -> None:
         "a token whose role claim holds VALUE holds ROLE at SCOPE (default archive); repeatable",
         dest="oidc_roles",
     )
+    p.add_argument(
+        "--oidc-ui-client-id",
+        help="the web UI's public client at the issuer: offers 'Log in with ...' (code flow, PKCE)",
+    )
+    p.add_argument(
+        "--oidc-ui-provider-name", help="the name on the UI's log-in button (default OpenID Connect)"
+    )
+    p.add_argument("--oidc-ui-scope", help="the scopes the UI's log-in asks for (default openid)")
     _repeatable(
         p,
         "--label-rule",

@@ -203,6 +203,11 @@ class Settings:
     # "VALUE=ROLE" or "VALUE=ROLE@SCOPE" entries, or a TOML table VALUE = "ROLE@SCOPE".
     oidc_role_claim: str = ""
     oidc_roles: tuple[str, ...] = ()
+    # Log-in from the web UI through the issuer (authorization code flow with PKCE):
+    # the UI's public client id at the provider; empty: the UI offers no such log-in.
+    oidc_ui_client_id: str = ""
+    oidc_ui_provider_name: str = ""
+    oidc_ui_scope: str = "openid"
     # Labels given at ingest: "LABEL=calling_ae:AET" or "LABEL=Keyword:value".
     label_rules: tuple[str, ...] = ()
     # Storage SOP classes beyond the standard's (dicomhub.model.sopclasses): private

@@ -121,7 +121,14 @@ CHECKS: tuple[tuple[tuple[str, ...], Callable[[Settings], None]], ...] = (
     (("webhooks",), lambda s: _validate_webhooks(s.webhooks)),
     (("routes",), lambda s: _validate_routes(s.routes)),
     (("retention",), lambda s: _validate_retention(s.retention)),
+    (("oidc_ui_client_id", "oidc_issuer"), lambda s: _validate_oidc_ui(s)),
 )
+
+
+def _validate_oidc_ui(s: Settings) -> None:
+    # The UI's log-in runs against the issuer whose tokens the archive accepts.
+    if s.oidc_ui_client_id and not s.oidc_issuer:
+        raise ConfigurationError("oidc_ui_client_id (log-in from the web UI) needs oidc_issuer")
 
 
 def _validate_routes(routes: tuple[Route, ...]) -> None:

@@ -51,6 +51,7 @@ from dicomhub.web.observe import ObserveMiddleware, RouteTemplates
 from dicomhub.web.ohif import ohif_mount
 from dicomhub.web.openapi import openapi_endpoint
 from dicomhub.web.studychecks import routes as study_check_routes
+from dicomhub.web.ui import login as ui_login
 
 __all__ = ["create_app"]
 
@@ -182,6 +183,7 @@ def create_app(
             *security.routes(archive, backlog),
             *plugins.routes(archive, plugin_host),
             # Last: the UI's "/" and "/ui/..." pages shadow nothing above.
+            *ui_login.routes(archive, settings),
             *ui.routes(),
             ohif_mount(settings.data_dir, settings.public_base_url),
         ],

@@ -79,6 +79,74 @@ def ui_paths() -> Json:
             "uiStudyViewer", "The web UI: one study laid out by a hanging protocol", study
         ),
         "/api/studies/{study}/hanging": _hanging(study),
+        **_login_paths(),
+    }
+
+
+def _login_paths() -> Json:
+    """Log-in through the OpenID Connect provider (web/ui/login.py)."""
+    not_configured = {
+        "description": "Log-in through OpenID Connect is not configured (oidc_ui_client_id).",
+        "content": {"application/json": {"schema": _ERROR}},
+    }
+    failed = {"description": "The log-in failed: a page saying why.", "content": _HTML}
+
+    def operation(operation_id: str, summary: str, responses: Json, *query: str) -> Json:
+        op: Json = {"tags": ["UI"], "operationId": operation_id, "summary": summary, "responses": responses}
+        if query:
+            op["parameters"] = [
+                {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                for name in query
+            ]
+        return {"get": op}
+
+    return {
+        "/ui/login/options": operation(
+            "uiLoginOptions",
+            "What the log-in form offers besides a token: the OpenID Connect provider, if any",
+            {
+                "200": {
+                    "description": "oidc: null when not configured.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["oidc"],
+                                "properties": {
+                                    "oidc": {
+                                        "type": ["object", "null"],
+                                        "required": ["name", "url"],
+                                        "properties": {"name": {"type": "string"}, "url": {"type": "string"}},
+                                    }
+                                },
+                            }
+                        }
+                    },
+                }
+            },
+        ),
+        "/ui/login/oidc": operation(
+            "uiLoginOidc",
+            "Start a log-in through the OpenID Connect provider (authorization code flow with PKCE)",
+            {
+                "302": {"description": "To the provider's authorization endpoint (sets the state cookie)."},
+                "404": not_configured,
+                "502": {**failed, "description": "The provider's discovery document cannot be read."},
+            },
+        ),
+        "/ui/login/callback": operation(
+            "uiLoginCallback",
+            "Where the provider sends the browser back: the code is exchanged and the token checked",
+            {
+                "200": {"description": "A page whose script keeps the access token.", "content": _HTML},
+                "400": failed,
+                "404": not_configured,
+            },
+            "code",
+            "state",
+            "error",
+            "error_description",
+        ),
     }
 
 

@@ -184,6 +184,21 @@ function setUpLogin() {
     sessionStorage.setItem(TOKEN_KEY, value);
     window.location.reload();
   });
+  offerOidcLogin();
+}
+
+// "Log in with <provider>": offered only when the server has OIDC log-in configured.
+function offerOidcLogin() {
+  fetch("/ui/login/options")
+    .then((response) => (response.ok ? response.json() : null))
+    .then((options) => {
+      if (!options || !options.oidc) return;
+      const link = document.getElementById("login-oidc-link");
+      link.textContent = `Log in with ${options.oidc.name}`;
+      link.href = options.oidc.url;
+      document.getElementById("login-oidc").hidden = false;
+    })
+    .catch(() => {});
 }
 
 // ---- the Admin menu, and any element marked data-admin: shown to callers with the
