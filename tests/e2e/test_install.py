@@ -95,5 +95,5 @@ def test_pip_install_keeps_preinstalled_versions_and_serves(
     # The web UI's templates and scripts are package data of the installed wheel.
     page = httpx.get(server.base_url + "/", timeout=30)
     assert page.status_code == 200 and "<h1>Studies</h1>" in page.text, page.text[:300]
-    script = httpx.get(server.base_url + "/ui/static/viewer.js", timeout=30)
+    script = httpx.get(server.base_url + "/ui/static/viewport.js", timeout=30)
     assert script.status_code == 200 and "transfer-syntax=1.2.840.10008.1.2.1" in script.text
