@@ -333,8 +333,9 @@ def test_every_documented_get_answers_as_documented(
     # the 3 of routing (rules, queue, a study's routing), the web UI's 4 (3 pages and the
     # data dictionary), the trash and the corrections, the caller (/api/me) and the 5 admin
     # pages, a study's ZIP, its sends and rights, the caller's rights, a study's findings,
-    # the study viewer and its hanging protocol
-    assert checked == 81
+    # the study viewer and its hanging protocol, the patient-level QIDO-RS search and the
+    # patients page
+    assert checked == 83
     assert secured == 2  # de-identification runs: the list and one run
 
 
