@@ -338,8 +338,9 @@ def test_every_documented_get_answers_as_documented(
     # data dictionary), the trash and the corrections, the caller (/api/me) and the 5 admin
     # pages, a study's ZIP, its sends and rights, the caller's rights, a study's findings,
     # the study viewer and its hanging protocol, the 3 of the UI's log-in (its options, and
-    # the OIDC start and callback answering 404 here)
-    assert checked == 84
+    # the OIDC start and callback answering 404 here), the patient-level QIDO-RS search and
+    # the patients page
+    assert checked == 86
     assert secured == 2  # de-identification runs: the list and one run
 
 

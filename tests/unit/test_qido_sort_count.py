@@ -101,3 +101,35 @@ def test_label_filter_and_count_stay_inside_the_callers_grants(archive: Archive)
     )
     assert _study(archive, labelled, reader) == ["P2"]
     assert archive.search.count(labelled, reader, Action.QUERY) == 1
+
+
+def test_patient_resource_sorts_counts_and_stays_inside_the_callers_grants(archive: Archive) -> None:
+    """``/dicomweb/patients`` (a dicomhub extension) parses to a patient-level query:
+    name wildcards, the order, the total, and counts of the studies the caller may see."""
+    with pytest.raises(InvalidRequest, match="label filters studies"):
+        parse([("label", "teaching")], Level.PATIENT)
+    extra = datagen.make_dataset(patient_id="P0", patient_name="Brown^A", study_date="20230303")
+    archive.ingest.store_part10(encode(extra), CLI)
+    security = SecurityRepository(archive.index.engine)
+    security.add_label(str(extra.StudyInstanceUID), "research")
+    req = parse(
+        [("PatientName", "B*"), ("orderby", "-PatientID"), ("count", "true"),
+         ("includefield", "PatientID,NumberOfPatientRelatedStudies")],
+        Level.PATIENT,
+    )  # fmt: skip
+
+    def found(caller: Caller) -> list[tuple[str, str]]:
+        matches = archive.search.search(req.query, caller)
+        return [(str(m.get("PatientID")), str(m.get("NumberOfPatientRelatedStudies"))) for m in matches]
+
+    assert found(CLI) == [("P3", "1"), ("P0", "2")]
+    assert archive.search.count(req.query, CLI) == 2
+    reader = Caller(
+        Channel.HTTP,
+        "reader",
+        principal="reader",
+        access=Access.of([Grant("reader", Scope.parse("label:research"))]),
+    )
+    # Only P0 has a research study, and only that one is counted.
+    assert found(reader) == [("P0", "1")]
+    assert archive.search.count(req.query, reader) == 1

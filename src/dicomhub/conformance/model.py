@@ -398,7 +398,8 @@ def _service(method: str, path: str) -> str:
         return "Delete (not in PS3.18)"
     if path == "/dicomweb/wado":
         return "WADO-URI"
-    if path.rsplit("/", 1)[-1] in ("studies", "series", "instances"):
+    # "patients": dicomhub's patient-level search, an extension of QIDO-RS.
+    if path.rsplit("/", 1)[-1] in ("patients", "studies", "series", "instances"):
         return "QIDO-RS"
     return "WADO-RS"
 

@@ -41,6 +41,7 @@ QIDO_SEARCHES = (
     (STUDY + "/series", "searchStudySeries", "Search for the series of a study"),
     (STUDY + "/instances", "searchStudyInstances", "Search for the instances of a study"),
     (SERIES + "/instances", "searchSeriesInstances", "Search for the instances of a series"),
+    ("/dicomweb/patients", "searchPatients", "dicomhub extension: search for patients"),
 )
 
 
@@ -127,14 +128,23 @@ _TOTAL_COUNT: Json = {
 }
 
 
+_PATIENTS = (
+    "dicomhub extension (PS3.18 has no patient-level QIDO-RS): the patient level of C-FIND "
+    "with the matching of PS3.18 10.6, only patients with a study the caller may see, and "
+    "NumberOfPatientRelatedStudies/Series/Instances counting only those studies. `label` "
+    "filters studies and is refused here (400)."
+)
+
+
 def qido_operation(path: str, operation_id: str, summary: str) -> Json:
     return {
         "get": {
             "tags": ["QIDO-RS"],
             "operationId": operation_id,
             "summary": summary,
-            "description": (
-                'PS3.18 10.6. The multipart/related; type="application/dicom+xml" '
+            "description": (_PATIENTS if path == "/dicomweb/patients" else "PS3.18 10.6.")
+            + (
+                ' The multipart/related; type="application/dicom+xml" '
                 "representation is also offered (Accept header) but not described here."
             ),
             "parameters": [*uid_params(*scope(path)), *_qido_parameters()],

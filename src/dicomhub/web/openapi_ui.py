@@ -79,6 +79,7 @@ def ui_paths() -> Json:
             "uiStudyViewer", "The web UI: one study laid out by a hanging protocol", study
         ),
         "/api/studies/{study}/hanging": _hanging(study),
+        "/ui/patients": _page("uiPatients", "The web UI: find patients"),
         **_login_paths(),
     }
 

@@ -190,3 +190,56 @@ def test_study_viewer_hangs_a_ct_mr_study_and_plays_cine(page: Page, hub: Hub) -
     page.goto(f"{hub.url}/ui/studies/{study_uid(1)}/series/{fixed_uid(41, 1)}/viewer")
     expect(page.locator("#image")).to_have_attribute("data-draws", "1")
     expect(page.get_by_role("button", name="Play")).to_be_hidden()
+
+
+def test_patients_page_and_window_level_zoom_pan_in_the_study_viewer(page: Page, hub: Hub) -> None:
+    log_in(page, hub, hub.admin, "/ui/patients")
+    expect(page.get_by_role("status")).to_have_text("Patients 1–6 of 6")
+    # A name wildcard finds the patient; the count is its studies; its name opens them.
+    page.get_by_label("Patient name").fill("ev*")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("status")).to_have_text("Patients 1–1 of 1")
+    row = page.locator("#patients tbody tr")
+    expect(row).to_have_attribute("data-patient", "P-E")
+    expect(row.locator("td").nth(4)).to_have_text("1")
+    screenshot(page, "patients")
+    row.get_by_role("link", name="Evans^Eve").click()
+    expect(page.get_by_role("status")).to_have_text("Studies 1–1 of 1")
+    assert listed_studies(page) == {fixed_uid(50)}
+    assert "PatientID=P-E" in page.url
+    # A reader of the teaching label finds only the patients of the teaching studies.
+    pupil = hub.user("pupil", "reader", "label:teaching")
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, hub, pupil, "/ui/patients")
+    expect(page.locator("#patients tbody tr td:nth-child(2)")).to_have_text(["P-0", "P-2"])
+
+    # The study viewer: a drag changes the window of the viewport dragged in, only.
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, hub, hub.admin, f"/ui/studies/{fixed_uid(50)}/viewer")
+    canvases = page.locator("#grid .vp canvas")
+    for cell in range(2):
+        expect(canvases.nth(cell)).to_have_attribute("data-index", "0")
+    info = page.locator("#grid .vp .vp-info")
+    before = [info.nth(0).text_content(), info.nth(1).text_content()]
+    draws = canvases.nth(0).get_attribute("data-draws")
+    box = page.locator("#grid .vp-stage").nth(0).bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 30, steps=4)
+    page.mouse.up()
+    expect(info.nth(0)).not_to_have_text(before[0] or "")
+    expect(info.nth(0)).to_contain_text("W ")
+    assert canvases.nth(0).get_attribute("data-draws") != draws
+    expect(info.nth(1)).to_have_text(before[1] or "")
+    # "+" zooms the focused viewport, shift-drag pans it (the canvas moves, no repaint).
+    page.keyboard.press("+")
+    expect(info.nth(0)).to_contain_text("Zoom 125%")
+    page.keyboard.down("Shift")
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 20, y + 10, steps=2)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    expect(canvases.nth(0)).to_have_attribute("style", "transform: translate(20px, 10px) scale(1.25);")

@@ -97,6 +97,19 @@ _SERIES_DEFAULTS = (
     "RequestAttributesSequence",
     "StudyInstanceUID",
 )
+# dicomhub's patient resource (not in PS3.18, whose QIDO-RS has no patient level;
+# dcm4chee-arc has the same ``/patients``): the patient level of C-FIND's Patient Root
+# model, so patients with no study the caller may see are not found, and the counts
+# are of the studies it may see.
+_PATIENT_DEFAULTS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "NumberOfPatientRelatedStudies",
+    "NumberOfPatientRelatedSeries",
+    "NumberOfPatientRelatedInstances",
+)
 _INSTANCE_DEFAULTS = (
     "SOPClassUID",
     "SOPInstanceUID",
@@ -236,7 +249,7 @@ def parse_qido_params(
     Parameters
     ----------
     level : Level
-        The level searched (STUDY, SERIES or IMAGE).
+        The level searched (PATIENT, STUDY, SERIES or IMAGE).
     params : iterable of (name, value)
         The query parameters in request order (names may repeat).
     scope : mapping
@@ -376,8 +389,8 @@ def parse_qido_params(
 
 def _labels(value: str, level: Level) -> list[str]:
     """The labels of one ``label`` parameter (comma-separated), checked as label names."""
-    if level is Level.PATIENT:  # pragma: no cover - QIDO-RS has no patient resource
-        raise InvalidRequest("label filters studies")
+    if level is Level.PATIENT:
+        raise InvalidRequest("label filters studies, not patients")
     out = []
     for item in value.split(","):
         item = item.strip()
@@ -517,6 +530,10 @@ def _representative_headers(
 
 
 def _include_all(archive: Archive, level: Level, matches: Sequence[Match], caller: Caller) -> None:
+    if level not in _UNIQUE_KEY:
+        # A patient's attributes are those of the index (corrections included), not
+        # of one instance's header, which may predate a patient update.
+        return
     headers = _representative_headers(archive, level, matches, caller)
     key = _UNIQUE_KEY[level]
     for match in matches:
@@ -548,6 +565,7 @@ def _dedup(*groups: Sequence[str]) -> tuple[str, ...]:
 _STUDY = ("study", "StudyInstanceUID")
 _SERIES = ("series", "SeriesInstanceUID")
 _RESOURCES = {
+    "/patients": _Resource(Level.PATIENT, _PATIENT_DEFAULTS, ()),
     "/studies": _Resource(Level.STUDY, _STUDY_DEFAULTS, ()),
     "/studies/{study}/series": _Resource(Level.SERIES, _SERIES_DEFAULTS, (_STUDY,)),
     "/series": _Resource(Level.SERIES, _dedup(_STUDY_DEFAULTS, _SERIES_DEFAULTS), ()),

@@ -5,7 +5,7 @@ modules served from ``/ui/static``; no build step, nothing fetched from a CDN.
 The shells hold no archive data: their scripts call QIDO-RS, WADO-RS and the
 label routes with the caller's own bearer token, so every page shows exactly
 what the same request over DICOMweb would. One module per page group:
-``find`` (``/``), ``study`` (the study page), ``viewer`` and ``admin``
+``find`` (``/``), ``patients`` (``/ui/patients``), ``study`` (the study page), ``viewer`` and ``admin``
 (``/ui/admin/...``, for administrators); ``pages`` holds
 what they share (templates, the static mount).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from dicomhub.web.ui import admin, find, study, studyviewer, viewer
+from dicomhub.web.ui import admin, find, patients, study, studyviewer, viewer
 from dicomhub.web.ui.pages import static_mount
 
 __all__ = ["routes"]
@@ -28,5 +28,6 @@ def routes() -> list[BaseRoute]:
         *viewer.routes(),
         *studyviewer.routes(),
         *admin.routes(),
+        *patients.routes(),
         static_mount(),
     ]

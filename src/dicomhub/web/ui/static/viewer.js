@@ -4,7 +4,7 @@
 // window (PS3.3 C.11.2.1.2.1, the same formula as /rendered) are applied here, so a
 // window/level drag redraws from the pixel values in memory with no round trip.
 import { DICOMWEB, dicomJson, formatDate, setStatus, start, text } from "./api.js";
-import { cineRate, imagesOf, loadFrame, markFirstImage, paint } from "./viewport.js";
+import { cineRate, imagesOf, interact, loadFrame, markFirstImage, paint, rangeWindow } from "./viewport.js";
 
 const main = document.getElementById("main");
 const study = main.dataset.study;
@@ -113,63 +113,22 @@ function zoomBy(factor) {
   layout();
 }
 
-// ---- input
+// ---- input (drag, wheel, arrows and zoom keys: viewport.js's interact, as in the study viewer)
 
-let drag = null;
-viewport.addEventListener("contextmenu", (event) => event.preventDefault());
-viewport.addEventListener("pointerdown", (event) => {
-  viewport.focus();
-  const pan = event.shiftKey || event.button === 1 || event.button === 2;
-  let win = state.window;
-  if (!win && state.frame) {
-    const { low, high } = state.frame;
-    win = [(low + high) / 2, Math.max(1, high - low)];
-  }
-  drag = { pan, x: event.clientX, y: event.clientY, panX: state.panX, panY: state.panY, win };
-  viewport.setPointerCapture(event.pointerId);
-});
-viewport.addEventListener("pointermove", (event) => {
-  if (!drag) return;
-  const dx = event.clientX - drag.x;
-  const dy = event.clientY - drag.y;
-  if (drag.pan) {
-    state.panX = drag.panX + dx;
-    state.panY = drag.panY + dy;
+interact(viewport, {
+  dragWindow: () => state.window || rangeWindow(state.frame),
+  setWindow,
+  panOffset: () => [state.panX, state.panY],
+  setPan(x, y) {
+    state.panX = x;
+    state.panY = y;
     layout();
-  } else if (drag.win) {
-    // One screen pixel moves the window by a 256th of its width (at least one unit):
-    // right widens, down raises the level.
-    const step = Math.max(1, drag.win[1] / 256);
-    setWindow(drag.win[0] + dy * step, drag.win[1] + dx * step);
-  }
-});
-for (const type of ["pointerup", "pointercancel"]) viewport.addEventListener(type, () => (drag = null));
-
-viewport.addEventListener(
-  "wheel",
-  (event) => {
-    event.preventDefault();
-    if (event.ctrlKey) zoomBy(event.deltaY < 0 ? 1.1 : 1 / 1.1);
-    else show(state.index + (event.deltaY > 0 ? 1 : -1));
   },
-  { passive: false },
-);
-
+  zoomBy,
+  step: (delta) => show(state.index + delta),
+});
 viewport.addEventListener("keydown", (event) => {
-  const keys = {
-    ArrowDown: () => show(state.index + 1),
-    ArrowRight: () => show(state.index + 1),
-    ArrowUp: () => show(state.index - 1),
-    ArrowLeft: () => show(state.index - 1),
-    PageDown: () => show(state.index + 10),
-    PageUp: () => show(state.index - 10),
-    Home: () => show(0),
-    End: () => show(state.images.length - 1),
-    "+": () => zoomBy(1.25),
-    "=": () => zoomBy(1.25),
-    "-": () => zoomBy(0.8),
-  };
-  const action = keys[event.key];
+  const action = { Home: () => show(0), End: () => show(state.images.length - 1) }[event.key];
   if (action) {
     event.preventDefault();
     action();

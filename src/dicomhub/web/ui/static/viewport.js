@@ -165,8 +165,70 @@ export function markFirstImage() {
   if (!performance.getEntriesByName(FIRST_IMAGE_MARK).length) performance.mark(FIRST_IMAGE_MARK);
 }
 
-// One cell of the study viewer: a canvas, a caption, and for more than one frame a
-// slider and cine (play/pause, frames per second). The mouse wheel steps through frames.
+// The window of a drag that starts with none set: the frame's full range.
+export function rangeWindow(frame) {
+  return frame ? [(frame.low + frame.high) / 2, Math.max(1, frame.high - frame.low)] : null;
+}
+
+// Mouse and keys on a viewport element, the same in both viewers: a drag changes the
+// window (right widens, down raises the level), shift-drag or the right or middle button
+// pans, Ctrl+wheel and +/- zoom, the wheel and arrow keys step through the images.
+// `target` draws: dragWindow() (the window a drag starts from, or null), setWindow(c, w),
+// panOffset() ([x, y]), setPan(x, y), zoomBy(factor) and step(delta).
+export function interact(element, target) {
+  let drag = null;
+  element.addEventListener("contextmenu", (event) => event.preventDefault());
+  element.addEventListener("pointerdown", (event) => {
+    element.focus();
+    const pan = event.shiftKey || event.button === 1 || event.button === 2;
+    const [panX, panY] = target.panOffset();
+    drag = { pan, x: event.clientX, y: event.clientY, panX, panY, win: target.dragWindow() };
+    element.setPointerCapture(event.pointerId);
+  });
+  element.addEventListener("pointermove", (event) => {
+    if (!drag) return;
+    const dx = event.clientX - drag.x;
+    const dy = event.clientY - drag.y;
+    if (drag.pan) target.setPan(drag.panX + dx, drag.panY + dy);
+    else if (drag.win) {
+      // One screen pixel moves the window by a 256th of its width (at least one unit).
+      const step = Math.max(1, drag.win[1] / 256);
+      target.setWindow(drag.win[0] + dy * step, Math.max(1, drag.win[1] + dx * step));
+    }
+  });
+  for (const type of ["pointerup", "pointercancel"]) element.addEventListener(type, () => (drag = null));
+  element.addEventListener(
+    "wheel",
+    (event) => {
+      event.preventDefault();
+      if (event.ctrlKey) target.zoomBy(event.deltaY < 0 ? 1.1 : 1 / 1.1);
+      else target.step(event.deltaY > 0 ? 1 : -1);
+    },
+    { passive: false },
+  );
+  const keys = {
+    ArrowDown: () => target.step(1),
+    ArrowRight: () => target.step(1),
+    ArrowUp: () => target.step(-1),
+    ArrowLeft: () => target.step(-1),
+    PageDown: () => target.step(10),
+    PageUp: () => target.step(-10),
+    "+": () => target.zoomBy(1.25),
+    "=": () => target.zoomBy(1.25),
+    "-": () => target.zoomBy(0.8),
+  };
+  element.addEventListener("keydown", (event) => {
+    const action = keys[event.key];
+    if (action) {
+      event.preventDefault();
+      action();
+    }
+  });
+}
+
+// One cell of the study viewer: a canvas, a caption with the window and zoom, and for
+// more than one frame a slider and cine (play/pause, frames per second); interact()'s
+// mouse and keys on the image.
 export class Viewport {
   constructor(cell, display) {
     this.display = display;
@@ -175,17 +237,27 @@ export class Viewport {
     this.index = 0;
     this.cache = new Map();
     this.window = null;
+    this.current = null;
+    this.zoom = 1;
+    this.panX = 0;
+    this.panY = 0;
     this.timer = null;
     this.ticket = 0;
     this.canvas = el("canvas");
     this.context = this.canvas.getContext("2d");
-    this.caption = el("div", { class: "vp-caption" });
+    this.caption = el("span");
+    this.overlay = el("span", { class: "vp-info" });
     this.slider = el("input", { type: "range", min: "1", max: "1", value: "1", "aria-label": "Frame" });
     this.play = el("button", { type: "button", text: "Play", "aria-pressed": "false" });
     this.fps = el("input", { type: "number", min: "1", max: "120", step: "1", value: String(DEFAULT_FPS), "aria-label": "Frames per second" });
     this.controls = el("div", { class: "vp-controls", hidden: "" }, this.play, this.fps, el("span", { text: "frames/s" }), this.slider);
-    this.stage = el("div", { class: "vp-stage" }, this.canvas);
-    cell.replaceChildren(this.stage, this.caption, this.controls);
+    this.stage = el("div", {
+      class: "vp-stage",
+      tabindex: "0",
+      role: "application",
+      "aria-label": "Image: mouse wheel or arrow keys scroll, drag changes window and level, shift-drag pans, control-wheel or +/- zoom",
+    }, this.canvas);
+    cell.replaceChildren(this.stage, el("div", { class: "vp-caption" }, this.caption, this.overlay), this.controls);
     cell.dataset.series = display.series;
     if (display.instance) cell.dataset.instance = display.instance;
     this.slider.addEventListener("input", () => this.show(Number(this.slider.value) - 1));
@@ -193,14 +265,54 @@ export class Viewport {
     this.fps.addEventListener("change", () => {
       if (this.timer) this.start();
     });
-    this.stage.addEventListener(
-      "wheel",
-      (event) => {
-        event.preventDefault();
-        this.show(this.index + (event.deltaY > 0 ? 1 : -1));
-      },
-      { passive: false },
-    );
+    interact(this.stage, this);
+  }
+
+  dragWindow() {
+    return this.window || rangeWindow(this.current);
+  }
+
+  setWindow(center, width) {
+    this.window = [center, Math.max(1, width)];
+    if (this.current) this.draw(this.current);
+  }
+
+  panOffset() {
+    return [this.panX, this.panY];
+  }
+
+  setPan(x, y) {
+    this.panX = x;
+    this.panY = y;
+    this.place();
+  }
+
+  zoomBy(factor) {
+    this.zoom = Math.max(0.1, Math.min(20, this.zoom * factor));
+    this.place();
+  }
+
+  step(delta) {
+    this.show(this.index + delta);
+  }
+
+  // Zoom and pan move the canvas, so neither repaints the image.
+  place() {
+    this.canvas.style.transform = `translate(${this.panX}px, ${this.panY}px) scale(${this.zoom})`;
+    this.info();
+  }
+
+  info() {
+    const w = this.window;
+    this.overlay.textContent = `${w ? `W ${Math.round(w[1])} L ${Math.round(w[0])}` : "W/L full range"} · Zoom ${Math.round(this.zoom * 100)}%`;
+  }
+
+  draw(frame) {
+    paint(this.context, frame, this.window);
+    this.canvas.dataset.windowCenter = this.window ? String(this.window[0]) : "";
+    this.canvas.dataset.windowWidth = this.window ? String(this.window[1]) : "";
+    this.canvas.dataset.draws = String(Number(this.canvas.dataset.draws || 0) + 1);
+    this.info();
   }
 
   async load() {
@@ -242,12 +354,12 @@ export class Viewport {
       this.canvas.width = frame.image.columns;
       this.canvas.height = frame.image.rows;
     }
-    paint(this.context, frame, this.window);
+    this.current = frame;
+    this.draw(frame);
     markFirstImage();
     this.canvas.dataset.instance = frame.image.instance;
     this.canvas.dataset.frame = String(frame.image.frame);
     this.canvas.dataset.index = String(target);
-    this.canvas.dataset.draws = String(Number(this.canvas.dataset.draws || 0) + 1);
     if (target + 1 < count) this.frame(target + 1).catch(() => {});
   }
 
