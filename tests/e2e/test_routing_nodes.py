@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -128,14 +129,14 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         hook.close()
 
 
-def wait_for(what: str, found: Callable[[], Any], timeout: float = 60) -> Any:
+def wait_for(what: str, found: Callable[[], Any], timeout: float = 60, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = found()
         if value:
             return value
         assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def test_with_both_nodes_up_each_item_goes_once_and_each_event_fires_once(
@@ -224,25 +225,43 @@ def test_a_node_killed_while_forwarding_loses_nothing_and_the_other_takes_over(
     before = nodes.copies()
     series = datagen.write_ct_series(tmp_path / "kill", 200, rows=8, cols=8, patient_id="KILL")
     uids = {str(ds.SOPInstanceUID) for ds in series}
-    store_ok(nodes.a, tmp_path / "kill", expect=200)
+    received = sum(1 for p in nodes.scp.out_dir.iterdir() if p.is_file())
+    # Forwarding begins while the objects are still being stored, so the store runs
+    # beside the watch for forwarding: waiting for the store first could see the
+    # whole queue sent before the destination is frozen.
+    storing = ThreadPoolExecutor(1)
+    stored = storing.submit(store_ok, nodes.a, tmp_path / "kill", expect=200)
     # Freeze the destination in the middle of forwarding: the node on its association
-    # waits for a C-STORE response, the items its claim holds stay claimed.
-    wait_for("forwarding under way", lambda: len(set(nodes.copies()) & uids) >= 20)
+    # waits for a C-STORE response, the items its claim holds stay claimed. Files
+    # are counted (not read) so that the freeze follows the 20th copy closely.
+    wait_for(
+        "forwarding under way",
+        lambda: sum(1 for p in nodes.scp.out_dir.iterdir() if p.is_file()) >= received + 20,
+        every=0.01,
+    )
     os.kill(nodes.scp.proc.pid, signal.SIGSTOP)
     try:
-        claims = _index(
-            nodes.a,
-            "SELECT owner, sop_instance_uid FROM route_item WHERE owner IS NOT NULL AND state = 'queued'",
-        )
         pids = {n: {n.proc.pid, *descendant_pids(n.proc.pid)} for n in (nodes.a, nodes.b) if n.proc}
-        held = {n: {str(s) for o, s in claims if _owner_pid(str(o)) in pids[n]} for n in pids}
+
+        def held_by() -> dict[DicomhubServer, set[str]]:
+            """Claimed items per node; a node between two batches claims its next one
+            and then waits on the frozen destination, so this is polled."""
+            claims = _index(
+                nodes.a,
+                "SELECT owner, sop_instance_uid FROM route_item WHERE owner IS NOT NULL AND state = 'queued'",
+            )
+            found = {n: {str(s) for o, s in claims if _owner_pid(str(o)) in pids[n]} for n in pids}
+            return found if any(found.values()) else {}
+
+        held = wait_for("a node holding claimed items while storescp is frozen", held_by, 20)
         victim = nodes.a if held[nodes.a] else nodes.b
         survivor = nodes.b if victim is nodes.a else nodes.a
-        assert held[victim], f"no node held claimed items when storescp was frozen: {claims}"
+        stored.result(timeout=120)  # every object acknowledged before a node is killed
         killed_at = time.monotonic()
         victim.kill9()
     finally:
         os.kill(nodes.scp.proc.pid, signal.SIGCONT)
+        storing.shutdown()
     wait_for("every instance after the kill", lambda: uids <= set(nodes.copies()), 90)
     took = time.monotonic() - killed_at
     time.sleep(1.5)
