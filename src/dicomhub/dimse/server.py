@@ -214,7 +214,7 @@ class _Worker:
                 address,
                 self.association_config,
                 lambda req: handle_store(self.archive, req, bound),
-                accept_association=lambda info: self._accept_association(info, bound),
+                accept_association=lambda info: self._accept_association(info, bound, free_slot),
                 on_find=lambda req: handle_find(self.archive, self.settings, req, bound),
                 on_retrieve=lambda req: handle_retrieve(self.archive, self.settings, req, bound),
                 on_n_action=lambda req: handle_n_action(self.archive, req, bound),
@@ -257,7 +257,7 @@ class _Worker:
             return None
 
     def _accept_association(
-        self, info: AssociationInfo, session: AssociationSession
+        self, info: AssociationInfo, session: AssociationSession, free_slot: Callable[[], None]
     ) -> str | Rejection | None:
         refusal: str | Rejection | None = None
         if self.settings.known_aes_only and not self.archive.peers.known(info.calling_ae_title):
@@ -265,6 +265,11 @@ class _Worker:
         elif sum(int(n) for n in self.load[:]) > self.settings.max_associations:
             refusal = Rejection.local_limit_exceeded("too many concurrent associations")
         if refusal is not None:
+            # A refused association holds no slot: give it back before the
+            # bookkeeping and the A-ASSOCIATE-RJ, or a peer that retries the moment
+            # it is refused (once another's association is released) is refused
+            # again for a connection that is only closing.
+            free_slot()
             session.refused(info, refusal if isinstance(refusal, str) else refusal.reason)
             return refusal
         return session.accept(info)
