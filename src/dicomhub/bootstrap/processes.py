@@ -40,6 +40,7 @@ __all__ = [
     "run_dimse_worker",
     "run_migration_jobs",
     "serve",
+    "start_fork_server",
     "start_hl7_listener",
     "worker_context",
 ]
@@ -61,6 +62,15 @@ def worker_context() -> ForkServerContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["dicomhub.bootstrap.preload"])
     return context
+
+
+def start_fork_server() -> None:
+    """Start the fork server of :func:`worker_context` now, without waiting for its
+    imports; the first process started from the context waits for them."""
+    import multiprocessing.forkserver
+
+    worker_context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def run_dimse_worker(
@@ -269,6 +279,10 @@ def serve(settings: Settings) -> None:
     # Before any metric is counted and any worker spawned (they inherit the directory):
     # every process counts into it, /metrics adds them up; a fresh one per start.
     metrics_dir = prepare_directory(Path(tempfile.mkdtemp(prefix="dicomhub-metrics-")))
+    # The fork server imports what the workers run (about a second): started now, it
+    # does so while this process migrates the index and builds the HTTP app, instead
+    # of after. It starts after the metrics directory, whose place it passes on.
+    start_fork_server()
     try:
         _serve_with_metrics(settings)
     finally:
