@@ -933,7 +933,9 @@ def write_blob(data_dir: Path, key: str, data: bytes) -> None:
         client, bucket, name = _s3_object(data_dir, key)
         client.put_object(Bucket=bucket, Key=name, Body=data)  # type: ignore[attr-defined]
         return
-    (Path(data_dir) / "blobs" / key[:2] / key[2] / key).write_bytes(data)
+    path = Path(data_dir) / "blobs" / key[:2] / key[2] / key
+    path.parent.mkdir(parents=True, exist_ok=True)  # folders are made as keys first need them
+    path.write_bytes(data)
 
 
 # ---------------------------------------------------------------- HTTP clients of an --auth server

@@ -473,9 +473,9 @@ def restore_source(settings: Settings, src: Path, blobs_from: str | None = None)
     stores: dict[str, Any] = {"s3_endpoint_url": settings.s3_endpoint_url, "s3_region": settings.s3_region}
     if blobs_from is None and manifest.blobs_copied:
         folder = src / "blobs"
-        if not (folder / "ff" / "f").is_dir():
-            # Opening a file store on it would create its folders inside the backup.
-            raise DicomhubError(f"{src}: the backup's blob folder {folder} is missing or incomplete")
+        if not folder.is_dir():
+            # Opening a file store on it would create it inside the backup.
+            raise DicomhubError(f"{src}: the backup's blob folder {folder} is missing")
         return open_store_at(folder.resolve().as_uri(), **stores)
     url = blobs_from or manifest.store_url
     if url == settings.blob_store_url:

@@ -95,7 +95,11 @@ class FileSystemBlobStore:
         """Create ``count`` empty blob files in one folder, durably (one folder fsync)."""
         prefix = uuid.uuid4().hex[:3]
         folder = self.root / prefix[:2] / prefix[2]
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            try:
+                self._prepare_folders_again(folder)
+            except OSError as exc:
+                raise _write_error("cannot create blob folders", exc) from exc
         keys = []
         for _ in range(count):
             key = prefix + uuid.uuid4().hex[3:]
@@ -113,22 +117,20 @@ class FileSystemBlobStore:
             # Keys come from new_blob_key(); anything else is a programming
             # error or tampering, and must never reach the filesystem.
             raise StorageError(f"invalid blob key {key!r}")
-        # 256 x 16 folders: small enough folders at 100M blobs, and all made
-        # once up front so that a store never creates (and fsyncs) a folder.
+        # 256 x 16 folders: small enough folders at 100M blobs. Each is made (and
+        # its entry flushed) when the key pool first makes keys in it, so a store
+        # never creates a folder.
         return self.root / key[:2] / key[2] / key
 
     def _prepare_folders(self) -> None:
-        if (self.root / "ff" / "f").is_dir():
+        # Only the root: making all 4,096 folders up front cost about a second at
+        # each start on a new data dir (and a machine-wide sync), most of them
+        # for folders a small archive never uses.
+        if self.root.is_dir():
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        for a in range(256):
-            top = self.root / f"{a:02x}"
-            for b in range(16):
-                (top / f"{b:x}").mkdir(parents=True, exist_ok=True)
-            if self._fsync:
-                _fsync_dir(top)
         if self._fsync:
-            os.sync()  # the new folders' entries, once
+            _fsync_dir(self.root.parent)
 
     def put(
         self, key: str, data: bytes, sha256: str | None = None, *, durable: bool = True
