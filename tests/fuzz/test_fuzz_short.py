@@ -11,7 +11,9 @@ the test with libFuzzer's report. Long runs and their results are in
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,21 +48,33 @@ def test_fuzz_target_short_run(target: str, seeds: Path, tmp_path: Path) -> None
     # libFuzzer adds what it finds to the first corpus folder: a copy, so
     # that every run starts from the same seeds.
     shutil.copytree(seeds / target, corpus)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(FUZZ_DIR / f"fuzz_{target}.py"),
-            f"-max_total_time={SECONDS}",
-            "-timeout=10",
-            "-rss_limit_mb=2048",
-            f"-artifact_prefix={tmp_path}/",
-            str(corpus),
-        ],
-        capture_output=True,
+    command = [
+        sys.executable,
+        str(FUZZ_DIR / f"fuzz_{target}.py"),
+        f"-max_total_time={SECONDS}",
+        "-timeout=10",
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={tmp_path}/",
+        str(corpus),
+    ]
+    # libFuzzer's -rss_limit_mb reads the peak RSS of getrusage(), which Linux carries
+    # over an exec from the process that forked: a fuzzer forked straight from this
+    # pytest process (a few GB after the unit tests) would start "out of memory". A
+    # small launcher forks it instead, so the limit measures the fuzzer alone.
+    launcher = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
+    with subprocess.Popen(
+        [*launcher, *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=SECONDS + 120,
-        check=False,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=SECONDS + 120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if result.returncode != 0:
         crashes = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
         pytest.fail(f"fuzz_{target} failed ({crashes}):\n{result.stderr[-6000:]}")
