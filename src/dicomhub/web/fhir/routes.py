@@ -14,6 +14,7 @@ same as for HL7, the CLI and ``/api/orders``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -193,7 +194,10 @@ class _Intake:
         return self.served_order(moved, caller), False
 
 
+@functools.cache
 def _capabilities() -> dict[str, Any]:
+    """The CapabilityStatement, validated by its FHIR model: made on the first
+    ``/metadata`` request, as loading the FHIR models costs a start about 0.4 s."""
     interactions = [{"code": c} for c in ("read", "update", "create")]
     statement = fhir_model("CapabilityStatement").model_validate(
         {
@@ -239,10 +243,9 @@ def routes(archive: Archive) -> list[BaseRoute]:
     """The routes mounted at ``/fhir``."""
     intake = _Intake(archive.orders)
     orders = archive.orders
-    capabilities = _capabilities()
 
     async def metadata(_request: Request) -> Response:
-        return FhirResponse(capabilities)
+        return FhirResponse(await run_in_threadpool(_capabilities))
 
     async def create_patient(request: Request) -> Response:
         body = await _resource(request)
