@@ -346,8 +346,14 @@ def _count_statements(engine: Any, counted: dict[str, int]) -> None:
     event.listen(engine, "before_cursor_execute", lambda *_a: add())
     event.listen(engine, "commit", lambda *_a: add(1))
     event.listen(engine, "rollback", lambda *_a: add())
+
+    def begin(conn: Any) -> None:
+        # psycopg sends no BEGIN on an autocommit connection (index/engine.py read_statements)
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            add()
+
     if postgresql:  # SQLite's BEGIN goes through the cursor (index/engine.py)
-        event.listen(engine, "begin", lambda *_a: add())
+        event.listen(engine, "begin", begin)
         if engine.pool._pre_ping:
             event.listen(engine.pool, "checkout", lambda *_a: add())
 
