@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -304,10 +305,18 @@ def small_instances(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def time_ingest(settings: Settings, payloads: list[bytes], threads: int = 4) -> float:
-    """Instances per second stored through the ingest service from ``threads`` threads."""
+def time_ingest(
+    settings: Settings, payloads: list[bytes], threads: int = 4, counted: dict[str, int] | None = None
+) -> float:
+    """Instances per second stored through the ingest service from ``threads`` threads.
+
+    ``counted`` receives the statements sent (each a round trip; BEGIN included) and the
+    commits made during the run.
+    """
     archive = open_archive(settings)
     caller = Caller.cli()
+    if counted is not None:
+        _count_statements(archive.index.engine, counted)
     try:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
@@ -315,6 +324,38 @@ def time_ingest(settings: Settings, payloads: list[bytes], threads: int = 4) -> 
         return len(payloads) / (time.perf_counter() - t0)
     finally:
         archive.close()
+
+
+def _count_statements(engine: Any, counted: dict[str, int]) -> None:
+    """Count the round trips and commits ``engine`` makes from now on into ``counted``.
+
+    Statements include SAVEPOINT and RELEASE (they go through the cursor), COMMIT and
+    ROLLBACK; on PostgreSQL also psycopg's own BEGIN and the pool's pre-ping on checkout.
+    """
+    from sqlalchemy import event
+
+    counted.update(statements=0, commits=0)
+    lock = threading.Lock()
+    postgresql = engine.dialect.name == "postgresql"
+
+    def add(commits: int = 0) -> None:
+        with lock:
+            counted["statements"] += 1
+            counted["commits"] += commits
+
+    event.listen(engine, "before_cursor_execute", lambda *_a: add())
+    event.listen(engine, "commit", lambda *_a: add(1))
+    event.listen(engine, "rollback", lambda *_a: add())
+
+    def begin(conn: Any) -> None:
+        # psycopg sends no BEGIN on an autocommit connection (index/engine.py read_statements)
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            add()
+
+    if postgresql:  # SQLite's BEGIN goes through the cursor (index/engine.py)
+        event.listen(engine, "begin", begin)
+        if engine.pool._pre_ping:
+            event.listen(engine.pool, "checkout", lambda *_a: add())
 
 
 # --------------------------------------------------------------------------- two nodes
@@ -429,6 +470,34 @@ def run_backend(
     return result
 
 
+def ingest_only(
+    work: Path, args: argparse.Namespace, names: list[str], cluster: PostgresCluster | None
+) -> dict[str, Any]:
+    """Ingest into fresh empty indexes only, the back ends alternating run by run."""
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    counts: dict[str, dict[str, float]] = {}
+    for r in range(args.ingest_repeat):
+        for name in names:
+            settings = _settings(name, work / f"{name}-only{r}", cluster)
+            payloads = small_instances(args.ingest, seed=2 * r + 1)
+            counted: dict[str, int] = {}
+            runs[name].append(time_ingest(settings, payloads, counted=counted))
+            counts[name] = {k: v / len(payloads) for k, v in counted.items()}
+            log(f"{name}: ingest run {r + 1}: {runs[name][-1]:.0f}/s "
+                f"(per instance: {counts[name]['statements']:.2f} statements, "
+                f"{counts[name]['commits']:.3f} commits)")  # fmt: skip
+    out: dict[str, Any] = {}
+    for name in names:
+        out[name] = {"ingest_empty_runs": runs[name], "ingest_empty_per_s": statistics.median(runs[name]),
+                     "per_instance": counts[name]}  # fmt: skip
+        log(f"{name}: ingest median {out[name]['ingest_empty_per_s']:.0f}/s {runs[name]}")
+    if len(names) == 2:
+        ratio = out["postgresql"]["ingest_empty_per_s"] / out["sqlite"]["ingest_empty_per_s"]
+        out["postgresql_to_sqlite"] = ratio
+        log(f"PostgreSQL / SQLite ingest: {ratio:.2f}x")
+    return out
+
+
 def _settings(name: str, data: Path, cluster: PostgresCluster | None) -> Settings:
     data.mkdir(parents=True)
     url = cluster.create_database() if name == "postgresql" and cluster is not None else ""
@@ -444,6 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--node-files", type=int, default=2000, help="instances per node run (default 2000)")
     p.add_argument("--node-repeat", type=int, default=3, help="one-node and two-node runs (default 3)")
     p.add_argument("--only", default="sqlite,postgresql,nodes")
+    p.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="only the ingest part, into fresh empty indexes: SQLite and PostgreSQL runs alternate "
+        "(--ingest-repeat each), with statements and commits per instance counted",
+    )
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)
@@ -453,11 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     # fsync stays on; memory and planner costs as on a small production server with an SSD.
     tuning = ["shared_buffers=1GB", "effective_cache_size=4GB", "random_page_cost=1.1", "max_wal_size=4GB"]
     cluster = None
+    if args.ingest_only:
+        only -= {"nodes"}
     if only & {"postgresql", "nodes"}:
         cluster = PostgresCluster(durable=True, settings=tuning).start()
     try:
+        if args.ingest_only:
+            results = ingest_only(work, args, [n for n in ("sqlite", "postgresql") if n in only], cluster)
         for name in ("sqlite", "postgresql"):
-            if name in only:
+            if name in only and not args.ingest_only:
                 results[name] = run_backend(name, work, args, cluster)
         if "nodes" in only and cluster is not None:
             files = _write_files(work / "node-files", args.node_files)

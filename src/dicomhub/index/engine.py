@@ -39,6 +39,7 @@ __all__ = [
     "migrate",
     "normalise_url",
     "read",
+    "read_statements",
     "schema_is_current",
     "serialize_appends",
     "write",
@@ -148,6 +149,22 @@ def read(engine: Engine) -> Iterator[Connection]:
         raise IndexUnavailable(f"index read failed: {exc.__class__.__name__}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def read_statements(engine: Engine) -> Iterator[Connection]:
+    """Reads that need no shared snapshot: on PostgreSQL each statement runs on its
+    own (autocommit), which saves the BEGIN and COMMIT round trips of :func:`read`;
+    on SQLite, where those cost no round trip, this is :func:`read`."""
+    if not is_postgresql(engine):
+        with read(engine) as conn:
+            yield conn
+        return
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise IndexUnavailable(f"index read failed: {exc.__class__.__name__}: {exc}") from exc
+
+
 def _is_integrity_error(exc: BaseException) -> bool:
     from sqlalchemy.exc import IntegrityError
 
@@ -201,14 +218,26 @@ def serialize_appends(conn: Connection) -> None:
     takes one transaction-level advisory lock first (before any other write,
     so that it never waits for it while holding row locks), so appends are
     serial across nodes from that point to the commit; group commit keeps
-    the cost to one lock per batch. SQLite's write transactions are serial
-    already (``BEGIN IMMEDIATE``).
+    the cost to one lock per batch: once the transaction itself (not a
+    savepoint, whose rollback would release it) holds the lock, further calls
+    send nothing. SQLite's write transactions are serial already
+    (``BEGIN IMMEDIATE``).
     """
-    if is_postgresql(conn):
-        conn.execute(_APPEND_LOCK_SQL, {"k": _signed(_APPEND_LOCK)})
+    if not is_postgresql(conn):
+        return
+    root = conn.get_transaction()
+    nested = conn.in_nested_transaction()
+    if root is not None and conn.info.get(_APPEND_LOCKED) is root:
+        return
+    conn.execute(_APPEND_LOCK_SQL, {"k": _signed(_APPEND_LOCK)})
+    if not nested:
+        # Remembered per transaction object: the next transaction on this
+        # connection is another object and takes the lock again.
+        conn.info[_APPEND_LOCKED] = root
 
 
 _APPEND_LOCK_SQL = text("SELECT pg_advisory_xact_lock(:k)")
+_APPEND_LOCKED = "dicomhub_append_locked"
 
 
 @contextlib.contextmanager

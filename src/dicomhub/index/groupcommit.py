@@ -3,9 +3,15 @@
 Every acknowledged store needs a committed index transaction, and with
 ``synchronous=FULL`` each commit waits for the disk. When several
 associations store at once, the first writer to arrive leads: it takes every
-job queued so far, runs each in its own savepoint (so one job's failure does
-not undo the others), commits once and wakes the followers. A lone writer
-leads its own batch of one, with no thread hand-off.
+job queued so far, runs them in one transaction, commits once and wakes the
+followers. A lone writer leads its own batch of one, with no thread hand-off.
+
+A batch first runs without savepoints: on PostgreSQL each SAVEPOINT and
+RELEASE is a round trip to the server, made while every writer of the batch
+waits. When a job of the batch fails, the whole transaction is rolled back and
+the batch runs again with each job in its own savepoint, so that one job's
+failure does not undo the others. Jobs must therefore be safe to run again
+after a rollback: they only write through the connection they are given.
 """
 
 from __future__ import annotations
@@ -85,6 +91,8 @@ class GroupCommitter:
         return job.result  # type: ignore[return-value]
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
+        if len(batch) > 1 and self._commit_together(batch):
+            return
         try:
             with engines.write(self._engine) as conn:
                 if len(batch) == 1:
@@ -105,6 +113,33 @@ class GroupCommitter:
             for job in batch:
                 if job.error is None:
                     job.error = exc
+
+    def _commit_together(self, batch: list[_Job[Any]]) -> bool:
+        """Run ``batch`` in one transaction without savepoints and commit it.
+
+        Returns False, with nothing written and every job reset, when a job
+        failed (the caller then runs the batch with savepoints). A failure of
+        the commit itself is every job's error, as with savepoints.
+        """
+        try:
+            with engines.write(self._engine) as conn:
+                for job in batch:
+                    if not self._run_one(conn, job):
+                        raise _Rollback
+        except _Rollback:
+            for job in batch:
+                job.result, job.error = None, None
+            return False
+        except BaseException as exc:
+            if any(job.error is not None for job in batch):
+                # A job's failure surfaced on leaving the transaction: the
+                # savepoint path gives each job its own answer.
+                for job in batch:
+                    job.result, job.error = None, None
+                return False
+            for job in batch:
+                job.error = exc
+        return True
 
     @staticmethod
     def _run_one(conn: Connection, job: _Job[Any]) -> bool:

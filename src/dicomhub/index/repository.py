@@ -37,6 +37,7 @@ from dicomhub.errors import Conflict, IndexUnavailable, PatientMismatch
 from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.links import StudyLinkWrite
+from dicomhub.index.pgstore import insert_instance_row
 from dicomhub.index.rejection import RejectionWrite, rejection_row
 from dicomhub.index.schema import change, conflict, instance, patient, patient_coercion, series, study
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
@@ -110,9 +111,7 @@ def _corrected(conn: Connection, study_instance_uid: str) -> bool:
 # Statements built once: SQLAlchemy compiles and caches a constant statement
 # object cheaply, while a statement built per call costs ~50 us to key and
 # compile. The ingest path runs about ten of them per instance.
-_SELECT_INSTANCE = select(*INSTANCE_COLUMNS).where(
-    instance.c.sop_instance_uid == bindparam("b_uid")
-)
+_SELECT_INSTANCE = select(*INSTANCE_COLUMNS).where(instance.c.sop_instance_uid == bindparam("b_uid"))
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
 _SELECT_STUDY = select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
@@ -169,7 +168,6 @@ _STUDY_UNSTABLE = (
     .values(stable_at=None)
 )
 _INSERT_CHANGE = insert(change)
-
 
 
 def _change(change_type: str, level: Level, uid: str, at: dt.datetime) -> dict[str, Any]:
@@ -249,15 +247,17 @@ class IndexRepository(IndexSearch):
     # ------------------------------------------------------------ ingest
 
     def get_instance(self, sop_instance_uid: str) -> InstanceRow | None:
-        with engines.read(self.engine) as conn:
+        with engines.read_statements(self.engine) as conn:
             return self._get_instance(conn, sop_instance_uid)
 
     def get_instance_and_rejection(
         self, sop_instance_uid: str
     ) -> tuple[InstanceRow | None, dict[str, Any] | None]:
-        """The instance's row and its rejection (IHE IOCM), in one read: what a store
-        asks before it writes anything."""
-        with engines.read(self.engine) as conn:
+        """The instance's row and its rejection (IHE IOCM): what a store asks before it
+        writes anything. Both are read before the store's own transaction (which looks
+        the instance up again), so a snapshot shared by the two would add no guarantee:
+        on PostgreSQL they run without BEGIN and COMMIT."""
+        with engines.read_statements(self.engine) as conn:
             return self._get_instance(conn, sop_instance_uid), rejection_row(conn, sop_instance_uid)
 
     def _get_instance(self, conn: Connection, sop_instance_uid: str) -> InstanceRow | None:
@@ -433,6 +433,11 @@ class IndexRepository(IndexSearch):
         alongside: Alongside | None = None,
     ) -> Callable[[Connection], tuple[AddOutcome, _Parents | None]]:
         def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
+            inserted = self._insert_known(conn, header, blob, content_sha256, source_ae_title)
+            if inserted is not None:
+                if alongside is not None:
+                    alongside.write(conn, header.study_instance_uid)
+                return AddOutcome(AddResult.CREATED), inserted
             existing = self._get_instance(conn, header.sop_instance_uid)
             if existing is not None:
                 if existing.content_sha256 == content_sha256 or not overwrite:
@@ -451,6 +456,29 @@ class IndexRepository(IndexSearch):
 
         return job
 
+    def _insert_known(
+        self,
+        conn: Connection,
+        h: InstanceHeader,
+        blob: StoredBlob,
+        content_sha256: str,
+        source_ae_title: str | None,
+    ) -> _Parents | None:
+        """On PostgreSQL, index a new instance of a series this process knows in one
+        statement (:mod:`dicomhub.index.pgstore`); None, having written nothing, when
+        that does not apply (SQLite, parents not known) or its UID is held already."""
+        if not engines.is_postgresql(conn):
+            return None
+        known = self._parents.get(h.series_instance_uid)
+        if known is None or known.study_uid != h.study_instance_uid or known.patient_id != h.patient_id:
+            return None
+        engines.serialize_appends(conn)
+        now = utc_now()
+        row = self._instance_row(h, blob, content_sha256, source_ae_title, now, known.series_pk)
+        if insert_instance_row(conn, row, known.series_pk, known.study_pk, now) is None:
+            return None
+        return dataclasses.replace(known, cleared_at=time.monotonic())
+
     def _insert(
         self,
         conn: Connection,
@@ -465,8 +493,10 @@ class IndexRepository(IndexSearch):
         known = self._parents.get(h.series_instance_uid)
         cleared_at = -math.inf
         created = False
-        if known is not None and known.study_uid == h.study_instance_uid and (
-            known.patient_id == h.patient_id
+        if (
+            known is not None
+            and known.study_uid == h.study_instance_uid
+            and (known.patient_id == h.patient_id)
         ):
             series_pk, study_pk, cleared_at = known.series_pk, known.study_pk, known.cleared_at
         else:
@@ -529,8 +559,7 @@ class IndexRepository(IndexSearch):
                     select(patient.c.patient_id).where(patient.c.pk == study_patient_pk)
                 ).scalar()
                 raise PatientMismatch(
-                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, "
-                    f"not {h.patient_id!r}"
+                    f"study {h.study_instance_uid} is held under PatientID {owner!r}, not {h.patient_id!r}"
                 )
         se = conn.execute(_SELECT_SERIES, {"b_uid": h.series_instance_uid}).first()
         if se is None:
@@ -707,9 +736,7 @@ class IndexRepository(IndexSearch):
     def changes(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         with engines.read(self.engine) as conn:
             rows = (
-                conn.execute(
-                    select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit)
-                )
+                conn.execute(select(change).where(change.c.seq > since).order_by(change.c.seq).limit(limit))
                 .mappings()
                 .all()
             )
@@ -784,9 +811,7 @@ class IndexRepository(IndexSearch):
             }  # fmt: skip
             changes: list[dict[str, Any]] = []
             st = conn.execute(
-                select(study.c.pk, study.c.patient_pk).where(
-                    study.c.study_instance_uid == study_instance_uid
-                )
+                select(study.c.pk, study.c.patient_pk).where(study.c.study_instance_uid == study_instance_uid)
             ).first()
             if st is None:
                 raise NotFound(f"study {study_instance_uid} not found")
@@ -800,16 +825,14 @@ class IndexRepository(IndexSearch):
             if level is not Level.STUDY and not series_rows:
                 raise NotFound(f"series {series_instance_uid} not found in study {study_instance_uid}")
             series_pks = [pk for pk, _uid in series_rows]
-            inst_stmt = select(
-                instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key
-            ).where(instance.c.series_pk.in_(series_pks))
+            inst_stmt = select(instance.c.pk, instance.c.sop_instance_uid, instance.c.blob_key).where(
+                instance.c.series_pk.in_(series_pks)
+            )
             if level is Level.IMAGE:
                 inst_stmt = inst_stmt.where(instance.c.sop_instance_uid == sop_instance_uid)
             inst_rows = conn.execute(inst_stmt).all()
             if level is Level.IMAGE and not inst_rows:
-                raise NotFound(
-                    f"instance {sop_instance_uid} not found in series {series_instance_uid}"
-                )
+                raise NotFound(f"instance {sop_instance_uid} not found in series {series_instance_uid}")
             inst_pks = [int(r[0]) for r in inst_rows]
             if before_removal is not None:
                 before_removal(conn, inst_pks)
@@ -834,9 +857,7 @@ class IndexRepository(IndexSearch):
                 removed["series"].append(se_uid)
                 changes.append(_change("deleted", Level.SERIES, se_uid, now))
             left = conn.execute(
-                select(series.c.modality, series.c.number_of_instances).where(
-                    series.c.study_pk == study_pk
-                )
+                select(series.c.modality, series.c.number_of_instances).where(series.c.study_pk == study_pk)
             ).all()
             if left:
                 mods = sorted({str(m) for m, _n in left if m})
