@@ -118,6 +118,10 @@ class BackendResult:
     check_exit: int | None = None
     check_problems: dict[str, int] = field(default_factory=dict)
     check_bad_for_acknowledged: list[str] = field(default_factory=list)
+    conflicts: int = 0  # refused copies in quarantine (a resent identical object must not be one)
+    repair: dict[str, int] = field(default_factory=dict)  # check --repair --grace 0, server stopped
+    problems_after_repair: int | None = None
+    unused_keys: int = 0  # empty pooled blob files (file://) left by the killed processes
     error: str | None = None
 
     @property
@@ -129,6 +133,8 @@ class BackendResult:
             or self.duplicated
             or self.unacknowledged_damaged
             or self.check_bad_for_acknowledged
+            or self.conflicts
+            or self.problems_after_repair
         )
 
 
@@ -308,18 +314,18 @@ def differences(sent: Sent, got: pydicom.Dataset) -> list[str]:
     return out
 
 
-def run_check(env: dict[str, str], data_dir: Path) -> tuple[int, list[dict[str, Any]]]:
+def run_cli_json(env: dict[str, str], data_dir: Path, *args: str) -> tuple[int, Any]:
+    """``dicomhub ARGS --data-dir DATA --json`` on the archive: (exit status, parsed output)."""
     proc = subprocess.run(
-        [*dicomhub_command(), "check", "--data-dir", str(data_dir), "--json"],
+        [*dicomhub_command(), *args, "--data-dir", str(data_dir), "--json"],
         capture_output=True, env=clean_env(env), timeout=1800, check=False,
     )  # fmt: skip
     try:
-        problems: list[dict[str, Any]] = json.loads(proc.stdout)["storage"]["problems"]
-    except (ValueError, KeyError) as exc:
+        return proc.returncode, json.loads(proc.stdout)
+    except ValueError as exc:
         raise RuntimeError(
-            f"dicomhub check exited with {proc.returncode}: {proc.stderr.decode()[-2000:]}"
+            f"dicomhub {args[0]} exited with {proc.returncode}: {proc.stderr.decode()[-2000:]}"
         ) from exc
-    return proc.returncode, problems
 
 
 def start_log(server: DicomhubServer) -> list[str]:
@@ -367,12 +373,29 @@ def verify(
             result.unacknowledged_present += 1
             if not whole:
                 result.unacknowledged_damaged.append(uid)
-    code, problems = run_check(env, server.data_dir)
+    code, report = run_cli_json(env, server.data_dir, "check")
+    problems: list[dict[str, Any]] = report["storage"]["problems"]
     result.check_exit = code
     result.check_problems = dict(Counter(str(p.get("kind")) for p in problems))
     result.check_bad_for_acknowledged = sorted(
         str(p.get("sop_instance_uid")) for p in problems if p.get("kind") != "orphan"
     )
+    result.conflicts = len(run_cli_json(env, server.data_dir, "conflicts")[1])
+    result.unused_keys = int(report["storage"].get("unused_keys", 0))
+
+
+def repair(result: BackendResult, server: DicomhubServer, env: dict[str, str]) -> None:
+    """With the server stopped: ``check --repair --grace 0`` mends the orphans (indexes the
+    whole objects whose rows never committed, removes the rest); then nothing is left."""
+    server.stop()
+    _, report = run_cli_json(env, server.data_dir, "check", "--repair", "--grace", "0")
+    # Each is a count or the list of the blobs concerned.
+    result.repair = {
+        k: len(v) if isinstance(v, list) else int(v)
+        for k, v in report["storage"].items()
+        if k in ("reindexed", "removed", "skipped_young")
+    }
+    result.problems_after_repair = len(run_cli_json(env, server.data_dir, "check")[1]["storage"]["problems"])
 
 
 # --------------------------------------------------------------------------- one back end
@@ -431,6 +454,7 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> BackendRe
                 f"verifying {len(acknowledged)} instances"
             )
             verify(result, server, env, sent, acknowledged)
+            repair(result, server, env)
         except Exception as exc:  # noqa: BLE001 - reported as the back end's error, the other still runs
             result.error = f"{type(exc).__name__}: {exc}"
             log(f"{backend}: ERROR {result.error}")
@@ -466,6 +490,10 @@ def summary(r: BackendResult) -> dict[str, Any]:
         "final_start_s": round(r.final_start_s, 2),
         "check_exit": r.check_exit,
         "check_problems": r.check_problems,
+        "conflicts": r.conflicts,
+        "unused_keys": r.unused_keys,
+        "repair": r.repair,
+        "problems_after_repair": r.problems_after_repair,
         "error": r.error,
     }
 
