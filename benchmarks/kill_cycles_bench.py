@@ -401,6 +401,19 @@ def repair(result: BackendResult, server: DicomhubServer, env: dict[str, str]) -
 # --------------------------------------------------------------------------- one back end
 
 
+def damage_one(env: dict[str, str], data_dir: Path, uid: str) -> None:
+    """The self-test of the checks (``--damage-one``): flip the last byte (pixel data) of
+    the blob of acknowledged instance ``uid``; the run must then report it damaged."""
+    if env:
+        raise SystemExit("--damage-one damages a file blob: use it with --backend sqlite-file")
+    key = next(k for sop, _, _, k in index_rows(database_url(env, data_dir)) if sop == uid)
+    path = data_dir / "blobs" / key[:2] / key[2] / key
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    log(f"damaged the blob of acknowledged instance {uid} (--damage-one)")
+
+
 def run_backend(backend: str, args: argparse.Namespace, work: Path) -> BackendResult:
     result = BackendResult(backend)
     rng = random.Random(f"{args.seed}-{backend}")
@@ -444,6 +457,8 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> BackendRe
                     f"{cycle.acknowledged} acknowledged"
                     + (f", other statuses {cycle.other_statuses}" if cycle.other_statuses else "")
                 )
+            if args.damage_one:
+                damage_one(env, data_dir, sorted(acknowledged)[0])
             t0 = time.monotonic()
             server.start(timeout=120)
             result.final_start_s = time.monotonic() - t0
@@ -507,6 +522,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None, help="seed of the kill points (printed; replays a run)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, files, archive)")
+    ap.add_argument(
+        "--damage-one",
+        action="store_true",
+        help="self-test: damage one acknowledged blob before the final start (the run must fail)",
+    )
     args = ap.parse_args()
     if args.seed is None:
         args.seed = int(time.time())
