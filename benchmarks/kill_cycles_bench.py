@@ -135,6 +135,7 @@ class BackendResult:
             or self.check_bad_for_acknowledged
             or self.conflicts
             or self.problems_after_repair
+            or any(c.other_statuses for c in self.cycles)  # e.g. a resend refused as a conflict
         )
 
 
@@ -489,6 +490,7 @@ def summary(r: BackendResult) -> dict[str, Any]:
         "resent_files": sum(c.resent for c in r.cycles),
         "resent_acknowledged": sum(c.acknowledged_resent for c in r.cycles),
         "acknowledged": r.acknowledged,
+        "other_statuses": dict(sum((Counter(c.other_statuses) for c in r.cycles), Counter())),
         "verified": r.verified,
         "lost": len(r.lost),
         "damaged": len(r.damaged),
