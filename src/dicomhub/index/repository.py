@@ -195,6 +195,11 @@ class _Parents:
     # and study's stable_at: see IndexRepository.unstable_for.
     cleared_at: float = -math.inf
 
+    def take(self, h: InstanceHeader) -> bool:
+        """Whether ``h`` belongs under these parents: the same study and Patient ID
+        (else the store goes the long way, which finds or refuses its parents)."""
+        return self.study_uid == h.study_instance_uid and self.patient_id == h.patient_id
+
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -394,7 +399,7 @@ class IndexRepository(IndexSearch):
         fresh: set[int] = set()  # series inserted here: neither it nor its study needs clearing
         for h, blob, content_sha256, source_ae_title in items:
             known = parents.get(h.series_instance_uid) or self._parents.get(h.series_instance_uid)
-            if known is None or known.study_uid != h.study_instance_uid or known.patient_id != h.patient_id:
+            if known is None or not known.take(h):
                 if h.series_instance_uid in parents:
                     raise _NotAllNew  # the per-item path reports the conflict for this item only
                 series_pk, study_pk, created = self._insert_parents(conn, h, now, changes)
@@ -470,7 +475,7 @@ class IndexRepository(IndexSearch):
         if not engines.is_postgresql(conn):
             return None
         known = self._parents.get(h.series_instance_uid)
-        if known is None or known.study_uid != h.study_instance_uid or known.patient_id != h.patient_id:
+        if known is None or not known.take(h):
             return None
         engines.serialize_appends(conn)
         now = utc_now()
@@ -493,11 +498,7 @@ class IndexRepository(IndexSearch):
         known = self._parents.get(h.series_instance_uid)
         cleared_at = -math.inf
         created = False
-        if (
-            known is not None
-            and known.study_uid == h.study_instance_uid
-            and (known.patient_id == h.patient_id)
-        ):
+        if known is not None and known.take(h):
             series_pk, study_pk, cleared_at = known.series_pk, known.study_pk, known.cleared_at
         else:
             series_pk, study_pk, created = self._insert_parents(conn, h, now, changes)
