@@ -47,6 +47,8 @@ __all__ = [
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "dicomhub_write"
+# A SQLite connection whose statements each run on their own (no BEGIN): see read_statements.
+_STATEMENTS = "dicomhub_statements"
 # Advisory lock keys (one 64-bit space per database, shared with nothing else
 # of ours): schema migration, and appends to the change log.
 _MIGRATE_LOCK = 0x6469636F6D687562  # "dicomhub"
@@ -121,8 +123,10 @@ def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get(_STATEMENTS, False):
+            return  # pysqlite runs each statement in its own implicit transaction
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN")
 
 
 @contextlib.contextmanager
@@ -151,15 +155,16 @@ def read(engine: Engine) -> Iterator[Connection]:
 
 @contextlib.contextmanager
 def read_statements(engine: Engine) -> Iterator[Connection]:
-    """Reads that need no shared snapshot: on PostgreSQL each statement runs on its
-    own (autocommit), which saves the BEGIN and COMMIT round trips of :func:`read`;
-    on SQLite, where those cost no round trip, this is :func:`read`."""
-    if not is_postgresql(engine):
-        with read(engine) as conn:
-            yield conn
-        return
+    """Reads that need no shared snapshot: each statement runs on its own, which saves
+    BEGIN and COMMIT (round trips on PostgreSQL, where it runs in autocommit; on SQLite
+    two statements of the hot path of every store). A reader that needs several
+    statements to agree uses :func:`read`."""
+    # Not SQLAlchemy's AUTOCOMMIT on SQLite: pysqlite's reset on return to the pool
+    # would set isolation_level to "" again, and pysqlite would then open deferred
+    # transactions by itself (see _configure_sqlite).
+    options = {_STATEMENTS: True} if not is_postgresql(engine) else {"isolation_level": "AUTOCOMMIT"}
     try:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with engine.connect().execution_options(**options) as conn:
             yield conn
     except SQLAlchemyError as exc:
         raise IndexUnavailable(f"index read failed: {exc.__class__.__name__}: {exc}") from exc

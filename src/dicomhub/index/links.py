@@ -12,7 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
@@ -68,6 +80,22 @@ def _record(
         return bool(row.order_pk == order_pk)
     guard = where if replace else and_(where, study_order_link.c.order_pk.is_(None))
     return bool(conn.execute(update(study_order_link).where(guard).values(**values)).rowcount)
+
+
+# A study's first look (see StudyLinkRepository.first_look), one statement: 0 with the
+# pk of its link row, 1 with the orders its Accession Number names, 2 with those naming
+# its Study Instance UID. Built once: it runs for every new study at ingest.
+_FIRST_LOOK = union_all(
+    select(literal(0).label("kind"), study_order_link.c.pk.label("pk")).where(
+        study_order_link.c.study_instance_uid == bindparam("b_uid")
+    ),
+    select(literal(1), imaging_order.c.pk).where(
+        bindparam("b_accession") != "", imaging_order.c.accession_number == bindparam("b_accession")
+    ),
+    select(literal(2), requested_procedure.c.order_pk).where(
+        requested_procedure.c.study_instance_uid == bindparam("b_uid")
+    ),
+)
 
 
 class StudyLinkRepository:
@@ -154,22 +182,17 @@ class StudyLinkRepository:
             ]
 
     def first_look(self, study_instance_uid: str, accession_number: str) -> tuple[bool, list[OrderKeys]]:
-        """For a study seen the first time, in one read: whether it has a link row
-        already, and else the orders its Accession Number or its Study Instance UID
-        names (the candidates of a study without a Requested Procedure ID)."""
-        with engines.read(self.engine) as conn:
-            has_row = (
-                conn.execute(
-                    select(study_order_link.c.pk).where(
-                        study_order_link.c.study_instance_uid == study_instance_uid
-                    )
-                ).first()
-                is not None
-            )
-            if has_row:
+        """For a study seen the first time: whether it has a link row already, and else
+        the orders its Accession Number or its Study Instance UID names (the candidates
+        of a study without a Requested Procedure ID). One statement, and a second only
+        when orders are named: a site without orders pays one."""
+        with engines.read_statements(self.engine) as conn:
+            found = conn.execute(
+                _FIRST_LOOK, {"b_uid": study_instance_uid, "b_accession": accession_number}
+            ).all()
+            if any(kind == 0 for kind, _pk in found):
                 return True, []
-            named = self._named(conn, StudyKeys(study_instance_uid, accession_number))
-            return False, self._order_keys(conn, named)
+            return False, self._order_keys(conn, [pk for _kind, pk in found])
 
     def study_exists(self, study_instance_uid: str) -> bool:
         with engines.read(self.engine) as conn:

@@ -23,8 +23,10 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    String,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -38,8 +40,17 @@ from dicomhub.index import engine as engines
 from dicomhub.index.groupcommit import GroupCommitter
 from dicomhub.index.links import StudyLinkWrite
 from dicomhub.index.pgstore import insert_instance_row
-from dicomhub.index.rejection import RejectionWrite, rejection_row
-from dicomhub.index.schema import change, conflict, instance, patient, patient_coercion, series, study
+from dicomhub.index.rejection import RejectionWrite
+from dicomhub.index.schema import (
+    change,
+    conflict,
+    instance,
+    patient,
+    patient_coercion,
+    rejected_instance,
+    series,
+    study,
+)
 from dicomhub.index.search import INSTANCE_COLUMNS, IndexSearch, SearchRow, instance_row
 from dicomhub.index.security import insert_labels
 from dicomhub.index.validation import ValidationRecord, insert_validation_records
@@ -112,6 +123,15 @@ def _corrected(conn: Connection, study_instance_uid: str) -> bool:
 # object cheaply, while a statement built per call costs ~50 us to key and
 # compile. The ingest path runs about ten of them per instance.
 _SELECT_INSTANCE = select(*INSTANCE_COLUMNS).where(instance.c.sop_instance_uid == bindparam("b_uid"))
+# What every store asks first, in one statement: the row held under the UID and its
+# rejection (either may exist without the other: a rejection note may come first).
+_ASKED = select(cast(bindparam("b_uid"), String).label("uid")).subquery("asked")
+_REJECTION_COLUMNS = tuple(c.label(f"rejection_{c.name}") for c in rejected_instance.c)
+_SELECT_INSTANCE_AND_REJECTION = select(*INSTANCE_COLUMNS, *_REJECTION_COLUMNS).select_from(
+    _ASKED.outerjoin(instance, instance.c.sop_instance_uid == _ASKED.c.uid).outerjoin(
+        rejected_instance, rejected_instance.c.sop_instance_uid == _ASKED.c.uid
+    )
+)
 _SELECT_PATIENT = select(patient.c.pk).where(patient.c.patient_id == bindparam("b_pid"))
 _INSERT_PATIENT = insert(patient).returning(patient.c.pk)
 _SELECT_STUDY = select(study.c.pk, study.c.patient_pk, study.c.modalities_in_study).where(
@@ -259,11 +279,14 @@ class IndexRepository(IndexSearch):
         self, sop_instance_uid: str
     ) -> tuple[InstanceRow | None, dict[str, Any] | None]:
         """The instance's row and its rejection (IHE IOCM): what a store asks before it
-        writes anything. Both are read before the store's own transaction (which looks
-        the instance up again), so a snapshot shared by the two would add no guarantee:
-        on PostgreSQL they run without BEGIN and COMMIT."""
+        writes anything, in one statement without BEGIN and COMMIT. It is read before the
+        store's own transaction, which looks the instance up again."""
         with engines.read_statements(self.engine) as conn:
-            return self._get_instance(conn, sop_instance_uid), rejection_row(conn, sop_instance_uid)
+            r = conn.execute(_SELECT_INSTANCE_AND_REJECTION, {"b_uid": sop_instance_uid}).mappings().one()
+        held = instance_row(r) if r["pk"] is not None else None
+        if r["rejection_pk"] is None:
+            return held, None
+        return held, {c.name: r[f"rejection_{c.name}"] for c in rejected_instance.c}
 
     def _get_instance(self, conn: Connection, sop_instance_uid: str) -> InstanceRow | None:
         r = conn.execute(_SELECT_INSTANCE, {"b_uid": sop_instance_uid}).mappings().first()
