@@ -11,10 +11,12 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ from starlette.routing import Mount, Route
 from dicomhub.errors import ConfigurationError
 from dicomhub.telemetry import context
 from dicomhub.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter
+from dicomhub.telemetry.metrics import new_directory
 from dicomhub.telemetry.syslog import (
     SyslogSender,
     SyslogTarget,
@@ -401,3 +404,24 @@ def test_audit_records_are_forwarded_after_the_commit_and_failures_stay_quiet(
     with caplog.at_level(logging.ERROR, logger="dicomhub.audit"):
         quiet.record(event)  # stored; the feed's failure is logged, not raised
     assert any("could not forward" in r.getMessage() for r in caplog.records)
+
+
+def test_a_start_removes_the_metrics_directories_of_servers_that_are_gone(tmp_path: Path) -> None:
+    # A server stopped by kill -9 never removes its directory: the next start does.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"dicomhub-metrics-{gone.pid}-abc123"
+    stale.mkdir()
+    (stale / "counter_1.db").write_bytes(b"x")
+    running = tmp_path / f"dicomhub-metrics-{os.getpid()}-def456"  # another server, still up
+    running.mkdir()
+    not_ours = tmp_path / "dicomhub-metrics-notes"
+    not_ours.mkdir()
+
+    made = new_directory(tmp_path)
+
+    assert made.is_dir() and not any(made.iterdir())
+    assert made.name.startswith(f"dicomhub-metrics-{os.getpid()}-")
+    assert not stale.exists()
+    assert running.is_dir() and not_ours.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([made.name, running.name, not_ours.name])

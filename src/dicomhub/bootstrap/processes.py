@@ -14,11 +14,9 @@ import multiprocessing
 import os
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from multiprocessing.context import ForkServerContext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicomhub.bootstrap import configure_logging, open_archive
@@ -272,13 +270,13 @@ def serve(settings: Settings) -> None:
     DicomhubError
         When the DIMSE or the HTTP port cannot be listened on.
     """
-    from dicomhub.telemetry.metrics import prepare_directory, remove_directory
+    from dicomhub.telemetry.metrics import new_directory, prepare_directory, remove_directory
 
     if settings.dimse_tls_port or settings.https:
         tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
     # Before any metric is counted and any worker spawned (they inherit the directory):
     # every process counts into it, /metrics adds them up; a fresh one per start.
-    metrics_dir = prepare_directory(Path(tempfile.mkdtemp(prefix="dicomhub-metrics-")))
+    metrics_dir = prepare_directory(new_directory())
     # The fork server imports what the workers run (about a second): started now, it
     # does so while this process migrates the index and builds the HTTP app, instead
     # of after. It starts after the metrics directory, whose place it passes on.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "mark_process_dead",
     "metrics",
     "multiprocess_dir",
+    "new_directory",
     "prepare_directory",
     "scrape_registry",
     "use_directory",
@@ -199,6 +201,37 @@ def prepare_directory(path: Path) -> Path:
         path.mkdir(parents=True)
     use_directory(path)
     return path
+
+
+_DIRECTORY_PREFIX = "dicomhub-metrics-"
+
+
+def new_directory(parent: Path | None = None) -> Path:
+    """A fresh, empty multiprocess directory for one start of ``serve``, in ``parent``
+    (the system's temporary folder by default).
+
+    Its name carries the pid of the server that made it. A server stopped by
+    ``kill -9`` (or a crash) never reaches :func:`remove_directory`, so before
+    making its own, a start removes the directories of servers whose pid no
+    longer runs: without that, each such stop left one behind for good. A
+    directory of a running server (another instance on the same machine) is kept.
+    """
+    parent = Path(tempfile.gettempdir()) if parent is None else parent
+    for stale in parent.glob(f"{_DIRECTORY_PREFIX}*"):
+        owner = stale.name[len(_DIRECTORY_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not _pid_runs(int(owner)) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def remove_directory(path: Path) -> None:
