@@ -300,9 +300,16 @@ class IndexRepository(IndexSearch):
         source_ae_title: str | None,
         overwrite: bool,
         alongside: Alongside | None = None,
+        *,
+        absent: bool = False,
     ) -> AddOutcome:
         """Index an instance whose blob is already durable, in one transaction
         (with what goes ``alongside`` it, when the row is written).
+
+        ``absent``: the caller found nothing under the UID just before, so the
+        transaction inserts without looking again. Should another writer have
+        stored the UID since, the insert violates its unique key, and the
+        retry below looks.
 
         Returns EXISTS (with the existing row) when the SOP Instance UID is
         already indexed and ``overwrite`` is false or the bytes are the same.
@@ -314,8 +321,10 @@ class IndexRepository(IndexSearch):
         Conflict
             The series is indexed under another study.
         """
-        job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite, alongside)
+        job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite, alongside, absent)
         for attempt in range(_ATTEMPTS):
+            if attempt:
+                job = self._add_job(header, blob, content_sha256, source_ae_title, overwrite, alongside)
             try:
                 outcome, parents = self._writer.run(job)
                 if parents is not None:
@@ -459,6 +468,7 @@ class IndexRepository(IndexSearch):
         source_ae_title: str | None,
         overwrite: bool,
         alongside: Alongside | None = None,
+        absent: bool = False,
     ) -> Callable[[Connection], tuple[AddOutcome, _Parents | None]]:
         def job(conn: Connection) -> tuple[AddOutcome, _Parents | None]:
             inserted = self._insert_known(conn, header, blob, content_sha256, source_ae_title)
@@ -466,7 +476,7 @@ class IndexRepository(IndexSearch):
                 if alongside is not None:
                     alongside.write(conn, header.study_instance_uid)
                 return AddOutcome(AddResult.CREATED), inserted
-            existing = self._get_instance(conn, header.sop_instance_uid)
+            existing = None if absent else self._get_instance(conn, header.sop_instance_uid)
             if existing is not None:
                 if existing.content_sha256 == content_sha256 or not overwrite:
                     return AddOutcome(AddResult.EXISTS, existing), None

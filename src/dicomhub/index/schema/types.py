@@ -48,6 +48,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
+        if value.tzinfo is dt.UTC:
+            return value  # utc_now()'s values, most of what is bound: nothing to check or convert
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError(f"naive datetime {value.isoformat()} given to a UTC column: give it a time zone")
         return value.astimezone(dt.UTC)

@@ -247,7 +247,7 @@ class IngestService(BatchIngest):
             if not isinstance(exc, Conflict):
                 self._discard(blob.key)
             raise
-        prepared = Prepared(b"", header, digest, blob.size, validated, rejection)
+        prepared = Prepared(b"", header, digest, blob.size, validated, rejection, absent=existing is None)
         return self._index_one(prepared, blob, origin, caller)
 
     def _store_part10_file(

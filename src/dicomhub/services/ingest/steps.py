@@ -57,6 +57,9 @@ class Prepared:
     size: int  # of the object as received
     validated: Validated = NOT_VALIDATED
     rejection: RejectionWrite | None = None  # when the object is a rejection note
+    # Nothing was held under its UID when the store asked (the index transaction then
+    # inserts without asking again; a concurrent store of the same UID makes it retry).
+    absent: bool = False
 
     @property
     def warning(self) -> str | None:
@@ -234,7 +237,9 @@ class IngestSteps:
         answered = self._act(decision, header, origin, caller, data, len(data), validated.warning)
         if answered is not None:
             return answered
-        return self._compressed(Prepared(data, header, content, len(data), validated, rejection))
+        return self._compressed(
+            Prepared(data, header, content, len(data), validated, rejection, absent=existing is None)
+        )
 
     def _compressed(self, prepared: Prepared, received_sha256: str = "") -> Prepared:
         """The object to write: as received, or compressed at rest when a rule says so.
@@ -419,6 +424,7 @@ class IngestSteps:
                 caller.ae_title,
                 overwrite=self.policy is DuplicatePolicy.OVERWRITE,
                 alongside=self._alongside(prepared, caller, blob.key),
+                absent=prepared.absent,
             )
         except BaseException as exc:
             added = exc
