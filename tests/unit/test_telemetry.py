@@ -27,6 +27,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from dicomhub.errors import ConfigurationError
+from dicomhub.services.liveness import process_alive
 from dicomhub.telemetry import context
 from dicomhub.telemetry.logs import ContextFilter, JsonFormatter, TextFormatter
 from dicomhub.telemetry.metrics import new_directory
@@ -418,7 +419,7 @@ def test_a_start_removes_the_metrics_directories_of_servers_that_are_gone(tmp_pa
     not_ours = tmp_path / "dicomhub-metrics-notes"
     not_ours.mkdir()
 
-    made = new_directory(tmp_path)
+    made = new_directory(process_alive, tmp_path)
 
     assert made.is_dir() and not any(made.iterdir())
     assert made.name.startswith(f"dicomhub-metrics-{os.getpid()}-")

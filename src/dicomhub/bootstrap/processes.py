@@ -26,6 +26,7 @@ from dicomhub.config.checks import tls_client_context, tls_server_context
 from dicomhub.errors import ConfigurationError, DicomhubError
 from dicomhub.model.commitment import CommitmentResult
 from dicomhub.services.archive import Archive
+from dicomhub.services.liveness import process_alive
 from dicomhub.services.peers import PeerService
 
 if TYPE_CHECKING:
@@ -276,7 +277,7 @@ def serve(settings: Settings) -> None:
         tls_server_context(settings)  # a certificate that cannot be loaded stops serve here
     # Before any metric is counted and any worker spawned (they inherit the directory):
     # every process counts into it, /metrics adds them up; a fresh one per start.
-    metrics_dir = prepare_directory(new_directory())
+    metrics_dir = prepare_directory(new_directory(process_alive))
     # The fork server imports what the workers run (about a second): started now, it
     # does so while this process migrates the index and builds the HTTP app, instead
     # of after. It starts after the metrics directory, whose place it passes on.

@@ -279,8 +279,9 @@ class IndexRepository(IndexSearch):
         self, sop_instance_uid: str
     ) -> tuple[InstanceRow | None, dict[str, Any] | None]:
         """The instance's row and its rejection (IHE IOCM): what a store asks before it
-        writes anything, in one statement without BEGIN and COMMIT. It is read before the
-        store's own transaction, which looks the instance up again."""
+        writes anything, in one statement without BEGIN and COMMIT. A store that found
+        nothing tells :meth:`add_instance` (``absent``), whose transaction then does not
+        look again."""
         with engines.read_statements(self.engine) as conn:
             r = conn.execute(_SELECT_INSTANCE_AND_REJECTION, {"b_uid": sop_instance_uid}).mappings().one()
         held = instance_row(r) if r["pk"] is not None else None

@@ -206,7 +206,7 @@ def prepare_directory(path: Path) -> Path:
 _DIRECTORY_PREFIX = "dicomhub-metrics-"
 
 
-def new_directory(parent: Path | None = None) -> Path:
+def new_directory(alive: Callable[[int], bool], parent: Path | None = None) -> Path:
     """A fresh, empty multiprocess directory for one start of ``serve``, in ``parent``
     (the system's temporary folder by default).
 
@@ -215,23 +215,16 @@ def new_directory(parent: Path | None = None) -> Path:
     making its own, a start removes the directories of servers whose pid no
     longer runs: without that, each such stop left one behind for good. A
     directory of a running server (another instance on the same machine) is kept.
+    ``alive`` tells whether a pid still runs
+    (:func:`dicomhub.services.liveness.process_alive`, given by the caller: telemetry
+    sits below services).
     """
     parent = Path(tempfile.gettempdir()) if parent is None else parent
     for stale in parent.glob(f"{_DIRECTORY_PREFIX}*"):
         owner = stale.name[len(_DIRECTORY_PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not _pid_runs(int(owner)) and stale.is_dir() and not stale.is_symlink():
+        if owner.isdigit() and not alive(int(owner)) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-", dir=parent))
-
-
-def _pid_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def remove_directory(path: Path) -> None:
