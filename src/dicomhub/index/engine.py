@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 
 from dicomhub.errors import IndexUnavailable
 
@@ -53,6 +54,10 @@ _STATEMENTS = "dicomhub_statements"
 # of ours): schema migration, and appends to the change log.
 _MIGRATE_LOCK = 0x6469636F6D687562  # "dicomhub"
 _APPEND_LOCK = 0x6469636F6D686362
+# A pooled PostgreSQL connection idle this long (seconds) is tested before it is used
+# again (see _ping_when_idle).
+PING_AFTER_IDLE = 1.0
+_IDLE_SINCE = "dicomhub_idle_since"
 
 
 def normalise_url(url: str) -> str:
@@ -92,16 +97,45 @@ def connect_engine(
         )
         _configure_sqlite(engine, busy_timeout)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        # A node outlives database restarts and fail-overs: test a pooled
-        # connection before use, and renew connections every half hour.
-        pool_pre_ping=True,
+        # A node outlives database restarts and fail-overs: test a pooled connection
+        # that sat idle before use (_ping_when_idle), and renew connections every half hour.
         pool_recycle=1800,
         connect_args={"application_name": "dicomhub", "connect_timeout": 10},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection before use when it sat idle for :data:`PING_AFTER_IDLE`.
+
+    SQLAlchemy's ``pool_pre_ping`` tests every checkout: a round trip per checkout,
+    and a store checks out two (its lookup and its transaction), about a fifth of
+    its round trips. A connection that was in use a moment ago needs no test: were
+    the server gone since, its first statement fails as a disconnect, which fails
+    that one request and makes SQLAlchemy renew every connection of the pool
+    checked out before, as pre-ping would have. A failed test here makes the pool
+    take another connection (DisconnectionError), so the caller never sees it.
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # new, or used a moment ago
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # any failure: the connection cannot be trusted
+            raise DisconnectionError(f"pooled connection failed its test: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
