@@ -517,7 +517,7 @@ def test_postgresql_outage_during_ingest_and_queries(
 ) -> None:
     """PostgreSQL stopped under load: stores in flight fail (0xA701), nothing acknowledged is
     lost, queries fail with C-FIND 0xA700 / QIDO-RS 503, and dicomhub serves again by itself
-    once PostgreSQL is back (the pool's pre-ping replaces the dead connections)."""
+    once PostgreSQL is back (the pool tests idle connections and renews itself on a disconnect)."""
     tally = Tally("PostgreSQL stopped during ingest (-m immediate) and queries (-m fast)")
     srv = servers.start(env={"DICOMHUB_DATABASE_URL": own_postgres.create_database()})
     archive = ArchiveView.of(srv)
