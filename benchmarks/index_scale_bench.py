@@ -330,7 +330,8 @@ def _count_statements(engine: Any, counted: dict[str, int]) -> None:
     """Count the round trips and commits ``engine`` makes from now on into ``counted``.
 
     Statements include SAVEPOINT and RELEASE (they go through the cursor), COMMIT and
-    ROLLBACK; on PostgreSQL also psycopg's own BEGIN and the pool's pre-ping on checkout.
+    ROLLBACK; on PostgreSQL also psycopg's own BEGIN and the test of a pooled connection
+    that sat idle (index/engine.py).
     """
     from sqlalchemy import event
 
@@ -354,8 +355,13 @@ def _count_statements(engine: Any, counted: dict[str, int]) -> None:
 
     if postgresql:  # SQLite's BEGIN goes through the cursor (index/engine.py)
         event.listen(engine, "begin", begin)
-        if engine.pool._pre_ping:
-            event.listen(engine.pool, "checkout", lambda *_a: add())
+        tested = engine.dialect.do_ping
+
+        def do_ping(dbapi_conn: Any) -> bool:
+            add()
+            return bool(tested(dbapi_conn))
+
+        engine.dialect.do_ping = do_ping
 
 
 # --------------------------------------------------------------------------- two nodes
