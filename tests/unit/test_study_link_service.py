@@ -12,13 +12,17 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import select
 
 from dicomhub.bootstrap import open_archive
 from dicomhub.config import load_settings
 from dicomhub.errors import NotFound
+from dicomhub.index import engine as engines
+from dicomhub.index.links import StudyLinkWrite
+from dicomhub.index.schema import study_order_link
 from dicomhub.model.access import Access, Grant, Scope
 from dicomhub.model.caller import Caller, Channel
-from dicomhub.model.links import MatchedBy
+from dicomhub.model.links import MatchedBy, StudyKeys
 from dicomhub.model.orders import Order, PatientRef, RequestedProcedure, ScheduledProcedureStep, StepStatus
 from dicomhub.services.access import Forbidden
 from dicomhub.services.archive import Archive
@@ -162,3 +166,39 @@ def test_requested_procedure_id_skips_the_parse_only_when_the_tag_is_absent() ->
     assert requested_procedure_id(without, ExplicitVRLittleEndian) == ""
     # A deflated data set hides the tag's bytes: it is always parsed.
     assert requested_procedure_id(with_sequence, "1.2.840.10008.1.2.1.99") == "RPGATE"
+
+
+def test_order_first_links_at_ingest_by_requested_procedure_id(archive: Archive) -> None:
+    _place(archive, "F1", procedure_id="RPF")
+    uid = _store(archive, accession="OTHER-F", requested_procedure_id="RPF")
+    assert _linked(archive, "F1") == {uid: MatchedBy.REQUESTED_PROCEDURE_ID}
+
+
+def test_the_link_row_of_an_ingest_is_inserted_kept_or_linked(archive: Archive) -> None:
+    """StudyLinkWrite (one statement in the instance's transaction): a new row is
+    inserted; an existing row is kept, unless it is unmatched and the write has an order."""
+    _place(archive, "G1")
+    _place(archive, "G2")
+    (g1,) = archive.links.repo.candidate_orders(StudyKeys("9.9.9", "G1"))
+    (g2,) = archive.links.repo.candidate_orders(StudyKeys("9.9.9", "G2"))
+    keys = StudyKeys(datagen.uid(), "", "RPG")
+
+    def write(order_pk: int | None, matched_by: MatchedBy | None) -> tuple[object, ...]:
+        with engines.write(archive.index.engine) as conn:
+            StudyLinkWrite(keys, order_pk, matched_by, "ingest").write(conn)
+        with engines.read(archive.index.engine) as conn:
+            rows = conn.execute(
+                select(
+                    study_order_link.c.order_pk,
+                    study_order_link.c.matched_by,
+                    study_order_link.c.requested_procedure_id,
+                ).where(study_order_link.c.study_instance_uid == keys.study_instance_uid)
+            ).all()
+        (row,) = rows
+        return tuple(row)
+
+    assert write(None, None) == (None, "", "RPG")
+    assert write(None, None) == (None, "", "RPG")  # kept
+    assert write(g1.order_pk, MatchedBy.REQUESTED_PROCEDURE_ID) == (g1.order_pk, "procedure", "RPG")
+    assert write(g2.order_pk, MatchedBy.ACCESSION_NUMBER) == (g1.order_pk, "procedure", "RPG")
+    assert write(None, None) == (g1.order_pk, "procedure", "RPG")

@@ -25,6 +25,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from dicomhub.index import engine as engines
@@ -47,7 +49,34 @@ class StudyLinkWrite:
     by: str
 
     def write(self, conn: Connection) -> None:
-        _record(conn, self.keys, self.order_pk, self.matched_by, self.by, replace=False)
+        """One statement: the row is inserted, or an existing unmatched row linked."""
+        values: dict[str, Any] = {
+            "order_pk": self.order_pk,
+            "matched_by": "" if self.matched_by is None else self.matched_by.value,
+            "linked_by": self.by[:64],
+            "linked_at": utc_now(),
+        }
+        upsert = _DIALECT_INSERT[conn.dialect.name](study_order_link).values(
+            study_instance_uid=self.keys.study_instance_uid,
+            requested_procedure_id=self.keys.requested_procedure_id[:16],
+            **values,
+        )
+        if self.order_pk is None:
+            conn.execute(
+                upsert.on_conflict_do_nothing(index_elements=[study_order_link.c.study_instance_uid])
+            )
+            return
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[study_order_link.c.study_instance_uid],
+                set_=values,
+                where=study_order_link.c.order_pk.is_(None),
+            )
+        )
+
+
+# INSERT ... ON CONFLICT of each dialect (SQLite and PostgreSQL spell it alike).
+_DIALECT_INSERT = {"sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
 def _record(
@@ -84,7 +113,8 @@ def _record(
 
 # A study's first look (see StudyLinkRepository.first_look), one statement: 0 with the
 # pk of its link row, 1 with the orders its Accession Number names, 2 with those naming
-# its Study Instance UID. Built once: it runs for every new study at ingest.
+# its Study Instance UID, 3 with those naming its Requested Procedure ID. Built once: it
+# runs for every new study at ingest.
 _FIRST_LOOK = union_all(
     select(literal(0).label("kind"), study_order_link.c.pk.label("pk")).where(
         study_order_link.c.study_instance_uid == bindparam("b_uid")
@@ -94,6 +124,9 @@ _FIRST_LOOK = union_all(
     ),
     select(literal(2), requested_procedure.c.order_pk).where(
         requested_procedure.c.study_instance_uid == bindparam("b_uid")
+    ),
+    select(literal(3), requested_procedure.c.order_pk).where(
+        bindparam("b_procedure") != "", requested_procedure.c.procedure_id == bindparam("b_procedure")
     ),
 )
 
@@ -181,15 +214,17 @@ class StudyLinkRepository:
                 for r in conn.execute(query).all()
             ]
 
-    def first_look(self, study_instance_uid: str, accession_number: str) -> tuple[bool, list[OrderKeys]]:
+    def first_look(self, keys: StudyKeys) -> tuple[bool, list[OrderKeys]]:
         """For a study seen the first time: whether it has a link row already, and else
-        the orders its Accession Number or its Study Instance UID names (the candidates
-        of a study without a Requested Procedure ID). One statement, and a second only
-        when orders are named: a site without orders pays one."""
+        the orders any of ``keys`` names (:meth:`candidate_orders`). One statement, and a
+        second only when orders are named: a site without orders pays one."""
+        params = {
+            "b_uid": keys.study_instance_uid,
+            "b_accession": keys.accession_number,
+            "b_procedure": keys.requested_procedure_id,
+        }
         with engines.read_statements(self.engine) as conn:
-            found = conn.execute(
-                _FIRST_LOOK, {"b_uid": study_instance_uid, "b_accession": accession_number}
-            ).all()
+            found = conn.execute(_FIRST_LOOK, params).all()
             if any(kind == 0 for kind, _pk in found):
                 return True, []
             return False, self._order_keys(conn, [pk for _kind, pk in found])

@@ -120,26 +120,21 @@ class StudyLinkService:
             self._seen.add(uid)
         try:
             accession_number = str(header.study.get("accession_number") or "")
-            # One read: whether the study has a link row, and the orders its Accession
-            # Number or its Study Instance UID names.
-            has_row, named = self.repo.first_look(uid, accession_number)
+            if not data and blob_key and self.blobs is not None:
+                data = self.blobs.open_range(blob_key, 0, _HEADER_PREFIX)
+            keys = StudyKeys(uid, accession_number, requested_procedure_id(data, header.transfer_syntax_uid))
+            # One read: whether the study has a link row, and the orders any of its keys names.
+            has_row, named = self.repo.first_look(keys)
             if has_row:
                 return None
-            # The Accession Number decides first: when it names an order, the header
-            # need not be read for the Request Attributes Sequence.
+            # The Accession Number decides first.
             by_accession = [o for o in named if accession_number and o.accession_number == accession_number]
             found = match_order(StudyKeys(uid, accession_number), by_accession)
             if found is not None:
                 order, how = found
                 LOGGER.info("study %s linked to order %s by %s", uid, order.accession_number, how.value)
-                return StudyLinkWrite(StudyKeys(uid, accession_number), order.order_pk, how, "ingest")
-            if not data and blob_key and self.blobs is not None:
-                data = self.blobs.open_range(blob_key, 0, _HEADER_PREFIX)
-            keys = StudyKeys(uid, accession_number, requested_procedure_id(data, header.transfer_syntax_uid))
-            # Without a Requested Procedure ID the orders named are all the candidates;
-            # with one, the orders naming it are looked up too.
-            candidates = self.repo.candidate_orders(keys) if keys.requested_procedure_id else named
-            found = match_order(keys, candidates)
+                return StudyLinkWrite(keys, order.order_pk, how, "ingest")
+            found = match_order(keys, named)
             if found is None:
                 # An unmatched study needs a row only to keep its Requested Procedure ID
                 # for an order that comes later (no row is unmatched too).
