@@ -22,14 +22,17 @@ with atheris.instrument_imports(include=["dicomhub"]):
 
 from fuzzing import MemoryBound, PropertyViolation, main
 
-_FD, _PATH = tempfile.mkstemp(suffix=".toml", prefix="dicomhub-fuzz-")
-os.close(_FD)
+# The input file has no name (O_TMPFILE) and is read through /proc/self/fd: libFuzzer
+# ends the process with exit(), which runs no Python clean-up, so a named file would
+# be left in the temporary folder after every run.
+_INPUT = tempfile.TemporaryFile(prefix="dicomhub-fuzz-", suffix=".toml")
+_PATH = f"/proc/self/fd/{_INPUT.fileno()}"
 
 
 def test_one_input(data: bytes) -> None:
     """Load ``data`` as the configuration file."""
-    with open(_PATH, "wb") as fh:
-        fh.write(data)
+    os.ftruncate(_INPUT.fileno(), 0)
+    os.pwrite(_INPUT.fileno(), data, 0)
     with MemoryBound(len(data), per_byte=256, fixed=4 << 20):
         try:
             settings = load_settings(config_file=_PATH, environ={})
