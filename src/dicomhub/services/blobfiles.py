@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from typing import cast
+from typing import IO, cast
 
 from dicomhub.storage.base import BlobStore
 
@@ -36,8 +36,21 @@ def blob_as_file(blobs: BlobStore, key: str, spool_dir: str | None = None) -> It
 @contextlib.contextmanager
 def mapped_blob(blobs: BlobStore, key: str) -> Iterator[bytes]:
     """A blob's bytes, memory-mapped from its file (a temporary copy for a store without
-    files, such as S3): large values are then paged in only where they are read."""
-    with blob_as_file(blobs, key) as path, open(path, "rb") as fh:
+    files, such as S3): large values are then paged in only where they are read.
+
+    The copy is a file without a name (``O_TMPFILE``): a process killed while it is
+    mapped leaves nothing behind in the temporary folder."""
+    with contextlib.ExitStack() as stack:
+        path = blobs.local_path(key)
+        fh: IO[bytes]
+        if path is not None:
+            fh = stack.enter_context(open(path, "rb"))
+        else:
+            fh = stack.enter_context(tempfile.TemporaryFile(prefix="dicomhub-blob-"))
+            with blobs.open(key) as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+            fh.flush()
+            fh.seek(0)
         try:
             mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):  # an empty file cannot be mapped
