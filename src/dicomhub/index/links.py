@@ -25,7 +25,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -56,7 +58,7 @@ class StudyLinkWrite:
             "linked_by": self.by[:64],
             "linked_at": utc_now(),
         }
-        upsert = _DIALECT_INSERT[conn.dialect.name](study_order_link).values(
+        upsert = _insert_link(conn).values(
             study_instance_uid=self.keys.study_instance_uid,
             requested_procedure_id=self.keys.requested_procedure_id[:16],
             **values,
@@ -75,8 +77,9 @@ class StudyLinkWrite:
         )
 
 
-# INSERT ... ON CONFLICT of each dialect (SQLite and PostgreSQL spell it alike).
-_DIALECT_INSERT = {"sqlite": sqlite_insert, "postgresql": pg_insert}
+def _insert_link(conn: Connection) -> PgInsert | SqliteInsert:
+    """An INSERT of a link row that can take ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
+    return pg_insert(study_order_link) if engines.is_postgresql(conn) else sqlite_insert(study_order_link)
 
 
 def _record(
